@@ -1,0 +1,125 @@
+"""Write a simulation's results folder: fields.msh, fields.vtu, summary.json, protocol.yaml.
+
+The folder appears complete or not at all: everything is written into a hidden temporary
+folder next to the target, which is renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .conductivity import tissue_name
+from .errors import StimsimError
+from .protocol import save_protocol
+from .simulation import SimulationResult
+
+PERCENTILES = (50.0, 95.0, 99.0, 99.9)
+
+
+def weighted_percentile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    """Volume-weighted percentile (q in 0..100): the value below which q % of the volume lies."""
+    order = np.argsort(values)
+    v, w = values[order], weights[order]
+    cw = np.cumsum(w)
+    if cw[-1] <= 0:
+        return float("nan")
+    return float(np.interp(q / 100.0 * cw[-1], cw - 0.5 * w, v))
+
+
+def field_statistics(values: np.ndarray, volumes: np.ndarray, tags: np.ndarray) -> dict:
+    """Per-tissue max, volume-weighted mean and percentiles of an element-wise scalar."""
+    stats = {}
+    for tag in np.unique(tags):
+        sel = tags == tag
+        v, w = values[sel], volumes[sel]
+        entry = {"tag": int(tag), "volume_mm3": float(w.sum()), "max": float(v.max()),
+                 "mean": float(np.average(v, weights=w))}
+        for q in PERCENTILES:
+            entry[f"p{q:g}"] = weighted_percentile(v, w, q)
+        stats[tissue_name(tag)] = entry
+    return stats
+
+
+def summarize(result: SimulationResult) -> dict:
+    """Everything a reader needs to trust and reproduce the run, as JSON-ready data."""
+    mesh = result.mesh
+    vol = mesh.volumes_mm3
+    p = result.protocol
+    electrodes = []
+    for spec, e in zip(p.electrodes, result.electrodes):
+        electrodes.append({
+            "name": e.name, "shape": e.shape, "current_mA": spec.current_mA,
+            "delivered_current_mA": result.electrode_currents_A.get(e.name, float("nan")) * 1e3,
+            "scalp_nodes": int(len(e.nodes)), "area_mm2": e.area_mm2,
+            "mean_current_density_A_per_m2": (e.current_density_A_per_m2 if e.area_mm2 > 0 else None),
+            "potential_V": float(result.potential_V[e.center_node]),
+            "distance_to_scalp_mm": e.distance_mm,
+        })
+    summary = {
+        "stimsim_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "platform": {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine()},
+        "inputs": result.inputs,
+        "kind": p.kind,
+        "units": {"coordinates": "mm", "E": "V/m", "magnE": "V/m", "J": "A/m^2", "v": "V", "current": "mA"},
+        "mesh": {"nodes": mesh.n_nodes, "tetrahedra": mesh.n_tets, "triangles": int(len(mesh.tris)),
+                 "tags": mesh.tissue_tags.tolist()},
+        "conductivities_S_per_m": {tissue_name(t): float(result.sigma[mesh.tet_tags == t][0])
+                                   for t in mesh.tissue_tags},
+        "solver": result.solve_info.as_dict(),
+        "timings_s": {k: round(v, 4) for k, v in result.timings_s.items()},
+        "electrodes": electrodes,
+        "magnE_V_per_m": field_statistics(result.magnE, vol, mesh.tet_tags),
+        "magnJ_A_per_m2": field_statistics(np.linalg.norm(result.J, axis=1), vol, mesh.tet_tags),
+        "percentiles": "volume-weighted over the elements of each tissue",
+    }
+    if result.E_recovered is not None:
+        summary["magnE_recovered_V_per_m"] = field_statistics(
+            np.linalg.norm(result.E_recovered, axis=1), vol, mesh.tet_tags)
+    return summary
+
+
+def write_results(result: SimulationResult, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write ``fields.msh`` (Gmsh 2.2 binary), ``fields.vtu``, ``summary.json`` and ``protocol.yaml``.
+
+    Raises
+    ------
+    StimsimError
+        If ``out_dir`` exists and ``overwrite`` is False.
+    """
+    from .mesh import write_msh, write_vtu
+
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise StimsimError(f"output folder {out} already exists; choose another --out or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        t = time.perf_counter()
+        element_data = {"E": result.E, "magnE": result.magnE, "J": result.J,
+                        "magnJ": np.linalg.norm(result.J, axis=1)}
+        if result.E_recovered is not None:
+            element_data["E_recovered"] = result.E_recovered
+        node_data = {"v": result.potential_V}
+        write_msh(tmp / "fields.msh", result.mesh, node_data=node_data, element_data=element_data)
+        write_vtu(tmp / "fields.vtu", result.mesh, node_data=node_data, element_data=element_data)
+        save_protocol(result.protocol, tmp / "protocol.yaml")
+        summary = summarize(result)
+        summary["timings_s"]["write_s"] = round(time.perf_counter() - t, 4)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True), encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

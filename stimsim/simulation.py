@@ -1,0 +1,171 @@
+"""Protocol -> head -> solve -> fields: the tDCS/tACS pipeline.
+
+``simulate(protocol)`` returns a frozen :class:`SimulationResult`; writing files is the
+job of :mod:`stimsim.results`, so the pipeline can run in notebooks and batches without
+touching the disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from ._logging import logger
+from .conductivity import conductivity_table, element_conductivities
+from .errors import ProtocolError
+from .mesh import Mesh, check_mesh, read_mesh
+from .protocol import TESProtocol, protocol_to_dict
+from .solvers.assembly import P1Geometry, assemble_stiffness
+from .solvers.electrodes import ElectrodeSpec, PlacedElectrode, electrode_system, place_electrodes
+from .solvers.fields import element_efield, recover_gradient
+from .solvers.linear import FactorizedSolver, SolveInfo, amg_cg
+
+#: heads that ship inside the package: name -> (file in stimsim/data, description)
+EMBEDDED_HEADS = {
+    "sphere": ("sphere3.msh.gz", "three-layer sphere, radii 85/90/95 mm, tags 3/4/5 (SimNIBS test mesh)"),
+}
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_head(head: str, base_dir: Path | None = None) -> Path:
+    """Path of the mesh a protocol's ``head`` names (an embedded name or a file path)."""
+    if head in EMBEDDED_HEADS:
+        return Path(str(resources.files("stimsim") / "data" / EMBEDDED_HEADS[head][0]))
+    path = Path(head).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    if not path.is_file():
+        raise ProtocolError(
+            f"head: {head!r} is neither an embedded head ({', '.join(EMBEDDED_HEADS)}) nor an existing mesh file"
+            + (f" (looked in {path.parent})" if base_dir is not None else "")
+        )
+    return path
+
+
+@dataclass(frozen=True, eq=False)
+class SimulationResult:
+    """Fields of one simulation (SI units; mesh coordinates in mm).
+
+    Attributes
+    ----------
+    mesh : the head mesh
+    potential_V : (n,) nodal potential, V (reference electrode at 0 V)
+    E : (m,) x 3 element-wise electric field, V/m
+    J : (m,) x 3 element-wise current density, A/m²
+    E_recovered : (m, 3) recovered field at element centroids (or None)
+    sigma : (m,) conductivity per element, S/m
+    """
+
+    protocol: TESProtocol
+    mesh: Mesh
+    potential_V: np.ndarray
+    E: np.ndarray
+    J: np.ndarray
+    sigma: np.ndarray
+    electrodes: list[PlacedElectrode]
+    solve_info: SolveInfo
+    E_recovered: np.ndarray | None = None
+    timings_s: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)
+    electrode_currents_A: dict = field(default_factory=dict)  # recomputed from K v (conservation check)
+
+    @property
+    def magnE(self) -> np.ndarray:
+        """|E| per element, V/m."""
+        return np.linalg.norm(self.E, axis=1)
+
+    def electrode_potentials_V(self) -> dict[str, float]:
+        return {e.name: float(self.potential_V[e.center_node]) for e in self.electrodes}
+
+
+def _electrode_specs(protocol: TESProtocol) -> list[ElectrodeSpec]:
+    specs = []
+    for k, e in enumerate(protocol.electrodes):
+        if isinstance(e.position, str):
+            raise ProtocolError(
+                f"electrodes[{k}].position: EEG name {e.position!r} needs a head with electrode positions; "
+                f"head {protocol.head!r} has none, give [x, y, z] in mm"
+            )
+        specs.append(ElectrodeSpec(e.name, tuple(e.position), e.current_A, e.shape, e.diameter_mm,
+                                   e.size_mm, e.direction))
+    return specs
+
+
+def simulate(protocol: TESProtocol, *, base_dir: Path | None = None, mesh: Mesh | None = None,
+             verbose=None) -> SimulationResult:
+    """Run a tDCS/tACS protocol: read the head, assemble, apply electrodes, solve, derive fields.
+
+    Parameters
+    ----------
+    protocol : validated protocol
+    base_dir : directory that relative ``head`` paths are relative to (the protocol's folder)
+    mesh : use this mesh instead of reading ``protocol.head`` (e.g. in batches)
+    """
+    if verbose is not None:
+        from ._logging import set_log_level
+
+        set_log_level(verbose)
+    timings = {}
+    inputs = {"protocol_sha256": hashlib.sha256(
+        json.dumps(protocol_to_dict(protocol), sort_keys=True).encode()).hexdigest()}
+    t = time.perf_counter()
+    if mesh is None:
+        path = resolve_head(protocol.head, base_dir)
+        mesh, _ = read_mesh(path)
+        inputs["head"] = protocol.head
+        inputs["head_file"] = path.name
+        inputs["head_sha256"] = sha256_file(path)
+    table = conductivity_table(protocol.conductivities)
+    mesh = check_mesh(mesh, known_tags=set(table))
+    timings["read_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    sigma = element_conductivities(mesh.tet_tags, table)
+    geometry = P1Geometry.from_mesh(mesh)
+    stiffness = assemble_stiffness(geometry, sigma)
+    timings["assembly_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    placed = place_electrodes(mesh, _electrode_specs(protocol))
+    system = electrode_system(stiffness, placed)
+    b = system.rhs([e.current_A for e in placed])
+    timings["electrodes_s"] = time.perf_counter() - t
+
+    opts = protocol.solver
+    if opts.method == "direct":
+        solver = FactorizedSolver(system.matrix)
+    else:
+        solver = amg_cg(rtol=opts.rtol, maxiter=opts.maxiter)
+    x, info = solver(system.matrix, b)
+    timings["setup_s"], timings["solve_s"] = info.setup_s, info.solve_s
+
+    t = time.perf_counter()
+    potential = system.expand(x)
+    e_field = element_efield(geometry, potential)
+    j_field = sigma[:, None] * e_field
+    recovered = recover_gradient(geometry, mesh.tet_tags, e_field) if opts.recovery == "nodal_average" else None
+    # the current each electrode actually delivers: the discrete flux K v summed over its nodes
+    flux = stiffness @ potential
+    delivered = {e.name: float(flux[e.nodes].sum()) for e in placed}
+    timings["fields_s"] = time.perf_counter() - t
+    logger.info("solved %s on %r: %d iterations, peak |E| %.3g V/m", protocol.kind, protocol.head,
+                info.iterations, float(np.linalg.norm(e_field, axis=1).max()))
+    return SimulationResult(protocol, mesh, potential, e_field, j_field, sigma, placed, info, recovered,
+                            timings, inputs, delivered)
+
+
+__all__ = ["simulate", "SimulationResult", "resolve_head", "EMBEDDED_HEADS", "__version__"]

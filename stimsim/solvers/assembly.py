@@ -1,0 +1,108 @@
+"""Vectorised P1 (linear tetrahedron) finite-element assembly.
+
+Everything is computed for all elements at once with numpy (no Python loop over
+elements).  Inputs are in mm (mesh files); outputs are SI: gradients in 1/m,
+volumes in m³, stiffness in S (A/V).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import MeshError
+from ..mesh.model import Mesh
+
+# the 6 local edges (i < j) of a tetrahedron
+_EDGES = np.array([[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]])
+
+
+@dataclass(frozen=True, eq=False)
+class P1Geometry:
+    """Per-element data every P1 operation needs.
+
+    Attributes
+    ----------
+    tets : (m, 4) int32 node indices
+    grads : (m, 4, 3) float64, gradients of the 4 hat functions in 1/m
+    volumes_m3 : (m,) float64, element volumes in m³
+    n_nodes : number of mesh nodes
+    """
+
+    tets: np.ndarray
+    grads: np.ndarray
+    volumes_m3: np.ndarray
+    n_nodes: int
+
+    @classmethod
+    def from_mesh(cls, mesh: Mesh) -> "P1Geometry":
+        """Hat-function gradients from the closed-form cofactor expressions.
+
+        With edge vectors a, b, c from node 0, grad(phi_1) = (b x c) / det, etc.; this is
+        cheaper than a batched 3x3 inverse and exact up to round-off.
+        """
+        # component-wise (m, 4) gathers keep every array contiguous: ~5x faster than np.cross
+        x, y, z = (np.ascontiguousarray(mesh.nodes[:, k])[mesh.tets] * 1e-3 for k in range(3))  # mm -> m
+        a = (x[:, 1] - x[:, 0], y[:, 1] - y[:, 0], z[:, 1] - z[:, 0])
+        b = (x[:, 2] - x[:, 0], y[:, 2] - y[:, 0], z[:, 2] - z[:, 0])
+        c = (x[:, 3] - x[:, 0], y[:, 3] - y[:, 0], z[:, 3] - z[:, 0])
+        bc, ca, ab = _cross(b, c), _cross(c, a), _cross(a, b)
+        det = a[0] * bc[0] + a[1] * bc[1] + a[2] * bc[2]
+        if np.any(det == 0):
+            bad = int(np.flatnonzero(det == 0)[0])
+            raise MeshError(f"tetrahedron #{bad} has zero volume; repair or re-mesh the head model")
+        inv = 1.0 / det
+        grads = np.empty((len(det), 4, 3))
+        for d in range(3):
+            grads[:, 1, d] = bc[d] * inv
+            grads[:, 2, d] = ca[d] * inv
+            grads[:, 3, d] = ab[d] * inv
+            grads[:, 0, d] = -(grads[:, 1, d] + grads[:, 2, d] + grads[:, 3, d])
+        return cls(mesh.tets, grads, np.abs(det) / 6.0, mesh.n_nodes)
+
+    def gradient(self, nodal_values: np.ndarray) -> np.ndarray:
+        """Element-wise gradient (m, 3) of a P1 field given at nodes (unit: value per metre)."""
+        return np.einsum("mk,mkd->md", nodal_values[self.tets], self.grads)
+
+
+def _cross(u, v):
+    return (u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0])
+
+
+def assemble_stiffness(geometry: P1Geometry, sigma: np.ndarray) -> sp.csr_matrix:
+    r"""Global stiffness matrix :math:`K_{ij} = \sum_e \sigma_e V_e \nabla\phi_i\cdot\nabla\phi_j` (S).
+
+    Only the 6 edge couplings per element are computed; the diagonal follows from the
+    row sums being zero (constants are in the kernel of the Laplacian), which halves the
+    work and memory of the assembly.
+
+    Parameters
+    ----------
+    geometry : P1Geometry
+    sigma : (m,) conductivity per element, S/m
+    """
+    g = geometry.grads
+    w = sigma * geometry.volumes_m3
+    i, j = _EDGES[:, 0], _EDGES[:, 1]
+    off = np.einsum("mkd,mkd->mk", g[:, i], g[:, j]) * w[:, None]  # (m, 6)
+    rows = geometry.tets[:, i].ravel()
+    cols = geometry.tets[:, j].ravel()
+    n = geometry.n_nodes
+    upper = sp.csr_matrix((off.ravel(), (rows, cols)), shape=(n, n))
+    k = upper + upper.T
+    diag = -np.asarray(k.sum(axis=1)).ravel()
+    k = k + sp.diags(diag, format="csr")
+    k.sum_duplicates()
+    k.sort_indices()
+    return k
+
+
+def assemble_load_from_element_vectors(geometry: P1Geometry, element_vectors: np.ndarray) -> np.ndarray:
+    r"""Right-hand side :math:`b_i = \sum_e V_e\, \mathbf{f}_e\cdot\nabla\phi_i` for a piecewise-constant vector field.
+
+    Used for TMS, where ``f = -sigma dA/dt`` per element (unit of b: A when f is in A/m²).
+    """
+    contrib = np.einsum("md,mkd->mk", element_vectors, geometry.grads) * geometry.volumes_m3[:, None]
+    return np.bincount(geometry.tets.ravel(), weights=contrib.ravel(), minlength=geometry.n_nodes)
