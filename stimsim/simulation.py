@@ -82,6 +82,8 @@ class SimulationResult:
     timings_s: dict = field(default_factory=dict)
     inputs: dict = field(default_factory=dict)
     electrode_currents_A: dict = field(default_factory=dict)  # recomputed from K v (conservation check)
+    node_data: dict = field(default_factory=dict)  # extra nodal fields to write (TMS: dAdt, V/m)
+    extra: dict = field(default_factory=dict)  # modality-specific facts for the summary (coil, placement...)
 
     @property
     def magnE(self) -> np.ndarray:
@@ -105,20 +107,18 @@ def _electrode_specs(protocol: TESProtocol) -> list[ElectrodeSpec]:
     return specs
 
 
-def simulate(protocol: TESProtocol, *, base_dir: Path | None = None, mesh: Mesh | None = None,
-             verbose=None) -> SimulationResult:
-    """Run a tDCS/tACS protocol: read the head, assemble, apply electrodes, solve, derive fields.
+@dataclass
+class _Head:
+    mesh: Mesh
+    sigma: np.ndarray
+    geometry: P1Geometry
+    stiffness: object
+    inputs: dict
+    timings: dict
 
-    Parameters
-    ----------
-    protocol : validated protocol
-    base_dir : directory that relative ``head`` paths are relative to (the protocol's folder)
-    mesh : use this mesh instead of reading ``protocol.head`` (e.g. in batches)
-    """
-    if verbose is not None:
-        from ._logging import set_log_level
 
-        set_log_level(verbose)
+def _prepare_head(protocol, base_dir, mesh) -> _Head:
+    """Read + check the head, assign conductivities, assemble the stiffness matrix."""
     timings = {}
     inputs = {"protocol_sha256": hashlib.sha256(
         json.dumps(protocol_to_dict(protocol), sort_keys=True).encode()).hexdigest()}
@@ -132,25 +132,53 @@ def simulate(protocol: TESProtocol, *, base_dir: Path | None = None, mesh: Mesh 
     table = conductivity_table(protocol.conductivities)
     mesh = check_mesh(mesh, known_tags=set(table))
     timings["read_s"] = time.perf_counter() - t
-
     t = time.perf_counter()
     sigma = element_conductivities(mesh.tet_tags, table)
     geometry = P1Geometry.from_mesh(mesh)
     stiffness = assemble_stiffness(geometry, sigma)
     timings["assembly_s"] = time.perf_counter() - t
+    return _Head(mesh, sigma, geometry, stiffness, inputs, timings)
 
+
+def _solver_for(opts, matrix):
+    if opts.method == "direct":
+        return FactorizedSolver(matrix)
+    return amg_cg(rtol=opts.rtol, maxiter=opts.maxiter)
+
+
+def simulate(protocol, *, base_dir: Path | None = None, mesh: Mesh | None = None,
+             verbose=None) -> SimulationResult:
+    """Run a protocol (tDCS, tACS or TMS): read the head, assemble, apply sources, solve, derive fields.
+
+    Parameters
+    ----------
+    protocol : validated protocol (:class:`TESProtocol` or :class:`TMSProtocol`)
+    base_dir : directory that relative ``head``/coil paths are relative to (the protocol's folder)
+    mesh : use this mesh instead of reading ``protocol.head`` (e.g. in batches)
+    verbose : log level override (``True`` = INFO)
+    """
+    if verbose is not None:
+        from ._logging import set_log_level
+
+        set_log_level(verbose)
+    head = _prepare_head(protocol, base_dir, mesh)
+    if protocol.kind == "tms":
+        from .tms import solve_tms
+
+        return solve_tms(protocol, head, base_dir)
+    return _solve_tes(protocol, head)
+
+
+def _solve_tes(protocol: TESProtocol, head: _Head) -> SimulationResult:
+    mesh, geometry, sigma, timings = head.mesh, head.geometry, head.sigma, head.timings
     t = time.perf_counter()
     placed = place_electrodes(mesh, _electrode_specs(protocol))
-    system = electrode_system(stiffness, placed)
+    system = electrode_system(head.stiffness, placed)
     b = system.rhs([e.current_A for e in placed])
     timings["electrodes_s"] = time.perf_counter() - t
 
     opts = protocol.solver
-    if opts.method == "direct":
-        solver = FactorizedSolver(system.matrix)
-    else:
-        solver = amg_cg(rtol=opts.rtol, maxiter=opts.maxiter)
-    x, info = solver(system.matrix, b)
+    x, info = _solver_for(opts, system.matrix)(system.matrix, b)
     timings["setup_s"], timings["solve_s"] = info.setup_s, info.solve_s
 
     t = time.perf_counter()
@@ -159,13 +187,13 @@ def simulate(protocol: TESProtocol, *, base_dir: Path | None = None, mesh: Mesh 
     j_field = sigma[:, None] * e_field
     recovered = recover_gradient(geometry, mesh.tet_tags, e_field) if opts.recovery == "nodal_average" else None
     # the current each electrode actually delivers: the discrete flux K v summed over its nodes
-    flux = stiffness @ potential
+    flux = head.stiffness @ potential
     delivered = {e.name: float(flux[e.nodes].sum()) for e in placed}
     timings["fields_s"] = time.perf_counter() - t
     logger.info("solved %s on %r: %d iterations, peak |E| %.3g V/m", protocol.kind, protocol.head,
                 info.iterations, float(np.linalg.norm(e_field, axis=1).max()))
     return SimulationResult(protocol, mesh, potential, e_field, j_field, sigma, placed, info, recovered,
-                            timings, inputs, delivered)
+                            timings, head.inputs, delivered)
 
 
 __all__ = ["simulate", "SimulationResult", "resolve_head", "EMBEDDED_HEADS", "__version__"]

@@ -12,10 +12,10 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from ..errors import ProtocolError
-from .models import TESProtocol
+from .models import Protocol, TESProtocol, TMSProtocol
 
-_ADAPTER = TypeAdapter(TESProtocol)
-_KINDS = ("tdcs", "tacs")
+_ADAPTER = TypeAdapter(Protocol)
+_KINDS = ("tdcs", "tacs", "tms")
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
@@ -23,10 +23,13 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
         loc = ""
-        for part in e["loc"]:
+        parts = list(e["loc"])
+        if parts and parts[0] in _KINDS:  # the discriminated-union branch, not a field
+            parts = parts[1:]
+        for part in parts:
             if isinstance(part, int):
                 loc += f"[{part}]"
-            elif part not in ("TESProtocol", "function-after[_consistent(), TESProtocol]"):
+            elif "[" not in str(part) and not str(part)[:1].isupper():  # skip model/validator names
                 loc += ("." if loc else "") + str(part)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
@@ -39,9 +42,9 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return "; ".join(lines)
 
 
-def validate_protocol(data: Any, source: str = "protocol") -> TESProtocol:
+def validate_protocol(data: Any, source: str = "protocol") -> TESProtocol | TMSProtocol:
     """Validate a mapping (e.g. parsed YAML) into a protocol model."""
-    if isinstance(data, TESProtocol):
+    if isinstance(data, (TESProtocol, TMSProtocol)):
         return data
     if not isinstance(data, dict):
         raise ProtocolError(f"{source}: a protocol must be a mapping with a 'kind' key, got {type(data).__name__}")
@@ -54,7 +57,7 @@ def validate_protocol(data: Any, source: str = "protocol") -> TESProtocol:
         raise ProtocolError(_format_validation_error(err, source)) from None
 
 
-def load_protocol(path: str | os.PathLike) -> TESProtocol:
+def load_protocol(path: str | os.PathLike) -> TESProtocol | TMSProtocol:
     """Read and validate a protocol YAML file.
 
     Raises
@@ -77,12 +80,12 @@ def load_protocol(path: str | os.PathLike) -> TESProtocol:
     return validate_protocol(data, source=str(path))
 
 
-def protocol_to_dict(protocol: TESProtocol) -> dict:
+def protocol_to_dict(protocol) -> dict:
     """Plain JSON/YAML-ready dict (defaults included, None dropped)."""
     return protocol.model_dump(mode="json", exclude_none=True)
 
 
-def save_protocol(protocol: TESProtocol, path: str | os.PathLike) -> Path:
+def save_protocol(protocol, path: str | os.PathLike) -> Path:
     """Write a protocol as YAML atomically (temp file, then rename)."""
     path = Path(path)
     text = yaml.safe_dump(protocol_to_dict(protocol), sort_keys=False, default_flow_style=None)

@@ -141,4 +141,151 @@ class TESProtocol(_Model):
         return self
 
 
-Protocol = Annotated[Union[TESProtocol], Field(discriminator="kind")]
+class CoilSpec(_Model):
+    """A coil: a dipole file (.ccd, path or name of a shipped coil) or a parametric winding model."""
+
+    file: str | None = Field(None, description="path to a .ccd dipole file, or a shipped coil name "
+                                               "(e.g. Magstim_70mm_Fig8.ccd)")
+    type: Literal["circular", "figure8"] | None = Field(None, description="parametric coil instead of a file")
+    outer_diameter_mm: float = Field(70.0, gt=0)
+    inner_diameter_mm: float | None = Field(None, gt=0)
+    turns: int = Field(9, ge=1)
+    winding_depth_mm: float = Field(5.0, ge=0, description="winding plane above the coil's bottom face")
+    didt_max_A_per_us: float | None = Field(None, gt=0, description="dI/dt at 100 % MSO, A/µs (overrides the file)")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.file is None) == (self.type is None):
+            raise ValueError("coil: give exactly one of 'file' or 'type' (circular | figure8)")
+        return self
+
+
+class Placement(_Model):
+    """Coil position: scalp centre + handle direction + distance, or a 4x4 coil-to-head matrix (mm)."""
+
+    center: Union[Vec3, str, None] = Field(None, description="scalp point [x, y, z] mm (or EEG name on heads "
+                                                             "with positions)")
+    direction: Vec3 | None = Field(None, description="handle (coil y) direction, projected on the scalp")
+    distance_mm: float = Field(4.0, ge=0, description="scalp-to-coil distance, mm")
+    matrix: list[list[float]] | None = Field(None, description="4x4 coil-to-head matrix (SimNIBS matsimnibs "
+                                                               "convention, mm)")
+
+    @model_validator(mode="after")
+    def _center_or_matrix(self):
+        if self.matrix is not None:
+            if self.center is not None or self.direction is not None:
+                raise ValueError("placement: give either matrix or center+direction, not both")
+            if len(self.matrix) != 4 or any(len(r) != 4 for r in self.matrix):
+                raise ValueError("placement.matrix must be 4 rows of 4 numbers")
+        elif self.center is None or self.direction is None:
+            raise ValueError("placement: needs center and direction (or a 4x4 matrix)")
+        return self
+
+
+class Stimulator(_Model):
+    """Coil current change rate: directly (A/µs) or as % of maximum stimulator output."""
+
+    didt_A_per_us: float | None = Field(None, gt=0, description="dI/dt of the pulse, A/µs")
+    percent_mso: float | None = Field(None, gt=0, le=100, description="% of maximum stimulator output "
+                                                                     "(needs the coil's dI/dt max)")
+    waveform: Literal["biphasic", "monophasic"] = Field("biphasic", description="pulse shape (recorded)")
+    model: str | None = Field(None, description="stimulator make/model (recorded)")
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.didt_A_per_us is None) == (self.percent_mso is None):
+            raise ValueError("stimulator: give exactly one of didt_A_per_us or percent_mso")
+        return self
+
+
+class PulseProgram(_Model):
+    """Pulse programme: single pulses, repetitive TMS or theta burst (iTBS / cTBS / custom)."""
+
+    type: Literal["single", "rtms", "itbs", "ctbs", "tbs"]
+    intensity_pct_rmt: float | None = Field(None, gt=0, description="% of resting motor threshold")
+    intensity_pct_amt: float | None = Field(None, gt=0, description="% of active motor threshold")
+    intensity_pct_mso: float | None = Field(None, gt=0, le=100, description="% of maximum stimulator output")
+    pulses: int | None = Field(None, ge=1, description="single: number of pulses")
+    interval_s: float | None = Field(None, gt=0, description="single: seconds between pulses")
+    frequency_hz: float | None = Field(None, gt=0, description="rtms: pulse frequency within a train")
+    pulses_per_train: int | None = Field(None, ge=1)
+    trains: int | None = Field(None, ge=1)
+    iti_s: float | None = Field(None, ge=0, description="inter-train interval (pause between trains), s")
+    burst_frequency_hz: float | None = Field(None, gt=0, description="tbs: pulse frequency within a burst "
+                                                                     "(default 50 Hz)")
+    pulses_per_burst: int | None = Field(None, ge=1, description="tbs: default 3")
+    burst_rate_hz: float | None = Field(None, gt=0, description="tbs: bursts per second (default 5 Hz, theta)")
+    bursts_per_train: int | None = Field(None, ge=1, description="tbs: iTBS 10 (2 s), cTBS 200 (40 s)")
+
+    @model_validator(mode="after")
+    def _complete(self):
+        t = self.type
+        if t == "rtms":
+            missing = [f for f in ("frequency_hz", "pulses_per_train") if getattr(self, f) is None]
+            if missing:
+                raise ValueError(f"program type 'rtms' needs {', '.join(missing)}")
+            if (self.trains or 1) > 1 and self.iti_s is None:
+                raise ValueError("program: more than one train needs iti_s (inter-train interval, s)")
+        if t in ("rtms", "single") and any(getattr(self, f) is not None for f in (
+                "burst_frequency_hz", "pulses_per_burst", "burst_rate_hz", "bursts_per_train")):
+            raise ValueError(f"program type {t!r} takes no burst_* fields; use type itbs, ctbs or tbs")
+        if t == "tbs" and self.bursts_per_train is None:
+            raise ValueError("program type 'tbs' needs bursts_per_train")
+        if t in ("itbs", "ctbs", "tbs"):
+            period = 1.0 / (self.burst_rate_hz or 5.0)
+            span = ((self.pulses_per_burst or 3) - 1) / (self.burst_frequency_hz or 50.0)
+            if span >= period:
+                raise ValueError("program: a burst lasts longer than the burst period; lower pulses_per_burst "
+                                 "or raise burst_frequency_hz")
+        given = [f for f in ("intensity_pct_rmt", "intensity_pct_amt", "intensity_pct_mso") if getattr(self, f)]
+        if len(given) > 1:
+            raise ValueError(f"program: give one intensity, not {', '.join(given)}")
+        return self
+
+    def expanded(self) -> dict:
+        """The programme with iTBS/cTBS defaults filled in and totals: pulses, train and session duration (s)."""
+        t = self.type
+        if t == "single":
+            n = self.pulses or 1
+            return {"type": t, "total_pulses": n,
+                    "session_duration_s": (n - 1) * (self.interval_s or 0.0)}
+        if t == "rtms":
+            trains = self.trains or 1
+            train_s = self.pulses_per_train / self.frequency_hz
+            return {"type": t, "frequency_hz": self.frequency_hz, "pulses_per_train": self.pulses_per_train,
+                    "trains": trains, "iti_s": self.iti_s or 0.0, "train_duration_s": train_s,
+                    "total_pulses": self.pulses_per_train * trains,
+                    "session_duration_s": trains * train_s + (trains - 1) * (self.iti_s or 0.0)}
+        defaults = {"itbs": (10, 20, 8.0), "ctbs": (200, 1, 0.0), "tbs": (self.bursts_per_train, 1, 0.0)}[t]
+        bursts = self.bursts_per_train or defaults[0]
+        trains = self.trains or defaults[1]
+        iti = self.iti_s if self.iti_s is not None else defaults[2]
+        ppb = self.pulses_per_burst or 3
+        rate = self.burst_rate_hz or 5.0
+        train_s = bursts / rate
+        return {"type": t, "burst_frequency_hz": self.burst_frequency_hz or 50.0, "pulses_per_burst": ppb,
+                "burst_rate_hz": rate, "bursts_per_train": bursts, "trains": trains, "iti_s": iti,
+                "train_duration_s": train_s, "total_pulses": ppb * bursts * trains,
+                "session_duration_s": trains * train_s + (trains - 1) * iti}
+
+
+class TMSProtocol(_Model):
+    """A TMS session: head, coil, placement, stimulator output and pulse programme."""
+
+    kind: Literal["tms"]
+    name: str | None = None
+    description: str | None = None
+    head: str = Field("sphere", description="'sphere' or a path to a .msh/.vtu mesh")
+    conductivities: dict[Union[int, str], float] | None = None
+    coil: CoilSpec
+    placement: Placement
+    stimulator: Stimulator
+    program: PulseProgram = PulseProgram(type="single")
+    sessions: int | None = Field(None, ge=1)
+    sessions_per_day: int | None = Field(None, ge=1)
+    solver: SolverOptions = SolverOptions()
+
+    _conductivities_valid = field_validator("conductivities")(TESProtocol._conductivities_valid.__func__)
+
+
+Protocol = Annotated[Union[TESProtocol, TMSProtocol], Field(discriminator="kind")]

@@ -254,3 +254,9 @@ def electrode_system(stiffness: sp.csr_matrix, electrodes: Sequence[PlacedElectr
     a = sp.csr_matrix((coo.data[keep], (r[keep], c[keep])), shape=(next_dof, next_dof))
     a.sum_duplicates()
     return ElectrodeSystem(a, dof, electrode_dofs)
+
+
+def grounded_system(stiffness: sp.csr_matrix, node: int = 0) -> ElectrodeSystem:
+    """System with only one node held at 0 V (TMS: no electrodes, the potential is floating)."""
+    ground = PlacedElectrode("ground", 0.0, np.array([node]), node, 0.0, 0.0, "point")
+    return electrode_system(stiffness, [ground], reference=0)

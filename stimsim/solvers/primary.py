@@ -1,0 +1,81 @@
+r"""TMS primary field: dA/dt of magnetic dipoles at arbitrary points.
+
+.. math:: \frac{\partial\mathbf A}{\partial t}(\mathbf r) = \frac{\mu_0}{4\pi}\,\frac{dI}{dt}
+          \sum_k \frac{\mathbf m_k\times(\mathbf r-\mathbf r_k)}{|\mathbf r-\mathbf r_k|^3}
+
+(vector potential of a point magnetic dipole; Jackson, Classical Electrodynamics, eq. 5.55).
+The sum over dipoles is done by a numba kernel parallel over points when numba is
+installed (exact, ~0.5 s for 1e5 points x 2.7e3 dipoles on 2 cores) and by chunked numpy
+otherwise (exact, several times slower).  No Python loop over points or dipoles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MU0 = 4e-7 * np.pi  # vacuum permeability, H/m (the pre-2019 exact value; relative change 1e-10)
+
+try:  # optional accelerator
+    import numba
+
+    @numba.njit(parallel=True, fastmath=False, cache=True)
+    def _dipole_sum_numba(points, dpos, dmom, out):  # pragma: no cover - compiled
+        n = points.shape[0]
+        k = dpos.shape[0]
+        for i in numba.prange(n):
+            x, y, z = points[i, 0], points[i, 1], points[i, 2]
+            ax = 0.0
+            ay = 0.0
+            az = 0.0
+            for j in range(k):
+                rx = x - dpos[j, 0]
+                ry = y - dpos[j, 1]
+                rz = z - dpos[j, 2]
+                r2 = rx * rx + ry * ry + rz * rz
+                inv3 = 1.0 / (r2 * np.sqrt(r2))
+                mx, my, mz = dmom[j, 0], dmom[j, 1], dmom[j, 2]
+                ax += (my * rz - mz * ry) * inv3
+                ay += (mz * rx - mx * rz) * inv3
+                az += (mx * ry - my * rx) * inv3
+            out[i, 0] = ax
+            out[i, 1] = ay
+            out[i, 2] = az
+
+    HAVE_NUMBA = True
+except Exception:  # pragma: no cover - depends on the environment
+    HAVE_NUMBA = False
+
+
+def _dipole_sum_numpy(points, dpos, dmom, chunk=4096):
+    out = np.empty_like(points)
+    for s in range(0, len(points), chunk):
+        p = points[s:s + chunk]
+        r = p[:, None, :] - dpos[None, :, :]  # (c, k, 3)
+        inv3 = np.sum(r * r, axis=2) ** -1.5
+        out[s:s + chunk, 0] = np.einsum("ck,ck->c", r[:, :, 2], inv3 * dmom[:, 1]) - np.einsum(
+            "ck,ck->c", r[:, :, 1], inv3 * dmom[:, 2])
+        out[s:s + chunk, 1] = np.einsum("ck,ck->c", r[:, :, 0], inv3 * dmom[:, 2]) - np.einsum(
+            "ck,ck->c", r[:, :, 2], inv3 * dmom[:, 0])
+        out[s:s + chunk, 2] = np.einsum("ck,ck->c", r[:, :, 1], inv3 * dmom[:, 0]) - np.einsum(
+            "ck,ck->c", r[:, :, 0], inv3 * dmom[:, 1])
+    return out
+
+
+def dipole_dadt(points_mm: np.ndarray, dipole_positions_mm: np.ndarray, dipole_moments_m2: np.ndarray,
+                didt_A_per_s: float, *, backend: str = "auto") -> np.ndarray:
+    """dA/dt (V/m) at ``points_mm`` from dipoles (positions in mm, moments per ampere in m²).
+
+    The primary electric field is ``-dA/dt``.  ``backend``: "auto", "numba" or "numpy".
+    """
+    pts = np.ascontiguousarray(points_mm, float) * 1e-3
+    dpos = np.ascontiguousarray(dipole_positions_mm, float) * 1e-3
+    dmom = np.ascontiguousarray(dipole_moments_m2, float)
+    use_numba = HAVE_NUMBA if backend == "auto" else backend == "numba"
+    if use_numba and not HAVE_NUMBA:
+        raise ImportError("backend 'numba' requested but numba is not installed")
+    if use_numba:
+        out = np.empty_like(pts)
+        _dipole_sum_numba(pts, dpos, dmom, out)
+    else:
+        out = _dipole_sum_numpy(pts, dpos, dmom)
+    return out * (MU0 / (4 * np.pi) * didt_A_per_s)

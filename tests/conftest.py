@@ -1,0 +1,55 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_file(rel: str) -> Path:
+    """A file from ../shared/data; skip outside CI when missing, fail under CI=true."""
+    path = SHARED / rel
+    if not path.exists():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"reference data missing under CI: {path}")
+        pytest.skip(f"reference data not available: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sphere3_mesh():
+    from stimsim.mesh import read_mesh
+    from stimsim.simulation import resolve_head
+
+    mesh, _ = read_mesh(resolve_head("sphere"))
+    return mesh
+
+
+@pytest.fixture(scope="session")
+def fine_sphere_mesh():
+    """A 3-layer sphere (85/90/95 mm) meshed at 4.5 mm by gmsh (~170k tets)."""
+    pytest.importorskip("gmsh")
+    from stimsim.mesh.sphere import make_sphere_mesh
+
+    return make_sphere_mesh((85.0, 90.0, 95.0), element_size_mm=4.5)
+
+
+@pytest.fixture(scope="session")
+def large_sphere_mesh():
+    """The ~665k-tet 3-layer sphere of the acceptance criteria (gmsh, 2.8 mm elements)."""
+    pytest.importorskip("gmsh")
+    from stimsim.mesh.sphere import make_sphere_mesh
+
+    return make_sphere_mesh((85.0, 90.0, 95.0), element_size_mm=2.8)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """``shared_data("meshes/sphere3.msh")`` -> Path, with the skip/fail policy of :func:`shared_file`."""
+    return shared_file
