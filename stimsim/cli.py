@@ -53,7 +53,7 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(code=2)
 
 
-def _run_and_write(protocol, base_dir, out: Path, overwrite: bool):
+def _run_and_write(protocol, base_dir, out: Path, overwrite: bool, msh_version: str = "4.1"):
     from rich.console import Console
     from rich.table import Table
 
@@ -66,7 +66,7 @@ def _run_and_write(protocol, base_dir, out: Path, overwrite: bool):
     with console.status("solving ...", spinner="dots"):
         result = simulate(protocol, base_dir=base_dir)
     with console.status("writing results ...", spinner="dots"):
-        write_results(result, out, overwrite=overwrite)
+        write_results(result, out, overwrite=overwrite, msh_version=msh_version)
     summary = json.loads((out / "summary.json").read_text())
     table = Table(title=f"|E| per tissue (V/m) — {protocol.kind}, {protocol.head}")
     for col in ("tissue", "volume cm³", "mean", "p99", "p99.9", "max"):
@@ -100,6 +100,7 @@ def run(
     protocol: Path = typer.Argument(..., help="protocol YAML file"),
     out: Path = typer.Option(..., "--out", "-o", help="results folder to create"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing results folder"),
+    msh_version: str = typer.Option("4.1", "--msh-version", help="Gmsh format of fields.msh: 4.1 or 2.2"),
 ):
     """Simulate a protocol and write fields.msh, fields.vtu, summary.json and protocol.yaml to OUT.
 
@@ -108,8 +109,10 @@ def run(
     from .protocol import load_protocol
 
     try:
+        if msh_version not in ("4.1", "2.2"):
+            raise StimsimError(f"--msh-version: {msh_version!r} is not one of 4.1, 2.2")
         p = load_protocol(protocol)
-        _run_and_write(p, protocol.resolve().parent, out, overwrite)
+        _run_and_write(p, protocol.resolve().parent, out, overwrite, msh_version)
     except StimsimError as err:
         _fail(err)
 

@@ -55,7 +55,7 @@ def summarize(result: SimulationResult) -> dict:
     vol = mesh.volumes_mm3
     p = result.protocol
     electrodes = []
-    for spec, e in zip(p.electrodes, result.electrodes):
+    for spec, e in zip(getattr(p, "electrodes", []), result.electrodes):
         electrodes.append({
             "name": e.name, "shape": e.shape, "current_mA": spec.current_mA,
             "delivered_current_mA": result.electrode_currents_A.get(e.name, float("nan")) * 1e3,
@@ -82,14 +82,24 @@ def summarize(result: SimulationResult) -> dict:
         "magnJ_A_per_m2": field_statistics(np.linalg.norm(result.J, axis=1), vol, mesh.tet_tags),
         "percentiles": "volume-weighted over the elements of each tissue",
     }
+    if result.extra:
+        summary["tms" if p.kind == "tms" else "extra"] = result.extra
+    if p.kind == "tms":
+        summary["units"]["dAdt"] = "V/m"
+        del summary["electrodes"]
     if result.E_recovered is not None:
         summary["magnE_recovered_V_per_m"] = field_statistics(
             np.linalg.norm(result.E_recovered, axis=1), vol, mesh.tet_tags)
     return summary
 
 
-def write_results(result: SimulationResult, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write ``fields.msh`` (Gmsh 2.2 binary), ``fields.vtu``, ``summary.json`` and ``protocol.yaml``.
+def write_results(result: SimulationResult, out_dir: str | os.PathLike, *, overwrite: bool = False,
+                  msh_version: str = "4.1") -> Path:
+    """Write ``fields.msh``, ``fields.vtu``, ``summary.json`` and ``protocol.yaml``.
+
+    ``fields.msh`` is Gmsh MSH 4.1 binary by default: Gmsh, SimNIBS 4 and meshio all read it
+    with its element data (meshio 5.3 cannot read element data from MSH 2.2 files that mix
+    triangles and tetrahedra, meshio issue #1257); pass ``msh_version="2.2"`` for older tools.
 
     Raises
     ------
@@ -109,13 +119,15 @@ def write_results(result: SimulationResult, out_dir: str | os.PathLike, *, overw
                         "magnJ": np.linalg.norm(result.J, axis=1)}
         if result.E_recovered is not None:
             element_data["E_recovered"] = result.E_recovered
-        node_data = {"v": result.potential_V}
-        write_msh(tmp / "fields.msh", result.mesh, node_data=node_data, element_data=element_data)
+        node_data = {"v": result.potential_V, **result.node_data}
+        write_msh(tmp / "fields.msh", result.mesh, node_data=node_data, element_data=element_data,
+                  version=msh_version)
         write_vtu(tmp / "fields.vtu", result.mesh, node_data=node_data, element_data=element_data)
         save_protocol(result.protocol, tmp / "protocol.yaml")
         summary = summarize(result)
         summary["timings_s"]["write_s"] = round(time.perf_counter() - t, 4)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True), encoding="utf-8")
+        os.chmod(tmp, 0o755)  # mkdtemp creates 0700
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

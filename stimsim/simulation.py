@@ -24,7 +24,7 @@ from .mesh import Mesh, check_mesh, read_mesh
 from .protocol import TESProtocol, protocol_to_dict
 from .solvers.assembly import P1Geometry, assemble_stiffness
 from .solvers.electrodes import ElectrodeSpec, PlacedElectrode, electrode_system, place_electrodes
-from .solvers.fields import element_efield, recover_gradient
+from .solvers.fields import element_efield, recover
 from .solvers.linear import FactorizedSolver, SolveInfo, amg_cg
 
 #: heads that ship inside the package: name -> (file in stimsim/data, description)
@@ -185,7 +185,8 @@ def _solve_tes(protocol: TESProtocol, head: _Head) -> SimulationResult:
     potential = system.expand(x)
     e_field = element_efield(geometry, potential)
     j_field = sigma[:, None] * e_field
-    recovered = recover_gradient(geometry, mesh.tet_tags, e_field) if opts.recovery == "nodal_average" else None
+    method = "nodal_average" if opts.recovery == "auto" else opts.recovery
+    recovered = recover(method, geometry, mesh, e_field)
     # the current each electrode actually delivers: the discrete flux K v summed over its nodes
     flux = head.stiffness @ potential
     delivered = {e.name: float(flux[e.nodes].sum()) for e in placed}

@@ -20,7 +20,7 @@ from .errors import ProtocolError
 from .protocol import TMSProtocol
 from .solvers.assembly import assemble_load_from_element_vectors
 from .solvers.electrodes import grounded_system
-from .solvers.fields import element_efield, recover_gradient
+from .solvers.fields import element_efield, recover
 from .solvers.primary import dipole_dadt
 
 
@@ -88,10 +88,11 @@ def solve_tms(protocol: TMSProtocol, head, base_dir: Path | None = None):
     potential = system.expand(x)
     grad_part = element_efield(geometry, potential)  # -grad v
     e_field = grad_part - dadt_elem
-    recovered = None
-    if protocol.solver.recovery == "nodal_average":
-        # recover only -grad v (it jumps at tissue boundaries); add the smooth primary field back exactly
-        recovered = recover_gradient(geometry, mesh.tet_tags, grad_part) - dadt_elem
+    # recover only -grad v (it jumps at tissue boundaries); add the smooth primary field back
+    method = "spr" if protocol.solver.recovery == "auto" else protocol.solver.recovery
+    recovered = recover(method, geometry, mesh, grad_part)
+    if recovered is not None:
+        recovered -= dadt_elem
     timings["fields_s"] = time.perf_counter() - t
     extra = {
         "coil": {"name": coil.name, "dipoles": coil.n_dipoles,

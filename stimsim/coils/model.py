@@ -160,8 +160,8 @@ def make_coil(kind: str, *, outer_diameter_mm: float = 70.0, inner_diameter_mm: 
 
     The windings are concentric flat loops, discretised into z-directed magnetic dipoles
     (exact far field; the near field converges as ``rings`` grows).  A figure-8 has two such
-    wings side by side along x with opposite current, touching at the origin, so the peak
-    field under the centre points along ±x (perpendicular to the handle).
+    wings side by side along x with opposite current, touching at the origin, so the
+    windings run along y (the handle) at the centre, and so does the peak field under it.
 
     Parameters
     ----------
@@ -181,7 +181,9 @@ def make_coil(kind: str, *, outer_diameter_mm: float = 70.0, inner_diameter_mm: 
         raise CoilError("coil: inner_diameter_mm must be > 0 and <= outer_diameter_mm")
     z = -winding_depth_mm * 1e-3  # windings sit above the bottom face: negative z (z points into the head)
     radii = np.linspace(r_in, r_out, turns) if turns > 1 else np.array([0.5 * (r_in + r_out)])
-    wings = [((0.0, 0.0), 1.0)] if kind == "circular" else [((-r_out, 0.0), 1.0), ((r_out, 0.0), -1.0)]
+    # wing signs as in the shipped Magstim .ccd model (left wing moments along -z), so that
+    # parametric and file coils give the same E direction for the same placement
+    wings = [((0.0, 0.0), 1.0)] if kind == "circular" else [((-r_out, 0.0), -1.0), ((r_out, 0.0), 1.0)]
     pos, mom = [], []
     for center, sign in wings:
         p, m = _spiral_dipoles(radii, center, z, sign, r_out / rings)

@@ -83,7 +83,7 @@ def place_coil(mesh: Mesh, center_mm, direction, distance_mm: float = 4.0, *,
         raise ProtocolError(f"placement.direction: {y.tolist()} is not a direction")
     y = y / np.linalg.norm(y)
     y = y - y.dot(z) * z
-    if np.linalg.norm(y) < 1e-3:
+    if np.linalg.norm(y) < 0.1:  # within ~6 degrees of the normal: surely a mistake
         raise ProtocolError(
             "placement.direction: the handle direction is (nearly) parallel to the scalp normal; "
             "give a direction along the scalp"

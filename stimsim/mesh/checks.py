@@ -161,25 +161,13 @@ def check_mesh(mesh: Mesh, known_tags=None, *, fix_orientation: bool = True) -> 
     return mesh
 
 
-def _dihedral_angles_deg(p: np.ndarray) -> np.ndarray:
-    """(m, 6) interior dihedral angles of tetrahedra with corner coordinates ``p`` (m, 4, 3)."""
-    # face k is opposite vertex k; its normal points away from vertex k (outward)
-    faces = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])
-    normals = []
-    for k in range(4):
-        a, b, c = (p[:, i] for i in faces[k])
-        nk = np.cross(b - a, c - a)
-        if_inward = np.einsum("ij,ij->i", nk, p[:, k] - a) > 0
-        nk[if_inward] *= -1
-        nk /= np.linalg.norm(nk, axis=1, keepdims=True)
-        normals.append(nk)
-    out = []
-    # edge (i, j) is shared by the faces opposite the two other vertices
-    for i, j in ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)):
-        k, l = (v for v in range(4) if v not in (i, j))
-        cos = np.clip(np.einsum("ij,ij->i", normals[k], normals[l]), -1.0, 1.0)
-        out.append(180.0 - np.degrees(np.arccos(cos)))
-    return np.column_stack(out)
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cross product of (3, m) component-first arrays (faster than np.cross on (m, 3))."""
+    return np.stack([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]])
+
+
+def _norm(a: np.ndarray) -> np.ndarray:
+    return np.sqrt(a[0] * a[0] + a[1] * a[1] + a[2] * a[2])
 
 
 def mesh_quality(mesh: Mesh) -> dict:
@@ -188,12 +176,12 @@ def mesh_quality(mesh: Mesh) -> dict:
     Returns a dict with ``n_nodes``, ``n_tets``, ``n_tris``, ``volume_mm3`` (total),
     ``volume_mm3_per_tag`` ({tag: mm³}), ``edge_length_mm`` ({min, median, max}),
     ``radius_ratio`` ({min, median}; 3·inradius/circumradius, 1 for a regular
-    tetrahedron, 0 for a flat one), ``min_dihedral_deg`` and ``max_dihedral_deg``.
+    tetrahedron, 0 for a flat one), ``min_dihedral_deg`` and ``max_dihedral_deg``
+    (interior dihedral angles; 70.5° for a regular tetrahedron).
     """
-    p = mesh.nodes[mesh.tets]  # (m, 4, 3)
     vol = mesh.volumes_mm3
     tags, inv = np.unique(mesh.tet_tags, return_inverse=True)
-    per_tag = np.bincount(inv, weights=vol, minlength=len(tags))
+    per_tag = np.bincount(inv.ravel(), weights=vol, minlength=len(tags))
     out = {
         "n_nodes": mesh.n_nodes,
         "n_tets": mesh.n_tets,
@@ -203,31 +191,32 @@ def mesh_quality(mesh: Mesh) -> dict:
     }
     if mesh.n_tets == 0:
         return out
-    e = p[:, [1, 2, 3, 2, 3, 3]] - p[:, [0, 0, 0, 1, 1, 2]]
-    elen = np.linalg.norm(e, axis=2)
+    xyz = mesh.nodes.T  # (3, n): component-first arrays keep every operation contiguous
+    p0, p1, p2, p3 = (xyz[:, mesh.tets[:, k]] for k in range(4))
+    a, b, c = p1 - p0, p2 - p0, p3 - p0
+    d, e, f = p2 - p1, p3 - p1, p3 - p2
+    elen = np.stack([_norm(v) for v in (a, b, c, d, e, f)])  # edges 01 02 03 12 13 23
     out["edge_length_mm"] = {
         "min": float(elen.min()),
         "median": float(np.median(elen)),
         "max": float(elen.max()),
     }
-    a, b, c = e[:, 0], e[:, 1], e[:, 2]
-    # circumradius: |a|²(b×c) + |b|²(c×a) + |c|²(a×b) over 12 V
-    num = (
-        (a * a).sum(1)[:, None] * np.cross(b, c)
-        + (b * b).sum(1)[:, None] * np.cross(c, a)
-        + (c * c).sum(1)[:, None] * np.cross(a, b)
-    )
+    # face normals (length = 2 * area), face k opposite vertex k; the common sign does not
+    # matter for the angles between them
+    bc, ac, ab = _cross(b, c), _cross(a, c), _cross(a, b)
+    n = [_cross(d, e), -bc, ac, -ab]
+    area2 = [_norm(v) for v in n]
     with np.errstate(divide="ignore", invalid="ignore"):
-        r_circ = np.linalg.norm(num, axis=1) / (12.0 * vol)
-        area = (
-            np.linalg.norm(np.cross(p[:, 2] - p[:, 1], p[:, 3] - p[:, 1]), axis=1)
-            + np.linalg.norm(np.cross(b, c), axis=1)
-            + np.linalg.norm(np.cross(a, c), axis=1)
-            + np.linalg.norm(np.cross(a, b), axis=1)
-        ) / 2.0
-        r_in = 3.0 * vol / area
+        # circumradius R = | |a|²(b×c) + |b|²(c×a) + |c|²(a×b) | / (12 V); inradius r = 3V / area
+        num = (a * a).sum(0) * bc - (b * b).sum(0) * ac + (c * c).sum(0) * ab
+        r_circ = _norm(num) / (12.0 * vol)
+        r_in = 3.0 * vol / (0.5 * (area2[0] + area2[1] + area2[2] + area2[3]))
         ratio = np.nan_to_num(3.0 * r_in / r_circ, nan=0.0)
-        dih = _dihedral_angles_deg(p)
+        unit = [v / s for v, s in zip(n, area2)]
+        # dihedral angle at edge (i, j) = 180° - angle between the normals of the two faces
+        # opposite the other two vertices (k, l)
+        cosines = np.stack([(unit[k] * unit[l]).sum(0) for k, l in ((2, 3), (1, 3), (1, 2), (0, 3), (0, 2), (0, 1))])
+        dih = 180.0 - np.degrees(np.arccos(np.clip(cosines, -1.0, 1.0)))
     out["radius_ratio"] = {"min": float(ratio.min()), "median": float(np.median(ratio))}
     out["min_dihedral_deg"] = float(np.nanmin(dih))
     out["max_dihedral_deg"] = float(np.nanmax(dih))

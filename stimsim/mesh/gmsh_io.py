@@ -600,9 +600,9 @@ class _Parser:
             logger.debug("ignored %d elements that are neither triangles nor tetrahedra", self.n_other)
         tri_ids, tri_tags, tris = parts[_TRI]
         tet_ids, tet_tags, tets = parts[_TET]
-        for name, a in (("tag", tet_tags), ("tag", tri_tags)):
+        for what, a in (("tetrahedron", tet_tags), ("triangle", tri_tags)):
             if a.size and (a.min() < np.iinfo(np.int32).min or a.max() > np.iinfo(np.int32).max):
-                raise _FormatError(f"element {name} out of the 32-bit range")
+                raise _FormatError(f"a {what} tag is outside the 32-bit integer range")
         if self.nodes.size and not np.all(np.isfinite(self.nodes)):
             logger.warning("mesh file has non-finite node coordinates")
         mesh = Mesh(nodes=self.nodes, tets=tets, tet_tags=tet_tags, tris=tris, tri_tags=tri_tags)
@@ -612,6 +612,8 @@ class _Parser:
         for kind, label, tags, vals in self.data:
             if kind == "node":
                 targets = [("node", node_map(tags), mesh.n_nodes)]
+                if not (targets[0][1] >= 0).all():
+                    logger.warning("$NodeData %r refers to node ids that are not in the mesh; ignored them", label)
             else:
                 targets = [("element", tet_map(tags), len(tets)), ("tri_element", tri_map(tags), len(tris))]
             for key, idx, size in targets:
@@ -625,9 +627,13 @@ class _Parser:
                 if label in fields[key]:
                     logger.debug("field %r appears more than once; keeping the last", label)
                 fields[key][label] = out
-            if kind == "node" and not (node_map(tags) >= 0).all():
-                logger.warning("$NodeData %r refers to node ids that are not in the mesh; ignored them", label)
         return mesh, fields
+
+
+#: what numpy / struct raise on malformed input that slipped past the explicit checks
+_RAW_ERRORS = (
+    ValueError, IndexError, KeyError, TypeError, OverflowError, struct.error, UnicodeDecodeError, MemoryError,
+)  # fmt: skip
 
 
 def read_msh(path) -> tuple[Mesh, dict]:
@@ -656,8 +662,10 @@ def read_msh(path) -> tuple[Mesh, dict]:
         mesh, fields = p.result()
     except (_FormatError, MeshError) as exc:
         where = f"section ${p.section}" if p.section else "linking elements to nodes"
-        raise MeshError(f"{path}: not a readable Gmsh MSH file: {exc} ({where}); re-export the mesh from Gmsh") from None
-    except (ValueError, IndexError, KeyError, TypeError, OverflowError, struct.error, UnicodeDecodeError, MemoryError) as exc:
+        raise MeshError(
+            f"{path}: not a readable Gmsh MSH file: {exc} ({where}); re-export the mesh from Gmsh"
+        ) from None
+    except _RAW_ERRORS as exc:
         raise MeshError(
             f"{path}: not a readable Gmsh MSH file ({type(exc).__name__}: {exc}; section ${p.section or '-'}); "
             "re-export the mesh from Gmsh"
@@ -800,7 +808,9 @@ class _Writer:
         self.w("$Entities\n")
         ent = []
         for dim, tag, _, _, conn in surf + vol:
-            xyz = m.nodes[np.unique(conn)]
+            used = np.zeros(m.n_nodes, bool)
+            used[conn.ravel()] = True
+            xyz = m.nodes[used]
             ent.append((dim, tag, xyz.min(axis=0), xyz.max(axis=0)))
         if self.binary:
             b = [struct.pack("<4Q", 0, 0, len(surf), len(vol))]

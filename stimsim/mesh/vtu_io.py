@@ -82,15 +82,17 @@ def read_vtu(path) -> tuple[Mesh, dict]:
     without either, tetrahedra get tag 1 and triangles 1001 (with a warning).
     Returns ``(mesh, {"node": {...}, "element": {...}, "tri_element": {...}})``.
     """
-    import meshio
+    from meshio import vtu  # the format reader itself: meshio.read() calls sys.exit on failure
 
     path = Path(path)
     if not path.exists():
         raise MeshFileNotFoundError(f"mesh file not found: {path}")
     try:
-        m = meshio.read(path, file_format="vtu")
-    except Exception as exc:  # meshio raises many kinds (ReadError, ParseError, ValueError...)
-        raise MeshError(f"{path}: cannot read VTU file ({type(exc).__name__}: {exc})") from None
+        m = vtu.read(str(path))
+    except (Exception, SystemExit) as exc:  # meshio raises many kinds (ReadError, ParseError, ...)
+        raise MeshError(
+            f"{path}: cannot read VTU file ({type(exc).__name__}: {exc}); re-export it or write it with write_vtu"
+        ) from None
     tag_key = next((k for k in ("tag", "gmsh:physical") if k in m.cell_data), None)
     if tag_key is None:
         logger.warning("%s has no 'tag' cell data; using tag 1 for tetrahedra and 1001 for triangles", path)
@@ -118,7 +120,8 @@ def read_vtu(path) -> tuple[Mesh, dict]:
     tris, tri_tags = cat("triangle", 3)
     if len(tets) == 0:
         raise MeshError(f"{path}: the VTU file has no tetrahedra")
-    mesh = Mesh(nodes=np.asarray(m.points, np.float64)[:, :3], tets=tets, tet_tags=tet_tags, tris=tris, tri_tags=tri_tags)
+    nodes = np.asarray(m.points, np.float64)[:, :3]
+    mesh = Mesh(nodes=nodes, tets=tets, tet_tags=tet_tags, tris=tris, tri_tags=tri_tags)
     for name, v in m.point_data.items():
         fields["node"][name] = np.asarray(v, np.float64)
     for kind, key in (("tetra", "element"), ("triangle", "tri_element")):

@@ -87,8 +87,9 @@ class SolverOptions(_Model):
                                                                       "(factorise; small meshes/many solves)")
     rtol: float = Field(1e-10, gt=0, lt=1, description="relative residual tolerance of CG")
     maxiter: int = Field(1000, gt=0)
-    recovery: Literal["none", "nodal_average"] = Field(
-        "nodal_average", description="also write a recovered field E_recovered (see stimsim.solvers.fields)"
+    recovery: Literal["auto", "none", "nodal_average", "spr"] = Field(
+        "auto", description="also write a recovered field E_recovered: auto (nodal_average for tDCS/tACS, "
+                            "spr for TMS), none, nodal_average or spr (see stimsim.solvers.fields)"
     )
 
 
