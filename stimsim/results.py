@@ -25,28 +25,35 @@ from .simulation import SimulationResult
 PERCENTILES = (50.0, 95.0, 99.0, 99.9)
 
 
-def weighted_percentile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
-    """Volume-weighted percentile (q in 0..100): the value below which q % of the volume lies."""
+def weighted_percentiles(values: np.ndarray, weights: np.ndarray, qs) -> list[float]:
+    """Volume-weighted percentiles (q in 0..100): the values below which q % of the volume lies."""
     order = np.argsort(values)
     v, w = values[order], weights[order]
     cw = np.cumsum(w)
     if cw[-1] <= 0:
-        return float("nan")
-    return float(np.interp(q / 100.0 * cw[-1], cw - 0.5 * w, v))
+        return [float("nan")] * len(qs)
+    return [float(x) for x in np.interp(np.asarray(qs) / 100.0 * cw[-1], cw - 0.5 * w, v)]
 
 
-def field_statistics(values: np.ndarray, volumes: np.ndarray, tags: np.ndarray) -> dict:
-    """Per-tissue max, volume-weighted mean and percentiles of an element-wise scalar."""
-    stats = {}
+def field_statistics(values: np.ndarray, volumes: np.ndarray, tags: np.ndarray, scale=None) -> dict:
+    """Per-tissue max, volume-weighted mean and percentiles of an element-wise scalar.
+
+    ``scale`` (tag -> factor) also returns the statistics of ``factor * values`` per tissue
+    (e.g. |J| = sigma |E| with sigma constant in a tissue) without sorting again.
+    """
+    stats, scaled = {}, {}
     for tag in np.unique(tags):
         sel = tags == tag
         v, w = values[sel], volumes[sel]
         entry = {"tag": int(tag), "volume_mm3": float(w.sum()), "max": float(v.max()),
                  "mean": float(np.average(v, weights=w))}
-        for q in PERCENTILES:
-            entry[f"p{q:g}"] = weighted_percentile(v, w, q)
+        for q, x in zip(PERCENTILES, weighted_percentiles(v, w, PERCENTILES)):
+            entry[f"p{q:g}"] = x
         stats[tissue_name(tag)] = entry
-    return stats
+        if scale is not None:
+            f = scale[int(tag)]
+            scaled[tissue_name(tag)] = {k: (x * f if k not in ("tag", "volume_mm3") else x) for k, x in entry.items()}
+    return (stats, scaled) if scale is not None else stats
 
 
 def summarize(result: SimulationResult) -> dict:
@@ -64,6 +71,8 @@ def summarize(result: SimulationResult) -> dict:
             "potential_V": float(result.potential_V[e.center_node]),
             "distance_to_scalp_mm": e.distance_mm,
         })
+    sigma_of = {int(t): float(result.sigma[np.argmax(mesh.tet_tags == t)]) for t in mesh.tissue_tags}
+    e_stats, j_stats = field_statistics(result.magnE, vol, mesh.tet_tags, scale=sigma_of)
     summary = {
         "stimsim_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -73,14 +82,13 @@ def summarize(result: SimulationResult) -> dict:
         "units": {"coordinates": "mm", "E": "V/m", "magnE": "V/m", "J": "A/m^2", "v": "V", "current": "mA"},
         "mesh": {"nodes": mesh.n_nodes, "tetrahedra": mesh.n_tets, "triangles": int(len(mesh.tris)),
                  "tags": mesh.tissue_tags.tolist()},
-        "conductivities_S_per_m": {tissue_name(t): float(result.sigma[mesh.tet_tags == t][0])
-                                   for t in mesh.tissue_tags},
+        "conductivities_S_per_m": {tissue_name(t): s for t, s in sigma_of.items()},
         "solver": result.solve_info.as_dict(),
         "timings_s": {k: round(v, 4) for k, v in result.timings_s.items()},
         "electrodes": electrodes,
-        "magnE_V_per_m": field_statistics(result.magnE, vol, mesh.tet_tags),
-        "magnJ_A_per_m2": field_statistics(np.linalg.norm(result.J, axis=1), vol, mesh.tet_tags),
-        "percentiles": "volume-weighted over the elements of each tissue",
+        "magnE_V_per_m": e_stats,
+        "magnJ_A_per_m2": j_stats,
+        "percentiles": "volume-weighted over the elements of each tissue; |J| = sigma |E| per tissue",
     }
     if result.extra:
         summary["tms" if p.kind == "tms" else "extra"] = result.extra

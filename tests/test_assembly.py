@@ -49,3 +49,15 @@ def test_unknown_tag_gets_a_clear_error():
 def test_conductivity_by_name():
     t = conductivity_table({"CSF": 1.8, "skull": 0.02, "gray matter": 0.3})
     assert (t[3], t[4], t[2], t[1]) == (1.8, 0.02, 0.3, 0.126)
+
+
+def test_boundary_faces_are_the_outer_sphere_oriented_outward(sphere3_mesh):
+    f = sphere3_mesh.boundary_faces
+    assert len(f) == np.count_nonzero(sphere3_mesh.tri_tags == 1005)
+    p = sphere3_mesh.nodes[f]
+    normal = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
+    assert np.all(np.einsum("ij,ij->i", normal, p.mean(axis=1)) > 0)
+    assert np.allclose(np.linalg.norm(p, axis=2), 95, atol=1e-6)
+    nodes, normals = sphere3_mesh.boundary_node_normals()
+    radial = sphere3_mesh.nodes[nodes] / np.linalg.norm(sphere3_mesh.nodes[nodes], axis=1, keepdims=True)
+    assert np.all(np.einsum("ij,ij->i", normals, radial) > 0.99)

@@ -59,10 +59,7 @@ def box_mesh(n: int = 4, h: float = 2.5) -> Mesh:
     tets[vol < 0] = tets[vol < 0][:, [0, 2, 1, 3]]
     tags = np.where(p.mean(1)[:, 0] < n * h / 2, 1, 2)
     m = Mesh(g + 0.1234567891234, tets, tags)
-    faces, owner, counts, _ = m._face_table
-    bf = faces[counts == 1]
-    bowner = owner[counts == 1]
-    return Mesh(m.nodes, tets, tags, bf, 1000 + tags[bowner])
+    return Mesh(m.nodes, tets, tags, m.boundary_faces, 1000 + tags[m.boundary_face_tets])
 
 
 @pytest.fixture(scope="module")

@@ -725,17 +725,19 @@ def _fmt_rows(first_col: np.ndarray, rest: np.ndarray, int_rest: bool) -> bytes:
 
 
 class _Writer:
-    def __init__(self, mesh: Mesh, binary: bool, version: int):
+    """Streams sections straight to an open file, so at most one field's bytes are in memory."""
+
+    def __init__(self, mesh: Mesh, binary: bool, version: int, fh):
         self.m = mesh
         self.binary = binary
         self.v = version
-        self.chunks: list[bytes] = []
+        self.fh = fh
 
     def w(self, b):
         if isinstance(b, np.ndarray):  # raw array bytes, written without an extra copy
-            self.chunks.append(memoryview(np.ascontiguousarray(b)).cast("B"))
+            self.fh.write(memoryview(np.ascontiguousarray(b)).cast("B"))
         else:
-            self.chunks.append(b if isinstance(b, bytes) else b.encode("ascii"))
+            self.fh.write(b if isinstance(b, bytes) else b.encode("ascii"))
 
     def header(self):
         self.w(f"$MeshFormat\n{'2.2' if self.v == 2 else '4.1'} {int(self.binary)} 8\n")
@@ -864,16 +866,20 @@ class _Writer:
         self.w("$EndElements\n")
 
     # -- data --------------------------------------------------------------------------------
-    def data(self, section: str, name: str, ids: np.ndarray, vals: np.ndarray):
-        n, k = vals.shape
+    def data(self, section: str, name: str, parts):
+        """One data section from ``[(ids, values), ...]`` parts written back to back."""
+        n = sum(len(ids) for ids, _ in parts)
+        k = parts[0][1].shape[1]
         self.w(f'${section}\n1\n"{name}"\n1\n0.0\n3\n0\n{k}\n{n}\n')
+        for ids, vals in parts:
+            if self.binary:
+                rec = np.empty(len(ids), [("id", "<i4"), ("v", "<f8", (k,))])
+                rec["id"], rec["v"] = ids, vals
+                self.w(rec)
+            else:
+                self.w(_fmt_rows(ids, vals, False))
         if self.binary:
-            rec = np.empty(n, [("id", "<i4"), ("v", "<f8", (k,))])
-            rec["id"], rec["v"] = ids, vals
-            self.w(rec)
             self.w(b"\n")
-        else:
-            self.w(_fmt_rows(ids, vals, False))
         self.w(f"$End{section}\n")
 
 
@@ -913,33 +919,34 @@ def write_msh(path, mesh: Mesh, node_data=None, element_data=None, *, version="2
     nd = _as_fields(node_data, mesh.n_nodes, "node_data")
     ed = _as_fields(element_data, mesh.n_tets, "element_data")
 
-    w = _Writer(mesh, bool(binary), ver)
-    w.header()
-    if ver == 2:
-        w.mesh2()
-    else:
-        w.mesh4()
-    if nd:
-        ids = np.arange(1, mesh.n_nodes + 1)
-        for name, vals in nd.items():
-            w.data("NodeData", name, ids, vals)
-    if ed:
-        k = len(mesh.tris)
-        owner = mesh.triangle_owner_tets() if k else np.zeros(0, np.int64)
-        ids = np.arange(1, k + mesh.n_tets + 1)
-        for name, vals in ed.items():
-            tri_vals = np.where((owner >= 0)[:, None], vals[np.maximum(owner, 0)], 0.0) if k else vals[:0]
-            w.data("ElementData", name, ids, np.concatenate([tri_vals, vals]))
+    k = len(mesh.tris)
+    owner = mesh.triangle_owner_tets() if (ed and k) else np.zeros(0, np.int64)
+
+    def emit(fh):
+        w = _Writer(mesh, bool(binary), ver, fh)
+        w.header()
+        if ver == 2:
+            w.mesh2()
+        else:
+            w.mesh4()
+        if nd:
+            ids = np.arange(1, mesh.n_nodes + 1)
+            for name, vals in nd.items():
+                w.data("NodeData", name, [(ids, vals)])
+        if ed:
+            tri_ids = np.arange(1, k + 1)
+            tet_ids = np.arange(k + 1, k + mesh.n_tets + 1)
+            for name, vals in ed.items():
+                tri_vals = np.where((owner >= 0)[:, None], vals[np.maximum(owner, 0)], 0.0) if k else vals[:0]
+                w.data("ElementData", name, [(tri_ids, tri_vals), (tet_ids, vals)])
 
     gz = path.name.endswith(".gz")
     with atomic_output(path) as tmp:
         with open(tmp, "xb") as raw:
             if gz:
                 with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as f:
-                    for c in w.chunks:
-                        f.write(c)
+                    emit(f)
             else:
-                for c in w.chunks:
-                    raw.write(c)
+                emit(raw)
     logger.debug("wrote %s (MSH %s %s)", path, "2.2" if ver == 2 else "4.1", "binary" if binary else "ASCII")
     return path

@@ -16,6 +16,14 @@ import numpy as np
 _TET_FACES = np.array([[1, 2, 3], [0, 3, 2], [0, 1, 3], [0, 2, 1]])  # outward for positive tets
 
 
+def _face_codes(a: np.ndarray, b: np.ndarray, c: np.ndarray, n: np.int64) -> np.ndarray:
+    """Order-independent int64 key of triangles (a, b, c): sorted triple packed in base n."""
+    lo = np.minimum(np.minimum(a, b), c).astype(np.int64)
+    hi = np.maximum(np.maximum(a, b), c).astype(np.int64)
+    mid = a.astype(np.int64) + b + c - lo - hi
+    return (lo * n + mid) * n + hi
+
+
 @dataclass(frozen=True, eq=False)
 class Mesh:
     """Tetrahedral mesh with tissue tags and optional surface triangles.
@@ -75,9 +83,18 @@ class Mesh:
     @cached_property
     def signed_volumes_mm3(self) -> np.ndarray:
         """Signed tetrahedron volumes in mm³ (positive = right-handed node order)."""
-        p = self.nodes[self.tets]
-        d = p[:, 1:] - p[:, :1]
-        return np.einsum("ij,ij->i", d[:, 0], np.cross(d[:, 1], d[:, 2])) / 6.0
+        out = np.empty(self.n_tets)
+        cols = [np.ascontiguousarray(self.nodes[:, k]) for k in range(3)]
+        chunk = 1 << 17  # bounded temporaries; contiguous per-component gathers are fast
+        for s in range(0, self.n_tets, chunk):
+            t = self.tets[s:s + chunk]
+            x, y, z = (c[t] for c in cols)
+            a = (x[:, 1] - x[:, 0], y[:, 1] - y[:, 0], z[:, 1] - z[:, 0])
+            b = (x[:, 2] - x[:, 0], y[:, 2] - y[:, 0], z[:, 2] - z[:, 0])
+            c = (x[:, 3] - x[:, 0], y[:, 3] - y[:, 0], z[:, 3] - z[:, 0])
+            out[s:s + chunk] = (a[0] * (b[1] * c[2] - b[2] * c[1]) + a[1] * (b[2] * c[0] - b[0] * c[2])
+                                + a[2] * (b[0] * c[1] - b[1] * c[0])) / 6.0
+        return out
 
     @property
     def volumes_mm3(self) -> np.ndarray:
@@ -86,55 +103,75 @@ class Mesh:
     @cached_property
     def centroids(self) -> np.ndarray:
         """Tetrahedron centroids in mm, (m, 3)."""
-        return self.nodes[self.tets].mean(axis=1)
+        out = np.empty((self.n_tets, 3))
+        for k in range(3):
+            out[:, k] = np.ascontiguousarray(self.nodes[:, k])[self.tets].mean(axis=1)
+        return out
 
-    @cached_property
+    def _sorted_face_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every tetrahedron face packed into one int64 (its sorted node triple), sorted.
+
+        Returns ``(sorted_codes, order)`` where ``order[i] = 4 * tet + local_face``.  Nothing
+        here is cached: the arrays are 4 x n_tets long and only needed briefly.
+        """
+        n = np.int64(self.n_nodes)
+        t = self.tets
+        code = np.empty((self.n_tets, 4), np.int64)
+        for k, (i, j, l) in enumerate(_TET_FACES):
+            code[:, k] = _face_codes(t[:, i], t[:, j], t[:, l], n)
+        code = code.ravel()
+        order = np.argsort(code)
+        return code[order], order
+
+    @property
     def boundary_faces(self) -> np.ndarray:
         """Exterior triangles of the tetrahedral volume, (f, 3) 0-based, oriented outward.
 
         A face is exterior when exactly one tetrahedron owns it.  Orientation is outward
         whatever the node order of the tetrahedra (inverted tets are flipped here).
         """
-        faces, _, counts, _ = self._face_table
-        return faces[counts == 1]
+        return self._boundary[0]
+
+    @property
+    def boundary_face_tets(self) -> np.ndarray:
+        """Index of the tetrahedron that owns each of :attr:`boundary_faces`."""
+        return self._boundary[1]
 
     @cached_property
-    def _face_table(self):
-        tets = self.tets.copy()
-        neg = self.signed_volumes_mm3 < 0
-        tets[neg] = tets[neg][:, [0, 2, 1, 3]]
-        faces = tets[:, _TET_FACES].reshape(-1, 3)
-        key = np.sort(faces, axis=1).astype(np.int64)
-        n = np.int64(self.n_nodes)
-        code = (key[:, 0] * n + key[:, 1]) * n + key[:, 2]
-        order = np.argsort(code, kind="stable")
-        sc = code[order]
-        first = np.ones(len(sc), bool)
-        first[1:] = sc[1:] != sc[:-1]
-        group = np.cumsum(first) - 1
-        counts_u = np.bincount(group)
-        counts = np.empty(len(code), np.int64)
-        counts[order] = counts_u[group]
-        owner = np.repeat(np.arange(self.n_tets), 4)
-        return faces, owner, counts, code
+    def _boundary(self):
+        sc, order = self._sorted_face_codes()
+        single = np.ones(len(sc), bool)
+        same = sc[1:] == sc[:-1]
+        single[1:] &= ~same
+        single[:-1] &= ~same
+        idx = order[single]
+        tet, local = idx // 4, idx % 4
+        t = self.tets[tet]
+        neg = self.signed_volumes_mm3[tet] < 0
+        t[neg] = t[neg][:, [0, 2, 1, 3]]
+        return np.ascontiguousarray(t[np.arange(len(t))[:, None], _TET_FACES[local]]), tet
 
     @cached_property
     def boundary_nodes(self) -> np.ndarray:
         """Sorted indices of nodes on the exterior surface (the scalp for a head)."""
         return np.unique(self.boundary_faces)
 
-    def boundary_node_normals(self) -> tuple[np.ndarray, np.ndarray]:
-        """Exterior nodes and their area-weighted outward unit normals."""
+    @cached_property
+    def _boundary_normals(self) -> np.ndarray:
         f = self.boundary_faces
         p = self.nodes[f]
         fn = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])  # 2 * area * normal
-        nn = np.zeros_like(self.nodes)
-        for k in range(3):
-            np.add.at(nn, f[:, k], fn)
         idx = self.boundary_nodes
-        n = nn[idx]
-        n /= np.linalg.norm(n, axis=1, keepdims=True)
-        return idx, n
+        nn = np.empty((len(idx), 3))
+        local = np.searchsorted(idx, f)
+        for d in range(3):
+            nn[:, d] = np.bincount(local.ravel(), weights=np.repeat(fn[:, d], 3), minlength=len(idx))
+        nn /= np.linalg.norm(nn, axis=1, keepdims=True)
+        return nn
+
+    def boundary_node_normals(self) -> tuple[np.ndarray, np.ndarray]:
+        """Exterior nodes and their area-weighted outward unit normals."""
+        return self.boundary_nodes, self._boundary_normals
 
     def triangle_owner_tets(self) -> np.ndarray:
         """For each surface triangle, the index of an adjacent tetrahedron (-1 if none).
@@ -145,25 +182,26 @@ class Mesh:
         """
         if len(self.tris) == 0:
             return np.zeros(0, np.int64)
-        faces, owner, _, code = self._face_table
         n = np.int64(self.n_nodes)
-        key = np.sort(self.tris, axis=1).astype(np.int64)
-        tcode = (key[:, 0] * n + key[:, 1]) * n + key[:, 2]
-        order = np.argsort(code, kind="stable")
-        sc = code[order]
-        lo = np.searchsorted(sc, tcode, side="left")
-        hi = np.searchsorted(sc, tcode, side="right")
+
+        # look every tet face up among the (few) triangles: no sort of all 4m faces needed
+        tcode = _face_codes(self.tris[:, 0], self.tris[:, 1], self.tris[:, 2], n)
+        torder = np.argsort(tcode)
+        tsorted = tcode[torder]
+        t = self.tets
+        fcode = np.empty((self.n_tets, 4), np.int64)
+        for k, (i, j, l) in enumerate(_TET_FACES):
+            fcode[:, k] = _face_codes(t[:, i], t[:, j], t[:, l], n)
+        fcode = fcode.ravel()
+        pos = np.minimum(np.searchsorted(tsorted, fcode), len(tsorted) - 1)
+        hit = np.flatnonzero(tsorted[pos] == fcode)
+        tri = torder[pos[hit]]
+        tet = hit // 4
         result = np.full(len(self.tris), -1, np.int64)
-        found = hi > lo
-        # first candidate
-        result[found] = owner[order[lo[found]]]
-        # prefer the second candidate where it matches the enclosed-tissue convention
-        two = found & (hi - lo >= 2)
-        if np.any(two):
-            cand2 = owner[order[np.minimum(lo + 1, len(sc) - 1)]]
-            want = self.tri_tags - 1000
-            better = two & (self.tet_tags[cand2] == want) & (self.tet_tags[result] != want)
-            result[better] = cand2[better]
+        result[tri] = tet
+        # where a triangle has two tets, prefer the one of the tissue it encloses (tag - 1000)
+        want = self.tet_tags[tet] == self.tri_tags[tri] - 1000
+        result[tri[want]] = tet[want]
         return result
 
     # ---- derived meshes ---------------------------------------------------------

@@ -11,8 +11,8 @@ Layout written by :func:`write_vtu`:
 * one point-data array per ``node_data`` entry and one cell-data array per
   ``element_data`` entry (on triangles: the value of an adjacent tetrahedron, 0 if none).
 
-Data are stored as raw (uncompressed) base64 binary: for a 665k-tetrahedron head, zlib
-compression costs about a second per file, uncompressed writing a fraction of that.
+Data are stored as raw appended binary (no base64, no compression): for a 700k-tetrahedron
+head meshio's zlib writer takes ~1 s and its base64 writer ~0.6 s; raw writing ~0.1 s.
 """
 
 from __future__ import annotations
@@ -45,32 +45,70 @@ def write_vtu(path, mesh: Mesh, node_data=None, element_data=None, *, include_tr
     include_triangles : bool
         Also write the surface triangles as a second cell block (default False).
     """
-    import meshio
-
     path = Path(path)
     if not isinstance(mesh, Mesh):
         raise MeshError(f"write_vtu needs a stimsim Mesh, got {type(mesh).__name__}")
     nd = _as_fields(node_data, mesh.n_nodes, "node_data")
     ed = _as_fields(element_data, mesh.n_tets, "element_data")
     tris = include_triangles and len(mesh.tris) > 0
-    cells = [("tetra", mesh.tets)]
+    conn = [mesh.tets]
     tags = [mesh.tet_tags]
+    types = [np.full(mesh.n_tets, 10, np.uint8)]  # VTK_TETRA
     if tris:
-        cells.append(("triangle", mesh.tris))
+        conn.append(mesh.tris)
         tags.append(mesh.tri_tags)
+        types.append(np.full(len(mesh.tris), 5, np.uint8))  # VTK_TRIANGLE
         owner = mesh.triangle_owner_tets()
-    cell_data = {"tag": tags}
+    offsets = np.concatenate([np.full(len(c), c.shape[1], np.int64) for c in conn]).cumsum()
+    cell_arrays = [("tag", np.concatenate(tags).astype(np.int32))]
     for name, v in ed.items():
-        v = v[:, 0] if v.shape[1] == 1 else v
         if tris:
-            tv = np.where((owner >= 0).reshape((-1,) + (1,) * (v.ndim - 1)), v[np.maximum(owner, 0)], 0.0)
-            cell_data[name] = [v, tv]
-        else:
-            cell_data[name] = [v]
-    point_data = {name: (v[:, 0] if v.shape[1] == 1 else v) for name, v in nd.items()}
-    m = meshio.Mesh(mesh.nodes, cells, point_data=point_data, cell_data=cell_data)
+            tv = np.where((owner >= 0)[:, None], v[np.maximum(owner, 0)], 0.0)
+            v = np.concatenate([v, tv])
+        cell_arrays.append((name, v))
+    point_arrays = list(nd.items())
+    # VTK XML with raw appended binary data: no base64 or compression, so writing is a
+    # memory copy (meshio's base64 writer took ~0.6 s for a 700k-tet head)
+    blocks: list[np.ndarray] = []
+    offset = 0
+
+    def add(arr, name, ncomp=None, vtk_type=None):
+        nonlocal offset
+        arr = np.ascontiguousarray(arr)
+        kind = vtk_type or {"f8": "Float64", "i4": "Int32", "i8": "Int64", "u1": "UInt8"}[arr.dtype.str[1:]]
+        comps = f' NumberOfComponents="{ncomp}"' if ncomp else ""
+        tag = f'<DataArray type="{kind}" Name="{name}"{comps} format="appended" offset="{offset}"/>'
+        blocks.append(arr)
+        offset += 8 + arr.nbytes
+        return tag
+
+    def comps(v):
+        return v.shape[1] if v.ndim == 2 and v.shape[1] > 1 else None
+
+    def flat(v):
+        return v[:, 0] if v.ndim == 2 and v.shape[1] == 1 else v
+
+    n_cells = sum(len(c) for c in conn)
+    xml = ['<?xml version="1.0"?>',
+           '<VTKFile type="UnstructuredGrid" version="1.0" byte_order="LittleEndian" header_type="UInt64">',
+           "<UnstructuredGrid>", f'<Piece NumberOfPoints="{mesh.n_nodes}" NumberOfCells="{n_cells}">',
+           "<Points>", add(mesh.nodes.astype("<f8"), "Points", 3), "</Points>", "<Cells>",
+           add(np.concatenate([c.ravel() for c in conn]).astype("<i8"), "connectivity"),
+           add(offsets.astype("<i8"), "offsets"), add(np.concatenate(types), "types"), "</Cells>"]
+    xml.append("<PointData>")
+    xml += [add(flat(v).astype("<f8"), name, comps(v)) for name, v in point_arrays]
+    xml.append("</PointData><CellData>")
+    xml += [add(flat(v) if v.dtype.kind == "i" else flat(v).astype("<f8"), name,
+                comps(v) if v.ndim == 2 else None) for name, v in cell_arrays]
+    xml.append("</CellData></Piece></UnstructuredGrid>")
+    xml.append('<AppendedData encoding="raw">\n_')
     with atomic_output(path, suffix=".tmp.vtu") as tmp:
-        meshio.write(tmp, m, file_format="vtu", binary=True, compression=None)
+        with open(tmp, "wb") as fh:
+            fh.write("\n".join(xml).encode("ascii"))
+            for arr in blocks:
+                fh.write(np.uint64(arr.nbytes).tobytes())
+                fh.write(memoryview(arr).cast("B"))
+            fh.write(b"\n</AppendedData>\n</VTKFile>\n")
     logger.debug("wrote %s", path)
     return path
 
