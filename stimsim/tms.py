@@ -20,7 +20,7 @@ from .errors import ProtocolError
 from .protocol import TMSProtocol
 from .solvers.assembly import assemble_load_from_element_vectors
 from .solvers.electrodes import grounded_system
-from .solvers.fields import element_efield, recover
+from .solvers.fields import element_efield, element_mean, recover
 from .solvers.primary import dipole_dadt
 
 
@@ -75,7 +75,7 @@ def solve_tms(protocol: TMSProtocol, head, base_dir: Path | None = None):
     timings["dadt_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    dadt_elem = dadt_nodes[mesh.tets].mean(axis=1)
+    dadt_elem = element_mean(dadt_nodes, mesh.tets)
     b_nodal = assemble_load_from_element_vectors(geometry, -sigma[:, None] * dadt_elem)
     system = grounded_system(head.stiffness, node=int(mesh.tets[0, 0]))
     b = system.rhs_from_nodal(b_nodal)

@@ -26,15 +26,21 @@ class P1Geometry:
     Attributes
     ----------
     tets : (m, 4) int32 node indices
-    grads : (m, 4, 3) float64, gradients of the 4 hat functions in 1/m
+    grads_kdm : (4, 3, m) float64, gradient component d of hat function k in 1/m; stored
+        component-major so every per-element expression works on contiguous rows
     volumes_m3 : (m,) float64, element volumes in m³
     n_nodes : number of mesh nodes
     """
 
     tets: np.ndarray
-    grads: np.ndarray
+    grads_kdm: np.ndarray
     volumes_m3: np.ndarray
     n_nodes: int
+
+    @property
+    def grads(self) -> np.ndarray:
+        """(m, 4, 3) view of the hat-function gradients (1/m)."""
+        return self.grads_kdm.transpose(2, 0, 1)
 
     @classmethod
     def from_mesh(cls, mesh: Mesh, chunk: int = 1 << 17) -> "P1Geometry":
@@ -45,7 +51,7 @@ class P1Geometry:
         processed in chunks so the temporaries stay small next to the result.
         """
         m = mesh.n_tets
-        grads = np.empty((m, 4, 3))
+        grads = np.empty((4, 3, m))
         vol = np.empty(m)
         cols = [np.ascontiguousarray(mesh.nodes[:, k]) * 1e-3 for k in range(3)]  # mm -> m
         for s in range(0, m, chunk):
@@ -61,18 +67,23 @@ class P1Geometry:
                 bad = s + int(np.flatnonzero(det == 0)[0])
                 raise MeshError(f"tetrahedron #{bad} has zero volume; repair or re-mesh the head model")
             inv = 1.0 / det
-            g = grads[s:s + chunk]
+            g = grads[:, :, s:s + chunk]
             for d in range(3):
-                g[:, 1, d] = bc[d] * inv
-                g[:, 2, d] = ca[d] * inv
-                g[:, 3, d] = ab[d] * inv
-                g[:, 0, d] = -(g[:, 1, d] + g[:, 2, d] + g[:, 3, d])
+                g[1, d] = bc[d] * inv
+                g[2, d] = ca[d] * inv
+                g[3, d] = ab[d] * inv
+                g[0, d] = -(g[1, d] + g[2, d] + g[3, d])
             vol[s:s + chunk] = np.abs(det) / 6.0
         return cls(mesh.tets, grads, vol, mesh.n_nodes)
 
     def gradient(self, nodal_values: np.ndarray) -> np.ndarray:
         """Element-wise gradient (m, 3) of a P1 field given at nodes (unit: value per metre)."""
-        return np.einsum("mk,mkd->md", nodal_values[self.tets], self.grads)
+        out = np.zeros((len(self.volumes_m3), 3))
+        for k in range(4):
+            vk = nodal_values[self.tets[:, k]]
+            for d in range(3):
+                out[:, d] += vk * self.grads_kdm[k, d]
+        return out
 
 
 def _cross(u, v):
@@ -94,10 +105,13 @@ def assemble_stiffness(geometry: P1Geometry, sigma: np.ndarray, chunk: int = 1 <
     n = geometry.n_nodes
     i, j = _EDGES[:, 0], _EDGES[:, 1]
     upper = sp.csr_matrix((n, n))
+    g = geometry.grads_kdm
     for s in range(0, len(sigma), chunk):
-        g = geometry.grads[s:s + chunk]
         w = sigma[s:s + chunk] * geometry.volumes_m3[s:s + chunk]
-        off = np.einsum("mkd,mkd->mk", g[:, i], g[:, j]) * w[:, None]  # (c, 6)
+        off = np.empty((len(w), 6))
+        for e, (a, b) in enumerate(_EDGES):
+            ga, gb = g[a, :, s:s + chunk], g[b, :, s:s + chunk]
+            off[:, e] = (ga[0] * gb[0] + ga[1] * gb[1] + ga[2] * gb[2]) * w
         tets = geometry.tets[s:s + chunk]
         upper = upper + sp.csr_matrix((off.ravel(), (tets[:, i].ravel(), tets[:, j].ravel())), shape=(n, n))
     k = upper + upper.T
@@ -114,5 +128,10 @@ def assemble_load_from_element_vectors(geometry: P1Geometry, element_vectors: np
 
     Used for TMS, where ``f = -sigma dA/dt`` per element (unit of b: A when f is in A/m²).
     """
-    contrib = np.einsum("md,mkd->mk", element_vectors, geometry.grads) * geometry.volumes_m3[:, None]
-    return np.bincount(geometry.tets.ravel(), weights=contrib.ravel(), minlength=geometry.n_nodes)
+    f = [np.ascontiguousarray(element_vectors[:, d]) * geometry.volumes_m3 for d in range(3)]
+    g = geometry.grads_kdm
+    b = np.zeros(geometry.n_nodes)
+    for k in range(4):
+        b += np.bincount(geometry.tets[:, k], weights=f[0] * g[k, 0] + f[1] * g[k, 1] + f[2] * g[k, 2],
+                         minlength=geometry.n_nodes)
+    return b

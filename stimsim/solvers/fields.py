@@ -37,6 +37,7 @@ over-shoots) and SPR for TMS (smooth sources, error dominated by the interfaces)
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
 from .assembly import P1Geometry
 
@@ -61,59 +62,112 @@ def recover_gradient(geometry: P1Geometry, tags: np.ndarray, element_values: np.
     """
     out = np.empty_like(element_values)
     n = geometry.n_nodes
-    for tag in np.unique(tags):
-        sel = np.flatnonzero(tags == tag)
-        t = geometry.tets[sel]
-        w = geometry.volumes_m3[sel]
-        flat = t.ravel()
-        wsum = np.bincount(flat, weights=np.repeat(w, 4), minlength=n)
-        nodal = np.empty((n, element_values.shape[1]))
-        for d in range(element_values.shape[1]):
-            s = np.bincount(flat, weights=np.repeat(w * element_values[sel, d], 4), minlength=n)
-            nodal[:, d] = np.divide(s, wsum, out=np.zeros(n), where=wsum > 0)
-        out[sel] = nodal[t].mean(axis=1)
-    return out
-
-
-def recover_gradient_spr(geometry: P1Geometry, tags: np.ndarray, element_values: np.ndarray,
-                         centroids_mm: np.ndarray, nodes_mm: np.ndarray, *, min_samples: int = 10) -> np.ndarray:
-    """Superconvergent patch recovery of an element-wise vector field, per tissue, at centroids.
-
-    Nodes whose patch has fewer than ``min_samples`` elements of the tissue, or whose
-    least-squares system is ill-conditioned (flat patches), fall back to nodal averaging.
-    """
-    out = np.empty_like(element_values)
-    n = geometry.n_nodes
     ncomp = element_values.shape[1]
     for tag in np.unique(tags):
         sel = np.flatnonzero(tags == tag)
         t = geometry.tets[sel]
-        node = t.ravel()
-        elem = np.repeat(sel, 4)
-        w = geometry.volumes_m3[elem]
-        w = w / w.mean()
-        # local coordinates in cm keep the 4x4 normal equations well scaled
-        basis = [np.ones(len(node))] + [(centroids_mm[elem, d] - nodes_mm[node, d]) * 0.1 for d in range(3)]
-        m = np.empty((n, 4, 4))
-        r = np.empty((n, 4, ncomp))
-        vals = element_values[elem]
-        for a in range(4):
-            wa = w * basis[a]
-            for b in range(a, 4):
-                m[:, a, b] = m[:, b, a] = np.bincount(node, weights=wa * basis[b], minlength=n)
+        w = geometry.volumes_m3[sel]
+        wv = [w * element_values[sel, d] for d in range(ncomp)]
+        # accumulate corner by corner: no (4m,) repeated temporaries
+        wsum = np.zeros(n)
+        sums = np.zeros((ncomp, n))
+        for k in range(4):
+            wsum += np.bincount(t[:, k], weights=w, minlength=n)
             for d in range(ncomp):
-                r[:, a, d] = np.bincount(node, weights=wa * vals[:, d], minlength=n)
-        count = np.bincount(node, minlength=n)
+                sums[d] += np.bincount(t[:, k], weights=wv[d], minlength=n)
+        nodal = np.divide(sums, wsum, out=np.zeros_like(sums), where=wsum > 0)
+        out[sel] = element_mean(nodal.T, t)
+    return out
+
+
+def element_mean(nodal: np.ndarray, tets: np.ndarray) -> np.ndarray:
+    """Mean over each element's 4 nodes of a nodal vector field (n, k) -> (m, k).
+
+    Component by component, so no (m, 4, k) gather is ever allocated.
+    """
+    res = np.zeros((len(tets), nodal.shape[1]))
+    for d in range(nodal.shape[1]):
+        row = np.ascontiguousarray(nodal[:, d])
+        for k in range(4):
+            res[:, d] += row[tets[:, k]]
+    return res * 0.25
+
+
+def _node_element_incidence(tets: np.ndarray, n: int) -> sp.csr_matrix:
+    """Sparse (n, m) matrix with a 1 where node i is a corner of element e."""
+    m = len(tets)
+    cols = np.repeat(np.arange(m, dtype=np.int32), 4)
+    return sp.csr_matrix((np.ones(4 * m), (tets.ravel().astype(np.int32), cols)), shape=(n, m))
+
+
+def recover_gradient_spr(geometry: P1Geometry, tags: np.ndarray, element_values: np.ndarray,
+                         centroids_mm: np.ndarray, nodes_mm: np.ndarray, *, min_samples: int = 10,
+                         chunk: int = 1 << 17) -> np.ndarray:
+    """Superconvergent patch recovery of an element-wise vector field, per tissue, at centroids.
+
+    Nodes whose patch has fewer than ``min_samples`` elements of the tissue, or whose
+    least-squares system is ill-conditioned (flat patches), fall back to nodal averaging.
+
+    The normal equations of every patch are sums over its elements of w, w c, w c c^T, w v
+    and w c v^T (c = centroid, v = value), expanded about the node afterwards; so all
+    patches are summed at once by one sparse product (node-element incidence @ 22 columns).
+    """
+    out = np.empty_like(element_values)
+    ncomp = element_values.shape[1]
+    origin = nodes_mm.mean(axis=0)
+    iu = [(i, j) for i in range(3) for j in range(i, 3)]
+    for tag in np.unique(tags):
+        sel = np.flatnonzero(tags == tag)
+        # work on this tissue's nodes only (renumbered 0..n-1)
+        used, t = np.unique(geometry.tets[sel], return_inverse=True)
+        t = t.reshape(-1, 4)
+        n = len(used)
+        x = (nodes_mm[used] - origin) * 0.1  # cm about the mesh centre: well-scaled normal equations
+        wscale = 1.0 / geometry.volumes_m3[sel].mean()
+        ncol = 10 + 4 * ncomp
+        sums = np.zeros((n, ncol))
+        for s0 in range(0, len(sel), chunk):  # chunks bound the (elements x 22) temporaries
+            e = sel[s0:s0 + chunk]
+            w = geometry.volumes_m3[e] * wscale
+            c = (centroids_mm[e] - origin) * 0.1
+            v = element_values[e]
+            q = np.empty((len(e), ncol))
+            q[:, 0] = w
+            q[:, 1:4] = w[:, None] * c
+            for k, (i, j) in enumerate(iu):
+                q[:, 4 + k] = q[:, 1 + i] * c[:, j]
+            q[:, 10:10 + ncomp] = w[:, None] * v
+            for i in range(3):
+                q[:, 10 + ncomp * (i + 1):10 + ncomp * (i + 2)] = q[:, 1 + i, None] * v
+            sums += _node_element_incidence(t[s0:s0 + chunk], n) @ q
+        sw, swc = sums[:, 0], sums[:, 1:4]
+        swcc = np.empty((n, 3, 3))
+        for k, (i, j) in enumerate(iu):
+            swcc[:, i, j] = swcc[:, j, i] = sums[:, 4 + k]
+        swv = sums[:, 10:10 + ncomp]
+        swcv = sums[:, 10 + ncomp:].reshape(n, 3, ncomp)
+        # expand about each node: basis [1, c - x]
+        m = np.empty((n, 4, 4))
+        m[:, 0, 0] = sw
+        m[:, 0, 1:] = m[:, 1:, 0] = swc - x * sw[:, None]
+        m[:, 1:, 1:] = (swcc - x[:, :, None] * swc[:, None, :] - swc[:, :, None] * x[:, None, :]
+                        + x[:, :, None] * x[:, None, :] * sw[:, None, None])
+        r = np.empty((n, 4, ncomp))
+        r[:, 0] = swv
+        r[:, 1:] = swcv - x[:, :, None] * swv[:, None, :]
+        count = np.zeros(n, np.int64)
+        for k in range(4):
+            count += np.bincount(t[:, k], minlength=n)
         nodal = np.zeros((n, ncomp))
         used = count > 0
-        nodal[used] = r[used, 0] / m[used, 0, 0][:, None]  # averaging fallback
+        nodal[used] = r[used, 0] / sw[used, None]  # averaging fallback
         fit = np.flatnonzero(count >= min_samples)
         mk = m[fit]
         diag = np.einsum("kii->ki", mk)
         hadamard = np.linalg.det(mk) / np.prod(diag, axis=1)  # 1 = orthogonal, 0 = singular
         fit = fit[hadamard > 1e-6]
         nodal[fit] = np.linalg.solve(m[fit], r[fit])[:, 0]
-        out[sel] = nodal[t].mean(axis=1)
+        out[sel] = element_mean(nodal, t)
     return out
 
 

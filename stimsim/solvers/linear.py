@@ -52,8 +52,13 @@ def _amg_hierarchy(a: sp.csr_matrix):
     # strength threshold keeps aggregates from spanning high-contrast interfaces (skull
     # 1:100): on the 3-layer sphere it cut CG iterations from ~75 to 16 (theta 0 -> 0.02)
     # and helped at uniform conductivity too (21 -> 16); see benchmarks/bench_solvers.py.
-    return pyamg.smoothed_aggregation_solver(a, B=np.ones((a.shape[0], 1)), symmetry="hermitian",
-                                             strength=("symmetric", {"theta": 0.02}), max_coarse=500)
+    # A forward Gauss-Seidel sweep before and a backward one after the coarse correction
+    # keep the V-cycle symmetric (as CG needs) at half the cost of symmetric sweeps:
+    # 22 instead of 17 iterations but ~15 % less time.
+    return pyamg.smoothed_aggregation_solver(
+        a, B=np.ones((a.shape[0], 1)), symmetry="hermitian", strength=("symmetric", {"theta": 0.02}),
+        presmoother=("gauss_seidel", {"sweep": "forward"}), postsmoother=("gauss_seidel", {"sweep": "backward"}),
+        max_coarse=500)
 
 
 def _pcg(a, b, precond, rtol, maxiter):

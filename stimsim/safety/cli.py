@@ -1,0 +1,66 @@
+"""Command-line front end of the safety check (wired into ``stimsim check`` by stimsim.cli).
+
+``run_check(path, as_json=..., simulate=...)`` prints the report and returns the exit code:
+0 when no rule FAILs, 1 when any does.  Bad input raises :class:`~stimsim.errors.StimsimError`
+(the caller maps it to exit code 2).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from .check import SafetyInputError, check
+
+
+def load_questionnaire(path: str | Path) -> dict:
+    """Screening answers from a YAML/JSON mapping ``item: yes|no`` (validated later by ``check``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SafetyInputError(f"questionnaire file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise SafetyInputError(f"{path}: malformed YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SafetyInputError(f"{path}: expected a mapping of item -> yes/no, got {type(data).__name__}")
+    return data
+
+
+def run_check(protocol_path: Path, *, as_json: bool, simulate: bool, questionnaire_path: Path | None = None,
+              brain_tags: list[int] | None = None, out=None) -> int:
+    """Load, optionally simulate, check and print; return 0 (no FAIL) or 1 (any FAIL).
+
+    Parameters
+    ----------
+    protocol_path : protocol YAML
+    as_json : print the report as JSON instead of a table
+    simulate : also run the simulation and check the field-based rules
+    questionnaire_path : optional YAML mapping of TMS screening answers (item: yes/no)
+    brain_tags : tissue tags counted as brain by the field-based rules (default 1, 2)
+    out : text stream to print to (default stdout)
+    """
+    from stimsim.protocol import load_protocol
+
+    protocol_path = Path(protocol_path)
+    protocol = load_protocol(protocol_path)
+    answers = load_questionnaire(questionnaire_path) if questionnaire_path is not None else None
+    fields = None
+    if simulate:
+        from stimsim.simulation import simulate as _simulate
+
+        fields = _simulate(protocol, base_dir=protocol_path.parent)
+    report = check(protocol, fields, brain_tags=brain_tags, questionnaire=answers)
+    stream = out if out is not None else sys.stdout
+    if as_json:
+        stream.write(json.dumps(report.as_dict(), indent=2) + "\n")
+    else:
+        from rich.console import Console
+
+        Console(file=stream, width=max(120, Console(file=stream).width)).print(report.to_table())
+    return 1 if report.verdict == "FAIL" else 0
