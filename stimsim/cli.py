@@ -1,4 +1,4 @@
-"""Command line: ``stimsim demo | run | schema | version``.
+"""Command line: ``stimsim demo | run | check | schema | version``.
 
 Every deliberate error (bad protocol, unreadable mesh, solver failure) prints one line
 ``error: ...`` and exits with code 2; no partial output folder is left behind.
@@ -22,8 +22,9 @@ from .errors import StimsimError
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="Plan and simulate noninvasive brain stimulation (tDCS/tACS).\n\n"
-    "Examples:\n\n  stimsim demo\n\n  stimsim run protocol.yaml --out results/\n\n  stimsim schema > protocol.schema.json",
+    help="Plan and simulate noninvasive brain stimulation (tDCS/tACS, TMS).\n\n"
+    "Examples:\n\n  stimsim demo\n\n  stimsim run protocol.yaml --out results/\n\n"
+    "  stimsim check protocol.yaml --simulate\n\n  stimsim schema > protocol.schema.json",
 )
 
 _state = {"quiet": False}
@@ -75,6 +76,8 @@ def _run_and_write(protocol, base_dir, out: Path, overwrite: bool, msh_version: 
         table.add_row(name, f"{s['volume_mm3'] / 1e3:.1f}", f"{s['mean']:.4f}", f"{s['p99']:.4f}",
                       f"{s['p99.9']:.4f}", f"{s['max']:.4f}")
     console.print(table)
+    if "safety" in summary:
+        console.print(f"safety check: {summary['safety']['verdict']} (details: stimsim check PROTOCOL)")
     sv = summary["solver"]
     console.print(f"solver {sv['method']}: {sv['iterations']} iterations, relative residual "
                   f"{sv['relative_residual']:.1e}; wrote {out}/fields.msh, fields.vtu, summary.json")
@@ -115,6 +118,32 @@ def run(
         _run_and_write(p, protocol.resolve().parent, out, overwrite, msh_version)
     except StimsimError as err:
         _fail(err)
+
+
+@app.command()
+def check(
+    protocol: Path = typer.Argument(..., help="protocol YAML file"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    simulate: bool = typer.Option(False, "--simulate", help="also simulate and check field-based rules"),
+    questionnaire: Optional[Path] = typer.Option(None, "--questionnaire",
+                                                 help="YAML of TMS screening answers (item: yes/no)"),
+    brain_tag: Optional[list[int]] = typer.Option(None, "--brain-tag",
+                                                  help="tissue tag counted as brain (repeatable; default 1, 2)"),
+):
+    """Check a protocol against published safety limits: PASS / WARN / FAIL per rule, with citations.
+
+    Exit code 0 when no rule fails, 1 when any fails, 2 on bad input.
+
+    Example: stimsim check my_montage.yaml --simulate
+    """
+    from .safety.cli import run_check
+
+    try:
+        code = run_check(protocol, as_json=as_json, simulate=simulate, questionnaire_path=questionnaire,
+                         brain_tags=brain_tag or None)
+    except StimsimError as err:
+        _fail(err)
+    raise typer.Exit(code=code)
 
 
 @app.command()

@@ -20,7 +20,7 @@ from . import __version__
 from .conductivity import tissue_name
 from .errors import StimsimError
 from .protocol import save_protocol
-from .simulation import SimulationResult
+from .simulation import SimulationResult, default_brain_tags
 
 PERCENTILES = (50.0, 95.0, 99.0, 99.9)
 
@@ -95,6 +95,9 @@ def summarize(result: SimulationResult) -> dict:
     if p.kind == "tms":
         summary["units"]["dAdt"] = "V/m"
         del summary["electrodes"]
+    from .safety import check
+
+    summary["safety"] = check(p, result, brain_tags=default_brain_tags(p)).as_dict()
     if result.E_recovered is not None:
         summary["magnE_recovered_V_per_m"] = field_statistics(
             np.linalg.norm(result.E_recovered, axis=1), vol, mesh.tet_tags)

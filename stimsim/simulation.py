@@ -33,6 +33,12 @@ EMBEDDED_HEADS = {
 }
 
 
+def default_brain_tags(protocol) -> list[int] | None:
+    """Tags that stand for brain in field-based checks: the embedded sphere's inner ball (3),
+    else None (the checker then uses white and grey matter, 1 and 2)."""
+    return [3] if protocol.head == "sphere" else None
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

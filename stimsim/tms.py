@@ -106,3 +106,42 @@ def solve_tms(protocol: TMSProtocol, head, base_dir: Path | None = None):
                 np.round(placement.center_mm, 1).tolist(), didt, float(np.linalg.norm(e_field, axis=1).max()))
     return SimulationResult(protocol, mesh, potential, e_field, sigma[:, None] * e_field, sigma, [], info,
                             recovered, timings, head.inputs, {}, {"dAdt": dadt_nodes}, extra)
+
+
+class TMSModel:
+    """A head prepared once for many coil placements: stiffness, grounding and AMG hierarchy reused.
+
+    Each :meth:`efield` call costs one dA/dt evaluation, one right-hand side and one
+    preconditioned CG solve.
+
+    Parameters
+    ----------
+    protocol : TMSProtocol (head, conductivities, coil and stimulator are used; placement is not)
+    mesh : an already loaded head mesh (optional)
+    rtol : CG tolerance for the placement solves
+    """
+
+    def __init__(self, protocol: TMSProtocol, *, mesh=None, base_dir: Path | None = None, rtol: float | None = None):
+        from .simulation import _prepare_head
+        from .solvers.linear import FactorizedSolver
+
+        self.protocol = protocol
+        self.head = _prepare_head(protocol, base_dir, mesh)
+        self.mesh = self.head.mesh
+        self.coil = load_coil(protocol.coil, base_dir)
+        self.didt = coil_didt_A_per_s(protocol, self.coil)
+        self.system = grounded_system(self.head.stiffness, node=int(self.mesh.tets[0, 0]))
+        self.solver = FactorizedSolver(self.system.matrix, backend="amg", rtol=rtol or protocol.solver.rtol)
+
+    def placement(self, center_mm, direction, distance_mm: float = 4.0):
+        return place_coil(self.mesh, center_mm, direction, distance_mm)
+
+    def efield(self, matrix) -> np.ndarray:
+        """Element-wise E (V/m, (m, 3)) for the coil at a 4x4 coil-to-head matrix (mm)."""
+        mesh, geometry, sigma = self.mesh, self.head.geometry, self.head.sigma
+        dpos, dmom = self.coil.transformed(np.asarray(matrix, float))
+        check_coil_outside(mesh, dpos)
+        dadt_elem = element_mean(dipole_dadt(mesh.nodes, dpos, dmom, self.didt), mesh.tets)
+        b = self.system.rhs_from_nodal(assemble_load_from_element_vectors(geometry, -sigma[:, None] * dadt_elem))
+        v = self.system.expand(self.solver.solve(b))
+        return element_efield(geometry, v) - dadt_elem

@@ -133,3 +133,23 @@ def test_schema_command():
     res = runner.invoke(app, ["schema"])
     assert res.exit_code == 0
     assert "TMSProtocol" in json.loads(res.output)["$defs"]
+
+
+def test_check_exit_codes(tmp_path):
+    ok = runner.invoke(app, ["check", str(_write(tmp_path, TDCS)), "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.output)["verdict"] in ("PASS", "WARN")
+    strong = json.loads(json.dumps(TDCS))
+    strong["electrodes"][0]["current_mA"], strong["electrodes"][1]["current_mA"] = 5.0, -5.0  # > 4 mA
+    res = runner.invoke(app, ["check", str(_write(tmp_path, strong, "strong.yaml"))])
+    assert res.exit_code == 1
+    res = runner.invoke(app, ["check", str(tmp_path / "missing.yaml")])
+    assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_summary_carries_safety_verdicts(tmp_path):
+    res = runner.invoke(app, ["run", str(_write(tmp_path, TDCS)), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0
+    safety = json.loads((tmp_path / "o" / "summary.json").read_text())["safety"]
+    ids = {r["rule_id"] for r in safety["results"]}
+    assert {"tes.current.total", "tes.field.brain_current_density"} <= ids

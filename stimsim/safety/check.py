@@ -17,7 +17,7 @@ are not yes/no, a fields object without mesh tags/volumes/J) raises a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -86,12 +86,6 @@ class _Context:
     fields: Any = None
     brain_tags: tuple[int, ...] | None = None
     questionnaire: dict[str, bool | None] | None = None
-    extra: dict = field(default_factory=dict)
-
-
-def _fmt(x: float, unit: str | None = None) -> str:
-    s = f"{x:.4g}"
-    return f"{s} {unit}" if unit else s
 
 
 def _electrode_area_cm2(e) -> float | None:
@@ -355,14 +349,14 @@ def _ev_theta_burst(rule: Rule, ctx: _Context) -> list[_Raw]:
     pr = rule.params
     period = 1.0 / x["burst_rate_hz"]
     session = x["session_duration_s"]
-    within = (abs(period - pr["burst_period_s"]) < 1e-9 and session <= pr["tested_max_application_s"] + 1e-9)
-    where = ("within" if within else "outside") + (f" the published TBS experience ({pr['burst_period_s'] * 1e3:g} ms "
-                                                   f"burst period, {pr['tested_min_application_s']:g}-"
-                                                   f"{pr['tested_max_application_s']:g} s application)")
+    same_period = abs(period - pr["burst_period_s"]) < 1e-9
     return [_Raw(value=session, verdict="WARN",
                  reason=f"{x['type']}: {x['total_pulses']} pulses, bursts of {x['pulses_per_burst']} at "
-                        f"{x['burst_frequency_hz']:g} Hz every {period * 1e3:.4g} ms, {session:.4g} s, "
-                        f"{_intensity_text(prog)}; {where}; no numeric TBS limit verified")]
+                        f"{x['burst_frequency_hz']:g} Hz every {period * 1e3:.4g} ms "
+                        f"({'the' if same_period else 'not the'} {pr['burst_period_s'] * 1e3:g} ms of TBS), "
+                        f"{session:.4g} s (Huang 2005 applied TBS for {pr['tested_min_application_s']:g}-"
+                        f"{pr['tested_max_application_s']:g} s), {_intensity_text(prog)}; no numeric TBS "
+                        "limit verified")]
 
 
 def _ev_pulses_per_session(rule: Rule, ctx: _Context) -> list[_Raw]:

@@ -55,6 +55,10 @@ def run_check(protocol_path: Path, *, as_json: bool, simulate: bool, questionnai
         from stimsim.simulation import simulate as _simulate
 
         fields = _simulate(protocol, base_dir=protocol_path.parent)
+    if brain_tags is None:
+        from stimsim.simulation import default_brain_tags
+
+        brain_tags = default_brain_tags(protocol)
     report = check(protocol, fields, brain_tags=brain_tags, questionnaire=answers)
     stream = out if out is not None else sys.stdout
     if as_json:

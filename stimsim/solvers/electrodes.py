@@ -256,7 +256,32 @@ def electrode_system(stiffness: sp.csr_matrix, electrodes: Sequence[PlacedElectr
     return ElectrodeSystem(a, dof, electrode_dofs)
 
 
-def grounded_system(stiffness: sp.csr_matrix, node: int = 0) -> ElectrodeSystem:
-    """System with only one node held at 0 V (TMS: no electrodes, the potential is floating)."""
-    ground = PlacedElectrode("ground", 0.0, np.array([node]), node, 0.0, 0.0, "point")
-    return electrode_system(stiffness, [ground], reference=0)
+@dataclass(frozen=True, eq=False)
+class GroundedSystem:
+    """The full nodal system with one node held at 0 V (its row and column replaced by identity).
+
+    Used when there are no electrodes (TMS): cheaper than relabelling unknowns, and the
+    potential keeps the mesh's node numbering.
+    """
+
+    matrix: sp.csr_matrix
+    ground: int
+
+    def rhs_from_nodal(self, nodal_rhs: np.ndarray) -> np.ndarray:
+        b = np.array(nodal_rhs, dtype=float)
+        b[self.ground] = 0.0
+        return b
+
+    def expand(self, reduced: np.ndarray) -> np.ndarray:
+        return reduced
+
+
+def grounded_system(stiffness: sp.csr_matrix, node: int = 0) -> GroundedSystem:
+    """System with only ``node`` held at 0 V (TMS: no electrodes, the potential floats)."""
+    keep = np.ones(stiffness.shape[0])
+    keep[node] = 0.0
+    d = sp.diags(keep, format="csr")
+    a = (d @ stiffness @ d).tocsr()
+    a = a + sp.csr_matrix(([1.0], ([node], [node])), shape=a.shape)
+    a.eliminate_zeros()
+    return GroundedSystem(a, node)
