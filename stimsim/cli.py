@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import typer
 
 from . import __version__
@@ -144,6 +145,177 @@ def check(
     except StimsimError as err:
         _fail(err)
     raise typer.Exit(code=code)
+
+
+def _read_positions(path: Path) -> dict:
+    """name -> (x, y, z) mm from a .tsv/.csv (name,x,y,z or SimNIBS Type,x,y,z,Name) or .elc file."""
+    try:
+        from .head.eeg import read_positions  # richer readers when the head module is present
+    except ImportError:
+        read_positions = None
+    if read_positions is not None:
+        return dict(read_positions(path))
+    import csv
+
+    if not path.is_file():
+        raise StimsimError(f"positions file not found: {path}")
+    out = {}
+    delim = "\t" if path.suffix == ".tsv" else ","
+    for row in csv.reader(path.read_text().splitlines(), delimiter=delim):
+        try:
+            out[row[0]] = tuple(float(x) for x in row[1:4])
+        except (ValueError, IndexError):
+            continue  # header or comment rows
+    if not out:
+        raise StimsimError(f"{path}: no 'name,x,y,z' rows found")
+    return out
+
+
+def _brain_tags(head: str) -> list[int]:
+    """Targets must lie in brain: the embedded sphere's inner ball, else white/grey matter."""
+    return [3] if head == "sphere" else [1, 2]
+
+
+def _vec(text: str, what: str):
+    try:
+        v = [float(x) for x in text.replace(" ", "").split(",")]
+    except ValueError:
+        v = []
+    if len(v) != 3:
+        raise StimsimError(f"{what}: give three numbers 'x,y,z' in mm, got {text!r}")
+    return v
+
+
+@app.command()
+def leadfield(
+    head: str = typer.Argument(..., help="'sphere' or a head mesh file"),
+    positions: Path = typer.Option(..., "--positions", help="electrode positions file (.tsv/.csv/.elc, mm)"),
+    reference: str = typer.Option(..., "--reference", help="name of the return electrode"),
+    out: Path = typer.Option(..., "--out", "-o", help="leadfield file (.npz)"),
+    diameter_mm: Optional[float] = typer.Option(None, "--diameter-mm", help="disc pads (default: point electrodes)"),
+):
+    """Field of every electrode against a reference, one set-up and many right-hand sides.
+
+    Example: stimsim leadfield sphere --positions cap.tsv --reference REF --out lf.npz
+    """
+    from .mesh import read_mesh
+    from .planning import compute_leadfield, save_leadfield
+    from .simulation import resolve_head
+
+    try:
+        mesh, _ = read_mesh(resolve_head(head, Path.cwd()))
+        lf = compute_leadfield(mesh, _read_positions(positions), reference,
+                               shape="disc" if diameter_mm else "point", diameter_mm=diameter_mm,
+                               progress=not _state["quiet"])
+        save_leadfield(lf, out)
+    except StimsimError as err:
+        _fail(err)
+    typer.echo(f"wrote {out}: {len(lf.names) - 1} electrodes x {lf.fields.shape[1]} elements "
+               f"({lf.fields.nbytes / 2**20:.0f} MiB float32)")
+
+
+optimize_app = typer.Typer(help="Optimise a tDCS montage or a TMS coil position.", no_args_is_help=True)
+app.add_typer(optimize_app, name="optimize")
+
+
+@optimize_app.command("tdcs")
+def optimize_tdcs_cmd(
+    leadfield_file: Path = typer.Option(..., "--leadfield", help="leadfield .npz from `stimsim leadfield`"),
+    head: str = typer.Option(..., "--head", help="the head the leadfield was computed on"),
+    target: str = typer.Option(..., "--target", help="'x,y,z' mm"),
+    radius: float = typer.Option(10.0, "--radius", help="target ROI radius, mm"),
+    direction: str = typer.Option("normal", "--direction", help="'normal' (into the head) or 'x,y,z'"),
+    max_total_mA: float = typer.Option(2.0, "--max-total-mA"),
+    max_electrode_mA: float = typer.Option(1.0, "--max-electrode-mA"),
+    max_electrodes: Optional[int] = typer.Option(None, "--max-electrodes"),
+    out: Path = typer.Option(..., "--out", "-o", help="protocol YAML to write"),
+):
+    """Maximise the mean field along a direction in a target ROI under current limits (LP, HiGHS).
+
+    Example: stimsim optimize tdcs --leadfield lf.npz --head sphere --target 30,20,70 --out best.yaml
+    """
+    from .mesh import read_mesh
+    from .planning import load_leadfield, montage_protocol, optimize_tdcs
+    from .planning.leadfield import mesh_sha256
+    from .protocol import save_protocol, validate_protocol
+    from .simulation import resolve_head
+
+    try:
+        lf = load_leadfield(leadfield_file)
+        mesh, _ = read_mesh(resolve_head(head, Path.cwd()))
+        if mesh_sha256(mesh) != lf.mesh_sha256:
+            raise StimsimError(f"{leadfield_file} was computed on another mesh than {head!r}")
+        d = direction if direction == "normal" else _vec(direction, "--direction")
+        sol = optimize_tdcs(lf, mesh, _vec(target, "--target"), radius, d, max_total_mA=max_total_mA,
+                            max_electrode_mA=max_electrode_mA, max_electrodes=max_electrodes,
+                            tags=_brain_tags(head))
+        save_protocol(validate_protocol(montage_protocol(sol, lf, head)), out)
+    except StimsimError as err:
+        _fail(err)
+    typer.echo(f"wrote {out}: mean field {sol.target_field_V_per_m:.4g} V/m in the target; currents (mA) "
+               + ", ".join(f"{n} {i:+.3f}" for n, i in sol.currents_mA.items()))
+
+
+@optimize_app.command("tms")
+def optimize_tms_cmd(
+    protocol: Path = typer.Argument(..., help="TMS protocol (head, coil, stimulator)"),
+    target: str = typer.Option(..., "--target", help="'x,y,z' mm"),
+    grid_radius: float = typer.Option(20.0, "--grid-radius", help="search radius around the target, mm"),
+    grid_step: float = typer.Option(10.0, "--grid-step", help="grid spacing, mm"),
+    angles: int = typer.Option(12, "--angles", help="handle directions over 180 degrees"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the best placement as a protocol YAML"),
+):
+    """Search coil centres x handle angles around a target; report the placement with the largest |E|.
+
+    Example: stimsim optimize tms tms.yaml --target 0,20,75 --grid-radius 20 --angles 12
+    """
+    from .planning import search_tms
+    from .protocol import load_protocol, save_protocol
+    from .tms import TMSModel
+
+    try:
+        p = load_protocol(protocol)
+        if p.kind != "tms":
+            raise StimsimError(f"{protocol}: kind is {p.kind!r}; optimize tms needs a TMS protocol")
+        model = TMSModel(p, base_dir=protocol.resolve().parent)
+        res = search_tms(model, _vec(target, "--target"), grid_radius_mm=grid_radius, grid_step_mm=grid_step,
+                         angles=angles, progress=not _state["quiet"], tags=_brain_tags(p.head))
+        if out is not None:
+            save_protocol(p.model_copy(update={"placement": p.placement.model_copy(
+                update={"center": None, "direction": None, "matrix": res.matrix.tolist()})}), out)
+    except StimsimError as err:
+        _fail(err)
+    typer.echo(json.dumps({"target_magnE_V_per_m": res.target_magnE_V_per_m,
+                           "center_mm": np.round(res.center_mm, 2).tolist(),
+                           "direction": np.round(res.direction, 4).tolist(),
+                           "matrix": np.round(res.matrix, 6).tolist(), "evaluated": len(res.table)}, indent=1))
+
+
+@app.command()
+def batch(
+    protocols: list[Path] = typer.Argument(..., help="protocol YAML files (or folders of them)"),
+    out: Path = typer.Option(..., "--out", "-o", help="results root: one folder per protocol"),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="local parallel processes (joblib)"),
+    dask_scheduler: Optional[str] = typer.Option(None, "--dask-scheduler", help="tcp://host:port of a dask cluster"),
+    fallback_local: bool = typer.Option(False, "--fallback-local", help="run locally if the scheduler is down"),
+):
+    """Simulate many protocols in parallel; finished ones are kept, a rerun resumes.
+
+    Example: stimsim batch montages/ --out results/ --jobs 2
+    """
+    from .planning import run_batch
+    from .protocol import load_protocol, protocol_to_dict
+
+    try:
+        files = [f for p in protocols for f in (sorted(p.glob("*.yaml")) if p.is_dir() else [p])]
+        tasks = {f.stem: protocol_to_dict(load_protocol(f)) for f in files}
+        rows = run_batch(tasks, out, jobs=jobs, scheduler=dask_scheduler, fallback_to_local=fallback_local,
+                         progress=not _state["quiet"])
+    except StimsimError as err:
+        _fail(err)
+    for r in rows:
+        typer.echo(f"{r['id']}: peak |E| {r['peak_magnE_V_per_m']:.4g} V/m, safety {r['safety']}"
+                   + (" (done earlier)" if r.get("resumed") else ""))
 
 
 @app.command()

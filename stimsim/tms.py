@@ -136,12 +136,20 @@ class TMSModel:
     def placement(self, center_mm, direction, distance_mm: float = 4.0):
         return place_coil(self.mesh, center_mm, direction, distance_mm)
 
-    def efield(self, matrix) -> np.ndarray:
-        """Element-wise E (V/m, (m, 3)) for the coil at a 4x4 coil-to-head matrix (mm)."""
+    def efield(self, matrix, elements: np.ndarray | None = None) -> np.ndarray:
+        """Element-wise E (V/m) for the coil at a 4x4 coil-to-head matrix (mm).
+
+        ``elements`` restricts the returned field (not the solve) to those element indices.
+        """
         mesh, geometry, sigma = self.mesh, self.head.geometry, self.head.sigma
         dpos, dmom = self.coil.transformed(np.asarray(matrix, float))
         check_coil_outside(mesh, dpos)
         dadt_elem = element_mean(dipole_dadt(mesh.nodes, dpos, dmom, self.didt), mesh.tets)
         b = self.system.rhs_from_nodal(assemble_load_from_element_vectors(geometry, -sigma[:, None] * dadt_elem))
         v = self.system.expand(self.solver.solve(b))
-        return element_efield(geometry, v) - dadt_elem
+        if elements is None:
+            return element_efield(geometry, v) - dadt_elem
+        g = geometry.grads_kdm[:, :, elements]
+        t = mesh.tets[elements]
+        grad = sum(v[t[:, k], None] * g[k].T for k in range(4))
+        return -grad - dadt_elem[elements]

@@ -153,3 +153,30 @@ def test_summary_carries_safety_verdicts(tmp_path):
     safety = json.loads((tmp_path / "o" / "summary.json").read_text())["safety"]
     ids = {r["rule_id"] for r in safety["results"]}
     assert {"tes.current.total", "tes.field.brain_current_density"} <= ids
+
+
+def test_leadfield_optimize_and_batch_commands(tmp_path):
+    import numpy as np
+
+    cap = tmp_path / "cap.tsv"
+    i = np.arange(12) + 0.5
+    z = 1 - i / 12
+    phi = np.pi * (1 + 5**0.5) * i
+    r = np.sqrt(1 - z**2)
+    rows = [f"E{k}\t{x}\t{y}\t{w}" for k, (x, y, w) in enumerate(95 * np.column_stack([r * np.cos(phi),
+                                                                                     r * np.sin(phi), z]))]
+    cap.write_text("\n".join(rows + ["REF\t0\t0\t-95"]) + "\n")
+    res = runner.invoke(app, ["leadfield", "sphere", "--positions", str(cap), "--reference", "REF",
+                              "--out", str(tmp_path / "lf.npz")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["optimize", "tdcs", "--leadfield", str(tmp_path / "lf.npz"), "--head", "sphere",
+                              "--target", "30,20,70", "--out", str(tmp_path / "best.yaml")])
+    assert res.exit_code == 0, res.output
+    best = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    currents = [e["current_mA"] for e in best["electrodes"]]
+    assert abs(sum(currents)) < 1e-9 and max(abs(c) for c in currents) <= 1.0 + 1e-9
+    res = runner.invoke(app, ["optimize", "tdcs", "--leadfield", str(tmp_path / "lf.npz"), "--head", "sphere",
+                              "--target", "0,0,300", "--out", str(tmp_path / "never.yaml")])
+    assert res.exit_code == 2 and "no element" in res.output and not (tmp_path / "never.yaml").exists()
+    res = runner.invoke(app, ["batch", str(tmp_path / "best.yaml"), "--out", str(tmp_path / "runs")])
+    assert res.exit_code == 0 and (tmp_path / "runs" / "best" / "summary.json").is_file()

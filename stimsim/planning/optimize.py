@@ -1,0 +1,176 @@
+"""Montage optimisation (tDCS) and coil-position search (TMS).
+
+tDCS: maximise the mean field along a direction in a target region, subject to current
+limits, as a linear programme solved by HiGHS (scipy.optimize.linprog).  With currents
+split into positive and negative parts, I = p - q (p, q >= 0)::
+
+    maximise    sum_i a_i (p_i - q_i)            a_i = mean over the ROI of E_i . d (per A)
+    subject to  sum_i (p_i - q_i) = 0            (Kirchhoff: all currents sum to zero)
+                sum_i (p_i + q_i) <= 2 I_total    (total injected current <= I_total)
+                p_i + q_i <= I_electrode          (per-electrode limit)
+
+The usual limits are 2 mA total and 1 mA per electrode for HD-tDCS montage optimisation
+(Dmochowski et al. 2011, J Neural Eng 8:046011, doi:10.1088/1741-2560/8/4/046011).
+A cap on the number of active electrodes is handled greedily: solve, keep the N largest
+currents, solve again on those.
+
+TMS: evaluate a grid of coil centres x handle angles around the target with one prepared
+:class:`~stimsim.tms.TMSModel` (assembly and AMG hierarchy reused) and keep the placement
+with the largest mean |E| in the target region.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linprog
+
+from ..errors import ProtocolError
+from ..mesh import Mesh
+from .leadfield import Leadfield
+
+
+def roi_elements(mesh: Mesh, center_mm, radius_mm: float, tags=None) -> np.ndarray:
+    """Indices of elements whose centroid lies within ``radius_mm`` of ``center_mm`` (optionally of given tags)."""
+    d = np.linalg.norm(mesh.centroids - np.asarray(center_mm, float), axis=1)
+    sel = d <= radius_mm
+    if tags is not None:
+        sel &= np.isin(mesh.tet_tags, list(tags))
+    idx = np.flatnonzero(sel)
+    if len(idx) == 0:
+        raise ProtocolError(
+            f"target {list(np.round(center_mm, 1))} mm (radius {radius_mm:g} mm) contains no element"
+            + (f" of tissue tags {list(tags)}" if tags is not None else "")
+            + "; check that the target lies inside the brain and the coordinates are in the head's frame (mm)"
+        )
+    return idx
+
+
+def target_direction(mesh: Mesh, center_mm, direction) -> np.ndarray:
+    """Unit direction: a vector, or "normal" = into the head along the nearest scalp normal."""
+    if isinstance(direction, str):
+        if direction != "normal":
+            raise ProtocolError(f"direction: {direction!r} is not 'normal' or 'x,y,z'")
+        nodes, normals = mesh.boundary_node_normals()
+        k = np.argmin(np.linalg.norm(mesh.nodes[nodes] - np.asarray(center_mm, float), axis=1))
+        return -normals[k]
+    d = np.asarray(direction, float)
+    if d.shape != (3,) or not np.all(np.isfinite(d)) or np.linalg.norm(d) == 0:
+        raise ProtocolError(f"direction: {direction!r} is not a 3-vector")
+    return d / np.linalg.norm(d)
+
+
+@dataclass(frozen=True)
+class MontageSolution:
+    currents_mA: dict[str, float]
+    target_field_V_per_m: float  # mean E . direction in the ROI
+    n_roi_elements: int
+
+
+def optimize_tdcs(lf: Leadfield, mesh: Mesh, target_mm, radius_mm: float = 10.0, direction="normal", *,
+                  max_total_mA: float = 2.0, max_electrode_mA: float = 1.0, max_electrodes: int | None = None,
+                  tags=None) -> MontageSolution:
+    """Currents that maximise the mean directional field in the target ROI (see module docstring)."""
+    if max_total_mA <= 0 or max_electrode_mA <= 0:
+        raise ProtocolError("current limits must be > 0 mA (max_total_mA, max_electrode_mA)")
+    if max_electrodes is not None and max_electrodes < 2:
+        raise ProtocolError("max_electrodes must be at least 2 (one anode, one cathode)")
+    idx = roi_elements(mesh, target_mm, radius_mm, tags)
+    d = target_direction(mesh, target_mm, direction)
+    w = mesh.volumes_mm3[idx]
+    # per-A directional field of each electrode, averaged over the ROI (reference: 0)
+    a = np.append(np.einsum("kmd,d,m->k", lf.fields[:, idx].astype(np.float64), d, w) / w.sum(), 0.0)
+    active = np.arange(len(a))
+    currents = _solve_lp(a, active, max_total_mA, max_electrode_mA)
+    if max_electrodes is not None and np.count_nonzero(np.abs(currents) > 1e-9) > max_electrodes:
+        keep = np.argsort(-np.abs(currents))[:max_electrodes]
+        currents = _solve_lp(a, np.sort(keep), max_total_mA, max_electrode_mA)
+    currents[np.abs(currents) < 1e-9] = 0.0
+    out = {n: float(c) for n, c in zip(lf.names, currents) if c != 0.0}
+    return MontageSolution(out, float(a @ currents) * 1e-3, len(idx))
+
+
+def _solve_lp(a, active, max_total_mA, max_electrode_mA):
+    n = len(active)
+    c = -np.concatenate([a[active], -a[active]])  # maximise a.(p - q)
+    a_eq = np.concatenate([np.ones(n), -np.ones(n)])[None, :]
+    a_ub = [np.ones(2 * n)]
+    b_ub = [2 * max_total_mA]
+    res = linprog(c, A_ub=np.array(a_ub), b_ub=b_ub, A_eq=a_eq, b_eq=[0.0],
+                  bounds=[(0, max_electrode_mA)] * (2 * n), method="highs")
+    if res.status != 0:
+        raise ProtocolError(f"montage optimisation failed: {res.message}")
+    currents = np.zeros(len(a))
+    currents[active] = res.x[:n] - res.x[n:]
+    return currents
+
+
+def montage_protocol(solution: MontageSolution, lf: Leadfield, head: str, *, conductivities=None,
+                     duration_min: float = 20.0, name: str = "optimized-montage") -> dict:
+    """A protocol mapping (ready for ``stimsim run``/``check``) for an optimised montage."""
+    pos = {n: p for n, p in zip(lf.names, lf.positions_mm)}
+    shape = lf.meta.get("shape", "point")
+    electrodes = []
+    for n, i_mA in solution.currents_mA.items():
+        e = {"name": n, "position": [round(float(x), 3) for x in pos[n]], "current_mA": round(i_mA, 6),
+             "shape": shape}
+        if shape == "disc":
+            e["diameter_mm"] = lf.meta["diameter_mm"]
+        electrodes.append(e)
+    # rounding must not break Kirchhoff: put the residue on the largest return electrode
+    residue = sum(e["current_mA"] for e in electrodes)
+    j = min(range(len(electrodes)), key=lambda i: electrodes[i]["current_mA"])
+    electrodes[j]["current_mA"] = round(electrodes[j]["current_mA"] - residue, 9)
+    p = {"kind": "tdcs", "name": name, "head": head, "electrodes": electrodes, "duration_min": duration_min,
+         "description": f"optimised: mean field {solution.target_field_V_per_m:.4g} V/m in the target ROI"}
+    if conductivities:
+        p["conductivities"] = conductivities
+    return p
+
+
+@dataclass(frozen=True)
+class CoilSearchResult:
+    matrix: np.ndarray
+    center_mm: np.ndarray
+    direction: np.ndarray
+    target_magnE_V_per_m: float
+    table: list[dict]  # every evaluated placement
+
+
+def search_tms(model, target_mm, *, grid_radius_mm: float = 20.0, grid_step_mm: float = 10.0, angles: int = 12,
+               roi_radius_mm: float = 5.0, distance_mm: float = 4.0, progress: bool = True,
+               tags=None) -> CoilSearchResult:
+    """Grid search of coil centres (on the scalp within ``grid_radius_mm`` of the target's scalp
+    projection) x ``angles`` handle directions over 180 degrees; maximises mean |E| in the ROI."""
+    mesh = model.mesh
+    idx = roi_elements(mesh, target_mm, roi_radius_mm, tags)
+    w = mesh.volumes_mm3[idx]
+    nodes, normals = mesh.boundary_node_normals()
+    target = np.asarray(target_mm, float)
+    k = np.argmin(np.linalg.norm(mesh.nodes[nodes] - target, axis=1))
+    n0 = normals[k]
+    # a tangent frame at the target's scalp point; grid offsets in that plane, then projected
+    u = np.cross(n0, [0.0, 0.0, 1.0] if abs(n0[2]) < 0.9 else [1.0, 0.0, 0.0])
+    u /= np.linalg.norm(u)
+    v = np.cross(n0, u)
+    steps = np.arange(-grid_radius_mm, grid_radius_mm + 1e-9, grid_step_mm)
+    centers = [mesh.nodes[nodes[k]] + a * u + b * v for a in steps for b in steps if a * a + b * b <= grid_radius_mm**2 + 1e-9]
+    thetas = np.arange(angles) * np.pi / angles  # a figure-8's field reverses at 180 degrees
+    tasks = [(c, np.cos(t) * u + np.sin(t) * v) for c in centers for t in thetas]
+    iterator = tasks
+    if progress:
+        from rich.progress import track
+
+        iterator = track(tasks, description=f"TMS search ({len(tasks)} placements)", transient=True)
+    table, best = [], None
+    for c, d in iterator:
+        pl = model.placement(c, d, distance_mm)
+        e = model.efield(pl.matrix, elements=idx)
+        value = float(np.average(np.linalg.norm(e, axis=1), weights=w))
+        table.append({"center_mm": pl.center_mm.tolist(), "direction": pl.handle_direction.tolist(),
+                      "target_magnE_V_per_m": value})
+        if best is None or value > best[0]:
+            best = (value, pl)
+    value, pl = best
+    return CoilSearchResult(pl.matrix, pl.scalp_point_mm, pl.handle_direction, value, table)

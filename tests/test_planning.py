@@ -1,0 +1,168 @@
+import json
+
+import numpy as np
+import pytest
+
+from stimsim.analytic import rel_l2, tms_sphere_efield
+from stimsim.errors import ProtocolError, StimsimError
+from stimsim.planning import (compute_leadfield, load_leadfield, montage_protocol, optimize_tdcs, run_batch,
+                              save_leadfield, search_tms)
+from stimsim.protocol import validate_protocol
+from stimsim.simulation import simulate
+
+COND = {3: 1.0, 4: 0.01, 5: 1.0}
+
+
+def _cap(n=24, radius=95.0):
+    """Candidate positions: a Fibonacci spiral over the upper hemisphere + a reference at the bottom."""
+    i = np.arange(n) + 0.5
+    z = 1 - i / n  # upper hemisphere only
+    phi = np.pi * (1 + 5**0.5) * i
+    r = np.sqrt(1 - z**2)
+    pts = radius * np.column_stack([r * np.cos(phi), r * np.sin(phi), z])
+    pos = {f"E{k}": tuple(p) for k, p in enumerate(pts)}
+    pos["REF"] = (0.0, 0.0, -radius)
+    return pos
+
+
+@pytest.fixture(scope="module")
+def cap():
+    return _cap()
+
+
+@pytest.fixture(scope="module")
+def lf_point(sphere3_mesh, cap):
+    return compute_leadfield(sphere3_mesh, cap, "REF", conductivities=COND, progress=False)
+
+
+def _tdcs(electrodes):
+    return validate_protocol({"kind": "tdcs", "head": "sphere", "conductivities": COND, "electrodes": electrodes})
+
+
+def test_superposition_equals_direct_solve(sphere3_mesh, cap, lf_point):
+    montage = {"E1": 1.0, "E5": -0.4, "E9": 0.3, "REF": -0.9}
+    direct = simulate(_tdcs([{"name": n, "position": list(cap[n]), "current_mA": i} for n, i in montage.items()]),
+                      mesh=sphere3_mesh)
+    assert rel_l2(lf_point.field(montage), direct.E) < 1e-6
+
+
+def test_superposition_with_pads(sphere3_mesh, cap):
+    sub = {k: cap[k] for k in ("E0", "E3", "E7", "E12", "REF")}
+    lf = compute_leadfield(sphere3_mesh, sub, "REF", conductivities=COND, shape="disc", diameter_mm=20,
+                           progress=False)
+    montage = {"E0": 1.0, "E3": 0.0, "E7": -2.0, "E12": 0.0, "REF": 1.0}
+    # every pad of the leadfield is present (floating when it carries no current)
+    electrodes = [{"name": n, "position": list(sub[n]), "current_mA": montage[n], "shape": "disc",
+                   "diameter_mm": 20} for n in sub]
+    direct = simulate(_tdcs(electrodes), mesh=sphere3_mesh)
+    assert rel_l2(lf.field(montage), direct.E) < 1e-6
+
+
+def test_leadfield_file_round_trip_and_corruption(tmp_path, lf_point):
+    path = save_leadfield(lf_point, tmp_path / "lf.npz")
+    back = load_leadfield(path)
+    assert back.names == lf_point.names and np.array_equal(back.fields, lf_point.fields)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (tmp_path / "bad.npz").write_bytes(bytes(raw))
+    with pytest.raises(StimsimError):
+        load_leadfield(tmp_path / "bad.npz")
+
+
+def test_optimiser_puts_the_anode_over_a_superficial_target(sphere3_mesh, cap, lf_point):
+    target = np.array([30.0, 20.0, 70.0])  # 79 mm from the centre: superficial in the 85 mm brain
+    sol = optimize_tdcs(lf_point, sphere3_mesh, target, radius_mm=10, direction="normal",
+                        max_total_mA=2.0, max_electrode_mA=1.0, tags=[3])
+    anode = max(sol.currents_mA, key=sol.currents_mA.get)
+    names = [n for n in cap if n != "REF"]
+    radial = target / np.linalg.norm(target)
+    closest = sorted(names, key=lambda n: -np.dot(np.asarray(cap[n]) / 95.0, radial))[:3]
+    assert anode in closest  # within about one cap spacing of the target
+    p = montage_protocol(sol, lf_point, "sphere", conductivities=COND)
+    checked = validate_protocol(p)  # Kirchhoff holds after rounding
+    currents = np.array([e.current_mA for e in checked.electrodes])
+    assert abs(currents.sum()) < 1e-9
+    assert np.all(np.abs(currents) <= 1.0 + 1e-9)
+    assert currents[currents > 0].sum() <= 2.0 + 1e-9
+    assert sol.target_field_V_per_m > 0
+    # the optimum beats a simple two-electrode montage with the same limits
+    simple = lf_point.field({closest[0]: 1.0, "REF": -1.0})
+    from stimsim.planning.optimize import roi_elements, target_direction
+
+    idx = roi_elements(sphere3_mesh, target, 10, [3])
+    w = sphere3_mesh.volumes_mm3[idx]
+    simple_value = np.average(simple[idx] @ target_direction(sphere3_mesh, target, "normal"), weights=w)
+    assert sol.target_field_V_per_m >= simple_value - 1e-12
+    few = optimize_tdcs(lf_point, sphere3_mesh, target, radius_mm=10, max_electrodes=3, tags=[3])
+    assert len(few.currents_mA) <= 3
+
+
+def test_bad_targets_and_limits(sphere3_mesh, lf_point):
+    with pytest.raises(ProtocolError, match="contains no element"):
+        optimize_tdcs(lf_point, sphere3_mesh, [0, 0, 300], radius_mm=10, tags=[3])
+    with pytest.raises(ProtocolError, match="> 0 mA"):
+        optimize_tdcs(lf_point, sphere3_mesh, [0, 0, 70], max_total_mA=0)
+
+
+def test_tms_search_finds_the_analytic_best(sphere3_mesh):
+    from stimsim.coils import load_coil
+    from stimsim.tms import TMSModel
+
+    p = validate_protocol({"kind": "tms", "head": "sphere", "conductivities": COND,
+                           "coil": {"file": "Magstim_70mm_Fig8.ccd"},
+                           "placement": {"center": [0, 0, 95], "direction": [0, 1, 0]},
+                           "stimulator": {"didt_A_per_us": 1.0}})
+    model = TMSModel(p, mesh=sphere3_mesh)
+    target = np.array([25.0, 10.0, 75.0])
+    res = search_tms(model, target, grid_radius_mm=10, grid_step_mm=10, angles=6, roi_radius_mm=8,
+                     progress=False, tags=[3])
+    from stimsim.planning.optimize import roi_elements
+
+    idx = roi_elements(sphere3_mesh, target, 8, [3])
+    w = sphere3_mesh.volumes_mm3[idx]
+    coil = load_coil(p.coil)
+    analytic = []
+    for row in res.table:
+        pl = model.placement(row["center_mm"], row["direction"])
+        pos, mom = coil.transformed(pl.matrix)
+        e = tms_sphere_efield(sphere3_mesh.centroids[idx], pos, mom, 1e6)
+        analytic.append(np.average(np.linalg.norm(e, axis=1), weights=w))
+    analytic = np.array(analytic)
+    chosen = int(np.argmax([r["target_magnE_V_per_m"] for r in res.table]))
+    best = int(np.argmax(analytic))
+    # the FEM choice is the analytic optimum or its grid neighbour (30 degrees / 10 mm)
+    d_angle = np.degrees(np.arccos(min(1.0, abs(np.dot(res.table[chosen]["direction"],
+                                                        res.table[best]["direction"])))))
+    d_center = np.linalg.norm(np.subtract(res.table[chosen]["center_mm"], res.table[best]["center_mm"]))
+    assert d_angle <= 30.0 + 1e-6 and d_center <= 10.0 + 1e-6
+    assert analytic[chosen] >= 0.97 * analytic[best]
+
+
+def _tasks():
+    base = {"kind": "tdcs", "head": "sphere", "conductivities": COND}
+    return {f"m{k}": dict(base, electrodes=[
+        {"name": "a", "position": [0, 0, 95], "current_mA": 1.0 + k},
+        {"name": "c", "position": [95, 0, 0], "current_mA": -1.0 - k}]) for k in range(2)}
+
+
+def test_dask_gives_the_same_numbers_as_joblib(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    local = run_batch(_tasks(), tmp_path / "local", jobs=1, progress=False)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        remote = run_batch(_tasks(), tmp_path / "dask", scheduler=cluster.scheduler_address, progress=False)
+    for a, b in zip(local, remote):
+        assert a["peak_magnE_V_per_m"] == pytest.approx(b["peak_magnE_V_per_m"], rel=1e-12)
+    # a rerun resumes: nothing recomputed
+    again = run_batch(_tasks(), tmp_path / "local", jobs=1, progress=False)
+    assert all(r.get("resumed") for r in again)
+    assert json.loads((tmp_path / "dask" / "m1" / "summary.json").read_text())["kind"] == "tdcs"
+
+
+def test_unreachable_scheduler(tmp_path):
+    pytest.importorskip("distributed")
+    with pytest.raises(StimsimError, match="cannot be reached"):
+        run_batch(_tasks(), tmp_path / "x", scheduler="tcp://127.0.0.1:9", progress=False)
+    rows = run_batch(_tasks(), tmp_path / "y", scheduler="tcp://127.0.0.1:9", fallback_to_local=True,
+                     progress=False)
+    assert len(rows) == 2
