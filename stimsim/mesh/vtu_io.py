@@ -28,10 +28,12 @@ from .model import Mesh
 
 __all__ = ["write_vtu", "read_vtu"]
 
+_VTK_FLOAT = {"<f8": "Float64", "<f4": "Float32"}
 _SKIP_CELL_KEYS = {"tag", "gmsh:physical", "gmsh:geometrical", "cell_tags"}
 
 
-def write_vtu(path, mesh: Mesh, node_data=None, element_data=None, *, include_triangles: bool = False) -> Path:
+def write_vtu(path, mesh: Mesh, node_data=None, element_data=None, *, include_triangles: bool = False,
+              dtype: str = "float64") -> Path:
     """Write ``mesh`` and fields as a binary, uncompressed VTU file (atomically).
 
     Parameters
@@ -44,6 +46,8 @@ def write_vtu(path, mesh: Mesh, node_data=None, element_data=None, *, include_tr
         ``{name: (m,) or (m, k)}`` cell data, one row per tetrahedron.
     include_triangles : bool
         Also write the surface triangles as a second cell block (default False).
+    dtype : "float64" (default) or "float32" for the data arrays (halves the file for viewing;
+        point coordinates stay float64)
     """
     path = Path(path)
     if not isinstance(mesh, Mesh):
@@ -96,10 +100,12 @@ def write_vtu(path, mesh: Mesh, node_data=None, element_data=None, *, include_tr
            add(np.concatenate([c.ravel() for c in conn]).astype("<i8"), "connectivity"),
            add(offsets.astype("<i8"), "offsets"), add(np.concatenate(types), "types"), "</Cells>"]
     xml.append("<PointData>")
-    xml += [add(flat(v).astype("<f8"), name, comps(v)) for name, v in point_arrays]
+    fdt = {"float64": "<f8", "float32": "<f4"}[dtype]
+    xml += [add(flat(v).astype(fdt), name, comps(v), _VTK_FLOAT[fdt]) for name, v in point_arrays]
     xml.append("</PointData><CellData>")
-    xml += [add(flat(v) if v.dtype.kind == "i" else flat(v).astype("<f8"), name,
-                comps(v) if v.ndim == 2 else None) for name, v in cell_arrays]
+    xml += [add(flat(v), name) if v.dtype.kind == "i" else
+            add(flat(v).astype(fdt), name, comps(v) if v.ndim == 2 else None, _VTK_FLOAT[fdt])
+            for name, v in cell_arrays]
     xml.append("</CellData></Piece></UnstructuredGrid>")
     xml.append('<AppendedData encoding="raw">\n_')
     with atomic_output(path, suffix=".tmp.vtu") as tmp:
