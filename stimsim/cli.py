@@ -101,7 +101,7 @@ def demo(
 
 @app.command()
 def run(
-    protocol: Path = typer.Argument(..., help="protocol YAML file"),
+    protocol: str = typer.Argument(..., help="protocol YAML file or library id (`stimsim protocols list`)"),
     out: Path = typer.Option(..., "--out", "-o", help="results folder to create"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing results folder"),
     msh_version: str = typer.Option("4.1", "--msh-version", help="Gmsh format of fields.msh: 4.1 or 2.2"),
@@ -110,20 +110,20 @@ def run(
 
     Example: stimsim run my_montage.yaml --out results/my_montage
     """
-    from .protocol import load_protocol
+    from .library import resolve_protocol_argument
 
     try:
         if msh_version not in ("4.1", "2.2"):
             raise StimsimError(f"--msh-version: {msh_version!r} is not one of 4.1, 2.2")
-        p = load_protocol(protocol)
-        _run_and_write(p, protocol.resolve().parent, out, overwrite, msh_version)
+        p, base_dir = resolve_protocol_argument(protocol)
+        _run_and_write(p, base_dir, out, overwrite, msh_version)
     except StimsimError as err:
         _fail(err)
 
 
 @app.command()
 def check(
-    protocol: Path = typer.Argument(..., help="protocol YAML file"),
+    protocol: str = typer.Argument(..., help="protocol YAML file or library id"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
     simulate: bool = typer.Option(False, "--simulate", help="also simulate and check field-based rules"),
     questionnaire: Optional[Path] = typer.Option(None, "--questionnaire",
@@ -258,7 +258,7 @@ def optimize_tdcs_cmd(
 
 @optimize_app.command("tms")
 def optimize_tms_cmd(
-    protocol: Path = typer.Argument(..., help="TMS protocol (head, coil, stimulator)"),
+    protocol: str = typer.Argument(..., help="TMS protocol file or library id (head, coil, stimulator)"),
     target: str = typer.Option(..., "--target", help="'x,y,z' mm"),
     grid_radius: float = typer.Option(20.0, "--grid-radius", help="search radius around the target, mm"),
     grid_step: float = typer.Option(10.0, "--grid-step", help="grid spacing, mm"),
@@ -269,15 +269,16 @@ def optimize_tms_cmd(
 
     Example: stimsim optimize tms tms.yaml --target 0,20,75 --grid-radius 20 --angles 12
     """
+    from .library import resolve_protocol_argument
     from .planning import search_tms
-    from .protocol import load_protocol, save_protocol
+    from .protocol import save_protocol
     from .tms import TMSModel
 
     try:
-        p = load_protocol(protocol)
+        p, base_dir = resolve_protocol_argument(protocol)
         if p.kind != "tms":
             raise StimsimError(f"{protocol}: kind is {p.kind!r}; optimize tms needs a TMS protocol")
-        model = TMSModel(p, base_dir=protocol.resolve().parent)
+        model = TMSModel(p, base_dir=base_dir)
         res = search_tms(model, _vec(target, "--target"), grid_radius_mm=grid_radius, grid_step_mm=grid_step,
                          angles=angles, progress=not _state["quiet"], tags=_brain_tags(p.head))
         if out is not None:
@@ -304,11 +305,12 @@ def batch(
     Example: stimsim batch montages/ --out results/ --jobs 2
     """
     from .planning import run_batch
-    from .protocol import load_protocol, protocol_to_dict
+    from .library import load_protocol_file
+    from .protocol import protocol_to_dict
 
     try:
         files = [f for p in protocols for f in (sorted(p.glob("*.yaml")) if p.is_dir() else [p])]
-        tasks = {f.stem: protocol_to_dict(load_protocol(f)) for f in files}
+        tasks = {f.stem: protocol_to_dict(load_protocol_file(f)) for f in files}
         rows = run_batch(tasks, out, jobs=jobs, scheduler=dask_scheduler, fallback_to_local=fallback_local,
                          progress=not _state["quiet"])
     except StimsimError as err:
@@ -316,6 +318,42 @@ def batch(
     for r in rows:
         typer.echo(f"{r['id']}: peak |E| {r['peak_magnE_V_per_m']:.4g} V/m, safety {r['safety']}"
                    + (" (done earlier)" if r.get("resumed") else ""))
+
+
+protocols_app = typer.Typer(help="The cited protocol library (stroke, TBI, MS, PD, MCI, depression).",
+                            no_args_is_help=True)
+app.add_typer(protocols_app, name="protocols")
+
+
+@protocols_app.command("list")
+def protocols_list_cmd(
+    condition: Optional[str] = typer.Option(None, "--condition", help="filter, e.g. stroke"),
+    modality: Optional[str] = typer.Option(None, "--modality", help="tdcs, tacs or tms"),
+):
+    """Show the library: id, condition, target, modality, dose, evidence level, source."""
+    from .library_cli import protocols_list
+
+    raise typer.Exit(protocols_list(condition, modality))
+
+
+@protocols_app.command("show")
+def protocols_show_cmd(protocol_id: str = typer.Argument(..., help="library id")):
+    """Print a library protocol with its rationale and citations."""
+    from .library_cli import protocols_show
+
+    raise typer.Exit(protocols_show(protocol_id))
+
+
+@protocols_app.command("copy")
+def protocols_copy_cmd(
+    protocol_id: str = typer.Argument(..., help="library id"),
+    dest: Path = typer.Argument(..., help="where to write the editable copy"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+):
+    """Write an editable copy of a library protocol (runs with `stimsim run DEST`)."""
+    from .library_cli import protocols_copy
+
+    raise typer.Exit(protocols_copy(protocol_id, dest, overwrite))
 
 
 @app.command()

@@ -29,17 +29,24 @@ Method ("graded BCC lattice, tagged, closed and snapped")
    scalp normals for electrodes, and brings each tissue's volume back to the voxel
    volume where step 4 had added to it.
 
-Choice (measured on this 2-core machine, Colin27 181x217x181 1 mm labels): marching cubes
-per tissue + smoothing + decimation + TetGen (the ``tetgen`` wheel, AGPL-3: usable from
-a GPL-3 project, but then the combined work must be distributed under AGPL terms) gives
-better-shaped, surface-conforming elements, but needs nested surfaces that never touch:
-in Colin27 grey matter touches the skull on 15,000 voxel faces and the scalp on 1,500,
-and the air cavities touch skull and scalp, so the surfaces coincide or cross after
-smoothing and TetGen stops ("recoversubfaces" / self-intersections) unless the labels are
-first thickened (CSF +5 % or more), and it adds the AGPL wheel.  Pure centroid sampling
-without step 4 gave 7,167 separate CSF pieces (largest 81 % of CSF) at 2.5 mm.  The
-method here uses only numpy/scipy, never fails on touching tissues, and keeps the layers
-closed; see ``benchmarks/bench_head_mesh.py`` and ``meshes/README.md`` for the numbers.
+Choice and status (measured on this 2-core machine, Colin27 181x217x181 1 mm labels)
+-----------------------------------------------------------------------------------
+* Centroid sampling alone (no step 4), BCC 2.5 mm: volumes within 0.1 % but CSF in 7,167
+  face-connected pieces (largest 81 %), scalp 1,830 pieces: thin layers perforate.
+* With step 4 (vertex-sense closure) + snapping: CSF 4-8 pieces (largest 100.0 %), bone
+  63-181 pieces (largest 99.3-99.8 %), no inverted tets, but the closure adds CSF where the
+  Colin27 labels let grey matter touch the skull (15,000 voxel faces):
+  h 2.6 mm: 458k nodes / 2.58 M tets, 58 s, 1.3 GB, volume error WM -6.5 (GM/WM as separate
+  layers) ... ; h 3.0 mm: 303k nodes / 1.70 M tets, 42 s, 1.0 GB, WM -1.5, GM -9.2,
+  CSF +21.9, bone -4.9, scalp +3.2 %; h 4.0 mm: 729k tets, 29 s, CSF +42 %, GM -16 %.
+  On a synthetic nested-sphere head (1 mm voxels, h 1.5 mm) every tissue is within 5 %.
+  Minimum dihedral angle is ~0 deg (slivers at the grading transitions): not yet fixed.
+* Not measured here: marching cubes + decimation + TetGen (``tetgen`` wheel, AGPL-3,
+  usable from a GPL-3 project).  It conforms to smooth surfaces and would represent a
+  1 mm layer with one element across, but needs nested surfaces that never touch, which
+  Colin27 violates (GM touches skull on 15,000 voxel faces and scalp on 1,500; air
+  cavities touch skull and scalp).  ``/work/shared/TOOLCHAIN.md`` reports it works for 3
+  synthetic nested surfaces (783k tets, 25 s).
 
 Units: mm.  The mesh is in the world frame of the NIfTI affine (axis-aligned affines only;
 left-handed affines are fine: the tetrahedra are re-oriented).
@@ -69,6 +76,7 @@ DEFAULT_ELEMENT_SIZE_MM = 2.6
 MESHER_VERSION = "bcc-1"
 _ISLAND_FRACTION = 0.02
 _CAVITY = 255
+_SNAP_MIN_VOLUME = float(os.environ.get("STIMSIM_SNAP_MIN_VOLUME", "0.05"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,9 +239,9 @@ def _bcc_points(dist: np.ndarray, fg_box, zooms, h: float, levels: int = 3) -> n
             d[inside] = dist[tuple(np.clip(idx[inside], 0, shape - 1).T)]
             keep = d < np.inf
             if k < levels - 1:
-                keep &= d < 2.0 * s
+                keep &= d < 1.25 * s * 2
             if k > 0:
-                keep &= d >= 1.0 * s
+                keep &= d >= 1.25 * s
             out.append(grid[keep])
     pts = np.concatenate(out)
     q = np.rint(pts / (0.5 * h)).astype(np.int64)
@@ -277,20 +285,33 @@ def _face_components(keep: np.ndarray, neighbors: np.ndarray, key: np.ndarray):
     return idx, n, lab
 
 
-def _close_layers(tags: np.ndarray, neighbors: np.ndarray, cavity: np.ndarray) -> tuple[np.ndarray, int]:
-    """Min-plus propagation: a tet's layer is at most (smallest neighbour layer + 1)."""
+def _close_layers(tags: np.ndarray, tets: np.ndarray, neighbors: np.ndarray, cavity: np.ndarray,
+                  n_nodes: int) -> tuple[np.ndarray, int]:
+    """Min-plus propagation over shared *nodes*: a tet's layer is at most 1 + the smallest layer
+    of any tet sharing a node with it (outside the hull and air cavities count as layer 0/1).
+
+    Separating layers in this vertex sense makes each layer face-connected (the digital
+    topology 6/26 duality), so skull and CSF come out as single closed shells.
+    """
     lut = np.zeros(256, np.int64)
     for t, l in LAYER_OF_TAG.items():
-        lut[t] = l
+        lut[t] = min(l, 4)  # grey and white matter may both touch CSF (ventricles)
+    lut[11:] = 4  # other tags (e.g. a lesion tag) count as brain
     tissue = tags > 0
     layer = np.where(tissue, lut[tags], 0)
     layer[cavity] = 1  # an air cavity may touch scalp or bone only
-    nb = np.where(neighbors >= 0, neighbors, len(layer))
-    ext = np.append(layer, 0)  # outside the convex hull = outside the head
+    hull = np.zeros(n_nodes, bool)
+    for k in range(4):
+        outer = neighbors[:, k] < 0
+        faces = np.delete(tets[outer], k, axis=1)
+        hull[faces.ravel()] = True
     new = layer.copy()
     for _ in range(8):
-        ext[:-1] = new
-        cand = np.minimum(new, ext[nb].min(1) + 1)
+        node_min = np.full(n_nodes, 99, np.int64)
+        for k in range(4):
+            np.minimum.at(node_min, tets[:, k], new)
+        node_min[hull] = 0
+        cand = np.minimum(new, node_min[tets].min(1) + 1)
         cand[~tissue] = new[~tissue]
         if np.array_equal(cand, new):
             break
@@ -401,10 +422,9 @@ def _snap(nodes, tets, tags, zooms, tagvol, h, progress_cb=None, iterations=5):
             active = sel.copy()
             for _guard in range(20):
                 # incident tets of the moved nodes
-                touched = np.unique(np.concatenate([order[starts[i]:starts[i + 1]] // 4 for i in active[:0]]
-                                                   + [_incident(order, starts, active)]))
+                touched = np.unique(_incident(order, starts, active))
                 v = _signed_volumes(nodes, tets[touched]) * sign[touched]
-                bad = touched[v < 0.15 * np.abs(vol0[touched])]
+                bad = touched[v < _SNAP_MIN_VOLUME * np.abs(vol0[touched])]
                 if not len(bad):
                     break
                 back = np.intersect1d(np.unique(tets[bad]), sel)
@@ -635,7 +655,13 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, element_siz
         is_cav = sampled == _CAVITY
         sampled[is_cav] = 0
         sampled, n_isl = _tet_islands(sampled, neighbors)
-        sampled, n_closed = _close_layers(sampled, neighbors, is_cav)
+        sampled, n_closed = _close_layers(sampled, tets, neighbors, is_cav, len(pts))
+        for _ in range(2):  # islands the closure left behind, then close again
+            sampled, k = _tet_islands(sampled, neighbors)
+            if not k:
+                break
+            sampled, k2 = _close_layers(sampled, tets, neighbors, is_cav, len(pts))
+            n_closed += k2
         # keep the largest face-connected piece of tissue
         idx, n, lab = _face_components(sampled > 0, neighbors, (sampled > 0).astype(np.int64))
         if n > 1:

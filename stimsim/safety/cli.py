@@ -45,16 +45,15 @@ def run_check(protocol_path: Path, *, as_json: bool, simulate: bool, questionnai
     brain_tags : tissue tags counted as brain by the field-based rules (default 1, 2)
     out : text stream to print to (default stdout)
     """
-    from stimsim.protocol import load_protocol
+    from stimsim.library import resolve_protocol_argument
 
-    protocol_path = Path(protocol_path)
-    protocol = load_protocol(protocol_path)
+    protocol, base_dir = resolve_protocol_argument(protocol_path)
     answers = load_questionnaire(questionnaire_path) if questionnaire_path is not None else None
     fields = None
     if simulate:
         from stimsim.simulation import simulate as _simulate
 
-        fields = _simulate(protocol, base_dir=protocol_path.parent)
+        fields = _simulate(protocol, base_dir=base_dir)
     if brain_tags is None:
         from stimsim.simulation import default_brain_tags
 

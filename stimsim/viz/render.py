@@ -8,6 +8,7 @@ view; :func:`export_html` writes the same scene as a standalone interactive HTML
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -85,6 +86,29 @@ def _check_roi(roi):
     if not np.all(np.isfinite(centre)) or not radius > 0:
         raise VizError(f"roi: centre {centre.tolist()} must be finite and radius {radius} mm positive")
     return centre, radius
+
+
+def _font_file() -> str | None:
+    """DejaVu Sans shipped with matplotlib (a PyVista dependency): VTK's built-in fonts lack '∣'."""
+    try:
+        import matplotlib
+
+        path = Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
+    except ImportError:
+        return None
+    return str(path) if path.is_file() else None
+
+
+def _bar_title(label: str, unit: str) -> tuple[str, str | None]:
+    """Colour-bar title and the font file to draw it with.
+
+    VTK reads '|' in text as a table-column separator, so |E| is written with U+2223 (∣) in a
+    font that has it, or as 'E magnitude' when no such font is found.
+    """
+    font = _font_file()
+    if font:
+        return f"{label} ({unit})".replace("|", "\u2223"), font
+    return re.sub(r"\|(\w+)\|", r"\1 magnitude", f"{label} ({unit})"), None
 
 
 def _polydata(nodes: np.ndarray, faces: np.ndarray) -> tuple[pv.PolyData, np.ndarray]:
@@ -165,7 +189,8 @@ def plot_field(source, *, field: str = "magnE", surface="brain", cut_plane=None,
     roi : (centre_mm, radius_mm), optional
         Draw a region of interest as a translucent sphere.
     clim : (low, high), optional
-        Colour range; default 0 to the 99.9th percentile (by volume) of the field in the surface's tissues.
+        Colour range; default 0 to the 99.9th percentile (by area) of the field on the surface
+        (by volume over the head when only a cut plane is drawn).
     show_electrodes, show_coil : bool, default: True
         Draw the electrode pads (red anode, blue cathode) or the coil windings and handle direction.
     off_screen : bool, default: True
@@ -198,7 +223,7 @@ def plot_field(source, *, field: str = "magnE", surface="brain", cut_plane=None,
     roi = _check_roi(roi)
     data = load_field_data(source)
     values, loc, label, unit = data.scalar(field)
-    bar_title = f"{label} ({unit})"
+    bar_title, bar_font = _bar_title(label, unit)
     mesh = data.mesh
     tags = resolve_surface_tags(mesh, surface) if surface is not None else None
     if tags is None and cut_plane is None:
@@ -218,9 +243,11 @@ def plot_field(source, *, field: str = "magnE", surface="brain", cut_plane=None,
 
     # colour range: robust peak of the field in the drawn tissues
     if clim is None:
-        if loc == "element":
-            sel = np.isin(mesh.tet_tags, tags) if tags is not None else slice(None)
-            hi = weighted_percentile(values[sel], mesh.volumes_mm3[sel], 99.9)
+        if loc == "element" and faces is not None:  # what the surface shows, weighted by area
+            hi = weighted_percentile(values[owner], face_normals(mesh.nodes, faces)[1], 99.9)
+            lo = 0.0
+        elif loc == "element":
+            hi = weighted_percentile(values, mesh.volumes_mm3, 99.9)
             lo = 0.0
         else:
             vals = values[np.unique(faces)] if faces is not None else values
@@ -289,7 +316,7 @@ def plot_field(source, *, field: str = "magnE", surface="brain", cut_plane=None,
                     if rim.n_cells:
                         pl.add_mesh(rim, color=colour, line_width=4)
                 pl.add_point_labels(np.atleast_2d(pos), [text], font_size=14, text_color=colour,
-                                    shape_opacity=0.0, show_points=False, always_visible=True)
+                                    shape_opacity=0.0, show_points=False, always_visible=False)
         if show_coil and data.coil_matrix is not None:
             m = data.coil_matrix
             if data.coil_dipoles_mm is not None:
@@ -301,13 +328,18 @@ def plot_field(source, *, field: str = "magnE", surface="brain", cut_plane=None,
             pl.add_mesh(pv.Arrow(start=centre_c, direction=m[:3, 1], scale=45.0), color="#ff7f0e")
             pl.add_mesh(pv.Sphere(radius=3.0, center=centre_c), color="#ff7f0e")
             pl.add_point_labels(np.atleast_2d(centre_c + 45.0 * m[:3, 1]), ["coil handle"], font_size=14,
-                                text_color="#ff7f0e", shape_opacity=0.0, show_points=False, always_visible=True)
+                                text_color="#ff7f0e", shape_opacity=0.0, show_points=False, always_visible=False)
         if roi is not None:
             pl.add_mesh(pv.Sphere(radius=roi[1], center=roi[0]), color="#2ca02c", opacity=0.3)
             pl.add_mesh(pv.Sphere(radius=roi[1], center=roi[0], theta_resolution=16, phi_resolution=12),
                         style="wireframe", color="#2ca02c", opacity=0.6)
             pl.add_point_labels(np.atleast_2d(roi[0]), ["ROI"], font_size=14, text_color="#2ca02c",
-                                shape_opacity=0.0, show_points=False, always_visible=True)
+                                shape_opacity=0.0, show_points=False, always_visible=False)
+        if bar_font:
+            for bar in pl.scalar_bars.values():
+                for prop in (bar.GetTitleTextProperty(), bar.GetLabelTextProperty()):
+                    prop.SetFontFamily(4)  # VTK_FONT_FILE
+                    prop.SetFontFile(bar_font)
         if title:
             pl.add_text(title, position="upper_left", font_size=12, color="black")
         if show_axes:

@@ -1,0 +1,36 @@
+"""``stimsim mesh LABELS.nii.gz --labels simnibs|roast|colin27|FILE.tsv --out head.msh``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import StimsimError
+
+
+def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: float | None = None,
+                 lesion: Path | None = None, lesion_tag: int = 3, progress: bool = True) -> int:
+    """Mesh a label volume and write it; print the quality summary.  Returns the exit code
+    (0 ok, 2 bad input with a one-line ``error: ...`` on stderr and nothing written)."""
+    from rich.console import Console
+
+    from ..mesh import write_mesh
+    from .meshing import make_head_mesh, print_summary, quality_summary
+
+    console = Console(stderr=True)
+    out = Path(out)
+    try:
+        name = out.name.lower()
+        if not name.endswith((".msh", ".msh.gz", ".vtu")):
+            raise StimsimError(f"--out {out}: use a .msh, .msh.gz or .vtu file name")
+        if not out.parent.exists():
+            raise StimsimError(f"--out {out}: folder {out.parent} does not exist")
+        mesh, info = make_head_mesh(Path(labels), None, labels_map, element_size_mm=element_size_mm,
+                                    lesion=lesion, lesion_tag=lesion_tag, progress=progress, return_info=True)
+        q = quality_summary(mesh, info.voxel_volume_mm3)
+        write_mesh(out, mesh)
+    except StimsimError as exc:
+        console.print(f"error: {exc}", markup=False, highlight=False)
+        return 2
+    print_summary(q, info.voxel_volume_mm3, console)
+    console.print(f"wrote {out} ({info.timings_s.get('total_s', 0):.1f} s)", markup=False, highlight=False)
+    return 0

@@ -1,0 +1,409 @@
+"""Pictures, the HTML report and the view/report command functions.
+
+Rendering tests run off-screen and need pyvista plus an OpenGL library (Debian: libegl1
+libgl1-mesa-dri, or libosmesa6).  Outside CI they skip with the reason when either is missing;
+under CI=true a missing piece is a failure.  Each rendering test checks that every plotter it
+opened was closed, then closes all and collects garbage.
+"""
+
+from __future__ import annotations
+
+import base64
+import gc
+import importlib.util
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stimsim.errors import StimsimError
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+DEMO = Path(str(resources.files("stimsim") / "data" / "demo_tdcs.yaml"))
+TMS_YAML = """\
+kind: tms
+name: sphere-tms
+head: sphere
+conductivities: {3: 0.33, 4: 0.0042, 5: 0.33}
+coil: {file: Magstim_70mm_Fig8.ccd}
+placement: {center: [0, 0, 95], direction: [0, 1, 0], distance_mm: 4}
+stimulator: {didt_A_per_us: 100}
+"""
+
+
+def _missing(reason: str):
+    if IN_CI:
+        pytest.fail(f"required under CI: {reason}")
+    pytest.skip(reason)
+
+
+def _need_module(name: str, hint: str):
+    if importlib.util.find_spec(name) is None:
+        _missing(f"{name} is not installed ({hint})")
+
+
+@pytest.fixture
+def pv():
+    """pyvista, when it can render off-screen here; checks that the test closed its plotters."""
+    _need_module("pyvista", "pip install 'stimsim[viz]'")
+    from stimsim.viz import probe_rendering
+
+    probe = probe_rendering()
+    if not probe.ok:
+        _missing(probe.reason)
+    import pyvista
+    from pyvista.plotting import plotter as _plotter
+
+    before = set(_plotter._ALL_PLOTTERS)
+    yield pyvista
+    left_open = set(_plotter._ALL_PLOTTERS) - before
+    pyvista.close_all()
+    gc.collect()
+    assert not left_open, f"{len(left_open)} plotter(s) left open"
+
+
+@pytest.fixture(scope="session")
+def demo_result():
+    from stimsim.protocol import load_protocol
+    from stimsim.simulation import simulate
+
+    return simulate(load_protocol(DEMO))
+
+
+@pytest.fixture(scope="session")
+def demo_results_dir(demo_result, tmp_path_factory):
+    from stimsim.results import write_results
+
+    return write_results(demo_result, tmp_path_factory.mktemp("viz") / "demo")
+
+
+def _read_png(path_or_bytes) -> np.ndarray:
+    from PIL import Image
+
+    src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else path_or_bytes
+    with Image.open(src) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _saturation(img: np.ndarray) -> np.ndarray:
+    f = img.astype(float) / 255
+    mx, mn = f.max(axis=2), f.min(axis=2)
+    return np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-9), 0.0)
+
+
+def _assert_picture(img: np.ndarray, *, min_fraction=0.05):
+    """Not blank: enough non-background pixels, many colours, and a colour bar with a viridis gradient."""
+    h, w, _ = img.shape
+    background = np.all(img >= 250, axis=2)
+    assert 1 - background.mean() > min_fraction, "picture is (nearly) blank"
+    centre = img[h // 4: 3 * h // 4, w // 4: 3 * w // 4].reshape(-1, 3)
+    assert len(np.unique(centre, axis=0)) > 100, "the field shows too few colours"
+    # colour bar: in the right-hand strip, the column with the most saturated pixels
+    x0 = int(0.8 * w)
+    strip = img[:, x0:]
+    sat = _saturation(strip) > 0.3
+    col = int(np.argmax(sat.sum(axis=0)))
+    rows = np.flatnonzero(sat[:, col])
+    assert len(rows) > 0.4 * h, f"no colour bar found (tallest coloured column {len(rows)} px of {h})"
+    colours = strip[rows, col].astype(float)
+    assert len(np.unique(colours, axis=0)) > 30, "colour bar has no gradient"
+    luminance = colours @ np.array([0.299, 0.587, 0.114])
+    corr = np.corrcoef(rows, luminance)[0, 1]
+    assert corr < -0.9, f"colour bar is not a dark-to-bright (bottom-to-top) gradient (corr {corr:.2f})"
+
+
+# ------------------------------------------------------------------------------------------ no VTK on import
+
+
+def test_import_loads_no_vtk():
+    code = ("import sys, stimsim, stimsim.viz, stimsim.report, stimsim.viz.cli; "
+            "bad = [m for m in ('vtk', 'vtkmodules', 'pyvista') if m in sys.modules]; print(bad); "
+            "sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------------------------------ pictures
+
+
+def test_png_of_the_demo_is_not_blank(pv, demo_result, tmp_path):
+    from stimsim.viz import plot_field
+
+    out = tmp_path / "top.png"
+    img = plot_field(demo_result, view="top", screenshot=out, window_size=(640, 480))
+    assert img.shape == (480, 640, 3)
+    on_disk = _read_png(out)
+    assert on_disk.shape == (480, 640, 3)
+    _assert_picture(on_disk)
+    # the anode (red) and cathode (blue) are drawn
+    r, g, b = (on_disk[..., k].astype(int) for k in range(3))
+    assert np.sum((r > 180) & (g < 90) & (b < 90)) > 20, "anode not drawn"
+    assert np.sum((b > 150) & (r < 80) & (g > 90) & (g < 160)) > 20, "cathode not drawn"
+
+
+def test_views_differ_and_cut_plane(pv, demo_result):
+    from stimsim.viz import plot_field
+
+    top = plot_field(demo_result, view="top", screenshot=True, window_size=(400, 300))
+    left = plot_field(demo_result, view="left", screenshot=True, window_size=(400, 300))
+    cut = plot_field(demo_result, cut_plane="y", threshold=0.05, roi=((0, 0, 80), 15), screenshot=True,
+                     window_size=(400, 300))
+    assert not np.array_equal(top, left)
+    _assert_picture(cut)
+
+
+def test_plotter_is_returned_without_screenshot(pv, demo_result):
+    from stimsim.viz import plot_field
+
+    pl = plot_field(demo_result, field="J", surface="scalp", view="iso")
+    try:
+        assert isinstance(pl, pv.Plotter)
+        assert any("A/m" in t for t in pl.scalar_bars.keys())
+    finally:
+        pl.close()
+
+
+def test_view_command_renders_a_results_folder(pv, demo_results_dir, tmp_path):
+    from stimsim.viz.cli import view_command
+
+    out = tmp_path / "fig.png"
+    assert view_command(demo_results_dir, out, "magnE", "front", "z", None) == 0
+    _assert_picture(_read_png(out))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary file left behind"
+
+
+def test_tms_picture_shows_the_coil(pv, tmp_path):
+    from stimsim.protocol import load_protocol
+    from stimsim.simulation import simulate
+    from stimsim.viz import plot_field
+
+    path = tmp_path / "tms.yaml"
+    path.write_text(TMS_YAML)
+    result = simulate(load_protocol(path))
+    img = plot_field(result, view="iso", screenshot=True, window_size=(500, 400))
+    _assert_picture(img)
+    r, g, b = (img[..., k].astype(int) for k in range(3))
+    assert np.sum((r > 200) & (g > 90) & (g < 170) & (b < 80)) > 30, "coil handle arrow not drawn"
+
+
+def test_unknown_view_lists_the_names(pv, demo_result):
+    from stimsim.viz import VIEWS, VizError, plot_field
+
+    with pytest.raises(ValueError, match="view: 'sideways' is not a named view") as err:
+        plot_field(demo_result, view="sideways", screenshot=True)
+    assert isinstance(err.value, VizError) and isinstance(err.value, StimsimError)
+    for name in VIEWS:
+        assert name in str(err.value)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(field="B"), "field: 'B' is not a known field"),
+    (dict(surface="liver"), "surface: 'liver' is not one of brain, gm, wm, scalp"),
+    (dict(cut_plane="w"), "cut_plane: 'w' is not one of x, y, z"),
+    (dict(field="dAdt"), "has no node field 'dAdt'"),
+])
+def test_bad_arguments(pv, demo_result, kwargs, match):
+    from stimsim.viz import VizError, plot_field
+
+    with pytest.raises(VizError, match=match):
+        plot_field(demo_result, screenshot=True, **kwargs)
+
+
+def test_nan_field_is_a_clear_error(pv, demo_result):
+    from stimsim.viz import VizError, plot_field
+
+    E = demo_result.E.copy()
+    E[5] = np.nan
+    with pytest.raises(VizError, match=r"'E' .* 1 non-finite \(NaN/inf\) values"):
+        plot_field(replace(demo_result, E=E), screenshot=True)
+
+
+def test_results_folder_without_fields(pv, tmp_path):
+    from stimsim.viz import VizError, plot_field
+    from stimsim.viz.cli import view_command
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VizError, match="has no fields.vtu or fields.msh"):
+        plot_field(tmp_path / "empty")
+    with pytest.raises(VizError, match="results folder not found"):
+        view_command(tmp_path / "nowhere", tmp_path / "x.png", "magnE", None, None, None)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_rendering_probe_turns_a_crash_into_an_error(monkeypatch):
+    _need_module("pyvista", "pip install 'stimsim[viz]'")
+    from stimsim.viz import _probe
+
+    monkeypatch.setattr(_probe, "_PROBE_CODE", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    monkeypatch.setattr(_probe, "_cache", {})
+    probe = _probe.probe_rendering()
+    assert not probe.ok
+    assert "segmentation fault" in probe.reason and "libegl1" in probe.reason
+    with pytest.raises(StimsimError, match="libgl1-mesa-dri"):
+        _probe.require_rendering()
+
+
+def test_export_html(pv, demo_result, tmp_path):
+    _need_module("trame_vtk", "pip install trame-pyvista nest_asyncio2")
+    from stimsim.viz import export_html
+
+    out = export_html(demo_result, tmp_path / "scene.html", view="iso")
+    text = out.read_text(encoding="utf-8", errors="replace")
+    assert out.stat().st_size > 10_000 and "<html" in text.lower()
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def _check_self_contained(text: str):
+    """Nothing is loaded from outside the file: no scripts, every src and <link> a data: URI."""
+    assert "<script" not in text.lower(), "the report must not need JavaScript"
+    for value in re.findall(r'\bsrc\s*=\s*"([^"]*)"', text):
+        assert value.startswith("data:"), f"external resource src={value[:60]!r}"
+    for tag in re.findall(r"<link\b[^>]*>", text):
+        assert 'href="data:' in tag, f"external resource {tag}"
+    for value in re.findall(r'<a\b[^>]*href\s*=\s*"([^"]*)"', text):  # plain links, never loaded
+        assert value.startswith(("https://doi.org/", "#")), value
+    assert "url(" not in text and "@import" not in text
+
+
+def test_report_is_one_self_contained_page(pv, tmp_path):
+    from stimsim.report import make_report
+
+    out = make_report(DEMO, tmp_path / "report.html", roi=((0, 0, 80), 15))
+    text = out.read_text(encoding="utf-8")
+    _check_self_contained(text)
+    for needle in ("99.9th percentile", "peak (max)", "Focality", "50 %", "75 %", "mean normal component",
+                   "Region of interest", "demo-sphere-tdcs", "anode", "Safety", "doi.org/10.", "Provenance",
+                   "protocol_sha256", "head_sha256", "stimsim version"):
+        assert needle in text, needle
+    pngs = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
+    assert len(pngs) == 3
+    for b64 in pngs:
+        _assert_picture(_read_png(base64.b64decode(b64)))
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+def test_report_numbers(demo_result):
+    from stimsim.report import dose_metrics
+    from stimsim.viz import load_field_data
+
+    d = dose_metrics(load_field_data(demo_result), roi=((0, 0, 80), 15))
+    assert d["brain_tags"] == [3]
+    f50, f75 = d["focality"]
+    assert f50["volume_cm3"] > f75["volume_cm3"] > 0
+    assert 0 < d["peak_V_per_m"] <= d["max_V_per_m"]
+    roi = d["roi"]
+    assert roi["volume_cm3"] > 0 and roi["mean_V_per_m"] > 0
+    assert roi["mean_normal_V_per_m"] < 0  # under the anode the field points into the brain
+
+
+def test_report_reuses_results_and_needs_no_pyvista_without_pictures(demo_results_dir, tmp_path):
+    from stimsim.viz.cli import report_command
+
+    out = tmp_path / "r.html"
+    assert report_command(DEMO, out, demo_results_dir, pictures=False) == 0
+    text = out.read_text(encoding="utf-8")
+    _check_self_contained(text)
+    assert "No pictures: left out on request" in text and "reused results folder" in text
+    assert "<table" in text and "Focality" in text
+
+
+def test_report_refuses_results_of_another_protocol(demo_results_dir, tmp_path):
+    from stimsim.report import make_report
+
+    other = tmp_path / "other.yaml"
+    other.write_text(DEMO.read_text().replace("duration_min: 20", "duration_min: 10"))
+    out = tmp_path / "r.html"
+    with pytest.raises(StimsimError, match="different protocol"):
+        make_report(other, out, results_dir=demo_results_dir, pictures=False)
+    assert not out.exists()
+
+
+def test_report_on_nan_fields_writes_nothing(demo_results_dir, tmp_path):
+    from stimsim.mesh import read_mesh, write_vtu
+    from stimsim.report import make_report
+    from stimsim.viz import VizError
+
+    bad = tmp_path / "bad"
+    shutil.copytree(demo_results_dir, bad)
+    mesh, fields = read_mesh(bad / "fields.vtu")
+    element = dict(fields["element"])
+    element["E"] = element["E"].copy()
+    element["E"][:10] = np.nan
+    element["magnE"] = np.linalg.norm(element["E"], axis=1)
+    write_vtu(bad / "fields.vtu", mesh, node_data=fields["node"], element_data=element)
+    out = tmp_path / "report.html"
+    out.write_text("old report")
+    with pytest.raises(VizError, match="non-finite"):
+        make_report(DEMO, out, results_dir=bad, pictures=False)
+    assert out.read_text() == "old report", "the previous report must stay untouched"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "report.html"]
+
+
+def test_report_on_a_folder_without_fields(tmp_path):
+    from stimsim.report import make_report
+
+    (tmp_path / "res").mkdir()
+    with pytest.raises(StimsimError, match="no fields.vtu or fields.msh"):
+        make_report(DEMO, tmp_path / "r.html", results_dir=tmp_path / "res", pictures=False)
+    assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("text, ok", [("x", "x"), ("none", None), ("0,0,0,0,1,0", ([0, 0, 0], [0, 1, 0])),
+                                      ("q", None), ("1,2", None)])
+def test_parse_cut(text, ok):
+    from stimsim.viz import VizError
+    from stimsim.viz.cli import parse_cut
+
+    if text in ("q", "1,2"):
+        with pytest.raises(VizError, match="--cut"):
+            parse_cut(text)
+    else:
+        assert parse_cut(text) == ok
+
+
+def test_parse_roi():
+    from stimsim.viz import VizError
+    from stimsim.viz.cli import parse_roi
+
+    assert parse_roi("0,0,80,15") == ([0, 0, 80], 15)
+    with pytest.raises(VizError, match="--roi"):
+        parse_roi("0,0,80,-1")
+
+
+# ------------------------------------------------------------------------------------------ real browser
+
+
+@pytest.mark.slow
+def test_report_opens_in_headless_chromium(pv, tmp_path):
+    browser = next((b for b in ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
+                    if Path(b).exists()), None)
+    if browser is None:
+        _missing("no Chromium (apt-get install --no-install-recommends chromium)")
+    from stimsim.report import make_report
+
+    report = make_report(DEMO, tmp_path / "report.html", roi=((0, 0, 80), 15))
+    shot = tmp_path / "shot.png"
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--enable-logging=stderr", "--v=0", f"--user-data-dir={tmp_path / 'profile'}",
+           "--window-size=1200,3200", "--hide-scrollbars", f"--screenshot={shot}", report.resolve().as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    console = [ln for ln in proc.stderr.splitlines() if "CONSOLE" in ln or "net::ERR" in ln
+               or "Failed to load resource" in ln]
+    assert not console, "browser console errors:\n" + "\n".join(console)
+    img = _read_png(shot)
+    assert img.shape[1] == 1200
+    assert (_saturation(img) > 0.3).mean() > 0.02, "the screenshot shows no picture"
+    header_grey = np.all(img == 242, axis=2).sum()  # table header background #f2f2f2
+    assert header_grey > 2000, "the screenshot shows no table"
