@@ -357,6 +357,25 @@ def protocols_copy_cmd(
 
 
 @app.command()
+def mesh(
+    labels: Path = typer.Argument(..., help="NIfTI label volume (.nii/.nii.gz)"),
+    labels_map: str = typer.Option(..., "--labels", help="simnibs | roast | colin27 | FILE.tsv (label -> tag)"),
+    out: Path = typer.Option(..., "--out", "-o", help="head mesh to write (.msh, .msh.gz or .vtu)"),
+    element_size_mm: Optional[float] = typer.Option(None, "--element-size", help="target edge length, mm"),
+    lesion: Optional[Path] = typer.Option(None, "--lesion", help="lesion mask (NIfTI, same space)"),
+    lesion_tag: int = typer.Option(3, "--lesion-tag", help="tissue given to lesioned voxels (default CSF)"),
+):
+    """Build a tetrahedral head model from a tissue label volume (SimNIBS tags).
+
+    Example: stimsim mesh labels.nii.gz --labels simnibs --out head.msh --lesion stroke_mask.nii.gz
+    """
+    from .head.cli import mesh_command
+
+    raise typer.Exit(mesh_command(labels, labels_map, out, element_size_mm, lesion, lesion_tag=lesion_tag,
+                                  progress=not _state["quiet"]))
+
+
+@app.command()
 def schema(out: Optional[Path] = typer.Option(None, "--out", "-o", help="write to a file instead of stdout")):
     """Print the JSON Schema of protocol files (for editors and validators)."""
     from .protocol import protocol_json_schema

@@ -100,16 +100,25 @@ class SimulationResult:
         return {e.name: float(self.potential_V[e.center_node]) for e in self.electrodes}
 
 
-def _electrode_specs(protocol: TESProtocol) -> list[ElectrodeSpec]:
+def named_position(name: str, protocol, base_dir: Path | None = None, field: str = "position"):
+    """mm coordinates of an EEG position name on the protocol's head (its positions file)."""
+    from .head.eeg import eeg_position
+
+    positions = protocol.positions
+    if positions is not None and base_dir is not None and not Path(positions).is_absolute():
+        positions = str(Path(base_dir) / positions)
+    try:
+        return tuple(float(x) for x in eeg_position(name, protocol.head, positions=positions))
+    except ProtocolError as err:
+        raise ProtocolError(f"{field}: {err}") from None
+
+
+def _electrode_specs(protocol: TESProtocol, base_dir: Path | None = None) -> list[ElectrodeSpec]:
     specs = []
     for k, e in enumerate(protocol.electrodes):
-        if isinstance(e.position, str):
-            raise ProtocolError(
-                f"electrodes[{k}].position: EEG name {e.position!r} needs a head with electrode positions; "
-                f"head {protocol.head!r} has none, give [x, y, z] in mm"
-            )
-        specs.append(ElectrodeSpec(e.name, tuple(e.position), e.current_A, e.shape, e.diameter_mm,
-                                   e.size_mm, e.direction))
+        pos = (named_position(e.position, protocol, base_dir, f"electrodes[{k}].position")
+               if isinstance(e.position, str) else tuple(e.position))
+        specs.append(ElectrodeSpec(e.name, pos, e.current_A, e.shape, e.diameter_mm, e.size_mm, e.direction))
     return specs
 
 
@@ -172,13 +181,13 @@ def simulate(protocol, *, base_dir: Path | None = None, mesh: Mesh | None = None
         from .tms import solve_tms
 
         return solve_tms(protocol, head, base_dir)
-    return _solve_tes(protocol, head)
+    return _solve_tes(protocol, head, base_dir)
 
 
-def _solve_tes(protocol: TESProtocol, head: _Head) -> SimulationResult:
+def _solve_tes(protocol: TESProtocol, head: _Head, base_dir: Path | None = None) -> SimulationResult:
     mesh, geometry, sigma, timings = head.mesh, head.geometry, head.sigma, head.timings
     t = time.perf_counter()
-    placed = place_electrodes(mesh, _electrode_specs(protocol))
+    placed = place_electrodes(mesh, _electrode_specs(protocol, base_dir))
     system = electrode_system(head.stiffness, placed)
     b = system.rhs([e.current_A for e in placed])
     timings["electrodes_s"] = time.perf_counter() - t

@@ -37,14 +37,16 @@ def coil_didt_A_per_s(protocol: TMSProtocol, coil) -> float:
     return st.percent_mso / 100.0 * coil.didt_max_A_per_s
 
 
-def placement_for(protocol: TMSProtocol, mesh):
+def placement_for(protocol: TMSProtocol, mesh, base_dir: Path | None = None):
     pl = protocol.placement
     if pl.matrix is not None:
         return placement_from_matrix(pl.matrix, mesh)
-    if isinstance(pl.center, str):
-        raise ProtocolError(f"placement.center: EEG name {pl.center!r} needs a head with electrode positions; "
-                            f"give [x, y, z] in mm")
-    return place_coil(mesh, pl.center, pl.direction, pl.distance_mm)
+    center = pl.center
+    if isinstance(center, str):
+        from .simulation import named_position
+
+        center = named_position(center, protocol, base_dir, "placement.center")
+    return place_coil(mesh, center, pl.direction, pl.distance_mm)
 
 
 def check_coil_outside(mesh, dipole_positions_mm: np.ndarray) -> None:
@@ -68,7 +70,7 @@ def solve_tms(protocol: TMSProtocol, head, base_dir: Path | None = None):
     t = time.perf_counter()
     coil = load_coil(protocol.coil, base_dir)
     didt = coil_didt_A_per_s(protocol, coil)
-    placement = placement_for(protocol, mesh)
+    placement = placement_for(protocol, mesh, base_dir)
     dpos, dmom = coil.transformed(placement.matrix)
     check_coil_outside(mesh, dpos)
     dadt_nodes = dipole_dadt(mesh.nodes, dpos, dmom, didt)

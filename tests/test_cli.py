@@ -180,3 +180,14 @@ def test_leadfield_optimize_and_batch_commands(tmp_path):
     assert res.exit_code == 2 and "no element" in res.output and not (tmp_path / "never.yaml").exists()
     res = runner.invoke(app, ["batch", str(tmp_path / "best.yaml"), "--out", str(tmp_path / "runs")])
     assert res.exit_code == 0 and (tmp_path / "runs" / "best" / "summary.json").is_file()
+
+
+def test_eeg_names_from_a_positions_file(tmp_path):
+    (tmp_path / "caps.tsv").write_text("name\tx\ty\tz\nCz\t0\t0\t95\nT8\t95\t0\t0\n")
+    p = dict(TDCS, positions="caps.tsv")
+    p["electrodes"] = [dict(TDCS["electrodes"][0], position="cz"), dict(TDCS["electrodes"][1], position="T8")]
+    res = runner.invoke(app, ["run", str(_write(tmp_path, p)), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    p["electrodes"][1] = dict(TDCS["electrodes"][1], position="T9")
+    res = runner.invoke(app, ["run", str(_write(tmp_path, p)), "--out", str(tmp_path / "o2")])
+    assert res.exit_code == 2 and "T9" in res.output and not (tmp_path / "o2").exists()

@@ -71,12 +71,12 @@ from .labels import LAYER_FILL_TAG, LAYER_OF_TAG, apply_label_map, label_map
 __all__ = ["make_head_mesh", "load_label_volume", "tissue_connectivity", "quality_summary",
            "cache_dir", "DEFAULT_ELEMENT_SIZE_MM", "MESHER_VERSION"]
 
-#: BCC lattice spacing at default resolution: Colin27 1 mm -> ~1.3 M tets
-DEFAULT_ELEMENT_SIZE_MM = 2.6
+#: BCC lattice spacing at default resolution: Colin27 1 mm -> 1.70 M tets (over the 1.5 M goal)
+DEFAULT_ELEMENT_SIZE_MM = 3.0
 MESHER_VERSION = "bcc-1"
 _ISLAND_FRACTION = 0.02
 _CAVITY = 255
-_SNAP_MIN_VOLUME = float(os.environ.get("STIMSIM_SNAP_MIN_VOLUME", "0.05"))
+_SNAP_MIN_VOLUME = 0.05
 
 
 # ----------------------------------------------------------------------------------------------

@@ -100,6 +100,8 @@ class TESProtocol(_Model):
     name: str | None = None
     description: str | None = None
     head: str = Field("sphere", description="'sphere' (embedded 3-layer sphere) or a path to a .msh/.vtu mesh")
+    positions: str | None = Field(None, description="EEG positions file (.elc/.csv/.tsv, mm, head frame) for "
+                                                    "electrode names; embedded heads bring their own")
     conductivities: dict[Union[int, str], float] | None = Field(
         None, description="S/m by tag or tissue name, overriding the SimNIBS defaults"
     )
@@ -277,6 +279,7 @@ class TMSProtocol(_Model):
     name: str | None = None
     description: str | None = None
     head: str = Field("sphere", description="'sphere' or a path to a .msh/.vtu mesh")
+    positions: str | None = Field(None, description="EEG positions file for a named placement centre")
     conductivities: dict[Union[int, str], float] | None = None
     coil: CoilSpec
     placement: Placement

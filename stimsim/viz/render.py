@@ -126,6 +126,24 @@ def _point_values(n_nodes: int, faces: np.ndarray, face_values: np.ndarray) -> n
     return s / np.maximum(c, 1)
 
 
+def _tissue_outlines(sl):
+    """Lines where tissues meet on a cut (the rims of each tissue's part of the slice)."""
+    parts = []
+    for t in np.unique(sl.cell_data["tag"]):
+        piece = sl.threshold((t - 0.5, t + 0.5), scalars="tag")
+        try:
+            piece = piece.extract_surface(algorithm="dataset_surface")
+        except TypeError:  # pyvista < 0.47 has no ``algorithm``
+            piece = piece.extract_surface()
+        rim = piece.extract_feature_edges(boundary_edges=True, feature_edges=False, manifold_edges=False,
+                                          non_manifold_edges=False)
+        if rim.n_cells:
+            parts.append(rim)
+    if not parts:
+        return None
+    return parts[0].merge(parts[1:]) if len(parts) > 1 else parts[0]
+
+
 def _set_camera(pl, view, bounds_centre, radius, cut):
     if isinstance(view, list):
         pl.camera_position = view
@@ -287,6 +305,7 @@ def plot_field(source, *, field: str = "magnE", surface="brain", cut_plane=None,
                 pl.add_mesh(surf, smooth_shading=True, **shared)
         if cut is not None:
             grid = pv.UnstructuredGrid({pv.CellType.TETRA: mesh.tets.astype(np.int64)}, mesh.nodes)
+            grid.cell_data["tag"] = mesh.tet_tags
             if loc == "element":
                 grid.cell_data[bar_title] = values
             else:
@@ -295,18 +314,14 @@ def plot_field(source, *, field: str = "magnE", surface="brain", cut_plane=None,
             if sl.n_cells == 0:
                 raise VizError(f"cut_plane: the plane through {np.round(cut[0], 1).tolist()} mm with normal "
                                f"{np.round(cut[1], 3).tolist()} misses the head")
+            outlines = _tissue_outlines(sl)
             if threshold is not None:
                 pl.add_mesh(sl, color="lightgrey", show_scalar_bar=False)
                 sl = sl.threshold(threshold, scalars=bar_title)
             if sl.n_cells:
                 pl.add_mesh(sl, **shared)
-                # tissue boundaries on the cut, as thin lines
-                bounds = pv.UnstructuredGrid({pv.CellType.TETRA: mesh.tets.astype(np.int64)}, mesh.nodes)
-                bounds.cell_data["tag"] = mesh.tet_tags
-                edges = bounds.slice(normal=cut[1], origin=cut[0]).extract_feature_edges(
-                    boundary_edges=True, feature_edges=False, manifold_edges=False, non_manifold_edges=False)
-                if edges.n_cells:
-                    pl.add_mesh(edges, color="black", line_width=1, opacity=0.4)
+            if outlines is not None:
+                pl.add_mesh(outlines, color="black", line_width=1, opacity=0.5)
         if show_electrodes and data.electrodes:
             for patch, colour, text, pos in _electrode_meshes(data):
                 pl.add_mesh(patch, color=colour, opacity=0.35)
