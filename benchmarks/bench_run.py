@@ -46,21 +46,24 @@ def run_child(protocol: dict, workdir: Path) -> dict:
     code = ("import resource, sys, time; t=time.perf_counter(); from stimsim.cli import app\n"
             "try:\n    app(['-q', sys.argv[1], sys.argv[2], '--out', sys.argv[3], '--overwrite'], standalone_mode=False)\n"
             "finally:\n    print('WALL', time.perf_counter()-t)\n")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before = r0.ru_maxrss
     t = time.perf_counter()
     res = subprocess.run([sys.executable, "-c", code, "run", str(p), str(out)], capture_output=True, text=True)
     wall = time.perf_counter() - t
     if res.returncode:
         raise RuntimeError(res.stderr)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak = r1.ru_maxrss
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     inner = float([ln for ln in res.stdout.splitlines() if ln.startswith("WALL")][0].split()[1])
-    return {"wall_s": wall, "in_process_s": inner, "peak_MiB": max(peak, before) / 1024,
+    return {"wall_s": wall, "in_process_s": inner, "cpu_s": cpu, "peak_MiB": max(peak, before) / 1024,
             "summary": json.loads((out / "summary.json").read_text())}
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--size", type=float, default=2.8)
+    ap.add_argument("--size", type=float, default=2.83, help="gmsh element size, mm (2.83 -> ~670k tets)")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     mesh_path = sphere_file(args.size)
@@ -78,7 +81,7 @@ def main():
             "stimulator": {"didt_A_per_us": 1.0}},
     }
     print(f"mesh: {mesh_path.name} ({mesh_path.stat().st_size / 2**20:.0f} MiB, MSH 2.2 binary); "
-          f"{os.cpu_count()} CPUs\n")
+          f"{os.cpu_count()} CPUs; load average before: {os.getloadavg()[0]:.2f}\n")
     for name, protocol in cases.items():
         runs = []
         with tempfile.TemporaryDirectory() as tmp:
@@ -95,6 +98,8 @@ def main():
         print(f"| **whole `stimsim run` (process wall, incl. imports)** | **{best['wall_s']:.2f}** "
               f"(median {np.median([r['wall_s'] for r in runs]):.2f}) |")
         print(f"| in-process (after interpreter start) | {best['in_process_s']:.2f} |")
+        print(f"| CPU time (user + sys; > wall when threads run, a guide when the machine is shared) "
+              f"| {min(r['cpu_s'] for r in runs):.2f} |")
         print(f"| **peak RSS** | **{max(r['peak_MiB'] for r in runs):.0f} MiB** |\n")
 
 

@@ -1,4 +1,5 @@
-"""Command line: ``stimsim demo | run | check | schema | version``.
+"""Command line: ``stimsim demo | run | check | view | report | protocols | mesh | leadfield |
+optimize | batch | schema | version``.
 
 Every deliberate error (bad protocol, unreadable mesh, solver failure) prints one line
 ``error: ...`` and exits with code 2; no partial output folder is left behind.
@@ -373,6 +374,60 @@ def mesh(
 
     raise typer.Exit(mesh_command(labels, labels_map, out, element_size_mm, lesion, lesion_tag=lesion_tag,
                                   progress=not _state["quiet"]))
+
+
+@app.command()
+def view(
+    results: Path = typer.Argument(..., help="results folder of `stimsim run` (or its fields.vtu/.msh)"),
+    out: Path = typer.Option(..., "--out", "-o", help="PNG to write"),
+    field: str = typer.Option("magnE", "--field", help="magnE, E, J, magnJ, E_recovered, v, dAdt"),
+    view_name: Optional[str] = typer.Option(None, "--view", help="top, bottom, left, right, front, back, iso"),
+    cut: Optional[str] = typer.Option(None, "--cut", help="x | y | z | ox,oy,oz,nx,ny,nz (cut plane)"),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="hide values below this"),
+    surface: str = typer.Option("brain", "--surface", help="brain, gm, wm, scalp or tags"),
+    roi: Optional[str] = typer.Option(None, "--roi", help="'x,y,z,r' mm: mark a region of interest"),
+):
+    """Render the field off-screen to a PNG (brain surface, cut planes, electrodes or coil, colour bar).
+
+    Example: stimsim view stimsim_demo --out fig.png --view left --cut y
+    """
+    from rich.console import Console
+
+    from .viz.cli import view_command
+
+    try:
+        with Console(stderr=True, quiet=_state["quiet"]).status("rendering ...", spinner="dots"):
+            code = view_command(results, out, field, view_name, cut, threshold, surface=surface, roi=roi)
+    except StimsimError as err:
+        _fail(err)
+    raise typer.Exit(code=code)
+
+
+@app.command()
+def report(
+    protocol: str = typer.Argument(..., help="protocol YAML file or library id"),
+    out: Path = typer.Option(..., "--out", "-o", help="HTML file to write (self-contained)"),
+    results: Optional[Path] = typer.Option(None, "--results", help="reuse (or create) this results folder"),
+    roi: Optional[str] = typer.Option(None, "--roi", help="'x,y,z,r' mm: ROI for the dose table"),
+):
+    """One self-contained HTML page: protocol, pictures, dose/ROI table, safety verdicts, provenance.
+
+    Example: stimsim report montage.yaml --out report.html --roi 30,20,70,10
+    """
+    from rich.console import Console
+
+    from .library import get_protocol, library_ids
+    from .viz.cli import report_command
+
+    try:
+        source = protocol
+        if not Path(protocol).is_file() and protocol in library_ids():
+            source = get_protocol(protocol).path  # a library id: report its file
+        with Console(stderr=True, quiet=_state["quiet"]).status("simulating and rendering ...", spinner="dots"):
+            code = report_command(source, out, results, roi=roi)
+    except StimsimError as err:
+        _fail(err)
+    raise typer.Exit(code=code)
 
 
 @app.command()

@@ -17,7 +17,7 @@ import pyvista as pv
 
 from .._logging import logger
 from ..errors import StimsimError
-from ._data import (FIELDS, SURFACES, FieldData, VizError, face_normals, load_field_data,
+from ._data import (FIELDS, SURFACES, VizError, face_normals, load_field_data,
                     resolve_surface_tags, surface_faces, weighted_percentile)
 from ._probe import require_rendering
 
