@@ -76,7 +76,7 @@ DEFAULT_ELEMENT_SIZE_MM = 3.0
 MESHER_VERSION = "bcc-1"
 _ISLAND_FRACTION = 0.02
 _CAVITY = 255
-_SNAP_MIN_VOLUME = 0.05
+_SNAP_MIN_VOLUME = 0.25
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,9 +235,12 @@ def _bcc_points(dist: np.ndarray, fg_box, zooms, h: float, levels: int = 1) -> n
             grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
             idx = np.rint(grid / zooms).astype(np.int64)
             inside = ((idx >= 0) & (idx < shape)).all(1)
-            d = np.full(len(grid), np.inf)
-            d[inside] = dist[tuple(np.clip(idx[inside], 0, shape - 1).T)]
-            keep = d < np.inf
+            # beyond the volume (a head cut at the neck) counts as an interface: the points
+            # there close the Delaunay hull away from the tissue, so no flat hull slivers
+            # end up inside the head
+            d = np.zeros(len(grid))
+            d[inside] = dist[tuple(idx[inside].T)]
+            keep = np.ones(len(grid), bool)
             if k < levels - 1:
                 keep &= d < 1.25 * s * 2
             if k > 0:
@@ -452,7 +455,7 @@ def _guarded_move(nodes, sel, disp, tets, order, starts, sign, vol0, min_rel, mi
     nodes[sel] = old + disp
     active = sel
     frac = np.ones(len(sel))
-    for _guard in range(6):
+    for _guard in range(100):  # terminates: undone nodes are back where every tet was valid
         touched = np.unique(_incident(order, starts, active))
         v = _signed_volumes(nodes, tets[touched]) * sign[touched]
         lim = min_rel * np.abs(vol0[touched])
@@ -466,7 +469,7 @@ def _guarded_move(nodes, sel, disp, tets, order, starts, sign, vol0, min_rel, mi
         frac[pos] = 0.0 if _guard >= 4 else 0.5 * frac[pos]
         nodes[back] = old[pos] + frac[pos, None] * disp[pos]
         active = back
-    # still bad after the last undo cannot happen (old positions were valid); keep as is
+    raise MeshError("internal error: the node-move guard did not converge")  # pragma: no cover
 
 
 def _smooth(nodes, tets, tags, h, passes=3, progress_cb=None):

@@ -97,7 +97,7 @@ def write_vtu(path, mesh: Mesh, node_data=None, element_data=None, *, include_tr
            '<VTKFile type="UnstructuredGrid" version="1.0" byte_order="LittleEndian" header_type="UInt64">',
            "<UnstructuredGrid>", f'<Piece NumberOfPoints="{mesh.n_nodes}" NumberOfCells="{n_cells}">',
            "<Points>", add(mesh.nodes.astype("<f8"), "Points", 3), "</Points>", "<Cells>",
-           add(np.concatenate([c.ravel() for c in conn]).astype("<i8"), "connectivity"),
+           add(np.concatenate([c.ravel() for c in conn]).astype("<i4"), "connectivity"),
            add(offsets.astype("<i8"), "offsets"), add(np.concatenate(types), "types"), "</Cells>"]
     xml.append("<PointData>")
     fdt = {"float64": "<f8", "float32": "<f4"}[dtype]
