@@ -12,7 +12,10 @@ from stimsim.head.meshing import DEFAULT_ELEMENT_SIZE_MM, make_head_mesh, qualit
 
 LABELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "heads" / "colin27" / "labels.nii.gz"
 
+import os
+
 sizes = [float(a) for a in sys.argv[1:]] or [DEFAULT_ELEMENT_SIZE_MM]
+print(f"{os.cpu_count()} CPUs, load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 print("| h mm | time s | peak GB | nodes | tets | min dihedral | vol err % (WM GM CSF bone scalp) | pieces CSF / bone |")
 print("|---|---|---|---|---|---|---|---|")
 for h in sizes:
@@ -27,3 +30,4 @@ for h in sizes:
     print(f"| {h} | {dt:.1f} | {peak:.2f} | {mesh.n_nodes:,} | {mesh.n_tets:,} | {q['min_dihedral_deg']:.2f} | {err} | "
           f"{c[3]['pieces']} ({100 * c[3]['largest_fraction']:.2f} %) / {c[4]['pieces']} "
           f"({100 * c[4]['largest_fraction']:.2f} %) |")
+print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")

@@ -8,11 +8,16 @@ Method ("graded BCC lattice, tagged, closed and snapped")
    Colin27 segmentation) are given the tag of the nearest other tissue, and pieces of the
    head not connected to the main piece are dropped.  Background enclosed by the head
    (air cavities) stays background: it becomes an insulating hole in the mesh.
-2. **Points**: a body-centred cubic (BCC) lattice of spacing ``element_size_mm`` within
-   2 spacings of any tissue interface, coarser nested BCC lattices (2x, 4x) farther away.
-   The BCC lattice's Delaunay tetrahedralisation is non-degenerate and made of identical
-   well-shaped tetrahedra (dihedral angles 60 deg and 90 deg); only the grading transitions
-   give worse elements.  ``scipy.spatial.Delaunay`` (Qhull) tetrahedralises the points.
+2. **Points**: a uniform body-centred cubic (BCC) lattice of spacing ``element_size_mm``
+   over the head's bounding box plus 2 spacings, also beyond the edges of the volume (a head
+   cut at the neck), so the Delaunay hull, where Qhull makes flat slivers of coplanar
+   points, lies outside the tissue.  The BCC lattice's Delaunay tetrahedralisation is
+   non-degenerate and made of identical well-shaped tetrahedra (dihedral angles 60 deg and
+   90 deg).  ``scipy.spatial.Delaunay`` (Qhull) tetrahedralises the points.  (``_bcc_points``
+   can still grade the lattice, ``levels`` > 1, but the 2h/h transitions hold cospherical
+   point sets that Qhull splits into zero-volume slivers: min dihedral ~0 deg, which made
+   AMG-CG take 68 s at 4 mm; on Colin27 grading saved little because the head is full of
+   interfaces.)
 3. **Tags** are sampled at each tetrahedron's centroid (unbiased: tissue volumes match
    the voxel volumes in expectation).
 4. **Closed layers**: SimNIBS tissues are nested (scalp > bone > CSF > GM > WM).  A
@@ -25,22 +30,30 @@ Method ("graded BCC lattice, tagged, closed and snapped")
 5. **Snapping**: every node on an interface between two layers moves onto the interface of
    the (lightly smoothed) signed-distance function of the voxel mask, a few Newton steps,
    each clamped to 0.45 spacing, with an inversion guard (a move that shrinks any incident
-   tet below 15 % of its volume is undone).  This removes the staircase, gives smooth
-   scalp normals for electrodes, and brings each tissue's volume back to the voxel
-   volume where step 4 had added to it.
+   tet below 25 % of its volume is halved, up to 4 times, then undone).  The CSF, bone and
+   scalp targets are made at least 0.5 mm thick.  This removes the staircase, gives smooth
+   scalp normals for electrodes, and brings volumes back toward the voxel volumes where
+   step 4 had added to them.  Then a guarded Laplacian smoothing of nodes inside one layer.
 
 Choice and status (measured on this 2-core machine, Colin27 181x217x181 1 mm labels)
 -----------------------------------------------------------------------------------
 * Centroid sampling alone (no step 4), BCC 2.5 mm: volumes within 0.1 % but CSF in 7,167
   face-connected pieces (largest 81 %), scalp 1,830 pieces: thin layers perforate.
-* With step 4 (vertex-sense closure) + snapping: CSF 4-8 pieces (largest 100.0 %), bone
-  63-181 pieces (largest 99.3-99.8 %), no inverted tets, but the closure adds CSF where the
-  Colin27 labels let grey matter touch the skull (15,000 voxel faces):
-  h 2.6 mm: 458k nodes / 2.58 M tets, 58 s, 1.3 GB, volume error WM -6.5 (GM/WM as separate
-  layers) ... ; h 3.0 mm: 303k nodes / 1.70 M tets, 42 s, 1.0 GB, WM -1.5, GM -9.2,
-  CSF +21.9, bone -4.9, scalp +3.2 %; h 4.0 mm: 729k tets, 29 s, CSF +42 %, GM -16 %.
-  On a synthetic nested-sphere head (1 mm voxels, h 1.5 mm) every tissue is within 5 %.
-  Minimum dihedral angle is ~0 deg (slivers at the grading transitions): not yet fixed.
+* Face-sense closure instead of step 4 (a tet may not share a *face* with a non-adjacent
+  layer), h 3.2: volumes within 4.5 % (CSF -4.3, bone -2.2, scalp +0.9, GM -0.2 %), but CSF
+  in 5,200 face-connected pieces (largest 89 %), bone 2,177: layers touch across edges.
+* Vertex-sense closure (step 4) + snapping, uniform h 3.2 mm (default, mesher ``bcc-2``):
+  256k nodes / 1.43 M tets, ~70 s and 1.2 GB on 2 loaded cores, min dihedral 1.3 deg
+  (60 deg before snapping), CSF, GM, WM, scalp each 1 piece, bone 2 (99.97 %); but volume
+  error WM -1.4, GM -10.1, CSF +29.3, bone -5.9, scalp +4.3 %: the closure puts a whole
+  star of tets (~h thick) of CSF wherever Colin27 grey matter touches the skull (15,000
+  voxel faces; 11,000 lattice nodes at h 3.2) and the snapping cannot squeeze it (the
+  star's far nodes are held by the grey matter behind them).  NOT within the 5 % goal.
+  tDCS (C3/Fp2 point electrodes, 1 mA) on it: 5 s end to end, AMG-CG 31 iterations.
+  Before ``bcc-2`` (graded lattice, h 3.0): 1.70 M tets, min dihedral ~0 deg, CSF +22 %.
+* Way forward for the volumes: a closing layer thinner than an element where GM touches
+  bone, e.g. insert lattice points on both sides of the contact (node pairs ~0.5 mm apart)
+  before the Delaunay step, or a surface mesher (below) on nested surfaces made disjoint.
 * Not measured here: marching cubes + decimation + TetGen (``tetgen`` wheel, AGPL-3,
   usable from a GPL-3 project).  It conforms to smooth surfaces and would represent a
   1 mm layer with one element across, but needs nested surfaces that never touch, which
@@ -71,9 +84,9 @@ from .labels import LAYER_FILL_TAG, LAYER_OF_TAG, apply_label_map, label_map
 __all__ = ["make_head_mesh", "load_label_volume", "tissue_connectivity", "quality_summary",
            "cache_dir", "DEFAULT_ELEMENT_SIZE_MM", "MESHER_VERSION"]
 
-#: BCC lattice spacing at default resolution: Colin27 1 mm -> 1.70 M tets (over the 1.5 M goal)
-DEFAULT_ELEMENT_SIZE_MM = 3.0
-MESHER_VERSION = "bcc-1"
+#: BCC lattice spacing at default resolution: Colin27 1 mm -> 1.43 M tets (uniform lattice)
+DEFAULT_ELEMENT_SIZE_MM = 3.2
+MESHER_VERSION = "bcc-2"
 _ISLAND_FRACTION = 0.02
 _CAVITY = 255
 _SNAP_MIN_VOLUME = 0.25
