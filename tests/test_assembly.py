@@ -61,3 +61,18 @@ def test_boundary_faces_are_the_outer_sphere_oriented_outward(sphere3_mesh):
     nodes, normals = sphere3_mesh.boundary_node_normals()
     radial = sphere3_mesh.nodes[nodes] / np.linalg.norm(sphere3_mesh.nodes[nodes], axis=1, keepdims=True)
     assert np.all(np.einsum("ij,ij->i", normals, radial) > 0.99)
+
+
+def test_disconnected_head_is_refused(sphere3_mesh):
+    from stimsim.errors import MeshError
+    from stimsim.mesh import Mesh
+    from stimsim.protocol import validate_protocol
+    from stimsim.simulation import simulate
+
+    m = sphere3_mesh
+    two = Mesh(np.vstack([m.nodes, m.nodes + [300.0, 0, 0]]), np.vstack([m.tets, m.tets + m.n_nodes]),
+               np.concatenate([m.tet_tags, m.tet_tags]))
+    p = validate_protocol({"kind": "tdcs", "electrodes": [
+        {"name": "a", "position": [0, 0, 95], "current_mA": 1}, {"name": "b", "position": [95, 0, 0], "current_mA": -1}]})
+    with pytest.raises(MeshError, match="2 disconnected pieces"):
+        simulate(p, mesh=two)

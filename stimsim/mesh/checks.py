@@ -41,7 +41,34 @@ def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
-def check_mesh(mesh: Mesh, known_tags=None, *, fix_orientation: bool = True) -> Mesh:
+def check_connectivity(mesh: Mesh, graph: sp.spmatrix | None = None) -> None:
+    """Raise MeshError when the tetrahedra form more than one connected piece.
+
+    ``graph`` may be any (n, n) sparse matrix with the mesh's node adjacency pattern, such as
+    the assembled stiffness matrix (then no graph has to be built).
+    """
+    n = mesh.n_nodes
+    if graph is None:
+        t = mesh.tets
+        rows = np.repeat(t[:, 0], 3)
+        cols = t[:, 1:].ravel()
+        graph = sp.coo_matrix((np.ones(rows.size, np.int8), (rows, cols)), shape=(n, n))
+        ncomp, labels = connected_components(graph, directed=False)
+    else:
+        # symmetric pattern: weak connectivity needs no symmetrised copy
+        ncomp, labels = connected_components(graph, directed=True, connection="weak")
+    if ncomp > 1:
+        t = mesh.tets
+        sizes = np.bincount(labels[t[:, 0]], minlength=ncomp)
+        sizes = np.sort(sizes)[::-1]
+        shown = ", ".join(str(int(s)) for s in sizes[:8]) + (", ..." if ncomp > 8 else "")
+        raise MeshError(
+            f"mesh has {ncomp} disconnected pieces (tetrahedra per piece: {shown}); "
+            "remove the stray pieces or re-mesh so the volume is connected"
+        )
+
+
+def check_mesh(mesh: Mesh, known_tags=None, *, fix_orientation: bool = True, connectivity: bool = True) -> Mesh:
     """Validate ``mesh`` for FEM use; return it (or a repaired copy, see module docstring).
 
     Parameters
@@ -51,6 +78,9 @@ def check_mesh(mesh: Mesh, known_tags=None, *, fix_orientation: bool = True) -> 
         Tags that have a conductivity.  Tetrahedron tags outside it raise MeshError.
     fix_orientation : bool
         Flip an entirely negatively oriented mesh instead of raising.
+    connectivity : bool
+        Check for disconnected pieces (callers that assemble a stiffness matrix anyway can
+        pass False and call :func:`check_connectivity` with it, which is cheaper).
 
     Raises
     ------
@@ -144,20 +174,8 @@ def check_mesh(mesh: Mesh, known_tags=None, *, fix_orientation: bool = True) -> 
     elif n_neg:
         raise MeshError(f"{n_neg} of {m} tetrahedra are inverted (first: #{_first(neg)}); re-orient or re-mesh")
 
-    # connectivity ----------------------------------------------------------------------------
-    t = mesh.tets
-    rows = np.repeat(t[:, 0], 3)
-    cols = t[:, 1:].ravel()
-    graph = sp.coo_matrix((np.ones(rows.size, np.int8), (rows, cols)), shape=(n, n))
-    ncomp, labels = connected_components(graph, directed=False)
-    if ncomp > 1:
-        sizes = np.bincount(labels[t[:, 0]], minlength=ncomp)
-        sizes = np.sort(sizes)[::-1]
-        shown = ", ".join(str(int(s)) for s in sizes[:8]) + (", ..." if ncomp > 8 else "")
-        raise MeshError(
-            f"mesh has {ncomp} disconnected pieces (tetrahedra per piece: {shown}); "
-            "remove the stray pieces or re-mesh so the volume is connected"
-        )
+    if connectivity:
+        check_connectivity(mesh)
     return mesh
 
 
