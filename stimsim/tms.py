@@ -29,6 +29,10 @@ def coil_didt_A_per_s(protocol: TMSProtocol, coil) -> float:
     st = protocol.stimulator
     if st.didt_A_per_us is not None:
         return st.didt_A_per_us * 1e6
+    if st.peak_current_A is not None:
+        from .coils.waveform import peak_didt_A_per_s
+
+        return peak_didt_A_per_s(st.waveform, st.peak_current_A, st.period_us, st.damping_per_us)
     if coil.didt_max_A_per_s is None:
         raise ProtocolError(
             "stimulator.percent_mso: this coil does not state its dI/dt at 100 % output; give "

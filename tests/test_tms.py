@@ -194,3 +194,20 @@ def test_programs_expand_to_published_totals():
     r = PulseProgram(type="rtms", frequency_hz=10, pulses_per_train=40, trains=75, iti_s=26).expanded()
     assert r["total_pulses"] == 3000 and r["train_duration_s"] == 4.0
     assert r["session_duration_s"] == 75 * 4 + 74 * 26
+
+
+def test_pulse_waveform_gives_peak_didt(sphere3):
+    from stimsim.coils.waveform import peak_didt_A_per_s, pulse
+
+    # lossless sine: dI/dt peaks at I_peak * 2 pi / T, for both shapes
+    for kind in ("biphasic", "monophasic"):
+        assert peak_didt_A_per_s(kind, 5000.0, 280.0) == pytest.approx(5000 * 2 * np.pi / 280e-6, rel=1e-3)
+    t, i, didt = pulse("monophasic", 1000.0, 200.0, damping_per_us=0.005)
+    assert i.min() >= -1e-9 and i.max() == pytest.approx(1000.0)  # never reverses
+    t, i, didt = pulse("biphasic", 1000.0, 200.0)
+    assert i.min() == pytest.approx(-1000.0, rel=1e-3)  # reverses once
+    np.testing.assert_allclose(np.gradient(i, t * 1e-6)[5:-5], didt[5:-5], rtol=2e-3, atol=1e3)
+    p = _protocol()
+    p = p.model_copy(update={"stimulator": p.stimulator.model_copy(
+        update={"didt_A_per_us": None, "peak_current_A": 5000.0, "period_us": 280.0})})
+    assert simulate(p, mesh=sphere3).extra["didt_A_per_s"] == pytest.approx(5000 * 2 * np.pi / 280e-6, rel=1e-3)

@@ -186,18 +186,26 @@ class Placement(_Model):
 
 
 class Stimulator(_Model):
-    """Coil current change rate: directly (A/µs) or as % of maximum stimulator output."""
+    """Coil current change rate: directly (A/µs), as % of maximum stimulator output, or from the
+    pulse (peak coil current and period of an RLC discharge; see stimsim.coils.waveform)."""
 
     didt_A_per_us: float | None = Field(None, gt=0, description="dI/dt of the pulse, A/µs")
     percent_mso: float | None = Field(None, gt=0, le=100, description="% of maximum stimulator output "
                                                                      "(needs the coil's dI/dt max)")
-    waveform: Literal["biphasic", "monophasic"] = Field("biphasic", description="pulse shape (recorded)")
+    peak_current_A: float | None = Field(None, gt=0, description="peak coil current of the pulse, A")
+    period_us: float | None = Field(None, gt=0, description="ringing period of the pulse, µs (e.g. 280)")
+    damping_per_us: float = Field(0.0, ge=0, description="exponential damping of the pulse, 1/µs")
+    waveform: Literal["biphasic", "monophasic"] = Field("biphasic", description="pulse shape")
     model: str | None = Field(None, description="stimulator make/model (recorded)")
 
     @model_validator(mode="after")
     def _one(self):
-        if (self.didt_A_per_us is None) == (self.percent_mso is None):
-            raise ValueError("stimulator: give exactly one of didt_A_per_us or percent_mso")
+        given = [self.didt_A_per_us is not None, self.percent_mso is not None, self.peak_current_A is not None]
+        if sum(given) != 1:
+            raise ValueError("stimulator: give exactly one of didt_A_per_us, percent_mso or "
+                             "peak_current_A (+ period_us)")
+        if self.peak_current_A is not None and self.period_us is None:
+            raise ValueError("stimulator: peak_current_A needs period_us (the pulse's ringing period)")
         return self
 
 
