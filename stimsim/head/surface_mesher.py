@@ -120,8 +120,6 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     masks = {}
     for k in range(1, 6):
         m = np.pad(layer >= k, pad)
-        if k in masks and False:
-            pass
         if k <= 3:
             m = _largest(ndi.binary_fill_holes(m))
         else:
@@ -160,23 +158,17 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     return phis, phi_air
 
 
-def _surface(phi: np.ndarray, zooms, pad: int, target_edge_mm: float):
+def _surface(phi: np.ndarray, zooms, pad: int, step: int):
+    """Marching cubes of ``phi`` at 0 on every ``step``-th grid point (all surfaces on the same
+    sub-grid: nested fields give disjoint, self-intersection-free surfaces; quadric decimation
+    made self-intersections on Colin27)."""
     from skimage.measure import marching_cubes
 
-    verts, faces, _, _ = marching_cubes(phi, level=0.0, spacing=tuple(float(z) for z in zooms),
+    sub = phi[::step, ::step, ::step]
+    verts, faces, _, _ = marching_cubes(sub, level=0.0, spacing=tuple(float(z) * step for z in zooms),
                                         allow_degenerate=False)
     verts = verts - pad * np.asarray(zooms)
-    faces = faces.astype(np.int64)
-    n0 = len(faces)
-    # mean MC edge ~0.55 voxel: reduce the triangle count ~ (edge/target)^2
-    edge0 = 0.55 * float(np.mean(zooms))
-    red = 1.0 - (edge0 / target_edge_mm) ** 2
-    if red > 0.05:
-        import fast_simplification
-
-        verts, faces = fast_simplification.simplify(verts.astype(np.float64), faces, target_reduction=red,
-                                                    agg=7)
-    return np.asarray(verts, np.float64), np.asarray(faces, np.int64), n0
+    return np.asarray(verts, np.float64), np.asarray(faces, np.int64), len(faces)
 
 
 def _seeds(region: np.ndarray, depth: np.ndarray, zooms, pad: int, min_depth: float):
@@ -197,7 +189,7 @@ def _trilinear(phi, pts_mm, zooms, pad):
 
 
 def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float, *, min_thickness_mm=0.5,
-                           sigma_vox=0.7, minratio=1.5, mindihedral=12.0, surface_edge_mm=None,
+                           sigma_vox=0.7, minratio=1.5, mindihedral=12.0, surface_step=None,
                            progress_cb=None, verbose=False):
     """Nested surfaces -> TetGen.  Returns ``(nodes_mm_local, tets, tet_tags, info)``.
 
@@ -215,14 +207,14 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     if progress_cb:
         progress_cb("surfaces")
     t0 = time.perf_counter()
-    edge = float(surface_edge_mm or 0.8 * h)
+    step = int(surface_step or 2)
     verts, faces, nsurf = [], [], {}
     off = 0
     fields = [(k, phis[k]) for k in range(1, 6)] + ([("air", phi_air)] if phi_air is not None else [])
     for name, phi in fields:
         if not (phi < 0).any():
             continue
-        v, f, n0 = _surface(phi, zooms, pad, edge)
+        v, f, n0 = _surface(phi, zooms, pad, step)
         verts.append(v)
         faces.append(f + off)
         off += len(v)
