@@ -77,6 +77,10 @@ def load_protocol(path: str | os.PathLike) -> TESProtocol | TMSProtocol:
         raise ProtocolError(f"{path}: malformed YAML{where}: {problem}") from None
     except UnicodeDecodeError:
         raise ProtocolError(f"{path}: not a text (UTF-8) YAML file") from None
+    if isinstance(data, dict) and set(data) == {"metadata", "protocol"}:
+        # a library document (or a copy of one): the runnable part is its 'protocol' section
+        # (stimsim.library validates the metadata)
+        return validate_protocol(data["protocol"], source=f"{path}: protocol")
     return validate_protocol(data, source=str(path))
 
 
