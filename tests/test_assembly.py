@@ -76,3 +76,15 @@ def test_disconnected_head_is_refused(sphere3_mesh):
         {"name": "a", "position": [0, 0, 95], "current_mA": 1}, {"name": "b", "position": [95, 0, 0], "current_mA": -1}]})
     with pytest.raises(MeshError, match="2 disconnected pieces"):
         simulate(p, mesh=two)
+
+
+def test_triangle_owners_follow_the_enclosed_tissue(sphere3_mesh):
+    m = sphere3_mesh
+    owner = m.triangle_owner_tets()
+    assert np.all(owner >= 0)
+    # the owner really has the triangle as a face ...
+    tri_nodes = np.sort(m.tris, axis=1)
+    tet_nodes = m.tets[owner]
+    assert np.all((tet_nodes[:, :, None] == tri_nodes[:, None, :]).any(axis=1))
+    # ... and belongs to the tissue the surface encloses (surface tag - 1000)
+    assert np.all(m.tet_tags[owner] == m.tri_tags - 1000)

@@ -31,7 +31,20 @@ Method ("nested signed-distance surfaces")
    decimated surface left on the wrong side.
 5. Small face-connected islands are re-tagged, pieces not connected to the head dropped.
 
-Measured numbers: see the docstring of :mod:`stimsim.head.meshing` and ``meshes/README.md``.
+STATUS (measured on Colin27, 2 loaded cores; experimental, NOT wired into make_head_mesh)
+-----------------------------------------------------------------------------------------
+* Quadric decimation (fast-simplification, agg 7) of the 1-voxel marching-cubes surfaces to
+  ~1.2-2.4 mm edges makes self-intersecting surfaces (TetGen: "self-intersections" /
+  "recoversubfaces"); the undecimated surfaces (2.4 M triangles) are each valid.
+* Marching cubes on the 2-voxel sub-grid: each surface valid; neighbour pairs intersect at
+  thickness 0.5 mm (scalp/bone also at 0.75), not with the per-interface thicknesses in
+  ``nested_fields`` (1.0 / 0.75 / 0.5 / 0.75 mm) -> 583 k triangles, a valid PLC.
+* TetGen ``-pq1.5a3.18A`` and ``-pq2.0a3.18A`` fail ("split_subface");
+  ``-pq1.5a3.18AY`` works: 734 k nodes / 4.25 M tets, 0 inverted, TetGen 116 s, 148 s and
+  2.4 GB in all -> over the 1.5 M tet / 120 s budget.  Volumes with the (buggy) region vote:
+  WM -3.8, GM +6.1, CSF -9.4 %, bone lost to scalp: the vote over TetGen region attributes
+  must be fixed (1,560 seeds, 1,845 regions, 2.9 M tets disagree with their seed's tag).
+* Fields (EDT + Gaussian of 5 masks + thickness): 13 s; surfaces 0.2 s at step 2.
 """
 
 from __future__ import annotations
@@ -135,19 +148,23 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
         keep = sizes >= 20 / voxel
         keep[0] = False
         air = keep[lab]
-    t = float(min_thickness_mm)
+    # per-interface minimum thickness (mm): below these, marching cubes on the 2-voxel sub-grid
+    # gave intersecting neighbour surfaces on Colin27 (scalp/bone 0.75 failed, 1.0 ok; bone/CSF
+    # and GM/WM 0.5 failed, 0.75 ok; CSF/GM 0.5 ok)
+    tk = {1: 1.0, 2: 0.75, 3: float(min_thickness_mm), 4: 0.75}
+    t = 0.75
     phis = {k: _sdf(masks[k], zooms, sigma_vox) for k in range(1, 6)}
     del masks
     # split the deficit between both surfaces (a few sweeps), then enforce exactly
     for _ in range(4):
         for k in range(1, 5):
-            d = phis[k + 1] - phis[k] - t
+            d = phis[k + 1] - phis[k] - tk[k]
             np.minimum(d, 0, out=d)
             d *= 0.5
             phis[k + 1] -= d
             phis[k] += d
     for k in range(1, 5):
-        np.maximum(phis[k + 1], phis[k] + t, out=phis[k + 1])
+        np.maximum(phis[k + 1], phis[k] + tk[k], out=phis[k + 1])
     phi_air = None
     if air.any():
         phi_air = _sdf(air, zooms, sigma_vox)
@@ -189,12 +206,17 @@ def _trilinear(phi, pts_mm, zooms, pad):
 
 
 def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float, *, min_thickness_mm=0.5,
-                           sigma_vox=0.7, minratio=1.5, mindihedral=12.0, surface_step=None,
+                           sigma_vox=0.7, minratio=1.5, mindihedral=12.0, surface_step=None, extra_switches="",
                            progress_cb=None, verbose=False):
     """Nested surfaces -> TetGen.  Returns ``(nodes_mm_local, tets, tet_tags, info)``.
 
     ``h``: target element size (mm); tets get a max volume ``h^3 / (6 sqrt 2)`` (regular tet
-    of edge h) and surfaces are decimated to edges ~``surface_edge_mm`` (default 0.8 h)."""
+    of edge h); surfaces come from marching cubes on every ``surface_step``-th grid point (2).
+
+    STATUS (experimental, not wired into make_head_mesh): on Colin27 only
+    ``extra_switches="Y"`` (keep surface triangles) gets through TetGen, and the result
+    (4.25 M tets, 116 s) is over budget; the per-region tag vote is wrong for bone.  See the
+    module docstring."""
     import tetgen
 
     zooms = np.asarray(zooms, float)
@@ -256,7 +278,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
         progress_cb("tetgen")
     t0 = time.perf_counter()
     maxvol = h ** 3 / (6 * np.sqrt(2))
-    switches = f"pq{minratio:g}/{mindihedral:g}a{maxvol:.4g}A" + ("V" if verbose else "Q")
+    q = f"q{minratio:g}/{mindihedral:g}" if mindihedral else f"q{minratio:g}"
+    switches = f"p{q}a{maxvol:.4g}A{extra_switches}" + ("V" if verbose else "Q")
     try:
         out = tg.tetrahedralize(switches=switches)
     except Exception as exc:

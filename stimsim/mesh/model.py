@@ -184,19 +184,23 @@ class Mesh:
             return np.zeros(0, np.int64)
         n = np.int64(self.n_nodes)
 
-        # look every tet face up among the (few) triangles: no sort of all 4m faces needed
+        # look tet faces up among the (few) triangles: no sort of all 4m faces needed, and
+        # only tets with at least 3 nodes on triangles can own one
         tcode = _face_codes(self.tris[:, 0], self.tris[:, 1], self.tris[:, 2], n)
         torder = np.argsort(tcode)
         tsorted = tcode[torder]
-        t = self.tets
-        fcode = np.empty((self.n_tets, 4), np.int64)
+        on_tri = np.zeros(self.n_nodes, np.int8)
+        on_tri[self.tris.ravel()] = 1
+        cand = np.flatnonzero(on_tri[self.tets].sum(axis=1, dtype=np.int8) >= 3)
+        t = self.tets[cand]
+        fcode = np.empty((len(cand), 4), np.int64)
         for k, (i, j, l) in enumerate(_TET_FACES):
             fcode[:, k] = _face_codes(t[:, i], t[:, j], t[:, l], n)
         fcode = fcode.ravel()
         pos = np.minimum(np.searchsorted(tsorted, fcode), len(tsorted) - 1)
         hit = np.flatnonzero(tsorted[pos] == fcode)
         tri = torder[pos[hit]]
-        tet = hit // 4
+        tet = cand[hit // 4]
         result = np.full(len(self.tris), -1, np.int64)
         result[tri] = tet
         # where a triangle has two tets, prefer the one of the tissue it encloses (tag - 1000)
