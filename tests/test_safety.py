@@ -627,3 +627,17 @@ def test_run_check_simulate_runs_the_field_rules(tmp_path):
     j = [r for r in d["results"] if r["rule_id"] == "tes.field.brain_current_density"]
     assert d["fields_checked"] and len(j) == 1 and j[0]["verdict"] in ("PASS", "WARN")
     assert 0 < j[0]["value"] < 6.3
+
+
+def test_screening_answers_in_the_protocol():
+    from stimsim.protocol import validate_protocol
+    from stimsim.safety import check
+
+    base = {"kind": "tms", "coil": {"file": "Magstim_70mm_Fig8.ccd"},
+            "placement": {"center": [0, 0, 95], "direction": [0, 1, 0]}, "stimulator": {"didt_A_per_us": 60.0}}
+    unanswered = check(validate_protocol(base))
+    pregnant = check(validate_protocol(dict(base, screening={"pregnancy": "yes"})))
+    answers = {r.subject: r.verdict for r in pregnant.results if r.rule_id == "tms.screening"}
+    assert answers["pregnancy"] == "FAIL" and answers["seizure_history"] == "WARN"  # answered / unanswered
+    assert pregnant.verdict == "FAIL"
+    assert {r.verdict for r in unanswered.results if r.rule_id == "tms.screening"} == {"WARN"}

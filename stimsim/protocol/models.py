@@ -293,6 +293,9 @@ class TMSProtocol(_Model):
     placement: Placement
     stimulator: Stimulator
     program: PulseProgram = PulseProgram(type="single")
+    screening: dict[str, Union[bool, str, None]] | None = Field(
+        None, description="TMS screening answers, item -> yes/no (items: `stimsim check` lists them; "
+                          "after Rossi et al. 2011/2021 and Keel et al. 2001)")
     sessions: int | None = Field(None, ge=1)
     sessions_per_day: int | None = Field(None, ge=1)
     solver: SolverOptions = SolverOptions()

@@ -543,7 +543,9 @@ def check(protocol, fields=None, *, brain_tags: Iterable[int] | None = None,
     p = _normalize_protocol(protocol)
     ruleset = rules if isinstance(rules, RuleSet) else load_rules(rules)
     ctx = _Context(protocol=p, fields=fields, brain_tags=_normalize_brain_tags(brain_tags),
-                   questionnaire=normalize_questionnaire(questionnaire, ruleset))
+                   questionnaire=normalize_questionnaire(
+                       questionnaire if questionnaire is not None else getattr(protocol, "screening", None),
+                       ruleset))
     results: list[RuleResult] = []
     for rule in ruleset.rules:
         if p.kind not in rule.kinds:
