@@ -27,10 +27,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import ProtocolError
 from .protocol import TESProtocol, TMSProtocol, load_protocol, validate_protocol
+from .protocol.io import read_yaml
 
 #: regular expression a reference DOI must match
 DOI_RE = re.compile(r"^10\.\d{4,9}/\S+$")
@@ -160,18 +159,6 @@ def split_library_document(data: Any, source: str = "protocol") -> tuple[dict | 
     return None, data
 
 
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ProtocolError(f"{path}: malformed YAML{where}: {problem}") from None
-    except UnicodeDecodeError:
-        raise ProtocolError(f"{path}: not a text (UTF-8) YAML file") from None
-
-
 def validate_metadata(meta: Any, source: str = "metadata", expected_id: str | None = None) -> dict:
     """Check a library metadata mapping; raise ProtocolError naming every missing or bad field."""
     if not isinstance(meta, dict):
@@ -241,7 +228,7 @@ def load_entry(path: str | os.PathLike) -> LibraryEntry:
     path = Path(path)
     if not path.is_file():
         raise ProtocolError(f"library protocol file not found: {path}")
-    data = _read_yaml(path)
+    data = read_yaml(path)
     meta, proto = split_library_document(data, source=str(path))
     if meta is None:
         raise ProtocolError(f"{path}: not a library protocol: needs top-level 'metadata' and 'protocol' sections")
@@ -334,7 +321,7 @@ def load_protocol_file(path: str | os.PathLike) -> TESProtocol | TMSProtocol:
     path = Path(path)
     if not path.is_file():
         raise ProtocolError(f"protocol file not found: {path}")
-    data = _read_yaml(path)
+    data = read_yaml(path)
     meta, proto = split_library_document(data, source=str(path))
     if meta is None:
         return load_protocol(path)

@@ -24,7 +24,6 @@ import html
 import json
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -35,8 +34,9 @@ from . import __version__
 from ._logging import logger
 from .conductivity import tissue_name
 from .errors import StimsimError
-from .viz._data import (FieldData, VizError, face_normals, load_field_data, resolve_surface_tags, surface_faces,
-                        weighted_percentile)
+from .protocol.io import atomic_write_text
+from .viz._data import (FieldData, VizError, check_roi, face_normals, load_field_data, resolve_surface_tags,
+                        surface_faces, weighted_percentile)
 
 FOCALITY_FRACTIONS = (0.5, 0.75)
 
@@ -55,20 +55,6 @@ def brain_tags_for(data: FieldData, brain_tags=None) -> list[int]:
         if tags and all(t in data.mesh.tissue_tags for t in tags):
             return tags
     return resolve_surface_tags(data.mesh, "brain")
-
-
-def _check_roi(roi):
-    if roi is None:
-        return None
-    try:
-        centre, radius = roi
-        centre = np.asarray(centre, float).reshape(3)
-        radius = float(radius)
-    except (TypeError, ValueError):
-        raise VizError(f"roi: {roi!r} must be (centre_mm [x, y, z], radius_mm)") from None
-    if not np.all(np.isfinite(centre)) or not (np.isfinite(radius) and radius > 0):
-        raise VizError(f"roi: centre {centre.tolist()} must be finite and radius {radius} mm positive")
-    return centre, radius
 
 
 def dose_metrics(data: FieldData, *, roi=None, brain_tags=None) -> dict:
@@ -92,7 +78,7 @@ def dose_metrics(data: FieldData, *, roi=None, brain_tags=None) -> dict:
                  "volume_cm3": float(vol[brain & (magnE >= f * peak)].sum() / 1e3)} for f in FOCALITY_FRACTIONS]
     out = {"brain_tags": tags, "brain_tissues": [tissue_name(t) for t in tags], "peak_V_per_m": peak,
            "max_V_per_m": float(magnE[brain].max()), "tissues": tissues, "focality": focality, "roi": None}
-    roi = _check_roi(roi)
+    roi = check_roi(roi)
     if roi is not None:
         centre, radius = roi
         inside = brain & (np.linalg.norm(mesh.centroids - centre, axis=1) <= radius)
@@ -336,19 +322,6 @@ clinical approval.</p>
 """
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ------------------------------------------------------------------------------------------ entry point
 
 
@@ -410,7 +383,7 @@ def make_report(protocol, out_html, *, results_dir=None, roi=None, brain_tags=No
         protocol = load_protocol(protocol)
     if not hasattr(protocol, "kind"):
         raise StimsimError(f"protocol: expected a protocol file or a validated protocol, got {type(protocol).__name__}")
-    roi = _check_roi(roi)
+    roi = check_roi(roi)
 
     summary = None
     if results_dir is not None and Path(results_dir).exists():
@@ -485,7 +458,7 @@ def make_report(protocol, out_html, *, results_dir=None, roi=None, brain_tags=No
     title = f"stimsim report: {protocol.name or protocol.kind} ({protocol.kind}, head {protocol.head})"
     text = render_html(protocol=protocol, dose=dose, safety=safety, pictures=pics, picture_note=note,
                        provenance=provenance, title=title)
-    _atomic_write(out_html, text)
+    atomic_write_text(out_html, text)
     logger.info("wrote %s (%.0f kB) in %.2f s", out_html, len(text) / 1e3, time.perf_counter() - t_all)
     return out_html
 

@@ -57,6 +57,19 @@ def validate_protocol(data: Any, source: str = "protocol") -> TESProtocol | TMSP
         raise ProtocolError(_format_validation_error(err, source)) from None
 
 
+def read_yaml(path: Path):
+    """Parse a YAML file; malformed YAML is a ProtocolError naming the line and column."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ProtocolError(f"{path}: malformed YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ProtocolError(f"{path}: not a text (UTF-8) YAML file") from None
+
+
 def load_protocol(path: str | os.PathLike) -> TESProtocol | TMSProtocol:
     """Read and validate a protocol YAML file.
 
@@ -68,15 +81,7 @@ def load_protocol(path: str | os.PathLike) -> TESProtocol | TMSProtocol:
     path = Path(path)
     if not path.is_file():
         raise ProtocolError(f"protocol file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ProtocolError(f"{path}: malformed YAML{where}: {problem}") from None
-    except UnicodeDecodeError:
-        raise ProtocolError(f"{path}: not a text (UTF-8) YAML file") from None
+    data = read_yaml(path)
     if isinstance(data, dict) and set(data) == {"metadata", "protocol"}:
         # a library document (or a copy of one): the runnable part is its 'protocol' section
         # (stimsim.library validates the metadata)

@@ -303,3 +303,18 @@ def weighted_percentile(values: np.ndarray, weights: np.ndarray, q: float) -> fl
     from ..results import weighted_percentiles
 
     return weighted_percentiles(np.asarray(values, float), np.asarray(weights, float), [q])[0]
+
+
+def check_roi(roi):
+    """Validate an ROI given as (centre_mm [x, y, z], radius_mm); None passes through."""
+    if roi is None:
+        return None
+    try:
+        centre, radius = roi
+        centre = np.asarray(centre, float).reshape(3)
+        radius = float(radius)
+    except (TypeError, ValueError):
+        raise VizError(f"roi: {roi!r} must be (centre_mm [x, y, z], radius_mm)") from None
+    if not np.all(np.isfinite(centre)) or not radius > 0:
+        raise VizError(f"roi: centre {centre.tolist()} must be finite and radius {radius} mm positive")
+    return centre, radius

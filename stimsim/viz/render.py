@@ -17,7 +17,7 @@ import pyvista as pv
 
 from .._logging import logger
 from ..errors import StimsimError
-from ._data import (FIELDS, SURFACES, VizError, face_normals, load_field_data,
+from ._data import (FIELDS, SURFACES, FieldData, VizError, check_roi, face_normals, load_field_data,
                     resolve_surface_tags, surface_faces, weighted_percentile)
 from ._probe import require_rendering
 
@@ -72,20 +72,6 @@ def check_cut_plane(cut_plane, centre) -> tuple[np.ndarray, np.ndarray] | None:
     if not (np.all(np.isfinite(origin)) and np.all(np.isfinite(normal))) or np.linalg.norm(normal) == 0:
         raise VizError(f"cut_plane: normal {normal.tolist()} must be a finite non-zero vector")
     return origin, normal / np.linalg.norm(normal)
-
-
-def _check_roi(roi):
-    if roi is None:
-        return None
-    try:
-        centre, radius = roi
-        centre = np.asarray(centre, float).reshape(3)
-        radius = float(radius)
-    except (TypeError, ValueError):
-        raise VizError(f"roi: {roi!r} must be (centre_mm [x, y, z], radius_mm)") from None
-    if not np.all(np.isfinite(centre)) or not radius > 0:
-        raise VizError(f"roi: centre {centre.tolist()} must be finite and radius {radius} mm positive")
-    return centre, radius
 
 
 def _font_file() -> str | None:
@@ -238,7 +224,7 @@ def plot_field(source, *, field: str = "magnE", surface="brain", cut_plane=None,
     >>> img = plot_field("results/demo", view="left", screenshot="left.png")  # doctest: +SKIP
     """
     view = check_view(view)
-    roi = _check_roi(roi)
+    roi = check_roi(roi)
     data = load_field_data(source)
     values, loc, label, unit = data.scalar(field)
     bar_title, bar_font = _bar_title(label, unit)
