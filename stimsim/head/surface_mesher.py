@@ -247,54 +247,71 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     info["timings_s"]["surfaces_s"] = time.perf_counter() - t0
     logger.info("surfaces (marching cubes -> decimated): %s", nsurf)
 
-    # region seeds: deepest grid point of each piece of each layer
-    big = np.float32(1e6)
-    region_id_tag = {}
+    # no region seeds: regions are recovered below as the face-connected pieces between the
+    # input surfaces (the TetGen region attributes read back wrong tags, see STATUS)
     tg = tetgen.TetGen(verts, faces.astype(np.int32))
     rid = 0
-    for k in range(1, 6):
-        inner = phis[k + 1] if k < 5 else None
-        depth = -phis[k]
-        if inner is not None:
-            depth = np.minimum(depth, inner)
-        if k == 2 and phi_air is not None:
-            depth = np.minimum(depth, phi_air)
-        pts, _ = _seeds(depth > 0, depth, zooms, pad, min_depth=0.05)
-        for p in pts:
-            rid += 1
-            region_id_tag[rid] = LAYER_TAG[k]
-            tg.add_region(rid, p, 0.0)
-        del depth
     n_holes = 0
     if phi_air is not None:
         pts, _ = _seeds(phi_air < 0, -phi_air, zooms, pad, min_depth=0.05)
         for p in pts:
             tg.add_hole(p)
         n_holes = len(pts)
-    del big
     info["region_seeds"] = rid
     info["hole_seeds"] = n_holes
     if progress_cb:
         progress_cb("tetgen")
     t0 = time.perf_counter()
     maxvol = h ** 3 / (6 * np.sqrt(2))
-    q = f"q{minratio:g}/{mindihedral:g}" if mindihedral else f"q{minratio:g}"
-    switches = f"p{q}a{maxvol:.4g}A{extra_switches}" + ("V" if verbose else "Q")
+    if minratio:
+        q = f"q{minratio:g}/{mindihedral:g}" if mindihedral else f"q{minratio:g}"
+    else:
+        q = ""
+    switches = f"p{q}a{maxvol:.4g}{extra_switches}" + ("V" if verbose else "Q")
     try:
         out = tg.tetrahedralize(switches=switches)
     except Exception as exc:
         raise MeshError(f"TetGen failed on the head surfaces ({exc}); try another element size, or "
                         "method='lattice'") from None
-    nodes, elem, attrib = out[0], out[1], out[2]
+    nodes, elem = out[0], out[1]
     info["timings_s"]["tetgen_s"] = time.perf_counter() - t0
     info["tetgen_switches"] = switches
     nodes = np.asarray(nodes, float)
     tets = np.asarray(elem, np.int64)[:, :4]
-    attrib = np.asarray(attrib).reshape(len(tets), -1)[:, 0].astype(np.int64) if len(attrib) else \
-        np.zeros(len(tets), np.int64)
 
-    # tag: majority (by volume) of centroid classification per TetGen region
+    # tags: regions = face-connected pieces of tets not separated by an input surface triangle
+    # (-Y keeps every input triangle, and TetGen keeps the input points first); each region gets
+    # the layer the majority (by volume) of its tet centroids fall in (trilinear signed distances)
     t0 = time.perf_counter()
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+
+    from ..mesh.model import _TET_FACES, _face_codes
+    from .meshing import _neighbors
+
+    nin = len(verts)
+    if len(nodes) < nin or not np.allclose(nodes[:nin], verts, atol=1e-6):
+        raise MeshError("TetGen renumbered the surface points; cannot recover the regions")
+    nn = np.int64(len(nodes))
+    sf = np.sort(faces, axis=1)
+    scode = np.unique(_face_codes(sf[:, 0], sf[:, 1], sf[:, 2], nn))
+    nb = _neighbors(tets)
+    rows, cols = [], []
+    ar = np.arange(len(tets))
+    for k, (i, j, l) in enumerate(_TET_FACES):
+        other = nb[:, k]
+        ok = other > ar
+        code = _face_codes(tets[ok, i], tets[ok, j], tets[ok, l], nn)
+        pos = np.searchsorted(scode, code)
+        pos[pos >= len(scode)] = 0
+        cut = scode[pos] == code
+        sel = np.flatnonzero(ok)[~cut]
+        rows.append(sel)
+        cols.append(other[sel])
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    g = sp.coo_matrix((np.ones(len(r), np.int8), (r, c)), shape=(len(tets), len(tets)))
+    ng, ginv = connected_components(g, directed=False)
+    del g, r, c, rows, cols
     p = nodes[tets]
     cen = p.mean(1)
     a, b, c = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0], p[:, 3] - p[:, 0]
@@ -305,27 +322,14 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
         lay += _trilinear(phis[k], cen, zooms, pad) < 0
     if phi_air is not None:
         lay[_trilinear(phi_air, cen, zooms, pad) < 0] = 0
-    # regions: TetGen attribute; attribute 0 (unseeded) split into face-connected pieces
-    from .meshing import _face_components, _neighbors
-
-    nb = _neighbors(tets)
-    group = attrib.copy()
-    zero = attrib == 0
-    if zero.any():
-        idx, n, lab = _face_components(zero, nb, attrib)
-        group[idx] = attrib.max() + 1 + lab
-    _, ginv = np.unique(group, return_inverse=True)
-    ng = ginv.max() + 1
     votes = np.zeros((ng, 6))
     np.add.at(votes, (ginv, lay), vol)
     gl = votes.argmax(1)
-    lay_final = gl[ginv]
-    seed_tag = np.array([0] + [LAYER_TAG[k] for k in range(1, 6)])
-    ttags = seed_tag[lay_final]
     info["regions"] = int(ng)
-    info["unseeded_tets"] = int(zero.sum())
-    agree = np.array([region_id_tag.get(int(g), -1) for g in attrib])
-    info["seed_tag_disagreements_tets"] = int(((agree >= 0) & (agree != ttags)).sum())
+    info["tets_disagreeing_with_region_vote"] = int((gl[ginv] != lay).sum())
+    info["region_vote_purity"] = float(votes.max(1).sum() / votes.sum())
+    seed_tag = np.array([0] + [LAYER_TAG[k] for k in range(1, 6)])
+    ttags = seed_tag[gl[ginv]]
     keep = ttags > 0
     tets, ttags = tets[keep], ttags[keep]
     info["timings_s"]["tags_s"] = time.perf_counter() - t0
