@@ -15,10 +15,11 @@ from stimsim.head.meshing import (_cavities, _clean_islands, _surface_triangles,
                                   quality_summary)
 from stimsim.mesh.model import Mesh
 
+MINDIH = 0.0
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build(labels, h, minratio, step, extra):
+def build(labels, h, minratio, step, extra, ts=1.0):
     t0 = time.perf_counter()
     data, affine = load_label_volume(labels)
     tags = apply_label_map(data, label_map("colin27"))
@@ -26,8 +27,9 @@ def build(labels, h, minratio, step, extra):
     raw_vol = {int(t): float(c) * float(np.prod(zooms)) for t, c in enumerate(np.bincount(tags.ravel())) if t > 0 and c}
     tags, _ = _clean_islands(tags, zooms)
     cav = _cavities(tags)
-    nodes, tets, ttags, info = sm.surface_mesh_from_tags(tags, cav, zooms, h, minratio=minratio, mindihedral=0,
-                                                         surface_step=step, extra_switches=extra)
+    nodes, tets, ttags, info = sm.surface_mesh_from_tags(tags, cav, zooms, h, minratio=minratio, mindihedral=MINDIH,
+                                                         surface_step=step, extra_switches=extra,
+                                                         thickness_scale=ts)
     used = np.unique(tets)
     renum = np.full(len(nodes), -1, np.int64)
     renum[used] = np.arange(len(used))
@@ -48,10 +50,14 @@ def main():
     ap.add_argument("--q", type=float, default=0.0)
     ap.add_argument("--step", type=int, default=2)
     ap.add_argument("--extra", default="Y")
+    ap.add_argument("--ts", type=float, default=1.0)
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "heads" / "colin27")
     ap.add_argument("--save", type=Path, default=None)
+    ap.add_argument("--mindih", type=float, default=0.0)
     args = ap.parse_args()
-    mesh, info, raw_vol = build(args.data / "labels.nii.gz", args.h, args.q, args.step, args.extra)
+    global MINDIH
+    MINDIH = args.mindih
+    mesh, info, raw_vol = build(args.data / "labels.nii.gz", args.h, args.q, args.step, args.extra, args.ts)
     info["peak_rss_GB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     q = quality_summary(mesh, raw_vol)
     out = {"info": info, "n_nodes": q["n_nodes"], "n_tets": q["n_tets"], "n_inverted": q["n_inverted"],

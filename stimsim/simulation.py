@@ -31,6 +31,8 @@ from .solvers.linear import FactorizedSolver, SolveInfo, amg_cg
 #: heads that ship inside the package: name -> (file in stimsim/data, description)
 EMBEDDED_HEADS = {
     "sphere": ("sphere3.msh.gz", "three-layer sphere, radii 85/90/95 mm, tags 3/4/5 (SimNIBS test mesh)"),
+    "colin27": ("colin27.msh.gz", "Colin27 adult head (MCX labels), 588k tets, SimNIBS tags 1 WM 2 GM 3 CSF "
+                                  "4 bone 5 scalp, with 10-05 EEG positions"),
 }
 
 

@@ -283,3 +283,28 @@ def test_colin27_volumes_within_5_percent(colin27_default):
 
 def test_errors_are_stimsim_errors():
     assert issubclass(MeshError, StimsimError)
+
+
+# ---- surface mesher (nested signed-distance surfaces + TetGen; optional dependencies) -----------
+def test_surface_mesher_nested_spheres_tags_and_volumes():
+    """Regions between the input surfaces get the tissue of their centroid majority: every layer
+    present, volumes close to the voxel volumes, a cavity left out (the old hole seeds of
+    tiny air pieces deleted the whole skull)."""
+    pytest.importorskip("tetgen")
+    pytest.importorskip("skimage")
+    from stimsim.head import surface_mesher as sm
+    from stimsim.head.meshing import _cavities, _signed_volumes
+
+    vol = _spheres(n=48)
+    tags = apply_label_map(vol, LABEL_MAPS["colin27"])
+    tags[39:42, 22:25, 22:25] = 0  # a small air pocket in the skull band (r 15.5-17.5 mm)
+    cav = _cavities(tags)
+    nodes, tets, ttags, info = sm.surface_mesh_from_tags(tags, cav, (1.0, 1.0, 1.0), 3.0, minratio=0,
+                                                         surface_step=1, extra_switches="Y")
+    v = _signed_volumes(nodes, tets)
+    assert set(np.unique(ttags).tolist()) == {1, 2, 3, 4, 5}
+    assert (np.abs(v) > 0).all()
+    for t, lab in ((5, 1), (4, 2), (3, 3), (2, 4), (1, 5)):
+        vox = float((tags == t).sum())
+        got = float(np.abs(v[ttags == t]).sum())
+        assert abs(got / vox - 1) < 0.25, (t, got, vox)

@@ -1,50 +1,59 @@
 """Label volume -> tetrahedral head mesh through nested smooth surfaces and TetGen.
 
-Optional dependencies: ``scikit-image`` (marching cubes), ``fast-simplification`` (quadric
-decimation) and ``tetgen`` (the TetGen wheel).  **TetGen is AGPL-3.0**: it is an *optional*
-dependency of this GPL-3.0-or-later project (``pip install 'stimsim[mesh]'``); the combination
-is allowed (GPL-3 section 13 / AGPL-3 section 13), a distributed binary that bundles it is
-AGPL-3.  Without these packages :func:`stimsim.head.meshing.make_head_mesh` falls back to the
-lattice mesher.
+Optional dependencies: ``scikit-image`` (marching cubes) and ``tetgen`` (the TetGen wheel).
+**TetGen is AGPL-3.0**: it is an *optional* build tool of this GPL-3.0-or-later project
+(``pip install tetgen``); the combination is allowed (GPL-3 section 13 / AGPL-3 section 13), a
+distributed binary that bundles it is AGPL-3.  The embedded Colin27 mesh is made with it
+(``meshes/build_colin27.py``); nothing at run time needs it.  Not wired into
+:func:`stimsim.head.meshing.make_head_mesh` yet (that still uses the lattice mesher).
 
-Method ("nested signed-distance surfaces")
------------------------------------------
+Method ("nested signed-distance surfaces", version ``surf-2``)
+--------------------------------------------------------------
 1. **Layers.**  Tags -> nesting layers (:data:`stimsim.head.labels.LAYER_OF_TAG`: 1 scalp,
    2 bone, 3 CSF, 4 GM, 5 WM).  Nested masks ``M_k = layer >= k``; ``M_1..M_3`` have their
    holes filled and keep their largest piece, ``M_4``/``M_5`` keep pieces over 0.5 mL and
    holes over 50 voxels (the ventricles are holes of ``M_4``: CSF inside the brain).
-   Air cavities (background enclosed by the head, Colin27 label 6) become *holes* of the
-   mesh (insulating, as in SimNIBS); they count as bone for the nesting.
+   Air cavities (background enclosed by the head, Colin27 label 6) count as bone for the
+   nesting; pieces over 20 mm^3 get their own surface and are left out of the mesh.
 2. **Signed distances.**  ``phi_k`` = Gaussian-smoothed (sigma 0.7 voxel) signed distance
-   (mm, negative inside, zero on voxel faces) of ``M_k``.  Layers are made at least
-   ``min_thickness_mm`` (0.5 mm) thick: where two surfaces come closer (Colin27 grey matter
-   touches the skull on ~15,000 voxel faces) both are moved apart by half the deficit,
-   then ``phi_{k+1} >= phi_k + t`` is enforced exactly on the grid (so also for its trilinear
-   interpolant, and on every marching-cubes edge).  The closing sheet costs ``t`` x contact
-   area instead of a whole element (the lattice mesher's problem).
-3. **Surfaces.**  Marching cubes (scikit-image) of each ``phi_k`` (and the air field) at 0,
-   quadric decimation (fast-simplification).  No surface smoothing: the field already is.
-4. **Volume mesh.**  All surfaces in one PLC -> TetGen (``-pq<ratio>/<dihedral>a<vol>A``)
-   with one region seed per connected piece of each layer (the grid point deepest inside
-   it) and one hole seed per air cavity.  Each TetGen region then gets the tag the
-   majority (by volume) of its tet centroids fall in, which fixes a seed that a
-   decimated surface left on the wrong side.
-5. Small face-connected islands are re-tagged, pieces not connected to the head dropped.
+   (mm, negative inside) of ``M_k``.  Minimum layer thicknesses (1.0 / 0.75 / 0.5 / 0.75 mm
+   outer to inner, times ``thickness_scale``: 2 for the 4-voxel sub-grid) are enforced by moving
+   both surfaces apart, then exactly (``phi_{k+1} >= phi_k + t`` on the grid).
+3. **Volume calibration.**  Each ``phi_k`` is shifted by a constant (Newton on the enclosed
+   volume of its marching-cubes surface on the sub-grid, 3 rounds with the thickness step) so
+   that it encloses the voxel volume of its layers: smoothing and sub-sampling otherwise move
+   CSF/GM volume by 6-10 %.
+4. **Surfaces.**  Marching cubes of each field on every ``surface_step``-th grid point, with one
+   layer of "outside" around the sub-grid (a surface pushed into the padding at the neck cut was
+   left open: TetGen then dropped the whole scalp) and the field kept 3 % of a cell off zero at
+   grid points (else clusters of near-coincident points made flat tetrahedra).  The surfaces
+   are disjoint by construction (no decimation: quadric decimation self-intersected).
+5. **Volume mesh.**  All surfaces in one PLC -> TetGen ``-pq2.5/5a<vol>Y`` (``Y``: no Steiner
+   points on the surfaces, without it TetGen failed in ``split_subface``), no region or hole
+   seeds.  Points jittered by 1e-4 mm (grid-coplanar marching-cubes points).
+6. **Tags.**  Regions = face-connected pieces of tets not separated by an input triangle; each
+   gets the layer the volume-weighted majority of its tet centroids fall in (trilinear
+   ``phi``).  Pieces of a tissue under 1 % of its largest take the tag of most of their
+   neighbours; a remaining extra CSF piece (the ventricles, cut off from the subarachnoid CSF at
+   this sampling) is joined by re-tagging the shortest face-adjacent chain of brain tets (an
+   "aqueduct", 3 tets on Colin27); pieces off the main head are dropped.
 
-STATUS (measured on Colin27, 2 loaded cores; experimental, NOT wired into make_head_mesh)
------------------------------------------------------------------------------------------
-* Quadric decimation (fast-simplification, agg 7) of the 1-voxel marching-cubes surfaces to
-  ~1.2-2.4 mm edges makes self-intersecting surfaces (TetGen: "self-intersections" /
-  "recoversubfaces"); the undecimated surfaces (2.4 M triangles) are each valid.
-* Marching cubes on the 2-voxel sub-grid: each surface valid; neighbour pairs intersect at
-  thickness 0.5 mm (scalp/bone also at 0.75), not with the per-interface thicknesses in
-  ``nested_fields`` (1.0 / 0.75 / 0.5 / 0.75 mm) -> 583 k triangles, a valid PLC.
-* TetGen ``-pq1.5a3.18A`` and ``-pq2.0a3.18A`` fail ("split_subface");
-  ``-pq1.5a3.18AY`` works: 734 k nodes / 4.25 M tets, 0 inverted, TetGen 116 s, 148 s and
-  2.4 GB in all -> over the 1.5 M tet / 120 s budget.  Volumes with the (buggy) region vote:
-  WM -3.8, GM +6.1, CSF -9.4 %, bone lost to scalp: the vote over TetGen region attributes
-  must be fixed (1,560 seeds, 1,845 regions, 2.9 M tets disagree with their seed's tag).
-* Fields (EDT + Gaussian of 5 masks + thickness): 13 s; surfaces 0.2 s at step 2.
+Earlier bug (surf-1): hole seeds were put in every air piece of the full-resolution field; a
+piece the sub-grid surfaces missed left its seed in the bone region and TetGen deleted all of
+the skull (the "bone 0.2 mL" result).  Region attributes were not the problem.
+
+MEASURED (Colin27 181x217x181 1 mm, this 2-core machine)
+--------------------------------------------------------
+* Default (step 4, thickness x2, ``-pq2.5/5a60.34Y``): 95,179 nodes / 588,235 tets, 26-32 s
+  (fields 15 s, TetGen 7 s), peak RSS 0.73 GB, 0 inverted / flat, min dihedral 0.02 deg
+  (boundary slivers: ``Y`` forbids splitting them); volumes vs voxels WM +1.8, GM -0.1,
+  CSF -1.8, bone -0.6, scalp -0.2 %; every tissue one face-connected piece.  tDCS C3/Fp2 point
+  electrodes 1 mA: finite, currents exact to 1e-11, 59 CG iterations, simulate 4.3 s.
+  gzip-9 file 6.8 MB (outer triangles only, RCM node order, :func:`compact_for_shipping`).
+* Step 3 (thickness x2, a25.46): 1.20 M tets, 40 s, volumes within 1.8 %, one piece each,
+  tDCS 75 iterations; 20 MB gzip (too big to ship).  Step 2 (x1, a60): 3.57 M tets, 126 s.
+* Step 3 ``-pa25.46Y`` (no ``q``), before the grid-point offset: 1.38 M tets, 19 exactly flat
+  tets (``check_mesh`` refuses them); with ``q2.5/5`` and before the offset: 13.
 """
 
 from __future__ import annotations
@@ -58,17 +67,17 @@ from .._logging import logger
 from ..errors import MeshError
 from .labels import LAYER_OF_TAG
 
-__all__ = ["available", "surface_mesh_from_tags", "SURFACE_MESHER_VERSION"]
+__all__ = ["available", "surface_mesh_from_tags", "make_surface_head_mesh", "compact_for_shipping",
+           "SURFACE_MESHER_VERSION"]
 
-SURFACE_MESHER_VERSION = "surf-1"
+SURFACE_MESHER_VERSION = "surf-2"
 #: tag of each layer in the output (SimNIBS numbering)
 LAYER_TAG = {1: 5, 2: 4, 3: 3, 4: 2, 5: 1}
 
 
 def available() -> bool:
-    """True when tetgen, scikit-image and fast-simplification import."""
+    """True when tetgen and scikit-image import."""
     try:
-        import fast_simplification  # noqa: F401
         import skimage.measure  # noqa: F401
         import tetgen  # noqa: F401
     except Exception:
@@ -117,8 +126,34 @@ def _fill_small_holes(mask: np.ndarray, max_vox: int) -> np.ndarray:
     return mask | small[lab]
 
 
+def _mc_volume_area(phi, level, zooms, step):
+    """Volume and area enclosed by the marching-cubes surface ``phi = level`` on the sub-grid."""
+    from skimage.measure import marching_cubes
+
+    sub = np.pad(phi[::step, ::step, ::step], 1, constant_values=np.float32(1e3))
+    if not ((sub < level).any() and (sub > level).any()):
+        return 0.0, 1.0
+    v, f, _, _ = marching_cubes(sub, level=level, spacing=tuple(float(z) * step for z in zooms))
+    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+    vol = abs(float(np.einsum("ij,ij->", a, np.cross(b, c)))) / 6.0
+    area = float(np.linalg.norm(np.cross(b - a, c - a), axis=1).sum()) / 2.0
+    return vol, area
+
+
+def _enforce(phis, tk, sweeps=4):
+    for _ in range(sweeps):
+        for k in range(1, 5):
+            d = phis[k + 1] - phis[k] - tk[k]
+            np.minimum(d, 0, out=d)
+            d *= 0.5
+            phis[k + 1] -= d
+            phis[k] += d
+    for k in range(1, 5):
+        np.maximum(phis[k + 1], phis[k] + tk[k], out=phis[k + 1])
+
+
 def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_mm=0.5, sigma_vox=0.7,
-                  pad=3):
+                  pad=3, thickness_scale=1.0, calibrate_step=None):
     """Nested masks -> smoothed signed distances with minimum layer thickness.
 
     Returns ``(phis, phi_air, info)``: ``phis[k]`` for layers 1..5 (padded by ``pad`` voxels),
@@ -128,6 +163,7 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
         lut[t] = layer
     lut[11:] = 4  # e.g. a lesion tag: counts as brain
     layer = lut[tags]
+    counts = np.bincount(layer.ravel(), minlength=6)  # tissue voxels per layer (no cavity)
     layer[cavity] = 2
     voxel = float(np.prod(zooms))
     masks = {}
@@ -152,19 +188,27 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     # gave intersecting neighbour surfaces on Colin27 (scalp/bone 0.75 failed, 1.0 ok; bone/CSF
     # and GM/WM 0.5 failed, 0.75 ok; CSF/GM 0.5 ok)
     tk = {1: 1.0, 2: 0.75, 3: float(min_thickness_mm), 4: 0.75}
-    t = 0.75
+    tk = {k: v * float(thickness_scale) for k, v in tk.items()}
+    t = 0.75 * float(thickness_scale)
     phis = {k: _sdf(masks[k], zooms, sigma_vox) for k in range(1, 6)}
     del masks
     # split the deficit between both surfaces (a few sweeps), then enforce exactly
-    for _ in range(4):
-        for k in range(1, 5):
-            d = phis[k + 1] - phis[k] - tk[k]
-            np.minimum(d, 0, out=d)
-            d *= 0.5
-            phis[k + 1] -= d
-            phis[k] += d
-    for k in range(1, 5):
-        np.maximum(phis[k + 1], phis[k] + tk[k], out=phis[k + 1])
+    _enforce(phis, tk)
+    if calibrate_step:
+        # volume calibration: shift each level set so that the marching-cubes surface on the
+        # sub-grid (what the mesh gets) encloses the voxel volume of its nested mask (smoothing,
+        # sub-sampling and the minimum thicknesses otherwise move CSF/GM volume by ~10 %)
+        vox = float(np.prod(zooms))
+        target = {k: float(counts[k:].sum()) * vox for k in range(1, 6)}
+        for _ in range(3):
+            for k in range(1, 6):
+                c = 0.0
+                for _ in range(3):
+                    v, a = _mc_volume_area(phis[k], c, zooms, calibrate_step)
+                    c += (target[k] - v) / a
+                    c = float(np.clip(c, -1.5, 1.5))
+                phis[k] -= np.float32(c)
+            _enforce(phis, tk, sweeps=2)
     phi_air = None
     if air.any():
         phi_air = _sdf(air, zooms, sigma_vox)
@@ -181,10 +225,17 @@ def _surface(phi: np.ndarray, zooms, pad: int, step: int):
     made self-intersections on Colin27)."""
     from skimage.measure import marching_cubes
 
-    sub = phi[::step, ::step, ::step]
+    # one layer of "outside" around the sub-grid: the thickness sweeps can push a surface into the
+    # padding where the head touches the volume edge (neck cut), which left it open
+    sub = np.pad(phi[::step, ::step, ::step], 1, constant_values=np.float32(1e3))
+    # keep the zero level off the grid points: values ~0 there made clusters of near-coincident
+    # points (tiny triangles, flat tetrahedra) where several cube edges cross at one corner
+    eps = np.float32(0.03 * step * float(np.min(zooms)))
+    near = np.abs(sub) < eps
+    sub[near] = np.where(sub[near] < 0, -eps, eps)
     verts, faces, _, _ = marching_cubes(sub, level=0.0, spacing=tuple(float(z) * step for z in zooms),
                                         allow_degenerate=False)
-    verts = verts - pad * np.asarray(zooms)
+    verts = verts - (pad + step) * np.asarray(zooms)
     return np.asarray(verts, np.float64), np.asarray(faces, np.int64), len(faces)
 
 
@@ -205,18 +256,66 @@ def _trilinear(phi, pts_mm, zooms, pad):
     return ndi.map_coordinates(phi, p.T, order=1, mode="nearest")
 
 
+def _connect_pieces(ttags, nb, vol, tag, through):
+    """Join every extra face-connected piece of ``tag`` to its largest piece by re-tagging the
+    shortest face-adjacent chain of tets through the ``through`` tissues (the ventricles: CSF
+    inside the brain, joined to the subarachnoid CSF as the aqueduct / foramina do, which a 3 mm
+    surface sampling closes).  Returns the number of re-tagged tets."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import dijkstra
+
+    from .meshing import _face_components
+
+    moved = 0
+    for _ in range(8):
+        idx, n, lab = _face_components(ttags == tag, nb, ttags)
+        if n <= 1:
+            break
+        size = np.bincount(lab, weights=vol[idx])
+        main = idx[lab == int(np.argmax(size))]
+        other_piece = int(np.argsort(size)[::-1][1])
+        src = idx[lab == other_piece]
+        allowed = np.isin(ttags, list(through) + [tag])
+        cand = np.flatnonzero(allowed)
+        loc = np.full(len(ttags), -1, np.int64)
+        loc[cand] = np.arange(len(cand))
+        rows, cols = [], []
+        for j in range(4):
+            o = nb[cand, j]
+            ok = o >= 0
+            ok[ok] &= allowed[o[ok]]
+            rows.append(loc[cand[ok]])
+            cols.append(loc[o[ok]])
+        r, c = np.concatenate(rows), np.concatenate(cols)
+        g = sp.csr_matrix((np.ones(len(r)), (r, c)), shape=(len(cand), len(cand)))
+        dist, pred, _ = dijkstra(g, directed=False, indices=loc[src], min_only=True, return_predecessors=True)
+        dm = dist[loc[main]]
+        if not np.isfinite(dm).any():
+            break
+        cur = int(loc[main][int(np.argmin(dm))])
+        path = []
+        while cur >= 0:  # back to a source tet (predecessor -9999)
+            path.append(cand[cur])
+            cur = int(pred[cur])
+        path = [t for t in path if ttags[t] != tag]
+        ttags[path] = tag
+        moved += len(path)
+    return moved
+
+
 def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float, *, min_thickness_mm=0.5,
                            sigma_vox=0.7, minratio=1.5, mindihedral=12.0, surface_step=None, extra_switches="",
-                           progress_cb=None, verbose=False):
+                           progress_cb=None, verbose=False, thickness_scale=1.0, calibrate=True,
+                           island_fraction=0.01):
     """Nested surfaces -> TetGen.  Returns ``(nodes_mm_local, tets, tet_tags, info)``.
 
     ``h``: target element size (mm); tets get a max volume ``h^3 / (6 sqrt 2)`` (regular tet
     of edge h); surfaces come from marching cubes on every ``surface_step``-th grid point (2).
 
-    STATUS (experimental, not wired into make_head_mesh): on Colin27 only
-    ``extra_switches="Y"`` (keep surface triangles) gets through TetGen, and the result
-    (4.25 M tets, 116 s) is over budget; the per-region tag vote is wrong for bone.  See the
-    module docstring."""
+    ``extra_switches="Y"`` (keep surface triangles) is what gets through TetGen on Colin27.
+    ``thickness_scale`` multiplies the minimum layer thicknesses (2 for ``surface_step`` 3-4),
+    ``calibrate`` shifts each surface to its voxel volume, ``island_fraction`` is the size
+    (of a tissue's largest piece) below which pieces are re-tagged.  See the module docstring."""
     import tetgen
 
     zooms = np.asarray(zooms, float)
@@ -224,7 +323,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     info = {"timings_s": {}}
     t0 = time.perf_counter()
     phis, phi_air = nested_fields(tags, cavity, zooms, min_thickness_mm=min_thickness_mm, sigma_vox=sigma_vox,
-                                  pad=pad)
+                                  pad=pad, thickness_scale=thickness_scale,
+                                  calibrate_step=int(surface_step or 2) if calibrate else None)
     info["timings_s"]["fields_s"] = time.perf_counter() - t0
     if progress_cb:
         progress_cb("surfaces")
@@ -234,7 +334,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     off = 0
     fields = [(k, phis[k]) for k in range(1, 6)] + ([("air", phi_air)] if phi_air is not None else [])
     for name, phi in fields:
-        if not (phi < 0).any():
+        if not (phi[::step, ::step, ::step] < 0).any():  # e.g. a small air field on a coarse sub-grid
             continue
         v, f, n0 = _surface(phi, zooms, pad, step)
         verts.append(v)
@@ -243,6 +343,9 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
         nsurf[str(name)] = (n0, len(f))
     verts = np.concatenate(verts)
     faces = np.concatenate(faces)
+    # marching-cubes points lie on grid lines (many exactly coplanar): a 1e-4 mm jitter keeps
+    # TetGen from making exactly flat tetrahedra between them (seen on Colin27 with -Y)
+    verts = verts + np.random.default_rng(12345).uniform(-1e-4, 1e-4, verts.shape)
     info["surface_triangles"] = nsurf
     info["timings_s"]["surfaces_s"] = time.perf_counter() - t0
     logger.info("surfaces (marching cubes -> decimated): %s", nsurf)
@@ -251,12 +354,9 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     # input surfaces (the TetGen region attributes read back wrong tags, see STATUS)
     tg = tetgen.TetGen(verts, faces.astype(np.int32))
     rid = 0
+    # no hole seeds either: a seed of an air piece that the sub-grid surfaces miss made TetGen
+    # delete the whole bone region (the "bone 0.2 mL" bug); air regions are dropped by the vote
     n_holes = 0
-    if phi_air is not None:
-        pts, _ = _seeds(phi_air < 0, -phi_air, zooms, pad, min_depth=0.05)
-        for p in pts:
-            tg.add_hole(p)
-        n_holes = len(pts)
     info["region_seeds"] = rid
     info["hole_seeds"] = n_holes
     if progress_cb:
@@ -289,11 +389,27 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     from ..mesh.model import _TET_FACES, _face_codes
     from .meshing import _neighbors
 
+    from scipy.spatial import cKDTree
+
     nin = len(verts)
-    if len(nodes) < nin or not np.allclose(nodes[:nin], verts, atol=1e-6):
-        raise MeshError("TetGen renumbered the surface points; cannot recover the regions")
+    if len(nodes) >= nin and np.allclose(nodes[:nin], verts, atol=1e-9):
+        vmap = np.arange(nin)
+    else:  # TetGen merged or reordered points: match the input points by position
+        dist, vmap = cKDTree(nodes).query(verts)
+        # points of surfaces TetGen dropped (inside a hole / outside the head) have no match
+        vmap[dist > 1e-6] = -1
+    info["unmatched_surface_points"] = int((vmap < 0).sum())
+    if info["unmatched_surface_points"]:
+        o = 0
+        for name, (_, nt) in nsurf.items():
+            nv = int(faces[o:o + nt].max()) + 1 if nt else 0
+            lo = int(faces[o:o + nt].min()) if nt else 0
+            info.setdefault("unmatched_per_surface", {})[name] = int((vmap[lo:nv] < 0).sum())
+            o += nt
+
     nn = np.int64(len(nodes))
-    sf = np.sort(faces, axis=1)
+    sf = vmap[faces]
+    sf = sf[(sf >= 0).all(1)]
     scode = np.unique(_face_codes(sf[:, 0], sf[:, 1], sf[:, 2], nn))
     nb = _neighbors(tets)
     rows, cols = [], []
@@ -330,7 +446,105 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     info["region_vote_purity"] = float(votes.max(1).sum() / votes.sum())
     seed_tag = np.array([0] + [LAYER_TAG[k] for k in range(1, 6)])
     ttags = seed_tag[gl[ginv]]
+    # small pieces (< island_fraction of the tissue's largest piece) take the tag most of their
+    # faces touch; larger ones (the ventricles: CSF inside the brain) stay; pieces cut off the
+    # head are dropped
+    from .meshing import _face_components
+
+    n_moved = 0
+    for _ in range(3):
+        changed = False
+        for t in np.unique(ttags[ttags > 0]):
+            idx, n, lab = _face_components(ttags == t, nb, ttags)
+            if n <= 1:
+                continue
+            size = np.bincount(lab, weights=vol[idx])
+            small = np.flatnonzero(size < island_fraction * size.max())
+            if not len(small):
+                continue
+            sel = idx[np.isin(lab, small)]
+            labs = lab[np.isin(lab, small)]
+            cand = nb[sel]
+            ctag = np.where(cand >= 0, ttags[np.maximum(cand, 0)], 0)
+            pl = np.repeat(labs, 4)
+            ct = ctag.ravel()
+            ok = ct != t
+            votes_p = np.zeros((lab.max() + 1, 256))
+            np.add.at(votes_p, (pl[ok], ct[ok]), 1.0)
+            new = votes_p.argmax(1)
+            ttags[sel] = new[labs]
+            n_moved += len(sel)
+            changed = True
+        if not changed:
+            break
+    info["island_tets_retagged"] = int(n_moved)
+    info["csf_channel_tets"] = _connect_pieces(ttags, nb, vol, tag=3, through=(1, 2))
     keep = ttags > 0
+    if keep.any():
+        idx, n, lab = _face_components(keep, nb, keep.astype(np.int64))
+        if n > 1:
+            big = np.argmax(np.bincount(lab, weights=vol[idx]))
+            keep[idx[lab != big]] = False
     tets, ttags = tets[keep], ttags[keep]
     info["timings_s"]["tags_s"] = time.perf_counter() - t0
     return nodes, tets, ttags, info
+
+
+def make_surface_head_mesh(labels, label_map_spec="colin27", *, element_size_mm=8.0, surface_step=4,
+                           thickness_scale=2.0, minratio=2.5, mindihedral=5.0, extra_switches="Y"):
+    """Label volume (NIfTI path) -> world-frame :class:`~stimsim.mesh.model.Mesh` with this mesher.
+
+    Returns ``(mesh, voxel_volume_mm3_per_tag, info)``.  The defaults are the ones measured for the
+    embedded Colin27 head (see the module docstring).  Axis-aligned affines only (as
+    :func:`stimsim.head.meshing.load_label_volume` checks)."""
+    from ..mesh.model import Mesh
+    from .labels import apply_label_map, label_map
+    from .meshing import _cavities, _clean_islands, _surface_triangles, load_label_volume
+
+    t0 = time.perf_counter()
+    data, affine = load_label_volume(labels)
+    tags = apply_label_map(data, label_map(label_map_spec))
+    del data
+    zooms = np.linalg.norm(affine[:3, :3], axis=0)
+    vox = float(np.prod(zooms))
+    raw_vol = {int(t): float(c) * vox for t, c in enumerate(np.bincount(tags.ravel())) if t > 0 and c}
+    tags, _ = _clean_islands(tags, zooms)
+    cav = _cavities(tags)
+    nodes, tets, ttags, info = surface_mesh_from_tags(
+        tags, cav, zooms, element_size_mm, minratio=minratio, mindihedral=mindihedral, surface_step=surface_step,
+        extra_switches=extra_switches, thickness_scale=thickness_scale)
+    used = np.unique(tets)
+    renum = np.full(len(nodes), -1, np.int64)
+    renum[used] = np.arange(len(used))
+    nodes, tets = nodes[used], renum[tets]
+    world = nodes / zooms @ affine[:3, :3].T + affine[:3, 3]
+    a, b, c = (world[tets[:, i]] - world[tets[:, 0]] for i in (1, 2, 3))
+    neg = np.einsum("ij,ij->i", a, np.cross(b, c)) < 0
+    tets[neg] = tets[neg][:, [0, 2, 1, 3]]
+    tris, tri_tags = _surface_triangles(tets, ttags)
+    mesh = Mesh(world, tets, ttags, tris, tri_tags)
+    info["timings_s"]["total_s"] = time.perf_counter() - t0
+    return mesh, raw_vol, info
+
+
+def compact_for_shipping(mesh, keep_tri_tags=(1005,)):
+    """Same mesh, smaller gzip: only the ``keep_tri_tags`` triangles (the outer scalp), nodes in
+    reverse Cuthill-McKee order and tets sorted by their nodes (gzip 9: 9.7 -> 6.8 MB on Colin27)."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import reverse_cuthill_mckee
+
+    from ..mesh.model import Mesh
+
+    t = mesh.tets
+    pairs = [(i, j) for i in range(4) for j in range(4) if i != j]
+    rows = np.concatenate([t[:, i] for i, _ in pairs])
+    cols = np.concatenate([t[:, j] for _, j in pairs])
+    n = len(mesh.nodes)
+    g = sp.csr_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(n, n))
+    perm = reverse_cuthill_mckee(g, symmetric_mode=True)
+    inv = np.empty_like(perm)
+    inv[perm] = np.arange(len(perm))
+    t2 = inv[t]
+    order = np.lexsort((t2.max(1), t2.min(1)))
+    keep = np.isin(mesh.tri_tags, list(keep_tri_tags))
+    return Mesh(mesh.nodes[perm], t2[order], mesh.tet_tags[order], inv[mesh.tris[keep]], mesh.tri_tags[keep])
