@@ -338,9 +338,8 @@ def test_every_protocol_runs_to_a_field_on_the_sphere(shared_data):
     assert time.perf_counter() - t0 < 120
 
 
-@pytest.mark.slow
 def test_every_protocol_runs_on_the_default_head():
-    """Each library protocol runs unchanged on the Colin27 head (skips until the head is packaged)."""
+    """Each library protocol runs unchanged on the embedded Colin27 head (~5 s each)."""
     from stimsim.simulation import resolve_head, simulate
 
     try:
