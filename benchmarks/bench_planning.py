@@ -41,12 +41,19 @@ def main():
         pos["REF"] = (0.0, 0.0, -95.0)
         cond, tags, target = {3: 1.0, 4: 0.01, 5: 1.0}, [3], [30.0, 20.0, 70.0]
     else:
-        from stimsim.head.eeg import head_positions  # provided with the head models
+        import re
+
+        from stimsim.head.eeg import head_positions
         from stimsim.simulation import resolve_head
 
         mesh, _ = read_mesh(resolve_head(args.head))
-        pos = dict(head_positions(args.head, system="10-10"))
-        pos = {k: pos[k] for k in list(pos)[: args.n]} | {"Iz": pos.get("Iz", next(iter(pos.values())))}
+        # the 10-10 subset of the 10-05 file: single-letter-pair prefixes, no half ('h') positions
+        ten_ten = re.compile(r"^(Fp|AF|F|FC|FT|C|T|CP|TP|P|PO|O|I)(\d+|z)$")
+        aliases = {"T3", "T4", "T5", "T6"}  # old names of T7, T8, P7, P8
+        pos = {k: tuple(v) for k, v in head_positions(args.head).items() if ten_ten.match(k) and k not in aliases}
+        pos = dict(list(pos.items())[: args.n])
+        pos.pop("Iz", None)
+        pos["Iz"] = tuple(head_positions(args.head)["Iz"])  # reference at the inion
         cond, tags, target = None, [1, 2], [-40.0, -20.0, 60.0]
     ref = list(pos)[-1]
     t = time.perf_counter()
