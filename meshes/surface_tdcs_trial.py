@@ -7,7 +7,6 @@ import numpy as np
 
 from stimsim.head.eeg import project_to_scalp, read_positions
 from stimsim.mesh import read_mesh
-from stimsim.mesh.checks import check_connectivity  # noqa: F401
 from stimsim.protocol import validate_protocol
 from stimsim.simulation import simulate
 

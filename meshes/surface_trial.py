@@ -4,43 +4,20 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import time
 from pathlib import Path
 
-import numpy as np
-
 from stimsim.head import surface_mesher as sm
-from stimsim.head.labels import apply_label_map, label_map
-from stimsim.head.meshing import (_cavities, _clean_islands, _surface_triangles, load_label_volume,
-                                  quality_summary)
-from stimsim.mesh.model import Mesh
+from stimsim.head.meshing import quality_summary
 
 MINDIH = 0.0
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def build(labels, h, minratio, step, extra, ts=1.0):
-    t0 = time.perf_counter()
-    data, affine = load_label_volume(labels)
-    tags = apply_label_map(data, label_map("colin27"))
-    zooms = np.linalg.norm(affine[:3, :3], axis=0)
-    raw_vol = {int(t): float(c) * float(np.prod(zooms)) for t, c in enumerate(np.bincount(tags.ravel())) if t > 0 and c}
-    tags, _ = _clean_islands(tags, zooms)
-    cav = _cavities(tags)
-    nodes, tets, ttags, info = sm.surface_mesh_from_tags(tags, cav, zooms, h, minratio=minratio, mindihedral=MINDIH,
-                                                         surface_step=step, extra_switches=extra,
-                                                         thickness_scale=ts)
-    used = np.unique(tets)
-    renum = np.full(len(nodes), -1, np.int64)
-    renum[used] = np.arange(len(used))
-    nodes, tets = nodes[used], renum[tets]
-    world = nodes / zooms @ affine[:3, :3].T + affine[:3, 3]
-    a, b, c = (world[tets[:, i]] - world[tets[:, 0]] for i in (1, 2, 3))
-    neg = np.einsum("ij,ij->i", a, np.cross(b, c)) < 0
-    tets[neg] = tets[neg][:, [0, 2, 1, 3]]
-    tris, tri_tags = _surface_triangles(tets, ttags)
-    mesh = Mesh(world, tets, ttags, tris, tri_tags)
-    info["timings_s"]["total_s"] = time.perf_counter() - t0
+    """One trial: the library's own pipeline with these settings (nothing re-implemented here)."""
+    mesh, raw_vol, info = sm.make_surface_head_mesh(
+        labels, "colin27", element_size_mm=h, surface_step=step, thickness_scale=ts, minratio=minratio,
+        mindihedral=MINDIH, extra_switches=extra)
     return mesh, info, raw_vol
 
 

@@ -406,18 +406,29 @@ def _snap_targets(layer_vox: np.ndarray, zooms, layers, min_thickness: float) ->
     return out
 
 
-def _snap(nodes, tets, tags, zooms, tagvol, h, progress_cb=None, iterations=6, min_thickness=0.5):
-    """Move nodes on two-layer interfaces onto the voxel interfaces (see module docstring)."""
+def _layer_lut() -> np.ndarray:
+    """Tag -> nesting layer lookup table (256 entries)."""
     lut = np.zeros(256, np.int64)
     for t, l in LAYER_OF_TAG.items():
         lut[t] = l
-    lut[11:] = 4
-    layer = lut[tags]
-    n = len(nodes)
-    # layers touching each node (bitmask), boundary nodes also touch layer 0
+    lut[11:] = 4  # lesion and other extra tags count as brain
+    return lut
+
+
+def _node_layer_bits(tets, tags, n):
+    """Nesting layer of every tet and, per node, the bitmask of the layers touching it."""
+    layer = _layer_lut()[tags]
     bits = np.zeros(n, np.int64)
     for j in range(4):
         np.bitwise_or.at(bits, tets[:, j], 1 << layer)
+    return layer, bits
+
+
+def _snap(nodes, tets, tags, zooms, tagvol, h, progress_cb=None, iterations=6, min_thickness=0.5):
+    """Move nodes on two-layer interfaces onto the voxel interfaces (see module docstring)."""
+    n = len(nodes)
+    # layers touching each node (bitmask), boundary nodes also touch layer 0
+    layer, bits = _node_layer_bits(tets, tags, n)
     mesh = Mesh(nodes, tets, tags)
     bits[mesh.boundary_nodes] |= 1
     popc = np.zeros(n, np.int64)
@@ -427,7 +438,7 @@ def _snap(nodes, tets, tags, zooms, tagvol, h, progress_cb=None, iterations=6, m
     hi_layer = np.zeros(n, np.int64)
     for l in range(8):
         hi_layer[(bits >> l) & 1 == 1] = l
-    layer_vox = lut[tagvol]
+    layer_vox = _layer_lut()[tagvol]
     layer_vox[tagvol == 0] = 0
     vol0 = _signed_volumes(nodes, tets)
     sign = np.sign(vol0)
@@ -489,15 +500,8 @@ def _smooth(nodes, tets, tags, h, passes=3, progress_cb=None):
     """Guarded Laplacian smoothing of nodes inside one tissue layer (and not on the hull):
     evens out the elements next to the snapped interfaces.  A move that makes an incident
     tet flatter than before (volume below 30 % of the BCC element) is shrunk or undone."""
-    lut = np.zeros(256, np.int64)
-    for t, l in LAYER_OF_TAG.items():
-        lut[t] = l
-    lut[11:] = 4
-    layer = lut[tags]
     n = len(nodes)
-    bits = np.zeros(n, np.int64)
-    for j in range(4):
-        np.bitwise_or.at(bits, tets[:, j], 1 << layer)
+    layer, bits = _node_layer_bits(tets, tags, n)
     mesh = Mesh(nodes, tets, tags)
     free = (bits & (bits - 1)) == 0
     free[mesh.boundary_nodes] = False
