@@ -264,6 +264,8 @@ def optimize_tms_cmd(
     grid_radius: float = typer.Option(20.0, "--grid-radius", help="search radius around the target, mm"),
     grid_step: float = typer.Option(10.0, "--grid-step", help="grid spacing, mm"),
     angles: int = typer.Option(12, "--angles", help="handle directions over 180 degrees"),
+    direction: Optional[str] = typer.Option(
+        None, "--direction", help="maximise E along 'normal' (into the head) or 'x,y,z' instead of |E|"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the best placement as a protocol YAML"),
 ):
     """Search coil centres x handle angles around a target; report the placement with the largest |E|.
@@ -281,13 +283,16 @@ def optimize_tms_cmd(
             raise StimsimError(f"{protocol}: kind is {p.kind!r}; optimize tms needs a TMS protocol")
         model = TMSModel(p, base_dir=base_dir)
         res = search_tms(model, _vec(target, "--target"), grid_radius_mm=grid_radius, grid_step_mm=grid_step,
-                         angles=angles, progress=not _state["quiet"], tags=_brain_tags(p.head))
+                         angles=angles, progress=not _state["quiet"], tags=_brain_tags(p.head),
+                         direction=None if direction is None else
+                         direction if direction == "normal" else _vec(direction, "--direction"))
         if out is not None:
             save_protocol(p.model_copy(update={"placement": p.placement.model_copy(
                 update={"center": None, "direction": None, "matrix": res.matrix.tolist()})}), out)
     except StimsimError as err:
         _fail(err)
     typer.echo(json.dumps({"target_magnE_V_per_m": res.target_magnE_V_per_m,
+                           "roi_mean_magnE_V_per_m": res.roi_mean_magnE_V_per_m,
                            "center_mm": np.round(res.center_mm, 2).tolist(),
                            "direction": np.round(res.direction, 4).tolist(),
                            "matrix": np.round(res.matrix, 6).tolist(), "evaluated": len(res.table)}, indent=1))
@@ -362,9 +367,15 @@ def mesh(
     labels: Path = typer.Argument(..., help="NIfTI label volume (.nii/.nii.gz)"),
     labels_map: str = typer.Option(..., "--labels", help="simnibs | roast | colin27 | FILE.tsv (label -> tag)"),
     out: Path = typer.Option(..., "--out", "-o", help="head mesh to write (.msh, .msh.gz or .vtu)"),
-    element_size_mm: Optional[float] = typer.Option(None, "--element-size", help="target edge length, mm"),
-    lesion: Optional[Path] = typer.Option(None, "--lesion", help="lesion mask (NIfTI, same space)"),
-    lesion_tag: int = typer.Option(3, "--lesion-tag", help="tissue given to lesioned voxels (default CSF)"),
+    method: str = typer.Option("auto", "--method", help="auto | surface | lattice: surface = smooth nested "
+                               "surfaces + TetGen (volumes within ~2 %; needs tetgen, scikit-image), lattice = "
+                               "BCC lattice (pip wheels only; thin CSF costs volume accuracy), auto = surface "
+                               "when installed"),
+    element_size_mm: Optional[float] = typer.Option(None, "--element-size", help="target edge length, mm "
+                                                    "(default: surface 8, lattice 3.2)"),
+    lesion: Optional[Path] = typer.Option(None, "--lesion", help="lesion mask (NIfTI, same grid as the labels)"),
+    lesion_tag: int = typer.Option(3, "--lesion-tag", help="tissue tag given to lesioned voxels (default 3: CSF; "
+                                   "e.g. 11 for its own tag, conductivity set in the protocol)"),
 ):
     """Build a tetrahedral head model from a tissue label volume (SimNIBS tags).
 
@@ -373,7 +384,7 @@ def mesh(
     from .head.cli import mesh_command
 
     raise typer.Exit(mesh_command(labels, labels_map, out, element_size_mm, lesion, lesion_tag=lesion_tag,
-                                  progress=not _state["quiet"]))
+                                  progress=not _state["quiet"], method=method))
 
 
 @app.command()

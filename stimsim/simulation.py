@@ -135,8 +135,8 @@ class _Head:
     timings: dict
 
 
-def _prepare_head(protocol, base_dir, mesh) -> _Head:
-    """Read + check the head, assign conductivities, assemble the stiffness matrix."""
+def _read_head(protocol, base_dir, mesh) -> tuple[Mesh, dict, dict]:
+    """Read + check the head mesh; returns (mesh, input hashes, timings)."""
     timings = {}
     inputs = {"protocol_sha256": hashlib.sha256(
         json.dumps(protocol_to_dict(protocol), sort_keys=True).encode()).hexdigest()}
@@ -147,16 +147,25 @@ def _prepare_head(protocol, base_dir, mesh) -> _Head:
         inputs["head"] = protocol.head
         inputs["head_file"] = path.name
         inputs["head_sha256"] = sha256_file(path)
-    table = conductivity_table(protocol.conductivities)
-    mesh = check_mesh(mesh, known_tags=set(table), connectivity=False)
+    mesh = check_mesh(mesh, known_tags=set(conductivity_table(protocol.conductivities)), connectivity=False)
     timings["read_s"] = time.perf_counter() - t
+    return mesh, inputs, timings
+
+
+def _assemble_head(protocol, mesh: Mesh, inputs: dict, timings: dict) -> _Head:
+    """Assign conductivities and assemble the stiffness matrix of a read head."""
     t = time.perf_counter()
-    sigma = element_conductivities(mesh.tet_tags, table)
+    sigma = element_conductivities(mesh.tet_tags, conductivity_table(protocol.conductivities))
     geometry = P1Geometry.from_mesh(mesh)
     stiffness = assemble_stiffness(geometry, sigma)
     check_connectivity(mesh, stiffness)  # the stiffness pattern is the node graph: no extra graph
     timings["assembly_s"] = time.perf_counter() - t
     return _Head(mesh, sigma, geometry, stiffness, inputs, timings)
+
+
+def _prepare_head(protocol, base_dir, mesh) -> _Head:
+    """Read + check the head, assign conductivities, assemble the stiffness matrix."""
+    return _assemble_head(protocol, *_read_head(protocol, base_dir, mesh))
 
 
 def _solver_for(opts, matrix):
@@ -180,12 +189,11 @@ def simulate(protocol, *, base_dir: Path | None = None, mesh: Mesh | None = None
         from ._logging import set_log_level
 
         set_log_level(verbose)
-    head = _prepare_head(protocol, base_dir, mesh)
     if protocol.kind == "tms":
-        from .tms import solve_tms
+        from .tms import run_tms
 
-        return solve_tms(protocol, head, base_dir)
-    return _solve_tes(protocol, head, base_dir)
+        return run_tms(protocol, base_dir, mesh)
+    return _solve_tes(protocol, _prepare_head(protocol, base_dir, mesh), base_dir)
 
 
 def _solve_tes(protocol: TESProtocol, head: _Head, base_dir: Path | None = None) -> SimulationResult:

@@ -67,23 +67,47 @@ def check_coil_outside(mesh, dipole_positions_mm: np.ndarray) -> None:
         )
 
 
-def solve_tms(protocol: TMSProtocol, head, base_dir: Path | None = None):
+def run_tms(protocol: TMSProtocol, base_dir: Path | None = None, mesh=None):
+    """A whole TMS simulation (what ``simulate`` calls for ``kind: tms``).
+
+    The primary field only needs the mesh nodes and the placement, the stiffness matrix only
+    the mesh: so dA/dt (a nogil numba kernel) runs in a thread while the main thread
+    assembles, and loading the compiled kernel overlaps reading the mesh.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .simulation import _assemble_head, _read_head
+    from .solvers import primary
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        warm = pool.submit(primary.warm_up)
+        coil = load_coil(protocol.coil, base_dir)
+        didt = coil_didt_A_per_s(protocol, coil)
+        mesh, inputs, timings = _read_head(protocol, base_dir, mesh)
+        placement = placement_for(protocol, mesh, base_dir)
+        dpos, dmom = coil.transformed(placement.matrix)
+        check_coil_outside(mesh, dpos)
+        warm.result()
+        job = pool.submit(_timed, dipole_dadt, mesh.nodes, dpos, dmom, didt)
+        head = _assemble_head(protocol, mesh, inputs, timings)
+        dadt_nodes, timings["dadt_s"] = job.result()  # seconds in the thread, overlapping assembly
+    return solve_tms(protocol, head, coil, didt, placement, dadt_nodes)
+
+
+def _timed(func, *args):
+    t = time.perf_counter()
+    return func(*args), time.perf_counter() - t
+
+
+def solve_tms(protocol: TMSProtocol, head, coil, didt: float, placement, dadt_nodes: np.ndarray):
+    """Secondary field and outputs, given the prepared head and the primary field at its nodes."""
     from .simulation import SimulationResult, _solver_for
 
     mesh, geometry, sigma, timings = head.mesh, head.geometry, head.sigma, head.timings
     t = time.perf_counter()
-    coil = load_coil(protocol.coil, base_dir)
-    didt = coil_didt_A_per_s(protocol, coil)
-    placement = placement_for(protocol, mesh, base_dir)
-    dpos, dmom = coil.transformed(placement.matrix)
-    check_coil_outside(mesh, dpos)
-    dadt_nodes = dipole_dadt(mesh.nodes, dpos, dmom, didt)
-    timings["dadt_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
     dadt_elem = element_mean(dadt_nodes, mesh.tets)
     b_nodal = assemble_load_from_element_vectors(geometry, -sigma[:, None] * dadt_elem)
-    system = grounded_system(head.stiffness, node=int(mesh.tets[0, 0]))
+    system = grounded_system(head.stiffness, node=int(mesh.tets[0, 0]), inplace=True)
     b = system.rhs_from_nodal(b_nodal)
     timings["rhs_s"] = time.perf_counter() - t
 
@@ -115,21 +139,32 @@ def solve_tms(protocol: TMSProtocol, head, base_dir: Path | None = None):
 
 
 class TMSModel:
-    """A head prepared once for many coil placements: stiffness, grounding and AMG hierarchy reused.
+    """A head prepared once for many coil placements.
 
-    Each :meth:`efield` call costs one dA/dt evaluation, one right-hand side and one
-    preconditioned CG solve.
+    Built once: the stiffness matrix, its AMG hierarchy, and the linear maps from nodal
+    dA/dt to element means (``M``, m x n) and to the FEM right-hand side
+    (``b = sum_c B_c dA/dt_c``, each ``B_c`` with the stiffness matrix's pattern).  Each
+    placement then costs one dA/dt evaluation, three sparse products and one CG solve.
+    CG starts from the projection of the new solution onto the span of earlier ones
+    (A-orthonormal basis of the last ``reuse`` solutions; Fischer 1998, Comput Methods Appl
+    Mech Eng 163:193, doi:10.1016/S0045-7825(98)00012-7): nearby placements have similar
+    potentials, so later solves need fewer iterations.
+
+    For searches, :meth:`target_functional` gives, after three adjoint solves, the ROI-mean E
+    of any placement as dot products with its nodal dA/dt: no FEM solve per placement.
 
     Parameters
     ----------
     protocol : TMSProtocol (head, conductivities, coil and stimulator are used; placement is not)
     mesh : an already loaded head mesh (optional)
-    rtol : CG tolerance for the placement solves
+    rtol : CG tolerance for the placement solves (default: the protocol's ``solver.rtol``)
+    reuse : how many earlier solutions seed the next solve (0: none)
     """
 
-    def __init__(self, protocol: TMSProtocol, *, mesh=None, base_dir: Path | None = None, rtol: float | None = None):
+    def __init__(self, protocol: TMSProtocol, *, mesh=None, base_dir: Path | None = None, rtol: float | None = None,
+                 reuse: int = 30):
         from .simulation import _prepare_head
-        from .solvers.linear import FactorizedSolver
+        from .solvers.linear import _amg_hierarchy
 
         self.protocol = protocol
         self.head = _prepare_head(protocol, base_dir, mesh)
@@ -137,25 +172,108 @@ class TMSModel:
         self.coil = load_coil(protocol.coil, base_dir)
         self.didt = coil_didt_A_per_s(protocol, self.coil)
         self.system = grounded_system(self.head.stiffness, node=int(self.mesh.tets[0, 0]))
-        self.solver = FactorizedSolver(self.system.matrix, backend="amg", rtol=rtol or protocol.solver.rtol)
+        self.rtol = rtol or protocol.solver.rtol
+        self._precond = _amg_hierarchy(self.system.matrix).aspreconditioner(cycle="V")
+        self._mean, self._load = _primary_operators(self.head.geometry, self.head.sigma, self.system.ground)
+        self.reuse = reuse
+        self._basis: list[np.ndarray] = []  # A-orthonormal earlier solutions
+        self.iterations: list[int] = []  # CG iterations per solve
 
     def placement(self, center_mm, direction, distance_mm: float = 4.0):
         return place_coil(self.mesh, center_mm, direction, distance_mm)
+
+    def dadt(self, matrix) -> np.ndarray:
+        """dA/dt (V/m) at the mesh nodes for the coil at a 4x4 coil-to-head matrix (mm)."""
+        dpos, dmom = self.coil.transformed(np.asarray(matrix, float))
+        check_coil_outside(self.mesh, dpos)
+        return dipole_dadt(self.mesh.nodes, dpos, dmom, self.didt)
+
+    def potential(self, dadt_nodes: np.ndarray) -> np.ndarray:
+        """Nodal potential v (V) of the secondary field for a nodal dA/dt."""
+        from .solvers.linear import _pcg
+
+        a = self.system.matrix
+        b = sum(self._load[c] @ dadt_nodes[:, c] for c in range(3))
+        x0 = None
+        if self._basis:
+            basis = np.asarray(self._basis)
+            x0 = (basis @ b) @ basis  # A-orthogonal projection of A^-1 b onto the basis
+        x, it = _pcg(a, b, self._precond, self.rtol, 1000, x0=x0)
+        self.iterations.append(it)
+        if self.reuse:
+            self._extend_basis(x)
+        return x
+
+    def _extend_basis(self, x: np.ndarray) -> None:
+        a = self.system.matrix
+        w = x.copy()
+        if self._basis:
+            basis = np.asarray(self._basis)
+            w -= (basis @ (a @ x)) @ basis
+        norm2 = float(w @ (a @ w))
+        if norm2 > 1e-12 * float(x @ (a @ x)) and norm2 > 0:
+            self._basis.append(w / np.sqrt(norm2))
+            del self._basis[:-self.reuse]
 
     def efield(self, matrix, elements: np.ndarray | None = None) -> np.ndarray:
         """Element-wise E (V/m) for the coil at a 4x4 coil-to-head matrix (mm).
 
         ``elements`` restricts the returned field (not the solve) to those element indices.
         """
-        mesh, geometry, sigma = self.mesh, self.head.geometry, self.head.sigma
-        dpos, dmom = self.coil.transformed(np.asarray(matrix, float))
-        check_coil_outside(mesh, dpos)
-        dadt_elem = element_mean(dipole_dadt(mesh.nodes, dpos, dmom, self.didt), mesh.tets)
-        b = self.system.rhs_from_nodal(assemble_load_from_element_vectors(geometry, -sigma[:, None] * dadt_elem))
-        v = self.system.expand(self.solver.solve(b))
+        dadt_nodes = self.dadt(matrix)
+        v = self.system.expand(self.potential(dadt_nodes))
+        geometry = self.head.geometry
         if elements is None:
-            return element_efield(geometry, v) - dadt_elem
+            return element_efield(geometry, v) - self._mean @ dadt_nodes
         g = geometry.grads_kdm[:, :, elements]
-        t = mesh.tets[elements]
+        t = self.mesh.tets[elements]
         grad = sum(v[t[:, k], None] * g[k].T for k in range(4))
-        return -grad - dadt_elem[elements]
+        return -grad - self._mean[elements] @ dadt_nodes
+
+    def target_functional(self, elements: np.ndarray) -> np.ndarray:
+        """Linear map from nodal dA/dt to the volume-weighted mean E (V/m) over ``elements``.
+
+        Returns ``q`` of shape (3, n, 3) with ``mean E[c] = sum(q[c] * dadt_nodes)``.
+        By the adjoint (reciprocity) argument: with v = A^-1 b and b = sum_c B_c dA/dt_c, a
+        linear functional r.v of the potential equals (A^-1 r).b, so three solves (one per
+        component of the mean gradient) replace one solve per placement.
+        """
+        from .solvers.linear import _pcg
+
+        geometry, n = self.head.geometry, self.mesh.n_nodes
+        elements = np.asarray(elements)
+        w = geometry.volumes_m3[elements] / geometry.volumes_m3[elements].sum()
+        tets = self.mesh.tets[elements]
+        q = np.zeros((3, n, 3))
+        for c in range(3):
+            # mean of grad v along c = r . v; E = -grad v - dA/dt
+            r = sum(np.bincount(tets[:, k], weights=w * geometry.grads_kdm[k, c, elements], minlength=n)
+                    for k in range(4))
+            r[self.system.ground] = 0.0
+            y, _ = _pcg(self.system.matrix, r, self._precond, self.rtol, 1000)
+            for cc in range(3):
+                q[c, :, cc] = -(self._load[cc].T @ y)
+            q[c, :, c] -= self._mean[elements].T @ w
+        return q
+
+
+def _primary_operators(geometry, sigma: np.ndarray, ground: int):
+    """Sparse maps from nodal dA/dt: element means ``M`` (m x n) and load matrices ``B_c`` (n x n).
+
+    ``B_c[i, j] = -sum_e sigma_e V_e (d phi_i / d x_c) / 4`` over elements containing i and j,
+    the grounded node's row zeroed: ``b = sum_c B_c dadt[:, c]`` is the TMS right-hand side.
+    """
+    import scipy.sparse as sp
+
+    m, n = len(geometry.tets), geometry.n_nodes
+    rows = np.repeat(np.arange(m, dtype=np.int32), 4)
+    mean = sp.csr_matrix((np.full(4 * m, 0.25), (rows, geometry.tets.ravel())), shape=(m, n))
+    keep = np.ones(n)
+    keep[ground] = 0.0
+    scale = -sigma * geometry.volumes_m3
+    load = []
+    for c in range(3):
+        d = sp.csr_matrix(((geometry.grads_kdm[:, c, :] * scale).T.ravel(), (geometry.tets.ravel(), rows)),
+                          shape=(n, m))
+        load.append(sp.diags(keep) @ (d @ mean).tocsr())
+    return mean, load

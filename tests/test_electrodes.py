@@ -83,3 +83,21 @@ def test_equipotential_patch_delivers_its_current(sphere3_mesh):
     # the direct path gives the same potentials
     x2 = FactorizedSolver(system.matrix, backend="splu").solve(system.rhs([e.current_A for e in placed]))
     np.testing.assert_allclose(x2, x, rtol=0, atol=1e-8 * np.abs(x).max())
+
+
+def test_grounding_in_place_equals_the_copy():
+    import scipy.sparse as sp
+
+    from stimsim.solvers.electrodes import grounded_system
+
+    rng = np.random.default_rng(3)
+    m = sp.random(40, 40, density=0.2, random_state=4, format="csr")
+    k = (m + m.T + sp.diags(rng.uniform(1, 2, 40))).tocsr()  # stored diagonal, canonical
+    k.sum_duplicates()
+    k.sort_indices()
+    for node in (0, 17, 39):
+        copy = grounded_system(k, node).matrix
+        inplace = grounded_system(k.copy(), node, inplace=True).matrix
+        assert abs(copy - inplace).max() == 0.0
+        assert inplace[node, node] == 1.0
+        assert inplace[[node], :].count_nonzero() == 1 and inplace[:, [node]].count_nonzero() == 1

@@ -211,3 +211,24 @@ def test_pulse_waveform_gives_peak_didt(sphere3):
     p = p.model_copy(update={"stimulator": p.stimulator.model_copy(
         update={"didt_A_per_us": None, "peak_current_A": 5000.0, "period_us": 280.0})})
     assert simulate(p, mesh=sphere3).extra["didt_A_per_s"] == pytest.approx(5000 * 2 * np.pi / 280e-6, rel=1e-3)
+
+
+def test_tms_model_matches_simulate_and_its_adjoint_functional(sphere3, rng):
+    """Many-placement model: same field as a full run; the adjoint ROI mean equals the direct one."""
+    from stimsim.planning.optimize import roi_elements
+    from stimsim.tms import TMSModel
+
+    model = TMSModel(_protocol(), mesh=sphere3)
+    roi = roi_elements(sphere3, [10, -5, 78], 10, [3])
+    q = model.target_functional(roi)
+    w = sphere3.volumes_mm3[roi]
+    for k in range(3):  # later solves start from the projection onto earlier solutions
+        center = np.array([0, 0, 95.0]) + rng.normal(0, 8, 3)
+        direction = [np.cos(k), np.sin(k), 0.0]
+        e = model.efield(model.placement(center, direction).matrix)
+        ref = simulate(_protocol(center=center, direction=direction, solver={"recovery": "none"}), mesh=sphere3)
+        assert rel_l2(e, ref.E) < 1e-7
+        mean_direct = np.average(e[roi], axis=0, weights=w)
+        mean_adjoint = np.einsum("cnk,nk->c", q, model.dadt(model.placement(center, direction).matrix))
+        assert np.linalg.norm(mean_adjoint - mean_direct) < 1e-7 * np.linalg.norm(mean_direct)
+    assert len(model.iterations) == 3

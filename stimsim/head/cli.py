@@ -1,4 +1,4 @@
-"""``stimsim mesh LABELS.nii.gz --labels simnibs|roast|colin27|FILE.tsv --out head.msh``."""
+"""``stimsim mesh LABELS.nii.gz --labels simnibs|roast|colin27|FILE.tsv --out head.msh [--method auto]``."""
 
 from __future__ import annotations
 
@@ -6,15 +6,18 @@ from pathlib import Path
 
 from ..errors import StimsimError
 
+_METHOD_NAMES = {"surface": "nested smoothed surfaces + TetGen", "lattice": "BCC lattice, closed and snapped"}
+
 
 def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: float | None = None,
-                 lesion: Path | None = None, lesion_tag: int = 3, progress: bool = True) -> int:
-    """Mesh a label volume and write it; print the quality summary.  Returns the exit code
-    (0 ok, 2 bad input with a one-line ``error: ...`` on stderr and nothing written)."""
+                 lesion: Path | None = None, lesion_tag: int = 3, progress: bool = True, method: str = "auto") -> int:
+    """Mesh a label volume and write it (temporary file, then renamed); print the quality summary.
+    Returns the exit code (0 ok, 2 bad input with a one-line ``error: ...`` on stderr and nothing
+    written).  ``method``: ``auto`` (surface when tetgen and scikit-image import, else lattice with
+    a warning), ``surface`` or ``lattice`` (see :func:`stimsim.head.meshing.make_head_mesh`)."""
     from rich.console import Console
 
-    from ..mesh import write_mesh
-    from .meshing import make_head_mesh, print_summary, quality_summary
+    from .meshing import make_head_mesh, print_summary, quality_summary, resolve_method, write_mesh_atomic
 
     console = Console(stderr=True)
     out = Path(out)
@@ -24,13 +27,17 @@ def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: floa
             raise StimsimError(f"--out {out}: use a .msh, .msh.gz or .vtu file name")
         if not out.parent.exists():
             raise StimsimError(f"--out {out}: folder {out.parent} does not exist")
-        mesh, info = make_head_mesh(Path(labels), None, labels_map, element_size_mm=element_size_mm,
+        method = resolve_method(method)
+        mesh, info = make_head_mesh(Path(labels), None, labels_map, method=method, element_size_mm=element_size_mm,
                                     lesion=lesion, lesion_tag=lesion_tag, progress=progress, return_info=True)
         q = quality_summary(mesh, info.voxel_volume_mm3)
-        write_mesh(out, mesh)
+        write_mesh_atomic(out, mesh)
     except StimsimError as exc:
         console.print(f"error: {exc}", markup=False, highlight=False)
         return 2
+    console.print(f"method {method} ({_METHOD_NAMES[method]})" + (f", from cache {info.cache_file}"
+                                                                  if info.from_cache else ""),
+                  markup=False, highlight=False)
     print_summary(q, info.voxel_volume_mm3, console)
     console.print(f"wrote {out} ({info.timings_s.get('total_s', 0):.1f} s)", markup=False, highlight=False)
     return 0

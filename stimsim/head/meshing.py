@@ -70,7 +70,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -81,8 +81,9 @@ from ..errors import MeshError
 from ..mesh.model import Mesh
 from .labels import LAYER_FILL_TAG, LAYER_OF_TAG, apply_label_map, label_map
 
-__all__ = ["make_head_mesh", "load_label_volume", "tissue_connectivity", "quality_summary",
-           "cache_dir", "DEFAULT_ELEMENT_SIZE_MM", "MESHER_VERSION"]
+__all__ = ["make_head_mesh", "load_label_volume", "tissue_connectivity", "quality_summary", "resolve_method",
+           "default_element_size", "write_mesh_atomic", "cache_dir", "METHODS", "DEFAULT_ELEMENT_SIZE_MM",
+           "MESHER_VERSION"]
 
 #: BCC lattice spacing at default resolution: Colin27 1 mm -> 1.43 M tets (uniform lattice)
 DEFAULT_ELEMENT_SIZE_MM = 3.2
@@ -167,8 +168,9 @@ def cache_dir() -> Path:
 
 
 def _cache_key(tags: np.ndarray, affine: np.ndarray, h: float, extra: str) -> str:
+    """Hash of the tag volume, affine, element size and ``extra`` (method, mesher version,
+    lesion, options)."""
     d = hashlib.sha256()
-    d.update(MESHER_VERSION.encode())
     d.update(str(tags.shape).encode())
     d.update(np.ascontiguousarray(tags, np.uint8).tobytes())
     d.update(np.round(affine, 6).tobytes())
@@ -176,11 +178,43 @@ def _cache_key(tags: np.ndarray, affine: np.ndarray, h: float, extra: str) -> st
     return d.hexdigest()[:24]
 
 
+def _cache_read(cfile: Path | None) -> Mesh | None:
+    """The cached mesh, or None (missing, or unreadable: it is rebuilt then)."""
+    if cfile is None or not cfile.is_file():
+        return None
+    from ..mesh import read_mesh
+
+    try:
+        mesh, _ = read_mesh(cfile)
+    except Exception:  # a corrupt cache entry is rebuilt
+        logger.warning("ignoring unreadable cache file %s", cfile)
+        return None
+    logger.info("head mesh from cache %s", cfile)
+    return mesh
+
+
+def write_mesh_atomic(path, mesh: Mesh) -> Path:
+    """Write ``mesh`` (format from the suffix) to a temporary file in the same folder, then
+    rename it over ``path``: readers never see a half-written mesh."""
+    from ..mesh import write_mesh
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{''.join(path.suffixes)}")
+    try:
+        write_mesh(tmp, mesh)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
 # ----------------------------------------------------------------------------------------------
 # voxel preparation
 # ----------------------------------------------------------------------------------------------
-def _clean_islands(tags: np.ndarray, zooms) -> tuple[np.ndarray, dict]:
-    """Reassign small 6-connected islands of each tissue to the nearest other tissue."""
+def _clean_islands(tags: np.ndarray, zooms, keep: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """Reassign small 6-connected islands of each tissue to the nearest other tissue (voxels
+    under ``keep``, the lesion, never count as islands)."""
     tags = tags.copy()
     unknown = np.zeros(tags.shape, bool)
     moved = {}
@@ -195,6 +229,8 @@ def _clean_islands(tags: np.ndarray, zooms) -> tuple[np.ndarray, dict]:
         small = sizes < _ISLAND_FRACTION * sizes.max()
         small[0] = False
         mask = small[lab]
+        if keep is not None:
+            mask &= ~keep
         moved[int(t)] = int(mask.sum())
         unknown |= mask
     if unknown.any():
@@ -341,8 +377,10 @@ def _close_layers(tags: np.ndarray, tets: np.ndarray, neighbors: np.ndarray, cav
     return out, int(changed.sum())
 
 
-def _tet_islands(tags: np.ndarray, neighbors: np.ndarray) -> tuple[np.ndarray, int]:
-    """Give small face-connected islands of a tissue the majority tag of their neighbours."""
+def _tet_islands(tags: np.ndarray, neighbors: np.ndarray, protect: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, int]:
+    """Give small face-connected islands of a tissue the majority tag of their neighbours
+    (tets under ``protect``, the lesion, keep their tag)."""
     tags = tags.copy()
     total = 0
     for _ in range(3):
@@ -354,6 +392,8 @@ def _tet_islands(tags: np.ndarray, neighbors: np.ndarray) -> tuple[np.ndarray, i
             sizes = np.bincount(lab)
             small = sizes < _ISLAND_FRACTION * sizes.max()
             sel = idx[small[lab]]
+            if protect is not None:
+                sel = sel[~protect[sel]]
             if not len(sel):
                 continue
             nb = neighbors[sel]
@@ -609,7 +649,7 @@ def print_summary(q: dict, voxel_volume_mm3: dict[int, float] | None = None, con
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class HeadMeshInfo:
-    """What :func:`make_head_mesh` measured (also kept as ``mesh_info`` in the cache sidecar)."""
+    """What :func:`make_head_mesh` measured."""
 
     voxel_volume_mm3: dict
     cleaned_voxel_volume_mm3: dict
@@ -617,20 +657,114 @@ class HeadMeshInfo:
     closure_tets: int
     timings_s: dict
     cache_file: str | None = None
+    method: str = "lattice"
+    mesher: dict = field(default_factory=dict)  # the mesher's own report (surface: TetGen switches ...)
+    from_cache: bool = False
 
 
-def _progress(enabled: bool):
-    if not enabled:
-        return None
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("[bold]mesh[/] {task.description:<28}"), BarColumn(), TimeElapsedColumn(),
-                    transient=False)
+#: ``method`` values of :func:`make_head_mesh` / ``stimsim mesh --method``
+METHODS = ("auto", "surface", "lattice")
+_LATTICE_WARNING = ("the lattice mesher closes thin tissue layers one element thick: on real heads CSF volume "
+                    "can be off by ~+30 % and grey matter by ~-10 % (Colin27 at 3.2 mm); pip install tetgen "
+                    "scikit-image for the surface mesher (volumes within ~2 %)")
 
 
-def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, element_size_mm: float | None = None,
-                   lesion=None, lesion_tag: int = 3, progress: bool = True, cache: bool = True,
-                   return_info: bool = False):
+def resolve_method(method: str = "auto") -> str:
+    """``"auto"`` -> ``"surface"`` when ``tetgen`` and ``scikit-image`` import, else ``"lattice"``
+    (with a logged warning naming the accuracy trade-off); ``"surface"`` without them is an error."""
+    from .surface_mesher import available
+
+    m = str(method).strip().lower()
+    if m not in METHODS:
+        raise MeshError(f"method {method!r}: use one of {', '.join(METHODS)}")
+    if m == "auto":
+        if available():
+            return "surface"
+        logger.warning("mesh method auto: tetgen / scikit-image not importable, using the lattice mesher; %s",
+                       _LATTICE_WARNING)
+        return "lattice"
+    if m == "surface" and not available():
+        raise MeshError("method surface needs the optional packages tetgen and scikit-image "
+                        "(pip install tetgen scikit-image), or use method lattice")
+    return m
+
+
+def default_element_size(method: str) -> float:
+    """Default ``element_size_mm`` of a (resolved) method: 3.2 mm lattice spacing, 8 mm surface."""
+    if method == "surface":
+        from .surface_mesher import DEFAULT_SURFACE_ELEMENT_SIZE_MM
+
+        return DEFAULT_SURFACE_ELEMENT_SIZE_MM
+    return DEFAULT_ELEMENT_SIZE_MM
+
+
+_STEPS = {
+    "lattice": {"clean labels": 1, "distance field": 1, "points + Delaunay": 5, "tags + closure": 3,
+                "snap interfaces": 4, "finish": 1},
+    "surface": {"clean labels": 1, "signed distances": 5, "surfaces": 1, "tetgen": 4, "tags": 2, "finish": 1},
+}
+
+
+class _Steps:
+    """A rich progress bar (on stderr) over named, weighted steps; a no-op when disabled."""
+
+    def __init__(self, enabled: bool, steps: dict):
+        self.steps, self.prog, self.task = steps, None, None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.prog = Progress(TextColumn("[bold]mesh[/] {task.description:<28}"), BarColumn(),
+                                 TimeElapsedColumn(), console=Console(stderr=True), transient=False)
+
+    def __enter__(self):
+        if self.prog:
+            self.prog.start()
+            self.task = self.prog.add_task(next(iter(self.steps)), total=sum(self.steps.values()))
+        return self
+
+    def __exit__(self, *exc):
+        if self.prog:
+            self.prog.stop()
+
+    def start(self, name: str) -> None:
+        """Step ``name`` begins: the bar shows every earlier step as done."""
+        if self.prog and name in self.steps:
+            names = list(self.steps)
+            done = sum(self.steps[k] for k in names[:names.index(name)])
+            self.prog.update(self.task, completed=done, description=name)
+
+    def tick(self, amount: float) -> None:
+        if self.prog:
+            self.prog.advance(self.task, amount)
+
+
+def _apply_lesion(tags: np.ndarray, affine: np.ndarray, lesion, lesion_tag: int) -> np.ndarray:
+    """Give head voxels under the lesion mask ``lesion_tag`` (in place); return that mask."""
+    lmask, laff = load_label_volume(lesion, None if isinstance(lesion, (str, os.PathLike)) else affine,
+                                    what="lesion")
+    if lmask.shape != tags.shape:
+        raise MeshError(f"lesion: grid {lmask.shape} differs from the labels grid {tags.shape}; "
+                        "resample the mask onto the label volume (nearest neighbour)")
+    if not np.allclose(laff, affine, atol=1e-3):
+        raise MeshError("lesion: its affine differs from the labels' affine (not the same space); "
+                        "resample the mask onto the label volume")
+    if not 0 < int(lesion_tag) < 250:
+        raise MeshError(f"lesion_tag must be a tissue tag 1..249, got {lesion_tag}")
+    under = (lmask > 0) & (tags > 0)
+    if not under.any():
+        raise MeshError("lesion: the mask does not overlap the head (no non-zero voxel inside a tissue)")
+    tags[under] = int(lesion_tag)
+    return under
+
+
+def _voxel_volumes(tags: np.ndarray, voxel_mm3: float) -> dict:
+    return {int(t): float(c) * voxel_mm3 for t, c in enumerate(np.bincount(tags.ravel())) if t > 0 and c}
+
+
+def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str = "auto",
+                   element_size_mm: float | None = None, lesion=None, lesion_tag: int = 3, progress: bool = True,
+                   cache: bool = True, return_info: bool = False, surface_options: dict | None = None):
     """Build a tetrahedral head mesh (SimNIBS tags, mm, world frame) from a label volume.
 
     Parameters
@@ -638,175 +772,183 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, element_siz
     labels : NIfTI path or integer 3-D array (then ``affine`` gives its voxel->mm map)
     affine : 4x4 voxel->world (mm) matrix; read from the file when None
     label_map_spec : ``"simnibs"``, ``"roast"``, ``"colin27"``, a TSV path or a dict label->tag
-    element_size_mm : BCC lattice spacing near interfaces (mean edge ~0.9x this);
-        default :data:`DEFAULT_ELEMENT_SIZE_MM`
+    method : ``"surface"`` (nested smoothed surfaces + TetGen, :mod:`stimsim.head.surface_mesher`;
+        needs ``tetgen`` and ``scikit-image``), ``"lattice"`` (BCC lattice, this module; pip wheels
+        only, but thin layers cost volume accuracy) or ``"auto"`` (surface when it can, see
+        :func:`resolve_method`)
+    element_size_mm : lattice: BCC spacing (mean edge ~0.9x this, default 3.2); surface: edge of
+        the largest (regular) tet, the surfaces are sampled at about half of it (default 8)
     lesion : NIfTI path or bool array on the same grid; head voxels under it get ``lesion_tag``
-    lesion_tag : SimNIBS tag for the lesion (default 3 = CSF conductivity); a new tag such as
-        11 works if the protocol gives it a conductivity
-    progress : show a rich progress bar
-    cache : reuse / store the result under :func:`cache_dir` keyed by the input hash
+        before meshing, and the lesion stays that tag in the mesh
+    lesion_tag : SimNIBS tag for the lesion (default 3 = CSF, i.e. CSF conductivity); a new tag
+        such as 11 works if the protocol gives it a conductivity
+    progress : show a rich progress bar (stderr)
+    cache : reuse / store the result under :func:`cache_dir` keyed by the input hash (tags, affine,
+        method and its version and options, element size, lesion mask and tag)
     return_info : also return a :class:`HeadMeshInfo`
+    surface_options : keyword arguments for
+        :func:`stimsim.head.surface_mesher.surface_mesh_from_tags` over
+        :func:`~stimsim.head.surface_mesher.surface_defaults`
 
     Raises
     ------
     MeshError (one line naming the problem) for bad input; nothing is written then.
     """
     t_start = time.perf_counter()
-    timings = {}
-    h = float(DEFAULT_ELEMENT_SIZE_MM if element_size_mm is None else element_size_mm)
+    method = resolve_method(method)
+    h = float(default_element_size(method) if element_size_mm is None else element_size_mm)
     if not np.isfinite(h) or h <= 0:
         raise MeshError(f"element_size_mm must be a positive number, got {element_size_mm!r}")
     data, affine = load_label_volume(labels, affine)
-    mapping = label_map(label_map_spec)
-    tags = apply_label_map(data, mapping)
+    tags = apply_label_map(data, label_map(label_map_spec))
     del data
     if not (tags > 0).any():
         raise MeshError("labels: no voxel maps to a tissue (the volume is empty or all background)")
     zooms = np.linalg.norm(affine[:3, :3], axis=0)
     if h < 0.5 * zooms.min():
         raise MeshError(f"element_size_mm={h} is below half the voxel size {zooms.min():.3g} mm")
-    extra = ""
+    lmask = orig = None
     if lesion is not None:
-        lmask, laff = load_label_volume(lesion, None if isinstance(lesion, (str, os.PathLike)) else affine,
-                                        what="lesion")
-        if lmask.shape != tags.shape:
-            raise MeshError(f"lesion: grid {lmask.shape} differs from the labels grid {tags.shape}; "
-                            "resample the mask onto the label volume (nearest neighbour)")
-        if not np.allclose(laff, affine, atol=1e-3):
-            raise MeshError("lesion: its affine differs from the labels' affine (not the same space); "
-                            "resample the mask onto the label volume")
-        if not 0 < int(lesion_tag) < 256:
-            raise MeshError(f"lesion_tag must be a tissue tag 1..255, got {lesion_tag}")
-        under = (lmask > 0) & (tags > 0)
-        if not under.any():
-            raise MeshError("lesion: the mask does not overlap the head (no non-zero voxel inside a tissue)")
-        tags[under] = int(lesion_tag)
-        extra = f"lesion{lesion_tag}"
+        orig = tags.copy()  # the surface mesher builds its surfaces from the tissue under the lesion
+        lmask = _apply_lesion(tags, affine, lesion, lesion_tag)
     voxel_mm3 = float(np.prod(zooms))
-    raw_vol = {int(t): float(c) * voxel_mm3 for t, c in enumerate(np.bincount(tags.ravel())) if t > 0 and c}
+    raw_vol = _voxel_volumes(tags, voxel_mm3)
 
-    key = _cache_key(tags, affine, h, extra)
-    cfile = cache_dir() / "heads" / f"{key}.msh" if cache else None
-    if cfile is not None and cfile.is_file():
-        from ..mesh import read_mesh
+    if method == "surface":
+        from .surface_mesher import SURFACE_MESHER_VERSION, surface_defaults
 
-        try:
-            mesh, _ = read_mesh(cfile)
-            logger.info("head mesh from cache %s", cfile)
-            info = HeadMeshInfo(raw_vol, raw_vol, {}, 0, {"total_s": time.perf_counter() - t_start}, str(cfile))
-            return (mesh, info) if return_info else mesh
-        except Exception:  # a corrupt cache entry is rebuilt
-            logger.warning("ignoring unreadable cache file %s", cfile)
+        opts = {**surface_defaults(h, zooms), **(surface_options or {})}
+        extra = f"surface|{SURFACE_MESHER_VERSION}|{sorted(opts.items())}"
+    else:
+        opts, extra = {}, f"lattice|{MESHER_VERSION}"
+    if lmask is not None:
+        extra += f"|lesion{int(lesion_tag)}:{hashlib.sha256(np.packbits(lmask).tobytes()).hexdigest()[:16]}"
+    cfile = cache_dir() / "heads" / f"{_cache_key(tags, affine, h, extra)}.msh" if cache else None
+    mesh = _cache_read(cfile)
+    if mesh is not None:
+        info = HeadMeshInfo(raw_vol, raw_vol, {}, 0, {"total_s": time.perf_counter() - t_start}, str(cfile), method,
+                            from_cache=True)
+        return (mesh, info) if return_info else mesh
 
-    prog = _progress(progress)
-    steps = ["clean labels", "distance field", "points + Delaunay", "tags + closure", "snap interfaces", "finish"]
-    if prog:
-        prog.start()
-        task = prog.add_task(steps[0], total=len(steps) + 20)
-
-    def advance(i=None, n=1):
-        if prog:
-            prog.update(task, advance=n, description=steps[i] if i is not None else None)
-
-    from scipy.spatial import Delaunay
-
-    try:
+    with _Steps(progress, _STEPS[method]) as steps:
         t = time.perf_counter()
-        tags, moved = _clean_islands(tags, zooms)
-        clean_vol = {int(k): float(c) * voxel_mm3 for k, c in enumerate(np.bincount(tags.ravel())) if k > 0 and c}
+        tags, moved = _clean_islands(tags, zooms, keep=lmask)
+        clean_vol = _voxel_volumes(tags, voxel_mm3)
         cav = _cavities(tags)
-        work = tags.copy()
-        work[cav] = _CAVITY
-        timings["clean_s"] = time.perf_counter() - t
-        advance(1)
+        timings = {"clean_s": time.perf_counter() - t}
+        if method == "lattice":
+            nodes, tets, ttags, minfo = _lattice_tets(tags, cav, zooms, h, lmask, steps)
+        else:
+            from .surface_mesher import surface_mesh_from_tags
 
-        t = time.perf_counter()
-        dist = ndi.distance_transform_edt(~_interfaces(work), sampling=zooms).astype(np.float32)
-        nz = np.nonzero(tags)
-        box = (np.array([a.min() for a in nz]), np.array([a.max() for a in nz]))
-        del nz
-        timings["distance_s"] = time.perf_counter() - t
-        advance(2)
-
-        t = time.perf_counter()
-        pts = _bcc_points(dist, box, zooms, h)
-        del dist
-        rng = np.random.default_rng(12345)
-        pts = pts + rng.uniform(-1e-3 * h, 1e-3 * h, pts.shape)
-        tri = Delaunay(pts)
-        tets = tri.simplices.astype(np.int64)
-        neighbors = tri.neighbors.astype(np.int64)
-        del tri
-        timings["delaunay_s"] = time.perf_counter() - t
-        logger.info("%d points -> %d Delaunay tetrahedra", len(pts), len(tets))
-        advance(3, 5)
-
-        t = time.perf_counter()
-        cen = pts[tets].mean(axis=1)
-        sampled = _sample(work, cen, zooms, fill=0).astype(np.int64)
-        del cen
-        is_cav = sampled == _CAVITY
-        sampled[is_cav] = 0
-        sampled, n_isl = _tet_islands(sampled, neighbors)
-        sampled, n_closed = _close_layers(sampled, tets, neighbors, is_cav, len(pts))
-        for _ in range(2):  # islands the closure left behind, then close again
-            sampled, k = _tet_islands(sampled, neighbors)
-            if not k:
-                break
-            sampled, k2 = _close_layers(sampled, tets, neighbors, is_cav, len(pts))
-            n_closed += k2
-        # keep the largest face-connected piece of tissue
-        idx, n, lab = _face_components(sampled > 0, neighbors, (sampled > 0).astype(np.int64))
-        if n > 1:
-            big = np.argmax(np.bincount(lab))
-            drop = idx[lab != big]
-            sampled[drop] = 0
-        keep = sampled > 0
-        tets, ttags = tets[keep], sampled[keep]
-        used = np.unique(tets)
-        renum = np.full(len(pts), -1, np.int64)
-        renum[used] = np.arange(len(used))
-        nodes, tets = pts[used], renum[tets]
-        vol = _signed_volumes(nodes, tets)
-        neg = vol < 0
-        tets[neg] = tets[neg][:, [0, 2, 1, 3]]
-        timings["tags_s"] = time.perf_counter() - t
-        advance(4, 3)
-
-        t = time.perf_counter()
-        cb = (lambda: advance(None, 0.4)) if prog else None
-        nodes = _snap(nodes, tets, ttags, zooms, tags, h, progress_cb=cb)
-        nodes = _smooth(nodes, tets, ttags, h, progress_cb=cb)
-        timings["snap_s"] = time.perf_counter() - t
-        advance(5)
-
-        # to world coordinates
-        world = nodes / zooms @ affine[:3, :3].T + affine[:3, 3]
-        if np.linalg.det(affine[:3, :3]) < 0:
-            tets = tets[:, [0, 2, 1, 3]]
-        tris, tri_tags = _surface_triangles(tets, ttags)
-        mesh = Mesh(world, tets, ttags, tris, tri_tags)
-        bad = mesh.signed_volumes_mm3 <= 0
-        if bad.any():  # pragma: no cover - the snapping guard prevents this
-            raise MeshError(f"internal error: {int(bad.sum())} inverted tetrahedra after snapping")
-        advance(None, 1)
-    finally:
-        if prog:
-            prog.stop()
+            stags = tags if lmask is None else np.where(lmask & (tags > 0), orig, tags)
+            del orig
+            nodes, tets, ttags, minfo = surface_mesh_from_tags(stags, cav, zooms, h, lesion=lmask,
+                                                               lesion_tag=lesion_tag, progress_cb=steps.start,
+                                                               **opts)
+        timings.update(minfo.pop("timings_s", {}))
+        steps.start("finish")
+        mesh = _world_mesh(nodes, tets, ttags, zooms, affine, method)
     timings["total_s"] = time.perf_counter() - t_start
-    info = HeadMeshInfo(raw_vol, clean_vol, moved, n_closed, timings)
+    info = HeadMeshInfo(raw_vol, clean_vol, moved, int(minfo.pop("closure_tets", 0)), timings, None, method, minfo)
     if cfile is not None:
         try:
-            from ..mesh import write_msh
-
             cfile.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cfile.with_suffix(f".tmp{os.getpid()}.msh")
-            write_msh(tmp, mesh)
-            os.replace(tmp, cfile)
+            write_mesh_atomic(cfile, mesh)
             info.cache_file = str(cfile)
         except OSError as exc:  # a read-only cache is not an error
             logger.warning("could not cache the head mesh in %s (%s)", cfile.parent, exc)
     return (mesh, info) if return_info else mesh
+
+
+def _world_mesh(nodes: np.ndarray, tets: np.ndarray, ttags: np.ndarray, zooms, affine: np.ndarray,
+                method: str) -> Mesh:
+    """Local-frame (voxel index * zoom) mesh -> world-frame :class:`Mesh` with only the used nodes,
+    positively oriented tets and the outer / interface triangles."""
+    used = np.unique(tets)
+    renum = np.full(len(nodes), -1, np.int64)
+    renum[used] = np.arange(len(used))
+    tets = renum[tets]
+    world = nodes[used] / zooms @ affine[:3, :3].T + affine[:3, 3]
+    neg = _signed_volumes(world, tets) < 0  # all of them for a left-handed affine
+    tets[neg] = tets[neg][:, [0, 2, 1, 3]]
+    tris, tri_tags = _surface_triangles(tets, ttags)
+    mesh = Mesh(world, tets, ttags, tris, tri_tags)
+    bad = mesh.signed_volumes_mm3 <= 0
+    if bad.any():  # pragma: no cover - the lattice snapping guard and TetGen's quality bound prevent this
+        raise MeshError(f"internal error: {int(bad.sum())} flat tetrahedra in the {method} mesh; "
+                        "try another element size")
+    return mesh
+
+
+def _lattice_tets(tags: np.ndarray, cav: np.ndarray, zooms, h: float, lesion: np.ndarray | None,
+                  steps: _Steps):
+    """Steps 2-5 of the module docstring on cleaned tags.  Returns ``(nodes_mm_local, tets, tet_tags,
+    info)`` with ``info`` holding ``closure_tets`` and ``timings_s``."""
+    from scipy.spatial import Delaunay
+
+    timings = {}
+    work = tags.copy()
+    work[cav] = _CAVITY
+
+    steps.start("distance field")
+    t = time.perf_counter()
+    dist = ndi.distance_transform_edt(~_interfaces(work), sampling=zooms).astype(np.float32)
+    nz = np.nonzero(tags)
+    box = (np.array([a.min() for a in nz]), np.array([a.max() for a in nz]))
+    del nz
+    timings["distance_s"] = time.perf_counter() - t
+
+    steps.start("points + Delaunay")
+    t = time.perf_counter()
+    pts = _bcc_points(dist, box, zooms, h)
+    del dist
+    rng = np.random.default_rng(12345)
+    pts = pts + rng.uniform(-1e-3 * h, 1e-3 * h, pts.shape)
+    tri = Delaunay(pts)
+    tets = tri.simplices.astype(np.int64)
+    neighbors = tri.neighbors.astype(np.int64)
+    del tri
+    timings["delaunay_s"] = time.perf_counter() - t
+    logger.info("%d points -> %d Delaunay tetrahedra", len(pts), len(tets))
+
+    steps.start("tags + closure")
+    t = time.perf_counter()
+    cen = pts[tets].mean(axis=1)
+    sampled = _sample(work, cen, zooms, fill=0).astype(np.int64)
+    protect = None if lesion is None else _sample(lesion, cen, zooms, fill=False)
+    del cen
+    is_cav = sampled == _CAVITY
+    sampled[is_cav] = 0
+    sampled, _ = _tet_islands(sampled, neighbors, protect)
+    sampled, n_closed = _close_layers(sampled, tets, neighbors, is_cav, len(pts))
+    for _ in range(2):  # islands the closure left behind, then close again
+        sampled, k = _tet_islands(sampled, neighbors, protect)
+        if not k:
+            break
+        sampled, k2 = _close_layers(sampled, tets, neighbors, is_cav, len(pts))
+        n_closed += k2
+    # keep the largest face-connected piece of tissue
+    idx, n, lab = _face_components(sampled > 0, neighbors, (sampled > 0).astype(np.int64))
+    if n > 1:
+        big = np.argmax(np.bincount(lab))
+        sampled[idx[lab != big]] = 0
+    keep = sampled > 0
+    tets, ttags = tets[keep], sampled[keep]
+    used = np.unique(tets)
+    renum = np.full(len(pts), -1, np.int64)
+    renum[used] = np.arange(len(used))
+    nodes, tets = pts[used], renum[tets]
+    neg = _signed_volumes(nodes, tets) < 0
+    tets[neg] = tets[neg][:, [0, 2, 1, 3]]
+    timings["tags_s"] = time.perf_counter() - t
+
+    steps.start("snap interfaces")
+    t = time.perf_counter()
+    nodes = _snap(nodes, tets, ttags, zooms, tags, h, progress_cb=lambda: steps.tick(0.4))
+    nodes = _smooth(nodes, tets, ttags, h, progress_cb=lambda: steps.tick(0.4))
+    timings["snap_s"] = time.perf_counter() - t
+    return nodes, tets, ttags, {"closure_tets": n_closed, "timings_s": timings}
 
 
 def _surface_triangles(tets: np.ndarray, tags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -58,6 +58,8 @@ MEASURED (Colin27 181x217x181 1 mm, this 2-core machine)
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 
 import numpy as np
@@ -67,10 +69,12 @@ from .._logging import logger
 from ..errors import MeshError
 from .labels import LAYER_OF_TAG
 
-__all__ = ["available", "surface_mesh_from_tags", "make_surface_head_mesh", "compact_for_shipping",
-           "SURFACE_MESHER_VERSION"]
+__all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "make_surface_head_mesh",
+           "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
 SURFACE_MESHER_VERSION = "surf-2"
+#: default ``element_size_mm`` (Colin27 1 mm: 588k tets, ~30 s)
+DEFAULT_SURFACE_ELEMENT_SIZE_MM = 8.0
 #: tag of each layer in the output (SimNIBS numbering)
 LAYER_TAG = {1: 5, 2: 4, 3: 3, 4: 2, 5: 1}
 
@@ -156,12 +160,12 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                   pad=3, thickness_scale=1.0, calibrate_step=None):
     """Nested masks -> smoothed signed distances with minimum layer thickness.
 
-    Returns ``(phis, phi_air, info)``: ``phis[k]`` for layers 1..5 (padded by ``pad`` voxels),
+    Returns ``(phis, phi_air)``: ``phis[k]`` for layers 1..5 (padded by ``pad`` voxels),
     ``phi_air`` or None."""
     lut = np.zeros(256, np.int8)
     for t, layer in LAYER_OF_TAG.items():
         lut[t] = layer
-    lut[11:] = 4  # e.g. a lesion tag: counts as brain
+    lut[11:] = 4  # other tags count as brain
     layer = lut[tags]
     counts = np.bincount(layer.ravel(), minlength=6)  # tissue voxels per layer (no cavity)
     layer[cavity] = 2
@@ -303,10 +307,67 @@ def _connect_pieces(ttags, nb, vol, tag, through):
     return moved
 
 
+#: interim tag of lesion tets while islands are cleaned and CSF pieces joined (a deep CSF lesion is
+#: neither an island to remove nor a piece to join to the outer CSF)
+_LESION = 254
+
+
+def _lesion_points(lesion: np.ndarray, fields, zooms, pad: int, max_points: int = 100_000) -> np.ndarray:
+    """Free TetGen vertices (mm, local frame) in and around the lesion: a BCC lattice of spacing
+    1.5 voxels (coarser if it would exceed ``max_points``) within one spacing of a lesion voxel,
+    inside the head and at least 0.4 spacing from every input surface (closer points make flat
+    tets against the ``-Y`` facets).  Small tets there make the lesion (the tets centred in a
+    lesion voxel) follow the mask to about a voxel, however coarse the surfaces."""
+    zooms = np.asarray(zooms, float)
+    s = max(1.5 * float(zooms.min()), (2.0 * lesion.sum() * np.prod(zooms) / max_points) ** (1 / 3))
+    idx = np.argwhere(lesion)
+    m = np.ceil(s / zooms).astype(int) + 1
+    lo = np.maximum(idx.min(0) - m, 0)
+    hi = np.minimum(idx.max(0) + m + 1, lesion.shape)
+    box = lesion[tuple(slice(a, b) for a, b in zip(lo, hi))]
+    dist = ndi.distance_transform_edt(~box, sampling=zooms)
+    pts = []
+    for off in (0.0, 0.5 * s):
+        axes = [np.arange(lo[i] * zooms[i] + off, (hi[i] - 1) * zooms[i], s) for i in range(3)]
+        pts.append(np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3))
+    pts = np.concatenate(pts)
+    k = np.clip(np.rint(pts / zooms).astype(int) - lo, 0, np.array(box.shape) - 1)
+    keep = dist[tuple(k.T)] <= s
+    pts = pts[keep]
+    keep = _trilinear(fields[0], pts, zooms, pad) < -0.4 * s
+    for phi in fields:
+        keep &= np.abs(_trilinear(phi, pts, zooms, pad)) > 0.4 * s
+    return pts[keep]
+
+
+class _quiet_stdout:
+    """Send file descriptor 1 to /dev/null for the ``with`` block (C code printing)."""
+
+    def __init__(self, enabled=True):
+        self.enabled, self.saved = enabled, None
+
+    def __enter__(self):
+        if self.enabled:
+            try:
+                sys.stdout.flush()
+                self.saved = os.dup(1)
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, 1)
+                os.close(null)
+            except (OSError, ValueError, AttributeError):  # no usable fd 1 (embedded interpreters)
+                self.saved = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            os.dup2(self.saved, 1)
+            os.close(self.saved)
+
+
 def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float, *, min_thickness_mm=0.5,
                            sigma_vox=0.7, minratio=1.5, mindihedral=12.0, surface_step=None, extra_switches="",
                            progress_cb=None, verbose=False, thickness_scale=1.0, calibrate=True,
-                           island_fraction=0.01):
+                           island_fraction=0.01, lesion=None, lesion_tag=3):
     """Nested surfaces -> TetGen.  Returns ``(nodes_mm_local, tets, tet_tags, info)``.
 
     ``h``: target element size (mm); tets get a max volume ``h^3 / (6 sqrt 2)`` (regular tet
@@ -315,12 +376,16 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     ``extra_switches="Y"`` (keep surface triangles) is what gets through TetGen on Colin27.
     ``thickness_scale`` multiplies the minimum layer thicknesses (2 for ``surface_step`` 3-4),
     ``calibrate`` shifts each surface to its voxel volume, ``island_fraction`` is the size
-    (of a tissue's largest piece) below which pieces are re-tagged.  See the module docstring."""
+    (of a tissue's largest piece) below which pieces are re-tagged.  ``lesion`` (bool, same grid as
+    ``tags``): its voxels are meshed as the layer of ``lesion_tag`` (CSF's for a tag outside the
+    SimNIBS layers, e.g. 11) and the tets in it get ``lesion_tag``.  See the module docstring."""
     import tetgen
 
     zooms = np.asarray(zooms, float)
     pad = 3
     info = {"timings_s": {}}
+    if progress_cb:
+        progress_cb("signed distances")
     t0 = time.perf_counter()
     phis, phi_air = nested_fields(tags, cavity, zooms, min_thickness_mm=min_thickness_mm, sigma_vox=sigma_vox,
                                   pad=pad, thickness_scale=thickness_scale,
@@ -341,6 +406,10 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
         faces.append(f + off)
         off += len(v)
         nsurf[str(name)] = (n0, len(f))
+    if lesion is not None:  # free vertices that refine the mesh in the lesion
+        extra = _lesion_points(lesion, [phi for _, phi in fields], zooms, pad)
+        verts.append(extra)
+        info["lesion_points"] = len(extra)
     verts = np.concatenate(verts)
     faces = np.concatenate(faces)
     # marching-cubes points lie on grid lines (many exactly coplanar): a 1e-4 mm jitter keeps
@@ -369,7 +438,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
         q = ""
     switches = f"p{q}a{maxvol:.4g}{extra_switches}" + ("V" if verbose else "Q")
     try:
-        out = tg.tetrahedralize(switches=switches)
+        with _quiet_stdout(not verbose):  # TetGen's C code prints to stdout even with Q
+            out = tg.tetrahedralize(switches=switches)
     except Exception as exc:
         raise MeshError(f"TetGen failed on the head surfaces ({exc}); try another element size, or "
                         "method='lattice'") from None
@@ -382,6 +452,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     # tags: regions = face-connected pieces of tets not separated by an input surface triangle
     # (-Y keeps every input triangle, and TetGen keeps the input points first); each region gets
     # the layer the majority (by volume) of its tet centroids fall in (trilinear signed distances)
+    if progress_cb:
+        progress_cb("tags")
     t0 = time.perf_counter()
     import scipy.sparse as sp
     from scipy.sparse.csgraph import connected_components
@@ -446,6 +518,12 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     info["region_vote_purity"] = float(votes.max(1).sum() / votes.sum())
     seed_tag = np.array([0] + [LAYER_TAG[k] for k in range(1, 6)])
     ttags = seed_tag[gl[ginv]]
+    if lesion is not None:  # tets centred in a lesion voxel (unbiased, as the lattice mesher does)
+        from .meshing import _sample
+
+        in_lesion = _sample(lesion, cen, zooms, fill=False) & (ttags > 0)
+        ttags[in_lesion] = _LESION
+        info["lesion_tets"] = int(in_lesion.sum())
     # small pieces (< island_fraction of the tissue's largest piece) take the tag most of their
     # faces touch; larger ones (the ventricles: CSF inside the brain) stay; pieces cut off the
     # head are dropped
@@ -486,45 +564,38 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
             big = np.argmax(np.bincount(lab, weights=vol[idx]))
             keep[idx[lab != big]] = False
     tets, ttags = tets[keep], ttags[keep]
+    ttags[ttags == _LESION] = int(lesion_tag)
     info["timings_s"]["tags_s"] = time.perf_counter() - t0
     return nodes, tets, ttags, info
 
 
-def make_surface_head_mesh(labels, label_map_spec="colin27", *, element_size_mm=8.0, surface_step=4,
-                           thickness_scale=2.0, minratio=2.5, mindihedral=5.0, extra_switches="Y"):
-    """Label volume (NIfTI path) -> world-frame :class:`~stimsim.mesh.model.Mesh` with this mesher.
+def surface_defaults(h: float, zooms) -> dict:
+    """Options of :func:`surface_mesh_from_tags` for element size ``h`` (mm) on a grid of voxel size
+    ``zooms``: surfaces on every ``round(h / (2 voxel))``-th grid point (4 for 8 mm on 1 mm voxels),
+    minimum layer thicknesses scaled with that sub-grid spacing (x2 at 4 mm, x1 up to 2 mm; thinner
+    made neighbour surfaces intersect on Colin27), ``-pq2.5/5a<vol>Y``."""
+    z = float(np.min(zooms))
+    step = max(1, int(round(float(h) / (2 * z))))
+    return {"surface_step": step, "thickness_scale": max(1.0, step * z / 2), "minratio": 2.5, "mindihedral": 5.0,
+            "extra_switches": "Y"}
+
+
+def make_surface_head_mesh(labels, label_map_spec="colin27", *, element_size_mm=DEFAULT_SURFACE_ELEMENT_SIZE_MM,
+                           surface_step=4, thickness_scale=2.0, minratio=2.5, mindihedral=5.0, extra_switches="Y",
+                           lesion=None, lesion_tag=3, progress=False, cache=False):
+    """Label volume (NIfTI path) -> world-frame :class:`~stimsim.mesh.model.Mesh` with this mesher:
+    :func:`stimsim.head.meshing.make_head_mesh` with ``method="surface"`` and these options.
 
     Returns ``(mesh, voxel_volume_mm3_per_tag, info)``.  The defaults are the ones measured for the
-    embedded Colin27 head (see the module docstring).  Axis-aligned affines only (as
-    :func:`stimsim.head.meshing.load_label_volume` checks)."""
-    from ..mesh.model import Mesh
-    from .labels import apply_label_map, label_map
-    from .meshing import _cavities, _clean_islands, _surface_triangles, load_label_volume
+    embedded Colin27 head (see the module docstring)."""
+    from .meshing import make_head_mesh
 
-    t0 = time.perf_counter()
-    data, affine = load_label_volume(labels)
-    tags = apply_label_map(data, label_map(label_map_spec))
-    del data
-    zooms = np.linalg.norm(affine[:3, :3], axis=0)
-    vox = float(np.prod(zooms))
-    raw_vol = {int(t): float(c) * vox for t, c in enumerate(np.bincount(tags.ravel())) if t > 0 and c}
-    tags, _ = _clean_islands(tags, zooms)
-    cav = _cavities(tags)
-    nodes, tets, ttags, info = surface_mesh_from_tags(
-        tags, cav, zooms, element_size_mm, minratio=minratio, mindihedral=mindihedral, surface_step=surface_step,
-        extra_switches=extra_switches, thickness_scale=thickness_scale)
-    used = np.unique(tets)
-    renum = np.full(len(nodes), -1, np.int64)
-    renum[used] = np.arange(len(used))
-    nodes, tets = nodes[used], renum[tets]
-    world = nodes / zooms @ affine[:3, :3].T + affine[:3, 3]
-    a, b, c = (world[tets[:, i]] - world[tets[:, 0]] for i in (1, 2, 3))
-    neg = np.einsum("ij,ij->i", a, np.cross(b, c)) < 0
-    tets[neg] = tets[neg][:, [0, 2, 1, 3]]
-    tris, tri_tags = _surface_triangles(tets, ttags)
-    mesh = Mesh(world, tets, ttags, tris, tri_tags)
-    info["timings_s"]["total_s"] = time.perf_counter() - t0
-    return mesh, raw_vol, info
+    opts = {"surface_step": surface_step, "thickness_scale": thickness_scale, "minratio": minratio,
+            "mindihedral": mindihedral, "extra_switches": extra_switches}
+    mesh, info = make_head_mesh(labels, None, label_map_spec, method="surface", element_size_mm=element_size_mm,
+                                lesion=lesion, lesion_tag=lesion_tag, progress=progress, cache=cache,
+                                return_info=True, surface_options=opts)
+    return mesh, info.voxel_volume_mm3, {**info.mesher, "timings_s": info.timings_s}
 
 
 def compact_for_shipping(mesh, keep_tri_tags=(1005,)):

@@ -276,8 +276,21 @@ class GroundedSystem:
         return reduced
 
 
-def grounded_system(stiffness: sp.csr_matrix, node: int = 0) -> GroundedSystem:
-    """System with only ``node`` held at 0 V (TMS: no electrodes, the potential floats)."""
+def grounded_system(stiffness: sp.csr_matrix, node: int = 0, *, inplace: bool = False) -> GroundedSystem:
+    """System with only ``node`` held at 0 V (TMS: no electrodes, the potential floats).
+
+    ``inplace=True`` overwrites ``stiffness`` (a canonical CSR matrix with a stored diagonal,
+    as :func:`~stimsim.solvers.assembly.assemble_stiffness` returns) instead of copying it:
+    a single TMS run does not need the ungrounded matrix again, and a copy of a 1.7M-entry
+    matrix plus its temporaries is ~60 MB of peak memory.
+    """
+    if inplace:
+        a = stiffness
+        a.data[a.indptr[node]:a.indptr[node + 1]] = 0.0
+        a.data[a.indices == node] = 0.0
+        diag = a.indptr[node] + np.searchsorted(a.indices[a.indptr[node]:a.indptr[node + 1]], node)
+        a.data[diag] = 1.0
+        return GroundedSystem(a, node)
     keep = np.ones(stiffness.shape[0])
     keep[node] = 0.0
     d = sp.diags(keep, format="csr")

@@ -61,14 +61,14 @@ def _amg_hierarchy(a: sp.csr_matrix):
         max_coarse=500)
 
 
-def _pcg(a, b, precond, rtol, maxiter):
+def _pcg(a, b, precond, rtol, maxiter, x0=None):
     iterations = 0
 
     def count(_):
         nonlocal iterations
         iterations += 1
 
-    x, status = spla.cg(a, b, rtol=rtol, atol=0.0, maxiter=maxiter, M=precond, callback=count)
+    x, status = spla.cg(a, b, x0=x0, rtol=rtol, atol=0.0, maxiter=maxiter, M=precond, callback=count)
     if status != 0:
         raise SolverError(
             f"CG did not converge to rtol={rtol:g} in {maxiter} iterations (relative residual "
