@@ -58,7 +58,7 @@ def sphere_head(tmp_path_factory):
     from stimsim.head.meshing import make_head_mesh
 
     vol = _spheres()
-    mesh, info = make_head_mesh(vol, np.eye(4), "colin27", element_size_mm=1.5, progress=False,
+    mesh, info = make_head_mesh(vol, np.eye(4), "colin27", method="lattice", element_size_mm=1.5, progress=False,
                                 return_info=True)
     return vol, mesh, info
 
@@ -85,8 +85,8 @@ def test_head_cut_at_volume_edge_has_no_hull_slivers():
     from stimsim.head.meshing import make_head_mesh, quality_summary
 
     vol = _spheres()[:, :, 12:]
-    mesh, info = make_head_mesh(vol, np.eye(4), "colin27", element_size_mm=1.5, progress=False, cache=False,
-                                return_info=True)
+    mesh, info = make_head_mesh(vol, np.eye(4), "colin27", method="lattice", element_size_mm=1.5, progress=False,
+                                cache=False, return_info=True)
     q = quality_summary(mesh, info.voxel_volume_mm3)
     assert q["n_inverted"] == 0 and q["min_dihedral_deg"] > 1.0, q["min_dihedral_deg"]
     assert mesh.nodes[:, 2].min() > -1.0  # nothing below the cut
@@ -99,12 +99,13 @@ def test_mesh_cache_and_world_frame(sphere_head, tmp_path):
 
     vol, mesh, info = sphere_head
     assert info.cache_file
-    again = make_head_mesh(vol, np.eye(4), "colin27", element_size_mm=1.5, progress=False)
+    again = make_head_mesh(vol, np.eye(4), "colin27", method="lattice", element_size_mm=1.5, progress=False)
     assert again.n_tets == mesh.n_tets and np.allclose(again.nodes, mesh.nodes)
     # a left-handed affine with an offset: same mesh mirrored, all tets still positive
     aff = np.diag([-1.0, 1.0, 1.0, 1.0])
     aff[:3, 3] = (10.0, -5.0, 3.0)
-    flipped = make_head_mesh(vol, aff, "colin27", element_size_mm=1.5, progress=False, cache=False)
+    flipped = make_head_mesh(vol, aff, "colin27", method="lattice", element_size_mm=1.5, progress=False,
+                             cache=False)
     assert (flipped.signed_volumes_mm3 > 0).all()
     assert np.allclose(flipped.nodes[:, 1].mean(), mesh.nodes[:, 1].mean() - 5.0, atol=1e-6)
 
@@ -115,8 +116,8 @@ def test_lesion_changes_tags(sphere_head):
     vol, mesh, _ = sphere_head
     lesion = np.zeros(vol.shape, bool)
     lesion[24:30, 18:26, 18:26] = True  # inside WM/GM
-    les = make_head_mesh(vol, np.eye(4), "colin27", element_size_mm=1.5, lesion=lesion, lesion_tag=11,
-                         progress=False, cache=False)
+    les = make_head_mesh(vol, np.eye(4), "colin27", method="lattice", element_size_mm=1.5, lesion=lesion,
+                         lesion_tag=11, progress=False, cache=False)
     assert 11 in les.tissue_tags
     v11 = les.volumes_mm3[les.tet_tags == 11].sum()
     assert abs(v11 / lesion.sum() - 1) < 0.25
@@ -124,28 +125,37 @@ def test_lesion_changes_tags(sphere_head):
     assert np.allclose(c, [26.5, 21.5, 21.5], atol=1.5)
 
 
+_METHODS = ["lattice", pytest.param("surface", marks=pytest.mark.skipif(
+    not __import__("stimsim.head.surface_mesher", fromlist=["available"]).available(),
+    reason="tetgen / scikit-image not installed"))]
+
+
+@pytest.mark.parametrize("method", _METHODS)
 @pytest.mark.parametrize("bad, match", [
     (np.zeros((10, 10, 10), np.uint8), "no voxel maps"),
     (np.full((6, 6, 6), 0.5), "not integers"),
     (np.zeros((4, 4, 4, 2), np.uint8), "3-D volume"),
+    (np.full((6, 6, 6), 9, np.uint8), "labels 9 occur"),
 ])
-def test_bad_label_volumes(bad, match):
+def test_bad_label_volumes(bad, match, method):
     from stimsim.head.meshing import make_head_mesh
 
     with pytest.raises(MeshError, match=match):
-        make_head_mesh(bad, np.eye(4), "colin27", progress=False, cache=False)
+        make_head_mesh(bad, np.eye(4), "colin27", method=method, progress=False, cache=False)
 
 
-def test_oblique_affine_and_lesion_grid_rejected():
+@pytest.mark.parametrize("method", _METHODS)
+def test_oblique_affine_and_lesion_grid_rejected(method):
     from stimsim.head.meshing import make_head_mesh
 
     vol = _spheres(20, (8, 7, 6, 5, 3))
     c, s = np.cos(0.3), np.sin(0.3)
     aff = np.array([[c, -s, 0, 0], [s, c, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+    kw = {"method": method, "progress": False, "cache": False}
     with pytest.raises(MeshError, match="oblique"):
-        make_head_mesh(vol, aff, "colin27", progress=False, cache=False)
+        make_head_mesh(vol, aff, "colin27", **kw)
     with pytest.raises(MeshError, match="grid"):
-        make_head_mesh(vol, np.eye(4), "colin27", lesion=np.ones((5, 5, 5), bool), progress=False, cache=False)
+        make_head_mesh(vol, np.eye(4), "colin27", lesion=np.ones((5, 5, 5), bool), **kw)
 
 
 def test_mesh_command_writes_and_fails_cleanly(tmp_path, monkeypatch):
@@ -157,11 +167,13 @@ def test_mesh_command_writes_and_fails_cleanly(tmp_path, monkeypatch):
     p = tmp_path / "labels.nii.gz"
     nib.save(nib.Nifti1Image(_spheres(24, (10, 9, 8, 6, 4)), np.eye(4)), str(p))
     out = tmp_path / "head.msh"
-    assert mesh_command(p, "colin27", out, 2.0, None, progress=False) == 0
+    assert mesh_command(p, "colin27", out, 2.0, None, progress=False, method="lattice") == 0
     mesh, _ = read_mesh(out)
     assert mesh.n_tets > 100
     assert mesh_command(p, "roast", tmp_path / "x.stl", 2.0, None, progress=False) == 2
     assert not (tmp_path / "x.stl").exists()
+    assert mesh_command(p, "colin27", tmp_path / "y.msh", 2.0, None, progress=False, method="delaunay") == 2
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["cache", "head.msh", "labels.nii.gz"]  # no temp files
 
 
 # ---- EEG positions --------------------------------------------------------------------------------
