@@ -15,7 +15,6 @@ import argparse
 import time
 
 import numpy as np
-from rich.progress import track
 
 from stimsim.protocol import validate_protocol
 from stimsim.tms import TMSModel
@@ -49,10 +48,8 @@ def main():
         c = 95 * np.array([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)])
         placements.append((c, [np.cos(angle), np.sin(angle), 0.0]))
     t = time.perf_counter()
-    peak = []
-    for c, d in track(placements, description=f"{args.n} placements"):
-        e = model.efield(model.placement(c, d).matrix)
-        peak.append(float(np.linalg.norm(e, axis=1).max()))
+    matrices = [model.placement(c, d).matrix for c, d in placements]
+    peak = [float(np.linalg.norm(e, axis=1).max()) for e in model.sweep(matrices)]
     total = time.perf_counter() - t
     print(f"| mesh | {model.mesh.n_nodes} nodes, {model.mesh.n_tets} tets |")
     print(f"| setup (read, assembly, AMG hierarchy, first placement) | {setup:.2f} s |")

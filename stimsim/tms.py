@@ -230,6 +230,20 @@ class TMSModel:
         grad = sum(v[t[:, k], None] * g[k].T for k in range(4))
         return -grad - self._mean[elements] @ dadt_nodes
 
+    def sweep(self, matrices, *, elements: np.ndarray | None = None, progress: bool = True):
+        """Yield the E-field (V/m, element-wise; ``elements`` restricts it) for each 4x4 matrix.
+
+        A generator, so each placement's field can be reduced or written before the next is
+        computed; shows a progress bar unless ``progress=False``.
+        """
+        matrices = list(matrices)
+        if progress:
+            from rich.progress import track
+
+            matrices = track(matrices, description=f"{len(matrices)} coil placements", transient=True)
+        for matrix in matrices:
+            yield self.efield(matrix, elements=elements)
+
     def target_functional(self, elements: np.ndarray) -> np.ndarray:
         """Linear map from nodal dA/dt to the volume-weighted mean E (V/m) over ``elements``.
 

@@ -232,3 +232,6 @@ def test_tms_model_matches_simulate_and_its_adjoint_functional(sphere3, rng):
         mean_adjoint = np.einsum("cnk,nk->c", q, model.dadt(model.placement(center, direction).matrix))
         assert np.linalg.norm(mean_adjoint - mean_direct) < 1e-7 * np.linalg.norm(mean_direct)
     assert len(model.iterations) == 3
+    swept = list(model.sweep([model.placement([0, 0, 95], [0, 1, 0]).matrix], elements=roi, progress=False))
+    ref = simulate(_protocol(solver={"recovery": "none"}), mesh=sphere3)
+    assert len(swept) == 1 and rel_l2(swept[0], ref.E[roi]) < 1e-7
