@@ -1,33 +1,67 @@
-"""Colin27 1 mm labels -> tetrahedral mesh: time, peak memory, tets, volume errors, connectivity.
+"""Colin27 1 mm labels -> tetrahedral mesh with both meshers of ``stimsim mesh``: time, peak memory,
+tets, per-tissue volume error, connectivity.
 
-    python benchmarks/bench_head_mesh.py [ELEMENT_SIZE_MM ...]
+    python benchmarks/bench_head_mesh.py [--method surface|lattice|both] [ELEMENT_SIZE_MM ...]
+
+Each run is a fresh child process (peak RSS per method, no cache); no element size = each
+method's default (surface 8 mm, lattice 3.2 mm).  Targets (issue 5): <= 120 s, <= 4 GB,
+<= 1.5 M tets, every tissue within 5 % of its voxel volume and one piece.
 """
 
+import argparse
+import json
+import os
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from stimsim.head.meshing import DEFAULT_ELEMENT_SIZE_MM, make_head_mesh, quality_summary
-
 LABELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "heads" / "colin27" / "labels.nii.gz"
+TAGS = (1, 2, 3, 4, 5)  # WM GM CSF bone scalp
 
-import os
 
-sizes = [float(a) for a in sys.argv[1:]] or [DEFAULT_ELEMENT_SIZE_MM]
-print(f"{os.cpu_count()} CPUs, load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-print("| h mm | time s | peak GB | nodes | tets | min dihedral | vol err % (WM GM CSF bone scalp) | pieces CSF / bone |")
-print("|---|---|---|---|---|---|---|---|")
-for h in sizes:
+def run_one(method: str, h: float | None) -> dict:
+    from stimsim.head.meshing import make_head_mesh, quality_summary
+
     t = time.perf_counter()
-    mesh, info = make_head_mesh(LABELS, None, "colin27", element_size_mm=h, cache=False, progress=False,
-                                return_info=True)
+    mesh, info = make_head_mesh(LABELS, None, "colin27", method=method, element_size_mm=h, cache=False,
+                                progress=False, return_info=True)
     dt = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB -> GB (Linux)
     q = quality_summary(mesh, info.voxel_volume_mm3)
-    err = " ".join(f"{100 * q['volume_error_per_tag'][k]:+.1f}" for k in (1, 2, 3, 4, 5))
-    c = q["connectivity"]
-    print(f"| {h} | {dt:.1f} | {peak:.2f} | {mesh.n_nodes:,} | {mesh.n_tets:,} | {q['min_dihedral_deg']:.2f} | {err} | "
-          f"{c[3]['pieces']} ({100 * c[3]['largest_fraction']:.2f} %) / {c[4]['pieces']} "
-          f"({100 * c[4]['largest_fraction']:.2f} %) |")
-print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    return {"method": method, "h": h, "time_s": dt, "peak_gb": peak, "nodes": mesh.n_nodes, "tets": mesh.n_tets,
+            "min_dihedral": q["min_dihedral_deg"], "inverted": q["n_inverted"],
+            "vol_err": {t: q["volume_error_per_tag"][t] for t in TAGS},
+            "pieces": {t: q["connectivity"][t]["pieces"] for t in TAGS}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("sizes", nargs="*", type=float, help="element sizes, mm (default: the method's)")
+    ap.add_argument("--method", default="both", choices=["surface", "lattice", "both"])
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    methods = ["surface", "lattice"] if args.method == "both" else [args.method]
+    if args.child:
+        print(json.dumps(run_one(methods[0], args.sizes[0] if args.sizes else None)))
+        return
+    print(f"{os.cpu_count()} CPUs, load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print("| method | h mm | time s | peak GB | nodes | tets | min dihedral | inverted "
+          "| vol err % (WM GM CSF bone scalp) | pieces (WM GM CSF bone scalp) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for method in methods:
+        for h in args.sizes or [None]:
+            cmd = [sys.executable, __file__, "--child", "--method", method] + ([str(h)] if h else [])
+            r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+            from stimsim.head.meshing import default_element_size
+
+            err = " ".join(f"{100 * r['vol_err'][str(t)]:+.1f}" for t in TAGS)
+            pieces = " ".join(str(r["pieces"][str(t)]) for t in TAGS)
+            print(f"| {method} | {r['h'] or default_element_size(method)} | {r['time_s']:.1f} | {r['peak_gb']:.2f} "
+                  f"| {r['nodes']:,} | {r['tets']:,} | {r['min_dihedral']:.2f} | {r['inverted']} | {err} | {pieces} |")
+    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()

@@ -176,6 +176,226 @@ def test_mesh_command_writes_and_fails_cleanly(tmp_path, monkeypatch):
     assert sorted(f.name for f in tmp_path.iterdir()) == ["cache", "head.msh", "labels.nii.gz"]  # no temp files
 
 
+# ---- `stimsim mesh --method surface` on a synthetic head ----------------------------------------
+# Colin27-style labels (1 scalp, 2 skull, 3 CSF, 4 GM, 5 WM) as concentric balls of head-like
+# thicknesses (scalp 6, skull 6, CSF 3, GM 4 mm, WM radius 39 mm) on an 80^3 grid of 1.5 mm voxels
+# centred on the world origin.
+_SYN_N, _SYN_VOXEL, _SYN_RADII = 80, 1.5, (58.0, 52.0, 46.0, 43.0, 39.0)
+_ANODE_DIR = np.array([np.sin(0.6), 0.0, np.cos(0.6)])
+_CATHODE_DIR = np.array([-np.sin(0.6), 0.0, np.cos(0.6)])
+_LESION_CENTRE, _LESION_RADIUS = 41.0 * _ANODE_DIR, 7.0  # in the cortex under the anode
+
+
+def _synthetic_head():
+    """(labels, affine, world coordinates of the voxel centres)."""
+    n, z = _SYN_N, _SYN_VOXEL
+    aff = np.diag([z, z, z, 1.0])
+    aff[:3, 3] = -(n - 1) / 2 * z
+    xyz = np.moveaxis(np.mgrid[:n, :n, :n] * z + aff[:3, 3, None, None, None], 0, -1)
+    r = np.linalg.norm(xyz, axis=-1)
+    vol = np.zeros((n, n, n), np.uint8)
+    for lab, rad in enumerate(_SYN_RADII, 1):
+        vol[r <= rad] = lab
+    return vol, aff, xyz
+
+
+def _ball(xyz, centre, radius):
+    return np.linalg.norm(xyz - np.asarray(centre), axis=-1) <= radius
+
+
+class _SynthHead:
+    """NIfTI files of the synthetic head and the meshes ``stimsim mesh`` makes of them (memoised)."""
+
+    def __init__(self, folder):
+        nib = pytest.importorskip("nibabel")
+        self.folder = folder
+        self.vol, self.affine, self.xyz = _synthetic_head()
+        self.labels = folder / "labels.nii.gz"
+        nib.save(nib.Nifti1Image(self.vol, self.affine), str(self.labels))
+        # a stroke cavity: a ball in the cortex, clipped to the intracranial space (CSF, GM, WM)
+        self.lesion = _ball(self.xyz, _LESION_CENTRE, _LESION_RADIUS) & (self.vol >= 3)
+        self.lesion_file = folder / "lesion.nii.gz"
+        nib.save(nib.Nifti1Image(self.lesion.astype(np.uint8), self.affine), str(self.lesion_file))
+        self._meshes = {}
+
+    def cli(self, *args):
+        from typer.testing import CliRunner
+
+        from stimsim.cli import app
+
+        return CliRunner().invoke(app, ["mesh", str(self.labels), "--labels", "colin27", *map(str, args)])
+
+    def mesh_file(self, h: float, lesion: bool = False):
+        key = (h, lesion)
+        if key not in self._meshes:
+            out = self.folder / f"head_h{h:g}{'_lesion' if lesion else ''}.msh"
+            extra = ["--lesion", self.lesion_file] if lesion else []
+            res = self.cli("--out", out, "--method", "surface", "--element-size", h, *extra)
+            assert res.exit_code == 0, res.output
+            self._meshes[key] = (out, res.output)
+        return self._meshes[key]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    pytest.importorskip("tetgen")
+    pytest.importorskip("skimage")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STIMSIM_CACHE", str(tmp_path_factory.mktemp("synth_cache")))
+        yield _SynthHead(tmp_path_factory.mktemp("synth"))
+
+
+def _tdcs(mesh_file):
+    """1 mA tDCS, 20 mm discs on the scalp 0.6 rad either side of the vertex (anode over the lesion)."""
+    from stimsim.protocol.models import TESProtocol
+    from stimsim.simulation import simulate
+
+    r = _SYN_RADII[0]
+    protocol = TESProtocol.model_validate({
+        "kind": "tdcs", "head": str(mesh_file),
+        "electrodes": [
+            {"name": "anode", "position": (r * _ANODE_DIR).tolist(), "current_mA": 1.0, "shape": "disc",
+             "diameter_mm": 20},
+            {"name": "cathode", "position": (r * _CATHODE_DIR).tolist(), "current_mA": -1.0, "shape": "disc",
+             "diameter_mm": 20},
+        ],
+    })
+    res = simulate(protocol)
+    for name, want in (("anode", 1e-3), ("cathode", -1e-3)):
+        assert abs(res.electrode_currents_A[name] / want - 1) < 1e-6
+    return res
+
+
+def _weighted_percentile(values, weights, q):
+    order = np.argsort(values)
+    cum = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cum, q / 100.0 * cum[-1])])
+
+
+def _mean_magnE(res, select):
+    """Volume-weighted mean |E| of the elements ``select(distance from the lesion centre)`` inside the
+    skull (centroid within the CSF's outer radius; whatever their tag, which the lesion changes)."""
+    cen = res.mesh.centroids
+    k = select(np.linalg.norm(cen - _LESION_CENTRE, axis=1)) & (np.linalg.norm(cen, axis=1) < _SYN_RADII[2])
+    v = res.mesh.volumes_mm3[k]
+    return float((res.magnE[k] * v).sum() / v.sum())
+
+
+def test_cli_mesh_surface_synthetic_head(synth):
+    """`stimsim mesh --method surface`: every tissue, volumes within 5 % of the voxels, no inverted
+    element, one face-connected piece per tissue, quality summary printed, no temp files."""
+    from stimsim.head.meshing import quality_summary
+    from stimsim.mesh import check_mesh, read_mesh
+
+    out, output = synth.mesh_file(8.0)
+    assert "method surface" in output and "tetrahedra; min dihedral" in output and "wrote" in output
+    mesh, _ = read_mesh(out)
+    check_mesh(mesh, known_tags={1, 2, 3, 4, 5})  # flat / inverted tets, one connected piece
+    assert set(mesh.tissue_tags.tolist()) == {1, 2, 3, 4, 5}
+    voxel = {t: float((synth.vol == lab).sum()) * _SYN_VOXEL ** 3
+             for lab, t in ((1, 5), (2, 4), (3, 3), (4, 2), (5, 1))}
+    q = quality_summary(mesh, voxel)
+    assert q["n_inverted"] == 0 and (mesh.signed_volumes_mm3 > 0).all()
+    for tag, err in q["volume_error_per_tag"].items():
+        assert abs(err) < 0.05, (tag, q["volume_error_per_tag"])
+    for tag, c in q["connectivity"].items():
+        assert c["pieces"] == 1, (tag, q["connectivity"])
+    assert not [f for f in synth.folder.iterdir() if ".tmp" in f.name]
+    # bad lesion masks: a one-line error, nothing written
+    nib = pytest.importorskip("nibabel")
+    for name, img, match in (
+            ("small.nii.gz", nib.Nifti1Image(np.ones((5, 5, 5), np.uint8), synth.affine), "grid"),
+            ("moved.nii.gz", nib.Nifti1Image(synth.lesion.astype(np.uint8), synth.affine @ np.diag([1, 1, 1.1, 1])),
+             "affine differs")):
+        nib.save(img, str(synth.folder / name))
+        res = synth.cli("--out", synth.folder / "bad.msh", "--method", "surface", "--lesion", synth.folder / name)
+        assert res.exit_code == 2 and match in res.output and "Traceback" not in res.output, res.output
+    assert not (synth.folder / "bad.msh").exists()
+
+
+def test_mesh_method_auto_picks_surface(synth, monkeypatch, caplog):
+    from stimsim.head import surface_mesher
+    from stimsim.head.meshing import resolve_method
+
+    assert resolve_method("auto") == "surface"
+    out, _ = synth.mesh_file(8.0)  # the same input through auto: the surface mesh, from the cache
+    res = synth.cli("--out", synth.folder / "auto.msh", "--element-size", 8)
+    assert res.exit_code == 0 and "method surface" in res.output and "from cache" in res.output, res.output
+    assert (synth.folder / "auto.msh").read_bytes() == out.read_bytes()
+    with pytest.raises(MeshError, match="method 'delaunay'"):
+        resolve_method("delaunay")
+    monkeypatch.setattr(surface_mesher, "available", lambda: False)
+    with caplog.at_level("WARNING", logger="stimsim"):
+        assert resolve_method("auto") == "lattice"
+    assert "lattice mesher" in caplog.text and "CSF" in caplog.text  # names the accuracy trade-off
+    with pytest.raises(MeshError, match="pip install tetgen"):
+        resolve_method("surface")
+
+
+def test_surface_mesh_convergence_tdcs(synth):
+    """Two element sizes (8 mm: surfaces sampled every 3 voxels, 6 mm: every 2): the 99th
+    percentile of |E| in grey matter agrees within 10 % (a mis-tagged or leaking layer, e.g. a
+    hole in the skull or CSF, moves it by far more)."""
+    p99 = []
+    for h in (8.0, 6.0):
+        res = _tdcs(synth.mesh_file(h)[0])
+        gm = res.mesh.tet_tags == 2
+        p99.append(_weighted_percentile(res.magnE[gm], res.mesh.volumes_mm3[gm], 99))
+    assert 0.01 < p99[0] < 5.0
+    assert abs(p99[1] / p99[0] - 1) < 0.10, p99
+
+
+def test_surface_mesh_lesion_changes_field_locally(synth):
+    """A CSF-filled cortical lesion (the --lesion mask, default tag 3 = CSF) under the anode."""
+    from stimsim.mesh import read_mesh
+
+    base = _tdcs(synth.mesh_file(8.0)[0])
+    out, _ = synth.mesh_file(8.0, lesion=True)
+    les = _tdcs(out)
+    # the lesion is in the mesh: CSF grows by the lesion's former brain volume
+    mesh, _ = read_mesh(out)
+    csf = [m.volumes_mm3[m.tet_tags == 3].sum() for m in (base.mesh, mesh)]
+    brain_lost = float((synth.lesion & (synth.vol >= 4)).sum()) * _SYN_VOXEL ** 3
+    assert abs((csf[1] - csf[0]) / brain_lost - 1) < 0.10, (csf, brain_lost)
+    # Near: in a ball of conductivity s_i in a medium s_o under a uniform field the field is
+    # 3 s_o / (s_i + 2 s_o) of the unperturbed one: 0.37 for CSF (1.654 S/m) in GM (0.275), 0.19 in
+    # WM (0.126).  About 3/4 of the mask was GM/WM, so the mean |E| over the mask should fall by
+    # roughly half; the lesion is open to the outer CSF (not an isolated ball), so ask for a 15 %
+    # drop only (the issue's criterion is a measurable change, > 5 %).
+    near = [_mean_magnE(r, lambda d: d <= _LESION_RADIUS) for r in (base, les)]
+    assert near[1] < 0.85 * near[0], near
+    # Far: outside, the ball adds a dipole field of at most (R/d)^3 = (7/40)^3 < 0.6 % of the field at
+    # the lesion at d > 40 mm; the two meshes share their surfaces (the lesion only adds vertices
+    # near it), so beyond that only discretisation noise differs: < 2 %.
+    far = [_mean_magnE(r, lambda d: d > 40.0) for r in (base, les)]
+    assert abs(far[1] / far[0] - 1) < 0.02, far
+
+
+def test_surface_mesh_lesion_tags(synth):
+    """--lesion-tag 11: the lesion keeps its own tag (a protocol sets its conductivity), with the
+    mask's volume and place; a deep lesion with the default tag 3 stays a separate CSF piece (it is
+    neither removed as an island nor joined to the outer CSF by a channel)."""
+    from stimsim.head.meshing import make_head_mesh, quality_summary
+
+    deep = _ball(synth.xyz, 20.0 * _ANODE_DIR, 5.0)
+    kw = {"method": "surface", "element_size_mm": 8.0, "progress": False, "return_info": True}
+    mesh, info = make_head_mesh(synth.vol, synth.affine, "colin27", lesion=synth.lesion, lesion_tag=11, **kw)
+    assert set(mesh.tissue_tags.tolist()) == {1, 2, 3, 4, 5, 11}
+    q = quality_summary(mesh, info.voxel_volume_mm3)
+    assert all(abs(e) < 0.05 for e in q["volume_error_per_tag"].values()), q["volume_error_per_tag"]
+    k = mesh.tet_tags == 11
+    c = (mesh.centroids[k] * mesh.volumes_mm3[k, None]).sum(0) / mesh.volumes_mm3[k].sum()
+    want = synth.xyz[synth.lesion].mean(0)
+    assert np.linalg.norm(c - want) < _SYN_VOXEL, (c, want)
+
+    mesh, info = make_head_mesh(synth.vol, synth.affine, "colin27", lesion=deep, **kw)
+    q = quality_summary(mesh, info.voxel_volume_mm3)
+    assert abs(q["volume_error_per_tag"][3]) < 0.05, q["volume_error_per_tag"]
+    assert q["connectivity"][3]["pieces"] == 2, q["connectivity"]
+    k = (mesh.tet_tags == 3) & (np.linalg.norm(mesh.centroids - 20.0 * _ANODE_DIR, axis=1) < 10.0)
+    assert abs(mesh.volumes_mm3[k].sum() / (deep.sum() * _SYN_VOXEL ** 3) - 1) < 0.05
+
+
 # ---- EEG positions --------------------------------------------------------------------------------
 def test_read_elc_tsv_csv(shared_data):
     from stimsim.head.eeg import read_positions
@@ -268,8 +488,8 @@ def colin27_default(shared_data, tmp_path_factory):
     os.environ["STIMSIM_CACHE"] = str(tmp_path_factory.mktemp("c27cache"))
     from stimsim.head.meshing import make_head_mesh, quality_summary
 
-    mesh, info = make_head_mesh(shared_data("heads/colin27/labels.nii.gz"), None, "colin27", progress=False,
-                                return_info=True)
+    mesh, info = make_head_mesh(shared_data("heads/colin27/labels.nii.gz"), None, "colin27", method="lattice",
+                                progress=False, return_info=True)
     return mesh, quality_summary(mesh, info.voxel_volume_mm3)
 
 
@@ -286,11 +506,31 @@ def test_colin27_default_mesh(colin27_default):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 5 goal not met yet: the CSF closing layer is one element thick where "
-                          "Colin27 grey matter touches the skull (CSF +29 %, GM -10 % at h 3.2)", strict=False)
+@pytest.mark.xfail(reason="the lattice mesher misses issue 5's volume goal (the surface mesher, stimsim mesh's "
+                          "default, meets it: test_colin27_surface_mesh_within_5_percent): its CSF closing "
+                          "layer is one element thick where Colin27 grey matter touches the skull (CSF +29 %, "
+                          "GM -10 % at h 3.2)", strict=False)
 def test_colin27_volumes_within_5_percent(colin27_default):
     _, q = colin27_default
     assert all(abs(e) < 0.05 for e in q["volume_error_per_tag"].values()), q["volume_error_per_tag"]
+
+
+@pytest.mark.slow  # ~40 s on 2 cores
+def test_colin27_surface_mesh_within_5_percent(shared_data, tmp_path, monkeypatch):
+    """What `stimsim mesh` does by default (--method auto -> surface) meets issue 5 on Colin27."""
+    pytest.importorskip("tetgen")
+    pytest.importorskip("skimage")
+    monkeypatch.setenv("STIMSIM_CACHE", str(tmp_path))
+    from stimsim.head.meshing import make_head_mesh, quality_summary
+
+    mesh, info = make_head_mesh(shared_data("heads/colin27/labels.nii.gz"), None, "colin27", progress=False,
+                                return_info=True)
+    assert info.method == "surface"
+    q = quality_summary(mesh, info.voxel_volume_mm3)
+    assert set(mesh.tissue_tags.tolist()) == {1, 2, 3, 4, 5}
+    assert q["n_inverted"] == 0 and mesh.n_tets <= 1_500_000
+    assert all(abs(e) < 0.05 for e in q["volume_error_per_tag"].values()), q["volume_error_per_tag"]
+    assert all(c["pieces"] == 1 for c in q["connectivity"].values()), q["connectivity"]
 
 
 def test_errors_are_stimsim_errors():
