@@ -40,28 +40,9 @@ def _main(
     from rich.logging import RichHandler
 
     _state["quiet"] = quiet
-    _return_large_frees_to_the_os()
     handler = RichHandler(show_path=False, console=_stderr_console())
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING)
-
-
-def _return_large_frees_to_the_os(threshold_bytes: int = 1 << 20) -> None:
-    """Serve arrays >= 1 MiB from mmap so freeing them lowers the process's memory at once.
-
-    glibc raises its mmap threshold after each large free (up to 32 MiB), so a run's
-    transient 5-20 MB field arrays end up on the heap and stay resident: ~50 MB more peak
-    RSS on a 668k-tet TMS run.  Fixing the threshold keeps small (< 1 MiB) allocations such
-    as CG's work vectors on the fast heap.  A process-wide setting, so only the CLI does it.
-    """
-    import ctypes
-    import sys
-
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").mallopt(-3, threshold_bytes)  # M_MMAP_THRESHOLD
-        except (OSError, AttributeError):  # not glibc (e.g. musl): keep the default
-            pass
 
 
 def _stderr_console():

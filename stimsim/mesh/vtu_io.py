@@ -72,18 +72,19 @@ def write_vtu(path, mesh: Mesh, node_data=None, element_data=None, *, include_tr
         cell_arrays.append((name, v))
     point_arrays = list(nd.items())
     # VTK XML with raw appended binary data: no base64 or compression, so writing is a
-    # memory copy (meshio's base64 writer took ~0.6 s for a 700k-tet head)
-    blocks: list[np.ndarray] = []
+    # memory copy (meshio's base64 writer took ~0.6 s for a 700k-tet head).  Each block is
+    # converted to its file dtype only when written, so at most one converted copy is alive.
+    blocks: list[tuple[np.ndarray, str]] = []
     offset = 0
 
-    def add(arr, name, ncomp=None, vtk_type=None):
+    def add(arr, name, ncomp=None, vtk_type=None, dtype=None):
         nonlocal offset
-        arr = np.ascontiguousarray(arr)
-        kind = vtk_type or {"f8": "Float64", "i4": "Int32", "i8": "Int64", "u1": "UInt8"}[arr.dtype.str[1:]]
+        dt = np.dtype(dtype or arr.dtype)
+        kind = vtk_type or {"f8": "Float64", "i4": "Int32", "i8": "Int64", "u1": "UInt8"}[dt.str[1:]]
         comps = f' NumberOfComponents="{ncomp}"' if ncomp else ""
         tag = f'<DataArray type="{kind}" Name="{name}"{comps} format="appended" offset="{offset}"/>'
-        blocks.append(arr)
-        offset += 8 + arr.nbytes
+        blocks.append((arr, dt.str))
+        offset += 8 + arr.size * dt.itemsize
         return tag
 
     def comps(v):
@@ -96,24 +97,27 @@ def write_vtu(path, mesh: Mesh, node_data=None, element_data=None, *, include_tr
     xml = ['<?xml version="1.0"?>',
            '<VTKFile type="UnstructuredGrid" version="1.0" byte_order="LittleEndian" header_type="UInt64">',
            "<UnstructuredGrid>", f'<Piece NumberOfPoints="{mesh.n_nodes}" NumberOfCells="{n_cells}">',
-           "<Points>", add(mesh.nodes.astype("<f8"), "Points", 3), "</Points>", "<Cells>",
-           add(np.concatenate([c.ravel() for c in conn]).astype("<i4"), "connectivity"),
-           add(offsets.astype("<i8"), "offsets"), add(np.concatenate(types), "types"), "</Cells>"]
+           "<Points>", add(mesh.nodes, "Points", 3, dtype="<f8"), "</Points>", "<Cells>",
+           add(np.concatenate([c.ravel() for c in conn]) if len(conn) > 1 else conn[0], "connectivity",
+               dtype="<i4"),
+           add(offsets, "offsets", dtype="<i8"), add(np.concatenate(types), "types"), "</Cells>"]
     xml.append("<PointData>")
     fdt = {"float64": "<f8", "float32": "<f4"}[dtype]
-    xml += [add(flat(v).astype(fdt), name, comps(v), _VTK_FLOAT[fdt]) for name, v in point_arrays]
+    xml += [add(flat(v), name, comps(v), _VTK_FLOAT[fdt], fdt) for name, v in point_arrays]
     xml.append("</PointData><CellData>")
     xml += [add(flat(v), name) if v.dtype.kind == "i" else
-            add(flat(v).astype(fdt), name, comps(v) if v.ndim == 2 else None, _VTK_FLOAT[fdt])
+            add(flat(v), name, comps(v) if v.ndim == 2 else None, _VTK_FLOAT[fdt], fdt)
             for name, v in cell_arrays]
     xml.append("</CellData></Piece></UnstructuredGrid>")
     xml.append('<AppendedData encoding="raw">\n_')
     with atomic_output(path, suffix=".tmp.vtu") as tmp:
         with open(tmp, "wb") as fh:
             fh.write("\n".join(xml).encode("ascii"))
-            for arr in blocks:
+            for arr, dt in blocks:
+                arr = np.ascontiguousarray(arr, dtype=dt)
                 fh.write(np.uint64(arr.nbytes).tobytes())
                 fh.write(memoryview(arr).cast("B"))
+                del arr
             fh.write(b"\n</AppendedData>\n</VTKFile>\n")
     logger.debug("wrote %s", path)
     return path

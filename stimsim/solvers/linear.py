@@ -55,10 +55,17 @@ def _amg_hierarchy(a: sp.csr_matrix):
     # A forward Gauss-Seidel sweep before and a backward one after the coarse correction
     # keep the V-cycle symmetric (as CG needs) at half the cost of symmetric sweeps:
     # 22 instead of 17 iterations but ~15 % less time.
-    return pyamg.smoothed_aggregation_solver(
+    ml = pyamg.smoothed_aggregation_solver(
         a, B=np.ones((a.shape[0], 1)), symmetry="hermitian", strength=("symmetric", {"theta": 0.02}),
         presmoother=("gauss_seidel", {"sweep": "forward"}), postsmoother=("gauss_seidel", {"sweep": "backward"}),
         max_coarse=500)
+    # pyamg keeps coarse operators and transfers as BSR with 1x1 blocks, whose Gauss-Seidel
+    # and products are slower than CSR's: as CSR a V-cycle on a 668k-tet head costs ~20 % less
+    for level in ml.levels:
+        level.A = sp.csr_matrix(level.A)
+        if hasattr(level, "P"):
+            level.P, level.R = sp.csr_matrix(level.P), sp.csr_matrix(level.R)
+    return ml
 
 
 def _pcg(a, b, precond, rtol, maxiter, x0=None):
