@@ -140,10 +140,10 @@ def write_results(result: SimulationResult, out_dir: str | os.PathLike, *, overw
                                 element_data=element_data, version=msh_version),
                     pool.submit(write_vtu, tmp / "fields.vtu", result.mesh, node_data=node_data,
                                 element_data=element_data, dtype="float32")]
+            summary = summarize(result)  # meanwhile, in this thread
             for job in jobs:
                 job.result()
         save_protocol(result.protocol, tmp / "protocol.yaml")
-        summary = summarize(result)
         summary["timings_s"]["write_s"] = round(time.perf_counter() - t, 4)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True), encoding="utf-8")
         os.chmod(tmp, 0o755)  # mkdtemp creates 0700

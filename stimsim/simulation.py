@@ -168,10 +168,13 @@ def _prepare_head(protocol, base_dir, mesh) -> _Head:
     return _assemble_head(protocol, *_read_head(protocol, base_dir, mesh))
 
 
-def _solver_for(opts, matrix):
+DEFAULT_RTOL = {"tdcs": 1e-10, "tacs": 1e-10, "tms": 1e-6}  # see SolverOptions.rtol
+
+
+def _solver_for(opts, matrix, kind: str = "tdcs"):
     if opts.method == "direct":
         return FactorizedSolver(matrix)
-    return amg_cg(rtol=opts.rtol, maxiter=opts.maxiter)
+    return amg_cg(rtol=opts.rtol or DEFAULT_RTOL[kind], maxiter=opts.maxiter)
 
 
 def simulate(protocol, *, base_dir: Path | None = None, mesh: Mesh | None = None,

@@ -21,7 +21,6 @@ from .protocol import TMSProtocol
 from .solvers.assembly import assemble_load_from_element_vectors
 from .solvers.electrodes import grounded_system
 from .solvers.fields import element_efield, element_mean, recover
-from .solvers.primary import dipole_dadt
 
 
 def coil_didt_A_per_s(protocol: TMSProtocol, coil) -> float:
@@ -70,33 +69,41 @@ def check_coil_outside(mesh, dipole_positions_mm: np.ndarray) -> None:
 def run_tms(protocol: TMSProtocol, base_dir: Path | None = None, mesh=None):
     """A whole TMS simulation (what ``simulate`` calls for ``kind: tms``).
 
-    The primary field only needs the mesh nodes and the placement, the stiffness matrix only
-    the mesh: so dA/dt (a nogil numba kernel) runs in a thread while the main thread
-    assembles, and loading the compiled kernel overlaps reading the mesh.
+    The primary field needs only the mesh nodes and the placement, the stiffness matrix only
+    the mesh: so a worker thread imports numba and loads the compiled kernel while the main
+    thread reads the mesh, then places the coil and computes dA/dt (a nogil kernel) while
+    the main thread assembles.  Both threads' errors surface here.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     from .simulation import _assemble_head, _read_head
-    from .solvers import primary
 
+    coil = load_coil(protocol.coil, base_dir)
+    didt = coil_didt_A_per_s(protocol, coil)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        warm = pool.submit(primary.warm_up)
-        coil = load_coil(protocol.coil, base_dir)
-        didt = coil_didt_A_per_s(protocol, coil)
+        pool.submit(_warm_up)
         mesh, inputs, timings = _read_head(protocol, base_dir, mesh)
-        placement = placement_for(protocol, mesh, base_dir)
-        dpos, dmom = coil.transformed(placement.matrix)
-        check_coil_outside(mesh, dpos)
-        warm.result()
-        job = pool.submit(_timed, dipole_dadt, mesh.nodes, dpos, dmom, didt)
+        job = pool.submit(_primary_field, protocol, mesh, base_dir, coil, didt)
         head = _assemble_head(protocol, mesh, inputs, timings)
-        dadt_nodes, timings["dadt_s"] = job.result()  # seconds in the thread, overlapping assembly
+        placement, dadt_nodes, timings["dadt_s"] = job.result()  # seconds in the thread
     return solve_tms(protocol, head, coil, didt, placement, dadt_nodes)
 
 
-def _timed(func, *args):
+def _warm_up():
+    from .solvers import primary
+
+    primary.warm_up()
+
+
+def _primary_field(protocol, mesh, base_dir, coil, didt):
+    from .solvers.primary import dipole_dadt
+
     t = time.perf_counter()
-    return func(*args), time.perf_counter() - t
+    placement = placement_for(protocol, mesh, base_dir)
+    dpos, dmom = coil.transformed(placement.matrix)
+    check_coil_outside(mesh, dpos)
+    dadt = dipole_dadt(mesh.nodes, dpos, dmom, didt)
+    return placement, dadt, time.perf_counter() - t
 
 
 def solve_tms(protocol: TMSProtocol, head, coil, didt: float, placement, dadt_nodes: np.ndarray):
@@ -111,7 +118,7 @@ def solve_tms(protocol: TMSProtocol, head, coil, didt: float, placement, dadt_no
     b = system.rhs_from_nodal(b_nodal)
     timings["rhs_s"] = time.perf_counter() - t
 
-    x, info = _solver_for(protocol.solver, system.matrix)(system.matrix, b)
+    x, info = _solver_for(protocol.solver, system.matrix, "tms")(system.matrix, b)
     timings["setup_s"], timings["solve_s"] = info.setup_s, info.solve_s
     potential = system.expand(x)
     del system, b  # the (grounded in place) stiffness matrix is not needed again: 20+ MB less at peak
@@ -159,16 +166,16 @@ class TMSModel:
     ----------
     protocol : TMSProtocol (head, conductivities, coil and stimulator are used; placement is not)
     mesh : an already loaded head mesh (optional)
-    rtol : CG tolerance of the placement solves.  Default: the protocol's ``solver.rtol`` when
-        it sets one, else 1e-6 — on a 668k-tet head that changes E by 1.4e-7 (relative L2)
-        against rtol 1e-12, five orders below the discretisation error, for 14 instead of 22
+    rtol : CG tolerance of the placement solves.  Default: the protocol's ``solver.rtol``, else
+        TMS's 1e-6 — on the 668k-tet sphere that changes E by 1.4e-7 (relative L2) against
+        rtol 1e-12, five orders below the discretisation error, for 14 instead of 22
         iterations.  The primary field is computed in single precision (~3e-7 relative).
     reuse : how many earlier solutions seed the next solve (0: none)
     """
 
     def __init__(self, protocol: TMSProtocol, *, mesh=None, base_dir: Path | None = None, rtol: float | None = None,
                  reuse: int = 30):
-        from .simulation import _prepare_head
+        from .simulation import DEFAULT_RTOL, _prepare_head
         from .solvers.linear import _amg_hierarchy
 
         self.protocol = protocol
@@ -177,7 +184,7 @@ class TMSModel:
         self.coil = load_coil(protocol.coil, base_dir)
         self.didt = coil_didt_A_per_s(protocol, self.coil)
         self.system = grounded_system(self.head.stiffness, node=int(self.mesh.tets[0, 0]))
-        self.rtol = rtol or (protocol.solver.rtol if "rtol" in protocol.solver.model_fields_set else 1e-6)
+        self.rtol = rtol or protocol.solver.rtol or DEFAULT_RTOL["tms"]
         self._precond = _amg_hierarchy(self.system.matrix).aspreconditioner(cycle="V")
         self._mean, self._load = _primary_operators(self.head.geometry, self.head.sigma, self.system.ground)
         self.reuse = reuse
@@ -189,6 +196,8 @@ class TMSModel:
 
     def dadt(self, matrix) -> np.ndarray:
         """dA/dt (V/m) at the mesh nodes for the coil at a 4x4 coil-to-head matrix (mm)."""
+        from .solvers.primary import dipole_dadt
+
         dpos, dmom = self.coil.transformed(np.asarray(matrix, float))
         check_coil_outside(self.mesh, dpos)
         return dipole_dadt(self.mesh.nodes, dpos, dmom, self.didt, precision="single")

@@ -109,7 +109,8 @@ def test_matrix_protocol_gives_the_same_field(sphere3, sphere3_result):
     p = validate_protocol({"kind": "tms", "head": "sphere", "conductivities": COND,
                            "coil": {"file": "Magstim_70mm_Fig8.ccd"}, "placement": {"matrix": m},
                            "stimulator": {"didt_A_per_us": 1.0}})
-    np.testing.assert_allclose(simulate(p, mesh=sphere3).E, sphere3_result.E, atol=1e-9)
+    # the same placement up to round-off in the matrix; CG stops at TMS's rtol 1e-6
+    assert rel_l2(simulate(p, mesh=sphere3).E, sphere3_result.E) < 1e-6
 
 
 def test_parametric_figure8_resembles_the_magstim_coil(sphere3, sphere3_result):
