@@ -40,9 +40,28 @@ def _main(
     from rich.logging import RichHandler
 
     _state["quiet"] = quiet
+    _single_malloc_arena()
     handler = RichHandler(show_path=False, console=_stderr_console())
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING)
+
+
+def _single_malloc_arena() -> None:
+    """One glibc malloc arena for all threads (M_ARENA_MAX = 1).
+
+    A TMS run computes the coil's field in a worker thread; with an arena per thread, memory
+    that thread frees is not reused by the main thread, so peak RSS grows by ~30 MB on a
+    668k-tet head (and the run is no faster).  The work is in large numpy arrays, so sharing
+    one arena costs no lock contention worth measuring.  Process-wide: only the CLI sets it.
+    """
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").mallopt(-8, 1)  # M_ARENA_MAX
+        except (OSError, AttributeError):  # not glibc: keep the allocator's default
+            pass
 
 
 def _stderr_console():

@@ -111,20 +111,23 @@ def solve_tms(protocol: TMSProtocol, head, coil, didt: float, placement, dadt_no
     from .simulation import SimulationResult, _solver_for
 
     mesh, geometry, sigma, timings = head.mesh, head.geometry, head.sigma, head.timings
-    t = time.perf_counter()
-    dadt_elem = element_mean(dadt_nodes, mesh.tets)
-    b_nodal = assemble_load_from_element_vectors(geometry, -sigma[:, None] * dadt_elem)
     system = grounded_system(head.stiffness, node=int(mesh.tets[0, 0]), inplace=True)
-    b = system.rhs_from_nodal(b_nodal)
-    timings["rhs_s"] = time.perf_counter() - t
 
-    x, info = _solver_for(protocol.solver, system.matrix, "tms")(system.matrix, b)
+    def rhs():  # called once the AMG hierarchy exists: its element-wise inputs are not held meanwhile
+        t = time.perf_counter()
+        b = system.rhs_from_nodal(
+            assemble_load_from_element_vectors(geometry, -sigma[:, None] * element_mean(dadt_nodes, mesh.tets)))
+        timings["rhs_s"] = time.perf_counter() - t
+        return b
+
+    x, info = _solver_for(protocol.solver, system.matrix, "tms")(system.matrix, rhs)
     timings["setup_s"], timings["solve_s"] = info.setup_s, info.solve_s
     potential = system.expand(x)
-    del system, b  # the (grounded in place) stiffness matrix is not needed again: 20+ MB less at peak
+    del system  # the (grounded in place) stiffness matrix is not needed again: 20+ MB less at peak
     head.stiffness = None
 
     t = time.perf_counter()
+    dadt_elem = element_mean(dadt_nodes, mesh.tets)
     grad_part = element_efield(geometry, potential)  # -grad v
     e_field = np.subtract(grad_part, dadt_elem)
     # recover only -grad v (it jumps at tissue boundaries); add the smooth primary field back

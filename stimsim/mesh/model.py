@@ -178,8 +178,12 @@ class Mesh:
 
         Where a triangle separates two tissues, the tetrahedron whose tag equals
         ``tri_tag - 1000`` is preferred (SimNIBS convention: a surface belongs to the
-        tissue it encloses).
+        tissue it encloses).  Cached: every write of element data needs it.
         """
+        return self._triangle_owner
+
+    @cached_property
+    def _triangle_owner(self) -> np.ndarray:
         if len(self.tris) == 0:
             return np.zeros(0, np.int64)
         n = np.int64(self.n_nodes)

@@ -85,17 +85,24 @@ def _pcg(a, b, precond, rtol, maxiter, x0=None):
 
 
 def amg_cg(rtol: float = 1e-10, maxiter: int = 1000):
-    """Return a solver ``f(A, b) -> (x, SolveInfo)``: CG preconditioned by pyamg (rtol relative to ||b||)."""
+    """Return a solver ``f(A, b) -> (x, SolveInfo)``: CG preconditioned by pyamg (rtol relative to ||b||).
 
-    def solve(a: sp.csr_matrix, b: np.ndarray):
+    ``b`` may be a function returning the right-hand side: it is called after the AMG
+    hierarchy is built, so the memory its inputs need is not held during the set-up.
+    """
+
+    def solve(a: sp.csr_matrix, b):
         t0 = time.perf_counter()
         ml = _amg_hierarchy(a)
+        setup_s = time.perf_counter() - t0
+        if callable(b):
+            b = b()
         t1 = time.perf_counter()
         if not np.any(b):
-            return np.zeros_like(b), SolveInfo("amg-cg", 0, 0.0, t1 - t0, 0.0)
+            return np.zeros_like(b), SolveInfo("amg-cg", 0, 0.0, setup_s, 0.0)
         x, it = _pcg(a, b, ml.aspreconditioner(cycle="V"), rtol, maxiter)
         t2 = time.perf_counter()
-        info = SolveInfo("amg-cg", it, _relres(a, x, b), t1 - t0, t2 - t1)
+        info = SolveInfo("amg-cg", it, _relres(a, x, b), setup_s, t2 - t1)
         logger.info("AMG-CG: %d iterations, relative residual %.2e, setup %.2f s, solve %.2f s",
                     it, info.residual, info.setup_s, info.solve_s)
         return x, info
@@ -175,7 +182,9 @@ class FactorizedSolver:
         return np.asarray(self._solve(np.asarray(b, float)))
 
     def __call__(self, a, b):
-        """Use as a solver callable (``a`` must be the factorised matrix)."""
+        """Use as a solver callable (``a`` must be the factorised matrix; ``b`` an array or a function)."""
+        if callable(b):
+            b = b()
         if a is not self.a and (a.shape != self.a.shape or (a != self.a).nnz):
             raise SolverError("FactorizedSolver called with a different matrix than it factorised")
         t0 = time.perf_counter()
