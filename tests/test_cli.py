@@ -34,7 +34,7 @@ def _write(tmp_path, data, name="p.yaml"):
     return path
 
 
-def _check_outputs(out, node_fields=("v",)):
+def _check_outputs(out, node_fields=("v",), rtol=1e-10):
     for name in ("fields.msh", "fields.vtu", "summary.json", "protocol.yaml"):
         assert (out / name).is_file(), name
     mesh, fields = read_mesh(out / "fields.msh")
@@ -51,7 +51,7 @@ def _check_outputs(out, node_fields=("v",)):
     summary = json.loads((out / "summary.json").read_text())
     for key in ("stimsim_version", "inputs", "solver", "timings_s", "magnE_V_per_m"):
         assert key in summary
-    assert summary["solver"]["relative_residual"] < 1e-9
+    assert summary["solver"]["relative_residual"] < 10 * rtol  # CG stopped where asked
     assert len(summary["inputs"]["head_sha256"]) == 64
     return summary
 
@@ -79,7 +79,7 @@ def test_run_tdcs(tmp_path):
 def test_run_tms(tmp_path):
     res = runner.invoke(app, ["run", str(_write(tmp_path, TMS)), "--out", str(tmp_path / "tms")])
     assert res.exit_code == 0, res.output
-    summary = _check_outputs(tmp_path / "tms", node_fields=("v", "dAdt"))
+    summary = _check_outputs(tmp_path / "tms", node_fields=("v", "dAdt"), rtol=1e-6)  # TMS default rtol
     assert summary["tms"]["program"]["total_pulses"] == 3000
 
 
