@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from ._logging import logger
 from .coils import load_coil, place_coil, placement_from_matrix
+from .coils.model import check_dipoles_outside
 from .errors import ProtocolError
 from .protocol import TMSProtocol
 from .solvers.assembly import assemble_load_from_element_vectors
@@ -54,16 +54,7 @@ def placement_for(protocol: TMSProtocol, mesh, base_dir: Path | None = None):
 
 def check_coil_outside(mesh, dipole_positions_mm: np.ndarray) -> None:
     """Refuse a coil whose windings lie inside the head (below the scalp surface)."""
-    nodes, normals = mesh.boundary_node_normals()
-    tree = cKDTree(mesh.nodes[nodes])
-    _, idx = tree.query(dipole_positions_mm)
-    depth = np.einsum("ij,ij->i", dipole_positions_mm - mesh.nodes[nodes[idx]], normals[idx])
-    inside = depth < 0
-    if np.any(inside):
-        raise ProtocolError(
-            f"placement: the coil intersects the head ({int(inside.sum())} of {len(inside)} coil dipoles lie "
-            f"up to {-depth.min():.1f} mm under the scalp); increase placement.distance_mm or check the matrix"
-        )
+    check_dipoles_outside(mesh, dipole_positions_mm)
 
 
 def run_tms(protocol: TMSProtocol, base_dir: Path | None = None, mesh=None):
@@ -96,13 +87,10 @@ def _warm_up():
 
 
 def _primary_field(protocol, mesh, base_dir, coil, didt):
-    from .solvers.primary import dipole_dadt
-
     t = time.perf_counter()
     placement = placement_for(protocol, mesh, base_dir)
-    dpos, dmom = coil.transformed(placement.matrix)
-    check_coil_outside(mesh, dpos)
-    dadt = dipole_dadt(mesh.nodes, dpos, dmom, didt)
+    coil.check_outside(mesh, placement.matrix)
+    dadt = coil.dadt(mesh.nodes, placement.matrix, didt)
     return placement, dadt, time.perf_counter() - t
 
 
@@ -137,8 +125,7 @@ def solve_tms(protocol: TMSProtocol, head, coil, didt: float, placement, dadt_no
         recovered -= dadt_elem
     timings["fields_s"] = time.perf_counter() - t
     extra = {
-        "coil": {"name": coil.name, "dipoles": coil.n_dipoles,
-                 "didt_max_A_per_s": coil.didt_max_A_per_s},
+        "coil": coil.summary(),
         "didt_A_per_s": didt,
         "placement": {"matrix": placement.matrix.tolist(), "scalp_point_mm": placement.scalp_point_mm.tolist(),
                       "distance_mm": placement.distance_mm},
@@ -199,11 +186,9 @@ class TMSModel:
 
     def dadt(self, matrix) -> np.ndarray:
         """dA/dt (V/m) at the mesh nodes for the coil at a 4x4 coil-to-head matrix (mm)."""
-        from .solvers.primary import dipole_dadt
-
-        dpos, dmom = self.coil.transformed(np.asarray(matrix, float))
-        check_coil_outside(self.mesh, dpos)
-        return dipole_dadt(self.mesh.nodes, dpos, dmom, self.didt, precision="single")
+        matrix = np.asarray(matrix, float)
+        self.coil.check_outside(self.mesh, matrix)
+        return self.coil.dadt(self.mesh.nodes, matrix, self.didt, precision="single")
 
     def potential(self, dadt_nodes: np.ndarray) -> np.ndarray:
         """Nodal potential v (V) of the secondary field for a nodal dA/dt."""

@@ -6,13 +6,17 @@ from importlib import resources
 from pathlib import Path
 
 from .model import CoilError, DipoleCoil, make_coil, read_ccd
+from .nifti import GridCoil, read_nifti_coil
 
 #: shipped .ccd files (SimNIBS legacy coil models, GPL-3.0; see stimsim/data/README.md)
 SHIPPED_COILS = ("Magstim_70mm_Fig8.ccd", "MagVenture_MC_B70.ccd")
 
 
-def load_coil(spec, base_dir: Path | None = None) -> DipoleCoil:
-    """Coil model for a protocol's ``coil`` entry (:class:`stimsim.protocol.CoilSpec`)."""
+def load_coil(spec, base_dir: Path | None = None) -> DipoleCoil | GridCoil:
+    """Coil model for a protocol's ``coil`` entry (:class:`stimsim.protocol.CoilSpec`).
+
+    ``.nii``/``.nii.gz`` files are read as A-field grid coils, anything else as .ccd dipoles.
+    """
     if spec.type is not None:
         coil = make_coil(spec.type, outer_diameter_mm=spec.outer_diameter_mm,
                          inner_diameter_mm=spec.inner_diameter_mm, turns=spec.turns,
@@ -28,7 +32,7 @@ def load_coil(spec, base_dir: Path | None = None) -> DipoleCoil:
         else:
             raise CoilError(f"coil.file: {spec.file!r} is neither a file nor a shipped coil "
                             f"({', '.join(SHIPPED_COILS)})")
-    coil = read_ccd(path)
+    coil = read_nifti_coil(path) if path.name.lower().endswith((".nii", ".nii.gz")) else read_ccd(path)
     if spec.didt_max_A_per_us is not None:
         from dataclasses import replace
 

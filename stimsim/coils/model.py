@@ -61,6 +61,37 @@ class DipoleCoil:
         pos = self.positions_m * 1e3 @ rot.T + matrix_mm[:3, 3]
         return pos, self.moments_m2 @ rot.T
 
+    # the interface shared with GridCoil (stimsim.coils.nifti), so callers need not know the kind
+
+    def summary(self) -> dict:
+        """JSON-ready description for a result's ``extra["coil"]``."""
+        return {"name": self.name, "dipoles": self.n_dipoles, "didt_max_A_per_s": self.didt_max_A_per_s}
+
+    def dadt(self, points_mm: np.ndarray, matrix_mm: np.ndarray, didt_A_per_s: float, *,
+             precision: str = "double") -> np.ndarray:
+        """dA/dt (V/m, head frame) at head points (mm) for a 4x4 coil-to-head matrix (mm)."""
+        from ..solvers.primary import dipole_dadt
+
+        pos, mom = self.transformed(np.asarray(matrix_mm, float))
+        return dipole_dadt(points_mm, pos, mom, didt_A_per_s, precision=precision)
+
+    def check_outside(self, mesh, matrix_mm: np.ndarray) -> None:
+        """Refuse a placement that puts windings (dipoles) inside the head."""
+        check_dipoles_outside(mesh, self.transformed(np.asarray(matrix_mm, float))[0])
+
+
+def check_dipoles_outside(mesh, dipole_positions_mm: np.ndarray) -> None:
+    """Refuse a coil whose windings lie inside the head (below the scalp surface)."""
+    from .placement import scalp_depth
+
+    depth = scalp_depth(mesh, dipole_positions_mm)
+    inside = depth < 0
+    if np.any(inside):
+        raise ProtocolError(
+            f"placement: the coil intersects the head ({int(inside.sum())} of {len(inside)} coil dipoles lie "
+            f"up to {-depth.min():.1f} mm under the scalp); increase placement.distance_mm or check the matrix"
+        )
+
 
 _HEADER_KEY = re.compile(r";\s*([A-Za-z_]\w*)\s*=\s*([^;]*)")
 

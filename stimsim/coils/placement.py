@@ -61,6 +61,14 @@ def _scalp_normal(mesh: Mesh, point_mm, radius_mm: float = 10.0):
     return mesh.nodes[nodes[i]], n / np.linalg.norm(n), float(dist)
 
 
+def scalp_depth(mesh: Mesh, points_mm: np.ndarray) -> np.ndarray:
+    """Signed height (mm) of points above the scalp: along the outward normal of the nearest
+    surface node, so negative means inside the head."""
+    nodes, normals = mesh.boundary_node_normals()
+    _, idx = cKDTree(mesh.nodes[nodes]).query(points_mm)
+    return np.einsum("ij,ij->i", points_mm - mesh.nodes[nodes[idx]], normals[idx])
+
+
 def place_coil(mesh: Mesh, center_mm, direction, distance_mm: float = 4.0, *,
                max_distance_mm: float = 30.0) -> CoilPlacement:
     """Placement from a scalp position (mm), a handle direction and a scalp-to-coil distance (mm).

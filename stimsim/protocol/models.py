@@ -149,10 +149,11 @@ class TESProtocol(_Model):
 
 
 class CoilSpec(_Model):
-    """A coil: a dipole file (.ccd, path or name of a shipped coil) or a parametric winding model."""
+    """A coil: a dipole file (.ccd, path or name of a shipped coil), a SimNIBS A-field NIfTI
+    (.nii/.nii.gz, read-only) or a parametric winding model."""
 
-    file: str | None = Field(None, description="path to a .ccd dipole file, or a shipped coil name "
-                                               "(e.g. Magstim_70mm_Fig8.ccd)")
+    file: str | None = Field(None, description="path to a .ccd dipole file or a .nii/.nii.gz A-field "
+                                               "file, or a shipped coil name (e.g. Magstim_70mm_Fig8.ccd)")
     type: Literal["circular", "figure8"] | None = Field(None, description="parametric coil instead of a file")
     outer_diameter_mm: float = Field(70.0, gt=0)
     inner_diameter_mm: float | None = Field(None, gt=0)
