@@ -310,7 +310,7 @@ def optimize_tms_cmd(
                 update={"center": None, "direction": None, "matrix": res.matrix.tolist()})}), out)
     except StimsimError as err:
         _fail(err)
-    typer.echo(json.dumps({"target_magnE_V_per_m": res.target_magnE_V_per_m,
+    typer.echo(json.dumps({"objective": res.objective, "objective_V_per_m": res.objective_V_per_m,
                            "roi_mean_magnE_V_per_m": res.roi_mean_magnE_V_per_m,
                            "center_mm": np.round(res.center_mm, 2).tolist(),
                            "direction": np.round(res.direction, 4).tolist(),

@@ -191,3 +191,21 @@ def test_eeg_names_from_a_positions_file(tmp_path):
     p["electrodes"][1] = dict(TDCS["electrodes"][1], position="T9")
     res = runner.invoke(app, ["run", str(_write(tmp_path, p)), "--out", str(tmp_path / "o2")])
     assert res.exit_code == 2 and "T9" in res.output and not (tmp_path / "o2").exists()
+
+
+def test_optimize_tms_cli_direction_and_output(tmp_path):
+    from stimsim.protocol import load_protocol
+
+    proto = _write(tmp_path, TMS)
+    out = tmp_path / "best.yaml"
+    res = runner.invoke(app, ["-q", "optimize", "tms", str(proto), "--target", "20,10,75", "--grid-radius", "10",
+                              "--angles", "4", "--direction", "normal", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert report["objective"].startswith("mean E . ") and report["evaluated"] == 5 * 8  # 360 degrees
+    # the mean of |E| bounds the mean of any component from above
+    assert 0 < report["objective_V_per_m"] <= report["roi_mean_magnE_V_per_m"]
+    best = load_protocol(out)
+    np.testing.assert_allclose(best.placement.matrix, report["matrix"], atol=1e-6)
+    bad = runner.invoke(app, ["optimize", "tms", str(proto), "--target", "20,10,75", "--direction", "1,2"])
+    assert bad.exit_code == 2 and "--direction" in bad.output

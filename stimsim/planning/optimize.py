@@ -138,9 +138,10 @@ class CoilSearchResult:
     matrix: np.ndarray
     center_mm: np.ndarray
     direction: np.ndarray
-    target_magnE_V_per_m: float  # |volume-weighted mean E| in the ROI (the search objective)
+    objective_V_per_m: float  # |mean E| in the ROI, or mean E . direction (see ``objective``)
     table: list[dict]  # every evaluated placement
     roi_mean_magnE_V_per_m: float = float("nan")  # mean |E| in the ROI, full solve at the best placement
+    objective: str = "|mean E|"  # or "mean E . d" with a direction
 
 
 def search_tms(model, target_mm, *, grid_radius_mm: float = 20.0, grid_step_mm: float = 10.0, angles: int = 12,
@@ -183,10 +184,11 @@ def search_tms(model, target_mm, *, grid_radius_mm: float = 20.0, grid_step_mm: 
         mean_e = np.einsum("cnk,nk->c", q, model.dadt(pl.matrix))
         value = float(np.linalg.norm(mean_e) if d_target is None else mean_e @ d_target)
         table.append({"center_mm": pl.center_mm.tolist(), "direction": pl.handle_direction.tolist(),
-                      "target_magnE_V_per_m": value, "target_meanE_V_per_m": mean_e.tolist()})
+                      "objective_V_per_m": value, "target_meanE_V_per_m": mean_e.tolist()})
         if best is None or value > best[0]:
             best = (value, pl)
     value, pl = best
     e = model.efield(pl.matrix, elements=idx)
     roi_mean = float(np.average(np.linalg.norm(e, axis=1), weights=mesh.volumes_mm3[idx]))
-    return CoilSearchResult(pl.matrix, pl.scalp_point_mm, pl.handle_direction, value, table, roi_mean)
+    objective = "|mean E|" if d_target is None else f"mean E . {np.round(d_target, 4).tolist()}"
+    return CoilSearchResult(pl.matrix, pl.scalp_point_mm, pl.handle_direction, value, table, roi_mean, objective)
