@@ -44,8 +44,8 @@ def roi_elements(mesh: Mesh, center_mm, radius_mm: float, tags=None) -> np.ndarr
     idx = np.flatnonzero(sel)
     if len(idx) == 0:
         raise ProtocolError(
-            f"target {list(np.round(center_mm, 1))} mm (radius {radius_mm:g} mm) contains no element"
-            + (f" of tissue tags {list(tags)}" if tags is not None else "")
+            f"target {np.round(np.asarray(center_mm, float), 1).tolist()} mm (radius {radius_mm:g} mm) contains no element"
+            + (f" of tissue tags {[int(t) for t in tags]}" if tags is not None else "")
             + "; check that the target lies inside the brain and the coordinates are in the head's frame (mm)"
         )
     return idx
