@@ -252,3 +252,19 @@ def test_single_precision_primary_field(sphere3):
     assert rel_l2(numpy, double[:500]) < 1e-12
     with pytest.raises(ValueError, match="precision"):
         dipole_dadt(sphere3.nodes, pos, mom, 1e6, precision="half")
+
+
+def test_tms_model_reuses_earlier_solutions(sphere3):
+    """The projected start of a repeated placement is already the solution; a dropped one is not."""
+    from stimsim.tms import TMSModel
+
+    model = TMSModel(_protocol(), mesh=sphere3, rtol=1e-8, reuse=2)
+    mats = [model.placement(c, d).matrix for c, d in (([0, 0, 95], [0, 1, 0]), ([30, 0, 90], [1, 0, 0]),
+                                                      ([0, 30, 90], [1, 1, 0]))]
+    first = [model.efield(m) for m in mats]
+    cold = model.iterations[0]
+    assert cold > 5
+    e_last = model.efield(mats[2])  # still in the 2-vector basis: converged from the start
+    assert model.iterations[-1] <= 1 and rel_l2(e_last, first[2]) < 1e-6
+    model.efield(mats[0])  # pushed out of the ring by the later two: a real solve again
+    assert model.iterations[-1] > cold // 2
