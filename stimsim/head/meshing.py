@@ -327,10 +327,10 @@ def _signed_volumes(nodes: np.ndarray, tets: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", a, np.cross(b, c)) / 6.0
 
 
-def _face_components(keep: np.ndarray, neighbors: np.ndarray, key: np.ndarray):
-    """Connected components of tets with ``keep`` where face neighbours share ``key``."""
+def _face_graph(keep: np.ndarray, neighbors: np.ndarray, key: np.ndarray | None = None):
+    """Unit-weight graph of the tets with ``keep`` joined across shared faces (and, with ``key``,
+    only where both sides have the same key).  Returns (tet ids, their local index, CSR graph)."""
     import scipy.sparse as sp
-    from scipy.sparse.csgraph import connected_components
 
     idx = np.flatnonzero(keep)
     local = np.full(len(keep), -1, np.int64)
@@ -339,11 +339,20 @@ def _face_components(keep: np.ndarray, neighbors: np.ndarray, key: np.ndarray):
     for j in range(4):
         nb = neighbors[idx, j]
         ok = nb >= 0
-        ok[ok] &= keep[nb[ok]] & (key[nb[ok]] == key[idx[ok]])
+        ok[ok] &= keep[nb[ok]]
+        if key is not None:
+            ok[ok] &= key[nb[ok]] == key[idx[ok]]
         rows.append(local[idx[ok]])
         cols.append(local[nb[ok]])
     r, c = np.concatenate(rows), np.concatenate(cols)
-    g = sp.coo_matrix((np.ones(len(r), np.int8), (r, c)), shape=(len(idx), len(idx)))
+    return idx, local, sp.csr_matrix((np.ones(len(r)), (r, c)), shape=(len(idx), len(idx)))
+
+
+def _face_components(keep: np.ndarray, neighbors: np.ndarray, key: np.ndarray):
+    """Connected components of tets with ``keep`` where face neighbours share ``key``."""
+    from scipy.sparse.csgraph import connected_components
+
+    idx, _, g = _face_graph(keep, neighbors, key)
     n, lab = connected_components(g, directed=False)
     return idx, n, lab
 

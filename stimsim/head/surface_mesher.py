@@ -277,10 +277,9 @@ def _connect_pieces(ttags, nb, vol, tag, through):
     shortest face-adjacent chain of tets through the ``through`` tissues (the ventricles: CSF
     inside the brain, joined to the subarachnoid CSF as the aqueduct / foramina do, which a 3 mm
     surface sampling closes).  Returns the number of re-tagged tets."""
-    import scipy.sparse as sp
     from scipy.sparse.csgraph import dijkstra
 
-    from .meshing import _face_components
+    from .meshing import _face_components, _face_graph
 
     moved = 0
     for _ in range(8):
@@ -291,19 +290,7 @@ def _connect_pieces(ttags, nb, vol, tag, through):
         main = idx[lab == int(np.argmax(size))]
         other_piece = int(np.argsort(size)[::-1][1])
         src = idx[lab == other_piece]
-        allowed = np.isin(ttags, list(through) + [tag])
-        cand = np.flatnonzero(allowed)
-        loc = np.full(len(ttags), -1, np.int64)
-        loc[cand] = np.arange(len(cand))
-        rows, cols = [], []
-        for j in range(4):
-            o = nb[cand, j]
-            ok = o >= 0
-            ok[ok] &= allowed[o[ok]]
-            rows.append(loc[cand[ok]])
-            cols.append(loc[o[ok]])
-        r, c = np.concatenate(rows), np.concatenate(cols)
-        g = sp.csr_matrix((np.ones(len(r)), (r, c)), shape=(len(cand), len(cand)))
+        cand, loc, g = _face_graph(np.isin(ttags, list(through) + [tag]), nb)
         dist, pred, _ = dijkstra(g, directed=False, indices=loc[src], min_only=True, return_predecessors=True)
         dm = dist[loc[main]]
         if not np.isfinite(dm).any():
