@@ -43,9 +43,11 @@ def run_child(protocol: dict, workdir: Path) -> dict:
     p = workdir / "p.yaml"
     p.write_text(yaml.safe_dump(protocol))
     out = workdir / "out"
-    code = ("import resource, sys, time; t=time.perf_counter(); from stimsim.cli import app\n"
-            "try:\n    app(['-q', sys.argv[1], sys.argv[2], '--out', sys.argv[3], '--overwrite'], standalone_mode=False)\n"
-            "finally:\n    print('WALL', time.perf_counter()-t)\n")
+    # what the `stimsim` console script runs (stimsim.cli:main), timed from the first import
+    code = ("import sys, time; t=time.perf_counter(); from stimsim.cli import main\n"
+            "sys.argv = ['stimsim', '-q', sys.argv[1], sys.argv[2], '--out', sys.argv[3], '--overwrite']\n"
+            "try:\n    main()\n"
+            "finally:\n    print('WALL', time.perf_counter()-t, flush=True)\n")
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     before = r0.ru_maxrss
     t = time.perf_counter()

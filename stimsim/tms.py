@@ -60,30 +60,45 @@ def check_coil_outside(mesh, dipole_positions_mm: np.ndarray) -> None:
 def run_tms(protocol: TMSProtocol, base_dir: Path | None = None, mesh=None):
     """A whole TMS simulation (what ``simulate`` calls for ``kind: tms``).
 
-    The primary field needs only the mesh nodes and the placement, the stiffness matrix only
-    the mesh: so a worker thread imports numba and loads the compiled kernel while the main
-    thread reads the mesh, then places the coil and computes dA/dt (a nogil kernel) while
-    the main thread assembles.  Both threads' errors surface here.
+    The primary field needs only the mesh nodes and the placement, the stiffness matrix and
+    its AMG hierarchy only the mesh: so a worker thread imports numba and loads the compiled
+    kernels while the main thread reads the mesh, then places the coil and computes dA/dt
+    (a nogil kernel) while the main thread assembles and sets up AMG; the right-hand side
+    waits for it.  Both threads' errors surface here.  With numba, the matrix, right-hand
+    side and fields come from kernels that never store the element gradients
+    (:mod:`stimsim.solvers._p1_numba`).
     """
     from concurrent.futures import ThreadPoolExecutor
 
     from .simulation import _assemble_head, _read_head
+    from .solvers.fields import HAVE_NUMBA
 
     coil = load_coil(protocol.coil, base_dir)
     didt = coil_didt_A_per_s(protocol, coil)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(_warm_up)
+        pool.submit(_warm_up, HAVE_NUMBA)
         mesh, inputs, timings = _read_head(protocol, base_dir, mesh)
-        job = pool.submit(_primary_field, protocol, mesh, base_dir, coil, didt)
-        head = _assemble_head(protocol, mesh, inputs, timings)
-        placement, dadt_nodes, timings["dadt_s"] = job.result()  # seconds in the thread
-    return solve_tms(protocol, head, coil, didt, placement, dadt_nodes)
+        primary = pool.submit(_primary_field, protocol, mesh, base_dir, coil, didt)
+        if HAVE_NUMBA:
+            pool.submit(_warm_up_recovery)  # after dA/dt, while the main thread solves
+        head = _assemble_head(protocol, mesh, inputs, timings, gradients=not HAVE_NUMBA)
+        return solve_tms(protocol, head, coil, didt, primary)
 
 
-def _warm_up():
+def _warm_up(kernels: bool):
     from .solvers import primary
 
     primary.warm_up()
+    if kernels:
+        from .solvers import _p1_numba
+
+        _p1_numba.warm_up()
+
+
+def _warm_up_recovery():
+    from .solvers import _spr_numba
+
+    _spr_numba.warm_up()
 
 
 def _primary_field(protocol, mesh, base_dir, coil, didt):
@@ -94,17 +109,30 @@ def _primary_field(protocol, mesh, base_dir, coil, didt):
     return placement, dadt, time.perf_counter() - t
 
 
-def solve_tms(protocol: TMSProtocol, head, coil, didt: float, placement, dadt_nodes: np.ndarray):
-    """Secondary field and outputs, given the prepared head and the primary field at its nodes."""
+def solve_tms(protocol: TMSProtocol, head, coil, didt: float, primary):
+    """Secondary field and outputs, given the prepared head and the primary field.
+
+    ``primary``: ``(placement, dadt_nodes, seconds)``, or a future of it (it is needed only
+    once the AMG hierarchy exists).  A head whose geometry holds no gradients
+    (``_assemble_head(gradients=False)``) is solved with the numba kernels.
+    """
     from .simulation import SimulationResult, _solver_for
 
     mesh, geometry, sigma, timings = head.mesh, head.geometry, head.sigma, head.timings
+    kernels = geometry.grads_kdm is None
     system = grounded_system(head.stiffness, node=int(mesh.tets[0, 0]), inplace=True)
+    got = {}
 
     def rhs():  # called once the AMG hierarchy exists: its element-wise inputs are not held meanwhile
+        got["placement"], got["dadt"], timings["dadt_s"] = primary.result() if hasattr(primary, "result") else primary
         t = time.perf_counter()
-        b = system.rhs_from_nodal(
-            assemble_load_from_element_vectors(geometry, -sigma[:, None] * element_mean(dadt_nodes, mesh.tets)))
+        if kernels:
+            from .solvers._p1_numba import load_from_nodal_field
+
+            load = load_from_nodal_field(mesh.nodes, mesh.tets, sigma, got["dadt"])
+        else:
+            load = assemble_load_from_element_vectors(geometry, -sigma[:, None] * element_mean(got["dadt"], mesh.tets))
+        b = system.rhs_from_nodal(load)
         timings["rhs_s"] = time.perf_counter() - t
         return b
 
@@ -113,16 +141,22 @@ def solve_tms(protocol: TMSProtocol, head, coil, didt: float, placement, dadt_no
     potential = system.expand(x)
     del system  # the (grounded in place) stiffness matrix is not needed again: 20+ MB less at peak
     head.stiffness = None
+    placement, dadt_nodes = got["placement"], got["dadt"]
 
     t = time.perf_counter()
-    dadt_elem = element_mean(dadt_nodes, mesh.tets)
-    grad_part = element_efield(geometry, potential)  # -grad v
-    e_field = np.subtract(grad_part, dadt_elem)
+    if kernels:
+        from .solvers._p1_numba import tms_fields
+
+        grad_part, e_field = tms_fields(mesh.nodes, mesh.tets, potential, dadt_nodes)  # -grad v, E
+    else:
+        grad_part = element_efield(geometry, potential)  # -grad v
+        e_field = np.subtract(grad_part, element_mean(dadt_nodes, mesh.tets))
     # recover only -grad v (it jumps at tissue boundaries); add the smooth primary field back
     method = "spr" if protocol.solver.recovery == "auto" else protocol.solver.recovery
     recovered = recover(method, geometry, mesh, grad_part)
+    del grad_part
     if recovered is not None:
-        recovered -= dadt_elem
+        recovered -= element_mean(dadt_nodes, mesh.tets)
     timings["fields_s"] = time.perf_counter() - t
     extra = {
         "coil": coil.summary(),

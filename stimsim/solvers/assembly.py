@@ -27,20 +27,32 @@ class P1Geometry:
     ----------
     tets : (m, 4) int32 node indices
     grads_kdm : (4, 3, m) float64, gradient component d of hat function k in 1/m; stored
-        component-major so every per-element expression works on contiguous rows
+        component-major so every per-element expression works on contiguous rows.  None in
+        a :meth:`volumes_only` geometry (kernels that recompute gradients on the fly)
     volumes_m3 : (m,) float64, element volumes in m³
     n_nodes : number of mesh nodes
     """
 
     tets: np.ndarray
-    grads_kdm: np.ndarray
+    grads_kdm: np.ndarray | None
     volumes_m3: np.ndarray
     n_nodes: int
 
     @property
     def grads(self) -> np.ndarray:
         """(m, 4, 3) view of the hat-function gradients (1/m)."""
-        return self.grads_kdm.transpose(2, 0, 1)
+        return self._require_grads().transpose(2, 0, 1)
+
+    def _require_grads(self) -> np.ndarray:
+        if self.grads_kdm is None:
+            raise ValueError("this P1Geometry holds volumes only; build it with P1Geometry.from_mesh for gradients")
+        return self.grads_kdm
+
+    @classmethod
+    def volumes_only(cls, mesh: Mesh) -> "P1Geometry":
+        """Tets and volumes without the (4, 3, m) gradients, for code that needs no gradients
+        (recovery) next to kernels that recompute them (:mod:`stimsim.solvers._p1_numba`)."""
+        return cls(mesh.tets, None, mesh.volumes_mm3 * 1e-9, mesh.n_nodes)
 
     @classmethod
     def from_mesh(cls, mesh: Mesh, chunk: int = 1 << 17) -> "P1Geometry":
@@ -78,11 +90,12 @@ class P1Geometry:
 
     def gradient(self, nodal_values: np.ndarray) -> np.ndarray:
         """Element-wise gradient (m, 3) of a P1 field given at nodes (unit: value per metre)."""
+        grads = self._require_grads()
         out = np.zeros((len(self.volumes_m3), 3))
         for k in range(4):
             vk = nodal_values[self.tets[:, k]]
             for d in range(3):
-                out[:, d] += vk * self.grads_kdm[k, d]
+                out[:, d] += vk * grads[k, d]
         return out
 
 
@@ -105,7 +118,7 @@ def assemble_stiffness(geometry: P1Geometry, sigma: np.ndarray, chunk: int = 1 <
     n = geometry.n_nodes
     i, j = _EDGES[:, 0], _EDGES[:, 1]
     upper = sp.csr_matrix((n, n))
-    g = geometry.grads_kdm
+    g = geometry._require_grads()
     for s in range(0, len(sigma), chunk):
         w = sigma[s:s + chunk] * geometry.volumes_m3[s:s + chunk]
         off = np.empty((len(w), 6))
@@ -129,7 +142,7 @@ def assemble_load_from_element_vectors(geometry: P1Geometry, element_vectors: np
     Used for TMS, where ``f = -sigma dA/dt`` per element (unit of b: A when f is in A/m²).
     """
     f = [np.ascontiguousarray(element_vectors[:, d]) * geometry.volumes_m3 for d in range(3)]
-    g = geometry.grads_kdm
+    g = geometry._require_grads()
     b = np.zeros(geometry.n_nodes)
     for k in range(4):
         b += np.bincount(geometry.tets[:, k], weights=f[0] * g[k, 0] + f[1] * g[k, 1] + f[2] * g[k, 2],
