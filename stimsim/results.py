@@ -100,7 +100,7 @@ def summarize(result: SimulationResult) -> dict:
     summary["safety"] = check(p, result, brain_tags=default_brain_tags(p)).as_dict()
     if result.E_recovered is not None:
         summary["magnE_recovered_V_per_m"] = field_statistics(
-            np.linalg.norm(result.E_recovered, axis=1), vol, mesh.tet_tags)
+            np.sqrt(np.einsum("ij,ij->i", result.E_recovered, result.E_recovered)), vol, mesh.tet_tags)
     return summary
 
 
@@ -127,7 +127,7 @@ def write_results(result: SimulationResult, out_dir: str | os.PathLike, *, overw
     try:
         t = time.perf_counter()
         element_data = {"E": result.E, "magnE": result.magnE, "J": result.J,
-                        "magnJ": np.linalg.norm(result.J, axis=1)}
+                        "magnJ": np.sqrt(np.einsum("ij,ij->i", result.J, result.J))}
         if result.E_recovered is not None:
             element_data["E_recovered"] = result.E_recovered
         node_data = {"v": result.potential_V, **result.node_data}

@@ -11,6 +11,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
@@ -94,10 +95,10 @@ class SimulationResult:
     node_data: dict = field(default_factory=dict)  # extra nodal fields to write (TMS: dAdt, V/m)
     extra: dict = field(default_factory=dict)  # modality-specific facts for the summary (coil, placement...)
 
-    @property
+    @cached_property
     def magnE(self) -> np.ndarray:
-        """|E| per element, V/m."""
-        return np.linalg.norm(self.E, axis=1)
+        """|E| per element, V/m (computed once; no (m, 3) temporary)."""
+        return np.sqrt(np.einsum("ij,ij->i", self.E, self.E))
 
     def electrode_potentials_V(self) -> dict[str, float]:
         return {e.name: float(self.potential_V[e.center_node]) for e in self.electrodes}

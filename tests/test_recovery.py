@@ -106,3 +106,14 @@ def test_spr_backend_selection(sphere, monkeypatch):
     # without numba, "auto" and the recover() dispatch take the numpy path
     np.testing.assert_allclose(recover_gradient_spr(*args), 1.0, rtol=1e-12)
     np.testing.assert_allclose(recover("spr", g, mesh, v), 1.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_spr_centroids_computed_when_not_given(sphere, backend):
+    if backend == "numba":
+        pytest.importorskip("numba")
+    mesh, geometry = sphere
+    values = _fields(mesh, geometry)["efield"]
+    given = recover_gradient_spr(geometry, mesh.tet_tags, values, mesh.centroids, mesh.nodes, backend=backend)
+    own = recover_gradient_spr(geometry, mesh.tet_tags, values, None, mesh.nodes, backend=backend)
+    assert _rel_max(own, given) < 1e-12

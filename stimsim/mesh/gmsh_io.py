@@ -724,6 +724,9 @@ def _fmt_rows(first_col: np.ndarray, rest: np.ndarray, int_rest: bool) -> bytes:
     return ((line * n) % tuple(table.ravel().tolist())).encode("ascii")
 
 
+_ROWS_PER_WRITE = 1 << 16  # binary blocks are written in pieces of this many rows (a few MB)
+
+
 class _Writer:
     """Streams sections straight to an open file, so at most one field's bytes are in memory."""
 
@@ -848,15 +851,14 @@ class _Writer:
         total = len(m.tris) + m.n_tets
         self.w("$Elements\n")
         if self.binary:
-            b = [struct.pack("<4Q", len(groups), total, 1 if total else 0, total)]
+            self.w(struct.pack("<4Q", len(groups), total, 1 if total else 0, total))
             for dim, tag, etype, eids, conn in groups:
-                b.append(struct.pack("<iiiQ", dim, tag, etype, len(eids)))
-                body = np.empty((len(eids), 1 + conn.shape[1]), "<u8")
-                body[:, 0] = eids
-                np.add(conn, 1, out=body[:, 1:], casting="unsafe")
-                b.append(body)
-            for chunk in b:
-                self.w(chunk)
+                self.w(struct.pack("<iiiQ", dim, tag, etype, len(eids)))
+                for s in range(0, len(eids), _ROWS_PER_WRITE):  # bounded temporaries
+                    body = np.empty((len(eids[s:s + _ROWS_PER_WRITE]), 1 + conn.shape[1]), "<u8")
+                    body[:, 0] = eids[s:s + _ROWS_PER_WRITE]
+                    np.add(conn[s:s + _ROWS_PER_WRITE], 1, out=body[:, 1:], casting="unsafe")
+                    self.w(body)
             self.w(b"\n")
         else:
             self.w(f"{len(groups)} {total} {1 if total else 0} {total}\n")
@@ -873,9 +875,10 @@ class _Writer:
         self.w(f'${section}\n1\n"{name}"\n1\n0.0\n3\n0\n{k}\n{n}\n')
         for ids, vals in parts:
             if self.binary:
-                rec = np.empty(len(ids), [("id", "<i4"), ("v", "<f8", (k,))])
-                rec["id"], rec["v"] = ids, vals
-                self.w(rec)
+                for s in range(0, len(ids), _ROWS_PER_WRITE):  # bounded temporaries
+                    rec = np.empty(len(ids[s:s + _ROWS_PER_WRITE]), [("id", "<i4"), ("v", "<f8", (k,))])
+                    rec["id"], rec["v"] = ids[s:s + _ROWS_PER_WRITE], vals[s:s + _ROWS_PER_WRITE]
+                    self.w(rec)
             else:
                 self.w(_fmt_rows(ids, vals, False))
         if self.binary:

@@ -227,7 +227,7 @@ def _field_arrays(fields) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                                "expected J (m, 3) with m tags and m volumes")
     if not np.all(np.isfinite(J)):
         raise SafetyInputError("fields.J: contains non-finite values")
-    return tags, vols, np.linalg.norm(J, axis=1)
+    return tags, vols, np.sqrt(np.einsum("ij,ij->i", J, J))  # |J| without an (m, 3) temporary
 
 
 def _ev_brain_current_density(rule: Rule, ctx: _Context) -> list[_Raw]:

@@ -45,7 +45,7 @@ def _group_by_tag_numba(tags, lo, span):  # pragma: no cover - compiled
     return order, starts
 
 @numba.njit(cache=True)
-def _spr_accumulate_numba(order, s0, s1, tets, vol, wscale, cent, origin, values, sums,
+def _spr_accumulate_numba(order, s0, s1, tets, vol, wscale, cent, nodes, origin, values, sums,
                           count):  # pragma: no cover - compiled
     """Add the 10 + 4 ncomp patch moments of elements order[s0:s1] to their 4 nodes' rows.
 
@@ -58,12 +58,19 @@ def _spr_accumulate_numba(order, s0, s1, tets, vol, wscale, cent, origin, values
     o0 = origin[0]
     o1 = origin[1]
     o2 = origin[2]
+    own = cent.shape[0] == 0  # no centroids given: the mean of the 4 nodes, as Mesh.centroids
     for p in range(s0, s1):
         e = order[p]
         w = vol[e] * wscale
-        c0 = (cent[e, 0] - o0) * 0.1
-        c1 = (cent[e, 1] - o1) * 0.1
-        c2 = (cent[e, 2] - o2) * 0.1
+        if own:
+            t0, t1, t2, t3 = tets[e, 0], tets[e, 1], tets[e, 2], tets[e, 3]
+            c0 = ((((nodes[t0, 0] + nodes[t1, 0]) + nodes[t2, 0]) + nodes[t3, 0]) / 4.0 - o0) * 0.1
+            c1 = ((((nodes[t0, 1] + nodes[t1, 1]) + nodes[t2, 1]) + nodes[t3, 1]) / 4.0 - o1) * 0.1
+            c2 = ((((nodes[t0, 2] + nodes[t1, 2]) + nodes[t2, 2]) + nodes[t3, 2]) / 4.0 - o2) * 0.1
+        else:
+            c0 = (cent[e, 0] - o0) * 0.1
+            c1 = (cent[e, 1] - o1) * 0.1
+            c2 = (cent[e, 2] - o2) * 0.1
         w0 = w * c0
         w1 = w * c1
         w2 = w * c2
@@ -210,7 +217,8 @@ def recover_gradient_spr_numba(geometry, tags, element_values, centroids_mm, nod
     if values.ndim != 2:
         raise ValueError(f"element_values must be (m, k), got shape {values.shape}")
     nodes = np.ascontiguousarray(nodes_mm, dtype=np.float64)
-    cent = np.ascontiguousarray(centroids_mm, dtype=np.float64)
+    cent = (np.zeros((0, 3)) if centroids_mm is None  # computed per element in the kernel
+            else np.ascontiguousarray(centroids_mm, dtype=np.float64))
     tets = np.ascontiguousarray(geometry.tets)
     vol = np.ascontiguousarray(geometry.volumes_m3, dtype=np.float64)
     origin = nodes.mean(axis=0)
@@ -224,7 +232,7 @@ def recover_gradient_spr_numba(geometry, tags, element_values, centroids_mm, nod
     for k in range(len(starts) - 1):
         s0, s1 = int(starts[k]), int(starts[k + 1])
         wscale = 1.0 / vol[order[s0:s1]].mean()  # bit-identical to the numpy path's scaling
-        _spr_accumulate_numba(order, s0, s1, tets, vol, wscale, cent, origin, values, sums, count)
+        _spr_accumulate_numba(order, s0, s1, tets, vol, wscale, cent, nodes, origin, values, sums, count)
         _spr_solve_numba(sums, count, nodes, origin, int(min_samples), nodal)
         _spr_evaluate_numba(order, s0, s1, tets, nodal, out)
     return out
@@ -236,4 +244,4 @@ def warm_up() -> None:
 
     nodes = np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]])
     geometry = SimpleNamespace(tets=np.array([[0, 1, 2, 3]], np.int32), volumes_m3=np.ones(1))
-    recover_gradient_spr_numba(geometry, np.ones(1, np.int32), np.zeros((1, 3)), nodes[:1] + 0.25, nodes, 10)
+    recover_gradient_spr_numba(geometry, np.ones(1, np.int32), np.zeros((1, 3)), None, nodes, 10)

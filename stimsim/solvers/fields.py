@@ -131,7 +131,8 @@ def recover_gradient_spr(geometry: P1Geometry, tags: np.ndarray, element_values:
     geometry : P1Geometry (tets, volumes)
     tags : (m,) tissue tag per element; patches never mix tags
     element_values : (m, k) piecewise-constant field
-    centroids_mm, nodes_mm : (m, 3) element centroids and (n, 3) node positions, mm
+    centroids_mm, nodes_mm : (m, 3) element centroids (None: the mean of each element's nodes,
+        computed per element instead of stored) and (n, 3) node positions, mm
     min_samples : fewest elements of the tissue around a node for a fit
     chunk : elements per block of the numpy path (bounds its temporaries)
     backend : "auto" (numba when installed), "numba" or "numpy"; same results to round-off
@@ -171,7 +172,8 @@ def _recover_gradient_spr_numpy(geometry, tags, element_values, centroids_mm, no
         for s0 in range(0, len(sel), chunk):  # chunks bound the (elements x 22) temporaries
             e = sel[s0:s0 + chunk]
             w = geometry.volumes_m3[e] * wscale
-            c = (centroids_mm[e] - origin) * 0.1
+            c = ((centroids_mm[e] if centroids_mm is not None else
+                  np.stack([nodes_mm[geometry.tets[e], k].mean(axis=1) for k in range(3)], axis=1)) - origin) * 0.1
             v = element_values[e]
             q = np.empty((len(e), ncol))
             q[:, 0] = w
@@ -220,5 +222,5 @@ def recover(method: str, geometry: P1Geometry, mesh, element_values: np.ndarray)
     if method == "nodal_average":
         return recover_gradient(geometry, mesh.tet_tags, element_values)
     if method == "spr":
-        return recover_gradient_spr(geometry, mesh.tet_tags, element_values, mesh.centroids, mesh.nodes)
+        return recover_gradient_spr(geometry, mesh.tet_tags, element_values, None, mesh.nodes)
     raise ValueError(f"solver.recovery: {method!r} is not one of none, nodal_average, spr")
