@@ -236,12 +236,3 @@ def recover_gradient_spr_numba(geometry, tags, element_values, centroids_mm, nod
         _spr_solve_numba(sums, count, nodes, origin, int(min_samples), nodal)
         _spr_evaluate_numba(order, s0, s1, tets, nodal, out)
     return out
-
-
-def warm_up() -> None:
-    """Load the kernels from numba's on-disk cache (compiling on the very first use)."""
-    from types import SimpleNamespace
-
-    nodes = np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]])
-    geometry = SimpleNamespace(tets=np.array([[0, 1, 2, 3]], np.int32), volumes_m3=np.ones(1))
-    recover_gradient_spr_numba(geometry, np.ones(1, np.int32), np.zeros((1, 3)), None, nodes, 10)

@@ -89,11 +89,12 @@ def dipole_dadt(points_mm: np.ndarray, dipole_positions_mm: np.ndarray, dipole_m
     return out * (MU0 / (4 * np.pi) * didt_A_per_s)
 
 
-def warm_up() -> None:
+def warm_up(precision: str = "double") -> None:
     """Load the compiled kernel (numba's on-disk cache, ~0.3 s) so the first real call is fast.
 
     A TMS run calls this in a background thread while it reads the head mesh.
     """
     if HAVE_NUMBA:
-        pts = np.zeros((4, 3))
-        _dipole_sum_numba(pts + 1.0, *np.zeros((6, 1)), np.empty_like(pts))
+        dt = np.float32 if precision == "single" else np.float64
+        pts = np.zeros((4, 3), dt)
+        _dipole_sum_numba(pts + 1, *np.zeros((6, 1), dt), np.empty_like(pts))
