@@ -268,3 +268,15 @@ def test_tms_model_reuses_earlier_solutions(sphere3):
     assert model.iterations[-1] <= 1 and rel_l2(e_last, first[2]) < 1e-6
     model.efield(mats[0])  # pushed out of the ring by the later two: a real solve again
     assert model.iterations[-1] > cold // 2
+
+
+def test_run_without_numba_kernels_gives_the_same_fields(sphere3, sphere3_result, monkeypatch):
+    """The numpy fallback (stored gradients, numpy assembly) and the numba kernels agree."""
+    import stimsim.solvers.fields as fields
+
+    monkeypatch.setattr(fields, "HAVE_NUMBA", False)
+    fallback = simulate(_protocol(), mesh=sphere3)
+    for name in ("E", "J", "E_recovered"):
+        a, b = getattr(fallback, name), getattr(sphere3_result, name)
+        assert np.abs(a - b).max() < 1e-6 * np.abs(b).max(), name
+    assert fallback.solve_info.iterations == sphere3_result.solve_info.iterations
