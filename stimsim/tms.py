@@ -116,7 +116,6 @@ def solve_tms(protocol: TMSProtocol, head, coil, didt: float, primary):
     kernels = geometry.grads_kdm is None
     system = grounded_system(head.stiffness, node=int(mesh.tets[0, 0]), inplace=True)
     got = {}
-    rhs_from_nodal = system.rhs_from_nodal  # the closure must not hold `system` (deleted below)
 
     def rhs():  # called once the AMG hierarchy exists: its element-wise inputs are not held meanwhile
         got["placement"], got["dadt"], timings["dadt_s"] = primary.result() if hasattr(primary, "result") else primary
@@ -127,14 +126,14 @@ def solve_tms(protocol: TMSProtocol, head, coil, didt: float, primary):
             load = load_from_nodal_field(mesh.nodes, mesh.tets, sigma, got["dadt"])
         else:
             load = assemble_load_from_element_vectors(geometry, -sigma[:, None] * element_mean(got["dadt"], mesh.tets))
-        b = rhs_from_nodal(load)
+        b = system.rhs_from_nodal(load)
         timings["rhs_s"] = time.perf_counter() - t
         return b
 
     x, info = _solver_for(protocol.solver, system.matrix, "tms")(system.matrix, rhs)
     timings["setup_s"], timings["solve_s"] = info.setup_s, info.solve_s
     potential = system.expand(x)
-    del system, rhs_from_nodal  # the (grounded in place) stiffness matrix is not needed again: 20+ MB less
+    system = None  # the (grounded in place) stiffness matrix is not needed again: 20+ MB less at peak
     head.stiffness = None
     placement, dadt_nodes = got["placement"], got["dadt"]
 
