@@ -186,8 +186,8 @@ class TMSModel:
     protocol : TMSProtocol (head, conductivities, coil and stimulator are used; placement is not)
     mesh : an already loaded head mesh (optional)
     rtol : CG tolerance of the placement solves.  Default: the protocol's ``solver.rtol``, else
-        TMS's 1e-6 — on the 668k-tet sphere that changes E by 1.4e-7 (relative L2) against
-        rtol 1e-12, five orders below the discretisation error, for 14 instead of 22
+        TMS's 1e-6 — on the 668k-tet sphere that changes E by 2e-7 (relative L2) against
+        rtol 1e-12, five orders below the discretisation error, for 13 instead of 25
         iterations.  The primary field is computed in single precision (~3e-7 relative).
     reuse : how many earlier solutions seed the next solve (0: none)
     """

@@ -89,7 +89,7 @@ class SolverOptions(_Model):
         None, gt=0, lt=1,
         description="relative residual tolerance of CG; default 1e-10 for tDCS/tACS (electrode currents "
                     "come from K v, so conservation needs a tight residual) and 1e-6 for TMS (E changes by "
-                    "<= 5.4e-7 relative against 1e-12, measured on Colin27 and the sphere)")
+                    "<= 7.4e-7 relative against 1e-12, measured on Colin27 and the sphere)")
     maxiter: int = Field(1000, gt=0)
     recovery: Literal["auto", "none", "nodal_average", "spr"] = Field(
         "auto", description="also write a recovered field E_recovered: auto (nodal_average for tDCS/tACS, "
