@@ -64,8 +64,8 @@ def run_tms(protocol: TMSProtocol, base_dir: Path | None = None, mesh=None):
     its AMG hierarchy only the mesh: so a worker thread imports numba and loads the compiled
     kernels while the main thread reads the mesh, then places the coil and computes dA/dt
     (a nogil kernel, single precision) while the main thread assembles and sets up AMG; the
-    right-hand side waits for it.  Both threads' errors surface here.  With numba, the matrix, right-hand
-    side and fields come from kernels that never store the element gradients
+    right-hand side waits for it.  Both threads' errors surface here.  With numba, the matrix,
+    right-hand side and fields come from kernels that never store the element gradients
     (:mod:`stimsim.solvers._p1_numba`).
     """
     from concurrent.futures import ThreadPoolExecutor

@@ -57,7 +57,8 @@ def test_load_matches_numpy_and_flux(head, rng):
     ref = assemble_load_from_element_vectors(geometry, -sigma[:, None] * element_mean(nodal, mesh.tets))
     assert _rel(b, ref) < 1e-12
     # a uniform field in a uniform conductor: interior rows cancel, the total is zero
-    b1 = kernels.load_from_nodal_field(mesh.nodes, mesh.tets, np.ones(mesh.n_tets), np.tile([0, 0, 1.0], (mesh.n_nodes, 1)))
+    uniform = np.tile([0, 0, 1.0], (mesh.n_nodes, 1))
+    b1 = kernels.load_from_nodal_field(mesh.nodes, mesh.tets, np.ones(mesh.n_tets), uniform)
     assert abs(b1.sum()) < 1e-12 * np.abs(b1).max()
     interior = np.setdiff1d(np.arange(mesh.n_nodes), mesh.boundary_nodes)
     assert np.abs(b1[interior]).max() < 1e-12 * np.abs(b1).max()

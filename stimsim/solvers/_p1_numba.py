@@ -164,7 +164,7 @@ def _tets(tets: np.ndarray) -> np.ndarray:
 
 
 def stiffness_matrix(nodes_mm: np.ndarray, tets: np.ndarray, sigma: np.ndarray) -> sp.csr_matrix:
-    r"""Stiffness matrix :math:`K_{ij} = \sum_e \sigma_e V_e \nabla\phi_i\cdot\nabla\phi_j` (S), CSR with sorted indices.
+    r"""Stiffness matrix :math:`K_{ij} = \sum_e \sigma_e V_e \nabla\phi_i\cdot\nabla\phi_j` (S), sorted CSR.
 
     Same matrix as :func:`stimsim.solvers.assembly.assemble_stiffness` up to round-off,
     built row by row in parallel; the mesh must have no zero-volume elements (``check_mesh``).
