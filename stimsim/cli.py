@@ -87,27 +87,31 @@ def _run_and_write(protocol, base_dir, out: Path, overwrite: bool, msh_version: 
     from rich.console import Console
     from rich.table import Table
 
-    from .results import write_results
+    from .outputs import ResultsFolder, check_space
+    from .results import results_size_estimate, write_result_files
     from .simulation import simulate
 
-    # A TMS run, and every run's writing, has a worker thread running Python (numba loading its
-    # kernels, coil placement, file writers) while the main thread runs numpy, which releases
-    # and re-takes the GIL at every call; each re-take waited up to the 5 ms default switch
-    # interval.  At 0.2 ms a TMS run on the 668k-tet sphere took 2.11 instead of 2.21 s (mean of
-    # 10).  Restored afterwards (tests run the CLI in their own process).
     console = Console(quiet=_state["quiet"])
-    if out.exists() and not overwrite:
-        raise StimsimError(f"output folder {out} already exists; choose another --out or pass --overwrite")
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(2e-4)
-    try:
-        with _status(console, "solving ..."):
-            result = simulate(protocol, base_dir=base_dir)
-        with _status(console, "writing results ..."):
-            write_results(result, out, overwrite=overwrite, msh_version=msh_version)
-    finally:
-        sys.setswitchinterval(previous)
-    summary = json.loads((out / "summary.json").read_text())
+    # the output folder is reserved (path rules, lock, a temporary folder) before any work, so
+    # an unusable --out fails at once, not after the solve; see stimsim.outputs
+    with ResultsFolder(out, overwrite=overwrite) as folder:
+        check_space(folder.path, *_head_size_floor(protocol, base_dir), what="the results folder")
+        # A TMS run, and every run's writing, has a worker thread running Python (numba loading its
+        # kernels, coil placement, file writers) while the main thread runs numpy, which releases
+        # and re-takes the GIL at every call; each re-take waited up to the 5 ms default switch
+        # interval.  At 0.2 ms a TMS run on the 668k-tet sphere took 2.11 instead of 2.21 s (mean of
+        # 10).  Restored afterwards (tests run the CLI in their own process).
+        previous = sys.getswitchinterval()
+        sys.setswitchinterval(2e-4)
+        try:
+            with _status(console, "solving ..."):
+                result = simulate(protocol, base_dir=base_dir)
+            check_space(folder.path, *results_size_estimate(result), what="the results folder")
+            with _status(console, "writing results ..."):
+                summary = write_result_files(result, folder.path, msh_version=msh_version)
+        finally:
+            sys.setswitchinterval(previous)
+        folder.commit()
     table = Table(title=f"|E| per tissue (V/m) — {protocol.kind}, {protocol.head}")
     for col in ("tissue", "volume cm³", "mean", "p99", "p99.9", "max"):
         table.add_column(col, justify="right")
@@ -122,9 +126,20 @@ def _run_and_write(protocol, base_dir, out: Path, overwrite: bool, msh_version: 
                   f"{sv['relative_residual']:.1e}; wrote {out}/fields.msh, fields.vtu, summary.json")
 
 
+def _head_size_floor(protocol, base_dir) -> tuple[int, int]:
+    """A lower bound of the results' size, known before the solve: fields.msh holds at least the
+    head mesh (a gzipped head at least doubles).  The exact estimate follows after the solve."""
+    from .simulation import resolve_head
+
+    path = resolve_head(protocol.head, base_dir)
+    size = path.stat().st_size * (2 if path.suffix == ".gz" else 1)
+    return 2 * size, size
+
+
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("stimsim_demo"), "--out", "-o", help="results folder (replaced if present)"),
+    out: Path = typer.Option(Path("stimsim_demo"), "--out", "-o",
+                             help="results folder (replaced if an earlier demo or run wrote it)"),
 ):
     """Run the demo tDCS protocol on the embedded three-layer sphere and write a results folder."""
     from .protocol import load_protocol
@@ -140,7 +155,8 @@ def demo(
 def run(
     protocol: str = typer.Argument(..., help="protocol YAML file or library id (`stimsim protocols list`)"),
     out: Path = typer.Option(..., "--out", "-o", help="results folder to create"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing results folder"),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="replace an existing results folder (only one stimsim wrote)"),
     msh_version: str = typer.Option("4.1", "--msh-version", help="Gmsh format of fields.msh: 4.1 or 2.2"),
 ):
     """Simulate a protocol and write fields.msh, fields.vtu, summary.json and protocol.yaml to OUT.
@@ -239,7 +255,12 @@ def leadfield(
     from .planning import compute_leadfield, save_leadfield
     from .simulation import resolve_head
 
+    from .outputs import check_output_file
+
     try:
+        check_output_file(out)
+        if diameter_mm is not None and not diameter_mm > 0:
+            raise StimsimError(f"--diameter-mm: give a pad diameter > 0 mm (got {diameter_mm})")
         mesh, _ = read_mesh(resolve_head(head, Path.cwd()))
         lf = compute_leadfield(mesh, _read_positions(positions), reference,
                                shape="disc" if diameter_mm else "point", diameter_mm=diameter_mm,
@@ -313,7 +334,12 @@ def optimize_tms_cmd(
     from .protocol import save_protocol
     from .tms import TMSModel
 
+    from .outputs import check_output_file
+
     try:
+        _check_search_grid(grid_radius, grid_step, angles)
+        if out is not None:
+            check_output_file(out)
         p, base_dir = resolve_protocol_argument(protocol)
         if p.kind != "tms":
             raise StimsimError(f"{protocol}: kind is {p.kind!r}; optimize tms needs a TMS protocol")
@@ -334,6 +360,26 @@ def optimize_tms_cmd(
                            "matrix": np.round(res.matrix, 6).tolist(), "evaluated": len(res.table)}, indent=1))
 
 
+#: most placements one grid search may evaluate (~0.17 s each): beyond that, coarsen the grid
+MAX_GRID_PLACEMENTS = 200_000
+
+
+def _check_search_grid(radius_mm: float, step_mm: float, angles: int) -> None:
+    import math
+
+    if not (math.isfinite(radius_mm) and radius_mm >= 0):
+        raise StimsimError(f"--grid-radius: give a radius >= 0 mm (got {radius_mm})")
+    if not (math.isfinite(step_mm) and step_mm > 0):
+        raise StimsimError(f"--grid-step: give a spacing > 0 mm (got {step_mm})")
+    if angles < 1:
+        raise StimsimError(f"--angles: give at least 1 handle direction (got {angles})")
+    n = (2 * math.floor(radius_mm / step_mm) + 1) ** 2 * angles
+    if n > MAX_GRID_PLACEMENTS:
+        raise StimsimError(f"--grid-step {step_mm:g} with --grid-radius {radius_mm:g} and --angles {angles} would "
+                           f"evaluate up to {n:.3g} placements (limit {MAX_GRID_PLACEMENTS:,}); use a larger "
+                           "--grid-step or fewer --angles")
+
+
 @app.command()
 def batch(
     protocols: list[Path] = typer.Argument(..., help="protocol YAML files (or folders of them)"),
@@ -346,20 +392,39 @@ def batch(
 
     Example: stimsim batch montages/ --out results/ --jobs 2
     """
-    from .planning import run_batch
     from .library import load_protocol_file
+    from .planning.batch import run_batch, task_ids
     from .protocol import protocol_to_dict
 
     try:
-        files = [f for p in protocols for f in (sorted(p.glob("*.yaml")) if p.is_dir() else [p])]
-        tasks = {f.stem: protocol_to_dict(load_protocol_file(f)) for f in files}
-        rows = run_batch(tasks, out, jobs=jobs, scheduler=dask_scheduler, fallback_to_local=fallback_local,
-                         progress=not _state["quiet"])
+        if jobs < 1:
+            raise StimsimError(f"--jobs: give a number of parallel processes >= 1 (got {jobs})")
+        files, seen = [], set()
+        for p in protocols:
+            for f in (sorted(p.glob("*.yaml")) if p.is_dir() else [p]):
+                if f.resolve() not in seen:  # the same file twice is one task
+                    seen.add(f.resolve())
+                    files.append(f)
+        if not files:
+            raise StimsimError("no protocol files found (folders are searched for *.yaml)")
+        ids = task_ids(files)
+        tasks = {tid: protocol_to_dict(load_protocol_file(f)) for tid, f in zip(ids, files)}
+        # relative head/coil/positions paths are relative to each protocol's own folder, as in `run`
+        base_dirs = {tid: f.resolve().parent for tid, f in zip(ids, files)}
+        rows = run_batch(tasks, out, base_dir=base_dirs, jobs=jobs, scheduler=dask_scheduler,
+                         fallback_to_local=fallback_local, progress=not _state["quiet"])
     except StimsimError as err:
         _fail(err)
-    for r in rows:
-        typer.echo(f"{r['id']}: peak |E| {r['peak_magnE_V_per_m']:.4g} V/m, safety {r['safety']}"
-                   + (" (done earlier)" if r.get("resumed") else ""))
+    failed = 0
+    for r, f in zip(rows, files):
+        if "error" in r:
+            failed += 1
+            typer.echo(f"error: {f}: {r['error']}", err=True)
+        else:
+            typer.echo(f"{r['id']}: peak |E| {r['peak_magnE_V_per_m']:.4g} V/m, safety {r['safety']}"
+                       + (" (done earlier)" if r.get("resumed") else ""))
+    if failed:
+        raise typer.Exit(code=2)
 
 
 protocols_app = typer.Typer(help="The cited protocol library (stroke, TBI, MS, PD, MCI, depression).",
@@ -440,9 +505,11 @@ def view(
     """
     from rich.console import Console
 
+    from .outputs import check_output_file
     from .viz.cli import view_command
 
     try:
+        check_output_file(out)
         with _status(Console(stderr=True, quiet=_state["quiet"]), "rendering ..."):
             code = view_command(results, out, field, view_name, cut, threshold, surface=surface, roi=roi)
     except StimsimError as err:
@@ -466,7 +533,12 @@ def report(
     from .library import get_protocol, library_ids
     from .viz.cli import report_command
 
+    from .outputs import check_output_file, check_output_target
+
     try:
+        check_output_file(out)
+        if results is not None:
+            check_output_target(results, option="--results")
         source = protocol
         if not Path(protocol).is_file() and protocol in library_ids():
             source = get_protocol(protocol).path  # a library id: report its file
@@ -480,13 +552,19 @@ def report(
 @app.command()
 def schema(out: Optional[Path] = typer.Option(None, "--out", "-o", help="write to a file instead of stdout")):
     """Print the JSON Schema of protocol files (for editors and validators)."""
+    from .outputs import check_output_file
     from .protocol import protocol_json_schema
-    from .protocol.io import write_schema
+    from .protocol.io import atomic_write_text
 
+    # the comment marks the file as stimsim's, so a later `schema --out` may replace it
+    text = json.dumps({"$comment": f"stimsim {__version__} protocol schema", **protocol_json_schema()}, indent=2)
     if out is None:
-        typer.echo(json.dumps(protocol_json_schema(), indent=2))
+        typer.echo(text)
     else:
-        write_schema(out)
+        try:
+            atomic_write_text(check_output_file(out), text)
+        except StimsimError as err:
+            _fail(err)
 
 
 @app.command()
@@ -495,14 +573,78 @@ def version():
     typer.echo(__version__)
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM: unwinds like an exception, so every ``finally``/``with`` clean-up runs
+    (a results folder's temporary files are removed); not a KeyboardInterrupt, which click
+    would turn into "Aborted!"."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_on_signal(signum, frame):
+    import signal
+
+    # the clean-up that follows must not be cut short by a second Ctrl-C
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
 def main():  # entry point
+    """Run the CLI; every failure ends as one ``error:`` line (exit 2 for bad input or a file
+    problem, 1 for an internal error, 128 + signal number when interrupted)."""
+    import signal
+
+    from .outputs import os_error_message
+
+    signal.signal(signal.SIGTERM, _raise_on_signal)
+    signal.signal(signal.SIGINT, _raise_on_signal)
+    code = 0
     try:
-        app()
+        code = app(standalone_mode=False)  # click returns the exit code of typer.Exit
+        code = code if isinstance(code, int) else 0
+    except Interrupted as ex:
+        code = 128 + ex.signum
+        typer.echo(f"error: interrupted by {signal.Signals(ex.signum).name}; nothing half-written was left",
+                   err=True)
+    except (KeyboardInterrupt, EOFError):
+        code = 130
+        typer.echo("error: interrupted", err=True)
+    except StimsimError as err:
+        code = 2
+        typer.echo(f"error: {_one_line(err)}", err=True)
+    except UnicodeDecodeError as err:
+        code = 2
+        typer.echo(f"error: a file given is not UTF-8 text ({_one_line(err.reason)} at byte {err.start}); "
+                   "give a text file (YAML, TSV, CSV)", err=True)
+    except OSError as err:
+        code = 2
+        typer.echo(f"error: {_one_line(os_error_message(err))}", err=True)
+    except MemoryError:
+        code = 2
+        typer.echo("error: out of memory; use a coarser mesh or a machine with more memory", err=True)
+    except Exception as err:  # a bug: one line, and the traceback when asked for
+        if hasattr(err, "show") and isinstance(getattr(err, "exit_code", None), int):
+            err.show()  # a usage error (typer's click): its own message and exit code 2
+            sys.exit(err.exit_code)
+        if logger.level and logger.level <= logging.INFO:
+            raise
+        code = 1
+        typer.echo(f"error: internal error ({type(err).__name__}: {_one_line(err, 200)}); please report it "
+                   "(run with `stimsim -v` to see the traceback)", err=True)
     finally:
         # At exit the interpreter's last garbage collections walk every object numba, scipy
         # and pydantic created: ~0.2 s after a TMS run.  Frozen objects are skipped; the
         # objects are freed with the process all the same.
         gc.freeze()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

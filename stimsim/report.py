@@ -35,6 +35,7 @@ from ._logging import logger
 from .conductivity import tissue_name
 from .errors import StimsimError
 from .protocol.io import atomic_write_text
+from .simulation import protocol_sha256
 from .viz._data import (FieldData, VizError, check_roi, face_normals, load_field_data, resolve_surface_tags,
                         surface_faces, weighted_percentile)
 
@@ -325,14 +326,6 @@ clinical approval.</p>
 # ------------------------------------------------------------------------------------------ entry point
 
 
-def _protocol_hash(protocol) -> str:
-    import hashlib
-
-    from .protocol import protocol_to_dict
-
-    return hashlib.sha256(json.dumps(protocol_to_dict(protocol), sort_keys=True).encode()).hexdigest()
-
-
 def make_report(protocol, out_html, *, results_dir=None, roi=None, brain_tags=None, pictures: bool | None = None,
                 overwrite: bool = True, verbose=None) -> Path:
     """Simulate (or reuse a results folder) and write one self-contained HTML report.
@@ -391,9 +384,9 @@ def make_report(protocol, out_html, *, results_dir=None, roi=None, brain_tags=No
         data = load_field_data(results_dir)
         summary = data.summary
         given = (summary or {}).get("inputs", {}).get("protocol_sha256")
-        if given is not None and given != _protocol_hash(protocol):
+        if given is not None and given != protocol_sha256(protocol):
             raise StimsimError(f"results folder {results_dir} was computed from a different protocol "
-                               f"(protocol hash {given[:12]}… vs {_protocol_hash(protocol)[:12]}…); rerun "
+                               f"(protocol hash {given[:12]}… vs {protocol_sha256(protocol)[:12]}…); rerun "
                                "`stimsim run` or omit the results folder to simulate again")
         data = FieldData(data.mesh, data.element, data.node, protocol, summary, data.electrodes,
                          data.coil_dipoles_mm, data.coil_matrix, data.origin, data.inputs)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import numpy as np
 
 from . import __version__
 from .conductivity import tissue_name
-from .errors import StimsimError
+from .outputs import RESULTS_FORMAT
 from .protocol import save_protocol
 from .simulation import SimulationResult, default_brain_tags
 
@@ -74,6 +72,7 @@ def summarize(result: SimulationResult) -> dict:
     sigma_of = {int(t): float(result.sigma[np.argmax(mesh.tet_tags == t)]) for t in mesh.tissue_tags}
     e_stats, j_stats = field_statistics(result.magnE, vol, mesh.tet_tags, scale=sigma_of)
     summary = {
+        "format": RESULTS_FORMAT,
         "stimsim_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "platform": {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine()},
@@ -104,53 +103,66 @@ def summarize(result: SimulationResult) -> dict:
     return summary
 
 
-def write_results(result: SimulationResult, out_dir: str | os.PathLike, *, overwrite: bool = False,
-                  msh_version: str = "4.1") -> Path:
-    """Write ``fields.msh``, ``fields.vtu``, ``summary.json`` and ``protocol.yaml``.
+def write_result_files(result: SimulationResult, folder: str | os.PathLike, *, msh_version: str = "4.1") -> dict:
+    """Write ``fields.msh``, ``fields.vtu``, ``summary.json`` and ``protocol.yaml`` into ``folder``
+    (an existing, empty folder, e.g. :attr:`stimsim.outputs.ResultsFolder.path`); returns the summary.
 
     ``fields.msh`` is Gmsh MSH 4.1 binary by default: Gmsh, SimNIBS 4 and meshio all read it
     with its element data (meshio 5.3 cannot read element data from MSH 2.2 files that mix
     triangles and tetrahedra, meshio issue #1257); pass ``msh_version="2.2"`` for older tools.
-
-    Raises
-    ------
-    StimsimError
-        If ``out_dir`` exists and ``overwrite`` is False.
     """
     from .mesh import write_msh, write_vtu
 
-    out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise StimsimError(f"output folder {out} already exists; choose another --out or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        t = time.perf_counter()
-        element_data = {"E": result.E, "magnE": result.magnE, "J": result.J,
-                        "magnJ": np.sqrt(np.einsum("ij,ij->i", result.J, result.J))}
-        if result.E_recovered is not None:
-            element_data["E_recovered"] = result.E_recovered
-        node_data = {"v": result.potential_V, **result.node_data}
-        # the two mesh files are independent: write them concurrently (numpy and file I/O
-        # release the GIL); the VTU is for viewing, so its data are float32, half the bytes
-        from concurrent.futures import ThreadPoolExecutor
+    tmp = Path(folder)
+    t = time.perf_counter()
+    element_data = {"E": result.E, "magnE": result.magnE, "J": result.J,
+                    "magnJ": np.sqrt(np.einsum("ij,ij->i", result.J, result.J))}
+    if result.E_recovered is not None:
+        element_data["E_recovered"] = result.E_recovered
+    node_data = {"v": result.potential_V, **result.node_data}
+    # the two mesh files are independent: write them concurrently (numpy and file I/O
+    # release the GIL); the VTU is for viewing, so its data are float32, half the bytes
+    from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            jobs = [pool.submit(write_msh, tmp / "fields.msh", result.mesh, node_data=node_data,
-                                element_data=element_data, version=msh_version),
-                    pool.submit(write_vtu, tmp / "fields.vtu", result.mesh, node_data=node_data,
-                                element_data=element_data, dtype="float32")]
-            summary = summarize(result)  # meanwhile, in this thread
-            for job in jobs:
-                job.result()
-        save_protocol(result.protocol, tmp / "protocol.yaml")
-        summary["timings_s"]["write_s"] = round(time.perf_counter() - t, 4)
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True), encoding="utf-8")
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0700
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        jobs = [pool.submit(write_msh, tmp / "fields.msh", result.mesh, node_data=node_data,
+                            element_data=element_data, version=msh_version),
+                pool.submit(write_vtu, tmp / "fields.vtu", result.mesh, node_data=node_data,
+                            element_data=element_data, dtype="float32")]
+        # meanwhile, in this thread; on an exception the pool still waits for both writers, so
+        # the caller's clean-up never races a thread that is still writing
+        summary = summarize(result)
+        for job in jobs:
+            job.result()
+    save_protocol(result.protocol, tmp / "protocol.yaml")
+    summary["timings_s"]["write_s"] = round(time.perf_counter() - t, 4)
+    (tmp / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True), encoding="utf-8")
+    return summary
+
+
+def results_size_estimate(result: SimulationResult) -> tuple[int, int]:
+    """(total, largest file) bytes :func:`write_result_files` will write for ``result``."""
+    from .outputs import estimate_results_bytes
+
+    mesh = result.mesh
+    return estimate_results_bytes(mesh.n_nodes, mesh.n_tets, len(mesh.tris),
+                                  node_vectors=sum(1 for a in result.node_data.values() if np.ndim(a) == 2))
+
+
+def write_results(result: SimulationResult, out_dir: str | os.PathLike, *, overwrite: bool = False,
+                  msh_version: str = "4.1") -> Path:
+    """Write a results folder (see :func:`write_result_files`) that appears complete or not at all.
+
+    Raises
+    ------
+    stimsim.outputs.OutputError
+        If ``out_dir`` exists and ``overwrite`` is False, if it exists and was not written by
+        stimsim, if it is a protected place (the current or home folder, ``/``), or if the disk
+        cannot take the files.
+    """
+    from .outputs import ResultsFolder, check_space
+
+    with ResultsFolder(out_dir, overwrite=overwrite) as folder:
+        check_space(folder.path, *results_size_estimate(result), what="the results folder")
+        write_result_files(result, folder.path, msh_version=msh_version)
+        return folder.commit()

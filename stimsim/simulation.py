@@ -51,6 +51,11 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def protocol_sha256(protocol) -> str:
+    """Content hash of a validated protocol (defaults included): what a results folder was computed from."""
+    return hashlib.sha256(json.dumps(protocol_to_dict(protocol), sort_keys=True).encode()).hexdigest()
+
+
 def resolve_head(head: str, base_dir: Path | None = None) -> Path:
     """Path of the mesh a protocol's ``head`` names (an embedded name or a file path)."""
     if head in EMBEDDED_HEADS:
@@ -139,8 +144,7 @@ class _Head:
 def _read_head(protocol, base_dir, mesh) -> tuple[Mesh, dict, dict]:
     """Read + check the head mesh; returns (mesh, input hashes, timings)."""
     timings = {}
-    inputs = {"protocol_sha256": hashlib.sha256(
-        json.dumps(protocol_to_dict(protocol), sort_keys=True).encode()).hexdigest()}
+    inputs = {"protocol_sha256": protocol_sha256(protocol)}
     t = time.perf_counter()
     if mesh is None:
         path = resolve_head(protocol.head, base_dir)
@@ -239,4 +243,4 @@ def _solve_tes(protocol: TESProtocol, head: _Head, base_dir: Path | None = None)
                             timings, head.inputs, delivered)
 
 
-__all__ = ["simulate", "SimulationResult", "resolve_head", "EMBEDDED_HEADS", "__version__"]
+__all__ = ["simulate", "SimulationResult", "resolve_head", "protocol_sha256", "EMBEDDED_HEADS", "__version__"]

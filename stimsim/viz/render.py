@@ -370,7 +370,13 @@ def write_png(path, img: np.ndarray) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
     os.close(fd)
     try:
-        Image.fromarray(np.asarray(img, np.uint8)).save(tmp, format="PNG")
+        from PIL.PngImagePlugin import PngInfo
+
+        from .. import __version__
+
+        info = PngInfo()  # the mark that lets stimsim replace this file later (stimsim.outputs)
+        info.add_text("Software", f"stimsim {__version__}")
+        Image.fromarray(np.asarray(img, np.uint8)).save(tmp, format="PNG", pnginfo=info)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
