@@ -14,7 +14,13 @@ def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: floa
     """Mesh a label volume and write it (temporary file, then renamed); print the quality summary.
     Returns the exit code (0 ok, 2 bad input with a one-line ``error: ...`` on stderr and nothing
     written).  ``method``: ``auto`` (surface when tetgen and scikit-image import, else lattice with
-    a warning), ``surface`` or ``lattice`` (see :func:`stimsim.head.meshing.make_head_mesh`)."""
+    a warning), ``surface`` or ``lattice`` (see :func:`stimsim.head.meshing.make_head_mesh`).
+
+    Checks (docs/mesh_checks.md): before meshing, the head must span 3 element sizes and 4 voxels
+    along each axis and every tissue needs 8 voxels and one element's volume (h^3/12); after it,
+    a tissue missing from the mesh, a tissue volume off its voxel volume by more than 50 % or a
+    flat / inverted element is an error (exit 2, nothing written); a volume off by more than 5 %,
+    dihedral angles below 5 deg and radius ratios below 0.1 are warnings with the numbers."""
     from rich.console import Console
 
     from .meshing import make_head_mesh, print_summary, quality_summary, resolve_method, write_mesh_atomic
@@ -30,14 +36,15 @@ def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: floa
         method = resolve_method(method)
         mesh, info = make_head_mesh(Path(labels), None, labels_map, method=method, element_size_mm=element_size_mm,
                                     lesion=lesion, lesion_tag=lesion_tag, progress=progress, return_info=True)
-        q = quality_summary(mesh, info.voxel_volume_mm3)
+        expected = info.expected_volume_mm3 or info.voxel_volume_mm3
+        q = info.quality or quality_summary(mesh, expected)
         write_mesh_atomic(out, mesh)
     except StimsimError as exc:
-        console.print(f"error: {exc}", markup=False, highlight=False)
+        console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)  # one line, unwrapped
         return 2
     console.print(f"method {method} ({_METHOD_NAMES[method]})" + (f", from cache {info.cache_file}"
                                                                   if info.from_cache else ""),
                   markup=False, highlight=False)
-    print_summary(q, info.voxel_volume_mm3, console)
+    print_summary(q, expected, console)
     console.print(f"wrote {out} ({info.timings_s.get('total_s', 0):.1f} s)", markup=False, highlight=False)
     return 0

@@ -74,6 +74,12 @@ Choice and status (measured on this 2-core machine, Colin27 181x217x181 1 mm lab
 
 Units: mm.  The mesh is in the world frame of the NIfTI affine (axis-aligned affines only;
 left-handed affines are fine: the tetrahedra are re-oriented).
+
+Checks (both methods, docs/mesh_checks.md): :func:`check_meshable` refuses label volumes too
+small for the element size before meshing; after it, :func:`quality_summary` and
+:func:`assess_quality` refuse a mesh that lost a tissue, misses a tissue's voxel volume by more
+than 50 % or has flat / inverted tetrahedra (nothing is cached then), and log warnings with the
+numbers for volumes off by more than 5 %, dihedral angles below 5 deg and radius ratios below 0.1.
 """
 
 from __future__ import annotations
@@ -93,6 +99,7 @@ from ..mesh.model import Mesh
 from .labels import LAYER_FILL_TAG, LAYER_OF_TAG, apply_label_map, label_map
 
 __all__ = ["make_head_mesh", "load_label_volume", "tissue_connectivity", "quality_summary", "resolve_method",
+           "check_meshable", "volume_check", "assess_quality", "expected_tags", "print_summary",
            "default_element_size", "write_mesh_atomic", "cache_dir", "METHODS", "DEFAULT_ELEMENT_SIZE_MM",
            "MESHER_VERSION"]
 
@@ -631,19 +638,215 @@ def _neighbors(tets: np.ndarray) -> np.ndarray:
 
 
 def quality_summary(mesh: Mesh, voxel_volume_mm3: dict[int, float] | None = None) -> dict:
-    """:func:`stimsim.mesh.mesh_quality` plus per-tissue volume error and connectivity."""
+    """:func:`stimsim.mesh.mesh_quality` (with its ``elements`` report: slivers, worst element and
+    where it is) plus per-tissue volume error, the :func:`volume_check` against
+    ``voxel_volume_mm3`` and per-tissue connectivity.  JSON-serialisable."""
     from ..mesh import mesh_quality
 
-    q = mesh_quality(mesh)
-    q["n_inverted"] = int((mesh.signed_volumes_mm3 <= 0).sum())
+    q = mesh_quality(mesh, elements=True)
+    q["n_inverted"] = int(q["elements"]["degenerate"]["count"])
     if voxel_volume_mm3:
         q["volume_error_per_tag"] = {
             t: (q["volume_mm3_per_tag"].get(t, 0.0) / v - 1.0) for t, v in voxel_volume_mm3.items() if v > 0}
+        q["volume_check"] = volume_check(q["volume_mm3_per_tag"], voxel_volume_mm3)
     q["connectivity"] = tissue_connectivity(mesh)
     return q
 
 
+# ----------------------------------------------------------------------------------------------
+# checks before and after meshing (docs/mesh_checks.md)
+# ----------------------------------------------------------------------------------------------
+#: the head (voxels with a tissue) must span at least this many element sizes along each axis ...
+MIN_HEAD_EXTENT_ELEMENTS = 3
+#: ... and this many voxels
+MIN_HEAD_EXTENT_VOXELS = 4
+#: every tissue the mesh must contain needs this many voxels and the volume of one element (h^3 / 12)
+MIN_TISSUE_VOXELS = 8
+#: |mesh volume / voxel volume - 1| of a tissue: a logged warning above the first, an error above the second
+VOLUME_ERROR_WARN = 0.05
+VOLUME_ERROR_FAIL = 0.50
+
+
+def _element_volume_mm3(h: float) -> float:
+    """Volume of one element of size ``h``: a BCC lattice tetrahedron of spacing ``h`` (h^3 / 12;
+    a regular tetrahedron of edge ``h``, the surface mesher's largest, is 0.118 h^3)."""
+    return h ** 3 / 12.0
+
+
+def _name(t: int) -> str:
+    from ..conductivity import tissue_name
+
+    return f"{tissue_name(t)} (tag {int(t)})"
+
+
+def _fmt_mm3(v: float) -> str:
+    return f"{v / 1000:.3g} mL" if v >= 1000 else f"{v:.3g} mm^3"
+
+
+def expected_tags(tags: np.ndarray, method: str, lesion_mask: np.ndarray | None = None, lesion_tag: int = 3
+                  ) -> tuple[dict[int, int], dict[int, int]]:
+    """Voxels per tag that the mesh of ``method`` should hold, and the tags it merges.
+
+    The lattice mesher keeps every tag.  The surface mesher meshes the five nested layers of
+    :data:`stimsim.head.labels.LAYER_OF_TAG`, so eyes and muscle come out as scalp, compact and
+    spongy bone as bone, blood as CSF and other tags as grey matter; the lesion (voxels under
+    ``lesion_mask``) keeps ``lesion_tag``.  Returns ``({tag: voxels}, {label tag: mesh tag})``,
+    the second only for the tags merged into another one."""
+    counts = np.bincount(tags.ravel(), minlength=256).astype(np.int64)
+    n_lesion = int(np.count_nonzero(lesion_mask)) if lesion_mask is not None else 0
+    if n_lesion:
+        counts[int(lesion_tag)] -= n_lesion  # _apply_lesion gave the lesion voxels lesion_tag
+    merged = {}
+    if method == "surface":
+        from .surface_mesher import LAYER_TAG
+
+        out = np.zeros_like(counts)
+        lut = _layer_lut()
+        for t in np.flatnonzero(counts[1:]) + 1:
+            to = LAYER_TAG[int(lut[t])]
+            out[to] += counts[t]
+            if to != t:
+                merged[int(t)] = int(to)
+        counts = out
+    if n_lesion:
+        counts[int(lesion_tag)] += n_lesion
+    return {int(t): int(counts[t]) for t in np.flatnonzero(counts[1:]) + 1}, merged
+
+
+def check_meshable(tags: np.ndarray, zooms, h: float, counts: dict[int, int] | None = None,
+                   small_ok: tuple = ()) -> None:
+    """Refuse label volumes too small to mesh at element size ``h`` (mm), before meshing.
+
+    Rule (docs/mesh_checks.md): the head's bounding box (voxels with a tissue) spans at least
+    :data:`MIN_HEAD_EXTENT_ELEMENTS` element sizes and :data:`MIN_HEAD_EXTENT_VOXELS` voxels
+    along each axis, and every tissue of ``counts`` ({tag: voxels}, default: the tags of ``tags``)
+    has at least :data:`MIN_TISSUE_VOXELS` voxels and the volume of one element, ``h^3 / 12``
+    (tags in ``small_ok``, the surface mesher's refined lesion: the voxel minimum only).
+
+    Raises
+    ------
+    MeshError naming the tissue / extent, what the rule needs and the fix.
+    """
+    zooms = np.asarray(zooms, float)
+    head = tags > 0
+    ext_vox = []
+    for ax in range(3):
+        idx = np.flatnonzero(head.any(axis=tuple(k for k in range(3) if k != ax)))
+        ext_vox.append(int(idx[-1] - idx[0] + 1) if len(idx) else 0)
+    ext_vox = np.array(ext_vox)
+    ext_mm = ext_vox * zooms
+    dims = " x ".join(str(v) for v in ext_vox)
+    if (ext_vox < MIN_HEAD_EXTENT_VOXELS).any():
+        raise MeshError(f"labels: the head (voxels with a tissue) spans only {dims} voxels; meshing needs at least "
+                        f"{MIN_HEAD_EXTENT_VOXELS} voxels and {MIN_HEAD_EXTENT_ELEMENTS} element sizes along each "
+                        "axis: give a larger label volume (or one with more, finer voxels)")
+    need = MIN_HEAD_EXTENT_ELEMENTS * h
+    if (ext_mm < need).any():
+        raise MeshError(f"labels: the head spans {' x '.join(f'{v:.3g}' for v in ext_mm)} mm, less than "
+                        f"{MIN_HEAD_EXTENT_ELEMENTS} element sizes ({MIN_HEAD_EXTENT_ELEMENTS} x {h:g} mm = "
+                        f"{need:.3g} mm) along each axis; use a smaller element size (--element-size at most "
+                        f"{np.floor(100 * ext_mm.min() / MIN_HEAD_EXTENT_ELEMENTS) / 100:g} mm) or a larger "
+                        "label volume")
+    if counts is None:
+        counts = {int(t): int(c) for t, c in enumerate(np.bincount(tags.ravel())) if t and c}
+    voxel = float(np.prod(zooms))
+    need_vox = max(MIN_TISSUE_VOXELS, int(np.ceil(_element_volume_mm3(h) / voxel - 1e-9)))
+    small = {t: n for t, n in sorted(counts.items())
+             if n < (MIN_TISSUE_VOXELS if t in small_ok else need_vox)}
+    if small:
+        listed = ", ".join(f"{_name(t)}: {n} voxel{'s' if n != 1 else ''}" for t, n in small.items())
+        fix = "map them to a neighbouring tissue or to 0 in a label TSV"
+        n_min = min(small.values())
+        if n_min >= MIN_TISSUE_VOXELS:
+            h_max = np.floor(100 * (12.0 * n_min * voxel) ** (1 / 3)) / 100
+            fix = f"use a smaller element size (--element-size at most {h_max:g} mm), or " + fix
+        elif need_vox > MIN_TISSUE_VOXELS:
+            fix = "use finer labels, or " + fix
+        raise MeshError(f"labels: too few voxels to mesh {listed}; at element size {h:g} mm every tissue needs at "
+                        f"least {need_vox} voxels ({MIN_TISSUE_VOXELS} voxels and one element, h^3/12 = "
+                        f"{_fmt_mm3(_element_volume_mm3(h))}): {fix}")
+
+
+def volume_check(mesh_volume_mm3: dict[int, float], voxel_volume_mm3: dict[int, float], *,
+                 warn: float = VOLUME_ERROR_WARN, fail: float = VOLUME_ERROR_FAIL) -> dict:
+    """Compare the tissue volumes of a mesh with the voxel volumes it was made from.
+
+    Returns ``{"warn", "fail", "missing": [tags], "failed": {tag: error}, "warned": {tag: error},
+    "extra": {tag: mm^3}}``: tissues of the labels absent from the mesh, relative volume errors
+    above ``fail`` and above ``warn`` (only those not above ``fail``), and tissues in the mesh that
+    the labels do not have (e.g. a closing layer the lattice mesher added)."""
+    out = {"warn": float(warn), "fail": float(fail), "missing": [], "failed": {}, "warned": {}, "extra": {}}
+    for t, v in sorted(voxel_volume_mm3.items()):
+        if v <= 0:
+            continue
+        got = float(mesh_volume_mm3.get(t, 0.0))
+        err = got / v - 1.0
+        if got <= 0:
+            out["missing"].append(int(t))
+        elif abs(err) > fail:
+            out["failed"][int(t)] = float(err)
+        elif abs(err) > warn:
+            out["warned"][int(t)] = float(err)
+    for t, v in sorted(mesh_volume_mm3.items()):
+        if v > 0 and voxel_volume_mm3.get(t, 0) <= 0:
+            out["extra"][int(t)] = float(v)
+    return out
+
+
+def _at(e: dict) -> str:
+    x, y, z = e["worst_at_mm"]
+    return f"({x:.1f}, {y:.1f}, {z:.1f}) mm, {_name(e['worst_tag'])}"
+
+
+def assess_quality(q: dict, voxel_volume_mm3: dict[int, float] | None = None, h: float | None = None,
+                   method: str | None = None) -> tuple[list[str], list[str]]:
+    """Errors and warnings (one line each) of a :func:`quality_summary`: a tissue of the labels
+    missing from the mesh, a tissue volume off by more than :data:`VOLUME_ERROR_FAIL`, or flat /
+    inverted tetrahedra are errors; a volume off by more than :data:`VOLUME_ERROR_WARN`, tissues the
+    labels do not have, and tetrahedra with a dihedral angle below 5 deg or a radius ratio below
+    0.1 (:data:`stimsim.mesh.checks.SLIVER_DIHEDRAL_DEG`, ``SLIVER_RADIUS_RATIO``) are warnings."""
+    errors, warnings = [], []
+    fix = ("; the tissue is too small or thin for this element size" + (f" ({h:g} mm)" if h else "")
+           + ": use a smaller --element-size" + (" (or --method surface)" if method == "lattice" else "")
+           + " or check the labels")
+    vc = q.get("volume_check")
+    if vc is None and voxel_volume_mm3:
+        vc = volume_check(q["volume_mm3_per_tag"], voxel_volume_mm3)
+    if vc:
+        vox = voxel_volume_mm3 or {}
+        parts = [f"{_name(t)} is in the labels ({_fmt_mm3(vox[t])}) but not in the mesh" if t in vox else
+                 f"{_name(t)} is in the labels but not in the mesh" for t in vc["missing"]]
+        parts += [f"{_name(t)} volume {100 * e:+.0f} % off its voxel volume" for t, e in vc["failed"].items()]
+        if parts:
+            errors.append("mesh check failed: " + "; ".join(parts) + f" (limit: every tissue present, volume within "
+                          f"{100 * vc['fail']:.0f} %)" + fix)
+        if vc["warned"]:
+            warnings.append("mesh check: tissue volume off the voxel volume by more than "
+                            f"{100 * vc['warn']:.0f} %: " + ", ".join(f"{_name(t)} {100 * e:+.1f} %"
+                                                                     for t, e in vc["warned"].items()))
+        if vc["extra"]:
+            warnings.append("mesh check: tissues in the mesh that the labels do not have (a closing layer the mesher "
+                            "added): " + ", ".join(f"{_name(t)} {_fmt_mm3(v)}" for t, v in vc["extra"].items()))
+    el = q.get("elements")
+    if el:
+        m = el["n_tets"]
+        dg = el["degenerate"]
+        if dg["count"]:
+            errors.append(f"mesh check failed: {dg['count']:,} of {m:,} tetrahedra are flat or inverted (first near "
+                          f"{_at(dg)}); try another element size or --method")
+        d, r = el["dihedral"], el["radius_ratio"]
+        if d["count"]:
+            warnings.append(f"mesh quality: {d['count']:,} of {m:,} tetrahedra ({100 * d['fraction']:.2g} %) have a "
+                            f"dihedral angle below {d['threshold']:g} deg; worst {d['worst']:.3g} deg at {_at(d)}")
+        if r["count"]:
+            warnings.append(f"mesh quality: {r['count']:,} of {m:,} tetrahedra ({100 * r['fraction']:.2g} %) have a "
+                            f"radius ratio below {r['threshold']:g}; worst {r['worst']:.2g} at {_at(r)}")
+    return errors, warnings
+
+
 def print_summary(q: dict, voxel_volume_mm3: dict[int, float] | None = None, console=None) -> None:
+    """Print a :func:`quality_summary`: element counts and shape, the per-tissue volume table with
+    the check verdicts, and the sliver counts with the worst elements."""
     from rich.console import Console
     from rich.table import Table
 
@@ -651,17 +854,36 @@ def print_summary(q: dict, voxel_volume_mm3: dict[int, float] | None = None, con
 
     console = console or Console(stderr=True)
     console.print(f"{q['n_nodes']:,} nodes, {q['n_tets']:,} tetrahedra; min dihedral "
-                  f"{q['min_dihedral_deg']:.1f} deg, radius ratio min {q['radius_ratio']['min']:.3f} "
-                  f"median {q['radius_ratio']['median']:.3f}; inverted: {q['n_inverted']}")
-    table = Table("tag", "tissue", "mesh mL", "voxel mL", "error", "pieces", "largest")
-    for t, v in sorted(q["volume_mm3_per_tag"].items()):
+                  f"{q['min_dihedral_deg']:.3g} deg, radius ratio min {q['radius_ratio']['min']:.2g} "
+                  f"median {q['radius_ratio']['median']:.3f}; inverted: {q['n_inverted']}",
+                  markup=False, highlight=False, soft_wrap=True)
+    vc = q.get("volume_check") or {}
+    table = Table("tag", "tissue", "mesh mL", "voxel mL", "error", "check", "pieces", "largest")
+    tags = sorted(set(q["volume_mm3_per_tag"]) | set(voxel_volume_mm3 or {}))
+    for t in tags:
+        v = q["volume_mm3_per_tag"].get(t, 0.0)
         vv = (voxel_volume_mm3 or {}).get(t)
         err = q.get("volume_error_per_tag", {}).get(t)
+        verdict = ("FAIL" if t in vc.get("missing", ()) or t in vc.get("failed", {}) else
+                   "WARN" if t in vc.get("warned", {}) or t in vc.get("extra", {}) else "ok") if vc else "-"
         c = q["connectivity"].get(t, {})
         table.add_row(str(t), tissue_name(t), f"{v / 1000:.1f}", "-" if vv is None else f"{vv / 1000:.1f}",
-                      "-" if err is None else f"{100 * err:+.1f} %", str(c.get("pieces", "-")),
+                      "-" if err is None else f"{100 * err:+.1f} %", verdict, str(c.get("pieces", "-")),
                       f"{100 * c.get('largest_fraction', 0):.1f} %")
     console.print(table)
+    if vc:
+        console.print(f"volume check: WARN above {100 * vc['warn']:.0f} %, FAIL above {100 * vc['fail']:.0f} % or a "
+                      "tissue missing", markup=False, highlight=False, soft_wrap=True)
+    el = q.get("elements")
+    if el:
+        d, r, dg = el["dihedral"], el["radius_ratio"], el["degenerate"]
+        for what, e, unit in (("dihedral angle", d, " deg"), ("radius ratio", r, "")):
+            line = (f"elements with {what} < {e['threshold']:g}{unit}: {e['count']:,} ({100 * e['fraction']:.2g} %)")
+            if e["count"]:
+                line += f", worst {e['worst']:.3g}{unit} at {_at(e)}"
+            console.print(line + (" [WARN]" if e["count"] else ""), markup=False, highlight=False, soft_wrap=True)
+        console.print(f"flat or inverted elements: {dg['count']}" + (" [FAIL]" if dg["count"] else ""),
+                      markup=False, highlight=False, soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -680,6 +902,12 @@ class HeadMeshInfo:
     method: str = "lattice"
     mesher: dict = field(default_factory=dict)  # the mesher's own report (surface: TetGen switches ...)
     from_cache: bool = False
+    #: voxel volume per tag the mesh should hold (the surface mesher merges eyes / muscle into scalp ...)
+    expected_volume_mm3: dict = field(default_factory=dict)
+    #: :func:`quality_summary` of the mesh against ``expected_volume_mm3`` (with the element report)
+    quality: dict = field(default_factory=dict)
+    #: {label tag: mesh tag} of the tags the method merges into another
+    merged_tags: dict = field(default_factory=dict)
 
 
 #: ``method`` values of :func:`make_head_mesh` / ``stimsim mesh --method``
@@ -784,7 +1012,8 @@ def _voxel_volumes(tags: np.ndarray, voxel_mm3: float) -> dict:
 
 def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str = "auto",
                    element_size_mm: float | None = None, lesion=None, lesion_tag: int = 3, progress: bool = True,
-                   cache: bool = True, return_info: bool = False, surface_options: dict | None = None):
+                   cache: bool = True, return_info: bool = False, surface_options: dict | None = None,
+                   check: bool = True):
     """Build a tetrahedral head mesh (SimNIBS tags, mm, world frame) from a label volume.
 
     Parameters
@@ -809,10 +1038,16 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
     surface_options : keyword arguments for
         :func:`stimsim.head.surface_mesher.surface_mesh_from_tags` over
         :func:`~stimsim.head.surface_mesher.surface_defaults`
+    check : refuse label volumes too small to mesh (:func:`check_meshable`) and meshes that lose a
+        tissue, miss a tissue's voxel volume by more than 50 % or hold flat / inverted tetrahedra
+        (:func:`assess_quality`); either way the quality report goes to ``info.quality`` and its
+        warnings (volume off by > 5 %, dihedral angles < 5 deg, radius ratios < 0.1) to the log.
+        See docs/mesh_checks.md.
 
     Raises
     ------
-    MeshError (one line naming the problem) for bad input; nothing is written then.
+    MeshError (one line naming the problem) for bad input or a mesh that fails the checks; nothing
+    is written (nor cached) then.
     """
     t_start = time.perf_counter()
     method = resolve_method(method)
@@ -834,6 +1069,14 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         lmask = _apply_lesion(tags, affine, lesion, lesion_tag)
     voxel_mm3 = float(np.prod(zooms))
     raw_vol = _voxel_volumes(tags, voxel_mm3)
+    counts, merged = expected_tags(tags, method, lmask, lesion_tag)
+    expected = {t: n * voxel_mm3 for t, n in counts.items()}
+    if check:
+        check_meshable(tags, zooms, h, counts,
+                       small_ok=(int(lesion_tag),) if lmask is not None and method == "surface" else ())
+    if merged:
+        logger.warning("the %s mesher meshes %s; --method lattice keeps every tag", method,
+                       ", ".join(f"{_name(t)} as {_name(to)}" for t, to in merged.items()))
 
     if method == "surface":
         from .surface_mesher import SURFACE_MESHER_VERSION, surface_defaults
@@ -847,8 +1090,10 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
     cfile = cache_dir() / "heads" / f"{_cache_key(tags, affine, h, extra)}.msh" if cache else None
     mesh = _cache_read(cfile)
     if mesh is not None:
-        info = HeadMeshInfo(raw_vol, raw_vol, {}, 0, {"total_s": time.perf_counter() - t_start}, str(cfile), method,
-                            from_cache=True)
+        info = HeadMeshInfo(raw_vol, raw_vol, {}, 0, {}, str(cfile), method, from_cache=True,
+                            expected_volume_mm3=expected, merged_tags=merged)
+        info.quality = _check_result(mesh, expected, h, method, check, info.timings_s)
+        info.timings_s["total_s"] = time.perf_counter() - t_start
         return (mesh, info) if return_info else mesh
 
     with _Steps(progress, _STEPS[method]) as steps:
@@ -869,9 +1114,14 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
                                                                **opts)
         timings.update(minfo.pop("timings_s", {}))
         steps.start("finish")
+        if not len(tets):
+            raise MeshError(f"the {method} mesher made no tetrahedra of these labels (tissues {sorted(counts)}); "
+                            "use a smaller --element-size or check the labels")
         mesh = _world_mesh(nodes, tets, ttags, zooms, affine, method)
+    info = HeadMeshInfo(raw_vol, clean_vol, moved, int(minfo.pop("closure_tets", 0)), timings, None, method, minfo,
+                        expected_volume_mm3=expected, merged_tags=merged)
+    info.quality = _check_result(mesh, expected, h, method, check, timings)
     timings["total_s"] = time.perf_counter() - t_start
-    info = HeadMeshInfo(raw_vol, clean_vol, moved, int(minfo.pop("closure_tets", 0)), timings, None, method, minfo)
     if cfile is not None:
         try:
             cfile.parent.mkdir(parents=True, exist_ok=True)
@@ -880,6 +1130,19 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         except OSError as exc:  # a read-only cache is not an error
             logger.warning("could not cache the head mesh in %s (%s)", cfile.parent, exc)
     return (mesh, info) if return_info else mesh
+
+
+def _check_result(mesh: Mesh, expected: dict, h: float, method: str, check: bool, timings: dict) -> dict:
+    """:func:`quality_summary` of a new (or cached) mesh; raise its errors (``check``), log its warnings."""
+    t = time.perf_counter()
+    q = quality_summary(mesh, expected)
+    errors, warnings = assess_quality(q, expected, h, method)
+    timings["quality_s"] = time.perf_counter() - t
+    if errors and check:
+        raise MeshError(" ".join(errors))
+    for w in errors + warnings:
+        logger.warning("%s", w)
+    return q
 
 
 def _compact(nodes: np.ndarray, tets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -32,7 +32,8 @@ from .._logging import logger
 from ..errors import MeshError
 from .model import Mesh
 
-__all__ = ["check_mesh", "mesh_quality"]
+__all__ = ["check_mesh", "mesh_quality", "element_quality", "element_quality_report",
+           "SLIVER_DIHEDRAL_DEG", "SLIVER_RADIUS_RATIO"]
 
 _DEGENERATE_RTOL = 1e-12
 
@@ -179,6 +180,14 @@ def check_mesh(mesh: Mesh, known_tags=None, *, fix_orientation: bool = True, con
     return mesh
 
 
+#: element-shape warning thresholds (:func:`element_quality_report`): the targets of the mesh-quality
+#: work; a tetrahedron below either is a sliver / needle that slows the iterative solver and
+#: spoils the field locally, but it is still a valid element (only zero volume is an error)
+SLIVER_DIHEDRAL_DEG = 5.0
+SLIVER_RADIUS_RATIO = 0.1
+_CHUNK = 65_536  # tetrahedra per block: the temporaries stay in cache, memory stays flat
+
+
 def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cross product of (3, m) component-first arrays (faster than np.cross on (m, 3))."""
     return np.stack([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]])
@@ -188,54 +197,147 @@ def _norm(a: np.ndarray) -> np.ndarray:
     return np.sqrt(a[0] * a[0] + a[1] * a[1] + a[2] * a[2])
 
 
-def mesh_quality(mesh: Mesh) -> dict:
-    """Size and shape statistics (vectorised).
+# the two faces that meet at edge (i, j) = 01 02 03 12 13 23 are the ones opposite the other two
+# vertices (k, l)
+_OTHER = ((2, 3), (1, 3), (1, 2), (0, 3), (0, 2), (0, 1))
+
+
+def _tet_block(xyz: np.ndarray, tets: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Signed volume, radius ratio, min / max interior dihedral angle (deg) and the six edge
+    lengths (6, m) of a block of tetrahedra; ``xyz`` is the (3, n) node array."""
+    p0, p1, p2, p3 = (xyz[:, tets[:, k]] for k in range(4))
+    a, b, c = p1 - p0, p2 - p0, p3 - p0
+    d, e = p2 - p1, p3 - p1
+    elen = np.stack([_norm(v) for v in (a, b, c, d, e, p3 - p2)])  # edges 01 02 03 12 13 23
+    bc, ac, ab = _cross(b, c), _cross(a, c), _cross(a, b)
+    vol = (a * bc).sum(0) / 6.0
+    avol = np.abs(vol)
+    # face normals, face k opposite vertex k, all outward for a positive tet (all inward for a
+    # negative one, which leaves the angles between them unchanged); length = 2 * face area
+    normals = (_cross(d, e), -bc, ac, -ab)
+    area2 = np.stack([_norm(v) for v in normals])
+    flat_face = (area2 == 0).any(0)  # three collinear nodes: no normal, the tet counts as flat
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # circumradius R = | |a|^2 (b x c) + |b|^2 (c x a) + |c|^2 (a x b) | / (12 V); inradius r = 3 V / area
+        num = (a * a).sum(0) * bc - (b * b).sum(0) * ac + (c * c).sum(0) * ab
+        r_circ = _norm(num) / (12.0 * avol)
+        r_in = 6.0 * avol / area2.sum(0)
+        ratio = np.nan_to_num(3.0 * r_in / r_circ, nan=0.0, posinf=0.0)
+        inv = 1.0 / area2
+        # interior dihedral angle at an edge = 180 deg - angle between the outward normals of the two
+        # faces that meet there: cos(dihedral) = -n_k . n_l / (|n_k| |n_l|); the smallest angle has
+        # the largest cosine, so only two arccos per tetrahedron
+        cos = np.stack([-(normals[k] * normals[l]).sum(0) * (inv[k] * inv[l]) for k, l in _OTHER])
+        cmax, cmin = cos.max(0), cos.min(0)
+    dmin = np.degrees(np.arccos(np.clip(cmax, -1.0, 1.0)))
+    dmax = np.degrees(np.arccos(np.clip(cmin, -1.0, 1.0)))
+    dmin[flat_face] = 0.0
+    dmax[flat_face] = 180.0
+    return vol, ratio, dmin, dmax, elen
+
+
+def element_quality(mesh: Mesh, *, edges: bool = False) -> dict:
+    """Per-tetrahedron shape measures, vectorised (blocks of 65,536 tetrahedra).
+
+    Returns a dict of (m,) arrays: ``volume_mm3`` (signed: > 0 for the positive, right-handed node
+    order), ``radius_ratio`` (3 * inradius / circumradius: 1 for a regular tetrahedron, 0 for a
+    flat one), ``min_dihedral_deg`` and ``max_dihedral_deg`` (interior dihedral angles: 70.53 deg
+    for a regular tetrahedron; a sliver has one near 0 and one near 180); with ``edges=True`` also
+    ``edge_length_mm`` (6, m).  Colin27's 588k tetrahedra take ~0.2 s on one core.
+    """
+    m = mesh.n_tets
+    out = {k: np.empty(m) for k in ("volume_mm3", "radius_ratio", "min_dihedral_deg", "max_dihedral_deg")}
+    elen = np.empty((6, m)) if edges else None
+    xyz = np.ascontiguousarray(mesh.nodes.T)  # component-first arrays keep every operation contiguous
+    for s in range(0, m, _CHUNK):
+        sl = slice(s, min(s + _CHUNK, m))
+        vol, ratio, dmin, dmax, el = _tet_block(xyz, mesh.tets[sl])
+        out["volume_mm3"][sl], out["radius_ratio"][sl] = vol, ratio
+        out["min_dihedral_deg"][sl], out["max_dihedral_deg"][sl] = dmin, dmax
+        if edges:
+            elen[:, sl] = el
+    if edges:
+        out["edge_length_mm"] = elen
+    return out
+
+
+def _worst(mesh: Mesh, values: np.ndarray) -> dict:
+    i = int(np.argmin(values))
+    return {"worst": float(values[i]), "worst_tet": i,
+            "worst_at_mm": [round(float(x), 3) for x in mesh.nodes[mesh.tets[i]].mean(0)],
+            "worst_tag": int(mesh.tet_tags[i])}
+
+
+def element_quality_report(mesh: Mesh, quality: dict | None = None, *, min_dihedral_deg: float = SLIVER_DIHEDRAL_DEG,
+                           min_radius_ratio: float = SLIVER_RADIUS_RATIO, degenerate_rtol: float = _DEGENERATE_RTOL
+                           ) -> dict:
+    """Which tetrahedra are poorly shaped or degenerate, with numbers for a report.
+
+    ``quality``: :func:`element_quality` of ``mesh`` when already computed.  Returns a dict with
+    ``dihedral`` (tetrahedra with a dihedral angle below ``min_dihedral_deg``) and
+    ``radius_ratio`` (radius ratio below ``min_radius_ratio``), each ``{"threshold", "count",
+    "fraction", "worst", "worst_tet", "worst_at_mm", "worst_tag"}`` (the worst over the whole
+    mesh, location = its centroid in mesh coordinates, mm), and ``degenerate``: ``{"count", "flat",
+    "inverted", ...}``, the tetrahedra with an absolute volume at or below ``degenerate_rtol`` x the
+    median volume (``flat``) or oriented against the majority (``inverted``): what :func:`check_mesh`
+    refuses; ``worst`` is then the most negative signed volume relative to the majority orientation.
+    """
+    q = element_quality(mesh) if quality is None else quality
+    m = mesh.n_tets
+    out = {"n_tets": m}
+    for key, values, thr in (("dihedral", q["min_dihedral_deg"], min_dihedral_deg),
+                             ("radius_ratio", q["radius_ratio"], min_radius_ratio)):
+        n = int(np.count_nonzero(values < thr))
+        out[key] = {"threshold": float(thr), "count": n, "fraction": n / m if m else 0.0,
+                    **(_worst(mesh, values) if m else {})}
+    vol = q["volume_mm3"]
+    # orientation: the majority sign (an all-negative mesh is a mirrored export, not inverted)
+    sign = -1.0 if np.count_nonzero(vol < 0) > m // 2 else 1.0
+    rel = sign * vol
+    med = float(np.median(np.abs(vol))) if m else 0.0
+    flat = np.abs(vol) <= degenerate_rtol * med
+    inverted = (rel < 0) & ~flat
+    bad = flat | inverted
+    out["degenerate"] = {"count": int(bad.sum()), "flat": int(flat.sum()), "inverted": int(inverted.sum())}
+    if bad.any():
+        out["degenerate"].update(_worst(mesh, np.where(bad, rel, np.inf)))
+    return out
+
+
+def mesh_quality(mesh: Mesh, *, elements: bool = False) -> dict:
+    """Size and shape statistics (vectorised, ~0.3 s for 600k tetrahedra).
 
     Returns a dict with ``n_nodes``, ``n_tets``, ``n_tris``, ``volume_mm3`` (total),
     ``volume_mm3_per_tag`` ({tag: mm³}), ``edge_length_mm`` ({min, median, max}),
     ``radius_ratio`` ({min, median}; 3·inradius/circumradius, 1 for a regular
     tetrahedron, 0 for a flat one), ``min_dihedral_deg`` and ``max_dihedral_deg``
-    (interior dihedral angles; 70.5° for a regular tetrahedron).
+    (interior dihedral angles; 70.5° for a regular tetrahedron); with ``elements=True`` also
+    ``elements``, the :func:`element_quality_report` (slivers, worst element and where it is).
     """
-    vol = mesh.volumes_mm3
     tags, inv = np.unique(mesh.tet_tags, return_inverse=True)
-    per_tag = np.bincount(inv.ravel(), weights=vol, minlength=len(tags))
     out = {
         "n_nodes": mesh.n_nodes,
         "n_tets": mesh.n_tets,
         "n_tris": len(mesh.tris),
-        "volume_mm3": float(vol.sum()),
-        "volume_mm3_per_tag": {int(t): float(v) for t, v in zip(tags, per_tag)},
     }
     if mesh.n_tets == 0:
-        return out
-    xyz = mesh.nodes.T  # (3, n): component-first arrays keep every operation contiguous
-    p0, p1, p2, p3 = (xyz[:, mesh.tets[:, k]] for k in range(4))
-    a, b, c = p1 - p0, p2 - p0, p3 - p0
-    d, e, f = p2 - p1, p3 - p1, p3 - p2
-    elen = np.stack([_norm(v) for v in (a, b, c, d, e, f)])  # edges 01 02 03 12 13 23
+        return {**out, "volume_mm3": 0.0, "volume_mm3_per_tag": {}}
+    q = element_quality(mesh, edges=True)
+    vol = np.abs(q["volume_mm3"])
+    per_tag = np.bincount(inv.ravel(), weights=vol, minlength=len(tags))
+    out["volume_mm3"] = float(vol.sum())
+    out["volume_mm3_per_tag"] = {int(t): float(v) for t, v in zip(tags, per_tag)}
+    elen = q.pop("edge_length_mm")
     out["edge_length_mm"] = {
         "min": float(elen.min()),
         "median": float(np.median(elen)),
         "max": float(elen.max()),
     }
-    # face normals (length = 2 * area), face k opposite vertex k; the common sign does not
-    # matter for the angles between them
-    bc, ac, ab = _cross(b, c), _cross(a, c), _cross(a, b)
-    n = [_cross(d, e), -bc, ac, -ab]
-    area2 = [_norm(v) for v in n]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # circumradius R = | |a|²(b×c) + |b|²(c×a) + |c|²(a×b) | / (12 V); inradius r = 3V / area
-        num = (a * a).sum(0) * bc - (b * b).sum(0) * ac + (c * c).sum(0) * ab
-        r_circ = _norm(num) / (12.0 * vol)
-        r_in = 3.0 * vol / (0.5 * (area2[0] + area2[1] + area2[2] + area2[3]))
-        ratio = np.nan_to_num(3.0 * r_in / r_circ, nan=0.0)
-        unit = [v / s for v, s in zip(n, area2)]
-        # dihedral angle at edge (i, j) = 180° - angle between the normals of the two faces
-        # opposite the other two vertices (k, l)
-        cosines = np.stack([(unit[k] * unit[l]).sum(0) for k, l in ((2, 3), (1, 3), (1, 2), (0, 3), (0, 2), (0, 1))])
-        dih = 180.0 - np.degrees(np.arccos(np.clip(cosines, -1.0, 1.0)))
+    del elen
+    ratio = q["radius_ratio"]
     out["radius_ratio"] = {"min": float(ratio.min()), "median": float(np.median(ratio))}
-    out["min_dihedral_deg"] = float(np.nanmin(dih))
-    out["max_dihedral_deg"] = float(np.nanmax(dih))
+    out["min_dihedral_deg"] = float(q["min_dihedral_deg"].min())
+    out["max_dihedral_deg"] = float(q["max_dihedral_deg"].max())
+    if elements:
+        out["elements"] = element_quality_report(mesh, q)
     return out

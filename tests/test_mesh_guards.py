@@ -1,0 +1,364 @@
+"""Guards of `stimsim mesh` (docs/mesh_checks.md): label volumes too small to mesh, tissues lost
+or badly off in volume, and element quality (dihedral angles, radius ratio) against hand values."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from stimsim.errors import MeshError
+from stimsim.mesh import Mesh
+from stimsim.mesh.checks import element_quality, element_quality_report
+
+pytest.importorskip("scipy")
+
+_REGULAR_DIHEDRAL = np.degrees(np.arccos(1 / 3))  # 70.5288 deg
+
+
+def _mesh(*tets_nodes, tags=None):
+    """A mesh of separate tetrahedra given by their 4 corner points (node order as given)."""
+    nodes = np.concatenate([np.asarray(p, float) for p in tets_nodes])
+    tets = np.arange(len(nodes)).reshape(-1, 4)
+    return Mesh(nodes, tets, np.ones(len(tets), int) if tags is None else np.asarray(tags))
+
+
+def _positive(p):
+    """The 4 corners in positive (right-handed) order."""
+    p = np.asarray(p, float)
+    return p if np.dot(p[1] - p[0], np.cross(p[2] - p[0], p[3] - p[0])) >= 0 else p[[0, 2, 1, 3]]
+
+
+def _regular(scale=1.0, shift=(0.0, 0.0, 0.0)):
+    p = np.array([[1, 1, 1], [-1, -1, 1], [-1, 1, -1], [1, -1, -1]], float)
+    return p * scale + np.asarray(shift)
+
+
+def _sliver(t, shift=(0.0, 0.0, 0.0)):
+    """Two crossing edges of length 2, a height ``t`` apart: flat as t -> 0."""
+    return np.array([[1, 0, 0], [-1, 0, 0], [0, 1, t], [0, -1, t]], float) + np.asarray(shift)
+
+
+# ---- element quality against hand-computed values -----------------------------------------------
+def test_regular_tetrahedron():
+    q = element_quality(_mesh(_regular(), _regular(3.0, (10, 0, 0))))
+    assert q["min_dihedral_deg"] == pytest.approx([_REGULAR_DIHEDRAL] * 2)
+    assert q["max_dihedral_deg"] == pytest.approx([_REGULAR_DIHEDRAL] * 2)
+    assert q["radius_ratio"] == pytest.approx([1.0, 1.0])
+    # edge 2 sqrt 2: V = a^3 / (6 sqrt 2) = 8/3; scaled by 3: 27 x; the node order here is negative
+    assert np.abs(q["volume_mm3"]) == pytest.approx([8 / 3, 72.0])
+
+
+def test_corner_tetrahedron():
+    """Corner of the unit cube: dihedral 90 deg at the three axis edges, arccos(1/sqrt 3) = 54.74 deg
+    at the slanted face; r_in = 3V / A = (1/2) / (3/2 + sqrt(3)/2), R = sqrt(3)/2."""
+    corner = [[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]]
+    q = element_quality(_mesh(corner, np.array(corner)[[0, 2, 1, 3]]))  # both orientations
+    assert q["volume_mm3"] == pytest.approx([1 / 6, -1 / 6])
+    assert q["min_dihedral_deg"] == pytest.approx([np.degrees(np.arccos(1 / np.sqrt(3)))] * 2)
+    assert q["max_dihedral_deg"] == pytest.approx([90.0, 90.0])
+    r_in, r_circ = 0.5 / (1.5 + np.sqrt(3) / 2), np.sqrt(3) / 2
+    assert q["radius_ratio"] == pytest.approx([3 * r_in / r_circ] * 2)  # 0.7321
+
+
+@pytest.mark.parametrize("t", [0.5, 0.05, 0.01])
+def test_sliver(t):
+    """At each of the four short edges two faces with normals like (0, -t, 1) and (t, 0, 1) meet:
+    dihedral arccos(1/(1+t^2)) (= 4.05 deg at t = 0.05); at the two long edges the half-planes
+    towards (0, +-1, t) meet: arccos((t^2-1)/(t^2+1)).  V = 2t/3, four faces of area sqrt(1+t^2), circumcentre
+    (0, 0, t/2): R = sqrt(1 + t^2/4), so 3 r_in / R = 3t / (2 sqrt(1+t^2) sqrt(1+t^2/4))."""
+    q = element_quality(_mesh(_sliver(t)))
+    assert q["volume_mm3"][0] == pytest.approx(-2 * t / 3)
+    assert q["min_dihedral_deg"][0] == pytest.approx(np.degrees(np.arccos(1 / (1 + t * t))), rel=1e-6)
+    assert q["max_dihedral_deg"][0] == pytest.approx(np.degrees(np.arccos((t * t - 1) / (t * t + 1))), rel=1e-9)
+    want = 3 * t / (2 * np.sqrt(1 + t * t) * np.sqrt(1 + t * t / 4))
+    assert q["radius_ratio"][0] == pytest.approx(want, rel=1e-9)
+
+
+def test_quality_report_counts_worst_and_location():
+    """Two regular tetrahedra and two slivers, t = 0.05 (min dihedral 4.05 deg, radius ratio 0.0749)
+    and t = 0.2 (15.9 deg, 0.293): one tetrahedron below 5 deg and one below 0.1, both the t = 0.05
+    sliver, reported at its centroid."""
+    mesh = _mesh(*map(_positive, (_regular(), _sliver(0.05, (10, 20, 30)), _sliver(0.2, (-10, 0, 0)),
+                                  _regular(2, (0, 9, 0)))), tags=[2, 3, 4, 2])
+    r = element_quality_report(mesh)
+    assert r["n_tets"] == 4
+    d, rr = r["dihedral"], r["radius_ratio"]
+    assert d["count"] == 1 and d["fraction"] == 0.25 and d["threshold"] == 5.0
+    assert d["worst"] == pytest.approx(np.degrees(np.arccos(1 / 1.0025)))  # 4.05 deg
+    assert d["worst_tet"] == 1 and d["worst_tag"] == 3
+    assert d["worst_at_mm"] == pytest.approx([10.0, 20.0, 30.025], abs=1e-3)
+    assert rr["count"] == 1 and rr["worst_tet"] == 1
+    assert rr["worst"] == pytest.approx(0.15 / (2 * np.sqrt(1.0025) * np.sqrt(1.000625)))  # 0.0749
+    assert r["degenerate"] == {"count": 0, "flat": 0, "inverted": 0}  # slivers, but valid elements
+
+
+def test_flat_tetrahedron_is_degenerate():
+    from stimsim.head.meshing import assess_quality, quality_summary
+
+    mesh = _mesh(*map(_positive, (_regular(), _sliver(0.0, (5, 5, 5)), _regular(1, (-5, 0, 0)))))
+    q = element_quality(mesh)
+    assert q["radius_ratio"][1] == 0.0 and q["min_dihedral_deg"][1] == pytest.approx(0.0, abs=1e-6)
+    r = element_quality_report(mesh, q)
+    assert r["degenerate"] == {"count": 1, "flat": 1, "inverted": 0, "worst": 0.0, "worst_tet": 1,
+                               "worst_at_mm": [5.0, 5.0, 5.0], "worst_tag": 1}
+    errors, _ = assess_quality(quality_summary(mesh))
+    assert len(errors) == 1 and "1 of 3 tetrahedra are flat or inverted" in errors[0], errors
+    # three collinear nodes: a face without a normal (no NaN, no warning)
+    needle = _mesh(_regular(), [[0, 0, 0], [1, 0, 0], [2, 0, 0], [0, 1, 0]])
+    q = element_quality(needle)
+    assert q["min_dihedral_deg"][1] == 0.0 and q["max_dihedral_deg"][1] == 180.0 and q["radius_ratio"][1] == 0.0
+    assert element_quality_report(needle, q)["degenerate"]["flat"] == 1
+
+
+def test_inverted_tetrahedron_is_degenerate():
+    """One tetrahedron against the others' orientation is inverted; all of them negative is a mirrored
+    node order (check_mesh flips it), not an error."""
+    pos = [_positive(_regular(1, (6 * k, 0, 0))) for k in range(3)]
+    mesh = _mesh(pos[0], pos[1][[1, 0, 2, 3]], pos[2])
+    r = element_quality_report(mesh)["degenerate"]
+    assert (r["count"], r["flat"], r["inverted"], r["worst_tet"]) == (1, 0, 1, 1)
+    assert r["worst"] == pytest.approx(-8 / 3)
+    mirrored = _mesh(*(p[[1, 0, 2, 3]] for p in pos))
+    assert element_quality_report(mirrored)["degenerate"]["count"] == 0
+
+
+def test_mesh_quality_uses_the_same_measures():
+    from stimsim.mesh import mesh_quality
+
+    mesh = _mesh(_regular(), _sliver(0.05))
+    q = mesh_quality(mesh, elements=True)
+    assert q["min_dihedral_deg"] == pytest.approx(np.degrees(np.arccos(1 / 1.0025)))
+    assert q["max_dihedral_deg"] == pytest.approx(np.degrees(np.arccos((0.0025 - 1) / 1.0025)))
+    assert q["elements"]["radius_ratio"]["count"] == 1
+    assert "elements" not in mesh_quality(mesh)
+
+
+def test_quality_warning_text():
+    """The element warnings give count, fraction, worst value, where (mm) and which tissue."""
+    from stimsim.head.meshing import assess_quality, quality_summary
+
+    mesh = _mesh(*map(_positive, (_regular(), _sliver(0.05, (10, 20, 30)), _regular(1, (0, 9, 0)),
+                                  _regular(1, (0, -9, 0)))), tags=[2, 3, 2, 2])
+    errors, warnings = assess_quality(quality_summary(mesh))
+    assert errors == []
+    assert ("mesh quality: 1 of 4 tetrahedra (25 %) have a dihedral angle below 5 deg; worst 4.05 deg at "
+            "(10.0, 20.0, 30.0) mm, csf (tag 3)") in warnings
+    assert ("mesh quality: 1 of 4 tetrahedra (25 %) have a radius ratio below 0.1; worst 0.075 at "
+            "(10.0, 20.0, 30.0) mm, csf (tag 3)") in warnings
+
+
+# ---- volume checks --------------------------------------------------------------------------------
+def test_volume_check_thresholds():
+    from stimsim.head.meshing import assess_quality, volume_check
+
+    voxel = {1: 100.0, 2: 100.0, 3: 100.0, 4: 100.0, 5: 100.0}
+    mesh = {1: 104.0, 2: 94.0, 3: 151.0, 5: 49.0, 11: 7.0}
+    vc = volume_check(mesh, voxel)
+    assert vc["missing"] == [4]
+    assert vc["failed"] == {3: pytest.approx(0.51), 5: pytest.approx(-0.51)}
+    assert vc["warned"] == {2: pytest.approx(-0.06)} and vc["extra"] == {11: 7.0}
+    errors, warnings = assess_quality({"volume_mm3_per_tag": mesh, "volume_check": vc}, voxel, 8.0)
+    assert len(errors) == 1
+    assert "bone (tag 4) is in the labels (100 mm^3) but not in the mesh" in errors[0]
+    assert "csf (tag 3) volume +51 %" in errors[0] and "scalp (tag 5) volume -51 %" in errors[0]
+    assert "--element-size" in errors[0] and "8 mm" in errors[0]
+    assert any("gray_matter (tag 2) -6.0 %" in w for w in warnings)
+    assert any("not have" in w and "tag_11 (tag 11) 7 mm^3" in w for w in warnings)
+
+
+# ---- `stimsim mesh` on label volumes ----------------------------------------------------------------
+def _balls(n, radii, centre=None):
+    """Colin27-style labels (1 scalp ... 5 WM) as nested balls, 1 mm voxels."""
+    c = (n - 1) / 2 if centre is None else centre
+    x, y, z = np.mgrid[:n, :n, :n] - c
+    r = np.sqrt(x * x + y * y + z * z)
+    vol = np.zeros((n, n, n), np.uint8)
+    for lab, rad in enumerate(radii, 1):
+        vol[r <= rad] = lab
+    return vol
+
+
+@pytest.fixture
+def nifti(tmp_path, monkeypatch):
+    nib = pytest.importorskip("nibabel")
+    monkeypatch.setenv("STIMSIM_CACHE", str(tmp_path / "cache"))
+
+    def write(vol, name="labels.nii.gz", zoom=1.0):
+        p = tmp_path / name
+        nib.save(nib.Nifti1Image(np.asarray(vol, np.uint8), np.diag([zoom, zoom, zoom, 1.0])), str(p))
+        return p
+
+    return write
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from stimsim.cli import app
+
+    return CliRunner().invoke(app, ["mesh", *map(str, args)])
+
+
+def _written(tmp_path):
+    """Files other than the inputs and the (mesh-free) cache folder."""
+    cached = list((tmp_path / "cache").rglob("*.msh")) if (tmp_path / "cache").exists() else []
+    return sorted(f.name for f in tmp_path.iterdir() if f.suffix != ".gz" and f.name != "cache") + cached
+
+
+def _error_line(output):
+    lines = [ln for ln in output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in output, output
+    return lines[0]
+
+
+@pytest.mark.parametrize("method", ["lattice", "surface"])
+def test_two_voxel_cube_is_refused(nifti, tmp_path, method):
+    """The issue's input: a 2x2x2 volume with five tissues used to give a head without WM, GM and CSF
+    and +1832 % scalp, exit 0."""
+    if method == "surface":
+        pytest.importorskip("tetgen")
+        pytest.importorskip("skimage")
+    p = nifti([[[1, 2], [3, 4]], [[5, 1], [2, 3]]])
+    res = _cli(p, "--labels", "simnibs", "--out", tmp_path / "head.msh", "--method", method)
+    assert res.exit_code == 2, res.output
+    line = _error_line(res.output)
+    assert "spans only 2 x 2 x 2 voxels" in line and "at least 4 voxels" in line
+    assert _written(tmp_path) == []
+
+
+def test_head_smaller_than_three_elements(nifti, tmp_path):
+    from stimsim.head.cli import mesh_command
+
+    p = nifti(_balls(20, (8, 7, 6, 5, 3)))  # the head spans 16 voxels of 1 mm
+    out = tmp_path / "head.msh"
+    assert mesh_command(p, "colin27", out, 8.0, progress=False, method="lattice") == 2
+    assert not out.exists() and _written(tmp_path) == []
+    with pytest.raises(MeshError, match=r"spans 16 x 16 x 16 mm, less than 3 element sizes \(3 x 8 mm = 24 mm\).*"
+                                        r"--element-size at most 5\.33 mm"):
+        from stimsim.head.meshing import make_head_mesh
+
+        make_head_mesh(p, None, "colin27", method="lattice", element_size_mm=8.0, progress=False)
+    # the rule scales with the voxel size: the same voxels at 2 mm span 32 mm
+    p2 = nifti(_balls(20, (8, 7, 6, 5, 3)), "labels2.nii.gz", zoom=2.0)
+    from stimsim.head.meshing import check_meshable, load_label_volume
+
+    tags, aff = load_label_volume(p2)
+    check_meshable(tags, np.linalg.norm(aff[:3, :3], axis=0), 8.0)
+
+
+def test_tissue_with_too_few_voxels(nifti, tmp_path, capsys):
+    from stimsim.head.cli import mesh_command
+
+    vol = _balls(40, (18, 15, 13, 10, 3))
+    vol[vol == 5] = 4
+    vol[20, 20, 20] = 5  # one WM voxel
+    p = nifti(vol, "one.nii.gz")
+    assert mesh_command(p, "colin27", tmp_path / "one.msh", 3.2, progress=False, method="lattice") == 2
+    line = _error_line(capsys.readouterr().err)
+    assert "too few voxels to mesh white_matter (tag 1): 1 voxel" in line
+    assert "needs at least 8 voxels" in line
+    assert not (tmp_path / "one.msh").exists()
+
+
+def test_tissue_minimum_scales_with_element_size():
+    from stimsim.head.meshing import check_meshable
+
+    tags = np.zeros((40, 40, 40), np.uint8)
+    tags[2:38, 2:38, 2:38] = 5
+    tags[10:14, 10:14, 10:14] = 1  # 64 voxels
+    check_meshable(tags, (1.0, 1.0, 1.0), 8.0)  # needs 43
+    # 11^3 / 12 = 110.9 mm^3: 111 voxels of 1 mm; the largest size 64 voxels allow: (12 x 64)^(1/3) = 9.158
+    with pytest.raises(MeshError, match=r"white_matter \(tag 1\): 64 voxels.*at least 111 voxels.*"
+                                        r"--element-size at most 9\.15 mm"):
+        check_meshable(tags, (1.0, 1.0, 1.0), 11.0)
+    check_meshable(tags, (1.0, 1.0, 1.0), 5.0)  # 5^3 / 12 = 10.4 mm^3: 11 voxels of 1 mm
+    # the same 64 voxels at 0.5 mm are 8 mm^3: 5 mm elements need 84 voxels of 0.125 mm^3
+    with pytest.raises(MeshError, match=r"white_matter \(tag 1\): 64 voxels.*at least 84 voxels"):
+        check_meshable(tags, (0.5, 0.5, 0.5), 5.0)
+    check_meshable(tags, (0.5, 0.5, 0.5), 1.6)
+
+
+def test_lost_grey_matter_fails_and_writes_nothing(nifti, tmp_path):
+    """A 2 mm grey-matter shell at 3.2 mm lattice spacing: the lattice mesher keeps ~2 % of it."""
+    p = nifti(_balls(30, (13, 11, 9, 7, 4)))
+    out = tmp_path / "head.msh"
+    res = _cli(p, "--labels", "colin27", "--out", out, "--method", "lattice", "--element-size", 3.2)
+    assert res.exit_code == 2, res.output
+    line = _error_line(res.output)
+    assert line.startswith("error: mesh check failed: gray_matter (tag 2)") and "within 50 %" in line
+    assert "use a smaller --element-size" in line
+    assert _written(tmp_path) == []  # neither the output nor a cache entry
+
+
+def test_missing_tissue_fails(nifti, tmp_path, monkeypatch):
+    """A mesher that loses a tissue (WM re-tagged as GM here) is refused, naming the tissue."""
+    from stimsim.head import meshing
+
+    real = meshing._lattice_tets
+
+    def lose_wm(*args, **kw):
+        nodes, tets, ttags, info = real(*args, **kw)
+        return nodes, tets, np.where(ttags == 1, 2, ttags), info
+
+    monkeypatch.setattr(meshing, "_lattice_tets", lose_wm)
+    p = nifti(_balls(24, (10, 9, 8, 6, 4)))
+    with pytest.raises(MeshError, match=r"white_matter \(tag 1\) is in the labels \(\d+ mm\^3\) but not in the mesh"):
+        meshing.make_head_mesh(p, None, "colin27", method="lattice", element_size_mm=1.5, progress=False)
+    assert _written(tmp_path) == []
+    # check=False: the same mesh, logged instead
+    mesh, info = meshing.make_head_mesh(p, None, "colin27", method="lattice", element_size_mm=1.5, progress=False,
+                                        cache=False, check=False, return_info=True)
+    assert 1 not in mesh.tissue_tags and info.quality["volume_check"]["missing"] == [1]
+
+
+def test_normal_mesh_warns_with_numbers_and_reports(nifti, tmp_path, caplog):
+    """A mesh that passes: exit 0, the warnings carry the numbers, the summary prints the element report,
+    ``info.quality`` holds it (JSON-serialisable)."""
+    import json
+
+    from stimsim.head.cli import mesh_command
+    from stimsim.head.meshing import make_head_mesh
+
+    p = nifti(_balls(24, (10, 9, 8, 6, 4)))
+    out = tmp_path / "head.msh"
+    res = _cli(p, "--labels", "colin27", "--out", out, "--method", "lattice", "--element-size", 1.5)
+    assert res.exit_code == 0, res.output
+    assert out.exists()
+    assert "volume check: WARN above 5 %, FAIL above 50 %" in res.output
+    assert "elements with dihedral angle < 5 deg:" in res.output and "flat or inverted elements: 0" in res.output
+    # this lattice mesh has GM -12 % and a few needles today: logged (wording in test_quality_warning_text)
+    assert "WARNING" in res.output and ("mesh check:" in res.output or "mesh quality:" in res.output)
+    with caplog.at_level("WARNING", logger="stimsim"):
+        mesh, info = make_head_mesh(p, None, "colin27", method="lattice", element_size_mm=1.5, progress=False,
+                                    return_info=True)
+    assert info.from_cache and info.quality["n_tets"] == mesh.n_tets
+    el = info.quality["elements"]
+    assert el["dihedral"]["threshold"] == 5.0 and el["radius_ratio"]["threshold"] == 0.1
+    assert el["degenerate"]["count"] == 0 and len(el["radius_ratio"]["worst_at_mm"]) == 3
+    json.dumps(info.quality)
+    assert re.search(r"\(tag \d\) [+-]\d+\.\d %|tetrahedra \([\d.]+ %\) have a", caplog.text), caplog.text
+    assert mesh_command(p, "colin27", tmp_path / "again.msh", 1.5, progress=False, method="lattice") == 0
+
+
+def test_surface_mesher_merged_tags_are_not_missing(nifti, tmp_path, caplog):
+    """SimNIBS labels with eyes (6) and blood (9): the surface mesher meshes them as scalp and CSF; that
+    is said once and is no 'missing tissue' error (the merged voxel volumes are compared)."""
+    pytest.importorskip("tetgen")
+    pytest.importorskip("skimage")
+    from stimsim.head.meshing import make_head_mesh
+
+    vol = _balls(40, (18, 15, 13, 10, 6))
+    tags = np.array([0, 5, 4, 3, 2, 1], np.uint8)[vol]  # SimNIBS numbering
+    x, y, z = np.mgrid[:40, :40, :40]
+    tags[(x - 19.5) ** 2 + (y - 36) ** 2 + (z - 19.5) ** 2 <= 4] = 6  # an eye in the scalp layer
+    tags[(x - 19.5) ** 2 + (y - 19.5) ** 2 + (z - 31.5) ** 2 <= 1] = 9  # a vessel in the CSF layer
+    p = nifti(tags)
+    with caplog.at_level("WARNING", logger="stimsim"):
+        mesh, info = make_head_mesh(p, None, "simnibs", method="surface", element_size_mm=6.0, progress=False,
+                                    return_info=True)
+    assert "meshes eye_balls (tag 6) as scalp (tag 5), blood (tag 9) as csf (tag 3)" in caplog.text
+    assert info.merged_tags == {6: 5, 9: 3}
+    assert set(info.expected_volume_mm3) == {1, 2, 3, 4, 5} == set(mesh.tissue_tags.tolist())
+    assert info.quality["volume_check"]["missing"] == []
