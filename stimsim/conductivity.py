@@ -16,7 +16,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .errors import ProtocolError
+from ._logging import logger
+from .errors import ProtocolError, shown
 
 #: tag -> (name, default conductivity in S/m)
 TISSUES: dict[int, tuple[str, float]] = {
@@ -34,6 +35,14 @@ TISSUES: dict[int, tuple[str, float]] = {
     500: ("saline", 1.0),
 }
 
+#: sanity bounds of a conductivity override, S/m.  Silver, the best conductor there is, has
+#: 6.3e7 S/m; good insulators have < 1e-12 S/m, and a contrast beyond ~1e12 to tissue (~1 S/m)
+#: is more than a double-precision solve resolves.  A value outside is a typing or unit mistake
+#: (and 1e300 would overflow the stiffness matrix).
+MIN_SIGMA, MAX_SIGMA = 1e-12, 1e8
+#: tags are stored as 32-bit integers in Gmsh and VTU files
+MAX_TAG = 2**31 - 1
+
 #: accepted spellings -> tag
 _ALIASES = {name: tag for tag, (name, _) in TISSUES.items()}
 _ALIASES.update({"wm": 1, "gm": 2, "grey_matter": 2, "skull": 4, "skin": 5, "eyes": 6, "eye": 6})
@@ -49,44 +58,74 @@ def resolve_tag(key: int | str) -> int:
     if isinstance(key, bool):
         raise ProtocolError(f"conductivities: key {key!r} is not a tissue tag or name")
     if isinstance(key, int):
-        return key
-    text = str(key).strip().lower().replace(" ", "_").replace("-", "_")
-    if text.isdigit():
-        return int(text)
-    if text in _ALIASES:
-        return _ALIASES[text]
-    close = difflib.get_close_matches(text, list(_ALIASES), n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ProtocolError(
-        f"conductivities: unknown tissue {key!r}; use a tag number or one of {sorted(_ALIASES)}.{hint}"
-    )
+        tag = key
+    else:
+        text = str(key).strip().lower().replace(" ", "_").replace("-", "_")
+        if text.isascii() and text.isdigit() and len(text) <= 10:
+            tag = int(text)
+        elif text in _ALIASES:
+            return _ALIASES[text]
+        else:
+            close = difflib.get_close_matches(text[:100], list(_ALIASES), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ProtocolError(
+                f"conductivities: unknown tissue {shown(key)}; use a tag number or one of {sorted(_ALIASES)}.{hint}"
+            )
+    if not 0 <= tag <= MAX_TAG:
+        raise ProtocolError(f"conductivities: tag {shown(key)} is not a mesh tag; tags are whole numbers from 0 to "
+                            f"{MAX_TAG} (SimNIBS tissues: 1-10, 100, 500)")
+    return tag
 
 
-def conductivity_table(overrides: Mapping[int | str, float] | None = None) -> dict[int, float]:
+class ConductivityTable(dict):
+    """``{tag: S/m}``, remembering which tags the user gave (``given``: tag -> key as written),
+    so that :func:`element_conductivities` can say which of them the mesh does not have."""
+
+    def __init__(self, *args, given: Mapping[int, int | str] | None = None):
+        super().__init__(*args)
+        self.given = dict(given or {})
+
+
+def conductivity_table(overrides: Mapping[int | str, float] | None = None) -> ConductivityTable:
     """Default conductivities (S/m) by tag, with ``overrides`` (by tag or tissue name) applied.
 
     Raises
     ------
     ProtocolError
-        If an override is not a finite positive number.
+        If an override is not a finite number within [MIN_SIGMA, MAX_SIGMA] S/m, or two keys
+        name the same tag ("csf" and 3).
     """
-    table = {tag: value for tag, (_, value) in TISSUES.items()}
+    table = ConductivityTable({tag: value for tag, (_, value) in TISSUES.items()})
     for key, value in (overrides or {}).items():
         tag = resolve_tag(key)
+        if tag in table.given:
+            raise ProtocolError(f"conductivities: {shown(table.given[tag])} and {shown(key)} both set tag {tag} "
+                                f"({tissue_name(tag)}); give it once")
         try:
             v = float(value)
-        except (TypeError, ValueError):
-            raise ProtocolError(f"conductivities[{key!r}]: {value!r} is not a number (S/m)") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ProtocolError(f"conductivities[{shown(key)}]: {shown(value)} is not a number (S/m)") from None
         if not math.isfinite(v) or v <= 0:
             raise ProtocolError(
-                f"conductivities[{key!r}]: {value!r} S/m is not allowed; give a finite value > 0 S/m"
+                f"conductivities[{shown(key)}]: {shown(value)} S/m is not allowed; give a finite value > 0 S/m"
+            )
+        if not MIN_SIGMA <= v <= MAX_SIGMA:
+            raise ProtocolError(
+                f"conductivities[{shown(key)}]: {shown(value)} S/m is outside {MIN_SIGMA:g}..{MAX_SIGMA:g} S/m "
+                "(silver conducts 6.3e7 S/m, insulators < 1e-12 S/m, tissue 0.01-2 S/m); check the value and unit"
             )
         table[tag] = v
+        table.given[tag] = key
     return table
 
 
 def element_conductivities(tet_tags: np.ndarray, table: Mapping[int, float]) -> np.ndarray:
-    """Conductivity (S/m) of every tetrahedron; a clear error names tags without a value."""
+    """Conductivity (S/m) of every tetrahedron; a clear error names tags without a value.
+
+    Conductivities the user gave (a :class:`ConductivityTable`'s ``given``) for tags the mesh
+    does not have are logged as a warning: they are ignored, which is usually a typo or the
+    wrong mesh.
+    """
     tags = np.unique(tet_tags)
     missing = [int(t) for t in tags if int(t) not in table]
     if missing:
@@ -94,6 +133,13 @@ def element_conductivities(tet_tags: np.ndarray, table: Mapping[int, float]) -> 
             f"conductivities: mesh tags {missing} have no conductivity; add them to the protocol's "
             f"'conductivities' mapping (S/m), e.g. {{{missing[0]}: 0.3}}"
         )
+    present = {int(t) for t in tags}
+    absent = [(tag, key) for tag, key in getattr(table, "given", {}).items() if tag not in present]
+    if absent:
+        mesh_tags = ", ".join(str(t) for t in sorted(present))
+        for tag, key in absent:
+            what = f"tag {tag}" if isinstance(key, int) or str(key).strip() == str(tag) else f"{shown(key)} (tag {tag})"
+            logger.warning("conductivities: %s is not in the head mesh (tags %s); ignored", what, mesh_tags)
     lut = np.zeros(int(tags.max()) + 1)
     for t in tags:
         lut[int(t)] = table[int(t)]

@@ -319,9 +319,7 @@ def get_protocol(protocol_id: str, directory: Path | None = None) -> LibraryEntr
 def load_protocol_file(path: str | os.PathLike) -> TESProtocol | TMSProtocol:
     """Load a protocol YAML that is either a plain protocol or a library document (metadata stripped)."""
     path = Path(path)
-    if not path.is_file():
-        raise ProtocolError(f"protocol file not found: {path}")
-    data = read_yaml(path)
+    data = read_yaml(path)  # reports a missing, unreadable or non-text file itself
     meta, proto = split_library_document(data, source=str(path))
     if meta is None:
         return load_protocol(path)
@@ -337,10 +335,10 @@ def resolve_protocol_argument(arg: str | os.PathLike) -> tuple[TESProtocol | TMS
     """
     text = os.fspath(arg)
     path = Path(text).expanduser()
-    if path.is_file():
-        return load_protocol_file(path), path.parent.resolve()
     looks_like_path = (path.suffix.lower() in (".yaml", ".yml", ".json") or os.sep in text
                        or (os.altsep is not None and os.altsep in text))
+    if path.is_file() or (path.exists() and looks_like_path):  # a folder or device: read_yaml says what
+        return load_protocol_file(path), path.parent.resolve()
     if looks_like_path:
         raise ProtocolError(f"protocol file not found: {text}")
     if text not in library_ids():

@@ -106,3 +106,19 @@ def test_schema_describes_fields():
     tms = schema["$defs"]["TMSProtocol"]
     for key in ("coil", "placement", "stimulator", "program"):
         assert key in tms["properties"]
+
+
+def test_messages_name_the_field_once():
+    bad = _with()
+    bad["electrodes"][0]["position"] = [0, float("nan"), 95]
+    with pytest.raises(ProtocolError) as info:
+        validate_protocol(bad)
+    msg = str(info.value)
+    assert "electrodes[0].position[1]: must be a finite number" in msg
+    assert ".str" not in msg and "valid string" not in msg  # the [x, y, z] | name union's other branch
+    tms = {"kind": "tms", "coil": {"file": "Magstim_70mm_Fig8.ccd"},
+           "placement": {"center": [0, 0, 95], "direction": [0, 1, 0]}, "stimulator": {}}
+    with pytest.raises(ProtocolError) as info:
+        validate_protocol(tms)
+    assert "stimulator: stimulator:" not in str(info.value)
+    assert "protocol: stimulator: give exactly one of" in str(info.value)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MeshError, ProtocolError
+from ..errors import MeshError, ProtocolError, shown
 
 __all__ = ["read_positions", "project_to_scalp", "eeg_position", "head_positions", "EMBEDDED_POSITIONS"]
 
@@ -29,11 +29,20 @@ class PositionsError(MeshError):
     """An electrode positions file cannot be read."""
 
 
-def _read_elc(path: Path) -> dict[str, np.ndarray]:
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+#: largest positions file read, bytes (a 10-05 cap with 346 positions is ~15 kB)
+MAX_POSITIONS_BYTES = 16 * 2**20
+#: same name twice at positions this close (mm) is one electrode listed twice (SimNIBS caps list
+#: Iz as both an Electrode and a Fiducial row)
+_SAME_POINT_MM = 1e-3
+
+_Row = tuple[str, list[float], int]  # name, xyz as read (file unit), line number
+
+
+def _read_elc(path: Path, text: str) -> tuple[list[_Row], float]:
     scale = 1.0
     pos, labels, mode = [], [], None
-    for ln in lines:
+    for k, raw in enumerate(text.splitlines(), 1):
+        ln = raw.strip()
         if not ln or ln.startswith("#") or ln.startswith("//"):
             continue
         low = ln.lower()
@@ -50,23 +59,27 @@ def _read_elc(path: Path) -> dict[str, np.ndarray]:
         if "=" in ln or low.startswith(("referencelabel", "numberpositions")):
             continue
         if mode == "pos":
-            text = ln.split(":", 1)[1] if ":" in ln else ln
+            values = (ln.split(":", 1)[1] if ":" in ln else ln).split()
             try:
-                pos.append([float(v) for v in text.split()[:3]])
+                xyz = [float(v) for v in values[:3]]
             except ValueError:
-                raise PositionsError(f"{path.name}: cannot read position row {ln!r}") from None
+                xyz = []
+            if len(xyz) != 3:
+                raise PositionsError(f"{path}:{k}: cannot read position row {shown(ln)}; expected 'x y z' "
+                                     "(or 'name: x y z')")
+            pos.append((xyz, k))
             if ":" in ln:
-                labels.append(ln.split(":", 1)[0].strip())
+                labels.append((ln.split(":", 1)[0].strip(), k))
         elif mode == "lab":
-            labels.extend(ln.split())
+            labels.extend((name, k) for name in ln.split())
     if not pos or len(labels) != len(pos):
-        raise PositionsError(f"{path.name}: {len(pos)} positions but {len(labels)} labels; not an ASA .elc file?")
-    return {n: np.asarray(p) * scale for n, p in zip(labels, pos)}
+        raise PositionsError(f"{path}: {len(pos)} positions but {len(labels)} labels; not an ASA .elc file?")
+    return [(name, xyz, k) for (name, k), (xyz, _) in zip(labels, pos)], scale
 
 
-def _read_csv(path: Path) -> dict[str, np.ndarray]:
-    out = {}
-    for k, ln in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+def _read_csv(path: Path, text: str) -> tuple[list[_Row], float]:
+    rows = []
+    for k, ln in enumerate(text.splitlines(), 1):
         parts = [p.strip() for p in ln.split(",")]
         if len(parts) < 4 or not ln.strip():
             continue
@@ -75,40 +88,80 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
         except ValueError:
             if k == 1:
                 continue
-            raise PositionsError(f"{path.name}:{k}: expected 'Type,x,y,z,Name', got {ln!r}") from None
+            raise PositionsError(f"{path}:{k}: expected 'Type,x,y,z,Name', got {shown(ln)}") from None
         name = parts[4] if len(parts) > 4 and parts[4] else f"{parts[0]}{k}"
-        out[name] = np.asarray(xyz)
-    return out
+        rows.append((name, xyz, k))
+    return rows, 1.0
 
 
-def _read_tsv(path: Path) -> dict[str, np.ndarray]:
-    out = {}
-    for k, ln in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+def _read_tsv(path: Path, text: str) -> tuple[list[_Row], float]:
+    rows = []
+    for k, ln in enumerate(text.splitlines(), 1):
         parts = ln.split("#", 1)[0].split()
         if len(parts) < 4:
             continue
         try:
             xyz = [float(v) for v in parts[1:4]]
         except ValueError:
-            if not out:
+            if not rows:
                 continue  # header
-            raise PositionsError(f"{path.name}:{k}: expected 'name x y z', got {ln!r}") from None
-        out[parts[0]] = np.asarray(xyz)
+            raise PositionsError(f"{path}:{k}: expected 'name x y z', got {shown(ln)}") from None
+        rows.append((parts[0], xyz, k))
+    return rows, 1.0
+
+
+def _collect(path: Path, rows: list[_Row], scale: float) -> dict[str, np.ndarray]:
+    """``{name: xyz mm}``, refusing non-finite or absurd coordinates and names given twice."""
+    from ..protocol.models import MAX_COORD_MM
+
+    out: dict[str, np.ndarray] = {}
+    first: dict[str, tuple[str, int]] = {}  # lower-case name -> (name, line)
+    for name, xyz, k in rows:
+        p = np.asarray(xyz, float) * scale
+        if not np.all(np.isfinite(p)):
+            raise PositionsError(f"{path}:{k}: electrode {shown(name)} has coordinates {shown(xyz)}, not finite "
+                                 "numbers; give x y z in mm")
+        if np.abs(p).max() > MAX_COORD_MM:
+            raise PositionsError(f"{path}:{k}: electrode {shown(name)} is at {shown(p.tolist())} mm, more than "
+                                 f"{MAX_COORD_MM:g} mm from the origin; positions are in mm (check the unit)")
+        key = name.lower()
+        if key in first:
+            other, line = first[key]
+            if other == name and np.allclose(out[other], p, rtol=0, atol=_SAME_POINT_MM):
+                continue  # the same electrode listed twice (an Electrode and a Fiducial row)
+            what = (f"electrode {shown(name)} is listed twice at different positions" if other == name else
+                    f"electrodes {shown(other)} and {shown(name)} differ only in case (names are looked up "
+                    "ignoring case)")
+            lines = f"line {k}" if line == k else f"lines {line} and {k}"
+            raise PositionsError(f"{path}:{k}: {what} ({lines}); rename or remove one")
+        first[key] = (name, k)
+        out[name] = p
     return out
 
 
 def read_positions(path) -> dict[str, np.ndarray]:
-    """``{name: (3,) mm}`` from a ``.elc``, ``.csv`` or ``.tsv`` positions file."""
+    """``{name: (3,) mm}`` from a ``.elc``, ``.csv`` or ``.tsv`` positions file.
+
+    Raises :class:`PositionsError` (naming the path, and the line where it applies) for a
+    missing, unreadable, binary or oversized file, unreadable rows, non-finite or absurd
+    coordinates, and a name given twice at different positions.
+    """
+    from ..protocol.io import read_text_file
+
     path = Path(path)
-    if not path.is_file():
-        raise PositionsError(f"electrode positions file not found: {path}")
     suffix = path.suffix.lower()
     reader = {".elc": _read_elc, ".csv": _read_csv, ".tsv": _read_tsv, ".txt": _read_tsv}.get(suffix)
-    if reader is None:
-        raise PositionsError(f"unknown positions file type {path.name!r}; use .elc, .csv or .tsv")
-    out = reader(path)
+    if reader is None and path.is_file():
+        raise PositionsError(f"unknown positions file type {shown(path.name)}; use .elc, .csv or .tsv")
+    # ASA writes .elc files in the Windows code page: fall back to Latin-1 for them
+    text = read_text_file(path, what="electrode positions", limit=MAX_POSITIONS_BYTES, error=PositionsError,
+                          fallback_encoding="latin-1" if suffix == ".elc" else None)
+    if reader is None:  # read_text_file accepted a file that is_file() did not: it changed meanwhile
+        raise PositionsError(f"unknown positions file type {shown(path.name)}; use .elc, .csv or .tsv")
+    out = _collect(path, *reader(path, text))
     if not out:
-        raise PositionsError(f"{path.name}: no electrode positions found")
+        raise PositionsError(f"{path}: no electrode positions found; expected 'name x y z' rows (.tsv), "
+                             "'Type,x,y,z,Name' (.csv) or an ASA .elc file")
     return out
 
 
@@ -176,7 +229,7 @@ def head_positions(head: str | Path, positions=None) -> dict[str, np.ndarray]:
     if key in EMBEDDED_POSITIONS:
         path = Path(str(resources.files("stimsim") / "data" / EMBEDDED_POSITIONS[key]))
         return read_positions(path)
-    raise ProtocolError(f"head {head!r} has no electrode positions; give a positions file (.elc/.csv/.tsv) "
+    raise ProtocolError(f"head {shown(str(head))} has no electrode positions; give a positions file (.elc/.csv/.tsv) "
                         "in the head's space, or coordinates [x, y, z] in mm")
 
 
@@ -190,8 +243,8 @@ def eeg_position(name: str, head="colin27", positions=None) -> np.ndarray:
     lookup = {k.lower(): k for k in table}
     key = str(name).strip().lower()
     if key not in lookup:
-        close = difflib.get_close_matches(key, list(lookup), n=3, cutoff=0.5)
+        close = difflib.get_close_matches(key[:100], list(lookup), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(lookup[c]) for c in close)}?" if close else ""
-        raise ProtocolError(f"EEG position {name!r} is not in the cap of head {str(head)!r} "
+        raise ProtocolError(f"EEG position {shown(name)} is not in the cap of head {shown(str(head))} "
                             f"({len(table)} positions).{hint}")
     return np.asarray(table[lookup[key]], float)

@@ -3,6 +3,12 @@
 Models are frozen and forbid unknown keys, so a typo in a YAML file fails at load with the
 field's name instead of being silently ignored.  Currents are given in mA in protocols
 (the unit clinicians use) and converted to A exactly once, by :attr:`Electrode.current_A`.
+
+Every number must be finite (NaN and inf are refused everywhere) and lie within a *sanity
+bound* (below): a value outside it is a typing or unit mistake, never a real set-up, and would
+otherwise run to completion or overflow deep inside the solver.  The bounds are deliberately
+wide, so that every human, animal and phantom study passes; whether a dose is *safe* is the
+safety checker's business (:mod:`stimsim.safety`), not theirs.
 """
 
 from __future__ import annotations
@@ -10,19 +16,171 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator,
+                      model_validator)
 
-Vec3 = tuple[float, float, float]
+from ..errors import shown
+
+# --- sanity bounds --------------------------------------------------------------------------------
+# Each bound comes with its reason, which the error message repeats.
+
+#: |electrode current|, mA.  tDCS/tACS use 0.5-4 mA, temporal interference a few mA per channel,
+#: animal work less; ECT, the strongest transcranial electric stimulation there is, ~800-900 mA.
+MAX_CURRENT_MA = 1000.0
+_WHY_CURRENT = ("no transcranial electric stimulator delivers more (tDCS/tACS use 0.5-4 mA; ECT, the "
+                "strongest, ~800-900 mA); check the unit is mA")
+
+#: coordinates (mm, head or scanner frame).  Heads span ~200 mm and scanner frames < 1 m; a larger
+#: number is a unit mistake (µm?), and its square overflows distance computations long before 1e300.
+MAX_COORD_MM = 10_000.0
+_WHY_COORD = "positions are in mm and no head, phantom or scanner frame reaches 10 m; check the unit is mm"
+
+#: lengths of pads, coils, distances (mm): nothing on or around a head or phantom exceeds 1 m.
+MAX_LENGTH_MM = 1000.0
+_WHY_LENGTH = "no electrode, coil or distance around a head or phantom exceeds 1 m; check the unit is mm"
+
+#: TMS dI/dt, A/µs.  dI/dt = V / L: stimulators charge to <= ~3 kV (experimental ones a few kV more)
+#: and coils have >= ~1 µH, so human coils see 50-300 A/µs and small animal coils up to ~1000;
+#: 10 000 A/µs is beyond any stimulator and coil, yet an entry in A/ms or A/s is still caught.
+MAX_DIDT_A_PER_US = 10_000.0
+_WHY_DIDT = ("dI/dt = voltage / inductance, and no stimulator (<= a few kV) and coil (>= ~1 µH) exceeds "
+             "~3000 A/µs (human coils: 50-300 A/µs); check the unit is A/µs")
+
+#: peak TMS coil current, A.  Human coils peak at 4-8 kA, seizure-therapy and small animal coils at
+#: ~10-15 kA; stimulator capacitors and thyristor switches are not built for more than a few tens of kA.
+MAX_PEAK_CURRENT_A = 50_000.0
+_WHY_PEAK = ("TMS coils peak at 4-15 kA and stimulator switches are rated for a few tens of kA; check "
+             "the unit is A")
+
+#: pulse ringing period, µs: TMS pulses ring at 150-600 µs (controllable-pulse devices from ~10 µs);
+#: shorter than 1 µs is no capacitor discharge through a coil, longer than 10 ms no magnetic pulse.
+MIN_PERIOD_US, MAX_PERIOD_US = 1.0, 10_000.0
+_WHY_PERIOD = "TMS pulses ring with periods of ~10-600 µs; check the unit is µs"
+
+#: RLC damping rate, 1/µs: real discharges decay over hundreds of µs (alpha ~ 0.001-0.01 /µs);
+#: 1 /µs would end the pulse within a microsecond.
+MAX_DAMPING_PER_US = 1.0
+_WHY_DAMPING = "a TMS pulse decays over hundreds of µs (damping ~0.001-0.01 /µs); check the unit is 1/µs"
+
+#: tACS frequency, Hz.  tACS uses 0.5-300 Hz, kHz carriers (temporal interference) 1-100 kHz; the
+#: solver is quasi-static, which radio frequencies are not, and below 1 mHz a cycle lasts 17 min.
+MIN_TACS_HZ, MAX_TACS_HZ = 1e-3, 1e6
+_WHY_TACS = ("tACS and temporal-interference carriers run at 0.5 Hz to ~100 kHz, and the quasi-static "
+             "solver does not hold at radio frequencies")
+
+#: TMS pulse and burst rates, Hz: stimulators recharge in milliseconds; the fastest repetitive or
+#: paired-pulse rates are a few hundred Hz (1.5 ms I-wave intervals ~ 667 Hz).
+MIN_RATE_HZ, MAX_RATE_HZ = 1e-3, 1000.0
+_WHY_RATE = "TMS stimulators fire at most a few hundred pulses per second (pulses last 0.1-0.6 ms)"
+_WHY_SLOW = "at less than 1 mHz one cycle lasts over 16 minutes; check the unit is Hz"
+
+#: pulse counts: sessions deliver a few thousand pulses (accelerated protocols ~18 000 a day).
+MAX_COUNT = 100_000
+MAX_PULSES_PER_BURST = 100
+MAX_TOTAL_PULSES = 1_000_000
+_WHY_COUNT = "TMS sessions deliver a few thousand pulses (accelerated protocols ~18 000 a day)"
+
+#: times, s: ramps last seconds to a minute, pulse intervals and pauses seconds to minutes.
+MAX_PAUSE_S = 3600.0
+_WHY_PAUSE = "ramps, pulse intervals and pauses last seconds to minutes; an hour makes separate sessions"
+
+#: session length: 20-40 min in humans, hours in some animal work; a week is no session.
+MAX_DURATION_MIN = 7 * 24 * 60.0
+MAX_SESSION_S = MAX_DURATION_MIN * 60
+_WHY_DURATION = "sessions last minutes to hours; check the unit (duration_min is in minutes)"
+_WHY_TMS_SESSION = "TMS sessions last minutes to an hour or so; check frequency_hz, iti_s and the pulse counts"
+
+#: courses: tens of sessions, maintenance courses hundreds; accelerated protocols up to ~10-20 a day
+#: (100 a day is one every 15 minutes around the clock).
+MAX_SESSIONS, MAX_SESSIONS_PER_DAY = 10_000, 100
+_WHY_SESSIONS = "courses have tens to hundreds of sessions, accelerated ones up to ~10-20 a day"
+
+#: intensity relative to a motor threshold, %: thresholds are >= ~10 % of the stimulator's output,
+#: so above 1000 % of one would exceed 100 % of any stimulator.
+MAX_PCT_THRESHOLD = 1000.0
+_WHY_PCT = "motor thresholds are >= ~10 % of stimulator output, so 1000 % of one exceeds any stimulator"
+
+#: phase, degrees: one cycle either way.
+MAX_PHASE_DEG = 360.0
+#: electrodes per montage: high-density caps have 256-345 positions.
+MAX_ELECTRODES = 1024
+#: solver: CG with AMG needs tens of iterations; double precision cannot resolve rtol < ~1e-15.
+MIN_RTOL, MAX_ITER = 1e-15, 1_000_000
+
+
+def _fmt(x: float) -> str:
+    x = float(x)
+    return str(int(x)) if x.is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+def _bounded(lo: float | None, hi: float | None, unit: str = "", why: str = "", *, lo_open: bool = False,
+             kind: type = float, why_lo: str = ""):
+    """``kind`` (float or int) within [lo, hi] (``lo_open``: lo excluded).
+
+    Refusals state the bound and why (``why`` above it, ``why_lo`` below a non-obvious lower
+    bound).  Checked on the raw number (so a 400-digit integer, or 1e30 for an int field, gets
+    this message rather than a parser's) and again after conversion (numbers given as strings).
+    """
+    u = f" {unit}" if unit else ""
+
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return v  # not a number: the type validation says so
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        symmetric = lo is not None and hi is not None and lo == -hi
+        if hi is not None and v > hi or symmetric and v < lo:
+            span = f"between {_fmt(lo)} and {_fmt(hi)}" if symmetric else f"at most {_fmt(hi)}"
+            raise ValueError(f"must be {span}{u}" + (f": {why}" if why else ""))
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            bound = f"must be {'>' if lo_open else '>='} {_fmt(lo)}{u}"
+            raise ValueError(bound + (f": {why_lo}" if why_lo else ""))
+        return v
+
+    schema = {}
+    if lo is not None:
+        schema["exclusiveMinimum" if lo_open else "minimum"] = lo
+    if hi is not None:
+        schema["maximum"] = hi
+    return Annotated[kind, BeforeValidator(check), AfterValidator(check), Field(json_schema_extra=schema)]
+
+
+def _nonzero(v):
+    if v is not None and not any(x != 0 for x in v):
+        raise ValueError("must not be the zero vector; give a direction such as [0, 1, 0]")
+    return v
+
+
+#: file paths: Linux allows 4096 bytes
+MAX_PATH_CHARS = 4096
+
+
+def _path_text(v: str) -> str:
+    # a NUL makes the operating system's path functions raise ValueError deep inside a run
+    if len(v) > MAX_PATH_CHARS or any(ord(c) < 32 or ord(c) == 127 for c in v):
+        raise ValueError(f"must be a file path or name of at most {MAX_PATH_CHARS} characters without "
+                         "control characters")
+    return v
+
+
+PathText = Annotated[str, AfterValidator(_path_text)]
+Coord = _bounded(-MAX_COORD_MM, MAX_COORD_MM, "mm", _WHY_COORD)
+Vec3 = tuple[Coord, Coord, Coord]
+Direction = Annotated[tuple[Coord, Coord, Coord], AfterValidator(_nonzero)]
+Length = _bounded(0, MAX_LENGTH_MM, "mm", _WHY_LENGTH, lo_open=True)
+LengthOrZero = _bounded(0, MAX_LENGTH_MM, "mm", _WHY_LENGTH)
+Count = _bounded(1, MAX_COUNT, "", _WHY_COUNT, kind=int)
+PauseS = _bounded(0, MAX_PAUSE_S, "s", _WHY_PAUSE)
+RateHz = _bounded(MIN_RATE_HZ, MAX_RATE_HZ, "Hz", _WHY_RATE, why_lo=_WHY_SLOW)
+Sessions = _bounded(1, MAX_SESSIONS, "", _WHY_SESSIONS, kind=int)
+SessionsPerDay = _bounded(1, MAX_SESSIONS_PER_DAY, "", _WHY_SESSIONS, kind=int)
+PctThreshold = _bounded(0, MAX_PCT_THRESHOLD, "%", _WHY_PCT, lo_open=True)
+PctMSO = _bounded(0, 100, "% (of the stimulator's maximum output)", lo_open=True)
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-def _finite(v, name):
-    if v is not None and not math.isfinite(v):
-        raise ValueError(f"{name} must be a finite number, got {v}")
-    return v
+    # allow_inf_nan=False: NaN and inf are refused in every float field, nested ones included
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Electrode(_Model):
@@ -32,45 +190,26 @@ class Electrode(_Model):
     position: Union[Vec3, str] = Field(
         description="centre in mm in the head's frame [x, y, z], or an EEG position name (heads with positions)"
     )
-    current_mA: float = Field(description="signed current in mA (positive = anode, into the head); "
-                                          "for tACS the peak amplitude")
+    current_mA: _bounded(-MAX_CURRENT_MA, MAX_CURRENT_MA, "mA", _WHY_CURRENT) = Field(
+        description="signed current in mA (positive = anode, into the head); "
+                    "for tACS the peak amplitude")
     shape: Literal["point", "disc", "rect"] = Field("point", description="point, disc (diameter_mm) or "
                                                                           "rect (size_mm = [a, b])")
-    diameter_mm: float | None = Field(None, gt=0, description="disc diameter in mm")
-    size_mm: tuple[float, float] | None = Field(None, description="rectangle side lengths [a, b] in mm; a runs "
+    diameter_mm: Length | None = Field(None, description="disc diameter in mm")
+    size_mm: tuple[Length, Length] | None = Field(None, description="rectangle side lengths [a, b] in mm; a runs "
                                                                   "along 'direction'")
-    direction: Vec3 | None = Field(None, description="direction of side a, projected on the scalp (default: "
+    direction: Direction | None = Field(None, description="direction of side a, projected on the scalp (default: "
                                                      "any tangent)")
-    thickness_mm: float | None = Field(None, ge=0, description="sponge/gel thickness (recorded; not modelled)")
-
-    @field_validator("current_mA")
-    @classmethod
-    def _current_finite(cls, v):
-        return _finite(v, "current_mA")
-
-    @field_validator("position")
-    @classmethod
-    def _position_finite(cls, v):
-        if isinstance(v, tuple):
-            for x in v:
-                _finite(x, "position")
-        return v
-
-    @field_validator("size_mm")
-    @classmethod
-    def _size_positive(cls, v):
-        if v is not None and (min(v) <= 0 or not all(math.isfinite(x) for x in v)):
-            raise ValueError(f"size_mm must be two finite lengths > 0 mm, got {list(v)}")
-        return v
+    thickness_mm: LengthOrZero | None = Field(None, description="sponge/gel thickness (recorded; not modelled)")
 
     @model_validator(mode="after")
     def _shape_needs_size(self):
         if self.shape == "disc" and self.diameter_mm is None:
-            raise ValueError(f"electrode {self.name!r}: shape 'disc' needs diameter_mm")
+            raise ValueError(f"electrode {shown(self.name)}: shape 'disc' needs diameter_mm")
         if self.shape == "rect" and self.size_mm is None:
-            raise ValueError(f"electrode {self.name!r}: shape 'rect' needs size_mm: [a, b]")
+            raise ValueError(f"electrode {shown(self.name)}: shape 'rect' needs size_mm: [a, b]")
         if self.shape == "point" and (self.diameter_mm is not None or self.size_mm is not None):
-            raise ValueError(f"electrode {self.name!r}: a point electrode takes no diameter_mm/size_mm; "
+            raise ValueError(f"electrode {shown(self.name)}: a point electrode takes no diameter_mm/size_mm; "
                              "set shape: disc or rect")
         return self
 
@@ -85,12 +224,12 @@ class SolverOptions(_Model):
 
     method: Literal["amg-cg", "direct"] = Field("amg-cg", description="amg-cg (default) or direct "
                                                                       "(factorise; small meshes/many solves)")
-    rtol: float | None = Field(
-        None, gt=0, lt=1,
+    rtol: _bounded(MIN_RTOL, 1, why_lo="double precision cannot resolve a smaller relative residual") | None = Field(
+        None,
         description="relative residual tolerance of CG; default 1e-10 for tDCS/tACS (electrode currents "
                     "come from K v, so conservation needs a tight residual) and 1e-6 for TMS (E changes by "
                     "<= 7.4e-7 relative against 1e-12, measured on Colin27 and the sphere)")
-    maxiter: int = Field(1000, gt=0)
+    maxiter: _bounded(1, MAX_ITER, "", "AMG-preconditioned CG needs tens of iterations", kind=int) = 1000
     recovery: Literal["auto", "none", "nodal_average", "spr"] = Field(
         "auto", description="also write a recovered field E_recovered: auto (nodal_average for tDCS/tACS, "
                             "spr for TMS), none, nodal_average or spr (see stimsim.solvers.fields)"
@@ -103,20 +242,23 @@ class TESProtocol(_Model):
     kind: Literal["tdcs", "tacs"]
     name: str | None = None
     description: str | None = None
-    head: str = Field("sphere", description="'sphere' (embedded 3-layer sphere) or a path to a .msh/.vtu mesh")
-    positions: str | None = Field(None, description="EEG positions file (.elc/.csv/.tsv, mm, head frame) for "
+    head: PathText = Field("sphere", description="'sphere' (embedded 3-layer sphere) or a path to a .msh/.vtu mesh")
+    positions: PathText | None = Field(None, description="EEG positions file (.elc/.csv/.tsv, mm, head frame) for "
                                                     "electrode names; embedded heads bring their own")
     conductivities: dict[Union[int, str], float] | None = Field(
         None, description="S/m by tag or tissue name, overriding the SimNIBS defaults"
     )
-    electrodes: list[Electrode] = Field(min_length=2)
-    duration_min: float | None = Field(None, gt=0, description="stimulation duration at full current, minutes")
-    ramp_up_s: float = Field(30.0, ge=0, description="ramp-up time in seconds")
-    ramp_down_s: float = Field(30.0, ge=0, description="ramp-down time in seconds")
-    frequency_hz: float | None = Field(None, gt=0, description="tACS frequency (required for tacs)")
-    phase_deg: float | None = Field(None, description="tACS phase, degrees")
-    sessions: int | None = Field(None, ge=1, description="number of sessions in the course")
-    sessions_per_day: int | None = Field(None, ge=1)
+    electrodes: list[Electrode] = Field(min_length=2, max_length=MAX_ELECTRODES)
+    duration_min: _bounded(0, MAX_DURATION_MIN, "min", _WHY_DURATION, lo_open=True) | None = Field(
+        None, description="stimulation duration at full current, minutes")
+    ramp_up_s: PauseS = Field(30.0, description="ramp-up time in seconds")
+    ramp_down_s: PauseS = Field(30.0, description="ramp-down time in seconds")
+    frequency_hz: _bounded(MIN_TACS_HZ, MAX_TACS_HZ, "Hz", _WHY_TACS, why_lo=_WHY_SLOW) | None = Field(
+        None, description="tACS frequency (required for tacs)")
+    phase_deg: _bounded(-MAX_PHASE_DEG, MAX_PHASE_DEG, "degrees", "one cycle either way") | None = Field(
+        None, description="tACS phase, degrees")
+    sessions: Sessions | None = Field(None, description="number of sessions in the course")
+    sessions_per_day: SessionsPerDay | None = None
     solver: SolverOptions = SolverOptions()
 
     @field_validator("conductivities")
@@ -144,7 +286,8 @@ class TESProtocol(_Model):
             )
         names = [e.name for e in self.electrodes]
         if len(set(names)) != len(names):
-            raise ValueError(f"electrode names must be unique, got {names}")
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"electrode names must be unique; {shown(dup)} appear more than once")
         return self
 
 
@@ -152,14 +295,17 @@ class CoilSpec(_Model):
     """A coil: a dipole file (.ccd, path or name of a shipped coil), a SimNIBS A-field NIfTI
     (.nii/.nii.gz, read-only) or a parametric winding model."""
 
-    file: str | None = Field(None, description="path to a .ccd dipole file or a .nii/.nii.gz A-field "
+    file: PathText | None = Field(None, description="path to a .ccd dipole file or a .nii/.nii.gz A-field "
                                                "file, or a shipped coil name (e.g. Magstim_70mm_Fig8.ccd)")
     type: Literal["circular", "figure8"] | None = Field(None, description="parametric coil instead of a file")
-    outer_diameter_mm: float = Field(70.0, gt=0)
-    inner_diameter_mm: float | None = Field(None, gt=0)
-    turns: int = Field(9, ge=1)
-    winding_depth_mm: float = Field(5.0, ge=0, description="winding plane above the coil's bottom face")
-    didt_max_A_per_us: float | None = Field(None, gt=0, description="dI/dt at 100 % MSO, A/µs (overrides the file)")
+    outer_diameter_mm: Length = 70.0
+    inner_diameter_mm: Length | None = None
+    # the parametric model puts a ring of dipoles per turn; TMS coils have 5-30 turns per wing
+    turns: _bounded(1, 1000, "", "TMS coils have 5-30 turns per wing, small animal coils at most a few "
+                             "hundred", kind=int) = 9
+    winding_depth_mm: LengthOrZero = Field(5.0, description="winding plane above the coil's bottom face")
+    didt_max_A_per_us: _bounded(0, MAX_DIDT_A_PER_US, "A/µs", _WHY_DIDT, lo_open=True) | None = Field(
+        None, description="dI/dt at 100 % MSO, A/µs (overrides the file)")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -173,9 +319,9 @@ class Placement(_Model):
 
     center: Union[Vec3, str, None] = Field(None, description="scalp point [x, y, z] mm (or EEG name on heads "
                                                              "with positions)")
-    direction: Vec3 | None = Field(None, description="handle (coil y) direction, projected on the scalp")
-    distance_mm: float = Field(4.0, ge=0, description="scalp-to-coil distance, mm")
-    matrix: list[list[float]] | None = Field(None, description="4x4 coil-to-head matrix (SimNIBS matsimnibs "
+    direction: Direction | None = Field(None, description="handle (coil y) direction, projected on the scalp")
+    distance_mm: LengthOrZero = Field(4.0, description="scalp-to-coil distance, mm")
+    matrix: list[list[Coord]] | None = Field(None, description="4x4 coil-to-head matrix (SimNIBS matsimnibs "
                                                                "convention, mm)")
 
     @model_validator(mode="after")
@@ -194,12 +340,16 @@ class Stimulator(_Model):
     """Coil current change rate: directly (A/µs), as % of maximum stimulator output, or from the
     pulse (peak coil current and period of an RLC discharge; see stimsim.coils.waveform)."""
 
-    didt_A_per_us: float | None = Field(None, gt=0, description="dI/dt of the pulse, A/µs")
-    percent_mso: float | None = Field(None, gt=0, le=100, description="% of maximum stimulator output "
-                                                                     "(needs the coil's dI/dt max)")
-    peak_current_A: float | None = Field(None, gt=0, description="peak coil current of the pulse, A")
-    period_us: float | None = Field(None, gt=0, description="ringing period of the pulse, µs (e.g. 280)")
-    damping_per_us: float = Field(0.0, ge=0, description="exponential damping of the pulse, 1/µs")
+    didt_A_per_us: _bounded(0, MAX_DIDT_A_PER_US, "A/µs", _WHY_DIDT, lo_open=True) | None = Field(
+        None, description="dI/dt of the pulse, A/µs")
+    percent_mso: PctMSO | None = Field(None, description="% of maximum stimulator output "
+                                                        "(needs the coil's dI/dt max)")
+    peak_current_A: _bounded(0, MAX_PEAK_CURRENT_A, "A", _WHY_PEAK, lo_open=True) | None = Field(
+        None, description="peak coil current of the pulse, A")
+    period_us: _bounded(MIN_PERIOD_US, MAX_PERIOD_US, "µs", _WHY_PERIOD, why_lo=_WHY_PERIOD) | None = Field(
+        None, description="ringing period of the pulse, µs (e.g. 280)")
+    damping_per_us: _bounded(0, MAX_DAMPING_PER_US, "1/µs", _WHY_DAMPING) = Field(
+        0.0, description="exponential damping of the pulse, 1/µs")
     waveform: Literal["biphasic", "monophasic"] = Field("biphasic", description="pulse shape")
     model: str | None = Field(None, description="stimulator make/model (recorded)")
 
@@ -211,6 +361,15 @@ class Stimulator(_Model):
                              "peak_current_A (+ period_us)")
         if self.peak_current_A is not None and self.period_us is None:
             raise ValueError("stimulator: peak_current_A needs period_us (the pulse's ringing period)")
+        if self.peak_current_A is not None:
+            # dI/dt(0) = I_scale * omega >= I_peak * 2 pi / period: both fields may be plausible alone
+            # and still imply an impossible dI/dt (50 kA in 1 µs), which would scale every field
+            didt = self.peak_current_A * 2 * math.pi / self.period_us
+            if didt > MAX_DIDT_A_PER_US:
+                raise ValueError(
+                    f"stimulator: peak_current_A {_fmt(self.peak_current_A)} A with period_us "
+                    f"{_fmt(self.period_us)} µs means a dI/dt of at least {didt:.3g} A/µs, above "
+                    f"{_fmt(MAX_DIDT_A_PER_US)} A/µs: {_WHY_DIDT}")
         return self
 
 
@@ -218,20 +377,22 @@ class PulseProgram(_Model):
     """Pulse programme: single pulses, repetitive TMS or theta burst (iTBS / cTBS / custom)."""
 
     type: Literal["single", "rtms", "itbs", "ctbs", "tbs"]
-    intensity_pct_rmt: float | None = Field(None, gt=0, description="% of resting motor threshold")
-    intensity_pct_amt: float | None = Field(None, gt=0, description="% of active motor threshold")
-    intensity_pct_mso: float | None = Field(None, gt=0, le=100, description="% of maximum stimulator output")
-    pulses: int | None = Field(None, ge=1, description="single: number of pulses")
-    interval_s: float | None = Field(None, gt=0, description="single: seconds between pulses")
-    frequency_hz: float | None = Field(None, gt=0, description="rtms: pulse frequency within a train")
-    pulses_per_train: int | None = Field(None, ge=1)
-    trains: int | None = Field(None, ge=1)
-    iti_s: float | None = Field(None, ge=0, description="inter-train interval (pause between trains), s")
-    burst_frequency_hz: float | None = Field(None, gt=0, description="tbs: pulse frequency within a burst "
-                                                                     "(default 50 Hz)")
-    pulses_per_burst: int | None = Field(None, ge=1, description="tbs: default 3")
-    burst_rate_hz: float | None = Field(None, gt=0, description="tbs: bursts per second (default 5 Hz, theta)")
-    bursts_per_train: int | None = Field(None, ge=1, description="tbs: iTBS 10 (2 s), cTBS 200 (40 s)")
+    intensity_pct_rmt: PctThreshold | None = Field(None, description="% of resting motor threshold")
+    intensity_pct_amt: PctThreshold | None = Field(None, description="% of active motor threshold")
+    intensity_pct_mso: PctMSO | None = Field(None, description="% of maximum stimulator output")
+    pulses: Count | None = Field(None, description="single: number of pulses")
+    interval_s: _bounded(0, MAX_PAUSE_S, "s", _WHY_PAUSE, lo_open=True) | None = Field(
+        None, description="single: seconds between pulses")
+    frequency_hz: RateHz | None = Field(None, description="rtms: pulse frequency within a train")
+    pulses_per_train: Count | None = None
+    trains: Count | None = None
+    iti_s: PauseS | None = Field(None, description="inter-train interval (pause between trains), s")
+    burst_frequency_hz: RateHz | None = Field(None, description="tbs: pulse frequency within a burst "
+                                                               "(default 50 Hz)")
+    pulses_per_burst: _bounded(1, MAX_PULSES_PER_BURST, "", "theta bursts have 3-5 pulses", kind=int) | None = \
+        Field(None, description="tbs: default 3")
+    burst_rate_hz: RateHz | None = Field(None, description="tbs: bursts per second (default 5 Hz, theta)")
+    bursts_per_train: Count | None = Field(None, description="tbs: iTBS 10 (2 s), cTBS 200 (40 s)")
 
     @model_validator(mode="after")
     def _complete(self):
@@ -256,6 +417,13 @@ class PulseProgram(_Model):
         given = [f for f in ("intensity_pct_rmt", "intensity_pct_amt", "intensity_pct_mso") if getattr(self, f)]
         if len(given) > 1:
             raise ValueError(f"program: give one intensity, not {', '.join(given)}")
+        totals = self.expanded()
+        if totals["total_pulses"] > MAX_TOTAL_PULSES:
+            raise ValueError(f"program: {totals['total_pulses']} pulses in one session; at most "
+                             f"{MAX_TOTAL_PULSES} are accepted: {_WHY_COUNT}")
+        if totals["session_duration_s"] > MAX_SESSION_S:
+            raise ValueError(f"program: the session would last {totals['session_duration_s'] / 86400:.3g} days; "
+                             f"at most {_fmt(MAX_SESSION_S / 86400)} are accepted: {_WHY_TMS_SESSION}")
         return self
 
     def expanded(self) -> dict:
@@ -291,8 +459,8 @@ class TMSProtocol(_Model):
     kind: Literal["tms"]
     name: str | None = None
     description: str | None = None
-    head: str = Field("sphere", description="'sphere' or a path to a .msh/.vtu mesh")
-    positions: str | None = Field(None, description="EEG positions file for a named placement centre")
+    head: PathText = Field("sphere", description="'sphere' or a path to a .msh/.vtu mesh")
+    positions: PathText | None = Field(None, description="EEG positions file for a named placement centre")
     conductivities: dict[Union[int, str], float] | None = None
     coil: CoilSpec
     placement: Placement
@@ -301,8 +469,8 @@ class TMSProtocol(_Model):
     screening: dict[str, Union[bool, str, None]] | None = Field(
         None, description="TMS screening answers, item -> yes/no (items: `stimsim check` lists them; "
                           "after Rossi et al. 2011/2021 and Keel et al. 2001)")
-    sessions: int | None = Field(None, ge=1)
-    sessions_per_day: int | None = Field(None, ge=1)
+    sessions: Sessions | None = None
+    sessions_per_day: SessionsPerDay | None = None
     solver: SolverOptions = SolverOptions()
 
     _conductivities_valid = field_validator("conductivities")(TESProtocol._conductivities_valid.__func__)
