@@ -13,7 +13,12 @@ stimsim/safety/rules.yaml), not from the code's output:
 * Chen et al. 1997 (abstract): 10 trains of 20 Hz x 1.6 s at 110 % MT safe with 5 s intervals;
   intervals <= 1 s unsafe above 100 % MT.
 * Anand & Hotson 2002 (abstract): single-pulse (< 1 Hz) TMS is safe in normal subjects.
-* Rossi 2009 tables, TBS limits, pulse limits: not readable -> WARN only.
+* Rossi 2009 tables: not readable -> NOT_CHECKED only.
+* Verified rTMS/TBS conditions and pulse counts (O'Reardon 2007, Modirrousta 2018, PubMed 8913194, Cole 2020,
+  PubMed 22627376): PASS within a verified condition, WARN outside (tests/test_safety_verdicts.py).
+
+Statuses: PASS, WARN (outside the evidence), FAIL (beyond a verified limit), NOT_CHECKED (missing information,
+unverified or inapplicable limit, notes); the overall verdict ignores NOT_CHECKED (docs/safety_verdicts.md).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from hypothesis import strategies as st
 from stimsim.errors import ProtocolError, StimsimError
 from stimsim.safety import SafetyInputError, SafetyReport, check, check_safety, load_rules
 from stimsim.safety.cli import run_check
-from stimsim.safety.model import VERDICT_RANK, Rule, worst
+from stimsim.safety.model import NOT_CHECKED, VERDICT_RANK, Rule, worst
 
 # ------------------------------------------------------------------------------ builders
 
@@ -141,7 +146,7 @@ CASES = [
     ("CD 5.1 beyond (5 mm disc)", tes([el("a", 1.0, shape="disc", diameter=5), el("c", -1.0, pos=(95, 0, 0))],
                                       duration=5), {}, "tes.electrode.current_density", "a", "FAIL"),
     ("CD point electrode", tes([el("a", 1.0, shape="point"), el("c", -1.0, pos=(95, 0, 0))]), {},
-     "tes.electrode.current_density", "a", "WARN"),
+     "tes.electrode.current_density", "a", "NOT_CHECKED"),
     # --- electrode charge density, Liebetanz 2009: FAIL >= 5.24 C/cm^2
     ("QD 0.096 inside", tes(mA=2.0, duration=20), {}, "tes.electrode.charge_density", "anode", "PASS"),
     ("QD 1.2 inside", tes([el("a", 1.0, size=(10, 10)), el("c", -1.0, pos=(95, 0, 0))], duration=20), {},
@@ -151,11 +156,11 @@ CASES = [
     ("QD 9.6 beyond", tes([el("a", 1.0, size=(5, 5)), el("c", -1.0, pos=(95, 0, 0))], duration=40), {},
      "tes.electrode.charge_density", "a", "FAIL"),
     ("QD point electrode", tes([el("a", 1.0, shape="point"), el("c", -1.0, pos=(95, 0, 0))]), {},
-     "tes.electrode.charge_density", "a", "WARN"),
+     "tes.electrode.charge_density", "a", "NOT_CHECKED"),
     # --- sessions per day (no verified daily limit)
     ("sessions 1/day", tes(spd=1), {}, "tes.sessions_per_day", None, "PASS"),
     ("sessions 2/day", tes(spd=2), {}, "tes.sessions_per_day", None, "WARN"),
-    ("sessions missing", tes(spd=None), {}, "tes.sessions_per_day", None, "WARN"),
+    ("sessions missing", tes(spd=None), {}, "tes.sessions_per_day", None, "NOT_CHECKED"),
     # --- brain current density (fields), Bikson 2016: FAIL >= 6.3 A/m^2, WARN when margin <= 10x
     ("Jbrain 0.3 inside", tes(), {"fields": fields(0.3)}, "tes.field.brain_current_density", "tags [1, 2]", "PASS"),
     ("Jbrain 0.63 margin 10x", tes(), {"fields": fields(0.63)}, "tes.field.brain_current_density", "tags [1, 2]",
@@ -164,16 +169,16 @@ CASES = [
      "FAIL"),
     ("Jbrain 13 beyond", tes(), {"fields": fields(13.0)}, "tes.field.brain_current_density", "tags [1, 2]", "FAIL"),
     ("Jbrain no WM/GM tags", tes(), {"fields": fields(10.0, tags=(3, 4, 5), brain=(3,))},
-     "tes.field.brain_current_density", None, "WARN"),
+     "tes.field.brain_current_density", None, "NOT_CHECKED"),
     ("Jbrain sphere brain_tags=[3]", tes(), {"fields": fields(10.0, tags=(3, 4, 5), brain=(3,)), "brain_tags": [3]},
      "tes.field.brain_current_density", "tags [3]", "FAIL"),
-    # --- tACS against tDCS evidence: never PASS/FAIL
-    ("tACS 1 mA indicative", tes(mA=1.0, kind="tacs", freq=10), {}, "tes.current.electrode", "anode", "WARN"),
+    # --- tACS against tDCS evidence: never PASS/FAIL (within: NOT_CHECKED, beyond: WARN)
+    ("tACS 1 mA indicative", tes(mA=1.0, kind="tacs", freq=10), {}, "tes.current.electrode", "anode", "NOT_CHECKED"),
     ("tACS 6 mA indicative", tes(mA=6.0, kind="tacs", freq=10, duration=5), {}, "tes.current.electrode", "anode",
      "WARN"),
     # --- missing duration
-    ("T missing", tes(duration=None), {}, "tes.duration", None, "WARN"),
-    ("Q missing", tes(duration=None), {}, "tes.charge", None, "WARN"),
+    ("T missing", tes(duration=None), {}, "tes.duration", None, "NOT_CHECKED"),
+    ("Q missing", tes(duration=None), {}, "tes.charge", None, "NOT_CHECKED"),
     # --- TMS single pulse, Anand & Hotson 2002: < 1 Hz
     ("sp one pulse", tms({"type": "single"}), {}, "tms.single_pulse_rate", None, "PASS"),
     ("sp 0.2 Hz", tms({"type": "single", "pulses": 100, "interval_s": 5.0, "intensity_pct_rmt": 120}), {},
@@ -182,7 +187,7 @@ CASES = [
      None, "WARN"),
     ("sp 2 Hz beyond", tms({"type": "single", "pulses": 100, "interval_s": 0.5}), {}, "tms.single_pulse_rate", None,
      "WARN"),
-    ("sp interval missing", tms({"type": "single", "pulses": 10}), {}, "tms.single_pulse_rate", None, "WARN"),
+    ("sp interval missing", tms({"type": "single", "pulses": 10}), {}, "tms.single_pulse_rate", None, "NOT_CHECKED"),
     # --- inter-train interval, Chen 1997
     ("ITI tested safe", tms(rtms()), {}, "tms.rtms.inter_train_interval", None, "PASS"),
     ("ITI 1 s at unsafe", tms(rtms(iti=1.0)), {}, "tms.rtms.inter_train_interval", None, "FAIL"),
@@ -191,23 +196,33 @@ CASES = [
      "FAIL"),
     ("ITI 1 s at 100 % (not > 100)", tms(rtms(iti=1.0, rmt=100)), {}, "tms.rtms.inter_train_interval", None, "WARN"),
     ("ITI 3 s between", tms(rtms(iti=3.0)), {}, "tms.rtms.inter_train_interval", None, "WARN"),
-    ("ITI 5 s at 120 % (beyond tested)", tms(rtms(rmt=120)), {}, "tms.rtms.inter_train_interval", None, "WARN"),
+    ("ITI 5 s at 120 % (beyond tested)", tms(rtms(rmt=120)), {}, "tms.rtms.inter_train_interval", None, "NOT_CHECKED"),
     ("ITI 10 Hz 4 s x 75", tms(rtms(f=10, ppt=40, trains=75, iti=26, rmt=120)), {}, "tms.rtms.inter_train_interval",
-     None, "WARN"),
+     None, "NOT_CHECKED"),
     ("ITI intensity in aMT", tms(rtms(rmt=None, intensity_pct_amt=90)), {}, "tms.rtms.inter_train_interval", None,
-     "WARN"),
+     "NOT_CHECKED"),
     ("ITI single train", tms(rtms(trains=1, iti=None)), {}, "tms.rtms.inter_train_interval", None, "PASS"),
-    # --- unverifiable TMS limits: WARN only
+    # --- unverifiable TMS limit (Rossi 2009 table): NOT_CHECKED only
     ("train duration table unverified", tms(rtms(f=1, ppt=900, trains=1, iti=None, rmt=90)), {},
-     "tms.rtms.train_duration", None, "WARN"),
-    ("iTBS unverified", tms({"type": "itbs", "intensity_pct_amt": 80}), {}, "tms.tbs", None, "WARN"),
-    ("cTBS unverified", tms({"type": "ctbs", "intensity_pct_amt": 80}), {}, "tms.tbs", None, "WARN"),
-    ("pulses/session unverified", tms(rtms()), {}, "tms.pulses.session", None, "WARN"),
-    ("pulses/day missing spd", tms(rtms()), {}, "tms.pulses.day", None, "WARN"),
-    ("pulses/day unverified", tms(rtms(), spd=1), {}, "tms.pulses.day", None, "WARN"),
-    ("hearing note", tms({"type": "single"}), {}, "tms.hearing_protection", None, "WARN"),
+     "tms.rtms.train_duration", None, "NOT_CHECKED"),
+    # --- verified TBS conditions (Cole 2020; PubMed 22627376)
+    ("iTBS 80 % aMT within Cole 2020", tms({"type": "itbs", "intensity_pct_amt": 80}), {}, "tms.tbs", None, "PASS"),
+    ("cTBS at 50 Hz: no verified condition", tms({"type": "ctbs", "intensity_pct_amt": 80}), {}, "tms.tbs", None,
+     "WARN"),
+    ("iTBS no intensity", tms({"type": "itbs"}), {}, "tms.tbs", None, "NOT_CHECKED"),
+    # --- pulse counts (O'Reardon 2007 / Modirrousta 2018: 3000 per session, 2 sessions a day)
+    ("pulses/session 320 inside", tms(rtms()), {}, "tms.pulses.session", None, "PASS"),
+    ("pulses/session 3000 at limit", tms(rtms(f=10, ppt=40, trains=75, iti=26, rmt=120)), {}, "tms.pulses.session",
+     None, "PASS"),
+    ("pulses/session 3040 beyond", tms(rtms(f=10, ppt=40, trains=76, iti=26, rmt=120)), {}, "tms.pulses.session",
+     None, "WARN"),
+    ("pulses/day missing spd", tms(rtms()), {}, "tms.pulses.day", None, "NOT_CHECKED"),
+    ("pulses/day 320 inside", tms(rtms(), spd=1), {}, "tms.pulses.day", None, "PASS"),
+    ("pulses/day 3 x 3000 beyond", tms(rtms(f=10, ppt=40, trains=75, iti=26, rmt=120), spd=3), {}, "tms.pulses.day",
+     None, "WARN"),
+    ("hearing note", tms({"type": "single"}), {}, "tms.hearing_protection", None, "NOT_CHECKED"),
     # --- screening
-    ("screening unanswered", tms({"type": "single"}), {}, "tms.screening", None, "WARN"),
+    ("screening unanswered", tms({"type": "single"}), {}, "tms.screening", None, "NOT_CHECKED"),
     ("screening metal yes", tms({"type": "single"}), {"questionnaire": {**ALL_NO, "metal_in_head": True}},
      "tms.screening", "metal_in_head", "FAIL"),
     ("screening pregnancy yes", tms({"type": "single"}), {"questionnaire": {**ALL_NO, "pregnancy": "yes"}},
@@ -219,14 +234,14 @@ CASES = [
      "tms.screening", "seizure_threshold_lowering_medication", "WARN"),
     ("screening no", tms({"type": "single"}), {"questionnaire": ALL_NO}, "tms.screening", "implanted_device", "PASS"),
     ("screening item unanswered", tms({"type": "single"}), {"questionnaire": {"metal_in_head": False}},
-     "tms.screening", "pregnancy", "WARN"),
+     "tms.screening", "pregnancy", "NOT_CHECKED"),
 ]
 
 
 def test_case_table_is_large_and_covers_both_modalities():
     assert len(CASES) >= 40
     assert {c[1]["kind"] for c in CASES} >= {"tdcs", "tacs", "tms"}
-    assert {c[5] for c in CASES} == {"PASS", "WARN", "FAIL"}
+    assert {c[5] for c in CASES} == {"PASS", "WARN", "FAIL", "NOT_CHECKED"}
     assert len({c[0] for c in CASES}) == len(CASES)
 
 
@@ -245,8 +260,9 @@ def test_missing_field_gives_cannot_check_never_pass():
     report = check(tes(duration=None, spd=None))
     for rid in ("tes.duration", "tes.charge", "tes.electrode.charge_density", "tes.sessions_per_day"):
         for r in report.by_rule(rid):
-            assert r.verdict == "WARN"
+            assert r.verdict == NOT_CHECKED
             assert r.reason.startswith("cannot check: ") and "missing" in r.reason
+            assert r.how_to_check and "give " in r.how_to_check
     assert only(report, "tes.duration").reason == "cannot check: duration_min missing"
     assert only(report, "tes.sessions_per_day").reason == "cannot check: sessions_per_day missing"
     t = check(tms(rtms(rmt=None, intensity_pct_mso=70)))
@@ -257,7 +273,8 @@ def test_missing_field_gives_cannot_check_never_pass():
 def test_point_electrode_cannot_compute():
     r = only(check(tes([el("a", 1.0, shape="point"), el("c", -1.0, pos=(95, 0, 0))])),
              "tes.electrode.current_density", "a")
-    assert r.verdict == "WARN" and "cannot compute" in r.reason and r.value is None
+    assert r.verdict == NOT_CHECKED and "cannot compute" in r.reason and r.value is None
+    assert "diameter_mm" in r.how_to_check and "size_mm" in r.how_to_check
 
 
 def test_values_units_and_margin():
@@ -294,7 +311,8 @@ def test_field_rules_only_with_fields_and_only_for_tes():
 
 def test_no_brain_tags_warns_with_reason():
     r = only(check(tes(), fields(0.3, tags=(3, 4, 5), brain=(3,))), "tes.field.brain_current_density")
-    assert r.verdict == "WARN" and "cannot identify brain tissue" in r.reason and "brain_tags" in r.reason
+    assert r.verdict == NOT_CHECKED and "cannot identify brain tissue" in r.reason
+    assert "brain_tags" in r.how_to_check and "--brain-tag" in r.how_to_check
 
 
 def test_tacs_is_capped_and_says_why():
@@ -302,17 +320,18 @@ def test_tacs_is_capped_and_says_why():
     assert r.verdict == "WARN" and "would be FAIL" in r.reason and "tdcs" in r.reason
 
 
-def test_unverified_rules_only_ever_warn():
+def test_unverified_rules_are_never_checked():
     rules = load_rules()
     unverified = {r.id for r in rules.rules if not r.verified_ok}
-    assert {"tms.rtms.train_duration", "tms.tbs", "tms.pulses.session", "tms.pulses.day"} <= unverified
+    assert {"tms.rtms.train_duration"} <= unverified
     protocols = [tms(rtms(f=f, ppt=ppt, iti=iti, rmt=i), spd=2) for f in (1, 10, 25) for ppt in (10, 100)
                  for iti in (0.5, 30) for i in (90, 130)]
     protocols += [tms({"type": t, "intensity_pct_rmt": 150}, spd=3) for t in ("itbs", "ctbs")]
     for p in protocols:
         for r in check(p).results:
             if r.rule_id in unverified:
-                assert r.verdict == "WARN" and not r.verified
+                assert r.verdict == NOT_CHECKED and not r.verified
+                assert "limit not verified in the source" in r.how_to_check and "informational" in r.how_to_check
 
 
 def test_marking_a_rule_unverified_caps_it_centrally():
@@ -320,7 +339,8 @@ def test_marking_a_rule_unverified_caps_it_centrally():
     patched = rules.model_copy(update={"rules": [r.model_copy(update={"verified_ok": False})
                                                  if r.id == "tes.current.electrode" else r for r in rules.rules]})
     r = only(check(tes(mA=5.0, duration=5), rules=patched), "tes.current.electrode", "anode")
-    assert r.verdict == "WARN" and "would be FAIL" in r.reason
+    assert r.verdict == NOT_CHECKED and "would be FAIL" in r.reason
+    assert "value 5 mA vs stated limit FAIL > 4 mA, informational" in r.how_to_check
     assert only(check(tes(mA=5.0, duration=5)), "tes.current.electrode", "anode").verdict == "FAIL"
 
 
@@ -343,21 +363,25 @@ def test_train_duration_table_machinery_is_conservative():
     assert v(f=20, ppt=20, rmt=110).verdict == "WARN"     # no limit in the table cell
     assert v(f=30, ppt=10, rmt=100).verdict == "WARN"     # beyond the table
     assert v(f=10, ppt=10, rmt=None, intensity_pct_amt=90).reason.startswith("cannot check")
-    # shipped: no table -> WARN
-    assert only(check(tms(rtms(f=10, ppt=10))), "tms.rtms.train_duration").verdict == "WARN"
+    # shipped: no table -> NOT_CHECKED, saying the limit is not verified
+    shipped = only(check(tms(rtms(f=10, ppt=10))), "tms.rtms.train_duration")
+    assert shipped.verdict == NOT_CHECKED and "limit not verified in the source table" in shipped.how_to_check
 
 
 def test_screening_questionnaire_aggregates_and_overall_verdict():
     rep = check(tms({"type": "single"}), questionnaire=ALL_NO)
     assert set(verdicts(rep, "tms.screening")) == {"PASS"}
     assert len(rep.by_rule("tms.screening")) == len(ALL_NO)
-    assert rep.verdict == "WARN"  # hearing note
+    assert rep.verdict == "PASS"  # the hearing note and the missing intensity are NOT_CHECKED, not WARN
+    assert rep.not_checked == 2 and rep.summary == "PASS (2 not checked)"
     rep = check(tms({"type": "single"}), questionnaire={**ALL_NO, "implanted_device": "YES"})
     assert rep.verdict == "FAIL"
 
 
 def test_report_verdict_is_worst_and_empty_is_warn():
     assert worst([]) == "WARN"
+    assert worst(["NOT_CHECKED", "NOT_CHECKED"]) == "WARN"  # nothing checked is never a PASS
+    assert worst(["PASS", "NOT_CHECKED"]) == "PASS"
     assert worst(["PASS", "PASS"]) == "PASS"
     assert worst(["PASS", "WARN", "FAIL", "PASS"]) == "FAIL"
     rep = check(tes(mA=4.5, duration=10))
@@ -370,21 +394,25 @@ def test_as_dict_json_and_table():
     rep = check(tes([el("a", 1.0, shape="point"), el("c", -1.0, pos=(95, 0, 0))]), fields(0.3))
     d = json.loads(json.dumps(rep.as_dict()))
     assert d["verdict"] == rep.verdict and d["fields_checked"] is True
+    assert d["not_checked"] == rep.not_checked == 2 and d["schema_version"] == 2  # the point electrode, twice
+    assert d["summary"] == f"{rep.verdict} (2 not checked)" and d["counts"]["NOT_CHECKED"] == 2
     assert "not a clinical approval" in d["disclaimer"]
-    assert {"rule_id", "description", "value", "unit", "limit", "verdict", "reason", "citation"} <= set(d["results"][0])
+    assert {"rule_id", "description", "value", "unit", "limit", "verdict", "reason", "how_to_check",
+            "citation"} <= set(d["results"][0])
     from rich.console import Console
 
     buf = io.StringIO()
     Console(file=buf, width=250).print(rep.to_table())
     text = buf.getvalue()
     assert "tags [1, 2]" in text  # square brackets are not eaten as markup
+    assert "NOT CHECKED" in text and "(2 not checked)" in text and "to check:" in text
     assert "not a clinical approval" in text
     assert check_safety is check
 
 
 def test_hearing_note_is_a_note():
     r = only(check(tms({"type": "single"})), "tms.hearing_protection")
-    assert r.kind == "note" and r.verdict == "WARN" and "hearing protection" in r.reason
+    assert r.kind == "note" and r.verdict == NOT_CHECKED and "hearing protection" in r.how_to_check
 
 
 # ------------------------------------------------------------------------------ rules file integrity
@@ -472,7 +500,7 @@ FAST = settings(max_examples=40, deadline=None, database=None, suppress_health_c
 def _rank_map(report):
     out = {}
     for r in report.results:
-        out.setdefault((r.rule_id, r.subject), []).append(VERDICT_RANK[r.verdict])
+        out.setdefault((r.rule_id, r.subject), []).append(VERDICT_RANK.get(r.verdict, -1))  # NOT_CHECKED: -1
     return {k: max(v) for k, v in out.items()}
 
 
@@ -570,7 +598,7 @@ def test_raising_single_pulse_rate_never_improves(interval, pulses, shrink):
 def test_random_protocols_never_pass_an_unverifiable_rule(f, ppt, trains, iti, rmt, spd):
     for r in check(tms(rtms(f=f, ppt=ppt, trains=trains, iti=iti, rmt=rmt), spd=spd)).results:
         if not r.verified:
-            assert r.verdict == "WARN"
+            assert r.verdict == NOT_CHECKED
 
 
 # ------------------------------------------------------------------------------ CLI
@@ -638,6 +666,6 @@ def test_screening_answers_in_the_protocol():
     unanswered = check(validate_protocol(base))
     pregnant = check(validate_protocol(dict(base, screening={"pregnancy": "yes"})))
     answers = {r.subject: r.verdict for r in pregnant.results if r.rule_id == "tms.screening"}
-    assert answers["pregnancy"] == "FAIL" and answers["seizure_history"] == "WARN"  # answered / unanswered
+    assert answers["pregnancy"] == "FAIL" and answers["seizure_history"] == NOT_CHECKED  # answered / unanswered
     assert pregnant.verdict == "FAIL"
-    assert {r.verdict for r in unanswered.results if r.rule_id == "tms.screening"} == {"WARN"}
+    assert {r.verdict for r in unanswered.results if r.rule_id == "tms.screening"} == {NOT_CHECKED}

@@ -22,12 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from .._logging import logger
-from ..conductivity import conductivity_table, element_conductivities
 from ..errors import ProtocolError, StimsimError
-from ..mesh import Mesh, check_mesh
-from ..solvers.assembly import P1Geometry, assemble_stiffness
-from ..solvers.electrodes import ElectrodeSpec, electrode_system, place_electrodes
-from ..solvers.linear import FactorizedSolver
+from ..fem import ElectrodeSpec, FactorizedSolver, electrode_system, place_electrodes
+from ..head_model import HeadModel
+from ..mesh import Mesh
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,7 +77,7 @@ def compute_leadfield(mesh: Mesh, positions_mm: dict[str, tuple], reference: str
 
     Parameters
     ----------
-    mesh : head mesh (mm)
+    mesh : head mesh (mm), or a :class:`~stimsim.head_model.HeadModel` (then ``conductivities`` is ignored)
     positions_mm : name -> (x, y, z) mm of every candidate electrode, reference included
     reference : name of the return electrode
     conductivities : overrides, S/m by tag or tissue name
@@ -89,17 +87,14 @@ def compute_leadfield(mesh: Mesh, positions_mm: dict[str, tuple], reference: str
     if reference not in positions_mm:
         raise ProtocolError(f"leadfield: reference {reference!r} is not among the {len(positions_mm)} positions")
     names = [n for n in positions_mm if n != reference] + [reference]
-    table = conductivity_table(conductivities)
-    mesh = check_mesh(mesh, known_tags=set(table))
-    sigma = element_conductivities(mesh.tet_tags, table)
-    geometry = P1Geometry.from_mesh(mesh)
-    stiffness = assemble_stiffness(geometry, sigma)
+    head = mesh if isinstance(mesh, HeadModel) else HeadModel.from_mesh(mesh, conductivities)
+    mesh, sigma, geometry = head.mesh, head.sigma, head.geometry
     # currents of +-1 A just to pass the zero-sum check; the solves below set their own
     specs = [ElectrodeSpec(n, tuple(positions_mm[n]), 0.0, shape, diameter_mm=diameter_mm) for n in names]
     specs[0] = ElectrodeSpec(names[0], tuple(positions_mm[names[0]]), 1.0, shape, diameter_mm=diameter_mm)
     specs[-1] = ElectrodeSpec(reference, tuple(positions_mm[reference]), -1.0, shape, diameter_mm=diameter_mm)
     placed = place_electrodes(mesh, specs)
-    system = electrode_system(stiffness, placed)
+    system = electrode_system(head.stiffness, placed)
     solver = FactorizedSolver(system.matrix, backend=backend)
     k = len(names) - 1
     fields = np.empty((k, mesh.n_tets, 3), np.float32)

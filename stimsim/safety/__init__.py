@@ -2,11 +2,14 @@
 
 ``stimsim.safety.check(protocol, fields=None) -> SafetyReport``.  The limits are data
 (``rules.yaml`` in this package: value, unit, source, DOI, where it was read, how it was
-verified).  Decision support, not a clinical approval.
+verified).  Each rule gives PASS, WARN (outside the evidence), FAIL (beyond a verified limit) or
+NOT_CHECKED (could not be checked; the row says what would let it be checked).  The report's
+``verdict`` is the worst of PASS/WARN/FAIL, with ``not_checked`` beside it (docs/safety_verdicts.md).
+Decision support, not a clinical approval.
 """
 
 from .check import SafetyInputError, check, check_safety, load_rules, normalize_questionnaire
-from .model import Rule, RuleResult, RuleSet, SafetyReport, Source, worst
+from .model import NOT_CHECKED, Rule, RuleResult, RuleSet, SafetyReport, Source, status_label, worst
 
 __all__ = ["check", "check_safety", "load_rules", "normalize_questionnaire", "SafetyReport", "RuleResult",
-           "Rule", "RuleSet", "Source", "SafetyInputError", "worst"]
+           "Rule", "RuleSet", "Source", "SafetyInputError", "worst", "NOT_CHECKED", "status_label"]

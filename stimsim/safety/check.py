@@ -2,22 +2,28 @@
 
 ``check(protocol, fields=None, *, brain_tags=None, questionnaire=None)`` returns a
 :class:`~stimsim.safety.model.SafetyReport`.  The numbers live in ``rules.yaml``; this module only
-computes the protocol's quantities and compares.  Three guarantees are enforced here, centrally:
+computes the protocol's quantities and compares.  The meaning of each status is enforced here, centrally
+(see docs/safety_verdicts.md):
 
-* a quantity a rule needs but the protocol lacks gives WARN "cannot check: <field> missing", never PASS;
-* a rule whose limit could not be verified from its source (``verified_ok: false``) gives WARN only;
+* a quantity a rule needs but the protocol lacks gives NOT_CHECKED "cannot check: <field> missing" with
+  what to give, never PASS;
+* a rule whose limit could not be verified from its source (``verified_ok: false``) gives NOT_CHECKED
+  (informational: the value and the unverified limit are shown), never PASS, WARN or FAIL;
 * a rule applied to a kind its limit was not established for (e.g. tACS against tDCS evidence) gives
-  WARN only.
+  NOT_CHECKED when the value is within the borrowed limit, WARN when beyond it (outside any evidence),
+  and always NOT_CHECKED when the rule says the limit does not carry over (``outside_evidence:
+  not_applicable``);
+* notes (advice the protocol cannot record) are NOT_CHECKED rows that say what to confirm.
 
-Bad input (a protocol that does not validate, a questionnaire with unknown items or answers that
-are not yes/no, a fields object without mesh tags/volumes/J) raises a
-:class:`~stimsim.errors.StimsimError` naming the field.
+WARN means outside the evidence, FAIL beyond a verified limit.  Bad input (a protocol that does not
+validate, a questionnaire with unknown items or answers that are not yes/no, a fields object without
+mesh tags/volumes/J) raises a :class:`~stimsim.errors.StimsimError` naming the field.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -29,7 +35,7 @@ from pydantic import ValidationError
 
 from ..errors import ProtocolError, StimsimError
 from ..protocol import TESProtocol, TMSProtocol, validate_protocol
-from .model import Rule, RuleResult, RuleSet, SafetyReport, Verdict
+from .model import NOT_CHECKED, Rule, RuleResult, RuleSet, SafetyReport, Source, Status
 
 
 class SafetyInputError(StimsimError, ValueError):
@@ -73,8 +79,9 @@ class _Raw:
     value: float | None = None
     subject: str | None = None
     reason: str = ""
-    verdict: Verdict | None = None  # None: decide from the rule's thresholds
-    missing: str | None = None  # name of the missing field -> WARN "cannot check: ... missing"
+    verdict: Status | None = None  # None: decide from the rule's thresholds
+    missing: str | None = None  # name of the missing field -> NOT_CHECKED "cannot check: ... missing"
+    how: str | None = None  # NOT_CHECKED: what would let the rule be checked
     limit: float | None = None
     limit_text: str | None = None
     citation: str | None = None
@@ -86,6 +93,7 @@ class _Context:
     fields: Any = None
     brain_tags: tuple[int, ...] | None = None
     questionnaire: dict[str, bool | None] | None = None
+    sources: Mapping[str, Source] | None = None
 
 
 def _electrode_area_cm2(e) -> float | None:
@@ -122,12 +130,47 @@ def _rmt_missing_reason(prog) -> str:
                                   if other else "")
 
 
+_GIVE_RMT = ("give program.intensity_pct_rmt (the verified limits and conditions are in % of the resting motor "
+             "threshold)")
+_TOL = 1e-9
+
+
+def _rmt_bound(prog) -> tuple[float | None, bool]:
+    """(intensity in % rMT or an upper bound of it, exact?).
+
+    % aMT is an upper bound of % rMT (the active threshold is below the resting one, so the same output is
+    a smaller percentage of rMT); % MSO cannot be related to the motor threshold: (None, False).
+    """
+    if prog.intensity_pct_rmt is not None:
+        return float(prog.intensity_pct_rmt), True
+    if prog.intensity_pct_amt is not None:
+        return float(prog.intensity_pct_amt), False
+    return None, False
+
+
+def _source_short(ctx: _Context, key: str, where: str | None = None) -> str:
+    src = (ctx.sources or {}).get(key)
+    text = src.short() if src is not None else key
+    return f"{text} ({where})" if where else text
+
+
 # ----------------------------------------------------------------------------------------- evaluators: tES
 
 
 def _ev_electrode_current(rule: Rule, ctx: _Context) -> list[_Raw]:
     return [_Raw(value=abs(e.current_mA), subject=e.name, reason=f"|{e.current_mA:g}| mA")
             for e in ctx.protocol.electrodes]
+
+
+def _ev_electrode_peak_to_peak(rule: Rule, ctx: _Context) -> list[_Raw]:
+    return [_Raw(value=2 * abs(e.current_mA), subject=e.name,
+                 reason=f"peak amplitude {abs(e.current_mA):g} mA = {2 * abs(e.current_mA):g} mA peak-to-peak")
+            for e in ctx.protocol.electrodes]
+
+
+def _ev_tacs_frequency(rule: Rule, ctx: _Context) -> list[_Raw]:
+    f = ctx.protocol.frequency_hz
+    return [_Raw(value=float(f), reason=f"{f:g} Hz")]
 
 
 def _ev_total_current(rule: Rule, ctx: _Context) -> list[_Raw]:
@@ -137,10 +180,14 @@ def _ev_total_current(rule: Rule, ctx: _Context) -> list[_Raw]:
                  reason="sum of " + " + ".join(f"{e.current_mA:g}" for e in pos) + " mA injected")]
 
 
+_GIVE_DURATION = "give duration_min (minutes at full current) in the protocol"
+_GIVE_SPD = "give sessions_per_day in the protocol (e.g. sessions_per_day: 1)"
+
+
 def _ev_session_duration(rule: Rule, ctx: _Context) -> list[_Raw]:
     p = ctx.protocol
     if p.duration_min is None:
-        return [_Raw(missing="duration_min")]
+        return [_Raw(missing="duration_min", how=_GIVE_DURATION)]
     ramps = (p.ramp_up_s + p.ramp_down_s) / 60.0
     return [_Raw(value=p.duration_min + ramps,
                  reason=f"{p.duration_min:g} min at full current + {ramps:.3g} min of ramps")]
@@ -149,10 +196,16 @@ def _ev_session_duration(rule: Rule, ctx: _Context) -> list[_Raw]:
 def _ev_total_charge(rule: Rule, ctx: _Context) -> list[_Raw]:
     p = ctx.protocol
     if p.duration_min is None:
-        return [_Raw(missing="duration_min")]
+        return [_Raw(missing="duration_min", how=_GIVE_DURATION)]
     t = _effective_time_s(p)
     i = _total_current_mA(p)
     return [_Raw(value=i * 1e-3 * t, reason=f"{i:g} mA x {t:g} s (ramps counted half)")]
+
+
+_POINT_ELECTRODE = _Raw(verdict=NOT_CHECKED,
+                        reason="cannot compute: a point electrode has no area",
+                        how="give the electrode's shape and size (shape: disc with diameter_mm, or shape: rect with "
+                            "size_mm)")
 
 
 def _ev_electrode_current_density(rule: Rule, ctx: _Context) -> list[_Raw]:
@@ -160,9 +213,7 @@ def _ev_electrode_current_density(rule: Rule, ctx: _Context) -> list[_Raw]:
     for e in ctx.protocol.electrodes:
         a = _electrode_area_cm2(e)
         if a is None:
-            out.append(_Raw(subject=e.name, verdict="WARN",
-                            reason="cannot compute: point electrode has no area (give shape disc or rect with "
-                                   "its size)"))
+            out.append(replace(_POINT_ELECTRODE, subject=e.name))
             continue
         out.append(_Raw(value=abs(e.current_mA) / a, subject=e.name,
                         reason=f"{abs(e.current_mA):g} mA / {a:.4g} cm^2 ({e.shape})"))
@@ -172,15 +223,13 @@ def _ev_electrode_current_density(rule: Rule, ctx: _Context) -> list[_Raw]:
 def _ev_electrode_charge_density(rule: Rule, ctx: _Context) -> list[_Raw]:
     p = ctx.protocol
     if p.duration_min is None:
-        return [_Raw(missing="duration_min")]
+        return [_Raw(missing="duration_min", how=_GIVE_DURATION)]
     t = _effective_time_s(p)
     out = []
     for e in p.electrodes:
         a = _electrode_area_cm2(e)
         if a is None:
-            out.append(_Raw(subject=e.name, verdict="WARN",
-                            reason="cannot compute: point electrode has no area (give shape disc or rect with "
-                                   "its size)"))
+            out.append(replace(_POINT_ELECTRODE, subject=e.name))
             continue
         out.append(_Raw(value=abs(e.current_mA) * 1e-3 * t / a, subject=e.name,
                         reason=f"{abs(e.current_mA):g} mA x {t:g} s / {a:.4g} cm^2"))
@@ -190,7 +239,7 @@ def _ev_electrode_charge_density(rule: Rule, ctx: _Context) -> list[_Raw]:
 def _ev_sessions_per_day(rule: Rule, ctx: _Context) -> list[_Raw]:
     spd = ctx.protocol.sessions_per_day
     if spd is None:
-        return [_Raw(missing="sessions_per_day")]
+        return [_Raw(missing="sessions_per_day", how=_GIVE_SPD)]
     reason = ("one session per day: the per-session rules cover the daily dose" if spd <= 1 else
               f"{spd} sessions per day: no verified limit on sessions per day; cumulative daily dose "
               "not covered by the per-session evidence")
@@ -238,10 +287,11 @@ def _ev_brain_current_density(rule: Rule, ctx: _Context) -> list[_Raw]:
         wanted = [int(t) for t in rule.params.get("default_brain_tags", [1, 2])]
         use = [t for t in wanted if t in present]
         if not use:
-            return [_Raw(verdict="WARN",
+            return [_Raw(verdict=NOT_CHECKED,
                          reason=f"cannot identify brain tissue: the mesh has tags {present} and none of "
-                                f"{wanted} (WM, GM); on a layered sphere pass brain_tags=[...] for its brain "
-                                "compartment")]
+                                f"{wanted} (WM, GM)",
+                         how="name the brain compartment's tags: brain_tags=[...] in Python, --brain-tag N on the "
+                             "command line (e.g. 3 on a layered sphere)")]
     else:
         use = [t for t in ctx.brain_tags if t in present]
         if not use:
@@ -264,9 +314,26 @@ def _ev_single_pulse_rate(rule: Rule, ctx: _Context) -> list[_Raw]:
     if n <= 1:
         return [_Raw(value=0.0, reason="one pulse")]
     if prog.interval_s is None:
-        return [_Raw(missing="interval_s")]
+        return [_Raw(missing="interval_s", how="give program.interval_s (seconds between single pulses)")]
     rate = 1.0 / prog.interval_s
     return [_Raw(value=rate, reason=f"{n} pulses, {prog.interval_s:g} s apart ({_intensity_text(prog)})")]
+
+
+def _ev_single_pulse_intensity(rule: Rule, ctx: _Context) -> list[_Raw]:
+    prog = ctx.protocol.program
+    bound = float(rule.params["plausible_max_pct"])
+    if prog.intensity_pct_rmt is None and prog.intensity_pct_amt is None:
+        return [_Raw(missing=_rmt_missing_reason(prog), how=_GIVE_RMT)]
+    value = prog.intensity_pct_rmt if prog.intensity_pct_rmt is not None else prog.intensity_pct_amt
+    unit = "rMT" if prog.intensity_pct_rmt is not None else "aMT"
+    if value > bound + _TOL:
+        return [_Raw(value=value, verdict="WARN", limit=bound, limit_text=f"WARN > {bound:g} % of a motor threshold",
+                     reason=f"{value:g} % {unit}: more than {bound / 100:g} times the motor threshold, beyond the "
+                            "single-pulse use the sources describe and beyond what common stimulators deliver; "
+                            "check the value (e.g. % MSO entered as % rMT)")]
+    return [_Raw(value=value, verdict="PASS", limit=bound, limit_text=f"WARN > {bound:g} % of a motor threshold",
+                 reason=f"{value:g} % {unit}: single pulses below 1 Hz are safe in normal subjects (rate checked by "
+                        "tms.single_pulse_rate); within the plausible range")]
 
 
 def _ev_train_duration_table(rule: Rule, ctx: _Context) -> list[_Raw]:
@@ -276,10 +343,13 @@ def _ev_train_duration_table(rule: Rule, ctx: _Context) -> list[_Raw]:
     desc = f"train {train_s:.4g} s ({ppt} pulses at {f:g} Hz), {_intensity_text(prog)}"
     table = rule.params.get("table")
     if not table:
-        return [_Raw(value=train_s, verdict="WARN",
-                     reason=f"{desc}: no verified table of maximum safe train duration is available here")]
+        return [_Raw(value=train_s, verdict=NOT_CHECKED,
+                     reason=f"{desc}: no verified table of maximum safe train duration is available here",
+                     how=f"limit not verified in the source table ({rule.source.short()}, {rule.where}): train "
+                         f"{train_s:.4g} s vs no transcribed limit, informational; compare with the source's table "
+                         "by hand (frequency and intensity extremes are checked by tms.rtms.evidence)")]
     if prog.intensity_pct_rmt is None:
-        return [_Raw(value=train_s, missing=_rmt_missing_reason(prog))]
+        return [_Raw(value=train_s, missing=_rmt_missing_reason(prog), how=_GIVE_RMT)]
     freqs = [float(x) for x in table["frequency_hz"]]
     ints = [float(x) for x in table["intensity_pct_rmt"]]
     grid = table["max_train_s"]  # rows: intensities, columns: frequencies
@@ -305,14 +375,15 @@ def _ev_inter_train_interval(rule: Rule, ctx: _Context) -> list[_Raw]:
     x = prog.expanded()
     pr = rule.params
     if x["trains"] <= 1:
-        return [_Raw(verdict="PASS", reason="a single train: there is no inter-train interval")]
+        return [_Raw(verdict="PASS", reason="a single train: there is no inter-train interval (a long continuous "
+                                            "train is checked by tms.rtms.train_without_pause)")]
     iti, f, ppt = x["iti_s"], x["frequency_hz"], x["pulses_per_train"]
     train_s, trains = x["train_duration_s"], x["trains"]
     if prog.intensity_pct_rmt is None:
-        return [_Raw(value=iti, missing=_rmt_missing_reason(prog))]
+        return [_Raw(value=iti, missing=_rmt_missing_reason(prog), how=_GIVE_RMT)]
     inten = prog.intensity_pct_rmt
     desc = f"ITI {iti:g} s between {trains} trains of {train_s:.3g} s ({ppt} pulses) at {f:g} Hz, {inten:g} % rMT"
-    tol = 1e-9
+    tol = _TOL
     unsafe = (iti <= pr["unsafe_max_iti_s"] + tol and inten > pr["unsafe_min_intensity_pct_rmt"] + tol
               and f >= pr["unsafe_min_frequency_hz"] - tol
               and (train_s >= pr["unsafe_min_train_s"] - tol or ppt >= pr["unsafe_min_pulses_per_train"]))
@@ -336,64 +407,187 @@ def _ev_inter_train_interval(rule: Rule, ctx: _Context) -> list[_Raw]:
                             f"({pr['safe_max_trains']} trains, {pr['safe_max_frequency_hz']:g} Hz x "
                             f"{pr['safe_max_train_s']:g} s, {pr['safe_max_intensity_pct_rmt']:g} % MT, "
                             f"ITI {pr['safe_min_iti_s']:g} s)")]
-    return [_Raw(value=iti, verdict="WARN",
-                 limit_text=f"FAIL <= {pr['unsafe_max_iti_s']:g} s; PASS >= {pr['safe_min_iti_s']:g} s (tested "
-                            "conditions only)",
-                 reason=f"{desc}: outside the two conditions verifiable from the source (its full table of "
-                        "safe inter-train intervals could not be read)")]
+    limit_text = (f"FAIL <= {pr['unsafe_max_iti_s']:g} s; PASS >= {pr['safe_min_iti_s']:g} s (tested conditions "
+                  "only)")
+    if iti < pr["safe_min_iti_s"] - tol:
+        return [_Raw(value=iti, verdict="WARN", limit_text=limit_text,
+                     reason=f"{desc}: a pause shorter than the {pr['safe_min_iti_s']:g} s found safe, outside the "
+                            "tested conditions (the source's full table of safe intervals could not be read)")]
+    return [_Raw(value=iti, verdict=NOT_CHECKED, limit_text=limit_text,
+                 reason=f"{desc}: a pause of at least the {pr['safe_min_iti_s']:g} s found safe, but trains or "
+                        "intensity beyond the tested condition",
+                 how="the source's full table of safe inter-train intervals is not transcribed (not verified): "
+                     "compare by hand; the train pattern is checked against verified conditions by "
+                     "tms.rtms.evidence")]
 
 
-def _ev_theta_burst(rule: Rule, ctx: _Context) -> list[_Raw]:
+def _covers(cond: dict, values: dict, keys: tuple[str, ...], single_train: bool, iti: float) -> bool:
+    """True when the condition is at least as strong as the protocol in every key (and its pause at most
+    the protocol's; a condition with ``min_iti_s: null`` tested a single train and covers single trains only)."""
+    for k in keys:
+        if k in cond and values[k] is not None and values[k] > float(cond[k]) * (1 + _TOL) + _TOL:
+            return False
+    if single_train:
+        return True
+    min_iti = cond.get("min_iti_s")
+    return min_iti is not None and iti >= float(min_iti) - _TOL
+
+
+def _evidence_check(rule: Rule, ctx: _Context, values: dict, labels: dict, desc: str, single_train: bool,
+                    iti: float, exact_intensity: bool) -> list[_Raw]:
+    """Compare a pulse programme with the verified conditions of the rule (``params.conditions``).
+
+    WARN (outside the evidence) when a parameter is above every condition's, or when no condition covers the
+    pattern; NOT_CHECKED when the pattern is covered but the intensity is missing or only bounded (% aMT)
+    and that decides; PASS when a condition is at least as strong in every respect.
+    """
+    conds = rule.params["conditions"]
+    keys = tuple(labels)
+    pattern_keys = tuple(k for k in keys if k != "intensity_pct_rmt")
+    value = values.get("_value")
+    limit_text = "PASS when no stronger than a verified condition: " + "; ".join(c["label"] for c in conds)
+    beyond = []
+    for k in keys:
+        tops = [float(c[k]) for c in conds if k in c]
+        v = values[k]
+        if not tops or v is None or (k == "intensity_pct_rmt" and not exact_intensity):
+            continue
+        if v > max(tops) * (1 + _TOL) + _TOL:
+            beyond.append(f"{labels[k].format(v)} is above every verified condition (highest "
+                          f"{labels[k].format(max(tops))})")
+    if beyond:
+        return [_Raw(value=value, verdict="WARN", limit_text=limit_text,
+                     reason=f"{desc}: " + "; ".join(beyond) + ": outside the verified evidence")]
+    cands = [c for c in conds if _covers(c, values, pattern_keys, single_train, iti)]
+    if not cands:
+        return [_Raw(value=value, verdict="WARN", limit_text=limit_text,
+                     reason=f"{desc}: each parameter is within the verified range, but no verified condition is at "
+                            "least as strong in every respect (" + ", ".join(k.replace("_", " ") for k in pattern_keys)
+                            + (", pause between trains" if not single_train else "") + "): outside the verified "
+                            "evidence")]
+    inten = values["intensity_pct_rmt"]
+    if inten is None:
+        return [_Raw(value=value, missing=_rmt_missing_reason(ctx.protocol.program), how=_GIVE_RMT,
+                     limit_text=limit_text)]
+    ok = [c for c in cands if inten <= float(c["intensity_pct_rmt"]) * (1 + _TOL) + _TOL]
+    if ok:
+        c = ok[0]
+        bound = "" if exact_intensity else " (intensity in % aMT, an upper bound of % rMT)"
+        return [_Raw(value=value, verdict="PASS", limit_text=limit_text,
+                     reason=f"{desc}: no stronger than {c['label']}{bound}",
+                     citation=_source_short(ctx, c["source"], c.get("where")))]
+    top = max(float(c["intensity_pct_rmt"]) for c in cands)
+    if not exact_intensity:
+        return [_Raw(value=value, verdict=NOT_CHECKED, limit_text=limit_text,
+                     reason=f"{desc}: the pattern is covered by a verified condition up to {top:g} % rMT; the "
+                            "intensity is given in % aMT, which may or may not be above it",
+                     how=_GIVE_RMT)]
+    return [_Raw(value=value, verdict="WARN", limit_text=limit_text,
+                 reason=f"{desc}: the verified conditions covering this pattern go up to {top:g} % rMT: outside the "
+                        "verified evidence")]
+
+
+def _ev_rtms_evidence(rule: Rule, ctx: _Context) -> list[_Raw]:
     prog = ctx.protocol.program
     x = prog.expanded()
+    inten, exact = _rmt_bound(prog)
+    values = {"frequency_hz": x["frequency_hz"], "pulses_per_train": x["pulses_per_train"],
+              "intensity_pct_rmt": inten, "_value": float(x["pulses_per_train"])}
+    labels = {"frequency_hz": "{:g} Hz", "pulses_per_train": "{:g} pulses per train",
+              "intensity_pct_rmt": "{:g} % rMT"}
+    desc = (f"{x['trains']} train(s) of {x['pulses_per_train']} pulses at {x['frequency_hz']:g} Hz "
+            f"({x['train_duration_s']:.4g} s)" + (f", ITI {x['iti_s']:g} s" if x["trains"] > 1 else "")
+            + f", {_intensity_text(prog)}")
+    return _evidence_check(rule, ctx, values, labels, desc, x["trains"] <= 1, x["iti_s"], exact)
+
+
+def _ev_train_without_pause(rule: Rule, ctx: _Context) -> list[_Raw]:
+    prog = ctx.protocol.program
     pr = rule.params
-    period = 1.0 / x["burst_rate_hz"]
-    session = x["session_duration_s"]
-    same_period = abs(period - pr["burst_period_s"]) < 1e-9
-    return [_Raw(value=session, verdict="WARN",
-                 reason=f"{x['type']}: {x['total_pulses']} pulses, bursts of {x['pulses_per_burst']} at "
-                        f"{x['burst_frequency_hz']:g} Hz every {period * 1e3:.4g} ms "
-                        f"({'the' if same_period else 'not the'} {pr['burst_period_s'] * 1e3:g} ms of TBS), "
-                        f"{session:.4g} s (Huang 2005 applied TBS for {pr['tested_min_application_s']:g}-"
-                        f"{pr['tested_max_application_s']:g} s), {_intensity_text(prog)}; no numeric TBS "
-                        "limit verified")]
+    f, ppt = float(prog.frequency_hz), int(prog.pulses_per_train)
+    need = 2 * int(pr["unsafe_min_pulses_per_train"])
+    fmin, imin = float(pr["unsafe_min_frequency_hz"]), float(pr["unsafe_min_intensity_pct_rmt"])
+    limit_text = f"FAIL >= {need} pulses per train at >= {fmin:g} Hz and > {imin:g} % rMT"
+    desc = f"a train of {ppt} pulses at {f:g} Hz ({ppt / f:.4g} s), {_intensity_text(prog)}"
+    if f < fmin - _TOL or ppt < need:
+        return [_Raw(value=float(ppt), verdict="PASS", limit=float(need), limit_text=limit_text,
+                     reason=f"{desc}: not two of the unsafe {fmin:g} Hz x {pr['unsafe_min_pulses_per_train']}-pulse "
+                            "trains back to back")]
+    inten, exact = _rmt_bound(prog)
+    if inten is not None and inten <= imin + _TOL:
+        return [_Raw(value=float(ppt), verdict="PASS", limit=float(need), limit_text=limit_text,
+                     reason=f"{desc}: at most {imin:g} % rMT (the unsafe condition was above {imin:g} % MT)"
+                            + ("" if exact else " (% aMT is an upper bound of % rMT)"))]
+    if inten is None or not exact:
+        return [_Raw(value=float(ppt), missing=_rmt_missing_reason(prog), how=_GIVE_RMT, limit_text=limit_text)]
+    return [_Raw(value=float(ppt), verdict="FAIL", limit=float(need), limit_text=limit_text,
+                 reason=f"{desc}: contains two trains of >= {pr['unsafe_min_pulses_per_train']} pulses at >= "
+                        f"{fmin:g} Hz with no pause between them, above {imin:g} % rMT: at least as strong as trains "
+                        f"found unsafe with pauses of <= {pr['unsafe_max_iti_s']:g} s")]
+
+
+def _ev_tbs_evidence(rule: Rule, ctx: _Context) -> list[_Raw]:
+    prog = ctx.protocol.program
+    x = prog.expanded()
+    inten, exact = _rmt_bound(prog)
+    values = {"burst_frequency_hz": x["burst_frequency_hz"], "pulses_per_burst": x["pulses_per_burst"],
+              "burst_rate_hz": x["burst_rate_hz"], "train_duration_s": x["train_duration_s"],
+              "total_pulses": x["total_pulses"], "intensity_pct_rmt": inten, "_value": float(x["total_pulses"])}
+    labels = {"burst_frequency_hz": "bursts at {:g} Hz", "pulses_per_burst": "{:g} pulses per burst",
+              "burst_rate_hz": "{:g} bursts/s", "train_duration_s": "trains of {:.4g} s",
+              "total_pulses": "{:g} pulses", "intensity_pct_rmt": "{:g} % rMT"}
+    desc = (f"{x['type']}: bursts of {x['pulses_per_burst']} at {x['burst_frequency_hz']:g} Hz, "
+            f"{x['burst_rate_hz']:g} bursts/s, {x['trains']} train(s) of {x['train_duration_s']:.4g} s"
+            + (f", ITI {x['iti_s']:g} s" if x["trains"] > 1 else "")
+            + f", {x['total_pulses']} pulses, {_intensity_text(prog)}")
+    return _evidence_check(rule, ctx, values, labels, desc, x["trains"] <= 1, x["iti_s"], exact)
 
 
 def _ev_pulses_per_session(rule: Rule, ctx: _Context) -> list[_Raw]:
     x = ctx.protocol.program.expanded()
-    return [_Raw(value=float(x["total_pulses"]), verdict="WARN",
-                 reason=f"{x['total_pulses']} pulses in {x['session_duration_s']:.4g} s; no verified per-session "
-                        "limit")]
+    return [_Raw(value=float(x["total_pulses"]),
+                 reason=f"{x['total_pulses']} pulses in {x['session_duration_s']:.4g} s")]
 
 
 def _ev_pulses_per_day(rule: Rule, ctx: _Context) -> list[_Raw]:
     p = ctx.protocol
     if p.sessions_per_day is None:
-        return [_Raw(missing="sessions_per_day")]
-    n = p.program.expanded()["total_pulses"] * p.sessions_per_day
-    return [_Raw(value=float(n), verdict="WARN",
-                 reason=f"{p.sessions_per_day} session(s)/day; no verified daily limit")]
+        return [_Raw(missing="sessions_per_day", how=_GIVE_SPD)]
+    x = p.program.expanded()
+    n = x["total_pulses"] * p.sessions_per_day
+    entry = rule.params["max_per_day"][x["type"]]
+    limit = float(entry["pulses"])
+    cite = _source_short(ctx, entry["source"], entry.get("where"))
+    desc = f"{x['total_pulses']} pulses x {p.sessions_per_day} session(s)/day = {n} pulses/day"
+    lt = f"WARN > {limit:g} pulses/day ({x['type']})"
+    if n > limit:
+        return [_Raw(value=float(n), verdict="WARN", limit=limit, limit_text=lt, citation=cite,
+                     reason=f"{desc}: more than the {limit:g}/day of {entry['label']}: outside the verified evidence")]
+    return [_Raw(value=float(n), verdict="PASS", limit=limit, limit_text=lt, citation=cite,
+                 reason=f"{desc}: within the {limit:g}/day of {entry['label']}")]
 
 
 def _ev_hearing_note(rule: Rule, ctx: _Context) -> list[_Raw]:
-    return [_Raw(verdict="WARN",
-                 reason="TMS coil clicks can exceed noise exposure limits: give the subject (and staff near the "
-                        "coil) hearing protection, e.g. earplugs; the protocol cannot record this")]
+    return [_Raw(verdict=NOT_CHECKED,
+                 reason="TMS coil clicks can exceed noise exposure limits for the subject and for staff near the coil",
+                 how=rule.how_to_check or "confirm hearing protection for the subject and staff")]
 
 
 def _ev_screening(rule: Rule, ctx: _Context) -> list[_Raw]:
     items = rule.items or []
     q = ctx.questionnaire
     if q is None:
-        return [_Raw(verdict="WARN",
-                     reason="screening questionnaire not answered; answer yes/no for: "
-                            + ", ".join(i.key for i in items))]
+        return [_Raw(verdict=NOT_CHECKED, reason="screening questionnaire not answered",
+                     how="pass --questionnaire answers.yaml (or screening: in the protocol) answering yes/no for: "
+                         + ", ".join(i.key for i in items))]
     out = []
     for it in items:
         ans = q.get(it.key)
         cite = f"{it.source.short()}"
         if ans is None:
-            out.append(_Raw(subject=it.key, verdict="WARN", reason=f"unanswered: {it.question}", citation=cite))
+            out.append(_Raw(subject=it.key, verdict=NOT_CHECKED, reason=f"unanswered: {it.question}",
+                            how=f"answer {it.key}: yes/no in the questionnaire (--questionnaire) or in screening:",
+                            citation=cite))
         elif ans:
             v = "FAIL" if it.severity == "contraindication" else "WARN"
             what = ("contraindication: TMS should not be given without specialist clearance"
@@ -406,6 +600,8 @@ def _ev_screening(rule: Rule, ctx: _Context) -> list[_Raw]:
 
 EVALUATORS: dict[str, Callable[[Rule, _Context], list[_Raw]]] = {
     "electrode_current": _ev_electrode_current,
+    "electrode_peak_to_peak": _ev_electrode_peak_to_peak,
+    "tacs_frequency": _ev_tacs_frequency,
     "total_current": _ev_total_current,
     "session_duration": _ev_session_duration,
     "total_charge": _ev_total_charge,
@@ -414,9 +610,12 @@ EVALUATORS: dict[str, Callable[[Rule, _Context], list[_Raw]]] = {
     "sessions_per_day": _ev_sessions_per_day,
     "brain_current_density": _ev_brain_current_density,
     "single_pulse_rate": _ev_single_pulse_rate,
+    "single_pulse_intensity": _ev_single_pulse_intensity,
     "train_duration_table": _ev_train_duration_table,
     "inter_train_interval": _ev_inter_train_interval,
-    "theta_burst": _ev_theta_burst,
+    "rtms_evidence": _ev_rtms_evidence,
+    "train_without_pause": _ev_train_without_pause,
+    "tbs_evidence": _ev_tbs_evidence,
     "pulses_per_session": _ev_pulses_per_session,
     "pulses_per_day": _ev_pulses_per_day,
     "hearing_note": _ev_hearing_note,
@@ -426,49 +625,81 @@ EVALUATORS: dict[str, Callable[[Rule, _Context], list[_Raw]]] = {
 FIELD_EVALUATORS = {"brain_current_density"}
 
 
-# ----------------------------------------------------------------------------------------- verdicts
+# ----------------------------------------------------------------------------------------- statuses
 
 
-def _threshold_verdict(rule: Rule, value: float) -> tuple[Verdict, str]:
+def _threshold_verdict(rule: Rule, value: float) -> tuple[Status, str]:
     if rule.fail is not None and rule.fail.exceeded(value):
         return "FAIL", f"beyond the limit ({rule.fail.text(rule.unit)} is FAIL)"
     if rule.warn is not None and rule.warn.exceeded(value):
         return "WARN", f"outside the usual range ({rule.warn.text(rule.unit)} is WARN)"
     if rule.fail is None and rule.warn is None:
-        return "WARN", "no limit defined for this rule"
+        return NOT_CHECKED, "no limit defined for this rule"
     return "PASS", "within the limit"
+
+
+def _value_text(value: float | None, unit: str | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "no value"
+    return f"{value:.4g}" + (f" {unit}" if unit else "")
 
 
 def _finalize(rule: Rule, raw: _Raw, kind: str) -> RuleResult:
     limit = raw.limit
     if limit is None:
         limit = rule.fail.value if rule.fail is not None else (rule.warn.value if rule.warn is not None else None)
+    limit_text = raw.limit_text if raw.limit_text is not None else rule.limit_text()
     common = dict(rule_id=rule.id, description=rule.description, subject=raw.subject, unit=rule.unit,
-                  limit=limit, limit_text=raw.limit_text if raw.limit_text is not None else rule.limit_text(),
-                  citation=raw.citation or rule.citation(), kind=rule.kind, verified=rule.verified_ok)
+                  limit=limit, limit_text=limit_text, citation=raw.citation or rule.citation(), kind=rule.kind,
+                  verified=rule.verified_ok)
+    how = raw.how
     if raw.missing is not None:
-        return RuleResult(**common, value=raw.value, verdict="WARN", reason=f"cannot check: {raw.missing} missing")
-    if raw.verdict is not None:
+        verdict, reason = NOT_CHECKED, f"cannot check: {raw.missing} missing"
+        how = how or f"give {raw.missing.split()[0]} in the protocol"
+    elif raw.verdict is not None:
         verdict, reason = raw.verdict, raw.reason
     elif raw.value is None or not math.isfinite(raw.value):
-        verdict, reason = "WARN", f"cannot check: no value ({raw.reason})"
+        verdict, reason = NOT_CHECKED, f"cannot check: no value ({raw.reason})"
     else:
         verdict, why = _threshold_verdict(rule, raw.value)
         reason = f"{raw.reason}: {why}" if raw.reason else why
+        if verdict == NOT_CHECKED:
+            how = how or "no numeric limit for this rule: add a verified one to rules.yaml"
+    if verdict == NOT_CHECKED and not how:
+        how = "give the missing information (see the reason)"
+
     if rule.kind == "note":
-        verdict = "WARN"  # notes are always shown, never a silent PASS, never a FAIL
-    elif not rule.verified_ok and verdict != "WARN":
-        reason = f"{reason} [limit not verifiable from its source: WARN only, would be {verdict}]"
-        verdict = "WARN"
+        # advice the protocol cannot record: always shown, never a PASS, never a FAIL
+        verdict, how = NOT_CHECKED, how or rule.how_to_check or "confirm by hand (the protocol cannot record it)"
     elif not rule.verified_ok:
-        reason = f"{reason} [limit not verifiable from its source: WARN only]"
-    if rule.verified_for is not None and kind not in rule.verified_for and verdict != "WARN":
-        reason = (f"{reason} [limit established for {', '.join(rule.verified_for)} only, indicative for {kind}: "
-                  f"WARN, would be {verdict}]")
-        verdict = "WARN"
-    elif rule.verified_for is not None and kind not in rule.verified_for:
-        reason = f"{reason} [limit established for {', '.join(rule.verified_for)} only]"
-    return RuleResult(**common, value=raw.value, verdict=verdict, reason=reason)
+        unverified = (f"limit not verified in the source ({rule.source.short()}, {rule.where}): value "
+                      f"{_value_text(raw.value, rule.unit)} vs stated limit {limit_text or 'none'}, informational")
+        if verdict != NOT_CHECKED:
+            reason = f"{reason} [limit not verified in its source: informational, would be {verdict}]"
+            how = unverified
+        verdict = NOT_CHECKED
+        how = how or unverified
+    if rule.verified_for is not None and kind not in rule.verified_for:
+        established = ", ".join(rule.verified_for)
+        if rule.outside_evidence == "not_applicable":  # whatever the value: the limit does not carry over
+            note = rule.outside_evidence_note or f"the {established} limit does not carry over to {kind}"
+            would = "" if verdict == NOT_CHECKED else f"; would be {verdict} for {established}"
+            reason = f"{reason} [{note}{would}]"
+            how = f"no verified {kind} limit: {note}"
+            verdict = NOT_CHECKED
+        elif verdict == NOT_CHECKED:
+            pass
+        elif verdict == "PASS":
+            reason = f"{reason} [limit established for {established} only]"
+            how = (f"no verified {kind} limit: within the {established} limit, which is indicative only for "
+                   f"{kind}")
+            verdict = NOT_CHECKED
+        else:
+            reason = (f"{reason} [limit established for {established} only: beyond it, with no verified {kind} "
+                      f"limit, is outside the evidence (WARN; would be {verdict} for {established})]")
+            verdict = "WARN"
+    return RuleResult(**common, value=raw.value, verdict=verdict, reason=reason,
+                      how_to_check=how if verdict == NOT_CHECKED else None)
 
 
 # ----------------------------------------------------------------------------------------- inputs
@@ -538,14 +769,15 @@ def check(protocol, fields=None, *, brain_tags: Iterable[int] | None = None,
 
     Returns
     -------
-    SafetyReport whose ``verdict`` is the worst result.  Decision support, not clinical approval.
+    SafetyReport whose ``verdict`` is the worst checked result (PASS/WARN/FAIL) and ``not_checked`` the number
+    of rows that could not be checked.  Decision support, not clinical approval.
     """
     p = _normalize_protocol(protocol)
     ruleset = rules if isinstance(rules, RuleSet) else load_rules(rules)
     ctx = _Context(protocol=p, fields=fields, brain_tags=_normalize_brain_tags(brain_tags),
                    questionnaire=normalize_questionnaire(
-                       questionnaire if questionnaire is not None else getattr(protocol, "screening", None),
-                       ruleset))
+                       questionnaire if questionnaire is not None else getattr(p, "screening", None),
+                       ruleset), sources=ruleset.sources)
     results: list[RuleResult] = []
     for rule in ruleset.rules:
         if p.kind not in rule.kinds:

@@ -1,9 +1,19 @@
 """Data model of the dose-safety check: rules (read from ``rules.yaml``), per-rule results, the report.
 
-Verdicts, from best to worst: PASS < WARN < FAIL.  A report's verdict is the worst of its results;
-a report without results is WARN (nothing was checked, which is never a PASS).  Notes (advice the
-protocol cannot record, e.g. hearing protection) are results with ``kind == "note"`` and verdict
-WARN: visible, never a silent PASS, never a FAIL.
+Each rule result has one status (the row's ``verdict``):
+
+* ``PASS``  -- within a verified limit (or within the verified evidence the rule encodes);
+* ``WARN``  -- outside the evidence: beyond a usual range, beyond every verified condition, or beyond a
+  limit that was established for another kind of stimulation;
+* ``FAIL``  -- beyond a verified limit;
+* ``NOT_CHECKED`` -- the rule could not be checked: information missing from the protocol, a limit that
+  could not be verified in its source, a limit that does not apply to this kind of stimulation, or advice
+  the protocol cannot record (notes).  Every NOT_CHECKED row says in ``how_to_check`` what would let it
+  be checked.  Tables spell it "NOT CHECKED".
+
+The report's overall ``verdict`` is the worst of PASS < WARN < FAIL over the checked rows only; NOT_CHECKED
+rows do not change it and are counted beside it (``not_checked``; "PASS (3 not checked)").  A report in
+which nothing could be checked is WARN (nothing checked is never a PASS).  See docs/safety_verdicts.md.
 """
 
 from __future__ import annotations
@@ -15,17 +25,35 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Verdict = Literal["PASS", "WARN", "FAIL"]
+Status = Literal["PASS", "WARN", "FAIL", "NOT_CHECKED"]
+NOT_CHECKED = "NOT_CHECKED"
 VERDICT_RANK = {"PASS": 0, "WARN": 1, "FAIL": 2}
+STATUSES = ("PASS", "WARN", "FAIL", NOT_CHECKED)
+STATUS_LABEL = {"PASS": "PASS", "WARN": "WARN", "FAIL": "FAIL", NOT_CHECKED: "NOT CHECKED"}
+REPORT_SCHEMA_VERSION = 2
 
 DISCLAIMER_FALLBACK = ("Decision support only: a comparison with published limits, not a clinical approval.")
 
 
 def worst(verdicts) -> Verdict:
-    """The worst verdict of an iterable (WARN when it is empty: nothing checked is not a PASS)."""
-    vs = list(verdicts)
+    """The worst of PASS < WARN < FAIL in an iterable of statuses; NOT_CHECKED entries are ignored.
+
+    WARN when nothing is left: nothing checked is never a PASS.
+    """
+    vs = [v for v in verdicts if v != NOT_CHECKED]
     if not vs:
         return "WARN"
     return max(vs, key=VERDICT_RANK.__getitem__)
+
+
+def status_label(status: str) -> str:
+    """'NOT CHECKED' for NOT_CHECKED, the status itself otherwise (for tables and pages)."""
+    return STATUS_LABEL.get(status, status)
+
+
+def summary_text(verdict: str, not_checked: int) -> str:
+    """'PASS', or 'PASS (3 not checked)' when some rows could not be checked."""
+    return f"{verdict} ({not_checked} not checked)" if not_checked else verdict
 
 
 class _Frozen(BaseModel):
@@ -117,6 +145,11 @@ class Rule(_Frozen):
     quote: str | None = None
     verified: str
     verified_ok: bool
+    outside_evidence: Literal["indicative", "not_applicable"] = Field(
+        "indicative", description="for kinds outside verified_for: 'indicative' = within the borrowed limit is "
+                                  "NOT_CHECKED, beyond it WARN; 'not_applicable' = always NOT_CHECKED")
+    outside_evidence_note: str | None = Field(None, description="why the limit does not carry over (shown)")
+    how_to_check: str | None = Field(None, description="for notes: what the user must confirm")
     items: list[ScreeningItem] | None = None
 
     @model_validator(mode="after")
@@ -171,11 +204,18 @@ class RuleResult(_Frozen):
     unit: str | None = None
     limit: float | None = Field(None, description="the FAIL threshold (or the WARN one where no FAIL exists)")
     limit_text: str = ""
-    verdict: Verdict
+    verdict: Status = Field(description="PASS, WARN, FAIL or NOT_CHECKED (this row's status)")
     reason: str
+    how_to_check: str | None = Field(None, description="NOT_CHECKED rows: what would let the rule be checked")
     citation: str
     kind: Literal["check", "note"] = "check"
     verified: bool = True
+
+    @model_validator(mode="after")
+    def _not_checked_says_how(self):
+        if self.verdict == NOT_CHECKED and not self.how_to_check:
+            raise ValueError(f"{self.rule_id}: a NOT_CHECKED result must say how it could be checked")
+        return self
 
     def as_dict(self) -> dict:
         d = self.model_dump()
@@ -185,7 +225,7 @@ class RuleResult(_Frozen):
 
 
 class SafetyReport(BaseModel):
-    """All results of a check.  ``verdict`` is the worst result; see :data:`VERDICT_RANK`."""
+    """All results of a check.  ``verdict``: worst checked result (PASS/WARN/FAIL); ``not_checked`` beside it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -200,8 +240,17 @@ class SafetyReport(BaseModel):
         return worst(r.verdict for r in self.results)
 
     @property
+    def not_checked(self) -> int:
+        return sum(r.verdict == NOT_CHECKED for r in self.results)
+
+    @property
+    def summary(self) -> str:
+        """'PASS', or 'PASS (3 not checked)'."""
+        return summary_text(self.verdict, self.not_checked)
+
+    @property
     def counts(self) -> dict[str, int]:
-        c = {"PASS": 0, "WARN": 0, "FAIL": 0}
+        c = dict.fromkeys(STATUSES, 0)
         for r in self.results:
             c[r.verdict] += 1
         return c
@@ -210,10 +259,14 @@ class SafetyReport(BaseModel):
         return [r for r in self.results if r.rule_id == rule_id]
 
     def as_dict(self) -> dict:
+        """The JSON form (schema in docs/safety_verdicts.md; ``schema_version`` 2)."""
         from .. import __version__
 
         return {
+            "schema_version": REPORT_SCHEMA_VERSION,
             "verdict": self.verdict,
+            "not_checked": self.not_checked,
+            "summary": self.summary,
             "counts": self.counts,
             "protocol_kind": self.protocol_kind,
             "fields_checked": self.fields_checked,
@@ -224,22 +277,25 @@ class SafetyReport(BaseModel):
         }
 
     def to_table(self):
-        """A rich Table: rule, value, limit, verdict, reason, citation; the caption carries the disclaimer."""
+        """A rich Table: rule, value, limit, status, reason (+ how to check), citation; caption = disclaimer."""
         from rich.markup import escape
         from rich.table import Table
 
-        colour = {"PASS": "green", "WARN": "yellow", "FAIL": "bold red"}
+        colour = {"PASS": "green", "WARN": "yellow", "FAIL": "bold red", NOT_CHECKED: "cyan"}
         note = "" if self.fields_checked else " Field-based rules not run (no computed fields; use --simulate)."
-        table = Table(title=f"stimsim safety check ({self.protocol_kind}): {self.verdict}",
-                      caption=escape(self.disclaimer + note), show_lines=False, expand=False)
+        legend = (" NOT CHECKED: could not be checked (see 'to check'); not counted in the verdict."
+                  if self.not_checked else "")
+        table = Table(title=f"stimsim safety check ({self.protocol_kind}): {self.summary}",
+                      caption=escape(self.disclaimer + note + legend), show_lines=False, expand=False)
         for col in ("rule", "value", "limit", "verdict", "reason", "citation"):
-            table.add_column(col, overflow="fold")
+            table.add_column(col, overflow="fold", no_wrap=col == "verdict")
         for r in self.results:
             rule = r.rule_id + (f" [{r.subject}]" if r.subject else "") + (" (note)" if r.kind == "note" else "")
             if r.value is None:
                 value = "-"
             else:
                 value = f"{r.value:.4g}" + (f" {r.unit}" if r.unit else "")
+            reason = r.reason + (f" -- to check: {r.how_to_check}" if r.how_to_check else "")
             table.add_row(escape(rule), escape(value), escape(r.limit_text or "-"),
-                          f"[{colour[r.verdict]}]{r.verdict}[/]", escape(r.reason), escape(r.citation))
+                          f"[{colour[r.verdict]}]{status_label(r.verdict)}[/]", escape(reason), escape(r.citation))
         return table
