@@ -56,8 +56,8 @@ def main():
                 ref = tdcs_sphere_efield(mesh.centroids[sel], el, [1e-3, -1e-3], [85, 90, 95], [1.0, 0.01, 1.0])
             else:
                 sel = sample
-                pos, mom = load_coil(p.coil).transformed(np.array(r.extra["placement"]["matrix"]))
-                ref = tms_sphere_efield(mesh.centroids[sel], pos, mom, r.extra["didt_A_per_s"])
+                pos, mom = load_coil(p.coil).transformed(np.array(r.placement.matrix))
+                ref = tms_sphere_efield(mesh.centroids[sel], pos, mom, r.didt_A_per_s)
             t = r.timings_s
             print(f"| {label} | {name} | {mesh.n_nodes} | {mesh.n_tets} | {t['read_s']:.2f} | {t['assembly_s']:.2f} "
                   f"| {t['setup_s'] + t['solve_s']:.2f} | {r.solve_info.iterations} | {100 * rel_l2(r.E[sel], ref):.2f} "

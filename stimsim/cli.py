@@ -120,7 +120,8 @@ def _run_and_write(protocol, base_dir, out: Path, overwrite: bool, msh_version: 
                       f"{s['p99.9']:.4f}", f"{s['max']:.4f}")
     console.print(table)
     if "safety" in summary:
-        console.print(f"safety check: {summary['safety']['verdict']} (details: stimsim check PROTOCOL)")
+        safety = summary["safety"]
+        console.print(f"safety check: {safety.get('summary', safety['verdict'])} (details: stimsim check PROTOCOL)")
     sv = summary["solver"]
     console.print(f"solver {sv['method']}: {sv['iterations']} iterations, relative residual "
                   f"{sv['relative_residual']:.1e}; wrote {out}/fields.msh, fields.vtu, summary.json")
@@ -184,7 +185,7 @@ def check(
     brain_tag: Optional[list[int]] = typer.Option(None, "--brain-tag",
                                                   help="tissue tag counted as brain (repeatable; default 1, 2)"),
 ):
-    """Check a protocol against published safety limits: PASS / WARN / FAIL per rule, with citations.
+    """Check a protocol against published safety limits: PASS / WARN / FAIL / NOT CHECKED per rule, with citations.
 
     Exit code 0 when no rule fails, 1 when any fails, 2 on bad input.
 
@@ -283,22 +284,30 @@ def optimize_tdcs_cmd(
     target: str = typer.Option(..., "--target", help="'x,y,z' mm"),
     radius: float = typer.Option(10.0, "--radius", help="target ROI radius, mm"),
     direction: str = typer.Option("normal", "--direction", help="'normal' (into the head) or 'x,y,z'"),
-    max_total_mA: float = typer.Option(2.0, "--max-total-mA"),
-    max_electrode_mA: float = typer.Option(1.0, "--max-electrode-mA"),
+    max_total_mA: float = typer.Option(2.0, "--max-total-mA", help="total injected current limit, mA"),
+    max_electrode_mA: float = typer.Option(1.0, "--max-electrode-mA", help="per-electrode current limit, mA"),
     max_electrodes: Optional[int] = typer.Option(None, "--max-electrodes"),
+    allow_unsafe: bool = typer.Option(
+        False, "--allow-unsafe", help="allow limits above the safety FAIL limits (rules.yaml) and write a montage "
+                                      "that FAILs the safety check"),
     out: Path = typer.Option(..., "--out", "-o", help="protocol YAML to write"),
 ):
     """Maximise the mean field along a direction in a target ROI under current limits (LP, HiGHS).
+
+    Limits above the safety checker's verified FAIL limits (per electrode, total) are an error, and so is a
+    montage that FAILs `stimsim check`, unless --allow-unsafe.
 
     Example: stimsim optimize tdcs --leadfield lf.npz --head sphere --target 30,20,70 --out best.yaml
     """
     from .mesh import read_mesh
     from .planning import load_leadfield, montage_protocol, optimize_tdcs
     from .planning.leadfield import mesh_sha256
+    from .planning.optimize import check_current_limits, check_montage
     from .protocol import save_protocol, validate_protocol
     from .simulation import resolve_head
 
     try:
+        notices = check_current_limits(max_total_mA, max_electrode_mA, allow_unsafe=allow_unsafe)  # before any work
         lf = load_leadfield(leadfield_file)
         mesh, _ = read_mesh(resolve_head(head, Path.cwd()))
         if mesh_sha256(mesh) != lf.mesh_sha256:
@@ -306,12 +315,17 @@ def optimize_tdcs_cmd(
         d = direction if direction == "normal" else _vec(direction, "--direction")
         sol = optimize_tdcs(lf, mesh, _vec(target, "--target"), radius, d, max_total_mA=max_total_mA,
                             max_electrode_mA=max_electrode_mA, max_electrodes=max_electrodes,
-                            tags=_brain_tags(head))
-        save_protocol(validate_protocol(montage_protocol(sol, lf, head)), out)
+                            tags=_brain_tags(head), allow_unsafe=allow_unsafe)
+        montage = validate_protocol(montage_protocol(sol, lf, head))
+        report = check_montage(montage, allow_unsafe=allow_unsafe)  # a FAIL is an error unless --allow-unsafe
+        save_protocol(montage, out)
     except StimsimError as err:
         _fail(err)
+    for notice in notices:
+        typer.echo(f"warning: {notice}", err=True)
     typer.echo(f"wrote {out}: mean field {sol.target_field_V_per_m:.4g} V/m in the target; currents (mA) "
                + ", ".join(f"{n} {i:+.3f}" for n, i in sol.currents_mA.items()))
+    typer.echo(f"safety check of {out}: {report.summary} (details: stimsim check {out})")
 
 
 @optimize_app.command("tms")
@@ -479,6 +493,11 @@ def mesh(
                                    "e.g. 11 for its own tag, conductivity set in the protocol)"),
 ):
     """Build a tetrahedral head model from a tissue label volume (SimNIBS tags).
+
+    Labels too small for --element-size are refused; a mesh that loses a tissue, is more than
+    50 % off a tissue's voxel volume or has flat elements is not written (exit 2); volume errors
+    over 5 %, dihedral angles under 5 degrees and radius ratios under 0.1 are warnings with
+    numbers (docs/mesh_checks.md).
 
     Example: stimsim mesh labels.nii.gz --labels simnibs --out head.msh --lesion stroke_mask.nii.gz
     """

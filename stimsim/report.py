@@ -36,8 +36,8 @@ from .conductivity import tissue_name
 from .errors import StimsimError
 from .protocol.io import atomic_write_text
 from .simulation import protocol_sha256
-from .viz._data import (FieldData, VizError, check_roi, face_normals, load_field_data, resolve_surface_tags,
-                        surface_faces, weighted_percentile)
+from .viz.field_data import (FieldData, VizError, check_roi, face_normals, load_field_data,
+                             resolve_surface_tags, surface_faces, weighted_percentile)
 
 FOCALITY_FRACTIONS = (0.5, 0.75)
 
@@ -165,6 +165,7 @@ th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
 figure{display:inline-block;margin:.5rem;max-width:48%;vertical-align:top}
 figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:.85rem;color:#444}
 .PASS{background:#e3f4e3}.WARN{background:#fff3cd}.FAIL{background:#f8d7da;font-weight:bold}
+.NOT_CHECKED{background:#e7eef6}
 .verdict{font-size:1.1rem;padding:.3rem .6rem;display:inline-block;border-radius:4px}
 .note{color:#555;font-size:.88rem}pre{background:#f7f7f7;padding:.6rem;overflow-x:auto;font-size:.85rem}
 """
@@ -221,15 +222,20 @@ def _safety_html(safety: dict | None) -> str:
         return '<p class="note">No safety check available.</p>'
     verdict = safety.get("verdict", "?")
     counts = safety.get("counts", {})
-    head = (f'<p><span class="verdict {_e(verdict)}">Overall: {_e(verdict)}</span> '
-            f'({", ".join(f"{_e(k)} {_e(v)}" for k, v in counts.items())})</p>')
+    summary = safety.get("summary", verdict)  # "PASS (3 not checked)"; NOT_CHECKED rows are not in the verdict
+    count_text = ", ".join(f"{_e(k.replace('_', ' '))} {_e(v)}" for k, v in counts.items())
+    head = f'<p><span class="verdict {_e(verdict)}">Overall: {_e(summary)}</span> ({count_text})</p>'
     rows = []
     for r in safety.get("results", []):
         value = "–" if r.get("value") is None else f"{r['value']:.4g}" + (f" {r['unit']}" if r.get("unit") else "")
         rule = _e(r.get("rule_id")) + (f" [{_e(r['subject'])}]" if r.get("subject") else "") + \
             (" (note)" if r.get("kind") == "note" else "")
+        status = r.get("verdict")
+        reason = r.get("reason") or ""
+        if r.get("how_to_check"):
+            reason += f" — to check: {r['how_to_check']}"
         rows.append([rule, _e(r.get("description")), _e(value), _e(r.get("limit_text") or "–"),
-                     f'<span class="{_e(r.get("verdict"))}">{_e(r.get("verdict"))}</span>', _e(r.get("reason")),
+                     f'<span class="{_e(status)}">{_e(str(status).replace("_", " "))}</span>', _e(reason),
                      _linkify(r.get("citation") or "")])
     table = _table(["rule", "what", "value", "limit", "verdict", "reason", "citation"], rows)
     note = "" if safety.get("fields_checked") else \
@@ -420,7 +426,7 @@ def make_report(protocol, out_html, *, results_dir=None, roi=None, brain_tags=No
 
     pics, note = [], ""
     if pictures is not False:
-        from .viz._probe import probe_rendering
+        from .viz.probe import probe_rendering
 
         probe = probe_rendering()
         if probe.ok:

@@ -18,7 +18,8 @@ from . import __version__
 from .conductivity import tissue_name
 from .outputs import RESULTS_FORMAT
 from .protocol import save_protocol
-from .simulation import SimulationResult, default_brain_tags
+from .simulation import default_brain_tags
+from .simulation_result import SimulationResult, TESResult, TMSResult
 
 PERCENTILES = (50.0, 95.0, 99.0, 99.9)
 
@@ -60,7 +61,8 @@ def summarize(result: SimulationResult) -> dict:
     vol = mesh.volumes_mm3
     p = result.protocol
     electrodes = []
-    for spec, e in zip(getattr(p, "electrodes", []), result.electrodes):
+    for spec, e in zip(p.electrodes if isinstance(result, TESResult) else [],
+                       result.electrodes if isinstance(result, TESResult) else []):
         electrodes.append({
             "name": e.name, "shape": e.shape, "current_mA": spec.current_mA,
             "delivered_current_mA": result.electrode_currents_A.get(e.name, float("nan")) * 1e3,
@@ -89,8 +91,8 @@ def summarize(result: SimulationResult) -> dict:
         "magnJ_A_per_m2": j_stats,
         "percentiles": "volume-weighted over the elements of each tissue; |J| = sigma |E| per tissue",
     }
-    if result.extra:
-        summary["tms" if p.kind == "tms" else "extra"] = result.extra
+    if isinstance(result, TMSResult):
+        summary["tms"] = result.tms_summary()
     if p.kind == "tms":
         summary["units"]["dAdt"] = "V/m"
         del summary["electrodes"]
@@ -119,7 +121,7 @@ def write_result_files(result: SimulationResult, folder: str | os.PathLike, *, m
                     "magnJ": np.sqrt(np.einsum("ij,ij->i", result.J, result.J))}
     if result.E_recovered is not None:
         element_data["E_recovered"] = result.E_recovered
-    node_data = {"v": result.potential_V, **result.node_data}
+    node_data = result.node_fields()
     # the two mesh files are independent: write them concurrently (numpy and file I/O
     # release the GIL); the VTU is for viewing, so its data are float32, half the bytes
     from concurrent.futures import ThreadPoolExecutor
@@ -146,7 +148,7 @@ def results_size_estimate(result: SimulationResult) -> tuple[int, int]:
 
     mesh = result.mesh
     return estimate_results_bytes(mesh.n_nodes, mesh.n_tets, len(mesh.tris),
-                                  node_vectors=sum(1 for a in result.node_data.values() if np.ndim(a) == 2))
+                                  node_vectors=sum(1 for a in result.node_fields().values() if np.ndim(a) == 2))
 
 
 def write_results(result: SimulationResult, out_dir: str | os.PathLike, *, overwrite: bool = False,

@@ -18,9 +18,11 @@ from .coils import load_coil, place_coil, placement_from_matrix
 from .coils.model import check_dipoles_outside
 from .errors import ProtocolError
 from .protocol import TMSProtocol
-from .solvers.assembly import assemble_load_from_element_vectors
-from .solvers.electrodes import grounded_system
-from .solvers.fields import element_efield, element_mean, recover
+from .fem import (HAVE_NUMBA, amg_hierarchy, assemble_load_from_element_vectors, element_efield, element_mean,
+                  grounded_system, pcg, recover, solver_for)
+from .fem.linear import DEFAULT_RTOL
+from .head_model import HeadModel, named_position, read_head
+from .simulation_result import TMSResult
 
 
 def coil_didt_A_per_s(protocol: TMSProtocol, coil) -> float:
@@ -46,8 +48,6 @@ def placement_for(protocol: TMSProtocol, mesh, base_dir: Path | None = None):
         return placement_from_matrix(pl.matrix, mesh)
     center = pl.center
     if isinstance(center, str):
-        from .simulation import named_position
-
         center = named_position(center, protocol, base_dir, "placement.center")
     return place_coil(mesh, center, pl.direction, pl.distance_mm)
 
@@ -66,31 +66,30 @@ def run_tms(protocol: TMSProtocol, base_dir: Path | None = None, mesh=None):
     (a nogil kernel, single precision) while the main thread assembles and sets up AMG; the
     right-hand side waits for it.  Both threads' errors surface here.  With numba, the matrix,
     right-hand side and fields come from kernels that never store the element gradients
-    (:mod:`stimsim.solvers._p1_numba`).
+    (:mod:`stimsim.fem.p1_numba`).
     """
     from concurrent.futures import ThreadPoolExecutor
-
-    from .simulation import _assemble_head, _read_head
-    from .solvers.fields import HAVE_NUMBA
 
     coil = load_coil(protocol.coil, base_dir)
     didt = coil_didt_A_per_s(protocol, coil)
     with ThreadPoolExecutor(max_workers=1) as pool:
         pool.submit(_warm_up, HAVE_NUMBA)
-        mesh, inputs, timings = _read_head(protocol, base_dir, mesh)
+        mesh, inputs, timings = read_head(protocol, base_dir, mesh)
         primary = pool.submit(_primary_field, protocol, mesh, base_dir, coil, didt)
-        head = _assemble_head(protocol, mesh, inputs, timings, gradients=not HAVE_NUMBA)
-        return solve_tms(protocol, head, coil, didt, primary)
+        # no local name for the head model: solve_tms consumes it and frees its matrix early
+        return solve_tms(protocol, HeadModel.assemble(mesh, protocol.conductivities, inputs=inputs, timings=timings,
+                                                      gradients=not HAVE_NUMBA),
+                         coil, didt, primary, consume=True)
 
 
 def _warm_up(kernels: bool):
-    from .solvers import primary
+    from .fem import primary
 
     primary.warm_up("single")
     if kernels:
-        from .solvers import _p1_numba
+        from .fem import p1_numba
 
-        _p1_numba.warm_up()
+        p1_numba.warm_up()
 
 
 def _primary_field(protocol, mesh, base_dir, coil, didt):
@@ -103,25 +102,30 @@ def _primary_field(protocol, mesh, base_dir, coil, didt):
     return placement, dadt, time.perf_counter() - t
 
 
-def solve_tms(protocol: TMSProtocol, head, coil, didt: float, primary):
+def solve_tms(protocol: TMSProtocol, head: HeadModel, coil, didt: float, primary, *, consume: bool = False):
     """Secondary field and outputs, given the prepared head and the primary field.
 
     ``primary``: ``(placement, dadt_nodes, seconds)``, or a future of it (it is needed only
     once the AMG hierarchy exists).  A head whose geometry holds no gradients
-    (``_assemble_head(gradients=False)``) is solved with the numba kernels.
+    (``HeadModel.assemble(gradients=False)``) is solved with the numba kernels.
+    ``consume=True``: the head model is not used again by the caller, which holds no other
+    reference to it: its stiffness matrix is grounded in place and released before the fields
+    are computed (20+ MB less at peak on a 668k-tet head).
     """
-    from .simulation import SimulationResult, _solver_for
-
-    mesh, geometry, sigma, timings = head.mesh, head.geometry, head.sigma, head.timings
+    mesh, geometry, sigma, inputs = head.mesh, head.geometry, head.sigma, head.inputs
+    timings = dict(head.timings)
+    stiffness = head.stiffness
+    del head  # with consume=True the matrix below is the last reference to the stiffness
     kernels = geometry.grads_kdm is None
-    system = grounded_system(head.stiffness, node=int(mesh.tets[0, 0]), inplace=True)
+    system = grounded_system(stiffness, node=int(mesh.tets[0, 0]), inplace=consume)
+    del stiffness
     got = {}
 
     def rhs():  # called once the AMG hierarchy exists: its element-wise inputs are not held meanwhile
         got["placement"], got["dadt"], timings["dadt_s"] = primary.result() if hasattr(primary, "result") else primary
         t = time.perf_counter()
         if kernels:
-            from .solvers._p1_numba import load_from_nodal_field
+            from .fem.p1_numba import load_from_nodal_field
 
             load = load_from_nodal_field(mesh.nodes, mesh.tets, sigma, got["dadt"])
         else:
@@ -130,16 +134,15 @@ def solve_tms(protocol: TMSProtocol, head, coil, didt: float, primary):
         timings["rhs_s"] = time.perf_counter() - t
         return b
 
-    x, info = _solver_for(protocol.solver, system.matrix, "tms")(system.matrix, rhs)
+    x, info = solver_for(protocol.solver, system.matrix, "tms")(system.matrix, rhs)
     timings["setup_s"], timings["solve_s"] = info.setup_s, info.solve_s
     potential = system.expand(x)
-    system = None  # the (grounded in place) stiffness matrix is not needed again: 20+ MB less at peak
-    head.stiffness = None
+    system = None  # the (grounded) stiffness matrix is not needed again: 20+ MB less at peak
     placement, dadt_nodes = got["placement"], got["dadt"]
 
     t = time.perf_counter()
     if kernels:
-        from .solvers._p1_numba import tms_fields
+        from .fem.p1_numba import tms_fields
 
         grad_part, e_field = tms_fields(mesh.nodes, mesh.tets, potential, dadt_nodes)  # -grad v, E
     else:
@@ -152,17 +155,12 @@ def solve_tms(protocol: TMSProtocol, head, coil, didt: float, primary):
     if recovered is not None:
         recovered -= element_mean(dadt_nodes, mesh.tets)
     timings["fields_s"] = time.perf_counter() - t
-    extra = {
-        "coil": coil.summary(),
-        "didt_A_per_s": didt,
-        "placement": {"matrix": placement.matrix.tolist(), "scalp_point_mm": placement.scalp_point_mm.tolist(),
-                      "distance_mm": placement.distance_mm},
-        "program": protocol.program.expanded(),
-    }
     logger.info("TMS %s at %s mm: dI/dt %.3g A/s, peak |E| %.3g V/m", coil.name,
                 np.round(placement.center_mm, 1).tolist(), didt, float(np.linalg.norm(e_field, axis=1).max()))
-    return SimulationResult(protocol, mesh, potential, e_field, sigma[:, None] * e_field, sigma, [], info,
-                            recovered, timings, head.inputs, {}, {"dAdt": dadt_nodes}, extra)
+    return TMSResult(protocol=protocol, mesh=mesh, potential_V=potential, E=e_field, J=sigma[:, None] * e_field,
+                     sigma=sigma, solve_info=info, E_recovered=recovered, timings_s=timings, inputs=inputs,
+                     dadt_V_per_m=dadt_nodes, placement=placement, coil_summary=coil.summary(), didt_A_per_s=didt,
+                     program=protocol.program.expanded())
 
 
 class TMSModel:
@@ -194,17 +192,14 @@ class TMSModel:
 
     def __init__(self, protocol: TMSProtocol, *, mesh=None, base_dir: Path | None = None, rtol: float | None = None,
                  reuse: int = 30):
-        from .simulation import DEFAULT_RTOL, _prepare_head
-        from .solvers.linear import _amg_hierarchy
-
         self.protocol = protocol
-        self.head = _prepare_head(protocol, base_dir, mesh)
+        self.head = HeadModel.from_protocol(protocol, base_dir, mesh)
         self.mesh = self.head.mesh
         self.coil = load_coil(protocol.coil, base_dir)
         self.didt = coil_didt_A_per_s(protocol, self.coil)
         self.system = grounded_system(self.head.stiffness, node=int(self.mesh.tets[0, 0]))
         self.rtol = rtol or protocol.solver.rtol or DEFAULT_RTOL["tms"]
-        self._precond = _amg_hierarchy(self.system.matrix).aspreconditioner(cycle="V")
+        self._precond = amg_hierarchy(self.system.matrix).aspreconditioner(cycle="V")
         self._mean, self._load = _primary_operators(self.head.geometry, self.head.sigma, self.system.ground)
         self.reuse = reuse
         self._basis = np.empty((reuse, self.mesh.n_nodes))  # A-orthonormal earlier solutions (a ring)
@@ -223,13 +218,11 @@ class TMSModel:
 
     def potential(self, dadt_nodes: np.ndarray) -> np.ndarray:
         """Nodal potential v (V) of the secondary field for a nodal dA/dt."""
-        from .solvers.linear import _pcg
-
         a = self.system.matrix
         b = sum(self._load[c] @ dadt_nodes[:, c] for c in range(3))
         basis = self._basis[:self._n_basis]
         x0 = (basis @ b) @ basis if self._n_basis else None  # A-orthogonal projection of A^-1 b
-        x, it = _pcg(a, b, self._precond, self.rtol, 1000, x0=x0)
+        x, it = pcg(a, b, self._precond, self.rtol, 1000, x0=x0)
         self.iterations.append(it)
         if self.reuse:
             self._extend_basis(x)
@@ -284,8 +277,6 @@ class TMSModel:
         linear functional r.v of the potential equals (A^-1 r).b, so three solves (one per
         component of the mean gradient) replace one solve per placement.
         """
-        from .solvers.linear import _pcg
-
         geometry, n = self.head.geometry, self.mesh.n_nodes
         elements = np.asarray(elements)
         w = geometry.volumes_m3[elements] / geometry.volumes_m3[elements].sum()
@@ -296,7 +287,7 @@ class TMSModel:
             r = sum(np.bincount(tets[:, k], weights=w * geometry.grads_kdm[k, c, elements], minlength=n)
                     for k in range(4))
             r[self.system.ground] = 0.0
-            y, _ = _pcg(self.system.matrix, r, self._precond, self.rtol, 1000)
+            y, _ = pcg(self.system.matrix, r, self._precond, self.rtol, 1000)
             for cc in range(3):
                 q[c, :, cc] = -(self._load[cc].T @ y)
             q[c, :, c] -= self._mean[elements].T @ w

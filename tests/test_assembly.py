@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from stimsim.conductivity import conductivity_table, element_conductivities
-from stimsim.solvers.assembly import P1Geometry, assemble_stiffness
+from stimsim.fem.assembly import P1Geometry, assemble_stiffness
 
 
 @pytest.fixture(scope="module")

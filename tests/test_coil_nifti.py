@@ -16,7 +16,7 @@ from stimsim.errors import ProtocolError
 from stimsim.mesh import read_mesh
 from stimsim.protocol import validate_protocol
 from stimsim.simulation import simulate
-from stimsim.solvers.primary import dipole_dadt
+from stimsim.fem.primary import dipole_dadt
 
 nib = pytest.importorskip("nibabel")
 
@@ -73,11 +73,11 @@ def test_nifti_coil_matches_the_ccd_coil(sphere3, nifti_coil_file, direction, ca
     sel = sphere3.tet_tags == 3
     assert rel_l2(grid.E[sel], ccd.E[sel]) < TOL  # measured 4.0e-4 (TOL 2.0e-2)
     assert rel_l2(grid.E, ccd.E) < TOL  # measured 4.4e-4 (scalp elements included)
-    dpos, dmom = load_coil(ccd.protocol.coil).transformed(np.array(ccd.extra["placement"]["matrix"]))
+    dpos, dmom = load_coil(ccd.protocol.coil).transformed(np.array(ccd.placement.matrix))
     ref = tms_sphere_efield(sphere3.centroids[sel], dpos, dmom, 1e6)
     assert abs(rel_l2(grid.E[sel], ref) - rel_l2(ccd.E[sel], ref)) < 0.01  # measured < 1e-5 (both 7.3-7.5 %)
-    assert grid.extra["coil"]["grid_shape"] == [68, 68, 68]
-    json.dumps(grid.extra)
+    assert grid.coil_summary["grid_shape"] == [68, 68, 68]
+    json.dumps(grid.tms_summary())  # the summary section is JSON-ready
 
 
 def test_tms_model_uses_the_grid_coil(sphere3, nifti_coil_file):

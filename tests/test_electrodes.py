@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from stimsim.errors import ProtocolError
-from stimsim.solvers.assembly import P1Geometry, assemble_stiffness
-from stimsim.solvers.electrodes import ElectrodeSpec, electrode_system, place_electrodes
-from stimsim.solvers.linear import FactorizedSolver, amg_cg
+from stimsim.fem.assembly import P1Geometry, assemble_stiffness
+from stimsim.fem.electrodes import ElectrodeSpec, electrode_system, place_electrodes
+from stimsim.fem.linear import FactorizedSolver, amg_cg
 
 
 def _pair(shape="point", **kw):
@@ -88,7 +88,7 @@ def test_equipotential_patch_delivers_its_current(sphere3_mesh):
 def test_grounding_in_place_equals_the_copy():
     import scipy.sparse as sp
 
-    from stimsim.solvers.electrodes import grounded_system
+    from stimsim.fem.electrodes import grounded_system
 
     rng = np.random.default_rng(3)
     m = sp.random(40, 40, density=0.2, random_state=4, format="csr")

@@ -80,7 +80,7 @@ def test_current_through_closed_surfaces(fine_sphere_mesh, shape, radii):
     anode = result.electrodes[0]
     d = np.linalg.norm(mesh.nodes - mesh.nodes[anode.center_node], axis=1)
     w = np.clip((radii[1] - d) / (radii[1] - radii[0]), 0.0, 1.0)
-    from stimsim.solvers.assembly import P1Geometry
+    from stimsim.fem.assembly import P1Geometry
 
     g = P1Geometry.from_mesh(mesh)
     flux = -np.sum(g.volumes_m3 * np.einsum("md,md->m", result.J, g.gradient(w)))

@@ -6,9 +6,9 @@ import pytest
 import scipy.sparse as sp
 from scipy.sparse.linalg import eigsh
 
-from stimsim.solvers.assembly import P1Geometry, assemble_stiffness
-from stimsim.solvers.electrodes import grounded_system
-from stimsim.solvers.linear import _build_amg_hierarchy, _largest_eigenvalue_scaled, _pcg, amg_cg
+from stimsim.fem.assembly import P1Geometry, assemble_stiffness
+from stimsim.fem.electrodes import grounded_system
+from stimsim.fem.linear import build_amg_hierarchy, largest_eigenvalue_scaled, pcg, amg_cg
 
 
 @pytest.fixture(scope="module")
@@ -26,17 +26,17 @@ def test_eigenvalue_estimate_is_close_and_from_below(head_system):
     d = head_system.diagonal()
     scaled = sp.diags(1 / np.sqrt(d)) @ head_system @ sp.diags(1 / np.sqrt(d))
     exact = eigsh(scaled, k=1, which="LA", return_eigenvectors=False)[0]
-    est = _largest_eigenvalue_scaled(head_system, 1 / np.sqrt(d))
+    est = largest_eigenvalue_scaled(head_system, 1 / np.sqrt(d))
     assert 0.9 * exact < est <= exact * (1 + 1e-12)
 
 
 def test_eigenvalue_estimate_of_a_tiny_matrix_is_exact():
     a = sp.csr_matrix(np.diag([1.0, 3.0, 7.0]))
-    assert _largest_eigenvalue_scaled(a, np.ones(3), steps=10) == pytest.approx(7.0, rel=1e-12)
+    assert largest_eigenvalue_scaled(a, np.ones(3), steps=10) == pytest.approx(7.0, rel=1e-12)
 
 
 def test_hierarchy_matches_pyamg_driver(head_system, rng):
-    ours = _build_amg_hierarchy(head_system)
+    ours = build_amg_hierarchy(head_system)
     ref = pyamg.smoothed_aggregation_solver(
         head_system, B=np.ones((head_system.shape[0], 1)), symmetry="hermitian",
         strength=("symmetric", {"theta": 0.02}), presmoother=("gauss_seidel", {"sweep": "forward"}),
@@ -45,14 +45,14 @@ def test_hierarchy_matches_pyamg_driver(head_system, rng):
     b = head_system @ rng.standard_normal(head_system.shape[0])
     iters = []
     for ml in (ours, ref):
-        x, it = _pcg(head_system, b, ml.aspreconditioner(cycle="V"), 1e-10, 500)
+        x, it = pcg(head_system, b, ml.aspreconditioner(cycle="V"), 1e-10, 500)
         assert np.linalg.norm(head_system @ x - b) <= 1e-10 * np.linalg.norm(b) * 1.01
         iters.append(it)
     assert iters[0] <= iters[1] + 1, iters
 
 
 def test_hierarchy_is_deterministic(head_system):
-    a, b = _build_amg_hierarchy(head_system), _build_amg_hierarchy(head_system)
+    a, b = build_amg_hierarchy(head_system), build_amg_hierarchy(head_system)
     for la, lb in zip(a.levels, b.levels):
         assert (la.A != lb.A).nnz == 0
 

@@ -11,9 +11,9 @@ import pytest
 pytest.importorskip("numba")
 
 from stimsim.mesh import Mesh  # noqa: E402
-from stimsim.solvers import _p1_numba as kernels  # noqa: E402
-from stimsim.solvers.assembly import P1Geometry, assemble_load_from_element_vectors, assemble_stiffness  # noqa: E402
-from stimsim.solvers.fields import element_efield, element_mean  # noqa: E402
+from stimsim.fem import p1_numba as kernels  # noqa: E402
+from stimsim.fem.assembly import P1Geometry, assemble_load_from_element_vectors, assemble_stiffness  # noqa: E402
+from stimsim.fem.fields import element_efield, element_mean  # noqa: E402
 
 
 @pytest.fixture(scope="module")

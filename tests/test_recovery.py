@@ -1,4 +1,4 @@
-"""Superconvergent patch recovery (stimsim.solvers.fields.recover_gradient_spr).
+"""Superconvergent patch recovery (stimsim.fem.fields.recover_gradient_spr).
 
 The numba kernel and the numpy implementation must give the same result (same patches,
 weights, conditioning and fallback rules) and both must reproduce a field that is linear
@@ -8,9 +8,9 @@ within each tissue exactly, wherever no node of the element falls back to averag
 import numpy as np
 import pytest
 
-from stimsim.solvers import fields
-from stimsim.solvers.assembly import P1Geometry
-from stimsim.solvers.fields import recover, recover_gradient_spr
+from stimsim.fem import fields
+from stimsim.fem.assembly import P1Geometry
+from stimsim.fem.fields import recover, recover_gradient_spr
 
 
 @pytest.fixture(scope="module")

@@ -30,8 +30,8 @@ def _protocol(cond=COND, direction=(0, 1, 0), center=(0, 0, 95), distance=4.0, c
 
 def _analytic(result, sel, coil_file="Magstim_70mm_Fig8.ccd"):
     coil = load_coil(result.protocol.coil)
-    dpos, dmom = coil.transformed(np.array(result.extra["placement"]["matrix"]))
-    return tms_sphere_efield(result.mesh.centroids[sel], dpos, dmom, result.extra["didt_A_per_s"])
+    dpos, dmom = coil.transformed(np.array(result.placement.matrix))
+    return tms_sphere_efield(result.mesh.centroids[sel], dpos, dmom, result.didt_A_per_s)
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +45,11 @@ def sphere3_result(sphere3):
 
 
 def test_placement_matches_the_acceptance_setup(sphere3_result):
-    m = np.array(sphere3_result.extra["placement"]["matrix"])
+    m = np.array(sphere3_result.placement.matrix)
     np.testing.assert_allclose(m[:3, 3], [0, 0, 99], atol=0.05)
     np.testing.assert_allclose(m[:3, 2], [0, 0, -1], atol=5e-3)  # z into the head
     np.testing.assert_allclose(m[:3, 1], [0, 1, 0], atol=5e-3)  # handle along +y
-    assert sphere3_result.extra["didt_A_per_s"] == 1e6
+    assert sphere3_result.didt_A_per_s == 1e6
 
 
 def test_sphere3_matches_analytic(sphere3_result):
@@ -105,7 +105,7 @@ def test_placement_matrix_round_trip(sphere3, rng):
 
 
 def test_matrix_protocol_gives_the_same_field(sphere3, sphere3_result):
-    m = sphere3_result.extra["placement"]["matrix"]
+    m = sphere3_result.placement.matrix
     p = validate_protocol({"kind": "tms", "head": "sphere", "conductivities": COND,
                            "coil": {"file": "Magstim_70mm_Fig8.ccd"}, "placement": {"matrix": m},
                            "stimulator": {"didt_A_per_us": 1.0}})
@@ -151,7 +151,7 @@ def test_percent_mso_needs_and_uses_didt_max(sphere3):
     p = _protocol(coil={"file": "Magstim_70mm_Fig8.ccd", "didt_max_A_per_us": 150.0})
     p = p.model_copy(update={"stimulator": p.stimulator.model_copy(update={"didt_A_per_us": None,
                                                                            "percent_mso": 40.0})})
-    assert simulate(p, mesh=sphere3).extra["didt_A_per_s"] == pytest.approx(60e6)
+    assert simulate(p, mesh=sphere3).didt_A_per_s == pytest.approx(60e6)
 
 
 @pytest.mark.parametrize("bad, needle", [
@@ -211,7 +211,7 @@ def test_pulse_waveform_gives_peak_didt(sphere3):
     p = _protocol()
     p = p.model_copy(update={"stimulator": p.stimulator.model_copy(
         update={"didt_A_per_us": None, "peak_current_A": 5000.0, "period_us": 280.0})})
-    assert simulate(p, mesh=sphere3).extra["didt_A_per_s"] == pytest.approx(5000 * 2 * np.pi / 280e-6, rel=1e-3)
+    assert simulate(p, mesh=sphere3).didt_A_per_s == pytest.approx(5000 * 2 * np.pi / 280e-6, rel=1e-3)
 
 
 def test_tms_model_matches_simulate_and_its_adjoint_functional(sphere3, rng):
@@ -239,7 +239,7 @@ def test_tms_model_matches_simulate_and_its_adjoint_functional(sphere3, rng):
 
 
 def test_single_precision_primary_field(sphere3):
-    from stimsim.solvers.primary import dipole_dadt
+    from stimsim.fem.primary import dipole_dadt
 
     coil = load_coil(_protocol().coil)
     placement = place_coil(sphere3, [0, 0, 95], [0, 1, 0], 4.0)
@@ -272,7 +272,7 @@ def test_tms_model_reuses_earlier_solutions(sphere3):
 
 def test_run_without_numba_kernels_gives_the_same_fields(sphere3, sphere3_result, monkeypatch):
     """The numpy fallback (stored gradients, numpy assembly) and the numba kernels agree."""
-    import stimsim.solvers.fields as fields
+    import stimsim.fem.fields as fields
 
     monkeypatch.setattr(fields, "HAVE_NUMBA", False)
     fallback = simulate(_protocol(), mesh=sphere3)

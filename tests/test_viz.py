@@ -240,7 +240,7 @@ def test_results_folder_without_fields(pv, tmp_path):
 
 def test_rendering_probe_turns_a_crash_into_an_error(monkeypatch):
     _need_module("pyvista", "pip install 'stimsim[viz]'")
-    from stimsim.viz import _probe
+    from stimsim.viz import probe as _probe
 
     monkeypatch.setattr(_probe, "_PROBE_CODE", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
     monkeypatch.setattr(_probe, "_cache", {})

@@ -70,7 +70,7 @@ class DipoleCoil:
     def dadt(self, points_mm: np.ndarray, matrix_mm: np.ndarray, didt_A_per_s: float, *,
              precision: str = "double") -> np.ndarray:
         """dA/dt (V/m, head frame) at head points (mm) for a 4x4 coil-to-head matrix (mm)."""
-        from ..solvers.primary import dipole_dadt
+        from ..fem.primary import dipole_dadt
 
         pos, mom = self.transformed(np.asarray(matrix_mm, float))
         return dipole_dadt(points_mm, pos, mom, didt_A_per_s, precision=precision)

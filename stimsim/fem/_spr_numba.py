@@ -1,4 +1,4 @@
-"""Numba kernels of superconvergent patch recovery (see :mod:`stimsim.solvers.fields`).
+"""Numba kernels of superconvergent patch recovery (see :mod:`stimsim.fem.fields`).
 
 A module of its own, imported only when SPR runs, so that importing the field code (every
 tDCS run) does not import numba (~0.15 s and ~50 MB).

@@ -51,7 +51,7 @@ class P1Geometry:
     @classmethod
     def volumes_only(cls, mesh: Mesh) -> "P1Geometry":
         """Tets and volumes without the (4, 3, m) gradients, for code that needs no gradients
-        (recovery) next to kernels that recompute them (:mod:`stimsim.solvers._p1_numba`)."""
+        (recovery) next to kernels that recompute them (:mod:`stimsim.fem.p1_numba`)."""
         return cls(mesh.tets, None, mesh.volumes_mm3 * 1e-9, mesh.n_nodes)
 
     @classmethod

@@ -281,7 +281,7 @@ def grounded_system(stiffness: sp.csr_matrix, node: int = 0, *, inplace: bool = 
     """System with only ``node`` held at 0 V (TMS: no electrodes, the potential floats).
 
     ``inplace=True`` overwrites ``stiffness`` (a canonical CSR matrix with a stored diagonal,
-    as :func:`~stimsim.solvers.assembly.assemble_stiffness` returns) instead of copying it:
+    as :func:`~stimsim.fem.assembly.assemble_stiffness` returns) instead of copying it:
     a single TMS run does not need the ungrounded matrix again, and a copy of a 1.7M-entry
     matrix plus its temporaries is ~60 MB of peak memory.
     """

@@ -1,6 +1,6 @@
 """Numba kernels for the P1 operators of a single TMS run, without stored element gradients.
 
-The numpy path (:mod:`stimsim.solvers.assembly`) keeps every element's hat-function
+The numpy path (:mod:`stimsim.fem.assembly`) keeps every element's hat-function
 gradients, (4, 3, m) float64: 61 MiB on a 668k-tet head, alive from assembly to the
 fields.  These kernels recompute an element's gradients from its 4 node coordinates
 whenever they need them (about 60 flops, cheaper than reading 96 stored bytes), and build
@@ -166,7 +166,7 @@ def _tets(tets: np.ndarray) -> np.ndarray:
 def stiffness_matrix(nodes_mm: np.ndarray, tets: np.ndarray, sigma: np.ndarray) -> sp.csr_matrix:
     r"""Stiffness matrix :math:`K_{ij} = \sum_e \sigma_e V_e \nabla\phi_i\cdot\nabla\phi_j` (S), sorted CSR.
 
-    Same matrix as :func:`stimsim.solvers.assembly.assemble_stiffness` up to round-off,
+    Same matrix as :func:`stimsim.fem.assembly.assemble_stiffness` up to round-off,
     built row by row in parallel; the mesh must have no zero-volume elements (``check_mesh``).
     """
     tets = _tets(tets)

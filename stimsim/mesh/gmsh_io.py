@@ -694,7 +694,8 @@ def atomic_output(path, suffix: str = ".tmp"):
         raise
 
 
-def _as_fields(data, rows: int, what: str) -> dict[str, np.ndarray]:
+def checked_fields(data, rows: int, what: str) -> dict[str, np.ndarray]:
+    """``name -> float64 array`` with ``rows`` rows (1 or 3 columns); a clear error naming ``what`` otherwise."""
     out = {}
     for name, arr in (data or {}).items():
         a = np.asarray(arr, dtype=np.float64)
@@ -919,8 +920,8 @@ def write_msh(path, mesh: Mesh, node_data=None, element_data=None, *, version="2
         raise MeshError(f"unsupported MSH version {version!r}; use '2.2' or '4.1'")
     if not isinstance(mesh, Mesh):
         raise MeshError(f"write_msh needs a stimsim Mesh, got {type(mesh).__name__}")
-    nd = _as_fields(node_data, mesh.n_nodes, "node_data")
-    ed = _as_fields(element_data, mesh.n_tets, "element_data")
+    nd = checked_fields(node_data, mesh.n_nodes, "node_data")
+    ed = checked_fields(element_data, mesh.n_tets, "element_data")
 
     k = len(mesh.tris)
     owner = mesh.triangle_owner_tets() if (ed and k) else np.zeros(0, np.int64)

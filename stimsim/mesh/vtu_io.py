@@ -23,7 +23,7 @@ import numpy as np
 
 from .._logging import logger
 from ..errors import MeshError
-from .gmsh_io import MeshFileNotFoundError, _as_fields, atomic_output
+from .gmsh_io import MeshFileNotFoundError, checked_fields, atomic_output
 from .model import Mesh
 
 __all__ = ["write_vtu", "read_vtu"]
@@ -52,8 +52,8 @@ def write_vtu(path, mesh: Mesh, node_data=None, element_data=None, *, include_tr
     path = Path(path)
     if not isinstance(mesh, Mesh):
         raise MeshError(f"write_vtu needs a stimsim Mesh, got {type(mesh).__name__}")
-    nd = _as_fields(node_data, mesh.n_nodes, "node_data")
-    ed = _as_fields(element_data, mesh.n_tets, "element_data")
+    nd = checked_fields(node_data, mesh.n_nodes, "node_data")
+    ed = checked_fields(element_data, mesh.n_tets, "element_data")
     tris = include_triangles and len(mesh.tris) > 0
     conn = [mesh.tets]
     tags = [mesh.tet_tags]

@@ -13,8 +13,8 @@ Examples
 >>> img = stimsim.viz.plot_field(result, view="left", screenshot="left.png")  # doctest: +SKIP
 """
 
-from ._data import FIELDS, SURFACES, FieldData, VizError, load_field_data
-from ._probe import probe_rendering, rendering_available, require_rendering
+from .field_data import FIELDS, SURFACES, FieldData, VizError, load_field_data
+from .probe import probe_rendering, rendering_available, require_rendering
 
 _RENDER = ("plot_field", "export_html", "write_png", "png_bytes", "check_view", "VIEWS", "show_image")
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from .._logging import logger
-from ._data import VizError
+from .field_data import VizError
 
 
 def parse_cut(text: str | None):

@@ -149,13 +149,13 @@ def _from_result(result, base_dir=None) -> FieldData:
     element = {"E": result.E, "J": result.J}
     if result.E_recovered is not None:
         element["E_recovered"] = result.E_recovered
-    node = {"v": result.potential_V, **dict(result.node_data)}
+    node = result.node_fields()
     electrodes = [ElectrodeGlyph(e.name, float(e.current_A), np.asarray(e.nodes), int(e.center_node))
-                  for e in result.electrodes]
+                  for e in getattr(result, "electrodes", [])]  # a TESResult's; a TMSResult has a coil
     matrix = dipoles = None
-    placement = (result.extra or {}).get("placement")
+    placement = getattr(result, "placement", None)
     if placement is not None:
-        matrix = np.asarray(placement["matrix"], float)
+        matrix = np.asarray(placement.matrix, float)
         dipoles = _coil_dipoles(result.protocol, matrix, base_dir)
     return FieldData(result.mesh, element, node, result.protocol, None, electrodes, dipoles, matrix,
                      "the simulation result", dict(result.inputs))
@@ -163,10 +163,10 @@ def _from_result(result, base_dir=None) -> FieldData:
 
 def _electrodes_from_protocol(protocol, mesh) -> list[ElectrodeGlyph]:
     try:
-        from ..simulation import _electrode_specs
-        from ..solvers.electrodes import place_electrodes
+        from ..simulation import electrode_specs
+        from ..fem.electrodes import place_electrodes
 
-        placed = place_electrodes(mesh, _electrode_specs(protocol))
+        placed = place_electrodes(mesh, electrode_specs(protocol))
     except StimsimError as err:
         logger.warning("electrodes not drawn: %s", err)
         return []

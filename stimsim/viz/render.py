@@ -17,9 +17,9 @@ import pyvista as pv
 
 from .._logging import logger
 from ..errors import StimsimError
-from ._data import (FIELDS, SURFACES, FieldData, VizError, check_roi, face_normals, load_field_data,
+from .field_data import (FIELDS, SURFACES, FieldData, VizError, check_roi, face_normals, load_field_data,
                     resolve_surface_tags, surface_faces, weighted_percentile)
-from ._probe import require_rendering
+from .probe import require_rendering
 
 #: named camera views: direction from the focal point to the camera, and the up vector
 #: (head frame as in SimNIBS: x left -> right, y posterior -> anterior, z inferior -> superior)
