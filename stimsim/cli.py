@@ -306,7 +306,12 @@ def optimize_tdcs_cmd(
     from .protocol import save_protocol, validate_protocol
     from .simulation import resolve_head
 
+    from .outputs import check_output_file
+
     try:
+        check_output_file(out)
+        if not (np.isfinite(radius) and radius > 0):
+            raise StimsimError(f"--radius: give a target ROI radius > 0 mm (got {radius})")
         notices = check_current_limits(max_total_mA, max_electrode_mA, allow_unsafe=allow_unsafe)  # before any work
         lf = load_leadfield(leadfield_file)
         mesh, _ = read_mesh(resolve_head(head, Path.cwd()))

@@ -296,9 +296,16 @@ def protocol_to_dict(protocol) -> dict:
 
 
 def save_protocol(protocol, path: str | os.PathLike) -> Path:
-    """Write a protocol as YAML atomically (temp file, then rename)."""
+    """Write a protocol as YAML atomically (temp file, then rename).
+
+    The first line marks the file as stimsim's (:data:`stimsim.outputs.STIMSIM_MARK`), so a
+    later run may replace it; a file without the mark is never replaced.
+    """
+    from .. import __version__
+
     path = Path(path)
-    text = yaml.safe_dump(protocol_to_dict(protocol), sort_keys=False, default_flow_style=None)
+    text = (f"# written by stimsim {__version__}\n"
+            + yaml.safe_dump(protocol_to_dict(protocol), sort_keys=False, default_flow_style=None))
     atomic_write_text(path, text)
     return path
 
