@@ -25,7 +25,8 @@ import numpy as np
 
 from stimsim.head.eeg import project_to_scalp, read_positions
 from stimsim.head.meshing import print_summary, quality_summary
-from stimsim.head.surface_mesher import compact_for_shipping, make_surface_head_mesh
+from stimsim.head.meshing import make_surface_head_mesh
+from stimsim.head.surface_mesher import compact_for_shipping
 from stimsim.mesh import check_mesh, write_msh
 
 ROOT = Path(__file__).resolve().parents[1]

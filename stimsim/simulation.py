@@ -14,7 +14,6 @@ import numpy as np
 
 from . import __version__
 from ._logging import logger
-from .errors import ProtocolError
 from .fem import ElectrodeSpec, electrode_system, element_efield, place_electrodes, recover, solver_for
 from .head_model import EMBEDDED_HEADS, HeadModel, named_position, protocol_sha256, resolve_head, sha256_file
 from .mesh import Mesh

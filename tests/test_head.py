@@ -161,7 +161,7 @@ def test_oblique_affine_and_lesion_grid_rejected(method):
 def test_mesh_command_writes_and_fails_cleanly(tmp_path, monkeypatch):
     nib = pytest.importorskip("nibabel")
     monkeypatch.setenv("STIMSIM_CACHE", str(tmp_path / "cache"))
-    from stimsim.head.cli import mesh_command
+    from stimsim.cli.head import mesh_command
     from stimsim.mesh import read_mesh
 
     p = tmp_path / "labels.nii.gz"

@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from stimsim.errors import ProtocolError, StimsimError
-from stimsim.library import (DOI_RE, copy_protocol, get_protocol, library_dir, library_ids, library_table,
+from stimsim.protocol.library import (DOI_RE, copy_protocol, get_protocol, library_dir, library_ids, library_table,
                              list_protocols, load_entry, load_protocol_file, resolve_protocol_argument)
-from stimsim.library_cli import protocols_copy, protocols_list, protocols_show
+from stimsim.cli.protocols import protocols_copy, protocols_list, protocols_show
 from stimsim.protocol import TESProtocol, TMSProtocol
 from stimsim.safety import check
 

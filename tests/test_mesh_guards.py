@@ -229,7 +229,7 @@ def test_two_voxel_cube_is_refused(nifti, tmp_path, method):
 
 
 def test_head_smaller_than_three_elements(nifti, tmp_path):
-    from stimsim.head.cli import mesh_command
+    from stimsim.cli.head import mesh_command
 
     p = nifti(_balls(20, (8, 7, 6, 5, 3)))  # the head spans 16 voxels of 1 mm
     out = tmp_path / "head.msh"
@@ -249,7 +249,7 @@ def test_head_smaller_than_three_elements(nifti, tmp_path):
 
 
 def test_tissue_with_too_few_voxels(nifti, tmp_path, capsys):
-    from stimsim.head.cli import mesh_command
+    from stimsim.cli.head import mesh_command
 
     vol = _balls(40, (18, 15, 13, 10, 3))
     vol[vol == 5] = 4
@@ -318,7 +318,7 @@ def test_normal_mesh_warns_with_numbers_and_reports(nifti, tmp_path, caplog):
     ``info.quality`` holds it (JSON-serialisable)."""
     import json
 
-    from stimsim.head.cli import mesh_command
+    from stimsim.cli.head import mesh_command
     from stimsim.head.meshing import make_head_mesh
 
     p = nifti(_balls(24, (10, 9, 8, 6, 4)))

@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 
 from stimsim.errors import ProtocolError, StimsimError
 from stimsim.safety import SafetyInputError, SafetyReport, check, check_safety, load_rules
-from stimsim.safety.cli import run_check
+from stimsim.cli.safety import run_check
 from stimsim.safety.model import NOT_CHECKED, VERDICT_RANK, Rule, worst
 
 # ------------------------------------------------------------------------------ builders
@@ -207,7 +207,9 @@ CASES = [
      "tms.rtms.train_duration", None, "NOT_CHECKED"),
     # --- verified TBS conditions (Cole 2020; PubMed 22627376)
     ("iTBS 80 % aMT within Cole 2020", tms({"type": "itbs", "intensity_pct_amt": 80}), {}, "tms.tbs", None, "PASS"),
-    ("cTBS at 50 Hz: no verified condition", tms({"type": "ctbs", "intensity_pct_amt": 80}), {}, "tms.tbs", None,
+    ("cTBS at 50 Hz: only an unverified condition (Huang 2005)", tms({"type": "ctbs", "intensity_pct_amt": 80}), {},
+     "tms.tbs", None, "NOT_CHECKED"),
+    ("cTBS above the standard 80 % aMT", tms({"type": "ctbs", "intensity_pct_amt": 81}), {}, "tms.tbs", None,
      "WARN"),
     ("iTBS no intensity", tms({"type": "itbs"}), {}, "tms.tbs", None, "NOT_CHECKED"),
     # --- pulse counts (O'Reardon 2007 / Modirrousta 2018: 3000 per session, 2 sessions a day)

@@ -14,7 +14,11 @@ AEs above 2 mA peak-to-peak); Antal & Paulus 2013 (tACS data up to 5 kHz); Chen 
 MT safe with 5 s pauses, <= 1 s pauses unsafe above 100 % MT); PubMed 8913194 (1 Hz at 125 % MT ~204 s;
 20 Hz x 2 s at 100 % MT every minute); O'Reardon 2007 (10 Hz, 120 % MT, 3000 pulses/session);
 Modirrousta 2018 (10 Hz, 5 s trains, 25 s ITI, 110 % rMT, 3000 pulses, 2 sessions/day); Cole 2020 (iTBS,
-1800 pulses/session, 10/day, 90 % rMT); PubMed 22627376 (30 Hz TBS, 600 pulses, 90 % rMT).
+1800 pulses/session, 10/day, 90 % rMT); PubMed 22627376 (30 Hz TBS, 600 pulses, 90 % rMT); PubMed 28807845 (1 Hz,
+2000 stimuli, 110 % MT, well tolerated).  Conditions NOT verified in a stored source (verified: false) can only
+give NOT_CHECKED: <= 1 Hz without a train-duration limit (attributed to Rossi 2009/2021, not located), Khedr &
+Abo-Elfetoh 2010 (3 Hz, 300 pulses, 130 % rMT; no safety outcome in the abstract) and standard 50 Hz cTBS
+(Huang 2005, 80 % aMT; intensity not readable).
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ from typer.testing import CliRunner
 
 from stimsim.cli import app
 from stimsim.errors import StimsimError
+from stimsim.protocol import validate_protocol
 from stimsim.safety import SafetyInputError, check, load_rules
-from stimsim.safety.cli import load_questionnaire
+from stimsim.safety.questionnaire import load_questionnaire
 from stimsim.safety.model import NOT_CHECKED, RuleResult, SafetyReport, worst
 
 runner = CliRunner()
@@ -236,6 +241,9 @@ STANDARD = [
                                                               spd=10)),
     ("single pulses 0.2 Hz 120 % rMT", tms({"type": "single", "pulses": 100, "interval_s": 5.0,
                                             "intensity_pct_rmt": 120})),
+    ("1 Hz 1200 pulses 110 % rMT (PubMed 28807845)", tms(rtms(1, 1200, rmt=110), spd=1)),
+    ("1 Hz 1500 pulses 90 % rMT, contralesional stroke protocol", tms(rtms(1, 1500, rmt=90), spd=1)),
+    ("iTBS 600 at 80 % aMT, 2 s trains every 10 s", tms({"type": "itbs", "intensity_pct_amt": 80}, spd=1)),
 ]
 
 
@@ -295,6 +303,145 @@ def test_unverified_table_is_not_checked_and_says_so():
     r = row(check(tms(FDA_10HZ)), "tms.rtms.train_duration")
     assert r.verdict == NOT_CHECKED and not r.verified
     assert "limit not verified in the source table" in r.how_to_check and "informational" in r.how_to_check
+
+
+# ------------------------------------------------------------------------------ standard low-frequency rTMS and TBS
+
+
+CTBS = {"type": "ctbs"}  # stimsim's defaults: 3 pulses at 50 Hz, 5 bursts/s, 200 bursts = 600 pulses in 40 s
+
+
+def test_standard_ctbs_pattern_is_the_huang_one():
+    e = validate_protocol(tms(dict(CTBS, intensity_pct_amt=80))).program.expanded()
+    assert (e["burst_frequency_hz"], e["pulses_per_burst"], e["burst_rate_hz"], e["train_duration_s"],
+            e["total_pulses"], e["trains"]) == (50, 3, 5, 40, 600, 1)
+
+
+@pytest.mark.parametrize("ppt,rmt,evidence", [
+    (1200, 110, "PASS"),         # within PubMed 28807845 (1 Hz, 2000 stimuli, 110 % MT)
+    (2000, 110, "PASS"),         # the condition itself
+    (1500, 90, "PASS"),
+    (1200, 120, NOT_CHECKED),    # only the unverified <= 1 Hz statement covers 120 %: informational
+    (2001, 110, NOT_CHECKED),    # more pulses than verified, within the unverified statement
+    (1200, 125, NOT_CHECKED),    # the highest verified intensity (PubMed 8913194, 125 % MT) bounds it
+    (1200, 126, "WARN"),         # above every verified intensity: never rescued by an unverified condition
+    (1200, 1000, "WARN"),
+])
+def test_one_hz_rtms_evidence(ppt, rmt, evidence):
+    rep = check(tms(rtms(1, ppt, rmt=rmt), spd=1))
+    assert_well_formed(rep)
+    r = row(rep, "tms.rtms.evidence")
+    assert r.verdict == evidence, r.reason
+    if evidence == "PASS":
+        assert "10.1016/j.brs.2017.08.001" in r.citation or "8913194" in r.citation, r.citation
+    if evidence == NOT_CHECKED:
+        assert "would be PASS" in r.reason and "NOT verified" in r.reason
+        assert "condition not verified in the source (Rossi" in r.how_to_check and "informational" in r.how_to_check
+    if evidence == "WARN":
+        assert f"{rmt:g} % rMT is above every verified condition (highest 125 % rMT)" in r.reason
+        assert rep.verdict == "WARN"
+
+
+@pytest.mark.parametrize("rmt", [110, 120])
+def test_standard_one_hz_1200_pulses_at_110_to_120_pct_is_pass_overall(rmt):
+    rep = check(tms(rtms(1, 1200, rmt=rmt), spd=1))
+    assert rep.verdict == "PASS", [(r.rule_id, r.verdict, r.reason) for r in rep.results if r.verdict != "PASS"]
+    assert not [r for r in rep.results if r.verdict in ("WARN", "FAIL")]
+
+
+def test_three_hz_300_pulses_is_covered_only_by_an_unverified_condition():
+    rep = check(tms(rtms(3, 300, rmt=120), spd=1))
+    assert rep.verdict == "PASS"
+    r = row(rep, "tms.rtms.evidence")
+    assert r.verdict == NOT_CHECKED and "Khedr" in r.citation and "no safety outcome" in r.how_to_check
+    # one pulse more, or above every verified intensity: outside everything -> WARN
+    assert status(check(tms(rtms(3, 301, rmt=120))), "tms.rtms.evidence") == "WARN"
+    assert status(check(tms(rtms(3, 300, rmt=130))), "tms.rtms.evidence") == "WARN"
+
+
+@pytest.mark.parametrize("program,evidence,overall", [
+    (dict(CTBS, intensity_pct_amt=80), NOT_CHECKED, "PASS"),   # Huang 2005 pattern and intensity: not verified
+    (dict(CTBS, intensity_pct_amt=70), NOT_CHECKED, "PASS"),
+    (dict(CTBS, intensity_pct_rmt=70), NOT_CHECKED, "PASS"),   # % rMT vs an 80 % aMT condition: cannot be told
+    (dict(CTBS, intensity_pct_amt=81), "WARN", "WARN"),        # above the (unverified) 80 % aMT
+    (dict(CTBS, intensity_pct_rmt=90), "WARN", "WARN"),        # 90 % rMT > 80 % rMT > 80 % aMT
+    (dict(CTBS, intensity_pct_rmt=1000), "WARN", "WARN"),
+    (dict(CTBS, bursts_per_train=400, intensity_pct_amt=80), "WARN", "WARN"),  # 80 s, 1200 pulses: beyond it
+    (dict(CTBS, burst_frequency_hz=30, intensity_pct_rmt=90), "PASS", "PASS"),  # PubMed 22627376, verified
+    ({"type": "itbs", "intensity_pct_amt": 80}, "PASS", "PASS"),                # Cole 2020 pattern, verified
+])
+def test_theta_burst_evidence(program, evidence, overall):
+    rep = check(tms(program, spd=1))
+    assert_well_formed(rep)
+    r = row(rep, "tms.tbs")
+    assert r.verdict == evidence, r.reason
+    assert rep.verdict == overall, [(x.rule_id, x.verdict, x.reason) for x in rep.results if x.verdict != "PASS"]
+    if evidence == NOT_CHECKED:
+        assert "Huang" in r.citation and "condition not verified in the source (Huang" in r.how_to_check
+
+
+def test_standard_ctbs_600_pulses_80_pct_amt_is_pass_overall_with_the_tbs_row_not_checked():
+    rep = check(tms(dict(CTBS, intensity_pct_amt=80), spd=1))
+    assert rep.verdict == "PASS" and not [r for r in rep.results if r.verdict in ("WARN", "FAIL")]
+    r = row(rep, "tms.tbs")
+    assert r.verdict == NOT_CHECKED and "would be PASS" in r.reason
+    assert "80 % aMT" in r.how_to_check and "Oberman" in r.how_to_check
+
+
+def _patched_condition(rule_id, source, **update):
+    rules = load_rules()
+    new_rules = []
+    for r in rules.rules:
+        if r.id == rule_id:
+            conds = [dict(c, **update) if c["source"] == source else c for c in r.params["conditions"]]
+            r = r.model_copy(update={"params": {**r.params, "conditions": conds}})
+        new_rules.append(r)
+    return rules.model_copy(update={"rules": new_rules})
+
+
+def test_an_unverified_condition_never_passes_and_verification_is_what_turns_it_into_pass():
+    p1 = tms(rtms(1, 1200, rmt=110))
+    # the verified 1 Hz condition, marked unverified: the same protocol is informational only
+    patched = _patched_condition("tms.rtms.evidence", "tinnitus1hz2017", verified=False,
+                                 unverified_because="test: marked unverified")
+    r = row(check(p1, rules=patched), "tms.rtms.evidence")
+    assert r.verdict == NOT_CHECKED and "test: marked unverified" in r.how_to_check
+    # ... and with no condition covering it at all: WARN
+    dropped = _patched_condition("tms.rtms.evidence", "rossi2009", frequency_hz=0.5)
+    dropped = dropped.model_copy(update={"rules": [
+        r.model_copy(update={"params": {**r.params, "conditions": [
+            c for c in r.params["conditions"] if c["source"] != "tinnitus1hz2017"]}})
+        if r.id == "tms.rtms.evidence" else r for r in dropped.rules]})
+    assert status(check(p1, rules=dropped), "tms.rtms.evidence") == "WARN"
+    # the unverified cTBS condition, once verified, gives PASS (the machinery, not a claim)
+    ctbs = tms(dict(CTBS, intensity_pct_amt=80))
+    assert status(check(ctbs), "tms.tbs") == NOT_CHECKED
+    verified = _patched_condition("tms.tbs", "huang2005", verified=True)
+    assert status(check(ctbs, rules=verified), "tms.tbs") == "PASS"
+
+
+def test_every_condition_names_a_known_source_and_unverified_ones_say_why():
+    rules = load_rules()
+    seen_unverified = set()
+    for rid in ("tms.rtms.evidence", "tms.tbs"):
+        for c in rules.get(rid).params["conditions"]:
+            assert c["source"] in rules.sources, (rid, c["source"])
+            assert c.get("label") and c.get("where"), c
+            if not c.get("verified", True):
+                assert len(c.get("unverified_because", "")) > 40, c
+                seen_unverified.add(c["source"])
+            else:
+                assert c.get("intensity_pct_rmt") is not None or c.get("intensity_pct_amt") is not None, c
+    assert seen_unverified == {"rossi2009", "khedr2010", "huang2005"}
+
+
+def test_library_protocols_come_out_pass_none_warn():
+    from stimsim.protocol.library import list_protocols
+
+    for e in list_protocols():
+        rep = check(e.protocol)
+        assert rep.verdict == "PASS", (e.id, [(r.rule_id, r.verdict, r.reason) for r in rep.results
+                                              if r.verdict in ("WARN", "FAIL")])
 
 
 # ------------------------------------------------------------------------------ report format (JSON / table)

@@ -124,7 +124,7 @@ def _assert_picture(img: np.ndarray, *, min_fraction=0.05):
 
 
 def test_import_loads_no_vtk():
-    code = ("import sys, stimsim, stimsim.viz, stimsim.report, stimsim.viz.cli; "
+    code = ("import sys, stimsim, stimsim.viz, stimsim.report, stimsim.cli.viz; "
             "bad = [m for m in ('vtk', 'vtkmodules', 'pyvista') if m in sys.modules]; print(bad); "
             "sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -172,7 +172,7 @@ def test_plotter_is_returned_without_screenshot(pv, demo_result):
 
 
 def test_view_command_renders_a_results_folder(pv, demo_results_dir, tmp_path):
-    from stimsim.viz.cli import view_command
+    from stimsim.cli.viz import view_command
 
     out = tmp_path / "fig.png"
     assert view_command(demo_results_dir, out, "magnE", "front", "z", None) == 0
@@ -228,7 +228,7 @@ def test_nan_field_is_a_clear_error(pv, demo_result):
 
 def test_results_folder_without_fields(pv, tmp_path):
     from stimsim.viz import VizError, plot_field
-    from stimsim.viz.cli import view_command
+    from stimsim.cli.viz import view_command
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(VizError, match="has no fields.vtu or fields.msh"):
@@ -307,7 +307,7 @@ def test_report_numbers(demo_result):
 
 
 def test_report_reuses_results_and_needs_no_pyvista_without_pictures(demo_results_dir, tmp_path):
-    from stimsim.viz.cli import report_command
+    from stimsim.cli.viz import report_command
 
     out = tmp_path / "r.html"
     assert report_command(DEMO, out, demo_results_dir, pictures=False) == 0
@@ -362,7 +362,7 @@ def test_report_on_a_folder_without_fields(tmp_path):
                                       ("q", None), ("1,2", None)])
 def test_parse_cut(text, ok):
     from stimsim.viz import VizError
-    from stimsim.viz.cli import parse_cut
+    from stimsim.cli.viz import parse_cut
 
     if text in ("q", "1,2"):
         with pytest.raises(VizError, match="--cut"):
@@ -373,7 +373,7 @@ def test_parse_cut(text, ok):
 
 def test_parse_roi():
     from stimsim.viz import VizError
-    from stimsim.viz.cli import parse_roi
+    from stimsim.cli.viz import parse_roi
 
     assert parse_roi("0,0,80,15") == ([0, 0, 80], 15)
     with pytest.raises(VizError, match="--roi"):

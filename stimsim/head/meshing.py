@@ -96,12 +96,13 @@ import scipy.ndimage as ndi
 from .._logging import logger
 from ..errors import MeshError
 from ..mesh.model import Mesh
+from .topology import face_components, sample_volume, tet_neighbors
 from .labels import LAYER_FILL_TAG, LAYER_OF_TAG, apply_label_map, label_map
 
 __all__ = ["make_head_mesh", "load_label_volume", "tissue_connectivity", "quality_summary", "resolve_method",
            "check_meshable", "volume_check", "assess_quality", "expected_tags", "print_summary",
            "default_element_size", "write_mesh_atomic", "cache_dir", "METHODS", "DEFAULT_ELEMENT_SIZE_MM",
-           "MESHER_VERSION"]
+           "MESHER_VERSION", "make_surface_head_mesh"]
 
 #: BCC lattice spacing at default resolution: Colin27 1 mm -> 1.43 M tets (uniform lattice)
 DEFAULT_ELEMENT_SIZE_MM = 3.2
@@ -319,49 +320,10 @@ def _bcc_points(dist: np.ndarray, fg_box, zooms, h: float, levels: int = 1) -> n
     return pts[np.sort(first)]
 
 
-def _sample(vol: np.ndarray, pts_mm: np.ndarray, zooms, fill=0) -> np.ndarray:
-    idx = np.rint(pts_mm / zooms).astype(np.int64)
-    shape = np.array(vol.shape)
-    inside = ((idx >= 0) & (idx < shape)).all(1)
-    out = np.full(len(pts_mm), fill, vol.dtype)
-    out[inside] = vol[tuple(idx[inside].T)]
-    return out
-
-
 def _signed_volumes(nodes: np.ndarray, tets: np.ndarray) -> np.ndarray:
     p = nodes[tets]
     a, b, c = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0], p[:, 3] - p[:, 0]
     return np.einsum("ij,ij->i", a, np.cross(b, c)) / 6.0
-
-
-def _face_graph(keep: np.ndarray, neighbors: np.ndarray, key: np.ndarray | None = None):
-    """Unit-weight graph of the tets with ``keep`` joined across shared faces (and, with ``key``,
-    only where both sides have the same key).  Returns (tet ids, their local index, CSR graph)."""
-    import scipy.sparse as sp
-
-    idx = np.flatnonzero(keep)
-    local = np.full(len(keep), -1, np.int64)
-    local[idx] = np.arange(len(idx))
-    rows, cols = [], []
-    for j in range(4):
-        nb = neighbors[idx, j]
-        ok = nb >= 0
-        ok[ok] &= keep[nb[ok]]
-        if key is not None:
-            ok[ok] &= key[nb[ok]] == key[idx[ok]]
-        rows.append(local[idx[ok]])
-        cols.append(local[nb[ok]])
-    r, c = np.concatenate(rows), np.concatenate(cols)
-    return idx, local, sp.csr_matrix((np.ones(len(r)), (r, c)), shape=(len(idx), len(idx)))
-
-
-def _face_components(keep: np.ndarray, neighbors: np.ndarray, key: np.ndarray):
-    """Connected components of tets with ``keep`` where face neighbours share ``key``."""
-    from scipy.sparse.csgraph import connected_components
-
-    idx, _, g = _face_graph(keep, neighbors, key)
-    n, lab = connected_components(g, directed=False)
-    return idx, n, lab
 
 
 def _close_layers(tags: np.ndarray, tets: np.ndarray, neighbors: np.ndarray, cavity: np.ndarray,
@@ -413,7 +375,7 @@ def _tet_islands(tags: np.ndarray, neighbors: np.ndarray, protect: np.ndarray | 
     for _ in range(3):
         changed = 0
         for t in np.unique(tags[tags > 0]):
-            idx, n, lab = _face_components(tags == t, neighbors, tags)
+            idx, n, lab = face_components(tags == t, neighbors, tags)
             if n <= 1:
                 continue
             sizes = np.bincount(lab)
@@ -609,32 +571,14 @@ def _incident(order, starts, nodes_idx):
 # ----------------------------------------------------------------------------------------------
 def tissue_connectivity(mesh: Mesh) -> dict[int, dict]:
     """Per tag: number of face-connected pieces and the largest piece's share of the volume."""
-    neighbors = _neighbors(mesh.tets)
+    neighbors = tet_neighbors(mesh.tets)
     vol = mesh.volumes_mm3
     out = {}
     for t in mesh.tissue_tags:
-        idx, n, lab = _face_components(mesh.tet_tags == t, neighbors, mesh.tet_tags)
+        idx, n, lab = face_components(mesh.tet_tags == t, neighbors, mesh.tet_tags)
         v = np.bincount(lab, weights=vol[idx])
         out[int(t)] = {"pieces": int(n), "largest_fraction": float(v.max() / v.sum())}
     return out
-
-
-def _neighbors(tets: np.ndarray) -> np.ndarray:
-    from ..mesh.model import _TET_FACES, _face_codes
-
-    m = len(tets)
-    n = np.int64(tets.max() + 1)
-    code = np.empty((m, 4), np.int64)
-    for k, (i, j, l) in enumerate(_TET_FACES):
-        code[:, k] = _face_codes(tets[:, i], tets[:, j], tets[:, l], n)
-    code = code.ravel()
-    o = np.argsort(code, kind="stable")
-    cs = code[o]
-    same = np.flatnonzero(cs[1:] == cs[:-1])
-    nb = np.full(4 * m, -1, np.int64)
-    nb[o[same]] = o[same + 1] // 4
-    nb[o[same + 1]] = o[same] // 4
-    return nb.reshape(m, 4)
 
 
 def quality_summary(mesh: Mesh, voxel_volume_mm3: dict[int, float] | None = None) -> dict:
@@ -1210,8 +1154,8 @@ def _lattice_tets(tags: np.ndarray, cav: np.ndarray, zooms, h: float, lesion: np
     steps.start("tags + closure")
     t = time.perf_counter()
     cen = pts[tets].mean(axis=1)
-    sampled = _sample(work, cen, zooms, fill=0).astype(np.int64)
-    protect = None if lesion is None else _sample(lesion, cen, zooms, fill=False)
+    sampled = sample_volume(work, cen, zooms, fill=0).astype(np.int64)
+    protect = None if lesion is None else sample_volume(lesion, cen, zooms, fill=False)
     del cen
     is_cav = sampled == _CAVITY
     sampled[is_cav] = 0
@@ -1224,7 +1168,7 @@ def _lattice_tets(tags: np.ndarray, cav: np.ndarray, zooms, h: float, lesion: np
         sampled, k2 = _close_layers(sampled, tets, neighbors, is_cav, len(pts))
         n_closed += k2
     # keep the largest face-connected piece of tissue
-    idx, n, lab = _face_components(sampled > 0, neighbors, (sampled > 0).astype(np.int64))
+    idx, n, lab = face_components(sampled > 0, neighbors, (sampled > 0).astype(np.int64))
     if n > 1:
         big = np.argmax(np.bincount(lab))
         sampled[idx[lab != big]] = 0
@@ -1243,16 +1187,16 @@ def _lattice_tets(tags: np.ndarray, cav: np.ndarray, zooms, h: float, lesion: np
 
 def _surface_triangles(tets: np.ndarray, tags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Outer surface (tag 1000 + outer tissue) and interfaces (1000 + inner tissue, by layer)."""
-    from ..mesh.model import _TET_FACES
+    from ..mesh.model import TET_FACES
 
-    nb = _neighbors(tets)
+    nb = tet_neighbors(tets)
     lut = np.zeros(256, np.int64)
     for t, l in LAYER_OF_TAG.items():
         lut[t] = l
     lut[11:] = 9
     tris, ttag = [], []
     for k in range(4):
-        face = tets[:, _TET_FACES[k]]
+        face = tets[:, TET_FACES[k]]
         other = nb[:, k]
         outer = other < 0
         tris.append(face[outer])
@@ -1264,3 +1208,20 @@ def _surface_triangles(tets: np.ndarray, tags: np.ndarray) -> tuple[np.ndarray, 
         tris.append(face[inter])
         ttag.append(1000 + inner)
     return np.concatenate(tris), np.concatenate(ttag)
+
+
+def make_surface_head_mesh(labels, label_map_spec="colin27", *, element_size_mm=None,
+                           surface_step=4, thickness_scale=2.0, minratio=2.5, mindihedral=5.0, extra_switches="Y",
+                           lesion=None, lesion_tag=3, progress=False, cache=False):
+    """Label volume (NIfTI path) -> world-frame :class:`~stimsim.mesh.model.Mesh` with this mesher:
+    :func:`stimsim.head.meshing.make_head_mesh` with ``method="surface"`` and these options.
+
+    ``element_size_mm=None``: the surface mesher's default.  Returns
+    ``(mesh, voxel_volume_mm3_per_tag, info)``.  The defaults are the ones measured for the
+    embedded Colin27 head (see the module docstring)."""
+    opts = {"surface_step": surface_step, "thickness_scale": thickness_scale, "minratio": minratio,
+            "mindihedral": mindihedral, "extra_switches": extra_switches}
+    mesh, info = make_head_mesh(labels, None, label_map_spec, method="surface", element_size_mm=element_size_mm,
+                                lesion=lesion, lesion_tag=lesion_tag, progress=progress, cache=cache,
+                                return_info=True, surface_options=opts)
+    return mesh, info.voxel_volume_mm3, {**info.mesher, "timings_s": info.timings_s}

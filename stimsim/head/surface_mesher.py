@@ -79,10 +79,11 @@ import scipy.ndimage as ndi
 
 from .._logging import logger
 from ..errors import MeshError
+from ..mesh.model import TET_FACES, face_codes
 from .labels import LAYER_OF_TAG
+from .topology import face_components, face_graph, sample_volume, tet_neighbors
 
-__all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "make_surface_head_mesh",
-           "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
+__all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
 SURFACE_MESHER_VERSION = "surf-2"
 #: default ``element_size_mm`` (Colin27 1 mm: 588k tets, ~30 s)
@@ -279,18 +280,17 @@ def _connect_pieces(ttags, nb, vol, tag, through):
     surface sampling closes).  Returns the number of re-tagged tets."""
     from scipy.sparse.csgraph import dijkstra
 
-    from .meshing import _face_components, _face_graph
 
     moved = 0
     for _ in range(8):
-        idx, n, lab = _face_components(ttags == tag, nb, ttags)
+        idx, n, lab = face_components(ttags == tag, nb, ttags)
         if n <= 1:
             break
         size = np.bincount(lab, weights=vol[idx])
         main = idx[lab == int(np.argmax(size))]
         other_piece = int(np.argsort(size)[::-1][1])
         src = idx[lab == other_piece]
-        cand, loc, g = _face_graph(np.isin(ttags, list(through) + [tag]), nb)
+        cand, loc, g = face_graph(np.isin(ttags, list(through) + [tag]), nb)
         dist, pred, _ = dijkstra(g, directed=False, indices=loc[src], min_only=True, return_predecessors=True)
         dm = dist[loc[main]]
         if not np.isfinite(dm).any():
@@ -457,8 +457,6 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     import scipy.sparse as sp
     from scipy.sparse.csgraph import connected_components
 
-    from ..mesh.model import _TET_FACES, _face_codes
-    from .meshing import _neighbors
 
     from scipy.spatial import cKDTree
 
@@ -481,14 +479,14 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     nn = np.int64(len(nodes))
     sf = vmap[faces]
     sf = sf[(sf >= 0).all(1)]
-    scode = np.unique(_face_codes(sf[:, 0], sf[:, 1], sf[:, 2], nn))
-    nb = _neighbors(tets)
+    scode = np.unique(face_codes(sf[:, 0], sf[:, 1], sf[:, 2], nn))
+    nb = tet_neighbors(tets)
     rows, cols = [], []
     ar = np.arange(len(tets))
-    for k, (i, j, l) in enumerate(_TET_FACES):
+    for k, (i, j, l) in enumerate(TET_FACES):
         other = nb[:, k]
         ok = other > ar
-        code = _face_codes(tets[ok, i], tets[ok, j], tets[ok, l], nn)
+        code = face_codes(tets[ok, i], tets[ok, j], tets[ok, l], nn)
         pos = np.searchsorted(scode, code)
         pos[pos >= len(scode)] = 0
         cut = scode[pos] == code
@@ -518,21 +516,19 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     seed_tag = np.array([0] + [LAYER_TAG[k] for k in range(1, 6)])
     ttags = seed_tag[gl[ginv]]
     if lesion is not None:  # tets centred in a lesion voxel (unbiased, as the lattice mesher does)
-        from .meshing import _sample
 
-        in_lesion = _sample(lesion, cen, zooms, fill=False) & (ttags > 0)
+        in_lesion = sample_volume(lesion, cen, zooms, fill=False) & (ttags > 0)
         ttags[in_lesion] = _LESION
         info["lesion_tets"] = int(in_lesion.sum())
     # small pieces (< island_fraction of the tissue's largest piece) take the tag most of their
     # faces touch; larger ones (the ventricles: CSF inside the brain) stay; pieces cut off the
     # head are dropped
-    from .meshing import _face_components
 
     n_moved = 0
     for _ in range(3):
         changed = False
         for t in np.unique(ttags[ttags > 0]):
-            idx, n, lab = _face_components(ttags == t, nb, ttags)
+            idx, n, lab = face_components(ttags == t, nb, ttags)
             if n <= 1:
                 continue
             size = np.bincount(lab, weights=vol[idx])
@@ -558,7 +554,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     info["csf_channel_tets"] = _connect_pieces(ttags, nb, vol, tag=3, through=(1, 2))
     keep = ttags > 0
     if keep.any():
-        idx, n, lab = _face_components(keep, nb, keep.astype(np.int64))
+        idx, n, lab = face_components(keep, nb, keep.astype(np.int64))
         if n > 1:
             big = np.argmax(np.bincount(lab, weights=vol[idx]))
             keep[idx[lab != big]] = False
@@ -577,24 +573,6 @@ def surface_defaults(h: float, zooms) -> dict:
     step = max(1, round(float(h) / (2 * z)))
     return {"surface_step": step, "thickness_scale": max(1.0, step * z / 2), "minratio": 2.5, "mindihedral": 5.0,
             "extra_switches": "Y"}
-
-
-def make_surface_head_mesh(labels, label_map_spec="colin27", *, element_size_mm=DEFAULT_SURFACE_ELEMENT_SIZE_MM,
-                           surface_step=4, thickness_scale=2.0, minratio=2.5, mindihedral=5.0, extra_switches="Y",
-                           lesion=None, lesion_tag=3, progress=False, cache=False):
-    """Label volume (NIfTI path) -> world-frame :class:`~stimsim.mesh.model.Mesh` with this mesher:
-    :func:`stimsim.head.meshing.make_head_mesh` with ``method="surface"`` and these options.
-
-    Returns ``(mesh, voxel_volume_mm3_per_tag, info)``.  The defaults are the ones measured for the
-    embedded Colin27 head (see the module docstring)."""
-    from .meshing import make_head_mesh
-
-    opts = {"surface_step": surface_step, "thickness_scale": thickness_scale, "minratio": minratio,
-            "mindihedral": mindihedral, "extra_switches": extra_switches}
-    mesh, info = make_head_mesh(labels, None, label_map_spec, method="surface", element_size_mm=element_size_mm,
-                                lesion=lesion, lesion_tag=lesion_tag, progress=progress, cache=cache,
-                                return_info=True, surface_options=opts)
-    return mesh, info.voxel_volume_mm3, {**info.mesher, "timings_s": info.timings_s}
 
 
 def compact_for_shipping(mesh, keep_tri_tags=(1005,)):

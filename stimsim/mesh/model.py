@@ -13,10 +13,10 @@ from functools import cached_property
 
 import numpy as np
 
-_TET_FACES = np.array([[1, 2, 3], [0, 3, 2], [0, 1, 3], [0, 2, 1]])  # outward for positive tets
+TET_FACES = np.array([[1, 2, 3], [0, 3, 2], [0, 1, 3], [0, 2, 1]])  # outward for positive tets
 
 
-def _face_codes(a: np.ndarray, b: np.ndarray, c: np.ndarray, n: np.int64) -> np.ndarray:
+def face_codes(a: np.ndarray, b: np.ndarray, c: np.ndarray, n: np.int64) -> np.ndarray:
     """Order-independent int64 key of triangles (a, b, c): sorted triple packed in base n."""
     lo = np.minimum(np.minimum(a, b), c).astype(np.int64)
     hi = np.maximum(np.maximum(a, b), c).astype(np.int64)
@@ -108,7 +108,7 @@ class Mesh:
             out[:, k] = np.ascontiguousarray(self.nodes[:, k])[self.tets].mean(axis=1)
         return out
 
-    def _sorted_face_codes(self) -> tuple[np.ndarray, np.ndarray]:
+    def _sortedface_codes(self) -> tuple[np.ndarray, np.ndarray]:
         """Every tetrahedron face packed into one int64 (its sorted node triple), sorted.
 
         Returns ``(sorted_codes, order)`` where ``order[i] = 4 * tet + local_face``.  Nothing
@@ -117,8 +117,8 @@ class Mesh:
         n = np.int64(self.n_nodes)
         t = self.tets
         code = np.empty((self.n_tets, 4), np.int64)
-        for k, (i, j, l) in enumerate(_TET_FACES):
-            code[:, k] = _face_codes(t[:, i], t[:, j], t[:, l], n)
+        for k, (i, j, l) in enumerate(TET_FACES):
+            code[:, k] = face_codes(t[:, i], t[:, j], t[:, l], n)
         code = code.ravel()
         order = np.argsort(code)
         return code[order], order
@@ -139,7 +139,7 @@ class Mesh:
 
     @cached_property
     def _boundary(self):
-        sc, order = self._sorted_face_codes()
+        sc, order = self._sortedface_codes()
         single = np.ones(len(sc), bool)
         same = sc[1:] == sc[:-1]
         single[1:] &= ~same
@@ -149,7 +149,7 @@ class Mesh:
         t = self.tets[tet]
         neg = self.signed_volumes_mm3[tet] < 0
         t[neg] = t[neg][:, [0, 2, 1, 3]]
-        return np.ascontiguousarray(t[np.arange(len(t))[:, None], _TET_FACES[local]]), tet
+        return np.ascontiguousarray(t[np.arange(len(t))[:, None], TET_FACES[local]]), tet
 
     @cached_property
     def boundary_nodes(self) -> np.ndarray:
@@ -190,7 +190,7 @@ class Mesh:
 
         # look tet faces up among the (few) triangles: no sort of all 4m faces needed, and
         # only tets with at least 3 nodes on triangles can own one
-        tcode = _face_codes(self.tris[:, 0], self.tris[:, 1], self.tris[:, 2], n)
+        tcode = face_codes(self.tris[:, 0], self.tris[:, 1], self.tris[:, 2], n)
         torder = np.argsort(tcode)
         tsorted = tcode[torder]
         on_tri = np.zeros(self.n_nodes, np.int8)
@@ -198,8 +198,8 @@ class Mesh:
         cand = np.flatnonzero(on_tri[self.tets].sum(axis=1, dtype=np.int8) >= 3)
         t = self.tets[cand]
         fcode = np.empty((len(cand), 4), np.int64)
-        for k, (i, j, l) in enumerate(_TET_FACES):
-            fcode[:, k] = _face_codes(t[:, i], t[:, j], t[:, l], n)
+        for k, (i, j, l) in enumerate(TET_FACES):
+            fcode[:, k] = face_codes(t[:, i], t[:, j], t[:, l], n)
         fcode = fcode.ravel()
         pos = np.minimum(np.searchsorted(tsorted, fcode), len(tsorted) - 1)
         hit = np.flatnonzero(tsorted[pos] == fcode)

@@ -285,7 +285,7 @@ def load_protocol(path: str | os.PathLike) -> TESProtocol | TMSProtocol:
     data = read_yaml(path)
     if isinstance(data, dict) and set(data) == {"metadata", "protocol"}:
         # a library document (or a copy of one): the runnable part is its 'protocol' section
-        # (stimsim.library validates the metadata)
+        # (stimsim.protocol.library validates the metadata)
         return validate_protocol(data["protocol"], source=f"{path}: protocol")
     return validate_protocol(data, source=str(path))
 

@@ -13,7 +13,10 @@ computes the protocol's quantities and compares.  The meaning of each status is 
   NOT_CHECKED when the value is within the borrowed limit, WARN when beyond it (outside any evidence),
   and always NOT_CHECKED when the rule says the limit does not carry over (``outside_evidence:
   not_applicable``);
-* notes (advice the protocol cannot record) are NOT_CHECKED rows that say what to confirm.
+* notes (advice the protocol cannot record) are NOT_CHECKED rows that say what to confirm;
+* in the evidence rules (rTMS pattern, theta burst) a condition marked ``verified: false`` can only make a
+  protocol NOT_CHECKED (informational, "would be PASS"), never PASS, and never rescues an intensity above
+  every verified condition's (WARN).
 
 WARN means outside the evidence, FAIL beyond a verified limit.  Bad input (a protocol that does not
 validate, a questionnaire with unknown items or answers that are not yes/no, a fields object without
@@ -423,9 +426,11 @@ def _ev_inter_train_interval(rule: Rule, ctx: _Context) -> list[_Raw]:
 
 def _covers(cond: dict, values: dict, keys: tuple[str, ...], single_train: bool, iti: float) -> bool:
     """True when the condition is at least as strong as the protocol in every key (and its pause at most
-    the protocol's; a condition with ``min_iti_s: null`` tested a single train and covers single trains only)."""
+    the protocol's; a condition with ``min_iti_s: null`` tested a single train and covers single trains only).
+    A key the condition leaves out or sets to null is not bounded by it (e.g. an unverified statement without a
+    train-length limit)."""
     for k in keys:
-        if k in cond and values[k] is not None and values[k] > float(cond[k]) * (1 + _TOL) + _TOL:
+        if cond.get(k) is not None and values[k] is not None and values[k] > float(cond[k]) * (1 + _TOL) + _TOL:
             return False
     if single_train:
         return True
@@ -433,64 +438,145 @@ def _covers(cond: dict, values: dict, keys: tuple[str, ...], single_train: bool,
     return min_iti is not None and iti >= float(min_iti) - _TOL
 
 
-def _evidence_check(rule: Rule, ctx: _Context, values: dict, labels: dict, desc: str, single_train: bool,
-                    iti: float, exact_intensity: bool) -> list[_Raw]:
-    """Compare a pulse programme with the verified conditions of the rule (``params.conditions``).
+def _le(x: float, y: float) -> bool:
+    return x <= y * (1 + _TOL) + _TOL
 
-    WARN (outside the evidence) when a parameter is above every condition's, or when no condition covers the
-    pattern; NOT_CHECKED when the pattern is covered but the intensity is missing or only bounded (% aMT)
-    and that decides; PASS when a condition is at least as strong in every respect.
+
+def _intensity_within(cond: dict, prog, verified_top: float | None) -> str:
+    """Is the protocol's intensity at most the condition's?  'yes', 'no', 'unknown' or 'missing'.
+
+    Conditions give % rMT (``intensity_pct_rmt``) or % aMT (``intensity_pct_amt``); one that states no intensity is
+    bounded by the highest verified % rMT (``verified_top``).  The active threshold is below the resting one, so
+    x % aMT is at most x % rMT: a protocol in % aMT is within a % rMT condition when its number is, and a protocol
+    in % rMT is beyond a % aMT condition when its number is larger (otherwise it cannot be told).
     """
+    r, a = prog.intensity_pct_rmt, prog.intensity_pct_amt
+    if r is None and a is None:
+        return "missing"
+    c_r, c_a = cond.get("intensity_pct_rmt"), cond.get("intensity_pct_amt")
+    if c_r is None and c_a is None:
+        c_r = verified_top
+        if c_r is None:
+            return "unknown"
+    if c_r is not None:
+        if r is not None:
+            return "yes" if _le(r, float(c_r)) else "no"
+        return "yes" if _le(a, float(c_r)) else "unknown"
+    if a is not None:
+        return "yes" if _le(a, float(c_a)) else "no"
+    return "unknown" if _le(r, float(c_a)) else "no"
+
+
+def _cond_intensity_text(cond: dict, verified_top: float | None) -> str:
+    if cond.get("intensity_pct_rmt") is not None:
+        return f"{float(cond['intensity_pct_rmt']):g} % rMT"
+    if cond.get("intensity_pct_amt") is not None:
+        return f"{float(cond['intensity_pct_amt']):g} % aMT"
+    return (f"no stated intensity (bounded here by the highest verified {verified_top:g} % rMT)"
+            if verified_top is not None else "no stated intensity")
+
+
+def _evidence_check(rule: Rule, ctx: _Context, values: dict, labels: dict, desc: str, single_train: bool,
+                    iti: float) -> list[_Raw]:
+    """Compare a pulse programme with the conditions of the rule (``params.conditions``).
+
+    Each condition is a pattern reported safe in a source; ``verified: false`` marks one whose numbers could not
+    be read in a stored copy of its source (it carries ``unverified_because``).  Verdicts:
+
+    * PASS when a verified condition is at least as strong in every respect (intensity included);
+    * WARN (outside the evidence) when the intensity in % rMT is above every verified condition's, when another
+      parameter is above every verified condition's and no unverified condition covers it, or when nothing
+      covers the pattern at the protocol's intensity;
+    * NOT_CHECKED when the intensity is missing or cannot be compared (% aMT vs % rMT) and that decides, or when
+      only an unverified condition covers the protocol: informational, "would be PASS", like a rule with
+      ``verified_ok: false``.
+    """
+    prog = ctx.protocol.program
     conds = rule.params["conditions"]
+    ver = [c for c in conds if c.get("verified", True)]
+    unv = [c for c in conds if not c.get("verified", True)]
     keys = tuple(labels)
     pattern_keys = tuple(k for k in keys if k != "intensity_pct_rmt")
     value = values.get("_value")
-    limit_text = "PASS when no stronger than a verified condition: " + "; ".join(c["label"] for c in conds)
-    beyond = []
+    rmt_tops = [float(c["intensity_pct_rmt"]) for c in ver if c.get("intensity_pct_rmt") is not None]
+    verified_top = max(rmt_tops) if rmt_tops else None
+    limit_text = "PASS when no stronger than a verified condition: " + "; ".join(c["label"] for c in ver)
+    if unv:
+        limit_text += ("; NOT CHECKED (informational) within a condition not verified in its source: "
+                       + "; ".join(c["label"] for c in unv))
+    beyond, intensity_beyond = [], False
     for k in keys:
-        tops = [float(c[k]) for c in conds if k in c]
-        v = values[k]
-        if not tops or v is None or (k == "intensity_pct_rmt" and not exact_intensity):
+        v = values[k] if k != "intensity_pct_rmt" else prog.intensity_pct_rmt  # % aMT only bounds % rMT
+        tops = [float(c[k]) for c in ver if c.get(k) is not None]
+        if not tops or v is None:
             continue
         if v > max(tops) * (1 + _TOL) + _TOL:
             beyond.append(f"{labels[k].format(v)} is above every verified condition (highest "
                           f"{labels[k].format(max(tops))})")
-    if beyond:
+            intensity_beyond |= k == "intensity_pct_rmt"
+    cands_v = [c for c in ver if _covers(c, values, pattern_keys, single_train, iti)]
+    cands_u = [c for c in unv if _covers(c, values, pattern_keys, single_train, iti)]
+    if intensity_beyond or (beyond and not cands_u):
         return [_Raw(value=value, verdict="WARN", limit_text=limit_text,
                      reason=f"{desc}: " + "; ".join(beyond) + ": outside the verified evidence")]
-    cands = [c for c in conds if _covers(c, values, pattern_keys, single_train, iti)]
-    if not cands:
+    if not cands_v and not cands_u:
         return [_Raw(value=value, verdict="WARN", limit_text=limit_text,
                      reason=f"{desc}: each parameter is within the verified range, but no verified condition is at "
                             "least as strong in every respect (" + ", ".join(k.replace("_", " ") for k in pattern_keys)
                             + (", pause between trains" if not single_train else "") + "): outside the verified "
                             "evidence")]
-    inten = values["intensity_pct_rmt"]
-    if inten is None:
-        return [_Raw(value=value, missing=_rmt_missing_reason(ctx.protocol.program), how=_GIVE_RMT,
-                     limit_text=limit_text)]
-    ok = [c for c in cands if inten <= float(c["intensity_pct_rmt"]) * (1 + _TOL) + _TOL]
+    amt_relevant = any(c.get("intensity_pct_amt") is not None for c in cands_v + cands_u)
+    how_intensity = (_GIVE_RMT if not amt_relevant else
+                     "give program.intensity_pct_rmt or program.intensity_pct_amt (the conditions covering this "
+                     "pattern are in % of the resting or of the active motor threshold)")
+    within_v = [(c, _intensity_within(c, prog, verified_top)) for c in cands_v]
+    within_u = [(c, _intensity_within(c, prog, verified_top)) for c in cands_u]
+    if any(w == "missing" for _, w in within_v + within_u):
+        return [_Raw(value=value, missing=_rmt_missing_reason(prog), how=how_intensity, limit_text=limit_text)]
+    ok = [c for c, w in within_v if w == "yes"]
     if ok:
         c = ok[0]
-        bound = "" if exact_intensity else " (intensity in % aMT, an upper bound of % rMT)"
+        bound = "" if prog.intensity_pct_rmt is not None or c.get("intensity_pct_amt") is not None else \
+            " (intensity in % aMT, an upper bound of % rMT)"
         return [_Raw(value=value, verdict="PASS", limit_text=limit_text,
                      reason=f"{desc}: no stronger than {c['label']}{bound}",
                      citation=_source_short(ctx, c["source"], c.get("where")))]
-    top = max(float(c["intensity_pct_rmt"]) for c in cands)
-    if not exact_intensity:
+    unknown_v = [c for c, w in within_v if w == "unknown"]
+    if unknown_v:
+        tops = ", ".join(_cond_intensity_text(c, verified_top) for c in unknown_v)
         return [_Raw(value=value, verdict=NOT_CHECKED, limit_text=limit_text,
-                     reason=f"{desc}: the pattern is covered by a verified condition up to {top:g} % rMT; the "
-                            "intensity is given in % aMT, which may or may not be above it",
-                     how=_GIVE_RMT)]
+                     reason=f"{desc}: the pattern is covered by a verified condition up to {tops}; the intensity is "
+                            f"given as {_intensity_text(prog)}, which may or may not be above it",
+                     how=how_intensity)]
+    for c, w in within_u:
+        if w == "no":
+            continue
+        src = (ctx.sources or {}).get(c["source"])
+        src_text = src.short() if src is not None else c["source"]
+        why = c.get("unverified_because", "its numbers could not be read in a stored copy of the source")
+        if w == "yes":
+            reason = (f"{desc}: no verified condition covers it; it is within {c['label']}, a condition NOT "
+                      f"verified in its source [informational, would be PASS]")
+        else:
+            reason = (f"{desc}: no verified condition covers it; the pattern is within {c['label']}, a condition "
+                      f"NOT verified in its source, whose intensity ({_cond_intensity_text(c, verified_top)}) "
+                      f"cannot be compared with {_intensity_text(prog)} [informational]")
+        return [_Raw(value=value, verdict=NOT_CHECKED, limit_text=limit_text, reason=reason,
+                     citation=_source_short(ctx, c["source"], c.get("where")),
+                     how=(f"condition not verified in the source ({src_text}, {c.get('where', 'see rules.yaml')}): "
+                          f"{why}; informational. Read the numbers in the source (then record where in rules.yaml "
+                          "and set verified: true) or compare the protocol with the source by hand"))]
+    tops = ", ".join(sorted({_cond_intensity_text(c, verified_top) for c in cands_v}
+                            | {f"{_cond_intensity_text(c, verified_top)} (not verified)" for c in cands_u}))
     return [_Raw(value=value, verdict="WARN", limit_text=limit_text,
-                 reason=f"{desc}: the verified conditions covering this pattern go up to {top:g} % rMT: outside the "
-                        "verified evidence")]
+                 reason=f"{desc}: " + "".join(f"{b}; " for b in beyond)
+                        + f"the conditions covering this pattern go up to {tops}: outside the verified evidence")]
 
 
 def _ev_rtms_evidence(rule: Rule, ctx: _Context) -> list[_Raw]:
     prog = ctx.protocol.program
     x = prog.expanded()
-    inten, exact = _rmt_bound(prog)
+    inten, _ = _rmt_bound(prog)
     values = {"frequency_hz": x["frequency_hz"], "pulses_per_train": x["pulses_per_train"],
               "intensity_pct_rmt": inten, "_value": float(x["pulses_per_train"])}
     labels = {"frequency_hz": "{:g} Hz", "pulses_per_train": "{:g} pulses per train",
@@ -498,7 +584,7 @@ def _ev_rtms_evidence(rule: Rule, ctx: _Context) -> list[_Raw]:
     desc = (f"{x['trains']} train(s) of {x['pulses_per_train']} pulses at {x['frequency_hz']:g} Hz "
             f"({x['train_duration_s']:.4g} s)" + (f", ITI {x['iti_s']:g} s" if x["trains"] > 1 else "")
             + f", {_intensity_text(prog)}")
-    return _evidence_check(rule, ctx, values, labels, desc, x["trains"] <= 1, x["iti_s"], exact)
+    return _evidence_check(rule, ctx, values, labels, desc, x["trains"] <= 1, x["iti_s"])
 
 
 def _ev_train_without_pause(rule: Rule, ctx: _Context) -> list[_Raw]:
@@ -529,7 +615,7 @@ def _ev_train_without_pause(rule: Rule, ctx: _Context) -> list[_Raw]:
 def _ev_tbs_evidence(rule: Rule, ctx: _Context) -> list[_Raw]:
     prog = ctx.protocol.program
     x = prog.expanded()
-    inten, exact = _rmt_bound(prog)
+    inten, _ = _rmt_bound(prog)
     values = {"burst_frequency_hz": x["burst_frequency_hz"], "pulses_per_burst": x["pulses_per_burst"],
               "burst_rate_hz": x["burst_rate_hz"], "train_duration_s": x["train_duration_s"],
               "total_pulses": x["total_pulses"], "intensity_pct_rmt": inten, "_value": float(x["total_pulses"])}
@@ -540,7 +626,7 @@ def _ev_tbs_evidence(rule: Rule, ctx: _Context) -> list[_Raw]:
             f"{x['burst_rate_hz']:g} bursts/s, {x['trains']} train(s) of {x['train_duration_s']:.4g} s"
             + (f", ITI {x['iti_s']:g} s" if x["trains"] > 1 else "")
             + f", {x['total_pulses']} pulses, {_intensity_text(prog)}")
-    return _evidence_check(rule, ctx, values, labels, desc, x["trains"] <= 1, x["iti_s"], exact)
+    return _evidence_check(rule, ctx, values, labels, desc, x["trains"] <= 1, x["iti_s"])
 
 
 def _ev_pulses_per_session(rule: Rule, ctx: _Context) -> list[_Raw]:

@@ -1,20 +1,84 @@
-"""Command-line front ends of ``stimsim view`` and ``stimsim report`` (wired into :mod:`stimsim.cli`).
+"""``stimsim view`` and ``stimsim report``: pictures and a self-contained HTML report.
 
-Both return 0 on success and raise :class:`~stimsim.errors.StimsimError` on bad input (the
-caller prints ``error: ...`` and exits with code 2).  They log, never print.
+``view_command`` and ``report_command`` return 0 on success and raise
+:class:`~stimsim.errors.StimsimError` on bad input (the caller prints ``error: ...`` and exits
+with code 2).  They log, never print.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Optional
+
+import typer
 
 from .._logging import logger
-from .field_data import VizError
+from ..errors import StimsimError
+from .common import app, fail, state, status
+
+
+@app.command()
+def view(
+    results: Path = typer.Argument(..., help="results folder of `stimsim run` (or its fields.vtu/.msh)"),
+    out: Path = typer.Option(..., "--out", "-o", help="PNG to write"),
+    field: str = typer.Option("magnE", "--field", help="magnE, E, J, magnJ, E_recovered, v, dAdt"),
+    view_name: Optional[str] = typer.Option(None, "--view", help="top, bottom, left, right, front, back, iso"),
+    cut: Optional[str] = typer.Option(None, "--cut", help="x | y | z | ox,oy,oz,nx,ny,nz (cut plane)"),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="hide values below this"),
+    surface: str = typer.Option("brain", "--surface", help="brain, gm, wm, scalp or tags"),
+    roi: Optional[str] = typer.Option(None, "--roi", help="'x,y,z,r' mm: mark a region of interest"),
+):
+    """Render the field off-screen to a PNG (brain surface, cut planes, electrodes or coil, colour bar).
+
+    Example: stimsim view stimsim_demo --out fig.png --view left --cut y
+    """
+    from rich.console import Console
+
+    from ..outputs import check_output_file
+    try:
+        check_output_file(out)
+        with status(Console(stderr=True, quiet=state["quiet"]), "rendering ..."):
+            code = view_command(results, out, field, view_name, cut, threshold, surface=surface, roi=roi)
+    except StimsimError as err:
+        fail(err)
+    raise typer.Exit(code=code)
+
+
+@app.command()
+def report(
+    protocol: str = typer.Argument(..., help="protocol YAML file or library id"),
+    out: Path = typer.Option(..., "--out", "-o", help="HTML file to write (self-contained)"),
+    results: Optional[Path] = typer.Option(None, "--results", help="reuse (or create) this results folder"),
+    roi: Optional[str] = typer.Option(None, "--roi", help="'x,y,z,r' mm: ROI for the dose table"),
+):
+    """One self-contained HTML page: protocol, pictures, dose/ROI table, safety verdicts, provenance.
+
+    Example: stimsim report montage.yaml --out report.html --roi 30,20,70,10
+    """
+    from rich.console import Console
+
+    from ..protocol.library import get_protocol, library_ids
+    from ..outputs import check_output_file, check_output_target
+
+    try:
+        check_output_file(out)
+        if results is not None:
+            check_output_target(results, option="--results")
+        source = protocol
+        if not Path(protocol).is_file() and protocol in library_ids():
+            source = get_protocol(protocol).path  # a library id: report its file
+        with status(Console(stderr=True, quiet=state["quiet"]), "simulating and rendering ..."):
+            code = report_command(source, out, results, roi=roi)
+    except StimsimError as err:
+        fail(err)
+    raise typer.Exit(code=code)
 
 
 def parse_cut(text: str | None):
     """``None``/``"none"``, ``"x"|"y"|"z"`` or ``"ox,oy,oz,nx,ny,nz"`` (mm, normal) -> a ``cut_plane`` value."""
+    from ..viz.field_data import VizError
+
     if text is None or str(text).strip().lower() in ("", "none"):
         return None
     t = str(text).strip().lower()
@@ -31,6 +95,8 @@ def parse_cut(text: str | None):
 
 def parse_roi(text: str | None):
     """``"x,y,z,r"`` (mm) -> ``((x, y, z), r)``; None stays None."""
+    from ..viz.field_data import VizError
+
     if text is None or str(text).strip() == "":
         return None
     try:
@@ -58,7 +124,8 @@ def view_command(results_dir, out_png, field: str = "magnE", view: str | None = 
     surface : brain | gm | wm | scalp
     roi : "x,y,z,r" in mm — draw a region of interest
     """
-    from .render import plot_field
+    from ..viz.field_data import VizError
+    from ..viz.render import plot_field
 
     out_png = Path(out_png)
     if out_png.suffix.lower() != ".png":
@@ -84,6 +151,7 @@ def report_command(protocol_path, out_html, results_dir=None, *, roi: str | None
     pictures : None = when rendering works here, True = required, False = none
     """
     from ..report import make_report
+    from ..viz.field_data import VizError
 
     out_html = Path(out_html)
     if out_html.suffix.lower() not in (".html", ".htm"):

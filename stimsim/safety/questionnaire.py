@@ -1,21 +1,13 @@
-"""Command-line front end of the safety check (wired into ``stimsim check`` by stimsim.cli).
-
-``run_check(path, as_json=..., simulate=...)`` prints the report (table or JSON, see
-docs/safety_verdicts.md) and returns the exit code: 0 when no rule FAILs, 1 when any does.  Bad input
-raises :class:`~stimsim.errors.StimsimError` (the caller maps it to exit code 2).
-"""
+"""TMS screening answers from a file (``stimsim check --questionnaire FILE``)."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import yaml
 
 from ..errors import clip
-from .check import SafetyInputError, check
-
+from .check import SafetyInputError
 
 _QUESTIONNAIRE_FIX = ("--questionnaire expects a UTF-8 YAML or JSON mapping of screening items to yes/no, "
                       "e.g. 'pregnancy: no' (the tms.screening row of `stimsim check` lists the items)")
@@ -57,38 +49,4 @@ def load_questionnaire(path: str | Path) -> dict:
     return data
 
 
-def run_check(protocol_path: Path, *, as_json: bool, simulate: bool, questionnaire_path: Path | None = None,
-              brain_tags: list[int] | None = None, out=None) -> int:
-    """Load, optionally simulate, check and print; return 0 (no FAIL) or 1 (any FAIL).
-
-    Parameters
-    ----------
-    protocol_path : protocol YAML
-    as_json : print the report as JSON instead of a table
-    simulate : also run the simulation and check the field-based rules
-    questionnaire_path : optional YAML mapping of TMS screening answers (item: yes/no)
-    brain_tags : tissue tags counted as brain by the field-based rules (default 1, 2)
-    out : text stream to print to (default stdout)
-    """
-    from stimsim.library import resolve_protocol_argument
-
-    protocol, base_dir = resolve_protocol_argument(protocol_path)
-    answers = load_questionnaire(questionnaire_path) if questionnaire_path is not None else None
-    fields = None
-    if simulate:
-        from stimsim.simulation import simulate as _simulate
-
-        fields = _simulate(protocol, base_dir=base_dir)
-    if brain_tags is None:
-        from stimsim.simulation import default_brain_tags
-
-        brain_tags = default_brain_tags(protocol)
-    report = check(protocol, fields, brain_tags=brain_tags, questionnaire=answers)
-    stream = out if out is not None else sys.stdout
-    if as_json:
-        stream.write(json.dumps(report.as_dict(), indent=2) + "\n")
-    else:
-        from rich.console import Console
-
-        Console(file=stream, width=max(120, Console(file=stream).width)).print(report.to_table())
-    return 1 if report.verdict == "FAIL" else 0  # NOT_CHECKED and WARN rows never change the exit code
+__all__ = ["load_questionnaire"]

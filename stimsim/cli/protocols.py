@@ -1,17 +1,76 @@
-"""``stimsim protocols list | show | copy``: the protocol library on the command line.
+"""``stimsim protocols list | show | copy``, ``stimsim schema`` and ``stimsim version``.
 
-Each function prints with rich and returns an exit code (0 ok, 2 bad input), so the typer app only
-wires arguments and ``raise typer.Exit(code)``.
+The ``protocols_*`` functions print with rich and return an exit code (0 ok, 2 bad input), so the
+typer commands only wire arguments and ``raise typer.Exit(code)``.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+from typing import Optional
 
+import typer
 import yaml
 
-from .errors import StimsimError
+from .. import __version__
+from ..errors import StimsimError
+from .common import app, fail
+
+
+protocols_app = typer.Typer(help="The cited protocol library (stroke, TBI, MS, PD, MCI, depression).",
+                            no_args_is_help=True)
+app.add_typer(protocols_app, name="protocols")
+
+
+@protocols_app.command("list")
+def protocols_list_cmd(
+    condition: Optional[str] = typer.Option(None, "--condition", help="filter, e.g. stroke"),
+    modality: Optional[str] = typer.Option(None, "--modality", help="tdcs, tacs or tms"),
+):
+    """Show the library: id, condition, target, modality, dose, evidence level, source."""
+    raise typer.Exit(protocols_list(condition, modality))
+
+
+@protocols_app.command("show")
+def protocols_show_cmd(protocol_id: str = typer.Argument(..., help="library id")):
+    """Print a library protocol with its rationale and citations."""
+    raise typer.Exit(protocols_show(protocol_id))
+
+
+@protocols_app.command("copy")
+def protocols_copy_cmd(
+    protocol_id: str = typer.Argument(..., help="library id"),
+    dest: Path = typer.Argument(..., help="where to write the editable copy"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+):
+    """Write an editable copy of a library protocol (runs with `stimsim run DEST`)."""
+    raise typer.Exit(protocols_copy(protocol_id, dest, overwrite))
+
+
+@app.command()
+def schema(out: Optional[Path] = typer.Option(None, "--out", "-o", help="write to a file instead of stdout")):
+    """Print the JSON Schema of protocol files (for editors and validators)."""
+    from ..outputs import check_output_file
+    from ..protocol import protocol_json_schema
+    from ..protocol.io import atomic_write_text
+
+    # the comment marks the file as stimsim's, so a later `schema --out` may replace it
+    text = json.dumps({"$comment": f"stimsim {__version__} protocol schema", **protocol_json_schema()}, indent=2)
+    if out is None:
+        typer.echo(text)
+    else:
+        try:
+            atomic_write_text(check_output_file(out), text)
+        except StimsimError as err:
+            fail(err)
+
+
+@app.command()
+def version():
+    """Print the stimsim version."""
+    typer.echo(__version__)
 
 
 def _console(stderr: bool = False):
@@ -27,7 +86,7 @@ def _error(err: Exception) -> int:
 
 def protocols_list(condition: str | None = None, modality: str | None = None, console=None) -> int:
     """Print the library as a table (filtered by condition text and/or modality)."""
-    from .library import library_table, list_protocols
+    from ..protocol.library import library_table, list_protocols
 
     console = console or _console()
     try:
@@ -50,8 +109,8 @@ def protocols_show(protocol_id: str, console=None) -> int:
     from rich.syntax import Syntax
     from rich.table import Table
 
-    from .library import get_protocol
-    from .protocol import protocol_to_dict
+    from ..protocol.library import get_protocol
+    from ..protocol import protocol_to_dict
 
     console = console or _console()
     try:
@@ -106,7 +165,7 @@ def protocols_show(protocol_id: str, console=None) -> int:
 
 def protocols_copy(protocol_id: str, dest: str | Path, overwrite: bool = False, console=None) -> int:
     """Write an editable copy of a library protocol to ``dest`` (a .yaml file or a folder)."""
-    from .library import copy_protocol
+    from ..protocol.library import copy_protocol
 
     console = console or _console()
     try:

@@ -27,9 +27,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import ProtocolError
-from .protocol import TESProtocol, TMSProtocol, load_protocol, validate_protocol
-from .protocol.io import read_yaml
+from ..errors import ProtocolError
+from .io import load_protocol, read_yaml, validate_protocol
+from .models import TESProtocol, TMSProtocol
 
 #: regular expression a reference DOI must match
 DOI_RE = re.compile(r"^10\.\d{4,9}/\S+$")
@@ -373,7 +373,7 @@ def copy_protocol(protocol_id: str, dest: str | os.PathLike, overwrite: bool = F
     ``dest`` may be a file path or an existing folder (the copy is then ``<folder>/<id>.yaml``).  The copy
     is written atomically and an existing file is only replaced with ``overwrite=True``.
     """
-    from .protocol.io import atomic_write_text
+    from .io import atomic_write_text
 
     entry = get_protocol(protocol_id)
     dest = Path(dest).expanduser()

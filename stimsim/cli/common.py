@@ -1,0 +1,73 @@
+"""What every command shares: the app and its global options, one-line errors, argument parsing."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from .._logging import logger
+from ..errors import StimsimError
+from .process import single_malloc_arena
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Plan and simulate noninvasive brain stimulation (tDCS/tACS, TMS).\n\n"
+    "Examples:\n\n  stimsim demo\n\n  stimsim run protocol.yaml --out results/\n\n"
+    "  stimsim check protocol.yaml --simulate\n\n  stimsim schema > protocol.schema.json",
+)
+
+state = {"quiet": False}
+
+
+@app.callback()
+def global_options(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log each step with timings"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="print nothing but errors"),
+):
+    from rich.logging import RichHandler
+
+    state["quiet"] = quiet
+    single_malloc_arena()
+    handler = RichHandler(show_path=False, console=stderr_console())
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING)
+
+
+def stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def status(console, text: str):
+    """A spinner while ``text`` runs; none when quiet (its refresh thread would still wake up)."""
+    from contextlib import nullcontext
+
+    return nullcontext() if console.quiet else console.status(text, spinner="dots")
+
+
+def fail(err: Exception) -> None:
+    typer.echo(f"error: {one_line(err)}", err=True)
+    raise typer.Exit(code=2)
+
+
+def brain_tags_of(head: str) -> list[int]:
+    """Targets must lie in brain: the embedded sphere's inner ball, else white/grey matter."""
+    return [3] if head == "sphere" else [1, 2]
+
+
+def vec(text: str, what: str):
+    try:
+        v = [float(x) for x in text.replace(" ", "").split(",")]
+    except ValueError:
+        v = []
+    if len(v) != 3:
+        raise StimsimError(f"{what}: give three numbers 'x,y,z' in mm, got {text!r}")
+    return v
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + " ..."

@@ -1,0 +1,196 @@
+"""``stimsim leadfield`` and ``stimsim optimize tdcs|tms``: many right-hand sides, montage and coil search."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+
+from ..errors import StimsimError
+from .common import app, brain_tags_of, fail, state, vec
+
+
+def read_positions_file(path: Path) -> dict:
+    """name -> (x, y, z) mm from a .tsv/.csv (name,x,y,z or SimNIBS Type,x,y,z,Name) or .elc file."""
+    try:
+        from ..head.eeg import read_positions  # richer readers when the head module is present
+    except ImportError:
+        read_positions = None
+    if read_positions is not None:
+        return dict(read_positions(path))
+    import csv
+
+    if not path.is_file():
+        raise StimsimError(f"positions file not found: {path}")
+    out = {}
+    delim = "\t" if path.suffix == ".tsv" else ","
+    for row in csv.reader(path.read_text().splitlines(), delimiter=delim):
+        try:
+            out[row[0]] = tuple(float(x) for x in row[1:4])
+        except (ValueError, IndexError):
+            continue  # header or comment rows
+    if not out:
+        raise StimsimError(f"{path}: no 'name,x,y,z' rows found")
+    return out
+
+
+@app.command()
+def leadfield(
+    head: str = typer.Argument(..., help="'sphere' or a head mesh file"),
+    positions: Path = typer.Option(..., "--positions", help="electrode positions file (.tsv/.csv/.elc, mm)"),
+    reference: str = typer.Option(..., "--reference", help="name of the return electrode"),
+    out: Path = typer.Option(..., "--out", "-o", help="leadfield file (.npz)"),
+    diameter_mm: Optional[float] = typer.Option(None, "--diameter-mm", help="disc pads (default: point electrodes)"),
+):
+    """Field of every electrode against a reference, one set-up and many right-hand sides.
+
+    Example: stimsim leadfield sphere --positions cap.tsv --reference REF --out lf.npz
+    """
+    from ..mesh import read_mesh
+    from ..planning import compute_leadfield, save_leadfield
+    from ..simulation import resolve_head
+
+    from ..outputs import check_output_file
+
+    try:
+        check_output_file(out)
+        if diameter_mm is not None and not diameter_mm > 0:
+            raise StimsimError(f"--diameter-mm: give a pad diameter > 0 mm (got {diameter_mm})")
+        mesh, _ = read_mesh(resolve_head(head, Path.cwd()))
+        lf = compute_leadfield(mesh, read_positions_file(positions), reference,
+                               shape="disc" if diameter_mm else "point", diameter_mm=diameter_mm,
+                               progress=not state["quiet"])
+        save_leadfield(lf, out)
+    except StimsimError as err:
+        fail(err)
+    typer.echo(f"wrote {out}: {len(lf.names) - 1} electrodes x {lf.fields.shape[1]} elements "
+               f"({lf.fields.nbytes / 2**20:.0f} MiB float32)")
+
+
+optimize_app = typer.Typer(help="Optimise a tDCS montage or a TMS coil position.", no_args_is_help=True)
+app.add_typer(optimize_app, name="optimize")
+
+
+@optimize_app.command("tdcs")
+def optimize_tdcs_cmd(
+    leadfield_file: Path = typer.Option(..., "--leadfield", help="leadfield .npz from `stimsim leadfield`"),
+    head: str = typer.Option(..., "--head", help="the head the leadfield was computed on"),
+    target: str = typer.Option(..., "--target", help="'x,y,z' mm"),
+    radius: float = typer.Option(10.0, "--radius", help="target ROI radius, mm"),
+    direction: str = typer.Option("normal", "--direction", help="'normal' (into the head) or 'x,y,z'"),
+    max_total_mA: float = typer.Option(2.0, "--max-total-mA", help="total injected current limit, mA"),
+    max_electrode_mA: float = typer.Option(1.0, "--max-electrode-mA", help="per-electrode current limit, mA"),
+    max_electrodes: Optional[int] = typer.Option(None, "--max-electrodes"),
+    allow_unsafe: bool = typer.Option(
+        False, "--allow-unsafe", help="allow limits above the safety FAIL limits (rules.yaml) and write a montage "
+                                      "that FAILs the safety check"),
+    out: Path = typer.Option(..., "--out", "-o", help="protocol YAML to write"),
+):
+    """Maximise the mean field along a direction in a target ROI under current limits (LP, HiGHS).
+
+    Limits above the safety checker's verified FAIL limits (per electrode, total) are an error, and so is a
+    montage that FAILs `stimsim check`, unless --allow-unsafe.
+
+    Example: stimsim optimize tdcs --leadfield lf.npz --head sphere --target 30,20,70 --out best.yaml
+    """
+    from ..mesh import read_mesh
+    from ..planning import load_leadfield, montage_protocol, optimize_tdcs
+    from ..planning.leadfield import mesh_sha256
+    from ..planning.optimize import check_current_limits, check_montage
+    from ..protocol import save_protocol, validate_protocol
+    from ..simulation import resolve_head
+
+    from ..outputs import check_output_file
+
+    try:
+        check_output_file(out)
+        if not (np.isfinite(radius) and radius > 0):
+            raise StimsimError(f"--radius: give a target ROI radius > 0 mm (got {radius})")
+        notices = check_current_limits(max_total_mA, max_electrode_mA, allow_unsafe=allow_unsafe)  # before any work
+        lf = load_leadfield(leadfield_file)
+        mesh, _ = read_mesh(resolve_head(head, Path.cwd()))
+        if mesh_sha256(mesh) != lf.mesh_sha256:
+            raise StimsimError(f"{leadfield_file} was computed on another mesh than {head!r}")
+        d = direction if direction == "normal" else vec(direction, "--direction")
+        sol = optimize_tdcs(lf, mesh, vec(target, "--target"), radius, d, max_total_mA=max_total_mA,
+                            max_electrode_mA=max_electrode_mA, max_electrodes=max_electrodes,
+                            tags=brain_tags_of(head), allow_unsafe=allow_unsafe)
+        montage = validate_protocol(montage_protocol(sol, lf, head))
+        report = check_montage(montage, allow_unsafe=allow_unsafe)  # a FAIL is an error unless --allow-unsafe
+        save_protocol(montage, out)
+    except StimsimError as err:
+        fail(err)
+    for notice in notices:
+        typer.echo(f"warning: {notice}", err=True)
+    typer.echo(f"wrote {out}: mean field {sol.target_field_V_per_m:.4g} V/m in the target; currents (mA) "
+               + ", ".join(f"{n} {i:+.3f}" for n, i in sol.currents_mA.items()))
+    typer.echo(f"safety check of {out}: {report.summary} (details: stimsim check {out})")
+
+
+@optimize_app.command("tms")
+def optimize_tms_cmd(
+    protocol: str = typer.Argument(..., help="TMS protocol file or library id (head, coil, stimulator)"),
+    target: str = typer.Option(..., "--target", help="'x,y,z' mm"),
+    grid_radius: float = typer.Option(20.0, "--grid-radius", help="search radius around the target, mm"),
+    grid_step: float = typer.Option(10.0, "--grid-step", help="grid spacing, mm"),
+    angles: int = typer.Option(12, "--angles", help="handle directions over 180 degrees"),
+    direction: Optional[str] = typer.Option(
+        None, "--direction", help="maximise E along 'normal' (into the head) or 'x,y,z' instead of |E|"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the best placement as a protocol YAML"),
+):
+    """Search coil centres x handle angles around a target; report the placement with the largest |E|.
+
+    Example: stimsim optimize tms tms.yaml --target 0,20,75 --grid-radius 20 --angles 12
+    """
+    from ..protocol.library import resolve_protocol_argument
+    from ..planning import search_tms
+    from ..protocol import save_protocol
+    from ..tms import TMSModel
+
+    from ..outputs import check_output_file
+
+    try:
+        check_search_grid(grid_radius, grid_step, angles)
+        if out is not None:
+            check_output_file(out)
+        p, base_dir = resolve_protocol_argument(protocol)
+        if p.kind != "tms":
+            raise StimsimError(f"{protocol}: kind is {p.kind!r}; optimize tms needs a TMS protocol")
+        model = TMSModel(p, base_dir=base_dir)
+        res = search_tms(model, vec(target, "--target"), grid_radius_mm=grid_radius, grid_step_mm=grid_step,
+                         angles=angles, progress=not state["quiet"], tags=brain_tags_of(p.head),
+                         direction=None if direction is None else
+                         direction if direction == "normal" else vec(direction, "--direction"))
+        if out is not None:
+            save_protocol(p.model_copy(update={"placement": p.placement.model_copy(
+                update={"center": None, "direction": None, "matrix": res.matrix.tolist()})}), out)
+    except StimsimError as err:
+        fail(err)
+    typer.echo(json.dumps({"objective": res.objective, "objective_V_per_m": res.objective_V_per_m,
+                           "roi_mean_magnE_V_per_m": res.roi_mean_magnE_V_per_m,
+                           "center_mm": np.round(res.center_mm, 2).tolist(),
+                           "direction": np.round(res.direction, 4).tolist(),
+                           "matrix": np.round(res.matrix, 6).tolist(), "evaluated": len(res.table)}, indent=1))
+
+
+#: most placements one grid search may evaluate (~0.17 s each): beyond that, coarsen the grid
+MAX_GRID_PLACEMENTS = 200_000
+
+
+def check_search_grid(radius_mm: float, step_mm: float, angles: int) -> None:
+    import math
+
+    if not (math.isfinite(radius_mm) and radius_mm >= 0):
+        raise StimsimError(f"--grid-radius: give a radius >= 0 mm (got {radius_mm})")
+    if not (math.isfinite(step_mm) and step_mm > 0):
+        raise StimsimError(f"--grid-step: give a spacing > 0 mm (got {step_mm})")
+    if angles < 1:
+        raise StimsimError(f"--angles: give at least 1 handle direction (got {angles})")
+    n = (2 * math.floor(radius_mm / step_mm) + 1) ** 2 * angles
+    if n > MAX_GRID_PLACEMENTS:
+        raise StimsimError(f"--grid-step {step_mm:g} with --grid-radius {radius_mm:g} and --angles {angles} would "
+                           f"evaluate up to {n:.3g} placements (limit {MAX_GRID_PLACEMENTS:,}); use a larger "
+                           "--grid-step or fewer --angles")

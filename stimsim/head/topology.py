@@ -1,0 +1,68 @@
+"""Tetrahedral mesh topology shared by the head meshers: face neighbours, face-connected
+components, and sampling a voxel volume at points.  Vectorised; no Python loops over elements."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..mesh.model import TET_FACES, face_codes
+
+
+def sample_volume(vol: np.ndarray, pts_mm: np.ndarray, zooms, fill=0) -> np.ndarray:
+    """Nearest-voxel values of ``vol`` at points in voxel-frame mm (``fill`` outside the grid)."""
+    idx = np.rint(pts_mm / zooms).astype(np.int64)
+    shape = np.array(vol.shape)
+    inside = ((idx >= 0) & (idx < shape)).all(1)
+    out = np.full(len(pts_mm), fill, vol.dtype)
+    out[inside] = vol[tuple(idx[inside].T)]
+    return out
+
+
+def face_graph(keep: np.ndarray, neighbors: np.ndarray, key: np.ndarray | None = None):
+    """Unit-weight graph of the tets with ``keep`` joined across shared faces (and, with ``key``,
+    only where both sides have the same key).  Returns (tet ids, their local index, CSR graph)."""
+    import scipy.sparse as sp
+
+    idx = np.flatnonzero(keep)
+    local = np.full(len(keep), -1, np.int64)
+    local[idx] = np.arange(len(idx))
+    rows, cols = [], []
+    for j in range(4):
+        nb = neighbors[idx, j]
+        ok = nb >= 0
+        ok[ok] &= keep[nb[ok]]
+        if key is not None:
+            ok[ok] &= key[nb[ok]] == key[idx[ok]]
+        rows.append(local[idx[ok]])
+        cols.append(local[nb[ok]])
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    return idx, local, sp.csr_matrix((np.ones(len(r)), (r, c)), shape=(len(idx), len(idx)))
+
+
+def face_components(keep: np.ndarray, neighbors: np.ndarray, key: np.ndarray):
+    """Connected components of tets with ``keep`` where face neighbours share ``key``."""
+    from scipy.sparse.csgraph import connected_components
+
+    idx, _, g = face_graph(keep, neighbors, key)
+    n, lab = connected_components(g, directed=False)
+    return idx, n, lab
+
+
+def tet_neighbors(tets: np.ndarray) -> np.ndarray:
+    """(m, 4) index of the tet across each face (-1 on the boundary), face k opposite node k."""
+    m = len(tets)
+    n = np.int64(tets.max() + 1)
+    code = np.empty((m, 4), np.int64)
+    for k, (i, j, l) in enumerate(TET_FACES):
+        code[:, k] = face_codes(tets[:, i], tets[:, j], tets[:, l], n)
+    code = code.ravel()
+    o = np.argsort(code, kind="stable")
+    cs = code[o]
+    same = np.flatnonzero(cs[1:] == cs[:-1])
+    nb = np.full(4 * m, -1, np.int64)
+    nb[o[same]] = o[same + 1] // 4
+    nb[o[same + 1]] = o[same] // 4
+    return nb.reshape(m, 4)
+
+
+__all__ = ["sample_volume", "face_graph", "face_components", "tet_neighbors"]
