@@ -18,22 +18,7 @@ import numpy as np
 
 from ._logging import logger
 from .errors import ProtocolError, shown
-
-#: tag -> (name, default conductivity in S/m)
-TISSUES: dict[int, tuple[str, float]] = {
-    1: ("white_matter", 0.126),
-    2: ("gray_matter", 0.275),
-    3: ("csf", 1.654),
-    4: ("bone", 0.010),
-    5: ("scalp", 0.465),
-    6: ("eye_balls", 0.5),
-    7: ("compact_bone", 0.008),
-    8: ("spongy_bone", 0.025),
-    9: ("blood", 0.6),
-    10: ("muscle", 0.16),
-    100: ("silicone_rubber", 29.4),
-    500: ("saline", 1.0),
-}
+from .tissues import TISSUE_ALIASES, TISSUES, tissue_name  # noqa: F401  (tissue_name: re-exported)
 
 #: sanity bounds of a conductivity override, S/m.  Silver, the best conductor there is, has
 #: 6.3e7 S/m; good insulators have < 1e-12 S/m, and a contrast beyond ~1e12 to tissue (~1 S/m)
@@ -42,16 +27,6 @@ TISSUES: dict[int, tuple[str, float]] = {
 MIN_SIGMA, MAX_SIGMA = 1e-12, 1e8
 #: tags are stored as 32-bit integers in Gmsh and VTU files
 MAX_TAG = 2**31 - 1
-
-#: accepted spellings -> tag
-_ALIASES = {name: tag for tag, (name, _) in TISSUES.items()}
-_ALIASES.update({"wm": 1, "gm": 2, "grey_matter": 2, "skull": 4, "skin": 5, "eyes": 6, "eye": 6})
-
-
-def tissue_name(tag: int) -> str:
-    """Name of a volume tag (``"tag_<n>"`` when it is not a SimNIBS tissue)."""
-    return TISSUES.get(int(tag), (f"tag_{int(tag)}", None))[0]
-
 
 def resolve_tag(key: int | str) -> int:
     """Turn a tag number or tissue name (``"csf"``, ``"gray matter"``, ``3``, ``"3"``) into a tag."""
@@ -63,13 +38,13 @@ def resolve_tag(key: int | str) -> int:
         text = str(key).strip().lower().replace(" ", "_").replace("-", "_")
         if text.isascii() and text.isdigit() and len(text) <= 10:
             tag = int(text)
-        elif text in _ALIASES:
-            return _ALIASES[text]
+        elif text in TISSUE_ALIASES:
+            return TISSUE_ALIASES[text]
         else:
-            close = difflib.get_close_matches(text[:100], list(_ALIASES), n=1)
+            close = difflib.get_close_matches(text[:100], list(TISSUE_ALIASES), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ProtocolError(
-                f"conductivities: unknown tissue {shown(key)}; use a tag number or one of {sorted(_ALIASES)}.{hint}"
+                f"conductivities: unknown tissue {shown(key)}; use a tag number or one of {sorted(TISSUE_ALIASES)}.{hint}"
             )
     if not 0 <= tag <= MAX_TAG:
         raise ProtocolError(f"conductivities: tag {shown(key)} is not a mesh tag; tags are whole numbers from 0 to "

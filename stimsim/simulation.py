@@ -19,12 +19,14 @@ from .head_model import EMBEDDED_HEADS, HeadModel, named_position, protocol_sha2
 from .mesh import Mesh
 from .protocol import TESProtocol
 from .simulation_result import SimulationResult, TESResult, TMSResult
+from .tissues import default_brain_tags as default_brain_tags_of_head
 
 
 def default_brain_tags(protocol) -> list[int] | None:
-    """Tags that stand for brain in field-based checks: the embedded sphere's inner ball (3),
-    else None (the checker then uses white and grey matter, 1 and 2)."""
-    return [3] if protocol.head == "sphere" else None
+    """Tags that stand for brain in field-based checks: the embedded sphere's inner ball (3), else
+    None, so that the checker applies each rule's own default (white and grey matter,
+    :data:`stimsim.tissues.BRAIN_TAGS`)."""
+    return default_brain_tags_of_head(protocol.head) if protocol.head == "sphere" else None
 
 
 def electrode_specs(protocol: TESProtocol, base_dir: Path | None = None) -> list[ElectrodeSpec]:

@@ -54,8 +54,10 @@ def fail(err: Exception) -> None:
 
 
 def brain_tags_of(head: str) -> list[int]:
-    """Targets must lie in brain: the embedded sphere's inner ball, else white/grey matter."""
-    return [3] if head == "sphere" else [1, 2]
+    """Targets must lie in brain (:func:`stimsim.tissues.default_brain_tags`)."""
+    from ..tissues import default_brain_tags
+
+    return default_brain_tags(head)
 
 
 def vec(text: str, what: str):

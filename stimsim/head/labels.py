@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MeshError, StimsimError
+from ..tissues import LAYER_OF_TAG  # noqa: F401  (re-exported)
 
 __all__ = ["LABEL_MAPS", "label_map", "read_label_map", "apply_label_map", "LAYER_OF_TAG"]
 
@@ -54,14 +55,6 @@ LABEL_MAPS: dict[str, dict[int, int]] = {
 }
 LABEL_MAPS["charm"] = LABEL_MAPS["simnibs"]
 LABEL_MAPS["mcx"] = LABEL_MAPS["colin27"]
-
-#: nesting layer of each SimNIBS tag, outside (1) to inside (5); 0 = background.
-#: The mesher keeps layers ordered (a tet of layer j touches only layers j-1..j+1 across a
-#: face), which closes the skull and the CSF.  Eyes and muscle sit in the scalp layer,
-#: compact/spongy bone in the bone layer, blood in the CSF layer.
-LAYER_OF_TAG = {0: 0, 5: 1, 6: 1, 10: 1, 4: 2, 7: 2, 8: 2, 3: 3, 9: 3, 2: 4, 1: 5}
-#: the tag that stands for a layer when the mesher has to fill a gap in it
-LAYER_FILL_TAG = {1: 5, 2: 4, 3: 3, 4: 2, 5: 1}
 
 _BACKGROUND_WORDS = {"background", "bg", "air", "ignore", "none", "background_air", "air_cavities", "outside"}
 

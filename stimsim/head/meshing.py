@@ -97,7 +97,8 @@ from .._logging import logger
 from ..errors import MeshError
 from ..mesh.model import Mesh
 from .topology import face_components, sample_volume, tet_neighbors
-from .labels import LAYER_FILL_TAG, LAYER_OF_TAG, apply_label_map, label_map
+from ..tissues import LAYER_FILL_TAG, layer_lut
+from .labels import apply_label_map, label_map
 
 __all__ = ["make_head_mesh", "load_label_volume", "tissue_connectivity", "quality_summary", "resolve_method",
            "check_meshable", "volume_check", "assess_quality", "expected_tags", "print_summary",
@@ -334,10 +335,7 @@ def _close_layers(tags: np.ndarray, tets: np.ndarray, neighbors: np.ndarray, cav
     Separating layers in this vertex sense makes each layer face-connected (the digital
     topology 6/26 duality), so skull and CSF come out as single closed shells.
     """
-    lut = np.zeros(256, np.int64)
-    for t, l in LAYER_OF_TAG.items():
-        lut[t] = min(l, 4)  # grey and white matter may both touch CSF (ventricles)
-    lut[11:] = 4  # other tags (e.g. a lesion tag) count as brain
+    lut = np.minimum(layer_lut(), 4)  # grey and white matter may both touch CSF (ventricles)
     tissue = tags > 0
     layer = np.where(tissue, lut[tags], 0)
     layer[cavity] = 1  # an air cavity may touch scalp or bone only
@@ -435,18 +433,9 @@ def _snap_targets(layer_vox: np.ndarray, zooms, layers, min_thickness: float) ->
     return out
 
 
-def _layer_lut() -> np.ndarray:
-    """Tag -> nesting layer lookup table (256 entries)."""
-    lut = np.zeros(256, np.int64)
-    for t, l in LAYER_OF_TAG.items():
-        lut[t] = l
-    lut[11:] = 4  # lesion and other extra tags count as brain
-    return lut
-
-
 def _node_layer_bits(tets, tags, n):
     """Nesting layer of every tet and, per node, the bitmask of the layers touching it."""
-    layer = _layer_lut()[tags]
+    layer = layer_lut()[tags]
     bits = np.zeros(n, np.int64)
     for j in range(4):
         np.bitwise_or.at(bits, tets[:, j], 1 << layer)
@@ -467,7 +456,7 @@ def _snap(nodes, tets, tags, zooms, tagvol, h, progress_cb=None, iterations=6, m
     hi_layer = np.zeros(n, np.int64)
     for l in range(8):
         hi_layer[(bits >> l) & 1 == 1] = l
-    layer_vox = _layer_lut()[tagvol]
+    layer_vox = layer_lut()[tagvol]
     layer_vox[tagvol == 0] = 0
     vol0 = _signed_volumes(nodes, tets)
     sign = np.sign(vol0)
@@ -632,7 +621,7 @@ def expected_tags(tags: np.ndarray, method: str, lesion_mask: np.ndarray | None 
     """Voxels per tag that the mesh of ``method`` should hold, and the tags it merges.
 
     The lattice mesher keeps every tag.  The surface mesher meshes the five nested layers of
-    :data:`stimsim.head.labels.LAYER_OF_TAG`, so eyes and muscle come out as scalp, compact and
+    :data:`stimsim.tissues.LAYER_OF_TAG`, so eyes and muscle come out as scalp, compact and
     spongy bone as bone, blood as CSF and other tags as grey matter; the lesion (voxels under
     ``lesion_mask``) keeps ``lesion_tag``.  Returns ``({tag: voxels}, {label tag: mesh tag})``,
     the second only for the tags merged into another one."""
@@ -642,12 +631,10 @@ def expected_tags(tags: np.ndarray, method: str, lesion_mask: np.ndarray | None 
         counts[int(lesion_tag)] -= n_lesion  # _apply_lesion gave the lesion voxels lesion_tag
     merged = {}
     if method == "surface":
-        from .surface_mesher import LAYER_TAG
-
         out = np.zeros_like(counts)
-        lut = _layer_lut()
+        lut = layer_lut()
         for t in np.flatnonzero(counts[1:]) + 1:
-            to = LAYER_TAG[int(lut[t])]
+            to = LAYER_FILL_TAG[int(lut[t])]
             out[to] += counts[t]
             if to != t:
                 merged[int(t)] = int(to)
@@ -1190,10 +1177,8 @@ def _surface_triangles(tets: np.ndarray, tags: np.ndarray) -> tuple[np.ndarray, 
     from ..mesh.model import TET_FACES
 
     nb = tet_neighbors(tets)
-    lut = np.zeros(256, np.int64)
-    for t, l in LAYER_OF_TAG.items():
-        lut[t] = l
-    lut[11:] = 9
+    lut = layer_lut()
+    lut[11:] = 9  # extra tags (a lesion) tag their own surfaces, innermost
     tris, ttag = [], []
     for k in range(4):
         face = tets[:, TET_FACES[k]]

@@ -11,7 +11,7 @@ input checks, label cleaning, caching and world transform for both meshers.
 
 Method ("nested signed-distance surfaces", version ``surf-2``)
 --------------------------------------------------------------
-1. **Layers.**  Tags -> nesting layers (:data:`stimsim.head.labels.LAYER_OF_TAG`: 1 scalp,
+1. **Layers.**  Tags -> nesting layers (:data:`stimsim.tissues.LAYER_OF_TAG`: 1 scalp,
    2 bone, 3 CSF, 4 GM, 5 WM).  Nested masks ``M_k = layer >= k``; ``M_1..M_3`` have their
    holes filled and keep their largest piece, ``M_4``/``M_5`` keep pieces over 0.5 mL and
    holes over 50 voxels (the ventricles are holes of ``M_4``: CSF inside the brain).
@@ -80,7 +80,7 @@ import scipy.ndimage as ndi
 from .._logging import logger
 from ..errors import MeshError
 from ..mesh.model import TET_FACES, face_codes
-from .labels import LAYER_OF_TAG
+from ..tissues import LAYER_FILL_TAG, LAYER_OF_TAG
 from .topology import face_components, face_graph, sample_volume, tet_neighbors
 
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
@@ -89,7 +89,6 @@ SURFACE_MESHER_VERSION = "surf-2"
 #: default ``element_size_mm`` (Colin27 1 mm: 588k tets, ~30 s)
 DEFAULT_SURFACE_ELEMENT_SIZE_MM = 8.0
 #: tag of each layer in the output (SimNIBS numbering)
-LAYER_TAG = {1: 5, 2: 4, 3: 3, 4: 2, 5: 1}
 
 
 def available() -> bool:
@@ -513,7 +512,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     info["regions"] = int(ng)
     info["tets_disagreeing_with_region_vote"] = int((gl[ginv] != lay).sum())
     info["region_vote_purity"] = float(votes.max(1).sum() / votes.sum())
-    seed_tag = np.array([0] + [LAYER_TAG[k] for k in range(1, 6)])
+    seed_tag = np.array([0] + [LAYER_FILL_TAG[k] for k in range(1, 6)])
     ttags = seed_tag[gl[ginv]]
     if lesion is not None:  # tets centred in a lesion voxel (unbiased, as the lattice mesher does)
 
