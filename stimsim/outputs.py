@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import StimsimError
@@ -144,6 +145,29 @@ def check_output_file(out: str | os.PathLike, *, option: str = "--out") -> Path:
         raise OutputError(f"{probe}: stimsim cannot create files there ({err.strerror or err}); choose "
                           f"another {option}") from None
     return path
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike, suffix: str = ".tmp"):
+    """Yield a temporary path next to ``path`` (not yet created); when the block ends without an
+    error it replaces ``path`` in one rename, so readers never see half a file.  On any error
+    (or Ctrl-C) the temporary file is removed and ``path`` is left as it was.  The parent folder
+    is created if missing.  ``suffix``: the temporary name's ending, for writers that look at it
+    (``np.savez`` appends ``.npz`` otherwise).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(os.fsencode(path.name)).hexdigest()[:16]  # any legal name stays legal
+    tmp = path.with_name(f".stimsim-{key}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
 
 
 def estimate_results_bytes(n_nodes: int, n_tets: int, n_tris: int = 0, *, node_vectors: int = 0) -> tuple[int, int]:
@@ -364,5 +388,5 @@ class ResultsFolder:
         return self.out
 
 
-__all__ = ["ResultsFolder", "OutputError", "check_output_file", "written_by_stimsim", "STIMSIM_MARK", "RESULTS_FORMAT", "RESULTS_ENTRIES", "is_results_folder",
+__all__ = ["ResultsFolder", "OutputError", "atomic_file", "check_output_file", "written_by_stimsim", "STIMSIM_MARK", "RESULTS_FORMAT", "RESULTS_ENTRIES", "is_results_folder",
            "check_output_target", "check_space", "estimate_results_bytes", "os_error_message"]

@@ -28,20 +28,18 @@ Conventions on reading
 from __future__ import annotations
 
 import gzip
-import os
-import secrets
 import struct
 import zlib
-from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
 
 from .._logging import logger
 from ..errors import MeshError
+from ..outputs import atomic_file
 from .model import Mesh
 
-__all__ = ["read_msh", "write_msh", "MeshFileNotFoundError", "atomic_output"]
+__all__ = ["read_msh", "write_msh", "MeshFileNotFoundError", "checked_fields"]
 
 
 class MeshFileNotFoundError(MeshError, FileNotFoundError):
@@ -677,23 +675,6 @@ def read_msh(path) -> tuple[Mesh, dict]:
 # ---------------------------------------------------------------------------------------
 # writer
 # ---------------------------------------------------------------------------------------
-@contextmanager
-def atomic_output(path, suffix: str = ".tmp"):
-    """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
-
-    On any error the temporary file is removed and ``path`` is left untouched.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):
-            tmp.unlink()
-        raise
-
-
 def checked_fields(data, rows: int, what: str) -> dict[str, np.ndarray]:
     """``name -> float64 array`` with ``rows`` rows (1 or 3 columns); a clear error naming ``what`` otherwise."""
     out = {}
@@ -945,7 +926,7 @@ def write_msh(path, mesh: Mesh, node_data=None, element_data=None, *, version="2
                 w.data("ElementData", name, [(tri_ids, tri_vals), (tet_ids, vals)])
 
     gz = path.name.endswith(".gz")
-    with atomic_output(path) as tmp:
+    with atomic_file(path) as tmp:
         with open(tmp, "xb") as raw:
             if gz:
                 with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as f:

@@ -23,7 +23,8 @@ import numpy as np
 
 from .._logging import logger
 from ..errors import MeshError
-from .gmsh_io import MeshFileNotFoundError, checked_fields, atomic_output
+from ..outputs import atomic_file
+from .gmsh_io import MeshFileNotFoundError, checked_fields
 from .model import Mesh
 
 __all__ = ["write_vtu", "read_vtu"]
@@ -110,7 +111,7 @@ def write_vtu(path, mesh: Mesh, node_data=None, element_data=None, *, include_tr
             for name, v in cell_arrays]
     xml.append("</CellData></Piece></UnstructuredGrid>")
     xml.append('<AppendedData encoding="raw">\n_')
-    with atomic_output(path, suffix=".tmp.vtu") as tmp:
+    with atomic_file(path, suffix=".tmp.vtu") as tmp:
         with open(tmp, "wb") as fh:
             fh.write("\n".join(xml).encode("ascii"))
             for arr, dt in blocks:

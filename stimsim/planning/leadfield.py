@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from ..errors import ProtocolError, StimsimError
 from ..fem import ElectrodeSpec, FactorizedSolver, electrode_system, place_electrodes
 from ..head_model import HeadModel
 from ..mesh import Mesh
+from ..outputs import atomic_file
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,17 +124,10 @@ def _digest(fields: np.ndarray) -> str:
 def save_leadfield(lf: Leadfield, path: str | os.PathLike) -> Path:
     """Write a leadfield ``.npz`` atomically (temp file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = {"format": "stimsim-leadfield-1", "names": lf.names, "mesh_sha256": lf.mesh_sha256,
               "fields_sha256": _digest(lf.fields), "meta": lf.meta}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(fd)
-    try:
+    with atomic_file(path, suffix=".npz") as tmp:
         np.savez(tmp, fields=lf.fields, positions_mm=lf.positions_mm, header=np.array(json.dumps(header)))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

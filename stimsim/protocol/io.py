@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -315,18 +313,9 @@ def protocol_json_schema() -> dict:
     return _ADAPTER.json_schema()
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 text to ``path`` atomically (:func:`stimsim.outputs.atomic_file`)."""
+    from ..outputs import atomic_file
 
-
-def write_schema(path: str | os.PathLike) -> None:
-    atomic_write_text(Path(path), json.dumps(protocol_json_schema(), indent=2))
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

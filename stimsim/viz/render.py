@@ -7,9 +7,7 @@ view; :func:`export_html` writes the same scene as a standalone interactive HTML
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -364,24 +362,16 @@ def plot_field(source, *, field: str = "magnE", surface="brain", cut_plane=None,
 def write_png(path, img: np.ndarray) -> Path:
     """Write an (h, w, 3|4) uint8 image as PNG atomically (temp file + rename)."""
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from .. import __version__
+    from ..outputs import atomic_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        from PIL.PngImagePlugin import PngInfo
-
-        from .. import __version__
-
-        info = PngInfo()  # the mark that lets stimsim replace this file later (stimsim.outputs)
-        info.add_text("Software", f"stimsim {__version__}")
+    info = PngInfo()  # the mark that lets stimsim replace this file later (stimsim.outputs)
+    info.add_text("Software", f"stimsim {__version__}")
+    with atomic_file(path, suffix=".png") as tmp:
         Image.fromarray(np.asarray(img, np.uint8)).save(tmp, format="PNG", pnginfo=info)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -410,20 +400,15 @@ def export_html(source, path, **kwargs) -> Path:
     kwargs.pop("screenshot", None)
     kwargs.setdefault("window_size", (900, 700))
     pl = plot_field(source, off_screen=True, **kwargs)
+    from ..outputs import atomic_file
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".html")
-    os.close(fd)
     try:
-        if hasattr(pl, "trame") and hasattr(pl.trame, "export_html"):
-            pl.trame.export_html(tmp)
-        else:  # pyvista < 0.48
-            pl.export_html(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_file(path, suffix=".html") as tmp:
+            if hasattr(pl, "trame") and hasattr(pl.trame, "export_html"):
+                pl.trame.export_html(tmp)
+            else:  # pyvista < 0.48
+                pl.export_html(tmp)
     finally:
         pl.close()
     return path
