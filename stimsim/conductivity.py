@@ -44,7 +44,8 @@ def resolve_tag(key: int | str) -> int:
             close = difflib.get_close_matches(text[:100], list(TISSUE_ALIASES), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ProtocolError(
-                f"conductivities: unknown tissue {shown(key)}; use a tag number or one of {sorted(TISSUE_ALIASES)}.{hint}"
+                f"conductivities: unknown tissue {shown(key)}; use a tag number or one of "
+                f"{sorted(TISSUE_ALIASES)}.{hint}"
             )
     if not 0 <= tag <= MAX_TAG:
         raise ProtocolError(f"conductivities: tag {shown(key)} is not a mesh tag; tags are whole numbers from 0 to "

@@ -50,19 +50,54 @@ def protocol_sha256(protocol) -> str:
     return hashlib.sha256(json.dumps(protocol_to_dict(protocol), sort_keys=True).encode()).hexdigest()
 
 
-def resolve_head(head: str, base_dir: Path | None = None) -> Path:
-    """Path of the mesh a protocol's ``head`` names (an embedded name or a file path)."""
-    if head in EMBEDDED_HEADS:
-        return Path(str(resources.files("stimsim") / "data" / EMBEDDED_HEADS[head][0]))
+def _head_path(head: str, base_dir: Path | None) -> Path:
     path = Path(head).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = Path(base_dir) / path
+    return path
+
+
+def head_folder(head: str, base_dir: Path | None = None):
+    """The :class:`~stimsim.head.folder.HeadFolder` a protocol's ``head`` names, or None when it
+    names an embedded head or a mesh file."""
+    if head in EMBEDDED_HEADS:
+        return None
+    path = _head_path(head, base_dir)
+    if not path.is_dir():
+        return None
+    from .head.folder import read_head_folder
+
+    return read_head_folder(path)
+
+
+def resolve_head(head: str, base_dir: Path | None = None) -> Path:
+    """Path of the mesh a protocol's ``head`` names: an embedded name, a mesh file, or a head folder
+    made by ``stimsim head`` (its ``head.msh``)."""
+    if head in EMBEDDED_HEADS:
+        return Path(str(resources.files("stimsim") / "data" / EMBEDDED_HEADS[head][0]))
+    path = _head_path(head, base_dir)
+    if path.is_dir():
+        folder = head_folder(head, base_dir)  # a MeshError naming what is missing, for other folders
+        return folder.mesh_path
     if not path.is_file():
         raise ProtocolError(
-            f"head: {head!r} is neither an embedded head ({', '.join(EMBEDDED_HEADS)}) nor an existing mesh file"
+            f"head: {head!r} is neither an embedded head ({', '.join(EMBEDDED_HEADS)}), a mesh file nor a head "
+            "folder (`stimsim head T1.nii.gz --out FOLDER`)"
             + (f" (looked in {path.parent})" if base_dir is not None else "")
         )
     return path
+
+
+def mni_to_head(head: str, base_dir: Path | None = None, *, field: str = "mni") -> np.ndarray:
+    """4x4 affine from MNI152 mm to the head's mm: a head folder's inverse subject->MNI transform, or
+    the identity for the embedded colin27 (its frame is the MNI frame of the Colin27 T1)."""
+    if head == "colin27":
+        return np.eye(4)
+    folder = head_folder(head, base_dir)
+    if folder is None:
+        raise ProtocolError(f"{field}: head {head!r} has no MNI transform; use a head folder made by `stimsim head` "
+                            "(or the embedded colin27), or give positions in the head's own mm")
+    return np.linalg.inv(folder.subject_to_mni_matrix)
 
 
 def read_head(protocol, base_dir: Path | None = None, mesh: Mesh | None = None) -> tuple[Mesh, dict, dict]:
@@ -84,16 +119,36 @@ def read_head(protocol, base_dir: Path | None = None, mesh: Mesh | None = None) 
 
 
 def named_position(name: str, protocol, base_dir: Path | None = None, field: str = "position"):
-    """mm coordinates of an EEG position name on the protocol's head (its positions file)."""
+    """mm coordinates of an EEG position name on the protocol's head (its positions file, or the
+    positions of its head folder)."""
     from .head.eeg import eeg_position
 
     positions = protocol.positions
     if positions is not None and base_dir is not None and not Path(positions).is_absolute():
         positions = str(Path(base_dir) / positions)
     try:
+        if positions is None:
+            folder = head_folder(protocol.head, base_dir)
+            if folder is not None:
+                positions = str(folder.positions_path)
         return tuple(float(x) for x in eeg_position(name, protocol.head, positions=positions))
     except ProtocolError as err:
         raise ProtocolError(f"{field}: {err}") from None
+
+
+def resolve_position(position, protocol, mesh: Mesh, base_dir: Path | None = None, field: str = "position"):
+    """mm coordinates of a protocol position: [x, y, z] as given, an EEG name on the head, or
+    ``{mni: [x, y, z]}`` mapped by the head's MNI transform and moved to the closest scalp point."""
+    if isinstance(position, str):
+        return named_position(position, protocol, base_dir, field)
+    mni = getattr(position, "mni", None)
+    if mni is None:
+        return tuple(float(x) for x in position)
+    from .head.eeg import project_to_scalp
+
+    m = mni_to_head(protocol.head, base_dir, field=f"{field}.mni")
+    point = np.asarray(mni, float) @ m[:3, :3].T + m[:3, 3]
+    return tuple(float(x) for x in project_to_scalp(mesh, point[None])[0])
 
 
 @dataclass(frozen=True, eq=False)
@@ -165,5 +220,5 @@ class HeadModel:
         return cls.assemble(mesh, conductivities, inputs=inputs, timings={"read_s": time.perf_counter() - t})
 
 
-__all__ = ["HeadModel", "read_head", "named_position", "resolve_head", "protocol_sha256", "sha256_file",
-           "EMBEDDED_HEADS"]
+__all__ = ["HeadModel", "read_head", "named_position", "resolve_position", "head_folder", "mni_to_head",
+           "resolve_head", "protocol_sha256", "sha256_file", "EMBEDDED_HEADS"]

@@ -170,6 +170,23 @@ def atomic_file(path: str | os.PathLike, suffix: str = ".tmp"):
         raise
 
 
+def write_png(path, img) -> Path:
+    """Write an (h, w, 3|4) uint8 image as PNG atomically, marked as written by stimsim (its
+    ``Software`` text chunk), so that a later run may replace it."""
+    import numpy as np
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from . import __version__
+
+    path = Path(path)
+    info = PngInfo()
+    info.add_text("Software", f"stimsim {__version__}")
+    with atomic_file(path, suffix=".png") as tmp:
+        Image.fromarray(np.asarray(img, np.uint8)).save(tmp, format="PNG", pnginfo=info)
+    return path
+
+
 def estimate_results_bytes(n_nodes: int, n_tets: int, n_tris: int = 0, *, node_vectors: int = 0) -> tuple[int, int]:
     """(total, largest file) bytes of a results folder for a mesh of this size.
 
@@ -388,5 +405,6 @@ class ResultsFolder:
         return self.out
 
 
-__all__ = ["ResultsFolder", "OutputError", "atomic_file", "check_output_file", "written_by_stimsim", "STIMSIM_MARK", "RESULTS_FORMAT", "RESULTS_ENTRIES", "is_results_folder",
-           "check_output_target", "check_space", "estimate_results_bytes", "os_error_message"]
+__all__ = ["ResultsFolder", "OutputError", "atomic_file", "write_png", "check_output_file", "written_by_stimsim",
+           "STIMSIM_MARK", "RESULTS_FORMAT", "RESULTS_ENTRIES", "is_results_folder", "check_output_target",
+           "check_space", "estimate_results_bytes", "os_error_message"]

@@ -15,7 +15,8 @@ import numpy as np
 from . import __version__
 from ._logging import logger
 from .fem import ElectrodeSpec, electrode_system, element_efield, place_electrodes, recover, solver_for
-from .head_model import EMBEDDED_HEADS, HeadModel, named_position, protocol_sha256, resolve_head, sha256_file
+from .head_model import (EMBEDDED_HEADS, HeadModel, named_position, protocol_sha256, resolve_head,  # noqa: F401
+                         resolve_position, sha256_file)
 from .mesh import Mesh
 from .protocol import TESProtocol
 from .simulation_result import SimulationResult, TESResult, TMSResult
@@ -29,12 +30,13 @@ def default_brain_tags(protocol) -> list[int] | None:
     return default_brain_tags_of_head(protocol.head) if protocol.head == "sphere" else None
 
 
-def electrode_specs(protocol: TESProtocol, base_dir: Path | None = None) -> list[ElectrodeSpec]:
-    """The protocol's electrodes with EEG names resolved to mm positions on its head."""
+def electrode_specs(protocol: TESProtocol, base_dir: Path | None = None, mesh: Mesh | None = None
+                    ) -> list[ElectrodeSpec]:
+    """The protocol's electrodes with EEG names and MNI points resolved to mm positions on its head
+    (``mesh``: the head, needed for MNI points, which are moved onto its scalp)."""
     specs = []
     for k, e in enumerate(protocol.electrodes):
-        pos = (named_position(e.position, protocol, base_dir, f"electrodes[{k}].position")
-               if isinstance(e.position, str) else tuple(e.position))
+        pos = resolve_position(e.position, protocol, mesh, base_dir, f"electrodes[{k}].position")
         specs.append(ElectrodeSpec(e.name, pos, e.current_A, e.shape, e.diameter_mm, e.size_mm, e.direction))
     return specs
 
@@ -65,7 +67,7 @@ def solve_tes(protocol: TESProtocol, head: HeadModel, base_dir: Path | None = No
     """tDCS/tACS on a prepared head: place the electrodes, solve, derive E, J and the delivered currents."""
     mesh, geometry, sigma, timings = head.mesh, head.geometry, head.sigma, dict(head.timings)
     t = time.perf_counter()
-    placed = place_electrodes(mesh, electrode_specs(protocol, base_dir))
+    placed = place_electrodes(mesh, electrode_specs(protocol, base_dir, mesh))
     system = electrode_system(head.stiffness, placed)
     b = system.rhs([e.current_A for e in placed])
     timings["electrodes_s"] = time.perf_counter() - t
@@ -91,5 +93,6 @@ def solve_tes(protocol: TESProtocol, head: HeadModel, base_dir: Path | None = No
                      electrodes=placed, electrode_currents_A=delivered)
 
 
-__all__ = ["simulate", "solve_tes", "SimulationResult", "TESResult", "TMSResult", "electrode_specs", "named_position", "default_brain_tags",
-           "HeadModel", "resolve_head", "protocol_sha256", "sha256_file", "EMBEDDED_HEADS", "__version__"]
+__all__ = ["simulate", "solve_tes", "SimulationResult", "TESResult", "TMSResult", "electrode_specs", "named_position",
+           "default_brain_tags", "HeadModel", "resolve_head", "protocol_sha256", "sha256_file", "EMBEDDED_HEADS",
+           "__version__"]

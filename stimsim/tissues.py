@@ -66,5 +66,5 @@ def layer_lut(size: int = 256) -> np.ndarray:
     return lut
 
 
-__all__ = ["TISSUES", "TISSUE_ALIASES", "SURFACE_TAG_OFFSET", "BRAIN_TAGS", "LAYER_OF_TAG", "LAYER_FILL_TAG", "tissue_name",
-           "default_brain_tags", "layer_lut"]
+__all__ = ["TISSUES", "TISSUE_ALIASES", "SURFACE_TAG_OFFSET", "BRAIN_TAGS", "LAYER_OF_TAG", "LAYER_FILL_TAG",
+           "tissue_name", "default_brain_tags", "layer_lut"]

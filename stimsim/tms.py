@@ -21,7 +21,7 @@ from .protocol import TMSProtocol
 from .fem import (HAVE_NUMBA, amg_hierarchy, assemble_load_from_element_vectors, element_efield, element_mean,
                   grounded_system, pcg, recover, solver_for)
 from .fem.linear import DEFAULT_RTOL
-from .head_model import HeadModel, named_position, read_head
+from .head_model import HeadModel, read_head, resolve_position
 from .simulation_result import TMSResult
 
 
@@ -46,9 +46,7 @@ def placement_for(protocol: TMSProtocol, mesh, base_dir: Path | None = None):
     pl = protocol.placement
     if pl.matrix is not None:
         return placement_from_matrix(pl.matrix, mesh)
-    center = pl.center
-    if isinstance(center, str):
-        center = named_position(center, protocol, base_dir, "placement.center")
+    center = resolve_position(pl.center, protocol, mesh, base_dir, "placement.center")
     return place_coil(mesh, center, pl.direction, pl.distance_mm)
 
 

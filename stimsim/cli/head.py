@@ -1,7 +1,8 @@
-"""``stimsim mesh``: a tetrahedral head model from a tissue label volume."""
+"""``stimsim mesh``, ``stimsim head`` and ``stimsim segment``: head models from label volumes and MRIs."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -37,6 +38,44 @@ def mesh(
     raise typer.Exit(mesh_command(labels, labels_map, out, element_size_mm, lesion, lesion_tag=lesion_tag,
                                   progress=not state["quiet"], method=method))
 
+@app.command()
+def head(
+    t1: Path = typer.Argument(..., help="T1-weighted MRI of the whole head (.nii/.nii.gz/.mgz)"),
+    out: Path = typer.Option(..., "--out", "-o", help="head folder to create (head.msh, labels.nii.gz, "
+                             "positions.tsv, subject_to_mni.txt, qc.png, head.json)"),
+    t2: Optional[Path] = typer.Option(None, "--t2", help="T2-weighted MRI (resampled onto the T1)"),
+    lesion: Optional[Path] = typer.Option(None, "--lesion", help="lesion mask on the T1's grid"),
+    lesion_tag: int = typer.Option(3, "--lesion-tag", help="tissue tag of lesioned voxels in the mesh (3: CSF)"),
+    threads: int = typer.Option(2, "--threads", help="SAMSEG threads"),
+    fast: bool = typer.Option(False, "--fast", help="SAMSEG's coarse level only (previews, tests)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a head folder stimsim wrote"),
+    method: str = typer.Option("auto", "--method", help="mesher: auto | surface | lattice"),
+    element_size_mm: Optional[float] = typer.Option(None, "--element-size", help="target edge length, mm"),
+):
+    """A person's head model from their MRI: SAMSEG tissues -> mesh -> EEG positions and MNI transform.
+
+    Needs the "mri" extra and SAMSEG (README: heads from MRI).  Each stage is cached in OUT/stimsim-cache/, so a
+    rerun after a crash resumes.  Example: stimsim head T1.nii.gz --out subj/ (then `head: subj/`).
+    """
+    raise typer.Exit(head_command(t1, out, t2=t2, lesion=lesion, lesion_tag=lesion_tag, threads=threads, fast=fast,
+                                  overwrite=overwrite, method=method, element_size_mm=element_size_mm,
+                                  quiet=state["quiet"]))
+
+
+@app.command()
+def segment(
+    t1: Path = typer.Argument(..., help="T1-weighted MRI (whole head, or brain only)"),
+    out: Path = typer.Option(..., "--out", "-o", help="label volume to write (.nii.gz), SimNIBS tags"),
+    t2: Optional[Path] = typer.Option(None, "--t2", help="T2-weighted MRI (resampled onto the T1)"),
+    threads: int = typer.Option(2, "--threads", help="SAMSEG threads"),
+    fast: bool = typer.Option(False, "--fast", help="SAMSEG's coarse level only (previews, tests)"),
+):
+    """Only the segmentation: T1 (+T2) -> labels.nii.gz in SimNIBS tags (1 WM .. 6 eyes).
+
+    Example: stimsim segment T1.nii.gz --out labels.nii.gz (then stimsim mesh labels.nii.gz --labels simnibs)
+    """
+    raise typer.Exit(segment_command(t1, out, t2=t2, threads=threads, fast=fast, quiet=state["quiet"]))
+
 
 _METHOD_NAMES = {"surface": "nested smoothed surfaces + TetGen", "lattice": "BCC lattice, closed and snapped"}
 
@@ -55,7 +94,8 @@ def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: floa
     dihedral angles below 5 deg and radius ratios below 0.1 are warnings with the numbers."""
     from rich.console import Console
 
-    from ..head.meshing import make_head_mesh, print_summary, quality_summary, resolve_method, write_mesh_atomic
+    from ..head.meshing import make_head_mesh, print_summary, quality_summary, resolve_method
+    from ..mesh import write_mesh
 
     console = Console(stderr=True)
     out = Path(out)
@@ -70,7 +110,7 @@ def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: floa
                                     lesion=lesion, lesion_tag=lesion_tag, progress=progress, return_info=True)
         expected = info.expected_volume_mm3 or info.voxel_volume_mm3
         q = info.quality or quality_summary(mesh, expected)
-        write_mesh_atomic(out, mesh)
+        write_mesh(out, mesh)  # atomic: a temporary file renamed into place
     except StimsimError as exc:
         console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)  # one line, unwrapped
         return 2
@@ -79,4 +119,70 @@ def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: floa
                   markup=False, highlight=False)
     print_summary(q, expected, console)
     console.print(f"wrote {out} ({info.timings_s.get('total_s', 0):.1f} s)", markup=False, highlight=False)
+    return 0
+
+
+def _err(exc) -> int:
+    text = str(exc).replace("\n", " ")
+    print(f"error: {text}", file=sys.stderr, flush=True)
+    return 2
+
+
+def _say(quiet: bool):
+    if quiet:
+        return None
+    return lambda line: print(line, file=sys.stderr, flush=True)
+
+
+def head_command(t1: Path, out: Path, *, t2: Path | None = None, lesion: Path | None = None, lesion_tag: int = 3,
+                 threads: int = 2, fast: bool = False, overwrite: bool = False, method: str = "auto",
+                 element_size_mm: float | None = None, quiet: bool = False) -> int:
+    """Make a head folder from a T1 (+T2, + lesion mask).  Returns the exit code: 0 done (a summary
+    line on stderr), 2 bad input or a failed stage (one ``error:`` line on stderr; ``--out`` then holds
+    nothing, or only ``stimsim-cache/`` with a finished segmentation for a rerun to resume)."""
+    from ..head.subject import make_head_folder
+
+    if not 1 <= int(threads) <= 256:
+        return _err(f"--threads must be 1..256, got {threads}")
+    try:
+        info = make_head_folder(t1, out, t2=t2, lesion=lesion, lesion_tag=lesion_tag, threads=threads, fast=fast,
+                                overwrite=overwrite, method=method, element_size_mm=element_size_mm,
+                                progress=_say(quiet))
+    except (StimsimError, OSError) as exc:
+        return _err(exc)
+    vol = info["tissue_volume_cm3"]["labels"]
+    names = info["tags"]
+    if not quiet:
+        print(f"wrote {out}: {info['mesh']['tetrahedra']:,} tetrahedra; tissues (cm^3) "
+              + ", ".join(f"{names[str(k)]} {v:.0f}" for k, v in sorted(vol.items()))
+              + f"; {info['total_time_s']:.0f} s", file=sys.stderr, flush=True)
+    for w in info.get("warnings", []):
+        print(f"warning: {w}", file=sys.stderr, flush=True)
+    return 0
+
+
+def segment_command(t1: Path, out: Path, *, t2: Path | None = None, threads: int = 2, fast: bool = False,
+                    quiet: bool = False) -> int:
+    """Segment a T1 (+T2) into SimNIBS tags and write ``out`` (.nii or .nii.gz, a new file); a brain-only
+    image is accepted (then only WM, GM and CSF are labelled).  Exit codes as :func:`head_command`."""
+    from ..outputs import check_output_file
+    from ..head.subject import save_nifti, segment_mri
+
+    out = Path(out)
+    try:
+        if not out.name.lower().endswith((".nii", ".nii.gz")):
+            raise StimsimError(f"--out {out}: give a .nii.gz (or .nii) file name")
+        if not 1 <= int(threads) <= 256:
+            raise StimsimError(f"--threads must be 1..256, got {threads}")
+        check_output_file(out)
+        res = segment_mri(t1, t2, threads=threads, fast=fast, progress=_say(quiet))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_nifti(out, res.tags, res.affine, label=True)
+    except (StimsimError, OSError) as exc:
+        return _err(exc)
+    if not quiet:
+        kind = "whole head" if res.whole_head else "brain only"
+        names = {1: "WM", 2: "GM", 3: "CSF", 4: "bone", 5: "scalp", 6: "eyes"}
+        print(f"wrote {out} ({kind}); tissues (cm^3) "
+              + ", ".join(f"{names[k]} {v:.0f}" for k, v in sorted(res.volumes_cm3.items())), file=sys.stderr)
     return 0

@@ -78,7 +78,8 @@ app.add_typer(optimize_app, name="optimize")
 def optimize_tdcs_cmd(
     leadfield_file: Path = typer.Option(..., "--leadfield", help="leadfield .npz from `stimsim leadfield`"),
     head: str = typer.Option(..., "--head", help="the head the leadfield was computed on"),
-    target: str = typer.Option(..., "--target", help="'x,y,z' mm"),
+    target: Optional[str] = typer.Option(None, "--target", help="'x,y,z' mm in the head's frame"),
+    target_mni: Optional[str] = typer.Option(None, "--target-mni", help="'x,y,z' MNI152 mm (head folders, colin27)"),
     radius: float = typer.Option(10.0, "--radius", help="target ROI radius, mm"),
     direction: str = typer.Option("normal", "--direction", help="'normal' (into the head) or 'x,y,z'"),
     max_total_mA: float = typer.Option(2.0, "--max-total-mA", help="total injected current limit, mA"),
@@ -115,7 +116,8 @@ def optimize_tdcs_cmd(
         if mesh_sha256(mesh) != lf.mesh_sha256:
             raise StimsimError(f"{leadfield_file} was computed on another mesh than {head!r}")
         d = direction if direction == "normal" else vec(direction, "--direction")
-        sol = optimize_tdcs(lf, mesh, vec(target, "--target"), radius, d, max_total_mA=max_total_mA,
+        sol = optimize_tdcs(lf, mesh, target_point(target, target_mni, head, Path.cwd()), radius, d,
+                            max_total_mA=max_total_mA,
                             max_electrode_mA=max_electrode_mA, max_electrodes=max_electrodes,
                             tags=brain_tags_of(head), allow_unsafe=allow_unsafe)
         montage = validate_protocol(montage_protocol(sol, lf, head))
@@ -133,7 +135,8 @@ def optimize_tdcs_cmd(
 @optimize_app.command("tms")
 def optimize_tms_cmd(
     protocol: str = typer.Argument(..., help="TMS protocol file or library id (head, coil, stimulator)"),
-    target: str = typer.Option(..., "--target", help="'x,y,z' mm"),
+    target: Optional[str] = typer.Option(None, "--target", help="'x,y,z' mm in the head's frame"),
+    target_mni: Optional[str] = typer.Option(None, "--target-mni", help="'x,y,z' MNI152 mm (head folders, colin27)"),
     grid_radius: float = typer.Option(20.0, "--grid-radius", help="search radius around the target, mm"),
     grid_step: float = typer.Option(10.0, "--grid-step", help="grid spacing, mm"),
     angles: int = typer.Option(12, "--angles", help="handle directions over 180 degrees"),
@@ -160,7 +163,8 @@ def optimize_tms_cmd(
         if p.kind != "tms":
             raise StimsimError(f"{protocol}: kind is {p.kind!r}; optimize tms needs a TMS protocol")
         model = TMSModel(p, base_dir=base_dir)
-        res = search_tms(model, vec(target, "--target"), grid_radius_mm=grid_radius, grid_step_mm=grid_step,
+        res = search_tms(model, target_point(target, target_mni, p.head, base_dir), grid_radius_mm=grid_radius,
+                         grid_step_mm=grid_step,
                          angles=angles, progress=not state["quiet"], tags=brain_tags_of(p.head),
                          direction=None if direction is None else
                          direction if direction == "normal" else vec(direction, "--direction"))
@@ -174,6 +178,19 @@ def optimize_tms_cmd(
                            "center_mm": np.round(res.center_mm, 2).tolist(),
                            "direction": np.round(res.direction, 4).tolist(),
                            "matrix": np.round(res.matrix, 6).tolist(), "evaluated": len(res.table)}, indent=1))
+
+
+def target_point(target: str | None, target_mni: str | None, head: str, base_dir) -> list[float]:
+    """The ROI centre in the head's mm: ``--target`` as given, or ``--target-mni`` mapped by the head's
+    MNI transform (:func:`stimsim.head_model.mni_to_head`)."""
+    if (target is None) == (target_mni is None):
+        raise StimsimError("give the target once: --target x,y,z (head mm) or --target-mni x,y,z (MNI152 mm)")
+    if target is not None:
+        return vec(target, "--target")
+    from ..head_model import mni_to_head
+
+    m = mni_to_head(head, base_dir, field="--target-mni")
+    return (np.asarray(vec(target_mni, "--target-mni")) @ m[:3, :3].T + m[:3, 3]).tolist()
 
 
 #: most placements one grid search may evaluate (~0.17 s each): beyond that, coarsen the grid

@@ -6,5 +6,5 @@ from .nifti import GridCoil, read_nifti_coil
 from .placement import CoilPlacement, place_coil, placement_from_matrix
 from .library import SHIPPED_COILS, load_coil
 
-__all__ = ["DipoleCoil", "GridCoil", "CoilError", "read_ccd", "read_nifti_coil", "make_coil", "CoilPlacement", "place_coil",
-           "placement_from_matrix", "load_coil", "SHIPPED_COILS"]
+__all__ = ["DipoleCoil", "GridCoil", "CoilError", "read_ccd", "read_nifti_coil", "make_coil", "CoilPlacement",
+           "place_coil", "placement_from_matrix", "load_coil", "SHIPPED_COILS"]

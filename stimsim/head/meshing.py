@@ -102,7 +102,7 @@ from .labels import apply_label_map, label_map
 
 __all__ = ["make_head_mesh", "load_label_volume", "tissue_connectivity", "quality_summary", "resolve_method",
            "check_meshable", "volume_check", "assess_quality", "expected_tags", "print_summary",
-           "default_element_size", "write_mesh_atomic", "cache_dir", "METHODS", "DEFAULT_ELEMENT_SIZE_MM",
+           "default_element_size", "cache_dir", "METHODS", "DEFAULT_ELEMENT_SIZE_MM",
            "MESHER_VERSION", "make_surface_head_mesh"]
 
 #: BCC lattice spacing at default resolution: Colin27 1 mm -> 1.43 M tets (uniform lattice)
@@ -211,22 +211,6 @@ def _cache_read(cfile: Path | None) -> Mesh | None:
         return None
     logger.info("head mesh from cache %s", cfile)
     return mesh
-
-
-def write_mesh_atomic(path, mesh: Mesh) -> Path:
-    """Write ``mesh`` (format from the suffix) to a temporary file in the same folder, then
-    rename it over ``path``: readers never see a half-written mesh."""
-    from ..mesh import write_mesh
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{''.join(path.suffixes)}")
-    try:
-        write_mesh(tmp, mesh)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1056,7 +1040,9 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
     if cfile is not None:
         try:
             cfile.parent.mkdir(parents=True, exist_ok=True)
-            write_mesh_atomic(cfile, mesh)
+            from ..mesh import write_mesh
+
+            write_mesh(cfile, mesh)  # atomic
             info.cache_file = str(cfile)
         except OSError as exc:  # a read-only cache is not an error
             logger.warning("could not cache the head mesh in %s (%s)", cfile.parent, exc)

@@ -83,7 +83,8 @@ from ..mesh.model import TET_FACES, face_codes
 from ..tissues import LAYER_FILL_TAG, LAYER_OF_TAG
 from .topology import face_components, face_graph, sample_volume, tet_neighbors
 
-__all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
+__all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "compact_for_shipping", "SURFACE_MESHER_VERSION",
+           "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
 SURFACE_MESHER_VERSION = "surf-2"
 #: default ``element_size_mm`` (Colin27 1 mm: 588k tets, ~30 s)

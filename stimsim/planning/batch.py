@@ -22,7 +22,8 @@ from ..errors import StimsimError
 
 def _row(task_id: str, summary: dict, **extra) -> dict:
     return {"id": task_id, "peak_magnE_V_per_m": max(s["max"] for s in summary["magnE_V_per_m"].values()),
-            "iterations": summary["solver"]["iterations"], "safety": summary["safety"].get("summary", summary["safety"]["verdict"]), **extra}
+            "iterations": summary["solver"]["iterations"],
+            "safety": summary["safety"].get("summary", summary["safety"]["verdict"]), **extra}
 
 
 def _run_one(task_id: str, protocol: dict, base_dir: str | None, out_dir: str) -> dict:

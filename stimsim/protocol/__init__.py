@@ -1,9 +1,9 @@
 """Protocols: validated descriptions of a stimulation session (YAML on disk)."""
 
 from .io import load_protocol, protocol_json_schema, protocol_to_dict, save_protocol, validate_protocol
-from .models import (CoilSpec, Electrode, Placement, PulseProgram, SolverOptions, Stimulator, TESProtocol,
+from .models import (CoilSpec, Electrode, MNIPoint, Placement, PulseProgram, SolverOptions, Stimulator, TESProtocol,
                      TMSProtocol)
 
-__all__ = ["Electrode", "SolverOptions", "TESProtocol", "TMSProtocol", "CoilSpec", "Placement", "Stimulator",
-           "PulseProgram", "load_protocol", "save_protocol",
-           "validate_protocol", "protocol_json_schema", "protocol_to_dict"]
+__all__ = ["Electrode", "MNIPoint", "SolverOptions", "TESProtocol", "TMSProtocol", "CoilSpec", "Placement",
+           "Stimulator", "PulseProgram", "load_protocol", "save_protocol", "validate_protocol", "protocol_json_schema",
+           "protocol_to_dict"]

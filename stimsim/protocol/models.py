@@ -183,12 +183,20 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
+class MNIPoint(_Model):
+    """A point in MNI152 space (mm): mapped into the head by its MNI transform (a head folder from
+    ``stimsim head``, or the embedded colin27, whose frame is MNI) and moved onto its scalp."""
+
+    mni: Vec3 = Field(description="[x, y, z] in MNI152 mm")
+
+
 class Electrode(_Model):
     """One electrode: where, how big, how much current."""
 
     name: str = Field(min_length=1, description="label shown in outputs, e.g. 'anode' or 'C3'")
-    position: Union[Vec3, str] = Field(
-        description="centre in mm in the head's frame [x, y, z], or an EEG position name (heads with positions)"
+    position: Union[Vec3, str, MNIPoint] = Field(
+        description="centre in mm in the head's frame [x, y, z], an EEG position name (heads with positions), "
+                    "or {mni: [x, y, z]} (heads with an MNI transform)"
     )
     current_mA: _bounded(-MAX_CURRENT_MA, MAX_CURRENT_MA, "mA", _WHY_CURRENT) = Field(
         description="signed current in mA (positive = anode, into the head); "
@@ -317,8 +325,8 @@ class CoilSpec(_Model):
 class Placement(_Model):
     """Coil position: scalp centre + handle direction + distance, or a 4x4 coil-to-head matrix (mm)."""
 
-    center: Union[Vec3, str, None] = Field(None, description="scalp point [x, y, z] mm (or EEG name on heads "
-                                                             "with positions)")
+    center: Union[Vec3, str, MNIPoint, None] = Field(
+        None, description="scalp point [x, y, z] mm, an EEG name (heads with positions) or {mni: [x, y, z]}")
     direction: Direction | None = Field(None, description="handle (coil y) direction, projected on the scalp")
     distance_mm: LengthOrZero = Field(4.0, description="scalp-to-coil distance, mm")
     matrix: list[list[Coord]] | None = Field(None, description="4x4 coil-to-head matrix (SimNIBS matsimnibs "

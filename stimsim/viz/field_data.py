@@ -166,7 +166,7 @@ def _electrodes_from_protocol(protocol, mesh) -> list[ElectrodeGlyph]:
         from ..simulation import electrode_specs
         from ..fem.electrodes import place_electrodes
 
-        placed = place_electrodes(mesh, electrode_specs(protocol))
+        placed = place_electrodes(mesh, electrode_specs(protocol, mesh=mesh))
     except StimsimError as err:
         logger.warning("electrodes not drawn: %s", err)
         return []

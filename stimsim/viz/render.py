@@ -17,6 +17,7 @@ from .._logging import logger
 from ..errors import StimsimError
 from .field_data import (FIELDS, SURFACES, FieldData, VizError, check_roi, face_normals, load_field_data,
                     resolve_surface_tags, surface_faces, weighted_percentile)
+from ..outputs import write_png  # noqa: F401  (part of this module's API)
 from .probe import require_rendering
 
 #: named camera views: direction from the focal point to the camera, and the up vector
@@ -357,22 +358,6 @@ def plot_field(source, *, field: str = "magnE", surface="brain", cut_plane=None,
     if screenshot is not True:
         write_png(screenshot, img)
     return img
-
-
-def write_png(path, img: np.ndarray) -> Path:
-    """Write an (h, w, 3|4) uint8 image as PNG atomically (temp file + rename)."""
-    from PIL import Image
-    from PIL.PngImagePlugin import PngInfo
-
-    from .. import __version__
-    from ..outputs import atomic_file
-
-    path = Path(path)
-    info = PngInfo()  # the mark that lets stimsim replace this file later (stimsim.outputs)
-    info.add_text("Software", f"stimsim {__version__}")
-    with atomic_file(path, suffix=".png") as tmp:
-        Image.fromarray(np.asarray(img, np.uint8)).save(tmp, format="PNG", pnginfo=info)
-    return path
 
 
 def png_bytes(img: np.ndarray) -> bytes:
