@@ -27,6 +27,18 @@ def sphere3_mesh():
 
 
 @pytest.fixture(scope="session")
+def magstim_ccd(tmp_path_factory) -> Path:
+    """The Magstim 70 mm figure-8 .ccd shipped in the package (gzipped there), as a plain file."""
+    import gzip
+    from importlib import resources
+
+    src = resources.files("stimsim") / "data" / "coils" / "Magstim_70mm_Fig8.ccd.gz"
+    path = tmp_path_factory.mktemp("coil") / "Magstim_70mm_Fig8.ccd"
+    path.write_bytes(gzip.decompress(src.read_bytes()))
+    return path
+
+
+@pytest.fixture(scope="session")
 def fine_sphere_mesh():
     """A 3-layer sphere (85/90/95 mm) meshed at 4.5 mm by gmsh (~170k tets)."""
     pytest.importorskip("gmsh")

@@ -13,7 +13,6 @@ import pytest
 from stimsim.analytic import rel_l2, tms_sphere_efield
 from stimsim.coils import CoilError, GridCoil, load_coil, read_ccd, read_nifti_coil
 from stimsim.errors import ProtocolError
-from stimsim.mesh import read_mesh
 from stimsim.protocol import validate_protocol
 from stimsim.simulation import simulate
 from stimsim.fem.primary import dipole_dadt
@@ -42,18 +41,18 @@ def _save(path, data, affine):
 
 
 @pytest.fixture(scope="module")
-def sphere3(shared_data):
-    return read_mesh(shared_data("meshes/sphere3.msh"))[0]
+def sphere3(sphere3_mesh):
+    return sphere3_mesh
 
 
 @pytest.fixture(scope="module")
-def nifti_coil_file(shared_data, tmp_path_factory):
+def nifti_coil_file(magstim_ccd, tmp_path_factory):
     """The Magstim .ccd coil's A per unit dI/dt on a 3 mm grid covering sphere3 in the coil frame.
 
     The affine flips x and has a non-integer origin, so a reader that ignores it (or inverts it
     wrongly) samples the wrong voxels.
     """
-    coil = read_ccd(shared_data("coils/Magstim_70mm_Fig8.ccd"))
+    coil = read_ccd(magstim_ccd)
     n = 68  # 201 mm per axis: x, y in [-100.5, 100.5], z in [-1, 200] (the head spans z 4..194)
     affine = np.diag([-H, H, H, 1.0])
     affine[:3, 3] = [100.5, -100.5, -1.0]

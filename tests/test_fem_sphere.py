@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from stimsim.analytic import mag, rdm, rel_l2, tdcs_sphere_efield
-from stimsim.mesh import read_mesh
 from stimsim.protocol import validate_protocol
 from stimsim.simulation import simulate
 
@@ -39,8 +38,8 @@ def _errors(result):
 
 
 @pytest.fixture(scope="module")
-def sphere3_result(shared_data):
-    mesh, _ = read_mesh(shared_data("meshes/sphere3.msh"))
+def sphere3_result(sphere3_mesh):
+    mesh = sphere3_mesh  # the embedded copy of the SimNIBS test sphere (identical to shared meshes/sphere3.msh)
     return simulate(_protocol(), mesh=mesh)
 
 

@@ -12,7 +12,6 @@ import pytest
 from stimsim.analytic import mag, rdm, rel_l2, tms_sphere_efield
 from stimsim.coils import load_coil, make_coil, place_coil, placement_from_matrix, read_ccd
 from stimsim.errors import ProtocolError
-from stimsim.mesh import read_mesh
 from stimsim.protocol import validate_protocol
 from stimsim.simulation import simulate
 
@@ -35,8 +34,8 @@ def _analytic(result, sel, coil_file="Magstim_70mm_Fig8.ccd"):
 
 
 @pytest.fixture(scope="module")
-def sphere3(shared_data):
-    return read_mesh(shared_data("meshes/sphere3.msh"))[0]
+def sphere3(sphere3_mesh):
+    return sphere3_mesh
 
 
 @pytest.fixture(scope="module")
@@ -129,10 +128,10 @@ def test_circular_coil_total_moment():
     assert coil.moments_m2[:, 2].sum() == pytest.approx(np.pi * np.sum(radii**2), rel=1e-12)
 
 
-def test_ccd_reader_errors(tmp_path, shared_data):
-    coil = read_ccd(shared_data("coils/Magstim_70mm_Fig8.ccd"))
+def test_ccd_reader_errors(tmp_path, magstim_ccd):
+    coil = read_ccd(magstim_ccd)
     assert coil.n_dipoles == 2712 and coil.didt_max_A_per_s is None
-    lines = shared_data("coils/Magstim_70mm_Fig8.ccd").read_text().splitlines()
+    lines = magstim_ccd.read_text().splitlines()
     (tmp_path / "trunc.ccd").write_text("\n".join(lines[:-10]))
     with pytest.raises(ProtocolError, match="header says 2712 dipoles"):
         read_ccd(tmp_path / "trunc.ccd")
