@@ -199,9 +199,10 @@ def test_optimize_tms_cli_direction_and_output(tmp_path):
     proto = _write(tmp_path, TMS)
     out = tmp_path / "best.yaml"
     res = runner.invoke(app, ["-q", "optimize", "tms", str(proto), "--target", "20,10,75", "--grid-radius", "10",
-                              "--angles", "4", "--direction", "normal", "--out", str(out)])
+                              "--angles", "4", "--direction", "normal", "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
     report = json.loads(res.output)
+    assert report["roi_radius_mm"] == 5.0
     assert report["objective"].startswith("mean E . ") and report["evaluated"] == 5 * 8  # 360 degrees
     # the mean of |E| bounds the mean of any component from above
     assert 0 < report["objective_V_per_m"] <= report["roi_mean_magnE_V_per_m"]
@@ -209,3 +210,8 @@ def test_optimize_tms_cli_direction_and_output(tmp_path):
     np.testing.assert_allclose(best.placement.matrix, report["matrix"], atol=1e-6)
     bad = runner.invoke(app, ["optimize", "tms", str(proto), "--target", "20,10,75", "--direction", "1,2"])
     assert bad.exit_code == 2 and "--direction" in bad.output
+    # the default output is a table that names the ROI radius given
+    wide = runner.invoke(app, ["-q", "optimize", "tms", str(proto), "--target", "20,10,75", "--grid-radius", "0",
+                               "--angles", "1", "--radius", "15"])
+    assert wide.exit_code == 0, wide.output
+    assert "ROI radius 15 mm" in wide.output and "mean |E| in the ROI" in wide.output

@@ -142,7 +142,9 @@ def optimize_tms_cmd(
     angles: int = typer.Option(12, "--angles", help="handle directions over 180 degrees"),
     direction: Optional[str] = typer.Option(
         None, "--direction", help="maximise E along 'normal' (into the head) or 'x,y,z' instead of |E|"),
+    radius: float = typer.Option(5.0, "--radius", help="target ROI radius, mm"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the best placement as a protocol YAML"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON instead of a table"),
 ):
     """Search coil centres x handle angles around a target; report the placement with the largest |E|.
 
@@ -157,6 +159,8 @@ def optimize_tms_cmd(
 
     try:
         check_search_grid(grid_radius, grid_step, angles)
+        if not (np.isfinite(radius) and radius > 0):
+            raise StimsimError(f"--radius: give a target ROI radius > 0 mm (got {radius})")
         if out is not None:
             check_output_file(out)
         p, base_dir = resolve_protocol_argument(protocol)
@@ -165,7 +169,8 @@ def optimize_tms_cmd(
         model = TMSModel(p, base_dir=base_dir)
         res = search_tms(model, target_point(target, target_mni, p.head, base_dir), grid_radius_mm=grid_radius,
                          grid_step_mm=grid_step,
-                         angles=angles, progress=not state["quiet"], tags=brain_tags_of(p.head),
+                         angles=angles, roi_radius_mm=radius, progress=not state["quiet"],
+                         tags=brain_tags_of(p.head),
                          direction=None if direction is None else
                          direction if direction == "normal" else vec(direction, "--direction"))
         if out is not None:
@@ -173,11 +178,26 @@ def optimize_tms_cmd(
                 update={"center": None, "direction": None, "matrix": res.matrix.tolist()})}), out)
     except StimsimError as err:
         fail(err)
-    typer.echo(json.dumps({"objective": res.objective, "objective_V_per_m": res.objective_V_per_m,
-                           "roi_mean_magnE_V_per_m": res.roi_mean_magnE_V_per_m,
-                           "center_mm": np.round(res.center_mm, 2).tolist(),
-                           "direction": np.round(res.direction, 4).tolist(),
-                           "matrix": np.round(res.matrix, 6).tolist(), "evaluated": len(res.table)}, indent=1))
+    found = {"objective": res.objective, "objective_V_per_m": res.objective_V_per_m,
+             "roi_mean_magnE_V_per_m": res.roi_mean_magnE_V_per_m, "roi_radius_mm": radius,
+             "center_mm": np.round(res.center_mm, 2).tolist(), "direction": np.round(res.direction, 4).tolist(),
+             "matrix": np.round(res.matrix, 6).tolist(), "evaluated": len(res.table)}
+    if as_json:
+        typer.echo(json.dumps(found, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"best of {len(res.table)} coil placements ({res.objective}, ROI radius {radius:g} mm)")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_row(f"objective: {res.objective} (V/m)", f"{res.objective_V_per_m:.4g}")
+    table.add_row("mean |E| in the ROI, full solve (V/m)", f"{res.roi_mean_magnE_V_per_m:.4g}")
+    table.add_row("coil centre on the scalp (mm)", ", ".join(f"{x:.1f}" for x in res.center_mm))
+    table.add_row("handle direction", ", ".join(f"{x:.3f}" for x in res.direction))
+    Console().print(table)
+    if out is not None:
+        typer.echo(f"wrote {out} (placement as its 4x4 matrix)")
 
 
 def target_point(target: str | None, target_mni: str | None, head: str, base_dir) -> list[float]:
