@@ -7,6 +7,7 @@ import pytest
 
 from stimsim.errors import MeshError, ProtocolError, StimsimError
 from stimsim.head.labels import LABEL_MAPS, apply_label_map, label_map, read_label_map
+from synthetic_heads import nested_balls
 
 pytest.importorskip("scipy")
 
@@ -41,13 +42,7 @@ def test_apply_label_map_rejects_unknown_labels():
 # ---- synthetic nested spheres --------------------------------------------------------------------
 def _spheres(n=44, radii=(20.0, 17.0, 15.0, 12.0, 8.0)):
     """Colin27-style labels: scalp 1, skull 2, CSF 3, GM 4, WM 5 as nested balls (1 mm voxels)."""
-    c = (n - 1) / 2
-    x, y, z = np.mgrid[:n, :n, :n] - c
-    r = np.sqrt(x * x + y * y + z * z)
-    vol = np.zeros((n, n, n), np.uint8)
-    for lab, rad in enumerate(radii, 1):
-        vol[r <= rad] = lab
-    return vol
+    return nested_balls(n, radii)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import pytest
 from stimsim.errors import MeshError
 from stimsim.mesh import Mesh
 from stimsim.mesh.checks import element_quality, element_quality_report
+from synthetic_heads import nested_balls
 
 pytest.importorskip("scipy")
 
@@ -170,14 +171,7 @@ def test_volume_check_thresholds():
 
 # ---- `stimsim mesh` on label volumes ----------------------------------------------------------------
 def _balls(n, radii, centre=None):
-    """Colin27-style labels (1 scalp ... 5 WM) as nested balls, 1 mm voxels."""
-    c = (n - 1) / 2 if centre is None else centre
-    x, y, z = np.mgrid[:n, :n, :n] - c
-    r = np.sqrt(x * x + y * y + z * z)
-    vol = np.zeros((n, n, n), np.uint8)
-    for lab, rad in enumerate(radii, 1):
-        vol[r <= rad] = lab
-    return vol
+    return nested_balls(n, radii, centre)
 
 
 @pytest.fixture
