@@ -405,12 +405,15 @@ def make_report(protocol, out_html, *, results_dir=None, roi=None, brain_tags=No
         t = time.perf_counter()
         result = simulate(protocol, base_dir=base_dir)
         logger.info("simulated in %.2f s", time.perf_counter() - t)
+        from .safety import check_result
+
+        safety = check_result(result).as_dict()
         if results_dir is not None:
-            write_results(result, results_dir)
+            write_results(result, results_dir, safety=safety)
             summary = json.loads((Path(results_dir) / "summary.json").read_text(encoding="utf-8"))
             source = f"simulated; results written to {results_dir}"
         else:
-            summary = summarize(result)
+            summary = summarize(result, safety)
             source = "simulated for this report"
         data = load_field_data(result, base_dir=base_dir)
         data = FieldData(data.mesh, data.element, data.node, protocol, summary, data.electrodes,

@@ -18,8 +18,7 @@ from . import __version__
 from .conductivity import tissue_name
 from .outputs import RESULTS_FORMAT
 from .protocol import save_protocol
-from .simulation import default_brain_tags
-from .simulation_result import SimulationResult, TESResult, TMSResult
+from .simulation_result import SimulationResult, TESResult, TIResult, TMSResult
 
 PERCENTILES = (50.0, 95.0, 99.0, 99.9)
 
@@ -55,8 +54,50 @@ def field_statistics(values: np.ndarray, volumes: np.ndarray, tags: np.ndarray, 
     return (stats, scaled) if scale is not None else stats
 
 
-def summarize(result: SimulationResult) -> dict:
-    """Everything a reader needs to trust and reproduce the run, as JSON-ready data."""
+def ti_summary(result: TIResult) -> dict:
+    """The summary's ``ti`` section: per channel |E| statistics, per channel pair the envelope
+    frequency and statistics of its envelope fields (``TI_normal``: grey-matter elements only)."""
+    vol, tags = result.mesh.volumes_mm3, result.mesh.tet_tags
+    p = result.protocol
+    channels = []
+    for name, freq, e, info, c in zip(result.channel_names, result.channel_frequencies_hz, result.channel_E,
+                                      result.channel_solve_info, p.channels):
+        channels.append({
+            "name": name, "frequency_hz": freq, "electrodes": [el.name for el in c.electrodes],
+            "currents_mA": {el.name: el.current_mA for el in c.electrodes},
+            "field": f"E_{name}", "solver": info.as_dict(),
+            "floating_pad_max_net_current_mA": result.floating_currents_A.get(name, float("nan")) * 1e3,
+            "magnE_V_per_m": field_statistics(np.sqrt(np.einsum("ij,ij->i", e, e)), vol, tags)})
+    envelopes = []
+    for (a, b), entry in result.envelopes.items():
+        label = result.pair_label(a, b)
+        item = {"channels": [result.channel_names[a], result.channel_names[b]],
+                "envelope_frequency_hz": result.envelope_frequency_hz(a, b)}
+        for key, values in entry.items():
+            ok = np.isfinite(values)
+            item[key] = {"field": key + label, "V_per_m": field_statistics(values[ok], vol[ok], tags[ok])}
+        envelopes.append(item)
+    return {
+        "channels": channels, "envelopes": envelopes,
+        "envelope_direction": None if result.envelope_direction is None else result.envelope_direction.tolist(),
+        "cortical_normals": result.cortical_normals_note,
+        "definitions": {
+            "TImax": "largest envelope amplitude over all directions (Grossman et al. 2017, Cell 169:1029)",
+            "TI_normal": "envelope amplitude along the grey-matter normal (grey-matter elements only)",
+            "TI_dir": "envelope amplitude along envelope_direction",
+            "E, magnE, J": "combined field at its peak over time, |sum_k +-E_k| maximised over the signs; "
+                           "J = sigma E (what the brain current-density check reads)",
+            "method": "one solve per channel with every pad present (floating at other channels' frequencies); "
+                      "see docs/ti.md"}}
+
+
+def summarize(result: SimulationResult, safety: dict | None = None) -> dict:
+    """Everything a reader needs to trust and reproduce the run, as JSON-ready data.
+
+    ``safety``: a safety report (:meth:`stimsim.safety.SafetyReport.as_dict`, e.g. of
+    :func:`stimsim.safety.check_result`) to store with it; the caller composes it, so writing
+    results never decides on safety by itself.
+    """
     mesh = result.mesh
     vol = mesh.volumes_mm3
     p = result.protocol
@@ -93,19 +134,23 @@ def summarize(result: SimulationResult) -> dict:
     }
     if isinstance(result, TMSResult):
         summary["tms"] = result.tms_summary()
+    if isinstance(result, TIResult):
+        summary["ti"] = ti_summary(result)
+        summary["units"].update({"E_<channel>": "V/m (peak of the carrier)", "TImax": "V/m", "TI_normal": "V/m",
+                                 "TI_dir": "V/m", "v_<channel>": "V"})
     if p.kind == "tms":
         summary["units"]["dAdt"] = "V/m"
         del summary["electrodes"]
-    from .safety import check
-
-    summary["safety"] = check(p, result, brain_tags=default_brain_tags(p)).as_dict()
+    if safety is not None:
+        summary["safety"] = safety
     if result.E_recovered is not None:
         summary["magnE_recovered_V_per_m"] = field_statistics(
             np.sqrt(np.einsum("ij,ij->i", result.E_recovered, result.E_recovered)), vol, mesh.tet_tags)
     return summary
 
 
-def write_result_files(result: SimulationResult, folder: str | os.PathLike, *, msh_version: str = "4.1") -> dict:
+def write_result_files(result: SimulationResult, folder: str | os.PathLike, *, msh_version: str = "4.1",
+                       safety: dict | None = None) -> dict:
     """Write ``fields.msh``, ``fields.vtu``, ``summary.json`` and ``protocol.yaml`` into ``folder``
     (an existing, empty folder, e.g. :attr:`stimsim.outputs.ResultsFolder.path`); returns the summary.
 
@@ -121,6 +166,7 @@ def write_result_files(result: SimulationResult, folder: str | os.PathLike, *, m
                     "magnJ": np.sqrt(np.einsum("ij,ij->i", result.J, result.J))}
     if result.E_recovered is not None:
         element_data["E_recovered"] = result.E_recovered
+    element_data.update(result.extra_element_fields())
     node_data = result.node_fields()
     # the two mesh files are independent: write them concurrently (numpy and file I/O
     # release the GIL); the VTU is for viewing, so its data are float32, half the bytes
@@ -133,7 +179,7 @@ def write_result_files(result: SimulationResult, folder: str | os.PathLike, *, m
                             element_data=element_data, dtype="float32")]
         # meanwhile, in this thread; on an exception the pool still waits for both writers, so
         # the caller's clean-up never races a thread that is still writing
-        summary = summarize(result)
+        summary = summarize(result, safety)
         for job in jobs:
             job.result()
     save_protocol(result.protocol, tmp / "protocol.yaml")
@@ -147,12 +193,17 @@ def results_size_estimate(result: SimulationResult) -> tuple[int, int]:
     from .outputs import estimate_results_bytes
 
     mesh = result.mesh
-    return estimate_results_bytes(mesh.n_nodes, mesh.n_tets, len(mesh.tris),
-                                  node_vectors=sum(1 for a in result.node_fields().values() if np.ndim(a) == 2))
+    total, largest = estimate_results_bytes(mesh.n_nodes, mesh.n_tets, len(mesh.tris),
+                                            node_vectors=sum(1 for a in result.node_fields().values()
+                                                             if np.ndim(a) == 2))
+    # modality fields (TI: each channel's E, the envelopes): float64 in fields.msh, float32 in fields.vtu
+    extra = sum(np.size(a) for a in result.extra_element_fields().values())
+    extra += mesh.n_nodes * sum(1 for k, a in result.node_fields().items() if k != "v" and np.ndim(a) == 1)
+    return total + int(1.15 * 12 * extra), largest + int(1.15 * 8 * extra)
 
 
 def write_results(result: SimulationResult, out_dir: str | os.PathLike, *, overwrite: bool = False,
-                  msh_version: str = "4.1") -> Path:
+                  msh_version: str = "4.1", safety: dict | None = None) -> Path:
     """Write a results folder (see :func:`write_result_files`) that appears complete or not at all.
 
     Raises
@@ -166,5 +217,5 @@ def write_results(result: SimulationResult, out_dir: str | os.PathLike, *, overw
 
     with ResultsFolder(out_dir, overwrite=overwrite) as folder:
         check_space(folder.path, *results_size_estimate(result), what="the results folder")
-        write_result_files(result, folder.path, msh_version=msh_version)
+        write_result_files(result, folder.path, msh_version=msh_version, safety=safety)
         return folder.commit()

@@ -19,7 +19,7 @@ from .head_model import (EMBEDDED_HEADS, HeadModel, named_position, protocol_sha
                          resolve_position, sha256_file)
 from .mesh import Mesh
 from .protocol import TESProtocol
-from .simulation_result import SimulationResult, TESResult, TMSResult
+from .simulation_result import SimulationResult, TESResult, TIResult, TMSResult
 from .tissues import default_brain_tags as default_brain_tags_of_head
 
 
@@ -43,11 +43,12 @@ def electrode_specs(protocol: TESProtocol, base_dir: Path | None = None, mesh: M
 
 def simulate(protocol, *, base_dir: Path | None = None, mesh: Mesh | None = None,
              verbose=None) -> SimulationResult:
-    """Run a protocol (tDCS, tACS or TMS): read the head, assemble, apply sources, solve, derive fields.
+    """Run a protocol (tDCS, tACS, temporal interference or TMS): read the head, assemble, apply sources,
+    solve, derive fields.
 
     Parameters
     ----------
-    protocol : validated protocol (:class:`TESProtocol` or :class:`TMSProtocol`)
+    protocol : validated protocol (:class:`TESProtocol`, :class:`TIProtocol` or :class:`TMSProtocol`)
     base_dir : directory that relative ``head``/coil paths are relative to (the protocol's folder)
     mesh : use this mesh instead of reading ``protocol.head`` (e.g. in batches)
     verbose : log level override (``True`` = INFO)
@@ -60,6 +61,10 @@ def simulate(protocol, *, base_dir: Path | None = None, mesh: Mesh | None = None
         from .tms import run_tms
 
         return run_tms(protocol, base_dir, mesh)
+    if protocol.kind == "ti":
+        from .ti import run_ti
+
+        return run_ti(protocol, base_dir, mesh)
     return solve_tes(protocol, HeadModel.from_protocol(protocol, base_dir, mesh), base_dir)
 
 
@@ -93,6 +98,6 @@ def solve_tes(protocol: TESProtocol, head: HeadModel, base_dir: Path | None = No
                      electrodes=placed, electrode_currents_A=delivered)
 
 
-__all__ = ["simulate", "solve_tes", "SimulationResult", "TESResult", "TMSResult", "electrode_specs", "named_position",
-           "default_brain_tags", "HeadModel", "resolve_head", "protocol_sha256", "sha256_file", "EMBEDDED_HEADS",
+__all__ = ["simulate", "solve_tes", "SimulationResult", "TESResult", "TIResult", "TMSResult", "electrode_specs",
+           "named_position", "default_brain_tags", "HeadModel", "resolve_head", "protocol_sha256", "sha256_file", "EMBEDDED_HEADS",
            "__version__"]

@@ -55,6 +55,10 @@ class SimulationResult:
         """Nodal fields to write: the potential ``v`` (V), and what the modality adds."""
         return {"v": self.potential_V}
 
+    def extra_element_fields(self) -> dict[str, np.ndarray]:
+        """Element fields a modality writes besides E, magnE, J, magnJ and E_recovered (name -> array)."""
+        return {}
+
 
 @dataclass(frozen=True, eq=False, kw_only=True)
 class TESResult(SimulationResult):
@@ -106,4 +110,94 @@ class TMSResult(SimulationResult):
                 "program": self.program}
 
 
-__all__ = ["SimulationResult", "TESResult", "TMSResult"]
+@dataclass(frozen=True, eq=False, kw_only=True)
+class TIResult(TESResult):
+    """Temporal interference: each channel's field and the interference envelope.
+
+    The inherited fields describe the *combined* field: ``E`` is, per element, the sum of the
+    channel fields with the signs ``s_k = +-1`` that make it largest, ``|sum_k s_k E_k|`` (the peak of
+    ``|sum_k E_k cos(w_k t + phi_k)|`` over time, reached when the carriers pass through those
+    relative phases; an upper bound otherwise), so ``magnE`` is the peak |E| over the session and
+    ``J = sigma E`` the peak current density that the safety check reads.  ``potential_V`` is the
+    potential when every carrier is at its crest (``sum_k v_k``); ``E_recovered`` is None.
+    ``electrodes`` holds every pad (channel order) and ``electrode_currents_A`` the current each
+    delivers at its own channel's frequency.
+
+    Attributes
+    ----------
+    channel_names, channel_frequencies_hz : per channel, protocol order
+    channel_E : (k, m, 3) each channel's field, V/m (peak amplitude of its carrier)
+    channel_potentials_V : (k, n) each channel's nodal potential amplitude, V
+    channel_solve_info : one :class:`~stimsim.fem.SolveInfo` per channel (one shared set-up)
+    floating_currents_A : per channel, the largest net current through a pad of another channel
+        (floating at this channel's frequency: ~0, a check of the electrode model)
+    cortical_normals : (m, 3) unit grey-matter normals (NaN outside grey matter), or None
+    cortical_normals_note : how the normals were obtained, or why there are none
+    envelope_direction : unit (3,) direction of the protocol's ``envelope_direction``, or None
+    """
+
+    channel_names: list[str]
+    channel_frequencies_hz: list[float]
+    channel_E: np.ndarray
+    channel_potentials_V: np.ndarray
+    channel_solve_info: list = field(default_factory=list)
+    floating_currents_A: dict = field(default_factory=dict)
+    cortical_normals: np.ndarray | None = None
+    cortical_normals_note: str = ""
+    envelope_direction: np.ndarray | None = None
+
+    @property
+    def pairs(self) -> list[tuple[int, int]]:
+        """Index pairs (a, b), a < b, of the channels whose envelopes are reported."""
+        k = len(self.channel_names)
+        return [(a, b) for a in range(k) for b in range(a + 1, k)]
+
+    def pair_label(self, a: int, b: int) -> str:
+        """Suffix of a pair's field names: '' for the only pair of a two-channel protocol."""
+        return "" if len(self.channel_names) == 2 else f"_{self.channel_names[a]}_{self.channel_names[b]}"
+
+    def envelope_frequency_hz(self, a: int = 0, b: int = 1) -> float:
+        return abs(self.channel_frequencies_hz[a] - self.channel_frequencies_hz[b])
+
+    def envelope_max(self, a: int = 0, b: int = 1) -> np.ndarray:
+        """(m,) largest envelope amplitude over all directions of channels a and b, V/m (Grossman 2017)."""
+        return self.envelopes[(a, b)]["TImax"]
+
+    def envelope_along(self, direction, a: int = 0, b: int = 1) -> np.ndarray:
+        """(m,) envelope amplitude of channels a and b along ``direction`` ((3,) or (m, 3)), V/m."""
+        from .envelope import envelope_along
+
+        return envelope_along(self.channel_E[a], self.channel_E[b], direction)
+
+    @cached_property
+    def envelopes(self) -> dict[tuple[int, int], dict[str, np.ndarray]]:
+        """Per channel pair: ``TImax`` (all directions), ``TI_normal`` (along the grey-matter normal,
+        NaN elsewhere; absent without normals), ``TI_dir`` (along ``envelope_direction``, when given)."""
+        from .envelope import envelope_along, max_envelope
+
+        out = {}
+        for a, b in self.pairs:
+            e1, e2 = self.channel_E[a], self.channel_E[b]
+            entry = {"TImax": max_envelope(e1, e2)}
+            if self.cortical_normals is not None:
+                entry["TI_normal"] = envelope_along(e1, e2, self.cortical_normals)
+            if self.envelope_direction is not None:
+                entry["TI_dir"] = envelope_along(e1, e2, self.envelope_direction)
+            out[(a, b)] = entry
+        return out
+
+    def node_fields(self) -> dict[str, np.ndarray]:
+        return {"v": self.potential_V, **{f"v_{n}": v for n, v in zip(self.channel_names, self.channel_potentials_V)}}
+
+    def extra_element_fields(self) -> dict[str, np.ndarray]:
+        out = {}
+        for name, e in zip(self.channel_names, self.channel_E):
+            out[f"E_{name}"] = e
+            out[f"magnE_{name}"] = np.sqrt(np.einsum("ij,ij->i", e, e))
+        for (a, b), entry in self.envelopes.items():
+            for key, values in entry.items():
+                out[key + self.pair_label(a, b)] = values
+        return out
+
+
+__all__ = ["SimulationResult", "TESResult", "TIResult", "TMSResult"]

@@ -98,7 +98,7 @@ def test_missing_file():
 
 def test_schema_describes_fields():
     schema = protocol_json_schema()
-    assert set(schema["discriminator"]["mapping"]) == {"tdcs", "tacs", "tms"}
+    assert set(schema["discriminator"]["mapping"]) == {"tdcs", "tacs", "ti", "tms"}
     tes = schema["$defs"]["TESProtocol"]
     for key in ("kind", "head", "electrodes", "conductivities", "duration_min", "frequency_hz"):
         assert key in tes["properties"]

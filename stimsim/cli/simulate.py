@@ -19,6 +19,7 @@ def run_and_write(protocol, base_dir, out: Path, overwrite: bool, msh_version: s
 
     from ..outputs import ResultsFolder, check_space
     from ..results import results_size_estimate, write_result_files
+    from ..safety import check_result
     from ..simulation import simulate
 
     console = Console(quiet=state["quiet"])
@@ -31,7 +32,8 @@ def run_and_write(protocol, base_dir, out: Path, overwrite: bool, msh_version: s
                 result = simulate(protocol, base_dir=base_dir)
             check_space(folder.path, *results_size_estimate(result), what="the results folder")
             with status(console, "writing results ..."):
-                summary = write_result_files(result, folder.path, msh_version=msh_version)
+                summary = write_result_files(result, folder.path, msh_version=msh_version,
+                                             safety=check_result(result).as_dict())
         folder.commit()
     table = Table(title=f"|E| per tissue (V/m) — {protocol.kind}, {protocol.head}")
     for col in ("tissue", "volume cm³", "mean", "p99", "p99.9", "max"):

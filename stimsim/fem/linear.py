@@ -185,7 +185,7 @@ def amg_cg(rtol: float = 1e-10, maxiter: int = 1000):
 
 #: default CG tolerance per modality (relative to ||b||).  TMS: 1e-6 changes E by <= 7.4e-7 on
 #: Colin27 against 1e-12, far below the discretisation error (README, "How it works")
-DEFAULT_RTOL = {"tdcs": 1e-10, "tacs": 1e-10, "tms": 1e-6}
+DEFAULT_RTOL = {"tdcs": 1e-10, "tacs": 1e-10, "ti": 1e-10, "tms": 1e-6}
 
 
 def solver_for(options, matrix: sp.csr_matrix, kind: str = "tdcs"):

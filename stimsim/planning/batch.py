@@ -34,12 +34,13 @@ def _run_one(task_id: str, protocol: dict, base_dir: str | None, out_dir: str) -
     """
     from ..protocol import validate_protocol
     from ..results import write_results
+    from ..safety import check_result
     from ..simulation import simulate
 
     try:
         p = validate_protocol(protocol, source=task_id)
         result = simulate(p, base_dir=Path(base_dir) if base_dir else None)
-        out = write_results(result, Path(out_dir) / task_id, overwrite=True)
+        out = write_results(result, Path(out_dir) / task_id, overwrite=True, safety=check_result(result).as_dict())
         summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     except StimsimError as err:
         return {"id": task_id, "error": str(err)}

@@ -2,8 +2,8 @@
 
 from .io import load_protocol, protocol_json_schema, protocol_to_dict, save_protocol, validate_protocol
 from .models import (CoilSpec, Electrode, MNIPoint, Placement, PulseProgram, SolverOptions, Stimulator, TESProtocol,
-                     TMSProtocol)
+                     TIChannel, TIProtocol, TMSProtocol)
 
-__all__ = ["Electrode", "MNIPoint", "SolverOptions", "TESProtocol", "TMSProtocol", "CoilSpec", "Placement",
+__all__ = ["Electrode", "MNIPoint", "SolverOptions", "TESProtocol", "TIProtocol", "TIChannel", "TMSProtocol", "CoilSpec", "Placement",
            "Stimulator", "PulseProgram", "load_protocol", "save_protocol", "validate_protocol", "protocol_json_schema",
            "protocol_to_dict"]

@@ -11,10 +11,10 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from ..errors import MAX_VALUE_CHARS, ProtocolError, StimsimError, clip, shown
-from .models import Protocol, TESProtocol, TMSProtocol
+from .models import Protocol, TESProtocol, TIProtocol, TMSProtocol
 
 _ADAPTER = TypeAdapter(Protocol)
-_KINDS = ("tdcs", "tacs", "tms")
+_KINDS = ("tdcs", "tacs", "ti", "tms")
 
 # --- limits on what a protocol file may be ---------------------------------------------------
 # A protocol is a few hundred bytes to a few kB of YAML.  These limits refuse hostile or
@@ -193,9 +193,9 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return "; ".join(lines)
 
 
-def validate_protocol(data: Any, source: str = "protocol") -> TESProtocol | TMSProtocol:
+def validate_protocol(data: Any, source: str = "protocol") -> TESProtocol | TIProtocol | TMSProtocol:
     """Validate a mapping (e.g. parsed YAML) into a protocol model."""
-    if isinstance(data, (TESProtocol, TMSProtocol)):
+    if isinstance(data, (TESProtocol, TIProtocol, TMSProtocol)):
         return data
     if not isinstance(data, dict):
         raise ProtocolError(f"{source}: a protocol must be a mapping with a 'kind' key, got {type(data).__name__}")
@@ -270,7 +270,7 @@ def read_yaml(path: str | os.PathLike):
         raise ProtocolError(f"{path}: malformed YAML{' at ' + where if where else ''}: {problem}") from None
 
 
-def load_protocol(path: str | os.PathLike) -> TESProtocol | TMSProtocol:
+def load_protocol(path: str | os.PathLike) -> TESProtocol | TIProtocol | TMSProtocol:
     """Read and validate a protocol YAML file.
 
     Raises

@@ -102,6 +102,11 @@ _WHY_PCT = "motor thresholds are >= ~10 % of stimulator output, so 1000 % of one
 
 #: phase, degrees: one cycle either way.
 MAX_PHASE_DEG = 360.0
+#: temporal-interference channels: published set-ups use 2 (Grossman et al. 2017) to a few pairs;
+#: the peak of the combined field is a maximum over 2^(N-1) sign patterns of the N channel fields.
+MAX_TI_CHANNELS = 8
+_WHY_TI_CHANNELS = ("temporal interference uses 2 channels (Grossman et al. 2017) or a few pairs; the combined "
+                    "peak field is searched over 2^(N-1) sign patterns")
 #: electrodes per montage: high-density caps have 256-345 positions.
 MAX_ELECTRODES = 1024
 #: solver: CG with AMG needs tens of iterations; double precision cannot resolve rtol < ~1e-15.
@@ -284,19 +289,116 @@ class TESProtocol(_Model):
             raise ValueError("kind 'tacs' needs frequency_hz")
         if self.kind == "tdcs" and self.frequency_hz is not None:
             raise ValueError("frequency_hz is given but kind is 'tdcs'; use kind: tacs or drop frequency_hz")
-        total = sum(e.current_mA for e in self.electrodes)
-        scale = max(abs(e.current_mA) for e in self.electrodes)
-        if scale == 0:
-            raise ValueError("all electrode currents are 0 mA")
-        if abs(total) > 1e-9 * scale:
-            raise ValueError(
-                f"electrode currents must sum to 0 mA, they sum to {total:g} mA; adjust the return electrode(s)"
-            )
-        names = [e.name for e in self.electrodes]
-        if len(set(names)) != len(names):
-            dup = sorted({n for n in names if names.count(n) > 1})
-            raise ValueError(f"electrode names must be unique; {shown(dup)} appear more than once")
+        _check_currents(self.electrodes)
+        _check_unique_names([e.name for e in self.electrodes])
         return self
+
+
+def _check_currents(electrodes, where: str = "") -> None:
+    """Currents that sum to 0 mA, not all zero; unique names (shared by tDCS/tACS and each TI channel)."""
+    total = sum(e.current_mA for e in electrodes)
+    scale = max(abs(e.current_mA) for e in electrodes)
+    if scale == 0:
+        raise ValueError(f"{where}all electrode currents are 0 mA")
+    if abs(total) > 1e-9 * scale:
+        raise ValueError(
+            f"{where}electrode currents must sum to 0 mA, they sum to {total:g} mA; adjust the return electrode(s)"
+        )
+
+
+def _check_unique_names(names, what: str = "electrode names") -> None:
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"{what} must be unique; {shown(dup)} appear more than once")
+
+
+TIFrequency = _bounded(MIN_TACS_HZ, MAX_TACS_HZ, "Hz", _WHY_TACS, why_lo=_WHY_SLOW)
+
+
+class TIChannel(_Model):
+    """One temporal-interference channel: a current source driving its own electrodes at its carrier
+    frequency.  Currents are peak amplitudes and sum to zero within the channel."""
+
+    name: str = Field(min_length=1, description="channel label (default ch1, ch2, ... in protocol order)")
+    frequency_hz: TIFrequency = Field(description="carrier frequency, Hz (e.g. 2000 and 2010: a 10 Hz envelope)")
+    electrodes: list[Electrode] = Field(min_length=2, max_length=MAX_ELECTRODES,
+                                        description="the channel's electrodes; current_mA is the peak amplitude "
+                                                    "and the currents sum to 0 mA")
+
+    @model_validator(mode="after")
+    def _currents(self):
+        _check_currents(self.electrodes, f"channel {shown(self.name)}: ")
+        return self
+
+
+class TIProtocol(_Model):
+    """Temporal interference (Grossman et al. 2017): two or more channels at distinct carrier frequencies.
+
+    Each channel is solved on its own with every pad of every channel present (pads of the other
+    channels carry no net current at this channel's frequency: floating equipotential conductors),
+    so the channels' fields superpose exactly.  The envelope (beat) frequency of channels a and b
+    is |f_a - f_b| (:meth:`envelope_frequencies_hz`).
+    """
+
+    kind: Literal["ti"]
+    name: str | None = None
+    description: str | None = None
+    head: PathText = Field("sphere", description="'sphere' (embedded 3-layer sphere), 'colin27' or a path to a "
+                                                 ".msh/.vtu mesh or head folder")
+    positions: PathText | None = Field(None, description="EEG positions file (.elc/.csv/.tsv, mm, head frame) for "
+                                                    "electrode names; embedded heads bring their own")
+    conductivities: dict[Union[int, str], float] | None = Field(
+        None, description="S/m by tag or tissue name, overriding the SimNIBS defaults"
+    )
+    channels: list[TIChannel] = Field(min_length=2, max_length=MAX_TI_CHANNELS,
+                                      description=f"the channels (2 to {MAX_TI_CHANNELS}), each with its "
+                                                  "frequency_hz and electrodes")
+    envelope_direction: Direction | None = Field(
+        None, description="also report the envelope amplitude along this direction [x, y, z] (head frame)")
+    duration_min: _bounded(0, MAX_DURATION_MIN, "min", _WHY_DURATION, lo_open=True) | None = Field(
+        None, description="stimulation duration at full current, minutes")
+    ramp_up_s: PauseS = Field(30.0, description="ramp-up time in seconds")
+    ramp_down_s: PauseS = Field(30.0, description="ramp-down time in seconds")
+    sessions: Sessions | None = Field(None, description="number of sessions in the course")
+    sessions_per_day: SessionsPerDay | None = None
+    solver: SolverOptions = SolverOptions()
+
+    _conductivities_valid = field_validator("conductivities")(TESProtocol._conductivities_valid.__func__)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_channel_names(cls, data):
+        # fill in ch1, ch2, ... so that the saved protocol names every channel
+        if isinstance(data, dict) and isinstance(data.get("channels"), list):
+            channels = [dict(c, name=f"ch{k + 1}") if isinstance(c, dict) and c.get("name") is None else c
+                        for k, c in enumerate(data["channels"])]
+            data = {**data, "channels": channels}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        _check_unique_names([c.name for c in self.channels], "channel names")
+        _check_unique_names([e.name for e in self.electrodes], "electrode names (over all channels)")
+        freqs = [c.frequency_hz for c in self.channels]
+        for i in range(len(freqs)):
+            for j in range(i):
+                if freqs[i] == freqs[j]:
+                    raise ValueError(
+                        f"channels {shown(self.channels[j].name)} and {shown(self.channels[i].name)} both run at "
+                        f"{_fmt(freqs[i])} Hz: equal carriers give no envelope; give distinct frequency_hz "
+                        "(e.g. 2000 and 2010 Hz for a 10 Hz envelope), or use kind: tacs")
+        return self
+
+    @property
+    def electrodes(self) -> list[Electrode]:
+        """Every channel's electrodes, in channel order (what the scalp carries)."""
+        return [e for c in self.channels for e in c.electrodes]
+
+    def envelope_frequencies_hz(self) -> dict[tuple[str, str], float]:
+        """Envelope (beat) frequency |f_a - f_b| of every pair of channels (a before b)."""
+        ch = self.channels
+        return {(a.name, b.name): abs(a.frequency_hz - b.frequency_hz)
+                for i, a in enumerate(ch) for b in ch[i + 1:]}
 
 
 class CoilSpec(_Model):
@@ -484,4 +586,4 @@ class TMSProtocol(_Model):
     _conductivities_valid = field_validator("conductivities")(TESProtocol._conductivities_valid.__func__)
 
 
-Protocol = Annotated[Union[TESProtocol, TMSProtocol], Field(discriminator="kind")]
+Protocol = Annotated[Union[TESProtocol, TIProtocol, TMSProtocol], Field(discriminator="kind")]

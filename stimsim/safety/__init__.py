@@ -8,8 +8,8 @@ NOT_CHECKED (could not be checked; the row says what would let it be checked).  
 Decision support, not a clinical approval.
 """
 
-from .check import SafetyInputError, check, check_safety, load_rules, normalize_questionnaire
+from .check import SafetyInputError, check, check_result, check_safety, load_rules, normalize_questionnaire
 from .model import NOT_CHECKED, Rule, RuleResult, RuleSet, SafetyReport, Source, status_label, worst
 
-__all__ = ["check", "check_safety", "load_rules", "normalize_questionnaire", "SafetyReport", "RuleResult",
+__all__ = ["check", "check_result", "check_safety", "load_rules", "normalize_questionnaire", "SafetyReport", "RuleResult",
            "Rule", "RuleSet", "Source", "SafetyInputError", "worst", "NOT_CHECKED", "status_label"]

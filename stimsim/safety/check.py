@@ -37,7 +37,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import ProtocolError, StimsimError
-from ..protocol import TESProtocol, TMSProtocol, validate_protocol
+from ..protocol import TESProtocol, TIProtocol, TMSProtocol, validate_protocol
 from .model import NOT_CHECKED, Rule, RuleResult, RuleSet, SafetyReport, Source, Status
 
 
@@ -172,15 +172,21 @@ def _ev_electrode_peak_to_peak(rule: Rule, ctx: _Context) -> list[_Raw]:
 
 
 def _ev_tacs_frequency(rule: Rule, ctx: _Context) -> list[_Raw]:
-    f = ctx.protocol.frequency_hz
+    p = ctx.protocol
+    if p.kind == "ti":  # every channel's carrier
+        return [_Raw(value=float(c.frequency_hz), subject=c.name, reason=f"carrier {c.frequency_hz:g} Hz")
+                for c in p.channels]
+    f = p.frequency_hz
     return [_Raw(value=float(f), reason=f"{f:g} Hz")]
 
 
 def _ev_total_current(rule: Rule, ctx: _Context) -> list[_Raw]:
     p = ctx.protocol
     pos = [e for e in p.electrodes if e.current_mA > 0]
-    return [_Raw(value=_total_current_mA(p),
-                 reason="sum of " + " + ".join(f"{e.current_mA:g}" for e in pos) + " mA injected")]
+    reason = "sum of " + " + ".join(f"{e.current_mA:g}" for e in pos) + " mA injected"
+    if p.kind == "ti":
+        reason += " (the channels' peak amplitudes: the carriers peak together once per envelope period)"
+    return [_Raw(value=_total_current_mA(p), reason=reason)]
 
 
 _GIVE_DURATION = "give duration_min (minutes at full current) in the protocol"
@@ -659,6 +665,13 @@ def _ev_hearing_note(rule: Rule, ctx: _Context) -> list[_Raw]:
                  how=rule.how_to_check or "confirm hearing protection for the subject and staff")]
 
 
+def _ev_ti_no_specific_limit(rule: Rule, ctx: _Context) -> list[_Raw]:
+    return [_Raw(verdict=NOT_CHECKED,
+                 reason="no cited source states a limit specific to temporal interference; the tDCS/tACS rows "
+                        "check each channel's electrodes and the total current as indicative bounds only",
+                 how=rule.how_to_check or "judge the TI dose against the current literature")]
+
+
 def _ev_screening(rule: Rule, ctx: _Context) -> list[_Raw]:
     items = rule.items or []
     q = ctx.questionnaire
@@ -705,6 +718,7 @@ EVALUATORS: dict[str, Callable[[Rule, _Context], list[_Raw]]] = {
     "pulses_per_session": _ev_pulses_per_session,
     "pulses_per_day": _ev_pulses_per_day,
     "hearing_note": _ev_hearing_note,
+    "ti_no_specific_limit": _ev_ti_no_specific_limit,
     "screening": _ev_screening,
 }
 
@@ -816,8 +830,8 @@ def normalize_questionnaire(answers: Mapping[str, Any] | None, rules: RuleSet | 
     return out
 
 
-def _normalize_protocol(protocol) -> TESProtocol | TMSProtocol:
-    if isinstance(protocol, (TESProtocol, TMSProtocol)):
+def _normalize_protocol(protocol) -> TESProtocol | TIProtocol | TMSProtocol:
+    if isinstance(protocol, (TESProtocol, TIProtocol, TMSProtocol)):
         return protocol
     if isinstance(protocol, Mapping):
         return validate_protocol(dict(protocol))
@@ -837,6 +851,14 @@ def _normalize_brain_tags(brain_tags: Iterable[int] | None) -> tuple[int, ...] |
 
 
 # ----------------------------------------------------------------------------------------- entry point
+
+
+def check_result(result) -> SafetyReport:
+    """Check a simulation result (its protocol and fields) with the head's default brain tags
+    (the embedded sphere's inner ball; white and grey matter on real heads)."""
+    from ..simulation import default_brain_tags
+
+    return check(result.protocol, result, brain_tags=default_brain_tags(result.protocol))
 
 
 def check(protocol, fields=None, *, brain_tags: Iterable[int] | None = None,

@@ -128,8 +128,8 @@ class Rule(_Frozen):
 
     id: str
     modality: Literal["tes", "tms"]
-    kinds: list[Literal["tdcs", "tacs", "tms"]]
-    verified_for: list[Literal["tdcs", "tacs", "tms"]] | None = None
+    kinds: list[Literal["tdcs", "tacs", "ti", "tms"]]
+    verified_for: list[Literal["tdcs", "tacs", "ti", "tms"]] | None = None
     programs: list[Literal["single", "rtms", "itbs", "ctbs", "tbs"]] | None = None
     kind: Literal["check", "note"] = "check"
     evaluator: str
