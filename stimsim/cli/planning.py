@@ -200,6 +200,75 @@ def optimize_tms_cmd(
         typer.echo(f"wrote {out} (placement as its 4x4 matrix)")
 
 
+@optimize_app.command("ti")
+def optimize_ti_cmd(
+    leadfield_file: Path = typer.Option(..., "--leadfield", help="leadfield .npz from `stimsim leadfield`"),
+    head: str = typer.Option(..., "--head", help="the head the leadfield was computed on"),
+    target: Optional[str] = typer.Option(None, "--target", help="'x,y,z' mm in the head's frame"),
+    target_mni: Optional[str] = typer.Option(None, "--target-mni", help="'x,y,z' MNI152 mm (head folders, colin27)"),
+    radius: float = typer.Option(10.0, "--radius", help="target ROI radius, mm"),
+    total_mA: float = typer.Option(2.0, "--total-mA", help="sum of the two channels' peak currents, mA"),
+    objective: str = typer.Option("focality", "--objective", help="focality (target / rest of the brain, among "
+                                  "montages reaching half the strongest target envelope) or target"),
+    frequencies: str = typer.Option("2000,2010", "--frequencies", help="the two carrier frequencies, Hz"),
+    exclude: Optional[list[str]] = typer.Option(None, "--exclude", help="electrode not to use (repeatable)"),
+    allow_unsafe: bool = typer.Option(False, "--allow-unsafe", help="allow currents above the verified limits"),
+    out: Path = typer.Option(..., "--out", "-o", help="kind: ti protocol YAML to write"),
+):
+    """Two electrode pairs and their currents that maximise the TI envelope in a target (exhaustive search).
+
+    Example: stimsim optimize ti --leadfield lf.npz --head colin27 --target-mni -38,-20,50 --out ti.yaml
+    """
+    from ..mesh import read_mesh
+    from ..outputs import check_output_file
+    from ..planning import load_leadfield
+    from ..planning.leadfield import mesh_sha256
+    from ..planning.optimize import check_current_limits, check_montage
+    from ..planning.ti_search import search_ti, ti_protocol
+    from ..protocol import save_protocol, validate_protocol
+    from ..simulation import resolve_head
+
+    try:
+        check_output_file(out)
+        if not (np.isfinite(radius) and radius > 0):
+            raise StimsimError(f"--radius: give a target ROI radius > 0 mm (got {radius})")
+        try:
+            freqs = [float(x) for x in frequencies.split(",")]
+        except ValueError:
+            freqs = []
+        if len(freqs) != 2:
+            raise StimsimError(f"--frequencies: give two carrier frequencies 'f1,f2' in Hz, got {frequencies!r}")
+        # each channel's electrodes carry up to the total: the per-electrode and total limits both apply
+        notices = check_current_limits(total_mA, total_mA, allow_unsafe=allow_unsafe,
+                                       options=("--total-mA", "--total-mA (per electrode)"))
+        lf = load_leadfield(leadfield_file)
+        mesh, _ = read_mesh(resolve_head(head, Path.cwd()))
+        if mesh_sha256(mesh) != lf.mesh_sha256:
+            raise StimsimError(f"{leadfield_file} was computed on another mesh than {head!r}")
+        found = search_ti(lf, mesh, target_point(target, target_mni, head, Path.cwd()), radius, total_mA=total_mA,
+                          brain_tags=brain_tags_of(head), objective=objective, exclude=exclude or ())
+        protocol = validate_protocol(ti_protocol(found, lf, head, frequencies_hz=freqs))
+        report = check_montage(protocol, allow_unsafe=allow_unsafe)
+        save_protocol(protocol, out)
+    except StimsimError as err:
+        fail(err)
+    for notice in notices:
+        typer.echo(f"warning: {notice}", err=True)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"temporal interference: best of {found.candidates:,} electrode-pair pairs "
+                        f"({found.seconds:.1f} s, objective {found.objective})")
+    for col in ("channel", "anode", "cathode", "mA"):
+        table.add_column(col, justify="right")
+    for k, (a, c, i_mA) in enumerate(found.channels, 1):
+        table.add_row(f"ch{k} ({freqs[k - 1]:g} Hz)", a, c, f"{i_mA:.3f}")
+    Console().print(table)
+    typer.echo(f"envelope (V/m): target mean {found.target_envelope_V_per_m:.4g}, rest of the brain mean "
+               f"{found.outside_envelope_V_per_m:.4g} (focality {found.focality:.3g}), brain peak "
+               f"{found.peak_brain_envelope_V_per_m:.4g}; safety {report.summary}; wrote {out}")
+
+
 def target_point(target: str | None, target_mni: str | None, head: str, base_dir) -> list[float]:
     """The ROI centre in the head's mm: ``--target`` as given, or ``--target-mni`` mapped by the head's
     MNI transform (:func:`stimsim.head_model.mni_to_head`)."""

@@ -124,18 +124,19 @@ def safety_current_limits(rules=None) -> dict[str, CurrentLimit]:
 
 
 def check_current_limits(max_total_mA: float, max_electrode_mA: float, *, allow_unsafe: bool = False,
-                         rules=None) -> tuple[str, ...]:
+                         rules=None, options=("--max-total-mA", "--max-electrode-mA")) -> tuple[str, ...]:
     """Refuse current limits above the verified FAIL limits (or, with ``allow_unsafe``, return notices).
 
-    Raises :class:`UnsafeLimitError` naming the option, the limit and its citation.
+    Raises :class:`UnsafeLimitError` naming the option (``options``: the command line's names of the
+    total and per-electrode limits), the limit and its citation.
     """
     for name, v in (("max_total_mA", max_total_mA), ("max_electrode_mA", max_electrode_mA)):
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
             raise ProtocolError(f"current limits must be finite numbers > 0 mA: {name} = {shown(v)}")
     limits = safety_current_limits(rules)
     notices = []
-    for key, name, opt, v in (("electrode", "max_electrode_mA", "--max-electrode-mA", max_electrode_mA),
-                              ("total", "max_total_mA", "--max-total-mA", max_total_mA)):
+    for key, name, opt, v in (("electrode", "max_electrode_mA", options[1], max_electrode_mA),
+                              ("total", "max_total_mA", options[0], max_total_mA)):
         lim = limits[key]
         if not lim.exceeded(v):
             continue
