@@ -59,3 +59,18 @@ class SolverError(StimsimError, RuntimeError):
 
 class SafetyViolation(StimsimError):
     """Raised only when a caller asks for safety failures to be exceptions."""
+
+
+def check_option(name: str, value, allowed, *, error: type = None, hint: str = "") -> object:
+    """Return ``value`` if it is one of ``allowed``; else raise ``error`` (default
+    :class:`ProtocolError`) naming the option, listing the allowed values and suggesting the
+    nearest one.  The one place option values are checked (as MNE-Python's ``_check_option``)."""
+    allowed = list(allowed)
+    if value in allowed:
+        return value
+    import difflib
+
+    close = difflib.get_close_matches(str(value)[:100], [str(a) for a in allowed], n=1, cutoff=0.6)
+    nearest = f"; did you mean {close[0]!r}?" if close else ""
+    raise (error or ProtocolError)(f"{name}: {shown(value)} is not one of {', '.join(str(a) for a in allowed)}"
+                                   f"{nearest}{hint}")

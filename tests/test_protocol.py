@@ -122,3 +122,15 @@ def test_messages_name_the_field_once():
         validate_protocol(tms)
     assert "stimulator: stimulator:" not in str(info.value)
     assert "protocol: stimulator: give exactly one of" in str(info.value)
+
+
+def test_check_option_lists_the_allowed_values_and_suggests_the_nearest():
+    from stimsim.errors import ProtocolError, StimsimError, check_option
+
+    assert check_option("recovery", "spr", ("none", "nodal_average", "spr")) == "spr"
+    with pytest.raises(ProtocolError, match=r"recovery: 'nodal_averge' is not one of none, nodal_average, spr; "
+                                            r"did you mean 'nodal_average'\?"):
+        check_option("recovery", "nodal_averge", ("none", "nodal_average", "spr"))
+    with pytest.raises(StimsimError) as info:
+        check_option("kind", "x" * 10_000, ("tdcs", "tms"), error=StimsimError)
+    assert "did you mean" not in str(info.value) and len(str(info.value)) < 400

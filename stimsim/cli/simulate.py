@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ..errors import StimsimError
+from ..errors import StimsimError, check_option
 from .common import app, fail, state, status
 from .process import fast_gil_switching
 
@@ -91,7 +91,7 @@ def run(
 
     try:
         if msh_version not in ("4.1", "2.2"):
-            raise StimsimError(f"--msh-version: {msh_version!r} is not one of 4.1, 2.2")
+            check_option("--msh-version", msh_version, ("4.1", "2.2"), error=StimsimError)
         p, base_dir = resolve_protocol_argument(protocol)
         run_and_write(p, base_dir, out, overwrite, msh_version)
     except StimsimError as err:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ProtocolError
+from ..errors import ProtocolError, check_option
 
 
 class CoilError(ProtocolError):
@@ -202,8 +202,7 @@ def make_coil(kind: str, *, outer_diameter_mm: float = 70.0, inner_diameter_mm: 
     turns : windings per wing
     winding_depth_mm : distance of the winding plane above the coil's bottom face
     """
-    if kind not in ("circular", "figure8"):
-        raise CoilError(f"coil.type: {kind!r} is not one of 'circular', 'figure8'")
+    check_option("coil.type", kind, ("circular", "figure8"), error=CoilError)
     if outer_diameter_mm <= 0 or turns < 1 or rings < 1 or winding_depth_mm < 0:
         raise CoilError("coil: outer_diameter_mm > 0, turns >= 1, rings >= 1 and winding_depth_mm >= 0 are needed")
     r_out = outer_diameter_mm * 1e-3 / 2

@@ -26,7 +26,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
 from .._logging import logger
-from ..errors import ProtocolError
+from ..errors import ProtocolError, check_option
 from ..mesh.model import Mesh
 
 #: an electrode farther than this from the scalp is almost certainly a unit or space mistake
@@ -160,7 +160,7 @@ def _patch_nodes(mesh, spec, center, surf_nodes, surf_normals, tree, faces):
             raise ProtocolError(f"electrode {spec.name!r}: a rect needs size_mm [a, b] with a, b > 0")
         half_extent = 0.5 * float(np.hypot(*spec.size_mm))
     else:
-        raise ProtocolError(f"electrode {spec.name!r}: shape {spec.shape!r} is not one of point, disc, rect")
+        check_option(f"electrode {spec.name!r}: shape", spec.shape, ("point", "disc", "rect"))
     # the normal at the pad centre, smoothed over a few mm so one odd triangle cannot tilt the pad
     near = tree.query_ball_point(c, r=min(half_extent, 10.0))
     n = surf_normals[near].sum(axis=0)

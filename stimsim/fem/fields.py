@@ -47,6 +47,8 @@ import importlib.util
 import numpy as np
 import scipy.sparse as sp
 
+from ..errors import check_option
+
 from .assembly import P1Geometry
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None  # the kernels import lazily
@@ -141,8 +143,7 @@ def recover_gradient_spr(geometry: P1Geometry, tags: np.ndarray, element_values:
     -------
     (m, k) recovered field at the element centroids.
     """
-    if backend not in ("auto", "numba", "numpy"):
-        raise ValueError(f"backend: {backend!r} is not one of auto, numba, numpy")
+    check_option("backend", backend, ("auto", "numba", "numpy"))
     use_numba = HAVE_NUMBA if backend == "auto" else backend == "numba"
     if use_numba and not HAVE_NUMBA:
         raise ImportError("backend 'numba' requested but numba is not installed")
@@ -223,4 +224,4 @@ def recover(method: str, geometry: P1Geometry, mesh, element_values: np.ndarray)
         return recover_gradient(geometry, mesh.tet_tags, element_values)
     if method == "spr":
         return recover_gradient_spr(geometry, mesh.tet_tags, element_values, None, mesh.nodes)
-    raise ValueError(f"solver.recovery: {method!r} is not one of none, nodal_average, spr")
+    check_option("solver.recovery", method, ("none", "nodal_average", "spr"))

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..envelope import max_envelope
-from ..errors import ProtocolError
+from ..errors import ProtocolError, check_option
 from ..mesh import Mesh
 from .leadfield import Leadfield
 from .optimize import roi_elements
@@ -104,8 +104,7 @@ def search_ti(lf: Leadfield, mesh: Mesh, target_mm, radius_mm: float = 10.0, *, 
         of the strongest one found
     exclude : electrode names not to use
     """
-    if objective not in ("focality", "target"):
-        raise ProtocolError(f"objective: {objective!r} is not one of 'focality', 'target'")
+    check_option("objective", objective, ("focality", "target"))
     if not (np.isfinite(total_mA) and total_mA > 0):
         raise ProtocolError(f"total_mA: give a current > 0 mA (got {total_mA})")
     if not 0 < min_target_fraction <= 1:

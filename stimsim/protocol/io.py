@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from ..errors import MAX_VALUE_CHARS, ProtocolError, StimsimError, clip, shown
+from ..errors import MAX_VALUE_CHARS, ProtocolError, StimsimError, check_option, clip, shown
 from .models import Protocol, TESProtocol, TIProtocol, TMSProtocol
 
 _ADAPTER = TypeAdapter(Protocol)
@@ -200,8 +200,7 @@ def validate_protocol(data: Any, source: str = "protocol") -> TESProtocol | TIPr
     if not isinstance(data, dict):
         raise ProtocolError(f"{source}: a protocol must be a mapping with a 'kind' key, got {type(data).__name__}")
     kind = data.get("kind")
-    if kind not in _KINDS:
-        raise ProtocolError(f"{source}: kind: must be one of {list(_KINDS)}, got {shown(kind)}")
+    check_option(f"{source}: kind", kind, _KINDS)
     try:
         return _ADAPTER.validate_python(data)
     except ValidationError as err:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .._logging import logger
-from ..errors import StimsimError
+from ..errors import StimsimError, check_option
 from ..mesh.model import Mesh
 
 
@@ -258,9 +258,7 @@ def resolve_surface_tags(mesh: Mesh, surface) -> list[int]:
             raise VizError(f"surface: tags {missing or tags} are not tissues of the mesh (it has {present})")
         return tags
     key = str(surface).lower()
-    if key not in SURFACES:
-        raise VizError(f"surface: {surface!r} is not one of {', '.join(SURFACES)} (or a list of tissue tags "
-                       f"from {present})")
+    check_option("surface", key, SURFACES, error=VizError, hint=f" (or a list of tissue tags from {present})")
     if key == "scalp":
         return present
     if key == "wm":

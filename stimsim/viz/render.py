@@ -14,7 +14,7 @@ import numpy as np
 import pyvista as pv
 
 from .._logging import logger
-from ..errors import StimsimError
+from ..errors import StimsimError, check_option
 from .field_data import (FIELDS, SURFACES, FieldData, VizError, check_roi, face_normals, load_field_data,
                     resolve_surface_tags, surface_faces, weighted_percentile)
 from ..outputs import write_png  # noqa: F401  (part of this module's API)
@@ -60,9 +60,7 @@ def check_cut_plane(cut_plane, centre) -> tuple[np.ndarray, np.ndarray] | None:
     if cut_plane is None:
         return None
     if isinstance(cut_plane, str):
-        if cut_plane.lower() not in CUT_AXES:
-            raise VizError(f"cut_plane: {cut_plane!r} is not one of {', '.join(CUT_AXES)} "
-                           "(or give (origin_mm, normal))")
+        check_option("cut_plane", cut_plane.lower(), CUT_AXES, error=VizError, hint=" (or give (origin_mm, normal))")
         return np.asarray(centre, float), np.asarray(CUT_AXES[cut_plane.lower()])
     try:
         origin, normal = (np.asarray(v, float).reshape(3) for v in cut_plane)
