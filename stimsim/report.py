@@ -31,7 +31,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import __version__
-from ._logging import logger
+from ._logging import log_level, logger
 from .conductivity import tissue_name
 from .errors import StimsimError
 from .protocol.io import atomic_write_text
@@ -366,12 +366,14 @@ def make_report(protocol, out_html, *, results_dir=None, roi=None, brain_tags=No
         Bad protocol, a results folder without fields or from another protocol, a NaN field, an
         ROI outside the brain, or pictures=True on a machine that cannot render.
     """
+    with log_level(verbose):
+        return _make_report(protocol, out_html, results_dir=results_dir, roi=roi, brain_tags=brain_tags,
+                            pictures=pictures, overwrite=overwrite)
+
+
+def _make_report(protocol, out_html, *, results_dir, roi, brain_tags, pictures, overwrite) -> Path:
     from .protocol import load_protocol
 
-    if verbose is not None:
-        from ._logging import set_log_level
-
-        set_log_level(verbose)
     t_all = time.perf_counter()
     out_html = Path(out_html)
     if out_html.exists() and not overwrite:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from ._logging import logger
+from ._logging import log_level, logger
 from .fem import ElectrodeSpec, electrode_system, element_efield, place_electrodes, recover, solver_for
 from .head_model import (EMBEDDED_HEADS, HeadModel, named_position, protocol_sha256, resolve_head,  # noqa: F401
                          resolve_position, sha256_file)
@@ -51,21 +51,18 @@ def simulate(protocol, *, base_dir: Path | None = None, mesh: Mesh | None = None
     protocol : validated protocol (:class:`TESProtocol`, :class:`TIProtocol` or :class:`TMSProtocol`)
     base_dir : directory that relative ``head``/coil paths are relative to (the protocol's folder)
     mesh : use this mesh instead of reading ``protocol.head`` (e.g. in batches)
-    verbose : log level override (``True`` = INFO)
+    verbose : log level during this call (``True`` = INFO), restored afterwards
     """
-    if verbose is not None:
-        from ._logging import set_log_level
+    with log_level(verbose):
+        if protocol.kind == "tms":
+            from .tms import run_tms
 
-        set_log_level(verbose)
-    if protocol.kind == "tms":
-        from .tms import run_tms
+            return run_tms(protocol, base_dir, mesh)
+        if protocol.kind == "ti":
+            from .ti import run_ti
 
-        return run_tms(protocol, base_dir, mesh)
-    if protocol.kind == "ti":
-        from .ti import run_ti
-
-        return run_ti(protocol, base_dir, mesh)
-    return solve_tes(protocol, HeadModel.from_protocol(protocol, base_dir, mesh), base_dir)
+            return run_ti(protocol, base_dir, mesh)
+        return solve_tes(protocol, HeadModel.from_protocol(protocol, base_dir, mesh), base_dir)
 
 
 def solve_tes(protocol: TESProtocol, head: HeadModel, base_dir: Path | None = None) -> TESResult:

@@ -92,3 +92,21 @@ def test_direct_solver_agrees(sphere3_result):
     direct = simulate(p, mesh=sphere3_result.mesh)
     assert direct.solve_info.method == "splu"
     assert rel_l2(direct.E, sphere3_result.E) < 1e-7
+
+
+def test_verbose_is_scoped_to_the_call(sphere3_mesh, caplog):
+    """simulate(verbose=True) logs its steps and leaves the stimsim logger's level as it was."""
+    import logging
+
+    from stimsim._logging import logger
+
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with caplog.at_level(logging.INFO, logger="stimsim"):
+            logger.setLevel(logging.ERROR)  # caplog lowers the level; the caller's choice is ERROR
+            simulate(_protocol(), mesh=sphere3_mesh, verbose=True)
+            assert logger.level == logging.ERROR
+        assert any("solved tdcs" in r.getMessage() for r in caplog.records)
+    finally:
+        logger.setLevel(previous)
