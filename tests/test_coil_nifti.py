@@ -165,3 +165,25 @@ def test_percent_mso_needs_the_protocols_didt_max(sphere3, nifti_coil_file):
         simulate(p.model_copy(update={"stimulator": mso}), mesh=sphere3)
     coil = load_coil(p.coil.model_copy(update={"didt_max_A_per_us": 150.0}))
     assert isinstance(coil, GridCoil) and coil.didt_max_A_per_s == pytest.approx(150e6)
+
+
+def test_a_grid_that_misses_part_of_the_head_warns_and_zeroes_the_primary_field(sphere3, magstim_ccd,
+                                                                                 tmp_path, caplog):
+    """An A-field grid covering only the top 40 mm below the coil: the run warns that the field is
+    under-estimated, dA/dt is exactly zero at the nodes beyond the grid, and the field stays finite."""
+    coil = read_ccd(magstim_ccd)
+    n, top = 68, 14  # 14 slices of 3 mm: coil-frame z in [-1, 38] mm
+    affine = np.diag([-H, H, H, 1.0])
+    affine[:3, 3] = [100.5, -100.5, -1.0]
+    ijk = np.stack(np.meshgrid(np.arange(n), np.arange(n), np.arange(top), indexing="ij"), axis=-1).reshape(-1, 3)
+    xyz = ijk @ affine[:3, :3].T + affine[:3, 3]
+    a = dipole_dadt(xyz, coil.positions_m * 1e3, coil.moments_m2, 1.0).reshape(n, n, top, 3)
+    path = _save(tmp_path / "short.nii.gz", a.astype(np.float32), affine)
+    with caplog.at_level(logging.WARNING, logger="stimsim"):
+        r = simulate(_protocol(path), mesh=sphere3)
+    assert "outside the A-field grid" in caplog.text and "under-estimates" in caplog.text
+    m = np.asarray(r.placement.matrix)
+    depth = (sphere3.nodes - m[:3, 3]) @ m[:3, 2]  # distance below the coil along its z axis, mm
+    beyond = depth > 38.0 + 2 * H  # past the last slice by more than the interpolation reach
+    assert beyond.any() and np.all(r.dadt_V_per_m[beyond] == 0)
+    assert np.all(np.isfinite(r.E)) and np.abs(r.dadt_V_per_m[depth < 30]).max() > 0

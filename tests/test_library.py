@@ -9,14 +9,13 @@ safety checker without FAIL; the library covers every condition the issue lists.
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from stimsim.errors import ProtocolError, StimsimError
+from stimsim.errors import ProtocolError
 from stimsim.protocol.library import (DOI_RE, copy_protocol, get_protocol, library_dir, library_ids, library_table,
                              list_protocols, load_entry, load_protocol_file, resolve_protocol_argument)
 from stimsim.cli.protocols import protocols_copy, protocols_list, protocols_show
@@ -330,22 +329,16 @@ def test_every_protocol_runs_to_a_field_on_the_sphere(shared_data):
     from stimsim.simulation import simulate
 
     tsv = shared_data("heads/colin27/electrodes_1005_projected.tsv")
-    t0 = time.perf_counter()
     for e in ENTRIES:
         result = simulate(_on_sphere(e.protocol, tsv))
         magE = np.linalg.norm(result.E, axis=1)
         assert np.all(np.isfinite(magE)) and magE.max() > 0, e.id
-    assert time.perf_counter() - t0 < 120
 
 
 def test_every_protocol_runs_on_the_default_head():
     """Each library protocol runs unchanged on the embedded Colin27 head (~5 s each)."""
-    from stimsim.simulation import resolve_head, simulate
+    from stimsim.simulation import simulate
 
-    try:
-        resolve_head("colin27")
-    except StimsimError as err:
-        pytest.skip(f"Colin27 head not available yet: {err}")
     for e in ENTRIES:
         result = simulate(e.protocol, base_dir=e.path.parent)
         magE = np.linalg.norm(result.E, axis=1)
