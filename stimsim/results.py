@@ -111,6 +111,8 @@ def summarize(result: SimulationResult, safety: dict | None = None) -> dict:
             "mean_current_density_A_per_m2": (e.current_density_A_per_m2 if e.area_mm2 > 0 else None),
             "potential_V": float(result.potential_V[e.center_node]),
             "distance_to_scalp_mm": e.distance_mm,
+            # the patch itself (0-based node indices), so a results folder is drawn without re-placing
+            "center_node": int(e.center_node), "nodes": np.asarray(e.nodes).tolist(),
         })
     sigma_of = {int(t): float(result.sigma[np.argmax(mesh.tet_tags == t)]) for t in mesh.tissue_tags}
     e_stats, j_stats = field_statistics(result.magnE, vol, mesh.tet_tags, scale=sigma_of)

@@ -407,3 +407,18 @@ def test_report_opens_in_headless_chromium(pv, tmp_path):
     assert (_saturation(img) > 0.3).mean() > 0.02, "the screenshot shows no picture"
     header_grey = np.all(img == 242, axis=2).sum()  # table header background #f2f2f2
     assert header_grey > 2000, "the screenshot shows no table"
+
+
+def test_results_folder_records_its_electrodes(demo_result, tmp_path):
+    """A results folder is self-describing: its electrodes are read back from summary.json (here
+    with protocol.yaml removed, so nothing can be placed again) and match the simulation's."""
+    from stimsim.results import write_results
+    from stimsim.viz import load_field_data
+
+    folder = write_results(demo_result, tmp_path / "res")
+    (folder / "protocol.yaml").unlink()
+    data = load_field_data(folder)
+    assert [e.name for e in data.electrodes] == [e.name for e in demo_result.electrodes]
+    for got, want in zip(data.electrodes, demo_result.electrodes):
+        np.testing.assert_array_equal(got.nodes, want.nodes)
+        assert got.center_node == want.center_node and got.current_A == pytest.approx(want.current_A)

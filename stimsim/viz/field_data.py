@@ -200,7 +200,11 @@ def _from_folder(path: Path) -> FieldData:
             raise VizError(f"{folder / 'summary.json'}: not valid JSON ({err})") from None
     protocol = load_protocol(folder / "protocol.yaml") if (folder / "protocol.yaml").is_file() else None
     electrodes, dipoles, matrix = [], None, None
-    if protocol is not None and protocol.kind != "tms":
+    recorded = [e for e in (summary or {}).get("electrodes", []) if "nodes" in e]
+    if recorded:  # the folder says where its electrodes were (stimsim >= this format)
+        electrodes = [ElectrodeGlyph(e["name"], float(e["current_mA"]) * 1e-3, np.asarray(e["nodes"], np.int64),
+                                     int(e["center_node"])) for e in recorded]
+    elif protocol is not None and protocol.kind != "tms":  # older folders: place them again
         electrodes = _electrodes_from_protocol(protocol, mesh)
     placement = ((summary or {}).get("tms") or {}).get("placement")
     if protocol is not None and protocol.kind == "tms" and placement is not None:
