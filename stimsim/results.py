@@ -18,7 +18,7 @@ from . import __version__
 from .conductivity import tissue_name
 from .outputs import RESULTS_FORMAT
 from .protocol import save_protocol
-from .simulation_result import SimulationResult, TESResult, TIResult, TMSResult
+from .simulation_result import MultichannelTACSResult, SimulationResult, TESResult, TIResult, TMSResult
 
 PERCENTILES = (50.0, 95.0, 99.0, 99.9)
 
@@ -136,6 +136,9 @@ def summarize(result: SimulationResult, safety: dict | None = None) -> dict:
     }
     if isinstance(result, TMSResult):
         summary["tms"] = result.tms_summary()
+    if isinstance(result, MultichannelTACSResult):
+        summary["tacs_channels"] = result.tacs_summary()
+        summary["units"].update({"E_<channel>": "V/m (amplitude)", "peak_phase_deg": "degrees"})
     if isinstance(result, TIResult):
         summary["ti"] = ti_summary(result)
         summary["units"].update({"E_<channel>": "V/m (peak of the carrier)", "TImax": "V/m", "TI_normal": "V/m",

@@ -67,6 +67,10 @@ def simulate(protocol, *, base_dir: Path | None = None, mesh: Mesh | None = None
 
 def solve_tes(protocol: TESProtocol, head: HeadModel, base_dir: Path | None = None) -> TESResult:
     """tDCS/tACS on a prepared head: place the electrodes, solve, derive E, J and the delivered currents."""
+    if protocol.channels is not None:  # multichannel tACS
+        from .tacs import solve_multichannel_tacs
+
+        return solve_multichannel_tacs(protocol, head, electrode_specs(protocol, base_dir, head.mesh), base_dir)
     mesh, geometry, sigma, timings = head.mesh, head.geometry, head.sigma, dict(head.timings)
     t = time.perf_counter()
     placed = place_electrodes(mesh, electrode_specs(protocol, base_dir, mesh))

@@ -200,4 +200,50 @@ class TIResult(TESResult):
         return out
 
 
-__all__ = ["SimulationResult", "TESResult", "TIResult", "TMSResult"]
+@dataclass(frozen=True, eq=False, kw_only=True)
+class MultichannelTACSResult(TESResult):
+    """tACS with several channels (``channels:`` in a tacs protocol).
+
+    The inherited ``E`` (and ``magnE``, ``J``) is, per element, the combined field at its largest
+    magnitude over time (:func:`stimsim.envelope.peak_over_period`): the peak over one period, not
+    the sum of the channels' peaks.
+
+    Attributes
+    ----------
+    channel_names, channel_frequencies_hz, channel_phases_deg : per channel, protocol order
+    channel_E : (k, m, 3) each channel's field amplitude, V/m
+    peak_phase_deg : (m,) carrier phase at which each element peaks (one common frequency), or None
+    peak_method : how the peak over time was found
+    floating_currents_A : per channel, the largest net current through another channel's pad (~0)
+    """
+
+    channel_names: list[str]
+    channel_frequencies_hz: list[float]
+    channel_phases_deg: list[float]
+    channel_E: np.ndarray
+    peak_phase_deg: np.ndarray | None = None
+    peak_method: str = ""
+    floating_currents_A: dict = field(default_factory=dict)
+
+    def extra_element_fields(self) -> dict[str, np.ndarray]:
+        out = {}
+        for name, e in zip(self.channel_names, self.channel_E):
+            out[f"E_{name}"] = e
+            out[f"magnE_{name}"] = np.sqrt(np.einsum("ij,ij->i", e, e))
+        if self.peak_phase_deg is not None:
+            out["peak_phase_deg"] = self.peak_phase_deg
+        return out
+
+    def tacs_summary(self) -> dict:
+        """The summary's ``tacs_channels`` section (JSON-ready)."""
+        return {"channels": [{"name": n, "frequency_hz": f, "phase_deg": ph, "field": f"E_{n}",
+                              "floating_pad_max_net_current_mA": self.floating_currents_A.get(n, float("nan")) * 1e3}
+                             for n, f, ph in zip(self.channel_names, self.channel_frequencies_hz,
+                                                 self.channel_phases_deg)],
+                "peak": "E, magnE, J: the combined field at its largest magnitude over time, per element ("
+                        + self.peak_method + ")",
+                "peak_phase_deg": None if self.peak_phase_deg is None else
+                "carrier phase (degrees) at which each element's field peaks"}
+
+
+__all__ = ["SimulationResult", "TESResult", "TIResult", "TMSResult", "MultichannelTACSResult"]

@@ -23,6 +23,7 @@ such as the embedded sphere, have none.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +124,7 @@ def ti_electrode_specs(protocol: TIProtocol, base_dir: Path | None = None, mesh:
     return specs
 
 
-def _channel_solver(options, matrix):
+def _channel_solver(options, matrix, default_rtol: float):
     """``(setup_s, solve(b) -> (x, SolveInfo))`` with one set-up shared by every right-hand side."""
     t = time.perf_counter()
     if options.method == "direct":
@@ -132,7 +133,7 @@ def _channel_solver(options, matrix):
     ml = amg_hierarchy(matrix)
     setup = time.perf_counter() - t
     precond = ml.aspreconditioner(cycle="V")
-    rtol = options.rtol or DEFAULT_RTOL["ti"]
+    rtol = options.rtol or default_rtol
 
     def solve(b):
         t1 = time.perf_counter()
@@ -141,6 +142,44 @@ def _channel_solver(options, matrix):
         return x, SolveInfo("amg-cg", it, res, setup, time.perf_counter() - t1)
 
     return setup, solve
+
+
+@dataclass(frozen=True)
+class ChannelSolutions:
+    """Each channel's field (V/m) and potential (V) of a multichannel electrode system."""
+
+    fields: list
+    potentials: list
+    infos: list
+    delivered: dict  # electrode -> current it delivers in its own channel, A
+    floating: dict  # channel -> largest net current through another channel's pad, A (~0)
+    setup_s: float
+    fields_s: float
+
+
+def solve_channels(head: HeadModel, system, placed, channel_of: np.ndarray, names, options,
+                   default_rtol: float) -> ChannelSolutions:
+    """One solve per channel on one electrode system holding every pad: the channel's own pads carry
+    its currents, the other pads none (floating equipotential conductors), so channels superpose
+    exactly.  One solver set-up serves every channel (temporal interference, multichannel tACS)."""
+    setup_s, solve = _channel_solver(options, system.matrix, default_rtol)
+    fields, potentials, infos, delivered, floating = [], [], [], {}, {}
+    t_fields = 0.0
+    for i, name in enumerate(names):
+        currents = [e.current_A if channel_of[k] == i else 0.0 for k, e in enumerate(placed)]
+        x, info = solve(system.rhs(currents))
+        infos.append(info)
+        t1 = time.perf_counter()
+        v = system.expand(x)
+        potentials.append(v)
+        fields.append(element_efield(head.geometry, v))
+        flux = head.stiffness @ v
+        net = {e.name: float(flux[e.nodes].sum()) for e in placed}
+        delivered.update({e.name: net[e.name] for k, e in enumerate(placed) if channel_of[k] == i})
+        others = [abs(net[e.name]) for k, e in enumerate(placed) if channel_of[k] != i]
+        floating[name] = max(others) if others else 0.0
+        t_fields += time.perf_counter() - t1
+    return ChannelSolutions(fields, potentials, infos, delivered, floating, setup_s, t_fields)
 
 
 def solve_ti(protocol: TIProtocol, head: HeadModel, base_dir: Path | None = None) -> TIResult:
@@ -152,25 +191,13 @@ def solve_ti(protocol: TIProtocol, head: HeadModel, base_dir: Path | None = None
     channel_of = np.concatenate([np.full(len(c.electrodes), i) for i, c in enumerate(protocol.channels)])
     timings["electrodes_s"] = time.perf_counter() - t
 
-    setup_s, solve = _channel_solver(protocol.solver, system.matrix)
-    fields, potentials, infos, delivered, floating = [], [], [], {}, {}
-    t_fields = 0.0
-    for i, channel in enumerate(protocol.channels):
-        currents = [e.current_A if channel_of[k] == i else 0.0 for k, e in enumerate(placed)]
-        x, info = solve(system.rhs(currents))
-        infos.append(info)
-        t1 = time.perf_counter()
-        v = system.expand(x)
-        potentials.append(v)
-        fields.append(element_efield(geometry, v))
-        flux = head.stiffness @ v
-        net = {e.name: float(flux[e.nodes].sum()) for e in placed}
-        delivered.update({e.name: net[e.name] for k, e in enumerate(placed) if channel_of[k] == i})
-        others = [abs(net[e.name]) for k, e in enumerate(placed) if channel_of[k] != i]
-        floating[channel.name] = max(others) if others else 0.0
-        t_fields += time.perf_counter() - t1
+    channels = solve_channels(head, system, placed, channel_of, [c.name for c in protocol.channels],
+                              protocol.solver, DEFAULT_RTOL["ti"])
+    fields, potentials, infos = channels.fields, channels.potentials, channels.infos
+    delivered, floating, setup_s, t_fields = channels.delivered, channels.floating, channels.setup_s, channels.fields_s
+    for channel, info, e in zip(protocol.channels, infos, fields):
         logger.info("TI channel %s (%g Hz): %d iterations, peak |E| %.3g V/m", channel.name, channel.frequency_hz,
-                    info.iterations, float(np.linalg.norm(fields[-1], axis=1).max()))
+                    info.iterations, float(np.linalg.norm(e, axis=1).max()))
     timings["setup_s"] = setup_s
     timings["solve_s"] = sum(i.solve_s for i in infos)
 

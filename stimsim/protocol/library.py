@@ -113,7 +113,10 @@ def describe_dose(protocol) -> str:
             course += f" ({per_day}/day)"
     if protocol.kind in ("tdcs", "tacs"):
         amp = sum(e.current_mA for e in protocol.electrodes if e.current_mA > 0)
-        freq = f" at {protocol.frequency_hz:g} Hz" if protocol.kind == "tacs" else ""
+        freq = ""
+        if protocol.kind == "tacs":
+            freq = (f" at {protocol.frequency_hz:g} Hz" if protocol.channels is None else
+                    " at " + ", ".join(f"{c.frequency_hz:g}" for c in protocol.channels) + " Hz")
         dur = f", {protocol.duration_min:g} min" if protocol.duration_min is not None else ""
         return f"{amp:g} mA{freq}{dur}{course}"
     prog = protocol.program

@@ -249,8 +249,22 @@ class SolverOptions(_Model):
     )
 
 
+class TACSChannel(_Model):
+    """One tACS channel of a multichannel protocol: a group of the protocol's electrodes driven at
+    one frequency and phase (their currents, peak amplitudes, sum to zero)."""
+
+    name: str = Field(min_length=1, description="channel label")
+    frequency_hz: _bounded(MIN_TACS_HZ, MAX_TACS_HZ, "Hz", _WHY_TACS, why_lo=_WHY_SLOW) = Field(
+        description="this channel's frequency, Hz")
+    phase_deg: _bounded(-MAX_PHASE_DEG, MAX_PHASE_DEG, "degrees", "one cycle either way") = Field(
+        0.0, description="this channel's phase, degrees")
+    electrodes: list[str] = Field(min_length=2, max_length=MAX_ELECTRODES,
+                                  description="names of the protocol's electrodes this channel drives")
+
+
 class TESProtocol(_Model):
-    """Transcranial electrical stimulation session (tDCS or tACS)."""
+    """Transcranial electrical stimulation session (tDCS or tACS; tACS with several channels at
+    their own frequencies and phases through ``channels``)."""
 
     kind: Literal["tdcs", "tacs"]
     name: str | None = None
@@ -270,6 +284,10 @@ class TESProtocol(_Model):
         None, description="tACS frequency (required for tacs)")
     phase_deg: _bounded(-MAX_PHASE_DEG, MAX_PHASE_DEG, "degrees", "one cycle either way") | None = Field(
         None, description="tACS phase, degrees")
+    channels: list[TACSChannel] | None = Field(
+        None, min_length=2, max_length=MAX_TI_CHANNELS,
+        description="multichannel tACS: groups of the electrodes (by name) with their own frequency_hz and "
+                    "phase_deg (then no top-level frequency_hz)")
     sessions: Sessions | None = Field(None, description="number of sessions in the course")
     sessions_per_day: SessionsPerDay | None = None
     solver: SolverOptions = SolverOptions()
@@ -285,8 +303,23 @@ class TESProtocol(_Model):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.kind == "tacs" and self.frequency_hz is None:
-            raise ValueError("kind 'tacs' needs frequency_hz")
+        if self.channels is not None:
+            if self.kind != "tacs":
+                raise ValueError("channels are for kind 'tacs' (temporal interference: kind 'ti')")
+            if self.frequency_hz is not None or self.phase_deg is not None:
+                raise ValueError("with channels, give frequency_hz and phase_deg per channel, not at the top")
+            _check_unique_names([c.name for c in self.channels], "channel names")
+            by_name = {e.name: e for e in self.electrodes}
+            used = [n for c in self.channels for n in c.electrodes]
+            unknown = sorted(set(used) - set(by_name))
+            if unknown:
+                raise ValueError(f"channels name electrodes that are not in electrodes: {shown(unknown)}")
+            if len(used) != len(set(used)) or set(used) != set(by_name):
+                raise ValueError("every electrode must belong to exactly one channel")
+            for c in self.channels:
+                _check_currents([by_name[n] for n in c.electrodes], f"channel {shown(c.name)}: ")
+        elif self.kind == "tacs" and self.frequency_hz is None:
+            raise ValueError("kind 'tacs' needs frequency_hz (or channels)")
         if self.kind == "tdcs" and self.frequency_hz is not None:
             raise ValueError("frequency_hz is given but kind is 'tdcs'; use kind: tacs or drop frequency_hz")
         _check_currents(self.electrodes)

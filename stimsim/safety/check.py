@@ -173,8 +173,9 @@ def _ev_electrode_peak_to_peak(rule: Rule, ctx: _Context) -> list[_Raw]:
 
 def _ev_tacs_frequency(rule: Rule, ctx: _Context) -> list[_Raw]:
     p = ctx.protocol
-    if p.kind == "ti":  # every channel's carrier
-        return [_Raw(value=float(c.frequency_hz), subject=c.name, reason=f"carrier {c.frequency_hz:g} Hz")
+    if p.kind == "ti" or getattr(p, "channels", None):  # every channel's carrier (TI, multichannel tACS)
+        what = "carrier" if p.kind == "ti" else "channel"
+        return [_Raw(value=float(c.frequency_hz), subject=c.name, reason=f"{what} {c.frequency_hz:g} Hz")
                 for c in p.channels]
     f = p.frequency_hz
     return [_Raw(value=float(f), reason=f"{f:g} Hz")]
@@ -186,6 +187,8 @@ def _ev_total_current(rule: Rule, ctx: _Context) -> list[_Raw]:
     reason = "sum of " + " + ".join(f"{e.current_mA:g}" for e in pos) + " mA injected"
     if p.kind == "ti":
         reason += " (the channels' peak amplitudes: the carriers peak together once per envelope period)"
+    elif getattr(p, "channels", None):
+        reason += " (the channels' peak amplitudes: their peaks can coincide)"
     return [_Raw(value=_total_current_mA(p), reason=reason)]
 
 
