@@ -208,6 +208,9 @@ def test_optimize_tms_cli_direction_and_output(tmp_path):
     assert 0 < report["objective_V_per_m"] <= report["roi_mean_magnE_V_per_m"]
     best = load_protocol(out)
     np.testing.assert_allclose(best.placement.matrix, report["matrix"], atol=1e-6)
+    import yaml
+
+    assert set(yaml.safe_load(out.read_text())["placement"]) == {"matrix"}  # no leftover centre/distance
     bad = runner.invoke(app, ["optimize", "tms", str(proto), "--target", "20,10,75", "--direction", "1,2"])
     assert bad.exit_code == 2 and "--direction" in bad.output
     # the default output is a table that names the ROI radius given

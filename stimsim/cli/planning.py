@@ -44,6 +44,8 @@ def leadfield(
     reference: str = typer.Option(..., "--reference", help="name of the return electrode"),
     out: Path = typer.Option(..., "--out", "-o", help="leadfield file (.npz)"),
     diameter_mm: Optional[float] = typer.Option(None, "--diameter-mm", help="disc pads (default: point electrodes)"),
+    backend: str = typer.Option("auto", "--backend", help="auto (PARDISO when the optional pypardiso is "
+                                "installed and the head fits, else AMG-CG), pardiso, cholmod, splu or amg"),
 ):
     """Field of every electrode against a reference, one set-up and many right-hand sides.
 
@@ -62,7 +64,7 @@ def leadfield(
         mesh, _ = read_mesh(resolve_head(head, Path.cwd()))
         lf = compute_leadfield(mesh, read_positions_file(positions), reference,
                                shape="disc" if diameter_mm else "point", diameter_mm=diameter_mm,
-                               progress=not state["quiet"])
+                               backend=backend, progress=not state["quiet"])
         save_leadfield(lf, out)
     except StimsimError as err:
         fail(err)
@@ -175,7 +177,8 @@ def optimize_tms_cmd(
                          direction if direction == "normal" else vec(direction, "--direction"))
         if out is not None:
             save_protocol(p.model_copy(update={"placement": p.placement.model_copy(
-                update={"center": None, "direction": None, "matrix": res.matrix.tolist()})}), out)
+                update={"center": None, "direction": None, "distance_mm": None,
+                        "matrix": res.matrix.tolist()})}), out)
     except StimsimError as err:
         fail(err)
     found = {"objective": res.objective, "objective_V_per_m": res.objective_V_per_m,

@@ -72,7 +72,7 @@ def mesh_sha256(mesh: Mesh) -> str:
 
 def compute_leadfield(mesh: Mesh, positions_mm: dict[str, tuple], reference: str, *,
                       conductivities: dict | None = None, shape: str = "point", diameter_mm: float | None = None,
-                      backend: str = "amg", progress: bool = True) -> Leadfield:
+                      backend: str = "auto", progress: bool = True, block: int = 16) -> Leadfield:
     """Solve once per electrode with a shared set-up (see module docstring).
 
     Parameters
@@ -82,7 +82,11 @@ def compute_leadfield(mesh: Mesh, positions_mm: dict[str, tuple], reference: str
     reference : name of the return electrode
     conductivities : overrides, S/m by tag or tissue name
     shape, diameter_mm : "point" (nearest scalp node) or "disc" pads of this diameter
-    backend : FactorizedSolver backend ("amg" reuses one AMG hierarchy; "pardiso"/"cholmod" if installed)
+    backend : :class:`~stimsim.fem.FactorizedSolver` backend.  ``"auto"`` (default): PARDISO when the
+        optional ``pypardiso`` is installed (``pip install "stimsim[fast]"``) and the system fits
+        (:data:`~stimsim.fem.linear.FACTORIZE_MAX_N`), else one AMG hierarchy reused by CG per
+        electrode.  Colin27, 10-10 electrodes: 0.1 s instead of 1.4 s per electrode.
+    block : right-hand sides solved together (a factorisation solves a block faster per column)
     """
     if reference not in positions_mm:
         raise ProtocolError(f"leadfield: reference {reference!r} is not among the {len(positions_mm)} positions")
@@ -98,21 +102,28 @@ def compute_leadfield(mesh: Mesh, positions_mm: dict[str, tuple], reference: str
     solver = FactorizedSolver(system.matrix, backend=backend)
     k = len(names) - 1
     fields = np.empty((k, mesh.n_tets, 3), np.float32)
-    iterator = range(k)
+    starts = range(0, k, max(1, block))
     if progress:
         from rich.progress import track
 
-        iterator = track(iterator, description=f"leadfield ({k} electrodes)", transient=True)
-    for i in iterator:
-        currents = np.zeros(len(names))
-        currents[i] = 1.0
-        currents[-1] = -1.0
-        v = system.expand(solver.solve(system.rhs(currents)))
-        fields[i] = -geometry.gradient(v)
+        starts = track(starts, description=f"leadfield ({k} electrodes)", transient=True)
+    for start in starts:
+        cols = range(start, min(start + max(1, block), k))
+        rhs = np.empty((system.matrix.shape[0], len(cols)))
+        for j, i in enumerate(cols):
+            currents = np.zeros(len(names))
+            currents[i] = 1.0
+            currents[-1] = -1.0
+            rhs[:, j] = system.rhs(currents)
+        x = solver.solve(rhs)
+        for j, i in enumerate(cols):
+            fields[i] = -geometry.gradient(system.expand(x[:, j]))
+    solver.close()
     logger.info("leadfield: %d electrodes, reference %s, backend %s", k, reference, solver.backend)
     meta = {"shape": shape, "diameter_mm": diameter_mm, "conductivities_S_per_m":
             {str(t): float(sigma[np.argmax(mesh.tet_tags == t)]) for t in mesh.tissue_tags},
-            "backend": solver.backend}
+            "backend": solver.backend, "solver_setup_s": round(solver.setup_s, 3),
+            "solver_memory_MiB": round(solver.memory_bytes / 2**20, 1)}
     pos = np.array([positions_mm[n] for n in names], float)
     return Leadfield(names, pos, fields, mesh_sha256(mesh), meta)
 

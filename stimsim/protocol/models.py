@@ -463,15 +463,16 @@ class Placement(_Model):
     center: Union[Vec3, str, MNIPoint, None] = Field(
         None, description="scalp point [x, y, z] mm, an EEG name (heads with positions) or {mni: [x, y, z]}")
     direction: Direction | None = Field(None, description="handle (coil y) direction, projected on the scalp")
-    distance_mm: LengthOrZero = Field(4.0, description="scalp-to-coil distance, mm")
+    distance_mm: LengthOrZero | None = Field(None, description="scalp-to-coil distance, mm (default 4; with "
+                                                                "center+direction only: a matrix holds it)")
     matrix: list[list[Coord]] | None = Field(None, description="4x4 coil-to-head matrix (SimNIBS matsimnibs "
                                                                "convention, mm)")
 
     @model_validator(mode="after")
     def _center_or_matrix(self):
         if self.matrix is not None:
-            if self.center is not None or self.direction is not None:
-                raise ValueError("placement: give either matrix or center+direction, not both")
+            if self.center is not None or self.direction is not None or self.distance_mm is not None:
+                raise ValueError("placement: give either matrix or center+direction(+distance_mm), not both")
             if len(self.matrix) != 4 or any(len(r) != 4 for r in self.matrix):
                 raise ValueError("placement.matrix must be 4 rows of 4 numbers")
         elif self.center is None or self.direction is None:
