@@ -1188,10 +1188,12 @@ def make_surface_head_mesh(labels, label_map_spec="colin27", *, element_size_mm=
     :func:`stimsim.head.meshing.make_head_mesh` with ``method="surface"`` and these options.
 
     ``element_size_mm=None``: the surface mesher's default.  Returns
-    ``(mesh, voxel_volume_mm3_per_tag, info)``.  The defaults are the ones measured for the
-    embedded Colin27 head (see the module docstring)."""
+    ``(mesh, voxel_volume_mm3_per_tag, info)``.  The defaults are the recipe of the embedded Colin27
+    head (``surf-2`` options: unrelaxed marching-cubes surfaces, ``-pq2.5/5a60.34Y``; see the module
+    docstring), kept so that ``meshes/build_colin27.py`` rebuilds the shipped mesh; ``stimsim mesh``
+    uses :func:`~stimsim.head.surface_mesher.surface_defaults` (relaxed surfaces, TetGen optimisation)."""
     opts = {"surface_step": surface_step, "thickness_scale": thickness_scale, "minratio": minratio,
-            "mindihedral": mindihedral, "extra_switches": extra_switches}
+            "mindihedral": mindihedral, "extra_switches": extra_switches, "relax_iterations": 0}
     mesh, info = make_head_mesh(labels, None, label_map_spec, method="surface", element_size_mm=element_size_mm,
                                 lesion=lesion, lesion_tag=lesion_tag, progress=progress, cache=cache,
                                 return_info=True, surface_options=opts)

@@ -86,7 +86,7 @@ from .topology import face_components, face_graph, sample_volume, tet_neighbors
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "compact_for_shipping", "SURFACE_MESHER_VERSION",
            "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
-SURFACE_MESHER_VERSION = "surf-2"
+SURFACE_MESHER_VERSION = "surf-3"
 #: default ``element_size_mm`` (Colin27 1 mm: 588k tets, ~30 s)
 DEFAULT_SURFACE_ELEMENT_SIZE_MM = 8.0
 #: tag of each layer in the output (SimNIBS numbering)
@@ -256,6 +256,148 @@ def _surface(phi: np.ndarray, zooms, pad: int, step: int):
     return np.asarray(verts, np.float64), np.asarray(faces, np.int64), len(faces)
 
 
+def _vertex_sum(f: np.ndarray, n: int, vals: np.ndarray) -> np.ndarray:
+    """Sum of per-triangle ``vals`` (m, 3) over the triangles of each of the ``n`` vertices."""
+    out = np.zeros((n, vals.shape[1]))
+    for k in range(3):
+        for d in range(vals.shape[1]):
+            out[:, d] += np.bincount(f[:, k], weights=vals[:, d], minlength=n)
+    return out
+
+
+def _field_grad(phi, pts, zooms, pad, h=0.5):
+    g = np.empty_like(pts)
+    for a in range(3):
+        e = np.zeros(3)
+        e[a] = h
+        g[:, a] = (_trilinear(phi, pts + e, zooms, pad) - _trilinear(phi, pts - e, zooms, pad)) / (2 * h)
+    return g
+
+
+def _project(phi, pts, zooms, pad, iters=2, max_step=0.5):
+    """Newton steps of ``pts`` onto the level ``phi = 0`` (each step clamped to ``max_step`` mm)."""
+    for _ in range(iters):
+        f = _trilinear(phi, pts, zooms, pad)
+        g = _field_grad(phi, pts, zooms, pad)
+        step = (f / np.maximum((g * g).sum(1), 1e-6))[:, None] * g
+        n = np.linalg.norm(step, axis=1)
+        pts = pts - step * np.minimum(1.0, max_step / np.maximum(n, 1e-12))[:, None]
+    return pts
+
+
+def _relax_surface(v, f, phi, others, zooms, pad, cell, iters=8, weight=0.6):
+    """Tangential relaxation of a marching-cubes surface on its own level set: each vertex moves
+    towards the area-weighted centroid of its triangles, in the tangent plane, then back onto
+    ``phi = 0`` (Newton).  Marching cubes puts vertices wherever the level crosses a grid edge, so a
+    fifth of its triangles have a shape quality below 0.5 (tiny or needle triangles near grid
+    points), and TetGen ``-Y`` keeps every one of them as a face of a flat tetrahedron.  Vertices
+    closer than ``0.25 cell`` to another surface (``others``) stay put, those within ``0.75 cell``
+    move less (thin layers: moving there made neighbouring surfaces cross), and so do those off the
+    level set (the caps closing a surface at the edge of the volume).  A move that turns a triangle
+    by more than 60 deg from the field's normal is undone."""
+    n = len(v)
+    dmin = np.full(n, np.inf)
+    for o in others:
+        dmin = np.minimum(dmin, np.abs(_trilinear(o, v, zooms, pad)))
+    w = weight * np.clip((dmin - 0.25 * cell) / (0.5 * cell), 0.0, 1.0)
+    w[np.abs(_trilinear(phi, v, zooms, pad)) > 0.05 * cell] = 0.0
+    move = w > 0
+    near = dmin < 1.5 * cell  # where a relaxed triangle may cross a neighbouring surface
+    if not move.any():
+        return v, near & move
+    for _ in range(iters):
+        a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+        cr = np.cross(b - a, c - a)
+        area = 0.5 * np.linalg.norm(cr, axis=1) + 1e-12
+        acc = _vertex_sum(f, n, np.column_stack([area[:, None] * (a + b + c) / 3.0, area, cr]))
+        target = acc[:, :3] / np.maximum(acc[:, 3:4], 1e-12)
+        nrm = acc[:, 4:7] / np.maximum(np.linalg.norm(acc[:, 4:7], axis=1), 1e-12)[:, None]
+        d = target - v
+        d -= (d * nrm).sum(1)[:, None] * nrm
+        new = v.copy()
+        new[move] = _project(phi, v[move] + w[move, None] * d[move], zooms, pad)
+        for _ in range(4):  # undo moves that fold a triangle over
+            a, b, c = new[f[:, 0]], new[f[:, 1]], new[f[:, 2]]
+            cr = np.cross(b - a, c - a)
+            g = _field_grad(phi, (a + b + c) / 3.0, zooms, pad)
+            cos = (cr * g).sum(1) / np.maximum(np.linalg.norm(cr, axis=1) * np.linalg.norm(g, axis=1), 1e-12)
+            bad = cos < 0.5
+            if not bad.any():
+                break
+            vb = np.unique(f[bad])
+            new[vb] = v[vb]
+        v = new
+    return v, near & move
+
+
+def _segment_crosses(p0, p1, a, b, c):
+    """Vectorised: does segment ``p0 p1`` cross triangle ``abc``."""
+    e1, e2, d = b - a, c - a, p1 - p0
+    h = np.cross(d, e2)
+    det = (e1 * h).sum(1)
+    ok = np.abs(det) > 1e-12
+    inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)
+    s = p0 - a
+    u = (s * h).sum(1) * inv
+    q = np.cross(s, e1)
+    w = (d * q).sum(1) * inv
+    t = (e2 * q).sum(1) * inv
+    return ok & (u >= 0) & (w >= 0) & (u + w <= 1) & (t >= 0) & (t <= 1)
+
+
+def intersecting_triangles(v: np.ndarray, f: np.ndarray, candidates: np.ndarray | None = None) -> np.ndarray:
+    """Triangles of ``(v, f)`` that cross another triangle with which they share no vertex (an edge of
+    one through the other), among the pairs with at least one triangle in ``candidates`` (bool per
+    triangle; default all).  Bounding-sphere pairs from a k-d tree, then 6 segment tests per pair."""
+    from scipy.spatial import cKDTree
+
+    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+    cen = (a + b + c) / 3.0
+    r = np.max([np.linalg.norm(p - cen, axis=1) for p in (a, b, c)], axis=0)
+    tree = cKDTree(cen)
+    if candidates is None:
+        pairs = tree.query_pairs(2 * float(r.max()), output_type="ndarray")
+    else:
+        sel = np.flatnonzero(candidates)
+        if not len(sel):
+            return np.zeros(0, np.int64)
+        lists = tree.query_ball_point(cen[sel], 2 * float(r.max()))
+        lens = np.fromiter((len(x) for x in lists), np.int64, len(lists))
+        pairs = np.column_stack([np.repeat(sel, lens), np.concatenate(lists).astype(np.int64)])
+        pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    i, j = pairs[:, 0], pairs[:, 1]
+    near = np.linalg.norm(cen[i] - cen[j], axis=1) <= r[i] + r[j]
+    i, j = i[near], j[near]
+    share = (f[i][:, :, None] == f[j][:, None, :]).any((1, 2))
+    i, j = i[~share], j[~share]
+    hit = np.zeros(len(i), bool)
+    for x, y in ((i, j), (j, i)):
+        for k0, k1 in ((0, 1), (1, 2), (2, 0)):
+            hit |= _segment_crosses(v[f[x, k0]], v[f[x, k1]], v[f[y, 0]], v[f[y, 1]], v[f[y, 2]])
+    return np.unique(np.concatenate([i[hit], j[hit]]))
+
+
+def _untangle(v, v0, f, near=None, max_rounds=12):
+    """Undo the relaxation (back to the marching-cubes points ``v0``, which do not intersect) around
+    every pair of crossing triangles, one ring wider each round, until none is left.  Returns
+    ``(v, number of vertices put back)``."""
+    moved = np.any(v != v0, axis=1)
+    if near is not None:
+        moved &= near
+    cand = moved[f].any(1)
+    back = 0
+    for _ in range(max_rounds):
+        bad = intersecting_triangles(v, f, cand)
+        if not len(bad):
+            return v, back
+        vb = np.unique(f[bad])
+        ring = np.unique(f[np.isin(f, vb).any(1)])
+        back += int(np.count_nonzero(np.any(v[ring] != v0[ring], axis=1)))
+        v[ring] = v0[ring]
+        cand = np.isin(f, ring).any(1)
+    return v0.copy(), len(v)
+
+
 def _seeds(region: np.ndarray, depth: np.ndarray, zooms, pad: int, min_depth: float):
     """One point (mm, local frame) per 6-connected piece of ``region``: its deepest grid point."""
     lab, n = ndi.label(region)
@@ -366,7 +508,7 @@ class _quiet_stdout:
 def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float, *, min_thickness_mm=0.5,
                            sigma_vox=0.7, minratio=1.5, mindihedral=12.0, surface_step=None, extra_switches="",
                            progress_cb=None, verbose=False, thickness_scale=1.0, calibrate=True,
-                           island_fraction=0.01, lesion=None, lesion_tag=3):
+                           island_fraction=0.01, lesion=None, lesion_tag=3, relax_iterations=8):
     """Nested surfaces -> TetGen.  Returns ``(nodes_mm_local, tets, tet_tags, info)``.
 
     ``h``: target element size (mm); tets get a max volume ``h^3 / (6 sqrt 2)`` (regular tet
@@ -397,14 +539,28 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     verts, faces, nsurf = [], [], {}
     off = 0
     fields = [(k, phis[k]) for k in range(1, 6)] + ([("air", phi_air)] if phi_air is not None else [])
+    mc_verts, near = [], []
+    cell = step * float(np.min(zooms))
     for name, phi in fields:
         if not (phi[::step, ::step, ::step] < 0).any():  # e.g. a small air field on a coarse sub-grid
             continue
         v, f, n0 = _surface(phi, zooms, pad, step)
+        mc_verts.append(v)
+        if relax_iterations:
+            v, nr = _relax_surface(v, f, phi, [o for n2, o in fields if n2 != name], zooms, pad, cell,
+                                   iters=int(relax_iterations))
+            near.append(nr)
         verts.append(v)
         faces.append(f + off)
         off += len(v)
         nsurf[str(name)] = (n0, len(f))
+    if relax_iterations:
+        t1 = time.perf_counter()
+        fs = np.concatenate(faces)
+        v, info["relax_vertices_put_back"] = _untangle(np.concatenate(verts), np.concatenate(mc_verts), fs,
+                                                            np.concatenate(near))
+        info["timings_s"]["untangle_s"] = time.perf_counter() - t1
+        verts, faces = [v], [fs]
     if lesion is not None:  # free vertices that refine the mesh in the lesion
         extra = _lesion_points(lesion, [phi for _, phi in fields], zooms, pad)
         verts.append(extra)
@@ -437,8 +593,20 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
         q = ""
     switches = f"p{q}a{maxvol:.4g}{extra_switches}" + ("V" if verbose else "Q")
     try:
-        with _quiet_stdout(not verbose):  # TetGen's C code prints to stdout even with Q
-            out = tg.tetrahedralize(switches=switches)
+        try:
+            with _quiet_stdout(not verbose):  # TetGen's C code prints to stdout even with Q
+                out = tg.tetrahedralize(switches=switches)
+        except RuntimeError as exc:
+            if not relax_iterations or "intersect" not in str(exc):
+                raise
+            # a crossing the untangling missed: the unrelaxed marching-cubes surfaces never cross
+            logger.warning("relaxed head surfaces intersect (%s); meshing the unrelaxed ones", exc)
+            mc = np.concatenate(mc_verts)
+            verts[:len(mc)] = mc + np.random.default_rng(12345).uniform(-1e-4, 1e-4, mc.shape)
+            info["relax_fallback"] = True
+            tg = tetgen.TetGen(verts, faces.astype(np.int32))
+            with _quiet_stdout(not verbose):
+                out = tg.tetrahedralize(switches=switches)
     except Exception as exc:
         raise MeshError(f"TetGen failed on the head surfaces ({exc}); try another element size, or "
                         "method='lattice'") from None
@@ -568,11 +736,12 @@ def surface_defaults(h: float, zooms) -> dict:
     """Options of :func:`surface_mesh_from_tags` for element size ``h`` (mm) on a grid of voxel size
     ``zooms``: surfaces on every ``round(h / (2 voxel))``-th grid point (4 for 8 mm on 1 mm voxels),
     minimum layer thicknesses scaled with that sub-grid spacing (x2 at 4 mm, x1 up to 2 mm; thinner
-    made neighbour surfaces intersect on Colin27), ``-pq2.5/5a<vol>Y``."""
+    made neighbour surfaces intersect on Colin27), surfaces relaxed on their level sets (8 rounds),
+    ``-pq1.4/15a<vol>YO9/7o/165`` (TetGen's flip/smooth/insert optimisation, max dihedral 165 deg)."""
     z = float(np.min(zooms))
     step = max(1, round(float(h) / (2 * z)))
-    return {"surface_step": step, "thickness_scale": max(1.0, step * z / 2), "minratio": 2.5, "mindihedral": 5.0,
-            "extra_switches": "Y"}
+    return {"surface_step": step, "thickness_scale": max(1.0, step * z / 2), "minratio": 1.4, "mindihedral": 15.0,
+            "extra_switches": "YO9/7o/165", "relax_iterations": 8}
 
 
 def compact_for_shipping(mesh, keep_tri_tags=(1005,)):
