@@ -19,18 +19,8 @@ element gradients sampled at the centroids of its patch (volume-weighted least s
 and takes the fit's value at the node.  Unlike averaging, the fit extrapolates correctly at
 tissue interfaces and the outer surface, where a patch is one-sided.
 
-Measured on the 3-layer sphere (relative L2 error of E in the inner ball, tests/test_fem_sphere.py
-and tests/test_tms.py):
-
-================  ==========  =============  =====
-case              element     nodal_average  spr
-================  ==========  =============  =====
-tDCS, 23k tets    8.05 %      5.26 %         5.25 %
-tDCS, 632k tets   2.49 %      0.89 %         1.07 %
-TMS, 23k tets     7.50 %      6.05 %         4.71 %
-================  ==========  =============  =====
-
-So ``"auto"`` uses nodal averaging for tDCS/tACS (near point-like sources the linear fit
+The measured errors of the three (element-wise, averaging, SPR) on the spheres that decided
+``"auto"`` are in docs/solver.md. So ``"auto"`` uses nodal averaging for tDCS/tACS (near point-like sources the linear fit
 over-shoots) and SPR for TMS (smooth sources, error dominated by the interfaces).
 
 SPR has two implementations with the same mathematics: a numba kernel (used when numba is

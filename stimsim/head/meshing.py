@@ -11,66 +11,8 @@ and options, element size and lesion) and the world transform:
   Thin layers cost volume accuracy: Colin27 at 3.2 mm has CSF +29 %, GM -10 %.
 * ``method="auto"`` (default): surface when it can, else lattice with a logged warning.
 
-Lattice method ("graded BCC lattice, tagged, closed and snapped")
----------------------------------------------------------
-1. **Labels -> tags** with a label map (:mod:`stimsim.head.labels`); an optional lesion
-   mask overrides the tag under it.  Small islands of a tissue (6-connected components
-   under 2 % of the tissue's largest piece, e.g. the thousands of isolated voxels in the
-   Colin27 segmentation) are given the tag of the nearest other tissue, and pieces of the
-   head not connected to the main piece are dropped.  Background enclosed by the head
-   (air cavities) stays background: it becomes an insulating hole in the mesh.
-2. **Points**: a uniform body-centred cubic (BCC) lattice of spacing ``element_size_mm``
-   over the head's bounding box plus 2 spacings, also beyond the edges of the volume (a head
-   cut at the neck), so the Delaunay hull, where Qhull makes flat slivers of coplanar
-   points, lies outside the tissue.  The BCC lattice's Delaunay tetrahedralisation is
-   non-degenerate and made of identical well-shaped tetrahedra (dihedral angles 60 deg and
-   90 deg).  ``scipy.spatial.Delaunay`` (Qhull) tetrahedralises the points.  (``_bcc_points``
-   can still grade the lattice, ``levels`` > 1, but the 2h/h transitions hold cospherical
-   point sets that Qhull splits into zero-volume slivers: min dihedral ~0 deg, which made
-   AMG-CG take 68 s at 4 mm; on Colin27 grading saved little because the head is full of
-   interfaces.)
-3. **Tags** are sampled at each tetrahedron's centroid (unbiased: tissue volumes match
-   the voxel volumes in expectation).
-4. **Closed layers**: SimNIBS tissues are nested (scalp > bone > CSF > GM > WM).  A
-   tetrahedron may touch across a face only tissues of the next layer out or in, so a
-   tet of GM that touches bone becomes CSF, a brain or CSF tet that touches the scalp,
-   the outside or an air cavity becomes bone, and so on (a min-plus distance propagation
-   over the tet adjacency).  This keeps skull and CSF closed at any resolution, where raw
-   sampling would perforate 1-2 voxel thin layers (which then shunt current).  Eyes and
-   muscle count as scalp layer, compact/spongy bone as bone, blood as CSF.
-5. **Snapping**: every node on an interface between two layers moves onto the interface of
-   the (lightly smoothed) signed-distance function of the voxel mask, a few Newton steps,
-   each clamped to 0.45 spacing, with an inversion guard (a move that shrinks any incident
-   tet below 25 % of its volume is halved, up to 4 times, then undone).  The CSF, bone and
-   scalp targets are made at least 0.5 mm thick.  This removes the staircase, gives smooth
-   scalp normals for electrodes, and brings volumes back toward the voxel volumes where
-   step 4 had added to them.  Then a guarded Laplacian smoothing of nodes inside one layer.
-
-Choice and status (measured on this 2-core machine, Colin27 181x217x181 1 mm labels)
------------------------------------------------------------------------------------
-* Centroid sampling alone (no step 4), BCC 2.5 mm: volumes within 0.1 % but CSF in 7,167
-  face-connected pieces (largest 81 %), scalp 1,830 pieces: thin layers perforate.
-* Face-sense closure instead of step 4 (a tet may not share a *face* with a non-adjacent
-  layer), h 3.2: volumes within 4.5 % (CSF -4.3, bone -2.2, scalp +0.9, GM -0.2 %), but CSF
-  in 5,200 face-connected pieces (largest 89 %), bone 2,177: layers touch across edges.
-* Vertex-sense closure (step 4) + snapping, uniform h 3.2 mm (default, mesher ``bcc-2``):
-  256k nodes / 1.43 M tets, ~70 s and 1.2 GB on 2 loaded cores, min dihedral 1.3 deg
-  (60 deg before snapping), CSF, GM, WM, scalp each 1 piece, bone 2 (99.97 %); but volume
-  error WM -1.4, GM -10.1, CSF +29.3, bone -5.9, scalp +4.3 %: the closure puts a whole
-  star of tets (~h thick) of CSF wherever Colin27 grey matter touches the skull (15,000
-  voxel faces; 11,000 lattice nodes at h 3.2) and the snapping cannot squeeze it (the
-  star's far nodes are held by the grey matter behind them).  NOT within the 5 % goal.
-  tDCS (C3/Fp2 point electrodes, 1 mA) on it: 5 s end to end, AMG-CG 31 iterations.
-  Before ``bcc-2`` (graded lattice, h 3.0): 1.70 M tets, min dihedral ~0 deg, CSF +22 %.
-* Way forward for the volumes: a closing layer thinner than an element where GM touches
-  bone, e.g. insert lattice points on both sides of the contact (node pairs ~0.5 mm apart)
-  before the Delaunay step, or a surface mesher (below) on nested surfaces made disjoint.
-* Not measured here: marching cubes + decimation + TetGen (``tetgen`` wheel, AGPL-3,
-  usable from a GPL-3 project).  It conforms to smooth surfaces and would represent a
-  1 mm layer with one element across, but needs nested surfaces that never touch, which
-  Colin27 violates (GM touches skull on 15,000 voxel faces and scalp on 1,500; air
-  cavities touch skull and scalp).  ``/work/shared/TOOLCHAIN.md`` reports it works for 3
-  synthetic nested surfaces (783k tets, 25 s).
+The lattice method's steps (BCC lattice, centroid tags, closed layers, snapping) and the
+measurements behind the choice of the two meshers: docs/meshing.md.
 
 Units: mm.  The mesh is in the world frame of the NIfTI affine (axis-aligned affines only;
 left-handed affines are fine: the tetrahedra are re-oriented).

@@ -9,63 +9,8 @@ distributed binary that bundles it is AGPL-3.  The embedded Colin27 mesh is made
 ``--method auto``, the default, picks when ``tetgen`` and ``scikit-image`` import), which does the
 input checks, label cleaning, caching and world transform for both meshers.
 
-Method ("nested signed-distance surfaces", version ``surf-2``)
---------------------------------------------------------------
-1. **Layers.**  Tags -> nesting layers (:data:`stimsim.tissues.LAYER_OF_TAG`: 1 scalp,
-   2 bone, 3 CSF, 4 GM, 5 WM).  Nested masks ``M_k = layer >= k``; ``M_1..M_3`` have their
-   holes filled and keep their largest piece, ``M_4``/``M_5`` keep pieces over 0.5 mL and
-   holes over 50 voxels (the ventricles are holes of ``M_4``: CSF inside the brain).
-   Air cavities (background enclosed by the head, Colin27 label 6) count as bone for the
-   nesting; pieces over 20 mm^3 get their own surface and are left out of the mesh.
-2. **Signed distances.**  ``phi_k`` = Gaussian-smoothed (sigma 0.7 voxel) signed distance
-   (mm, negative inside) of ``M_k``.  Minimum layer thicknesses (1.0 / 0.75 / 0.5 / 0.75 mm
-   outer to inner, times ``thickness_scale``: 2 for the 4-voxel sub-grid) are enforced by moving
-   both surfaces apart, then exactly (``phi_{k+1} >= phi_k + t`` on the grid).
-3. **Volume calibration.**  Each ``phi_k`` is shifted by a constant (Newton on the enclosed
-   volume of its marching-cubes surface on the sub-grid, 3 rounds with the thickness step) so
-   that it encloses the voxel volume of its layers: smoothing and sub-sampling otherwise move
-   CSF/GM volume by 6-10 %.
-4. **Surfaces.**  Marching cubes of each field on every ``surface_step``-th grid point, with one
-   layer of "outside" around the sub-grid (a surface pushed into the padding at the neck cut was
-   left open: TetGen then dropped the whole scalp) and the field kept 3 % of a cell off zero at
-   grid points (else clusters of near-coincident points made flat tetrahedra).  The surfaces
-   are disjoint by construction (no decimation: quadric decimation self-intersected).
-5. **Volume mesh.**  All surfaces in one PLC -> TetGen ``-pq2.5/5a<vol>Y`` (``Y``: no Steiner
-   points on the surfaces, without it TetGen failed in ``split_subface``), no region or hole
-   seeds.  Points jittered by 1e-4 mm (grid-coplanar marching-cubes points).
-6. **Tags.**  Regions = face-connected pieces of tets not separated by an input triangle; each
-   gets the layer the volume-weighted majority of its tet centroids fall in (trilinear
-   ``phi``).  Pieces of a tissue under 1 % of its largest take the tag of most of their
-   neighbours; a remaining extra CSF piece (the ventricles, cut off from the subarachnoid CSF at
-   this sampling) is joined by re-tagging the shortest face-adjacent chain of brain tets (an
-   "aqueduct", 3 tets on Colin27); pieces off the main head are dropped.
-7. **Lesion** (optional mask, same grid).  The surfaces are made from the tissue *under* the
-   lesion (so they, their volume calibration and the mesh away from the lesion are the same
-   with and without it); a BCC lattice of free vertices (1.5 voxel spacing, kept 0.4 spacing off
-   every surface) refines the mesh in and around the lesion, and the tets centred in a lesion
-   voxel get the lesion tag (default 3, CSF; e.g. 11 for a tag of its own), before the island
-   and CSF-channel steps, which leave it alone.  Unbiased like the lattice mesher's centroid
-   sampling: on a 1.5 mm synthetic head (8 mm elements, surfaces every 4.5 mm) a 1.35 mL cortical
-   and a 0.5 mL deep lesion came out within 1 % of their voxel volume (the carving alternative,
-   lesion voxels as CSF in the nested masks, kept 6 % of the deep one: a hole smaller than the
-   surface sampling closes, and the minimum thicknesses line it with grey matter).
-
-Earlier bug (surf-1): hole seeds were put in every air piece of the full-resolution field; a
-piece the sub-grid surfaces missed left its seed in the bone region and TetGen deleted all of
-the skull (the "bone 0.2 mL" result).  Region attributes were not the problem.
-
-MEASURED (Colin27 181x217x181 1 mm, this 2-core machine)
---------------------------------------------------------
-* Default (step 4, thickness x2, ``-pq2.5/5a60.34Y``): 95,179 nodes / 588,235 tets, 26-32 s
-  (fields 15 s, TetGen 7 s), peak RSS 0.73 GB, 0 inverted / flat, min dihedral 0.02 deg
-  (boundary slivers: ``Y`` forbids splitting them); volumes vs voxels WM +1.8, GM -0.1,
-  CSF -1.8, bone -0.6, scalp -0.2 %; every tissue one face-connected piece.  tDCS C3/Fp2 point
-  electrodes 1 mA: finite, currents exact to 1e-11, 59 CG iterations, simulate 4.3 s.
-  gzip-9 file 6.8 MB (outer triangles only, RCM node order, :func:`compact_for_shipping`).
-* Step 3 (thickness x2, a25.46): 1.20 M tets, 40 s, volumes within 1.8 %, one piece each,
-  tDCS 75 iterations; 20 MB gzip (too big to ship).  Step 2 (x1, a60): 3.57 M tets, 126 s.
-* Step 3 ``-pa25.46Y`` (no ``q``), before the grid-point offset: 1.38 M tets, 19 exactly flat
-  tets (``check_mesh`` refuses them); with ``q2.5/5`` and before the offset: 13.
+Its steps (nested masks, signed distances, volume calibration, marching cubes, relaxation,
+TetGen, region tags, lesion refinement) and what was measured on the way: docs/meshing.md.
 """
 
 from __future__ import annotations
