@@ -111,3 +111,12 @@ def test_cli_writes_a_ti_protocol_and_refuses_unsafe_currents(cap_leadfield, tmp
     unsafe = CliRunner().invoke(app, args + ["--out", str(tmp_path / "unsafe.yaml"), "--total-mA", "10"])
     assert unsafe.exit_code == 2 and "--total-mA" in unsafe.output
     assert not (tmp_path / "unsafe.yaml").exists()
+
+
+def test_a_sampled_roi_still_finds_a_near_optimal_montage(cap_leadfield, sphere3_mesh):
+    """Step 1 on 8 sampled ROI elements (step 2 on all of them) lands within 10 % of the optimum."""
+    best_value, _ = brute_force(cap_leadfield, sphere3_mesh)
+    found = search_ti(cap_leadfield, sphere3_mesh, TARGET, RADIUS, total_mA=TOTAL, brain_tags=(3,),
+                      objective="target", roi_samples=8)
+    assert found.target_envelope_V_per_m <= best_value * (1 + 1e-9)
+    assert found.target_envelope_V_per_m >= 0.9 * best_value

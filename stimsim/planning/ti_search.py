@@ -9,13 +9,14 @@ Search (docs/ti.md, "Optimisation"):
 
 1. **Exhaustive** over all pairs of disjoint pairs with equal currents (``I1 = I2``, the total
    split evenly): the volume-weighted mean maximum envelope in the target ROI, vectorised over
-   the second pair.  The polarity of a pair does not change the envelope (a sign flip of one
+   the second pair.  A large ROI is represented here by a fixed random sample of at most
+   ``roi_samples`` of its elements (volume weights kept), which bounds the cost per candidate.  The polarity of a pair does not change the envelope (a sign flip of one
    carrier only shifts the beat in time), so each unordered pair is counted once.
 2. **Refinement** of the ``top`` best candidates: current splits ``I1 / (I1 + I2)`` from 0.2 to
    0.8 and, over the whole brain outside the ROI, the volume-weighted mean envelope, the ratio
    target / outside (focality) and the peak brain envelope.  ``objective="target"`` keeps the
    strongest target envelope; ``objective="focality"`` the best ratio among candidates reaching at
-   least ``min_target_fraction`` of the strongest target envelope.
+   least ``min_target_fraction`` of the strongest target envelope.  Step 2 uses every ROI element.
 
 Step 2 is a heuristic; on small caps it is checked against evaluating every candidate at every
 split (tests/test_ti_search.py).
@@ -89,7 +90,7 @@ def _weights(mesh: Mesh, elements: np.ndarray) -> np.ndarray:
 
 def search_ti(lf: Leadfield, mesh: Mesh, target_mm, radius_mm: float = 10.0, *, total_mA: float = 2.0,
               brain_tags=(1, 2), objective: str = "focality", top: int = 50, min_target_fraction: float = 0.5,
-              exclude=()) -> TIMontage:
+              exclude=(), roi_samples: int = 96) -> TIMontage:
     """Search two TI channels on a leadfield (see the module docstring).
 
     Parameters
@@ -103,6 +104,7 @@ def search_ti(lf: Leadfield, mesh: Mesh, target_mm, radius_mm: float = 10.0, *, 
     min_target_fraction : for ``"focality"``, the smallest target envelope accepted, as a fraction
         of the strongest one found
     exclude : electrode names not to use
+    roi_samples : most ROI elements step 1 evaluates (a fixed random sample of a larger ROI)
     """
     check_option("objective", objective, ("focality", "target"))
     if not (np.isfinite(total_mA) and total_mA > 0):
@@ -119,12 +121,16 @@ def search_ti(lf: Leadfield, mesh: Mesh, target_mm, radius_mm: float = 10.0, *, 
         raise ProtocolError(f"temporal interference needs 4 electrodes; the leadfield has {len(usable)} usable")
     roi = roi_elements(mesh, target_mm, radius_mm, brain_tags)
     w_roi = _weights(mesh, roi)
-    cols = _columns(lf, roi)
+    sample = roi
+    if len(roi) > roi_samples:  # step 1 on a fixed sample; step 2 on the whole ROI
+        sample = np.sort(np.random.default_rng(0).choice(roi, roi_samples, replace=False))
+    w_sample = _weights(mesh, sample)
+    cols = _columns(lf, sample)
     ia, ib = np.triu_indices(len(usable), 1)
     pa, pb = np.asarray(usable)[ia], np.asarray(usable)[ib]
-    pair_fields = cols[pa] - cols[pb]  # (npairs, n_roi, 3) per A
+    pair_fields = cols[pa] - cols[pb]  # (npairs, n_sample, 3) per A
     half = 0.5 * total_mA * 1e-3
-    n_pairs, n_roi = len(pa), len(roi)
+    n_pairs, n_roi = len(pa), len(sample)
 
     # step 1: every pair of disjoint pairs, equal currents
     scores = np.full((n_pairs, n_pairs), -np.inf)
@@ -135,7 +141,7 @@ def search_ti(lf: Leadfield, mesh: Mesh, target_mm, radius_mm: float = 10.0, *, 
             continue
         e1 = np.broadcast_to(pair_fields[i], (len(j), n_roi, 3)).reshape(-1, 3)
         env = max_envelope(half * e1, half * pair_fields[j].reshape(-1, 3)).reshape(len(j), n_roi)
-        scores[i, j] = env @ w_roi
+        scores[i, j] = env @ w_sample
     candidates = int(np.isfinite(scores).sum())
     order = np.argsort(scores, axis=None)[::-1][:max(1, top)]
     best_i, best_j = np.unravel_index(order, scores.shape)
@@ -146,7 +152,7 @@ def search_ti(lf: Leadfield, mesh: Mesh, target_mm, radius_mm: float = 10.0, *, 
     w_out = _weights(mesh, outside) if len(outside) else np.zeros(0)
     ranking = []
     for i, j in zip(best_i, best_j):
-        f1_roi, f2_roi = pair_fields[i], pair_fields[j]
+        f1_roi, f2_roi = _pair_field(lf, pa[i], pb[i], roi), _pair_field(lf, pa[j], pb[j], roi)
         f1_out, f2_out = _pair_field(lf, pa[i], pb[i], outside), _pair_field(lf, pa[j], pb[j], outside)
         for s in SPLITS:
             i1, i2 = s * total_mA * 1e-3, (1 - s) * total_mA * 1e-3
