@@ -160,8 +160,8 @@ def search_ti(lf: Leadfield, mesh: Mesh, target_mm, radius_mm: float = 10.0, *, 
             env_out = max_envelope(i1 * f1_out, i2 * f2_out) if len(outside) else np.zeros(0)
             out_mean = float(env_out @ w_out) if len(outside) else 0.0
             peak = max(float(env_out.max(initial=0.0)), float(max_envelope(i1 * f1_roi, i2 * f2_roi).max()))
-            ranking.append({"channels": [(names[pa[i]], names[pb[i]], round(s * total_mA, 6)),
-                                         (names[pa[j]], names[pb[j]], round((1 - s) * total_mA, 6))],
+            ranking.append({"channels": [(names[pa[i]], names[pb[i]], round(float(s) * total_mA, 6)),
+                                         (names[pa[j]], names[pb[j]], round((1 - float(s)) * total_mA, 6))],
                             "target_V_per_m": target, "outside_V_per_m": out_mean,
                             "focality": target / out_mean if out_mean > 0 else float("inf"),
                             "peak_brain_V_per_m": peak})
