@@ -18,8 +18,8 @@ from .coils import load_coil, place_coil, placement_from_matrix
 from .coils.model import check_dipoles_outside
 from .errors import ProtocolError
 from .protocol import TMSProtocol
-from .fem import (HAVE_NUMBA, amg_hierarchy, assemble_load_from_element_vectors, element_efield, element_mean,
-                  grounded_system, pcg, recover, solver_for)
+from .fem import (amg_hierarchy, assemble_load_from_element_vectors, element_efield, element_mean,
+                  grounded_system, pcg, recover, solver_for, use_numba)
 from .fem.linear import DEFAULT_RTOL, FactorizedSolver, pick_backend
 from .head_model import HeadModel, read_head, resolve_position
 from .simulation_result import TMSResult
@@ -76,12 +76,13 @@ def run_tms(protocol: TMSProtocol, base_dir: Path | None = None, mesh=None):
     coil = load_coil(protocol.coil, base_dir)
     didt = coil_didt_A_per_s(protocol, coil)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(_warm_up, HAVE_NUMBA)
+        kernels = use_numba()  # read now: one choice for the whole run
+        pool.submit(_warm_up, kernels)
         mesh, inputs, timings = read_head(protocol, base_dir, mesh)
         primary = pool.submit(_primary_field, protocol, mesh, base_dir, coil, didt)
         # no local name for the head model: solve_tms consumes it and frees its matrix early
         return solve_tms(protocol, HeadModel.assemble(mesh, protocol.conductivities, inputs=inputs, timings=timings,
-                                                      gradients=not HAVE_NUMBA),
+                                                      gradients=not kernels),
                          coil, didt, primary, consume=True)
 
 

@@ -271,9 +271,15 @@ def test_tms_model_reuses_earlier_solutions(sphere3):
 
 def test_run_without_numba_kernels_gives_the_same_fields(sphere3, sphere3_result, monkeypatch):
     """The numpy fallback (stored gradients, numpy assembly) and the numba kernels agree."""
-    import stimsim.fem.fields as fields
+    import stimsim.fem.kernels as kernels
+    import stimsim.fem.p1_numba as p1_numba
 
-    monkeypatch.setattr(fields, "HAVE_NUMBA", False)
+    def kernel_used(*args, **kwargs):
+        raise AssertionError("a numba kernel ran although numba was switched off")
+
+    monkeypatch.setattr(kernels, "HAVE_NUMBA", False)
+    for name in ("stiffness_matrix", "load_from_nodal_field", "tms_fields"):
+        monkeypatch.setattr(p1_numba, name, kernel_used)
     fallback = simulate(_protocol(), mesh=sphere3)
     for name in ("E", "J", "E_recovered"):
         a, b = getattr(fallback, name), getattr(sphere3_result, name)

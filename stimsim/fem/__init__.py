@@ -17,10 +17,11 @@ Small composable pieces, each one implementation:
 from .assembly import P1Geometry, assemble_load_from_element_vectors, assemble_stiffness
 from .electrodes import (ElectrodeSpec, ElectrodeSystem, GroundedSystem, PlacedElectrode, electrode_system,
                          grounded_system, place_electrodes)
-from .fields import HAVE_NUMBA, element_efield, element_mean, recover
+from .fields import element_efield, element_mean, recover
+from .kernels import use_numba
 from .linear import DEFAULT_RTOL, FactorizedSolver, SolveInfo, amg_cg, amg_hierarchy, pcg, solver_for
 
 __all__ = ["P1Geometry", "assemble_stiffness", "assemble_load_from_element_vectors", "ElectrodeSpec",
            "ElectrodeSystem", "GroundedSystem", "PlacedElectrode", "electrode_system", "grounded_system",
-           "place_electrodes", "HAVE_NUMBA", "element_efield", "element_mean", "recover", "DEFAULT_RTOL",
+           "place_electrodes", "use_numba", "element_efield", "element_mean", "recover", "DEFAULT_RTOL",
            "FactorizedSolver", "SolveInfo", "amg_cg", "amg_hierarchy", "pcg", "solver_for"]

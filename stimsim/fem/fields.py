@@ -32,16 +32,14 @@ meshes); ``recover_gradient_spr(..., backend=...)`` selects one.
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import scipy.sparse as sp
 
 from ..errors import check_option
+from . import kernels
 
 from .assembly import P1Geometry
 
-HAVE_NUMBA = importlib.util.find_spec("numba") is not None  # the kernels import lazily
 
 
 def element_efield(geometry: P1Geometry, potential_V: np.ndarray) -> np.ndarray:
@@ -133,11 +131,7 @@ def recover_gradient_spr(geometry: P1Geometry, tags: np.ndarray, element_values:
     -------
     (m, k) recovered field at the element centroids.
     """
-    check_option("backend", backend, ("auto", "numba", "numpy"))
-    use_numba = HAVE_NUMBA if backend == "auto" else backend == "numba"
-    if use_numba and not HAVE_NUMBA:
-        raise ImportError("backend 'numba' requested but numba is not installed")
-    if use_numba:
+    if kernels.use_numba(backend):
         from ._spr_numba import recover_gradient_spr_numba
 
         return recover_gradient_spr_numba(geometry, tags, element_values, centroids_mm, nodes_mm, min_samples)

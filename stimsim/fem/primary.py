@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
+
 MU0 = 4e-7 * np.pi  # vacuum permeability, H/m (the pre-2019 exact value; relative change 1e-10)
 
 try:  # optional accelerator
@@ -43,9 +45,9 @@ try:  # optional accelerator
             out[i, 1] = ay
             out[i, 2] = az
 
-    HAVE_NUMBA = True
+    _COMPILED = True
 except Exception:  # pragma: no cover - depends on the environment
-    HAVE_NUMBA = False
+    _COMPILED = False
 
 
 def _dipole_sum_numpy(points, dpos, dmom, chunk=4096):
@@ -76,10 +78,7 @@ def dipole_dadt(points_mm: np.ndarray, dipole_positions_mm: np.ndarray, dipole_m
     pts = np.ascontiguousarray(points_mm, float) * 1e-3
     dpos = np.ascontiguousarray(dipole_positions_mm, float) * 1e-3
     dmom = np.ascontiguousarray(dipole_moments_m2, float)
-    use_numba = HAVE_NUMBA if backend == "auto" else backend == "numba"
-    if use_numba and not HAVE_NUMBA:
-        raise ImportError("backend 'numba' requested but numba is not installed")
-    if use_numba:
+    if kernels.use_numba(backend) and _COMPILED:
         dt = np.float32 if precision == "single" else np.float64
         out = np.empty(pts.shape, dt)
         _dipole_sum_numba(pts.astype(dt), *np.ascontiguousarray(dpos.T, dt), *np.ascontiguousarray(dmom.T, dt), out)
@@ -94,7 +93,7 @@ def warm_up(precision: str = "double") -> None:
 
     A TMS run calls this in a background thread while it reads the head mesh.
     """
-    if HAVE_NUMBA:
+    if kernels.use_numba() and _COMPILED:
         dt = np.float32 if precision == "single" else np.float64
         pts = np.zeros((4, 3), dt)
         _dipole_sum_numba(pts + 1, *np.zeros((6, 1), dt), np.empty_like(pts))
