@@ -22,7 +22,7 @@ TAGS = (1, 2, 3, 4, 5)  # WM GM CSF bone scalp
 
 
 def run_one(method: str, h: float | None) -> dict:
-    from stimsim.head.meshing import make_head_mesh, quality_summary
+    from stimsim.head.meshers import make_head_mesh, quality_summary
 
     t = time.perf_counter()
     mesh, info = make_head_mesh(LABELS, None, "colin27", method=method, element_size_mm=h, cache=False,
@@ -54,7 +54,7 @@ def main() -> None:
         for h in args.sizes or [None]:
             cmd = [sys.executable, __file__, "--child", "--method", method] + ([str(h)] if h else [])
             r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-            from stimsim.head.meshing import default_element_size
+            from stimsim.head.meshers import default_element_size
 
             err = " ".join(f"{100 * r['vol_err'][str(t)]:+.1f}" for t in TAGS)
             pieces = " ".join(str(r["pieces"][str(t)]) for t in TAGS)

@@ -5,7 +5,7 @@ Run from the repository root (needs nibabel, scikit-image and the optional TetGe
 
     python meshes/build_colin27.py [--data ../shared/data/heads/colin27] [--force]
 
-Mesher: :mod:`stimsim.head.surface_mesher` (nested smoothed signed-distance surfaces, marching
+Mesher: :mod:`stimsim.head.meshers.surface` (nested smoothed signed-distance surfaces, marching
 cubes on every 4th voxel, TetGen ``-pq2.5/5a60.34Y``).  It refuses to write unless every tissue is
 present and within 5 % of its voxel volume, no tet is inverted or flat, every tissue (CSF and
 skull included) is a single face-connected piece and the file is under 8 MB (issue 5
@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from stimsim.head.eeg import project_to_scalp, read_positions
-from stimsim.head.meshing import print_summary, quality_summary
-from stimsim.head.meshing import make_surface_head_mesh
-from stimsim.head.surface_mesher import compact_for_shipping
+from stimsim.head.meshers import print_summary, quality_summary
+from stimsim.head.meshers import make_surface_head_mesh
+from stimsim.head.meshers.surface import compact_for_shipping
 from stimsim.mesh import check_mesh, write_msh
 
 ROOT = Path(__file__).resolve().parents[1]

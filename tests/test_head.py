@@ -50,7 +50,7 @@ def sphere_head(tmp_path_factory):
     import os
 
     os.environ["STIMSIM_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    from stimsim.head.meshing import make_head_mesh
+    from stimsim.head.meshers import make_head_mesh
 
     vol = _spheres()
     mesh, info = make_head_mesh(vol, np.eye(4), "colin27", method="lattice", element_size_mm=1.5, progress=False,
@@ -59,7 +59,7 @@ def sphere_head(tmp_path_factory):
 
 
 def test_sphere_head_volumes_quality_connectivity(sphere_head):
-    from stimsim.head.meshing import quality_summary
+    from stimsim.head.meshers import quality_summary
     from stimsim.mesh import check_mesh
 
     vol, mesh, info = sphere_head
@@ -77,7 +77,7 @@ def test_head_cut_at_volume_edge_has_no_hull_slivers():
     """A head touching the edge of the volume (Colin27 is cut at the neck): the lattice goes
     beyond the volume so Qhull's flat hull tets stay outside the tissue; before snapping every
     tet is a BCC tet, after it no tet is near-flat (near-flat slivers stalled AMG-CG)."""
-    from stimsim.head.meshing import make_head_mesh, quality_summary
+    from stimsim.head.meshers import make_head_mesh, quality_summary
 
     vol = _spheres()[:, :, 12:]
     mesh, info = make_head_mesh(vol, np.eye(4), "colin27", method="lattice", element_size_mm=1.5, progress=False,
@@ -90,7 +90,7 @@ def test_head_cut_at_volume_edge_has_no_hull_slivers():
 
 
 def test_mesh_cache_and_world_frame(sphere_head, tmp_path):
-    from stimsim.head.meshing import make_head_mesh
+    from stimsim.head.meshers import make_head_mesh
 
     vol, mesh, info = sphere_head
     assert info.cache_file
@@ -106,7 +106,7 @@ def test_mesh_cache_and_world_frame(sphere_head, tmp_path):
 
 
 def test_lesion_changes_tags(sphere_head):
-    from stimsim.head.meshing import make_head_mesh
+    from stimsim.head.meshers import make_head_mesh
 
     vol, mesh, _ = sphere_head
     lesion = np.zeros(vol.shape, bool)
@@ -121,7 +121,7 @@ def test_lesion_changes_tags(sphere_head):
 
 
 _METHODS = ["lattice", pytest.param("surface", marks=pytest.mark.skipif(
-    not __import__("stimsim.head.surface_mesher", fromlist=["available"]).available(),
+    not __import__("stimsim.head.meshers.surface", fromlist=["available"]).available(),
     reason="tetgen / scikit-image not installed"))]
 
 
@@ -133,7 +133,7 @@ _METHODS = ["lattice", pytest.param("surface", marks=pytest.mark.skipif(
     (np.full((6, 6, 6), 9, np.uint8), "labels 9 occur"),
 ])
 def test_bad_label_volumes(bad, match, method):
-    from stimsim.head.meshing import make_head_mesh
+    from stimsim.head.meshers import make_head_mesh
 
     with pytest.raises(MeshError, match=match):
         make_head_mesh(bad, np.eye(4), "colin27", method=method, progress=False, cache=False)
@@ -141,7 +141,7 @@ def test_bad_label_volumes(bad, match, method):
 
 @pytest.mark.parametrize("method", _METHODS)
 def test_oblique_affine_and_lesion_grid_rejected(method):
-    from stimsim.head.meshing import make_head_mesh
+    from stimsim.head.meshers import make_head_mesh
 
     vol = _spheres(20, (8, 7, 6, 5, 3))
     c, s = np.cos(0.3), np.sin(0.3)
@@ -281,7 +281,7 @@ def _mean_magnE(res, select):
 def test_cli_mesh_surface_synthetic_head(synth):
     """`stimsim mesh --method surface`: every tissue, volumes within 5 % of the voxels, no inverted
     element, one face-connected piece per tissue, quality summary printed, no temp files."""
-    from stimsim.head.meshing import quality_summary
+    from stimsim.head.meshers import quality_summary
     from stimsim.mesh import check_mesh, read_mesh
 
     out, output = synth.mesh_file(8.0)
@@ -311,8 +311,8 @@ def test_cli_mesh_surface_synthetic_head(synth):
 
 
 def test_mesh_method_auto_picks_surface(synth, monkeypatch, caplog):
-    from stimsim.head import surface_mesher
-    from stimsim.head.meshing import resolve_method
+    from stimsim.head.meshers import surface as surface_mesher
+    from stimsim.head.meshers import resolve_method
 
     assert resolve_method("auto") == "surface"
     out, _ = synth.mesh_file(8.0)  # the same input through auto: the surface mesh, from the cache
@@ -372,7 +372,7 @@ def test_surface_mesh_lesion_tags(synth):
     """--lesion-tag 11: the lesion keeps its own tag (a protocol sets its conductivity), with the
     mask's volume and place; a deep lesion with the default tag 3 stays a separate CSF piece (it is
     neither removed as an island nor joined to the outer CSF by a channel)."""
-    from stimsim.head.meshing import make_head_mesh, quality_summary
+    from stimsim.head.meshers import make_head_mesh, quality_summary
 
     deep = _ball(synth.xyz, 20.0 * _ANODE_DIR, 5.0)
     kw = {"method": "surface", "element_size_mm": 8.0, "progress": False, "return_info": True}
@@ -482,7 +482,7 @@ def colin27_default(shared_data, tmp_path_factory):
     import os
 
     os.environ["STIMSIM_CACHE"] = str(tmp_path_factory.mktemp("c27cache"))
-    from stimsim.head.meshing import make_head_mesh, quality_summary
+    from stimsim.head.meshers import make_head_mesh, quality_summary
 
     mesh, info = make_head_mesh(shared_data("heads/colin27/labels.nii.gz"), None, "colin27", method="lattice",
                                 progress=False, return_info=True)
@@ -507,7 +507,7 @@ def test_colin27_surface_mesh_within_5_percent(shared_data, tmp_path, monkeypatc
     pytest.importorskip("tetgen")
     pytest.importorskip("skimage")
     monkeypatch.setenv("STIMSIM_CACHE", str(tmp_path))
-    from stimsim.head.meshing import make_head_mesh, quality_summary
+    from stimsim.head.meshers import make_head_mesh, quality_summary
 
     mesh, info = make_head_mesh(shared_data("heads/colin27/labels.nii.gz"), None, "colin27", progress=False,
                                 return_info=True)
@@ -526,16 +526,17 @@ def test_surface_mesher_nested_spheres_tags_and_volumes():
     tiny air pieces deleted the whole skull)."""
     pytest.importorskip("tetgen")
     pytest.importorskip("skimage")
-    from stimsim.head import surface_mesher as sm
-    from stimsim.head.meshing import _cavities, _signed_volumes
+    from stimsim.head.meshers import surface as sm
+    from stimsim.head.meshers.core import air_cavities
+    from stimsim.head.meshers.topology import signed_volumes
 
     vol = _spheres(n=48)
     tags = apply_label_map(vol, LABEL_MAPS["colin27"])
     tags[39:42, 22:25, 22:25] = 0  # a small air pocket in the skull band (r 15.5-17.5 mm)
-    cav = _cavities(tags)
+    cav = air_cavities(tags)
     nodes, tets, ttags, info = sm.surface_mesh_from_tags(tags, cav, (1.0, 1.0, 1.0), 3.0, minratio=0,
                                                          surface_step=1, extra_switches="Y")
-    v = _signed_volumes(nodes, tets)
+    v = signed_volumes(nodes, tets)
     assert set(np.unique(ttags).tolist()) == {1, 2, 3, 4, 5}
     assert (np.abs(v) > 0).all()
     for t, lab in ((5, 1), (4, 2), (3, 3), (2, 4), (1, 5)):

@@ -96,7 +96,7 @@ def test_quality_report_counts_worst_and_location():
 
 
 def test_flat_tetrahedron_is_degenerate():
-    from stimsim.head.meshing import assess_quality, quality_summary
+    from stimsim.head.meshers import assess_quality, quality_summary
 
     mesh = _mesh(*map(_positive, (_regular(), _sliver(0.0, (5, 5, 5)), _regular(1, (-5, 0, 0)))))
     q = element_quality(mesh)
@@ -138,7 +138,7 @@ def test_mesh_quality_uses_the_same_measures():
 
 def test_quality_warning_text():
     """The element warnings give count, fraction, worst value, where (mm) and which tissue."""
-    from stimsim.head.meshing import assess_quality, quality_summary
+    from stimsim.head.meshers import assess_quality, quality_summary
 
     mesh = _mesh(*map(_positive, (_regular(), _sliver(0.05, (10, 20, 30)), _regular(1, (0, 9, 0)),
                                   _regular(1, (0, -9, 0)))), tags=[2, 3, 2, 2])
@@ -152,7 +152,7 @@ def test_quality_warning_text():
 
 # ---- volume checks --------------------------------------------------------------------------------
 def test_volume_check_thresholds():
-    from stimsim.head.meshing import assess_quality, volume_check
+    from stimsim.head.meshers import assess_quality, volume_check
 
     voxel = {1: 100.0, 2: 100.0, 3: 100.0, 4: 100.0, 5: 100.0}
     mesh = {1: 104.0, 2: 94.0, 3: 151.0, 5: 49.0, 11: 7.0}
@@ -231,12 +231,12 @@ def test_head_smaller_than_three_elements(nifti, tmp_path):
     assert not out.exists() and _written(tmp_path) == []
     with pytest.raises(MeshError, match=r"spans 16 x 16 x 16 mm, less than 3 element sizes \(3 x 8 mm = 24 mm\).*"
                                         r"--element-size at most 5\.33 mm"):
-        from stimsim.head.meshing import make_head_mesh
+        from stimsim.head.meshers import make_head_mesh
 
         make_head_mesh(p, None, "colin27", method="lattice", element_size_mm=8.0, progress=False)
     # the rule scales with the voxel size: the same voxels at 2 mm span 32 mm
     p2 = nifti(_balls(20, (8, 7, 6, 5, 3)), "labels2.nii.gz", zoom=2.0)
-    from stimsim.head.meshing import check_meshable, load_label_volume
+    from stimsim.head.meshers import check_meshable, load_label_volume
 
     tags, aff = load_label_volume(p2)
     check_meshable(tags, np.linalg.norm(aff[:3, :3], axis=0), 8.0)
@@ -257,7 +257,7 @@ def test_tissue_with_too_few_voxels(nifti, tmp_path, capsys):
 
 
 def test_tissue_minimum_scales_with_element_size():
-    from stimsim.head.meshing import check_meshable
+    from stimsim.head.meshers import check_meshable
 
     tags = np.zeros((40, 40, 40), np.uint8)
     tags[2:38, 2:38, 2:38] = 5
@@ -288,22 +288,22 @@ def test_lost_grey_matter_fails_and_writes_nothing(nifti, tmp_path):
 
 def test_missing_tissue_fails(nifti, tmp_path, monkeypatch):
     """A mesher that loses a tissue (WM re-tagged as GM here) is refused, naming the tissue."""
-    from stimsim.head import meshing
+    from stimsim.head.meshers import core
 
-    real = meshing._lattice_tets
+    real = core.lattice_tets
 
     def lose_wm(*args, **kw):
         nodes, tets, ttags, info = real(*args, **kw)
         return nodes, tets, np.where(ttags == 1, 2, ttags), info
 
-    monkeypatch.setattr(meshing, "_lattice_tets", lose_wm)
+    monkeypatch.setattr(core, "lattice_tets", lose_wm)
     p = nifti(_balls(24, (10, 9, 8, 6, 4)))
     with pytest.raises(MeshError, match=r"white_matter \(tag 1\) is in the labels \(\d+ mm\^3\) but not in the mesh"):
-        meshing.make_head_mesh(p, None, "colin27", method="lattice", element_size_mm=1.5, progress=False)
+        core.make_head_mesh(p, None, "colin27", method="lattice", element_size_mm=1.5, progress=False)
     assert _written(tmp_path) == []
     # check=False: the same mesh, logged instead
-    mesh, info = meshing.make_head_mesh(p, None, "colin27", method="lattice", element_size_mm=1.5, progress=False,
-                                        cache=False, check=False, return_info=True)
+    mesh, info = core.make_head_mesh(p, None, "colin27", method="lattice", element_size_mm=1.5, progress=False,
+                                     cache=False, check=False, return_info=True)
     assert 1 not in mesh.tissue_tags and info.quality["volume_check"]["missing"] == [1]
 
 
@@ -313,7 +313,7 @@ def test_normal_mesh_warns_with_numbers_and_reports(nifti, tmp_path, caplog):
     import json
 
     from stimsim.cli.head import mesh_command
-    from stimsim.head.meshing import make_head_mesh
+    from stimsim.head.meshers import make_head_mesh
 
     p = nifti(_balls(24, (10, 9, 8, 6, 4)))
     out = tmp_path / "head.msh"
@@ -341,7 +341,7 @@ def test_surface_mesher_merged_tags_are_not_missing(nifti, tmp_path, caplog):
     is said once and is no 'missing tissue' error (the merged voxel volumes are compared)."""
     pytest.importorskip("tetgen")
     pytest.importorskip("skimage")
-    from stimsim.head.meshing import make_head_mesh
+    from stimsim.head.meshers import make_head_mesh
 
     vol = _balls(40, (18, 15, 13, 10, 6))
     tags = np.array([0, 5, 4, 3, 2, 1], np.uint8)[vol]  # SimNIBS numbering

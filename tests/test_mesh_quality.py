@@ -19,7 +19,7 @@ _RADII = (30.0, 26.0, 24.0, 21.0, 17.0)  # scalp 4, skull 2 (two voxels), CSF 3,
 
 @pytest.fixture(scope="module")
 def balls(tmp_path_factory):
-    from stimsim.head.meshing import make_head_mesh, quality_summary
+    from stimsim.head.meshers import make_head_mesh, quality_summary
 
     vol = nested_balls(66, _RADII)
     out = {}

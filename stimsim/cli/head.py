@@ -85,7 +85,7 @@ def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: floa
     """Mesh a label volume and write it (temporary file, then renamed); print the quality summary.
     Returns the exit code (0 ok, 2 bad input with a one-line ``error: ...`` on stderr and nothing
     written).  ``method``: ``auto`` (surface when tetgen and scikit-image import, else lattice with
-    a warning), ``surface`` or ``lattice`` (see :func:`stimsim.head.meshing.make_head_mesh`).
+    a warning), ``surface`` or ``lattice`` (see :func:`stimsim.head.meshers.make_head_mesh`).
 
     Checks (docs/mesh_checks.md): before meshing, the head must span 3 element sizes and 4 voxels
     along each axis and every tissue needs 8 voxels and one element's volume (h^3/12); after it,
@@ -94,7 +94,7 @@ def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: floa
     dihedral angles below 5 deg and radius ratios below 0.1 are warnings with the numbers."""
     from rich.console import Console
 
-    from ..head.meshing import make_head_mesh, print_summary, quality_summary, resolve_method
+    from ..head.meshers import make_head_mesh, print_summary, quality_summary, resolve_method
     from ..mesh import write_mesh
 
     console = Console(stderr=True)

@@ -1,7 +1,7 @@
 """Real heads: label volume -> tetrahedral mesh, label maps, EEG positions, lesions."""
 
 from .labels import LABEL_MAPS, apply_label_map, label_map, read_label_map
-from .meshing import (
+from .meshers import (
     DEFAULT_ELEMENT_SIZE_MM,
     METHODS,
     cache_dir,

@@ -19,7 +19,7 @@ Air cavities
 Air (ROAST 6, Colin27 6) maps to tag 0: it is left out of the volume mesh and becomes a
 hole (an insulating inner boundary, which is what its ~0 S/m conductivity means).  This
 is what SimNIBS does (charm has no air tissue; air pockets are outside the mesh).  The
-mesher keeps the head one connected piece (:mod:`stimsim.head.meshing`).
+mesher keeps the head one connected piece (:mod:`stimsim.head.meshers`).
 
 Custom maps (TSV)
 -----------------

@@ -10,7 +10,7 @@ stage      what                                                                 
 prepare    check the T1 / T2 / lesion, resample to one axis-aligned isotropic grid  ``input/``
 segment    SAMSEG (:func:`stimsim.head.mri.run_samseg`), a child process           ``samseg/``
 tissues    label table + plausibility + clean-up (:mod:`stimsim.head.cleanup`)      ``labels.nii.gz``
-mesh       :func:`stimsim.head.meshing.make_head_mesh` (lesion -> its tag)          ``head.msh``
+mesh       :func:`stimsim.head.meshers.make_head_mesh` (lesion -> its tag)          ``head.msh``
 positions  MNI 10-05 positions -> subject (affine) -> closest scalp point           (recomputed)
 qc         ``qc.png``                                                              (recomputed)
 =========  ======================================================================  ==============
@@ -307,7 +307,7 @@ def make_head_folder(t1, out, *, t2=None, lesion=None, lesion_tag: int = 3, thre
         (as ``stimsim mesh --lesion``); labels.nii.gz keeps the tissues
     threads : SAMSEG threads
     fast : SAMSEG's coarse level only (tests, previews)
-    method, element_size_mm : meshing (:func:`stimsim.head.meshing.make_head_mesh`)
+    method, element_size_mm : meshing (:func:`stimsim.head.meshers.make_head_mesh`)
     cleanup : keyword arguments for :func:`stimsim.head.cleanup.clean_tissues`
     progress : callable taking one line per stage start / end
 
@@ -316,7 +316,7 @@ def make_head_folder(t1, out, *, t2=None, lesion=None, lesion_tag: int = 3, thre
     """
     from ..mesh import read_mesh
     from ..mesh import write_mesh
-    from .meshing import make_head_mesh, resolve_method
+    from .meshers import make_head_mesh, resolve_method
 
     t_start = time.perf_counter()
     out = Path(out)

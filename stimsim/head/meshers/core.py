@@ -4,7 +4,7 @@ Two meshers share the input checks (integer 3-D labels, label map, axis-aligned 
 on the same grid), the label cleaning, the cache (keyed by tags, affine, method, mesher version
 and options, element size and lesion) and the world transform:
 
-* ``method="surface"`` (:mod:`stimsim.head.surface_mesher`; needs ``tetgen`` and
+* ``method="surface"`` (:mod:`stimsim.head.meshers.surface`; needs ``tetgen`` and
   ``scikit-image``): nested smoothed signed-distance surfaces + TetGen.  Colin27 at the default
   8 mm: 588k tets, ~30 s, 0.73 GB, every tissue within 1.8 % of its voxel volume, one piece.
 * ``method="lattice"`` (this module; pip wheels only: numpy, scipy, nibabel): described below.
@@ -35,24 +35,19 @@ from pathlib import Path
 import numpy as np
 import scipy.ndimage as ndi
 
-from .._logging import logger
-from ..errors import MeshError
-from ..mesh.model import Mesh
-from .topology import face_components, sample_volume, tet_neighbors
-from ..tissues import LAYER_FILL_TAG, layer_lut
-from .labels import apply_label_map, label_map
+from ..._logging import logger
+from ...errors import MeshError
+from ...mesh.model import Mesh
+from ...tissues import LAYER_FILL_TAG, layer_lut
+from ..labels import apply_label_map, label_map
+from .lattice import DEFAULT_ELEMENT_SIZE_MM, MESHER_VERSION, lattice_tets
+from .topology import ISLAND_FRACTION, compact_nodes, face_components, orient_tets, tet_neighbors
 
 __all__ = ["make_head_mesh", "load_label_volume", "tissue_connectivity", "quality_summary", "resolve_method",
            "check_meshable", "volume_check", "assess_quality", "expected_tags", "print_summary",
            "default_element_size", "cache_dir", "METHODS", "DEFAULT_ELEMENT_SIZE_MM",
-           "MESHER_VERSION", "make_surface_head_mesh"]
+           "MESHER_VERSION", "make_surface_head_mesh", "air_cavities"]
 
-#: BCC lattice spacing at default resolution: Colin27 1 mm -> 1.43 M tets (uniform lattice)
-DEFAULT_ELEMENT_SIZE_MM = 3.2
-MESHER_VERSION = "bcc-2"
-_ISLAND_FRACTION = 0.02
-_CAVITY = 255
-_SNAP_MIN_VOLUME = 0.25
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,7 +139,7 @@ def _cache_read(cfile: Path | None) -> Mesh | None:
     """The cached mesh, or None (missing, or unreadable: it is rebuilt then)."""
     if cfile is None or not cfile.is_file():
         return None
-    from ..mesh import read_mesh
+    from ...mesh import read_mesh
 
     try:
         mesh, _ = read_mesh(cfile)
@@ -172,7 +167,7 @@ def _clean_islands(tags: np.ndarray, zooms, keep: np.ndarray | None = None) -> t
             continue
         sizes = np.bincount(lab.ravel())
         sizes[0] = 0
-        small = sizes < _ISLAND_FRACTION * sizes.max()
+        small = sizes < ISLAND_FRACTION * sizes.max()
         small[0] = False
         mask = small[lab]
         if keep is not None:
@@ -193,297 +188,13 @@ def _clean_islands(tags: np.ndarray, zooms, keep: np.ndarray | None = None) -> t
     return tags, moved
 
 
-def _cavities(tags: np.ndarray) -> np.ndarray:
+def air_cavities(tags: np.ndarray) -> np.ndarray:
     """Background voxels enclosed by the head (not connected to the volume border)."""
     bg = np.pad(tags == 0, 1, constant_values=True)
     lab, _ = ndi.label(bg)
     return (bg & (lab != lab[0, 0, 0]))[1:-1, 1:-1, 1:-1]
 
 
-def _interfaces(vol: np.ndarray) -> np.ndarray:
-    b = np.zeros(vol.shape, bool)
-    for ax in range(3):
-        d = np.diff(vol, axis=ax) != 0
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[ax] = slice(0, -1)
-        hi[ax] = slice(1, None)
-        b[tuple(lo)] |= d
-        b[tuple(hi)] |= d
-    return b
-
-
-# ----------------------------------------------------------------------------------------------
-# points and tetrahedra
-# ----------------------------------------------------------------------------------------------
-def _bcc_points(dist: np.ndarray, fg_box, zooms, h: float, levels: int = 1) -> np.ndarray:
-    """Graded BCC lattice points (mm, local frame = voxel index * zoom)."""
-    lo = (np.asarray(fg_box[0]) * zooms) - 2 * h
-    hi = (np.asarray(fg_box[1]) * zooms) + 2 * h
-    shape = np.array(dist.shape)
-    out = []
-    for k in range(levels):
-        s = h * 2 ** k
-        origin = np.floor(lo / s) * s
-        for off in (0.0, 0.5 * s):
-            axes = [np.arange(origin[i] + off, hi[i] + s, s) for i in range(3)]
-            grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-            idx = np.rint(grid / zooms).astype(np.int64)
-            inside = ((idx >= 0) & (idx < shape)).all(1)
-            # beyond the volume (a head cut at the neck) counts as an interface: the points
-            # there close the Delaunay hull away from the tissue, so no flat hull slivers
-            # end up inside the head
-            d = np.zeros(len(grid))
-            d[inside] = dist[tuple(idx[inside].T)]
-            keep = np.ones(len(grid), bool)
-            if k < levels - 1:
-                keep &= d < 1.25 * s * 2
-            if k > 0:
-                keep &= d >= 1.25 * s
-            out.append(grid[keep])
-    pts = np.concatenate(out)
-    q = np.rint(pts / (0.5 * h)).astype(np.int64)
-    _, first = np.unique(q, axis=0, return_index=True)
-    return pts[np.sort(first)]
-
-
-def _signed_volumes(nodes: np.ndarray, tets: np.ndarray) -> np.ndarray:
-    p = nodes[tets]
-    a, b, c = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0], p[:, 3] - p[:, 0]
-    return np.einsum("ij,ij->i", a, np.cross(b, c)) / 6.0
-
-
-def _close_layers(tags: np.ndarray, tets: np.ndarray, neighbors: np.ndarray, cavity: np.ndarray,
-                  n_nodes: int) -> tuple[np.ndarray, int]:
-    """Min-plus propagation over shared *nodes*: a tet's layer is at most 1 + the smallest layer
-    of any tet sharing a node with it (outside the hull and air cavities count as layer 0/1).
-
-    Separating layers in this vertex sense makes each layer face-connected (the digital
-    topology 6/26 duality), so skull and CSF come out as single closed shells.
-    """
-    lut = np.minimum(layer_lut(), 4)  # grey and white matter may both touch CSF (ventricles)
-    tissue = tags > 0
-    layer = np.where(tissue, lut[tags], 0)
-    layer[cavity] = 1  # an air cavity may touch scalp or bone only
-    hull = np.zeros(n_nodes, bool)
-    for k in range(4):
-        outer = neighbors[:, k] < 0
-        faces = np.delete(tets[outer], k, axis=1)
-        hull[faces.ravel()] = True
-    new = layer.copy()
-    for _ in range(8):
-        node_min = np.full(n_nodes, 99, np.int64)
-        for k in range(4):
-            np.minimum.at(node_min, tets[:, k], new)
-        node_min[hull] = 0
-        cand = np.minimum(new, node_min[tets].min(1) + 1)
-        cand[~tissue] = new[~tissue]
-        if np.array_equal(cand, new):
-            break
-        new = cand
-    changed = tissue & (new != layer)
-    out = tags.copy()
-    fill = np.zeros(8, np.int64)
-    for l, t in LAYER_FILL_TAG.items():
-        fill[l] = t
-    out[changed] = fill[new[changed]]
-    return out, int(changed.sum())
-
-
-def _tet_islands(tags: np.ndarray, neighbors: np.ndarray, protect: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, int]:
-    """Give small face-connected islands of a tissue the majority tag of their neighbours
-    (tets under ``protect``, the lesion, keep their tag)."""
-    tags = tags.copy()
-    total = 0
-    for _ in range(3):
-        changed = 0
-        for t in np.unique(tags[tags > 0]):
-            idx, n, lab = face_components(tags == t, neighbors, tags)
-            if n <= 1:
-                continue
-            sizes = np.bincount(lab)
-            small = sizes < _ISLAND_FRACTION * sizes.max()
-            sel = idx[small[lab]]
-            if protect is not None:
-                sel = sel[~protect[sel]]
-            if not len(sel):
-                continue
-            nb = neighbors[sel]
-            nbt = np.where(nb >= 0, tags[np.maximum(nb, 0)], 0)
-            nbt[nbt == t] = 0
-            # most frequent other tag among the 4 neighbours (0 = outside only -> leave for pruning)
-            best = np.zeros(len(sel), np.int64)
-            bestc = np.zeros(len(sel), np.int64)
-            for cand in np.unique(nbt):
-                if cand == 0:
-                    continue
-                c = (nbt == cand).sum(1)
-                better = c > bestc
-                best[better], bestc[better] = cand, c[better]
-            upd = best > 0
-            tags[sel[upd]] = best[upd]
-            changed += int(upd.sum())
-        total += changed
-        if not changed:
-            break
-    return tags, total
-
-
-# ----------------------------------------------------------------------------------------------
-# snapping
-# ----------------------------------------------------------------------------------------------
-def _sdf(mask: np.ndarray, zooms) -> np.ndarray:
-    """Smoothed signed distance (mm, negative inside) of a voxel mask, zero on voxel faces."""
-    out = ndi.distance_transform_edt(~mask, sampling=zooms).astype(np.float32)
-    out -= ndi.distance_transform_edt(mask, sampling=zooms).astype(np.float32)
-    out *= 0.5  # the centre-to-centre distances give +-1 voxel at both sides of a face
-    return ndi.gaussian_filter(out, sigma=0.7, mode="nearest")
-
-
-def _snap_targets(layer_vox: np.ndarray, zooms, layers, min_thickness: float) -> dict:
-    """Smoothed signed distance of ``layer >= l`` for each ``l``, with every layer at least
-    ``min_thickness`` thick: the surface of layer ``l`` encloses the surface of ``l + 1`` by that
-    much.  Where the labels let two non-adjacent layers touch (Colin27 grey matter touches the
-    skull on 15,000 voxel faces), the closing layer the mesher inserted there is snapped to this
-    thin sheet instead of keeping a whole element of thickness, so it costs little volume."""
-    out = {}
-    inner = None
-    for l in sorted(set(int(v) for v in layers), reverse=True):
-        phi = _sdf(layer_vox >= l, zooms)
-        if inner is not None and l <= 3:  # CSF, bone and scalp enclose what lies inside
-            np.minimum(phi, inner - min_thickness, out=phi)
-        out[l] = phi
-        if l <= 4:
-            inner = phi
-    return out
-
-
-def _node_layer_bits(tets, tags, n):
-    """Nesting layer of every tet and, per node, the bitmask of the layers touching it."""
-    layer = layer_lut()[tags]
-    bits = np.zeros(n, np.int64)
-    for j in range(4):
-        np.bitwise_or.at(bits, tets[:, j], 1 << layer)
-    return layer, bits
-
-
-def _snap(nodes, tets, tags, zooms, tagvol, h, progress_cb=None, iterations=6, min_thickness=0.5):
-    """Move nodes on two-layer interfaces onto the voxel interfaces (see module docstring)."""
-    n = len(nodes)
-    # layers touching each node (bitmask), boundary nodes also touch layer 0
-    layer, bits = _node_layer_bits(tets, tags, n)
-    mesh = Mesh(nodes, tets, tags)
-    bits[mesh.boundary_nodes] |= 1
-    popc = np.zeros(n, np.int64)
-    for l in range(8):
-        popc += (bits >> l) & 1
-    movable = popc == 2
-    hi_layer = np.zeros(n, np.int64)
-    for l in range(8):
-        hi_layer[(bits >> l) & 1 == 1] = l
-    layer_vox = layer_lut()[tagvol]
-    layer_vox[tagvol == 0] = 0
-    vol0 = _signed_volumes(nodes, tets)
-    sign = np.sign(vol0)
-    # nodes -> incident tets (CSR)
-    order = np.argsort(tets.ravel(), kind="stable")
-    starts = np.searchsorted(tets.ravel()[order], np.arange(n + 1))
-    nodes = nodes.copy()
-    step_cap = 0.45 * h
-    levels = np.unique(hi_layer[movable])
-    phis = _snap_targets(layer_vox, zooms, list(levels) + [4], min_thickness)
-    for it in range(iterations):
-        for l in levels:
-            sel = np.flatnonzero(movable & (hi_layer == l))
-            phi = phis[l]
-            p = nodes[sel] / zooms
-            val = ndi.map_coordinates(phi, p.T, order=1, mode="nearest")
-            grad = np.empty((len(sel), 3))
-            for ax in range(3):
-                e = np.zeros(3)
-                e[ax] = 0.5
-                grad[:, ax] = (ndi.map_coordinates(phi, (p + e).T, order=1, mode="nearest")
-                               - ndi.map_coordinates(phi, (p - e).T, order=1, mode="nearest")) / zooms[ax]
-            g2 = np.maximum((grad ** 2).sum(1), 1e-6)
-            disp = -(val / g2)[:, None] * grad
-            norm = np.linalg.norm(disp, axis=1)
-            scale = np.minimum(1.0, step_cap / np.maximum(norm, 1e-12))
-            disp *= scale[:, None]
-            _guarded_move(nodes, sel, disp, tets, order, starts, sign, vol0, _SNAP_MIN_VOLUME)
-        if progress_cb:
-            progress_cb()
-    return nodes
-
-
-def _guarded_move(nodes, sel, disp, tets, order, starts, sign, vol0, min_rel, min_abs=None):
-    """Move ``nodes[sel]`` by ``disp``; where an incident tet would fall below ``min_rel`` of its
-    original volume, halve the moves of its nodes (4 times), then undo them."""
-    old = nodes[sel].copy()
-    nodes[sel] = old + disp
-    active = sel
-    frac = np.ones(len(sel))
-    for _guard in range(100):  # terminates: undone nodes are back where every tet was valid
-        touched = np.unique(_incident(order, starts, active))
-        v = _signed_volumes(nodes, tets[touched]) * sign[touched]
-        lim = min_rel * np.abs(vol0[touched])
-        if min_abs is not None:
-            lim = np.maximum(lim, min_abs[touched])
-        bad = touched[v < lim]
-        if not len(bad):
-            return
-        back = np.intersect1d(np.unique(tets[bad]), sel)
-        pos = np.searchsorted(sel, back)
-        frac[pos] = 0.0 if _guard >= 4 else 0.5 * frac[pos]
-        nodes[back] = old[pos] + frac[pos, None] * disp[pos]
-        active = back
-    raise MeshError("internal error: the node-move guard did not converge")  # pragma: no cover
-
-
-def _smooth(nodes, tets, tags, h, passes=3, progress_cb=None):
-    """Guarded Laplacian smoothing of nodes inside one tissue layer (and not on the hull):
-    evens out the elements next to the snapped interfaces.  A move that makes an incident
-    tet flatter than before (volume below 30 % of the BCC element) is shrunk or undone."""
-    n = len(nodes)
-    layer, bits = _node_layer_bits(tets, tags, n)
-    mesh = Mesh(nodes, tets, tags)
-    free = (bits & (bits - 1)) == 0
-    free[mesh.boundary_nodes] = False
-    sel = np.flatnonzero(free)
-    # node-node adjacency (edges)
-    import scipy.sparse as sp
-
-    i = tets[:, [0, 0, 0, 1, 1, 2]].ravel()
-    j = tets[:, [1, 2, 3, 2, 3, 3]].ravel()
-    a = sp.coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n)).tocsr()
-    a = ((a + a.T) > 0).astype(np.float64)
-    deg = np.asarray(a.sum(1)).ravel()
-    order = np.argsort(tets.ravel(), kind="stable")
-    starts = np.searchsorted(tets.ravel()[order], np.arange(n + 1))
-    vol0 = np.full(len(tets), h ** 3 / 12.0)
-    sign = np.ones(len(tets))
-    cur = _signed_volumes(nodes, tets)
-    floor = np.minimum(0.3 * vol0, cur)  # never make a tet worse than now, nor below 30 %
-    for _ in range(passes):
-        avg = (a @ nodes) / np.maximum(deg, 1)[:, None]
-        disp = 0.5 * (avg[sel] - nodes[sel])
-        _guarded_move(nodes, sel, disp, tets, order, starts, sign, vol0, 0.0, min_abs=floor)
-        if progress_cb:
-            progress_cb()
-    return nodes
-
-
-def _incident(order, starts, nodes_idx):
-    lens = starts[nodes_idx + 1] - starts[nodes_idx]
-    if lens.sum() == 0:
-        return np.zeros(0, np.int64)
-    offs = np.repeat(starts[nodes_idx], lens) + (np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens))
-    return order[offs] // 4
-
-
-# ----------------------------------------------------------------------------------------------
-# reports
-# ----------------------------------------------------------------------------------------------
 def tissue_connectivity(mesh: Mesh) -> dict[int, dict]:
     """Per tag: number of face-connected pieces and the largest piece's share of the volume."""
     neighbors = tet_neighbors(mesh.tets)
@@ -500,7 +211,7 @@ def quality_summary(mesh: Mesh, voxel_volume_mm3: dict[int, float] | None = None
     """:func:`stimsim.mesh.mesh_quality` (with its ``elements`` report: slivers, worst element and
     where it is) plus per-tissue volume error, the :func:`volume_check` against
     ``voxel_volume_mm3`` and per-tissue connectivity.  JSON-serialisable."""
-    from ..mesh import mesh_quality
+    from ...mesh import mesh_quality
 
     q = mesh_quality(mesh, elements=True)
     q["n_inverted"] = int(q["elements"]["degenerate"]["count"])
@@ -533,7 +244,7 @@ def _element_volume_mm3(h: float) -> float:
 
 
 def _name(t: int) -> str:
-    from ..conductivity import tissue_name
+    from ...conductivity import tissue_name
 
     return f"{tissue_name(t)} (tag {int(t)})"
 
@@ -707,7 +418,7 @@ def print_summary(q: dict, voxel_volume_mm3: dict[int, float] | None = None, con
     from rich.console import Console
     from rich.table import Table
 
-    from ..conductivity import tissue_name
+    from ...conductivity import tissue_name
 
     console = console or Console(stderr=True)
     console.print(f"{q['n_nodes']:,} nodes, {q['n_tets']:,} tetrahedra; min dihedral "
@@ -777,7 +488,7 @@ _LATTICE_WARNING = ("the lattice mesher closes thin tissue layers one element th
 def resolve_method(method: str = "auto") -> str:
     """``"auto"`` -> ``"surface"`` when ``tetgen`` and ``scikit-image`` import, else ``"lattice"``
     (with a logged warning naming the accuracy trade-off); ``"surface"`` without them is an error."""
-    from .surface_mesher import available
+    from .surface import available
 
     m = str(method).strip().lower()
     if m not in METHODS:
@@ -797,7 +508,7 @@ def resolve_method(method: str = "auto") -> str:
 def default_element_size(method: str) -> float:
     """Default ``element_size_mm`` of a (resolved) method: 3.2 mm lattice spacing, 8 mm surface."""
     if method == "surface":
-        from .surface_mesher import DEFAULT_SURFACE_ELEMENT_SIZE_MM
+        from .surface import DEFAULT_SURFACE_ELEMENT_SIZE_MM
 
         return DEFAULT_SURFACE_ELEMENT_SIZE_MM
     return DEFAULT_ELEMENT_SIZE_MM
@@ -878,7 +589,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
     labels : NIfTI path or integer 3-D array (then ``affine`` gives its voxel->mm map)
     affine : 4x4 voxel->world (mm) matrix; read from the file when None
     label_map_spec : ``"simnibs"``, ``"roast"``, ``"colin27"``, a TSV path or a dict label->tag
-    method : ``"surface"`` (nested smoothed surfaces + TetGen, :mod:`stimsim.head.surface_mesher`;
+    method : ``"surface"`` (nested smoothed surfaces + TetGen, :mod:`stimsim.head.meshers.surface`;
         needs ``tetgen`` and ``scikit-image``), ``"lattice"`` (BCC lattice, this module; pip wheels
         only, but thin layers cost volume accuracy) or ``"auto"`` (surface when it can, see
         :func:`resolve_method`)
@@ -893,8 +604,8 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         method and its version and options, element size, lesion mask and tag)
     return_info : also return a :class:`HeadMeshInfo`
     surface_options : keyword arguments for
-        :func:`stimsim.head.surface_mesher.surface_mesh_from_tags` over
-        :func:`~stimsim.head.surface_mesher.surface_defaults`
+        :func:`stimsim.head.meshers.surface.surface_mesh_from_tags` over
+        :func:`~stimsim.head.meshers.surface.surface_defaults`
     check : refuse label volumes too small to mesh (:func:`check_meshable`) and meshes that lose a
         tissue, miss a tissue's voxel volume by more than 50 % or hold flat / inverted tetrahedra
         (:func:`assess_quality`); either way the quality report goes to ``info.quality`` and its
@@ -936,7 +647,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
                        ", ".join(f"{_name(t)} as {_name(to)}" for t, to in merged.items()))
 
     if method == "surface":
-        from .surface_mesher import SURFACE_MESHER_VERSION, surface_defaults
+        from .surface import SURFACE_MESHER_VERSION, surface_defaults
 
         opts = {**surface_defaults(h, zooms), **(surface_options or {})}
         extra = f"surface|{SURFACE_MESHER_VERSION}|{sorted(opts.items())}"
@@ -957,12 +668,12 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         t = time.perf_counter()
         tags, moved = _clean_islands(tags, zooms, keep=lmask)
         clean_vol = _voxel_volumes(tags, voxel_mm3)
-        cav = _cavities(tags)
+        cav = air_cavities(tags)
         timings = {"clean_s": time.perf_counter() - t}
         if method == "lattice":
-            nodes, tets, ttags, minfo = _lattice_tets(tags, cav, zooms, h, lmask, steps)
+            nodes, tets, ttags, minfo = lattice_tets(tags, cav, zooms, h, lmask, steps)
         else:
-            from .surface_mesher import surface_mesh_from_tags
+            from .surface import surface_mesh_from_tags
 
             stags = tags if lmask is None else np.where(lmask & (tags > 0), orig, tags)
             del orig
@@ -982,7 +693,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
     if cfile is not None:
         try:
             cfile.parent.mkdir(parents=True, exist_ok=True)
-            from ..mesh import write_mesh
+            from ...mesh import write_mesh
 
             write_mesh(cfile, mesh)  # atomic
             info.cache_file = str(cfile)
@@ -1004,28 +715,13 @@ def _check_result(mesh: Mesh, expected: dict, h: float, method: str, check: bool
     return q
 
 
-def _compact(nodes: np.ndarray, tets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Only the nodes the tets use, renumbered."""
-    used = np.unique(tets)
-    renum = np.full(len(nodes), -1, np.int64)
-    renum[used] = np.arange(len(used))
-    return nodes[used], renum[tets]
-
-
-def _orient(nodes: np.ndarray, tets: np.ndarray) -> np.ndarray:
-    """``tets`` with the negatively oriented ones flipped (in place)."""
-    neg = _signed_volumes(nodes, tets) < 0
-    tets[neg] = tets[neg][:, [0, 2, 1, 3]]
-    return tets
-
-
 def _world_mesh(nodes: np.ndarray, tets: np.ndarray, ttags: np.ndarray, zooms, affine: np.ndarray,
                 method: str) -> Mesh:
     """Local-frame (voxel index * zoom) mesh -> world-frame :class:`Mesh` with only the used nodes,
     positively oriented tets and the outer / interface triangles."""
-    nodes, tets = _compact(nodes, tets)
+    nodes, tets = compact_nodes(nodes, tets)
     world = nodes / zooms @ affine[:3, :3].T + affine[:3, 3]
-    tets = _orient(world, tets)  # flips all of them for a left-handed affine
+    tets = orient_tets(world, tets)  # flips all of them for a left-handed affine
     tris, tri_tags = _surface_triangles(tets, ttags)
     mesh = Mesh(world, tets, ttags, tris, tri_tags)
     bad = mesh.signed_volumes_mm3 <= 0
@@ -1035,74 +731,9 @@ def _world_mesh(nodes: np.ndarray, tets: np.ndarray, ttags: np.ndarray, zooms, a
     return mesh
 
 
-def _lattice_tets(tags: np.ndarray, cav: np.ndarray, zooms, h: float, lesion: np.ndarray | None,
-                  steps: _Steps):
-    """Steps 2-5 of the module docstring on cleaned tags.  Returns ``(nodes_mm_local, tets, tet_tags,
-    info)`` with ``info`` holding ``closure_tets`` and ``timings_s``."""
-    from scipy.spatial import Delaunay
-
-    timings = {}
-    work = tags.copy()
-    work[cav] = _CAVITY
-
-    steps.start("distance field")
-    t = time.perf_counter()
-    dist = ndi.distance_transform_edt(~_interfaces(work), sampling=zooms).astype(np.float32)
-    nz = np.nonzero(tags)
-    box = (np.array([a.min() for a in nz]), np.array([a.max() for a in nz]))
-    del nz
-    timings["distance_s"] = time.perf_counter() - t
-
-    steps.start("points + Delaunay")
-    t = time.perf_counter()
-    pts = _bcc_points(dist, box, zooms, h)
-    del dist
-    rng = np.random.default_rng(12345)
-    pts = pts + rng.uniform(-1e-3 * h, 1e-3 * h, pts.shape)
-    tri = Delaunay(pts)
-    tets = tri.simplices.astype(np.int64)
-    neighbors = tri.neighbors.astype(np.int64)
-    del tri
-    timings["delaunay_s"] = time.perf_counter() - t
-    logger.info("%d points -> %d Delaunay tetrahedra", len(pts), len(tets))
-
-    steps.start("tags + closure")
-    t = time.perf_counter()
-    cen = pts[tets].mean(axis=1)
-    sampled = sample_volume(work, cen, zooms, fill=0).astype(np.int64)
-    protect = None if lesion is None else sample_volume(lesion, cen, zooms, fill=False)
-    del cen
-    is_cav = sampled == _CAVITY
-    sampled[is_cav] = 0
-    sampled, _ = _tet_islands(sampled, neighbors, protect)
-    sampled, n_closed = _close_layers(sampled, tets, neighbors, is_cav, len(pts))
-    for _ in range(2):  # islands the closure left behind, then close again
-        sampled, k = _tet_islands(sampled, neighbors, protect)
-        if not k:
-            break
-        sampled, k2 = _close_layers(sampled, tets, neighbors, is_cav, len(pts))
-        n_closed += k2
-    # keep the largest face-connected piece of tissue
-    idx, n, lab = face_components(sampled > 0, neighbors, (sampled > 0).astype(np.int64))
-    if n > 1:
-        big = np.argmax(np.bincount(lab))
-        sampled[idx[lab != big]] = 0
-    keep = sampled > 0
-    nodes, tets = _compact(pts, tets[keep])
-    tets, ttags = _orient(nodes, tets), sampled[keep]
-    timings["tags_s"] = time.perf_counter() - t
-
-    steps.start("snap interfaces")
-    t = time.perf_counter()
-    nodes = _snap(nodes, tets, ttags, zooms, tags, h, progress_cb=lambda: steps.tick(0.4))
-    nodes = _smooth(nodes, tets, ttags, h, progress_cb=lambda: steps.tick(0.4))
-    timings["snap_s"] = time.perf_counter() - t
-    return nodes, tets, ttags, {"closure_tets": n_closed, "timings_s": timings}
-
-
 def _surface_triangles(tets: np.ndarray, tags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Outer surface (tag 1000 + outer tissue) and interfaces (1000 + inner tissue, by layer)."""
-    from ..mesh.model import TET_FACES
+    from ...mesh.model import TET_FACES
 
     nb = tet_neighbors(tets)
     lut = layer_lut()
@@ -1127,13 +758,13 @@ def make_surface_head_mesh(labels, label_map_spec="colin27", *, element_size_mm=
                            surface_step=4, thickness_scale=2.0, minratio=2.5, mindihedral=5.0, extra_switches="Y",
                            lesion=None, lesion_tag=3, progress=False, cache=False):
     """Label volume (NIfTI path) -> world-frame :class:`~stimsim.mesh.model.Mesh` with this mesher:
-    :func:`stimsim.head.meshing.make_head_mesh` with ``method="surface"`` and these options.
+    :func:`stimsim.head.meshers.make_head_mesh` with ``method="surface"`` and these options.
 
     ``element_size_mm=None``: the surface mesher's default.  Returns
     ``(mesh, voxel_volume_mm3_per_tag, info)``.  The defaults are the recipe of the embedded Colin27
     head (``surf-2`` options: unrelaxed marching-cubes surfaces, ``-pq2.5/5a60.34Y``; see the module
     docstring), kept so that ``meshes/build_colin27.py`` rebuilds the shipped mesh; ``stimsim mesh``
-    uses :func:`~stimsim.head.surface_mesher.surface_defaults` (relaxed surfaces, TetGen optimisation)."""
+    uses :func:`~stimsim.head.meshers.surface.surface_defaults` (relaxed surfaces, TetGen optimisation)."""
     opts = {"surface_step": surface_step, "thickness_scale": thickness_scale, "minratio": minratio,
             "mindihedral": mindihedral, "extra_switches": extra_switches, "relax_iterations": 0}
     mesh, info = make_head_mesh(labels, None, label_map_spec, method="surface", element_size_mm=element_size_mm,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..mesh.model import TET_FACES, face_codes
+from ...mesh.model import TET_FACES, face_codes
 
 
 def sample_volume(vol: np.ndarray, pts_mm: np.ndarray, zooms, fill=0) -> np.ndarray:
@@ -65,4 +65,33 @@ def tet_neighbors(tets: np.ndarray) -> np.ndarray:
     return nb.reshape(m, 4)
 
 
-__all__ = ["sample_volume", "face_graph", "face_components", "tet_neighbors"]
+#: a tissue piece smaller than this fraction of the tissue's largest piece is an island
+ISLAND_FRACTION = 0.02
+#: label of air cavities (background enclosed by the head) while a mesher works
+CAVITY_TAG = 255
+
+
+def signed_volumes(nodes: np.ndarray, tets: np.ndarray) -> np.ndarray:
+    """Signed volume of each tetrahedron (positive: right-handed node order), in the nodes' units cubed."""
+    p = nodes[tets]
+    a, b, c = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0], p[:, 3] - p[:, 0]
+    return np.einsum("ij,ij->i", a, np.cross(b, c)) / 6.0
+
+
+def orient_tets(nodes: np.ndarray, tets: np.ndarray) -> np.ndarray:
+    """``tets`` with the negatively oriented ones flipped (in place)."""
+    neg = signed_volumes(nodes, tets) < 0
+    tets[neg] = tets[neg][:, [0, 2, 1, 3]]
+    return tets
+
+
+def compact_nodes(nodes: np.ndarray, tets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Only the nodes the tets use, renumbered."""
+    used = np.unique(tets)
+    renum = np.full(len(nodes), -1, np.int64)
+    renum[used] = np.arange(len(used))
+    return nodes[used], renum[tets]
+
+
+__all__ = ["sample_volume", "face_graph", "face_components", "tet_neighbors", "signed_volumes", "orient_tets",
+           "compact_nodes", "ISLAND_FRACTION", "CAVITY_TAG"]

@@ -5,7 +5,7 @@ Optional dependencies: ``scikit-image`` (marching cubes) and ``tetgen`` (the Tet
 (``pip install tetgen``); the combination is allowed (GPL-3 section 13 / AGPL-3 section 13), a
 distributed binary that bundles it is AGPL-3.  The embedded Colin27 mesh is made with it
 (``meshes/build_colin27.py``); nothing at run time needs it.  It is ``method="surface"`` of
-:func:`stimsim.head.meshing.make_head_mesh` (``stimsim mesh --method surface``, and what
+:func:`stimsim.head.meshers.make_head_mesh` (``stimsim mesh --method surface``, and what
 ``--method auto``, the default, picks when ``tetgen`` and ``scikit-image`` import), which does the
 input checks, label cleaning, caching and world transform for both meshers.
 
@@ -22,10 +22,10 @@ import time
 import numpy as np
 import scipy.ndimage as ndi
 
-from .._logging import logger
-from ..errors import MeshError
-from ..mesh.model import TET_FACES, face_codes
-from ..tissues import LAYER_FILL_TAG, LAYER_OF_TAG
+from ..._logging import logger
+from ...errors import MeshError
+from ...mesh.model import TET_FACES, face_codes
+from ...tissues import LAYER_FILL_TAG, LAYER_OF_TAG
 from .topology import face_components, face_graph, sample_volume, tet_neighbors
 
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "compact_for_shipping", "SURFACE_MESHER_VERSION",
@@ -695,7 +695,7 @@ def compact_for_shipping(mesh, keep_tri_tags=(1005,)):
     import scipy.sparse as sp
     from scipy.sparse.csgraph import reverse_cuthill_mckee
 
-    from ..mesh.model import Mesh
+    from ...mesh.model import Mesh
 
     t = mesh.tets
     pairs = [(i, j) for i in range(4) for j in range(4) if i != j]
