@@ -6,7 +6,7 @@ times a coil-position search (``search_tms``) on the same model.
 
 Usage::
 
-    python benchmarks/bench_tms_placements.py [--size 2.8] [--n 100] [--rtol 1e-6] [--reuse 30]
+    python benchmarks/bench_tms_placements.py [--size 2.8] [--n 100] [--rtol 1e-6] [--reuse 30] [--backend amg]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def main():
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--rtol", type=float, default=None, help="CG tolerance (default: TMSModel's, 1e-6)")
     ap.add_argument("--reuse", type=int, default=30, help="earlier solutions that seed CG (0: off)")
+    ap.add_argument("--backend", default="auto", help="TMSModel backend: auto (PARDISO when installed), amg, ...")
     args = ap.parse_args()
     path = sphere_file(args.size)
     protocol = validate_protocol({
@@ -38,7 +39,7 @@ def main():
         "coil": {"file": "Magstim_70mm_Fig8.ccd"},
         "placement": {"center": [0, 0, 95], "direction": [0, 1, 0]}, "stimulator": {"didt_A_per_us": 1.0}})
     t = time.perf_counter()
-    model = TMSModel(protocol, rtol=args.rtol, reuse=args.reuse)
+    model = TMSModel(protocol, rtol=args.rtol, reuse=args.reuse, backend=args.backend)
     model.efield(model.placement([0, 0, 95], [0, 1, 0]).matrix)  # warm-up (numba, caches)
     setup = time.perf_counter() - t
     rng = np.random.default_rng(0)
