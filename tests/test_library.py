@@ -335,6 +335,7 @@ def test_every_protocol_runs_to_a_field_on_the_sphere(shared_data):
         assert np.all(np.isfinite(magE)) and magE.max() > 0, e.id
 
 
+@pytest.mark.slow  # Colin27-wide: every library protocol on the 588k-tet head, ~30 s
 def test_every_protocol_runs_on_the_default_head():
     """Each library protocol runs unchanged on the embedded Colin27 head (~5 s each)."""
     from stimsim.simulation import simulate
