@@ -60,11 +60,16 @@ def brain_tags_of(head: str) -> list[int]:
     return default_brain_tags(head)
 
 
-def vec(text: str, what: str):
+def numbers(text: str) -> list[float]:
+    """``"1, 2.5,3"`` -> ``[1.0, 2.5, 3.0]``; ``[]`` when any part is not a number."""
     try:
-        v = [float(x) for x in text.replace(" ", "").split(",")]
+        return [float(x) for x in str(text).replace(" ", "").split(",")]
     except ValueError:
-        v = []
+        return []
+
+
+def vec(text: str, what: str):
+    v = numbers(text)
     if len(v) != 3:
         raise StimsimError(f"{what}: give three numbers 'x,y,z' in mm, got {text!r}")
     return v

@@ -10,31 +10,14 @@ import numpy as np
 import typer
 
 from ..errors import StimsimError
-from .common import app, brain_tags_of, fail, state, vec
+from .common import app, brain_tags_of, fail, numbers, state, vec
 
 
 def read_positions_file(path: Path) -> dict:
     """name -> (x, y, z) mm from a .tsv/.csv (name,x,y,z or SimNIBS Type,x,y,z,Name) or .elc file."""
-    try:
-        from ..head.eeg import read_positions  # richer readers when the head module is present
-    except ImportError:
-        read_positions = None
-    if read_positions is not None:
-        return dict(read_positions(path))
-    import csv
+    from ..head.eeg import read_positions
 
-    if not path.is_file():
-        raise StimsimError(f"positions file not found: {path}")
-    out = {}
-    delim = "\t" if path.suffix == ".tsv" else ","
-    for row in csv.reader(path.read_text().splitlines(), delimiter=delim):
-        try:
-            out[row[0]] = tuple(float(x) for x in row[1:4])
-        except (ValueError, IndexError):
-            continue  # header or comment rows
-    if not out:
-        raise StimsimError(f"{path}: no 'name,x,y,z' rows found")
-    return out
+    return dict(read_positions(path))
 
 
 @app.command()
@@ -235,10 +218,7 @@ def optimize_ti_cmd(
         check_output_file(out)
         if not (np.isfinite(radius) and radius > 0):
             raise StimsimError(f"--radius: give a target ROI radius > 0 mm (got {radius})")
-        try:
-            freqs = [float(x) for x in frequencies.split(",")]
-        except ValueError:
-            freqs = []
+        freqs = numbers(frequencies)
         if len(freqs) != 2:
             raise StimsimError(f"--frequencies: give two carrier frequencies 'f1,f2' in Hz, got {frequencies!r}")
         # each channel's electrodes carry up to the total: the per-electrode and total limits both apply

@@ -15,7 +15,7 @@ import typer
 
 from .._logging import logger
 from ..errors import StimsimError
-from .common import app, fail, state, status
+from .common import app, fail, numbers, state, status
 
 
 @app.command()
@@ -84,10 +84,7 @@ def parse_cut(text: str | None):
     t = str(text).strip().lower()
     if t in ("x", "y", "z"):
         return t
-    try:
-        v = [float(x) for x in t.replace(" ", "").split(",")]
-    except ValueError:
-        v = []
+    v = numbers(t)
     if len(v) != 6:
         raise VizError(f"--cut: {text!r} is not x, y, z or 'ox,oy,oz,nx,ny,nz' (origin mm, normal)")
     return (v[:3], v[3:])
@@ -99,10 +96,7 @@ def parse_roi(text: str | None):
 
     if text is None or str(text).strip() == "":
         return None
-    try:
-        v = [float(x) for x in str(text).replace(" ", "").split(",")]
-    except ValueError:
-        v = []
+    v = numbers(text)
     if len(v) != 4 or not v[3] > 0:
         raise VizError(f"--roi: {text!r} is not 'x,y,z,radius' in mm with a positive radius")
     return (v[:3], v[3])
