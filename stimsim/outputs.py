@@ -82,11 +82,16 @@ def check_output_target(out: str | os.PathLike, *, kind: str = "folder", option:
     return path
 
 
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (what a new file's name limits and rights come from)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def _name_max(path: Path) -> int:
-    probe = path.parent
     try:
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
+        probe = _nearest_existing(path.parent)
         return int(os.pathconf(probe if probe.exists() else ".", "PC_NAME_MAX"))
     except (OSError, ValueError, AttributeError):
         return 255
@@ -130,10 +135,7 @@ def check_output_file(out: str | os.PathLike, *, option: str = "--out") -> Path:
     if path.exists() and not written_by_stimsim(path):
         raise OutputError(f"{option} {out} exists and was not written by stimsim; stimsim replaces only its own "
                           "files: choose another name (or remove it yourself)")
-    parent = path.parent
-    probe = parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    probe = _nearest_existing(path.parent)
     if not probe.is_dir():
         raise OutputError(f"{option} {out}: {probe} is a file, not a folder; choose another place")
     try:  # a real write probe: permission bits say nothing for root or read-only mounts
@@ -239,6 +241,60 @@ def os_error_message(err: OSError, fix: str | None = None) -> str:
     return f"{where}: {reason}; {hint}"
 
 
+def acquire_lock(path: Path, busy: str) -> int | None:
+    """An exclusive ``flock`` on the file ``path`` (created if missing, holding our pid); the lock file's
+    descriptor, or None where ``fcntl`` does not exist.  A lock held by another process raises
+    :class:`OutputError` "another stimsim process (pid N) <busy>".  The kernel releases it even on
+    SIGKILL."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: the callers' other checks still guard
+        return None
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            finally:
+                os.close(fd)
+            raise OutputError(f"another stimsim process (pid {holder}) {busy}") from None
+        # the holder before us may have unlinked the file after we opened it: lock the live one
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            return fd
+        os.close(fd)
+
+
+def release_lock(path: Path, fd: int | None, *, unlink: bool) -> None:
+    """Release :func:`acquire_lock`'s lock; ``unlink`` removes the lock file first (while still held,
+    so nobody can hold the old file meanwhile)."""
+    if fd is None:
+        return
+    if unlink:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
+    os.close(fd)
+
+
+@contextmanager
+def exclusive_lock(path: Path, busy: str, *, unlink: bool = False):
+    """``with exclusive_lock(path, busy):`` holds :func:`acquire_lock`'s lock for the block."""
+    fd = acquire_lock(path, busy)
+    try:
+        yield
+    finally:
+        release_lock(path, fd, unlink=unlink)
+
+
 class ResultsFolder:
     """Reserve, fill and publish one results folder.
 
@@ -322,42 +378,11 @@ class ResultsFolder:
         return self.out.parent / f".stimsim-{self._key}.lock"
 
     def _lock(self) -> None:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: the no-replace check at commit still guards
-            return
-        path = self._lock_path()
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                try:
-                    holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-                finally:
-                    os.close(fd)
-                raise OutputError(f"another stimsim process (pid {holder}) is writing {self.out}; wait for it "
-                                  f"to finish or choose another {self.option}") from None
-            # the holder before us may have unlinked the file after we opened it: lock the live one
-            try:
-                same = os.stat(path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                os.ftruncate(fd, 0)
-                os.write(fd, str(os.getpid()).encode())
-                self._lock_fd = fd
-                return
-            os.close(fd)
+        self._lock_fd = acquire_lock(self._lock_path(), f"is writing {self.out}; wait for it to finish or choose "
+                                                        f"another {self.option}")
 
     def _unlock(self) -> None:
-        if self._lock_fd is None:
-            return
-        try:
-            self._lock_path().unlink(missing_ok=True)  # while still held: nobody can hold it now
-        except OSError:
-            pass
-        os.close(self._lock_fd)
+        release_lock(self._lock_path(), self._lock_fd, unlink=True)
         self._lock_fd = None
 
     def _remove_stale(self) -> None:
@@ -405,6 +430,6 @@ class ResultsFolder:
         return self.out
 
 
-__all__ = ["ResultsFolder", "OutputError", "atomic_file", "write_png", "check_output_file", "written_by_stimsim",
+__all__ = ["ResultsFolder", "OutputError", "acquire_lock", "release_lock", "exclusive_lock", "atomic_file", "write_png", "check_output_file", "written_by_stimsim",
            "STIMSIM_MARK", "RESULTS_FORMAT", "RESULTS_ENTRIES", "is_results_folder", "check_output_target",
            "check_space", "estimate_results_bytes", "os_error_message"]

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .._logging import logger
-from ..errors import StimsimError
+from ..outputs import exclusive_lock
 from .cleanup import clean_tissues
 from .folder import CACHE_NAME, HEAD_ENTRIES, HEAD_FORMAT, is_head_folder
 from .mri import (FAST_SAMSEG_OPTIONS, INSTALL_HINT, MRIError, resample_onto, check_volumes, prepare_mri,
@@ -276,22 +276,6 @@ def _check_out(out: Path, overwrite: bool) -> bool:
     return True
 
 
-@contextmanager
-def _lock(cache: Path):
-    import fcntl
-
-    fd = os.open(cache / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StimsimError(f"another stimsim process is writing {cache.parent}; wait for it to finish or "
-                               "choose another --out") from None
-        yield
-    finally:
-        os.close(fd)
-
-
 def make_head_folder(t1, out, *, t2=None, lesion=None, lesion_tag: int = 3, threads: int = 2, fast: bool = False,
                      overwrite: bool = False, method: str = "auto", element_size_mm: float | None = None,
                      cleanup: dict | None = None, progress=None) -> dict:
@@ -339,7 +323,8 @@ def make_head_folder(t1, out, *, t2=None, lesion=None, lesion_tag: int = 3, thre
     cache.mkdir(parents=True, exist_ok=True)
     done_segment = False
     try:
-        with _lock(cache):
+        with exclusive_lock(cache / ".lock", f"is writing {cache.parent}; wait for it to finish or choose "
+                                             "another --out"):
             # ---- prepare (files)
             ipaths = [cache / "input" / "t1.nii.gz"] + ([cache / "input" / "t2.nii.gz"] if t2 is not None else [])
             if _stamp_ok(cache, "prepare", key_in, [p.relative_to(cache) for p in ipaths]) is None:

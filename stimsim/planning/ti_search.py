@@ -156,10 +156,11 @@ def search_ti(lf: Leadfield, mesh: Mesh, target_mm, radius_mm: float = 10.0, *, 
         f1_out, f2_out = _pair_field(lf, pa[i], pb[i], outside), _pair_field(lf, pa[j], pb[j], outside)
         for s in SPLITS:
             i1, i2 = s * total_mA * 1e-3, (1 - s) * total_mA * 1e-3
-            target = float(max_envelope(i1 * f1_roi, i2 * f2_roi) @ w_roi)
+            env_roi = max_envelope(i1 * f1_roi, i2 * f2_roi)
+            target = float(env_roi @ w_roi)
             env_out = max_envelope(i1 * f1_out, i2 * f2_out) if len(outside) else np.zeros(0)
             out_mean = float(env_out @ w_out) if len(outside) else 0.0
-            peak = max(float(env_out.max(initial=0.0)), float(max_envelope(i1 * f1_roi, i2 * f2_roi).max()))
+            peak = max(float(env_out.max(initial=0.0)), float(env_roi.max()))
             ranking.append({"channels": [(names[pa[i]], names[pb[i]], round(float(s) * total_mA, 6)),
                                          (names[pa[j]], names[pb[j]], round((1 - float(s)) * total_mA, 6))],
                             "target_V_per_m": target, "outside_V_per_m": out_mean,
