@@ -1,6 +1,6 @@
-"""stimsim: plan and simulate noninvasive brain stimulation (tDCS/tACS, TMS).
+"""stimsim: plan and simulate noninvasive brain stimulation (tDCS/tACS, temporal interference, TMS).
 
-Data flows one way: protocol -> head -> solve -> fields -> outputs.  ``import stimsim``
+Data flows one way: protocol -> head model -> solve -> result -> (safety, pictures, report).  ``import stimsim``
 loads no VTK; plotting lives in ``stimsim.viz``.
 """
 
@@ -21,12 +21,17 @@ def __getattr__(name):
         from . import mesh
 
         return getattr(mesh, name)
-    if name == "write_results":
-        from .results import write_results
+    if name in ("write_results", "read_results"):
+        from . import results
 
-        return write_results
+        return getattr(results, name)
+    if name == "HeadModel":
+        from .head_model import HeadModel
+
+        return HeadModel
     raise AttributeError(f"module 'stimsim' has no attribute {name!r}")
 
 
 __all__ = ["__version__", "simulate", "SimulationResult", "load_protocol", "save_protocol",
-           "validate_protocol", "read_mesh", "write_mesh", "Mesh", "write_results"]
+           "validate_protocol", "read_mesh", "write_mesh", "Mesh", "write_results",
+           "read_results", "HeadModel"]

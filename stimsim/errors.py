@@ -57,6 +57,11 @@ class SolverError(StimsimError, RuntimeError):
     """The linear solver failed (no convergence, singular system, missing backend)."""
 
 
+class ResultsError(StimsimError, ValueError):
+    """A results folder cannot be read, or a picture or report cannot be made from the given input
+    (missing or NaN field, unknown view or surface...)."""
+
+
 class SafetyViolation(StimsimError):
     """Raised only when a caller asks for safety failures to be exceptions."""
 

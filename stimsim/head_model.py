@@ -163,6 +163,11 @@ class HeadModel:
     stiffness : (n, n) CSR stiffness matrix, SI units (S m)
     inputs : hashes of what the model was built from (protocol, head file)
     timings : seconds spent reading (``read_s``) and assembling (``assembly_s``)
+
+    The arrays are not copied and must not be changed.  The model keeps the linear solvers set
+    up on it (:meth:`solver`, :meth:`grounded_system`), so a factorisation or AMG hierarchy is
+    built once per boundary condition and shared by every right-hand side that follows: the TMS
+    run, ``TMSModel`` and ``optimize tms`` on the same head, or leadfields and TI channels.
     """
 
     mesh: Mesh
@@ -171,6 +176,40 @@ class HeadModel:
     stiffness: sp.csr_matrix
     inputs: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def grounded_system(self):
+        """The stiffness matrix with one node (the first tetrahedron's first) held at 0 V: the system
+        of every TMS solve on this head (:func:`~stimsim.fem.grounded_system`), built once."""
+        from .fem import grounded_system
+
+        if "grounded" not in self._cache:
+            self._cache["grounded"] = grounded_system(self.stiffness, node=int(self.mesh.tets[0, 0]))
+        return self._cache["grounded"]
+
+    def solver(self, system, backend: str = "auto", *, rtol: float = 1e-10, maxiter: int = 1000):
+        """The :class:`~stimsim.fem.FactorizedSolver` of ``system`` (a grounded or electrode system of
+        this head's stiffness matrix), set up on first use and then reused.
+
+        ``backend="auto"`` chooses as :func:`~stimsim.fem.linear.pick_backend` does; ``rtol`` and
+        ``maxiter`` apply to the ``"amg"`` backend (CG) only.  Systems are told apart by their
+        boundary condition (the grounded node, or which nodes each electrode merges).
+        """
+        from .fem.linear import FactorizedSolver, pick_backend
+
+        if backend == "auto":
+            backend = pick_backend(system.matrix.shape[0])
+        key = ("solver", _system_key(system), backend) + ((rtol, maxiter) if backend == "amg" else ())
+        if key not in self._cache:
+            self._cache[key] = FactorizedSolver(system.matrix, backend=backend, rtol=rtol, maxiter=maxiter)
+        return self._cache[key]
+
+    def release_solvers(self) -> None:
+        """Free the solvers (and grounded system) this model holds now, not when it goes away."""
+        for key, value in list(self._cache.items()):
+            if key[0] == "solver":
+                value.close()
+        self._cache.clear()
 
     @classmethod
     def assemble(cls, mesh: Mesh, conductivities=None, *, inputs: dict | None = None, timings: dict | None = None,
@@ -218,6 +257,15 @@ class HeadModel:
         mesh = check_mesh(mesh, known_tags=set(conductivity_table(conductivities)), connectivity=False)
         inputs = {"head": os.fspath(head), "head_file": path.name, "head_sha256": sha256_file(path)}
         return cls.assemble(mesh, conductivities, inputs=inputs, timings={"read_s": time.perf_counter() - t})
+
+
+def _system_key(system) -> tuple:
+    """What tells two systems of one stiffness matrix apart: their boundary condition."""
+    ground = getattr(system, "ground", None)
+    if ground is not None:
+        return ("grounded", int(ground), system.matrix.shape[0])
+    dof = np.ascontiguousarray(system.dof)
+    return ("electrodes", hashlib.sha256(dof.tobytes()).hexdigest(), tuple(int(d) for d in system.electrode_dofs))
 
 
 __all__ = ["HeadModel", "read_head", "named_position", "resolve_position", "head_folder", "mni_to_head",

@@ -1,7 +1,9 @@
-"""Write a simulation's results folder: fields.msh, fields.vtu, summary.json, protocol.yaml.
+"""A simulation's results folder: fields.msh, fields.vtu, summary.json, protocol.yaml.
 
-The folder appears complete or not at all: everything is written into a hidden temporary
-folder next to the target, which is renamed into place at the end.
+:func:`write_results` writes one (it appears complete or not at all: everything is written into
+a hidden temporary folder next to the target, which is renamed into place at the end);
+:func:`read_results` reads one back as a :class:`FieldData` (mesh, fields, electrodes or coil,
+protocol, summary), which is what pictures and reports draw.
 """
 
 from __future__ import annotations
@@ -10,12 +12,16 @@ import json
 import os
 import platform
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
+from ._logging import logger
 from .conductivity import tissue_name
+from .errors import ResultsError, StimsimError
+from .mesh.model import Mesh
 from .outputs import RESULTS_FORMAT
 from .protocol import save_protocol
 from .simulation_result import MultichannelTACSResult, SimulationResult, TESResult, TIResult, TMSResult
@@ -224,3 +230,203 @@ def write_results(result: SimulationResult, out_dir: str | os.PathLike, *, overw
         check_space(folder.path, *results_size_estimate(result), what="the results folder")
         write_result_files(result, folder.path, msh_version=msh_version, safety=safety)
         return folder.commit()
+
+
+# ------------------------------------------------------------------------------------------ reading
+
+
+#: field name -> (label, unit, location, key in the element/node data, vector?)
+FIELDS = {
+    "magnE": ("|E|", "V/m", "element", "E", True),
+    "E": ("|E|", "V/m", "element", "E", True),
+    "J": ("|J|", "A/m²", "element", "J", True),
+    "magnJ": ("|J|", "A/m²", "element", "J", True),
+    "E_recovered": ("|E| (recovered)", "V/m", "element", "E_recovered", True),
+    "magnE_recovered": ("|E| (recovered)", "V/m", "element", "E_recovered", True),
+    "v": ("potential", "V", "node", "v", False),
+    "dAdt": ("|dA/dt|", "V/m", "node", "dAdt", True),
+}
+
+
+@dataclass(frozen=True)
+class ElectrodeGlyph:
+    """An electrode to draw: its scalp nodes (0-based), centre node and current (A)."""
+
+    name: str
+    current_A: float
+    nodes: np.ndarray
+    center_node: int
+
+
+@dataclass(frozen=True, eq=False)
+class FieldData:
+    """Mesh + fields + sources of one simulation, as drawn by :func:`stimsim.viz.plot_field`.
+
+    Attributes
+    ----------
+    mesh : Mesh (mm)
+    element : dict name -> (m,) or (m, 3) array over tetrahedra (``E``, ``J``, ``E_recovered``, ``magnE``...)
+    node : dict name -> (n,) or (n, 3) array over nodes (``v``, ``dAdt``)
+    protocol : the validated protocol, or None when unknown
+    summary : the ``summary.json`` content when read from a results folder, else None
+    electrodes : electrodes to draw (tDCS/tACS)
+    coil_dipoles_mm : (k, 3) coil dipole positions in the head frame (TMS), or None
+    coil_matrix : (4, 4) coil-to-head matrix (TMS), or None
+    origin : where the data came from (for messages)
+    """
+
+    mesh: Mesh
+    element: dict
+    node: dict
+    protocol: object = None
+    summary: dict | None = None
+    electrodes: list = field(default_factory=list)
+    coil_dipoles_mm: np.ndarray | None = None
+    coil_matrix: np.ndarray | None = None
+    origin: str = "simulation result"
+    inputs: dict = field(default_factory=dict)
+
+    def available_fields(self) -> list[str]:
+        out = []
+        for name, (_, _, loc, key, _) in FIELDS.items():
+            data = self.element if loc == "element" else self.node
+            if key in data or (name in data):
+                out.append(name)
+        return out
+
+    def scalar(self, name: str) -> tuple[np.ndarray, str, str, str]:
+        """``(values, location, label, unit)`` of a field; vectors become magnitudes.
+
+        Raises
+        ------
+        ResultsError
+            Unknown field name, a field this result does not have, or non-finite values.
+        """
+        if name not in FIELDS:
+            raise ResultsError(f"field: {name!r} is not a known field; choose one of {', '.join(FIELDS)}")
+        label, unit, loc, key, vector = FIELDS[name]
+        data = self.element if loc == "element" else self.node
+        if key in data:
+            arr = np.asarray(data[key], dtype=float)
+        elif name in data:
+            arr = np.asarray(data[name], dtype=float)
+        else:
+            have = ", ".join(self.available_fields()) or "none"
+            raise ResultsError(f"field: {self.origin} has no {loc} field {key!r} (available: {have})")
+        if arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr[:, 0]
+        if vector and arr.ndim == 2:
+            arr = np.linalg.norm(arr, axis=1)
+        n_expected = self.mesh.n_tets if loc == "element" else self.mesh.n_nodes
+        if arr.shape[0] != n_expected:
+            raise ResultsError(f"field: {key!r} in {self.origin} has {arr.shape[0]} values but the mesh has "
+                           f"{n_expected} {'tetrahedra' if loc == 'element' else 'nodes'}")
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            raise ResultsError(f"field: {key!r} in {self.origin} has {int(bad.sum())} non-finite (NaN/inf) values out of "
+                           f"{arr.size}; the simulation did not produce a usable field, rerun it")
+        return arr, loc, label, unit
+
+    def element_vectors(self, key: str = "E") -> np.ndarray:
+        arr = np.asarray(self.element[key], float)
+        if arr.ndim != 2 or arr.shape[1] != 3:
+            raise ResultsError(f"field: {key!r} in {self.origin} is not a 3-vector per element")
+        if not np.all(np.isfinite(arr)):
+            raise ResultsError(f"field: {key!r} in {self.origin} has non-finite (NaN/inf) values; rerun the simulation")
+        return arr
+
+
+
+
+def _coil_dipoles(protocol, matrix, base_dir) -> np.ndarray | None:
+    try:
+        from .coils import load_coil
+
+        coil = load_coil(protocol.coil, base_dir)
+        pos, _ = coil.transformed(np.asarray(matrix, float))
+        return pos
+    except Exception as err:  # a picture without the coil windings is still useful
+        logger.warning("coil windings not drawn: %s", err)
+        return None
+
+
+def result_field_data(result, base_dir=None) -> FieldData:
+    """The :class:`FieldData` of a simulation result in memory (what :func:`read_results` gives for its folder)."""
+    element = {"E": result.E, "J": result.J}
+    if result.E_recovered is not None:
+        element["E_recovered"] = result.E_recovered
+    node = result.node_fields()
+    electrodes = [ElectrodeGlyph(e.name, float(e.current_A), np.asarray(e.nodes), int(e.center_node))
+                  for e in getattr(result, "electrodes", [])]  # a TESResult's; a TMSResult has a coil
+    matrix = dipoles = None
+    placement = getattr(result, "placement", None)
+    if placement is not None:
+        matrix = np.asarray(placement.matrix, float)
+        dipoles = _coil_dipoles(result.protocol, matrix, base_dir)
+    return FieldData(result.mesh, element, node, result.protocol, None, electrodes, dipoles, matrix,
+                     "the simulation result", dict(result.inputs))
+
+
+def _electrodes_from_protocol(protocol, mesh) -> list[ElectrodeGlyph]:
+    try:
+        from .simulation import electrode_specs
+        from .fem.electrodes import place_electrodes
+
+        placed = place_electrodes(mesh, electrode_specs(protocol, mesh=mesh))
+    except StimsimError as err:
+        logger.warning("electrodes not drawn: %s", err)
+        return []
+    return [ElectrodeGlyph(e.name, float(e.current_A), np.asarray(e.nodes), int(e.center_node)) for e in placed]
+
+
+def read_results(path: str | os.PathLike) -> FieldData:
+    """Read a results folder written by :func:`write_results` (or its ``fields.vtu`` / ``fields.msh``).
+
+    The folder describes itself: mesh and fields, ``summary.json`` (units, electrode nodes and
+    currents, the coil matrix, the solver), ``protocol.yaml``; older folders without recorded
+    electrode nodes get their electrodes placed again from the protocol.
+
+    Raises
+    ------
+    ResultsError
+        The folder does not exist, holds no fields file, or its fields file holds no field.
+    """
+    from .mesh import read_mesh
+    from .protocol import load_protocol
+
+    path = Path(path)
+    if path.is_file():
+        folder, candidates = path.parent, [path]
+    elif path.is_dir():
+        folder, candidates = path, [path / "fields.msh", path / "fields.vtu"]  # msh: float64, and faster to read
+    else:
+        raise ResultsError(f"results folder not found: {path} (make one with `stimsim run PROTOCOL --out {path}`)")
+    fields_file = next((c for c in candidates if c.is_file()), None)
+    if fields_file is None:
+        raise ResultsError(f"results folder {folder} has no fields.vtu or fields.msh; it is not (or no longer) the "
+                       "output of `stimsim run` — run the simulation again")
+    mesh, fields = read_mesh(fields_file)
+    element, node = dict(fields.get("element", {})), dict(fields.get("node", {}))
+    if not any(k in element for k in ("E", "magnE", "J", "magnJ")):
+        raise ResultsError(f"{fields_file} holds no field (no element data E, magnE, J or magnJ); it is a bare mesh, "
+                       "not a stimsim result — run the simulation again")
+    summary = None
+    if (folder / "summary.json").is_file():
+        try:
+            summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ResultsError(f"{folder / 'summary.json'}: not valid JSON ({err})") from None
+    protocol = load_protocol(folder / "protocol.yaml") if (folder / "protocol.yaml").is_file() else None
+    electrodes, dipoles, matrix = [], None, None
+    recorded = [e for e in (summary or {}).get("electrodes", []) if "nodes" in e]
+    if recorded:  # the folder says where its electrodes were (stimsim >= this format)
+        electrodes = [ElectrodeGlyph(e["name"], float(e["current_mA"]) * 1e-3, np.asarray(e["nodes"], np.int64),
+                                     int(e["center_node"])) for e in recorded]
+    elif protocol is not None and protocol.kind != "tms":  # older folders: place them again
+        electrodes = _electrodes_from_protocol(protocol, mesh)
+    placement = ((summary or {}).get("tms") or {}).get("placement")
+    if protocol is not None and protocol.kind == "tms" and placement is not None:
+        matrix = np.asarray(placement["matrix"], float)
+        dipoles = _coil_dipoles(protocol, matrix, folder)
+    return FieldData(mesh, element, node, protocol, summary, electrodes, dipoles, matrix, str(fields_file),
+                     dict((summary or {}).get("inputs", {})))

@@ -30,8 +30,7 @@ import numpy as np
 
 from ._logging import logger
 from .envelope import envelope_along, max_envelope, peak_combined_field  # noqa: F401 (re-exported)
-from .fem import (ElectrodeSpec, FactorizedSolver, SolveInfo, amg_hierarchy, assemble_stiffness, electrode_system,
-                  element_efield, pcg, place_electrodes)
+from .fem import ElectrodeSpec, SolveInfo, assemble_stiffness, electrode_system, element_efield, place_electrodes
 from .fem.linear import DEFAULT_RTOL
 from .head_model import HeadModel, resolve_position
 from .mesh import Mesh
@@ -124,24 +123,13 @@ def ti_electrode_specs(protocol: TIProtocol, base_dir: Path | None = None, mesh:
     return specs
 
 
-def _channel_solver(options, matrix, default_rtol: float):
-    """``(setup_s, solve(b) -> (x, SolveInfo))`` with one set-up shared by every right-hand side."""
+def _channel_solver(head: HeadModel, system, options, default_rtol: float):
+    """``(setup_s, solve(b) -> (x, SolveInfo))``: the head model's solver of ``system`` (a factorisation
+    for ``method: direct``, else one AMG hierarchy for CG), set up once and shared by every channel."""
     t = time.perf_counter()
-    if options.method == "direct":
-        fs = FactorizedSolver(matrix)
-        return fs.setup_s, lambda b: fs(matrix, b)
-    ml = amg_hierarchy(matrix)
-    setup = time.perf_counter() - t
-    precond = ml.aspreconditioner(cycle="V")
-    rtol = options.rtol or default_rtol
-
-    def solve(b):
-        t1 = time.perf_counter()
-        x, it = pcg(matrix, b, precond, rtol, options.maxiter)
-        res = float(np.linalg.norm(b - matrix @ x) / np.linalg.norm(b))
-        return x, SolveInfo("amg-cg", it, res, setup, time.perf_counter() - t1)
-
-    return setup, solve
+    solver = head.solver(system, "auto" if options.method == "direct" else "amg",
+                         rtol=options.rtol or default_rtol, maxiter=options.maxiter)
+    return time.perf_counter() - t, lambda b: solver(system.matrix, b)
 
 
 @dataclass(frozen=True)
@@ -162,7 +150,7 @@ def solve_channels(head: HeadModel, system, placed, channel_of: np.ndarray, name
     """One solve per channel on one electrode system holding every pad: the channel's own pads carry
     its currents, the other pads none (floating equipotential conductors), so channels superpose
     exactly.  One solver set-up serves every channel (temporal interference, multichannel tACS)."""
-    setup_s, solve = _channel_solver(options, system.matrix, default_rtol)
+    setup_s, solve = _channel_solver(head, system, options, default_rtol)
     fields, potentials, infos, delivered, floating = [], [], [], {}, {}
     t_fields = 0.0
     for i, name in enumerate(names):

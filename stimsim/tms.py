@@ -20,7 +20,7 @@ from .errors import ProtocolError
 from .protocol import TMSProtocol
 from .fem import (amg_hierarchy, assemble_load_from_element_vectors, element_efield, element_mean,
                   grounded_system, pcg, recover, solver_for, use_numba)
-from .fem.linear import DEFAULT_RTOL, FactorizedSolver, pick_backend
+from .fem.linear import DEFAULT_RTOL, pick_backend
 from .head_model import HeadModel, read_head, resolve_position
 from .simulation_result import TMSResult
 
@@ -187,6 +187,8 @@ class TMSModel:
     ----------
     protocol : TMSProtocol (head, conductivities, coil and stimulator are used; placement is not)
     mesh : an already loaded head mesh (optional)
+    head : a :class:`~stimsim.head_model.HeadModel` to use instead of reading the protocol's head (its
+        conductivities apply, and a factorisation already set up on it is reused)
     rtol : CG tolerance of the placement solves.  Default: the protocol's ``solver.rtol``, else
         TMS's 1e-6 — on the 668k-tet sphere that changes E by 2e-7 (relative L2) against
         rtol 1e-12, five orders below the discretisation error, for 13 instead of 25
@@ -200,20 +202,21 @@ class TMSModel:
         0 in :attr:`iterations`.
     """
 
-    def __init__(self, protocol: TMSProtocol, *, mesh=None, base_dir: Path | None = None, rtol: float | None = None,
-                 reuse: int = 30, backend: str = "auto"):
+    def __init__(self, protocol: TMSProtocol, *, mesh=None, head: HeadModel | None = None,
+                 base_dir: Path | None = None, rtol: float | None = None, reuse: int = 30, backend: str = "auto"):
         self.protocol = protocol
-        self.head = HeadModel.from_protocol(protocol, base_dir, mesh)
+        # a given head model brings its conductivities and any solver already set up on it
+        self.head = head if head is not None else HeadModel.from_protocol(protocol, base_dir, mesh)
         self.mesh = self.head.mesh
         self.coil = load_coil(protocol.coil, base_dir)
         self.didt = coil_didt_A_per_s(protocol, self.coil)
-        self.system = grounded_system(self.head.stiffness, node=int(self.mesh.tets[0, 0]))
+        self.system = self.head.grounded_system()
         self.rtol = rtol or protocol.solver.rtol or DEFAULT_RTOL["tms"]
         if backend == "auto":
             backend = pick_backend(self.system.matrix.shape[0])
             backend = backend if backend in ("pardiso", "cholmod") else "amg"
         self.backend = backend
-        self._factor = None if backend == "amg" else FactorizedSolver(self.system.matrix, backend=backend)
+        self._factor = None if backend == "amg" else self.head.solver(self.system, backend)
         self._precond = amg_hierarchy(self.system.matrix).aspreconditioner(cycle="V") if backend == "amg" else None
         self._mean, self._load = _primary_operators(self.head.geometry, self.head.sigma, self.system.ground)
         self.reuse = reuse

@@ -269,6 +269,20 @@ def test_tms_model_reuses_earlier_solutions(sphere3):
     assert model.iterations[-1] > cold // 2
 
 
+def test_tms_model_on_a_given_head_model(sphere3, sphere3_result):
+    """TMSModel takes a HeadModel (no second read and assembly): it uses the head's conductivities and
+    the factorisation already set up on it, and gives the field of a full run at that placement."""
+    from stimsim.head_model import HeadModel
+    from stimsim.tms import TMSModel
+
+    head = HeadModel.from_mesh(sphere3, COND)
+    factor = head.solver(head.grounded_system(), "splu")
+    model = TMSModel(_protocol(), head=head, backend="splu", rtol=1e-10)
+    assert model.head is head and model._factor is factor
+    e = model.efield(sphere3_result.placement.matrix)
+    assert rel_l2(e, sphere3_result.E) < 1e-5
+
+
 def test_run_without_numba_kernels_gives_the_same_fields(sphere3, sphere3_result, monkeypatch):
     """The numpy fallback (stored gradients, numpy assembly) and the numba kernels agree."""
     import stimsim.fem.kernels as kernels

@@ -422,3 +422,23 @@ def test_results_folder_records_its_electrodes(demo_result, tmp_path):
     for got, want in zip(data.electrodes, demo_result.electrodes):
         np.testing.assert_array_equal(got.nodes, want.nodes)
         assert got.center_node == want.center_node and got.current_A == pytest.approx(want.current_A)
+
+
+def test_read_results_round_trip_tms(tmp_path):
+    """``read_results`` gives back what ``write_results`` wrote: the fields in full precision, the coil
+    matrix, units and the protocol, so a folder can be drawn or reported without re-running anything."""
+    from stimsim.protocol import validate_protocol
+    from stimsim.results import read_results, write_results
+    from stimsim.simulation import simulate
+
+    protocol = validate_protocol({"kind": "tms", "head": "sphere", "coil": {"file": "Magstim_70mm_Fig8.ccd"},
+                                  "stimulator": {"didt_A_per_us": 80},
+                                  "placement": {"center": [0, 0, 95], "direction": [1, 0, 0]}})
+    result = simulate(protocol)
+    data = read_results(write_results(result, tmp_path / "tms"))
+    np.testing.assert_array_equal(data.element["E"], result.E)
+    np.testing.assert_array_equal(data.node["v"], result.potential_V)
+    np.testing.assert_allclose(data.coil_matrix, result.placement.matrix, rtol=0, atol=1e-12)
+    assert data.coil_dipoles_mm is not None and len(data.coil_dipoles_mm) > 0
+    assert data.summary["units"]["E"] == "V/m" and data.protocol.kind == "tms" and not data.electrodes
+    assert data.inputs["protocol_sha256"] == result.inputs["protocol_sha256"]

@@ -256,7 +256,7 @@ class FactorizedSolver:
         allowed = ("auto", "pardiso", "cholmod", "splu", "amg")
         if backend not in allowed:
             raise SolverError(f"solver backend {backend!r} is not one of {allowed}")
-        self.a = sp.csr_matrix(a)
+        self.a = a if sp.isspmatrix_csr(a) else sp.csr_matrix(a)  # the same object: __call__ checks identity
         self.rtol = rtol
         self.maxiter = maxiter
         self.iterations: list[int] = []  # CG iterations per column ("amg" only)
@@ -345,5 +345,5 @@ class FactorizedSolver:
         t0 = time.perf_counter()
         n_it = len(self.iterations)
         x = self.solve(b)
-        return x, SolveInfo(self.backend, sum(self.iterations[n_it:]), _relres(self.a, x, b), self.setup_s,
+        return x, SolveInfo("amg-cg" if self.backend == "amg" else self.backend, sum(self.iterations[n_it:]), _relres(self.a, x, b), self.setup_s,
                             time.perf_counter() - t0)

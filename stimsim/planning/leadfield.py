@@ -22,7 +22,7 @@ import numpy as np
 
 from .._logging import logger
 from ..errors import ProtocolError, StimsimError
-from ..fem import ElectrodeSpec, FactorizedSolver, electrode_system, place_electrodes
+from ..fem import ElectrodeSpec, electrode_system, place_electrodes
 from ..head_model import HeadModel
 from ..mesh import Mesh
 from ..outputs import atomic_file
@@ -99,7 +99,7 @@ def compute_leadfield(mesh: Mesh, positions_mm: dict[str, tuple], reference: str
     specs[-1] = ElectrodeSpec(reference, tuple(positions_mm[reference]), -1.0, shape, diameter_mm=diameter_mm)
     placed = place_electrodes(mesh, specs)
     system = electrode_system(head.stiffness, placed)
-    solver = FactorizedSolver(system.matrix, backend=backend)
+    solver = head.solver(system, backend)  # kept by the head model: a second leadfield reuses it
     k = len(names) - 1
     fields = np.empty((k, mesh.n_tets, 3), np.float32)
     starts = range(0, k, max(1, block))
@@ -118,7 +118,6 @@ def compute_leadfield(mesh: Mesh, positions_mm: dict[str, tuple], reference: str
         x = solver.solve(rhs)
         for j, i in enumerate(cols):
             fields[i] = -geometry.gradient(system.expand(x[:, j]))
-    solver.close()
     logger.info("leadfield: %d electrodes, reference %s, backend %s", k, reference, solver.backend)
     meta = {"shape": shape, "diameter_mm": diameter_mm, "conductivities_S_per_m":
             {str(t): float(sigma[np.argmax(mesh.tet_tags == t)]) for t in mesh.tissue_tags},
