@@ -20,6 +20,9 @@ from ._logging import logger
 from .errors import ProtocolError, shown
 from .tissues import TISSUE_ALIASES, TISSUES, tissue_name  # noqa: F401  (tissue_name: re-exported)
 
+#: rubber (100) and saline (500): electrode materials, added by the layered electrode model
+ELECTRODE_MATERIAL_TAGS = frozenset({100, 500})
+
 #: sanity bounds of a conductivity override, S/m.  Silver, the best conductor there is, has
 #: 6.3e7 S/m; good insulators have < 1e-12 S/m, and a contrast beyond ~1e12 to tissue (~1 S/m)
 #: is more than a double-precision solve resolves.  A value outside is a typing or unit mistake
@@ -110,7 +113,9 @@ def element_conductivities(tet_tags: np.ndarray, table: Mapping[int, float]) -> 
             f"'conductivities' mapping (S/m), e.g. {{{missing[0]}: 0.3}}"
         )
     present = {int(t) for t in tags}
-    absent = [(tag, key) for tag, key in getattr(table, "given", {}).items() if tag not in present]
+    # electrode materials (rubber 100, saline 500) belong to the electrode model, not the head mesh
+    absent = [(tag, key) for tag, key in getattr(table, "given", {}).items()
+              if tag not in present and tag not in ELECTRODE_MATERIAL_TAGS]
     if absent:
         mesh_tags = ", ".join(str(t) for t in sorted(present))
         for tag, key in absent:

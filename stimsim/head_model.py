@@ -204,6 +204,22 @@ class HeadModel:
             self._cache[key] = FactorizedSolver(system.matrix, backend=backend, rtol=rtol, maxiter=maxiter)
         return self._cache[key]
 
+    def with_electrode_layers(self, placed, electrodes, conductivities=None) -> tuple["HeadModel", list]:
+        """This head with a sponge layer meshed under each pad whose protocol electrode says
+        ``model: sponge`` (:func:`stimsim.fem.sponge.add_sponges`, ``thickness_mm`` thick), assembled
+        with ``conductivities`` (the sponge's tag 500, saline, defaults to 1.0 S/m); returns it and the
+        electrodes on top of their sponges, or this head and ``placed`` when every pad is a patch.
+        The head's own nodes and elements keep their numbers, so fields on the head compare directly."""
+        thickness = [e.thickness_mm if getattr(e, "model", "patch") == "sponge" else None for e in electrodes]
+        if not any(thickness):
+            return self, list(placed)
+        from .fem.sponge import add_sponges
+
+        t = time.perf_counter()
+        mesh, on_top = add_sponges(self.mesh, placed, thickness)
+        timings = dict(self.timings, sponges_s=time.perf_counter() - t)
+        return HeadModel.assemble(mesh, conductivities, inputs=self.inputs, timings=timings), on_top
+
     def release_solvers(self) -> None:
         """Free the solvers (and grounded system) this model holds now, not when it goes away."""
         for key, value in list(self._cache.items()):

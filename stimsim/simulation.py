@@ -15,6 +15,7 @@ import numpy as np
 from . import __version__
 from ._logging import log_level, logger
 from .fem import ElectrodeSpec, electrode_system, element_efield, place_electrodes, recover, solver_for
+from .fem.electrodes import boundary_node_areas, skin_current_density
 from .head_model import (EMBEDDED_HEADS, HeadModel, named_position, protocol_sha256, resolve_head,  # noqa: F401
                          resolve_position, sha256_file)
 from .mesh import Mesh
@@ -71,9 +72,11 @@ def solve_tes(protocol: TESProtocol, head: HeadModel, base_dir: Path | None = No
         from .tacs import solve_multichannel_tacs
 
         return solve_multichannel_tacs(protocol, head, electrode_specs(protocol, base_dir, head.mesh), base_dir)
-    mesh, geometry, sigma, timings = head.mesh, head.geometry, head.sigma, dict(head.timings)
     t = time.perf_counter()
-    placed = place_electrodes(mesh, electrode_specs(protocol, base_dir, mesh))
+    skin = head  # the head without sponges: what the skin current density is computed on
+    placed = on_skin = place_electrodes(head.mesh, electrode_specs(protocol, base_dir, head.mesh))
+    head, placed = head.with_electrode_layers(on_skin, protocol.electrodes, protocol.conductivities)
+    mesh, geometry, sigma, timings = head.mesh, head.geometry, head.sigma, dict(head.timings)
     system = electrode_system(head.stiffness, placed)
     b = system.rhs([e.current_A for e in placed])
     timings["electrodes_s"] = time.perf_counter() - t
@@ -91,12 +94,16 @@ def solve_tes(protocol: TESProtocol, head: HeadModel, base_dir: Path | None = No
     # the current each electrode actually delivers: the discrete flux K v summed over its nodes
     flux = head.stiffness @ potential
     delivered = {e.name: float(flux[e.nodes].sum()) for e in placed}
+    # the current entering the skin under each pad, node by node (the head's own elements only)
+    skin_flux = flux if skin is head else skin.stiffness @ potential[:skin.mesh.n_nodes]
+    node_area = boundary_node_areas(skin.mesh)
+    skin_density = {e.name: skin_current_density(e, skin_flux, node_area) for e in on_skin}
     timings["fields_s"] = time.perf_counter() - t
     logger.info("solved %s on %r: %d iterations, peak |E| %.3g V/m", protocol.kind, protocol.head,
                 info.iterations, float(np.linalg.norm(e_field, axis=1).max()))
     return TESResult(protocol=protocol, mesh=mesh, potential_V=potential, E=e_field, J=j_field, sigma=sigma,
                      solve_info=info, E_recovered=recovered, timings_s=timings, inputs=head.inputs,
-                     electrodes=placed, electrode_currents_A=delivered)
+                     electrodes=placed, electrode_currents_A=delivered, skin_current_density=skin_density)
 
 
 __all__ = ["simulate", "solve_tes", "SimulationResult", "TESResult", "TIResult", "TMSResult", "electrode_specs",

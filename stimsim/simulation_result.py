@@ -69,10 +69,13 @@ class TESResult(SimulationResult):
     electrodes : electrode patches on the scalp, in protocol order
     electrode_currents_A : current each electrode delivers, recomputed from the discrete flux
         ``K v`` over its nodes (a conservation check: equals the set current to solver precision)
+    skin_current_density : electrode name -> the current density entering the skin under it
+        (:func:`~stimsim.fem.electrodes.skin_current_density`: mean, p95, max, rim mean, A/m²), or None
     """
 
     electrodes: list[PlacedElectrode] = field(default_factory=list)
     electrode_currents_A: dict = field(default_factory=dict)
+    skin_current_density: dict = field(default_factory=dict)
 
     def electrode_potentials_V(self) -> dict[str, float]:
         return {e.name: float(self.potential_V[e.center_node]) for e in self.electrodes}

@@ -28,13 +28,17 @@ def solve_multichannel_tacs(protocol: TESProtocol, head: HeadModel, specs, base_
     """A tacs protocol with ``channels`` on a prepared head (``specs``: its placed-electrode requests)."""
     mesh, sigma, timings = head.mesh, head.sigma, dict(head.timings)
     t = time.perf_counter()
-    placed = place_electrodes(mesh, specs)
+    placed = on_skin = place_electrodes(mesh, specs)
+    skin = head
+    head, placed = head.with_electrode_layers(on_skin, protocol.electrodes, protocol.conductivities)
+    mesh, sigma = head.mesh, head.sigma
     system = electrode_system(head.stiffness, placed)
     channel_index = {n: i for i, c in enumerate(protocol.channels) for n in c.electrodes}
     channel_of = np.array([channel_index[e.name] for e in placed])
     timings["electrodes_s"] = time.perf_counter() - t
     names = [c.name for c in protocol.channels]
-    sol = solve_channels(head, system, placed, channel_of, names, protocol.solver, DEFAULT_RTOL["tacs"])
+    sol = solve_channels(head, system, placed, channel_of, names, protocol.solver, DEFAULT_RTOL["tacs"],
+                         skin=(skin, on_skin))
     timings["setup_s"], timings["solve_s"] = sol.setup_s, sum(i.solve_s for i in sol.infos)
     t = time.perf_counter()
     channel_E = np.stack(sol.fields)
@@ -49,7 +53,8 @@ def solve_multichannel_tacs(protocol: TESProtocol, head: HeadModel, specs, base_
     return MultichannelTACSResult(
         protocol=protocol, mesh=mesh, potential_V=np.sum(sol.potentials, axis=0), E=peak, J=sigma[:, None] * peak,
         sigma=sigma, solve_info=combined, E_recovered=None, timings_s=timings, inputs=head.inputs,
-        electrodes=placed, electrode_currents_A=sol.delivered, channel_names=names, channel_frequencies_hz=freqs,
+        electrodes=placed, electrode_currents_A=sol.delivered, skin_current_density=sol.skin_density,
+        channel_names=names, channel_frequencies_hz=freqs,
         channel_phases_deg=phases, channel_E=channel_E, peak_phase_deg=phase_map, peak_method=method,
         floating_currents_A=sol.floating)
 

@@ -31,6 +31,7 @@ import numpy as np
 from ._logging import logger
 from .envelope import envelope_along, max_envelope, peak_combined_field  # noqa: F401 (re-exported)
 from .fem import ElectrodeSpec, SolveInfo, assemble_stiffness, electrode_system, element_efield, place_electrodes
+from .fem.electrodes import boundary_node_areas, skin_current_density
 from .fem.linear import DEFAULT_RTOL
 from .head_model import HeadModel, resolve_position
 from .mesh import Mesh
@@ -143,15 +144,22 @@ class ChannelSolutions:
     floating: dict  # channel -> largest net current through another channel's pad, A (~0)
     setup_s: float
     fields_s: float
+    skin_density: dict  # electrode -> skin current density under it in its own channel (A/m^2 statistics)
 
 
 def solve_channels(head: HeadModel, system, placed, channel_of: np.ndarray, names, options,
-                   default_rtol: float) -> ChannelSolutions:
+                   default_rtol: float, skin: tuple | None = None) -> ChannelSolutions:
     """One solve per channel on one electrode system holding every pad: the channel's own pads carry
     its currents, the other pads none (floating equipotential conductors), so channels superpose
-    exactly.  One solver set-up serves every channel (temporal interference, multichannel tACS)."""
+    exactly.  One solver set-up serves every channel (temporal interference, multichannel tACS).
+
+    ``skin``: ``(head without sponges, electrodes on its skin)`` when ``head`` has sponge layers;
+    the skin current density under each pad (its own channel's current) is computed on it.
+    """
     setup_s, solve = _channel_solver(head, system, options, default_rtol)
-    fields, potentials, infos, delivered, floating = [], [], [], {}, {}
+    skin_head, on_skin = skin if skin is not None else (head, placed)
+    node_area = boundary_node_areas(skin_head.mesh)
+    fields, potentials, infos, delivered, floating, skin_density = [], [], [], {}, {}, {}
     t_fields = 0.0
     for i, name in enumerate(names):
         currents = [e.current_A if channel_of[k] == i else 0.0 for k, e in enumerate(placed)]
@@ -166,21 +174,27 @@ def solve_channels(head: HeadModel, system, placed, channel_of: np.ndarray, name
         delivered.update({e.name: net[e.name] for k, e in enumerate(placed) if channel_of[k] == i})
         others = [abs(net[e.name]) for k, e in enumerate(placed) if channel_of[k] != i]
         floating[name] = max(others) if others else 0.0
+        skin_flux = flux if skin_head is head else skin_head.stiffness @ v[:skin_head.mesh.n_nodes]
+        skin_density.update({e.name: skin_current_density(e, skin_flux, node_area)
+                             for k, e in enumerate(on_skin) if channel_of[k] == i})
         t_fields += time.perf_counter() - t1
-    return ChannelSolutions(fields, potentials, infos, delivered, floating, setup_s, t_fields)
+    return ChannelSolutions(fields, potentials, infos, delivered, floating, setup_s, t_fields, skin_density)
 
 
 def solve_ti(protocol: TIProtocol, head: HeadModel, base_dir: Path | None = None) -> TIResult:
     """Temporal interference on a prepared head: one electrode system with every pad, one solve per channel."""
     mesh, geometry, sigma, timings = head.mesh, head.geometry, head.sigma, dict(head.timings)
     t = time.perf_counter()
-    placed = place_electrodes(mesh, ti_electrode_specs(protocol, base_dir, mesh))
+    placed = on_skin = place_electrodes(mesh, ti_electrode_specs(protocol, base_dir, mesh))
+    skin = head
+    head, placed = head.with_electrode_layers(on_skin, protocol.electrodes, protocol.conductivities)
+    mesh, geometry, sigma = head.mesh, head.geometry, head.sigma
     system = electrode_system(head.stiffness, placed)
     channel_of = np.concatenate([np.full(len(c.electrodes), i) for i, c in enumerate(protocol.channels)])
     timings["electrodes_s"] = time.perf_counter() - t
 
     channels = solve_channels(head, system, placed, channel_of, [c.name for c in protocol.channels],
-                              protocol.solver, DEFAULT_RTOL["ti"])
+                              protocol.solver, DEFAULT_RTOL["ti"], skin=(skin, on_skin))
     fields, potentials, infos = channels.fields, channels.potentials, channels.infos
     delivered, floating, setup_s, t_fields = channels.delivered, channels.floating, channels.setup_s, channels.fields_s
     for channel, info, e in zip(protocol.channels, infos, fields):
@@ -204,6 +218,7 @@ def solve_ti(protocol: TIProtocol, head: HeadModel, base_dir: Path | None = None
     return TIResult(protocol=protocol, mesh=mesh, potential_V=np.sum(potentials, axis=0), E=e_peak,
                     J=sigma[:, None] * e_peak, sigma=sigma, solve_info=combined, E_recovered=None,
                     timings_s=timings, inputs=head.inputs, electrodes=placed, electrode_currents_A=delivered,
+                    skin_current_density=channels.skin_density,
                     channel_names=[c.name for c in protocol.channels],
                     channel_frequencies_hz=[float(c.frequency_hz) for c in protocol.channels],
                     channel_E=channel_E, channel_potentials_V=np.stack(potentials), channel_solve_info=infos,

@@ -61,12 +61,21 @@ class PlacedElectrode:
     nodes: np.ndarray  # scalp nodes under the patch (0-based)
     center_node: int
     distance_mm: float  # from the requested position to the nearest scalp node
-    area_mm2: float  # area of the scalp triangles entirely under the patch (0 for points)
+    area_mm2: float  # meshed area: the scalp triangles entirely under the patch (0 for points)
     shape: str
+    nominal_area_mm2: float = 0.0  # the pad's own area: pi d^2 / 4 or a b (0 for points)
+    faces: np.ndarray | None = None  # (k, 3) the scalp triangles under the pad (node indices)
+    face_tets: np.ndarray | None = None  # (k,) the scalp element under each of them
 
     @property
     def current_density_A_per_m2(self) -> float:
-        """Mean current density under the patch (|I| / area); inf for a point electrode."""
+        """Mean current density under the pad, |I| / nominal area (what the cited electrode limits
+        divide by); inf for a point electrode."""
+        return abs(self.current_A) / (self.nominal_area_mm2 * 1e-6) if self.nominal_area_mm2 > 0 else float("inf")
+
+    @property
+    def meshed_current_density_A_per_m2(self) -> float:
+        """|I| / meshed area: the mean over the triangles that carry the current in the model."""
         return abs(self.current_A) / (self.area_mm2 * 1e-6) if self.area_mm2 > 0 else float("inf")
 
 
@@ -132,10 +141,12 @@ def place_electrodes(
             )
         center = int(surf_nodes[i0])
         if spec.shape == "point":
-            nodes = np.array([center])
-            area = 0.0
+            nodes, face_ids, area, nominal = np.array([center]), np.zeros(0, np.int64), 0.0, 0.0
         else:
-            nodes, area = _patch_nodes(mesh, spec, center, surf_nodes, surf_normals, tree, faces)
+            nodes, face_ids, area = _patch_nodes(mesh, spec, center, surf_nodes, surf_normals, tree, faces)
+            face_ids = np.asarray(face_ids, np.int64)
+            nominal = (np.pi * spec.diameter_mm ** 2 / 4 if spec.shape == "disc"
+                       else float(spec.size_mm[0] * spec.size_mm[1]))
         clash = owner[nodes]
         if np.any(clash >= 0):
             other = specs[int(clash[clash >= 0][0])].name
@@ -143,7 +154,8 @@ def place_electrodes(
                 f"electrodes: {spec.name!r} overlaps {other!r} on the scalp; move them apart or make them smaller"
             )
         owner[nodes] = k
-        placed.append(PlacedElectrode(spec.name, spec.current_A, nodes, center, float(dist), area, spec.shape))
+        placed.append(PlacedElectrode(spec.name, spec.current_A, nodes, center, float(dist), area, spec.shape,
+                                      nominal, faces[face_ids], mesh.boundary_face_tets[face_ids]))
         logger.info("electrode %s: %d scalp nodes, %.1f mm², %.2f mm from the requested position",
                     spec.name, len(nodes), area, dist)
     return placed
@@ -180,13 +192,15 @@ def _patch_nodes(mesh, spec, center, surf_nodes, surf_normals, tree, faces):
     mask = np.zeros(mesh.n_nodes, bool)
     mask[sel] = True
     mask[center] = True
-    f = faces[mask[faces].all(axis=1)]
+    face_ids = np.flatnonzero(mask[faces].all(axis=1))
+    f = faces[face_ids]
     if len(f):
         edges = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
         g = sp.coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(mesh.n_nodes,) * 2)
         _, labels = connected_components(g, directed=False)
         sel = np.flatnonzero(mask & (labels == labels[center]))
-        f = f[(labels[f[:, 0]] == labels[center])]
+        keep = labels[f[:, 0]] == labels[center]
+        f, face_ids = f[keep], face_ids[keep]
     else:
         sel = np.array([center])
     if len(sel) < 3:
@@ -194,7 +208,48 @@ def _patch_nodes(mesh, spec, center, surf_nodes, surf_normals, tree, faces):
                        spec.name, len(sel))
     p = mesh.nodes[f]
     area = 0.5 * np.linalg.norm(np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), axis=1).sum() if len(f) else 0.0
-    return sel, float(area)
+    return sel, face_ids, float(area)
+
+
+def boundary_node_areas(mesh: Mesh) -> np.ndarray:
+    """(n,) each node's share of the exterior surface, mm²: a third of the area of every exterior
+    triangle it belongs to (0 inside the volume)."""
+    faces = mesh.boundary_faces
+    p = mesh.nodes[faces]
+    area = 0.5 * np.linalg.norm(np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), axis=1)
+    return np.bincount(faces.ravel(), weights=np.repeat(area / 3.0, 3), minlength=mesh.n_nodes)
+
+
+def skin_current_density(electrode: PlacedElectrode, skin_flux_A: np.ndarray, node_area_mm2: np.ndarray
+                         ) -> dict | None:
+    """Current density (A/m²) entering the skin under a pad, node by node: the discrete current
+    through each skin node (``skin_flux_A``: the head's stiffness times the potential, which sums to
+    the pad's current over its nodes) over the node's share of the surface (:func:`boundary_node_areas`).
+
+    Returns the mean (|I| over the pads nodes' surface), the 95th percentile (by area) and the
+    maximum, the mean over the rim (nodes on the pad's boundary) and whether the maximum lies on the
+    rim; None for a point electrode.  An equipotential pad drives its current in at the rim, as the
+    edge of a real sponge does (skin burns start at edges); the rim value depends on the element
+    size, so compare models on one mesh rather than a single value with a limit.
+    """
+    if electrode.faces is None or len(electrode.faces) == 0:
+        return None
+    from ..stats import weighted_percentiles
+
+    nodes = np.asarray(electrode.nodes)
+    area = node_area_mm2[nodes]
+    density = np.abs(skin_flux_A[nodes]) / np.maximum(area * 1e-6, 1e-300)
+    # rim: nodes on an edge that only one of the pad's triangles has
+    faces = electrode.faces
+    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    uniq, count = np.unique(edges, axis=0, return_counts=True)
+    rim = np.isin(nodes, uniq[count == 1])
+    i_max = int(np.argmax(density))
+    return {"mean": float(np.abs(skin_flux_A[nodes].sum()) / (area.sum() * 1e-6)),
+            "p95": weighted_percentiles(density, area, [95.0])[0],
+            "max": float(density[i_max]),
+            "rim_mean": float(np.average(density[rim], weights=area[rim])) if rim.any() else float("nan"),
+            "max_on_rim": bool(rim[i_max])}
 
 
 @dataclass(frozen=True, eq=False)

@@ -213,10 +213,18 @@ class Electrode(_Model):
                                                                   "along 'direction'")
     direction: Direction | None = Field(None, description="direction of side a, projected on the scalp (default: "
                                                      "any tangent)")
-    thickness_mm: LengthOrZero | None = Field(None, description="sponge/gel thickness (recorded; not modelled)")
+    model: Literal["patch", "sponge"] = Field(
+        "patch", description="patch (default): an equipotential pad on the skin; sponge: a sponge/gel layer of "
+                             "thickness_mm meshed onto the skin under the pad, the rubber electrode equipotential "
+                             "on top (conductivity: tag 500 'saline' in conductivities, default 1.0 S/m)")
+    thickness_mm: LengthOrZero | None = Field(None, description="sponge/gel thickness in mm (modelled with "
+                                                                "model: sponge, else recorded)")
 
     @model_validator(mode="after")
     def _shape_needs_size(self):
+        if self.model == "sponge" and (self.shape == "point" or not self.thickness_mm):
+            raise ValueError(f"electrode {shown(self.name)}: model 'sponge' needs a pad (shape: disc or rect) and "
+                             "thickness_mm > 0, e.g. thickness_mm: 5")
         if self.shape == "disc" and self.diameter_mm is None:
             raise ValueError(f"electrode {shown(self.name)}: shape 'disc' needs diameter_mm")
         if self.shape == "rect" and self.size_mm is None:
