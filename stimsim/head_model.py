@@ -100,6 +100,12 @@ def mni_to_head(head: str, base_dir: Path | None = None, *, field: str = "mni") 
     return np.linalg.inv(folder.subject_to_mni_matrix)
 
 
+def mni_point_to_head(head: str, point_mni, base_dir: Path | None = None, *, field: str = "mni") -> np.ndarray:
+    """(3,) or (k, 3) MNI152 mm point(s) in the head's mm, by :func:`mni_to_head`."""
+    m = mni_to_head(head, base_dir, field=field)
+    return np.asarray(point_mni, float) @ m[:3, :3].T + m[:3, 3]
+
+
 def read_head(protocol, base_dir: Path | None = None, mesh: Mesh | None = None) -> tuple[Mesh, dict, dict]:
     """Read and check the head a protocol names: ``(mesh, input hashes, timings)``.
 
@@ -146,8 +152,7 @@ def resolve_position(position, protocol, mesh: Mesh, base_dir: Path | None = Non
         return tuple(float(x) for x in position)
     from .head.eeg import project_to_scalp
 
-    m = mni_to_head(protocol.head, base_dir, field=f"{field}.mni")
-    point = np.asarray(mni, float) @ m[:3, :3].T + m[:3, 3]
+    point = mni_point_to_head(protocol.head, mni, base_dir, field=f"{field}.mni")
     return tuple(float(x) for x in project_to_scalp(mesh, point[None])[0])
 
 
@@ -285,4 +290,5 @@ def _system_key(system) -> tuple:
 
 
 __all__ = ["HeadModel", "read_head", "named_position", "resolve_position", "head_folder", "mni_to_head",
+           "mni_point_to_head",
            "resolve_head", "protocol_sha256", "sha256_file", "EMBEDDED_HEADS"]

@@ -68,7 +68,7 @@ def test_run_tdcs(tmp_path):
     summary = _check_outputs(tmp_path / "out")
     anode = summary["electrodes"][0]
     assert anode["delivered_current_mA"] == pytest.approx(1.0, rel=1e-6)
-    assert anode["area_mm2"] > 100
+    assert anode["nominal_area_mm2"] > anode["meshed_area_mm2"] > 100
     stats = summary["magnE_V_per_m"]["csf"]
     assert stats["p50"] <= stats["p99"] <= stats["p99.9"] <= stats["max"]
     # a second run into the same folder needs --overwrite

@@ -198,10 +198,19 @@ def optimize_ti_cmd(
                                   "montages reaching half the strongest target envelope) or target"),
     frequencies: str = typer.Option("2000,2010", "--frequencies", help="the two carrier frequencies, Hz"),
     exclude: Optional[list[str]] = typer.Option(None, "--exclude", help="electrode not to use (repeatable)"),
+    avoid: Optional[list[str]] = typer.Option(
+        None, "--avoid", help="'x,y,z,r' head mm: a brain sphere where the envelope must stay low (repeatable)"),
+    avoid_mni: Optional[list[str]] = typer.Option(
+        None, "--avoid-mni", help="'x,y,z,r': an avoid region centred at MNI152 mm, radius r head mm (repeatable)"),
+    avoid_max_ratio: float = typer.Option(
+        0.5, "--avoid-max-ratio", help="most an avoid region's mean envelope may be, as a fraction of the target's"),
     allow_unsafe: bool = typer.Option(False, "--allow-unsafe", help="allow currents above the verified limits"),
     out: Path = typer.Option(..., "--out", "-o", help="kind: ti protocol YAML to write"),
 ):
     """Two electrode pairs and their currents that maximise the TI envelope in a target (exhaustive search).
+
+    With --avoid, only montages whose mean envelope in every avoid region is at most --avoid-max-ratio
+    times the target's are kept.
 
     Example: stimsim optimize ti --leadfield lf.npz --head colin27 --target-mni -38,-20,50 --out ti.yaml
     """
@@ -221,6 +230,17 @@ def optimize_ti_cmd(
         freqs = numbers(frequencies)
         if len(freqs) != 2:
             raise StimsimError(f"--frequencies: give two carrier frequencies 'f1,f2' in Hz, got {frequencies!r}")
+        regions = {"--avoid": [numbers(a) for a in avoid or ()], "--avoid-mni": [numbers(a) for a in avoid_mni or ()]}
+        for option, texts in (("--avoid", avoid), ("--avoid-mni", avoid_mni)):
+            for text, v in zip(texts or (), regions[option]):
+                if len(v) != 4:
+                    raise StimsimError(f"{option}: give four numbers 'x,y,z,r' in mm per region, got {text!r}")
+        if regions["--avoid-mni"]:  # centres to the head's mm by its MNI transform; radii stay in head mm
+            from ..head_model import mni_point_to_head
+
+            regions["--avoid-mni"] = [[*mni_point_to_head(head, v[:3], Path.cwd(), field="--avoid-mni").tolist(), v[3]]
+                                      for v in regions["--avoid-mni"]]
+        avoid_regions = regions["--avoid"] + regions["--avoid-mni"]
         # each channel's electrodes carry up to the total: the per-electrode and total limits both apply
         notices = check_current_limits(total_mA, total_mA, allow_unsafe=allow_unsafe,
                                        options=("--total-mA", "--total-mA (per electrode)"))
@@ -229,7 +249,8 @@ def optimize_ti_cmd(
         if mesh_sha256(mesh) != lf.mesh_sha256:
             raise StimsimError(f"{leadfield_file} was computed on another mesh than {head!r}")
         found = search_ti(lf, mesh, target_point(target, target_mni, head, Path.cwd()), radius, total_mA=total_mA,
-                          brain_tags=brain_tags_of(head), objective=objective, exclude=exclude or ())
+                          brain_tags=brain_tags_of(head), objective=objective, exclude=exclude or (),
+                          avoid=avoid_regions, avoid_max_ratio=avoid_max_ratio)
         protocol = validate_protocol(ti_protocol(found, lf, head, frequencies_hz=freqs))
         report = check_montage(protocol, allow_unsafe=allow_unsafe)
         save_protocol(protocol, out)
@@ -247,6 +268,14 @@ def optimize_ti_cmd(
     for k, (a, c, i_mA) in enumerate(found.channels, 1):
         table.add_row(f"ch{k} ({freqs[k - 1]:g} Hz)", a, c, f"{i_mA:.3f}")
     Console().print(table)
+    if found.avoid:
+        table = Table(title=f"avoid regions (mean envelope at most {avoid_max_ratio:g} x the target's)")
+        for col in ("avoid region", "centre (mm)", "radius (mm)", "mean envelope (V/m)", "/ target"):
+            table.add_column(col, justify="right")
+        for k, (a, v) in enumerate(zip(found.avoid, found.avoid_envelopes_V_per_m), 1):
+            table.add_row(str(k), ", ".join(f"{x:.1f}" for x in a[:3]), f"{a[3]:g}", f"{v:.4g}",
+                          f"{v / found.target_envelope_V_per_m:.3g}")
+        Console().print(table)
     typer.echo(f"envelope (V/m): target mean {found.target_envelope_V_per_m:.4g}, rest of the brain mean "
                f"{found.outside_envelope_V_per_m:.4g} (focality {found.focality:.3g}), brain peak "
                f"{found.peak_brain_envelope_V_per_m:.4g}; safety {report.summary}; wrote {out}")
@@ -254,15 +283,14 @@ def optimize_ti_cmd(
 
 def target_point(target: str | None, target_mni: str | None, head: str, base_dir) -> list[float]:
     """The ROI centre in the head's mm: ``--target`` as given, or ``--target-mni`` mapped by the head's
-    MNI transform (:func:`stimsim.head_model.mni_to_head`)."""
+    MNI transform (:func:`stimsim.head_model.mni_point_to_head`)."""
     if (target is None) == (target_mni is None):
         raise StimsimError("give the target once: --target x,y,z (head mm) or --target-mni x,y,z (MNI152 mm)")
     if target is not None:
         return vec(target, "--target")
-    from ..head_model import mni_to_head
+    from ..head_model import mni_point_to_head
 
-    m = mni_to_head(head, base_dir, field="--target-mni")
-    return (np.asarray(vec(target_mni, "--target-mni")) @ m[:3, :3].T + m[:3, 3]).tolist()
+    return mni_point_to_head(head, vec(target_mni, "--target-mni"), base_dir, field="--target-mni").tolist()
 
 
 #: most placements one grid search may evaluate (~0.17 s each): beyond that, coarsen the grid
