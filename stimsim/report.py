@@ -15,6 +15,9 @@ Dose metrics (all |E| in V/m, volumes in cm³):
   |E| over the brain elements whose centroids lie inside, and the area-weighted mean normal
   component E·n over the brain surface inside, n the outward normal of the brain surface
   (positive: E points out of the brain; under a tDCS anode it is negative, inward current).
+
+Temporal interference (``kind: ti``): the same metrics and pictures of the TI envelope
+(``TImax`` of the first channel pair, :func:`report_fields`) come first, then those of |E|.
 """
 
 from __future__ import annotations
@@ -58,26 +61,39 @@ def brain_tags_for(data: FieldData, brain_tags=None) -> list[int]:
     return resolve_surface_tags(data.mesh, "brain")
 
 
-def dose_metrics(data: FieldData, *, roi=None, brain_tags=None) -> dict:
-    """Per-tissue |E| statistics, focality and ROI metrics (see the module docstring).
+def report_fields(data: FieldData) -> list[str]:
+    """The fields the report's dose tables and pictures show, the main one first: |E| (``magnE``); with a
+    TI envelope (``kind: ti``), its ``TImax`` (the first channel pair's) before |E|."""
+    ti = [k for k in data.modality_fields() if k == "TImax" or k.startswith("TImax_")]
+    return ti[:1] + ["magnE"]
 
-    Returns a JSON-ready dict with ``tissues`` (list), ``brain_tags``, ``peak_V_per_m``,
-    ``focality`` (list of {fraction, threshold_V_per_m, volume_cm3}) and ``roi`` (or None).
+
+def dose_metrics(data: FieldData, *, roi=None, brain_tags=None, field: str = "magnE") -> dict:
+    """Per-tissue statistics, focality and ROI metrics of a field (default |E|; see the module docstring).
+
+    Returns a JSON-ready dict with ``field``, ``label``, ``unit``, ``tissues`` (list), ``brain_tags``,
+    ``peak_V_per_m``, ``focality`` (list of {fraction, threshold_V_per_m, volume_cm3}) and ``roi``
+    (or None); ``*_V_per_m`` values are in the field's unit.  A field defined in part of the head only
+    (``TI_normal``) is counted where it is defined.
     """
     from .results import field_statistics
 
     mesh = data.mesh
-    magnE, _, _, _ = data.scalar("magnE")
+    magnE, _, label, unit = data.scalar(field)
     vol = mesh.volumes_mm3
-    stats = field_statistics(magnE, vol, mesh.tet_tags)
+    ok = np.isfinite(magnE)
+    stats = field_statistics(magnE[ok], vol[ok], mesh.tet_tags[ok])
     tissues = [{"tissue": name, "tag": s["tag"], "volume_cm3": s["volume_mm3"] / 1e3, "p99.9": s["p99.9"],
                 "max": s["max"], "mean": s["mean"]} for name, s in stats.items()]
     tags = brain_tags_for(data, brain_tags)
-    brain = np.isin(mesh.tet_tags, tags)
+    brain = np.isin(mesh.tet_tags, tags) & ok
+    if not brain.any():
+        raise VizError(f"field {field!r} ({label}) is not defined in the brain (tags {tags})")
     peak = weighted_percentile(magnE[brain], vol[brain], 99.9)
     focality = [{"fraction": f, "threshold_V_per_m": f * peak,
                  "volume_cm3": float(vol[brain & (magnE >= f * peak)].sum() / 1e3)} for f in FOCALITY_FRACTIONS]
-    out = {"brain_tags": tags, "brain_tissues": [tissue_name(t) for t in tags], "peak_V_per_m": peak,
+    out = {"field": field, "label": label, "unit": unit,
+           "brain_tags": tags, "brain_tissues": [tissue_name(t) for t in tags], "peak_V_per_m": peak,
            "max_V_per_m": float(magnE[brain].max()), "tissues": tissues, "focality": focality, "roi": None}
     roi = check_roi(roi)
     if roi is not None:
@@ -90,9 +106,10 @@ def dose_metrics(data: FieldData, *, roi=None, brain_tags=None) -> dict:
         normals, areas = face_normals(mesh.nodes, faces)
         fc = mesh.nodes[faces].mean(axis=1)
         on = np.linalg.norm(fc - centre, axis=1) <= radius
-        e_vec = data.element_vectors("E")
-        en = float(np.average(np.einsum("ij,ij->i", e_vec[owner[on]], normals[on]), weights=areas[on])) \
-            if on.any() else None
+        en = None
+        if on.any() and field in ("magnE", "E"):  # the normal component of E (a scalar envelope has none)
+            e_vec = data.element_vectors("E")
+            en = float(np.average(np.einsum("ij,ij->i", e_vec[owner[on]], normals[on]), weights=areas[on]))
         out["roi"] = {"centre_mm": centre.tolist(), "radius_mm": radius,
                       "volume_cm3": float(vol[inside].sum() / 1e3),
                       "mean_V_per_m": float(np.average(magnE[inside], weights=vol[inside])),
@@ -105,13 +122,15 @@ def dose_metrics(data: FieldData, *, roi=None, brain_tags=None) -> dict:
 # ------------------------------------------------------------------------------------------ pictures
 
 
-def _auto_views(data: FieldData, tags) -> tuple[np.ndarray, str, str, tuple]:
+def _auto_views(data: FieldData, tags, field: str = "magnE") -> tuple[np.ndarray, str, str, tuple]:
     """Hot spot, two named views (the one facing it, then the next best side) and a cut plane through it."""
     from .viz.render import VIEWS
 
     mesh = data.mesh
-    magnE, _, _, _ = data.scalar("magnE")
+    magnE, _, _, _ = data.scalar(field)
     faces, owner = surface_faces(mesh, tags)
+    keep = np.isfinite(magnE[owner])
+    faces, owner = faces[keep], owner[keep]
     centre = mesh.nodes[np.unique(faces)].mean(axis=0)
     fv = magnE[owner]
     hot_faces = fv >= np.quantile(fv, 0.99)
@@ -129,24 +148,28 @@ def _auto_views(data: FieldData, tags) -> tuple[np.ndarray, str, str, tuple]:
     return hot, first, second, (hot, normal)
 
 
-def _pictures(data: FieldData, tags, roi, *, window_size=(820, 620)) -> list[dict]:
+def _pictures(data: FieldData, tags, roi, fields=("magnE",), *, window_size=(820, 620)) -> list[dict]:
+    """Three pictures of the main field (two views and a cut through its hot spot), one of each other field."""
     from .viz.render import plot_field, png_bytes
 
-    hot, first, second, cut = _auto_views(data, tags)
-    magnE, _, _, _ = data.scalar("magnE")
-    faces, owner = surface_faces(data.mesh, tags)
-    clim = (0.0, weighted_percentile(magnE[owner], face_normals(data.mesh.nodes, faces)[1], 99.9))
+    hot, first, second, cut = _auto_views(data, tags, fields[0])
     axis = "xyz"[int(np.argmax(np.abs(cut[1])))]
-    specs = [
-        (dict(view=first), f"|E| on the brain surface, {first} view"),
-        (dict(view=second), f"|E| on the brain surface, {second} view"),
-        (dict(cut_plane=cut), f"|E| on a cut plane ({axis} = {cut[0]['xyz'.index(axis)]:.1f} mm, through the "
-                              "hot spot) and the brain surface behind it"),
-    ]
+    specs = []
+    for k, name in enumerate(fields):
+        values, _, label, _ = data.scalar(name)
+        faces, owner = surface_faces(data.mesh, tags)
+        keep = np.isfinite(values[owner])
+        clim = (0.0, weighted_percentile(values[owner][keep], face_normals(data.mesh.nodes, faces[keep])[1], 99.9))
+        specs.append((name, clim, dict(view=first), f"{label} on the brain surface, {first} view"))
+        if k == 0:
+            specs += [(name, clim, dict(view=second), f"{label} on the brain surface, {second} view"),
+                      (name, clim, dict(cut_plane=cut),
+                       f"{label} on a cut plane ({axis} = {cut[0]['xyz'.index(axis)]:.1f} mm, through the "
+                       "hot spot) and the brain surface behind it")]
     out = []
-    for kwargs, caption in specs:
+    for name, clim, kwargs, caption in specs:
         t = time.perf_counter()
-        img = plot_field(data, field="magnE", surface=tags, roi=roi, clim=clim, screenshot=True,
+        img = plot_field(data, field=name, surface=tags, roi=roi, clim=clim, screenshot=True,
                          window_size=window_size, **kwargs)
         out.append({"caption": caption, "png": png_bytes(img)})
         logger.info("rendered %r in %.2f s", caption, time.perf_counter() - t)
@@ -243,19 +266,24 @@ def _safety_html(safety: dict | None) -> str:
     return head + table + note + f'<p class="note">{_e(safety.get("disclaimer", ""))}</p>'
 
 
-def _dose_html(dose: dict) -> str:
+def _dose_html(dose) -> str:
+    """The dose section: one set of tables per field (a dict from :func:`dose_metrics`, or a list of them)."""
+    if isinstance(dose, (list, tuple)):
+        return "".join(_dose_html(d) for d in dose)
+    label, unit = dose.get("label", "|E|"), dose.get("unit", "V/m")
     rows = [[_e(t["tissue"]), _e(t["tag"]), _num(t["volume_cm3"], "{:.1f}"), _num(t["p99.9"]), _num(t["max"]),
              _num(t["mean"])] for t in dose["tissues"]]
-    parts = ["<h3>|E| per tissue (V/m)</h3>",
+    parts = [f"<h3>{_e(label)} per tissue ({_e(unit)})</h3>",
              _table(["tissue", "tag", "volume (cm³)", "99.9th percentile", "peak (max)", "mean"], rows,
                     num_cols=(2, 3, 4, 5))]
     brain = ", ".join(f"{n}, tag {t}" for n, t in zip(dose["brain_tissues"], dose["brain_tags"]))
     frows = [[f"{int(f['fraction'] * 100)} %", _num(f["threshold_V_per_m"]), _num(f["volume_cm3"], "{:.2f}")]
              for f in dose["focality"]]
-    parts += [f"<h3>Focality in the brain (counted as brain: {_e(brain)})</h3>",
-              f'<p class="note">Peak = 99.9th percentile of |E| in the brain = {_num(dose["peak_V_per_m"])} V/m '
-              f'(maximum {_num(dose["max_V_per_m"])} V/m). Focality = brain volume at or above a fraction of it.</p>',
-              _table(["fraction of peak", "threshold (V/m)", "volume (cm³)"], frows, num_cols=(1, 2))]
+    parts += [f"<h3>Focality of {_e(label)} in the brain (counted as brain: {_e(brain)})</h3>",
+              f'<p class="note">Peak = 99.9th percentile of {_e(label)} in the brain = {_num(dose["peak_V_per_m"])} '
+              f'{_e(unit)} (maximum {_num(dose["max_V_per_m"])} {_e(unit)}). Focality = brain volume at or above a '
+              'fraction of it.</p>',
+              _table(["fraction of peak", f"threshold ({unit})", "volume (cm³)"], frows, num_cols=(1, 2))]
     roi = dose.get("roi")
     if roi is None:
         parts.append('<h3>Region of interest</h3><p class="note">No ROI given (pass roi=(centre_mm, radius_mm) '
@@ -264,14 +292,16 @@ def _dose_html(dose: dict) -> str:
         rrows = [["centre (mm)", _e(", ".join(f"{c:.1f}" for c in roi["centre_mm"]))],
                  ["radius (mm)", _num(roi["radius_mm"], "{:.1f}")],
                  ["brain volume inside (cm³)", _num(roi["volume_cm3"], "{:.2f}")],
-                 ["mean |E| (V/m)", _num(roi["mean_V_per_m"])],
-                 ["99.9th percentile |E| (V/m)", _num(roi["p99.9_V_per_m"])],
-                 ["mean normal component E·n (V/m)", _num(roi["mean_normal_V_per_m"])],
-                 ["brain surface inside (mm²)", _num(roi["surface_area_mm2"], "{:.0f}")]]
-        parts += ["<h3>Region of interest</h3>", _table(["quantity", "value"], rrows, num_cols=(1,)),
-                  '<p class="note">Mean |E| weighted by volume over brain elements with centroids inside the '
-                  'sphere; E·n weighted by area over the brain surface inside, n pointing out of the brain '
-                  '(negative: the field points into the brain).</p>']
+                 [f"mean {_e(label)} ({_e(unit)})", _num(roi["mean_V_per_m"])],
+                 [f"99.9th percentile {_e(label)} ({_e(unit)})", _num(roi["p99.9_V_per_m"])]]
+        normal = dose.get("field", "magnE") in ("magnE", "E")  # a scalar envelope has no normal component
+        if normal:
+            rrows.append(["mean normal component E·n (V/m)", _num(roi["mean_normal_V_per_m"])])
+        rrows.append(["brain surface inside (mm²)", _num(roi["surface_area_mm2"], "{:.0f}")])
+        parts += [f"<h3>Region of interest ({_e(label)})</h3>", _table(["quantity", "value"], rrows, num_cols=(1,)),
+                  f'<p class="note">Mean {_e(label)} weighted by volume over brain elements with centroids inside '
+                  'the sphere' + ('; E·n weighted by area over the brain surface inside, n pointing out of the brain '
+                                  '(negative: the field points into the brain)' if normal else '') + '.</p>']
     return "".join(parts)
 
 
@@ -296,9 +326,10 @@ def _protocol_html(protocol) -> str:
     return "".join(parts)
 
 
-def render_html(*, protocol, dose: dict, safety: dict | None, pictures: list[dict], picture_note: str,
+def render_html(*, protocol, dose: dict | list[dict], safety: dict | None, pictures: list[dict], picture_note: str,
                 provenance: dict, title: str) -> str:
-    """The report page as a string (no external resources)."""
+    """The report page as a string (no external resources); ``dose``: one :func:`dose_metrics` dict or a
+    list of them (one per reported field, main first)."""
     figs = "".join(
         f'<figure><img alt="{_e(p["caption"])}" src="data:image/png;base64,'
         f'{base64.b64encode(p["png"]).decode("ascii")}"><figcaption>{_e(p["caption"])}</figcaption></figure>'
@@ -421,7 +452,9 @@ def _make_report(protocol, out_html, *, results_dir, roi, brain_tags, pictures, 
         data = FieldData(data.mesh, data.element, data.node, protocol, summary, data.electrodes,
                          data.coil_dipoles_mm, data.coil_matrix, data.origin, data.inputs)
 
-    dose = dose_metrics(data, roi=roi, brain_tags=brain_tags)
+    shown = report_fields(data)
+    doses = [dose_metrics(data, roi=roi, brain_tags=brain_tags, field=f) for f in shown]
+    dose = doses[0]
     safety = (summary or {}).get("safety")
     if safety is None:
         from .safety import check
@@ -436,7 +469,7 @@ def _make_report(protocol, out_html, *, results_dir, roi, brain_tags, pictures, 
         probe = probe_rendering()
         if probe.ok:
             t = time.perf_counter()
-            pics = _pictures(data, dose["brain_tags"], roi)
+            pics = _pictures(data, dose["brain_tags"], roi, shown)
             logger.info("pictures rendered in %.2f s", time.perf_counter() - t)
         elif pictures:
             raise StimsimError(probe.reason)
@@ -460,11 +493,11 @@ def _make_report(protocol, out_html, *, results_dir, roi, brain_tags, pictures, 
         "platform": summ.get("platform", {}),
     }
     title = f"stimsim report: {protocol.name or protocol.kind} ({protocol.kind}, head {protocol.head})"
-    text = render_html(protocol=protocol, dose=dose, safety=safety, pictures=pics, picture_note=note,
+    text = render_html(protocol=protocol, dose=doses, safety=safety, pictures=pics, picture_note=note,
                        provenance=provenance, title=title)
     atomic_write_text(out_html, text)
     logger.info("wrote %s (%.0f kB) in %.2f s", out_html, len(text) / 1e3, time.perf_counter() - t_all)
     return out_html
 
 
-__all__ = ["make_report", "dose_metrics", "render_html", "brain_tags_for", "FOCALITY_FRACTIONS"]
+__all__ = ["make_report", "dose_metrics", "report_fields", "render_html", "brain_tags_for", "FOCALITY_FRACTIONS"]

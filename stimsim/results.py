@@ -22,21 +22,12 @@ from ._logging import logger
 from .conductivity import tissue_name
 from .errors import ResultsError, StimsimError
 from .mesh.model import Mesh
+from .stats import weighted_percentiles
 from .outputs import RESULTS_FORMAT
 from .protocol import save_protocol
 from .simulation_result import MultichannelTACSResult, SimulationResult, TESResult, TIResult, TMSResult
 
 PERCENTILES = (50.0, 95.0, 99.0, 99.9)
-
-
-def weighted_percentiles(values: np.ndarray, weights: np.ndarray, qs) -> list[float]:
-    """Volume-weighted percentiles (q in 0..100): the values below which q % of the volume lies."""
-    order = np.argsort(values)
-    v, w = values[order], weights[order]
-    cw = np.cumsum(w)
-    if cw[-1] <= 0:
-        return [float("nan")] * len(qs)
-    return [float(x) for x in np.interp(np.asarray(qs) / 100.0 * cw[-1], cw - 0.5 * w, v)]
 
 
 def field_statistics(values: np.ndarray, volumes: np.ndarray, tags: np.ndarray, scale=None) -> dict:
@@ -113,8 +104,14 @@ def summarize(result: SimulationResult, safety: dict | None = None) -> dict:
         electrodes.append({
             "name": e.name, "shape": e.shape, "current_mA": spec.current_mA,
             "delivered_current_mA": result.electrode_currents_A.get(e.name, float("nan")) * 1e3,
-            "scalp_nodes": int(len(e.nodes)), "area_mm2": e.area_mm2,
-            "mean_current_density_A_per_m2": (e.current_density_A_per_m2 if e.area_mm2 > 0 else None),
+            "scalp_nodes": int(len(e.nodes)),
+            # the nominal area is what the safety check and the cited limits divide by; the meshed one
+            # (triangles wholly under the pad) is what carries the current in the model
+            "nominal_area_mm2": e.nominal_area_mm2, "meshed_area_mm2": e.area_mm2,
+            "mean_current_density_A_per_m2": (e.current_density_A_per_m2 if e.nominal_area_mm2 > 0 else None),
+            "meshed_mean_current_density_A_per_m2": (e.meshed_current_density_A_per_m2 if e.area_mm2 > 0 else None),
+            "skin_current_density_A_per_m2": result.skin_current_density.get(e.name),
+            "model": spec.model, "thickness_mm": spec.thickness_mm,
             "potential_V": float(result.potential_V[e.center_node]),
             "distance_to_scalp_mm": e.distance_mm,
             # the patch itself (0-based node indices), so a results folder is drawn without re-placing
@@ -286,25 +283,98 @@ class FieldData:
     origin: str = "simulation result"
     inputs: dict = field(default_factory=dict)
 
+    #: modality fields (TI, multichannel tACS) by name: (pattern, label, unit, location, vector?, NaN by design?).
+    #: A TI pair's fields carry the suffix ``_<a>_<b>`` when the protocol has more than two channels
+    #: (:meth:`~stimsim.simulation_result.TIResult.pair_label`); ``TI_normal`` is NaN outside grey matter.
+    MODALITY_FIELDS = (
+        (r"TImax(_.+)?", "TI envelope (max over directions)", "V/m", "element", False, False),
+        (r"TI_normal(_.+)?", "TI envelope (along the cortical normal)", "V/m", "element", False, True),
+        (r"TI_dir(_.+)?", "TI envelope (along envelope_direction)", "V/m", "element", False, False),
+        (r"magnE_(.+)", "|E| of channel", "V/m", "element", True, False),
+        (r"E_(.+)", "|E| of channel", "V/m", "element", True, False),
+        (r"v_(.+)", "potential of channel", "V", "node", False, False),
+        (r"peak_phase_deg", "carrier phase at the peak", "deg", "element", False, False),
+    )
+    #: TI envelope names that, bare, stand for the only channel pair's field
+    TI_FIELDS = ("TImax", "TI_normal", "TI_dir")
+
+    def _modality_spec(self, name: str):
+        """``(label, unit, location, vector, nan_by_design)`` of a modality field name, or None."""
+        import re
+
+        if name in FIELDS:
+            return None
+        for pattern, label, unit, loc, vector, nan_ok in self.MODALITY_FIELDS:
+            m = re.fullmatch(pattern, name)
+            if m:
+                suffix = m.group(1) if m.groups() else None
+                if suffix and not name.startswith("TI"):
+                    label = f"{label} {suffix}"
+                elif suffix:
+                    label = f"{label} [{suffix.lstrip('_')}]"
+                return label, unit, loc, vector, nan_ok
+        return None
+
+    def modality_fields(self) -> list[str]:
+        """The element and node fields of a TI or multichannel tACS result (``TImax``, ``E_<channel>``...)."""
+        out = []
+        for loc, data in (("element", self.element), ("node", self.node)):
+            for key in data:
+                spec = self._modality_spec(str(key))
+                if spec is not None and spec[2] == loc:
+                    out.append(str(key))
+        return out
+
     def available_fields(self) -> list[str]:
+        """Field names :meth:`scalar` accepts for this result: the standard ones it has, then its modality fields."""
         out = []
         for name, (_, _, loc, key, _) in FIELDS.items():
             data = self.element if loc == "element" else self.node
             if key in data or (name in data):
                 out.append(name)
-        return out
+        return out + self.modality_fields()
+
+    def _resolve_modality(self, name: str):
+        """``(key in the data, label, unit, location, vector, nan_by_design)`` of a modality field name."""
+        spec = self._modality_spec(name)
+        have = ", ".join(self.available_fields()) or "none"
+        if spec is None:
+            extra = self.modality_fields()
+            raise ResultsError(f"field: {name!r} is not a known field; choose one of {', '.join(FIELDS)}"
+                               + (f", or of this result's {', '.join(extra)}" if extra else "")
+                               + f" (available here: {have})")
+        label, unit, loc, vector, nan_ok = spec
+        data = self.element if loc == "element" else self.node
+        if name in data:
+            return name, label, unit, loc, vector, nan_ok
+        if name in self.TI_FIELDS:  # bare envelope name: the only channel pair's field
+            pairs = [k for k in data if str(k).startswith(name + "_")]
+            if len(pairs) == 1:
+                return (pairs[0], *self._modality_spec(pairs[0]))
+            if len(pairs) > 1:
+                raise ResultsError(f"field: {name!r} is ambiguous: {self.origin} has {len(pairs)} channel pairs; "
+                                   f"give the full name, one of {', '.join(pairs)}")
+        raise ResultsError(f"field: {self.origin} has no {loc} field {name!r} (available: {have})")
 
     def scalar(self, name: str) -> tuple[np.ndarray, str, str, str]:
         """``(values, location, label, unit)`` of a field; vectors become magnitudes.
 
+        ``name``: a standard field (:data:`FIELDS`) or a modality field (:attr:`MODALITY_FIELDS`:
+        ``TImax``, ``TI_normal``, ``TI_dir`` (bare: the only channel pair's; ``TImax_<a>_<b>`` with
+        several pairs), ``E_<channel>``, ``v_<channel>``, ``peak_phase_deg``).  A field that is NaN
+        by design outside a tissue (``TI_normal``: grey matter only) keeps its NaN there.
+
         Raises
         ------
         ResultsError
-            Unknown field name, a field this result does not have, or non-finite values.
+            Unknown field name, a field this result does not have, an ambiguous bare TI name, or
+            non-finite values (where the field should have none).
         """
-        if name not in FIELDS:
-            raise ResultsError(f"field: {name!r} is not a known field; choose one of {', '.join(FIELDS)}")
-        label, unit, loc, key, vector = FIELDS[name]
+        nan_ok = False
+        if name in FIELDS:
+            label, unit, loc, key, vector = FIELDS[name]
+        else:
+            key, label, unit, loc, vector, nan_ok = self._resolve_modality(name)
         data = self.element if loc == "element" else self.node
         if key in data:
             arr = np.asarray(data[key], dtype=float)
@@ -322,7 +392,10 @@ class FieldData:
             raise ResultsError(f"field: {key!r} in {self.origin} has {arr.shape[0]} values but the mesh has "
                            f"{n_expected} {'tetrahedra' if loc == 'element' else 'nodes'}")
         bad = ~np.isfinite(arr)
-        if bad.any():
+        if nan_ok and bad.all():
+            raise ResultsError(f"field: {key!r} in {self.origin} has no finite value (it is defined in part of the "
+                               "head only, e.g. TI_normal in grey matter)")
+        if bad.any() and not nan_ok:
             raise ResultsError(f"field: {key!r} in {self.origin} has {int(bad.sum())} non-finite (NaN/inf) values out of "
                            f"{arr.size}; the simulation did not produce a usable field, rerun it")
         return arr, loc, label, unit

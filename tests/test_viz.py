@@ -329,17 +329,19 @@ def test_report_refuses_results_of_another_protocol(demo_results_dir, tmp_path):
 
 
 def test_report_on_nan_fields_writes_nothing(demo_results_dir, tmp_path):
-    from stimsim.mesh import read_mesh, write_vtu
+    from stimsim.mesh import read_mesh, write_msh, write_vtu
     from stimsim.report import make_report
     from stimsim.viz import VizError
 
     bad = tmp_path / "bad"
     shutil.copytree(demo_results_dir, bad)
-    mesh, fields = read_mesh(bad / "fields.vtu")
+    mesh, fields = read_mesh(bad / "fields.msh")
     element = dict(fields["element"])
     element["E"] = element["E"].copy()
     element["E"][:10] = np.nan
     element["magnE"] = np.linalg.norm(element["E"], axis=1)
+    # both files (read_results reads fields.msh when it is there)
+    write_msh(bad / "fields.msh", mesh, node_data=fields["node"], element_data=element)
     write_vtu(bad / "fields.vtu", mesh, node_data=fields["node"], element_data=element)
     out = tmp_path / "report.html"
     out.write_text("old report")
@@ -442,3 +444,201 @@ def test_read_results_round_trip_tms(tmp_path):
     assert data.coil_dipoles_mm is not None and len(data.coil_dipoles_mm) > 0
     assert data.summary["units"]["E"] == "V/m" and data.protocol.kind == "tms" and not data.electrodes
     assert data.inputs["protocol_sha256"] == result.inputs["protocol_sha256"]
+
+
+# ------------------------------------------------------------------------------------------ temporal interference
+
+TI_YAML = """\
+kind: ti
+name: sphere-ti
+head: sphere
+duration_min: 20
+envelope_direction: [0, 0, 1]
+channels:
+  - frequency_hz: 2000
+    electrodes:
+      - {name: a1, position: [67.2, 0, 67.2], current_mA: 1.0, shape: disc, diameter_mm: 20}
+      - {name: b1, position: [67.2, 0, -67.2], current_mA: -1.0, shape: disc, diameter_mm: 20}
+  - frequency_hz: 2010
+    electrodes:
+      - {name: a2, position: [-67.2, 0, 67.2], current_mA: 1.0, shape: disc, diameter_mm: 20}
+      - {name: b2, position: [-67.2, 0, -67.2], current_mA: -1.0, shape: disc, diameter_mm: 20}
+"""
+
+
+@pytest.fixture(scope="session")
+def ti_protocol_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ti") / "ti.yaml"
+    path.write_text(TI_YAML)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ti_sphere_result(ti_protocol_path):
+    from stimsim.protocol import load_protocol
+    from stimsim.simulation import simulate
+
+    return simulate(load_protocol(ti_protocol_path))
+
+
+@pytest.fixture(scope="session")
+def ti_results_dir(ti_sphere_result, tmp_path_factory):
+    from stimsim.results import write_results
+
+    return write_results(ti_sphere_result, tmp_path_factory.mktemp("ti_res") / "ti")
+
+
+def _with_fields(data, **element):
+    """A copy of a FieldData with element fields added (or replaced)."""
+    return replace(data, element={**data.element, **element})
+
+
+def test_ti_fields_of_a_results_folder_and_a_result(ti_sphere_result, ti_results_dir):
+    from stimsim.results import read_results
+    from stimsim.viz import load_field_data
+
+    folder = read_results(ti_results_dir)
+    values, loc, label, unit = folder.scalar("TImax")
+    np.testing.assert_array_equal(values, ti_sphere_result.envelope_max())
+    assert (loc, unit) == ("element", "V/m") and label == "TI envelope (max over directions)"
+    np.testing.assert_array_equal(folder.scalar("TI_dir")[0], ti_sphere_result.envelopes[(0, 1)]["TI_dir"])
+    np.testing.assert_allclose(folder.scalar("E_ch2")[0], np.linalg.norm(ti_sphere_result.channel_E[1], axis=1),
+                               rtol=1e-12)
+    have = folder.available_fields()
+    assert {"magnE", "J", "v", "TImax", "TI_dir", "E_ch1", "E_ch2", "v_ch1"} <= set(have), have
+    assert "TI_normal" not in have  # the sphere has no grey matter, so no cortical normals
+    in_memory = load_field_data(ti_sphere_result)
+    np.testing.assert_array_equal(in_memory.scalar("TImax")[0], values)
+    assert set(have) <= set(in_memory.available_fields()) | {"magnE_ch1", "magnE_ch2", "magnE", "magnJ"}
+
+
+def test_unknown_or_ambiguous_ti_field_lists_the_available_ones(ti_sphere_result, ti_results_dir):
+    from stimsim.results import read_results
+    from stimsim.viz import VizError
+
+    data = read_results(ti_results_dir)
+    with pytest.raises(VizError, match="has no element field 'TImax_ch1_ch3'") as err:
+        data.scalar("TImax_ch1_ch3")
+    for name in ("TImax", "TI_dir", "E_ch1", "E_ch2", "magnE"):
+        assert name in str(err.value)
+    with pytest.raises(VizError, match="has no element field 'TI_normal'.*TImax"):
+        data.scalar("TI_normal")
+    with pytest.raises(VizError, match="'TIfoo' is not a known field.*TImax"):
+        data.scalar("TIfoo")
+    # three channels: three pairs, each with its suffix; the bare name is ambiguous
+    env = ti_sphere_result.envelope_max()
+    three = replace(data, element={k: v for k, v in data.element.items() if not k.startswith("TI")})
+    three = _with_fields(three, TImax_ch1_ch2=env, TImax_ch1_ch3=2 * env, TImax_ch2_ch3=3 * env)
+    with pytest.raises(VizError, match="'TImax' is ambiguous.*TImax_ch1_ch2, TImax_ch1_ch3, TImax_ch2_ch3"):
+        three.scalar("TImax")
+    np.testing.assert_array_equal(three.scalar("TImax_ch1_ch3")[0], 2 * env)
+    # one pair under its full name: the bare name means it
+    one = replace(three, element={k: v for k, v in three.element.items()
+                                  if k not in ("TImax_ch1_ch3", "TImax_ch2_ch3")})
+    np.testing.assert_array_equal(one.scalar("TImax")[0], env)
+
+
+def test_nan_by_design_only_for_ti_normal(ti_results_dir):
+    from stimsim.results import read_results
+    from stimsim.viz import VizError
+
+    data = read_results(ti_results_dir)
+    inner = data.mesh.tet_tags == 3
+    normal = np.where(inner, data.element["TImax"], np.nan)
+    values = _with_fields(data, TI_normal=normal).scalar("TI_normal")[0]
+    assert np.isnan(values[~inner]).all() and np.isfinite(values[inner]).all()
+    bad = data.element["TImax"].copy()
+    bad[3] = np.nan
+    with pytest.raises(VizError, match="'TImax' .* 1 non-finite"):
+        _with_fields(data, TImax=bad).scalar("TImax")
+    with pytest.raises(VizError, match="no finite value"):
+        _with_fields(data, TI_normal=np.full(data.mesh.n_tets, np.nan)).scalar("TI_normal")
+
+
+def test_multichannel_tacs_field_names(ti_results_dir):
+    from stimsim.results import read_results
+
+    data = read_results(ti_results_dir)
+    m = data.mesh.n_tets
+    tacs = replace(data, element={"E": data.element["E"], "J": data.element["J"], "E_x": data.element["E_ch1"],
+                                  "peak_phase_deg": np.linspace(-90, 90, m)}, node={"v": data.node["v"]})
+    assert tacs.available_fields() == ["magnE", "E", "J", "magnJ", "v", "E_x", "peak_phase_deg"]
+    phase, loc, label, unit = tacs.scalar("peak_phase_deg")
+    assert unit == "deg" and loc == "element" and phase.min() == -90
+    assert tacs.scalar("E_x")[2] == "|E| of channel x"
+
+
+def test_view_ti_envelope_through_the_cli(pv, ti_results_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from stimsim.cli import app
+
+    out = tmp_path / "ti.png"
+    res = CliRunner().invoke(app, ["-q", "view", str(ti_results_dir), "--out", str(out), "--field", "TImax",
+                                   "--view", "front", "--cut", "y"])
+    assert res.exit_code == 0, res.output
+    img = _read_png(out)
+    _assert_picture(img)
+    # the envelope is not |E|: the two pictures differ
+    magn = tmp_path / "magnE.png"
+    res = CliRunner().invoke(app, ["-q", "view", str(ti_results_dir), "--out", str(magn), "--view", "front",
+                                   "--cut", "y"])
+    assert res.exit_code == 0, res.output
+    assert not np.array_equal(img, _read_png(magn))
+    bad = CliRunner().invoke(app, ["-q", "view", str(ti_results_dir), "--out", str(tmp_path / "x.png"),
+                                   "--field", "TImax_ch1_ch9"])
+    assert bad.exit_code == 2 and "TImax_ch1_ch9" in bad.output and "TI_dir" in bad.output, bad.output
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_ti_normal_is_drawn_where_it_is_defined(pv, ti_sphere_result):
+    """A field NaN by design outside a tissue is drawn on the rest (surface and cut), not refused."""
+    from stimsim.viz import VizError, load_field_data, plot_field
+
+    data = load_field_data(ti_sphere_result)
+    inner = data.mesh.tet_tags == 3
+    data = _with_fields(data, TI_normal=np.where(inner, data.element["TImax"], np.nan))
+    img = plot_field(data, field="TI_normal", cut_plane="y", screenshot=True, window_size=(500, 400))
+    _assert_picture(img)
+    with pytest.raises(VizError, match="not defined on this surface"):
+        plot_field(data, field="TI_normal", surface="scalp", screenshot=True)
+
+
+def test_report_of_a_ti_protocol_shows_the_envelope(pv, ti_protocol_path, ti_results_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from stimsim.cli import app
+
+    out = tmp_path / "ti.html"
+    res = CliRunner().invoke(app, ["-q", "report", str(ti_protocol_path), "--out", str(out),
+                                   "--results", str(ti_results_dir), "--roi", "0,0,80,15"])
+    assert res.exit_code == 0, res.output
+    text = out.read_text(encoding="utf-8")
+    _check_self_contained(text)
+    label = "TI envelope (max over directions)"
+    assert f"{label} per tissue (V/m)" in text and "|E| per tissue (V/m)" in text
+    assert text.index(f"{label} per tissue") < text.index("|E| per tissue")  # the envelope first
+    assert f"mean {label} (V/m)" in text and "mean normal component" in text
+    figures = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([^"]+)"', text)
+    assert [c.split(" on ")[0] for c, _ in figures] == [label] * 3 + ["|E|"], [c for c, _ in figures]
+    for _, b64 in figures:
+        _assert_picture(_read_png(base64.b64decode(b64)))
+
+
+def test_ti_dose_numbers(ti_sphere_result, ti_protocol_path, ti_results_dir, tmp_path):
+    from stimsim.cli.viz import report_command
+    from stimsim.report import dose_metrics, report_fields
+    from stimsim.viz import load_field_data
+
+    data = load_field_data(ti_sphere_result)
+    assert report_fields(data) == ["TImax", "magnE"]
+    ti = dose_metrics(data, field="TImax", roi=((0, 0, 80), 15))
+    e = dose_metrics(data, roi=((0, 0, 80), 15))
+    assert ti["label"] == "TI envelope (max over directions)" and e["label"] == "|E|"
+    # the envelope is at most twice the weaker channel, so below the combined field's peak
+    assert 0 < ti["peak_V_per_m"] < e["peak_V_per_m"]
+    assert ti["roi"]["mean_normal_V_per_m"] is None and e["roi"]["mean_normal_V_per_m"] is not None
+    out = tmp_path / "r.html"
+    assert report_command(ti_protocol_path, out, ti_results_dir, pictures=False) == 0
+    text = out.read_text(encoding="utf-8")
+    assert "TI envelope (max over directions) per tissue (V/m)" in text and "No pictures" in text

@@ -22,7 +22,9 @@ from .common import app, fail, numbers, state, status
 def view(
     results: Path = typer.Argument(..., help="results folder of `stimsim run` (or its fields.vtu/.msh)"),
     out: Path = typer.Option(..., "--out", "-o", help="PNG to write"),
-    field: str = typer.Option("magnE", "--field", help="magnE, E, J, magnJ, E_recovered, v, dAdt"),
+    field: str = typer.Option("magnE", "--field", help="magnE, E, J, magnJ, E_recovered, v, dAdt; TI: TImax, "
+                              "TI_normal, TI_dir (TImax_<a>_<b>... with 3+ channels), E_<channel>, v_<channel>; "
+                              "multichannel tACS: E_<channel>, peak_phase_deg"),
     view_name: Optional[str] = typer.Option(None, "--view", help="top, bottom, left, right, front, back, iso"),
     cut: Optional[str] = typer.Option(None, "--cut", help="x | y | z | ox,oy,oz,nx,ny,nz (cut plane)"),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="hide values below this"),
@@ -32,6 +34,7 @@ def view(
     """Render the field off-screen to a PNG (brain surface, cut planes, electrodes or coil, colour bar).
 
     Example: stimsim view stimsim_demo --out fig.png --view left --cut y
+    (TI results: --field TImax draws the interference envelope)
     """
     from rich.console import Console
 
@@ -111,7 +114,8 @@ def view_command(results_dir, out_png, field: str = "magnE", view: str | None = 
     ----------
     results_dir : folder written by ``stimsim run`` (or its ``fields.vtu`` / ``fields.msh``)
     out_png : PNG file to write (atomically)
-    field : magnE | J | E_recovered | v | dAdt
+    field : magnE | J | E_recovered | v | dAdt, or a modality's field: TImax | TI_normal | TI_dir (TI; with
+        more than one channel pair TImax_<a>_<b>...), E_<channel> (TI, multichannel tACS), peak_phase_deg
     view : top | bottom | left | right | front | back | iso (default: top, or facing the cut)
     cut : x | y | z | "ox,oy,oz,nx,ny,nz" — also draw a cut plane
     threshold : colour only where the field reaches this value

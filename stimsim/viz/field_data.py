@@ -38,7 +38,11 @@ def load_field_data(source, *, base_dir=None) -> FieldData:
     if isinstance(source, (str, os.PathLike)):
         return read_results(source)
     if hasattr(source, "mesh") and hasattr(source, "E") and hasattr(source, "potential_V"):
-        return result_field_data(source, base_dir)
+        data = result_field_data(source, base_dir)
+        # the modality's fields too (TI envelopes, each channel's E, tACS peak phase), as a results folder has them
+        extra = source.extra_element_fields() if hasattr(source, "extra_element_fields") else {}
+        data.element.update({k: v for k, v in extra.items() if k not in data.element})
+        return data
     raise VizError(f"expected a SimulationResult or a results folder, got {type(source).__name__}")
 
 
@@ -115,7 +119,7 @@ def face_normals(nodes: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.n
 
 def weighted_percentile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
     """Volume-weighted percentile, as in :mod:`stimsim.results`."""
-    from ..results import weighted_percentiles
+    from ..stats import weighted_percentiles
 
     return weighted_percentiles(np.asarray(values, float), np.asarray(weights, float), [q])[0]
 

@@ -86,12 +86,18 @@ def _bar_title(label: str, unit: str) -> tuple[str, str | None]:
     """Colour-bar title and the font file to draw it with.
 
     VTK reads '|' in text as a table-column separator, so |E| is written with U+2223 (∣) in a
-    font that has it, or as 'E magnitude' when no such font is found.
+    font that has it, or as 'E magnitude' when no such font is found.  A long title (a TI
+    envelope's) is broken into lines that fit above the bar.
     """
+    import textwrap
+
+    text = f"{label} ({unit})"
+    if len(text) > 20:
+        text = "\n".join(textwrap.wrap(text, 13, break_long_words=False))
     font = _font_file()
     if font:
-        return f"{label} ({unit})".replace("|", "\u2223"), font
-    return re.sub(r"\|(\w+)\|", r"\1 magnitude", f"{label} ({unit})"), None
+        return text.replace("|", "\u2223"), font
+    return re.sub(r"\|(\w+)\|", r"\1 magnitude", text), None
 
 
 def _polydata(nodes: np.ndarray, faces: np.ndarray) -> tuple[pv.PolyData, np.ndarray]:
@@ -175,7 +181,10 @@ def plot_field(source, *, field: str = "magnE", surface="brain", cut_plane=None,
         A simulation result, or a results folder written by ``stimsim run`` (or its ``fields.vtu``).
     field : str, default: ``"magnE"``
         One of ``magnE`` (``E``), ``J`` (``magnJ``), ``E_recovered``, ``v`` (potential), ``dAdt`` (TMS);
-        vectors are drawn as magnitudes.
+        TI: ``TImax``, ``TI_normal``, ``TI_dir`` (the only channel pair's; with several pairs
+        ``TImax_<a>_<b>``...), ``E_<channel>``, ``v_<channel>``; multichannel tACS: ``E_<channel>``,
+        ``peak_phase_deg`` (:meth:`FieldData.available_fields` lists a result's).  Vectors are drawn as
+        magnitudes; a field defined only in part of the head (``TI_normal``: grey matter) is drawn there only.
     surface : str | list[int] | None, default: ``"brain"``
         ``brain`` (grey + white matter, or the innermost tissue of a layered sphere), ``gm``, ``wm``,
         ``scalp``, a list of tissue tags, or None for no surface (cut plane only).
@@ -234,9 +243,19 @@ def plot_field(source, *, field: str = "magnE", surface="brain", cut_plane=None,
     if off_screen:
         require_rendering()
 
+    # NaN by design outside a tissue (TI_normal outside grey matter; FieldData.scalar refuses NaN elsewhere):
+    # draw only where the field is defined
+    finite = np.isfinite(values) if loc == "element" else None
+    partial = finite is not None and not finite.all()
     faces = owner = None
     if tags is not None:
         faces, owner = surface_faces(mesh, tags)
+        if partial:
+            keep = finite[owner]
+            if not keep.any():
+                raise VizError(f"field: {field!r} ({label}) is not defined on this surface (tags {tags}); it is "
+                               "defined in part of the head only: choose another surface or a cut plane")
+            faces, owner = faces[keep], owner[keep]
         centre = mesh.nodes[np.unique(faces)].mean(axis=0)
     else:
         centre = mesh.nodes.mean(axis=0)
@@ -244,12 +263,15 @@ def plot_field(source, *, field: str = "magnE", surface="brain", cut_plane=None,
 
     # colour range: robust peak of the field in the drawn tissues
     if clim is None:
-        if loc == "element" and faces is not None:  # what the surface shows, weighted by area
-            hi = weighted_percentile(values[owner], face_normals(mesh.nodes, faces)[1], 99.9)
-            lo = 0.0
-        elif loc == "element":
-            hi = weighted_percentile(values, mesh.volumes_mm3, 99.9)
-            lo = 0.0
+        if loc == "element":
+            if faces is not None:  # what the surface shows, weighted by area
+                v, w = values[owner], face_normals(mesh.nodes, faces)[1]
+            else:
+                v, w = values[finite], mesh.volumes_mm3[finite]
+            lo, hi = 0.0, weighted_percentile(v, w, 99.9)
+            if v.min() < 0:  # a signed field (a phase): symmetric about 0
+                hi = max(hi, -weighted_percentile(v, w, 0.1))
+                lo = -hi
         else:
             vals = values[np.unique(faces)] if faces is not None else values
             lo, hi = float(vals.min()), float(vals.max())
@@ -262,7 +284,8 @@ def plot_field(source, *, field: str = "magnE", surface="brain", cut_plane=None,
     try:
         pl.set_background("white")
         bar = dict(title=bar_title, vertical=True, position_x=0.86, position_y=0.12, width=0.07, height=0.76,
-                   color="black", fmt="%.3g", n_labels=5, title_font_size=18, label_font_size=15)
+                   color="black", fmt="%.3g", n_labels=5, title_font_size=15 if "\n" in bar_title else 18,
+                   label_font_size=15)
         shared = dict(scalars=bar_title, cmap=cmap, clim=clim, scalar_bar_args=bar, show_scalar_bar=True)
         if faces is not None:
             surf, used = _polydata(mesh.nodes, faces)
@@ -283,7 +306,7 @@ def plot_field(source, *, field: str = "magnE", surface="brain", cut_plane=None,
                     pl.add_mesh(above, smooth_shading=True, **shared)
                 else:
                     logger.warning("threshold %g: no part of the surface reaches it (max %.3g %s)", threshold,
-                                   float(values.max()), unit)
+                                   float(np.nanmax(values)), unit)
             else:
                 pl.add_mesh(surf, smooth_shading=True, **shared)
         if cut is not None:
@@ -298,6 +321,8 @@ def plot_field(source, *, field: str = "magnE", surface="brain", cut_plane=None,
                 raise VizError(f"cut_plane: the plane through {np.round(cut[0], 1).tolist()} mm with normal "
                                f"{np.round(cut[1], 3).tolist()} misses the head")
             outlines = _tissue_outlines(sl)
+            if partial:
+                sl = sl.extract_cells(np.flatnonzero(np.isfinite(sl.cell_data[bar_title])))
             if threshold is not None:
                 pl.add_mesh(sl, color="lightgrey", show_scalar_bar=False)
                 sl = sl.threshold(threshold, scalars=bar_title)
