@@ -100,8 +100,9 @@ def _primary_field(protocol, mesh, base_dir, coil, didt):
     t = time.perf_counter()
     placement = placement_for(protocol, mesh, base_dir)
     coil.check_outside(mesh, placement.matrix)
-    # single precision: 1.5x less CPU (which the main thread's assembly and AMG set-up share on
-    # a small machine) for a relative deviation of ~3e-7, five orders below the FEM error
+    # single precision: less CPU (which the main thread's assembly and AMG set-up share on a
+    # small machine; measured: docs/solver.md) for a relative deviation of ~3e-7, five orders
+    # below the FEM error
     dadt = coil.dadt(mesh.nodes, placement.matrix, didt, precision="single")
     return placement, dadt, time.perf_counter() - t
 
@@ -114,7 +115,7 @@ def solve_tms(protocol: TMSProtocol, head: HeadModel, coil, didt: float, primary
     (``HeadModel.assemble(gradients=False)``) is solved with the numba kernels.
     ``consume=True``: the head model is not used again by the caller, which holds no other
     reference to it: its stiffness matrix is grounded in place and released before the fields
-    are computed (20+ MB less at peak on a 668k-tet head).
+    are computed (a lower memory peak; measured: docs/solver.md).
     """
     mesh, geometry, sigma, inputs = head.mesh, head.geometry, head.sigma, head.inputs
     timings = dict(head.timings)
@@ -176,9 +177,8 @@ class TMSModel:
     placement then costs one dA/dt evaluation, three sparse products and one CG solve.
     CG starts from the projection of the new solution onto the span of earlier ones
     (A-orthonormal basis of the last ``reuse`` solutions; Fischer 1998, Comput Methods Appl
-    Mech Eng 163:193, doi:10.1016/S0045-7825(98)00012-7): on a grid sweep of neighbouring
-    placements that saved ~10 % of the iterations (22 -> ~20 at rtol 1e-10), on scattered
-    placements nothing.
+    Mech Eng 163:193, doi:10.1016/S0045-7825(98)00012-7): it saves iterations on sweeps of
+    neighbouring placements, not on scattered ones (measured: docs/solver.md).
 
     For searches, :meth:`target_functional` gives, after three adjoint solves, the ROI-mean E
     of any placement as dot products with its nodal dA/dt: no FEM solve per placement.
@@ -190,16 +190,16 @@ class TMSModel:
     head : a :class:`~stimsim.head_model.HeadModel` to use instead of reading the protocol's head (its
         conductivities apply, and a factorisation already set up on it is reused)
     rtol : CG tolerance of the placement solves.  Default: the protocol's ``solver.rtol``, else
-        TMS's 1e-6 — on the 668k-tet sphere that changes E by 2e-7 (relative L2) against
-        rtol 1e-12, five orders below the discretisation error, for 13 instead of 25
-        iterations.  The primary field is computed in single precision (~3e-7 relative).
+        TMS's 1e-6, whose effect on E is orders of magnitude below the discretisation error
+        (measured: docs/solver.md).  The primary field is computed in single precision (~3e-7
+        relative).
     reuse : how many earlier solutions seed the next solve (0: none; CG only)
     backend : ``"auto"`` (default): a PARDISO (or CHOLMOD) factorisation when the optional package
         is installed and the head fits (:func:`~stimsim.fem.linear.pick_backend`), else AMG-CG;
         ``"amg"`` forces CG, ``"pardiso"``, ``"cholmod"`` or ``"splu"`` force that factorisation.
-        On Colin27 a factorisation costs ~4 s once (0.40 GB) and then 0.07 s per placement
-        instead of a 0.7 s CG solve: it pays from the sixth placement on.  Direct solves leave
-        0 in :attr:`iterations`.
+        A factorisation costs more once and then much less per placement than a CG solve, so it
+        pays after a few placements (timings: docs/solver.md).  Direct solves leave 0 in
+        :attr:`iterations`.
     """
 
     def __init__(self, protocol: TMSProtocol, *, mesh=None, head: HeadModel | None = None,

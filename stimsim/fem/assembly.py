@@ -68,7 +68,8 @@ class P1Geometry:
         cols = [np.ascontiguousarray(mesh.nodes[:, k]) * 1e-3 for k in range(3)]  # mm -> m
         for s in range(0, m, chunk):
             tets = mesh.tets[s:s + chunk]
-            # component-wise (c, 4) gathers keep every array contiguous: ~5x faster than np.cross
+            # component-wise (c, 4) gathers keep every array contiguous: faster than np.cross
+            # (measured: docs/solver.md)
             x, y, z = (col[tets] for col in cols)
             a = (x[:, 1] - x[:, 0], y[:, 1] - y[:, 0], z[:, 1] - z[:, 0])
             b = (x[:, 2] - x[:, 0], y[:, 2] - y[:, 0], z[:, 2] - z[:, 0])

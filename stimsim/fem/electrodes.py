@@ -337,8 +337,8 @@ def grounded_system(stiffness: sp.csr_matrix, node: int = 0, *, inplace: bool = 
 
     ``inplace=True`` overwrites ``stiffness`` (a canonical CSR matrix with a stored diagonal,
     as :func:`~stimsim.fem.assembly.assemble_stiffness` returns) instead of copying it:
-    a single TMS run does not need the ungrounded matrix again, and a copy of a 1.7M-entry
-    matrix plus its temporaries is ~60 MB of peak memory.
+    a single TMS run does not need the ungrounded matrix again, and a copy plus its temporaries
+    would raise the memory peak (measured: docs/solver.md).
     """
     if inplace:
         a = stiffness

@@ -50,9 +50,9 @@ def single_threaded_blas():
     """Context limiting OpenBLAS (and other BLAS) to one thread, when threadpoolctl is installed.
 
     AMG set-up and CG use BLAS only on vectors and thin (n, k) blocks, which are memory-bound:
-    on 2 cores a second OpenBLAS thread made CG no faster (0.34 vs 0.27 s on the 668k-tet
-    sphere) but doubled its CPU time, because idle OpenBLAS threads spin and take the core
+    more BLAS threads do not make them faster, and idle OpenBLAS threads spin and take the core
     that a TMS run's dA/dt thread needs.  The limit is process-wide while the context lasts.
+    Measurements: docs/solver.md.
     """
     try:
         from threadpoolctl import threadpool_limits
@@ -75,18 +75,18 @@ def build_amg_hierarchy(a: sp.csr_matrix, theta: float = 0.02, omega: float = 4 
     The steps are pyamg's ``smoothed_aggregation_solver`` with B = constants (the Laplacian's
     near-nullspace): symmetric strength of connection, standard aggregation, tentative
     prolongator T, Jacobi-smoothed P = (I - omega / rho D^-1 A) T, R = P^T, A_c = R A P; the
-    V-cycle is pyamg's.  Two choices make the set-up ~45 % cheaper than pyamg's own driver
-    (0.25 vs 0.45 s on the 668k-tet sphere, same hierarchy sizes and CG iterations):
-    the products are CSR (pyamg keeps T and P as BSR with 1x1 blocks), and rho(D^-1 A) is
-    estimated by 10 Lanczos steps on the symmetric D^-1/2 A D^-1/2 from a fixed start
-    (pyamg: up to 6 restarts of 15 Arnoldi steps from a random start, so its hierarchy even
-    changed from run to run).
+    V-cycle is pyamg's.  Unlike pyamg's own driver, the products are CSR (pyamg keeps T and P
+    as BSR with 1x1 blocks) and rho(D^-1 A) is estimated by 10 Lanczos steps on the symmetric
+    D^-1/2 A D^-1/2 from a fixed start (:func:`largest_eigenvalue_scaled`): a cheaper set-up,
+    and the same hierarchy on every run.
 
-    A small strength threshold keeps aggregates from spanning high-contrast interfaces (skull
-    1:100): on the 3-layer sphere it cut CG iterations from ~75 to 16 (theta 0 -> 0.02) and
-    helped at uniform conductivity too (21 -> 16).  A forward Gauss-Seidel sweep before and a
-    backward one after the coarse correction keep the V-cycle symmetric (as CG needs) at half
-    the cost of symmetric sweeps: 22 instead of 17 iterations but ~15 % less time.
+    ``theta``: strength threshold; a small one keeps aggregates from spanning high-contrast
+    interfaces (skull 1:100).  ``omega``: weight of the Jacobi prolongation smoother.
+    ``max_coarse``, ``max_levels``: coarsening stops at this size or depth.  A forward
+    Gauss-Seidel sweep before and a backward one after the coarse correction keep the V-cycle
+    symmetric (as CG needs) at half the cost of symmetric sweeps.
+
+    Measurements behind these choices: docs/solver.md.
     """
     from pyamg.aggregation import fit_candidates, standard_aggregation
     from pyamg.multilevel import MultilevelSolver
@@ -117,8 +117,8 @@ def build_amg_hierarchy(a: sp.csr_matrix, theta: float = 0.02, omega: float = 4 
 def largest_eigenvalue_scaled(a: sp.csr_matrix, d_inv_sqrt: np.ndarray, steps: int = 10) -> float:
     """Largest eigenvalue of D^-1/2 A D^-1/2 (= rho(D^-1 A) for SPD A) by ``steps`` Lanczos steps.
 
-    The Ritz value approaches from below; on the 668k-tet sphere 10 steps were 4 % under the
-    40-step value, which left the CG iteration counts unchanged.
+    The Ritz value approaches from below; 10 steps are close enough for the smoother's weight
+    (measurements: docs/solver.md).
     """
     n = a.shape[0]
     q = np.random.default_rng(0).random(n)  # fixed start: the same hierarchy every run
@@ -200,10 +200,9 @@ def solver_for(options, matrix: sp.csr_matrix, kind: str = "tdcs"):
     return amg_cg(rtol=options.rtol or DEFAULT_RTOL[kind], maxiter=options.maxiter)
 
 
-#: the automatic choice factorises (PARDISO, else CHOLMOD) systems up to this many unknowns.  PARDISO's
-#: own memory report: 0.40 GB for Colin27 (94.7k unknowns, 38M factor entries), 0.65 GB for the
-#: 116k-node sphere (60M); the fill of 3-D meshes grows about as n^(4/3), so 250k unknowns is ~1.5 GB.
-#: Larger systems reuse one AMG hierarchy instead (memory ~ the matrix).
+#: the automatic choice factorises (PARDISO, else CHOLMOD) systems up to this many unknowns: the fill
+#: of 3-D meshes grows about as n^(4/3), so 250k unknowns is ~1.5 GB (PARDISO's memory reports:
+#: docs/solver.md).  Larger systems reuse one AMG hierarchy instead (memory ~ the matrix).
 FACTORIZE_MAX_N = 250_000
 
 #: backend -> the optional module it needs
@@ -240,8 +239,8 @@ class FactorizedSolver:
         ``"auto"``: a sparse factorisation (PARDISO from the optional ``pypardiso``, ``pip install
         "stimsim[fast]"``; else CHOLMOD from scikit-sparse) for up to :data:`FACTORIZE_MAX_N`
         unknowns, else SuperLU for small systems (< 30k unknowns) and one reused AMG hierarchy
-        otherwise.  On Colin27 (94.7k unknowns) PARDISO factorises in ~4 s (0.40 GB) and then
-        solves in 0.07 s (0.04 s per column in blocks of 16), against 1.2-1.4 s per AMG-CG solve.
+        otherwise.  A factorisation costs more once, then each solve is much cheaper than an
+        AMG-CG solve (timings: docs/solver.md).
     rtol, maxiter : tolerance and iteration limit of the ``"amg"`` backend (CG)
 
     Attributes

@@ -9,8 +9,8 @@ triplets (16 per element) to sort and sum.
 
 Same formulas as the numpy path (edge vectors from node 0, cofactor gradients, diagonal =
 minus the off-diagonal row sum), so results agree to round-off; tests/test_p1_numba.py
-compares them.  Imported only when a TMS run uses it, as numba costs ~0.15 s and ~100 MB
-to load.
+compares them.  Imported only when a TMS run uses it, as numba costs time and memory to
+load (measured: docs/solver.md).
 """
 
 from __future__ import annotations

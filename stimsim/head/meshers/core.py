@@ -6,7 +6,8 @@ and options, element size and lesion) and the world transform:
 
 * ``method="surface"`` (:mod:`stimsim.head.meshers.surface`; needs ``tetgen`` and
   ``scikit-image``): nested smoothed signed-distance surfaces + TetGen.  Colin27 at the default
-  8 mm: 588k tets, ~30 s, 0.73 GB, every tissue within 1.8 % of its voxel volume, one piece.
+  8 mm: every tissue within 1.8 % of its voxel volume, one piece (size, time and memory:
+  docs/meshing.md).
 * ``method="lattice"`` (this module; pip wheels only: numpy, scipy, nibabel): described below.
   Thin layers cost volume accuracy: Colin27 at 3.2 mm has CSF +29 %, GM -10 %.
 * ``method="auto"`` (default): surface when it can, else lattice with a logged warning.

@@ -32,7 +32,7 @@ __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "compact_f
            "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
 SURFACE_MESHER_VERSION = "surf-3"
-#: default ``element_size_mm`` (Colin27 1 mm: 588k tets, ~30 s)
+#: default ``element_size_mm`` (Colin27 1 mm: 588k tets; timing: docs/meshing.md)
 DEFAULT_SURFACE_ELEMENT_SIZE_MM = 8.0
 #: tag of each layer in the output (SimNIBS numbering)
 
