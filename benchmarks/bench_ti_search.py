@@ -49,6 +49,18 @@ def main():
     print(f"best: {found.channels}; target {found.target_envelope_V_per_m:.4g} V/m, outside "
           f"{found.outside_envelope_V_per_m:.4g} V/m, focality {found.focality:.3g}, brain peak "
           f"{found.peak_brain_envelope_V_per_m:.4g} V/m")
+    # the written protocol, run directly (only its four pads on the head): the target envelope again
+    from stimsim.planning.optimize import roi_elements
+    from stimsim.planning.ti_search import ti_protocol
+    from stimsim.protocol import validate_protocol
+    from stimsim.simulation import simulate
+
+    t = time.perf_counter()
+    result = simulate(validate_protocol(ti_protocol(found, lf, args.head)), mesh=head.mesh)
+    roi = roi_elements(head.mesh, target, args.radius, [1, 2])
+    direct = float(np.average(result.envelopes[(0, 1)]["TImax"][roi], weights=head.mesh.volumes_mm3[roi]))
+    print(f"direct TI run of the written protocol ({time.perf_counter() - t:.1f} s): target {direct:.4g} V/m, "
+          f"{direct / found.target_envelope_V_per_m - 1:+.2%} against the search")
 
 
 if __name__ == "__main__":
