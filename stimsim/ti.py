@@ -183,12 +183,11 @@ def solve_channels(head: HeadModel, system, placed, channel_of: np.ndarray, name
 
 def solve_ti(protocol: TIProtocol, head: HeadModel, base_dir: Path | None = None) -> TIResult:
     """Temporal interference on a prepared head: one electrode system with every pad, one solve per channel."""
-    mesh, geometry, sigma, timings = head.mesh, head.geometry, head.sigma, dict(head.timings)
     t = time.perf_counter()
-    placed = on_skin = place_electrodes(mesh, ti_electrode_specs(protocol, base_dir, mesh))
-    skin = head
-    head, placed = head.with_electrode_layers(on_skin, protocol.electrodes, protocol.conductivities)
-    mesh, geometry, sigma = head.mesh, head.geometry, head.sigma
+    skin = head  # the head without sponges: what the skin current density is computed on
+    on_skin = place_electrodes(skin.mesh, ti_electrode_specs(protocol, base_dir, skin.mesh))
+    head, placed = skin.with_electrode_layers(on_skin, protocol.electrodes, protocol.conductivities)
+    mesh, geometry, sigma, timings = head.mesh, head.geometry, head.sigma, dict(head.timings)
     system = electrode_system(head.stiffness, placed)
     channel_of = np.concatenate([np.full(len(c.electrodes), i) for i, c in enumerate(protocol.channels)])
     timings["electrodes_s"] = time.perf_counter() - t
