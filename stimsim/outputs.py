@@ -122,7 +122,9 @@ def written_by_stimsim(path: str | os.PathLike) -> bool:
             with zipfile.ZipFile(path) as z:
                 return {"fields.npy", "positions_mm.npy", "header.npy"} <= set(z.namelist())
         return (STIMSIM_MARK.encode() in head[:200] or b'<meta name="generator" content="stimsim' in head
-                or b'"$comment": "stimsim' in head[:200])
+                or b'"$comment": "stimsim' in head[:200]
+                # neuronavigation exports (stimsim.coils.neuronav) carry their formats' own creator fields
+                or b"# Created by: stimsim" in head[:200] or b'"AppName": "stimsim"' in head[:200])
     except (OSError, ValueError, RuntimeError):
         return False
 

@@ -92,6 +92,8 @@ class TMSResult(SimulationResult):
     coil_summary : the coil's description (name, dipoles or grid, dI/dt at 100 %)
     didt_A_per_s : the pulse's dI/dt, A/s
     program : the expanded pulse program (trains, pulses, timing)
+    pulse : the pulse's shape, peak dI/dt, width and charge (:func:`stimsim.coils.waveform.pulse_summary`,
+        made where the protocol's folder is known, so a measured waveform file is found)
     """
 
     dadt_V_per_m: np.ndarray
@@ -99,14 +101,19 @@ class TMSResult(SimulationResult):
     coil_summary: dict
     didt_A_per_s: float
     program: dict = field(default_factory=dict)
+    pulse: dict | None = None
 
     def node_fields(self) -> dict[str, np.ndarray]:
         return {"v": self.potential_V, "dAdt": self.dadt_V_per_m}
 
     def tms_summary(self) -> dict:
         """The summary's ``tms`` section (JSON-ready)."""
+        from .coils.waveform import pulse_summary
+
         pl = self.placement
         return {"coil": self.coil_summary, "didt_A_per_s": self.didt_A_per_s,
+                "pulse": self.pulse if self.pulse is not None else pulse_summary(self.protocol.stimulator,
+                                                                                 self.didt_A_per_s),
                 "placement": {"matrix": np.asarray(pl.matrix).tolist(),
                               "scalp_point_mm": np.asarray(pl.scalp_point_mm).tolist(),
                               "distance_mm": pl.distance_mm},

@@ -29,9 +29,17 @@ from .simulation_result import TMSResult
 DEFAULT_COIL_DISTANCE_MM = 4.0
 
 
-def coil_didt_A_per_s(protocol: TMSProtocol, coil) -> float:
-    """The pulse's dI/dt in A/s from the stimulator settings (and the coil's dI/dt max for % MSO)."""
+def coil_didt_A_per_s(protocol: TMSProtocol, coil, base_dir: Path | None = None) -> float:
+    """The pulse's peak dI/dt in A/s from the stimulator settings (and the coil's dI/dt max for % MSO).
+
+    With a measured ``stimulator.waveform_file`` (relative paths: from ``base_dir``, else the
+    current folder): the file's peak |dI/dt|, or its shape scaled to the given dI/dt, % MSO or
+    peak current (:func:`stimsim.coils.waveform.waveform_didt_A_per_s`)."""
     st = protocol.stimulator
+    if st.waveform_file is not None:
+        from .coils.waveform import waveform_didt_A_per_s
+
+        return waveform_didt_A_per_s(st, coil.didt_max_A_per_s, base_dir)
     if st.didt_A_per_us is not None:
         return st.didt_A_per_us * 1e6
     if st.peak_current_A is not None:
@@ -47,9 +55,22 @@ def coil_didt_A_per_s(protocol: TMSProtocol, coil) -> float:
 
 
 def placement_for(protocol: TMSProtocol, mesh, base_dir: Path | None = None):
+    """The protocol's coil placement on ``mesh``: from centre + direction, a matrix, or a
+    neuronavigation file's marker (relative file paths are taken from ``base_dir``)."""
     pl = protocol.placement
     if pl.matrix is not None:
         return placement_from_matrix(pl.matrix, mesh)
+    if pl.navigator is not None:
+        from .coils.neuronav import navigator_matrix
+
+        system, file = pl.navigator
+
+        def local(p):
+            return Path(base_dir) / p if base_dir is not None and not Path(p).is_absolute() else Path(p)
+
+        matrix = navigator_matrix(local(file), system=system, marker=pl.marker,
+                                  t1=None if pl.t1 is None else local(pl.t1), field_name=f"placement.{system}")
+        return placement_from_matrix(matrix, mesh)
     center = resolve_position(pl.center, protocol, mesh, base_dir, "placement.center")
     distance = DEFAULT_COIL_DISTANCE_MM if pl.distance_mm is None else pl.distance_mm
     return place_coil(mesh, center, pl.direction, distance)
@@ -73,8 +94,11 @@ def run_tms(protocol: TMSProtocol, base_dir: Path | None = None, mesh=None):
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    from .coils.waveform import pulse_summary
+
     coil = load_coil(protocol.coil, base_dir)
-    didt = coil_didt_A_per_s(protocol, coil)
+    didt = coil_didt_A_per_s(protocol, coil, base_dir)
+    pulse = pulse_summary(protocol.stimulator, didt, base_dir)
     with ThreadPoolExecutor(max_workers=1) as pool:
         kernels = use_numba()  # read now: one choice for the whole run
         pool.submit(_warm_up, kernels)
@@ -83,7 +107,7 @@ def run_tms(protocol: TMSProtocol, base_dir: Path | None = None, mesh=None):
         # no local name for the head model: solve_tms consumes it and frees its matrix early
         return solve_tms(protocol, HeadModel.assemble(mesh, protocol.conductivities, inputs=inputs, timings=timings,
                                                       gradients=not kernels),
-                         coil, didt, primary, consume=True)
+                         coil, didt, primary, consume=True, pulse=pulse)
 
 
 def _warm_up(kernels: bool):
@@ -107,7 +131,8 @@ def _primary_field(protocol, mesh, base_dir, coil, didt):
     return placement, dadt, time.perf_counter() - t
 
 
-def solve_tms(protocol: TMSProtocol, head: HeadModel, coil, didt: float, primary, *, consume: bool = False):
+def solve_tms(protocol: TMSProtocol, head: HeadModel, coil, didt: float, primary, *, consume: bool = False,
+              pulse: dict | None = None):
     """Secondary field and outputs, given the prepared head and the primary field.
 
     ``primary``: ``(placement, dadt_nodes, seconds)``, or a future of it (it is needed only
@@ -165,7 +190,7 @@ def solve_tms(protocol: TMSProtocol, head: HeadModel, coil, didt: float, primary
     return TMSResult(protocol=protocol, mesh=mesh, potential_V=potential, E=e_field, J=sigma[:, None] * e_field,
                      sigma=sigma, solve_info=info, E_recovered=recovered, timings_s=timings, inputs=inputs,
                      dadt_V_per_m=dadt_nodes, placement=placement, coil_summary=coil.summary(), didt_A_per_s=didt,
-                     program=protocol.program.expanded())
+                     program=protocol.program.expanded(), pulse=pulse)
 
 
 class TMSModel:
@@ -209,7 +234,7 @@ class TMSModel:
         self.head = head if head is not None else HeadModel.from_protocol(protocol, base_dir, mesh)
         self.mesh = self.head.mesh
         self.coil = load_coil(protocol.coil, base_dir)
-        self.didt = coil_didt_A_per_s(protocol, self.coil)
+        self.didt = coil_didt_A_per_s(protocol, self.coil, base_dir)
         self.system = self.head.grounded_system()
         self.rtol = rtol or protocol.solver.rtol or DEFAULT_RTOL["tms"]
         if backend == "auto":

@@ -199,11 +199,12 @@ def test_optimize_tms_cli_direction_and_output(tmp_path):
     proto = _write(tmp_path, TMS)
     out = tmp_path / "best.yaml"
     res = runner.invoke(app, ["-q", "optimize", "tms", str(proto), "--target", "20,10,75", "--grid-radius", "10",
-                              "--angles", "4", "--direction", "normal", "--out", str(out), "--json"])
+                              "--grid-step", "10", "--angles", "8", "--direction", "normal", "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
     report = json.loads(res.output)
     assert report["roi_radius_mm"] == 5.0
     assert report["objective"].startswith("mean E . ") and report["evaluated"] == 5 * 8  # 360 degrees
+    assert (tmp_path / "best_hotspot.png").read_bytes().startswith(b"\x89PNG")  # the hot-spot map beside --out
     # the mean of |E| bounds the mean of any component from above
     assert 0 < report["objective_V_per_m"] <= report["roi_mean_magnE_V_per_m"]
     best = load_protocol(out)

@@ -107,6 +107,7 @@ def test_bad_targets_and_limits(sphere3_mesh, lf_point):
 def _tms_search_vs_analytic(mesh, target, direction):
     from stimsim.coils import load_coil
     from stimsim.planning.optimize import roi_elements
+    from stimsim.planning.tms_search import rotated_frame
     from stimsim.tms import TMSModel
 
     p = validate_protocol({"kind": "tms", "head": "sphere", "conductivities": COND,
@@ -114,20 +115,18 @@ def _tms_search_vs_analytic(mesh, target, direction):
                            "placement": {"center": [0, 0, 95], "direction": [0, 1, 0]},
                            "stimulator": {"didt_A_per_us": 1.0}})
     model = TMSModel(p, mesh=mesh)
-    res = search_tms(model, target, grid_radius_mm=10, grid_step_mm=10, angles=6, roi_radius_mm=8,
+    res = search_tms(model, target, grid_radius_mm=10, grid_step_mm=10, angles=12, roi_radius_mm=8,
                      progress=False, tags=[3], direction=direction)
     idx = roi_elements(mesh, target, 8, [3])
     w = mesh.volumes_mm3[idx]
     coil = load_coil(p.coil)
-    analytic = []
-    for row in res.table:  # the same objective, from the closed-form sphere solution
-        pos, mom = coil.transformed(model.placement(row["center_mm"], row["direction"]).matrix)
+    analytic = np.empty(res.objective_map.shape)
+    for (i, a), _ in np.ndenumerate(res.objective_map):  # the same objective, from the closed-form sphere solution
+        pos, mom = coil.transformed(rotated_frame(res.positions.frames[i], res.angles_rad[a]))
         mean_e = np.average(tms_sphere_efield(mesh.centroids[idx], pos, mom, 1e6), axis=0, weights=w)
-        analytic.append(np.linalg.norm(mean_e) if direction is None else mean_e @ direction)
-    analytic = np.array(analytic)
-    chosen = int(np.argmax([r["objective_V_per_m"] for r in res.table]))
-    assert res.objective_V_per_m == res.table[chosen]["objective_V_per_m"]
-    return res, analytic, chosen, int(np.argmax(analytic))
+        analytic[i, a] = np.linalg.norm(mean_e) if direction is None else mean_e @ direction
+    chosen = np.unravel_index(np.argmax(res.objective_map), res.objective_map.shape)
+    return res, analytic, chosen, np.unravel_index(np.argmax(analytic), analytic.shape)
 
 
 def test_tms_search_finds_the_analytic_best_orientation(sphere3_mesh):
@@ -135,19 +134,23 @@ def test_tms_search_finds_the_analytic_best_orientation(sphere3_mesh):
     # handle's turn, so the FEM choice must be the analytic optimum or its grid neighbour
     res, analytic, chosen, best = _tms_search_vs_analytic(sphere3_mesh, np.array([25.0, 10.0, 75.0]),
                                                           np.array([1.0, 0.0, 0.0]))
-    assert len(res.table) == 5 * 12  # 5 centres x 12 handle directions over 360 degrees
-    d_angle = np.degrees(np.arccos(np.clip(np.dot(res.table[chosen]["direction"], res.table[best]["direction"]),
-                                           -1, 1)))
-    d_center = np.linalg.norm(np.subtract(res.table[chosen]["center_mm"], res.table[best]["center_mm"]))
-    assert d_angle <= 30.0 + 1e-6 and d_center <= 10.0 + 1e-6
+    assert res.objective_map.shape == (5, 12)  # 5 centres x 12 handle directions over 360 degrees
+    frames = res.positions.frames
+    d_angle = abs(res.angles_rad[chosen[1]] - res.angles_rad[best[1]])
+    d_angle = np.degrees(min(d_angle, 2 * np.pi - d_angle))
+    d_center = np.linalg.norm(frames[chosen[0], :3, 3] - frames[best[0], :3, 3])
+    assert d_angle <= 30.0 + 1e-6 and d_center <= 10.5
     assert analytic[chosen] >= 0.97 * analytic[best] > 0
+    # the reported placement is the map's best (re-scored exactly), and the FEM solve agrees with it
+    assert res.objective_V_per_m == pytest.approx(res.objective_map[chosen], rel=1e-3)
+    assert res.fem_objective_V_per_m == pytest.approx(res.objective_V_per_m, rel=1e-4)
 
 
 def test_tms_search_magnitude_objective(sphere3_mesh):
     # |mean E| barely depends on the handle angle in a sphere (rotating a coil about the
     # radius through a point below it only rotates E there), so only the value is checked
     res, analytic, chosen, best = _tms_search_vs_analytic(sphere3_mesh, np.array([25.0, 10.0, 75.0]), None)
-    assert len(res.table) == 5 * 6
+    assert res.evaluated == 5 * 12
     assert analytic[chosen] >= 0.98 * analytic[best]
     # the full solve at the chosen placement agrees with the search's adjoint value (|mean E| <= mean |E|)
     assert res.objective_V_per_m <= res.roi_mean_magnE_V_per_m * (1 + 1e-9)

@@ -122,21 +122,34 @@ def optimize_tms_cmd(
     protocol: str = typer.Argument(..., help="TMS protocol file or library id (head, coil, stimulator)"),
     target: Optional[str] = typer.Option(None, "--target", help="'x,y,z' mm in the head's frame"),
     target_mni: Optional[str] = typer.Option(None, "--target-mni", help="'x,y,z' MNI152 mm (head folders, colin27)"),
-    grid_radius: float = typer.Option(20.0, "--grid-radius", help="search radius around the target, mm"),
-    grid_step: float = typer.Option(10.0, "--grid-step", help="grid spacing, mm"),
-    angles: int = typer.Option(12, "--angles", help="handle directions over 180 degrees"),
+    grid_radius: float = typer.Option(30.0, "--grid-radius", help="coil centres within this distance of the "
+                                      "target's scalp point, mm"),
+    grid_step: float = typer.Option(1.0, "--grid-step", help="spacing of the coil centres, mm"),
+    angles: int = typer.Option(360, "--angles", help="handle directions over 360 degrees (360: 1 degree steps)"),
     direction: Optional[str] = typer.Option(
         None, "--direction", help="maximise E along 'normal' (into the head) or 'x,y,z' instead of |E|"),
     radius: float = typer.Option(5.0, "--radius", help="target ROI radius, mm"),
+    field_step: float = typer.Option(2.0, "--field-step", help="spacing of the effective-field grid, mm"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the best placement as a protocol YAML"),
+    hotspot: Optional[Path] = typer.Option(None, "--map", help="hot-spot map PNG (default with --out: "
+                                           "<out>_hotspot.png beside it)"),
+    export_localite: Optional[Path] = typer.Option(None, "--export-localite",
+                                                   help="write the best placement as a Localite InstrumentMarker .xml"),
+    export_brainsight: Optional[Path] = typer.Option(None, "--export-brainsight",
+                                                     help="... as a Brainsight target .txt"),
+    export_ant: Optional[Path] = typer.Option(None, "--export-ant", help="... as an ANT Visor 2 .mrk"),
+    nav_t1: Optional[Path] = typer.Option(None, "--nav-t1", help="the T1 NIfTI the navigator loads (its "
+                                          "qform/sform frame the exported positions; docs/neuronavigation.md)"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON instead of a table"),
 ):
-    """Search coil centres x handle angles around a target; report the placement with the largest |E|.
+    """Search coil centres x handle directions around a target by reciprocity; report the best placement.
 
-    Example: stimsim optimize tms tms.yaml --target 0,20,75 --grid-radius 20 --angles 12
+    Every placement's ROI-mean E comes from one effective field computed after three adjoint
+    solves (docs/tms_search.md): the defaults search ~2,800 centres x 360 directions (about a
+    million placements).  Example: stimsim optimize tms tms.yaml --target-mni -37,-21,58 --out best.yaml
     """
     from ..protocol.library import resolve_protocol_argument
-    from ..planning import search_tms
+    from ..planning import plot_hotspot, search_tms
     from ..protocol import save_protocol
     from ..tms import TMSModel
 
@@ -146,42 +159,69 @@ def optimize_tms_cmd(
         check_search_grid(grid_radius, grid_step, angles)
         if not (np.isfinite(radius) and radius > 0):
             raise StimsimError(f"--radius: give a target ROI radius > 0 mm (got {radius})")
+        if not (np.isfinite(field_step) and 0.25 <= field_step <= 10):
+            raise StimsimError(f"--field-step: give a spacing between 0.25 and 10 mm (got {field_step})")
         if out is not None:
             check_output_file(out)
+            if hotspot is None:
+                hotspot = out.with_name(out.stem + "_hotspot.png")
+        if hotspot is not None:
+            check_output_file(hotspot, option="--map")
+        exports = [(system, path) for system, path in (("localite", export_localite), ("brainsight", export_brainsight),
+                                                       ("ant", export_ant)) if path is not None]
+        for system, path in exports:
+            check_output_file(path, option=f"--export-{system}")
+        if nav_t1 is not None and not nav_t1.is_file():
+            raise StimsimError(f"--nav-t1 {nav_t1}: no such file; give the T1 NIfTI the navigator loads")
         p, base_dir = resolve_protocol_argument(protocol)
         if p.kind != "tms":
             raise StimsimError(f"{protocol}: kind is {p.kind!r}; optimize tms needs a TMS protocol")
         model = TMSModel(p, base_dir=base_dir)
         res = search_tms(model, target_point(target, target_mni, p.head, base_dir), grid_radius_mm=grid_radius,
-                         grid_step_mm=grid_step,
-                         angles=angles, roi_radius_mm=radius, progress=not state["quiet"],
-                         tags=brain_tags_of(p.head),
+                         grid_step_mm=grid_step, angles=angles, roi_radius_mm=radius, field_step_mm=field_step,
+                         progress=not state["quiet"], tags=brain_tags_of(p.head),
                          direction=None if direction is None else
                          direction if direction == "normal" else vec(direction, "--direction"))
+        if hotspot is not None:
+            plot_hotspot(res, hotspot)
+        if exports:
+            from ..coils.neuronav import export_placement
+
+            for system, path in exports:
+                export_placement(res.matrix, path, system=system, t1_affine=nav_t1, name="stimsim optimum")
         if out is not None:
             save_protocol(p.model_copy(update={"placement": p.placement.model_copy(
                 update={"center": None, "direction": None, "distance_mm": None,
                         "matrix": res.matrix.tolist()})}), out)
     except StimsimError as err:
         fail(err)
-    found = {"objective": res.objective, "objective_V_per_m": res.objective_V_per_m,
-             "roi_mean_magnE_V_per_m": res.roi_mean_magnE_V_per_m, "roi_radius_mm": radius,
-             "center_mm": np.round(res.center_mm, 2).tolist(), "direction": np.round(res.direction, 4).tolist(),
-             "matrix": np.round(res.matrix, 6).tolist(), "evaluated": len(res.table)}
+    found = dict(res.summary(), roi_radius_mm=radius)
     if as_json:
         typer.echo(json.dumps(found, indent=1))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"best of {len(res.table)} coil placements ({res.objective}, ROI radius {radius:g} mm)")
+    tm = res.timings_s
+    seconds = sum(tm.values())
+    table = Table(title=f"best of {res.evaluated:,} coil placements ({res.objective}, ROI radius {radius:g} mm)")
     table.add_column("quantity")
     table.add_column("value", justify="right")
-    table.add_row(f"objective: {res.objective} (V/m)", f"{res.objective_V_per_m:.4g}")
+    table.add_row(f"objective: {res.objective} (V/m), exact by reciprocity", f"{res.objective_V_per_m:.4g}")
+    table.add_row("the same from a full FEM solve (V/m)", f"{res.fem_objective_V_per_m:.4g}")
     table.add_row("mean |E| in the ROI, full solve (V/m)", f"{res.roi_mean_magnE_V_per_m:.4g}")
     table.add_row("coil centre on the scalp (mm)", ", ".join(f"{x:.1f}" for x in res.center_mm))
     table.add_row("handle direction", ", ".join(f"{x:.3f}" for x in res.direction))
+    table.add_row("placements searched", f"{len(res.positions.frames):,} centres x {len(res.angles_rad)} directions")
+    table.add_row("time: adjoint / effective field / search / refine + full solve (s)",
+                  f"{tm['adjoint_s']:.1f} / {tm['field_grid_s']:.1f} / {tm['score_s']:.1f} / "
+                  f"{tm['refine_s'] + tm['full_solve_s']:.1f}")
+    table.add_row("placements per second (whole search)", f"{res.evaluated / max(seconds, 1e-9):,.0f}")
     Console().print(table)
+    if hotspot is not None:
+        typer.echo(f"wrote {hotspot} (hot-spot map)")
+    for system, path in exports:
+        typer.echo(f"wrote {path} (best placement for the {system} navigator)")
     if out is not None:
         typer.echo(f"wrote {out} (placement as its 4x4 matrix)")
 
@@ -294,7 +334,7 @@ def target_point(target: str | None, target_mni: str | None, head: str, base_dir
 
 
 #: most placements one grid search may evaluate (~0.17 s each): beyond that, coarsen the grid
-MAX_GRID_PLACEMENTS = 200_000
+MAX_GRID_PLACEMENTS = 20_000_000  # ~25 minutes on 2 cores (docs/tms_search.md)
 
 
 def check_search_grid(radius_mm: float, step_mm: float, angles: int) -> None:

@@ -1,4 +1,4 @@
-"""Montage optimisation (tDCS) and coil-position search (TMS).
+"""Montage optimisation (tDCS) and the ROI helpers that the TMS search shares.
 
 tDCS: maximise the mean field along a direction in a target region, subject to current
 limits, as a linear programme solved by HiGHS (scipy.optimize.linprog).  With currents
@@ -19,13 +19,7 @@ carries a notice saying so.  :func:`check_montage` runs the whole safety check o
 A cap on the number of active electrodes is handled greedily: solve, keep the N largest
 currents, solve again on those.
 
-TMS: evaluate a grid of coil centres x handle angles around the target with one prepared
-:class:`~stimsim.tms.TMSModel` and keep the placement with the largest magnitude of the mean
-E vector in the target region.  That mean is a linear functional of the nodal dA/dt, so
-three adjoint solves up front replace a FEM solve per placement (reciprocity; the idea
-behind the auxiliary-dipole method of Gomez et al. 2020, Brain Stimul 13:1553,
-doi:10.1016/j.brs.2020.09.005): each placement costs one dA/dt evaluation.  The best
-placement is then solved in full once to report the mean |E| in the region.
+TMS coil-position search: :mod:`stimsim.planning.tms_search` (reciprocity, a million placements in minutes).
 """
 
 from __future__ import annotations
@@ -228,64 +222,3 @@ def montage_protocol(solution: MontageSolution, lf: Leadfield, head: str, *, con
     if conductivities:
         p["conductivities"] = conductivities
     return p
-
-
-@dataclass(frozen=True)
-class CoilSearchResult:
-    matrix: np.ndarray
-    center_mm: np.ndarray
-    direction: np.ndarray
-    objective_V_per_m: float  # |mean E| in the ROI, or mean E . direction (see ``objective``)
-    table: list[dict]  # every evaluated placement
-    roi_mean_magnE_V_per_m: float = float("nan")  # mean |E| in the ROI, full solve at the best placement
-    objective: str = "|mean E|"  # or "mean E . d" with a direction
-
-
-def search_tms(model, target_mm, *, grid_radius_mm: float = 20.0, grid_step_mm: float = 10.0, angles: int = 12,
-               roi_radius_mm: float = 5.0, distance_mm: float = 4.0, progress: bool = True,
-               tags=None, direction=None) -> CoilSearchResult:
-    """Grid search of coil centres (on the scalp within ``grid_radius_mm`` of the target's scalp
-    projection) x handle directions every 180/``angles`` degrees.
-
-    Maximises |mean E| in the ROI, or with ``direction`` (a 3-vector or "normal": into the
-    head) the mean E along it; a signed objective needs handle directions over 360 degrees,
-    since turning a coil by 180 degrees reverses its field.
-    """
-    mesh = model.mesh
-    idx = roi_elements(mesh, target_mm, roi_radius_mm, tags)
-    d_target = None if direction is None else target_direction(mesh, target_mm, direction)
-    nodes, normals = mesh.boundary_node_normals()
-    target = np.asarray(target_mm, float)
-    k = np.argmin(np.linalg.norm(mesh.nodes[nodes] - target, axis=1))
-    n0 = normals[k]
-    # a tangent frame at the target's scalp point; grid offsets in that plane, then projected
-    u = np.cross(n0, [0.0, 0.0, 1.0] if abs(n0[2]) < 0.9 else [1.0, 0.0, 0.0])
-    u /= np.linalg.norm(u)
-    v = np.cross(n0, u)
-    steps = np.arange(-grid_radius_mm, grid_radius_mm + 1e-9, grid_step_mm)
-    centers = [mesh.nodes[nodes[k]] + a * u + b * v for a in steps for b in steps if a * a + b * b <= grid_radius_mm**2 + 1e-9]
-    if angles < 1:
-        raise ProtocolError(f"angles: {angles} must be >= 1")
-    # |E| of a figure-8 repeats after 180 degrees; E along a direction only after 360
-    thetas = np.arange(angles if d_target is None else 2 * angles) * np.pi / angles
-    tasks = [(c, np.cos(t) * u + np.sin(t) * v) for c in centers for t in thetas]
-    q = model.target_functional(idx)
-    iterator = tasks
-    if progress:
-        from rich.progress import track
-
-        iterator = track(tasks, description=f"TMS search ({len(tasks)} placements)", transient=True)
-    table, best = [], None
-    for c, d in iterator:
-        pl = model.placement(c, d, distance_mm)
-        mean_e = np.einsum("cnk,nk->c", q, model.dadt(pl.matrix))
-        value = float(np.linalg.norm(mean_e) if d_target is None else mean_e @ d_target)
-        table.append({"center_mm": pl.center_mm.tolist(), "direction": pl.handle_direction.tolist(),
-                      "objective_V_per_m": value, "target_meanE_V_per_m": mean_e.tolist()})
-        if best is None or value > best[0]:
-            best = (value, pl)
-    value, pl = best
-    e = model.efield(pl.matrix, elements=idx)
-    roi_mean = float(np.average(np.linalg.norm(e, axis=1), weights=mesh.volumes_mm3[idx]))
-    objective = "|mean E|" if d_target is None else f"mean E . {np.round(d_target, 4).tolist()}"
-    return CoilSearchResult(pl.matrix, pl.scalp_point_mm, pl.handle_direction, value, table, roi_mean, objective)

@@ -466,7 +466,9 @@ class CoilSpec(_Model):
 
 
 class Placement(_Model):
-    """Coil position: scalp centre + handle direction + distance, or a 4x4 coil-to-head matrix (mm)."""
+    """Coil position: scalp centre + handle direction + distance, a 4x4 coil-to-head matrix (mm), or a
+    marker of a neuronavigation file (Localite XML, Brainsight .txt, ANT Visor 2 .mrk; see
+    docs/neuronavigation.md)."""
 
     center: Union[Vec3, str, MNIPoint, None] = Field(
         None, description="scalp point [x, y, z] mm, an EEG name (heads with positions) or {mni: [x, y, z]}")
@@ -475,16 +477,52 @@ class Placement(_Model):
                                                                 "center+direction only: a matrix holds it)")
     matrix: list[list[Coord]] | None = Field(None, description="4x4 coil-to-head matrix (SimNIBS matsimnibs "
                                                                "convention, mm)")
+    localite: PathText | None = Field(None, description="Localite TMS Navigator InstrumentMarker or "
+                                                        "TriggerMarkers .xml file")
+    brainsight: PathText | None = Field(None, description="Brainsight exported .txt (NIfTI:Aligned coordinates)")
+    ant: PathText | None = Field(None, description="ANT Visor 2 .mrk marker file")
+    marker: Union[_bounded(0, MAX_COUNT, "", "markers are numbered from 0", kind=int), str, None] = Field(
+        None, description="navigator marker: index in the file (from 0) or name (needed when the file holds "
+                          "several)")
+    t1: PathText | None = Field(None, description="the T1 NIfTI the navigator loaded (optional: checks and maps "
+                                                  "its qform/sform frames to the head's)")
+
+    @field_validator("marker", mode="before")
+    @classmethod
+    def _marker_not_bool(cls, v):
+        if isinstance(v, bool):
+            raise ValueError("give a marker index (from 0) or a marker name, not true/false")
+        return v
+
+    @property
+    def navigator(self) -> tuple[str, str] | None:
+        """(system, file) of a navigator placement, else None."""
+        for system in ("localite", "brainsight", "ant"):
+            if getattr(self, system) is not None:
+                return system, getattr(self, system)
+        return None
 
     @model_validator(mode="after")
     def _center_or_matrix(self):
+        navs = [k for k in ("localite", "brainsight", "ant") if getattr(self, k) is not None]
+        if len(navs) > 1:
+            raise ValueError(f"placement: give one navigator file, not {' and '.join(navs)}")
+        if navs:
+            others = [k for k in ("center", "direction", "distance_mm", "matrix") if getattr(self, k) is not None]
+            if others:
+                raise ValueError(f"placement: the {navs[0]} file holds the whole coil position; drop "
+                                 f"{', '.join(others)}")
+            return self
+        if self.marker is not None or self.t1 is not None:
+            raise ValueError("placement: marker and t1 belong to a navigator file (localite, brainsight or ant)")
         if self.matrix is not None:
             if self.center is not None or self.direction is not None or self.distance_mm is not None:
                 raise ValueError("placement: give either matrix or center+direction(+distance_mm), not both")
             if len(self.matrix) != 4 or any(len(r) != 4 for r in self.matrix):
                 raise ValueError("placement.matrix must be 4 rows of 4 numbers")
         elif self.center is None or self.direction is None:
-            raise ValueError("placement: needs center and direction (or a 4x4 matrix)")
+            raise ValueError("placement: needs center and direction, a 4x4 matrix, or a navigator file "
+                             "(localite, brainsight or ant)")
         return self
 
 
@@ -503,11 +541,26 @@ class Stimulator(_Model):
     damping_per_us: _bounded(0, MAX_DAMPING_PER_US, "1/µs", _WHY_DAMPING) = Field(
         0.0, description="exponential damping of the pulse, 1/µs")
     waveform: Literal["biphasic", "monophasic"] = Field("biphasic", description="pulse shape")
+    waveform_file: PathText | None = Field(
+        None, description="measured pulse: .tsv with header columns time_us and didt_A_per_us; alone its peak "
+                          "dI/dt scales the field, with didt_A_per_us / percent_mso / peak_current_A its shape "
+                          "is scaled to that (docs/tms_pulse.md)")
     model: str | None = Field(None, description="stimulator make/model (recorded)")
 
     @model_validator(mode="after")
     def _one(self):
         given = [self.didt_A_per_us is not None, self.percent_mso is not None, self.peak_current_A is not None]
+        if self.waveform_file is not None:
+            if sum(given) > 1:
+                raise ValueError("stimulator: with waveform_file give at most one of didt_A_per_us, percent_mso "
+                                 "or peak_current_A (the file's shape is scaled to it)")
+            nominal = [f for f in ("period_us", "waveform") if f in self.model_fields_set]
+            if self.damping_per_us:
+                nominal.append("damping_per_us")
+            if nominal:
+                raise ValueError(f"stimulator: waveform_file gives the measured pulse shape; drop "
+                                 f"{', '.join(nominal)} (they describe the nominal RLC shape)")
+            return self
         if sum(given) != 1:
             raise ValueError("stimulator: give exactly one of didt_A_per_us, percent_mso or "
                              "peak_current_A (+ period_us)")
