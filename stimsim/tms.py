@@ -315,6 +315,38 @@ class TMSModel:
         for matrix in matrices:
             yield self.efield(matrix, elements=elements)
 
+    def cortical_modes(self, *, tags=None, cache_dir=None, **options):
+        """Build (or read from the cache) the reduced basis that gives the whole grey-matter field of a
+        placement in milliseconds (:mod:`stimsim.tms_modes`); :meth:`fast_efield` then uses it.
+
+        ``tags``: the tissues whose nodes get the field (default: grey matter, tag 2, or the innermost
+        tissue of a head without one, e.g. the sphere's brain); ``cache_dir``: where the modes are stored
+        (default ``~/.cache/stimsim/tms_modes``; ``False``: not stored); ``options``:
+        :func:`~stimsim.tms_modes.build_cortical_modes` (training placements, rank, ...).
+        """
+        from .tms_modes import cortical_modes
+
+        if tags is None:
+            present = np.unique(self.mesh.tet_tags)
+            tags = (2,) if 2 in present else (int(present.min()),)
+        self._modes = cortical_modes(self, tags=tags, cache_dir=cache_dir, **options)
+        return self._modes
+
+    def fast_efield(self, matrix) -> np.ndarray:
+        """E (V/m) at the grey-matter nodes (``self.modes.nodes``) for a 4x4 coil matrix, in milliseconds,
+        from the cortical modes (build them first: :meth:`cortical_modes`).  The full solve stays one call
+        away: :meth:`efield`."""
+        if getattr(self, "_modes", None) is None:
+            raise ProtocolError("fast_efield needs the cortical modes: call TMSModel.cortical_modes() first")
+        matrix = np.asarray(matrix, float)
+        self.coil.check_outside(self.mesh, matrix)
+        return self._modes.efield(matrix)
+
+    @property
+    def modes(self):
+        """The cortical modes built by :meth:`cortical_modes` (None before)."""
+        return getattr(self, "_modes", None)
+
     def target_functional(self, elements: np.ndarray) -> np.ndarray:
         """Linear map from nodal dA/dt to the volume-weighted mean E (V/m) over ``elements``.
 

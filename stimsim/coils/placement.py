@@ -52,10 +52,8 @@ class CoilPlacement:
 
 
 def _scalp_normal(mesh: Mesh, point_mm, radius_mm: float = 10.0):
-    from scipy.spatial import cKDTree  # lazily: a TMS run places the coil in a worker thread
-
     nodes, normals = mesh.boundary_node_normals()
-    tree = cKDTree(mesh.nodes[nodes])
+    tree = mesh.boundary_tree
     dist, i = tree.query(point_mm)
     near = tree.query_ball_point(mesh.nodes[nodes[i]], r=radius_mm)
     n = normals[near].sum(axis=0)
@@ -65,10 +63,8 @@ def _scalp_normal(mesh: Mesh, point_mm, radius_mm: float = 10.0):
 def scalp_depth(mesh: Mesh, points_mm: np.ndarray) -> np.ndarray:
     """Signed height (mm) of points above the scalp: along the outward normal of the nearest
     surface node, so negative means inside the head."""
-    from scipy.spatial import cKDTree
-
     nodes, normals = mesh.boundary_node_normals()
-    _, idx = cKDTree(mesh.nodes[nodes]).query(points_mm)
+    _, idx = mesh.boundary_tree.query(points_mm)
     return np.einsum("ij,ij->i", points_mm - mesh.nodes[nodes[idx]], normals[idx])
 
 

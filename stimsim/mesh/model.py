@@ -169,6 +169,14 @@ class Mesh:
         nn /= np.linalg.norm(nn, axis=1, keepdims=True)
         return nn
 
+    @cached_property
+    def boundary_tree(self):
+        """A k-d tree (scipy ``cKDTree``) of the exterior nodes, in :attr:`boundary_nodes` order: built once
+        per mesh for the coil placement and scalp-depth queries of many placements."""
+        from scipy.spatial import cKDTree
+
+        return cKDTree(self.nodes[self.boundary_nodes])
+
     def boundary_node_normals(self) -> tuple[np.ndarray, np.ndarray]:
         """Exterior nodes and their area-weighted outward unit normals."""
         return self.boundary_nodes, self._boundary_normals

@@ -178,12 +178,10 @@ def scalp_positions(mesh, target_mm, radius_mm: float, step_mm: float, distance_
     its coil frame's z axis is the inward scalp normal there: nodal normals smoothed over 10 mm,
     as :func:`~stimsim.coils.place_coil` uses, interpolated across the triangle hit.
     """
-    from scipy.spatial import cKDTree
-
     nodes, normals = mesh.boundary_node_normals()
     target = np.asarray(target_mm, float)
     k = int(np.argmin(np.linalg.norm(mesh.nodes[nodes] - target, axis=1)))
-    tree = cKDTree(mesh.nodes[nodes])
+    tree = mesh.boundary_tree
     smooth = _smoothed_normals(tree, mesh.nodes[nodes], normals, 10.0)
     origin, n0 = mesh.nodes[nodes[k]], smooth[k]
     u = np.cross(n0, [0.0, 0.0, 1.0] if abs(n0[2]) < 0.9 else [1.0, 0.0, 0.0])
