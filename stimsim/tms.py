@@ -340,7 +340,7 @@ class TMSModel:
             raise ProtocolError("fast_efield needs the cortical modes: call TMSModel.cortical_modes() first")
         matrix = np.asarray(matrix, float)
         self.coil.check_outside(self.mesh, matrix)
-        return self._modes.efield(matrix)
+        return self._modes.efield(self.coil, matrix, self.didt)
 
     @property
     def modes(self):

@@ -50,37 +50,31 @@ class CorticalModes:
     boundary_mm : (s, 3) float32 scalp node positions where dA/dt is evaluated
     basis : (3 g, r) float32 output modes (E at the GM nodes, node-major x, y, z)
     weights : (r, 3 s) float32 the reduced operator (dA/dt on the scalp, component-major -> mode amplitudes)
-    coil_positions_mm, coil_moments_m2 : the coil's dipoles (coil frame)
-    didt_A_per_s : the dI/dt the fields are scaled to
-    meta : rank, training set, held-out errors, timings, the key of head and coil
+    meta : rank, training set, held-out errors, timings, the key of head, conductivities and coil
+
+    The modes are linear in dA/dt: any coil and dI/dt may be put in (:meth:`efield`), but the modes
+    capture best the fields of the coil they were trained with.
     """
 
     nodes: np.ndarray
     boundary_mm: np.ndarray
     basis: np.ndarray
     weights: np.ndarray
-    coil_positions_mm: np.ndarray
-    coil_moments_m2: np.ndarray
-    didt_A_per_s: float
     meta: dict = field(default_factory=dict)
 
     @property
     def rank(self) -> int:
         return self.basis.shape[1]
 
-    def boundary_dadt(self, matrix) -> np.ndarray:
-        """dA/dt (V/m) at the scalp nodes for a 4x4 coil-to-head matrix (mm), single precision."""
-        from .fem.primary import dipole_dadt
-
-        m = np.asarray(matrix, float)
-        pos = self.coil_positions_mm @ m[:3, :3].T + m[:3, 3]
-        return dipole_dadt(self.boundary_mm, pos, self.coil_moments_m2 @ m[:3, :3].T, self.didt_A_per_s,
-                           precision="single")
-
-    def efield(self, matrix) -> np.ndarray:
-        """E (V/m, (g, 3)) at the GM nodes for the coil at a 4x4 coil-to-head matrix (mm)."""
-        x = np.ascontiguousarray(self.boundary_dadt(matrix).T, np.float32).ravel()
+    def efield_from_boundary(self, dadt_boundary: np.ndarray) -> np.ndarray:
+        """E (V/m, (g, 3)) at the GM nodes from dA/dt (V/m, (s, 3)) at :attr:`boundary_mm`."""
+        x = np.ascontiguousarray(np.asarray(dadt_boundary).T, np.float32).ravel()
         return (self.basis @ (self.weights @ x)).reshape(-1, 3)
+
+    def efield(self, coil, matrix, didt_A_per_s: float) -> np.ndarray:
+        """E (V/m, (g, 3)) at the GM nodes for ``coil`` at a 4x4 coil-to-head matrix (mm)."""
+        return self.efield_from_boundary(coil.dadt(self.boundary_mm, np.asarray(matrix, float), didt_A_per_s,
+                                                   precision="single"))
 
     def save(self, path) -> Path:
         """Write to an ``.npz`` (atomically; marked as stimsim's so a later build may replace it)."""
@@ -91,8 +85,7 @@ class CorticalModes:
         with atomic_file(path, suffix=".npz") as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, nodes=self.nodes, boundary_mm=self.boundary_mm, basis=self.basis, weights=self.weights,
-                         coil_positions_mm=self.coil_positions_mm, coil_moments_m2=self.coil_moments_m2,
-                         didt_A_per_s=np.float64(self.didt_A_per_s), meta=np.array(json.dumps(meta)))
+                         meta=np.array(json.dumps(meta)))
         return path
 
     @classmethod
@@ -102,8 +95,7 @@ class CorticalModes:
                 meta = json.loads(str(z["meta"]))
                 if meta.get("format") != MODES_FORMAT:
                     raise ValueError(f"format {meta.get('format')} (this stimsim reads {MODES_FORMAT})")
-                return cls(z["nodes"], z["boundary_mm"], z["basis"], z["weights"], z["coil_positions_mm"],
-                           z["coil_moments_m2"], float(z["didt_A_per_s"]), meta)
+                return cls(z["nodes"], z["boundary_mm"], z["basis"], z["weights"], meta)
         except (OSError, KeyError, ValueError) as err:
             raise StimsimError(f"{path}: not a readable stimsim cortical-modes file ({err}); delete it to rebuild")
 
@@ -112,7 +104,9 @@ def modes_key(model, tags, params: dict) -> str:
     """Hash of what the modes depend on: mesh, conductivities, coil, dI/dt and the build parameters."""
     h = hashlib.sha256()
     mesh = model.mesh
-    for a in (mesh.nodes, mesh.tets, mesh.tet_tags, model.head.sigma, model.coil.positions_m, model.coil.moments_m2):
+    coil = model.coil
+    arrays = ((coil.positions_m, coil.moments_m2) if hasattr(coil, "positions_m") else (coil.a_field, coil.affine))
+    for a in (mesh.nodes, mesh.tets, mesh.tet_tags, model.head.sigma) + arrays:
         h.update(np.ascontiguousarray(a).tobytes())
     h.update(json.dumps({"didt": model.didt, "tags": sorted(int(t) for t in tags), **params},
                         sort_keys=True).encode())
@@ -287,7 +281,7 @@ class _HeadOperator:
         self.extension.close()
 
 
-def build_cortical_modes(model, *, tags=(2,), n_train: int = 600, max_rank: int = 300, energy_tol: float = 1e-4,
+def build_cortical_modes(model, *, tags=(2,), n_train: int = 600, max_rank: int = 300, energy_tol: float = 1e-5,
                          n_check: int = 20, seed: int = 0, region: str = "upper", batch: int = 16,
                          progress: bool = True) -> CorticalModes:
     """Build the cortical modes of a :class:`~stimsim.tms.TMSModel` (module docstring).
@@ -342,8 +336,7 @@ def build_cortical_modes(model, *, tags=(2,), n_train: int = 600, max_rank: int 
         weights[s:s + batch] = op.adjoint(basis[:, s:s + batch].astype(np.float64))
     timings["adjoint_s"] = time.perf_counter() - t
     modes = CorticalModes(op.nodes, boundary_mm.astype(np.float32), basis, weights,
-                          coil.positions_m * 1e3, coil.moments_m2.copy(), float(model.didt),
-                          {"rank": rank, "n_train": n_train, "energy_left": float(left[rank - 1]),
+                          {"rank": rank, "coil": coil.name, "didt_A_per_s": float(model.didt), "n_train": n_train, "energy_left": float(left[rank - 1]),
                            "tags": sorted(int(x) for x in tags), "region": region, "seed": seed,
                            "gm_nodes": int(len(op.nodes)), "scalp_nodes": int(len(op.boundary))})
     t = time.perf_counter()
@@ -371,7 +364,7 @@ def check_modes(modes: CorticalModes, model, matrices, *, op=None) -> dict:
     for m in matrices:
         ref = full_gm_field(model, m, op, tags=modes.meta.get("tags", (2,)))
         t = time.perf_counter()
-        fast = modes.efield(m)
+        fast = modes.efield(model.coil, m, model.didt)
         ms.append(1e3 * (time.perf_counter() - t))
         errors.append(float(np.linalg.norm(fast - ref) / np.linalg.norm(ref)))
         corr.append(float(np.corrcoef(fast.ravel(), ref.ravel())[0, 1]))

@@ -187,3 +187,20 @@ def test_a_grid_that_misses_part_of_the_head_warns_and_zeroes_the_primary_field(
     beyond = depth > 38.0 + 2 * H  # past the last slice by more than the interpolation reach
     assert beyond.any() and np.all(r.dadt_V_per_m[beyond] == 0)
     assert np.all(np.isfinite(r.E)) and np.abs(r.dadt_V_per_m[depth < 30]).max() > 0
+
+
+def test_coil_search_with_a_grid_coil(sphere3, nifti_coil_file):
+    # an A-field grid has no dipoles: the search scores each placement exactly at every node, and agrees
+    # with the dipole coil it was sampled from
+    from stimsim.planning import search_tms
+    from stimsim.tms import TMSModel
+
+    kw = dict(grid_radius_mm=10, grid_step_mm=10, angles=6, roi_radius_mm=8, tags=[3], progress=False)
+    grid = search_tms(TMSModel(_protocol(nifti_coil_file), mesh=sphere3), [25.0, 10.0, 75.0], **kw)
+    ccd = search_tms(TMSModel(_protocol("Magstim_70mm_Fig8.ccd"), mesh=sphere3), [25.0, 10.0, 75.0], **kw)
+    assert grid.objective_map.shape == ccd.objective_map.shape == (5, 6)
+    np.testing.assert_allclose(grid.objective_map, ccd.objective_map, rtol=1e-2)
+    assert grid.fem_objective_V_per_m == pytest.approx(grid.objective_V_per_m, rel=1e-4)
+    with pytest.raises(ProtocolError, match="A-field grid, not dipoles"):
+        search_tms(TMSModel(_protocol(nifti_coil_file), mesh=sphere3), [25.0, 10.0, 75.0], grid_radius_mm=30,
+                   grid_step_mm=0.5, angles=360, progress=False)

@@ -122,10 +122,12 @@ def optimize_tms_cmd(
     protocol: str = typer.Argument(..., help="TMS protocol file or library id (head, coil, stimulator)"),
     target: Optional[str] = typer.Option(None, "--target", help="'x,y,z' mm in the head's frame"),
     target_mni: Optional[str] = typer.Option(None, "--target-mni", help="'x,y,z' MNI152 mm (head folders, colin27)"),
-    grid_radius: float = typer.Option(30.0, "--grid-radius", help="coil centres within this distance of the "
-                                      "target's scalp point, mm"),
-    grid_step: float = typer.Option(1.0, "--grid-step", help="spacing of the coil centres, mm"),
-    angles: int = typer.Option(360, "--angles", help="handle directions over 360 degrees (360: 1 degree steps)"),
+    grid_radius: Optional[float] = typer.Option(None, "--grid-radius", help="coil centres within this distance of "
+                                                "the target's scalp point, mm [default: 30; A-field grid coils 20]"),
+    grid_step: Optional[float] = typer.Option(None, "--grid-step", help="spacing of the coil centres, mm "
+                                              "[default: 1; A-field grid coils 2]"),
+    angles: Optional[int] = typer.Option(None, "--angles", help="handle directions over 360 degrees "
+                                         "[default: 360, 1 degree steps; A-field grid coils 36]"),
     direction: Optional[str] = typer.Option(
         None, "--direction", help="maximise E along 'normal' (into the head) or 'x,y,z' instead of |E|"),
     radius: float = typer.Option(5.0, "--radius", help="target ROI radius, mm"),
@@ -156,6 +158,16 @@ def optimize_tms_cmd(
     from ..outputs import check_output_file
 
     try:
+        # the defaults fit a dipole coil (~1M placements); a grid coil is scored node by node (~20 ms each)
+        p, base_dir = resolve_protocol_argument(protocol)
+        if p.kind != "tms":
+            raise StimsimError(f"{protocol}: kind is {p.kind!r}; optimize tms needs a TMS protocol")
+        from ..coils import load_coil
+
+        dipoles = hasattr(load_coil(p.coil, base_dir), "positions_m")
+        grid_radius = (30.0 if dipoles else 20.0) if grid_radius is None else grid_radius
+        grid_step = (1.0 if dipoles else 2.0) if grid_step is None else grid_step
+        angles = (360 if dipoles else 36) if angles is None else angles
         check_search_grid(grid_radius, grid_step, angles)
         if not (np.isfinite(radius) and radius > 0):
             raise StimsimError(f"--radius: give a target ROI radius > 0 mm (got {radius})")
@@ -173,9 +185,6 @@ def optimize_tms_cmd(
             check_output_file(path, option=f"--export-{system}")
         if nav_t1 is not None and not nav_t1.is_file():
             raise StimsimError(f"--nav-t1 {nav_t1}: no such file; give the T1 NIfTI the navigator loads")
-        p, base_dir = resolve_protocol_argument(protocol)
-        if p.kind != "tms":
-            raise StimsimError(f"{protocol}: kind is {p.kind!r}; optimize tms needs a TMS protocol")
         model = TMSModel(p, base_dir=base_dir)
         res = search_tms(model, target_point(target, target_mni, p.head, base_dir), grid_radius_mm=grid_radius,
                          grid_step_mm=grid_step, angles=angles, roi_radius_mm=radius, field_step_mm=field_step,

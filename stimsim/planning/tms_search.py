@@ -319,6 +319,11 @@ def rotated_frame(frame: np.ndarray, angle_rad: float) -> np.ndarray:
     return out
 
 
+#: a coil given as an A-field grid has no dipoles for the effective field: each placement is scored at
+#: every node (~20 ms on Colin27), so a search is capped at this many placements
+MAX_GRID_COIL_PLACEMENTS = 20_000
+
+
 @dataclass(frozen=True)
 class CoilSearchResult:
     """The best coil placement of a search, and the search itself.
@@ -375,6 +380,8 @@ def search_tms(model, target_mm, *, grid_radius_mm: float = 30.0, grid_step_mm: 
     error ~2e-5 of the objective on the sphere and on Colin27; measured: docs/tms_search.md).
     The ``refine`` best placements by the interpolated objective are scored exactly, and the best
     of them is solved in full once (``fem_objective_V_per_m``, ``roi_mean_magnE_V_per_m``).
+    A coil given as an A-field grid (no dipoles) is scored exactly at every node instead, placement
+    by placement, up to :data:`MAX_GRID_COIL_PLACEMENTS`.
     """
     from .optimize import roi_elements, target_direction
 
@@ -394,31 +401,50 @@ def search_tms(model, target_mm, *, grid_radius_mm: float = 30.0, grid_step_mm: 
     timings["adjoint_s"] = time.perf_counter() - t
     t = time.perf_counter()
     positions = scalp_positions(mesh, target_mm, grid_radius_mm, grid_step_mm, distance_mm)
-    coil_mm = model.coil.positions_m * 1e3
-    grid = effective_field_grid(q, mesh.nodes, positions.frames, coil_mm, field_step_mm)
-    timings["field_grid_s"] = time.perf_counter() - t
-    t = time.perf_counter()
     thetas = np.arange(angles) * (2 * np.pi / angles)
     frames = positions.frames
-    chunk = max(1, 20000 // angles)
+    dipoles = hasattr(model.coil, "positions_m")  # an A-field grid coil (.nii) has none
+
+    def exact(matrix):  # the objective by reciprocity, exact: H at the dipoles, or q . dA/dt at the nodes
+        if dipoles:
+            pos, mom = model.coil.transformed(matrix)
+            mean_e = exact_mean_e(effective_field(q, mesh.nodes, pos), mom, model.didt)
+        else:
+            mean_e = np.einsum("cnk,nk->c", q, model.coil.dadt(mesh.nodes, matrix, model.didt, precision="single"))
+        return float(np.linalg.norm(mean_e) if d_target is None else mean_e @ d_target)
+
+    n_placements = len(frames) * angles
+    if not dipoles and n_placements > MAX_GRID_COIL_PLACEMENTS:
+        raise ProtocolError(
+            f"coil {model.coil.name!r} is an A-field grid, not dipoles: each placement costs a field evaluation "
+            f"at every node, and {n_placements:,} placements were asked for (limit {MAX_GRID_COIL_PLACEMENTS:,}); "
+            "use a larger grid step, a smaller radius or fewer angles (e.g. --grid-step 2 --grid-radius 20 "
+            "--angles 36), or a dipole (.ccd) model of the coil")
+    grid = None
+    if dipoles:
+        grid = effective_field_grid(q, mesh.nodes, frames, model.coil.positions_m * 1e3, field_step_mm)
+    timings["field_grid_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    chunk = max(1, 20000 // angles) if dipoles else 1
     parts = range(0, len(frames), chunk)
     if progress:
         from rich.progress import track
 
-        parts = track(parts, description=f"TMS search ({len(frames) * angles:,} placements)", transient=True)
-    scores = np.concatenate([score_placements(grid, frames[s:s + chunk], thetas, model.coil, model.didt, d_target)
-                             for s in parts])
+        parts = track(parts, description=f"TMS search ({n_placements:,} placements)", transient=True)
+    if dipoles:
+        scores = np.concatenate([score_placements(grid, frames[s:s + chunk], thetas, model.coil, model.didt,
+                                                  d_target) for s in parts])
+    else:
+        scores = np.array([[exact(rotated_frame(frames[s], th)) for th in thetas] for s in parts], np.float32)
     timings["score_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    # the best by interpolation, re-scored exactly: H summed directly at their dipoles
-    flat = np.argsort(scores, axis=None)[::-1][:max(1, refine)]
+    # the best by interpolation, re-scored exactly (for a grid coil the scores are exact already)
+    flat = np.argsort(scores, axis=None)[::-1][:max(1, refine) if dipoles else 1]
     best = None
     for f in flat:
         p, a = np.unravel_index(f, scores.shape)
         matrix = rotated_frame(frames[p], thetas[a])
-        pos, mom = model.coil.transformed(matrix)
-        mean_e = exact_mean_e(effective_field(q, mesh.nodes, pos), mom, model.didt)
-        value = float(np.linalg.norm(mean_e) if d_target is None else mean_e @ d_target)
+        value = exact(matrix)
         if best is None or value > best[0]:
             best = (value, p, a, matrix)
     value, p, a, matrix = best
@@ -433,22 +459,23 @@ def search_tms(model, target_mm, *, grid_radius_mm: float = 30.0, grid_step_mm: 
     timings["full_solve_s"] = time.perf_counter() - t
     objective = "|mean E|" if d_target is None else f"mean E . {np.round(d_target, 4).tolist()}"
     return CoilSearchResult(matrix, positions.scalp_mm[p], matrix[:3, 1].copy(), value, roi_mean, objective,
-                            fem_value, positions, thetas, scores, len(idx), timings, grid.n_points,
+                            fem_value, positions, thetas, scores, len(idx), timings, 0 if grid is None else grid.n_points,
                             float(scores[p, a]))
 
 
 def plot_hotspot(result: CoilSearchResult, path, *, title: str | None = None) -> None:
     """The "hot spot" map: the best objective over handle directions at each coil centre, in the
     scalp's tangent plane at the target, with the best placement's handle drawn; a PNG at ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a Figure of its own (no pyplot): the caller's matplotlib backend and figures are left alone
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from matplotlib.tri import Triangulation
 
     pos = result.positions
     best_per_centre = result.objective_map.max(axis=1)
-    fig, ax = plt.subplots(figsize=(6.4, 5.4), dpi=120)
+    fig = Figure(figsize=(6.4, 5.4), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     uv = pos.plane_mm
     if len(uv) >= 3 and np.linalg.matrix_rank(uv - uv.mean(axis=0)) == 2:
         art = ax.tripcolor(Triangulation(uv[:, 0], uv[:, 1]), best_per_centre, shading="gouraud", cmap="viridis")
@@ -462,7 +489,7 @@ def plot_hotspot(result: CoilSearchResult, path, *, title: str | None = None) ->
     ax.annotate("", xy=b + scale * h / max(np.linalg.norm(h), 1e-9), xytext=b,
                 arrowprops=dict(arrowstyle="->", color="red", lw=2))
     ax.plot(*b, "o", color="red", label=f"best: {result.objective_V_per_m:.3g} V/m (handle: arrow)")
-    ax.plot(0, 0, "+", color="white", ms=14, mew=2, label="above the target")
+    ax.plot(0, 0, "P", color="white", mec="black", ms=11, label="above the target")
     ax.set_xlabel("u (mm, tangent plane at the target)")
     ax.set_ylabel("v (mm)")
     ax.set_aspect("equal")
@@ -472,8 +499,5 @@ def plot_hotspot(result: CoilSearchResult, path, *, title: str | None = None) ->
     from .. import __version__
     from ..outputs import atomic_file
 
-    try:  # marked as stimsim's (PNG Software text), so a later run may replace it
-        with atomic_file(path, suffix=".png") as tmp:
-            fig.savefig(tmp, format="png", metadata={"Software": f"stimsim {__version__}"})
-    finally:
-        plt.close(fig)
+    with atomic_file(path, suffix=".png") as tmp:  # marked as stimsim's (PNG Software text): a rerun may replace it
+        fig.savefig(tmp, format="png", metadata={"Software": f"stimsim {__version__}"})
