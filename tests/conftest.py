@@ -27,6 +27,21 @@ def sphere3_mesh():
 
 
 @pytest.fixture(scope="session")
+def sphere_tms_model(sphere3_mesh):
+    """A TMSModel on sphere3 (brain 1 S/m, skull 0.01, scalp 1) with the Magstim figure-8 at 80 A/us,
+    solved by a direct factorisation, so reciprocity identities hold to rounding.  Shared: do not
+    change it (building cortical modes on it is fine)."""
+    from stimsim.protocol import validate_protocol
+    from stimsim.tms import TMSModel
+
+    p = validate_protocol({"kind": "tms", "head": "sphere", "conductivities": {3: 1.0, 4: 0.01, 5: 1.0},
+                           "coil": {"file": "Magstim_70mm_Fig8.ccd"},
+                           "placement": {"center": [0, 0, 95], "direction": [0, 1, 0]},
+                           "stimulator": {"didt_A_per_us": 80.0}})
+    return TMSModel(p, mesh=sphere3_mesh, backend="splu")
+
+
+@pytest.fixture(scope="session")
 def magstim_ccd(tmp_path_factory) -> Path:
     """The Magstim 70 mm figure-8 .ccd shipped in the package (gzipped there), as a plain file."""
     import gzip

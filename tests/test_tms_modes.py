@@ -5,20 +5,11 @@ import pytest
 
 from stimsim import tms_modes
 from stimsim.errors import ProtocolError
-from stimsim.protocol import validate_protocol
-
-COND = {3: 1.0, 4: 0.01, 5: 1.0}
 
 
 @pytest.fixture(scope="module")
-def model(sphere3_mesh):
-    from stimsim.tms import TMSModel
-
-    p = validate_protocol({"kind": "tms", "head": "sphere", "conductivities": COND,
-                           "coil": {"file": "Magstim_70mm_Fig8.ccd"},
-                           "placement": {"center": [0, 0, 95], "direction": [0, 1, 0]},
-                           "stimulator": {"didt_A_per_us": 50.0}})
-    return TMSModel(p, mesh=sphere3_mesh, backend="splu")
+def model(sphere_tms_model):
+    return sphere_tms_model
 
 
 @pytest.fixture(scope="module")

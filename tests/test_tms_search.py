@@ -8,22 +8,13 @@ from stimsim.planning import plot_hotspot, search_tms
 from stimsim.planning.optimize import roi_elements
 from stimsim.planning.tms_search import (effective_field, effective_field_grid, exact_mean_e, rotated_frame,
                                          scalp_positions, score_placements)
-from stimsim.protocol import validate_protocol
 
-COND = {3: 1.0, 4: 0.01, 5: 1.0}
 TARGET = np.array([25.0, 10.0, 75.0])
 
 
 @pytest.fixture(scope="module")
-def model(sphere3_mesh):
-    from stimsim.tms import TMSModel
-
-    p = validate_protocol({"kind": "tms", "head": "sphere", "conductivities": COND,
-                           "coil": {"file": "Magstim_70mm_Fig8.ccd"},
-                           "placement": {"center": [0, 0, 95], "direction": [0, 1, 0]},
-                           "stimulator": {"didt_A_per_us": 80.0}})
-    # a direct factorisation: the adjoint and forward solves are exact, so the identity is checked to 1e-6
-    return TMSModel(p, mesh=sphere3_mesh, backend="splu")
+def model(sphere_tms_model):
+    return sphere_tms_model
 
 
 @pytest.fixture(scope="module")
