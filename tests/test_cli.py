@@ -211,7 +211,9 @@ def test_optimize_tms_cli_direction_and_output(tmp_path):
     np.testing.assert_allclose(best.placement.matrix, report["matrix"], atol=1e-6)
     import yaml
 
-    assert set(yaml.safe_load(out.read_text())["placement"]) == {"matrix"}  # no leftover centre/distance
+    written = yaml.safe_load(out.read_text())
+    assert set(written["placement"]) == {"matrix"}  # no leftover centre/distance
+    assert written["coil"] == {"file": "Magstim_70mm_Fig8.ccd"}  # no parametric winding fields beside a file
     bad = runner.invoke(app, ["optimize", "tms", str(proto), "--target", "20,10,75", "--direction", "1,2"])
     assert bad.exit_code == 2 and "--direction" in bad.output
     # the default output is a table that names the ROI radius given

@@ -134,3 +134,21 @@ def test_check_option_lists_the_allowed_values_and_suggests_the_nearest():
     with pytest.raises(StimsimError) as info:
         check_option("kind", "x" * 10_000, ("tdcs", "tms"), error=StimsimError)
     assert "did you mean" not in str(info.value) and len(str(info.value)) < 400
+
+
+def test_coil_file_protocols_carry_no_parametric_winding_fields():
+    from stimsim.protocol import protocol_to_dict
+
+    base = {"kind": "tms", "head": "sphere", "placement": {"center": [0, 0, 95], "direction": [0, 1, 0]},
+            "stimulator": {"didt_A_per_us": 1.0}}
+    # a file coil is written back as just its file; older stimsim wrote the parametric defaults beside it
+    for coil in ({"file": "Magstim_70mm_Fig8.ccd"},
+                 {"file": "Magstim_70mm_Fig8.ccd", "outer_diameter_mm": 70.0, "turns": 9, "winding_depth_mm": 5.0}):
+        assert protocol_to_dict(validate_protocol(dict(base, coil=coil)))["coil"] == {"file": "Magstim_70mm_Fig8.ccd"}
+    # a parametric coil keeps its defaults written out
+    d = protocol_to_dict(validate_protocol(dict(base, coil={"type": "circular", "turns": 5})))["coil"]
+    assert d == {"type": "circular", "outer_diameter_mm": 70.0, "turns": 5, "winding_depth_mm": 5.0}
+    # a winding value that would be ignored is refused, naming the field
+    for key, value in (("turns", 12), ("inner_diameter_mm", 30.0), ("winding_depth_mm", 2.0)):
+        with pytest.raises(ProtocolError, match=f"coil.{key} describes a parametric coil"):
+            validate_protocol(dict(base, coil={"file": "Magstim_70mm_Fig8.ccd", key: value}))

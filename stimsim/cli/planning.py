@@ -158,17 +158,9 @@ def optimize_tms_cmd(
     from ..outputs import check_output_file
 
     try:
-        # the defaults fit a dipole coil (~1M placements); a grid coil is scored node by node (~20 ms each)
-        p, base_dir = resolve_protocol_argument(protocol)
-        if p.kind != "tms":
-            raise StimsimError(f"{protocol}: kind is {p.kind!r}; optimize tms needs a TMS protocol")
-        from ..coils import load_coil
-
-        dipoles = hasattr(load_coil(p.coil, base_dir), "positions_m")
-        grid_radius = (30.0 if dipoles else 20.0) if grid_radius is None else grid_radius
-        grid_step = (1.0 if dipoles else 2.0) if grid_step is None else grid_step
-        angles = (360 if dipoles else 36) if angles is None else angles
-        check_search_grid(grid_radius, grid_step, angles)
+        # arguments first, before any file is read (the defaults of a dipole coil stand in for those not given)
+        check_search_grid(30.0 if grid_radius is None else grid_radius, 1.0 if grid_step is None else grid_step,
+                          360 if angles is None else angles)
         if not (np.isfinite(radius) and radius > 0):
             raise StimsimError(f"--radius: give a target ROI radius > 0 mm (got {radius})")
         if not (np.isfinite(field_step) and 0.25 <= field_step <= 10):
@@ -185,6 +177,17 @@ def optimize_tms_cmd(
             check_output_file(path, option=f"--export-{system}")
         if nav_t1 is not None and not nav_t1.is_file():
             raise StimsimError(f"--nav-t1 {nav_t1}: no such file; give the T1 NIfTI the navigator loads")
+        # the defaults fit a dipole coil (~1M placements); a grid coil is scored node by node (~20 ms each)
+        p, base_dir = resolve_protocol_argument(protocol)
+        if p.kind != "tms":
+            raise StimsimError(f"{protocol}: kind is {p.kind!r}; optimize tms needs a TMS protocol")
+        from ..coils import load_coil
+
+        dipoles = hasattr(load_coil(p.coil, base_dir), "positions_m")
+        grid_radius = (30.0 if dipoles else 20.0) if grid_radius is None else grid_radius
+        grid_step = (1.0 if dipoles else 2.0) if grid_step is None else grid_step
+        angles = (360 if dipoles else 36) if angles is None else angles
+        check_search_grid(grid_radius, grid_step, angles)
         model = TMSModel(p, base_dir=base_dir)
         res = search_tms(model, target_point(target, target_mni, p.head, base_dir), grid_radius_mm=grid_radius,
                          grid_step_mm=grid_step, angles=angles, roi_radius_mm=radius, field_step_mm=field_step,

@@ -442,6 +442,10 @@ class TIProtocol(_Model):
                 for i, a in enumerate(ch) for b in ch[i + 1:]}
 
 
+#: a parametric coil's winding geometry when the protocol gives none (inner diameter: 40 % of the outer)
+PARAMETRIC_COIL_DEFAULTS = {"outer_diameter_mm": 70.0, "inner_diameter_mm": None, "turns": 9, "winding_depth_mm": 5.0}
+
+
 class CoilSpec(_Model):
     """A coil: a dipole file (.ccd, path or name of a shipped coil), a SimNIBS A-field NIfTI
     (.nii/.nii.gz, read-only) or a parametric winding model."""
@@ -449,14 +453,37 @@ class CoilSpec(_Model):
     file: PathText | None = Field(None, description="path to a .ccd dipole file or a .nii/.nii.gz A-field "
                                                "file, or a shipped coil name (e.g. Magstim_70mm_Fig8.ccd)")
     type: Literal["circular", "figure8"] | None = Field(None, description="parametric coil instead of a file")
-    outer_diameter_mm: Length = 70.0
+    # the winding geometry of a parametric coil (defaults filled in with `type`; a file brings its own)
+    outer_diameter_mm: Length | None = None
     inner_diameter_mm: Length | None = None
     # the parametric model puts a ring of dipoles per turn; TMS coils have 5-30 turns per wing
     turns: _bounded(1, 1000, "", "TMS coils have 5-30 turns per wing, small animal coils at most a few "
-                             "hundred", kind=int) = 9
-    winding_depth_mm: LengthOrZero = Field(5.0, description="winding plane above the coil's bottom face")
+                             "hundred", kind=int) | None = None
+    winding_depth_mm: LengthOrZero | None = Field(None, description="winding plane above the coil's bottom face")
     didt_max_A_per_us: _bounded(0, MAX_DIDT_A_PER_US, "A/µs", _WHY_DIDT, lo_open=True) | None = Field(
         None, description="dI/dt at 100 % MSO, A/µs (overrides the file)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _winding_geometry(cls, data):
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("file") is not None and data.get("type") is None:
+            for key, default in PARAMETRIC_COIL_DEFAULTS.items():
+                if key not in data or data[key] is None:
+                    continue
+                # protocols written by stimsim before 0.2 carried the parametric defaults beside a file
+                if key != "inner_diameter_mm" and data[key] == default:
+                    del data[key]
+                else:
+                    raise ValueError(f"coil.{key} describes a parametric coil (coil.type); a coil file brings "
+                                     f"its own geometry: remove {key}, or give type instead of file")
+        elif data.get("type") is not None:
+            for key, default in PARAMETRIC_COIL_DEFAULTS.items():
+                if data.get(key) is None and default is not None:
+                    data[key] = default
+        return data
 
     @model_validator(mode="after")
     def _one_source(self):
