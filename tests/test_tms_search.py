@@ -114,3 +114,27 @@ def test_positions_follow_the_scalp(model):
 def test_bad_search_arguments(model, kwargs, needle):
     with pytest.raises(ProtocolError, match=needle):
         search_tms(model, TARGET, progress=False, **kwargs)
+
+
+def test_placements_inside_the_head_are_skipped(model, monkeypatch):
+    from stimsim.coils.model import DipoleCoil
+
+    real = DipoleCoil.check_outside
+    best = search_tms(model, TARGET, grid_radius_mm=10, grid_step_mm=5, angles=12, roi_radius_mm=8, tags=[3],
+                      progress=False)
+    # pretend the best placement cuts into the head: the next best is reported instead
+    def refuse_best(self, mesh, matrix):
+        if np.allclose(matrix, best.matrix):
+            raise ProtocolError("inside")
+        return real(self, mesh, matrix)
+
+    monkeypatch.setattr(DipoleCoil, "check_outside", refuse_best)
+    second = search_tms(model, TARGET, grid_radius_mm=10, grid_step_mm=5, angles=12, roi_radius_mm=8, tags=[3],
+                        progress=False)
+    assert second.rejected_inside == 1 and not np.allclose(second.matrix, best.matrix)
+    assert second.objective_V_per_m <= best.objective_V_per_m
+    monkeypatch.setattr(DipoleCoil, "check_outside", lambda self, mesh, matrix: (_ for _ in ()).throw(
+        ProtocolError("inside")))
+    with pytest.raises(ProtocolError, match="inside the head"):
+        search_tms(model, TARGET, grid_radius_mm=10, grid_step_mm=5, angles=12, roi_radius_mm=8, tags=[3],
+                   progress=False)

@@ -348,6 +348,7 @@ class CoilSearchResult:
     timings_s: dict = field(default_factory=dict)
     grid_points: int = 0
     best_interpolated_V_per_m: float = float("nan")
+    rejected_inside: int = 0  # placements among the best that put the coil's windings inside the head
 
     @property
     def evaluated(self) -> int:
@@ -363,7 +364,7 @@ class CoilSearchResult:
                 "matrix": np.round(self.matrix, 6).tolist(), "evaluated": self.evaluated,
                 "positions": 0 if self.positions is None else len(self.positions.frames),
                 "angles": 0 if self.angles_rad is None else len(self.angles_rad),
-                "field_grid_points": self.grid_points,
+                "field_grid_points": self.grid_points, "rejected_inside": self.rejected_inside,
                 "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()}}
 
 
@@ -439,18 +440,25 @@ def search_tms(model, target_mm, *, grid_radius_mm: float = 30.0, grid_step_mm: 
     timings["score_s"] = time.perf_counter() - t
     t = time.perf_counter()
     # the best by interpolation, re-scored exactly (for a grid coil the scores are exact already)
-    flat = np.argsort(scores, axis=None)[::-1][:max(1, refine) if dipoles else 1]
-    best = None
+    flat = np.argsort(scores, axis=None)[::-1][:max(1, refine)]
+    best, inside = None, 0
     for f in flat:
         p, a = np.unravel_index(f, scores.shape)
         matrix = rotated_frame(frames[p], thetas[a])
+        try:  # a coil that would cut into the head (a concave scalp, a curved coil) is no candidate
+            model.coil.check_outside(mesh, matrix)
+        except ProtocolError:
+            inside += 1
+            continue
         value = exact(matrix)
         if best is None or value > best[0]:
             best = (value, p, a, matrix)
+    if best is None:
+        raise ProtocolError(f"every one of the {len(flat)} best placements puts the coil's windings inside the head; "
+                            "increase the scalp distance or search elsewhere")
     value, p, a, matrix = best
     timings["refine_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    model.coil.check_outside(mesh, matrix)
     e = model.efield(matrix, elements=idx)
     w = mesh.volumes_mm3[idx]
     fem_mean = np.average(e, axis=0, weights=w)
@@ -460,7 +468,7 @@ def search_tms(model, target_mm, *, grid_radius_mm: float = 30.0, grid_step_mm: 
     objective = "|mean E|" if d_target is None else f"mean E . {np.round(d_target, 4).tolist()}"
     return CoilSearchResult(matrix, positions.scalp_mm[p], matrix[:3, 1].copy(), value, roi_mean, objective,
                             fem_value, positions, thetas, scores, len(idx), timings, 0 if grid is None else grid.n_points,
-                            float(scores[p, a]))
+                            float(scores[p, a]), inside)
 
 
 def plot_hotspot(result: CoilSearchResult, path, *, title: str | None = None) -> None:
