@@ -38,6 +38,8 @@ from .errors import ProtocolError, StimsimError
 
 #: the file format's version: a cache file of another version is rebuilt
 MODES_FORMAT = 1
+#: the build's version: part of the cache key, raised whenever what a build computes changes
+MODES_ALGORITHM = 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,14 +103,18 @@ class CorticalModes:
 
 
 def modes_key(model, tags, params: dict) -> str:
-    """Hash of what the modes depend on: mesh, conductivities, coil, dI/dt and the build parameters."""
+    """Hash of what the modes depend on: mesh, conductivities, coil, the build's options (defaults
+    resolved) and version.  Not the dI/dt: the modes are orthonormal and the reduced operator is linear,
+    so the dI/dt only scales the field at use."""
+    options = dict(_BUILD_DEFAULTS)
+    options.update({k: v for k, v in params.items() if k != "progress"})
     h = hashlib.sha256()
     mesh = model.mesh
     coil = model.coil
     arrays = ((coil.positions_m, coil.moments_m2) if hasattr(coil, "positions_m") else (coil.a_field, coil.affine))
     for a in (mesh.nodes, mesh.tets, mesh.tet_tags, model.head.sigma) + arrays:
         h.update(np.ascontiguousarray(a).tobytes())
-    h.update(json.dumps({"didt": model.didt, "tags": sorted(int(t) for t in tags), **params},
+    h.update(json.dumps({"algorithm": MODES_ALGORITHM, "tags": sorted(int(t) for t in tags), **options},
                         sort_keys=True).encode())
     return h.hexdigest()
 
@@ -123,15 +129,18 @@ def cortical_modes(model, *, tags=(2,), cache_dir=None, **build_options) -> Cort
     """The cortical modes of a :class:`~stimsim.tms.TMSModel`'s head and coil: read from the cache when
     built before with the same head, conductivities, coil, dI/dt and options, else built and stored
     (``cache_dir=False``: no cache).  Options: :func:`build_cortical_modes`."""
-    params = {k: build_options[k] for k in sorted(build_options) if k != "progress"}
-    key = modes_key(model, tags, params)
+    key = modes_key(model, tags, build_options)
     path = None
     if cache_dir is not False:
         folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         path = folder / f"{key[:32]}.npz"
         if path.is_file():
-            modes = CorticalModes.load(path)
-            if modes.meta.get("key") == key:
+            try:
+                modes = CorticalModes.load(path)
+            except StimsimError as err:  # an older format or a damaged file: built again and replaced
+                logger.warning("%s; building the cortical modes again", err)
+                modes = None
+            if modes is not None and modes.meta.get("key") == key:
                 logger.info("cortical modes read from %s (rank %d)", path, modes.rank)
                 return modes
     modes = build_cortical_modes(model, tags=tags, **build_options)
@@ -159,8 +168,10 @@ def gm_node_average(mesh, elements: np.ndarray) -> tuple[np.ndarray, sp.csr_matr
 
 def training_centres(mesh, n: int, rng, *, region: str = "upper") -> np.ndarray:
     """``n`` scalp nodes drawn uniformly by area from the region coils reach (``"upper"``: at or above
-    the middle of the scalp's height along the head frame's z axis; ``"all"``: anywhere)."""
-    nodes, _ = mesh.boundary_node_normals()
+    the middle of the scalp's height along the head frame's z axis, which points up in scanner (RAS)
+    and MNI frames; ``"all"``: anywhere on the outer surface)."""
+    faces = mesh.outer_boundary_faces  # the scalp, not the walls of an internal cavity
+    nodes = np.unique(faces)
     p = mesh.nodes[nodes]
     if region == "upper":
         keep = p[:, 2] >= 0.5 * (p[:, 2].min() + p[:, 2].max())
@@ -168,7 +179,6 @@ def training_centres(mesh, n: int, rng, *, region: str = "upper") -> np.ndarray:
         keep = np.ones(len(p), bool)
     else:
         raise ProtocolError(f"region: {region!r} is not 'upper' or 'all'")
-    faces = mesh.boundary_faces
     area = np.linalg.norm(np.cross(*(mesh.nodes[faces[:, 1:]] - mesh.nodes[faces[:, :1]]).transpose(1, 0, 2)), axis=1)
     w = np.zeros(mesh.n_nodes)
     np.add.at(w, faces.ravel(), np.repeat(area, 3))
@@ -347,6 +357,17 @@ def build_cortical_modes(model, *, tags=(2,), n_train: int = 600, max_rank: int 
     op.close()
     modes.meta["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     return modes
+
+
+def _build_defaults() -> dict:
+    import inspect
+
+    return {k: v.default for k, v in inspect.signature(build_cortical_modes).parameters.items()
+            if v.default is not inspect.Parameter.empty and k not in ("tags", "progress")}
+
+
+#: the build's default options, part of every cache key (so a changed default is a new key)
+_BUILD_DEFAULTS = _build_defaults()
 
 
 def full_gm_field(model, matrix, op: _HeadOperator | None = None, *, tags=(2,)) -> np.ndarray:

@@ -252,3 +252,35 @@ def test_localite_marker_protocol_gives_the_matrix_field(tmp_path, sphere3_mesh)
     with pytest.raises(ProtocolError, match="placement.marker: marker 2 does not exist"):
         simulate(validate_protocol({**base, "placement": {"localite": "session.xml", "marker": 2}}),
                  base_dir=tmp_path, mesh=sphere3_mesh)
+
+
+def test_optimize_tms_from_a_navigator_protocol_writes_a_matrix_placement(tmp_path):
+    # the search keeps the protocol's scalp distance; the protocol it writes holds the matrix alone
+    # (no navigator file, marker or distance beside it) and loads again
+    import yaml
+    from typer.testing import CliRunner
+
+    from stimsim.cli import app
+    from stimsim.protocol import load_protocol
+
+    top = np.diag([1.0, -1.0, -1.0, 1.0])  # above the vertex, z into the head
+    top[:3, 3] = (0, 0, 99)
+    write_placements(tmp_path / "nav.xml", [("m0", top)], "localite")
+    p = {"kind": "tms", "head": "sphere", "coil": {"file": "Magstim_70mm_Fig8.ccd"},
+         "placement": {"localite": "nav.xml", "marker": 0}, "stimulator": {"didt_A_per_us": 1.0}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(p))
+    out = tmp_path / "best.yaml"
+    res = CliRunner().invoke(app, ["-q", "optimize", "tms", str(tmp_path / "p.yaml"), "--target", "25,10,75",
+                                   "--grid-radius", "10", "--grid-step", "5", "--angles", "12", "--distance", "10",
+                                   "--out", str(out), "--export-localite", str(tmp_path / "best.xml")])
+    assert res.exit_code == 0, res.output
+    written = yaml.safe_load(out.read_text())
+    assert set(written["placement"]) == {"matrix"}
+    best = load_protocol(out)
+    centre = np.asarray(best.placement.matrix)[:3, 3]
+    assert np.linalg.norm(centre) == pytest.approx(95.0 + 10.0, abs=0.6)  # 10 mm above the 95 mm scalp
+    np.testing.assert_allclose(navigator_matrix(tmp_path / "best.xml"), best.placement.matrix, atol=1e-12)
+    # one file may not serve two outputs
+    again = CliRunner().invoke(app, ["-q", "optimize", "tms", str(tmp_path / "p.yaml"), "--target", "25,10,75",
+                                     "--out", str(tmp_path / "x.yaml"), "--map", str(tmp_path / "x.yaml")])
+    assert again.exit_code == 2 and "own file name" in again.output

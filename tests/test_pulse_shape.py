@@ -157,3 +157,15 @@ def test_missing_waveform_file_and_bad_combinations(tmp_path):
                        ({"waveform_file": "a.tsv", "waveform": "monophasic"}, "drop waveform")]:
         with pytest.raises(ProtocolError, match=needle):
             validate_protocol(_base(stimulator=st))
+
+
+def test_a_measured_pulse_protocol_survives_saving(tmp_path):
+    # a saved protocol writes every default back out (waveform: biphasic, damping 0): it must load again
+    from stimsim.protocol import load_protocol, protocol_to_dict, save_protocol
+
+    t, d = _sine(1.0)
+    _write_tsv(tmp_path / "pulse.tsv", t, d)
+    p = validate_protocol(_base(stimulator={"waveform_file": "pulse.tsv", "percent_mso": 50}))
+    assert protocol_to_dict(validate_protocol(protocol_to_dict(p))) == protocol_to_dict(p)
+    save_protocol(p, tmp_path / "p.yaml")
+    assert protocol_to_dict(load_protocol(tmp_path / "p.yaml")) == protocol_to_dict(p)

@@ -76,6 +76,11 @@ def test_fast_field_on_held_out_placements_and_the_cache(model, tmp_path, monkey
     # other options are another key: a rebuild
     with pytest.raises(AssertionError, match="rebuilt"):
         model.cortical_modes(tags=(3,), cache_dir=tmp_path, n_train=301, max_rank=200, n_check=0)
+    # a damaged or older cache file is built again (here: the refusal to build shows it was not read)
+    (cached,) = tmp_path.iterdir()
+    cached.write_bytes(b"damaged")
+    with pytest.raises(AssertionError, match="rebuilt"):
+        model.cortical_modes(tags=(3,), cache_dir=tmp_path, n_train=300, max_rank=200, n_check=0)
     model._modes = modes
 
 

@@ -138,3 +138,28 @@ def test_placements_inside_the_head_are_skipped(model, monkeypatch):
     with pytest.raises(ProtocolError, match="inside the head"):
         search_tms(model, TARGET, grid_radius_mm=10, grid_step_mm=5, angles=12, roi_radius_mm=8, tags=[3],
                    progress=False)
+
+
+def test_positions_ignore_an_internal_cavity_and_cover_wide_searches(model):
+    # a cavity's walls are exterior faces too (SimNIBS-style meshes may leave air unmeshed): the coil
+    # must still go on the scalp; and every centre of a wide search lands on its own scalp point
+    from stimsim.head_model import HeadModel
+    from stimsim.mesh.model import Mesh
+    from stimsim.tms import TMSModel
+
+    m = model.mesh
+    keep = np.linalg.norm(m.centroids - [25, 10, 62], axis=1) > 9
+    used = np.unique(m.tets[keep])
+    renumber = np.full(m.n_nodes, -1)
+    renumber[used] = np.arange(len(used))
+    cavity = Mesh(m.nodes[used], renumber[m.tets[keep]], m.tet_tags[keep])
+    assert len(cavity.outer_boundary_faces) < len(cavity.boundary_faces)
+    hollow = TMSModel(model.protocol, head=HeadModel.from_mesh(cavity, model.protocol.conductivities),
+                      backend="splu")
+    res = search_tms(hollow, TARGET, grid_radius_mm=10, grid_step_mm=5, angles=12, roi_radius_mm=8, tags=[3],
+                     progress=False)
+    assert np.linalg.norm(res.center_mm) > 93.0  # on the 95 mm scalp, not the cavity wall (~74 mm)
+    assert res.fem_objective_V_per_m == pytest.approx(res.objective_V_per_m, rel=1e-6)
+    wide = scalp_positions(m, TARGET, 90.0, 5.0, 4.0)
+    assert len(np.unique(np.round(wide.scalp_mm, 6), axis=0)) == len(wide.scalp_mm)
+    assert np.all(np.linalg.norm(wide.scalp_mm, axis=1) > 93.0)

@@ -132,6 +132,8 @@ def optimize_tms_cmd(
         None, "--direction", help="maximise E along 'normal' (into the head) or 'x,y,z' instead of |E|"),
     radius: float = typer.Option(5.0, "--radius", help="target ROI radius, mm"),
     field_step: float = typer.Option(2.0, "--field-step", help="spacing of the effective-field grid, mm"),
+    distance: Optional[float] = typer.Option(None, "--distance", help="scalp-to-coil distance, mm [default: the "
+                                             "protocol's placement.distance_mm, else 4]"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the best placement as a protocol YAML"),
     hotspot: Optional[Path] = typer.Option(None, "--map", help="hot-spot map PNG (default with --out: "
                                            "<out>_hotspot.png beside it)"),
@@ -163,8 +165,10 @@ def optimize_tms_cmd(
                           360 if angles is None else angles)
         if not (np.isfinite(radius) and radius > 0):
             raise StimsimError(f"--radius: give a target ROI radius > 0 mm (got {radius})")
-        if not (np.isfinite(field_step) and 0.25 <= field_step <= 10):
-            raise StimsimError(f"--field-step: give a spacing between 0.25 and 10 mm (got {field_step})")
+        if not (np.isfinite(field_step) and 0.5 <= field_step <= 10):
+            raise StimsimError(f"--field-step: give a spacing between 0.5 and 10 mm (got {field_step})")
+        if distance is not None and not (np.isfinite(distance) and 0 <= distance <= 50):
+            raise StimsimError(f"--distance: give a scalp-to-coil distance between 0 and 50 mm (got {distance})")
         if out is not None:
             check_output_file(out)
             if hotspot is None:
@@ -175,8 +179,14 @@ def optimize_tms_cmd(
                                                        ("ant", export_ant)) if path is not None]
         for system, path in exports:
             check_output_file(path, option=f"--export-{system}")
-        if nav_t1 is not None and not nav_t1.is_file():
-            raise StimsimError(f"--nav-t1 {nav_t1}: no such file; give the T1 NIfTI the navigator loads")
+        outputs = [x.resolve() for x in [out, hotspot] + [path for _, path in exports] if x is not None]
+        if len(set(outputs)) < len(outputs):
+            raise StimsimError("--out, --map and --export-*: give each output its own file name")
+        nav_img = None
+        if nav_t1 is not None:
+            from ..coils.neuronav import load_t1
+
+            nav_img = load_t1(nav_t1, "--nav-t1")
         # the defaults fit a dipole coil (~1M placements); a grid coil is scored node by node (~20 ms each)
         p, base_dir = resolve_protocol_argument(protocol)
         if p.kind != "tms":
@@ -188,9 +198,21 @@ def optimize_tms_cmd(
         grid_step = (1.0 if dipoles else 2.0) if grid_step is None else grid_step
         angles = (360 if dipoles else 36) if angles is None else angles
         check_search_grid(grid_radius, grid_step, angles)
+        from ..planning.tms_search import MAX_GRID_COIL_PLACEMENTS, plane_grid
+
+        n_placements = len(plane_grid(grid_radius, grid_step)) * angles
+        if not dipoles and n_placements > MAX_GRID_COIL_PLACEMENTS:
+            raise StimsimError(f"--grid-radius/--grid-step/--angles: {n_placements:,} placements, but an A-field grid "
+                               f"coil is scored at every node (~20 ms each; limit {MAX_GRID_COIL_PLACEMENTS:,}): use "
+                               "a larger --grid-step, a smaller --grid-radius or fewer --angles")
+        if distance is None:
+            from ..tms import DEFAULT_COIL_DISTANCE_MM
+
+            distance = p.placement.distance_mm if p.placement.distance_mm is not None else DEFAULT_COIL_DISTANCE_MM
         model = TMSModel(p, base_dir=base_dir)
         res = search_tms(model, target_point(target, target_mni, p.head, base_dir), grid_radius_mm=grid_radius,
                          grid_step_mm=grid_step, angles=angles, roi_radius_mm=radius, field_step_mm=field_step,
+                         distance_mm=distance,
                          progress=not state["quiet"], tags=brain_tags_of(p.head),
                          direction=None if direction is None else
                          direction if direction == "normal" else vec(direction, "--direction"))
@@ -200,11 +222,10 @@ def optimize_tms_cmd(
             from ..coils.neuronav import export_placement
 
             for system, path in exports:
-                export_placement(res.matrix, path, system=system, t1_affine=nav_t1, name="stimsim optimum")
+                export_placement(res.matrix, path, system=system, t1_affine=nav_img, name="stimsim optimum")
         if out is not None:
-            save_protocol(p.model_copy(update={"placement": p.placement.model_copy(
-                update={"center": None, "direction": None, "distance_mm": None,
-                        "matrix": res.matrix.tolist()})}), out)
+            # the placement is the matrix alone (not beside a centre, a distance or a navigator file)
+            save_protocol(p.model_copy(update={"placement": type(p.placement)(matrix=res.matrix.tolist())}), out)
     except StimsimError as err:
         fail(err)
     found = dict(res.summary(), roi_radius_mm=radius)

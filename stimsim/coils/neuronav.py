@@ -160,7 +160,7 @@ def _as_rotation(m: np.ndarray, where: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- T1 and frames
 
 
-def _load_t1(t1, field_name: str):
+def load_t1(t1, field_name: str):
     """A nibabel image from a path or image (None stays None)."""
     if t1 is None:
         return None
@@ -437,7 +437,7 @@ def read_placements(path, system: str | None = None, *, t1=None, field_name: str
     if found is not None and found != system:
         raise _field_error(field_name, f"{shown(str(path))} is a {found} file, not {system}; give it as {found}: "
                                        f"{shown(str(path))}")
-    t1_img = _load_t1(t1, field_name.rsplit(".", 1)[0] + ".t1" if "." in field_name else "t1")
+    t1_img = load_t1(t1, field_name.rsplit(".", 1)[0] + ".t1" if "." in field_name else "t1")
     marks = _READERS[system](text, field_name, t1_img)
     if not marks:
         raise _field_error(field_name, f"{shown(str(path))} holds no coil positions; set a marker in the navigator "
@@ -565,7 +565,7 @@ def write_placements(path, placements, system: str, *, t1=None, overwrite: bool 
                 raise ProtocolError(f"{system} export: t1_affine must be a finite 4x4 matrix")
             affine = arr
         else:
-            img = _load_t1(t1, "t1")
+            img = load_t1(t1, "t1")
     to_nav, frame_name, info = np.eye(4), "NIfTI:Aligned", None
     if img is not None:
         xf = _xforms(img)

@@ -47,7 +47,7 @@ def peak_didt_A_per_s(kind: str, peak_current_A: float, period_us: float, dampin
 
 # --- pulse measures and measured waveforms ---------------------------------------------------------
 #
-# Definitions (docs/tms_pulse.md), for a pulse sampled as dI/dt(t):
+# Definitions (docs/neuronavigation.md, measured pulses), for a pulse sampled as dI/dt(t):
 #   current      I(t) = integral of dI/dt from the first sample (I = 0 there), trapezoidal rule
 #   peak dI/dt   max |dI/dt|; this is the dI/dt that scales stimsim's fields
 #   pulse width  time from the first to the last instant at which |dI/dt| reaches 1 % of its peak

@@ -170,6 +170,26 @@ class Mesh:
         return nn
 
     @cached_property
+    def outer_boundary_faces(self) -> np.ndarray:
+        """The exterior triangles of the outer surface (a head's scalp): the connected piece of
+        :attr:`boundary_faces` with the largest area, so the walls of an internal cavity (unmeshed
+        air) or a loose fragment are left out."""
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        f = self.boundary_faces
+        if len(f) == 0:
+            return f
+        edges = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+        graph = coo_matrix((np.ones(len(edges), np.int8), (edges[:, 0], edges[:, 1])), shape=(self.n_nodes,) * 2)
+        _, label = connected_components(graph, directed=False)
+        p = self.nodes[f]
+        area = 0.5 * np.linalg.norm(np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), axis=1)
+        face_label = label[f[:, 0]]
+        totals = np.bincount(face_label, weights=area)
+        return f[face_label == int(np.argmax(totals))]
+
+    @cached_property
     def boundary_tree(self):
         """A k-d tree (scipy ``cKDTree``) of the exterior nodes, in :attr:`boundary_nodes` order: built once
         per mesh for the coil placement and scalp-depth queries of many placements."""

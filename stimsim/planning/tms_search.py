@@ -170,6 +170,14 @@ class ScalpPositions:
     origin_mm: np.ndarray  # the target's scalp point
 
 
+def plane_grid(radius_mm: float, step_mm: float) -> np.ndarray:
+    """Offsets (mm, (P, 2)) of the coil centres in the tangent plane: a ``step_mm`` grid within ``radius_mm``."""
+    steps = np.arange(-radius_mm, radius_mm + 1e-9, step_mm)
+    a, b = np.meshgrid(steps, steps, indexing="ij")
+    keep = a**2 + b**2 <= radius_mm**2 + 1e-9
+    return np.column_stack([a[keep], b[keep]])
+
+
 def scalp_positions(mesh, target_mm, radius_mm: float, step_mm: float, distance_mm: float) -> ScalpPositions:
     """Coil centres on a ``step_mm`` grid in the scalp's tangent plane at the target, within ``radius_mm``.
 
@@ -178,21 +186,23 @@ def scalp_positions(mesh, target_mm, radius_mm: float, step_mm: float, distance_
     its coil frame's z axis is the inward scalp normal there: nodal normals smoothed over 10 mm,
     as :func:`~stimsim.coils.place_coil` uses, interpolated across the triangle hit.
     """
+    from scipy.spatial import cKDTree
+
     nodes, normals = mesh.boundary_node_normals()
+    faces = mesh.outer_boundary_faces  # the scalp: not the walls of an internal cavity
+    outer = np.isin(nodes, faces)
+    nodes, normals = nodes[outer], normals[outer]
     target = np.asarray(target_mm, float)
     k = int(np.argmin(np.linalg.norm(mesh.nodes[nodes] - target, axis=1)))
-    tree = mesh.boundary_tree
+    tree = cKDTree(mesh.nodes[nodes])
     smooth = _smoothed_normals(tree, mesh.nodes[nodes], normals, 10.0)
     origin, n0 = mesh.nodes[nodes[k]], smooth[k]
     u = np.cross(n0, [0.0, 0.0, 1.0] if abs(n0[2]) < 0.9 else [1.0, 0.0, 0.0])
     u /= np.linalg.norm(u)
     v = np.cross(n0, u)
-    steps = np.arange(-radius_mm, radius_mm + 1e-9, step_mm)
-    a, b = np.meshgrid(steps, steps, indexing="ij")
-    keep = a**2 + b**2 <= radius_mm**2 + 1e-9
-    plane = np.column_stack([a[keep], b[keep]])
+    plane = plane_grid(radius_mm, step_mm)
     guess = origin + plane[:, :1] * u + plane[:, 1:] * v
-    scalp, outward = _cast_on_scalp(mesh, tree, nodes, smooth, guess, n0)
+    scalp, outward = _cast_on_scalp(mesh, faces, tree, nodes, smooth, guess, n0)
     z = -outward
     y = u - (z @ u)[:, None] * z  # handle along u at angle 0, in each position's tangent plane
     bad = np.linalg.norm(y, axis=1) < 0.1
@@ -211,28 +221,41 @@ def _smoothed_normals(tree, points, normals, radius_mm):
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
-def _cast_on_scalp(mesh, tree, nodes, smooth, points, direction, candidates: int = 24):
-    """Where the lines through ``points`` along ``direction`` meet the exterior surface (the hit nearest
-    each point), and the smoothed normal interpolated there; the nearest node where no line hits."""
-    faces = np.searchsorted(nodes, mesh.boundary_faces)  # local node numbers
-    # the faces around each point's nearest surface nodes are the candidates
-    _, near = tree.query(points, k=min(candidates, len(nodes)))
-    near = np.atleast_2d(near)
+def _cast_on_scalp(mesh, faces, tree, nodes, smooth, points, direction):
+    """Where the lines through ``points`` along ``direction`` meet the surface ``faces`` (the hit nearest
+    each point), and the smoothed normal interpolated there.  The faces around each point's nearest
+    surface nodes are tried first, more of them for lines that miss; the nearest node where none hits."""
+    local = np.searchsorted(nodes, faces)  # face corners as indices into ``nodes``
     node_faces = [[] for _ in range(len(nodes))]
-    for f, tri in enumerate(faces):
+    for f, tri in enumerate(local):
         for i in tri:
             node_faces[i].append(f)
+    table = np.full((len(nodes), max(len(f) for f in node_faces)), -1)
+    for i, f in enumerate(node_faces):
+        table[i, :len(f)] = f
+    p = mesh.nodes[nodes]
+    hit = p[tree.query(points)[1]].copy()
+    normal = smooth[tree.query(points)[1]].copy()
+    todo = np.arange(len(points))
+    for k in (24, 256, 2048):
+        k = min(k, len(nodes))
+        _, near = tree.query(points[todo], k=k)
+        found, h, n = _ray_hits(p, local, smooth, table[near.reshape(len(todo), -1)].reshape(len(todo), -1),
+                                points[todo], direction)
+        hit[todo[found]], normal[todo[found]] = h[found], n[found]
+        todo = todo[~found]
+        if len(todo) == 0 or k == len(nodes):
+            break
+    return hit, normal / np.linalg.norm(normal, axis=1, keepdims=True)
+
+
+def _ray_hits(p, faces, smooth, cand, points, direction):
+    """Moller-Trumbore, vectorised over the points: the hit nearest each point among its candidate faces."""
     best_t = np.full(len(points), np.inf)
     hit = np.zeros((len(points), 3))
     bary = np.zeros((len(points), 3))
     tri_of = np.full(len(points), -1)
-    width = max(len(f) for f in node_faces)
-    table = np.full((len(nodes), width), -1)
-    for i, f in enumerate(node_faces):
-        table[i, :len(f)] = f
-    cand = table[near].reshape(len(points), -1)
-    p = mesh.nodes[nodes]
-    for j in range(cand.shape[1]):  # Moller-Trumbore, vectorised over the points
+    for j in range(cand.shape[1]):
         f = cand[:, j]
         ok = f >= 0
         tri = faces[np.where(ok, f, 0)]
@@ -253,11 +276,9 @@ def _cast_on_scalp(mesh, tree, nodes, smooth, points, direction, candidates: int
         bary[ok] = np.column_stack([1 - bu - bv, bu, bv])[ok]
         tri_of[ok] = f[ok]
     found = tri_of >= 0
-    normal = np.empty_like(points)
+    normal = np.zeros_like(points)
     normal[found] = np.einsum("pk,pkj->pj", bary[found], smooth[faces[tri_of[found]]])
-    normal[~found] = smooth[near[~found, 0]]
-    hit[~found] = p[near[~found, 0]]
-    return hit, normal / np.linalg.norm(normal, axis=1, keepdims=True)
+    return found, hit, normal
 
 
 @dataclass(frozen=True)

@@ -571,7 +571,7 @@ class Stimulator(_Model):
     waveform_file: PathText | None = Field(
         None, description="measured pulse: .tsv with header columns time_us and didt_A_per_us; alone its peak "
                           "dI/dt scales the field, with didt_A_per_us / percent_mso / peak_current_A its shape "
-                          "is scaled to that (docs/tms_pulse.md)")
+                          "is scaled to that (docs/neuronavigation.md, measured pulses)")
     model: str | None = Field(None, description="stimulator make/model (recorded)")
 
     @model_validator(mode="after")
@@ -581,7 +581,10 @@ class Stimulator(_Model):
             if sum(given) > 1:
                 raise ValueError("stimulator: with waveform_file give at most one of didt_A_per_us, percent_mso "
                                  "or peak_current_A (the file's shape is scaled to it)")
-            nominal = [f for f in ("period_us", "waveform") if f in self.model_fields_set]
+            # values, not whether a field was set: a saved protocol writes the defaults back out
+            nominal = ["period_us"] if self.period_us is not None else []
+            if self.waveform != "biphasic":
+                nominal.append("waveform")
             if self.damping_per_us:
                 nominal.append("damping_per_us")
             if nominal:
