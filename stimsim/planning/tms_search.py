@@ -457,13 +457,28 @@ def search_tms(model, target_mm, *, grid_radius_mm: float = 30.0, grid_step_mm: 
         scores = np.concatenate([score_placements(grid, frames[s:s + chunk], thetas, model.coil, model.didt,
                                                   d_target) for s in parts])
     else:
-        scores = np.array([[exact(rotated_frame(frames[s], th)) for th in thetas] for s in parts], np.float32)
+        import logging
+
+        from .._logging import logger
+
+        # a grid coil warns when a placement leaves head nodes outside its grid: once (at the full solve
+        # of the best placement below), not once per searched placement
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        try:
+            scores = np.array([[exact(rotated_frame(frames[s], th)) for th in thetas] for s in parts], np.float32)
+        finally:
+            logger.setLevel(level)
     timings["score_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    # the best by interpolation, re-scored exactly (for a grid coil the scores are exact already)
-    flat = np.argsort(scores, axis=None)[::-1][:max(1, refine)]
-    best, inside = None, 0
-    for f in flat:
+    # the best by interpolation, re-scored exactly (for a grid coil the scores are exact already);
+    # placements whose windings would cut into the head are passed over, down the ranking
+    scores = np.nan_to_num(scores, nan=-np.inf)
+    order = np.argsort(scores, axis=None)[::-1][:20 * max(1, refine)]
+    best, inside, scored = None, 0, 0
+    for f in order:
+        if scored == max(1, refine):
+            break
         p, a = np.unravel_index(f, scores.shape)
         matrix = rotated_frame(frames[p], thetas[a])
         try:  # a coil that would cut into the head (a concave scalp, a curved coil) is no candidate
@@ -471,9 +486,11 @@ def search_tms(model, target_mm, *, grid_radius_mm: float = 30.0, grid_step_mm: 
         except ProtocolError:
             inside += 1
             continue
+        scored += 1
         value = exact(matrix)
         if best is None or value > best[0]:
             best = (value, p, a, matrix)
+    flat = order
     if best is None:
         raise ProtocolError(f"every one of the {len(flat)} best placements puts the coil's windings inside the head; "
                             "increase the scalp distance or search elsewhere")
