@@ -76,7 +76,7 @@ class CorticalModes:
     def efield(self, coil, matrix, didt_A_per_s: float) -> np.ndarray:
         """E (V/m, (g, 3)) at the GM nodes for ``coil`` at a 4x4 coil-to-head matrix (mm)."""
         return self.efield_from_boundary(coil.dadt(self.boundary_mm, np.asarray(matrix, float), didt_A_per_s,
-                                                   precision="single"))
+                                                   precision="fast"))
 
     def save(self, path) -> Path:
         """Write to an ``.npz`` (atomically; marked as stimsim's so a later build may replace it)."""
@@ -321,7 +321,7 @@ def build_cortical_modes(model, *, tags=(2,), n_train: int = 600, max_rank: int 
     fields = np.empty((3 * len(op.nodes), n_train), np.float32)
     for s in steps:
         block = train[s:s + batch]
-        x = np.stack([coil.dadt(boundary_mm, m, model.didt, precision="single") for m in block], axis=2)
+        x = np.stack([coil.dadt(boundary_mm, m, model.didt, precision="fast") for m in block], axis=2)
         fields[:, s:s + len(block)] = op.forward(x)
     timings["training_s"] = time.perf_counter() - t
     t = time.perf_counter()

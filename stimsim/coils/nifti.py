@@ -77,8 +77,8 @@ class GridCoil:
         """
         from scipy.ndimage import map_coordinates
 
-        if precision not in ("double", "single"):
-            raise ValueError(f"precision: {precision!r} is not 'double' or 'single'")
+        if precision not in ("double", "single", "fast"):
+            raise ValueError(f"precision: {precision!r} is not 'double', 'single' or 'fast'")
         pts = np.asarray(points_mm, float).reshape(-1, 3)
         m = np.asarray(matrix_mm, float)
         # head mm -> coil mm -> voxel indices, as one affine map

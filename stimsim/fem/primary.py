@@ -23,21 +23,24 @@ try:  # optional accelerator
     # Structure-of-arrays dipole data and fastmath (reassociation only) let LLVM vectorise the
     # inner sum: 2.2x faster than an (k, 3) array layout, same result to 1e-15.  nogil: a run
     # computes dA/dt in a thread while the main thread assembles the stiffness matrix.
+    # ``zero`` and ``one`` set the sums' type (numba compiles one version per type): float64 for
+    # "double" and "single" (float32 inputs), float32 throughout for "fast", which LLVM then
+    # vectorises twice as wide.
     @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-    def _dipole_sum_numba(points, px, py, pz, mx, my, mz, out):  # pragma: no cover - compiled
+    def _dipole_sum_numba(points, px, py, pz, mx, my, mz, out, zero, one):  # pragma: no cover - compiled
         n = points.shape[0]
         k = px.shape[0]
         for i in numba.prange(n):
             x, y, z = points[i, 0], points[i, 1], points[i, 2]
-            ax = 0.0
-            ay = 0.0
-            az = 0.0
+            ax = zero
+            ay = zero
+            az = zero
             for j in range(k):
                 rx = x - px[j]
                 ry = y - py[j]
                 rz = z - pz[j]
                 r2 = rx * rx + ry * ry + rz * rz
-                inv3 = 1.0 / (r2 * np.sqrt(r2))
+                inv3 = one / (r2 * np.sqrt(r2))
                 ax += (my[j] * rz - mz[j] * ry) * inv3
                 ay += (mz[j] * rx - mx[j] * rz) * inv3
                 az += (mx[j] * ry - my[j] * rx) * inv3
@@ -70,18 +73,23 @@ def dipole_dadt(points_mm: np.ndarray, dipole_positions_mm: np.ndarray, dipole_m
     """dA/dt (V/m) at ``points_mm`` from dipoles (positions in mm, moments per ampere in m²).
 
     The primary electric field is ``-dA/dt``.  ``backend``: "auto", "numba" or "numpy".
-    ``precision="single"`` runs the numba kernel on float32 copies: 1.5x faster, relative
-    deviation ~3e-7 (five orders below the discretisation error); used for many placements.
+    ``precision="single"`` runs the numba kernel on float32 copies with float64 sums: 1.5x faster,
+    relative deviation ~3e-7 (five orders below the discretisation error); a single TMS run.
+    ``precision="fast"`` sums in float32 too: another 2.3x faster, relative L2 deviation 1.3e-7 on
+    Colin27's nodes (per node at most 1e-5, where the field is weakest); many placements
+    (``TMSModel``, cortical modes).  Measured: docs/solver.md.
     """
-    if precision not in ("double", "single"):
-        raise ValueError(f"precision: {precision!r} is not 'double' or 'single'")
+    if precision not in ("double", "single", "fast"):
+        raise ValueError(f"precision: {precision!r} is not 'double', 'single' or 'fast'")
     pts = np.ascontiguousarray(points_mm, float) * 1e-3
     dpos = np.ascontiguousarray(dipole_positions_mm, float) * 1e-3
     dmom = np.ascontiguousarray(dipole_moments_m2, float)
     if kernels.use_numba(backend) and _COMPILED:
-        dt = np.float32 if precision == "single" else np.float64
+        dt = np.float64 if precision == "double" else np.float32
         out = np.empty(pts.shape, dt)
-        _dipole_sum_numba(pts.astype(dt), *np.ascontiguousarray(dpos.T, dt), *np.ascontiguousarray(dmom.T, dt), out)
+        acc = np.float32 if precision == "fast" else np.float64
+        _dipole_sum_numba(pts.astype(dt), *np.ascontiguousarray(dpos.T, dt), *np.ascontiguousarray(dmom.T, dt), out,
+                          acc(0.0), acc(1.0))
         out = out.astype(np.float64, copy=False)
     else:
         out = _dipole_sum_numpy(pts, dpos, dmom)
@@ -94,6 +102,7 @@ def warm_up(precision: str = "double") -> None:
     A TMS run calls this in a background thread while it reads the head mesh.
     """
     if kernels.use_numba() and _COMPILED:
-        dt = np.float32 if precision == "single" else np.float64
+        dt = np.float64 if precision == "double" else np.float32
         pts = np.zeros((4, 3), dt)
-        _dipole_sum_numba(pts + 1, *np.zeros((6, 1), dt), np.empty_like(pts))
+        acc = np.float32 if precision == "fast" else np.float64
+        _dipole_sum_numba(pts + 1, *np.zeros((6, 1), dt), np.empty_like(pts), acc(0.0), acc(1.0))

@@ -432,7 +432,7 @@ def search_tms(model, target_mm, *, grid_radius_mm: float = 30.0, grid_step_mm: 
             pos, mom = model.coil.transformed(matrix)
             mean_e = exact_mean_e(effective_field(q, mesh.nodes, pos), mom, model.didt)
         else:
-            mean_e = np.einsum("cnk,nk->c", q, model.coil.dadt(mesh.nodes, matrix, model.didt, precision="single"))
+            mean_e = np.einsum("cnk,nk->c", q, model.coil.dadt(mesh.nodes, matrix, model.didt, precision="fast"))
         return float(np.linalg.norm(mean_e) if d_target is None else mean_e @ d_target)
 
     n_placements = len(frames) * angles
