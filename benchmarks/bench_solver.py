@@ -1,7 +1,7 @@
 """Linear solvers per head: AMG-CG variants and factorisations, then the leadfield of the 10-10 electrodes.
 
-For each head (``--heads colin27,sphere``; ``sphere`` is the ~665k-tet gmsh sphere of
-bench_run.py) it builds the tDCS system (C3-Fp2 5 x 5 cm pads on Colin27, a 25 mm disc and a
+For each head (``--heads colin27,sphere,thin``; ``sphere`` is the ~665k-tet gmsh sphere of
+bench_run.py, ``thin`` a synthetic head with a 3 mm skull and 2 mm CSF meshed from a label volume) it builds the tDCS system (C3-Fp2 5 x 5 cm pads on Colin27, a 25 mm disc and a
 5 x 5 cm pad on the sphere) and prints one table: set-up seconds, seconds per solve (rtol 1e-10
 for CG), CG iterations and memory.  Memory is the rise of the process's peak resident set
 (VmHWM in /proc/self/status) over the set-up and solves, each candidate in a fresh child
@@ -89,13 +89,45 @@ print("RESULT " + json.dumps(out))
 """
 
 
+def thin_skull_head() -> "Path":
+    """A synthetic head meshed from a label volume, cached in benchmarks/_cache: nested ellipsoids
+    (1 mm voxels; scalp 5 mm, skull 3 mm, CSF 2 mm, grey matter 3 mm thick, white matter inside; semi-axes
+    of the scalp 72 x 90 x 78 mm), meshed by the default surface mesher (SimNIBS tags)."""
+    from pathlib import Path
+
+    from stimsim.head.meshers import make_head_mesh
+    from stimsim.mesh import write_mesh
+
+    path = Path(__file__).with_name("_cache") / "thin_skull_head.msh"
+    if path.exists():
+        return path
+    n = np.array([170, 206, 182])
+    x, y, z = [(g - (m - 1) / 2) for g, m in zip(np.mgrid[:n[0], :n[1], :n[2]], n)]
+    semi = np.array([72.0, 90.0, 78.0])
+    labels = np.zeros(tuple(n), np.uint8)
+    # SimNIBS tags, outermost first: scalp 5, bone 4, CSF 3, GM 2, WM 1; each shell's depth in mm
+    for tag, depth in ((5, 0.0), (4, 5.0), (3, 8.0), (2, 10.0), (1, 13.0)):
+        a = semi - depth
+        labels[(x / a[0]) ** 2 + (y / a[1]) ** 2 + (z / a[2]) ** 2 <= 1.0] = tag
+    affine = np.eye(4)
+    affine[:3, 3] = -(n - 1) / 2  # the head's centre at the origin
+    mesh = make_head_mesh(labels, affine, "simnibs", progress=False)
+    path.parent.mkdir(exist_ok=True)
+    write_mesh(path, mesh)
+    return path
+
+
 def build_system(head: str):
     """The tDCS system (matrix, right-hand side, rtol) of a head, as `stimsim run` builds it."""
     from stimsim.fem import ElectrodeSpec, electrode_system, place_electrodes
     from stimsim.head_model import HeadModel, named_position
     from stimsim.protocol import validate_protocol
 
-    if head == "colin27":
+    if head == "thin":  # 5 x 5 cm pads on the left and right of the synthetic head's top
+        hm = HeadModel.load(str(thin_skull_head()))
+        specs = [ElectrodeSpec("L", (-50, 0, 60), 1e-3, "rect", size_mm=(50, 50), direction=(0, 1, 0)),
+                 ElectrodeSpec("R", (50, 0, 60), -1e-3, "rect", size_mm=(50, 50), direction=(0, 1, 0))]
+    elif head == "colin27":
         hm = HeadModel.load("colin27")
         proto = validate_protocol({"kind": "tdcs", "head": "colin27", "electrodes": [
             {"name": "C3", "position": "C3", "current_mA": 1.0, "shape": "rect", "size_mm": [50, 50]},
