@@ -285,8 +285,9 @@ def electrode_system(stiffness: sp.csr_matrix, electrodes: Sequence[PlacedElectr
                      reference: int = -1) -> ElectrodeSystem:
     """Merge each electrode's nodes into one unknown and ground the ``reference`` electrode.
 
-    Equivalent to ``P.T @ K @ P`` with a 0/1 prolongation ``P``, computed by relabelling
-    the matrix entries (one pass over the non-zeros, no sparse products).
+    ``P.T @ K @ P`` with the 0/1 prolongation ``P`` (node -> unknown; the reference electrode's
+    nodes have none): two sparse products, 16x faster than relabelling the entries through COO
+    (measured: docs/solver.md).
     """
     n = stiffness.shape[0]
     ref = range(len(electrodes))[reference]
@@ -304,10 +305,9 @@ def electrode_system(stiffness: sp.csr_matrix, electrodes: Sequence[PlacedElectr
         dof[e.nodes] = next_dof
         electrode_dofs[k] = next_dof
         next_dof += 1
-    coo = stiffness.tocoo()
-    r, c = dof[coo.row], dof[coo.col]
-    keep = (r >= 0) & (c >= 0)
-    a = sp.csr_matrix((coo.data[keep], (r[keep], c[keep])), shape=(next_dof, next_dof))
+    kept = np.flatnonzero(dof >= 0)
+    p = sp.csr_matrix((np.ones(len(kept)), (kept, dof[kept])), shape=(n, next_dof))
+    a = (p.T.tocsr() @ (sp.csr_matrix(stiffness) @ p)).tocsr()
     a.sum_duplicates()
     return ElectrodeSystem(a, dof, electrode_dofs)
 
