@@ -170,8 +170,15 @@ def training_centres(mesh, n: int, rng, *, region: str = "upper") -> np.ndarray:
     """``n`` scalp nodes drawn uniformly by area from the region coils reach (``"upper"``: at or above
     the middle of the scalp's height along the head frame's z axis, which points up in scanner (RAS)
     and MNI frames; ``"all"``: anywhere on the outer surface)."""
-    faces = mesh.outer_boundary_faces  # the scalp, not the walls of an internal cavity
-    nodes = np.unique(faces)
+    points, p = _centre_distribution(mesh, region)
+    return points[rng.choice(len(points), size=n, replace=True, p=p)]
+
+
+def _centre_distribution(mesh, region: str):
+    """The candidate centres of :func:`training_centres` and their probabilities (by surface area)."""
+    from .fem.electrodes import boundary_node_areas
+
+    nodes = np.unique(mesh.outer_boundary_faces)  # the scalp, not the walls of an internal cavity
     p = mesh.nodes[nodes]
     if region == "upper":
         keep = p[:, 2] >= 0.5 * (p[:, 2].min() + p[:, 2].max())
@@ -179,16 +186,14 @@ def training_centres(mesh, n: int, rng, *, region: str = "upper") -> np.ndarray:
         keep = np.ones(len(p), bool)
     else:
         raise ProtocolError(f"region: {region!r} is not 'upper' or 'all'")
-    area = np.linalg.norm(np.cross(*(mesh.nodes[faces[:, 1:]] - mesh.nodes[faces[:, :1]]).transpose(1, 0, 2)), axis=1)
-    w = np.zeros(mesh.n_nodes)
-    np.add.at(w, faces.ravel(), np.repeat(area, 3))
-    w = w[nodes] * keep
-    return p[rng.choice(len(p), size=n, replace=True, p=w / w.sum())]
+    w = boundary_node_areas(mesh)[nodes] * keep
+    return p, w / w.sum()
 
 
 def random_placements(model, n: int, rng, *, region: str = "upper", distance_mm=(4.0, 4.0)) -> list[np.ndarray]:
     """``n`` coil matrices at random scalp centres (:func:`training_centres`) and random handle directions
     that keep the coil outside the head."""
+    points, p = _centre_distribution(model.mesh, region)  # once, not per draw
     out = []
     tries = 0
     while len(out) < n:
@@ -196,7 +201,7 @@ def random_placements(model, n: int, rng, *, region: str = "upper", distance_mm=
         if tries > 20 * n + 100:
             raise ProtocolError("could not place the coil outside the head at random scalp positions; check the "
                                 "head and coil")
-        c = training_centres(model.mesh, 1, rng, region=region)[0]
+        c = points[rng.choice(len(points), size=1, replace=True, p=p)][0]  # as training_centres draws
         d = rng.normal(size=3)
         try:
             pl = model.placement(c, d, float(rng.uniform(*distance_mm)))
@@ -224,8 +229,10 @@ class _HeadOperator:
         interior[self.boundary] = False
         self.interior = np.flatnonzero(interior)
         unit = assemble_stiffness(geometry, np.ones(len(mesh.tets)))
-        self.k_ii = unit[self.interior][:, self.interior].tocsr()
-        self.k_ib = unit[self.interior][:, self.boundary].tocsr()
+        rows = unit[self.interior]
+        self.k_ii = rows[:, self.interior].tocsr()
+        self.k_ib = rows[:, self.boundary].tocsr()
+        del rows
         del unit
         backend = model.backend if model.backend in ("pardiso", "cholmod") else "auto"
         self.extension = FactorizedSolver(self.k_ii, backend=backend)

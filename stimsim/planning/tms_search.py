@@ -218,7 +218,15 @@ def scalp_positions(mesh, target_mm, radius_mm: float, step_mm: float, distance_
 
 
 def _smoothed_normals(tree, points, normals, radius_mm):
-    out = np.array([normals[nb].sum(axis=0) for nb in tree.query_ball_point(points, r=radius_mm)])
+    """Each point's outward normal: the sum of the normals within ``radius_mm``, normalised (one sparse
+    product over the neighbour lists)."""
+    import scipy.sparse as sp
+
+    near = tree.query_ball_point(points, r=radius_mm)
+    counts = np.fromiter((len(nb) for nb in near), np.int64, len(near))
+    adjacency = sp.csr_matrix((np.ones(counts.sum()), np.concatenate(near), np.concatenate([[0], np.cumsum(counts)])),
+                              shape=(len(points), len(normals)))
+    out = adjacency @ normals
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
@@ -227,13 +235,14 @@ def _cast_on_scalp(mesh, faces, tree, nodes, smooth, points, direction):
     each point), and the smoothed normal interpolated there.  The faces around each point's nearest
     surface nodes are tried first, more of them for lines that miss; the nearest node where none hits."""
     local = np.searchsorted(nodes, faces)  # face corners as indices into ``nodes``
-    node_faces = [[] for _ in range(len(nodes))]
-    for f, tri in enumerate(local):
-        for i in tri:
-            node_faces[i].append(f)
-    table = np.full((len(nodes), max(len(f) for f in node_faces)), -1)
-    for i, f in enumerate(node_faces):
-        table[i, :len(f)] = f
+    # the faces of each node, in face order, padded with -1: a (nodes x most faces per node) table
+    corner = local.ravel()
+    order = np.argsort(corner, kind="stable")
+    counts = np.bincount(corner, minlength=len(nodes))
+    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    slot = np.arange(len(corner)) - np.repeat(start, counts)
+    table = np.full((len(nodes), counts.max()), -1)
+    table[corner[order], slot] = order // 3
     p = mesh.nodes[nodes]
     hit = p[tree.query(points)[1]].copy()
     normal = smooth[tree.query(points)[1]].copy()
