@@ -223,7 +223,8 @@ class HeadModel:
         t = time.perf_counter()
         mesh, on_top = add_sponges(self.mesh, placed, thickness)
         timings = dict(self.timings, sponges_s=time.perf_counter() - t)
-        return HeadModel.assemble(mesh, conductivities, inputs=self.inputs, timings=timings), on_top
+        return HeadModel.assemble(mesh, conductivities, inputs=self.inputs, timings=timings,
+                                  gradients=self.geometry.grads_kdm is not None), on_top
 
     def release_solvers(self) -> None:
         """Free the solvers (and grounded system) this model holds now, not when it goes away."""
@@ -238,8 +239,8 @@ class HeadModel:
         """Conductivities and stiffness matrix of a read, checked mesh.
 
         ``gradients=False`` keeps element volumes only and builds the matrix with the numba
-        kernels (:mod:`stimsim.fem.p1_numba`), 61 MiB less on a 668k-tet head: for a single TMS
-        run, whose right-hand side and fields come from the same kernels.
+        kernels (:mod:`stimsim.fem.p1_numba`), 61 MiB less on a 668k-tet head: for a single run,
+        whose right-hand side and fields come from the same kernels.
         """
         t = time.perf_counter()
         sigma = element_conductivities(mesh.tet_tags, conductivity_table(conductivities))

@@ -63,7 +63,31 @@ def simulate(protocol, *, base_dir: Path | None = None, mesh: Mesh | None = None
             from .ti import run_ti
 
             return run_ti(protocol, base_dir, mesh)
+        return _run_tes(protocol, base_dir, mesh)
+
+
+def _run_tes(protocol, base_dir: Path | None, mesh: Mesh | None) -> SimulationResult:
+    """A single tDCS/tACS run.  With numba, a worker thread imports it and loads the compiled kernels
+    (assembly, E, the AMG V-cycle) while the main thread reads the mesh, and the head keeps no
+    element gradients (the kernels recompute them; 56 MiB less on Colin27)."""
+    from .fem.kernels import use_numba
+
+    if not use_numba():
         return solve_tes(protocol, HeadModel.from_protocol(protocol, base_dir, mesh), base_dir)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        warm = pool.submit(_warm_up_kernels)
+        head = HeadModel.from_protocol(protocol, base_dir, mesh, gradients=False)
+        warm.result()  # its errors surface here
+    return solve_tes(protocol, head, base_dir)
+
+
+def _warm_up_kernels() -> None:
+    from .fem import _amg_numba, p1_numba
+
+    p1_numba.warm_up()
+    _amg_numba.warm_up()
 
 
 def solve_tes(protocol: TESProtocol, head: HeadModel, base_dir: Path | None = None) -> TESResult:
@@ -87,7 +111,7 @@ def solve_tes(protocol: TESProtocol, head: HeadModel, base_dir: Path | None = No
 
     t = time.perf_counter()
     potential = system.expand(x)
-    e_field = element_efield(geometry, potential)
+    e_field = element_efield(geometry, potential, mesh.nodes)
     j_field = sigma[:, None] * e_field
     method = "nodal_average" if opts.recovery == "auto" else opts.recovery
     recovered = recover(method, geometry, mesh, e_field)

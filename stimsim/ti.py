@@ -168,7 +168,7 @@ def solve_channels(head: HeadModel, system, placed, channel_of: np.ndarray, name
         t1 = time.perf_counter()
         v = system.expand(x)
         potentials.append(v)
-        fields.append(element_efield(head.geometry, v))
+        fields.append(element_efield(head.geometry, v, head.mesh.nodes))
         flux = head.stiffness @ v
         net = {e.name: float(flux[e.nodes].sum()) for e in placed}
         delivered.update({e.name: net[e.name] for k, e in enumerate(placed) if channel_of[k] == i})

@@ -63,3 +63,73 @@ def test_amg_cg_solves_to_the_requested_tolerance(head_system, rng):
     x, info = amg_cg(rtol=1e-12)(head_system, b)
     assert info.residual < 1e-12
     assert np.linalg.norm(x - x_true) < 1e-6 * np.linalg.norm(x_true)
+
+
+# --- the V-cycle applied as CG's preconditioner (stimsim.fem.amg_cycle) ---------------------------
+
+
+def _cycles(head_system):
+    from stimsim.fem.amg_cycle import PlainVCycle, VCycle
+
+    ml = build_amg_hierarchy(head_system)
+    return ml, PlainVCycle(ml), VCycle(ml)
+
+
+def test_plain_cycle_is_pyamgs_cycle(head_system, rng):
+    ml, plain, _ = _cycles(head_system)
+    r = rng.standard_normal(head_system.shape[0])
+    ref = ml.aspreconditioner(cycle="V") @ r
+    # the same sweeps; only the coarsest solve differs (Cholesky instead of pyamg's pseudo-inverse)
+    assert np.linalg.norm(plain(r) - ref) <= 1e-10 * np.linalg.norm(ref)
+
+
+@pytest.mark.parametrize("which", ["plain", "parallel"])
+def test_cycle_is_symmetric_positive_definite(head_system, rng, which):
+    """CG needs a symmetric positive definite preconditioner: <x, M y> = <M x, y> and <x, M x> > 0."""
+    _, plain, parallel = _cycles(head_system)
+    cycle = plain if which == "plain" else parallel
+    n = head_system.shape[0]
+    for _ in range(3):
+        x, y = rng.standard_normal(n), rng.standard_normal(n)
+        mx, my = cycle(x), cycle(y)
+        assert abs(x @ my - mx @ y) <= 1e-10 * np.linalg.norm(x) * np.linalg.norm(my)
+        assert x @ mx > 0
+
+
+def test_parallel_cycle_smoother_blocks_and_thread_count(head_system, rng, monkeypatch):
+    """One block: the parallel cycle is the sequential Gauss-Seidel cycle.  Its result does not depend on
+    the number of threads (the blocks are fixed), bit for bit."""
+    import numba
+
+    import stimsim.fem.amg_cycle as amg_cycle
+
+    ml, plain, parallel = _cycles(head_system)
+    assert len(parallel.levels[0][3]) > 2  # the sphere's fine level has several smoother blocks
+    r = rng.standard_normal(head_system.shape[0])
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        one_thread = parallel(r)
+    finally:
+        numba.set_num_threads(threads)
+    np.testing.assert_array_equal(one_thread, parallel(r))
+    monkeypatch.setattr(amg_cycle, "MAX_BLOCKS", 1)
+    sequential = amg_cycle.VCycle(ml)
+    assert np.linalg.norm(sequential(r) - plain(r)) <= 1e-10 * np.linalg.norm(plain(r))
+
+
+def test_pcg_counts_iterations_as_scipy_cg(head_system, rng):
+    from scipy.sparse.linalg import cg
+
+    ml = build_amg_hierarchy(head_system)
+    m = ml.aspreconditioner(cycle="V")
+    b = head_system @ rng.standard_normal(head_system.shape[0])
+    count = []
+    ref, status = cg(head_system, b, rtol=1e-8, atol=0.0, M=m, callback=lambda _: count.append(1))
+    x, it = pcg(head_system, b, m, 1e-8, 500)
+    assert status == 0 and it == len(count)
+    assert np.linalg.norm(x - ref) <= 1e-12 * np.linalg.norm(ref)
+    x0 = ref + 1e-3 * rng.standard_normal(ref.size)  # a start close to the solution takes fewer steps
+    assert pcg(head_system, b, m, 1e-8, 500, x0=x0)[1] < it
+    with pytest.raises(Exception, match="did not converge"):
+        pcg(head_system, b, m, 1e-14, 2)

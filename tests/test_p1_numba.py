@@ -88,3 +88,38 @@ def test_volumes_only_geometry_refuses_gradients(head):
     assert np.allclose(g.volumes_m3, head[2].volumes_m3, rtol=1e-12)
     with pytest.raises(ValueError, match="volumes only"):
         g.gradient(np.zeros(mesh.n_nodes))
+
+
+def test_potential_efield_is_minus_the_gradient(head, rng):
+    mesh, _, geometry = head
+    v = rng.standard_normal(mesh.n_nodes)
+    assert _rel(kernels.potential_efield(mesh.nodes, mesh.tets, v), element_efield(geometry, v)) < 1e-12
+    slope = np.array([2.0, -1.0, 0.5])  # a linear potential (V per mm): E is exactly -slope * 1000 V/m
+    e = element_efield(P1Geometry.volumes_only(mesh), mesh.nodes @ slope, mesh.nodes)
+    assert np.abs(e + 1e3 * slope).max() < 1e-8 * 1e3
+    with pytest.raises(ValueError, match="nodes_mm"):
+        element_efield(P1Geometry.volumes_only(mesh), v)
+
+
+def test_tdcs_run_with_and_without_numba(monkeypatch):
+    """A tDCS run keeps no gradients with numba (kernels for the matrix and E, the parallel V-cycle);
+    the numpy fallback stores them and runs pyamg's sequential cycle: the same fields to CG's tolerance."""
+    import stimsim.fem.kernels as fem_kernels
+    from stimsim.protocol import validate_protocol
+    from stimsim.simulation import simulate
+
+    protocol = validate_protocol({"kind": "tdcs", "head": "sphere", "electrodes": [
+        {"name": "a", "position": [0, 0, 95], "current_mA": 1.0, "shape": "disc", "diameter_mm": 25},
+        {"name": "c", "position": [95, 0, 0], "current_mA": -1.0, "shape": "disc", "diameter_mm": 25}]})
+    def no_gradients(*args, **kwargs):
+        raise AssertionError("the numba run stored element gradients")
+
+    with monkeypatch.context() as m:
+        m.setattr(P1Geometry, "from_mesh", no_gradients)
+        with_kernels = simulate(protocol)
+    monkeypatch.setattr(fem_kernels, "HAVE_NUMBA", False)
+    fallback = simulate(protocol)
+    for name in ("E", "E_recovered", "potential_V"):
+        a, b = getattr(with_kernels, name), getattr(fallback, name)
+        assert np.linalg.norm(a - b) <= 1e-8 * np.linalg.norm(b), name
+    assert with_kernels.electrode_currents_A == pytest.approx(fallback.electrode_currents_A, rel=1e-8)

@@ -2,8 +2,10 @@
 
 ``tests/data/reference_fields.npz`` was written by ``tests/data/make_reference_fields.py`` at
 commit 4582532 (the last one before the HeadModel restructuring); every later change to the
-pipeline must reproduce it to 1e-10 relative (the CG stops at the same iteration on the same
-arithmetic, so any change of formula or order of operations shows here).
+pipeline must reproduce it: tDCS to 1e-8 relative (the real-head solver issue's bound; a change of
+formula shows far above it), TMS to 2e-6, since its CG stops at rtol 1e-6, where each of the two
+fields lies within 1e-6 of the converged one (the parallel V-cycle's fields: 8.0e-7 on the sphere,
+2.2e-7 on Colin27; the stored ones 8.7e-7 and 2.2e-7).  Measured differences: docs/solver.md.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def rel(a, b) -> float:
 def test_fields_match_the_stored_reference(case, reference):
     result, tets, nodes = make.compute(case)
     np.testing.assert_array_equal(tets, reference[f"{case}_tets"])  # same mesh, same samples
-    assert rel(result.E[tets], reference[f"{case}_E"]) <= 1e-10
-    assert rel(result.potential_V[nodes], reference[f"{case}_v"]) <= 1e-10
+    bound = 2e-6 if result.protocol.kind == "tms" else 1e-8
+    assert rel(result.E[tets], reference[f"{case}_E"]) <= bound
+    assert rel(result.potential_V[nodes], reference[f"{case}_v"]) <= bound
     if f"{case}_E_recovered" in reference:
-        assert rel(result.E_recovered[tets], reference[f"{case}_E_recovered"]) <= 1e-10
+        assert rel(result.E_recovered[tets], reference[f"{case}_E_recovered"]) <= bound

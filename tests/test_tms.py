@@ -226,14 +226,15 @@ def test_tms_model_matches_simulate_and_its_adjoint_functional(sphere3, rng):
         center = np.array([0, 0, 95.0]) + rng.normal(0, 8, 3)
         direction = [np.cos(k), np.sin(k), 0.0]
         e = model.efield(model.placement(center, direction).matrix)
-        ref = simulate(_protocol(center=center, direction=direction, solver={"recovery": "none"}), mesh=sphere3)
+        ref = simulate(_protocol(center=center, direction=direction, solver={"recovery": "none", "rtol": 1e-10}),
+                       mesh=sphere3)
         assert rel_l2(e, ref.E) < 1e-6  # the model's primary field is single precision
         mean_direct = np.average(e[roi], axis=0, weights=w)
         mean_adjoint = np.einsum("cnk,nk->c", q, model.dadt(model.placement(center, direction).matrix))
         assert np.linalg.norm(mean_adjoint - mean_direct) < 1e-7 * np.linalg.norm(mean_direct)
     assert len(model.iterations) == 3
     swept = list(model.sweep([model.placement([0, 0, 95], [0, 1, 0]).matrix], elements=roi, progress=False))
-    ref = simulate(_protocol(solver={"recovery": "none"}), mesh=sphere3)
+    ref = simulate(_protocol(solver={"recovery": "none", "rtol": 1e-10}), mesh=sphere3)
     assert len(swept) == 1 and rel_l2(swept[0], ref.E[roi]) < 1e-6
 
 
@@ -283,22 +284,29 @@ def test_tms_model_on_a_given_head_model(sphere3, sphere3_result):
     assert rel_l2(e, sphere3_result.E) < 1e-5
 
 
-def test_run_without_numba_kernels_gives_the_same_fields(sphere3, sphere3_result, monkeypatch):
-    """The numpy fallback (stored gradients, numpy assembly) and the numba kernels agree."""
+def test_run_without_numba_kernels_gives_the_same_fields(sphere3, monkeypatch):
+    """The numpy fallback (stored gradients, numpy assembly, pyamg's sequential V-cycle) and the
+    numba kernels agree (CG to rtol 1e-10: the two V-cycles differ, so at TMS's default 1e-6 the
+    fields would differ by the CG tolerance)."""
     import stimsim.fem.kernels as kernels
     import stimsim.fem.p1_numba as p1_numba
 
     def kernel_used(*args, **kwargs):
         raise AssertionError("a numba kernel ran although numba was switched off")
 
+    import stimsim.fem._amg_numba as amg_numba
+
+    tight = _protocol(solver={"rtol": 1e-10})
+    with_kernels = simulate(tight, mesh=sphere3)
     monkeypatch.setattr(kernels, "HAVE_NUMBA", False)
     for name in ("stiffness_matrix", "load_from_nodal_field", "tms_fields"):
         monkeypatch.setattr(p1_numba, name, kernel_used)
-    fallback = simulate(_protocol(), mesh=sphere3)
+    for name in ("hybrid_gs", "matvec", "residual"):
+        monkeypatch.setattr(amg_numba, name, kernel_used)
+    fallback = simulate(tight, mesh=sphere3)
     for name in ("E", "J", "E_recovered"):
-        a, b = getattr(fallback, name), getattr(sphere3_result, name)
+        a, b = getattr(fallback, name), getattr(with_kernels, name)
         assert np.abs(a - b).max() < 1e-6 * np.abs(b).max(), name
-    assert fallback.solve_info.iterations == sphere3_result.solve_info.iterations
 
 
 def test_tms_with_the_direct_solver_equals_amg_cg(sphere3, sphere3_result):

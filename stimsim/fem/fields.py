@@ -42,8 +42,18 @@ from .assembly import P1Geometry
 
 
 
-def element_efield(geometry: P1Geometry, potential_V: np.ndarray) -> np.ndarray:
-    """E = -grad(v) per element, V/m, shape (m, 3)."""
+def element_efield(geometry: P1Geometry, potential_V: np.ndarray, nodes_mm: np.ndarray | None = None) -> np.ndarray:
+    """E = -grad(v) per element, V/m, shape (m, 3).
+
+    A volumes-only geometry (no stored gradients) needs the mesh's ``nodes_mm``: the numba kernel
+    recomputes each element's gradients (:func:`stimsim.fem.p1_numba.potential_efield`).
+    """
+    if geometry.grads_kdm is None:
+        if nodes_mm is None:
+            raise ValueError("a volumes-only P1Geometry needs nodes_mm to compute E")
+        from .p1_numba import potential_efield
+
+        return potential_efield(nodes_mm, geometry.tets, potential_V)
     return -geometry.gradient(potential_V)
 
 

@@ -1,4 +1,4 @@
-"""Numba kernels for the P1 operators of a single TMS run, without stored element gradients.
+"""Numba kernels for the P1 operators of a single run, without stored element gradients.
 
 The numpy path (:mod:`stimsim.fem.assembly`) keeps every element's hat-function
 gradients, (4, 3, m) float64: 61 MiB on a 668k-tet head, alive from assembly to the
@@ -9,8 +9,8 @@ triplets (16 per element) to sort and sum.
 
 Same formulas as the numpy path (edge vectors from node 0, cofactor gradients, diagonal =
 minus the off-diagonal row sum), so results agree to round-off; tests/test_p1_numba.py
-compares them.  Imported only when a TMS run uses it, as numba costs time and memory to
-load (measured: docs/solver.md).
+compares them.  A single tDCS/tACS or TMS run uses them (numba is loaded for the AMG V-cycle
+anyway, :mod:`stimsim.fem.amg_cycle`); heads kept for many solves store the gradients.
 """
 
 from __future__ import annotations
@@ -155,6 +155,19 @@ def _fields(x, tets, potential, nodal, minus_grad, total):  # pragma: no cover -
             total[e, d] = -s - 0.25 * mean
 
 
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _minus_gradient(x, tets, potential, out):  # pragma: no cover - compiled
+    """out[e] = -grad v on element e."""
+    for e in numba.prange(tets.shape[0]):
+        g = np.empty((4, 3))
+        _grads(x, tets, e, g)
+        for d in range(3):
+            s = 0.0
+            for a in range(4):
+                s += potential[tets[e, a]] * g[a, d]
+            out[e, d] = -s
+
+
 def _coords_m(nodes_mm: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(nodes_mm, dtype=np.float64) * 1e-3
 
@@ -204,6 +217,13 @@ def tms_fields(nodes_mm: np.ndarray, tets: np.ndarray, potential: np.ndarray,
     return minus_grad, total
 
 
+def potential_efield(nodes_mm: np.ndarray, tets: np.ndarray, potential: np.ndarray) -> np.ndarray:
+    """E = -grad v per element, V/m, (m, 3)."""
+    out = np.empty((len(tets), 3))
+    _minus_gradient(_coords_m(nodes_mm), _tets(tets), np.ascontiguousarray(potential, dtype=np.float64), out)
+    return out
+
+
 def warm_up() -> None:
     """Load every kernel from numba's on-disk cache (compiling on the very first use)."""
     nodes = np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]])
@@ -212,3 +232,4 @@ def warm_up() -> None:
     stiffness_matrix(nodes, tets, sigma)
     load_from_nodal_field(nodes, tets, sigma, nodes)
     tms_fields(nodes, tets, np.zeros(4), nodes)
+    potential_efield(nodes, tets, np.zeros(4))
