@@ -16,8 +16,8 @@ from . import __version__
 from ._logging import log_level, logger
 from .fem import ElectrodeSpec, electrode_system, element_efield, place_electrodes, recover, solver_for
 from .fem.electrodes import boundary_node_areas, skin_current_density
-from .head_model import (EMBEDDED_HEADS, HeadModel, named_position, protocol_sha256, resolve_head,  # noqa: F401
-                         resolve_position, sha256_file)
+from .head_model import (EMBEDDED_HEADS, HeadModel, named_position, protocol_sha256, read_head,  # noqa: F401
+                         resolve_head, resolve_position, sha256_file)
 from .mesh import Mesh
 from .protocol import TESProtocol
 from .simulation_result import SimulationResult, TESResult, TIResult, TMSResult
@@ -67,27 +67,19 @@ def simulate(protocol, *, base_dir: Path | None = None, mesh: Mesh | None = None
 
 
 def _run_tes(protocol, base_dir: Path | None, mesh: Mesh | None) -> SimulationResult:
-    """A single tDCS/tACS run.  With numba, a worker thread imports it and loads the compiled kernels
-    (assembly, E, the AMG V-cycle) while the main thread reads the mesh, and the head keeps no
-    element gradients (the kernels recompute them; 56 MiB less on Colin27)."""
+    """A single tDCS/tACS run.  With numba the head keeps no element gradients (kernels recompute
+    them; 56 MiB less on Colin27), and the kernels (assembly, E, the AMG V-cycle) are loaded by a
+    worker thread (:mod:`stimsim.kernel_warm_up`) while this thread reads the mesh."""
+    from . import kernel_warm_up
     from .fem.kernels import use_numba
 
     if not use_numba():
         return solve_tes(protocol, HeadModel.from_protocol(protocol, base_dir, mesh), base_dir)
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        warm = pool.submit(_warm_up_kernels)
-        head = HeadModel.from_protocol(protocol, base_dir, mesh, gradients=False)
-        warm.result()  # its errors surface here
+    kernel_warm_up.start()
+    mesh, inputs, timings = read_head(protocol, base_dir, mesh)
+    kernel_warm_up.wait()
+    head = HeadModel.assemble(mesh, protocol.conductivities, inputs=inputs, timings=timings, gradients=False)
     return solve_tes(protocol, head, base_dir)
-
-
-def _warm_up_kernels() -> None:
-    from .fem import _amg_numba, p1_numba
-
-    p1_numba.warm_up()
-    _amg_numba.warm_up()
 
 
 def solve_tes(protocol: TESProtocol, head: HeadModel, base_dir: Path | None = None) -> TESResult:

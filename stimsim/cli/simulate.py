@@ -87,6 +87,11 @@ def run(
 
     Example: stimsim run my_montage.yaml --out results/my_montage
     """
+    from .. import kernel_warm_up
+
+    # numba and the kernels load in a worker thread while the protocol is read and validated, the
+    # modules of the run import and the mesh is read (a bad protocol then waits ~0.5 s for it)
+    kernel_warm_up.start()
     from ..protocol.library import resolve_protocol_argument
 
     try:

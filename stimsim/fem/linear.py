@@ -63,13 +63,20 @@ def single_threaded_blas():
     return threadpool_limits(1, user_api="blas")
 
 
-def amg_hierarchy(a: sp.csr_matrix):
+def amg_hierarchy(a: sp.csr_matrix, backend: str = "auto"):
+    """:func:`build_amg_hierarchy` with one BLAS thread, its sparse products by numba's parallel
+    kernel when numba is used (``backend``: ``"auto"``, ``"numba"``, ``"numpy"``)."""
+    from .kernels import use_numba
+
+    matmul = None
+    if use_numba(backend):
+        from ._amg_numba import spgemm as matmul
     with single_threaded_blas():
-        return build_amg_hierarchy(a)
+        return build_amg_hierarchy(a, matmul=matmul)
 
 
 def build_amg_hierarchy(a: sp.csr_matrix, theta: float = 0.02, omega: float = 4 / 3, max_coarse: int = 500,
-                         max_levels: int = 10):
+                         max_levels: int = 10, matmul=None):
     """Smoothed-aggregation AMG hierarchy (Vanek, Mandel & Brezina 1996) built in CSR.
 
     The steps are pyamg's ``smoothed_aggregation_solver`` with B = constants (the Laplacian's
@@ -82,7 +89,9 @@ def build_amg_hierarchy(a: sp.csr_matrix, theta: float = 0.02, omega: float = 4 
 
     ``theta``: strength threshold; a small one keeps aggregates from spanning high-contrast
     interfaces (skull 1:100).  ``omega``: weight of the Jacobi prolongation smoother.
-    ``max_coarse``, ``max_levels``: coarsening stops at this size or depth.  A forward
+    ``max_coarse``, ``max_levels``: coarsening stops at this size or depth.  ``matmul``: the
+    sparse product ``(A, B) -> A @ B`` (default SciPy's; :func:`stimsim.fem._amg_numba.spgemm`
+    sums each entry in the same order, so the hierarchy is the same).  A forward
     Gauss-Seidel sweep before and a backward one after the coarse correction keep the V-cycle
     symmetric (as CG needs) at half the cost of symmetric sweeps.
 
@@ -92,6 +101,10 @@ def build_amg_hierarchy(a: sp.csr_matrix, theta: float = 0.02, omega: float = 4 
     from pyamg.multilevel import MultilevelSolver
     from pyamg.relaxation.smoothing import change_smoothers
     from pyamg.strength import symmetric_strength_of_connection
+
+    if matmul is None:
+        def matmul(x, y):
+            return x @ y
 
     levels = [MultilevelSolver.Level()]
     levels[0].A = sp.csr_matrix(a)
@@ -103,11 +116,13 @@ def build_amg_hierarchy(a: sp.csr_matrix, theta: float = 0.02, omega: float = 4 
         tentative = sp.csr_matrix(tentative)
         diag = fine.diagonal()
         rho = largest_eigenvalue_scaled(fine, 1.0 / np.sqrt(diag))
-        p = (tentative - sp.diags(omega / rho / diag) @ (fine @ tentative)).tocsr()
+        p = (tentative - sp.diags(omega / rho / diag) @ matmul(fine, tentative)).tocsr()
         r = p.T.tocsr()
         levels[-1].P, levels[-1].R = p, r
         levels.append(MultilevelSolver.Level())
-        levels[-1].A = (r @ (fine @ p)).tocsr()
+        coarse = matmul(r, matmul(fine, p)).tocsr()
+        coarse.sort_indices()  # the next aggregation visits neighbours in stored order: make it canonical
+        levels[-1].A = coarse
     ml = MultilevelSolver(levels, coarse_solver="pinv")
     change_smoothers(ml, presmoother=("gauss_seidel", {"sweep": "forward"}),
                      postsmoother=("gauss_seidel", {"sweep": "backward"}))

@@ -224,12 +224,15 @@ def potential_efield(nodes_mm: np.ndarray, tets: np.ndarray, potential: np.ndarr
     return out
 
 
-def warm_up() -> None:
-    """Load every kernel from numba's on-disk cache (compiling on the very first use)."""
+def warm_up(tms: bool = True) -> None:
+    """Load the kernels of a run from numba's on-disk cache (compiling on the very first use): the
+    stiffness matrix and, for TMS, the load and fields; else E from the potential."""
     nodes = np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]])
     tets = np.array([[0, 1, 2, 3]], np.int32)
     sigma = np.ones(1)
     stiffness_matrix(nodes, tets, sigma)
-    load_from_nodal_field(nodes, tets, sigma, nodes)
-    tms_fields(nodes, tets, np.zeros(4), nodes)
-    potential_efield(nodes, tets, np.zeros(4))
+    if tms:
+        load_from_nodal_field(nodes, tets, sigma, nodes)
+        tms_fields(nodes, tets, np.zeros(4), nodes)
+    else:
+        potential_efield(nodes, tets, np.zeros(4))
