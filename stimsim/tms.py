@@ -18,9 +18,9 @@ from .coils import load_coil, place_coil, placement_from_matrix
 from .coils.model import check_dipoles_outside
 from .errors import ProtocolError
 from .protocol import TMSProtocol
-from .fem import (amg_hierarchy, assemble_load_from_element_vectors, element_efield, element_mean,
+from .fem import (assemble_load_from_element_vectors, element_efield, element_mean,
                   grounded_system, pcg, recover, solver_for, use_numba)
-from .fem.linear import DEFAULT_RTOL, amg_preconditioner, pick_backend
+from .fem.linear import DEFAULT_RTOL, amg_preconditioner_for, pick_backend
 from .head_model import HeadModel, read_head, resolve_position
 from .simulation_result import TMSResult
 
@@ -243,7 +243,7 @@ class TMSModel:
             backend = backend if backend in ("pardiso", "cholmod") else "amg"
         self.backend = backend
         self._factor = None if backend == "amg" else self.head.solver(self.system, backend)
-        self._precond = amg_preconditioner(amg_hierarchy(self.system.matrix)) if backend == "amg" else None
+        self._precond = amg_preconditioner_for(self.system.matrix) if backend == "amg" else None
         self._mean, self._load = _primary_operators(self.head.geometry, self.head.sigma, self.system.ground)
         self.reuse = reuse
         self._basis = np.empty((reuse, self.mesh.n_nodes))  # A-orthonormal earlier solutions (a ring)

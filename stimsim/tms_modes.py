@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,9 +119,10 @@ def modes_key(model, tags, params: dict) -> str:
 
 
 def default_cache_dir() -> Path:
-    """Where :func:`cortical_modes` keeps its files: ``$STIMSIM_CACHE/tms_modes`` or ``~/.cache/stimsim/tms_modes``."""
-    base = os.environ.get("STIMSIM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "stimsim")
-    return Path(base) / "tms_modes"
+    """Where :func:`cortical_modes` keeps its files: ``tms_modes`` in the cache folder (:mod:`stimsim.cache`)."""
+    from .cache import cache_dir
+
+    return cache_dir("tms_modes")
 
 
 def cortical_modes(model, *, tags=(2,), cache_dir=None, **build_options) -> CorticalModes:

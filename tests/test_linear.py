@@ -133,3 +133,45 @@ def test_pcg_counts_iterations_as_scipy_cg(head_system, rng):
     assert pcg(head_system, b, m, 1e-8, 500, x0=x0)[1] < it
     with pytest.raises(Exception, match="did not converge"):
         pcg(head_system, b, m, 1e-14, 2)
+
+
+def test_vcycle_disk_cache(head_system, rng, tmp_path, monkeypatch):
+    """A stored V-cycle is read back bit for bit; a damaged file is rebuilt; another matrix is another
+    file; an unwritable cache folder only costs the reuse."""
+    from stimsim.fem.amg_cycle import VCycle
+    from stimsim.fem.linear import amg_preconditioner_for
+
+    monkeypatch.setenv("STIMSIM_CACHE", str(tmp_path / "cache"))
+    r = rng.standard_normal(head_system.shape[0])
+    fresh = VCycle(build_amg_hierarchy(head_system))(r)
+    first = amg_preconditioner_for(head_system, cache=True)
+    files = list((tmp_path / "cache" / "amg").glob("*.npz"))
+    assert len(files) == 1
+    second = amg_preconditioner_for(head_system, cache=True)
+    assert second is not first and not hasattr(second, "__dict__") or second.levels is not first.levels
+    np.testing.assert_array_equal(second(r), fresh)
+    np.testing.assert_array_equal(first(r), fresh)
+    files[0].write_bytes(files[0].read_bytes()[:1000])  # truncated
+    np.testing.assert_array_equal(amg_preconditioner_for(head_system, cache=True)(r), fresh)
+    assert files[0].stat().st_size > 1000  # replaced by a whole file
+    scaled = (head_system * 2.0).tocsr()
+    np.testing.assert_allclose(amg_preconditioner_for(scaled, cache=True)(r), fresh / 2, rtol=1e-12, atol=0)
+    assert len(list((tmp_path / "cache" / "amg").glob("*.npz"))) == 2
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("STIMSIM_CACHE", str(blocked))
+    np.testing.assert_array_equal(amg_preconditioner_for(head_system, cache=True)(r), fresh)
+
+
+def test_prune_keeps_the_recently_used(tmp_path):
+    import os
+
+    from stimsim.cache import prune
+
+    for k in range(5):
+        p = tmp_path / f"{k}.npz"
+        p.write_bytes(b"x" * 100)
+        os.utime(p, (1000 + k, 1000 + k))
+    os.utime(tmp_path / "0.npz", (2000, 2000))  # read recently
+    prune(tmp_path, 300, "*.npz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.npz", "3.npz", "4.npz"]

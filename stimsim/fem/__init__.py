@@ -19,9 +19,10 @@ from .electrodes import (ElectrodeSpec, ElectrodeSystem, GroundedSystem, PlacedE
                          grounded_system, place_electrodes)
 from .fields import element_efield, element_mean, recover
 from .kernels import use_numba
-from .linear import DEFAULT_RTOL, FactorizedSolver, SolveInfo, amg_cg, amg_hierarchy, amg_preconditioner, pcg, solver_for
+from .linear import (DEFAULT_RTOL, FactorizedSolver, SolveInfo, amg_cg, amg_hierarchy, amg_preconditioner,
+                     amg_preconditioner_for, pcg, solver_for)
 
 __all__ = ["P1Geometry", "assemble_stiffness", "assemble_load_from_element_vectors", "ElectrodeSpec",
            "ElectrodeSystem", "GroundedSystem", "PlacedElectrode", "electrode_system", "grounded_system",
            "place_electrodes", "use_numba", "element_efield", "element_mean", "recover", "DEFAULT_RTOL",
-           "FactorizedSolver", "SolveInfo", "amg_cg", "amg_hierarchy", "amg_preconditioner", "pcg", "solver_for"]
+           "FactorizedSolver", "SolveInfo", "amg_cg", "amg_hierarchy", "amg_preconditioner", "amg_preconditioner_for", "pcg", "solver_for"]

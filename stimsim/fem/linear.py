@@ -117,6 +117,7 @@ def build_amg_hierarchy(a: sp.csr_matrix, theta: float = 0.02, omega: float = 4 
         diag = fine.diagonal()
         rho = largest_eigenvalue_scaled(fine, 1.0 / np.sqrt(diag))
         p = (tentative - sp.diags(omega / rho / diag) @ matmul(fine, tentative)).tocsr()
+        p.sort_indices()  # canonical, as the coarse matrices: both product kernels give the same cycle
         r = p.T.tocsr()
         levels[-1].P, levels[-1].R = p, r
         levels.append(MultilevelSolver.Level())
@@ -163,6 +164,73 @@ def amg_preconditioner(ml, backend: str = "auto"):
     from .kernels import use_numba
 
     return make_vcycle(ml, use_numba(backend))
+
+
+#: systems with at least this many unknowns keep their V-cycle in the on-disk cache (smaller ones build
+#: it in a few tens of ms); at most AMG_CACHE_MAX_BYTES of such files are kept (least recently used go)
+AMG_CACHE_MIN_N = 20_000
+AMG_CACHE_MAX_BYTES = 2**30
+
+
+def amg_preconditioner_for(a: sp.csr_matrix, backend: str = "auto", cache: bool | None = None):
+    """The AMG V-cycle of matrix ``a`` (:func:`amg_hierarchy` + :func:`amg_preconditioner`).
+
+    ``cache`` (default: on for the numba cycle of systems with at least :data:`AMG_CACHE_MIN_N`
+    unknowns): read the cycle from the cache folder (``amg/`` in :func:`stimsim.cache.cache_dir`),
+    keyed by a hash of the matrix's exact bytes and the cycle's format, or build it and store it
+    there.  A TMS run's grounded system depends only on the head and its conductivities, so every
+    later run on that head skips the set-up; a tDCS system also on its electrodes.  A damaged or
+    unreadable file is rebuilt; a cache folder that cannot be written is skipped.
+    """
+    from . import amg_cycle
+    from .amg_cycle import VCycle, make_vcycle
+    from .kernels import use_numba
+
+    kernels = use_numba(backend)
+    if cache is None:
+        cache = kernels and a.shape[0] >= AMG_CACHE_MIN_N
+    if not (cache and kernels):
+        return make_vcycle(amg_hierarchy(a, backend), kernels)
+    import hashlib
+
+    from ..cache import cache_dir, prune
+
+    a = a if sp.isspmatrix_csr(a) else sp.csr_matrix(a)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{VCycle.FORMAT} {amg_cycle.MAX_BLOCKS} {amg_cycle.MIN_BLOCK_ROWS} {a.shape} {a.data.dtype} "
+             f"{a.indices.dtype}".encode())
+    for part in (a.indptr, a.indices, a.data):
+        h.update(np.ascontiguousarray(part).data)
+    folder = cache_dir("amg")
+    path = folder / f"{h.hexdigest()}.npz"
+    try:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as stored:  # our handle: closed on errors
+            cycle = VCycle.from_arrays(dict(stored), a)
+        path.touch()  # recently used: kept by prune()
+        logger.info("AMG V-cycle read from the cache (%s)", path.name)
+        return cycle
+    except FileNotFoundError:
+        pass
+    except Exception as exc:  # damaged, truncated or from another version: rebuild and replace
+        logger.info("AMG cache file %s unusable (%s): rebuilt", path.name, exc)
+    cycle = VCycle(amg_hierarchy(a, backend))
+    try:
+        import os
+        import tempfile
+
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".amg-", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, **cycle.arrays())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        prune(folder, AMG_CACHE_MAX_BYTES, "*.npz")
+    except OSError as exc:  # a read-only or full cache folder costs only the reuse
+        logger.info("AMG cache not written (%s)", exc)
+    return cycle
 
 
 def pcg(a, b, precond, rtol, maxiter, x0=None):
@@ -216,16 +284,19 @@ def pcg(a, b, precond, rtol, maxiter, x0=None):
     )
 
 
-def amg_cg(rtol: float = 1e-10, maxiter: int = 1000):
-    """Return a solver ``f(A, b) -> (x, SolveInfo)``: CG preconditioned by pyamg (rtol relative to ||b||).
+def amg_cg(rtol: float = 1e-10, maxiter: int = 1000, cache: bool = False):
+    """Return a solver ``f(A, b) -> (x, SolveInfo)``: CG preconditioned by an AMG V-cycle (rtol relative
+    to ||b||).
 
     ``b`` may be a function returning the right-hand side: it is called after the AMG
-    hierarchy is built, so the memory its inputs need is not held during the set-up.
+    hierarchy is built, so the memory its inputs need is not held during the set-up.  ``cache``:
+    keep the V-cycle on disk (:func:`amg_preconditioner_for`) for systems that later runs share (a
+    TMS run's grounded head); a tDCS system is its montage's own, so it is not stored by default.
     """
 
     def solve(a: sp.csr_matrix, b):
         t0 = time.perf_counter()
-        precond = amg_preconditioner(amg_hierarchy(a))
+        precond = amg_preconditioner_for(a, cache=None if cache else False)
         setup_s = time.perf_counter() - t0
         if callable(b):
             b = b()
@@ -255,7 +326,8 @@ def solver_for(options, matrix: sp.csr_matrix, kind: str = "tdcs"):
     """
     if options.method == "direct":
         return FactorizedSolver(matrix)
-    return amg_cg(rtol=options.rtol or DEFAULT_RTOL[kind], maxiter=options.maxiter)
+    # a TMS run's grounded system is the head's: its V-cycle is kept on disk for the next run on that head
+    return amg_cg(rtol=options.rtol or DEFAULT_RTOL[kind], maxiter=options.maxiter, cache=kind == "tms")
 
 
 #: the automatic choice factorises (PARDISO, else CHOLMOD) systems up to this many unknowns: the fill
@@ -360,11 +432,8 @@ class FactorizedSolver:
             lu = spla.splu(a.tocsc(), permc_spec="MMD_AT_PLUS_A")
             self.memory_bytes = int((lu.L.nnz + lu.U.nnz) * 12)
             return lu.solve
-        ml = amg_hierarchy(a)
-        self.memory_bytes = sum(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
-                                for lv in ml.levels for m in (lv.A, getattr(lv, "P", None), getattr(lv, "R", None))
-                                if m is not None)
-        precond = amg_preconditioner(ml)
+        precond = amg_preconditioner_for(a)
+        self.memory_bytes = precond.nbytes
 
         def amg_solve(b):
             cols = [b] if b.ndim == 1 else list(b.T)

@@ -117,12 +117,10 @@ def load_label_volume(labels, affine=None, what: str = "labels") -> tuple[np.nda
 # caching
 # ----------------------------------------------------------------------------------------------
 def cache_dir() -> Path:
-    """``$STIMSIM_CACHE``, else ``$XDG_CACHE_HOME/stimsim``, else ``~/.cache/stimsim``."""
-    env = os.environ.get("STIMSIM_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "stimsim"
+    """``$STIMSIM_CACHE``, else ``$XDG_CACHE_HOME/stimsim``, else ``~/.cache/stimsim`` (:mod:`stimsim.cache`)."""
+    from ...cache import cache_dir as root
+
+    return root()
 
 
 def _cache_key(tags: np.ndarray, affine: np.ndarray, h: float, extra: str) -> str:
