@@ -86,8 +86,13 @@ def test_plain_cycle_is_pyamgs_cycle(head_system, rng):
 @pytest.mark.parametrize("which", ["plain", "parallel"])
 def test_cycle_is_symmetric_positive_definite(head_system, rng, which):
     """CG needs a symmetric positive definite preconditioner: <x, M y> = <M x, y> and <x, M x> > 0."""
-    _, plain, parallel = _cycles(head_system)
-    cycle = plain if which == "plain" else parallel
+    from scipy.sparse.csgraph import reverse_cuthill_mckee
+
+    from stimsim.fem.amg_cycle import PlainVCycle, VCycle
+
+    perm = reverse_cuthill_mckee(head_system, symmetric_mode=True)
+    ml = build_amg_hierarchy(head_system[perm][:, perm].tocsr())  # numbered by neighbourhood: two blocks
+    cycle = PlainVCycle(ml) if which == "plain" else VCycle(ml)
     n = head_system.shape[0]
     for _ in range(3):
         x, y = rng.standard_normal(n), rng.standard_normal(n)
@@ -97,15 +102,21 @@ def test_cycle_is_symmetric_positive_definite(head_system, rng, which):
 
 
 def test_parallel_cycle_smoother_blocks_and_thread_count(head_system, rng, monkeypatch):
-    """One block: the parallel cycle is the sequential Gauss-Seidel cycle.  Its result does not depend on
-    the number of threads (the blocks are fixed), bit for bit."""
+    """Rows numbered by neighbourhood (reverse Cuthill-McKee) get parallel smoother blocks, whose result
+    does not depend on the number of threads, bit for bit; one block is the sequential Gauss-Seidel
+    cycle; the sphere's gmsh numbering (blocks loosely coupled) gets one block."""
     import numba
+    from scipy.sparse.csgraph import reverse_cuthill_mckee
 
     import stimsim.fem.amg_cycle as amg_cycle
 
-    ml, plain, parallel = _cycles(head_system)
-    assert len(parallel.levels[0][3]) > 2  # the sphere's fine level has several smoother blocks
-    r = rng.standard_normal(head_system.shape[0])
+    perm = reverse_cuthill_mckee(head_system, symmetric_mode=True)
+    ordered = head_system[perm][:, perm].tocsr()
+    ml = build_amg_hierarchy(ordered)
+    parallel, plain = amg_cycle.VCycle(ml), amg_cycle.PlainVCycle(ml)
+    assert len(parallel.levels[0][3]) - 1 == 2  # 4.6k rows: two blocks of >= MIN_BLOCK_ROWS
+    assert len(amg_cycle.VCycle(build_amg_hierarchy(head_system)).levels[0][3]) - 1 == 1
+    r = rng.standard_normal(ordered.shape[0])
     threads = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
@@ -113,9 +124,12 @@ def test_parallel_cycle_smoother_blocks_and_thread_count(head_system, rng, monke
     finally:
         numba.set_num_threads(threads)
     np.testing.assert_array_equal(one_thread, parallel(r))
+    assert np.linalg.norm(one_thread - plain(r)) > 1e-6 * np.linalg.norm(plain(r))  # really another smoother
     monkeypatch.setattr(amg_cycle, "MAX_BLOCKS", 1)
     sequential = amg_cycle.VCycle(ml)
     assert np.linalg.norm(sequential(r) - plain(r)) <= 1e-10 * np.linalg.norm(plain(r))
+    x, it = pcg(ordered, ordered @ r, parallel, 1e-10, 200)  # and CG converges with the blocks
+    assert np.linalg.norm(x - r) <= 1e-6 * np.linalg.norm(r)
 
 
 def test_pcg_counts_iterations_as_scipy_cg(head_system, rng):

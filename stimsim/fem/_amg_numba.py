@@ -43,9 +43,11 @@ def residual(ptr, idx, val, x, b, r):
 
 @numba.njit(cache=True, nogil=True)
 def offblock_l1(ptr, idx, val, bounds):
-    """Per row, the absolute sum of its entries in columns outside its own block."""
+    """Per row, the absolute sum of its entries in columns outside its own block; and how many
+    entries lie outside their row's block."""
     n = ptr.shape[0] - 1
     out = np.zeros(n)
+    count = 0
     for blk in range(bounds.shape[0] - 1):
         lo, hi = bounds[blk], bounds[blk + 1]
         for i in range(lo, hi):
@@ -54,8 +56,9 @@ def offblock_l1(ptr, idx, val, bounds):
                 j = idx[k]
                 if j < lo or j >= hi:
                     s += abs(val[k])
+                    count += 1
             out[i] = s
-    return out
+    return out, count
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)

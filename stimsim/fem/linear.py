@@ -197,8 +197,8 @@ def amg_preconditioner_for(a: sp.csr_matrix, backend: str = "auto", cache: bool 
 
     a = a if sp.isspmatrix_csr(a) else sp.csr_matrix(a)
     h = hashlib.blake2b(digest_size=16)
-    h.update(f"{VCycle.FORMAT} {amg_cycle.MAX_BLOCKS} {amg_cycle.MIN_BLOCK_ROWS} {a.shape} {a.data.dtype} "
-             f"{a.indices.dtype}".encode())
+    h.update(f"{VCycle.FORMAT} {amg_cycle.MAX_BLOCKS} {amg_cycle.MIN_BLOCK_ROWS} {amg_cycle.MAX_OFFBLOCK_FRACTION} "
+             f"{a.shape} {a.data.dtype} {a.indices.dtype}".encode())
     for part in (a.indptr, a.indices, a.data):
         h.update(np.ascontiguousarray(part).data)
     folder = cache_dir("amg")
