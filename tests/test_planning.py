@@ -181,7 +181,7 @@ def test_dask_gives_the_same_numbers_as_joblib(tmp_path):
 def test_unreachable_scheduler(tmp_path):
     pytest.importorskip("distributed")
     with pytest.raises(StimsimError, match="cannot be reached"):
-        run_batch(_tasks(), tmp_path / "x", scheduler="tcp://127.0.0.1:9", progress=False)
+        run_batch(_tasks(), tmp_path / "x", scheduler="tcp://127.0.0.1:9", progress=False, connect_timeout_s=1)
     rows = run_batch(_tasks(), tmp_path / "y", scheduler="tcp://127.0.0.1:9", fallback_to_local=True,
-                     progress=False)
+                     progress=False, connect_timeout_s=1)
     assert len(rows) == 2

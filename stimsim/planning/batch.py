@@ -84,12 +84,13 @@ def task_ids(files: list[Path]) -> list[str]:
 
 
 def run_batch(tasks: dict[str, dict], out_dir, *, base_dir=None, jobs: int = 1, scheduler: str | None = None,
-              fallback_to_local: bool = False, progress: bool = True) -> list[dict]:
+              fallback_to_local: bool = False, progress: bool = True, connect_timeout_s: float = 5.0) -> list[dict]:
     """Simulate every ``{id: protocol mapping}``; return one row per id (in input order).
 
     ``base_dir`` is the folder relative paths in the protocols are resolved against: one folder
     for all, or a mapping ``id -> folder`` (each protocol file's own folder).  A row has
-    ``error`` instead of numbers when that protocol failed.
+    ``error`` instead of numbers when that protocol failed.  ``connect_timeout_s``: how long to try
+    reaching the dask ``scheduler``.
 
     Raises
     ------
@@ -116,7 +117,7 @@ def run_batch(tasks: dict[str, dict], out_dir, *, base_dir=None, jobs: int = 1, 
         try:
             from distributed import Client
 
-            client = Client(scheduler, timeout="5s")
+            client = Client(scheduler, timeout=f"{connect_timeout_s:g}s")
         except Exception as exc:
             if not fallback_to_local:
                 raise StimsimError(
