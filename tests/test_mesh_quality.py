@@ -65,3 +65,31 @@ def test_volumes_and_thin_skull_closed(balls):
         k = bone & (bins == b)
         assert r[k].max() - r[k].min() > 1.0
     assert len(np.unique(bins[bone])) == 72
+
+
+@pytest.mark.parametrize("kernels", [True, False])
+def test_intersecting_triangles(kernels, monkeypatch):
+    """Crossing pairs are found by the numba kernel and by the numpy fallback alike; a shared vertex or
+    lying apart is no crossing."""
+    import stimsim.fem.kernels as fem_kernels
+    from stimsim.head.meshers.surface import intersecting_triangles
+
+    monkeypatch.setattr(fem_kernels, "HAVE_NUMBA", kernels)
+    v = np.array([[0, 0, 0], [4, 0, 0], [0, 4, 0],           # 0: a triangle in z = 0
+                  [1, 1, -1], [1, 1, 1], [3, 3, 1],          # 1: pierces triangle 0 (edge 3-4 through it)
+                  [-0.5, -0.5, 0.5], [-2, 0, 1], [-2, 1, 1],  # 2: close by, apart
+                  [10, 10, 0], [12, 10, 0], [10, 12, 0],     # 3: far away
+                  [4, 0, 0], [5, 0, 3], [5, 1, -3.0]], float)  # 4: shares vertex 1 (index) with 0
+    f = np.array([[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11], [1, 13, 14]])
+    np.testing.assert_array_equal(intersecting_triangles(v, f), [0, 1])
+    cand = np.array([False, False, False, True, True])
+    assert len(intersecting_triangles(v, f, cand)) == 0  # only pairs with a candidate are tested
+    # a random soup: both implementations agree
+    rng = np.random.default_rng(3)
+    soup_v = rng.uniform(0, 30, (600, 3))
+    soup_f = rng.integers(0, 600, (200, 3))
+    soup_f = soup_f[(soup_f[:, 0] != soup_f[:, 1]) & (soup_f[:, 1] != soup_f[:, 2]) & (soup_f[:, 0] != soup_f[:, 2])]
+    found = intersecting_triangles(soup_v, soup_f)
+    monkeypatch.setattr(fem_kernels, "HAVE_NUMBA", not kernels)
+    np.testing.assert_array_equal(found, intersecting_triangles(soup_v, soup_f))
+    assert len(found) > 0

@@ -14,8 +14,8 @@ from ..._logging import logger
 from ...errors import MeshError
 from ...mesh.model import Mesh
 from ...tissues import LAYER_FILL_TAG, layer_lut
-from .topology import (CAVITY_TAG, ISLAND_FRACTION, compact_nodes, face_components, orient_tets, sample_volume,
-                       signed_volumes)
+from .topology import (CAVITY_TAG, ISLAND_FRACTION, compact_nodes, distance_to_background, face_components,
+                       orient_tets, sample_volume, signed_volumes)
 
 #: BCC lattice spacing at default resolution: Colin27 1 mm -> 1.43 M tets (uniform lattice)
 DEFAULT_ELEMENT_SIZE_MM = 3.2
@@ -157,8 +157,8 @@ def _tet_islands(tags: np.ndarray, neighbors: np.ndarray, protect: np.ndarray | 
 
 def _sdf(mask: np.ndarray, zooms) -> np.ndarray:
     """Smoothed signed distance (mm, negative inside) of a voxel mask, zero on voxel faces."""
-    out = ndi.distance_transform_edt(~mask, sampling=zooms).astype(np.float32)
-    out -= ndi.distance_transform_edt(mask, sampling=zooms).astype(np.float32)
+    out = distance_to_background(~mask, zooms)
+    out -= distance_to_background(mask, zooms)
     out *= 0.5  # the centre-to-centre distances give +-1 voxel at both sides of a face
     return ndi.gaussian_filter(out, sigma=0.7, mode="nearest")
 
@@ -319,7 +319,7 @@ def lattice_tets(tags: np.ndarray, cav: np.ndarray, zooms, h: float, lesion: np.
 
     steps.start("distance field")
     t = time.perf_counter()
-    dist = ndi.distance_transform_edt(~_interfaces(work), sampling=zooms).astype(np.float32)
+    dist = distance_to_background(~_interfaces(work), zooms)
     nz = np.nonzero(tags)
     box = (np.array([a.min() for a in nz]), np.array([a.max() for a in nz]))
     del nz

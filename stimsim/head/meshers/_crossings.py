@@ -1,0 +1,94 @@
+"""numba kernel of :func:`stimsim.head.meshers.surface.intersecting_triangles`: which triangles of a
+surface soup cross another one they share no vertex with.
+
+Triangles are binned by centroid on a grid of cells twice the largest bounding-sphere radius, so every
+pair whose bounding spheres overlap lies in neighbouring cells; each pair is tested there (spheres,
+shared vertices, the 6 edge-through-triangle tests) without the millions of temporary rows the numpy
+version built (Colin27: 10 M candidate pairs, 9.7 -> ~0.3 s).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _crosses(v, p, q, a, b, c):  # pragma: no cover - compiled
+    """Does segment v[p] v[q] cross triangle v[a] v[b] v[c] (Moeller-Trumbore, both ends included)."""
+    e1x, e1y, e1z = v[b, 0] - v[a, 0], v[b, 1] - v[a, 1], v[b, 2] - v[a, 2]
+    e2x, e2y, e2z = v[c, 0] - v[a, 0], v[c, 1] - v[a, 1], v[c, 2] - v[a, 2]
+    dx, dy, dz = v[q, 0] - v[p, 0], v[q, 1] - v[p, 1], v[q, 2] - v[p, 2]
+    hx, hy, hz = dy * e2z - dz * e2y, dz * e2x - dx * e2z, dx * e2y - dy * e2x
+    det = e1x * hx + e1y * hy + e1z * hz
+    if abs(det) <= 1e-12:
+        return False
+    inv = 1.0 / det
+    sx, sy, sz = v[p, 0] - v[a, 0], v[p, 1] - v[a, 1], v[p, 2] - v[a, 2]
+    u = (sx * hx + sy * hy + sz * hz) * inv
+    if u < 0.0 or u > 1.0:
+        return False
+    qx, qy, qz = sy * e1z - sz * e1y, sz * e1x - sx * e1z, sx * e1y - sy * e1x
+    w = (dx * qx + dy * qy + dz * qz) * inv
+    if w < 0.0 or u + w > 1.0:
+        return False
+    t = (e2x * qx + e2y * qy + e2z * qz) * inv
+    return 0.0 <= t <= 1.0
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def crossing_flags(v, f, cen, r, candidates, cell_start, cell_items, cell_of, dims):  # pragma: no cover
+    """hit[t] = triangle t crosses a triangle it shares no vertex with (pairs with a candidate)."""
+    n = f.shape[0]
+    hit = np.zeros(n, np.bool_)
+    nx, ny, nz = dims[0], dims[1], dims[2]
+    for ci in numba.prange(candidates.shape[0]):
+        i = candidates[ci]
+        cx, cy, cz = cell_of[i, 0], cell_of[i, 1], cell_of[i, 2]
+        for ox in range(max(cx - 1, 0), min(cx + 2, nx)):
+            for oy in range(max(cy - 1, 0), min(cy + 2, ny)):
+                for oz in range(max(cz - 1, 0), min(cz + 2, nz)):
+                    cell = (ox * ny + oy) * nz + oz
+                    for k in range(cell_start[cell], cell_start[cell + 1]):
+                        j = cell_items[k]
+                        if j == i:
+                            continue
+                        ddx, ddy, ddz = cen[i, 0] - cen[j, 0], cen[i, 1] - cen[j, 1], cen[i, 2] - cen[j, 2]
+                        rr = r[i] + r[j]
+                        if ddx * ddx + ddy * ddy + ddz * ddz > rr * rr:
+                            continue
+                        shared = False
+                        for s in range(3):
+                            for u in range(3):
+                                if f[i, s] == f[j, u]:
+                                    shared = True
+                        if shared:
+                            continue
+                        crossed = False
+                        for s in range(3):
+                            if (_crosses(v, f[i, s], f[i, (s + 1) % 3], f[j, 0], f[j, 1], f[j, 2])
+                                    or _crosses(v, f[j, s], f[j, (s + 1) % 3], f[i, 0], f[i, 1], f[i, 2])):
+                                crossed = True
+                                break
+                        if crossed:
+                            hit[i] = True
+                            hit[j] = True  # every write stores True: a benign race
+    return hit
+
+
+def intersecting(v: np.ndarray, f: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Sorted indices of the triangles that cross another (pairs with a triangle in ``candidates``)."""
+    v = np.ascontiguousarray(v, np.float64)
+    f = np.ascontiguousarray(f, np.int64)
+    cen = v[f].mean(axis=1)
+    r = np.sqrt(np.max(((v[f] - cen[:, None, :]) ** 2).sum(-1), axis=1))
+    size = max(2.0 * float(r.max()), 1e-9)
+    lo = cen.min(axis=0)
+    cell_of = np.floor((cen - lo) / size).astype(np.int64)
+    dims = cell_of.max(axis=0) + 1
+    flat = (cell_of[:, 0] * dims[1] + cell_of[:, 1]) * dims[2] + cell_of[:, 2]
+    order = np.argsort(flat, kind="stable")
+    cell_start = np.searchsorted(flat[order], np.arange(int(np.prod(dims)) + 1))
+    hit = crossing_flags(v, f, cen, r, np.ascontiguousarray(np.flatnonzero(candidates), np.int64),
+                         cell_start.astype(np.int64), order.astype(np.int64), cell_of, dims.astype(np.int64))
+    return np.flatnonzero(hit)
