@@ -294,7 +294,7 @@ def intersecting_triangles(v: np.ndarray, f: np.ndarray, candidates: np.ndarray 
     """Triangles of ``(v, f)`` that cross another triangle with which they share no vertex (an edge of
     one through the other), among the pairs with at least one triangle in ``candidates`` (bool per
     triangle; default all).  Bounding-sphere pairs, then 6 segment tests per pair: by the numba kernel
-    (:mod:`._crossings`) when numba is used, else by a k-d tree and vectorised numpy (the same pairs and
+    (:mod:`._kernels`) when numba is used, else by a k-d tree and vectorised numpy (the same pairs and
     tests; ~30x slower on Colin27)."""
     from scipy.spatial import cKDTree
 
@@ -303,7 +303,7 @@ def intersecting_triangles(v: np.ndarray, f: np.ndarray, candidates: np.ndarray 
     if candidates is None:
         candidates = np.ones(len(f), bool)
     if use_numba():
-        from ._crossings import intersecting
+        from ._kernels import intersecting
 
         return intersecting(v, f, candidates)
 
@@ -364,7 +364,13 @@ def _seeds(region: np.ndarray, depth: np.ndarray, zooms, pad: int, min_depth: fl
 
 
 def _trilinear(phi, pts_mm, zooms, pad):
+    from ...fem.kernels import use_numba
+
     p = pts_mm / np.asarray(zooms) + pad
+    if use_numba():
+        from ._kernels import trilinear
+
+        return trilinear(phi, p)
     return ndi.map_coordinates(phi, p.T, order=1, mode="nearest")
 
 

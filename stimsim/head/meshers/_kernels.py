@@ -1,6 +1,10 @@
-"""numba kernel of :func:`stimsim.head.meshers.surface.intersecting_triangles`: which triangles of a
-surface soup cross another one they share no vertex with.
+"""numba kernels of the surface mesher (:mod:`stimsim.head.meshers.surface`).
 
+:func:`trilinear`: a field sampled at many points, as ``scipy.ndimage.map_coordinates(order=1,
+mode="nearest")`` does (the same interpolation, in parallel and without its per-call set-up: the
+surface relaxation samples the level-set fields ~2,000 times).
+
+:func:`intersecting`: which triangles of a surface soup cross another one they share no vertex with.
 Triangles are binned by centroid on a grid of cells twice the largest bounding-sphere radius, so every
 pair whose bounding spheres overlap lies in neighbouring cells; each pair is tested there (spheres,
 shared vertices, the 6 edge-through-triangle tests) without the millions of temporary rows the numpy
@@ -92,3 +96,32 @@ def intersecting(v: np.ndarray, f: np.ndarray, candidates: np.ndarray) -> np.nda
     hit = crossing_flags(v, f, cen, r, np.ascontiguousarray(np.flatnonzero(candidates), np.int64),
                          cell_start.astype(np.int64), order.astype(np.int64), cell_of, dims.astype(np.int64))
     return np.flatnonzero(hit)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _trilinear(phi, p, out):  # pragma: no cover - compiled
+    nx, ny, nz = phi.shape
+    for q in numba.prange(p.shape[0]):
+        x = min(max(p[q, 0], 0.0), nx - 1.0)
+        y = min(max(p[q, 1], 0.0), ny - 1.0)
+        z = min(max(p[q, 2], 0.0), nz - 1.0)
+        i = min(int(x), max(nx - 2, 0))
+        j = min(int(y), max(ny - 2, 0))
+        k = min(int(z), max(nz - 2, 0))
+        fx, fy, fz = x - i, y - j, z - k
+        i1, j1, k1 = min(i + 1, nx - 1), min(j + 1, ny - 1), min(k + 1, nz - 1)
+        c00 = phi[i, j, k] * (1.0 - fx) + phi[i1, j, k] * fx
+        c10 = phi[i, j1, k] * (1.0 - fx) + phi[i1, j1, k] * fx
+        c01 = phi[i, j, k1] * (1.0 - fx) + phi[i1, j, k1] * fx
+        c11 = phi[i, j1, k1] * (1.0 - fx) + phi[i1, j1, k1] * fx
+        c0 = c00 * (1.0 - fy) + c10 * fy
+        c1 = c01 * (1.0 - fy) + c11 * fy
+        out[q] = c0 * (1.0 - fz) + c1 * fz
+
+
+def trilinear(phi: np.ndarray, index_coords: np.ndarray) -> np.ndarray:
+    """``phi`` at fractional voxel indices ``index_coords`` (n, 3), linear, edges extended; in
+    ``phi``'s floating type, as SciPy returns it."""
+    out = np.empty(len(index_coords))
+    _trilinear(phi, np.ascontiguousarray(index_coords, dtype=np.float64), out)
+    return out.astype(phi.dtype, copy=False) if phi.dtype.kind == "f" else out
