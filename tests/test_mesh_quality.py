@@ -93,3 +93,20 @@ def test_intersecting_triangles(kernels, monkeypatch):
     monkeypatch.setattr(fem_kernels, "HAVE_NUMBA", not kernels)
     np.testing.assert_array_equal(found, intersecting_triangles(soup_v, soup_f))
     assert len(found) > 0
+
+
+@pytest.mark.parametrize("order,dtype", [("C", np.float64), ("F", np.float32)])
+def test_trilinear_kernel_is_map_coordinates(order, dtype):
+    """The surface mesher's level-set sampling equals SciPy's linear map_coordinates with extended
+    edges, inside the grid and outside it."""
+    import scipy.ndimage as ndi
+
+    from stimsim.head.meshers._kernels import trilinear
+
+    rng = np.random.default_rng(5)
+    phi = np.asarray(rng.standard_normal((17, 23, 11)), dtype=dtype, order=order)
+    pts = rng.uniform(-3.0, 25.0, (4000, 3))
+    ref = ndi.map_coordinates(phi, pts.T, order=1, mode="nearest")
+    got = trilinear(phi, pts)
+    assert got.dtype == ref.dtype
+    np.testing.assert_allclose(got, ref, rtol=0, atol=4 * np.finfo(dtype).eps * np.abs(phi).max())
