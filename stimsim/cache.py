@@ -1,7 +1,8 @@
 """Where stimsim keeps files it can rebuild (head meshes, AMG hierarchies, TMS cortical modes).
 
-``$STIMSIM_CACHE``, else ``$XDG_CACHE_HOME/stimsim``, else ``~/.cache/stimsim``; each user in its
-own sub-folder.  Everything there may be deleted at any time: it is rebuilt when needed.
+``$STIMSIM_CACHE``, else ``$XDG_CACHE_HOME/stimsim``, else ``~/.cache/stimsim``, with one sub-folder
+per kind of file.  Everything there may be deleted at any time: it is rebuilt when needed.  Files are
+named by a hash of what made them and written atomically, so processes may share a folder.
 """
 
 from __future__ import annotations

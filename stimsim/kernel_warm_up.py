@@ -1,9 +1,13 @@
 """Load numba and a run's compiled kernels in a background thread, started as early as possible.
 
 A fresh process spends ~0.6 s importing numba, starting its parallel back end and loading the
-cached kernels (measured: docs/solver.md).  ``stimsim run`` starts this right after the protocol is
-read, so the loading overlaps the imports and the mesh read of the main thread, which waits for it
-(:func:`wait`) only before the first kernel call.  This module imports nothing heavy itself.
+cached kernels (measured: docs/solver.md).  A tDCS/tACS ``stimsim run`` starts this once the protocol
+is read, so the loading overlaps the imports and the mesh read of the main thread, which waits for it
+(:func:`wait`) before its first kernel call: the two threads never run numba's parallel code at the
+same time (its "workqueue" back end, used where neither TBB nor OpenMP is installed, aborts the
+process then).  A numba that is installed but does not import (a NumPy version it does not support)
+is noted in :mod:`stimsim.fem.kernels`, and the run takes the numpy path.  This module imports
+nothing heavy itself.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ _started: Future | None = None
 
 def _load(done: Future) -> None:
     try:
-        from .fem.kernels import use_numba
+        from .fem import kernels
 
-        if use_numba():
+        if kernels.use_numba() and kernels.numba_importable():
             from .fem import _amg_numba, p1_numba
 
             p1_numba.warm_up(tms=False)

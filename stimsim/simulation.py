@@ -7,6 +7,7 @@ touching the disk.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -42,6 +43,10 @@ def electrode_specs(protocol: TESProtocol, base_dir: Path | None = None, mesh: M
     return specs
 
 
+#: serialises simulate() across the threads of a process (see its docstring)
+_ONE_AT_A_TIME = threading.RLock()
+
+
 def simulate(protocol, *, base_dir: Path | None = None, mesh: Mesh | None = None,
              verbose=None) -> SimulationResult:
     """Run a protocol (tDCS, tACS, temporal interference or TMS): read the head, assemble, apply sources,
@@ -53,8 +58,12 @@ def simulate(protocol, *, base_dir: Path | None = None, mesh: Mesh | None = None
     base_dir : directory that relative ``head``/coil paths are relative to (the protocol's folder)
     mesh : use this mesh instead of reading ``protocol.head`` (e.g. in batches)
     verbose : log level during this call (``True`` = INFO), restored afterwards
+
+    Calls from several threads of one process run one at a time: the numba kernels already use every
+    core, and numba's "workqueue" back end (where neither TBB nor OpenMP is installed) aborts the
+    process when two threads launch parallel kernels at once.  Processes run in parallel as before.
     """
-    with log_level(verbose):
+    with _ONE_AT_A_TIME, log_level(verbose):
         if protocol.kind == "tms":
             from .tms import run_tms
 
@@ -78,7 +87,8 @@ def _run_tes(protocol, base_dir: Path | None, mesh: Mesh | None) -> SimulationRe
     kernel_warm_up.start()
     mesh, inputs, timings = read_head(protocol, base_dir, mesh)
     kernel_warm_up.wait()
-    head = HeadModel.assemble(mesh, protocol.conductivities, inputs=inputs, timings=timings, gradients=False)
+    kernels = use_numba()  # False if numba turned out not to import
+    head = HeadModel.assemble(mesh, protocol.conductivities, inputs=inputs, timings=timings, gradients=not kernels)
     return solve_tes(protocol, head, base_dir)
 
 

@@ -5,6 +5,24 @@ import numpy as np
 import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+_OWN_CACHE = []
+
+
+def pytest_configure(config):
+    """The tests keep stimsim's cache (meshes, AMG cycles, TMS modes) in a folder of their own, removed
+    at the end, so they neither fill nor read the user's ~/.cache (STIMSIM_CACHE, if set, is kept)."""
+    if "STIMSIM_CACHE" not in os.environ:
+        import tempfile
+
+        _OWN_CACHE.append(tempfile.mkdtemp(prefix="stimsim-test-cache-"))
+        os.environ["STIMSIM_CACHE"] = _OWN_CACHE[0]
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    for folder in _OWN_CACHE:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def shared_file(rel: str) -> Path:

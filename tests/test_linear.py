@@ -153,11 +153,12 @@ def test_vcycle_disk_cache(head_system, rng, tmp_path, monkeypatch):
     """A stored V-cycle is read back bit for bit; a damaged file is rebuilt; another matrix is another
     file; an unwritable cache folder only costs the reuse."""
     from stimsim.fem.amg_cycle import VCycle
-    from stimsim.fem.linear import amg_preconditioner_for
+    from stimsim.fem.linear import amg_preconditioner_for, single_threaded_blas
 
     monkeypatch.setenv("STIMSIM_CACHE", str(tmp_path / "cache"))
     r = rng.standard_normal(head_system.shape[0])
-    fresh = VCycle(build_amg_hierarchy(head_system))(r)
+    with single_threaded_blas():  # as amg_preconditioner_for builds it: the same bits
+        fresh = VCycle(build_amg_hierarchy(head_system))(r)
     first = amg_preconditioner_for(head_system, cache=True)
     files = list((tmp_path / "cache" / "amg").glob("*.npz"))
     assert len(files) == 1
@@ -175,6 +176,42 @@ def test_vcycle_disk_cache(head_system, rng, tmp_path, monkeypatch):
     blocked.write_text("not a folder")
     monkeypatch.setenv("STIMSIM_CACHE", str(blocked))
     np.testing.assert_array_equal(amg_preconditioner_for(head_system, cache=True)(r), fresh)
+    # a readable file of another matrix under this matrix's name: refused, rebuilt (the kernels do
+    # not check bounds, so it must never reach them)
+    monkeypatch.setenv("STIMSIM_CACHE", str(tmp_path / "cache"))
+    other = build_amg_hierarchy((head_system[:3000, :3000]).tocsr())
+    with open(files[0], "wb") as fh:
+        np.savez(fh, **VCycle(other).arrays())
+    np.testing.assert_array_equal(amg_preconditioner_for(head_system, cache=True)(r), fresh)
+
+
+def test_pcg_edge_cases(head_system, rng):
+    """rtol 0 iterates to maxiter and fails (as SciPy's cg); an indefinite system stops with a SolverError."""
+    from stimsim.errors import SolverError
+
+    b = head_system @ rng.standard_normal(head_system.shape[0])
+    with pytest.raises(SolverError, match="did not converge"):
+        pcg(head_system, b, None, 0.0, 5)
+    assert pcg(head_system, np.zeros_like(b), None, 1e-10, 5)[1] == 0
+    indefinite = sp.diags([1.0, -1.0, 2.0]).tocsr()
+    with pytest.raises(SolverError, match="not positive definite"):
+        pcg(indefinite, np.array([1.0, 1.0, 1.0]), None, 1e-12, 10)
+
+
+def test_coarse_inverse_of_a_singular_matrix_is_the_pseudo_inverse():
+    """An ungrounded Laplacian (constants in its null space): Cholesky may 'succeed' on round-off, the
+    pseudo-inverse is what a V-cycle needs there (pyamg's choice)."""
+    from stimsim.fem.amg_cycle import _coarse_inverse
+
+    n = 40
+    lap = sp.diags([-np.ones(n - 1), 2 * np.ones(n), -np.ones(n - 1)], [-1, 0, 1]).tolil()
+    lap[0, 0] = lap[-1, -1] = 1.0
+    lap = lap.tocsr()
+    np.testing.assert_allclose(_coarse_inverse(lap), np.linalg.pinv(lap.toarray()), atol=1e-8)
+    grounded = lap[1:, 1:]
+    inv = _coarse_inverse(grounded)
+    np.testing.assert_array_equal(inv, inv.T)
+    np.testing.assert_allclose(inv @ grounded.toarray(), np.eye(n - 1), atol=1e-9)
 
 
 def test_prune_keeps_the_recently_used(tmp_path):

@@ -29,10 +29,6 @@ def main():  # entry point
     from ..outputs import os_error_message
 
     install_signal_handlers()
-    if next((a for a in sys.argv[1:] if not a.startswith("-")), None) == "run":
-        from .. import kernel_warm_up
-
-        kernel_warm_up.start()  # before typer builds its commands (~0.25 s): see stimsim.kernel_warm_up
     code = 0
     try:
         code = app(standalone_mode=False)  # click returns the exit code of typer.Exit

@@ -14,6 +14,10 @@ from .process import fast_gil_switching
 
 
 def run_and_write(protocol, base_dir, out: Path, overwrite: bool, msh_version: str = "4.1"):
+    if protocol.kind in ("tdcs", "tacs"):  # (TMS loads its own kernels beside its coil placement)
+        from .. import kernel_warm_up
+
+        kernel_warm_up.start()  # numba loads while the modules below import and the mesh is read
     from rich.console import Console
     from rich.table import Table
 
@@ -87,11 +91,6 @@ def run(
 
     Example: stimsim run my_montage.yaml --out results/my_montage
     """
-    from .. import kernel_warm_up
-
-    # numba and the kernels load in a worker thread while the protocol is read and validated, the
-    # modules of the run import and the mesh is read (a bad protocol then waits ~0.5 s for it)
-    kernel_warm_up.start()
     from ..protocol.library import resolve_protocol_argument
 
     try:

@@ -44,7 +44,11 @@ def _coarse_inverse(a) -> np.ndarray:
         factor = sla.cho_factor(dense)
     except np.linalg.LinAlgError:
         return sla.pinv(dense)
-    return sla.cho_solve(factor, np.eye(dense.shape[0]))
+    pivots = np.diag(factor[0]) ** 2
+    if pivots.min() <= 1e-7 * pivots.max():  # numerically singular (an ungrounded Neumann problem)
+        return sla.pinv(dense)
+    inv = sla.cho_solve(factor, np.eye(dense.shape[0]))
+    return 0.5 * (inv + inv.T)  # exactly symmetric, as CG's preconditioner must be
 
 
 class PlainVCycle:
@@ -160,12 +164,25 @@ class VCycle:
 
         self = cls.__new__(cls)
         self._k, self._fine, self.levels = k, fine, []
+        n = fine.shape[0]
         for i in range(int(arrays["n_levels"])):
             def csr(name):
                 return _Csr.from_parts(*(arrays[f"{i}{name}_{part}"] for part in ("ptr", "idx", "val")))
             a = _Csr(fine) if i == 0 else csr("A")
-            self.levels.append((a, csr("P"), csr("R"), arrays[f"{i}_bounds"], arrays[f"{i}_scale"]))
-        self.coarse = np.asarray(arrays["coarse"])
+            p, r = csr("P"), csr("R")
+            bounds, scale = np.asarray(arrays[f"{i}_bounds"], np.int64), np.asarray(arrays[f"{i}_scale"], np.float64)
+            # the kernels do not check bounds: a file that does not fit this matrix must not reach them
+            if not (a.n == n == p.n == len(scale) == bounds[-1] and bounds[0] == 0 and np.all(np.diff(bounds) >= 0)
+                    and a.idx.max(initial=0) < n and r.idx.max(initial=0) < n and a.ptr[-1] == len(a.idx)
+                    and p.ptr[-1] == len(p.idx) and r.ptr[-1] == len(r.idx)):
+                raise ValueError(f"level {i} does not fit the matrix")
+            n = r.n
+            if p.idx.max(initial=0) >= n:
+                raise ValueError(f"level {i} does not fit the matrix")
+            self.levels.append((a, p, r, bounds, scale))
+        self.coarse = np.asarray(arrays["coarse"], np.float64)
+        if self.coarse.shape != (n, n):
+            raise ValueError("the coarse inverse does not fit the matrix")
         return self
 
     def matvec_for(self, a):

@@ -11,18 +11,43 @@ import importlib.util
 
 from ..errors import SolverError, check_option
 
-#: numba is importable (found without importing it: a tDCS run never loads numba)
+#: numba is installed (found without importing it; :func:`numba_importable` imports it)
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+#: why ``import numba`` failed in this process (e.g. a NumPy it does not support), or None
+NUMBA_IMPORT_ERROR: str | None = None
 
 BACKENDS = ("auto", "numba", "numpy")
 
 
 def use_numba(backend: str = "auto") -> bool:
-    """True if the numba kernels should run for ``backend`` ("auto": when installed)."""
+    """True if the numba kernels should run for ``backend`` ("auto": when installed and, if tried, importable)."""
     check_option("backend", backend, BACKENDS)
-    if backend == "numba" and not HAVE_NUMBA:
-        raise SolverError("backend 'numba' requested but numba is not installed: pip install numba")
-    return HAVE_NUMBA if backend == "auto" else backend == "numba"
+    usable = HAVE_NUMBA and NUMBA_IMPORT_ERROR is None
+    if backend == "numba" and not usable:
+        why = f"does not import ({NUMBA_IMPORT_ERROR})" if HAVE_NUMBA else "is not installed: pip install numba"
+        raise SolverError(f"backend 'numba' requested but numba {why}")
+    return usable if backend == "auto" else backend == "numba"
 
 
-__all__ = ["HAVE_NUMBA", "BACKENDS", "use_numba"]
+def numba_ready(backend: str = "auto") -> bool:
+    """:func:`use_numba`, and for ``"auto"`` numba really imports (tried once per process)."""
+    return use_numba(backend) and (backend != "auto" or numba_importable())
+
+
+def numba_importable() -> bool:
+    """Import numba; on failure remember why (every later :func:`use_numba` is then False) and warn once."""
+    global NUMBA_IMPORT_ERROR
+    if NUMBA_IMPORT_ERROR is not None:
+        return False
+    try:
+        import numba  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken LLVM / NumPy ABI (OSError, SystemError)
+        from .._logging import logger
+
+        NUMBA_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+        logger.warning("numba does not import (%s); using the slower numpy code", NUMBA_IMPORT_ERROR)
+        return False
+    return True
+
+
+__all__ = ["HAVE_NUMBA", "BACKENDS", "use_numba", "numba_ready", "numba_importable"]

@@ -66,17 +66,22 @@ def single_threaded_blas():
 def amg_hierarchy(a: sp.csr_matrix, backend: str = "auto"):
     """:func:`build_amg_hierarchy` with one BLAS thread, its sparse products by numba's parallel
     kernel when numba is used (``backend``: ``"auto"``, ``"numba"``, ``"numpy"``)."""
-    from .kernels import use_numba
+    from .kernels import numba_ready
 
     matmul = None
-    if use_numba(backend):
+    if numba_ready(backend):
         from ._amg_numba import spgemm as matmul
     with single_threaded_blas():
         return build_amg_hierarchy(a, matmul=matmul)
 
 
-def build_amg_hierarchy(a: sp.csr_matrix, theta: float = 0.02, omega: float = 4 / 3, max_coarse: int = 500,
-                         max_levels: int = 10, matmul=None):
+#: the hierarchy's default options (part of the V-cycle cache key)
+HIERARCHY_OPTIONS = {"theta": 0.02, "omega": 4 / 3, "max_coarse": 500, "max_levels": 10}
+
+
+def build_amg_hierarchy(a: sp.csr_matrix, theta: float = HIERARCHY_OPTIONS["theta"],
+                         omega: float = HIERARCHY_OPTIONS["omega"], max_coarse: int = HIERARCHY_OPTIONS["max_coarse"],
+                         max_levels: int = HIERARCHY_OPTIONS["max_levels"], matmul=None):
     """Smoothed-aggregation AMG hierarchy (Vanek, Mandel & Brezina 1996) built in CSR.
 
     The steps are pyamg's ``smoothed_aggregation_solver`` with B = constants (the Laplacian's
@@ -161,9 +166,10 @@ def amg_preconditioner(ml, backend: str = "auto"):
     """CG's preconditioner for an AMG hierarchy: one V-cycle (:mod:`stimsim.fem.amg_cycle`), with
     numba's parallel kernels when numba is used (``backend``: ``"auto"``, ``"numba"``, ``"numpy"``)."""
     from .amg_cycle import make_vcycle
-    from .kernels import use_numba
+    from .kernels import numba_ready
 
-    return make_vcycle(ml, use_numba(backend))
+    with single_threaded_blas():  # the coarse inverse: the same bits whatever the BLAS thread count
+        return make_vcycle(ml, numba_ready(backend))
 
 
 #: systems with at least this many unknowns keep their V-cycle in the on-disk cache (smaller ones build
@@ -183,37 +189,50 @@ def amg_preconditioner_for(a: sp.csr_matrix, backend: str = "auto", cache: bool 
     unreadable file is rebuilt; a cache folder that cannot be written is skipped.
     """
     from . import amg_cycle
-    from .amg_cycle import VCycle, make_vcycle
-    from .kernels import use_numba
+    from .amg_cycle import VCycle
+    from .kernels import numba_ready
 
-    kernels = use_numba(backend)
+    kernels = numba_ready(backend)
     if cache is None:
         cache = kernels and a.shape[0] >= AMG_CACHE_MIN_N
     if not (cache and kernels):
-        return make_vcycle(amg_hierarchy(a, backend), kernels)
+        return amg_preconditioner(amg_hierarchy(a, backend), backend)
     import hashlib
+
+    import pyamg
 
     from ..cache import cache_dir, prune
 
     a = a if sp.isspmatrix_csr(a) else sp.csr_matrix(a)
     h = hashlib.blake2b(digest_size=16)
+    # the key: the matrix's bytes, and everything else that shapes the cycle (hierarchy options, block
+    # rules, pyamg's aggregation, the cycle's array format)
     h.update(f"{VCycle.FORMAT} {amg_cycle.MAX_BLOCKS} {amg_cycle.MIN_BLOCK_ROWS} {amg_cycle.MAX_OFFBLOCK_FRACTION} "
-             f"{a.shape} {a.data.dtype} {a.indices.dtype}".encode())
+             f"{HIERARCHY_OPTIONS} pyamg {pyamg.__version__} {a.shape} {a.data.dtype} {a.indices.dtype}".encode())
     for part in (a.indptr, a.indices, a.data):
         h.update(np.ascontiguousarray(part).data)
-    folder = cache_dir("amg")
+    try:
+        folder = cache_dir("amg")
+    except Exception as exc:  # no home folder (a service account): no cache, the same cycle
+        logger.info("AMG cache unavailable (%s)", exc)
+        return amg_preconditioner(amg_hierarchy(a, backend), backend)
     path = folder / f"{h.hexdigest()}.npz"
     try:
         with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as stored:  # our handle: closed on errors
             cycle = VCycle.from_arrays(dict(stored), a)
-        path.touch()  # recently used: kept by prune()
-        logger.info("AMG V-cycle read from the cache (%s)", path.name)
-        return cycle
     except FileNotFoundError:
         pass
-    except Exception as exc:  # damaged, truncated or from another version: rebuild and replace
+    except Exception as exc:  # damaged, truncated, from another version or another matrix: rebuild, replace
         logger.info("AMG cache file %s unusable (%s): rebuilt", path.name, exc)
-    cycle = VCycle(amg_hierarchy(a, backend))
+    else:
+        try:
+            path.touch()  # recently used: kept by prune()
+        except OSError:  # a read-only cache is still read
+            pass
+        logger.info("AMG V-cycle read from the cache (%s)", path.name)
+        return cycle
+    with single_threaded_blas():
+        cycle = VCycle(amg_hierarchy(a, backend))
     try:
         import os
         import tempfile
@@ -223,12 +242,13 @@ def amg_preconditioner_for(a: sp.csr_matrix, backend: str = "auto", cache: bool 
         try:
             with os.fdopen(fd, "wb") as fh:
                 np.savez(fh, **cycle.arrays())
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; readable as any cache file
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         prune(folder, AMG_CACHE_MAX_BYTES, "*.npz")
-    except OSError as exc:  # a read-only or full cache folder costs only the reuse
+    except (OSError, RuntimeError) as exc:  # a read-only or full cache folder costs only the reuse
         logger.info("AMG cache not written (%s)", exc)
     return cycle
 
@@ -251,7 +271,7 @@ def pcg(a, b, precond, rtol, maxiter, x0=None):
     matvec = (own(a) if own is not None else None) or (lambda v: a @ v)
     b = np.asarray(b, dtype=float)
     tol = rtol * float(np.linalg.norm(b))
-    if tol == 0.0:
+    if not np.any(b):
         return np.zeros_like(b), 0
     with single_threaded_blas():
         if x0 is None or not np.any(x0):
@@ -262,7 +282,8 @@ def pcg(a, b, precond, rtol, maxiter, x0=None):
             r = b - matvec(x)
         p = rho_prev = None
         for it in range(maxiter + 1):
-            if np.linalg.norm(r) < tol:
+            rnorm = float(np.linalg.norm(r))
+            if rnorm < tol or rnorm == 0.0:
                 return x, it
             if it == maxiter:
                 break
@@ -274,7 +295,12 @@ def pcg(a, b, precond, rtol, maxiter, x0=None):
                 p *= rho / rho_prev
                 p += z
             q = matvec(p)
-            alpha = rho / float(p @ q)
+            curvature = float(p @ q)
+            if not curvature > 0.0:  # breakdown: A or the preconditioner is not positive definite
+                raise SolverError(
+                    f"CG broke down after {it} iterations (p.Ap = {curvature:.3g}): the system is not positive "
+                    "definite; check the mesh for disconnected pieces and the conductivities for zeros")
+            alpha = rho / curvature
             x += alpha * p
             r -= alpha * q
             rho_prev = rho
@@ -432,7 +458,8 @@ class FactorizedSolver:
             lu = spla.splu(a.tocsc(), permc_spec="MMD_AT_PLUS_A")
             self.memory_bytes = int((lu.L.nnz + lu.U.nnz) * 12)
             return lu.solve
-        precond = amg_preconditioner_for(a)
+        # not cached on disk: TI, multichannel tACS and planning systems belong to one montage
+        precond = amg_preconditioner_for(a, cache=False)
         self.memory_bytes = precond.nbytes
 
         def amg_solve(b):
