@@ -12,23 +12,13 @@ import numpy as np
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def matvec(ptr, idx, val, x, y):
-    """y = A x."""
+def matvec(ptr, idx, val, x, y, add):
+    """y = A x, or y += A x with ``add``."""
     for i in numba.prange(y.shape[0]):
         s = 0.0
         for k in range(ptr[i], ptr[i + 1]):
             s += val[k] * x[idx[k]]
-        y[i] = s
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def matvec_add(ptr, idx, val, x, y):
-    """y += A x."""
-    for i in numba.prange(y.shape[0]):
-        s = 0.0
-        for k in range(ptr[i], ptr[i + 1]):
-            s += val[k] * x[idx[k]]
-        y[i] += s
+        y[i] = y[i] + s if add else s
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -150,8 +140,7 @@ def warm_up() -> None:
     idx = np.array([0, 1], np.uint32)
     val = np.ones(2)
     x, y = np.ones(2), np.empty(2)
-    matvec(ptr, idx, val, x, y)
-    matvec_add(ptr, idx, val, x, y)
+    matvec(ptr, idx, val, x, y, False)
     residual(ptr, idx, val, x, x, y)
     bounds = np.array([0, 1, 2], np.int64)
     offblock_l1(ptr, idx, val, bounds)

@@ -194,7 +194,7 @@ class VCycle:
 
         def apply(x):
             y = np.empty(m.n)
-            k.matvec(m.ptr, m.idx, m.val, np.ascontiguousarray(x, dtype=np.float64), y)
+            k.matvec(m.ptr, m.idx, m.val, np.ascontiguousarray(x, dtype=np.float64), y, False)
             return y
 
         return apply
@@ -209,12 +209,12 @@ class VCycle:
             res = np.empty(a.n)
             k.residual(a.ptr, a.idx, a.val, x, rhs[-1], res)
             coarse_b = np.empty(r.n)
-            k.matvec(r.ptr, r.idx, r.val, res, coarse_b)
+            k.matvec(r.ptr, r.idx, r.val, res, coarse_b, False)
             rhs.append(coarse_b)
             xs.append(x)
         coarse_x = self.coarse @ rhs[-1]
         for (a, p, _, bounds, scale), x, b_level in zip(self.levels[::-1], xs[::-1], rhs[-2::-1]):
-            k.matvec_add(p.ptr, p.idx, p.val, coarse_x, x)
+            k.matvec(p.ptr, p.idx, p.val, coarse_x, x, True)
             k.hybrid_gs(a.ptr, a.idx, a.val, scale, x, b_level, bounds, False)
             coarse_x = x
         return coarse_x
