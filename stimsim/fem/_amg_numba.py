@@ -11,24 +11,23 @@ import numba
 import numpy as np
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def matvec(ptr, idx, val, x, y, add):
-    """y = A x, or y += A x with ``add``."""
-    for i in numba.prange(y.shape[0]):
-        s = 0.0
-        for k in range(ptr[i], ptr[i + 1]):
-            s += val[k] * x[idx[k]]
-        y[i] = y[i] + s if add else s
+#: what :func:`matvec` writes
+SET, ADD, RESIDUAL = 0, 1, 2
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def residual(ptr, idx, val, x, b, r):
-    """r = b - A x."""
-    for i in numba.prange(r.shape[0]):
+def matvec(ptr, idx, val, x, out, base, mode):
+    """out = A x (``SET``), out += A x (``ADD``) or out = base - A x (``RESIDUAL``)."""
+    for i in numba.prange(out.shape[0]):
         s = 0.0
         for k in range(ptr[i], ptr[i + 1]):
             s += val[k] * x[idx[k]]
-        r[i] = b[i] - s
+        if mode == 0:
+            out[i] = s
+        elif mode == 1:
+            out[i] += s
+        else:
+            out[i] = base[i] - s
 
 
 @numba.njit(cache=True, nogil=True)
@@ -140,8 +139,7 @@ def warm_up() -> None:
     idx = np.array([0, 1], np.uint32)
     val = np.ones(2)
     x, y = np.ones(2), np.empty(2)
-    matvec(ptr, idx, val, x, y, False)
-    residual(ptr, idx, val, x, x, y)
+    matvec(ptr, idx, val, x, y, y, SET)
     bounds = np.array([0, 1, 2], np.int64)
     offblock_l1(ptr, idx, val, bounds)
     hybrid_gs(ptr, idx, val, val, y, x, bounds, True)

@@ -194,7 +194,7 @@ class VCycle:
 
         def apply(x):
             y = np.empty(m.n)
-            k.matvec(m.ptr, m.idx, m.val, np.ascontiguousarray(x, dtype=np.float64), y, False)
+            k.matvec(m.ptr, m.idx, m.val, np.ascontiguousarray(x, dtype=np.float64), y, y, k.SET)
             return y
 
         return apply
@@ -207,14 +207,14 @@ class VCycle:
             x = np.zeros(a.n)
             k.hybrid_gs(a.ptr, a.idx, a.val, scale, x, rhs[-1], bounds, True)
             res = np.empty(a.n)
-            k.residual(a.ptr, a.idx, a.val, x, rhs[-1], res)
+            k.matvec(a.ptr, a.idx, a.val, x, res, rhs[-1], k.RESIDUAL)
             coarse_b = np.empty(r.n)
-            k.matvec(r.ptr, r.idx, r.val, res, coarse_b, False)
+            k.matvec(r.ptr, r.idx, r.val, res, coarse_b, coarse_b, k.SET)
             rhs.append(coarse_b)
             xs.append(x)
         coarse_x = self.coarse @ rhs[-1]
         for (a, p, _, bounds, scale), x, b_level in zip(self.levels[::-1], xs[::-1], rhs[-2::-1]):
-            k.matvec(p.ptr, p.idx, p.val, coarse_x, x, True)
+            k.matvec(p.ptr, p.idx, p.val, coarse_x, x, x, k.ADD)
             k.hybrid_gs(a.ptr, a.idx, a.val, scale, x, b_level, bounds, False)
             coarse_x = x
         return coarse_x
