@@ -7,17 +7,18 @@ about a quarter of each CG iteration on Colin27.  Two cycles apply the same hier
 
 * :class:`VCycle` (numba): the fine-level Gauss-Seidel is "hybrid" (Baker, Falgout, Kolev & Yang
   2011, the smoother of hypre's BoomerAMG): the rows are cut into a fixed number of contiguous
-  blocks swept in parallel, each block in order, coupling to the other blocks through the values
-  from before the sweep (one sequential sweep where the rows are numbered so that blocks would be
-  loosely coupled, :data:`MAX_OFFBLOCK_FRACTION`); the diagonal of each row is increased by the absolute sum of its
-  couplings to other blocks (the "l1" term), which keeps the smoother convergent and the V-cycle
-  symmetric positive definite whatever the blocks.  The block count is fixed (not the thread
-  count), so the result is the same on every machine.  Matrix products run in parallel over rows.
-* :class:`PlainVCycle` (numpy + pyamg's compiled Gauss-Seidel): pyamg's arithmetic exactly, one
-  thread; used when numba is not installed.
+  blocks swept in parallel, each block in order, coupled to the other blocks through the values
+  from before the sweep; each row's diagonal is raised by the absolute sum of its couplings to other
+  blocks (the "l1" term), which keeps the smoother convergent and the V-cycle symmetric positive
+  definite whatever the blocks.  A level whose numbering would couple its blocks strongly (more than
+  :data:`MAX_OFFBLOCK_FRACTION` of its entries between blocks) gets one sequential sweep instead.
+  The blocks depend on the matrix only (not the thread count), so the result is the same on every
+  machine.  Matrix products run in parallel over rows.
+* :class:`PlainVCycle` (numpy + pyamg's compiled Gauss-Seidel): pyamg's sweeps, one thread; used when
+  numba is not available.
 
 Both apply a forward sweep before and a backward sweep after the coarse correction (so the cycle
-is symmetric, as CG needs) and the coarsest level's pseudo-inverse, as the pyamg cycle did.
+is symmetric, as CG needs) and solve the coarsest level exactly (:func:`_coarse_inverse`).
 Measurements: docs/solver.md.
 """
 
@@ -52,7 +53,7 @@ def _coarse_inverse(a) -> np.ndarray:
 
 
 class PlainVCycle:
-    """pyamg's V-cycle (forward / backward Gauss-Seidel, pseudo-inverse at the bottom), lean."""
+    """pyamg's V-cycle (forward / backward Gauss-Seidel, an exact coarsest solve), lean."""
 
     def __init__(self, ml):
         from pyamg import amg_core
