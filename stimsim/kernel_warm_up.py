@@ -24,10 +24,10 @@ def _load(done: Future) -> None:
         from .fem import kernels
 
         if kernels.use_numba() and kernels.numba_importable():
-            from .fem import _amg_numba, p1_numba
+            from .fem import amg_kernels, p1_numba
 
             p1_numba.warm_up(tms=False)
-            _amg_numba.warm_up()
+            amg_kernels.warm_up()
         done.set_result(None)
     except BaseException as exc:  # surfaces in wait(), in the main thread
         done.set_exception(exc)

@@ -115,10 +115,10 @@ def _warm_up(kernels: bool):
 
     primary.warm_up("single")
     if kernels:
-        from .fem import _amg_numba, p1_numba
+        from .fem import amg_kernels, p1_numba
 
         p1_numba.warm_up()
-        _amg_numba.warm_up()
+        amg_kernels.warm_up()
 
 
 def _primary_field(protocol, mesh, base_dir, coil, didt):

@@ -294,7 +294,7 @@ def test_run_without_numba_kernels_gives_the_same_fields(sphere3, monkeypatch):
     def kernel_used(*args, **kwargs):
         raise AssertionError("a numba kernel ran although numba was switched off")
 
-    import stimsim.fem._amg_numba as amg_numba
+    import stimsim.fem.amg_kernels as amg_numba
 
     tight = _protocol(solver={"rtol": 1e-10})
     with_kernels = simulate(tight, mesh=sphere3)

@@ -124,7 +124,7 @@ class VCycle:
     """
 
     def __init__(self, ml):
-        from . import _amg_numba as k
+        from . import amg_kernels as k
 
         self._k = k
         self.levels = []
@@ -161,7 +161,7 @@ class VCycle:
     @classmethod
     def from_arrays(cls, arrays, fine) -> "VCycle":
         """The cycle :meth:`arrays` described, on the fine matrix ``fine`` it was built for."""
-        from . import _amg_numba as k
+        from . import amg_kernels as k
 
         self = cls.__new__(cls)
         self._k, self._fine, self.levels = k, fine, []

@@ -70,7 +70,7 @@ def amg_hierarchy(a: sp.csr_matrix, backend: str = "auto"):
 
     matmul = None
     if numba_ready(backend):
-        from ._amg_numba import spgemm as matmul
+        from .amg_kernels import spgemm as matmul
     with single_threaded_blas():
         return build_amg_hierarchy(a, matmul=matmul)
 
@@ -95,7 +95,7 @@ def build_amg_hierarchy(a: sp.csr_matrix, theta: float = HIERARCHY_OPTIONS["thet
     ``theta``: strength threshold; a small one keeps aggregates from spanning high-contrast
     interfaces (skull 1:100).  ``omega``: weight of the Jacobi prolongation smoother.
     ``max_coarse``, ``max_levels``: coarsening stops at this size or depth.  ``matmul``: the
-    sparse product ``(A, B) -> A @ B`` (default SciPy's; :func:`stimsim.fem._amg_numba.spgemm`
+    sparse product ``(A, B) -> A @ B`` (default SciPy's; :func:`stimsim.fem.amg_kernels.spgemm`
     sums each entry in the same order, so the hierarchy is the same).  A forward
     Gauss-Seidel sweep before and a backward one after the coarse correction keep the V-cycle
     symmetric (as CG needs) at half the cost of symmetric sweeps.
