@@ -123,3 +123,33 @@ def test_tdcs_run_with_and_without_numba(monkeypatch):
         a, b = getattr(with_kernels, name), getattr(fallback, name)
         assert np.linalg.norm(a - b) <= 1e-8 * np.linalg.norm(b), name
     assert with_kernels.electrode_currents_A == pytest.approx(fallback.electrode_currents_A, rel=1e-8)
+
+
+def test_a_numba_that_does_not_import_falls_back_to_numpy(tmp_path):
+    """numba installed but broken (e.g. built for another NumPy): a tDCS run still completes on the numpy
+    path and says why once; the fields equal a normal run's to the CG tolerance."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    fake = tmp_path / "site" / "numba"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise ImportError("Numba needs NumPy 1.99 or less (test double)")\n')
+    protocol = tmp_path / "p.yaml"
+    protocol.write_text("kind: tdcs\nhead: sphere\nelectrodes:\n"
+                        "  - {name: a, position: [0, 0, 95], current_mA: 1.0, shape: disc, diameter_mm: 25}\n"
+                        "  - {name: c, position: [95, 0, 0], current_mA: -1.0, shape: disc, diameter_mm: 25}\n")
+    results = {}
+    for name, extra in (("broken", str(tmp_path / "site")), ("normal", None)):
+        env = dict(os.environ)
+        if extra:
+            env["PYTHONPATH"] = extra + os.pathsep + env.get("PYTHONPATH", "")
+        proc = subprocess.run([sys.executable, "-m", "stimsim.cli", "run", str(protocol), "--out", str(tmp_path / name)],
+                              capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        results[name] = json.loads((tmp_path / name / "summary.json").read_text())
+        if extra:
+            assert "numba does not import" in proc.stderr + proc.stdout
+    for tissue, stats in results["normal"]["magnE_V_per_m"].items():
+        assert results["broken"]["magnE_V_per_m"][tissue]["p99"] == pytest.approx(stats["p99"], rel=1e-6)
