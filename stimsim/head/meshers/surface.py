@@ -47,12 +47,31 @@ def available() -> bool:
     return True
 
 
+#: the signed distances are exact up to this far (mm) outside a mask; beyond, where nothing the mesher
+#: does looks (surfaces, thickness rules and the volume calibration act within a few mm of a surface),
+#: they are this value: the distance transforms then cover only the mask's box plus this margin
+SDF_BAND_MM = 15.0
+
+
 def _sdf(mask: np.ndarray, zooms, sigma_vox: float) -> np.ndarray:
-    """Signed distance (mm, < 0 inside) to the voxel faces of ``mask``, Gaussian-smoothed."""
-    out = distance_to_background(~mask, zooms)
-    inside = distance_to_background(mask, zooms)
+    """Signed distance (mm, < 0 inside) to the voxel faces of ``mask``, Gaussian-smoothed; outside,
+    at most :data:`SDF_BAND_MM` (exact inside, where the nearest outside voxel is always in the box)."""
+    zooms = np.asarray(zooms, float)
     half = 0.5 * float(np.mean(zooms))
-    out = np.where(mask, -(inside - half), out - half)
+    hits = [np.flatnonzero(mask.any(axis=tuple(j for j in range(3) if j != i))) for i in range(3)]
+    if any(len(h) == 0 for h in hits):
+        box = tuple(slice(0, n) for n in mask.shape)
+    else:
+        margin = np.ceil(SDF_BAND_MM / zooms).astype(int) + int(np.ceil(4 * sigma_vox)) + 2
+        box = tuple(slice(max(int(h[0]) - m, 0), min(int(h[-1]) + m + 1, n))
+                    for h, m, n in zip(hits, margin, mask.shape))
+    sub = mask[box]
+    out_sub = distance_to_background(~sub, zooms)
+    inside = distance_to_background(sub, zooms)
+    out_sub = np.where(sub, -(inside - half), np.minimum(out_sub - half, np.float32(SDF_BAND_MM)))
+    del inside
+    out = np.full(mask.shape, np.float32(SDF_BAND_MM), dtype=np.float32, order="F" if mask.flags.f_contiguous else "C")
+    out[box] = out_sub
     if sigma_vox > 0:
         out = ndi.gaussian_filter(out, sigma=sigma_vox, mode="nearest")
     return out
