@@ -195,13 +195,18 @@ def amg_preconditioner_for(a: sp.csr_matrix, backend: str = "auto", cache: bool 
     kernels = numba_ready(backend)
     if cache is None:
         cache = kernels and a.shape[0] >= AMG_CACHE_MIN_N
-    if not (cache and kernels):
+
+    def build():
         return amg_preconditioner(amg_hierarchy(a, backend), backend)
+
+    if not (cache and kernels):
+        return build()
     import hashlib
 
     import pyamg
 
     from ..cache import cache_dir, prune
+    from ..outputs import atomic_file
 
     a = a if sp.isspmatrix_csr(a) else sp.csr_matrix(a)
     h = hashlib.blake2b(digest_size=16)
@@ -215,7 +220,7 @@ def amg_preconditioner_for(a: sp.csr_matrix, backend: str = "auto", cache: bool 
         folder = cache_dir("amg")
     except Exception as exc:  # no home folder (a service account): no cache, the same cycle
         logger.info("AMG cache unavailable (%s)", exc)
-        return amg_preconditioner(amg_hierarchy(a, backend), backend)
+        return build()
     path = folder / f"{h.hexdigest()}.npz"
     try:
         with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as stored:  # our handle: closed on errors
@@ -231,22 +236,10 @@ def amg_preconditioner_for(a: sp.csr_matrix, backend: str = "auto", cache: bool 
             pass
         logger.info("AMG V-cycle read from the cache (%s)", path.name)
         return cycle
-    with single_threaded_blas():
-        cycle = VCycle(amg_hierarchy(a, backend))
+    cycle = build()
     try:
-        import os
-        import tempfile
-
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".amg-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **cycle.arrays())
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; readable as any cache file
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_file(path, suffix=".npz") as tmp:
+            np.savez(tmp, **cycle.arrays())
         prune(folder, AMG_CACHE_MAX_BYTES, "*.npz")
     except (OSError, RuntimeError) as exc:  # a read-only or full cache folder costs only the reuse
         logger.info("AMG cache not written (%s)", exc)

@@ -37,6 +37,7 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from ..._logging import logger
+from ...cache import cache_dir
 from ...errors import MeshError
 from ...mesh.model import Mesh
 from ...tissues import LAYER_FILL_TAG, layer_lut
@@ -116,13 +117,6 @@ def load_label_volume(labels, affine=None, what: str = "labels") -> tuple[np.nda
 # ----------------------------------------------------------------------------------------------
 # caching
 # ----------------------------------------------------------------------------------------------
-def cache_dir() -> Path:
-    """``$STIMSIM_CACHE``, else ``$XDG_CACHE_HOME/stimsim``, else ``~/.cache/stimsim`` (:mod:`stimsim.cache`)."""
-    from ...cache import cache_dir as root
-
-    return root()
-
-
 def _cache_key(tags: np.ndarray, affine: np.ndarray, h: float, extra: str) -> str:
     """Hash of the tag volume, affine, element size and ``extra`` (method, mesher version,
     lesion, options)."""

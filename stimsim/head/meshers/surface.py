@@ -317,11 +317,13 @@ def intersecting_triangles(v: np.ndarray, f: np.ndarray, candidates: np.ndarray 
     tests; ~30x slower on Colin27)."""
     from scipy.spatial import cKDTree
 
-    from ...fem.kernels import use_numba
+    from ...fem.kernels import numba_ready
 
     if candidates is None:
         candidates = np.ones(len(f), bool)
-    if use_numba():
+    if not np.any(candidates):
+        return np.zeros(0, np.int64)
+    if numba_ready():
         from ._kernels import intersecting
 
         return intersecting(v, f, candidates)
@@ -331,8 +333,6 @@ def intersecting_triangles(v: np.ndarray, f: np.ndarray, candidates: np.ndarray 
     r = np.max([np.linalg.norm(p - cen, axis=1) for p in (a, b, c)], axis=0)
     tree = cKDTree(cen)
     sel = np.flatnonzero(candidates)
-    if not len(sel):
-        return np.zeros(0, np.int64)
     lists = tree.query_ball_point(cen[sel], 2 * float(r.max()))
     lens = np.fromiter((len(x) for x in lists), np.int64, len(lists))
     pairs = np.column_stack([np.repeat(sel, lens), np.concatenate(lists).astype(np.int64)])
@@ -383,10 +383,10 @@ def _seeds(region: np.ndarray, depth: np.ndarray, zooms, pad: int, min_depth: fl
 
 
 def _trilinear(phi, pts_mm, zooms, pad):
-    from ...fem.kernels import use_numba
+    from ...fem.kernels import numba_ready
 
     p = pts_mm / np.asarray(zooms) + pad
-    if use_numba():
+    if numba_ready():
         from ._kernels import trilinear
 
         return trilinear(phi, p)
