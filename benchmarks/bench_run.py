@@ -1,8 +1,9 @@
-"""Whole `stimsim run` on the ~665k-tet 3-layer sphere: wall time, peak memory, stage timings, accuracy.
+"""Whole `stimsim run` on the shipped Colin27 head and the ~665k-tet 3-layer sphere: wall time, peak memory, stage timings.
 
-Prints one table per case (tDCS with two 15 mm discs; TMS with the 2712-dipole figure-8),
-each `stimsim run` a fresh process measured with getrusage (peak RSS of the child), plus
-the point-electrode / acceptance-set-up accuracy against the analytic sphere.
+Prints one table per case (Colin27 tDCS C3-Fp2 with 5 x 5 cm pads, the solver issue's case; on the
+sphere tDCS with two 15 mm discs and TMS with the 2712-dipole figure-8), each `stimsim run` a fresh
+process measured with getrusage (peak RSS of the child).  The sphere's accuracy against the
+analytic solution is benchmarks/bench_accuracy.py.
 
 Usage::
 
@@ -82,13 +83,18 @@ def main():
 
     compileall.compile_dir(Path(stimsim.__file__).parent, quiet=1)
     cases = {
-        "tDCS 2x15 mm discs": {
+        "Colin27 tDCS C3-Fp2 5x5 cm pads": {
+            "kind": "tdcs", "head": "colin27",
+            "electrodes": [
+                {"name": "C3", "position": "C3", "current_mA": 1.0, "shape": "rect", "size_mm": [50, 50]},
+                {"name": "Fp2", "position": "Fp2", "current_mA": -1.0, "shape": "rect", "size_mm": [50, 50]}]},
+        "sphere tDCS 2x15 mm discs": {
             "kind": "tdcs", "head": str(mesh_path), "conductivities": {3: 1.0, 4: 0.01, 5: 1.0},
             "electrodes": [
                 {"name": "a", "position": [95, 0, 0], "current_mA": 1.0, "shape": "disc", "diameter_mm": 15},
                 {"name": "c", "position": (95 * np.array([-0.5**0.5, 0, 0.5**0.5])).tolist(),
                  "current_mA": -1.0, "shape": "disc", "diameter_mm": 15}]},
-        "TMS Magstim fig-8": {
+        "sphere TMS Magstim fig-8": {
             "kind": "tms", "head": str(mesh_path), "conductivities": {3: 1.0, 4: 0.01, 5: 1.0},
             "coil": {"file": "Magstim_70mm_Fig8.ccd"},
             "placement": {"center": [0, 0, 95], "direction": [0, 1, 0], "distance_mm": 4},

@@ -93,6 +93,11 @@ def test_quality_report_counts_worst_and_location():
     assert rr["count"] == 1 and rr["worst_tet"] == 1
     assert rr["worst"] == pytest.approx(0.15 / (2 * np.sqrt(1.0025) * np.sqrt(1.000625)))  # 0.0749
     assert r["degenerate"] == {"count": 0, "flat": 0, "inverted": 0}  # slivers, but valid elements
+    # the poorly shaped ones listed with where they are: only the t = 0.05 sliver is below a bound
+    assert r["poor_count"] == 1 and [e["tet"] for e in r["poor"]] == [1]
+    e = r["poor"][0]
+    assert e["tag"] == 3 and e["at_mm"] == pytest.approx([10.0, 20.0, 30.025], abs=1e-2)
+    assert e["min_dihedral_deg"] == pytest.approx(4.05, abs=0.01) and e["radius_ratio"] == pytest.approx(0.0749, abs=1e-4)
 
 
 def test_flat_tetrahedron_is_degenerate():
@@ -334,6 +339,27 @@ def test_normal_mesh_warns_with_numbers_and_reports(nifti, tmp_path, caplog):
     json.dumps(info.quality)
     assert re.search(r"\(tag \d\) [+-]\d+\.\d %|tetrahedra \([\d.]+ %\) have a", caplog.text), caplog.text
     assert mesh_command(p, "colin27", tmp_path / "again.msh", 1.5, progress=False, method="lattice") == 0
+    # the summary beside the mesh: the same report, its poorly shaped tetrahedra listed worst first
+    summary = json.loads((tmp_path / "head.summary.json").read_text())
+    assert summary["mesh"] == "head.msh" and summary["tetrahedra"] == mesh.n_tets
+    shape = summary["shape"]
+    assert shape["poor_count"] == len(shape["poor"]) or len(shape["poor"]) == 100
+    q = element_quality(mesh)
+    bad = (q["min_dihedral_deg"] < 5) | (q["radius_ratio"] < 0.1)
+    assert shape["poor_count"] == int(bad.sum()) > 0
+    assert {e["tet"] for e in shape["poor"]} <= set(np.flatnonzero(bad).tolist())
+    assert (tmp_path / "again.summary.json").exists()
+
+
+def test_mesh_summary_not_ours_is_not_replaced(nifti, tmp_path):
+    """A file at the summary's place that stimsim did not write: refused before meshing, left alone."""
+    p = nifti(_balls(24, (10, 9, 8, 6, 4)))
+    (tmp_path / "head.summary.json").write_text("my notes")
+    res = _cli(p, "--labels", "colin27", "--out", tmp_path / "head.msh.gz", "--method", "lattice")
+    assert res.exit_code == 2, res.output
+    assert "head.summary.json exists and was not written by stimsim" in _error_line(res.output)
+    assert (tmp_path / "head.summary.json").read_text() == "my notes"
+    assert not (tmp_path / "head.msh.gz").exists()
 
 
 def test_surface_mesher_merged_tags_are_not_missing(nifti, tmp_path, caplog):

@@ -23,27 +23,47 @@ def balls(tmp_path_factory):
 
     vol = nested_balls(66, _RADII)
     out = {}
-    for relax in (8, 0):
+    # the default (relaxed surfaces, sliver pass), and without the sliver pass with and without relaxing
+    for key, opts in ((8, {}), ("no-pass", {"sliver_move": 0}),
+                      ("no-relax-no-pass", {"relax_iterations": 0, "sliver_move": 0})):
         mesh, info = make_head_mesh(vol, np.eye(4), "colin27", method="surface", element_size_mm=4.0,
-                                    progress=False, cache=False, return_info=True,
-                                    surface_options={"relax_iterations": relax})
-        out[relax] = (mesh, info, quality_summary(mesh, info.voxel_volume_mm3))
+                                    progress=False, cache=False, return_info=True, surface_options=opts)
+        out[key] = (mesh, info, quality_summary(mesh, info.voxel_volume_mm3))
     return vol, out
 
 
 def test_quality_bounds(balls):
+    """Every tetrahedron meets both bounds (min dihedral >= 5 deg, radius ratio >= 0.1)."""
     from stimsim.mesh.checks import element_quality
 
     _, out = balls
-    mesh, _, q = out[8]
+    mesh, info, q = out[8]
     e = element_quality(mesh)
-    slivers = e["min_dihedral_deg"] < 5.0
     assert q["n_inverted"] == 0
-    assert slivers.mean() < 0.005, (slivers.sum(), mesh.n_tets)
-    assert (e["radius_ratio"] < 0.1).mean() < 0.005
-    # the relaxed surfaces are what makes the difference
-    e0 = element_quality(out[0][0])
-    assert (e0["min_dihedral_deg"] < 5.0).mean() > 2 * slivers.mean()
+    assert e["min_dihedral_deg"].min() >= 5.0 - 1e-9, (np.sum(e["min_dihedral_deg"] < 5), mesh.n_tets)
+    assert e["radius_ratio"].min() >= 0.1 - 1e-9, np.sum(e["radius_ratio"] < 0.1)
+    assert q["elements"]["dihedral"]["count"] == 0 and q["elements"]["radius_ratio"]["count"] == 0
+    # the pass had work to do, and did it with small surface moves (0.4 voxel off the surface)
+    sl = info.mesher["slivers"]
+    assert sl["poor_before"] > 0 and sl["poor_after"] == 0 and sl["inverted_after"] == 0
+    assert sl["max_surface_move_mm"] <= 3 * 0.4 + 1e-9
+
+
+def test_relaxing_and_the_sliver_pass_each_remove_slivers(balls):
+    from stimsim.mesh.checks import element_quality
+
+    _, out = balls
+    poor = {}
+    for key in ("no-pass", "no-relax-no-pass"):
+        e = element_quality(out[key][0])
+        poor[key] = np.mean((e["min_dihedral_deg"] < 5.0) | (e["radius_ratio"] < 0.1))
+    assert 0 < poor["no-pass"] < 0.005
+    assert poor["no-relax-no-pass"] > 2 * poor["no-pass"]  # the relaxed surfaces make a difference
+    # the same tetrahedra and tags with or without the pass (it only moves nodes), the same volumes
+    with_pass, without = out[8][0], out["no-pass"][0]
+    assert np.array_equal(with_pass.tets, without.tets) and np.array_equal(with_pass.tet_tags, without.tet_tags)
+    for tag, err in out[8][2]["volume_error_per_tag"].items():
+        assert abs(err - out["no-pass"][2]["volume_error_per_tag"][tag]) < 0.002
 
 
 def test_volumes_and_thin_skull_closed(balls):

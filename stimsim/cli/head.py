@@ -82,7 +82,9 @@ _METHOD_NAMES = {"surface": "nested smoothed surfaces + TetGen", "lattice": "BCC
 
 def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: float | None = None,
                  lesion: Path | None = None, lesion_tag: int = 3, progress: bool = True, method: str = "auto") -> int:
-    """Mesh a label volume and write it (temporary file, then renamed); print the quality summary.
+    """Mesh a label volume and write it (temporary file, then renamed) with its summary beside it
+    (:func:`mesh_summary_path`: the quality report, per-tissue volumes, the mesher's steps and
+    timings; JSON); print the quality summary.
     Returns the exit code (0 ok, 2 bad input with a one-line ``error: ...`` on stderr and nothing
     written).  ``method``: ``auto`` (surface when tetgen and scikit-image import, else lattice with
     a warning), ``surface`` or ``lattice`` (see :func:`stimsim.head.meshers.make_head_mesh`).
@@ -105,12 +107,23 @@ def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: floa
             raise StimsimError(f"--out {out}: use a .msh, .msh.gz or .vtu file name")
         if not out.parent.exists():
             raise StimsimError(f"--out {out}: folder {out.parent} does not exist")
+        summary_path = mesh_summary_path(out)
+        _check_replaceable(summary_path)
         method = resolve_method(method)
         mesh, info = make_head_mesh(Path(labels), None, labels_map, method=method, element_size_mm=element_size_mm,
                                     lesion=lesion, lesion_tag=lesion_tag, progress=progress, return_info=True)
         expected = info.expected_volume_mm3 or info.voxel_volume_mm3
         q = info.quality or quality_summary(mesh, expected)
-        write_mesh(out, mesh)  # atomic: a temporary file renamed into place
+        summary = _mesh_summary(out, labels, method, info, q, expected)
+        try:  # both atomic (temporary file, then renamed); the small summary first, undone if the mesh fails
+            _write_json(summary_path, summary)
+            try:
+                write_mesh(out, mesh)
+            except BaseException:
+                summary_path.unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            raise StimsimError(f"--out {out}: cannot write ({exc})") from None
     except StimsimError as exc:
         console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)  # one line, unwrapped
         return 2
@@ -118,8 +131,74 @@ def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: floa
                                                                   if info.from_cache else ""),
                   markup=False, highlight=False)
     print_summary(q, expected, console)
-    console.print(f"wrote {out} ({info.timings_s.get('total_s', 0):.1f} s)", markup=False, highlight=False)
+    console.print(f"wrote {out} and {summary_path.name} ({info.timings_s.get('total_s', 0):.1f} s)", markup=False,
+                  highlight=False)
     return 0
+
+
+MESH_SUMMARY_FORMAT = "stimsim-mesh-summary-1"
+
+
+def mesh_summary_path(out: Path) -> Path:
+    """Where ``stimsim mesh --out X.msh`` (or .msh.gz, .vtu) stores the mesh's summary: X.summary.json."""
+    name = out.name
+    for ext in (".msh.gz", ".msh", ".vtu"):
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return out.with_name(f"{name}.summary.json")
+
+
+def _check_replaceable(path: Path) -> None:
+    """An existing summary is replaced only when stimsim wrote it."""
+    import json
+
+    if not path.exists():
+        return
+    try:
+        ours = json.loads(path.read_text(encoding="utf-8")).get("format") == MESH_SUMMARY_FORMAT
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise StimsimError(f"--out: {path} exists and was not written by stimsim mesh; move it away or choose "
+                           "another --out")
+
+
+def _mesh_summary(out: Path, labels: Path, method: str, info, q: dict, expected: dict) -> dict:
+    from .. import __version__
+
+    def plain(d):  # JSON keys: tags as strings
+        return {str(k): v for k, v in d.items()}
+
+    return {"format": MESH_SUMMARY_FORMAT, "written_by": f"stimsim {__version__}", "mesh": out.name,
+            "labels": str(labels), "method": method, "from_cache": bool(info.from_cache),
+            "nodes": q["n_nodes"], "tetrahedra": q["n_tets"],
+            "volume_mm3_per_tag": plain(q["volume_mm3_per_tag"]), "voxel_volume_mm3_per_tag": plain(expected),
+            "volume_error_per_tag": plain(q.get("volume_error_per_tag", {})),
+            "connectivity": plain(q["connectivity"]),
+            "shape": {"min_dihedral_deg": q["min_dihedral_deg"], "max_dihedral_deg": q["max_dihedral_deg"],
+                      "radius_ratio": q["radius_ratio"], "edge_length_mm": q["edge_length_mm"],
+                      **q["elements"]},
+            "mesher": info.mesher, "timings_s": info.timings_s}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    import json
+
+    from ..outputs import atomic_file
+
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, default=_json_default), encoding="utf-8")
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
 
 
 def _err(exc) -> int:

@@ -180,6 +180,8 @@ def check_mesh(mesh: Mesh, known_tags=None, *, fix_orientation: bool = True, con
     return mesh
 
 
+#: how many of the poorly shaped tetrahedra :func:`element_quality_report` lists (worst first)
+POOR_LISTED = 100
 #: element-shape warning thresholds (:func:`element_quality_report`): the targets of the mesh-quality
 #: work; a tetrahedron below either is a sliver / needle that slows the iterative solver and
 #: spoils the field locally, but it is still a valid element (only zero volume is an error)
@@ -281,6 +283,8 @@ def element_quality_report(mesh: Mesh, quality: dict | None = None, *, min_dihed
     "inverted", ...}``, the tetrahedra with an absolute volume at or below ``degenerate_rtol`` x the
     median volume (``flat``) or oriented against the majority (``inverted``): what :func:`check_mesh`
     refuses; ``worst`` is then the most negative signed volume relative to the majority orientation.
+    ``poor`` lists the tetrahedra below either shape bound, worst first (up to ``POOR_LISTED``), each
+    ``{"tet", "tag", "at_mm", "min_dihedral_deg", "radius_ratio"}``, and ``poor_count`` counts them all.
     """
     q = element_quality(mesh) if quality is None else quality
     m = mesh.n_tets
@@ -290,6 +294,14 @@ def element_quality_report(mesh: Mesh, quality: dict | None = None, *, min_dihed
         n = int(np.count_nonzero(values < thr))
         out[key] = {"threshold": float(thr), "count": n, "fraction": n / m if m else 0.0,
                     **(_worst(mesh, values) if m else {})}
+    shape = np.minimum(q["min_dihedral_deg"] / min_dihedral_deg, q["radius_ratio"] / min_radius_ratio)
+    poor = np.flatnonzero(shape < 1.0)
+    out["poor_count"] = int(len(poor))
+    listed = poor[np.argsort(shape[poor], kind="stable")[:POOR_LISTED]]
+    cen = mesh.nodes[mesh.tets[listed]].mean(axis=1)
+    out["poor"] = [{"tet": int(i), "tag": int(mesh.tet_tags[i]), "at_mm": [round(float(c), 2) for c in xyz],
+                    "min_dihedral_deg": round(float(q["min_dihedral_deg"][i]), 3),
+                    "radius_ratio": round(float(q["radius_ratio"][i]), 4)} for i, xyz in zip(listed, cen)]
     vol = q["volume_mm3"]
     # orientation: the majority sign (an all-negative mesh is a mirrored export, not inverted)
     sign = -1.0 if np.count_nonzero(vol < 0) > m // 2 else 1.0

@@ -443,6 +443,13 @@ def print_summary(q: dict, voxel_volume_mm3: dict[int, float] | None = None, con
             if e["count"]:
                 line += f", worst {e['worst']:.3g}{unit} at {_at(e)}"
             console.print(line + (" [WARN]" if e["count"] else ""), markup=False, highlight=False, soft_wrap=True)
+        for e in el.get("poor", [])[:5]:
+            console.print(f"  tet {e['tet']} ({tissue_name(e['tag'])}) at {e['at_mm']} mm: min dihedral "
+                          f"{e['min_dihedral_deg']:.3g} deg, radius ratio {e['radius_ratio']:.3g}",
+                          markup=False, highlight=False, soft_wrap=True)
+        if el.get("poor_count", 0) > 5:
+            console.print(f"  ... {el['poor_count'] - 5:,} more (the worst {len(el['poor'])} are listed in "
+                          "the quality summary)", markup=False, highlight=False, soft_wrap=True)
         console.print(f"flat or inverted elements: {dg['count']}" + (" [FAIL]" if dg["count"] else ""),
                       markup=False, highlight=False, soft_wrap=True)
 
@@ -510,7 +517,8 @@ def default_element_size(method: str) -> float:
 _STEPS = {
     "lattice": {"clean labels": 1, "distance field": 1, "points + Delaunay": 5, "tags + closure": 3,
                 "snap interfaces": 4, "finish": 1},
-    "surface": {"clean labels": 1, "signed distances": 5, "surfaces": 1, "tetgen": 4, "tags": 2, "finish": 1},
+    "surface": {"clean labels": 1, "signed distances": 5, "surfaces": 1, "tetgen": 4, "tags": 2, "slivers": 1,
+                "finish": 1},
 }
 
 

@@ -31,7 +31,7 @@ from .topology import distance_to_background, face_components, face_graph, sampl
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "compact_for_shipping", "SURFACE_MESHER_VERSION",
            "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
-SURFACE_MESHER_VERSION = "surf-3"
+SURFACE_MESHER_VERSION = "surf-4"
 #: default ``element_size_mm`` (Colin27 1 mm: 588k tets; timing: docs/meshing.md)
 DEFAULT_SURFACE_ELEMENT_SIZE_MM = 8.0
 #: tag of each layer in the output (SimNIBS numbering)
@@ -486,7 +486,7 @@ class _quiet_stdout:
 def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float, *, min_thickness_mm=0.5,
                            sigma_vox=0.7, minratio=1.5, mindihedral=12.0, surface_step=None, extra_switches="",
                            progress_cb=None, verbose=False, thickness_scale=1.0, calibrate=True,
-                           island_fraction=0.01, lesion=None, lesion_tag=3, relax_iterations=8):
+                           island_fraction=0.01, lesion=None, lesion_tag=3, relax_iterations=8, sliver_move=0.0):
     """Nested surfaces -> TetGen.  Returns ``(nodes_mm_local, tets, tet_tags, info)``.
 
     ``h``: target element size (mm); tets get a max volume ``h^3 / (6 sqrt 2)`` (regular tet
@@ -497,7 +497,9 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     ``calibrate`` shifts each surface to its voxel volume, ``island_fraction`` is the size
     (of a tissue's largest piece) below which pieces are re-tagged.  ``lesion`` (bool, same grid as
     ``tags``): its voxels are meshed as the layer of ``lesion_tag`` (CSF's for a tag outside the
-    SimNIBS layers, e.g. 11) and the tets in it get ``lesion_tag``.  See the module docstring."""
+    SimNIBS layers, e.g. 11) and the tets in it get ``lesion_tag``.  ``sliver_move`` (a fraction of
+    the smallest voxel edge; 0: off): how far surface nodes may move off their surface in the sliver
+    pass (:mod:`.sliver`).  See the module docstring."""
     import tetgen
 
     zooms = np.asarray(zooms, float)
@@ -707,7 +709,36 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     tets, ttags = tets[keep], ttags[keep]
     ttags[ttags == _LESION] = int(lesion_tag)
     info["timings_s"]["tags_s"] = time.perf_counter() - t0
+    if sliver_move and len(tets):
+        nodes, info["slivers"] = _perturb_slivers(nodes, tets, ttags, nb, keep, sliver_move * float(np.min(zooms)),
+                                                  progress_cb)
+        info["timings_s"]["slivers_s"] = info["slivers"].pop("time_s")
     return nodes, tets, ttags, info
+
+
+def _perturb_slivers(nodes, tets, ttags, nb, keep, max_move_mm, progress_cb):
+    """:func:`.sliver.perturb_slivers` on the kept tets (their face neighbours renumbered)."""
+    from ...fem.kernels import numba_ready
+
+    t0 = time.perf_counter()
+    if not numba_ready():
+        logger.warning("numba is not usable: the sliver pass is skipped (the quality report lists the "
+                       "poorly shaped tetrahedra)")
+        return nodes, {"skipped": "numba not usable", "time_s": 0.0}
+    from .sliver import perturb_slivers
+
+    if progress_cb:
+        progress_cb("slivers")
+    new = np.cumsum(keep) - 1
+    nbk = nb[keep]
+    ok = nbk >= 0
+    ok[ok] = keep[nbk[ok]]
+    nbk = np.where(ok, new[np.maximum(nbk, 0)], -1)
+    nodes, info = perturb_slivers(nodes, tets, ttags, max_move_mm=max_move_mm, neighbors=nbk)
+    info["time_s"] = time.perf_counter() - t0
+    logger.info("sliver pass: %d -> %d poorly shaped tetrahedra, %d nodes moved", info["poor_before"],
+                info["poor_after"], info["nodes_moved"])
+    return nodes, info
 
 
 def surface_defaults(h: float, zooms) -> dict:
@@ -715,11 +746,12 @@ def surface_defaults(h: float, zooms) -> dict:
     ``zooms``: surfaces on every ``round(h / (2 voxel))``-th grid point (4 for 8 mm on 1 mm voxels),
     minimum layer thicknesses scaled with that sub-grid spacing (x2 at 4 mm, x1 up to 2 mm; thinner
     made neighbour surfaces intersect on Colin27), surfaces relaxed on their level sets (8 rounds),
-    ``-pq1.4/15a<vol>YO9/7o/165`` (TetGen's flip/smooth/insert optimisation, max dihedral 165 deg)."""
+    ``-pq1.4/15a<vol>YO9/7o/165`` (TetGen's flip/smooth/insert optimisation, max dihedral 165 deg),
+    and the sliver pass with surface nodes moving at most 0.4 voxel off their surface."""
     z = float(np.min(zooms))
     step = max(1, round(float(h) / (2 * z)))
     return {"surface_step": step, "thickness_scale": max(1.0, step * z / 2), "minratio": 1.4, "mindihedral": 15.0,
-            "extra_switches": "YO9/7o/165", "relax_iterations": 8}
+            "extra_switches": "YO9/7o/165", "relax_iterations": 8, "sliver_move": 0.4}
 
 
 def compact_for_shipping(mesh, keep_tri_tags=(1005,)):
