@@ -65,27 +65,27 @@ def perturb_slivers(nodes: np.ndarray, tets: np.ndarray, tags: np.ndarray, *, ma
     """Nodes moved so that fewer tetrahedra fall below the shape bounds; the connectivity and tags
     are unchanged.  Returns ``(nodes, info)``; ``info`` counts the poor tetrahedra before and after,
     the nodes moved and the largest move of a surface node (mm)."""
-    from . import _sliver_kernels as k
+    from ._sliver_kernels import move_vertices, node_tets, shapes
 
     x = np.ascontiguousarray(nodes, np.float64).copy()
     x0 = x.copy()
     tets = np.ascontiguousarray(tets, np.int64)
     tags = np.asarray(tags)
     n = len(x)
-    q = k.shapes(x, tets, 1.0, min_dihedral_deg, min_radius_ratio)
+    q = shapes(x, tets, 1.0, min_dihedral_deg, min_radius_ratio)
     # the mesh's orientation: the sign most tetrahedra have
     sign = 1.0 if np.count_nonzero(q >= 0) >= len(q) // 2 else -1.0
     if sign < 0:
-        q = k.shapes(x, tets, sign, min_dihedral_deg, min_radius_ratio)
+        q = shapes(x, tets, sign, min_dihedral_deg, min_radius_ratio)
     info = {"poor_before": int(np.count_nonzero(q < 1.0)), "rounds": 0, "nodes_moved": 0}
     if info["poor_before"]:
-        ptr, idx = k.node_tets(tets, n)
+        ptr, idx = node_tets(tets, n)
         pinned, normal = surface_normals(x, tets, tags, neighbors)
         slide = 3.0 * max_move_mm if max_slide_mm is None else max_slide_mm
         for _ in range(rounds):
             bad = np.flatnonzero(q < 1.0)
             bad = bad[np.argsort(q[bad], kind="stable")]  # the worst first
-            if not k.move_vertices(x, x0, tets, q, ptr, idx, bad, pinned, normal, float(max_move_mm),
+            if not move_vertices(x, x0, tets, q, ptr, idx, bad, pinned, normal, float(max_move_mm),
                                    float(slide), sign, min_dihedral_deg, min_radius_ratio, STEPS):
                 break
             info["rounds"] += 1

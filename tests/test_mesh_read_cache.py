@@ -1,0 +1,82 @@
+"""The parsed copy of a head's mesh file (stimsim.mesh.read_cache): the same mesh as parsing, and a
+damaged, stale or unwritable copy never changes a run's result."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from stimsim.head_model import read_head, resolve_head, sha256_file
+from stimsim.mesh import read_mesh
+from stimsim.mesh import read_cache
+from stimsim.protocol import validate_protocol
+
+
+@pytest.fixture
+def head(tmp_path, monkeypatch):
+    """The embedded sphere copied to a protocol's folder; every file size gets a copy (the sphere
+    is smaller than MIN_BYTES); a fresh cache folder."""
+    monkeypatch.setenv("STIMSIM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(read_cache, "MIN_BYTES", 0)
+    path = tmp_path / "head.msh.gz"
+    shutil.copy(resolve_head("sphere", None), path)
+    protocol = validate_protocol({"kind": "tdcs", "head": "head.msh.gz", "electrodes": [
+        {"name": "a", "position": [0, 0, 95], "current_mA": 1, "shape": "disc", "diameter_mm": 20},
+        {"name": "b", "position": [95, 0, 0], "current_mA": -1, "shape": "disc", "diameter_mm": 20}]})
+    return path, protocol
+
+
+def _same(a, b):
+    for k in ("nodes", "tets", "tet_tags", "tris", "tri_tags"):
+        assert np.array_equal(getattr(a, k), getattr(b, k)), k
+
+
+def test_second_read_comes_from_the_copy_and_equals_the_parse(head):
+    path, protocol = head
+    parsed, _ = read_mesh(path)
+    m1, inputs, _ = read_head(protocol, path.parent)
+    copy = read_cache.cached_copy(sha256_file(path))
+    assert copy.exists() and inputs["head_sha256"] == sha256_file(path)
+    _same(m1, parsed)
+    mesh, from_copy = read_cache.read_mesh_cached(path, inputs["head_sha256"])
+    assert from_copy
+    _same(mesh, parsed)
+
+
+def test_an_edited_file_is_parsed_again(head):
+    path, protocol = head
+    read_head(protocol, path.parent)
+    # another file at the same path: another hash, so the old copy is never used
+    from stimsim.mesh import Mesh, write_mesh
+
+    m, _ = read_mesh(path)
+    write_mesh(path, Mesh(m.nodes * 1.01, m.tets, m.tet_tags))
+    m2, _, _ = read_head(protocol, path.parent)
+    assert np.allclose(m2.nodes, m.nodes * 1.01)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "bad-indices"])
+def test_a_damaged_copy_is_parsed_again(head, damage):
+    path, protocol = head
+    parsed, _ = read_mesh(path)
+    read_head(protocol, path.parent)
+    copy = read_cache.cached_copy(sha256_file(path))
+    if damage == "garbage":
+        copy.write_bytes(b"not a zip file")
+    else:  # loads, but its tetrahedra point past the nodes: the mesh checks refuse it
+        np.savez(copy, nodes=parsed.nodes[:10], tets=parsed.tets, tet_tags=parsed.tet_tags, tris=parsed.tris,
+                 tri_tags=parsed.tri_tags)
+    mesh, _, _ = read_head(protocol, path.parent)
+    _same(mesh, parsed)
+
+
+def test_unwritable_cache_still_reads(head, tmp_path, monkeypatch):
+    path, protocol = head
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("STIMSIM_CACHE", str(blocker))  # cache_dir/meshes cannot be created
+    parsed, _ = read_mesh(path)
+    mesh, _, _ = read_head(protocol, path.parent)
+    _same(mesh, parsed)
