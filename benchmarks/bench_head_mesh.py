@@ -1,5 +1,7 @@
-"""Colin27 1 mm labels -> tetrahedral mesh with both meshers of ``stimsim mesh``: time, peak memory,
-tets, per-tissue volume error, connectivity.
+"""Colin27 1 mm labels -> tetrahedral mesh with both meshers of ``stimsim mesh``: voxels, time, peak
+memory, tets, per-tissue volume error, connectivity, element shape (min dihedral, tets below the 5 deg /
+0.1 radius-ratio bounds), skull and CSF thickness (median, mesh vs labels; stimsim.head.meshers.thickness)
+and what the mesh does to the solve (AMG-CG iterations and time, tDCS C3-Fp2 5 x 5 cm pads, rtol 1e-10).
 
     python benchmarks/bench_head_mesh.py [--method surface|lattice|both] [ELEMENT_SIZE_MM ...]
 
@@ -17,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 LABELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "heads" / "colin27" / "labels.nii.gz"
 TAGS = (1, 2, 3, 4, 5)  # WM GM CSF bone scalp
 
@@ -30,10 +34,36 @@ def run_one(method: str, h: float | None) -> dict:
     dt = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB -> GB (Linux)
     q = quality_summary(mesh, info.voxel_volume_mm3)
+    import nibabel as nib
+
+    from stimsim.head import apply_label_map, label_map
+    from stimsim.head.meshers.thickness import thickness_percentiles
+
+    img = nib.load(str(LABELS))
+    tags = apply_label_map(np.asarray(img.dataobj), label_map("colin27"))
+    thick = {name: thickness_percentiles(mesh, tags, img.affine, layer, inside, outside)
+             for name, (layer, inside, outside) in (("bone", (4, 3, 5)), ("csf", (3, 2, 4)))}
     return {"method": method, "h": h, "time_s": dt, "peak_gb": peak, "nodes": mesh.n_nodes, "tets": mesh.n_tets,
+            "voxels": int(np.prod(tags.shape)), "poor": q["elements"]["poor_count"], "thickness": thick,
+            "cg": cg_iterations(mesh),
             "min_dihedral": q["min_dihedral_deg"], "inverted": q["n_inverted"],
             "vol_err": {t: q["volume_error_per_tag"][t] for t in TAGS},
             "pieces": {t: q["connectivity"][t]["pieces"] for t in TAGS}}
+
+
+def cg_iterations(mesh) -> dict:
+    """tDCS C3 anode / Fp2 cathode, 5 x 5 cm pads, on ``mesh``: AMG-CG iterations and times to rtol 1e-10."""
+    from stimsim.fem.electrodes import ElectrodeSpec, electrode_system, place_electrodes
+    from stimsim.fem.linear import amg_cg
+    from stimsim.head.eeg import head_positions
+    from stimsim.head_model import HeadModel
+
+    pos = head_positions("colin27")
+    specs = [ElectrodeSpec("C3", tuple(pos["C3"]), 1e-3, "rect", size_mm=(50, 50)),
+             ElectrodeSpec("Fp2", tuple(pos["Fp2"]), -1e-3, "rect", size_mm=(50, 50))]
+    system = electrode_system(HeadModel.assemble(mesh, {}).stiffness, place_electrodes(mesh, specs))
+    _, info = amg_cg(rtol=1e-10)(system.matrix, system.rhs([s.current_A for s in specs]))
+    return {"iterations": info.iterations, "setup_s": info.setup_s, "solve_s": info.solve_s}
 
 
 def main() -> None:
@@ -47,9 +77,10 @@ def main() -> None:
         print(json.dumps(run_one(methods[0], args.sizes[0] if args.sizes else None)))
         return
     print(f"{os.cpu_count()} CPUs, load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    print("| method | h mm | time s | peak GB | nodes | tets | min dihedral | inverted "
-          "| vol err % (WM GM CSF bone scalp) | pieces (WM GM CSF bone scalp) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| method | h mm | voxels | time s | peak GB | nodes | tets | min dihedral | tets < 5 deg or 0.1 | inverted "
+          "| vol err % (WM GM CSF bone scalp) | pieces (WM GM CSF bone scalp) "
+          "| bone / CSF thickness p50 mm, mesh (labels) | CG it (set-up + solve s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for method in methods:
         for h in args.sizes or [None]:
             cmd = [sys.executable, __file__, "--child", "--method", method] + ([str(h)] if h else [])
@@ -58,8 +89,13 @@ def main() -> None:
 
             err = " ".join(f"{100 * r['vol_err'][str(t)]:+.1f}" for t in TAGS)
             pieces = " ".join(str(r["pieces"][str(t)]) for t in TAGS)
-            print(f"| {method} | {r['h'] or default_element_size(method)} | {r['time_s']:.1f} | {r['peak_gb']:.2f} "
-                  f"| {r['nodes']:,} | {r['tets']:,} | {r['min_dihedral']:.2f} | {r['inverted']} | {err} | {pieces} |")
+            th = " / ".join(f"{r['thickness'][k]['mesh'][1]:.2f} ({r['thickness'][k]['labels'][1]:.2f})"
+                            for k in ("bone", "csf"))
+            cg = r["cg"]
+            print(f"| {method} | {r['h'] or default_element_size(method)} | {r['voxels']:,} | {r['time_s']:.1f} "
+                  f"| {r['peak_gb']:.2f} | {r['nodes']:,} | {r['tets']:,} | {r['min_dihedral']:.2f} | {r['poor']:,} "
+                  f"| {r['inverted']} | {err} | {pieces} | {th} | {cg['iterations']} "
+                  f"({cg['setup_s']:.2f} + {cg['solve_s']:.2f}) |")
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from .cache import sha256_file
 from .conductivity import conductivity_table, element_conductivities
 from .errors import MeshError, ProtocolError
 from .fem.assembly import P1Geometry, assemble_stiffness
@@ -33,14 +34,6 @@ EMBEDDED_HEADS = {
     "colin27": ("colin27.msh.gz", "Colin27 adult head (MCX labels), 588k tets, SimNIBS tags 1 WM 2 GM 3 CSF "
                                   "4 bone 5 scalp, with 10-05 EEG positions"),
 }
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def protocol_sha256(protocol) -> str:

@@ -170,7 +170,7 @@ def test_mesh_command_writes_and_fails_cleanly(tmp_path, monkeypatch):
     assert mesh_command(p, "roast", tmp_path / "x.stl", 2.0, None, progress=False) == 2
     assert not (tmp_path / "x.stl").exists()
     assert mesh_command(p, "colin27", tmp_path / "y.msh", 2.0, None, progress=False, method="delaunay") == 2
-    assert sorted(f.name for f in tmp_path.iterdir()) == ["cache", "head.msh", "labels.nii.gz"]  # no temp files
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["cache", "head.msh", "head.summary.json", "labels.nii.gz"]  # no temp files
 
 
 # ---- `stimsim mesh --method surface` on a synthetic head ----------------------------------------

@@ -100,6 +100,15 @@ def test_quality_report_counts_worst_and_location():
     assert e["min_dihedral_deg"] == pytest.approx(4.05, abs=0.01) and e["radius_ratio"] == pytest.approx(0.0749, abs=1e-4)
 
 
+def test_poor_tetrahedra_are_listed_worst_first():
+    mesh = _mesh(*map(_positive, (_sliver(0.06, (0, 0, 0)), _regular(1, (5, 0, 0)), _sliver(0.02, (10, 0, 0)),
+                                  _sliver(0.05, (20, 0, 0)))), tags=[2, 2, 3, 4])
+    r = element_quality_report(mesh)
+    assert r["poor_count"] == 3
+    assert [e["tet"] for e in r["poor"]] == [2, 3, 0]  # flattest first
+    assert [e["tag"] for e in r["poor"]] == [3, 4, 2]
+
+
 def test_flat_tetrahedron_is_degenerate():
     from stimsim.head.meshers import assess_quality, quality_summary
 

@@ -4,6 +4,7 @@ damaged, stale or unwritable copy never changes a run's result."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,6 +44,63 @@ def test_second_read_comes_from_the_copy_and_equals_the_parse(head):
     mesh, from_copy = read_cache.read_mesh_cached(path, inputs["head_sha256"])
     assert from_copy
     _same(mesh, parsed)
+
+
+def test_read_head_uses_the_copy(head, monkeypatch):
+    """The second read_head does not parse: the file's parser is not called."""
+    path, protocol = head
+    first, _, _ = read_head(protocol, path.parent)
+    import stimsim.mesh as mesh_module
+
+    def no_parse(*a, **k):
+        raise AssertionError("parsed again")
+
+    monkeypatch.setattr(mesh_module, "read_mesh", no_parse)
+    second, _, _ = read_head(protocol, path.parent)
+    _same(first, second)
+
+
+def test_no_home_folder(head, monkeypatch):
+    """No STIMSIM_CACHE and no home folder: the file is parsed, nothing fails."""
+    path, protocol = head
+    monkeypatch.delenv("STIMSIM_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", "")
+
+    def nowhere():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(nowhere))
+    parsed, _ = read_mesh(path)
+    mesh, _, _ = read_head(protocol, path.parent)
+    _same(mesh, parsed)
+
+
+def test_read_only_copy_is_used(head, monkeypatch):
+    """A copy whose time stamp cannot be touched (a read-only cache) is still used."""
+    path, protocol = head
+    read_head(protocol, path.parent)
+    import os
+
+    def refuse(*a, **k):
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(os, "utime", refuse)
+    mesh, from_copy = read_cache.read_mesh_cached(path, sha256_file(path))
+    assert from_copy
+
+
+def test_a_file_rewritten_while_parsing_is_not_stored(head, monkeypatch):
+    """The hash is taken, then the file changes before it is parsed: no copy under the old hash."""
+    path, protocol = head
+    old = sha256_file(path)
+    from stimsim.mesh import Mesh, write_mesh
+
+    m, _ = read_mesh(path)
+    write_mesh(path, Mesh(m.nodes * 1.01, m.tets, m.tet_tags))  # the file is now another one
+    mesh, from_copy = read_cache.read_mesh_cached(path, old)
+    assert not from_copy and np.allclose(mesh.nodes, m.nodes * 1.01)
+    assert not read_cache.cached_copy(old).exists()
 
 
 def test_an_edited_file_is_parsed_again(head):

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 from stimsim.head.meshers import _sliver_kernels as k
-from stimsim.head.meshers.sliver import MIN_DIHEDRAL_DEG, MIN_RADIUS_RATIO, perturb_slivers, surface_normals
+from stimsim.head.meshers.sliver import MIN_DIHEDRAL_DEG, MIN_RADIUS_RATIO, perturb_slivers
 from stimsim.mesh.checks import element_quality
-from stimsim.mesh.model import Mesh
+from stimsim.mesh.model import TET_FACES, Mesh
 
 
 def _delaunay(n=400, seed=0):
     """A Delaunay mesh of random points in a cube: plenty of slivers (Delaunay does not avoid them);
-    tags 1 inside a ball of radius 0.3, 2 elsewhere (so there is an inner surface too)."""
+    tags 1 inside a ball of radius 3, 2 elsewhere (so there is an inner surface too)."""
     from scipy.spatial import Delaunay
 
     rng = np.random.default_rng(seed)
@@ -28,50 +28,85 @@ def _delaunay(n=400, seed=0):
     return pts, tets, tags
 
 
+def _shape(x, tets, sign=1.0):
+    return k.shapes(np.ascontiguousarray(x, float), np.ascontiguousarray(tets, np.int64), sign, MIN_DIHEDRAL_DEG,
+                    MIN_RADIUS_RATIO)
+
+
+def _surface_faces(tets, tags):
+    """Faces on the boundary or between two tags, found here by sorting all faces (not the pass's code)."""
+    f = np.concatenate([tets[:, list(face)] for face in TET_FACES])
+    owner = np.tile(np.arange(len(tets)), 4)
+    key = np.sort(f, axis=1)
+    _, inv, count = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+    inv = inv.ravel()
+    first = {}
+    surface = []
+    for i, (g, c) in enumerate(zip(inv, count[inv])):
+        if c == 1:
+            surface.append(f[i])
+        elif g in first:
+            if tags[owner[first[g]]] != tags[owner[i]]:
+                surface.append(f[i])
+        else:
+            first[g] = i
+    return np.array(surface)
+
+
 def test_shape_measure_is_the_mesh_checks_quality():
     pts, tets, tags = _delaunay()
     e = element_quality(Mesh(pts, tets, tags))
     ref = np.minimum(e["min_dihedral_deg"] / MIN_DIHEDRAL_DEG, e["radius_ratio"] / MIN_RADIUS_RATIO)
-    q = k.shapes(pts, tets, 1.0, MIN_DIHEDRAL_DEG, MIN_RADIUS_RATIO)
-    np.testing.assert_allclose(q, ref, rtol=1e-9, atol=1e-12)
-    # against the orientation: flagged as -1
-    assert (k.shapes(pts, tets, -1.0, MIN_DIHEDRAL_DEG, MIN_RADIUS_RATIO) == -1.0).all()
+    np.testing.assert_allclose(_shape(pts, tets), ref, rtol=1e-9, atol=1e-12)
+    assert (_shape(pts, tets, -1.0) == -1.0).all()  # against the orientation: flagged as -1
 
 
 def test_pass_improves_shapes_and_keeps_surfaces():
     pts, tets, tags = _delaunay()
-    q0 = k.shapes(pts, tets, 1.0, MIN_DIHEDRAL_DEG, MIN_RADIUS_RATIO)
+    q0 = _shape(pts, tets)
     assert (q0 < 1).sum() > 50  # random Delaunay: many poor tetrahedra to start with
     cap = 0.05
     x, info = perturb_slivers(pts, tets, tags, max_move_mm=cap)
-    q1 = k.shapes(x, tets, 1.0, MIN_DIHEDRAL_DEG, MIN_RADIUS_RATIO)
+    q1 = _shape(x, tets)
     assert info["poor_before"] == (q0 < 1).sum() and info["poor_after"] == (q1 < 1).sum()
     assert info["poor_after"] < 0.7 * info["poor_before"]
     assert (q1 > 0).all() and info["inverted_after"] == 0  # nothing turned over
     assert q1.min() > 10 * q0.min()  # the worst element is much better
-    # away from the surfaces the nodes move freely: most poor tetrahedra there are fixed
-    on, normal = surface_normals(pts, tets, tags)
-    inner = ~on[tets].any(axis=1)
-    assert ((q1 < 1) & inner).sum() < 0.5 * ((q0 < 1) & inner).sum()
-    # surface nodes (the cube's faces, the ball's tag boundary) move at most `cap` along their
-    # normal and 3 cap in all; the input is left alone
+    # every node on a surface face (the cube's sides, the ball's tag boundary) stays within `cap` of
+    # the plane of each such face around it, and within 3 cap of where it was
+    f = _surface_faces(tets, tags)
+    p = pts[f]
+    unit = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
+    unit /= np.linalg.norm(unit, axis=1)[:, None]
     shift = x - pts
-    assert np.abs(np.einsum("ij,ij->i", shift, normal))[on].max() <= cap + 1e-12
+    for c in range(3):
+        assert np.abs(np.einsum("ij,ij->i", shift[f[:, c]], unit)).max() <= cap + 1e-12
+    on = np.unique(f)
     assert np.linalg.norm(shift[on], axis=1).max() <= 3 * cap + 1e-12
+    assert np.linalg.norm(shift[on], axis=1).max() > 0.5 * cap  # surface nodes did move (slide)
+    # away from the surfaces the nodes move freely: most poor tetrahedra there are fixed
+    inner = ~np.isin(tets, on).any(axis=1)
+    assert ((q1 < 1) & inner).sum() < 0.5 * ((q0 < 1) & inner).sum()
     assert not np.shares_memory(x, pts)
-    # the volume of each tag hardly changes
     v0 = np.bincount(tags, weights=Mesh(pts, tets, tags).volumes_mm3)
     v1 = np.bincount(tags, weights=Mesh(x, tets, tags).volumes_mm3)
     np.testing.assert_allclose(v1[1:], v0[1:], rtol=0.02)
 
 
-def test_surface_normals_of_a_cube_point_outwards():
-    pts, tets, tags = _delaunay()
-    on, normal = surface_normals(pts, tets, np.ones(len(tets), int))
-    hull = on & (np.linalg.norm(normal, axis=1) > 0)
-    assert hull.sum() > 20
-    # outward: away from the cube's centre
-    assert (np.einsum("ij,ij->i", normal[hull], pts[hull] - 5.0) > 0).mean() > 0.95
+def test_no_new_inverted_tetrahedra():
+    """A mesh that already has inverted tetrahedra: the pass may not turn another one over."""
+    rng = np.random.default_rng(20)
+    for seed in range(12):
+        pts, tets, tags = _delaunay(300, seed=seed)
+        pts = pts.copy()
+        inner = np.flatnonzero(np.all((pts > 2) & (pts < 8), axis=1))
+        for v in rng.choice(inner, 3, replace=False):
+            pts[v] += rng.normal(0, 1.5, 3)  # far enough to turn some tetrahedra over
+        q0 = _shape(pts, tets)
+        x, info = perturb_slivers(pts, tets, tags, max_move_mm=0.05)
+        q1 = _shape(x, tets)
+        assert set(np.flatnonzero(q1 < 0)) <= set(np.flatnonzero(q0 < 0)), seed
+        assert info["inverted_after"] == int((q1 < 0).sum())
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])
@@ -81,3 +116,16 @@ def test_either_orientation(sign):
         tets = tets[:, [0, 2, 1, 3]]
     x, info = perturb_slivers(pts, tets, tags, max_move_mm=0.05)
     assert info["poor_after"] < info["poor_before"] and info["inverted_after"] == 0
+
+
+@pytest.mark.parametrize("n_neg", [0, 1, 2, 3])
+def test_orientation_is_the_majority_of_a_few_tetrahedra(n_neg):
+    """Three flat-ish tetrahedra side by side, n_neg of them negatively ordered: the pass follows the
+    majority (as the mesh checks do) and reports the others as inverted, moving nothing there."""
+    base = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0.3, 0.3, 0.02]], float)
+    pts = np.concatenate([base + [3 * i, 0, 0] for i in range(3)])
+    tets = np.arange(12).reshape(3, 4)
+    tets[:n_neg] = tets[:n_neg][:, [0, 2, 1, 3]]
+    x, info = perturb_slivers(pts, tets, np.ones(3, int), max_move_mm=0.05)
+    expected_inverted = n_neg if n_neg <= 1 else 3 - n_neg
+    assert info["inverted_after"] == expected_inverted

@@ -115,13 +115,13 @@ def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: floa
         expected = info.expected_volume_mm3 or info.voxel_volume_mm3
         q = info.quality or quality_summary(mesh, expected)
         summary = _mesh_summary(out, labels, method, info, q, expected)
-        try:  # both atomic (temporary file, then renamed); the small summary first, undone if the mesh fails
-            _write_json(summary_path, summary)
-            try:
-                write_mesh(out, mesh)
-            except BaseException:
-                summary_path.unlink(missing_ok=True)
-                raise
+        try:  # both written to temporary files first; renamed into place only when both are complete
+            from ..outputs import atomic_file
+
+            ext = next(e for e in (".msh.gz", ".msh", ".vtu") if out.name.lower().endswith(e))
+            with atomic_file(out, suffix=ext) as tmp_mesh:
+                write_mesh(tmp_mesh, mesh)
+                _write_json(summary_path, summary)
         except OSError as exc:
             raise StimsimError(f"--out {out}: cannot write ({exc})") from None
     except StimsimError as exc:

@@ -133,6 +133,10 @@ def place_electrodes(
     owner = np.full(mesh.n_nodes, -1)
     for k, spec in enumerate(specs):
         pos = np.asarray(spec.position_mm, float)
+        if pos.shape != (3,) or not np.isfinite(pos).all():
+            raise ProtocolError(f"electrodes[{k}] ({spec.name}): position {pos.tolist()} is not three finite "
+                                "numbers (mm)")
+        # equidistant scalp nodes: the lowest index wins
         d2 = _squared_distances(surf_xyz, pos)
         i0 = int(np.argmin(d2))
         dist = float(np.sqrt(d2[i0]))

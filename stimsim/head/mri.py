@@ -100,7 +100,6 @@ space; tests/test_mri.py asserts < 8 mm).  SAMSEG's nonlinear warp needs FreeSur
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -112,6 +111,7 @@ from pathlib import Path
 import numpy as np
 
 from .._logging import logger
+from ..cache import sha256_file
 from ..errors import StimsimError
 
 __all__ = ["MRIError", "SAMSEG_TISSUES", "SAMSEG_LABEL_MAP", "TEMPLATE_TO_MNI", "samseg_available",
@@ -176,14 +176,6 @@ def _nib():
     except Exception as exc:  # pragma: no cover - depends on the environment
         raise MRIError(f"reading MRIs needs the 'nibabel' package ({exc}); {INSTALL_HINT}") from None
     return nibabel
-
-
-def sha256_file(path) -> str:
-    d = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            d.update(block)
-    return d.hexdigest()
 
 
 def load_mri(path, what: str = "T1"):

@@ -38,16 +38,27 @@ def read_mesh_cached(path: Path, sha256: str) -> tuple[Mesh, bool]:
     path = Path(path)
     if path.stat().st_size < MIN_BYTES:
         return read_mesh(path)[0], False
-    copy = cached_copy(sha256)
+    try:
+        copy = cached_copy(sha256)
+    except (RuntimeError, OSError, KeyError):  # no home folder and no STIMSIM_CACHE
+        return read_mesh(path)[0], False
     try:
         with np.load(copy, allow_pickle=False) as z:
             mesh = Mesh(**{k: z[k] for k in _KEYS})
-        os.utime(copy)  # least recently used goes first when pruning
-        return mesh, True
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass  # no copy yet, or one that does not load: parse the file
+    else:
+        try:
+            os.utime(copy)  # least recently used goes first when pruning
+        except OSError:  # a read-only cache: the copy is still good
+            pass
+        return mesh, True
     mesh = read_mesh(path)[0]
-    store(copy, mesh)
+    # stored only if the file is still what was hashed (not rewritten between hashing and parsing)
+    from ..cache import sha256_file
+
+    if sha256_file(path) == sha256:
+        store(copy, mesh)
     return mesh, False
 
 

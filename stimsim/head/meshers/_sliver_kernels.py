@@ -54,32 +54,37 @@ def tet_shape(x, t, sign, min_dihedral_deg, min_radius_ratio):  # pragma: no cov
 
 
 @numba.njit(cache=True, nogil=True)
-def _around(x, v, tets, ptr, idx, sign, dmin, rmin):  # pragma: no cover - compiled
-    """(worst, sum, count below 1) of the shape measure, capped at 1, over the tetrahedra around v."""
-    worst, total, poor = 1.0, 0.0, 0
+def _around(x, v, tets, q, ptr, idx, sign, dmin, rmin):  # pragma: no cover - compiled
+    """(worst, sum, count below 1, turned) of the shape measure, capped at 1, over the tetrahedra
+    around v; ``turned``: one of them is flat or inverted now but was not in ``q`` (the shapes
+    before the move)."""
+    worst, total, poor, turned = 1.0, 0.0, 0, False
     for k in range(ptr[v], ptr[v + 1]):
-        q = min(tet_shape(x, tets[idx[k]], sign, dmin, rmin), 1.0)
-        worst = min(worst, q)
-        total += q
-        poor += q < 1.0
-    return worst, total, poor
+        s = min(tet_shape(x, tets[idx[k]], sign, dmin, rmin), 1.0)
+        worst = min(worst, s)
+        total += s
+        poor += s < 1.0
+        turned = turned or (s < 0.0 and q[idx[k]] >= 0.0)
+    return worst, total, poor, turned
 
 
 @numba.njit(cache=True, nogil=True)
-def _allowed(x, x0, v, pinned, normal, max_move, max_slide):  # pragma: no cover - compiled
+def _allowed(x, x0, v, pinned, fptr, fnormal, max_move, max_slide):  # pragma: no cover - compiled
+    """A surface node stays within ``max_move`` of the plane of each of its surface faces (as they
+    were) and within ``max_slide`` of where it was."""
     if not pinned[v]:
         return True
-    r2, along = 0.0, 0.0
-    for k in range(3):
-        r2 += (x[v, k] - x0[v, k]) ** 2
-        along += (x[v, k] - x0[v, k]) * normal[v, k]
-    if normal[v, 0] == 0.0 and normal[v, 1] == 0.0 and normal[v, 2] == 0.0:
-        return r2 <= max_move * max_move
-    return abs(along) <= max_move and r2 <= max_slide * max_slide
+    dx, dy, dz = x[v, 0] - x0[v, 0], x[v, 1] - x0[v, 1], x[v, 2] - x0[v, 2]
+    if dx * dx + dy * dy + dz * dz > max_slide * max_slide:
+        return False
+    for j in range(fptr[v], fptr[v + 1]):
+        if abs(dx * fnormal[j, 0] + dy * fnormal[j, 1] + dz * fnormal[j, 2]) > max_move:
+            return False
+    return True
 
 
 @numba.njit(cache=True, nogil=True)
-def move_vertices(x, x0, tets, q, ptr, idx, bad, pinned, normal, max_move, max_slide, sign, dmin, rmin,
+def move_vertices(x, x0, tets, q, ptr, idx, bad, pinned, fptr, fnormal, max_move, max_slide, sign, dmin, rmin,
                   steps):  # pragma: no cover - compiled
     """Greedy moves of the corners of the ``bad`` tetrahedra; returns how many moves were kept and
     updates the shapes ``q`` of the tetrahedra around each moved node.
@@ -88,9 +93,9 @@ def move_vertices(x, x0, tets, q, ptr, idx, bad, pinned, normal, max_move, max_s
     tetrahedron's centroid, and up the gradient of the worst shape around the corner) at growing
     ``steps`` x the tetrahedron's mean edge length, stopping along a direction once a step does worse
     than the one before.  A move is kept when it raises the worst shape around the node, or keeps it
-    and raises their sum, without more poor tetrahedra around it; every one stays oriented.  A ``pinned`` node (on a
-    tissue surface) moves at most ``max_move`` from its original place ``x0`` along its surface
-    ``normal`` and ``max_slide`` in all (a zero normal: ``max_move`` in all)."""
+    and raises their sum, without more poor tetrahedra around it, and none of them turns flat or
+    over.  A ``pinned`` node (on a tissue surface) stays within ``max_move`` of the plane of each of its
+    surface faces (normals ``fnormal[fptr[v]:fptr[v + 1]]``) and within ``max_slide`` of ``x0``."""
     moved = 0
     pos = np.empty(3)
     best = np.empty(3)
@@ -151,17 +156,17 @@ def move_vertices(x, x0, tets, q, ptr, idx, bad, pinned, normal, max_move, max_s
             for k in range(3):
                 pos[k] = x[v, k]
                 best[k] = x[v, k]
-            w0, s0, p0 = _around(x, v, tets, ptr, idx, sign, dmin, rmin)
+            w0, s0, p0, _ = _around(x, v, tets, q, ptr, idx, sign, dmin, rmin)
             bw, bs = w0, s0
             for di in range(nd):
                 lw = -2.0
                 for si in range(steps.shape[0]):
                     for k in range(3):
                         x[v, k] = pos[k] + steps[si] * length * d[di, k]
-                    if not _allowed(x, x0, v, pinned, normal, max_move, max_slide):
+                    if not _allowed(x, x0, v, pinned, fptr, fnormal, max_move, max_slide):
                         break
-                    w, sm, p = _around(x, v, tets, ptr, idx, sign, dmin, rmin)
-                    if p <= p0 and (w > bw + 1e-12 or (w >= bw - 1e-12 and sm > bs + 1e-9)):
+                    w, sm, p, turned = _around(x, v, tets, q, ptr, idx, sign, dmin, rmin)
+                    if not turned and p <= p0 and (w > bw + 1e-12 or (w >= bw - 1e-12 and sm > bs + 1e-9)):
                         bw, bs = w, sm
                         for k in range(3):
                             best[k] = x[v, k]

@@ -691,6 +691,8 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
                         expected_volume_mm3=expected, merged_tags=merged)
     info.quality = _check_result(mesh, expected, h, method, check, timings)
     timings["total_s"] = time.perf_counter() - t_start
+    if (info.mesher.get("slivers") or {}).get("skipped"):
+        cfile = None  # a mesh without the sliver pass is not what its key promises other processes
     if cfile is not None:
         try:
             cfile.parent.mkdir(parents=True, exist_ok=True)
