@@ -26,7 +26,7 @@ from ..._logging import logger
 from ...errors import MeshError
 from ...mesh.model import TET_FACES, face_codes
 from ...tissues import LAYER_FILL_TAG, LAYER_OF_TAG
-from .topology import distance_to_background, face_components, face_graph, sample_volume, tet_neighbors
+from .topology import distance_to_background, face_components, face_graph, fill_holes, sample_volume, tet_neighbors
 
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "compact_for_shipping", "SURFACE_MESHER_VERSION",
            "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
@@ -97,7 +97,7 @@ def _drop_small(mask: np.ndarray, min_vox: int) -> np.ndarray:
 
 
 def _fill_small_holes(mask: np.ndarray, max_vox: int) -> np.ndarray:
-    holes = ndi.binary_fill_holes(mask) & ~mask
+    holes = fill_holes(mask) & ~mask
     lab, n = ndi.label(holes)
     if not n:
         return mask
@@ -151,7 +151,7 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     for k in range(1, 6):
         m = np.pad(layer >= k, pad)
         if k <= 3:
-            m = _largest(ndi.binary_fill_holes(m))
+            m = _largest(fill_holes(m))
         else:
             m = _fill_small_holes(_drop_small(m, int(500 / voxel)), 50)
         if k > 1:

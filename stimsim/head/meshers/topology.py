@@ -93,8 +93,26 @@ def compact_nodes(nodes: np.ndarray, tets: np.ndarray) -> tuple[np.ndarray, np.n
     return nodes[used], renum[tets]
 
 
-__all__ = ["sample_volume", "face_graph", "face_components", "tet_neighbors", "signed_volumes", "orient_tets",
+__all__ = ["fill_holes", "sample_volume", "face_graph", "face_components", "tet_neighbors", "signed_volumes", "orient_tets",
            "compact_nodes", "ISLAND_FRACTION", "CAVITY_TAG"]
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes`` with its default (face-connected) structure: the background
+    pieces that do not reach the volume's border become True.  Found by labelling the background once,
+    where SciPy dilates from the border until nothing changes (Colin27's 1 mm head: ~0.1 against
+    ~0.5 s per call)."""
+    import scipy.ndimage as ndi
+
+    lab, n = ndi.label(~mask)
+    if n == 0:
+        return mask.copy()
+    reaches_border = np.zeros(n + 1, bool)
+    reaches_border[0] = True  # label 0: the mask itself, kept as it is
+    for ax in range(mask.ndim):
+        for end in (0, -1):
+            reaches_border[np.unique(np.take(lab, end, axis=ax))] = True
+    return mask | ~reaches_border[lab]
 
 
 def distance_to_background(mask: np.ndarray, zooms) -> np.ndarray:
