@@ -130,3 +130,22 @@ def test_trilinear_kernel_is_map_coordinates(order, dtype):
     got = trilinear(phi, pts)
     assert got.dtype == ref.dtype
     np.testing.assert_allclose(got, ref, rtol=0, atol=4 * np.finfo(dtype).eps * np.abs(phi).max())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fill_holes_is_scipys(seed):
+    """topology.fill_holes (labels the background once) fills exactly what SciPy's binary_fill_holes does."""
+    import scipy.ndimage as ndi
+
+    from stimsim.head.meshers.topology import fill_holes
+
+    rng = np.random.default_rng(seed)
+    mask = rng.random((24, 19, 21)) < rng.uniform(0.4, 0.75)
+    if seed % 2:
+        mask = ndi.binary_opening(mask)
+    mask[8:14, 6:12, 7:13] = True
+    mask[10:12, 8:10, 9:11] = False  # at least one enclosed hole
+    expected = ndi.binary_fill_holes(mask)
+    assert expected[10, 8, 9] and not mask[10, 8, 9]
+    assert np.array_equal(fill_holes(mask), expected)
+    assert np.array_equal(fill_holes(np.asfortranarray(mask)), expected)
