@@ -402,6 +402,14 @@ def test_head_folder_from_colin27_3mm(colin_head, colin_3mm):
 
     mesh, _ = read_mesh(head.mesh_path)
     assert set(np.unique(mesh.tet_tags)) >= {1, 2, 3, 4, 5}
+    # the mesh's shape report: the poorly shaped tetrahedra counted and listed (worst first, in the mesh)
+    from stimsim.mesh.checks import element_quality
+
+    shape = info["stages"]["mesh"]["mesh_info"]["shape"]
+    e = element_quality(mesh)
+    assert shape["poor_count"] == int(np.sum((e["min_dihedral_deg"] < 5) | (e["radius_ratio"] < 0.1)))
+    assert shape["min_dihedral_deg"] == pytest.approx(float(e["min_dihedral_deg"].min()), abs=1e-6)
+    assert all(0 <= p["tet"] < mesh.n_tets for p in shape["poor"])
 
 
 def test_colin27_3mm_dice(colin_head, colin_3mm):

@@ -377,9 +377,16 @@ def make_head_folder(t1, out, *, t2=None, lesion=None, lesion_tag: int = 3, thre
                                                 element_size_mm=element_size_mm, lesion=lmask, lesion_tag=lesion_tag,
                                                 progress=False, cache=False, return_info=True)
                     write_mesh(cache / "head.msh", mesh)  # atomic
+                    q = info.quality or {}
+                    el = q.get("elements", {})
                     rec["mesh_info"] = {"method": info.method, "nodes": int(len(mesh.nodes)),
                                         "tetrahedra": int(len(mesh.tets)),
-                                        "element_size_mm": element_size_mm}
+                                        "element_size_mm": element_size_mm,
+                                        # the shape report: tets below 5 deg / radius ratio 0.1, worst first
+                                        "shape": {"min_dihedral_deg": q.get("min_dihedral_deg"),
+                                                  "radius_ratio_min": (q.get("radius_ratio") or {}).get("min"),
+                                                  "poor_count": el.get("poor_count"),
+                                                  "poor": el.get("poor", [])}}
                     _write_stamp(cache, "mesh", {"key": key_mesh, **rec})
             # ---- positions
             with st.stage("positions", "MNI 10-05 -> scalp"):
