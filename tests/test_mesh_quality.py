@@ -149,3 +149,23 @@ def test_fill_holes_is_scipys(seed):
     assert expected[10, 8, 9] and not mask[10, 8, 9]
     assert np.array_equal(fill_holes(mask), expected)
     assert np.array_equal(fill_holes(np.asfortranarray(mask)), expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("h", [0.5, 0.3])
+def test_central_gradient_kernel_is_the_numpy_gradient(dtype, h):
+    """The fused gradient kernel gives the numpy version's values exactly (so meshes do not change)."""
+    from stimsim.head.meshers import surface
+    from stimsim.head.meshers._kernels import central_gradient
+
+    rng = np.random.default_rng(1)
+    phi = rng.normal(size=(20, 17, 15)).astype(dtype)
+    pts = rng.uniform(-5, 25, (2000, 3))  # inside, near and beyond the grid's edges
+    zooms, pad = np.array([1.0, 0.8, 1.2]), 3
+    expected = np.empty_like(pts)
+    for a in range(3):
+        e = np.zeros(3)
+        e[a] = h
+        expected[:, a] = (surface._trilinear(phi, pts + e, zooms, pad)
+                          - surface._trilinear(phi, pts - e, zooms, pad)) / (2 * h)
+    assert np.array_equal(central_gradient(phi, pts, zooms, pad, h), expected)
