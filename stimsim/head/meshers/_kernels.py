@@ -98,38 +98,9 @@ def intersecting(v: np.ndarray, f: np.ndarray, candidates: np.ndarray) -> np.nda
     return np.flatnonzero(hit)
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _trilinear(phi, p, out):  # pragma: no cover - compiled
-    nx, ny, nz = phi.shape
-    for q in numba.prange(p.shape[0]):
-        x = min(max(p[q, 0], 0.0), nx - 1.0)
-        y = min(max(p[q, 1], 0.0), ny - 1.0)
-        z = min(max(p[q, 2], 0.0), nz - 1.0)
-        i = min(int(x), max(nx - 2, 0))
-        j = min(int(y), max(ny - 2, 0))
-        k = min(int(z), max(nz - 2, 0))
-        fx, fy, fz = x - i, y - j, z - k
-        i1, j1, k1 = min(i + 1, nx - 1), min(j + 1, ny - 1), min(k + 1, nz - 1)
-        c00 = phi[i, j, k] * (1.0 - fx) + phi[i1, j, k] * fx
-        c10 = phi[i, j1, k] * (1.0 - fx) + phi[i1, j1, k] * fx
-        c01 = phi[i, j, k1] * (1.0 - fx) + phi[i1, j, k1] * fx
-        c11 = phi[i, j1, k1] * (1.0 - fx) + phi[i1, j1, k1] * fx
-        c0 = c00 * (1.0 - fy) + c10 * fy
-        c1 = c01 * (1.0 - fy) + c11 * fy
-        out[q] = c0 * (1.0 - fz) + c1 * fz
-
-
-def trilinear(phi: np.ndarray, index_coords: np.ndarray) -> np.ndarray:
-    """``phi`` at fractional voxel indices ``index_coords`` (n, 3), linear, edges extended; in
-    ``phi``'s floating type, as SciPy returns it."""
-    out = np.empty(len(index_coords))
-    _trilinear(phi, np.ascontiguousarray(index_coords, dtype=np.float64), out)
-    return out.astype(phi.dtype, copy=False) if phi.dtype.kind == "f" else out
-
-
 @numba.njit(cache=True, nogil=True, inline="always")
 def _sample(phi, x, y, z):  # pragma: no cover - compiled
-    """:func:`_trilinear` at one point (the same operations, so the same values)."""
+    """``phi`` at one fractional voxel index, linear, edges extended."""
     nx, ny, nz = phi.shape
     x = min(max(x, 0.0), nx - 1.0)
     y = min(max(y, 0.0), ny - 1.0)
@@ -146,6 +117,20 @@ def _sample(phi, x, y, z):  # pragma: no cover - compiled
     c0 = c00 * (1.0 - fy) + c10 * fy
     c1 = c01 * (1.0 - fy) + c11 * fy
     return c0 * (1.0 - fz) + c1 * fz
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _trilinear(phi, p, out):  # pragma: no cover - compiled
+    for q in numba.prange(p.shape[0]):
+        out[q] = _sample(phi, p[q, 0], p[q, 1], p[q, 2])
+
+
+def trilinear(phi: np.ndarray, index_coords: np.ndarray) -> np.ndarray:
+    """``phi`` at fractional voxel indices ``index_coords`` (n, 3), linear, edges extended; in
+    ``phi``'s floating type, as SciPy returns it."""
+    out = np.empty(len(index_coords))
+    _trilinear(phi, np.ascontiguousarray(index_coords, dtype=np.float64), out)
+    return out.astype(phi.dtype, copy=False) if phi.dtype.kind == "f" else out
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
