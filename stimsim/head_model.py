@@ -120,7 +120,7 @@ def read_head(protocol, base_dir: Path | None = None, mesh: Mesh | None = None) 
         if from_copy:
             try:
                 return check_mesh(mesh, known_tags=known, connectivity=False), inputs, {"read_s": time.perf_counter() - t}
-            except MeshError:  # the parsed copy is damaged (the file's own errors are reported below)
+            except MeshError:  # a damaged copy, or a mesh that fails anyway: the file's own errors are reported
                 forget(digest)
                 mesh, _ = read_mesh(path)
     mesh = check_mesh(mesh, known_tags=known, connectivity=False)
