@@ -391,3 +391,14 @@ def test_surface_mesher_merged_tags_are_not_missing(nifti, tmp_path, caplog):
     assert info.merged_tags == {6: 5, 9: 3}
     assert set(info.expected_volume_mm3) == {1, 2, 3, 4, 5} == set(mesh.tissue_tags.tolist())
     assert info.quality["volume_check"]["missing"] == []
+
+
+def test_mesh_that_cannot_be_put_in_place_leaves_no_summary(nifti, tmp_path):
+    """--out names a folder: exit 2 with one error line, and neither a summary nor a temporary file."""
+    p = nifti(_balls(24, (10, 9, 8, 6, 4)))
+    (tmp_path / "head.msh.gz").mkdir()
+    res = _cli(p, "--labels", "colin27", "--out", tmp_path / "head.msh.gz", "--method", "lattice")
+    assert res.exit_code == 2, res.output
+    _error_line(res.output)
+    assert not (tmp_path / "head.summary.json").exists()
+    assert not [f for f in tmp_path.iterdir() if f.name.startswith(".stimsim-")]

@@ -169,3 +169,14 @@ def test_central_gradient_kernel_is_the_numpy_gradient(dtype, h):
         expected[:, a] = (surface._trilinear(phi, pts + e, zooms, pad)
                           - surface._trilinear(phi, pts - e, zooms, pad)) / (2 * h)
     assert np.array_equal(central_gradient(phi, pts, zooms, pad, h), expected)
+
+
+def test_fill_holes_takes_any_truthy_array():
+    import scipy.ndimage as ndi
+
+    from stimsim.head.meshers.topology import fill_holes
+
+    ring = np.zeros((5, 5), np.uint8)
+    ring[1:4, 1:4] = 1
+    ring[2, 2] = 0
+    assert np.array_equal(fill_holes(ring), ndi.binary_fill_holes(ring)) and fill_holes(ring).dtype == bool

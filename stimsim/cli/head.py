@@ -119,9 +119,11 @@ def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: floa
             from ..outputs import atomic_file
 
             ext = next(e for e in (".msh.gz", ".msh", ".vtu") if out.name.lower().endswith(e))
-            with atomic_file(out, suffix=ext) as tmp_mesh:
-                write_mesh(tmp_mesh, mesh)
-                _write_json(summary_path, summary)
+            with atomic_file(summary_path) as tmp_summary:
+                _write_json(tmp_summary, summary)
+                with atomic_file(out, suffix=ext) as tmp_mesh:
+                    write_mesh(tmp_mesh, mesh)
+                # the mesh is in place; the summary follows (a failed mesh rename removes both temporaries)
         except OSError as exc:
             raise StimsimError(f"--out {out}: cannot write ({exc})") from None
     except StimsimError as exc:
@@ -185,10 +187,7 @@ def _mesh_summary(out: Path, labels: Path, method: str, info, q: dict, expected:
 def _write_json(path: Path, data: dict) -> None:
     import json
 
-    from ..outputs import atomic_file
-
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=1, default=_json_default), encoding="utf-8")
+    path.write_text(json.dumps(data, indent=1, default=_json_default), encoding="utf-8")
 
 
 def _json_default(o):

@@ -364,7 +364,7 @@ def make_head_folder(t1, out, *, t2=None, lesion=None, lesion_tag: int = 3, thre
                                        seg.tags.shape, seg.affine, order=0).get_fdata() > 0.5
             # the tissue volume itself is in the key (not only the versions that made it): a change to the
             # label table or the clean-up can never reuse a mesh of other labels
-            key_mesh = _key(key_tis, _VERSIONS["mesh"], method, element_size_mm, lesion_tag,
+            key_mesh = _key(key_tis, _VERSIONS["mesh"], method, _mesher_version(method), element_size_mm, lesion_tag,
                             inputs.get("lesion", {}).get("sha256"), hashlib.sha256(seg.tags.tobytes()).hexdigest(),
                             np.round(seg.affine, 6).tolist())
             with st.stage("mesh", f"{method} mesher") as rec:
@@ -435,6 +435,18 @@ def _nifti(data, affine):
     import nibabel as nib
 
     return nib.Nifti1Image(np.asarray(data, np.float32), np.asarray(affine, float))
+
+
+def _mesher_version(method: str) -> str:
+    """The mesher's own version and defaults, so a head folder's cached mesh follows mesher upgrades."""
+    if method != "surface":
+        from .meshers.lattice import MESHER_VERSION
+
+        return MESHER_VERSION
+    from .meshers.surface import SURFACE_MESHER_VERSION, surface_defaults
+
+    # defaults at 1 mm and the default size stand for the recipe (the key holds the size itself)
+    return f"{SURFACE_MESHER_VERSION}|{sorted(surface_defaults(8.0, (1.0, 1.0, 1.0)).items())}"
 
 
 def _head_json(inputs, prep, seg: SegmentResult, stages, mesh, fast, threads, method, lesion_tag, total_s) -> dict:

@@ -104,6 +104,7 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     ~0.5 s per call)."""
     import scipy.ndimage as ndi
 
+    mask = np.asarray(mask, bool)
     lab, n = ndi.label(~mask)
     if n == 0:
         return mask.copy()
