@@ -108,6 +108,7 @@ def read_head(protocol, base_dir: Path | None = None, mesh: Mesh | None = None) 
     inputs = {"protocol_sha256": protocol_sha256(protocol)}
     t = time.perf_counter()
     known = set(conductivity_table(protocol.conductivities))
+    from_copy = False
     if mesh is None:
         from .mesh.read_cache import forget, read_mesh_cached
 
@@ -117,13 +118,14 @@ def read_head(protocol, base_dir: Path | None = None, mesh: Mesh | None = None) 
         inputs["head"] = protocol.head
         inputs["head_file"] = path.name
         inputs["head_sha256"] = digest
-        if from_copy:
-            try:
-                return check_mesh(mesh, known_tags=known, connectivity=False), inputs, {"read_s": time.perf_counter() - t}
-            except MeshError:  # a damaged copy, or a mesh that fails anyway: the file's own errors are reported
-                forget(digest)
-                mesh, _ = read_mesh(path)
-    mesh = check_mesh(mesh, known_tags=known, connectivity=False)
+    try:
+        mesh = check_mesh(mesh, known_tags=known, connectivity=False)
+    except MeshError:
+        if not from_copy:
+            raise
+        # a damaged copy, or a mesh that fails anyway: the file's own errors are reported
+        forget(digest)
+        mesh = check_mesh(read_mesh(path)[0], known_tags=known, connectivity=False)
     return mesh, inputs, {"read_s": time.perf_counter() - t}
 
 

@@ -364,9 +364,9 @@ def make_head_folder(t1, out, *, t2=None, lesion=None, lesion_tag: int = 3, thre
                                        seg.tags.shape, seg.affine, order=0).get_fdata() > 0.5
             # the tissue volume itself is in the key (not only the versions that made it): a change to the
             # label table or the clean-up can never reuse a mesh of other labels
-            key_mesh = _key(key_tis, _VERSIONS["mesh"], method, _mesher_version(method), element_size_mm, lesion_tag,
-                            inputs.get("lesion", {}).get("sha256"), hashlib.sha256(seg.tags.tobytes()).hexdigest(),
-                            np.round(seg.affine, 6).tolist())
+            key_mesh = _key(key_tis, _VERSIONS["mesh"], method, _mesher_version(method), element_size_mm,
+                            lesion_tag, inputs.get("lesion", {}).get("sha256"),
+                            hashlib.sha256(seg.tags.tobytes()).hexdigest(), np.round(seg.affine, 6).tolist())
             with st.stage("mesh", f"{method} mesher") as rec:
                 old = _stamp_ok(cache, "mesh", key_mesh, ["head.msh"])
                 if old is not None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache import cache_dir, prune, sha256_file
 from .model import Mesh
 
 FORMAT = 1
@@ -26,8 +27,6 @@ _KEYS = ("nodes", "tets", "tet_tags", "tris", "tri_tags")
 
 
 def cached_copy(sha256: str) -> Path:
-    from ..cache import cache_dir
-
     return cache_dir("meshes") / f"{sha256}-f{FORMAT}.npz"
 
 
@@ -55,15 +54,12 @@ def read_mesh_cached(path: Path, sha256: str) -> tuple[Mesh, bool]:
         return mesh, True
     mesh = read_mesh(path)[0]
     # stored only if the file is still what was hashed (not rewritten between hashing and parsing)
-    from ..cache import sha256_file
-
     if sha256_file(path) == sha256:
         store(copy, mesh)
     return mesh, False
 
 
 def store(copy: Path, mesh: Mesh) -> None:
-    from ..cache import prune
     from ..outputs import atomic_file
 
     try:

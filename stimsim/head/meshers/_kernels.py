@@ -134,7 +134,7 @@ def trilinear(phi: np.ndarray, index_coords: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _difference(phi, lo, hi, h, single):  # pragma: no cover - compiled
+def _difference(lo, hi, h, single):  # pragma: no cover - compiled
     """(hi - lo) / (2 h) as numpy computes it on :func:`trilinear`'s results: in float32 for a float32 field."""
     if single:
         return np.float64(np.float32(np.float32(hi) - np.float32(lo)) / np.float32(2 * h))
@@ -147,11 +147,11 @@ def _central_gradient(phi, pts_mm, zooms, pad, h, single, out):  # pragma: no co
         x, y, z = pts_mm[q, 0], pts_mm[q, 1], pts_mm[q, 2]
         # each sample point as the numpy version builds it: (mm +- h) / zoom + pad
         bx, by, bz = x / zooms[0] + pad, y / zooms[1] + pad, z / zooms[2] + pad
-        out[q, 0] = _difference(phi, _sample(phi, (x - h) / zooms[0] + pad, by, bz),
+        out[q, 0] = _difference(_sample(phi, (x - h) / zooms[0] + pad, by, bz),
                                 _sample(phi, (x + h) / zooms[0] + pad, by, bz), h, single)
-        out[q, 1] = _difference(phi, _sample(phi, bx, (y - h) / zooms[1] + pad, bz),
+        out[q, 1] = _difference(_sample(phi, bx, (y - h) / zooms[1] + pad, bz),
                                 _sample(phi, bx, (y + h) / zooms[1] + pad, bz), h, single)
-        out[q, 2] = _difference(phi, _sample(phi, bx, by, (z - h) / zooms[2] + pad),
+        out[q, 2] = _difference(_sample(phi, bx, by, (z - h) / zooms[2] + pad),
                                 _sample(phi, bx, by, (z + h) / zooms[2] + pad), h, single)
 
 

@@ -53,7 +53,8 @@ def surface_faces(nodes: np.ndarray, tets: np.ndarray, tags: np.ndarray,
 
 
 def perturb_slivers(nodes: np.ndarray, tets: np.ndarray, tags: np.ndarray, *, max_move_mm: float,
-                    max_slide_mm: float | None = None, rounds: int = 12, neighbors: np.ndarray | None = None, min_dihedral_deg: float = MIN_DIHEDRAL_DEG,
+                    max_slide_mm: float | None = None, rounds: int = 12, neighbors: np.ndarray | None = None,
+                    min_dihedral_deg: float = MIN_DIHEDRAL_DEG,
                     min_radius_ratio: float = MIN_RADIUS_RATIO) -> tuple[np.ndarray, dict]:
     """Nodes moved so that fewer tetrahedra fall below the shape bounds; the connectivity and tags
     are unchanged.  Returns ``(nodes, info)``; ``info`` counts the poor tetrahedra before and after,

@@ -93,8 +93,8 @@ def compact_nodes(nodes: np.ndarray, tets: np.ndarray) -> tuple[np.ndarray, np.n
     return nodes[used], renum[tets]
 
 
-__all__ = ["fill_holes", "sample_volume", "face_graph", "face_components", "tet_neighbors", "signed_volumes", "orient_tets",
-           "compact_nodes", "ISLAND_FRACTION", "CAVITY_TAG"]
+__all__ = ["fill_holes", "sample_volume", "face_graph", "face_components", "tet_neighbors", "signed_volumes",
+           "orient_tets", "compact_nodes", "ISLAND_FRACTION", "CAVITY_TAG"]
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
