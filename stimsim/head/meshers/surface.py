@@ -25,13 +25,13 @@ import scipy.ndimage as ndi
 from ..._logging import logger
 from ...errors import MeshError
 from ...mesh.model import TET_FACES, face_codes
-from ...tissues import LAYER_FILL_TAG, LAYER_OF_TAG
+from ...tissues import LAYER_FILL_TAG, LAYER_OF_TAG, layer_lut
 from .topology import distance_to_background, face_components, face_graph, fill_holes, sample_volume, tet_neighbors
 
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "compact_for_shipping", "SURFACE_MESHER_VERSION",
            "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
-SURFACE_MESHER_VERSION = "surf-4"
+SURFACE_MESHER_VERSION = "surf-5"
 #: default ``element_size_mm`` (Colin27 1 mm: 588k tets; timing: docs/meshing.md)
 DEFAULT_SURFACE_ELEMENT_SIZE_MM = 8.0
 #: tag of each layer in the output (SimNIBS numbering)
@@ -51,6 +51,11 @@ def available() -> bool:
 #: does looks (surfaces, thickness rules and the volume calibration act within a few mm of a surface),
 #: they are this value: the distance transforms then cover only the mask's box plus this margin
 SDF_BAND_MM = 15.0
+
+
+#: a bone tetrahedron whose centre is farther than this (in voxels) from every bone or cavity voxel lies in a
+#: gap of the voxel skull (see :func:`_open_bone_defects`)
+BONE_DEFECT_VOXELS = 1.0
 
 
 def _sdf(mask: np.ndarray, zooms, sigma_vox: float) -> np.ndarray:
@@ -137,8 +142,9 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                   pad=3, thickness_scale=1.0, calibrate_step=None):
     """Nested masks -> smoothed signed distances with minimum layer thickness.
 
-    Returns ``(phis, phi_air)``: ``phis[k]`` for layers 1..5 (padded by ``pad`` voxels),
-    ``phi_air`` or None."""
+    Returns ``(phis, phi_air, bone_distance)``: ``phis[k]`` for layers 1..5 (padded by ``pad``
+    voxels), ``phi_air`` or None, the distance (mm) to the nearest bone or cavity voxel (None
+    without bone)."""
     lut = np.zeros(256, np.int8)
     for t, layer in LAYER_OF_TAG.items():
         lut[t] = layer
@@ -173,6 +179,14 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     t = 0.75 * float(thickness_scale)
     phis = {k: _sdf(masks[k], zooms, sigma_vox) for k in range(1, 6)}
     del masks
+    # distance (mm) to the nearest bone (or cavity) voxel: where it exceeds BONE_DEFECT_VOXELS the
+    # bone layer exists only because of its minimum thickness (a skull defect); those tetrahedra
+    # are re-tagged after meshing (_open_bone_defects), and the calibration below allows for it
+    bone_ok = np.pad(layer == 2, pad)
+    bone_distance = distance_to_background(~bone_ok, zooms) if bone_ok.any() else None
+    no_bone = (bone_distance > BONE_DEFECT_VOXELS * float(np.max(zooms))) if bone_distance is not None else None
+    inner_vox = np.pad(layer >= 3, pad) if no_bone is not None else None
+    del bone_ok
     # split the deficit between both surfaces (a few sweeps), then enforce exactly
     _enforce(phis, tk)
     if calibrate_step:
@@ -181,7 +195,16 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
         # sub-sampling and the minimum thicknesses otherwise move CSF/GM volume by ~10 %)
         vox = float(np.prod(zooms))
         target = {k: float(counts[k:].sum()) * vox for k in range(1, 6)}
+        base = dict(target)
         for _ in range(3):
+            if no_bone is not None:
+                # the bone sheet of a defect becomes scalp (outside the brain's voxels) or CSF:
+                # bone outer surface encloses that much more, the CSF outer surface that much less
+                sheet = no_bone & (phis[2] < 0) & (phis[3] >= 0)
+                s_in = float(np.count_nonzero(sheet & inner_vox)) * vox
+                target[2] = base[2] + float(np.count_nonzero(sheet)) * vox - s_in
+                target[3] = base[3] - s_in
+                del sheet
             for k in range(1, 6):
                 c = 0.0
                 for _ in range(3):
@@ -197,7 +220,7 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
         np.maximum(phi_air, -phis[3] + t, out=phi_air)
         if not (phi_air < 0).any():
             phi_air = None
-    return phis, phi_air
+    return phis, phi_air, bone_distance
 
 
 def _surface(phi: np.ndarray, zooms, pad: int, step: int):
@@ -514,7 +537,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     if progress_cb:
         progress_cb("signed distances")
     t0 = time.perf_counter()
-    phis, phi_air = nested_fields(tags, cavity, zooms, min_thickness_mm=min_thickness_mm, sigma_vox=sigma_vox,
+    phis, phi_air, bone_distance = nested_fields(tags, cavity, zooms, min_thickness_mm=min_thickness_mm, sigma_vox=sigma_vox,
                                   pad=pad, thickness_scale=thickness_scale,
                                   calibrate_step=int(surface_step or 2) if calibrate else None)
     info["timings_s"]["fields_s"] = time.perf_counter() - t0
@@ -669,6 +692,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     info["region_vote_purity"] = float(votes.max(1).sum() / votes.sum())
     seed_tag = np.array([0] + [LAYER_FILL_TAG[k] for k in range(1, 6)])
     ttags = seed_tag[gl[ginv]]
+    info["bone_defect_tets"] = _open_bone_defects(ttags, cen, bone_distance, tags, zooms, pad)
     if lesion is not None:  # tets centred in a lesion voxel (unbiased, as the lattice mesher does)
 
         in_lesion = sample_volume(lesion, cen, zooms, fill=False) & (ttags > 0)
@@ -720,6 +744,29 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                                                   progress_cb)
         info["timings_s"]["slivers_s"] = info["slivers"].pop("time_s")
     return nodes, tets, ttags, info
+
+
+def _open_bone_defects(ttags, cen, bone_distance, tags, zooms, pad) -> int:
+    """Re-tag the bone the minimum layer thickness put where the labels have none.
+
+    The nested surfaces keep every layer at least ``tk`` thick, so a skull defect (craniectomy, burr
+    hole, a segmentation without bone somewhere) is closed by a thin bone sheet.  Bone tetrahedra
+    whose centre is more than :data:`BONE_DEFECT_VOXELS` from every bone (or cavity) voxel take the
+    tissue of the voxel they sit in: CSF on the brain's side, scalp outside (the calibration in
+    :func:`nested_fields` counts on this).  Returns how many were re-tagged."""
+    bone = (ttags == LAYER_FILL_TAG[2]).nonzero()[0]
+    if not len(bone):
+        return 0
+    if bone_distance is None:  # labels without a skull: no bone in the mesh either
+        far = np.ones(len(bone), bool)
+    else:
+        far = _trilinear(bone_distance, cen[bone], zooms, pad) > BONE_DEFECT_VOXELS * float(np.max(zooms))
+    if not far.any():
+        return 0
+    sel = bone[far]
+    layer = layer_lut()[sample_volume(tags, cen[sel], zooms, fill=0)]
+    ttags[sel] = np.where(layer >= 3, LAYER_FILL_TAG[3], LAYER_FILL_TAG[1])
+    return int(len(sel))
 
 
 def _perturb_slivers(nodes, tets, ttags, nb, keep, max_move_mm, progress_cb):
