@@ -162,3 +162,42 @@ def central_gradient(phi: np.ndarray, pts_mm: np.ndarray, zooms, pad: int, h: fl
     _central_gradient(phi, np.ascontiguousarray(pts_mm, np.float64), np.asarray(zooms, np.float64), float(pad),
                       float(h), phi.dtype == np.float32, out)
     return out
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _split_deficit(lo, hi, t):  # pragma: no cover - compiled
+    """One thickness sweep step on a pair of level sets, in float32 as numpy does it."""
+    d = hi - lo - t
+    d = d * np.float32(0.5) if d < 0 else np.float32(0.0)
+    return lo + d, hi - d
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _enforce_layers(p1, p2, p3, p4, p5, tk, sweeps):  # pragma: no cover - compiled
+    for i in numba.prange(p1.shape[0]):
+        a1, a2, a3, a4, a5 = p1[i], p2[i], p3[i], p4[i], p5[i]
+        for _ in range(sweeps):
+            a1, a2 = _split_deficit(a1, a2, tk[0])
+            a2, a3 = _split_deficit(a2, a3, tk[1])
+            a3, a4 = _split_deficit(a3, a4, tk[2])
+            a4, a5 = _split_deficit(a4, a5, tk[3])
+        a2 = max(a2, a1 + tk[0])
+        a3 = max(a3, a2 + tk[1])
+        a4 = max(a4, a3 + tk[2])
+        a5 = max(a5, a4 + tk[3])
+        p1[i], p2[i], p3[i], p4[i], p5[i] = a1, a2, a3, a4, a5
+
+
+def enforce_layers(phis: dict, tk: dict, sweeps: int) -> bool:
+    """The surface mesher's minimum layer thicknesses (``_enforce``) voxel by voxel in one pass, in
+    place, with numpy's float32 results.  False (nothing done) unless the five fields are float32
+    arrays of one shape and memory layout."""
+    arrays = [phis[k] for k in range(1, 6)]
+    first = arrays[0]
+    layout = "F" if first.flags.f_contiguous and not first.flags.c_contiguous else "C"
+    if not all(a.dtype == np.float32 and a.shape == first.shape and a.flags[f"{layout}_CONTIGUOUS"]
+               for a in arrays):
+        return False
+    flat = [a.reshape(-1, order=layout) for a in arrays]
+    _enforce_layers(*flat, np.array([tk[k] for k in range(1, 5)], np.float32), int(sweeps))
+    return True

@@ -168,8 +168,7 @@ def _clean_islands(tags: np.ndarray, zooms, keep: np.ndarray | None = None) -> t
         moved[int(t)] = int(mask.sum())
         unknown |= mask
     if unknown.any():
-        idx = ndi.distance_transform_edt(unknown, sampling=zooms, return_distances=False, return_indices=True)
-        tags[unknown] = tags[tuple(i[unknown] for i in idx)]
+        _take_nearest_known(tags, unknown, zooms)
     # keep the main piece of the head only
     lab, n = ndi.label(tags > 0)
     if n > 1:
@@ -179,6 +178,29 @@ def _clean_islands(tags: np.ndarray, zooms, keep: np.ndarray | None = None) -> t
         moved["dropped_pieces"] = int((tags > 0).sum() - keep.sum())
         tags[~keep] = 0
     return tags, moved
+
+
+def _take_nearest_known(tags: np.ndarray, unknown: np.ndarray, zooms, margin: int = 4) -> None:
+    """Give every ``unknown`` voxel the tag of its nearest known voxel, in place.
+
+    One feature transform per island of unknown voxels, on its bounding box plus ``margin`` voxels
+    (doubled until the nearest known voxel is closer than the box's edge, so the answer is the one
+    the whole volume gives): Colin27 has ~4,900 small islands, and one transform of the whole
+    volume cost twice as long."""
+    zooms = tuple(float(z) for z in zooms)
+    lab, _ = ndi.label(unknown, structure=np.ones((3, 3, 3), bool))
+    src = tags.copy()
+    for k, sl in enumerate(ndi.find_objects(lab), 1):
+        m = margin
+        while True:
+            box = tuple(slice(max(s.start - m, 0), min(s.stop + m, n)) for s, n in zip(sl, tags.shape))
+            dist, ind = ndi.distance_transform_edt(unknown[box], sampling=zooms, return_indices=True)
+            own = lab[box] == k
+            whole = all(b.start == 0 and b.stop == n for b, n in zip(box, tags.shape))
+            if whole or dist[own].max() < m * min(zooms):
+                break
+            m *= 2
+        tags[box][own] = src[box][tuple(i[own] for i in ind)]
 
 
 def air_cavities(tags: np.ndarray) -> np.ndarray:

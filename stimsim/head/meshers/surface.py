@@ -127,6 +127,15 @@ def _mc_volume_area(phi, level, zooms, step):
 
 
 def _enforce(phis, tk, sweeps=4):
+    """Neighbouring level sets at least ``tk[k]`` apart: ``sweeps`` rounds that split each deficit
+    between both surfaces, then the outer one pushed out where one is left."""
+    from ...fem.kernels import numba_ready
+
+    if numba_ready():  # every voxel on its own: one fused pass instead of ~60 passes over the grid
+        from ._kernels import enforce_layers
+
+        if enforce_layers(phis, tk, sweeps):
+            return
     for _ in range(sweeps):
         for k in range(1, 5):
             d = phis[k + 1] - phis[k] - tk[k]
