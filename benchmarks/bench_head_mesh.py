@@ -3,7 +3,7 @@ memory, tets, per-tissue volume error, connectivity, element shape (min dihedral
 0.1 radius-ratio bounds), skull and CSF thickness (median, mesh vs labels; stimsim.head.meshers.thickness)
 and what the mesh does to the solve (AMG-CG iterations and time, tDCS C3-Fp2 5 x 5 cm pads, rtol 1e-10).
 
-    python benchmarks/bench_head_mesh.py [--method surface|lattice|both] [ELEMENT_SIZE_MM ...]
+    python benchmarks/bench_head_mesh.py [--method surface|lattice|both] [--upsample 2] [ELEMENT_SIZE_MM ...]
 
 Each run is a fresh child process (peak RSS per method, no cache); no element size = each
 method's default (surface 8 mm, lattice 3.2 mm).  Targets (issue 5): <= 120 s, <= 4 GB,
@@ -25,23 +25,37 @@ LABELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "heads" / "co
 TAGS = (1, 2, 3, 4, 5)  # WM GM CSF bone scalp
 
 
-def run_one(method: str, h: float | None) -> dict:
+def upsampled(factor: int):
+    """Colin27's labels with each voxel split into ``factor``^3 (a stand-in for a 0.5 mm segmentation:
+    the same anatomy, ``factor``^3 times the voxels), and the affine of that grid."""
+    import nibabel as nib
+
+    img = nib.load(str(LABELS))
+    lab = np.asarray(img.dataobj)
+    if factor == 1:
+        return lab, img.affine
+    lab = np.asfortranarray(lab.repeat(factor, 0).repeat(factor, 1).repeat(factor, 2))
+    scale = np.diag([1 / factor] * 3 + [1.0])
+    shift = np.eye(4)
+    shift[:3, 3] = (1 / factor - 1) / 2  # voxel centres of the finer grid inside the coarse voxels
+    return lab, img.affine @ shift @ scale
+
+
+def run_one(method: str, h: float | None, upsample: int = 1) -> dict:
     from stimsim.head.meshers import make_head_mesh, quality_summary
 
+    lab, affine = upsampled(upsample)
     t = time.perf_counter()
-    mesh, info = make_head_mesh(LABELS, None, "colin27", method=method, element_size_mm=h, cache=False,
+    mesh, info = make_head_mesh(lab, affine, "colin27", method=method, element_size_mm=h, cache=False,
                                 progress=False, return_info=True)
     dt = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB -> GB (Linux)
     q = quality_summary(mesh, info.voxel_volume_mm3)
-    import nibabel as nib
-
     from stimsim.head import apply_label_map, label_map
     from stimsim.head.meshers.thickness import thickness_percentiles
 
-    img = nib.load(str(LABELS))
-    tags = apply_label_map(np.asarray(img.dataobj), label_map("colin27"))
-    thick = {name: thickness_percentiles(mesh, tags, img.affine, layer, inside, outside)
+    tags = apply_label_map(lab, label_map("colin27"))
+    thick = {name: thickness_percentiles(mesh, tags, affine, layer, inside, outside)
              for name, (layer, inside, outside) in (("bone", (4, 3, 5)), ("csf", (3, 2, 4)))}
     return {"method": method, "h": h, "time_s": dt, "peak_gb": peak, "nodes": mesh.n_nodes, "tets": mesh.n_tets,
             "voxels": int(np.prod(tags.shape)), "poor": q["elements"]["poor_count"], "thickness": thick,
@@ -70,11 +84,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("sizes", nargs="*", type=float, help="element sizes, mm (default: the method's)")
     ap.add_argument("--method", default="both", choices=["surface", "lattice", "both"])
+    ap.add_argument("--upsample", type=int, default=1,
+                    help="split each voxel into N^3 (2: a 0.5 mm volume, 57 M voxels)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     methods = ["surface", "lattice"] if args.method == "both" else [args.method]
     if args.child:
-        print(json.dumps(run_one(methods[0], args.sizes[0] if args.sizes else None)))
+        print(json.dumps(run_one(methods[0], args.sizes[0] if args.sizes else None, args.upsample)))
         return
     print(f"{os.cpu_count()} CPUs, load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print("| method | h mm | voxels | time s | peak GB | nodes | tets | min dihedral | tets < 5 deg or 0.1 | inverted "
@@ -83,7 +99,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for method in methods:
         for h in args.sizes or [None]:
-            cmd = [sys.executable, __file__, "--child", "--method", method] + ([str(h)] if h else [])
+            cmd = ([sys.executable, __file__, "--child", "--method", method, "--upsample", str(args.upsample)]
+                   + ([str(h)] if h else []))
             r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             from stimsim.head.meshers import default_element_size
 

@@ -180,3 +180,31 @@ def test_fill_holes_takes_any_truthy_array():
     ring[1:4, 1:4] = 1
     ring[2, 2] = 0
     assert np.array_equal(fill_holes(ring), ndi.binary_fill_holes(ring)) and fill_holes(ring).dtype == bool
+
+
+def test_crossing_marching_cubes_triangles_are_pushed_apart():
+    """Two surfaces of nested regions (layer 4 inside layer 3) whose triangles cross, as chords of close
+    surfaces in one coarse sub-grid cube can: afterwards nothing crosses, the outer surface moved out
+    (+z, up its field's gradient) and the inner one in, and vertices of untouched triangles stay."""
+    from stimsim.head.meshers.surface import _separate_crossings, intersecting_triangles
+
+    z = np.arange(24.0)[None, None, :] * np.ones((24, 24, 1))
+    fields = {"3": (z - 10.0).astype(np.float32), "4": (z - 9.5).astype(np.float32)}
+
+    def quad(z0, slope, x0=5.0):
+        pts = np.array([[x, y, z0 + slope * (x - x0)] for x in (x0, x0 + 10) for y in (5.0, 15.0)])
+        return pts, np.array([[0, 1, 2], [1, 3, 2]])
+
+    v3, f3 = quad(9.0, 0.1)  # rises through ...
+    v4, f4 = quad(10.0, -0.1)  # ... this one
+    far = np.array([[1.0, 1, 1], [2, 1, 1], [1, 2, 1]])  # a triangle of surface 3 far from both
+    v = np.vstack([v3, v4, far])
+    f = np.vstack([f3, f4 + 4, [[8, 9, 10]]])
+    vsurf = np.array([0] * 4 + [1] * 4 + [0] * 3)
+    assert len(intersecting_triangles(v, f)) == 4
+    out, moved = _separate_crossings(v, f, vsurf, ["3", "4"], fields, (1.0, 1.0, 1.0), 0, cell=1.0)
+    assert len(intersecting_triangles(out, f)) == 0
+    assert moved == 8
+    assert np.all(out[:4, 2] > v[:4, 2]) and np.all(out[4:8, 2] < v[4:8, 2])
+    np.testing.assert_array_equal(out[8:], v[8:])
+    np.testing.assert_allclose(out[:8, :2], v[:8, :2], atol=1e-6)  # along the gradient (z) only

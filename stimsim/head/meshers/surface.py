@@ -53,9 +53,13 @@ def available() -> bool:
 SDF_BAND_MM = 15.0
 
 
-#: a bone tetrahedron whose centre is farther than this (in voxels) from every bone or cavity voxel lies in a
-#: gap of the voxel skull (see :func:`_open_bone_defects`)
-BONE_DEFECT_VOXELS = 1.0
+def bone_defect_distance_mm(zooms, bone_thickness_mm: float) -> float:
+    """A bone tetrahedron whose centre is farther than this from every bone or cavity voxel lies in a gap
+    of the voxel skull (:func:`_open_bone_defects`): one voxel, or half the minimum bone thickness plus
+    half a voxel where that is more (a sheet forced to that thickness over bone one voxel thick keeps
+    its centres that close)."""
+    vox = float(np.max(zooms))
+    return max(vox, 0.5 * float(bone_thickness_mm) + 0.5 * vox)
 
 
 def _sdf(mask: np.ndarray, zooms, sigma_vox: float) -> np.ndarray:
@@ -152,8 +156,8 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     """Nested masks -> smoothed signed distances with minimum layer thickness.
 
     Returns ``(phis, phi_air, bone_distance)``: ``phis[k]`` for layers 1..5 (padded by ``pad``
-    voxels), ``phi_air`` or None, the distance (mm) to the nearest bone or cavity voxel (None
-    without bone)."""
+    voxels), ``phi_air`` or None, the distance (mm) to the nearest bone or cavity voxel less
+    :func:`bone_defect_distance_mm` (> 0 in a skull defect; None without bone)."""
     lut = np.zeros(256, np.int8)
     for t, layer in LAYER_OF_TAG.items():
         lut[t] = layer
@@ -188,12 +192,14 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     t = 0.75 * float(thickness_scale)
     phis = {k: _sdf(masks[k], zooms, sigma_vox) for k in range(1, 6)}
     del masks
-    # distance (mm) to the nearest bone (or cavity) voxel: where it exceeds BONE_DEFECT_VOXELS the
+    # distance (mm) to the nearest bone (or cavity) voxel, less bone_defect_distance_mm: where > 0 the
     # bone layer exists only because of its minimum thickness (a skull defect); those tetrahedra
     # are re-tagged after meshing (_open_bone_defects), and the calibration below allows for it
     bone_ok = np.pad(layer == 2, pad)
     bone_distance = distance_to_background(~bone_ok, zooms) if bone_ok.any() else None
-    no_bone = (bone_distance > BONE_DEFECT_VOXELS * float(np.max(zooms))) if bone_distance is not None else None
+    if bone_distance is not None:
+        bone_distance -= np.float32(bone_defect_distance_mm(zooms, tk[2]))
+    no_bone = (bone_distance > 0) if bone_distance is not None else None
     inner_vox = np.pad(layer >= 3, pad) if no_bone is not None else None
     del bone_ok
     # split the deficit between both surfaces (a few sweeps), then enforce exactly
@@ -215,10 +221,18 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                 target[3] = base[3] - s_in
                 del sheet
             for k in range(1, 6):
-                c = 0.0
+                c, last = 0.0, None
                 for _ in range(3):
                     v, a = _mc_volume_area(phis[k], c, zooms, calibrate_step)
-                    c += (target[k] - v) / a
+                    # dV/dc is the integral of 1 / |grad phi| over the surface: the area where phi is
+                    # a distance, more where smoothing flattened it (thin white-matter gyri: Newton
+                    # with the area alone overshot by ~2x and oscillated, WM +5 % at 0.5 mm); the
+                    # secant of the last two levels, kept between 1 and 4 areas
+                    slope = a
+                    if last is not None and c != last[0]:
+                        slope = min(max((v - last[1]) / (c - last[0]), a), 4.0 * a)
+                    last = (c, v)
+                    c += (target[k] - v) / slope
                     c = float(np.clip(c, -1.5, 1.5))
                 phis[k] -= np.float32(c)
             _enforce(phis, tk, sweeps=2)
@@ -385,6 +399,56 @@ def intersecting_triangles(v: np.ndarray, f: np.ndarray, candidates: np.ndarray 
         for k0, k1 in ((0, 1), (1, 2), (2, 0)):
             hit |= _segment_crosses(v[f[x, k0]], v[f[x, k1]], v[f[y, 0]], v[f[y, 1]], v[f[y, 2]])
     return np.unique(np.concatenate([i[hit], j[hit]]))
+
+
+def _encloses(outer, inner) -> bool:
+    """Does the region of surface ``outer`` hold that of ``inner`` (layers "1".."5" nested, outermost
+    first; "air" lies inside layers 1 and 2, apart from 3-5)?"""
+    if inner == "air":
+        return outer in ("1", "2")
+    return outer != "air" and int(outer) < int(inner)
+
+
+def _separate_crossings(v, f, vsurf, names, fields, zooms, pad, cell, max_rounds=8):
+    """Push apart marching-cubes triangles of two surfaces that cross.
+
+    Two fields at least ``tk`` apart at every sub-grid point can still give crossing triangles
+    inside one cube when the cube is large against ``tk`` (chords of curved surfaces: seen once on
+    a 0.5 mm head at the 4 mm sub-grid).  Each vertex of a crossing triangle moves along its own
+    field's gradient, away from the other surface (the inner of a nested pair inwards, the outer
+    outwards, surfaces of disjoint regions both inwards), 0.1 sub-grid cell per round, until
+    nothing crosses.  Returns ``(v, number of vertices moved)``."""
+    from scipy.spatial import cKDTree
+
+    v = v.copy()
+    moved = np.zeros(len(v), bool)
+    tsurf = vsurf[f[:, 0]]
+    for _ in range(max_rounds):
+        bad = np.asarray(intersecting_triangles(v, f), np.int64)
+        if not len(bad):
+            break
+        cen = v[f[bad]].mean(1)
+        k = min(len(bad), 16)
+        _, nn = cKDTree(cen).query(cen, k=k)
+        nn = nn.reshape(len(bad), k)
+        other = tsurf[bad][nn]
+        first = np.argmax(other != tsurf[bad][:, None], axis=1)
+        partner = np.where(other[np.arange(len(bad)), first] != tsurf[bad], other[np.arange(len(bad)), first], -1)
+        push = np.zeros(len(v))
+        for t, sid, pid in zip(bad, tsurf[bad], partner):
+            if pid < 0:
+                continue
+            sign = 1.0 if _encloses(names[sid], names[pid]) else -1.0
+            push[f[t]] += sign
+        for sid, name in enumerate(names):
+            sel = np.flatnonzero((vsurf == sid) & (push != 0))
+            if not len(sel):
+                continue
+            g = _field_grad(fields[name], v[sel], zooms, pad)
+            g /= np.maximum(np.linalg.norm(g, axis=1), 1e-12)[:, None]
+            v[sel] += (np.sign(push[sel]) * 0.1 * cell)[:, None] * g
+            moved[sel] = True
+    return v, int(moved.sum())
 
 
 def _untangle(v, v0, f, near=None, max_rounds=12):
@@ -557,13 +621,14 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     verts, faces, nsurf = [], [], {}
     off = 0
     fields = [(k, phis[k]) for k in range(1, 6)] + ([("air", phi_air)] if phi_air is not None else [])
-    mc_verts, near = [], []
+    mc_verts, near, surf_names = [], [], []
     cell = step * float(np.min(zooms))
     for name, phi in fields:
         if not (phi[::step, ::step, ::step] < 0).any():  # e.g. a small air field on a coarse sub-grid
             continue
         v, f, n0 = _surface(phi, zooms, pad, step)
         mc_verts.append(v)
+        surf_names.append(str(name))
         if relax_iterations:
             v, nr = _relax_surface(v, f, phi, [o for n2, o in fields if n2 != name], zooms, pad, cell,
                                    iters=int(relax_iterations))
@@ -572,11 +637,19 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
         faces.append(f + off)
         off += len(v)
         nsurf[str(name)] = (n0, len(f))
+    mc_all = np.concatenate(mc_verts) if mc_verts else np.zeros((0, 3))
+    vsurf = np.concatenate([np.full(len(m), i) for i, m in enumerate(mc_verts)]) if mc_verts else np.zeros(0, int)
+    named_fields = {str(n): phi for n, phi in fields}
     if relax_iterations:
         t1 = time.perf_counter()
         fs = np.concatenate(faces)
-        v, info["relax_vertices_put_back"] = _untangle(np.concatenate(verts), np.concatenate(mc_verts), fs,
-                                                            np.concatenate(near))
+        relaxed = np.concatenate(verts)
+        v, back = _untangle(relaxed.copy(), mc_all, fs, np.concatenate(near))
+        if back == len(v):  # not even the marching-cubes points were free of crossings
+            mc_all, info["crossing_vertices_moved"] = _separate_crossings(mc_all, fs, vsurf, surf_names, named_fields,
+                                                                          zooms, pad, cell)
+            v, back = _untangle(relaxed, mc_all, fs, np.concatenate(near))
+        info["relax_vertices_put_back"] = back
         info["timings_s"]["untangle_s"] = time.perf_counter() - t1
         verts, faces = [v], [fs]
     if lesion is not None:  # free vertices that refine the mesh in the lesion
@@ -615,11 +688,13 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
             with _quiet_stdout(not verbose):  # TetGen's C code prints to stdout even with Q
                 out = tg.tetrahedralize(switches=switches)
         except RuntimeError as exc:
-            if not relax_iterations or "intersect" not in str(exc):
+            if "intersect" not in str(exc):
                 raise
-            # a crossing the untangling missed: the unrelaxed marching-cubes surfaces never cross
-            logger.warning("relaxed head surfaces intersect (%s); meshing the unrelaxed ones", exc)
-            mc = np.concatenate(mc_verts)
+            # a crossing the untangling missed: mesh the marching-cubes surfaces, with any of their
+            # own crossings pushed apart (rare: chords of close surfaces inside one sub-grid cube)
+            logger.warning("head surfaces intersect (%s); meshing the unrelaxed ones", exc)
+            mc, moved = _separate_crossings(mc_all, faces, vsurf, surf_names, named_fields, zooms, pad, cell)
+            info["crossing_vertices_moved"] = info.get("crossing_vertices_moved", 0) + moved
             verts[:len(mc)] = mc + np.random.default_rng(12345).uniform(-1e-4, 1e-4, mc.shape)
             info["relax_fallback"] = True
             tg = tetgen.TetGen(verts, faces.astype(np.int32))
@@ -760,7 +835,8 @@ def _open_bone_defects(ttags, cen, bone_distance, tags, zooms, pad) -> int:
 
     The nested surfaces keep every layer at least ``tk`` thick, so a skull defect (craniectomy, burr
     hole, a segmentation without bone somewhere) is closed by a thin bone sheet.  Bone tetrahedra
-    whose centre is more than :data:`BONE_DEFECT_VOXELS` from every bone (or cavity) voxel take the
+    whose centre is more than :func:`bone_defect_distance_mm` from every bone (or cavity) voxel
+    (``bone_distance`` > 0, from :func:`nested_fields`) take the
     tissue of the voxel they sit in: CSF on the brain's side, scalp outside (the calibration in
     :func:`nested_fields` counts on this).  Returns how many were re-tagged."""
     bone = (ttags == LAYER_FILL_TAG[2]).nonzero()[0]
@@ -769,7 +845,7 @@ def _open_bone_defects(ttags, cen, bone_distance, tags, zooms, pad) -> int:
     if bone_distance is None:  # labels without a skull: no bone in the mesh either
         far = np.ones(len(bone), bool)
     else:
-        far = _trilinear(bone_distance, cen[bone], zooms, pad) > BONE_DEFECT_VOXELS * float(np.max(zooms))
+        far = _trilinear(bone_distance, cen[bone], zooms, pad) > 0
     if not far.any():
         return 0
     sel = bone[far]
