@@ -26,6 +26,45 @@ RESULTS_FORMAT = "stimsim-results/1"
 RESULTS_ENTRIES = frozenset({"fields.msh", "fields.vtu", "summary.json", "protocol.yaml"})
 
 
+#: a signal that arrived inside :func:`signals_deferred` (main thread only)
+_DEFERRED = {"depth": 0, "signum": None}
+
+
+@contextmanager
+def signals_deferred():
+    """Hold back a signal whose handler raises (the CLI's SIGINT/SIGTERM handler asks
+    :func:`defer_signal`) until the block ends, then deliver it.
+
+    ``ThreadPoolExecutor.submit`` starts a thread and waits for it to run; an exception raised in
+    that wait leaves a running writer the pool never joins, and the clean-up removed the results
+    folder while it still wrote there (it came back with a half-written file).  Writers are
+    started inside this block."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _DEFERRED["depth"] += 1
+    try:
+        yield
+    finally:
+        _DEFERRED["depth"] -= 1
+        if not _DEFERRED["depth"] and _DEFERRED["signum"] is not None:
+            signum, _DEFERRED["signum"] = _DEFERRED["signum"], None
+            signal.raise_signal(signum)
+
+
+def defer_signal(signum: int) -> bool:
+    """For a signal handler: inside :func:`signals_deferred` keep ``signum`` for its end and
+    return True (the handler then returns at once); else False."""
+    if not _DEFERRED["depth"]:
+        return False
+    if _DEFERRED["signum"] is None:
+        _DEFERRED["signum"] = int(signum)
+    return True
+
+
 class OutputError(StimsimError, OSError):
     """An output path stimsim must not or cannot write (the message says why and what to do)."""
 

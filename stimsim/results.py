@@ -23,7 +23,7 @@ from .conductivity import tissue_name
 from .errors import ResultsError, StimsimError
 from .mesh.model import Mesh
 from .stats import weighted_percentiles
-from .outputs import RESULTS_FORMAT
+from .outputs import RESULTS_FORMAT, signals_deferred
 from .protocol import save_protocol
 from .simulation_result import MultichannelTACSResult, SimulationResult, TESResult, TIResult, TMSResult
 
@@ -181,10 +181,11 @@ def write_result_files(result: SimulationResult, folder: str | os.PathLike, *, m
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        jobs = [pool.submit(write_msh, tmp / "fields.msh", result.mesh, node_data=node_data,
-                            element_data=element_data, version=msh_version),
-                pool.submit(write_vtu, tmp / "fields.vtu", result.mesh, node_data=node_data,
-                            element_data=element_data, dtype="float32")]
+        with signals_deferred():  # a signal inside submit() would leave a writer the pool never joins
+            jobs = [pool.submit(write_msh, tmp / "fields.msh", result.mesh, node_data=node_data,
+                                element_data=element_data, version=msh_version),
+                    pool.submit(write_vtu, tmp / "fields.vtu", result.mesh, node_data=node_data,
+                                element_data=element_data, dtype="float32")]
         # meanwhile, in this thread; on an exception the pool still waits for both writers, so
         # the caller's clean-up never races a thread that is still writing
         summary = summarize(result, safety)

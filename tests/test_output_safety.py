@@ -333,3 +333,30 @@ def test_results_folder_api_cleans_up_on_error(tmp_path):
             (folder.path / "fields.msh").write_text("partial")
             1 / 0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_signal_while_writers_start_waits_for_them():
+    """The CLI's handler raises; inside signals_deferred the signal is kept and delivered when the
+    block ends (a raise inside ThreadPoolExecutor.submit left a writer nobody joined: the results
+    folder was removed under it and came back with a half-written file)."""
+    from stimsim.cli.process import Interrupted, raise_on_signal
+    from stimsim.outputs import signals_deferred
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, raise_on_signal)
+    reached = []
+    try:
+        with pytest.raises(Interrupted) as info:
+            with signals_deferred():
+                signal.raise_signal(signal.SIGTERM)
+                reached.append("after the signal")
+        assert info.value.signum == signal.SIGTERM
+        assert reached == ["after the signal"]
+        with pytest.raises(Interrupted):  # outside the block the handler raises at once
+            signal.signal(signal.SIGTERM, raise_on_signal)
+            signal.raise_signal(signal.SIGTERM)
+            reached.append("not reached")
+        assert reached == ["after the signal"]
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
