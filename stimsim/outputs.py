@@ -45,6 +45,8 @@ def signals_deferred():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    if not _DEFERRED["depth"]:
+        _DEFERRED["signum"] = None  # one left by a signal between an earlier block's end and delivery
     _DEFERRED["depth"] += 1
     try:
         yield

@@ -144,3 +144,27 @@ def test_thin_white_matter_fins_keep_their_volume(voxel_mm):
     v = np.bincount(mesh.tet_tags, weights=mesh.volumes_mm3, minlength=6)
     for tag in TAGS:
         assert abs(v[tag] / vv[tag] - 1) < 0.03, (tag, v[tag] / vv[tag] - 1)
+
+
+@pytest.mark.parametrize("voxel_mm,h,shells", [(1.0, 4.0, (3, 1, 1, 3)), (1.0, 4.0, (3, 1, 2, 3)),
+                                               (0.5, 4.0, (3, 1, 1, 3))])
+def test_a_closed_skull_one_voxel_thick_stays_closed(voxel_mm, h, shells):
+    """Bone one voxel (1 mm: two at 0.5 mm) thick under thin CSF (scalp, bone, CSF, GM shells in mm):
+    the thickness rules push the bone sheet up to ~1.5 mm off the bone voxels, which must not read as
+    a skull defect (no bone re-tagged, no scalp touching CSF or brain).  Bone thinner than the
+    minimum thickness (0.75 mm, x2 at 8 mm elements) is thickened to it."""
+    from stimsim.head.meshers.topology import tet_neighbors
+
+    g = _grid(voxel_mm)
+    vol = np.zeros(g.shape[:3], np.int16)
+    axes = OUTER_MM.copy()
+    for i, tag in enumerate(TAGS):
+        if i:
+            axes = axes - shells[i - 1]
+        vol[((g / axes) ** 2).sum(-1) <= 1] = tag
+    mesh, info = _mesh(vol, np.diag([voxel_mm] * 3 + [1.0]), h=h)
+    assert info.mesher["bone_defect_tets"] == 0
+    nb = tet_neighbors(mesh.tets)
+    tt = mesh.tet_tags
+    other = np.where(nb >= 0, tt[np.maximum(nb, 0)], 0)
+    assert not np.any((tt[:, None] == 5) & np.isin(other, (1, 2, 3))), "scalp touches CSF or brain"

@@ -146,16 +146,23 @@ def _cache_read(cfile: Path | None) -> Mesh | None:
 # ----------------------------------------------------------------------------------------------
 # voxel preparation
 # ----------------------------------------------------------------------------------------------
-def _clean_islands(tags: np.ndarray, zooms, keep: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
-    """Reassign small 6-connected islands of each tissue to the nearest other tissue (voxels
-    under ``keep``, the lesion, never count as islands)."""
+def _clean_islands(tags: np.ndarray, zooms, keep: np.ndarray | None = None,
+                   connectivity: int = 6) -> tuple[np.ndarray, dict]:
+    """Reassign small islands of each tissue (pieces joined across voxel faces, or with
+    ``connectivity=26`` also edges and corners) to the nearest other tissue (voxels under ``keep``,
+    the lesion, never count as islands).
+
+    The surface mesher uses 26: a skull one voxel thick is joined only through edges and corners
+    where it runs obliquely, and with faces alone those stretches were islands, replaced by scalp
+    and grey matter: holes in the skull (which it then kept open as defects)."""
+    structure = np.ones((3, 3, 3), bool) if connectivity == 26 else None
     tags = tags.copy()
     unknown = np.zeros(tags.shape, bool)
     moved = {}
     for t in np.unique(tags):
         if t == 0:
             continue
-        lab, n = ndi.label(tags == t)
+        lab, n = ndi.label(tags == t, structure=structure)
         if n <= 1:
             continue
         sizes = np.bincount(lab.ravel())
@@ -689,7 +696,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
 
     with _Steps(progress, _STEPS[method]) as steps:
         t = time.perf_counter()
-        tags, moved = _clean_islands(tags, zooms, keep=lmask)
+        tags, moved = _clean_islands(tags, zooms, keep=lmask, connectivity=6 if method == "lattice" else 26)
         clean_vol = _voxel_volumes(tags, voxel_mm3)
         cav = air_cavities(tags)
         timings = {"clean_s": time.perf_counter() - t}

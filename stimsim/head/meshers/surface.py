@@ -155,7 +155,7 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                   pad=3, thickness_scale=1.0, calibrate_step=None):
     """Nested masks -> smoothed signed distances with minimum layer thickness.
 
-    Returns ``(phis, phi_air, bone_distance)``: ``phis[k]`` for layers 1..5 (padded by ``pad``
+    Returns ``(phis, phi_air, bone)``: ``phis[k]`` for layers 1..5 (padded by ``pad``
     voxels), ``phi_air`` or None, the distance (mm) to the nearest bone or cavity voxel less
     :func:`bone_defect_distance_mm` (> 0 in a skull defect; None without bone)."""
     lut = np.zeros(256, np.int8)
@@ -201,6 +201,12 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
         bone_distance -= np.float32(bone_defect_distance_mm(zooms, tk[2]))
     no_bone = (bone_distance > 0) if bone_distance is not None else None
     inner_vox = np.pad(layer >= 3, pad) if no_bone is not None else None
+    # how far along a bone surface's normal real bone may lie from a tetrahedron of the mesh's
+    # bone layer: the thickness rules push the bone surfaces out by up to the sum of the
+    # minimum thicknesses inside it (thin bone under thin CSF and grey matter)
+    bone = None if bone_distance is None else {"excess_mm": bone_distance,
+                                               "within_mm": bone_defect_distance_mm(zooms, tk[2]),
+                                               "probe_mm": tk[2] + tk[3] + tk[4] + float(np.max(zooms))}
     del bone_ok
     # split the deficit between both surfaces (a few sweeps), then enforce exactly
     _enforce(phis, tk)
@@ -243,7 +249,7 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
         np.maximum(phi_air, -phis[3] + t, out=phi_air)
         if not (phi_air < 0).any():
             phi_air = None
-    return phis, phi_air, bone_distance
+    return phis, phi_air, bone
 
 
 def _surface(phi: np.ndarray, zooms, pad: int, step: int):
@@ -610,7 +616,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     if progress_cb:
         progress_cb("signed distances")
     t0 = time.perf_counter()
-    phis, phi_air, bone_distance = nested_fields(tags, cavity, zooms, min_thickness_mm=min_thickness_mm, sigma_vox=sigma_vox,
+    phis, phi_air, bone = nested_fields(tags, cavity, zooms, min_thickness_mm=min_thickness_mm, sigma_vox=sigma_vox,
                                   pad=pad, thickness_scale=thickness_scale,
                                   calibrate_step=int(surface_step or 2) if calibrate else None)
     info["timings_s"]["fields_s"] = time.perf_counter() - t0
@@ -776,7 +782,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     info["region_vote_purity"] = float(votes.max(1).sum() / votes.sum())
     seed_tag = np.array([0] + [LAYER_FILL_TAG[k] for k in range(1, 6)])
     ttags = seed_tag[gl[ginv]]
-    info["bone_defect_tets"] = _open_bone_defects(ttags, cen, bone_distance, tags, zooms, pad)
+    info["bone_defect_tets"] = _open_bone_defects(ttags, cen, bone, phis[2], tags, zooms, pad)
     if lesion is not None:  # tets centred in a lesion voxel (unbiased, as the lattice mesher does)
 
         in_lesion = sample_volume(lesion, cen, zooms, fill=False) & (ttags > 0)
@@ -830,28 +836,48 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     return nodes, tets, ttags, info
 
 
-def _open_bone_defects(ttags, cen, bone_distance, tags, zooms, pad) -> int:
+def _open_bone_defects(ttags, cen, bone, phi_bone, tags, zooms, pad) -> int:
     """Re-tag the bone the minimum layer thickness put where the labels have none.
 
     The nested surfaces keep every layer at least ``tk`` thick, so a skull defect (craniectomy, burr
     hole, a segmentation without bone somewhere) is closed by a thin bone sheet.  Bone tetrahedra
     whose centre is more than :func:`bone_defect_distance_mm` from every bone (or cavity) voxel
-    (``bone_distance`` > 0, from :func:`nested_fields`) take the
-    tissue of the voxel they sit in: CSF on the brain's side, scalp outside (the calibration in
+    (``bone["excess_mm"]`` > 0, from :func:`nested_fields`) and with no bone voxel along the normal of
+    the bone's surface within ``bone["probe_mm"]`` (:func:`_bone_along_normal`: thin bone the
+    thickness rules pushed a sheet away from) take the tissue of the voxel they sit in: CSF on the brain's side, scalp outside (the calibration in
     :func:`nested_fields` counts on this).  Returns how many were re-tagged."""
-    bone = (ttags == LAYER_FILL_TAG[2]).nonzero()[0]
-    if not len(bone):
+    tets = (ttags == LAYER_FILL_TAG[2]).nonzero()[0]
+    if not len(tets):
         return 0
-    if bone_distance is None:  # labels without a skull: no bone in the mesh either
-        far = np.ones(len(bone), bool)
+    if bone is None:  # labels without a skull: no bone in the mesh either
+        sel = tets
     else:
-        far = _trilinear(bone_distance, cen[bone], zooms, pad) > 0
-    if not far.any():
+        sel = tets[_trilinear(bone["excess_mm"], cen[tets], zooms, pad) > 0]
+        # a sheet the thickness rules pushed out over thin real bone has that bone along its
+        # normal; a sheet across a defect has it only beside it: keep the first
+        sel = sel[~_bone_along_normal(cen[sel], phi_bone, bone, zooms, pad)]
+    if not len(sel):
         return 0
-    sel = bone[far]
     layer = layer_lut()[sample_volume(tags, cen[sel], zooms, fill=0)]
     ttags[sel] = np.where(layer >= 3, LAYER_FILL_TAG[3], LAYER_FILL_TAG[1])
     return int(len(sel))
+
+
+def _bone_along_normal(pts, phi_bone, bone, zooms, pad) -> np.ndarray:
+    """Does the normal of the bone's outer surface (the gradient of ``phi_bone``) through each point
+    pass a bone voxel within ``bone["probe_mm"]``, either way?  "Pass": the distance to the nearest
+    bone voxel centre (interpolated between voxel centres) at most half a voxel diagonal somewhere
+    on the line, sampled every half voxel.  A defect has its bone beside it, not along the normal."""
+    if not len(pts):
+        return np.zeros(0, bool)
+    g = _field_grad(phi_bone, pts, zooms, pad)
+    n = g / np.maximum(np.linalg.norm(g, axis=1), 1e-12)[:, None]
+    step = 0.5 * float(np.min(zooms))
+    near = 0.5 * float(np.linalg.norm(zooms)) - bone["within_mm"]  # on the excess-distance field
+    found = np.zeros(len(pts), bool)
+    for s in np.arange(-bone["probe_mm"], bone["probe_mm"] + step / 2, step):
+        found |= _trilinear(bone["excess_mm"], pts + s * n, zooms, pad) <= near
+    return found
 
 
 def _perturb_slivers(nodes, tets, ttags, nb, keep, max_move_mm, progress_cb):
