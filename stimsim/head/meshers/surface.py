@@ -156,8 +156,10 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     """Nested masks -> smoothed signed distances with minimum layer thickness.
 
     Returns ``(phis, phi_air, bone)``: ``phis[k]`` for layers 1..5 (padded by ``pad``
-    voxels), ``phi_air`` or None, the distance (mm) to the nearest bone or cavity voxel less
-    :func:`bone_defect_distance_mm` (> 0 in a skull defect; None without bone)."""
+    voxels), ``phi_air`` or None, and ``bone`` (None without bone voxels): ``excess_mm``, the
+    distance (mm, padded grid) to the nearest bone or cavity voxel less ``within_mm``
+    (:func:`bone_defect_distance_mm`; > 0 in a skull defect), and ``probe_mm``, how far along a
+    bone surface's normal :func:`_open_bone_defects` looks for bone."""
     lut = np.zeros(256, np.int8)
     for t, layer in LAYER_OF_TAG.items():
         lut[t] = layer
