@@ -26,45 +26,40 @@ RESULTS_FORMAT = "stimsim-results/1"
 RESULTS_ENTRIES = frozenset({"fields.msh", "fields.vtu", "summary.json", "protocol.yaml"})
 
 
-#: a signal that arrived inside :func:`signals_deferred` (main thread only)
-_DEFERRED = {"depth": 0, "signum": None}
-
-
 @contextmanager
 def signals_deferred():
-    """Hold back a signal whose handler raises (the CLI's SIGINT/SIGTERM handler asks
-    :func:`defer_signal`) until the block ends, then deliver it.
+    """Hold back SIGINT and SIGTERM while the block runs, then deliver the first that came.
 
-    ``ThreadPoolExecutor.submit`` starts a thread and waits for it to run; an exception raised in
-    that wait leaves a running writer the pool never joins, and the clean-up removed the results
-    folder while it still wrote there (it came back with a half-written file).  Writers are
-    started inside this block."""
+    ``ThreadPoolExecutor.submit`` starts a thread and waits for it to run; an exception a signal
+    handler raised in that wait (the CLI's ``Interrupted``, Python's ``KeyboardInterrupt``) left a
+    running writer the pool never joined, and the clean-up removed the results folder while it
+    still wrote there (it came back with a half-written file).  Writers are started inside this
+    block.  Only Python-level handlers are held (a signal left at the system default still ends the
+    process at once); main thread only, as Python delivers signals there."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    if not _DEFERRED["depth"]:
-        _DEFERRED["signum"] = None  # one left by a signal between an earlier block's end and delivery
-    _DEFERRED["depth"] += 1
+    caught = []
+
+    def hold(signum, frame):
+        caught.append(signum)
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if callable(handler):
+            previous[sig] = handler
+            signal.signal(sig, hold)
     try:
         yield
     finally:
-        _DEFERRED["depth"] -= 1
-        if not _DEFERRED["depth"] and _DEFERRED["signum"] is not None:
-            signum, _DEFERRED["signum"] = _DEFERRED["signum"], None
-            signal.raise_signal(signum)
-
-
-def defer_signal(signum: int) -> bool:
-    """For a signal handler: inside :func:`signals_deferred` keep ``signum`` for its end and
-    return True (the handler then returns at once); else False."""
-    if not _DEFERRED["depth"]:
-        return False
-    if _DEFERRED["signum"] is None:
-        _DEFERRED["signum"] = int(signum)
-    return True
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 class OutputError(StimsimError, OSError):

@@ -335,6 +335,24 @@ def test_results_folder_api_cleans_up_on_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_ctrl_c_in_a_library_call_waits_for_the_writers_too():
+    """Python's own SIGINT handler (KeyboardInterrupt, e.g. in a notebook) is held the same way."""
+    from stimsim.outputs import signals_deferred
+
+    old = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    reached = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with signals_deferred():
+                signal.raise_signal(signal.SIGINT)
+                reached.append("after the signal")
+        assert reached == ["after the signal"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def test_a_signal_while_writers_start_waits_for_them():
     """The CLI's handler raises; inside signals_deferred the signal is kept and delivered when the
     block ends (a raise inside ThreadPoolExecutor.submit left a writer nobody joined: the results

@@ -55,10 +55,6 @@ class Interrupted(BaseException):
 
 
 def raise_on_signal(signum, frame):
-    from ..outputs import defer_signal
-
-    if defer_signal(signum):  # writer threads are starting: raised when they have (stimsim.outputs)
-        return
     # the clean-up that follows must not be cut short by a second Ctrl-C
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
