@@ -198,17 +198,14 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     # bone layer exists only because of its minimum thickness (a skull defect); those tetrahedra
     # are re-tagged after meshing (_open_bone_defects), and the calibration below allows for it
     bone_ok = np.pad(layer == 2, pad)
-    bone_distance = distance_to_background(~bone_ok, zooms) if bone_ok.any() else None
-    if bone_distance is not None:
-        bone_distance -= np.float32(bone_defect_distance_mm(zooms, tk[2]))
-    no_bone = (bone_distance > 0) if bone_distance is not None else None
-    inner_vox = np.pad(layer >= 3, pad) if no_bone is not None else None
-    # how far along a bone surface's normal real bone may lie from a tetrahedron of the mesh's
-    # bone layer: the thickness rules push the bone surfaces out by up to the sum of the
-    # minimum thicknesses inside it (thin bone under thin CSF and grey matter)
-    bone = None if bone_distance is None else {"excess_mm": bone_distance,
-                                               "within_mm": bone_defect_distance_mm(zooms, tk[2]),
-                                               "probe_mm": tk[2] + tk[3] + tk[4] + float(np.max(zooms))}
+    bone = None
+    if bone_ok.any():
+        within = bone_defect_distance_mm(zooms, tk[2])
+        # probe_mm: how far along a bone surface's normal real bone may lie from a tetrahedron of the
+        # mesh's bone layer: the thickness rules push the bone surfaces out by up to the sum of the
+        # minimum thicknesses inside it (thin bone under thin CSF and grey matter)
+        bone = {"excess_mm": distance_to_background(~bone_ok, zooms) - np.float32(within), "within_mm": within,
+                "probe_mm": tk[2] + tk[3] + tk[4] + float(np.max(zooms))}
     del bone_ok
     # split the deficit between both surfaces (a few sweeps), then enforce exactly
     _enforce(phis, tk)
@@ -219,8 +216,11 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
         vox = float(np.prod(zooms))
         target = {k: float(counts[k:].sum()) * vox for k in range(1, 6)}
         base = dict(target)
+        if bone is not None:
+            no_bone = bone["excess_mm"] > 0
+            inner_vox = np.pad(layer >= 3, pad)
         for _ in range(3):
-            if no_bone is not None:
+            if bone is not None:
                 # the bone sheet of a defect becomes scalp (outside the brain's voxels) or CSF:
                 # bone outer surface encloses that much more, the CSF outer surface that much less
                 sheet = no_bone & (phis[2] < 0) & (phis[3] >= 0)
@@ -431,6 +431,7 @@ def _separate_crossings(v, f, vsurf, names, fields, zooms, pad, cell, max_rounds
     v = v.copy()
     moved = np.zeros(len(v), bool)
     tsurf = vsurf[f[:, 0]]
+    encloses = np.array([[_encloses(a, b) for b in names] for a in names], bool).reshape(len(names), len(names))
     for _ in range(max_rounds):
         bad = np.asarray(intersecting_triangles(v, f), np.int64)
         if not len(bad):
@@ -443,11 +444,9 @@ def _separate_crossings(v, f, vsurf, names, fields, zooms, pad, cell, max_rounds
         first = np.argmax(other != tsurf[bad][:, None], axis=1)
         partner = np.where(other[np.arange(len(bad)), first] != tsurf[bad], other[np.arange(len(bad)), first], -1)
         push = np.zeros(len(v))
-        for t, sid, pid in zip(bad, tsurf[bad], partner):
-            if pid < 0:
-                continue
-            sign = 1.0 if _encloses(names[sid], names[pid]) else -1.0
-            push[f[t]] += sign
+        paired = partner >= 0
+        sign = np.where(encloses[tsurf[bad][paired], partner[paired]], 1.0, -1.0)
+        np.add.at(push, f[bad[paired]], sign[:, None])
         for sid, name in enumerate(names):
             sel = np.flatnonzero((vsurf == sid) & (push != 0))
             if not len(sel):
