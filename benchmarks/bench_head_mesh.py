@@ -1,6 +1,7 @@
 """Colin27 1 mm labels -> tetrahedral mesh with both meshers of ``stimsim mesh``: voxels, time, peak
 memory, tets, per-tissue volume error, connectivity, element shape (min dihedral, tets below the 5 deg /
-0.1 radius-ratio bounds), skull and CSF thickness (median, mesh vs labels; stimsim.head.meshers.thickness)
+0.1 radius-ratio bounds), skull and CSF thickness (percentiles, mesh vs labels, also with the mesh's tags put back on the label grid;
+stimsim.head.meshers.thickness), per-tissue Dice of the mesh's tags on the label grid against the labels,
 and what the mesh does to the solve (AMG-CG iterations and time, tDCS C3-Fp2 5 x 5 cm pads, rtol 1e-10).
 
     python benchmarks/bench_head_mesh.py [--method surface|lattice|both] [--upsample 2] [ELEMENT_SIZE_MM ...]
@@ -52,13 +53,16 @@ def run_one(method: str, h: float | None, upsample: int = 1) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB -> GB (Linux)
     q = quality_summary(mesh, info.voxel_volume_mm3)
     from stimsim.head import apply_label_map, label_map
-    from stimsim.head.meshers.thickness import thickness_percentiles
+    from stimsim.head.meshers.thickness import tag_dice, thickness_percentiles
+    from stimsim.mesh.voxelize import tet_values_on_grid
 
     tags = apply_label_map(lab, label_map("colin27"))
-    thick = {name: thickness_percentiles(mesh, tags, affine, layer, inside, outside)
+    on_grid = tet_values_on_grid(mesh, mesh.tet_tags, tags.shape, affine)
+    thick = {name: thickness_percentiles(mesh, tags, affine, layer, inside, outside, mesh_on_grid=on_grid)
              for name, (layer, inside, outside) in (("bone", (4, 3, 5)), ("csf", (3, 2, 4)))}
+    dice = tag_dice(tags, on_grid, TAGS)
     return {"method": method, "h": h, "time_s": dt, "peak_gb": peak, "nodes": mesh.n_nodes, "tets": mesh.n_tets,
-            "voxels": int(np.prod(tags.shape)), "poor": q["elements"]["poor_count"], "thickness": thick,
+            "voxels": int(np.prod(tags.shape)), "poor": q["elements"]["poor_count"], "thickness": thick, "dice": dice,
             "cg": cg_iterations(mesh),
             "min_dihedral": q["min_dihedral_deg"], "inverted": q["n_inverted"],
             "vol_err": {t: q["volume_error_per_tag"][t] for t in TAGS},
@@ -97,6 +101,7 @@ def main() -> None:
           "| vol err % (WM GM CSF bone scalp) | pieces (WM GM CSF bone scalp) "
           "| bone / CSF thickness p50 mm, mesh (labels) | CG it (set-up + solve s) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    results = []
     for method in methods:
         for h in args.sizes or [None]:
             cmd = ([sys.executable, __file__, "--child", "--method", method, "--upsample", str(args.upsample)]
@@ -109,10 +114,21 @@ def main() -> None:
             th = " / ".join(f"{r['thickness'][k]['mesh'][1]:.2f} ({r['thickness'][k]['labels'][1]:.2f})"
                             for k in ("bone", "csf"))
             cg = r["cg"]
+            results.append(r)
             print(f"| {method} | {r['h'] or default_element_size(method)} | {r['voxels']:,} | {r['time_s']:.1f} "
                   f"| {r['peak_gb']:.2f} | {r['nodes']:,} | {r['tets']:,} | {r['min_dihedral']:.2f} | {r['poor']:,} "
                   f"| {r['inverted']} | {err} | {pieces} | {th} | {cg['iterations']} "
                   f"({cg['setup_s']:.2f} + {cg['solve_s']:.2f}) |")
+    # the same layers measured on one grid: the mesh's tags put back at the labels' voxel centres
+    # (stimsim.mesh.voxelize), so both go through the same voxel-face estimator
+    print("\n| method | h mm | bone thickness p10/50/90 mm: mesh faces / mesh on the label grid / labels "
+          "| CSF thickness p10/50/90 mm: the same | Dice on the label grid (WM GM CSF bone scalp) |")
+    print("|---|---|---|---|---|")
+    fmt = (lambda v: "/".join(f"{x:.2f}" for x in v))
+    for r in results:
+        th = [" ; ".join(fmt(r["thickness"][k][w]) for w in ("mesh", "mesh_on_grid", "labels")) for k in ("bone", "csf")]
+        dice = " ".join(f"{r['dice'][str(t)]:.3f}" for t in TAGS)
+        print(f"| {r['method']} | {r['h'] or '-'} | {th[0]} | {th[1]} | {dice} |")
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 

@@ -68,8 +68,9 @@ def test_nested_ellipsoids(voxel_mm):
         t = thickness_percentiles(mesh, vol, affine, tag, inner_tag, outer_tag)
         # the shells are 2 and 2.5 mm along the axes, thinner (down to ~1.6 mm) in between
         assert 1.0 < t["labels"][1] < 3.0, t
-        for a, b in zip(t["mesh"], t["labels"]):
+        for a, g, b in zip(t["mesh"], t["mesh_on_grid"], t["labels"]):
             assert abs(a - b) <= 0.5, (tag, t)
+            assert abs(g - b) <= 0.5, (tag, t)  # the mesh's tags on the label grid, the same estimator
 
 
 @pytest.mark.parametrize("voxel_mm,fill", [(1.0, 5), (0.5, 5), (1.0, 3)])
