@@ -57,8 +57,11 @@ def test_relaxing_and_the_sliver_pass_each_remove_slivers(balls):
     for key in ("no-pass", "no-relax-no-pass"):
         e = element_quality(out[key][0])
         poor[key] = np.mean((e["min_dihedral_deg"] < 5.0) | (e["radius_ratio"] < 0.1))
-    assert 0 < poor["no-pass"] < 0.005
-    assert poor["no-relax-no-pass"] > 2 * poor["no-pass"]  # the relaxed surfaces make a difference
+    # surf-6 refines without TetGen's minimum-dihedral bound (faster, fewer tetrahedra; none poor after
+    # the pass, test_quality_bounds): 0.51 % poor before the pass here, against 0.4 % with it
+    assert 0 < poor["no-pass"] < 0.008
+    # the relaxed surfaces make a difference: 0.92 % poor without them (x1.8; x2.5 with the dihedral bound)
+    assert poor["no-relax-no-pass"] > 1.5 * poor["no-pass"]
     # the same tetrahedra and tags with or without the pass (it only moves nodes), the same volumes
     with_pass, without = out[8][0], out["no-pass"][0]
     assert np.array_equal(with_pass.tets, without.tets) and np.array_equal(with_pass.tet_tags, without.tet_tags)
