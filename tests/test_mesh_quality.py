@@ -211,3 +211,28 @@ def test_crossing_marching_cubes_triangles_are_pushed_apart():
     assert np.all(out[:4, 2] > v[:4, 2]) and np.all(out[4:8, 2] < v[4:8, 2])
     np.testing.assert_array_equal(out[8:], v[8:])
     np.testing.assert_allclose(out[:8, :2], v[:8, :2], atol=1e-6)  # along the gradient (z) only
+
+
+def test_relaxed_surface_keeps_the_marching_cubes_volume():
+    """The tangential relaxation changes the volume a folded surface encloses; _keep_enclosed_volume
+    moves it back to the calibrated marching-cubes volume (what the volume calibration aimed at)."""
+    from stimsim.head.meshers.surface import (_keep_enclosed_volume, _relax_surface, _signed_volume, _surface)
+
+    zooms, pad, step = np.ones(3), 3, 2
+    g = np.indices((60, 60, 60)).transpose(1, 2, 3, 0).astype(float) - 29.5 - pad
+    r = np.linalg.norm(g, axis=-1)
+    theta, phi = np.arccos(np.clip(g[..., 2] / np.maximum(r, 1e-9), -1, 1)), np.arctan2(g[..., 1], g[..., 0])
+    # a ball with gyri-like folds: radius 18 mm +- 3 mm
+    field = (r - 18.0 - 3.0 * np.sin(6 * phi) * np.sin(5 * theta)).astype(np.float32)
+    v_mc, f, _ = _surface(field, zooms, pad, step)
+    relaxed, _ = _relax_surface(v_mc.copy(), f, field, [], zooms, pad, step * 1.0, iters=8)
+    want = _signed_volume(v_mc, f)
+    before = abs(_signed_volume(relaxed, f) - want)
+    kept = _keep_enclosed_volume(relaxed, f, v_mc, 0.05 * step)
+    after = abs(_signed_volume(kept, f) - want)
+    assert before > 1e-4 * abs(want)  # the relaxation did change the volume here
+    assert after < 0.05 * before, (before, after)
+    # only the vertices the relaxation moved moved again, by at most the clamp
+    still = np.all(relaxed == v_mc, axis=1)
+    assert np.array_equal(kept[still], relaxed[still])
+    assert np.linalg.norm(kept - relaxed, axis=1).max() <= 0.05 * step + 1e-9

@@ -74,3 +74,22 @@ def test_values_must_be_one_per_tetrahedron():
     mesh = Mesh(nodes=nodes, tets=np.array([[0, 1, 2, 3]]), tet_tags=np.array([1]))
     with pytest.raises(ValueError, match="one per tetrahedron"):
         tet_values_on_grid(mesh, np.array([1, 2]), (3, 3, 3), np.eye(4))
+
+
+def test_nan_fill_for_a_field_image():
+    nodes = np.array([[0, 0, 0], [4, 0, 0], [0, 4, 0], [0, 0, 4]], float)
+    mesh = Mesh(nodes=nodes, tets=np.array([[0, 1, 2, 3]]), tet_tags=np.array([1]))
+    got = tet_values_on_grid(mesh, np.array([0.25]), (5, 5, 5), np.eye(4), fill=np.nan)
+    ijk = np.indices((5, 5, 5)).reshape(3, -1).T
+    inside = (ijk.sum(1) <= 4).reshape(5, 5, 5)
+    assert np.all(got[inside] == 0.25) and np.all(np.isnan(got[~inside]))
+
+
+def test_non_finite_nodes_are_refused():
+    nodes = np.array([[0, 0, 0], [np.inf, 0, 0], [0, 1, 0], [0, 0, 1]], float)
+    mesh = Mesh.__new__(Mesh)
+    object.__setattr__(mesh, "nodes", nodes)
+    object.__setattr__(mesh, "tets", np.array([[0, 1, 2, 3]]))
+    object.__setattr__(mesh, "tet_tags", np.array([1]))
+    with pytest.raises(ValueError, match="non-finite"):
+        tet_values_on_grid(mesh, np.array([1]), (3, 3, 3), np.eye(4))

@@ -15,7 +15,7 @@ __all__ = ["tet_values_on_grid"]
 
 
 @numba.njit(cache=True, nogil=True)
-def _fill(nodes_ijk, tets, values, out, fill):  # pragma: no cover - compiled
+def _fill(nodes_ijk, tets, values, out, written):  # pragma: no cover - compiled
     nx, ny, nz = out.shape
     tol = 1e-9
     for e in range(tets.shape[0]):
@@ -49,7 +49,7 @@ def _fill(nodes_ijk, tets, values, out, fill):  # pragma: no cover - compiled
         for i in range(lo[0], hi[0] + 1):
             for j in range(lo[1], hi[1] + 1):
                 for k in range(lo[2], hi[2] + 1):
-                    if out[i, j, k] != fill:  # a centre on a shared face: the first tetrahedron keeps it
+                    if written[i, j, k]:  # a centre on a shared face: the first tetrahedron keeps it
                         continue
                     px, py, pz = i - a[0], j - a[1], k - a[2]
                     l1 = inv[0, 0] * px + inv[0, 1] * py + inv[0, 2] * pz
@@ -57,6 +57,7 @@ def _fill(nodes_ijk, tets, values, out, fill):  # pragma: no cover - compiled
                     l3 = inv[2, 0] * px + inv[2, 1] * py + inv[2, 2] * pz
                     if l1 >= -tol and l2 >= -tol and l3 >= -tol and l1 + l2 + l3 <= 1.0 + tol:
                         out[i, j, k] = values[e]
+                        written[i, j, k] = True
 
 
 def tet_values_on_grid(mesh, values, shape, affine, fill=0) -> np.ndarray:
@@ -67,7 +68,16 @@ def tet_values_on_grid(mesh, values, shape, affine, fill=0) -> np.ndarray:
     if values.shape != (mesh.n_tets,):
         raise ValueError(f"values: one per tetrahedron ({mesh.n_tets}), got shape {values.shape}")
     affine = np.asarray(affine, float)
-    ijk = (np.asarray(mesh.nodes, float) - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
-    out = np.full(tuple(int(s) for s in shape), fill, dtype=values.dtype)
-    _fill(np.ascontiguousarray(ijk), np.ascontiguousarray(mesh.tets, np.int64), values, out, out.dtype.type(fill))
+    nodes = np.asarray(mesh.nodes, float)
+    if not np.isfinite(nodes).all():
+        raise ValueError("mesh nodes: non-finite coordinates")
+    ijk = (nodes - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
+    if np.abs(ijk).max(initial=0.0) > 2.0**52:  # beyond exact integers: the kernel's rounding overflows
+        raise ValueError("mesh nodes: too far off the grid to place")
+    tets = np.ascontiguousarray(mesh.tets, np.int64)
+    if tets.size and (tets.min() < 0 or tets.max() >= len(ijk)):
+        raise ValueError(f"mesh tets: node indices outside 0..{len(ijk) - 1}")
+    # a NaN fill is allowed (an image of a field): the kernel records which voxels it wrote
+    out = np.full(tuple(int(s) for s in shape), fill, dtype=np.result_type(values.dtype, np.min_scalar_type(fill)))
+    _fill(np.ascontiguousarray(ijk), tets, values, out, np.zeros(out.shape, bool))
     return out

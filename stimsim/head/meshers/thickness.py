@@ -69,6 +69,8 @@ def thickness_percentiles(mesh, tags: np.ndarray, affine: np.ndarray, layer: int
 
     if mesh_on_grid is None:
         mesh_on_grid = tet_values_on_grid(mesh, mesh.tet_tags, tags.shape, affine)
+    elif mesh_on_grid.shape != tags.shape:
+        raise ValueError(f"mesh_on_grid has shape {mesh_on_grid.shape}, the labels {tags.shape}")
     m = layer_thickness(interface_points_mesh(mesh, layer, outside), interface_points_mesh(mesh, layer, inside))
     pct = (lambda d: [float(x) for x in np.percentile(d, qs)] if len(d) else [float("nan")] * len(qs))
     return {"mesh": pct(m), "labels": pct(_voxel_thickness(tags, affine, layer, inside, outside)),
