@@ -169,3 +169,52 @@ def test_a_closed_skull_one_voxel_thick_stays_closed(voxel_mm, h, shells):
     tt = mesh.tet_tags
     other = np.where(nb >= 0, tt[np.maximum(nb, 0)], 0)
     assert not np.any((tt[:, None] == 5) & np.isin(other, (1, 2, 3))), "scalp touches CSF or brain"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known gap: the labelled sphere's surfaces carry the voxel staircase "
+                   "(5.6 % against 3.6 % at 1 mm); benchmarks/bench_label_sphere.py, docs/meshing.md")
+def test_labelled_three_layer_sphere_as_accurate_as_gmsh_with_the_same_nodes():
+    """Issue 20's acceptance set-up: the 85/90/95 mm sphere as 1 mm labels through the surface mesher, tDCS
+    with point electrodes, relative L2 error of E in the inner ball against the analytic solution, at most
+    that of the gmsh sphere with (within 5 %) the same number of nodes."""
+    from stimsim.analytic import rel_l2, tdcs_sphere_efield
+    from stimsim.mesh.sphere import make_sphere_mesh
+    from stimsim.protocol import validate_protocol
+    from stimsim.simulation import simulate
+
+    radii, sigma = (85.0, 90.0, 95.0), (1.0, 0.01, 1.0)
+    n = 2 * 99 + 1
+    ax = np.arange(n) - 99.0
+    r = np.sqrt(ax[:, None, None] ** 2 + ax[None, :, None] ** 2 + ax[None, None, :] ** 2)
+    vol = np.zeros((n, n, n), np.int16)
+    for tag, radius in zip((5, 4, 3), radii[::-1]):
+        vol[r <= radius] = tag
+    affine = np.eye(4)
+    affine[:3, 3] = -99.0
+    labelled, _ = _mesh(vol, affine, h=8.0)
+    cathode = 95 * np.array([-np.cos(np.pi / 4), 0.0, np.sin(np.pi / 4)])
+    protocol = validate_protocol({"kind": "tdcs", "conductivities": dict(zip((3, 4, 5), sigma)), "electrodes": [
+        {"name": "a", "position": [95, 0, 0], "current_mA": 1.0},
+        {"name": "c", "position": cathode.tolist(), "current_mA": -1.0}]})
+
+    def error(mesh):
+        res = simulate(protocol, mesh=mesh)
+        sel = mesh.tet_tags == 3
+        pts = mesh.centroids[sel]
+        # a centroid just outside r = 85 (the labelled surface is not the exact sphere) is compared with
+        # the inner ball's field, its own tissue's
+        pts = pts * np.minimum(1.0, (radii[0] - 1e-6) / np.linalg.norm(pts, axis=1))[:, None]
+        el = np.array([mesh.nodes[e.center_node] for e in res.electrodes])
+        return rel_l2(res.E[sel], tdcs_sphere_efield(pts, el, [1e-3, -1e-3], list(radii), list(sigma)))
+
+    size = 4.0
+    for _ in range(4):
+        reference = make_sphere_mesh(radii, element_size_mm=size)
+        if abs(reference.n_nodes / labelled.n_nodes - 1) < 0.05:
+            break
+        size *= (reference.n_nodes / labelled.n_nodes) ** (1 / 3)
+    assert abs(reference.n_nodes / labelled.n_nodes - 1) < 0.05
+    e_label, e_gmsh = error(labelled), error(reference)
+    assert 0.0 < e_gmsh < 0.06  # the reference set-up itself is sound
+    assert e_label <= e_gmsh, (e_label, e_gmsh)
