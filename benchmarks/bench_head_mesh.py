@@ -5,6 +5,7 @@ stimsim.head.meshers.thickness), per-tissue Dice of the mesh's tags on the label
 and what the mesh does to the solve (AMG-CG iterations and time, tDCS C3-Fp2 5 x 5 cm pads, rtol 1e-10).
 
     python benchmarks/bench_head_mesh.py [--method surface|lattice|both] [--upsample 2] [ELEMENT_SIZE_MM ...]
+        [--labels other_head_labels.nii.gz --label-map simnibs]   # another head (CG uses Colin27's C3/Fp2)
 
 Each run is a fresh child process (peak RSS per method, no cache); no element size = each
 method's default (surface 8 mm, lattice 3.2 mm).  Targets (issue 5): <= 120 s, <= 4 GB,
@@ -26,12 +27,12 @@ LABELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "heads" / "co
 TAGS = (1, 2, 3, 4, 5)  # WM GM CSF bone scalp
 
 
-def upsampled(factor: int):
-    """Colin27's labels with each voxel split into ``factor``^3 (a stand-in for a 0.5 mm segmentation:
-    the same anatomy, ``factor``^3 times the voxels), and the affine of that grid."""
+def upsampled(factor: int, labels: Path = LABELS):
+    """The labels (Colin27's by default) with each voxel split into ``factor``^3 (a stand-in for a 0.5 mm
+    segmentation: the same anatomy, ``factor``^3 times the voxels), and the affine of that grid."""
     import nibabel as nib
 
-    img = nib.load(str(LABELS))
+    img = nib.load(str(labels))
     lab = np.asarray(img.dataobj)
     if factor == 1:
         return lab, img.affine
@@ -42,22 +43,24 @@ def upsampled(factor: int):
     return lab, img.affine @ shift @ scale
 
 
-def run_one(method: str, h: float | None, upsample: int = 1) -> dict:
+def run_one(method: str, h: float | None, upsample: int = 1, labels: Path = LABELS, label_map_spec="colin27") -> dict:
     from stimsim.head.meshers import make_head_mesh, quality_summary
 
-    lab, affine = upsampled(upsample)
+    lab, affine = upsampled(upsample, labels)
     t = time.perf_counter()
-    mesh, info = make_head_mesh(lab, affine, "colin27", method=method, element_size_mm=h, cache=False,
+    mesh, info = make_head_mesh(lab, affine, label_map_spec, method=method, element_size_mm=h, cache=False,
                                 progress=False, return_info=True)
     dt = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB -> GB (Linux)
-    q = quality_summary(mesh, info.voxel_volume_mm3)
+    q = quality_summary(mesh, info.expected_volume_mm3 or info.voxel_volume_mm3)  # eyes etc. merged into scalp
     from stimsim.head import apply_label_map, label_map
     from stimsim.head.meshers.thickness import tag_dice, thickness_percentiles
     from stimsim.mesh.voxelize import tet_values_on_grid
 
-    tags = apply_label_map(lab, label_map("colin27"))
+    tags = apply_label_map(lab, label_map(label_map_spec))
+    tags[tags > 5] = 5  # what the surface mesher meshes as scalp (eyes, muscle ...)
     on_grid = tet_values_on_grid(mesh, mesh.tet_tags, tags.shape, affine)
+    on_grid[on_grid > 5] = 5
     thick = {name: thickness_percentiles(mesh, tags, affine, layer, inside, outside, mesh_on_grid=on_grid)
              for name, (layer, inside, outside) in (("bone", (4, 3, 5)), ("csf", (3, 2, 4)))}
     dice = tag_dice(tags, on_grid, TAGS)
@@ -90,11 +93,14 @@ def main() -> None:
     ap.add_argument("--method", default="both", choices=["surface", "lattice", "both"])
     ap.add_argument("--upsample", type=int, default=1,
                     help="split each voxel into N^3 (2: a 0.5 mm volume, 57 M voxels)")
+    ap.add_argument("--labels", type=Path, default=LABELS, help="label volume (default: the shared Colin27's)")
+    ap.add_argument("--label-map", default="colin27", help="its label map (colin27, simnibs, roast or a TSV)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     methods = ["surface", "lattice"] if args.method == "both" else [args.method]
     if args.child:
-        print(json.dumps(run_one(methods[0], args.sizes[0] if args.sizes else None, args.upsample)))
+        print(json.dumps(run_one(methods[0], args.sizes[0] if args.sizes else None, args.upsample, args.labels,
+                                 args.label_map)))
         return
     print(f"{os.cpu_count()} CPUs, load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print("| method | h mm | voxels | time s | peak GB | nodes | tets | min dihedral | tets < 5 deg or 0.1 | inverted "
@@ -104,7 +110,8 @@ def main() -> None:
     results = []
     for method in methods:
         for h in args.sizes or [None]:
-            cmd = ([sys.executable, __file__, "--child", "--method", method, "--upsample", str(args.upsample)]
+            cmd = ([sys.executable, __file__, "--child", "--method", method, "--upsample", str(args.upsample),
+                    "--labels", str(args.labels), "--label-map", args.label_map]
                    + ([str(h)] if h else []))
             r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             from stimsim.head.meshers import default_element_size
