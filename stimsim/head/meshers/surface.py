@@ -32,7 +32,7 @@ __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "compact_f
            "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
 SURFACE_MESHER_VERSION = "surf-6"
-#: default ``element_size_mm`` (Colin27 1 mm: 588k tets; timing: docs/meshing.md)
+#: default ``element_size_mm`` (Colin27 1 mm: 485k tets in 17-19 s; docs/meshing.md)
 DEFAULT_SURFACE_ELEMENT_SIZE_MM = 8.0
 #: tag of each layer in the output (SimNIBS numbering)
 
