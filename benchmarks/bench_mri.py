@@ -34,11 +34,9 @@ def dice_table(labels_path, ref_path, ref_map, grid_img) -> dict:
     ours[ours == 6] = 5  # eyes count as scalp when the reference has no eyes
     ref = apply_label_map(np.asarray(resample_from_to(nib.load(str(ref_path)), grid_img, order=0).dataobj)
                           .astype(np.int64), label_map(ref_map))
-    out = {}
-    for t in NAMES:
-        a, b = ours == t, ref == t
-        out[t] = 2.0 * (a & b).sum() / max(a.sum() + b.sum(), 1)
-    return out
+    from stimsim.head.meshers.thickness import tag_dice
+
+    return tag_dice(ours, ref, NAMES)
 
 
 def main() -> None:

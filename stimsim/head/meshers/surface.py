@@ -125,7 +125,7 @@ def _mc_volume_area(phi, level, zooms, step):
         return 0.0, 1.0
     v, f, _, _ = marching_cubes(sub, level=level, spacing=tuple(float(z) * step for z in zooms))
     a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
-    vol = abs(float(np.einsum("ij,ij->", a, np.cross(b, c)))) / 6.0
+    vol = abs(_signed_volume(v, f))
     area = float(np.linalg.norm(np.cross(b - a, c - a), axis=1).sum()) / 2.0
     return vol, area
 
