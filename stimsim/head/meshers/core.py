@@ -679,8 +679,13 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
     if method == "surface":
         from .surface import SURFACE_MESHER_VERSION, surface_defaults
 
+        from .surface import label_grid_factors
+
         opts = {**surface_defaults(h, zooms), **(surface_options or {})}
+        factors = label_grid_factors(opts["surface_step"], zooms)
         extra = f"surface|{SURFACE_MESHER_VERSION}|{sorted(opts.items())}"
+        if (factors > 1).any():
+            extra += f"|grid{factors.tolist()}"
     else:
         opts, extra = {}, f"lattice|{MESHER_VERSION}"
     if lmask is not None:
@@ -694,12 +699,43 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         info.timings_s["total_s"] = time.perf_counter() - t_start
         return (mesh, info) if return_info else mesh
 
+    coarse_s, coarse = 0.0, None
+    if method == "surface" and (factors > 1).any():
+        # surfaces sampled every 4 mm do not need 0.5 mm fields: mesh a coarser copy of the layers
+        # (label_grid_factors), calibrated to the volumes of this grid's voxels
+        from .surface import downsample_layers
+
+        t = time.perf_counter()
+        base = tags if lmask is None else np.where(lmask & (tags > 0), orig, tags)
+        layer_mm3 = np.bincount(layer_lut(max(256, int(base.max()) + 1))[base].ravel(), minlength=6)[:6] * voxel_mm3
+        ctags, clmask, bone_voxels, to_fine = downsample_layers(base, factors, lmask)
+        del base
+        if clmask is None or clmask.any():  # a lesion smaller than half a block keeps the voxel grid
+            spacing_mm = opts["surface_step"] * float(np.min(zooms))  # the surfaces' sampling, kept
+            opts = {**opts, "surface_step": max(1, int(round(spacing_mm / float(np.min(zooms * factors))))),
+                    "layer_volume_mm3": layer_mm3, "bone_voxels": bone_voxels}
+            if lmask is not None:  # tetrahedra are lesion by the mask as drawn (coarse: +8 % on a 6 mm ball)
+                opts["lesion_voxels"] = (lmask, zooms, (factors - 1) / 2.0 * zooms)
+            if clmask is not None:
+                orig = ctags.copy()
+                ctags[clmask] = int(lesion_tag)
+            tags, lmask, affine = ctags, clmask, affine @ to_fine
+            coarse = [int(v) for v in factors]
+            zooms = zooms * factors
+            logger.info("labels finer than surfaces every %.3g mm need: meshed on a copy in %s-voxel blocks "
+                        "(%s mm)", spacing_mm, "x".join(map(str, coarse)), " x ".join(f"{z:.3g}" for z in zooms))
+            voxel_mm3 = float(np.prod(zooms))
+        del ctags, clmask, bone_voxels
+        coarse_s = time.perf_counter() - t
+
     with _Steps(progress, _STEPS[method]) as steps:
         t = time.perf_counter()
         tags, moved = _clean_islands(tags, zooms, keep=lmask, connectivity=6 if method == "lattice" else 26)
         clean_vol = _voxel_volumes(tags, voxel_mm3)
         cav = air_cavities(tags)
         timings = {"clean_s": time.perf_counter() - t}
+        if coarse_s:
+            timings["coarse_grid_s"] = coarse_s
         if method == "lattice":
             nodes, tets, ttags, minfo = lattice_tets(tags, cav, zooms, h, lmask, steps)
         else:
@@ -711,6 +747,8 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
                                                                lesion_tag=lesion_tag, progress_cb=steps.start,
                                                                **opts)
         timings.update(minfo.pop("timings_s", {}))
+        if coarse:
+            minfo["label_grid_factors"] = coarse
         steps.start("finish")
         if not len(tets):
             raise MeshError(f"the {method} mesher made no tetrahedra of these labels (tissues {sorted(counts)}); "

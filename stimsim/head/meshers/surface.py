@@ -28,8 +28,8 @@ from ...mesh.model import TET_FACES, face_codes
 from ...tissues import LAYER_FILL_TAG, LAYER_OF_TAG, layer_lut
 from .topology import distance_to_background, face_components, face_graph, fill_holes, sample_volume, tet_neighbors
 
-__all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "compact_for_shipping", "SURFACE_MESHER_VERSION",
-           "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
+__all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
+           "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
 SURFACE_MESHER_VERSION = "surf-6"
 #: default ``element_size_mm`` (Colin27 1 mm: 485k tets in 17-19 s; docs/meshing.md)
@@ -152,14 +152,18 @@ def _enforce(phis, tk, sweeps=4):
 
 
 def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_mm=0.5, sigma_vox=0.7,
-                  pad=3, thickness_scale=1.0, calibrate_step=None):
+                  pad=3, thickness_scale=1.0, calibrate_step=None, layer_volume_mm3=None, bone_voxels=None):
     """Nested masks -> smoothed signed distances with minimum layer thickness.
 
     Returns ``(phis, phi_air, bone)``: ``phis[k]`` for layers 1..5 (padded by ``pad``
     voxels), ``phi_air`` or None, and ``bone`` (None without bone voxels): ``excess_mm``, the
     distance (mm, padded grid) to the nearest bone or cavity voxel less ``within_mm``
     (:func:`bone_defect_distance_mm`; > 0 in a skull defect), and ``probe_mm``, how far along a
-    bone surface's normal :func:`_open_bone_defects` looks for bone."""
+    bone surface's normal :func:`_open_bone_defects` looks for bone.  ``layer_volume_mm3`` (6 values,
+    per layer 0..5): the tissue volumes the calibration aims at, when ``tags`` is a coarser copy of
+    the labels (:func:`downsample_layers`); else this grid's voxel counts.  ``bone_voxels`` (bool, the
+    grid of ``tags``): voxels that hold bone on the finer grid, where the coarse copy may have lost a
+    thin sheet; they count as bone for the skull-defect rule."""
     lut = np.zeros(256, np.int8)
     for t, layer in LAYER_OF_TAG.items():
         lut[t] = layer
@@ -197,7 +201,7 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     # distance (mm) to the nearest bone (or cavity) voxel, less bone_defect_distance_mm: where > 0 the
     # bone layer exists only because of its minimum thickness (a skull defect); those tetrahedra
     # are re-tagged after meshing (_open_bone_defects), and the calibration below allows for it
-    bone_ok = np.pad(layer == 2, pad)
+    bone_ok = np.pad(layer == 2 if bone_voxels is None else (layer == 2) | bone_voxels, pad)
     bone = None
     if bone_ok.any():
         within = bone_defect_distance_mm(zooms, tk[2])
@@ -217,7 +221,11 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
         # the scalp's and the bone's outer surfaces enclose the air cavities too (meshed, then cut out
         # as holes): without them the bone came out short by the sinuses' volume (a SAMSEG head: -3.6 %)
         air_mm3 = float(np.count_nonzero(air)) * vox
-        target = {k: float(counts[k:].sum()) * vox + (air_mm3 if k <= 2 else 0.0) for k in range(1, 6)}
+        if layer_volume_mm3 is None:
+            target = {k: float(counts[k:].sum()) * vox + (air_mm3 if k <= 2 else 0.0) for k in range(1, 6)}
+        else:
+            layer_mm3 = np.asarray(layer_volume_mm3, float)
+            target = {k: float(layer_mm3[k:].sum()) + (air_mm3 if k <= 2 else 0.0) for k in range(1, 6)}
         base = dict(target)
         if bone is not None:
             no_bone = bone["excess_mm"] > 0
@@ -631,7 +639,8 @@ class _quiet_stdout:
 def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float, *, min_thickness_mm=0.5,
                            sigma_vox=0.7, minratio=1.5, mindihedral=12.0, surface_step=None, extra_switches="",
                            progress_cb=None, verbose=False, thickness_scale=1.0, calibrate=True,
-                           island_fraction=0.01, lesion=None, lesion_tag=3, relax_iterations=8, sliver_move=0.0):
+                           island_fraction=0.01, lesion=None, lesion_tag=3, relax_iterations=8, sliver_move=0.0,
+                           layer_volume_mm3=None, bone_voxels=None, lesion_voxels=None):
     """Nested surfaces -> TetGen.  Returns ``(nodes_mm_local, tets, tet_tags, info)``.
 
     ``h``: target element size (mm); tets get a max volume ``h^3 / (6 sqrt 2)`` (regular tet
@@ -644,7 +653,9 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     ``tags``): its voxels are meshed as the layer of ``lesion_tag`` (CSF's for a tag outside the
     SimNIBS layers, e.g. 11) and the tets in it get ``lesion_tag``.  ``sliver_move`` (a fraction of
     the smallest voxel edge; 0: off): how far surface nodes may move off their surface in the sliver
-    pass (:mod:`.sliver`).  See the module docstring."""
+    pass (:mod:`.sliver`).  ``layer_volume_mm3``, ``bone_voxels``: see :func:`nested_fields`.  ``lesion_voxels``:
+    ``(mask, zooms, offset_mm)`` of the finer grid the lesion was drawn on (its voxel-frame mm =
+    this grid's + ``offset_mm``), which then decides which tetrahedra are lesion.  See the module docstring."""
     import tetgen
 
     zooms = np.asarray(zooms, float)
@@ -655,7 +666,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     t0 = time.perf_counter()
     phis, phi_air, bone = nested_fields(tags, cavity, zooms, min_thickness_mm=min_thickness_mm, sigma_vox=sigma_vox,
                                   pad=pad, thickness_scale=thickness_scale,
-                                  calibrate_step=int(surface_step or 2) if calibrate else None)
+                                  calibrate_step=int(surface_step or 2) if calibrate else None,
+                                  layer_volume_mm3=layer_volume_mm3, bone_voxels=bone_voxels)
     info["timings_s"]["fields_s"] = time.perf_counter() - t0
     if progress_cb:
         progress_cb("surfaces")
@@ -824,7 +836,12 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     info["bone_defect_tets"] = _open_bone_defects(ttags, cen, bone, phis[2], tags, zooms, pad)
     if lesion is not None:  # tets centred in a lesion voxel (unbiased, as the lattice mesher does)
 
-        in_lesion = sample_volume(lesion, cen, zooms, fill=False) & (ttags > 0)
+        if lesion_voxels is None:
+            in_lesion = sample_volume(lesion, cen, zooms, fill=False) & (ttags > 0)
+        else:
+            fmask, fzooms, offset = lesion_voxels
+            in_lesion = sample_volume(fmask, cen + np.asarray(offset, float), np.asarray(fzooms, float),
+                                      fill=False) & (ttags > 0)
         ttags[in_lesion] = _LESION
         info["lesion_tets"] = int(in_lesion.sum())
     # small pieces (< island_fraction of the tissue's largest piece) take the tag most of their
@@ -942,6 +959,54 @@ def _perturb_slivers(nodes, tets, ttags, nb, keep, max_move_mm, progress_cb):
     logger.info("sliver pass: %d -> %d poorly shaped tetrahedra, %d nodes moved", info["poor_before"],
                 info["poor_after"], info["nodes_moved"])
     return nodes, info
+
+
+def label_grid_factors(surface_step: int, zooms) -> np.ndarray:
+    """Per-axis block sizes by which the labels are coarsened before meshing (1: the voxel grid).
+
+    The surfaces are sampled on every ``surface_step``-th grid point, so a grid more than 4x finer
+    than that sampling carries detail no surface keeps, and costs time and memory with the cube of
+    the factor (Colin27 split into 0.5 mm voxels: 79 s and 3.0 GB).  The fields are therefore built
+    on a grid with at least a quarter of the sampling step per axis: 1 mm voxels at the default
+    8 mm elements are kept as they are (step 4), 0.5 mm voxels are coarsened in 2 x 2 x 2 blocks."""
+    zooms = np.asarray(zooms, float)
+    cell_mm = int(surface_step) * float(np.min(zooms))
+    return np.maximum(1, np.floor(cell_mm / 4.0 / zooms + 1e-6)).astype(int)
+
+
+def downsample_layers(tags: np.ndarray, factors, lesion: np.ndarray | None = None):
+    """Labels -> one voxel per block of ``factors`` voxels (the volume's far edges padded with
+    background).  A block is in nesting layer ``>= k`` where at least half its voxels are (so the
+    layers stay nested: a thin layer keeps its place rather than losing a vote to both neighbours)
+    and gets that layer's :data:`~stimsim.tissues.LAYER_FILL_TAG` (the surface mesher meshes
+    layers, not tags); background blocks inside the head stay background (air cavities).  The
+    lesion mask, when given, where at least half the block is lesion.  Returns ``(coarse_tags,
+    coarse_lesion or None, bone_voxels, voxel_to_coarse)``: ``bone_voxels`` the blocks with any bone
+    voxel (a bone sheet thinner than half a block loses the vote, and the skull-defect rule of
+    :func:`nested_fields` must still see it), and the 4x4 map from coarse to fine voxel indices
+    (``affine @ voxel_to_coarse`` is the coarse grid's affine)."""
+    f = np.asarray(factors, int)
+    nc = -(-np.asarray(tags.shape) // f)
+    lut = layer_lut(max(256, int(tags.max()) + 1)).astype(np.int8)
+    layer = np.zeros(tuple(nc * f), np.int8)
+    layer[tuple(slice(0, n) for n in tags.shape)] = lut[tags]
+    blocks = layer.reshape(nc[0], f[0], nc[1], f[1], nc[2], f[2])
+    half = np.prod(f) / 2.0
+    coarse = np.zeros(tuple(nc), np.int8)
+    for k in range(1, 6):
+        coarse += ((blocks >= k).sum(axis=(1, 3, 5), dtype=np.int32) >= half).astype(np.int8)
+    bone_voxels = (blocks == 2).any(axis=(1, 3, 5))
+    del blocks, layer
+    fill = np.array([0] + [LAYER_FILL_TAG[k] for k in range(1, 6)], tags.dtype)
+    clesion = None
+    if lesion is not None:
+        m = np.zeros(tuple(nc * f), bool)
+        m[tuple(slice(0, n) for n in lesion.shape)] = lesion
+        clesion = (m.reshape(nc[0], f[0], nc[1], f[1], nc[2], f[2]).sum(axis=(1, 3, 5), dtype=np.int32) >= half)
+        clesion &= coarse > 0
+    to_fine = np.diag([float(v) for v in f] + [1.0])
+    to_fine[:3, 3] = (f - 1) / 2.0  # a coarse voxel's centre is its block's centre
+    return fill[coarse], clesion, bone_voxels, to_fine
 
 
 def surface_defaults(h: float, zooms) -> dict:
