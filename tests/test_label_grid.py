@@ -1,5 +1,6 @@
 """Label volumes finer than the surfaces need are meshed on a coarser copy of their layers
-(``label_grid_factors`` / ``downsample_layers``): 0.5 mm voxels at the default 8 mm elements."""
+(``label_grid_factors`` / ``downsample_layers``): 0.5 mm voxels at the default 8 mm elements.  And a
+fold of a relaxed surface that the untangling missed (found on such a head)."""
 
 from __future__ import annotations
 
@@ -152,3 +153,33 @@ def test_anisotropic_fine_axes_keep_the_surface_sampling():
     vv = np.bincount(vol.ravel(), minlength=6) * 0.25
     for tag in acc.TAGS:
         assert abs(v[tag] / vv[tag] - 1) < 0.01, (tag, v[tag] / vv[tag] - 1)
+
+
+def test_a_fold_far_from_other_surfaces_is_put_back_not_the_whole_relaxation(monkeypatch):
+    """The untangling checks only triangles near another surface.  A relaxed surface folded over
+    itself elsewhere made TetGen refuse the surfaces, and the mesher then meshed the unrelaxed
+    marching-cubes surfaces (a half-voxel-shifted Colin27: 35 % more tetrahedra, 7x the poor ones).
+    Now the crossing triangles are found over the whole surface and only they go back."""
+    import stimsim.head.meshers.surface as surface
+    from stimsim.head.meshers import make_head_mesh
+    from synthetic_heads import nested_balls
+
+    relax = surface._relax_surface
+    folded = []
+
+    def relax_and_fold(v, f, phi, others, zooms, pad, cell, **kw):
+        v, near = relax(v, f, phi, others, zooms, pad, cell, **kw)
+        if not folded:  # the outermost surface: drag one vertex far across its neighbours
+            i = int(np.argmax(v[:, 0]))
+            v = v.copy()
+            v[i, 1] += 3 * cell
+            folded.append(i)
+        return v, near
+
+    monkeypatch.setattr(surface, "_relax_surface", relax_and_fold)
+    vol = nested_balls(72, (34, 28, 22, 17, 11))
+    mesh, info = make_head_mesh(vol, np.eye(4), "colin27", method="surface", element_size_mm=4.0, progress=False,
+                                cache=False, return_info=True)
+    assert folded
+    assert not info.mesher.get("relax_fallback"), info.mesher
+    assert 0 < info.mesher["relax_vertices_put_back"] < 200
