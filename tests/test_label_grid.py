@@ -34,14 +34,14 @@ def test_blocks_vote_per_nested_layer():
     tags[2] = 5
     tags[3] = 5
     tags[3, 0, 0] = tags[3, 0, 1] = tags[3, 1, 0] = 4
-    coarse, lesion, bone, to_fine = downsample_layers(tags, (2, 2, 2))
+    coarse, lesion, bone, to_fine, _ = downsample_layers(tags, (2, 2, 2))
     assert coarse.shape == (2, 1, 1) and lesion is None
     assert coarse[:, 0, 0].tolist() == [3, 5]
     assert bone[:, 0, 0].tolist() == [True, True]
     # other tags of a layer (eyes: 6 in the scalp's layer) take the layer's fill tag; an odd edge is
     # padded with background
     tags = np.full((3, 2, 2), 6, np.int16)
-    coarse, _, bone, _ = downsample_layers(tags, (2, 2, 2))
+    coarse, _, bone, _, _ = downsample_layers(tags, (2, 2, 2))
     assert coarse[:, 0, 0].tolist() == [5, 5] and not bone.any()  # 4 of 8 voxels in the padded block
 
 
@@ -50,7 +50,7 @@ def test_coarse_affine_puts_each_voxel_at_its_block_centre():
     tags = rng.integers(0, 6, (6, 4, 8)).astype(np.int16)
     affine = np.array([[0, -0.5, 0, 10], [0.5, 0, 0, -3], [0, 0, 0.7, 2], [0, 0, 0, 1.0]])
     factors = (2, 2, 4)
-    _, _, _, to_fine = downsample_layers(tags, factors)
+    to_fine = downsample_layers(tags, factors).voxel_to_coarse
     coarse_affine = affine @ to_fine
     for ci in [(0, 0, 0), (2, 1, 1), (1, 0, 1)]:
         fine = np.stack(np.meshgrid(*[np.arange(c * f, (c + 1) * f) for c, f in zip(ci, factors)],
@@ -65,7 +65,7 @@ def test_lesion_blocks():
     lesion = np.zeros(tags.shape, bool)
     lesion[0] = True  # half of block 0
     lesion[2] = True  # half of a background block: not a lesion there
-    _, clesion, _, _ = downsample_layers(tags, (2, 2, 2), lesion)
+    clesion = downsample_layers(tags, (2, 2, 2), lesion).lesion
     assert clesion[:, 0, 0].tolist() == [True, False]
 
 
@@ -183,3 +183,39 @@ def test_a_fold_far_from_other_surfaces_is_put_back_not_the_whole_relaxation(mon
     assert folded
     assert not info.mesher.get("relax_fallback"), info.mesher
     assert 0 < info.mesher["relax_vertices_put_back"] < 200
+
+
+def test_block_counts_match_a_reshaped_sum():
+    from stimsim.head.meshers.surface import _block_counts
+
+    rng = np.random.default_rng(3)
+    m = rng.random((6, 9, 4)) < 0.4
+    f = (2, 3, 1)
+    want = m.reshape(3, 2, 3, 3, 4, 1).sum(axis=(1, 3, 5))
+    np.testing.assert_array_equal(_block_counts(m, f), want)
+
+
+def test_a_head_in_a_wide_field_of_view_is_meshed_in_its_box_at_its_place():
+    """The same head alone and with 50-90 voxels of background around it (a scan's field of view):
+    the mesher works on the head's box, and the mesh lies at the same world position with the same
+    tissue volumes."""
+    from stimsim.head.meshers import make_head_mesh
+    from synthetic_heads import nested_balls
+
+    vol = nested_balls(72, (34, 28, 22, 17, 11))
+    affine = np.array([[0, 1.0, 0, -30], [-1.0, 0, 0, 20], [0, 0, 1.0, 5], [0, 0, 0, 1]])
+    wide = np.pad(vol, ((50, 70), (90, 60), (55, 55)))
+    shifted = affine.copy()
+    shifted[:3, 3] -= affine[:3, :3] @ np.array([50, 90, 55])
+    meshes = []
+    for labels, aff in ((vol, affine), (wide, shifted)):
+        mesh, info = make_head_mesh(labels, aff, "colin27", method="surface", element_size_mm=4.0, progress=False,
+                                    cache=False, return_info=True)
+        meshes.append(mesh)
+    a, b = meshes
+    assert info.timings_s.get("label_grid_s", 0) > 0
+    va = np.bincount(a.tet_tags, weights=a.volumes_mm3, minlength=6)
+    vb = np.bincount(b.tet_tags, weights=b.volumes_mm3, minlength=6)
+    np.testing.assert_allclose(vb[1:6], va[1:6], rtol=0.005)
+    np.testing.assert_allclose(b.nodes.mean(0), a.nodes.mean(0), atol=0.2)
+    np.testing.assert_allclose(b.nodes.min(0), a.nodes.min(0), atol=0.2)

@@ -608,6 +608,27 @@ def _voxel_volumes(tags: np.ndarray, voxel_mm3: float) -> dict:
     return {int(t): float(c) * voxel_mm3 for t, c in enumerate(np.bincount(tags.ravel())) if t > 0 and c}
 
 
+def _head_box(tags: np.ndarray, zooms, align: int) -> tuple[slice, ...] | None:
+    """The head's bounding box with a margin wider than the surface mesher's signed-distance band
+    and smoothing (so the fields, and the mesh, are those of the whole volume), its low corner on a
+    multiple of ``align`` voxels (the surfaces' sub-grid keeps its place); None when that is the
+    whole volume."""
+    from .surface import SDF_BAND_MM
+
+    zooms = np.asarray(zooms, float)
+    margin = np.ceil(SDF_BAND_MM / zooms).astype(int) + 8
+    head = tags > 0
+    box = []
+    for ax in range(3):
+        hit = np.flatnonzero(head.any(axis=tuple(j for j in range(3) if j != ax)))
+        lo = max(int(hit[0]) - int(margin[ax]), 0) // align * align
+        hi = min(int(hit[-1]) + int(margin[ax]) + 1, tags.shape[ax])
+        box.append(slice(lo, hi))
+    if all(b.start == 0 and b.stop == n for b, n in zip(box, tags.shape)):
+        return None
+    return tuple(box)
+
+
 def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str = "auto",
                    element_size_mm: float | None = None, lesion=None, lesion_tag: int = 3, progress: bool = True,
                    cache: bool = True, return_info: bool = False, surface_options: dict | None = None,
@@ -700,15 +721,28 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         return (mesh, info) if return_info else mesh
 
     coarse_s, coarse = 0.0, None
+    if method == "surface":
+        # a scan's field of view is often twice the head's box (a 0.5 mm volume of 394 x 466 x 620
+        # voxels): every field below is computed over the whole grid, so mesh the head's box
+        t = time.perf_counter()
+        box = _head_box(tags, zooms, int(opts["surface_step"]) * int(factors.max()))
+        if box is not None:
+            tags = tags[box]
+            lmask = None if lmask is None else lmask[box]
+            orig = None if orig is None else orig[box]
+            shift = np.eye(4)
+            shift[:3, 3] = [b.start for b in box]
+            affine = affine @ shift
+        coarse_s = time.perf_counter() - t
     if method == "surface" and (factors > 1).any():
         # surfaces sampled every 4 mm do not need 0.5 mm fields: mesh a coarser copy of the layers
         # (label_grid_factors), calibrated to the volumes of this grid's voxels
         from .surface import downsample_layers
 
-        t = time.perf_counter()
+        t = time.perf_counter() - coarse_s
         base = tags if lmask is None else np.where(lmask & (tags > 0), orig, tags)
-        layer_mm3 = np.bincount(layer_lut(max(256, int(base.max()) + 1))[base].ravel(), minlength=6)[:6] * voxel_mm3
-        ctags, clmask, bone_voxels, to_fine = downsample_layers(base, factors, lmask)
+        ctags, clmask, bone_voxels, to_fine, layer_voxels = downsample_layers(base, factors, lmask)
+        layer_mm3 = layer_voxels * voxel_mm3
         del base
         if clmask is None or clmask.any():  # a lesion smaller than half a block keeps the voxel grid
             spacing_mm = opts["surface_step"] * float(np.min(zooms))  # the surfaces' sampling, kept
@@ -735,7 +769,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         cav = air_cavities(tags)
         timings = {"clean_s": time.perf_counter() - t}
         if coarse_s:
-            timings["coarse_grid_s"] = coarse_s
+            timings["label_grid_s"] = coarse_s  # cropping to the head, coarsening
         if method == "lattice":
             nodes, tets, ttags, minfo = lattice_tets(tags, cav, zooms, h, lmask, steps)
         else:
