@@ -219,3 +219,22 @@ def test_a_head_in_a_wide_field_of_view_is_meshed_in_its_box_at_its_place():
     np.testing.assert_allclose(vb[1:6], va[1:6], rtol=0.005)
     np.testing.assert_allclose(b.nodes.mean(0), a.nodes.mean(0), atol=0.2)
     np.testing.assert_allclose(b.nodes.min(0), a.nodes.min(0), atol=0.2)
+
+
+def test_value_counts_over_several_slices_and_label_dtypes_kept():
+    """Counting a volume larger than one slice (8 M voxels) equals np.bincount; a label volume keeps
+    its integer type when read (a 0.5 mm head as int64: 0.9 GB instead of 0.23)."""
+    from stimsim.head.labels import apply_label_map, value_counts
+    from stimsim.head.meshers.core import load_label_volume
+
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 7, 9_000_000).astype(np.uint8)
+    a[-1] = 9
+    np.testing.assert_array_equal(value_counts(a, minlength=12), np.bincount(a, minlength=12))
+    vol = rng.integers(0, 6, (20, 20, 20)).astype(np.int16)
+    data, _ = load_label_volume(vol, np.eye(4))
+    assert data.dtype == np.int16
+    tags = apply_label_map(data, {i: i for i in range(6)})
+    np.testing.assert_array_equal(tags, vol)
+    with pytest.raises(Exception, match="not in the label map"):
+        apply_label_map(np.array([[[0, -1]]], np.int16), {0: 0, 1: 1})

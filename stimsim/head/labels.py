@@ -117,9 +117,28 @@ def label_map(spec) -> dict[int, int]:
     )
 
 
+def value_counts(values: np.ndarray, minlength: int = 0) -> np.ndarray:
+    """``np.bincount`` of a non-negative integer array of any size, in slices: bincount casts its input
+    to 64-bit integers, which for a 0.5 mm head of 114 M voxels is a 0.9 GB copy (and np.unique a
+    5 s sort)."""
+    flat = values.reshape(-1)
+    out = np.zeros(max(int(minlength), 1), np.int64)
+    step = 1 << 23
+    for s in range(0, flat.size, step):
+        c = np.bincount(flat[s:s + step])
+        if len(c) > len(out):
+            out = np.concatenate([out, np.zeros(len(c) - len(out), np.int64)])
+        out[:len(c)] += c
+    return out
+
+
 def apply_label_map(labels: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
     """Label volume -> tag volume (uint8); every label present must be in ``mapping``."""
-    present = np.unique(labels)
+    lo, hi = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    if lo < 0 or hi > 65535:
+        present = np.unique(labels)
+    else:
+        present = np.flatnonzero(value_counts(labels)) if labels.size else np.zeros(1, np.int64)
     missing = [int(v) for v in present if int(v) not in mapping]
     if missing:
         shown = ", ".join(str(v) for v in missing[:12]) + (" ..." if len(missing) > 12 else "")
@@ -135,4 +154,4 @@ def apply_label_map(labels: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
             if v > 255:
                 raise LabelMapError(f"tag {v} for label {k} is too large (max 255)")
             lut[k] = v
-    return lut[labels.astype(np.int64, copy=False)]
+    return lut[labels]

@@ -41,7 +41,7 @@ from ...cache import cache_dir
 from ...errors import MeshError
 from ...mesh.model import Mesh
 from ...tissues import LAYER_FILL_TAG, layer_lut
-from ..labels import apply_label_map, label_map
+from ..labels import apply_label_map, label_map, value_counts
 from .lattice import DEFAULT_ELEMENT_SIZE_MM, MESHER_VERSION, lattice_tets
 from .topology import ISLAND_FRACTION, compact_nodes, face_components, orient_tets, tet_neighbors
 
@@ -110,7 +110,9 @@ def load_label_volume(labels, affine=None, what: str = "labels") -> tuple[np.nda
             raise MeshError(f"{what}: values are not integers (dtype {data.dtype}); a label volume "
                             "holds integer tissue labels, not probabilities or intensities")
         data = np.round(data)
-    data = np.asarray(data).astype(np.int64)
+    data = np.asarray(data)
+    if not np.issubdtype(data.dtype, np.integer):  # bool, or whole numbers stored as floats
+        data = data.astype(np.int64)
     return data, _check_affine(affine, what)
 
 
@@ -284,7 +286,7 @@ def expected_tags(tags: np.ndarray, method: str, lesion_mask: np.ndarray | None 
     spongy bone as bone, blood as CSF and other tags as grey matter; the lesion (voxels under
     ``lesion_mask``) keeps ``lesion_tag``.  Returns ``({tag: voxels}, {label tag: mesh tag})``,
     the second only for the tags merged into another one."""
-    counts = np.bincount(tags.ravel(), minlength=256).astype(np.int64)
+    counts = value_counts(tags, minlength=256)
     n_lesion = int(np.count_nonzero(lesion_mask)) if lesion_mask is not None else 0
     if n_lesion:
         counts[int(lesion_tag)] -= n_lesion  # _apply_lesion gave the lesion voxels lesion_tag
@@ -338,7 +340,7 @@ def check_meshable(tags: np.ndarray, zooms, h: float, counts: dict[int, int] | N
                         f"{np.floor(100 * ext_mm.min() / MIN_HEAD_EXTENT_ELEMENTS) / 100:g} mm) or a larger "
                         "label volume")
     if counts is None:
-        counts = {int(t): int(c) for t, c in enumerate(np.bincount(tags.ravel())) if t and c}
+        counts = {int(t): int(c) for t, c in enumerate(value_counts(tags)) if t and c}
     voxel = float(np.prod(zooms))
     need_vox = max(MIN_TISSUE_VOXELS, int(np.ceil(_element_volume_mm3(h) / voxel - 1e-9)))
     small = {t: n for t, n in sorted(counts.items())
@@ -605,7 +607,7 @@ def _apply_lesion(tags: np.ndarray, affine: np.ndarray, lesion, lesion_tag: int)
 
 
 def _voxel_volumes(tags: np.ndarray, voxel_mm3: float) -> dict:
-    return {int(t): float(c) * voxel_mm3 for t, c in enumerate(np.bincount(tags.ravel())) if t > 0 and c}
+    return {int(t): float(c) * voxel_mm3 for t, c in enumerate(value_counts(tags)) if t > 0 and c}
 
 
 def _head_box(tags: np.ndarray, zooms, align: int) -> tuple[slice, ...] | None:
