@@ -111,8 +111,11 @@ def load_label_volume(labels, affine=None, what: str = "labels") -> tuple[np.nda
                             "holds integer tissue labels, not probabilities or intensities")
         data = np.round(data)
     data = np.asarray(data)
-    if not np.issubdtype(data.dtype, np.integer):  # bool, or whole numbers stored as floats
-        data = data.astype(np.int64)
+    if data.dtype == bool:
+        data = data.view(np.uint8)
+    elif not np.issubdtype(data.dtype, np.integer):  # whole numbers stored as floats
+        small = data.size == 0 or (float(data.min()) >= -2**31 and float(data.max()) < 2**31)
+        data = data.astype(np.int32 if small else np.int64)
     return data, _check_affine(affine, what)
 
 
