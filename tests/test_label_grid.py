@@ -236,5 +236,9 @@ def test_value_counts_over_several_slices_and_label_dtypes_kept():
     assert data.dtype == np.int16
     tags = apply_label_map(data, {i: i for i in range(6)})
     np.testing.assert_array_equal(tags, vol)
+    # floats holding whole numbers and bools, as a caller of apply_label_map may pass (get_fdata)
+    np.testing.assert_array_equal(apply_label_map(np.array([0.0, 1.0, 2.0]), {0: 0, 1: 1, 2: 2}), [0, 1, 2])
+    np.testing.assert_array_equal(apply_label_map(np.array([True, False]), {0: 0, 1: 3}), [3, 0])
+    np.testing.assert_array_equal(apply_label_map(np.array([0, 2], np.uint64), {0: 0, 2: 2}), [0, 2])
     with pytest.raises(Exception, match="not in the label map"):
         apply_label_map(np.array([[[0, -1]]], np.int16), {0: 0, 1: 1})

@@ -125,7 +125,10 @@ def value_counts(values: np.ndarray, minlength: int = 0) -> np.ndarray:
     out = np.zeros(max(int(minlength), 1), np.int64)
     step = 1 << 23
     for s in range(0, flat.size, step):
-        c = np.bincount(flat[s:s + step])
+        part = flat[s:s + step]
+        if part.dtype == np.uint64:  # numpy 1.x bincount refuses it (no safe cast to int64)
+            part = part.astype(np.int64)
+        c = np.bincount(part)
         if len(c) > len(out):
             out = np.concatenate([out, np.zeros(len(c) - len(out), np.int64)])
         out[:len(c)] += c
@@ -134,6 +137,9 @@ def value_counts(values: np.ndarray, minlength: int = 0) -> np.ndarray:
 
 def apply_label_map(labels: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
     """Label volume -> tag volume (uint8); every label present must be in ``mapping``."""
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):  # bool, or whole numbers stored as floats
+        labels = labels.astype(np.int64)
     lo, hi = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
     if lo < 0 or hi > 65535:
         present = np.unique(labels)

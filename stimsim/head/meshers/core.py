@@ -613,11 +613,11 @@ def _voxel_volumes(tags: np.ndarray, voxel_mm3: float) -> dict:
     return {int(t): float(c) * voxel_mm3 for t, c in enumerate(value_counts(tags)) if t > 0 and c}
 
 
-def _head_box(tags: np.ndarray, zooms, align: int) -> tuple[slice, ...] | None:
+def _head_box(tags: np.ndarray, zooms, align) -> tuple[slice, ...] | None:
     """The head's bounding box with a margin wider than the surface mesher's signed-distance band
     and smoothing (so the fields, and the mesh, are those of the whole volume), its low corner on a
-    multiple of ``align`` voxels (the surfaces' sub-grid keeps its place); None when that is the
-    whole volume."""
+    multiple of ``align`` voxels per axis (the surfaces' sub-grid keeps its place); None when that
+    is the whole volume."""
     from .surface import SDF_BAND_MM
 
     zooms = np.asarray(zooms, float)
@@ -626,7 +626,7 @@ def _head_box(tags: np.ndarray, zooms, align: int) -> tuple[slice, ...] | None:
     box = []
     for ax in range(3):
         hit = np.flatnonzero(head.any(axis=tuple(j for j in range(3) if j != ax)))
-        lo = max(int(hit[0]) - int(margin[ax]), 0) // align * align
+        lo = max(int(hit[0]) - int(margin[ax]), 0) // int(align[ax]) * int(align[ax])
         hi = min(int(hit[-1]) + int(margin[ax]) + 1, tags.shape[ax])
         box.append(slice(lo, hi))
     if all(b.start == 0 and b.stop == n for b, n in zip(box, tags.shape)):
@@ -708,7 +708,10 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         from .surface import label_grid_factors
 
         opts = {**surface_defaults(h, zooms), **(surface_options or {})}
+        opts["surface_step"] = int(opts.get("surface_step") or 2)  # None: the mesher's own default
         factors = label_grid_factors(opts["surface_step"], zooms)
+        spacing_mm = opts["surface_step"] * float(np.min(zooms))  # the surfaces' sampling, kept on a coarse copy
+        coarse_step = max(1, int(round(spacing_mm / float(np.min(zooms * factors)))))
         extra = f"surface|{SURFACE_MESHER_VERSION}|{sorted(opts.items())}"
         if (factors > 1).any():
             extra += f"|grid{factors.tolist()}"
@@ -730,7 +733,8 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         # a scan's field of view is often twice the head's box (a 0.5 mm volume of 394 x 466 x 620
         # voxels): every field below is computed over the whole grid, so mesh the head's box
         t = time.perf_counter()
-        box = _head_box(tags, zooms, int(opts["surface_step"]) * int(factors.max()))
+        # the corner on whole blocks and whole sub-grid cells of the (coarse) grid
+        box = _head_box(tags, zooms, factors * coarse_step if (factors > 1).any() else [opts["surface_step"]] * 3)
         if box is not None:
             tags = tags[box]
             lmask = None if lmask is None else lmask[box]
@@ -750,9 +754,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         layer_mm3 = layer_voxels * voxel_mm3
         del base
         if clmask is None or clmask.any():  # a lesion smaller than half a block keeps the voxel grid
-            spacing_mm = opts["surface_step"] * float(np.min(zooms))  # the surfaces' sampling, kept
-            opts = {**opts, "surface_step": max(1, int(round(spacing_mm / float(np.min(zooms * factors))))),
-                    "layer_volume_mm3": layer_mm3, "bone_voxels": bone_voxels}
+            opts = {**opts, "surface_step": coarse_step, "layer_volume_mm3": layer_mm3, "bone_voxels": bone_voxels}
             if lmask is not None:  # tetrahedra are lesion by the mask as drawn (coarse: +8 % on a 6 mm ball)
                 opts["lesion_voxels"] = (lmask, zooms, (factors - 1) / 2.0 * zooms)
             if clmask is not None:

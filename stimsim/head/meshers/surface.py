@@ -32,7 +32,7 @@ from .topology import distance_to_background, face_components, face_graph, fill_
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
-SURFACE_MESHER_VERSION = "surf-6"
+SURFACE_MESHER_VERSION = "surf-6.1"  # 6.1: the head's box of a wide field of view, the untangling retry
 #: default ``element_size_mm`` (Colin27 1 mm: 485k tets in 17-19 s; docs/meshing.md)
 DEFAULT_SURFACE_ELEMENT_SIZE_MM = 8.0
 #: tag of each layer in the output (SimNIBS numbering)
@@ -757,7 +757,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                 # that head 35 % more tetrahedra, 7x the poor ones and twice the TetGen time)
                 jitter = verts[:len(mc_all)] - relaxed_all
                 v2, back = _untangle(relaxed_all.copy(), mc_all, faces, None)
-                if back < len(v2):
+                if 0 < back < len(v2):  # else TetGen would refuse the same surfaces again
                     info["relax_vertices_put_back"] = info.get("relax_vertices_put_back", 0) + back
                     verts[:len(mc_all)] = v2 + jitter
                     try:
