@@ -280,16 +280,17 @@ def _fmt_mm3(v: float) -> str:
     return f"{v / 1000:.3g} mL" if v >= 1000 else f"{v:.3g} mm^3"
 
 
-def expected_tags(tags: np.ndarray, method: str, lesion_mask: np.ndarray | None = None, lesion_tag: int = 3
-                  ) -> tuple[dict[int, int], dict[int, int]]:
+def expected_tags(tags: np.ndarray, method: str, lesion_mask: np.ndarray | None = None, lesion_tag: int = 3,
+                  counts: np.ndarray | None = None) -> tuple[dict[int, int], dict[int, int]]:
     """Voxels per tag that the mesh of ``method`` should hold, and the tags it merges.
 
     The lattice mesher keeps every tag.  The surface mesher meshes the five nested layers of
     :data:`stimsim.tissues.LAYER_OF_TAG`, so eyes and muscle come out as scalp, compact and
     spongy bone as bone, blood as CSF and other tags as grey matter; the lesion (voxels under
     ``lesion_mask``) keeps ``lesion_tag``.  Returns ``({tag: voxels}, {label tag: mesh tag})``,
-    the second only for the tags merged into another one."""
-    counts = value_counts(tags, minlength=256)
+    the second only for the tags merged into another one.  ``counts``: ``value_counts(tags)``
+    when the caller has it (a pass over the volume less)."""
+    counts = value_counts(tags, minlength=256) if counts is None else np.array(counts, np.int64)
     n_lesion = int(np.count_nonzero(lesion_mask)) if lesion_mask is not None else 0
     if n_lesion:
         counts[int(lesion_tag)] -= n_lesion  # _apply_lesion gave the lesion voxels lesion_tag
@@ -609,8 +610,9 @@ def _apply_lesion(tags: np.ndarray, affine: np.ndarray, lesion, lesion_tag: int)
     return under
 
 
-def _voxel_volumes(tags: np.ndarray, voxel_mm3: float) -> dict:
-    return {int(t): float(c) * voxel_mm3 for t, c in enumerate(value_counts(tags)) if t > 0 and c}
+def _voxel_volumes(counts: np.ndarray, voxel_mm3: float) -> dict:
+    """mm^3 per tag from ``value_counts`` of a tag volume."""
+    return {int(t): float(c) * voxel_mm3 for t, c in enumerate(counts) if t > 0 and c}
 
 
 def _head_box(tags: np.ndarray, zooms, align) -> tuple[slice, ...] | None:
@@ -692,8 +694,10 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             orig = tags.copy()
         lmask = _apply_lesion(tags, affine, lesion, lesion_tag)
     voxel_mm3 = float(np.prod(zooms))
-    raw_vol = _voxel_volumes(tags, voxel_mm3)
-    counts, merged = expected_tags(tags, method, lmask, lesion_tag)
+    tag_counts = value_counts(tags, minlength=256)
+    raw_vol = _voxel_volumes(tag_counts, voxel_mm3)
+    counts, merged = expected_tags(tags, method, lmask, lesion_tag, counts=tag_counts)
+    del tag_counts
     expected = {t: n * voxel_mm3 for t, n in counts.items()}
     if check:
         check_meshable(tags, zooms, h, counts,
@@ -772,7 +776,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
     with _Steps(progress, _STEPS[method]) as steps:
         t = time.perf_counter()
         tags, moved = _clean_islands(tags, zooms, keep=lmask, connectivity=6 if method == "lattice" else 26)
-        clean_vol = _voxel_volumes(tags, voxel_mm3)
+        clean_vol = _voxel_volumes(value_counts(tags), voxel_mm3)
         cav = air_cavities(tags)
         timings = {"clean_s": time.perf_counter() - t}
         if coarse_s:
