@@ -44,6 +44,25 @@ def test_second_read_comes_from_the_copy_and_equals_the_parse(head):
     mesh, from_copy = read_cache.read_mesh_cached(path, inputs["head_sha256"])
     assert from_copy
     _same(mesh, parsed)
+    # the exterior surface comes with the copy (not sorted out again) and is the parsed mesh's
+    assert "_boundary" in mesh.__dict__
+    assert np.array_equal(mesh.boundary_faces, parsed.boundary_faces)
+    assert np.array_equal(mesh.boundary_face_tets, parsed.boundary_face_tets)
+
+
+def test_a_stored_boundary_that_does_not_fit_is_parsed_again(head):
+    """A copy whose stored exterior surface points outside its mesh is not used."""
+    path, protocol = head
+    read_head(protocol, path.parent)
+    copy = read_cache.cached_copy(sha256_file(path))
+    with np.load(copy) as z:
+        arrays = dict(z)
+    arrays["boundary_faces"] = arrays["boundary_faces"] + len(arrays["nodes"])
+    with open(copy, "wb") as f:
+        np.savez(f, **arrays)
+    mesh, from_copy = read_cache.read_mesh_cached(path, sha256_file(path))
+    assert not from_copy
+    _same(mesh, read_mesh(path)[0])
 
 
 def test_read_head_uses_the_copy(head, monkeypatch):

@@ -151,6 +151,17 @@ class Mesh:
         t[neg] = t[neg][:, [0, 2, 1, 3]]
         return np.ascontiguousarray(t[np.arange(len(t))[:, None], TET_FACES[local]]), tet
 
+    def _adopt_boundary(self, faces: np.ndarray, face_tets: np.ndarray) -> None:
+        """Take :attr:`boundary_faces` / :attr:`boundary_face_tets` computed earlier for the same
+        tetrahedra (a parsed copy, :mod:`stimsim.mesh.read_cache`); ValueError when they cannot be."""
+        faces = np.ascontiguousarray(faces, dtype=np.int32)
+        face_tets = np.ascontiguousarray(face_tets, dtype=np.int64)
+        if (faces.ndim != 2 or faces.shape[1] != 3 or face_tets.shape != (len(faces),)
+                or (len(faces) and (faces.min() < 0 or faces.max() >= self.n_nodes
+                                    or face_tets.min() < 0 or face_tets.max() >= self.n_tets))):
+            raise ValueError("stored boundary does not fit this mesh")
+        self.__dict__["_boundary"] = (faces, face_tets)
+
     @cached_property
     def boundary_nodes(self) -> np.ndarray:
         """Sorted indices of nodes on the exterior surface (the scalp for a head)."""
