@@ -754,11 +754,13 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
 
         t = time.perf_counter() - coarse_s
         base = tags if lmask is None else np.where(lmask & (tags > 0), orig, tags)
-        ctags, clmask, bone_voxels, to_fine, layer_voxels = downsample_layers(base, factors, lmask)
+        ctags, clmask, bone_voxels, to_fine, layer_voxels, pieces = downsample_layers(
+            base, factors, lmask, min_piece_voxels=int(500 / voxel_mm3))
         layer_mm3 = layer_voxels * voxel_mm3
         del base
         if clmask is None or clmask.any():  # a lesion smaller than half a block keeps the voxel grid
-            opts = {**opts, "surface_step": coarse_step, "layer_volume_mm3": layer_mm3, "bone_voxels": bone_voxels}
+            opts = {**opts, "surface_step": coarse_step, "layer_volume_mm3": layer_mm3, "bone_voxels": bone_voxels,
+                    "pieces": pieces}
             if lmask is not None:  # tetrahedra are lesion by the mask as drawn (coarse: +8 % on a 6 mm ball)
                 opts["lesion_voxels"] = (lmask, zooms, (factors - 1) / 2.0 * zooms)
             if clmask is not None:
@@ -770,7 +772,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             logger.info("labels finer than surfaces every %.3g mm need: meshed on a copy in %s-voxel blocks "
                         "(%s mm)", spacing_mm, "x".join(map(str, coarse)), " x ".join(f"{z:.3g}" for z in zooms))
             voxel_mm3 = float(np.prod(zooms))
-        del ctags, clmask, bone_voxels
+        del ctags, clmask, bone_voxels, pieces
         coarse_s = time.perf_counter() - t
 
     with _Steps(progress, _STEPS[method]) as steps:

@@ -32,7 +32,8 @@ from .topology import distance_to_background, face_components, face_graph, fill_
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
-SURFACE_MESHER_VERSION = "surf-6.1"  # 6.1: the head's box of a wide field of view, the untangling retry
+SURFACE_MESHER_VERSION = "surf-6.2"  # 6.1: the head's box of a wide field of view, the untangling retry;
+# 6.2: pieces of the brain or white matter closer than the sub-grid kept apart
 #: default ``element_size_mm`` (Colin27 1 mm: 485k tets in 17-19 s; docs/meshing.md)
 DEFAULT_SURFACE_ELEMENT_SIZE_MM = 8.0
 #: tag of each layer in the output (SimNIBS numbering)
@@ -152,8 +153,82 @@ def _enforce(phis, tk, sweeps=4):
         np.maximum(phis[k + 1], phis[k] + tk[k], out=phis[k + 1])
 
 
+class _Floor(NamedTuple):
+    """A lower bound of one layer's signed distance on a few voxels (indices into the padded grid)."""
+    layer: int
+    index: tuple
+    value: np.ndarray
+
+
+#: at most this many pieces of a layer are kept apart (the largest; more is not a head)
+MAX_SEPARATED_PIECES = 32
+
+
+def layer_pieces(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Pieces of one layer's mask: voxels touching at a face, an edge or a corner are one piece."""
+    return ndi.label(mask, structure=np.ones((3, 3, 3), bool))
+
+
+def separation_floors(pieces: np.ndarray, layer: int, zooms, spacing_mm: float) -> list[_Floor]:
+    """Floors that keep the pieces of one layer apart on a surface sub-grid of ``spacing_mm``.
+
+    ``pieces``: the layer's voxels labelled by piece (0 outside; :func:`layer_pieces`).  Two pieces
+    that do not touch but lie closer than about two sub-grid cells can be joined by marching cubes:
+    no sample falls in the gap between them (two grey-matter masses one CSF voxel apart, issue 20), or
+    the samples inside the two pieces are diagonal neighbours, which marching cubes connects (an
+    oblique 2.5 mm gap at the default 4 mm sub-grid).  Across the gap, the distances ``d1``, ``d2`` to
+    the two pieces give the distance to the gap's mid-surface, ``|d1 - d2| / 2``; the floor
+    ``w - |d1 - d2| / 2`` with ``w = 0.9 s`` (``s`` the spacing) makes the gap at least ``2 w`` wide,
+    more than a cube's diagonal projected on any direction (``sqrt(3) s``), so no cube has inside
+    samples of both pieces.  The calibration gives the volume taken from the two banks back.  Wider
+    gaps already have the field above the floor; the two banks of one piece (a sulcus) are not
+    affected.
+    """
+    sizes = np.bincount(pieces.ravel())
+    sizes[0] = 0
+    present = np.flatnonzero(sizes)
+    if len(present) < 2:
+        return []
+    zooms = np.asarray(zooms, float)
+    half_width = 0.9 * spacing_mm
+    reach = 2 * half_width + 2 * spacing_mm  # where the floor is above -spacing_mm
+    r = np.ceil(reach / zooms).astype(int) + 1
+    chosen = present[np.argsort(sizes[present])[::-1][:MAX_SEPARATED_PIECES]]
+    boxes = ndi.find_objects(pieces)
+    out = []
+    for c in chosen:
+        box = tuple(slice(max(0, b.start - ri), min(dim, b.stop + ri))
+                    for b, ri, dim in zip(boxes[c - 1], r, pieces.shape))
+        sub = pieces[box]
+        others = (sub > 0) & (sub != c)
+        if not others.any():
+            continue
+        d_other = distance_to_background(~others, zooms)
+        near = d_other <= reach
+        if not near.any():
+            continue
+        d_own = distance_to_background(sub != c, zooms)
+        near &= d_own <= reach
+        floor = np.float32(half_width) - np.float32(0.5) * np.abs(d_own - d_other)
+        keep = near & (floor > -spacing_mm)
+        if keep.any():
+            index = tuple(li + b.start for li, b in zip(np.nonzero(keep), box))
+            out.append(_Floor(layer, index, floor[keep]))
+    return out
+
+
+def _apply_floors(phis, floors: list[_Floor], tk) -> None:
+    """Raise each layer's field to its floors, then push the layers inside it out (nesting, minimum
+    thickness) on those voxels."""
+    for f in floors:
+        phis[f.layer][f.index] = np.maximum(phis[f.layer][f.index], f.value)
+        for k in range(f.layer, 5):
+            phis[k + 1][f.index] = np.maximum(phis[k + 1][f.index], phis[k][f.index] + np.float32(tk[k]))
+
+
 def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_mm=0.5, sigma_vox=0.7,
-                  pad=3, thickness_scale=1.0, calibrate_step=None, layer_volume_mm3=None, bone_voxels=None):
+                  pad=3, thickness_scale=1.0, calibrate_step=None, layer_volume_mm3=None, bone_voxels=None,
+                  surface_step=None, pieces=None):
     """Nested masks -> smoothed signed distances with minimum layer thickness.
 
     Returns ``(phis, phi_air, bone)``: ``phis[k]`` for layers 1..5 (padded by ``pad``
@@ -164,7 +239,10 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     per layer 0..5): the tissue volumes the calibration aims at, when ``tags`` is a coarser copy of
     the labels (:func:`downsample_layers`); else this grid's voxel counts.  ``bone_voxels`` (bool, the
     grid of ``tags``): voxels that hold bone on the finer grid, where the coarse copy may have lost a
-    thin sheet; they count as bone for the skull-defect rule."""
+    thin sheet; they count as bone for the skull-defect rule.  ``surface_step``: the sub-grid of the
+    surfaces, on which pieces of the brain and of the white matter closer than one sub-grid cell are
+    kept apart (:func:`separation_floors`); ``pieces`` ({layer: labels} on the grid of ``tags``): those
+    pieces as the finer grid has them, where ``tags`` is a coarse copy (:func:`downsample_layers`)."""
     lut = np.zeros(256, np.int8)
     for t, layer in LAYER_OF_TAG.items():
         lut[t] = layer
@@ -198,6 +276,17 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     tk = {k: v * float(thickness_scale) for k, v in tk.items()}
     t = 0.75 * float(thickness_scale)
     phis = {k: _sdf(masks[k], zooms, sigma_vox) for k in range(1, 6)}
+    # pieces of the brain (and of the white matter) closer than the surface sub-grid: kept apart
+    floors = []
+    if surface_step:
+        spacing = float(surface_step) * float(np.max(zooms))
+        for k in (4, 5):
+            if pieces and k in pieces:  # a coarse copy: the pieces of the finer grid, per block
+                lab = np.pad(pieces[k], pad) * masks[k]
+            else:
+                lab = layer_pieces(masks[k])[0]
+            floors += separation_floors(lab, k, zooms, spacing)
+            del lab
     del masks
     # distance (mm) to the nearest bone (or cavity) voxel, less bone_defect_distance_mm: where > 0 the
     # bone layer exists only because of its minimum thickness (a skull defect); those tetrahedra
@@ -214,6 +303,7 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     del bone_ok
     # split the deficit between both surfaces (a few sweeps), then enforce exactly
     _enforce(phis, tk)
+    _apply_floors(phis, floors, tk)
     if calibrate_step:
         # volume calibration: shift each level set so that the marching-cubes surface on the
         # sub-grid (what the mesh gets) encloses the voxel volume of its nested mask (smoothing,
@@ -245,8 +335,16 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                 del sheet
             for k in range(1, 6):
                 c, last = 0.0, None
+                layer_floors = [f for f in floors if f.layer == k]
                 for _ in range(3):
-                    v, a = _mc_volume_area(phis[k], c, zooms, calibrate_step)
+                    if layer_floors:  # the floors hold wherever the level goes: measure with them
+                        shifted = phis[k] - np.float32(c)
+                        for f in layer_floors:
+                            shifted[f.index] = np.maximum(shifted[f.index], f.value)
+                        v, a = _mc_volume_area(shifted, 0.0, zooms, calibrate_step)
+                        del shifted
+                    else:
+                        v, a = _mc_volume_area(phis[k], c, zooms, calibrate_step)
                     # dV/dc is the integral of 1 / |grad phi| over the surface: the area where phi is
                     # a distance, more where smoothing flattened it (thin white-matter gyri: Newton
                     # with the area alone overshot by ~2x and oscillated, WM +5 % at 0.5 mm); the
@@ -259,6 +357,7 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                     c = float(np.clip(c, -1.5, 1.5))
                 phis[k] -= np.float32(c)
             _enforce(phis, tk, sweeps=2)
+            _apply_floors(phis, floors, tk)
     phi_air = None
     if air.any():
         phi_air = _sdf(air, zooms, sigma_vox)
@@ -641,7 +740,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                            sigma_vox=0.7, minratio=1.5, mindihedral=12.0, surface_step=None, extra_switches="",
                            progress_cb=None, verbose=False, thickness_scale=1.0, calibrate=True,
                            island_fraction=0.01, lesion=None, lesion_tag=3, relax_iterations=8, sliver_move=0.0,
-                           layer_volume_mm3=None, bone_voxels=None, lesion_voxels=None):
+                           layer_volume_mm3=None, bone_voxels=None, lesion_voxels=None, pieces=None):
     """Nested surfaces -> TetGen.  Returns ``(nodes_mm_local, tets, tet_tags, info)``.
 
     ``h``: target element size (mm); tets get a max volume ``h^3 / (6 sqrt 2)`` (regular tet
@@ -654,7 +753,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     ``tags``): its voxels are meshed as the layer of ``lesion_tag`` (CSF's for a tag outside the
     SimNIBS layers, e.g. 11) and the tets in it get ``lesion_tag``.  ``sliver_move`` (a fraction of
     the smallest voxel edge; 0: off): how far surface nodes may move off their surface in the sliver
-    pass (:mod:`.sliver`).  ``layer_volume_mm3``, ``bone_voxels``: see :func:`nested_fields`.  ``lesion_voxels``:
+    pass (:mod:`.sliver`).  ``layer_volume_mm3``, ``bone_voxels``, ``pieces``: see :func:`nested_fields`.  ``lesion_voxels``:
     ``(mask, zooms, offset_mm)`` of the finer grid the lesion was drawn on (its voxel-frame mm =
     this grid's + ``offset_mm``), which then decides which tetrahedra are lesion.  See the module docstring."""
     import tetgen
@@ -668,7 +767,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     phis, phi_air, bone = nested_fields(tags, cavity, zooms, min_thickness_mm=min_thickness_mm, sigma_vox=sigma_vox,
                                   pad=pad, thickness_scale=thickness_scale,
                                   calibrate_step=int(surface_step or 2) if calibrate else None,
-                                  layer_volume_mm3=layer_volume_mm3, bone_voxels=bone_voxels)
+                                  layer_volume_mm3=layer_volume_mm3, bone_voxels=bone_voxels,
+                                  surface_step=int(surface_step or 2), pieces=pieces)
     info["timings_s"]["fields_s"] = time.perf_counter() - t0
     if progress_cb:
         progress_cb("surfaces")
@@ -1011,6 +1111,22 @@ def _block_counts(mask: np.ndarray, f) -> np.ndarray:
     return out
 
 
+def _block_max(values: np.ndarray, f) -> np.ndarray:
+    """Largest value in each block of ``f`` voxels (``values``' shape a multiple of ``f``)."""
+    out = values
+    for ax in range(3):
+        if f[ax] == 1:
+            continue
+        sl = [slice(None)] * 3
+        acc = None
+        for o in range(int(f[ax])):
+            sl[ax] = slice(o, None, int(f[ax]))
+            part = out[tuple(sl)]
+            acc = part.copy() if acc is None else np.maximum(acc, part, out=acc)
+        out = acc
+    return out
+
+
 class CoarseLayers(NamedTuple):
     """:func:`downsample_layers`'s result."""
 
@@ -1019,9 +1135,13 @@ class CoarseLayers(NamedTuple):
     bone_voxels: np.ndarray  #: blocks with any bone voxel
     voxel_to_coarse: np.ndarray  #: 4x4 coarse -> fine voxel indices (``affine @ it``: the coarse affine)
     layer_voxels: np.ndarray  #: voxels per layer 0..5 on the fine grid
+    #: {4: brain, 5: white matter}: per block, the (highest) label of the layer's fine-grid pieces in
+    #: it; only layers with several pieces (blocks can join pieces a fine voxel apart)
+    pieces: dict
 
 
-def downsample_layers(tags: np.ndarray, factors, lesion: np.ndarray | None = None) -> CoarseLayers:
+def downsample_layers(tags: np.ndarray, factors, lesion: np.ndarray | None = None, *,
+                      min_piece_voxels: int = 0) -> CoarseLayers:
     """Labels -> one voxel per block of ``factors`` voxels (the volume's far edges padded with
     background).  A block is in nesting layer ``>= k`` where at least half its voxels are (so the
     layers stay nested: a thin layer keeps its place rather than losing a vote to both neighbours)
@@ -1029,7 +1149,8 @@ def downsample_layers(tags: np.ndarray, factors, lesion: np.ndarray | None = Non
     layers, not tags); background blocks inside the head stay background (air cavities).  The
     lesion mask, when given, where at least half the block is lesion.  ``bone_voxels``: the blocks
     with any bone voxel (a bone sheet thinner than half a block loses the vote, and the skull-defect
-    rule of :func:`nested_fields` must still see it)."""
+    rule of :func:`nested_fields` must still see it).  ``pieces``: see :class:`CoarseLayers`; pieces
+    of fewer than ``min_piece_voxels`` voxels are left out."""
     f = np.asarray(factors, int)
     nc = -(-np.asarray(tags.shape) // f)
     lut = layer_lut(max(256, int(tags.max()) + 1)).astype(np.int8)
@@ -1041,6 +1162,19 @@ def downsample_layers(tags: np.ndarray, factors, lesion: np.ndarray | None = Non
     coarse = np.zeros(tuple(nc), np.int8)
     for k in range(1, 6):
         coarse += _block_counts(layer >= k, f) >= half
+    pieces = {}
+    for k in (4, 5):
+        lab, n = layer_pieces(layer >= k)
+        if n > 1:
+            # pieces the mesher drops anyway (nested_fields: < 500 mm^3) are not kept apart: a speck in
+            # a block of the main piece would otherwise give that block a piece of its own
+            sizes = np.bincount(lab.ravel())
+            big = sizes >= max(1, int(min_piece_voxels))
+            big[0] = False
+            if np.count_nonzero(big) > 1:
+                relabel = np.where(big, np.arange(len(sizes)), 0).astype(lab.dtype)
+                pieces[k] = _block_max(relabel[lab], f) * (coarse >= k)
+        del lab
     bone_voxels = _block_counts(layer == 2, f) > 0
     del layer
     fill = np.array([0] + [LAYER_FILL_TAG[k] for k in range(1, 6)], tags.dtype)
@@ -1052,7 +1186,7 @@ def downsample_layers(tags: np.ndarray, factors, lesion: np.ndarray | None = Non
         clesion = (_block_counts(m, f) >= half) & (coarse > 0)
     to_fine = np.diag([float(v) for v in f] + [1.0])
     to_fine[:3, 3] = (f - 1) / 2.0  # a coarse voxel's centre is its block's centre
-    return CoarseLayers(fill[coarse], clesion, bone_voxels, to_fine, layer_voxels)
+    return CoarseLayers(fill[coarse], clesion, bone_voxels, to_fine, layer_voxels, pieces)
 
 
 def surface_defaults(h: float, zooms) -> dict:
