@@ -157,3 +157,25 @@ def test_unwritable_cache_still_reads(head, tmp_path, monkeypatch):
     parsed, _ = read_mesh(path)
     mesh, _, _ = read_head(protocol, path.parent)
     _same(mesh, parsed)
+
+
+def test_a_file_with_indices_out_of_range_gets_the_mesh_check_error(tmp_path, monkeypatch):
+    """A mesh file whose tetrahedra point past its nodes: the run reports the mesh check's error (the
+    exterior surface stored with a copy is not looked for first), and no copy is stored."""
+    import meshio
+
+    from stimsim.errors import MeshError
+
+    monkeypatch.setenv("STIMSIM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(read_cache, "MIN_BYTES", 0)
+    m, _ = read_mesh(resolve_head("sphere", None))
+    tets = m.tets.copy()
+    tets[5, 3] = m.n_nodes + 10
+    path = tmp_path / "bad.vtu"
+    meshio.write(str(path), meshio.Mesh(m.nodes, [("tetra", tets)], cell_data={"gmsh:physical": [m.tet_tags]}))
+    protocol = validate_protocol({"kind": "tdcs", "head": "bad.vtu", "electrodes": [
+        {"name": "a", "position": [0, 0, 95], "current_mA": 1, "shape": "disc", "diameter_mm": 20},
+        {"name": "b", "position": [95, 0, 0], "current_mA": -1, "shape": "disc", "diameter_mm": 20}]})
+    with pytest.raises(MeshError, match="outside"):
+        read_head(protocol, tmp_path)
+    assert not read_cache.cached_copy(sha256_file(path)).exists()

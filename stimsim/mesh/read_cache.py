@@ -57,10 +57,17 @@ def read_mesh_cached(path: Path, sha256: str) -> tuple[Mesh, bool]:
             pass
         return mesh, True
     mesh = read_mesh(path)[0]
-    # stored only if the file is still what was hashed (not rewritten between hashing and parsing)
-    if sha256_file(path) == sha256:
+    # stored only if the file is still what was hashed (not rewritten between hashing and parsing),
+    # and only a mesh whose node indices are in range: the exterior surface stored with the copy is
+    # found before check_mesh has looked at the file, which then reports what is wrong with it
+    if sha256_file(path) == sha256 and _indices_in_range(mesh):
         store(copy, mesh)
     return mesh, False
+
+
+def _indices_in_range(mesh: Mesh) -> bool:
+    n = mesh.n_nodes
+    return all(not a.size or (int(a.min()) >= 0 and int(a.max()) < n) for a in (mesh.tets, mesh.tris))
 
 
 def store(copy: Path, mesh: Mesh) -> None:

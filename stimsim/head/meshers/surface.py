@@ -169,20 +169,21 @@ def layer_pieces(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return ndi.label(mask, structure=np.ones((3, 3, 3), bool))
 
 
-def separation_floors(pieces: np.ndarray, layer: int, zooms, spacing_mm: float) -> list[_Floor]:
-    """Floors that keep the pieces of one layer apart on a surface sub-grid of ``spacing_mm``.
+def separation_floors(pieces: np.ndarray, layer: int, zooms, cell_mm) -> list[_Floor]:
+    """Floors that keep the pieces of one layer apart on a surface sub-grid of ``cell_mm`` (per axis).
 
     ``pieces``: the layer's voxels labelled by piece (0 outside; :func:`layer_pieces`).  Two pieces
-    that do not touch but lie closer than about two sub-grid cells can be joined by marching cubes:
-    no sample falls in the gap between them (two grey-matter masses one CSF voxel apart, issue 20), or
-    the samples inside the two pieces are diagonal neighbours, which marching cubes connects (an
-    oblique 2.5 mm gap at the default 4 mm sub-grid).  Across the gap, the distances ``d1``, ``d2`` to
-    the two pieces give the distance to the gap's mid-surface, ``|d1 - d2| / 2``; the floor
-    ``w - |d1 - d2| / 2`` with ``w = 0.9 s`` (``s`` the spacing) makes the gap at least ``2 w`` wide,
-    more than a cube's diagonal projected on any direction (``sqrt(3) s``), so no cube has inside
-    samples of both pieces.  The calibration gives the volume taken from the two banks back.  Wider
-    gaps already have the field above the floor; the two banks of one piece (a sulcus) are not
-    affected.
+    that do not touch but lie closer than about a sub-grid cell can be joined by marching cubes: no
+    sample falls in the gap between them (two grey-matter masses one CSF voxel apart, issue 20), or
+    one cube has inside samples of both pieces, which marching cubes connects (an oblique 2.5 mm gap
+    at the default 4 mm sub-grid).  With ``s1``, ``s2`` the signed distances to the two pieces
+    (negative inside), ``m = |s1 - s2| / 2`` is the distance to the gap's mid-surface and ``n`` its
+    normal (the gradient of ``s2 - s1``).  Two corners of a cube lie at most ``sum_i c_i |n_i|`` apart
+    along ``n`` (``c`` the cell), so the floor ``w - m`` with ``w = 0.55 sum_i c_i |n_i|`` (0.55 of a
+    cell across a gap along a grid axis, 0.95 along a cube's diagonal) leaves no cube with inside
+    samples of both pieces.  Each piece gets the floor on its own side of the mid-surface; the banks
+    lose at most ``w`` each, and the calibration gives that volume back.  Wider gaps already have the
+    field above the floor; the two banks of one piece (a sulcus) are not affected.
     """
     sizes = np.bincount(pieces.ravel())
     sizes[0] = 0
@@ -190,8 +191,9 @@ def separation_floors(pieces: np.ndarray, layer: int, zooms, spacing_mm: float) 
     if len(present) < 2:
         return []
     zooms = np.asarray(zooms, float)
-    half_width = 0.9 * spacing_mm
-    reach = 2 * half_width + 2 * spacing_mm  # where the floor is above -spacing_mm
+    cell = np.asarray(cell_mm, float) * np.ones(3)
+    widest = 0.55 * float(cell.sum())
+    reach = 2 * widest + float(cell.max())  # from a piece across the gap, to the band's far edge
     r = np.ceil(reach / zooms).astype(int) + 1
     chosen = present[np.argsort(sizes[present])[::-1][:MAX_SEPARATED_PIECES]]
     boxes = ndi.find_objects(pieces)
@@ -200,20 +202,35 @@ def separation_floors(pieces: np.ndarray, layer: int, zooms, spacing_mm: float) 
         box = tuple(slice(max(0, b.start - ri), min(dim, b.stop + ri))
                     for b, ri, dim in zip(boxes[c - 1], r, pieces.shape))
         sub = pieces[box]
-        others = (sub > 0) & (sub != c)
+        own = sub == c
+        others = (sub > 0) & ~own
         if not others.any():
             continue
-        d_other = distance_to_background(~others, zooms)
-        near = d_other <= reach
-        if not near.any():
+        to_other = distance_to_background(~others, zooms)
+        if not (to_other[own] <= reach).any():
             continue
-        d_own = distance_to_background(sub != c, zooms)
-        near &= d_own <= reach
-        floor = np.float32(half_width) - np.float32(0.5) * np.abs(d_own - d_other)
-        keep = near & (floor > -spacing_mm)
+        s_own = distance_to_background(~own, zooms) - distance_to_background(own, zooms)
+        s_other = to_other - distance_to_background(others, zooms)
+        del to_other
+        diff = s_other - s_own  # > 0 on this piece's side of the mid-surface
+        # distances between voxel centres: each side reads half a voxel more than to the boundary
+        band = (diff >= 0) & (diff < 2 * (widest + float(cell.max()) + float(zooms.max())))
+        if not band.any():
+            continue
+        grad = np.gradient(diff, *zooms)
+        g = [gi[band] for gi in grad]
+        del grad
+        norm = np.maximum(np.sqrt(g[0] ** 2 + g[1] ** 2 + g[2] ** 2), np.float32(1e-6))
+        n = [np.abs(gi) / norm for gi in g]
+        w = np.float32(0.55) * (n[0] * np.float32(cell[0]) + n[1] * np.float32(cell[1]) + n[2] * np.float32(cell[2]))
+        w = np.clip(w, np.float32(0.55 * cell.min()), np.float32(widest))
+        half_voxel = (n[0] * np.float32(zooms[0]) + n[1] * np.float32(zooms[1]) + n[2] * np.float32(zooms[2])) / (
+            2 * np.maximum(n[0] + n[1] + n[2], np.float32(1e-6)))
+        floor = w - np.maximum(np.float32(0.5) * diff[band] - half_voxel, np.float32(0.0))
+        keep = floor > -float(cell.max())
         if keep.any():
-            index = tuple(li + b.start for li, b in zip(np.nonzero(keep), box))
-            out.append(_Floor(layer, index, floor[keep]))
+            index = tuple(li[keep] + b.start for li, b in zip(np.nonzero(band), box))
+            out.append(_Floor(layer, index, floor[keep].astype(np.float32)))
     return out
 
 
@@ -279,13 +296,15 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     # pieces of the brain (and of the white matter) closer than the surface sub-grid: kept apart
     floors = []
     if surface_step:
-        spacing = float(surface_step) * float(np.max(zooms))
+        cell = float(surface_step) * np.asarray(zooms, float)
         for k in (4, 5):
-            if pieces and k in pieces:  # a coarse copy: the pieces of the finer grid, per block
-                lab = np.pad(pieces[k], pad) * masks[k]
-            else:
+            if pieces is None:
                 lab = layer_pieces(masks[k])[0]
-            floors += separation_floors(lab, k, zooms, spacing)
+            elif k in pieces:  # a coarse copy: the pieces of the finer grid, per block
+                lab = np.pad(pieces[k], pad) * masks[k]
+            else:  # one piece on the finer grid: a split the block vote made is not kept open
+                continue
+            floors += separation_floors(lab, k, zooms, cell)
             del lab
     del masks
     # distance (mm) to the nearest bone (or cavity) voxel, less bone_defect_distance_mm: where > 0 the
@@ -321,7 +340,8 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
         if bone is not None:
             no_bone = bone["excess_mm"] > 0
             inner_vox = np.pad(layer >= 3, pad)
-        for _ in range(3):
+        # floors hold part of a surface where the shifts cannot move it: two more rounds to converge
+        for _ in range(5 if floors else 3):
             if bone is not None:
                 # the bone sheet of a defect becomes scalp (outside the brain's voxels) or CSF:
                 # bone outer surface encloses that much more, the CSF outer surface that much less.
@@ -1173,7 +1193,8 @@ def downsample_layers(tags: np.ndarray, factors, lesion: np.ndarray | None = Non
             big[0] = False
             if np.count_nonzero(big) > 1:
                 relabel = np.where(big, np.arange(len(sizes)), 0).astype(lab.dtype)
-                pieces[k] = _block_max(relabel[lab], f) * (coarse >= k)
+                np.take(relabel, lab, out=lab)
+                pieces[k] = _block_max(lab, f) * (coarse >= k)
         del lab
     bone_voxels = _block_counts(layer == 2, f) > 0
     del layer
