@@ -1179,19 +1179,27 @@ def downsample_layers(tags: np.ndarray, factors, lesion: np.ndarray | None = Non
     for k in range(1, 6):
         coarse += _block_counts(layer >= k, f) >= half
     pieces = {}
-    for k in (4, 5):
-        lab, n = layer_pieces(layer >= k)
-        if n > 1:
-            # pieces the mesher drops anyway (nested_fields: < 500 mm^3) are not kept apart: a speck in
-            # a block of the main piece would otherwise give that block a piece of its own
-            sizes = np.bincount(lab.ravel())
-            big = sizes >= max(1, int(min_piece_voxels))
-            big[0] = False
-            if np.count_nonzero(big) > 1:
-                relabel = np.where(big, np.arange(len(sizes)), 0).astype(lab.dtype)
-                np.take(relabel, lab, out=lab)
-                pieces[k] = _block_max(lab, f) * (coarse >= k)
-        del lab
+    # the brain's bounding box in whole blocks: labelling the head's whole grid at 0.5 mm took 0.3 GB
+    # and 3 s more on a 394 x 466 x 620 volume, for pieces that are usually not there
+    brain = [np.flatnonzero(np.any(layer >= 4, axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    if all(len(b) for b in brain):
+        fine_box = tuple(slice(int(b[0]) // int(fa) * int(fa), -(-(int(b[-1]) + 1) // int(fa)) * int(fa))
+                         for b, fa in zip(brain, f))
+        coarse_box = tuple(slice(sl.start // int(fa), sl.stop // int(fa)) for sl, fa in zip(fine_box, f))
+        for k in (4, 5):
+            lab, n = layer_pieces(layer[fine_box] >= k)
+            if n > 1:
+                # pieces the mesher drops anyway (nested_fields: < 500 mm^3) are not kept apart: a speck
+                # in a block of the main piece would otherwise give that block a piece of its own
+                sizes = np.bincount(lab.ravel())
+                big = sizes >= max(1, int(min_piece_voxels))
+                big[0] = False
+                if np.count_nonzero(big) > 1:
+                    relabel = np.where(big, np.arange(len(sizes)), 0).astype(lab.dtype)
+                    np.take(relabel, lab, out=lab)
+                    pieces[k] = np.zeros(coarse.shape, lab.dtype)
+                    pieces[k][coarse_box] = _block_max(lab, f) * (coarse[coarse_box] >= k)
+            del lab
     bone_voxels = _block_counts(layer == 2, f) > 0
     del layer
     fill = np.array([0] + [LAYER_FILL_TAG[k] for k in range(1, 6)], tags.dtype)
