@@ -4,8 +4,8 @@ reads arrays instead of parsing Gmsh again.
 Users run many montages on one head; parsing the shipped Colin27 (a 6.8 MB gzipped MSH 2.2 file) takes
 0.15-0.3 s each time, reading the arrays back ~0.02 s.  The copy also holds the exterior surface
 (:attr:`Mesh.boundary_faces` and their tetrahedra): finding it sorts all 4 x 588k faces of Colin27,
-~0.2 s that every electrode or coil placement would otherwise pay again.  The copy is keyed by the file's SHA-256 (which
-a run computes anyway for its summary) and the parser's :data:`FORMAT`, written atomically
+~0.2 s that every electrode or coil placement would otherwise pay again.  The copy is keyed by the
+file's SHA-256 (which a run computes anyway for its summary) and the parser's :data:`FORMAT`, written atomically
 (``meshes/`` in :func:`stimsim.cache.cache_dir`), and the folder is pruned to :data:`MAX_BYTES`.  A copy
 that does not load is parsed again; a read-only or missing cache folder only costs the speed.
 """

@@ -773,9 +773,10 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     ``tags``): its voxels are meshed as the layer of ``lesion_tag`` (CSF's for a tag outside the
     SimNIBS layers, e.g. 11) and the tets in it get ``lesion_tag``.  ``sliver_move`` (a fraction of
     the smallest voxel edge; 0: off): how far surface nodes may move off their surface in the sliver
-    pass (:mod:`.sliver`).  ``layer_volume_mm3``, ``bone_voxels``, ``pieces``: see :func:`nested_fields`.  ``lesion_voxels``:
-    ``(mask, zooms, offset_mm)`` of the finer grid the lesion was drawn on (its voxel-frame mm =
-    this grid's + ``offset_mm``), which then decides which tetrahedra are lesion.  See the module docstring."""
+    pass (:mod:`.sliver`).  ``layer_volume_mm3``, ``bone_voxels``, ``pieces``: see :func:`nested_fields`.
+    ``lesion_voxels``: ``(mask, zooms, offset_mm)`` of the finer grid the lesion was drawn on (its
+    voxel-frame mm = this grid's + ``offset_mm``), which then decides which tetrahedra are lesion.
+    See the module docstring."""
     import tetgen
 
     zooms = np.asarray(zooms, float)
