@@ -257,8 +257,8 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     the labels (:func:`downsample_layers`); else this grid's voxel counts.  ``bone_voxels`` (bool, the
     grid of ``tags``): voxels that hold bone on the finer grid, where the coarse copy may have lost a
     thin sheet; they count as bone for the skull-defect rule.  ``surface_step``: the sub-grid of the
-    surfaces, on which pieces of the brain and of the white matter closer than one sub-grid cell are
-    kept apart (:func:`separation_floors`); ``pieces`` ({layer: labels} on the grid of ``tags``): those
+    surfaces, on which pieces of the brain and of the white matter closer than it resolves are kept
+    apart (:func:`separation_floors`); ``pieces`` ({layer: labels} on the grid of ``tags``): those
     pieces as the finer grid has them, where ``tags`` is a coarse copy (:func:`downsample_layers`)."""
     lut = np.zeros(256, np.int8)
     for t, layer in LAYER_OF_TAG.items():
