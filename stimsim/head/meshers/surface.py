@@ -234,11 +234,15 @@ def separation_floors(pieces: np.ndarray, layer: int, zooms, cell_mm) -> list[_F
     return out
 
 
+def _raise_to(phi: np.ndarray, floor: _Floor) -> None:
+    phi[floor.index] = np.maximum(phi[floor.index], floor.value)
+
+
 def _apply_floors(phis, floors: list[_Floor], tk) -> None:
     """Raise each layer's field to its floors, then push the layers inside it out (nesting, minimum
     thickness) on those voxels."""
     for f in floors:
-        phis[f.layer][f.index] = np.maximum(phis[f.layer][f.index], f.value)
+        _raise_to(phis[f.layer], f)
         for k in range(f.layer, 5):
             phis[k + 1][f.index] = np.maximum(phis[k + 1][f.index], phis[k][f.index] + np.float32(tk[k]))
 
@@ -360,7 +364,7 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                     if layer_floors:  # the floors hold wherever the level goes: measure with them
                         shifted = phis[k] - np.float32(c)
                         for f in layer_floors:
-                            shifted[f.index] = np.maximum(shifted[f.index], f.value)
+                            _raise_to(shifted, f)
                         v, a = _mc_volume_area(shifted, 0.0, zooms, calibrate_step)
                         del shifted
                     else:
@@ -1182,7 +1186,9 @@ def downsample_layers(tags: np.ndarray, factors, lesion: np.ndarray | None = Non
     pieces = {}
     # the brain's bounding box in whole blocks: labelling the head's whole grid at 0.5 mm took 0.3 GB
     # and 3 s more on a 394 x 466 x 620 volume, for pieces that are usually not there
-    brain = [np.flatnonzero(np.any(layer >= 4, axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    in_brain = layer >= 4
+    brain = [np.flatnonzero(np.any(in_brain, axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    del in_brain
     if all(len(b) for b in brain):
         fine_box = tuple(slice(int(b[0]) // int(fa) * int(fa), -(-(int(b[-1]) + 1) // int(fa)) * int(fa))
                          for b, fa in zip(brain, f))
