@@ -8,7 +8,7 @@ off the true radii, so each centroid of an inner-ball tetrahedron is compared wi
 of the inner ball (moved radially onto r < 85 mm when it lies outside): a tetrahedron is compared
 with its own tissue's field.  The error is also split by radius, to show where it comes from.
 
-    python benchmarks/bench_label_sphere.py [--voxel 1 2] [--size 8] [--exact-surfaces]
+    python benchmarks/bench_label_sphere.py [--voxel 1 2] [--size 8] [--surface-size 4] [--exact-surfaces]
 """
 
 from __future__ import annotations
@@ -112,6 +112,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--voxel", nargs="*", type=float, default=[1.0, 2.0])
     ap.add_argument("--size", type=float, default=None, help="element size, mm (default: the mesher's)")
+    ap.add_argument("--surface-size", type=float, default=None,
+                    help="surface sampling, mm (default: half the element size; = --size for uniform sizes)")
     ap.add_argument("--exact-surfaces", action="store_true",
                     help="diagnostic: the mesher's smoothed distances replaced by the exact distances to the "
                          "three spheres (the voxels' staircase out of the picture, everything else the same)")
@@ -125,7 +127,7 @@ def main() -> None:
         vol, affine = label_sphere(vox)
         t = time.perf_counter()
         mesh = make_head_mesh(vol, affine, "simnibs", method="surface", element_size_mm=args.size, progress=False,
-                              cache=False)
+                              cache=False, surface_size_mm=args.surface_size)
         dt = time.perf_counter() - t
         for name, m, secs in ((f"labels {vox:g} mm, surface mesher", mesh, f"{dt:.1f}"),
                               *[(f"gmsh h={s:.2f} mm, same nodes", g, "") for g, s in [gmsh_like(mesh.n_nodes)]]):

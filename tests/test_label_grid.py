@@ -194,9 +194,16 @@ def test_a_fold_far_from_other_surfaces_is_put_back_not_the_whole_relaxation(mon
         v, near = relax(v, f, phi, others, zooms, pad, cell, **kw)
         if not folded:  # the outermost surface: drag one vertex far across its neighbours
             i = int(np.argmax(v[:, 0]))
-            v = v.copy()
-            v[i, 1] += 3 * cell
-            folded.append(i)
+            # whether a drag makes the surface cross itself depends on the vertex's neighbours:
+            # take the first of these that does
+            for shift in (3, -3, 2, -2, 4, -4):
+                for axis in (1, 2):
+                    w = v.copy()
+                    w[i, axis] += shift * cell
+                    if len(surface.intersecting_triangles(w, f)):
+                        folded.append(i)
+                        return w, near
+            raise AssertionError("no drag of the vertex made the surface cross itself")
         return v, near
 
     monkeypatch.setattr(surface, "_relax_surface", relax_and_fold)

@@ -22,6 +22,9 @@ def mesh(
                                "when installed"),
     element_size_mm: Optional[float] = typer.Option(None, "--element-size", help="target edge length, mm "
                                                     "(default: surface 8, lattice 3.2)"),
+    surface_size_mm: Optional[float] = typer.Option(None, "--surface-size", help="surface mesher: spacing of the "
+                                                    "tissue surfaces' sampling, mm (default: half the element "
+                                                    "size, sizes graded inwards; equal to it: about uniform)"),
     lesion: Optional[Path] = typer.Option(None, "--lesion", help="lesion mask (NIfTI, same grid as the labels)"),
     lesion_tag: int = typer.Option(3, "--lesion-tag", help="tissue tag given to lesioned voxels (default 3: CSF; "
                                    "e.g. 11 for its own tag, conductivity set in the protocol)"),
@@ -36,7 +39,7 @@ def mesh(
     Example: stimsim mesh labels.nii.gz --labels simnibs --out head.msh --lesion stroke_mask.nii.gz
     """
     raise typer.Exit(mesh_command(labels, labels_map, out, element_size_mm, lesion, lesion_tag=lesion_tag,
-                                  progress=not state["quiet"], method=method))
+                                  progress=not state["quiet"], method=method, surface_size_mm=surface_size_mm))
 
 @app.command()
 def head(
@@ -81,7 +84,8 @@ _METHOD_NAMES = {"surface": "nested smoothed surfaces + TetGen", "lattice": "BCC
 
 
 def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: float | None = None,
-                 lesion: Path | None = None, lesion_tag: int = 3, progress: bool = True, method: str = "auto") -> int:
+                 lesion: Path | None = None, lesion_tag: int = 3, progress: bool = True, method: str = "auto",
+                 surface_size_mm: float | None = None) -> int:
     """Mesh a label volume and write it (temporary file, then renamed) with its summary beside it
     (:func:`mesh_summary_path`: the quality report, per-tissue volumes, the mesher's steps and
     timings; JSON); print the quality summary.
@@ -93,7 +97,8 @@ def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: floa
     along each axis and every tissue needs 8 voxels and one element's volume (h^3/12); after it,
     a tissue missing from the mesh, a tissue volume off its voxel volume by more than 50 % or a
     flat / inverted element is an error (exit 2, nothing written); a volume off by more than 5 %,
-    dihedral angles below 5 deg and radius ratios below 0.1 are warnings with the numbers."""
+    dihedral angles below 5 deg and radius ratios below 0.1 are warnings with the numbers.
+    ``surface_size_mm``: see :func:`~stimsim.head.meshers.make_head_mesh`."""
     from rich.console import Console
 
     from ..head.meshers import make_head_mesh, print_summary, quality_summary, resolve_method
@@ -111,7 +116,8 @@ def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: floa
         _check_replaceable(summary_path)
         method = resolve_method(method)
         mesh, info = make_head_mesh(Path(labels), None, labels_map, method=method, element_size_mm=element_size_mm,
-                                    lesion=lesion, lesion_tag=lesion_tag, progress=progress, return_info=True)
+                                    lesion=lesion, lesion_tag=lesion_tag, progress=progress, return_info=True,
+                                    surface_size_mm=surface_size_mm)
         expected = info.expected_volume_mm3 or info.voxel_volume_mm3
         q = info.quality or quality_summary(mesh, expected)
         summary = _mesh_summary(out, labels, method, info, q, expected)

@@ -639,7 +639,7 @@ def _head_box(tags: np.ndarray, zooms, align) -> tuple[slice, ...] | None:
 def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str = "auto",
                    element_size_mm: float | None = None, lesion=None, lesion_tag: int = 3, progress: bool = True,
                    cache: bool = True, return_info: bool = False, surface_options: dict | None = None,
-                   check: bool = True):
+                   check: bool = True, surface_size_mm: float | None = None):
     """Build a tetrahedral head mesh (SimNIBS tags, mm, world frame) from a label volume.
 
     Parameters
@@ -652,7 +652,10 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         only, but thin layers cost volume accuracy) or ``"auto"`` (surface when it can, see
         :func:`resolve_method`)
     element_size_mm : lattice: BCC spacing (mean edge ~0.9x this, default 3.2); surface: edge of
-        the largest (regular) tet, the surfaces are sampled at about half of it (default 8)
+        the largest (regular) tet, the surfaces are sampled at ``surface_size_mm`` (default 8)
+    surface_size_mm : surface mesher only: the spacing at which the tissue surfaces are sampled, about
+        their triangles' edge (default half of ``element_size_mm``: sizes graded from the surfaces
+        to ``element_size_mm`` inside; equal to it: about uniform sizes, as a gmsh sphere has)
     lesion : NIfTI path or bool array on the same grid; head voxels under it get ``lesion_tag``
         before meshing, and the lesion stays that tag in the mesh
     lesion_tag : SimNIBS tag for the lesion (default 3 = CSF, i.e. CSF conductivity); a new tag
@@ -688,6 +691,12 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
     zooms = np.linalg.norm(affine[:3, :3], axis=0)
     if h < 0.5 * zooms.min():
         raise MeshError(f"element_size_mm={h} is below half the voxel size {zooms.min():.3g} mm")
+    if surface_size_mm is not None:
+        if method != "surface":
+            raise MeshError(f"surface_size_mm is an option of method='surface', not {method!r}; leave it out")
+        if not np.isfinite(float(surface_size_mm)) or not 0.5 * zooms.min() <= float(surface_size_mm) <= 4 * h:
+            raise MeshError(f"surface_size_mm must lie between half the voxel size ({0.5 * zooms.min():.3g} mm) "
+                            f"and 4 element sizes ({4 * h:.3g} mm), got {surface_size_mm!r}")
     lmask = orig = None
     if lesion is not None:
         if method == "surface":  # it builds its surfaces from the tissue under the lesion
@@ -711,7 +720,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
 
         from .surface import label_grid_factors
 
-        opts = {**surface_defaults(h, zooms), **(surface_options or {})}
+        opts = {**surface_defaults(h, zooms, surface_size_mm), **(surface_options or {})}
         opts["surface_step"] = int(opts.get("surface_step") or 2)  # None: the mesher's own default
         factors = label_grid_factors(opts["surface_step"], zooms)
         spacing_mm = opts["surface_step"] * float(np.min(zooms))  # the surfaces' sampling, kept on a coarse copy
@@ -794,6 +803,9 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
                                                                lesion_tag=lesion_tag, progress_cb=steps.start,
                                                                **opts)
         timings.update(minfo.pop("timings_s", {}))
+        minfo["element_size_mm"] = h
+        if method == "surface":
+            minfo["surface_size_mm"] = spacing_mm
         if coarse:
             minfo["label_grid_factors"] = coarse
         steps.start("finish")
