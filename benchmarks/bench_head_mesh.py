@@ -4,7 +4,8 @@ memory, tets, per-tissue volume error, connectivity, element shape (min dihedral
 stimsim.head.meshers.thickness), per-tissue Dice of the mesh's tags on the label grid against the labels,
 and what the mesh does to the solve (AMG-CG iterations and time, tDCS C3-Fp2 5 x 5 cm pads, rtol 1e-10).
 
-    python benchmarks/bench_head_mesh.py [--method surface|lattice|both] [--upsample 2] [ELEMENT_SIZE_MM ...]
+    python benchmarks/bench_head_mesh.py [--method surface|lattice|both] [--upsample 2] [--surface-size MM]
+        [ELEMENT_SIZE_MM ...]
         [--labels other_head_labels.nii.gz --label-map simnibs]   # another head (CG uses Colin27's C3/Fp2)
 
 Each run is a fresh child process (peak RSS per method, no cache); no element size = each
@@ -43,13 +44,14 @@ def upsampled(factor: int, labels: Path = LABELS):
     return lab, img.affine @ shift @ scale
 
 
-def run_one(method: str, h: float | None, upsample: int = 1, labels: Path = LABELS, label_map_spec="colin27") -> dict:
+def run_one(method: str, h: float | None, upsample: int = 1, labels: Path = LABELS, label_map_spec="colin27",
+            surface_size_mm: float | None = None) -> dict:
     from stimsim.head.meshers import make_head_mesh, quality_summary
 
     lab, affine = upsampled(upsample, labels)
     t = time.perf_counter()
     mesh, info = make_head_mesh(lab, affine, label_map_spec, method=method, element_size_mm=h, cache=False,
-                                progress=False, return_info=True)
+                                progress=False, return_info=True, surface_size_mm=surface_size_mm)
     dt = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB -> GB (Linux)
     q = quality_summary(mesh, info.expected_volume_mm3 or info.voxel_volume_mm3)  # eyes etc. merged into scalp
@@ -95,12 +97,14 @@ def main() -> None:
                     help="split each voxel into N^3 (2: a 0.5 mm volume, 57 M voxels)")
     ap.add_argument("--labels", type=Path, default=LABELS, help="label volume (default: the shared Colin27's)")
     ap.add_argument("--label-map", default="colin27", help="its label map (colin27, simnibs, roast or a TSV)")
+    ap.add_argument("--surface-size", type=float, default=None,
+                    help="surface mesher: surface sampling, mm (default: half the element size)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     methods = ["surface", "lattice"] if args.method == "both" else [args.method]
     if args.child:
         print(json.dumps(run_one(methods[0], args.sizes[0] if args.sizes else None, args.upsample, args.labels,
-                                 args.label_map)))
+                                 args.label_map, args.surface_size)))
         return
     print(f"{os.cpu_count()} CPUs, load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print("| method | h mm | voxels | time s | peak GB | nodes | tets | min dihedral | tets < 5 deg or 0.1 | inverted "
@@ -112,6 +116,7 @@ def main() -> None:
         for h in args.sizes or [None]:
             cmd = ([sys.executable, __file__, "--child", "--method", method, "--upsample", str(args.upsample),
                     "--labels", str(args.labels), "--label-map", args.label_map]
+                   + (["--surface-size", str(args.surface_size)] if args.surface_size else [])
                    + ([str(h)] if h else []))
             r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             from stimsim.head.meshers import default_element_size
