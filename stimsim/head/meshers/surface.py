@@ -473,7 +473,7 @@ def _fair_surface(v, f, phi, free, zooms, pad, rounds, band_mm):
             if out.any():
                 g = _field_grad(phi, new[out], zooms, pad)
                 over = level[out] - np.sign(level[out]) * band_mm
-                new[out] -= (over / np.maximum((g * g).sum(1), 1e-6))[:, None] * g
+                new[out] -= _newton_step(over, g, 5 * band_mm)
             v = v.copy()
             v[idx] = new
     # what is left is the offset from the level set averaged over a few rings of neighbours: a drift
@@ -485,8 +485,16 @@ def _fair_surface(v, f, phi, free, zooms, pad, rounds, band_mm):
         offset = mean @ offset
     g = _field_grad(phi, v[idx], zooms, pad)
     v = v.copy()
-    v[idx] -= (offset[idx] / np.maximum((g * g).sum(1), 1e-6))[:, None] * g
+    v[idx] -= _newton_step(offset[idx], g, 5 * band_mm)
     return _restore_piece_volumes(v, f, v0, free, adj)
+
+
+def _newton_step(level, g, max_mm):
+    """The step ``level g / |g|^2`` that takes a field's ``level`` to 0, at most ``max_mm`` long (where
+    the gradient flattens, e.g. on the ridge of a thin layer's distance field, it would be long)."""
+    step = (level / np.maximum((g * g).sum(1), 1e-6))[:, None] * g
+    n = np.linalg.norm(step, axis=1)
+    return step * np.minimum(1.0, max_mm / np.maximum(n, 1e-12))[:, None]
 
 
 def _restore_piece_volumes(v, f, v0, free, adj):
