@@ -213,7 +213,7 @@ def test_a_closed_skull_one_voxel_thick_stays_closed(voxel_mm, h, shells):
 def test_surface_size_sets_the_surface_sampling():
     """``surface_size_mm`` is the spacing of the surfaces' sampling: at the same element size, 2 mm
     surfaces have about half the edge of the default 4 mm ones (h / 2), and the volumes stay right;
-    values outside half a voxel .. 4 element sizes, or with the lattice mesher, are refused."""
+    values outside half a voxel .. twice the element size, or with the lattice mesher, are refused."""
     from stimsim.errors import MeshError
     from stimsim.head.meshers import make_head_mesh
 

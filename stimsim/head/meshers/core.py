@@ -694,9 +694,10 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
     if surface_size_mm is not None:
         if method != "surface":
             raise MeshError(f"surface_size_mm is an option of method='surface', not {method!r}; leave it out")
-        if not np.isfinite(float(surface_size_mm)) or not 0.5 * zooms.min() <= float(surface_size_mm) <= 4 * h:
+        if not np.isfinite(float(surface_size_mm)) or not 0.5 * zooms.min() <= float(surface_size_mm) <= 2 * h:
+            # coarser surfaces than that lose thin layers (twice the element size on a folded head: GM +66 %)
             raise MeshError(f"surface_size_mm must lie between half the voxel size ({0.5 * zooms.min():.3g} mm) "
-                            f"and 4 element sizes ({4 * h:.3g} mm), got {surface_size_mm!r}")
+                            f"and twice the element size ({2 * h:.3g} mm), got {surface_size_mm!r}")
     lmask = orig = None
     if lesion is not None:
         if method == "surface":  # it builds its surfaces from the tissue under the lesion
@@ -804,8 +805,8 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
                                                                **opts)
         timings.update(minfo.pop("timings_s", {}))
         minfo["element_size_mm"] = h
-        if method == "surface":
-            minfo["surface_size_mm"] = spacing_mm
+        if method == "surface":  # as sampled: on a coarse copy, its step times its (block) voxel size
+            minfo["surface_size_mm"] = int(opts["surface_step"]) * float(np.min(zooms))
         if coarse:
             minfo["label_grid_factors"] = coarse
         steps.start("finish")

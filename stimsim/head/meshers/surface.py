@@ -486,7 +486,29 @@ def _fair_surface(v, f, phi, free, zooms, pad, rounds, band_mm):
     g = _field_grad(phi, v[idx], zooms, pad)
     v = v.copy()
     v[idx] -= _newton_step(offset[idx], g, 5 * band_mm)
-    return _restore_piece_volumes(v, f, v0, free, adj)
+    # as in the relaxation: a triangle turned away from the field's normal (cos < 0.5, and worse than
+    # before) is a fold, and faired vertices away from other surfaces are not checked again before
+    # TetGen (a folded synthetic head: 6 self-crossing triangles, a second TetGen run); undo them
+    facing0 = _facing(v0, f, phi, zooms, pad)
+    for _ in range(2):
+        for _ in range(4):
+            bad = (_facing(v, f, phi, zooms, pad) < np.minimum(0.5, facing0))
+            back = np.unique(f[bad])
+            back = back[free[back] & np.any(v[back] != v0[back], axis=1)]
+            if not len(back):
+                break
+            v = v.copy()
+            v[back] = v0[back]
+        v = _restore_piece_volumes(v, f, v0, free, adj)
+    return v
+
+
+def _facing(v, f, phi, zooms, pad):
+    """Cosine between each triangle's normal and the field's gradient at its centroid."""
+    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+    cr = np.cross(b - a, c - a)
+    g = _field_grad(phi, (a + b + c) / 3.0, zooms, pad)
+    return (cr * g).sum(1) / np.maximum(np.linalg.norm(cr, axis=1) * np.linalg.norm(g, axis=1), 1e-12)
 
 
 def _newton_step(level, g, max_mm):
