@@ -486,20 +486,23 @@ def _fair_surface(v, f, phi, free, zooms, pad, rounds, band_mm):
     g = _field_grad(phi, v[idx], zooms, pad)
     v = v.copy()
     v[idx] -= _newton_step(offset[idx], g, 5 * band_mm)
+    v = _restore_piece_volumes(v, f, v0, free, adj)
     # as in the relaxation: a triangle turned away from the field's normal (cos < 0.5, and worse than
     # before) is a fold, and faired vertices away from other surfaces are not checked again before
     # TetGen (a folded synthetic head: 6 self-crossing triangles, a second TetGen run); undo them
     facing0 = _facing(v0, f, phi, zooms, pad)
-    for _ in range(2):
-        for _ in range(4):
-            bad = (_facing(v, f, phi, zooms, pad) < np.minimum(0.5, facing0))
-            back = np.unique(f[bad])
-            back = back[free[back] & np.any(v[back] != v0[back], axis=1)]
-            if not len(back):
-                break
-            v = v.copy()
-            v[back] = v0[back]
-        v = _restore_piece_volumes(v, f, v0, free, adj)
+    kept = free.copy()
+    for attempt in range(6):
+        bad = _facing(v, f, phi, zooms, pad) < np.minimum(0.5, facing0)
+        back = np.unique(f[bad])
+        back = back[np.any(v[back] != v0[back], axis=1)]
+        if not len(back):
+            break
+        v = v.copy()
+        v[back] = v0[back]
+        kept[back] = False
+        if attempt < 4:  # the volume back on the vertices still faired (the last rounds: folds only)
+            v = _restore_piece_volumes(v, f, v0, kept, adj)
     return v
 
 
