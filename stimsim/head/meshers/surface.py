@@ -486,7 +486,11 @@ def _fair_surface(v, f, phi, free, zooms, pad, rounds, band_mm):
     g = _field_grad(phi, v[idx], zooms, pad)
     v = v.copy()
     v[idx] -= _newton_step(offset[idx], g, 5 * band_mm)
-    v = _restore_piece_volumes(v, f, v0, free, adj)
+    from scipy.sparse.csgraph import connected_components
+
+    _, piece = connected_components(adj, directed=False)
+    target = _piece_volumes(v0, f, piece)
+    v = _restore_piece_volumes(v, f, target, free, piece)
     # as in the relaxation: a triangle turned away from the field's normal (cos < 0.5, and worse than
     # before) is a fold, and faired vertices away from other surfaces are not checked again before
     # TetGen (a folded synthetic head: 6 self-crossing triangles, a second TetGen run); undo them
@@ -502,7 +506,7 @@ def _fair_surface(v, f, phi, free, zooms, pad, rounds, band_mm):
         v[back] = v0[back]
         kept[back] = False
         if attempt < 4:  # the volume back on the vertices still faired (the last rounds: folds only)
-            v = _restore_piece_volumes(v, f, v0, kept, adj)
+            v = _restore_piece_volumes(v, f, target, kept, piece)
     return v
 
 
@@ -522,28 +526,27 @@ def _newton_step(level, g, max_mm):
     return step * np.minimum(1.0, max_mm / np.maximum(n, 1e-12))[:, None]
 
 
-def _restore_piece_volumes(v, f, v0, free, adj):
-    """``v`` with the ``free`` vertices of each connected piece of the surface moved along their
-    normals, all by one distance per piece, so that each piece encloses what it enclosed at ``v0``:
-    fairing moves no volume from one piece of a tissue to another (two grey-matter pieces half a
-    voxel apart: 0.3 % without this)."""
-    from scipy.sparse.csgraph import connected_components
+def _piece_volumes(v, f, piece):
+    """Signed volume enclosed by each connected piece (``piece``: per vertex) of the surface."""
+    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+    return np.bincount(piece[f[:, 0]], weights=np.einsum("ij,ij->i", a, np.cross(b, c)) / 6.0,
+                       minlength=int(piece.max()) + 1)
 
-    _, piece = connected_components(adj, directed=False)
+
+def _restore_piece_volumes(v, f, target, free, piece):
+    """``v`` with the ``free`` vertices of each connected piece (``piece``: per vertex) of the surface
+    moved along their normals, all by one distance per piece, so that each piece encloses its
+    ``target`` volume: fairing moves no volume from one piece of a tissue to another (two grey-matter
+    pieces half a voxel apart: 0.3 % without this)."""
     tri_piece = piece[f[:, 0]]
     npc = int(piece.max()) + 1
-
-    def volumes(x):
-        a, b, c = x[f[:, 0]], x[f[:, 1]], x[f[:, 2]]
-        return np.bincount(tri_piece, weights=np.einsum("ij,ij->i", a, np.cross(b, c)) / 6.0, minlength=npc)
-
     a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
     cr = np.cross(b - a, c - a)
     normal = _vertex_sum(f, len(v), cr)
     normal /= np.maximum(np.linalg.norm(normal, axis=1), 1e-12)[:, None]
     free_area = np.bincount(tri_piece, weights=0.5 * np.linalg.norm(cr, axis=1) * free[f].sum(axis=1) / 3.0,
                             minlength=npc)
-    shift = np.where(free_area > 0, (volumes(v0) - volumes(v)) / np.maximum(free_area, 1e-12), 0.0)
+    shift = np.where(free_area > 0, (target - _piece_volumes(v, f, piece)) / np.maximum(free_area, 1e-12), 0.0)
     out = v.copy()
     out[free] += shift[piece[free], None] * normal[free]
     return out
@@ -583,11 +586,7 @@ def _relax_surface(v, f, phi, others, zooms, pad, cell, iters=8, weight=0.6, fai
         new = v.copy()
         new[move] = _project(phi, v[move] + w[move, None] * d[move], zooms, pad)
         for _ in range(4):  # undo moves that fold a triangle over
-            a, b, c = new[f[:, 0]], new[f[:, 1]], new[f[:, 2]]
-            cr = np.cross(b - a, c - a)
-            g = _field_grad(phi, (a + b + c) / 3.0, zooms, pad)
-            cos = (cr * g).sum(1) / np.maximum(np.linalg.norm(cr, axis=1) * np.linalg.norm(g, axis=1), 1e-12)
-            bad = cos < 0.5
+            bad = _facing(new, f, phi, zooms, pad) < 0.5
             if not bad.any():
                 break
             vb = np.unique(f[bad])
