@@ -201,3 +201,96 @@ def enforce_layers(phis: dict, tk: dict, sweeps: int) -> bool:
     flat = [a.reshape(-1, order=layout) for a in arrays]
     _enforce_layers(*flat, np.array([tk[k] for k in range(1, 5)], np.float32), int(sweeps))
     return True
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _local_excess(phi, mask, not_inside, use_not_inside, step, half_edge, excess, band):  # pragma: no cover
+    nx, ny, nz = phi.shape
+    lx, ly, lz = ((nx - 1) // step) * step, ((ny - 1) // step) * step, ((nz - 1) // step) * step
+    cx, cy, cz = excess.shape
+    inv = 1.0 / step
+    for ci in numba.prange(cx):
+        i0 = ci * step
+        i1 = min(i0 + step, lx)
+        for cj in range(cy):
+            j0 = cj * step
+            j1 = min(j0 + step, ly)
+            for ck in range(cz):
+                k0 = ck * step
+                k1 = min(k0 + step, lz)
+                a000, a100 = phi[min(i0, lx), min(j0, ly), min(k0, lz)], phi[i1, min(j0, ly), min(k0, lz)]
+                a010, a110 = phi[min(i0, lx), j1, min(k0, lz)], phi[i1, j1, min(k0, lz)]
+                a001, a101 = phi[min(i0, lx), min(j0, ly), k1], phi[i1, min(j0, ly), k1]
+                a011, a111 = phi[min(i0, lx), j1, k1], phi[i1, j1, k1]
+                e = 0.0
+                b = 0.0
+                for i in range(i0, min(i0 + step, nx)):
+                    x = min((i - i0) * inv, 1.0)
+                    for j in range(j0, min(j0 + step, ny)):
+                        y = min((j - j0) * inv, 1.0)
+                        for k in range(k0, min(k0 + step, nz)):
+                            z = min((k - k0) * inv, 1.0)
+                            v = ((a000 * (1 - x) + a100 * x) * (1 - y) + (a010 * (1 - x) + a110 * x) * y) * (1 - z) \
+                                + ((a001 * (1 - x) + a101 * x) * (1 - y) + (a011 * (1 - x) + a111 * x) * y) * z
+                            inside = v < 0.0
+                            if use_not_inside and not_inside[i, j, k]:
+                                inside = False
+                            e += (1.0 if inside else 0.0) - (1.0 if mask[i, j, k] else 0.0)
+                            if abs(phi[i, j, k]) < half_edge:
+                                b += 1.0
+                excess[ci, cj, ck] = e
+                band[ci, cj, ck] = b
+
+
+def local_excess(phi, mask, not_inside, step: int, half_edge: float):
+    """Per cell of the sub-grid (``step`` voxels a side): voxels inside the linear interpolation of the
+    sub-grid samples of ``phi`` (and not ``not_inside``) less those of ``mask``, and voxels within
+    ``half_edge`` of ``phi``'s zero level.  The numba form of the numpy code in
+    :func:`stimsim.head.meshers.surface._local_shift`."""
+    cells = tuple((n + step - 1) // step for n in phi.shape)
+    excess, band = np.zeros(cells, np.float64), np.zeros(cells, np.float64)
+    use = not_inside is not None
+    _local_excess(phi, mask, not_inside if use else np.zeros((1, 1, 1), np.bool_), use, int(step),
+                  np.float32(half_edge), excess, band)
+    return excess, band
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _add_local_shift(phi, shift, step, lo, use_lo, hi, use_hi):  # pragma: no cover
+    nx, ny, nz = phi.shape
+    cx, cy, cz = shift.shape
+    off = 0.5 * (step - 1)
+    for i in numba.prange(nx):
+        x = min(max((i - off) / step, 0.0), cx - 1.0)
+        i0 = min(int(x), cx - 1)
+        i1 = min(i0 + 1, cx - 1)
+        wx = x - i0
+        for j in range(ny):
+            y = min(max((j - off) / step, 0.0), cy - 1.0)
+            j0 = min(int(y), cy - 1)
+            j1 = min(j0 + 1, cy - 1)
+            wy = y - j0
+            for k in range(nz):
+                z = min(max((k - off) / step, 0.0), cz - 1.0)
+                k0 = min(int(z), cz - 1)
+                k1 = min(k0 + 1, cz - 1)
+                wz = z - k0
+                s = ((shift[i0, j0, k0] * (1 - wx) + shift[i1, j0, k0] * wx) * (1 - wy)
+                     + (shift[i0, j1, k0] * (1 - wx) + shift[i1, j1, k0] * wx) * wy) * (1 - wz) \
+                    + ((shift[i0, j0, k1] * (1 - wx) + shift[i1, j0, k1] * wx) * (1 - wy)
+                       + (shift[i0, j1, k1] * (1 - wx) + shift[i1, j1, k1] * wx) * wy) * wz
+                p = phi[i, j, k]
+                if use_hi:
+                    s = min(s, max(hi[i, j, k] - p, 0.0))
+                if use_lo:
+                    s = max(s, min(lo[i, j, k] - p, 0.0))
+                phi[i, j, k] = p + s
+
+
+def add_local_shift(phi, shift, step: int, lo=None, hi=None) -> None:
+    """``phi += shift`` (in place), ``shift`` given per sub-grid cell and interpolated linearly between the
+    cells' centres, held so that ``phi`` stays at least ``lo`` and at most ``hi`` where it already is
+    (float32 arrays of ``phi``'s shape, or None)."""
+    dummy = np.zeros((1, 1, 1), np.float32)
+    _add_local_shift(phi, np.asarray(shift, np.float32), int(step), dummy if lo is None else lo, lo is not None,
+                     dummy if hi is None else hi, hi is not None)

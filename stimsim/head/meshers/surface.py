@@ -32,9 +32,9 @@ from .topology import distance_to_background, face_components, face_graph, fill_
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
-SURFACE_MESHER_VERSION = "surf-6.3"  # 6.1: the head's box of a wide field of view, the untangling retry;
+SURFACE_MESHER_VERSION = "surf-6.4"  # 6.1: the head's box of a wide field of view, the untangling retry;
 # 6.2: pieces of the brain or white matter closer than the sub-grid kept apart; 6.3: surfaces faired
-# within a band of their level sets (the voxels' staircase)
+# within a band of their level sets (the voxels' staircase); 6.4: the volume calibration held local
 #: default ``element_size_mm`` (Colin27 1 mm: 485k tets in 17-19 s; docs/meshing.md)
 DEFAULT_SURFACE_ELEMENT_SIZE_MM = 8.0
 #: tag of each layer in the output (SimNIBS numbering)
@@ -154,6 +154,90 @@ def _enforce(phis, tk, sweeps=4):
         np.maximum(phis[k + 1], phis[k] + tk[k], out=phis[k + 1])
 
 
+#: layers whose surfaces the local calibration shifts (1 scalp, 2 bone, 3 CSF: outer surfaces)
+LOCAL_CALIBRATION_LAYERS = (1, 2, 3, 4)
+#: the local shifts keep neighbouring surfaces this many minimum thicknesses apart (1.0 let the shifts
+#: press surfaces together over wide areas: Colin27 480 poor tetrahedra instead of 381, untangling 5x longer)
+LOCAL_GAP = 1.5
+
+
+def _upsample_linear(coarse: np.ndarray, step: int, shape, offset: float) -> np.ndarray:
+    """Values on a fine grid of ``shape``, linear along each axis between the coarse samples, which sit
+    at fine indices ``offset + step * I`` (held constant beyond the first and last)."""
+    out = np.asarray(coarse, np.float32)
+    for ax, n in enumerate(shape):
+        x = (np.arange(n) - offset) / step
+        i0 = np.clip(np.floor(x).astype(np.int64), 0, out.shape[ax] - 1)
+        i1 = np.minimum(i0 + 1, out.shape[ax] - 1)
+        w = np.clip(x - i0, 0.0, 1.0).astype(np.float32)
+        sh = [1, 1, 1]
+        sh[ax] = n
+        w = w.reshape(sh)
+        out = np.take(out, i0, axis=ax) * (1 - w) + np.take(out, i1, axis=ax) * w
+    return out
+
+
+def _local_shift(phis, k, tk, mask: np.ndarray, zooms, step: int, radius_mm: float, max_mm: float = 1.0,
+                 not_inside=None) -> None:
+    """Shift ``phis[k]``'s level set locally (in place) so that, within about ``radius_mm`` of each place,
+    the surface marching cubes makes on the sub-grid encloses what ``mask`` holds there (docs/meshing.md,
+    surf-6.4).
+
+    The inside of the sub-grid surface is taken as where the linear interpolation of the sub-grid
+    samples is negative (less ``not_inside``: voxels that will not be this tissue in the mesh); its
+    excess over the mask, summed per sub-grid cell and Gaussian-smoothed, divided by the surface area
+    there (smoothed the same way), is the local shift (mm, at most ``max_mm`` either way).  It is held
+    where it would bring the surface closer to a neighbouring one than the minimum thicknesses ``tk``
+    (the thickness rules would otherwise move both back, and the volumes with them)."""
+    from ...fem.kernels import numba_ready
+
+    zooms = np.asarray(zooms, float)
+    vox = float(np.prod(zooms))
+    edge = float(np.mean(zooms))
+    phi = phis[k]
+    shape = phi.shape
+    n_cells = [(n + step - 1) // step for n in shape]
+    hi = phis[k + 1] - np.float32(LOCAL_GAP * tk[k]) if k + 1 in phis else None
+    lo = phis[k - 1] + np.float32(LOCAL_GAP * tk[k - 1]) if k - 1 in phis else None
+    fast = numba_ready()
+    if fast:
+        from ._kernels import local_excess
+
+        excess, band = local_excess(phi, mask, not_inside, step, 0.5 * edge)
+    else:
+        inside = _upsample_linear(phi[::step, ::step, ::step], step, shape, 0.0) < 0
+        if not_inside is not None:
+            inside &= ~not_inside
+        sums = []
+        for arr in (inside.astype(np.float32) - mask, (np.abs(phi) < 0.5 * edge).astype(np.float32)):
+            padded = np.zeros([c * step for c in n_cells], np.float32)
+            padded[:shape[0], :shape[1], :shape[2]] = arr
+            sums.append(padded.reshape(n_cells[0], step, n_cells[1], step, n_cells[2], step).sum(axis=(1, 3, 5)))
+            del padded
+        excess, band = sums
+        del inside
+    sigma = [radius_mm / (step * z) for z in zooms]
+    excess_mm3 = ndi.gaussian_filter(excess * vox, sigma, mode="constant")
+    area_mm2 = ndi.gaussian_filter(band * (vox / edge), sigma, mode="constant")
+    if not area_mm2.max() > 0:  # no surface (an empty layer)
+        return
+    # cells far from any surface get no shift (and no division by ~0)
+    floor = 0.05 * float(area_mm2.max())
+    shift = np.where(area_mm2 > floor, excess_mm3 / np.maximum(area_mm2, floor), 0.0)
+    shift = np.clip(shift, -max_mm, max_mm).astype(np.float32)
+    if fast:
+        from ._kernels import add_local_shift
+
+        add_local_shift(phi, shift, step, lo, hi)
+        return
+    fine = _upsample_linear(shift, step, shape, 0.5 * (step - 1))
+    if hi is not None:
+        np.minimum(fine, np.maximum(hi - phi, 0), out=fine)
+    if lo is not None:
+        np.maximum(fine, np.minimum(lo - phi, 0), out=fine)
+    phi += fine
+
+
 class _Floor(NamedTuple):
     """A lower bound of one layer's signed distance on a few voxels (indices into the padded grid)."""
     layer: int
@@ -250,7 +334,7 @@ def _apply_floors(phis, floors: list[_Floor], tk) -> None:
 
 def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_mm=0.5, sigma_vox=0.7,
                   pad=3, thickness_scale=1.0, calibrate_step=None, layer_volume_mm3=None, bone_voxels=None,
-                  surface_step=None, pieces=None):
+                  surface_step=None, pieces=None, local_calibration_mm=0.0):
     """Nested masks -> smoothed signed distances with minimum layer thickness.
 
     Returns ``(phis, phi_air, bone)``: ``phis[k]`` for layers 1..5 (padded by ``pad``
@@ -311,6 +395,9 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                 continue
             floors += separation_floors(lab, k, zooms, cell)
             del lab
+    # layers held apart by floors keep one level (the floors are measured with it)
+    local_masks = {k: masks[k] for k in LOCAL_CALIBRATION_LAYERS
+                   if calibrate_step and local_calibration_mm and not any(f.layer == k for f in floors)}
     del masks
     # distance (mm) to the nearest bone (or cavity) voxel, less bone_defect_distance_mm: where > 0 the
     # bone layer exists only because of its minimum thickness (a skull defect); those tetrahedra
@@ -347,6 +434,7 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
             inner_vox = np.pad(layer >= 3, pad)
         # floors hold part of a surface where the shifts cannot move it: two more rounds to converge
         for _ in range(5 if floors else 3):
+            retagged = None
             if bone is not None:
                 # the bone sheet of a defect becomes scalp (outside the brain's voxels) or CSF:
                 # bone outer surface encloses that much more, the CSF outer surface that much less.
@@ -357,8 +445,14 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                 s_in = float(np.count_nonzero(inner_vox[tuple(sheet.T)])) * vox
                 target[2] = base[2] + len(sheet) * vox - s_in
                 target[3] = base[3] - s_in
+                if 2 in local_masks:  # the sheet is scalp or CSF in the mesh: it does not count as bone
+                    retagged = np.zeros(phis[2].shape, bool)
+                    retagged[tuple(sheet.T)] = True
                 del sheet
             for k in range(1, 6):
+                if k in local_masks:
+                    _local_shift(phis, k, tk, local_masks[k], zooms, calibrate_step, local_calibration_mm,
+                                 not_inside=retagged if k == 2 else None)
                 c, last = 0.0, None
                 layer_floors = [f for f in floors if f.layer == k]
                 for _ in range(3):
@@ -878,7 +972,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                            progress_cb=None, verbose=False, thickness_scale=1.0, calibrate=True,
                            island_fraction=0.01, lesion=None, lesion_tag=3, relax_iterations=8, sliver_move=0.0,
                            layer_volume_mm3=None, bone_voxels=None, lesion_voxels=None, pieces=None,
-                           fair_rounds=0, fair_band_vox=0.3):
+                           fair_rounds=0, fair_band_vox=0.3, local_calibration_mm=0.0):
     """Nested surfaces -> TetGen.  Returns ``(nodes_mm_local, tets, tet_tags, info)``.
 
     ``h``: target element size (mm); tets get a max volume ``h^3 / (6 sqrt 2)`` (regular tet
@@ -909,7 +1003,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                                   pad=pad, thickness_scale=thickness_scale,
                                   calibrate_step=int(surface_step or 2) if calibrate else None,
                                   layer_volume_mm3=layer_volume_mm3, bone_voxels=bone_voxels,
-                                  surface_step=int(surface_step or 2), pieces=pieces)
+                                  surface_step=int(surface_step or 2), pieces=pieces,
+                                  local_calibration_mm=float(local_calibration_mm))
     info["timings_s"]["fields_s"] = time.perf_counter() - t0
     if progress_cb:
         progress_cb("surfaces")
@@ -1350,12 +1445,14 @@ def surface_defaults(h: float, zooms, surface_size_mm: float | None = None) -> d
     Colin27 520k instead of 644k tets, TetGen ~40 % faster, the same field; no minimum-dihedral
     bound in the refinement since surf-6: it cost TetGen 20 % more time and 8 % more tetrahedra on
     Colin27 for no fewer poor ones after the sliver pass; docs/meshing.md), 10 rounds of fairing
-    within 0.3 voxel of each level set (surf-6.3), and the sliver pass with surface nodes at most 0.4
+    within 0.3 voxel of each level set (surf-6.3), the volume calibration held within 10 mm of each
+    place for the outer four surfaces (surf-6.4), and the sliver pass with surface nodes at most 0.4
     voxel off their surface faces."""
     z = float(np.min(zooms))
     step = max(1, round((0.5 * float(h) if surface_size_mm is None else float(surface_size_mm)) / z))
     return {"surface_step": step, "thickness_scale": max(1.0, step * z / 2), "minratio": 2.0, "mindihedral": 0.0,
-            "extra_switches": "YO9/7o/165", "relax_iterations": 8, "sliver_move": 0.4, "fair_rounds": 10}
+            "extra_switches": "YO9/7o/165", "relax_iterations": 8, "sliver_move": 0.4, "fair_rounds": 10,
+            "local_calibration_mm": 10.0}
 
 
 def compact_for_shipping(mesh, keep_tri_tags=(1005,)):

@@ -1,0 +1,96 @@
+"""The surface mesher's local volume calibration (surf-6.4, docs/meshing.md): a level set whose sub-grid
+surface holds too much volume in one region only is corrected there, not spread over the whole surface
+as one global shift would spread it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import stimsim.fem.kernels as fem_kernels
+from stimsim.head.meshers import surface as S
+
+pytest.importorskip("skimage")
+
+_R = 20.0
+
+
+def _ball_with_bulging_lower_half(n=56, bulge_mm=0.5):
+    """phi of a ball of radius _R (mm, 1 mm voxels, padded by 3 like the mesher's fields) whose lower half
+    is ``bulge_mm`` too big, and the ball's voxel mask."""
+    c = (n - 1) / 2
+    x, y, z = np.mgrid[:n, :n, :n].astype(np.float32) - np.float32(c)
+    r = np.sqrt(x * x + y * y + z * z)
+    phi = (r - _R - bulge_mm * (z < 0)).astype(np.float32)
+    return phi, r <= _R, (x, y, z, r)
+
+
+def _level_radius(phi, coords, upper: bool, step=4):
+    """Mean radius (mm) of the zero level along rays from the centre into one half (z > 8 or z < -8)."""
+    from skimage.measure import marching_cubes
+
+    v, f, _, _ = marching_cubes(phi[::step, ::step, ::step], 0.0, spacing=(step,) * 3)
+    c = (phi.shape[0] - 1) / 2
+    v = v - c
+    sel = v[:, 2] > 8 if upper else v[:, 2] < -8
+    return float(np.linalg.norm(v[sel], axis=1).mean())
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_local_calibration_corrects_where_the_volume_is_wrong(fast, monkeypatch):
+    if not fast:
+        monkeypatch.setattr(fem_kernels, "numba_ready", lambda *a, **k: False)
+    phi, mask, coords = _ball_with_bulging_lower_half()
+    phis = {1: phi.copy()}
+    before = (_level_radius(phis[1], coords, True), _level_radius(phis[1], coords, False))
+    for _ in range(3):
+        S._local_shift(phis, 1, {}, mask, (1.0, 1.0, 1.0), 4, 8.0)
+    after = (_level_radius(phis[1], coords, True), _level_radius(phis[1], coords, False))
+    assert before[1] - before[0] > 0.4  # the set-up: the lower half 0.5 mm too big
+    # the halves end up alike: one global shift would have kept them 0.5 mm apart
+    assert abs(after[1] - after[0]) < 0.1, (before, after)
+    # the lower half came in; the upper one moved only by the sub-grid's corner cutting (marching cubes on
+    # a 4 mm grid encloses less than the ball: both halves get that back)
+    assert before[1] - after[1] > 0.3, (before, after)
+    assert abs(after[0] - before[0]) < 0.2, (before, after)
+    # empty layers (a head without a brain, a sphere phantom) are left alone
+    empty = {1: np.full_like(phi, 5.0)}
+    S._local_shift(empty, 1, {}, np.zeros_like(mask), (1.0, 1.0, 1.0), 4, 8.0)
+    assert (empty[1] == 5.0).all()
+
+def test_local_calibration_keeps_the_minimum_thickness_to_its_neighbours():
+    """A surface pulled in by the local shift stops LOCAL_GAP minimum thicknesses from the surface
+    inside it (else the thickness rules push both back and the volumes move with them)."""
+    phi, mask, coords = _ball_with_bulging_lower_half(bulge_mm=1.0)
+    inner = (coords[3] - (_R - 1.0)).astype(np.float32)  # the next surface 1 mm inside (2 mm in the lower half)
+    phis = {1: phi.copy(), 2: inner}
+    tk = {1: 0.8}
+    keep = S.LOCAL_GAP * tk[1]  # 1.2 mm: binds in the lower half, where the shift wants ~1 mm in
+    S._local_shift(phis, 1, tk, mask, (1.0, 1.0, 1.0), 4, 8.0)
+    gap = phis[2] - phis[1]
+    assert (gap >= np.minimum(keep, inner - phi) - 1e-4).all(), float((gap - np.minimum(keep, inner - phi)).min())
+    lower = (coords[2] < -8) & (np.abs(phis[1]) < 0.5)
+    assert np.median(gap[lower]) < 1.5  # it did pull the lower half in, as far as allowed
+
+
+def test_numba_and_numpy_local_shifts_agree(monkeypatch):
+    rng = np.random.default_rng(3)
+    from scipy import ndimage as ndi
+
+    shape = (45, 52, 39)
+    noise = ndi.gaussian_filter(rng.normal(size=shape), 4).astype(np.float32) * 30
+    x = np.indices(shape).astype(np.float32)
+    r = np.sqrt(((x - np.array(shape, np.float32)[:, None, None, None] / 2) ** 2).sum(0))
+    phis = {1: (r - 19 + noise).astype(np.float32), 2: (r - 15 + noise).astype(np.float32),
+            3: (r - 11).astype(np.float32)}
+    mask = (r - 18 + 0.5 * noise) < 0
+    not_inside = rng.random(shape) < 0.02
+    out = []
+    for ready in (True, False):
+        if not ready:
+            monkeypatch.setattr(fem_kernels, "numba_ready", lambda *a, **k: False)
+        ph = {k: v.copy() for k, v in phis.items()}
+        S._local_shift(ph, 2, {1: 1.0, 2: 1.0}, mask, (1.0, 1.0, 1.0), 3, 8.0, not_inside=not_inside)
+        out.append(ph[2])
+    assert np.abs(out[0] - phis[2]).max() > 0.3  # it did shift
+    np.testing.assert_allclose(out[0], out[1], atol=1e-4)
