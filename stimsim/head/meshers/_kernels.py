@@ -204,7 +204,7 @@ def enforce_layers(phis: dict, tk: dict, sweeps: int) -> bool:
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _local_excess(phi, mask, not_inside, use_not_inside, step, half_edge, excess, band):  # pragma: no cover
+def _local_excess(phi, mask, override, use_override, step, half_edge, excess, band):  # pragma: no cover
     nx, ny, nz = phi.shape
     lx, ly, lz = ((nx - 1) // step) * step, ((ny - 1) // step) * step, ((nz - 1) // step) * step
     cx, cy, cz = excess.shape
@@ -225,16 +225,19 @@ def _local_excess(phi, mask, not_inside, use_not_inside, step, half_edge, excess
                 e = 0.0
                 b = 0.0
                 for i in range(i0, min(i0 + step, nx)):
-                    x = min((i - i0) * inv, 1.0)
+                    x = (i - i0) * inv
                     for j in range(j0, min(j0 + step, ny)):
-                        y = min((j - j0) * inv, 1.0)
+                        y = (j - j0) * inv
                         for k in range(k0, min(k0 + step, nz)):
-                            z = min((k - k0) * inv, 1.0)
-                            v = ((a000 * (1 - x) + a100 * x) * (1 - y) + (a010 * (1 - x) + a110 * x) * y) * (1 - z) \
-                                + ((a001 * (1 - x) + a101 * x) * (1 - y) + (a011 * (1 - x) + a111 * x) * y) * z
-                            inside = v < 0.0
-                            if use_not_inside and not_inside[i, j, k]:
+                            z = (k - k0) * inv
+                            if i > lx or j > ly or k > lz:  # past the last sample: marching cubes closes there
                                 inside = False
+                            else:
+                                v = ((a000 * (1 - x) + a100 * x) * (1 - y) + (a010 * (1 - x) + a110 * x) * y) * (1 - z) \
+                                    + ((a001 * (1 - x) + a101 * x) * (1 - y) + (a011 * (1 - x) + a111 * x) * y) * z
+                                inside = v < 0.0
+                            if use_override and override[i, j, k] != 0:
+                                inside = override[i, j, k] > 0
                             e += (1.0 if inside else 0.0) - (1.0 if mask[i, j, k] else 0.0)
                             if abs(phi[i, j, k]) < half_edge:
                                 b += 1.0
@@ -242,21 +245,22 @@ def _local_excess(phi, mask, not_inside, use_not_inside, step, half_edge, excess
                 band[ci, cj, ck] = b
 
 
-def local_excess(phi, mask, not_inside, step: int, half_edge: float):
+def local_excess(phi, mask, override, step: int, half_edge: float):
     """Per cell of the sub-grid (``step`` voxels a side): voxels inside the linear interpolation of the
-    sub-grid samples of ``phi`` (and not ``not_inside``) less those of ``mask``, and voxels within
-    ``half_edge`` of ``phi``'s zero level.  The numba form of the numpy code in
+    sub-grid samples of ``phi`` (none past the last sample, where marching cubes closes the surface;
+    ``override`` (int8 or None): 1 inside, -1 outside, 0 as interpolated) less those of ``mask``, and
+    voxels within ``half_edge`` of ``phi``'s zero level.  The numba form of the numpy code in
     :func:`stimsim.head.meshers.surface._local_shift`."""
     cells = tuple((n + step - 1) // step for n in phi.shape)
     excess, band = np.zeros(cells, np.float64), np.zeros(cells, np.float64)
-    use = not_inside is not None
-    _local_excess(phi, mask, not_inside if use else np.zeros((1, 1, 1), np.bool_), use, int(step),
+    use = override is not None
+    _local_excess(phi, mask, override if use else np.zeros((1, 1, 1), np.int8), use, int(step),
                   np.float32(half_edge), excess, band)
     return excess, band
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _add_local_shift(phi, shift, step, lo, use_lo, hi, use_hi):  # pragma: no cover
+def _add_local_shift(phi, shift, step, outer, gap_outer, use_outer, inner, gap_inner, use_inner):  # pragma: no cover
     nx, ny, nz = phi.shape
     cx, cy, cz = shift.shape
     off = 0.5 * (step - 1)
@@ -280,17 +284,18 @@ def _add_local_shift(phi, shift, step, lo, use_lo, hi, use_hi):  # pragma: no co
                     + ((shift[i0, j0, k1] * (1 - wx) + shift[i1, j0, k1] * wx) * (1 - wy)
                        + (shift[i0, j1, k1] * (1 - wx) + shift[i1, j1, k1] * wx) * wy) * wz
                 p = phi[i, j, k]
-                if use_hi:
-                    s = min(s, max(hi[i, j, k] - p, 0.0))
-                if use_lo:
-                    s = max(s, min(lo[i, j, k] - p, 0.0))
+                if use_inner:  # phi at most inner - gap_inner (not closer to the surface inside)
+                    s = min(s, max(inner[i, j, k] - gap_inner - p, 0.0))
+                if use_outer:  # phi at least outer + gap_outer
+                    s = max(s, min(outer[i, j, k] + gap_outer - p, 0.0))
                 phi[i, j, k] = p + s
 
 
-def add_local_shift(phi, shift, step: int, lo=None, hi=None) -> None:
+def add_local_shift(phi, shift, step: int, outer=None, gap_outer=0.0, inner=None, gap_inner=0.0) -> None:
     """``phi += shift`` (in place), ``shift`` given per sub-grid cell and interpolated linearly between the
-    cells' centres, held so that ``phi`` stays at least ``lo`` and at most ``hi`` where it already is
-    (float32 arrays of ``phi``'s shape, or None)."""
+    cells' centres, held so that ``phi`` stays at least ``outer + gap_outer`` and at most
+    ``inner - gap_inner`` where it already is (the neighbouring fields, float32 of ``phi``'s shape, or None)."""
     dummy = np.zeros((1, 1, 1), np.float32)
-    _add_local_shift(phi, np.asarray(shift, np.float32), int(step), dummy if lo is None else lo, lo is not None,
-                     dummy if hi is None else hi, hi is not None)
+    _add_local_shift(phi, np.asarray(shift, np.float32), int(step), dummy if outer is None else outer,
+                     np.float32(gap_outer), outer is not None, dummy if inner is None else inner,
+                     np.float32(gap_inner), inner is not None)

@@ -154,7 +154,7 @@ def _enforce(phis, tk, sweeps=4):
         np.maximum(phis[k + 1], phis[k] + tk[k], out=phis[k + 1])
 
 
-#: layers whose surfaces the local calibration shifts (1 scalp, 2 bone, 3 CSF: outer surfaces)
+#: layers whose outer surfaces the local calibration shifts (1 scalp, 2 bone, 3 CSF, 4 brain)
 LOCAL_CALIBRATION_LAYERS = (1, 2, 3, 4)
 #: the local shifts keep neighbouring surfaces this many minimum thicknesses apart (1.0 let the shifts
 #: press surfaces together over wide areas: Colin27 480 poor tetrahedra instead of 381, untangling 5x longer)
@@ -178,17 +178,18 @@ def _upsample_linear(coarse: np.ndarray, step: int, shape, offset: float) -> np.
 
 
 def _local_shift(phis, k, tk, mask: np.ndarray, zooms, step: int, radius_mm: float, max_mm: float = 1.0,
-                 not_inside=None) -> None:
+                 override=None) -> None:
     """Shift ``phis[k]``'s level set locally (in place) so that, within about ``radius_mm`` of each place,
     the surface marching cubes makes on the sub-grid encloses what ``mask`` holds there (docs/meshing.md,
     surf-6.4).
 
     The inside of the sub-grid surface is taken as where the linear interpolation of the sub-grid
-    samples is negative (less ``not_inside``: voxels that will not be this tissue in the mesh); its
+    samples is negative, and nothing past the last sample (``override``, int8 or None: 1 inside, -1
+    outside whatever the interpolation says: what the mesh will tag otherwise); its
     excess over the mask, summed per sub-grid cell and Gaussian-smoothed, divided by the surface area
     there (smoothed the same way), is the local shift (mm, at most ``max_mm`` either way).  It is held
-    where it would bring the surface closer to a neighbouring one than the minimum thicknesses ``tk``
-    (the thickness rules would otherwise move both back, and the volumes with them)."""
+    where it would bring the surface closer to a neighbouring one than ``LOCAL_GAP`` minimum
+    thicknesses ``tk`` (the thickness rules would otherwise move both back, and the volumes with them)."""
     from ...fem.kernels import numba_ready
 
     zooms = np.asarray(zooms, float)
@@ -197,17 +198,22 @@ def _local_shift(phis, k, tk, mask: np.ndarray, zooms, step: int, radius_mm: flo
     phi = phis[k]
     shape = phi.shape
     n_cells = [(n + step - 1) // step for n in shape]
-    hi = phis[k + 1] - np.float32(LOCAL_GAP * tk[k]) if k + 1 in phis else None
-    lo = phis[k - 1] + np.float32(LOCAL_GAP * tk[k - 1]) if k - 1 in phis else None
+    inner, gap_inner = (phis[k + 1], LOCAL_GAP * float(tk[k])) if k + 1 in phis else (None, 0.0)
+    outer, gap_outer = (phis[k - 1], LOCAL_GAP * float(tk[k - 1])) if k - 1 in phis else (None, 0.0)
     fast = numba_ready()
     if fast:
         from ._kernels import local_excess
 
-        excess, band = local_excess(phi, mask, not_inside, step, 0.5 * edge)
+        excess, band = local_excess(phi, mask, override, step, 0.5 * edge)
     else:
         inside = _upsample_linear(phi[::step, ::step, ::step], step, shape, 0.0) < 0
-        if not_inside is not None:
-            inside &= ~not_inside
+        for ax, n in enumerate(shape):  # past the last sample marching cubes closes the surface
+            last = ((n - 1) // step) * step
+            idx = [slice(None)] * 3
+            idx[ax] = slice(last + 1, None)
+            inside[tuple(idx)] = False
+        if override is not None:
+            inside = np.where(override != 0, override > 0, inside)
         sums = []
         for arr in (inside.astype(np.float32) - mask, (np.abs(phi) < 0.5 * edge).astype(np.float32)):
             padded = np.zeros([c * step for c in n_cells], np.float32)
@@ -228,13 +234,13 @@ def _local_shift(phis, k, tk, mask: np.ndarray, zooms, step: int, radius_mm: flo
     if fast:
         from ._kernels import add_local_shift
 
-        add_local_shift(phi, shift, step, lo, hi)
+        add_local_shift(phi, shift, step, outer, gap_outer, inner, gap_inner)
         return
     fine = _upsample_linear(shift, step, shape, 0.5 * (step - 1))
-    if hi is not None:
-        np.minimum(fine, np.maximum(hi - phi, 0), out=fine)
-    if lo is not None:
-        np.maximum(fine, np.minimum(lo - phi, 0), out=fine)
+    if inner is not None:
+        np.minimum(fine, np.maximum(inner - np.float32(gap_inner) - phi, 0), out=fine)
+    if outer is not None:
+        np.maximum(fine, np.minimum(outer + np.float32(gap_outer) - phi, 0), out=fine)
     phi += fine
 
 
@@ -445,14 +451,18 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                 s_in = float(np.count_nonzero(inner_vox[tuple(sheet.T)])) * vox
                 target[2] = base[2] + len(sheet) * vox - s_in
                 target[3] = base[3] - s_in
-                if 2 in local_masks:  # the sheet is scalp or CSF in the mesh: it does not count as bone
-                    retagged = np.zeros(phis[2].shape, bool)
-                    retagged[tuple(sheet.T)] = True
+                if 2 in local_masks or 3 in local_masks:
+                    # the sheet's scalp part lies outside the bone's outer surface in the mesh, its CSF
+                    # part inside the CSF's outer surface (as the targets above count them)
+                    to_csf = inner_vox[tuple(sheet.T)]
+                    retagged = {2: np.zeros(phis[2].shape, np.int8), 3: np.zeros(phis[2].shape, np.int8)}
+                    retagged[2][tuple(sheet[~to_csf].T)] = -1
+                    retagged[3][tuple(sheet[to_csf].T)] = 1
                 del sheet
             for k in range(1, 6):
                 if k in local_masks:
                     _local_shift(phis, k, tk, local_masks[k], zooms, calibrate_step, local_calibration_mm,
-                                 not_inside=retagged if k == 2 else None)
+                                 override=retagged.get(k) if retagged else None)
                 c, last = 0.0, None
                 layer_floors = [f for f in floors if f.layer == k]
                 for _ in range(3):
