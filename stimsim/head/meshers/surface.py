@@ -157,7 +157,7 @@ def _enforce(phis, tk, sweeps=4):
 #: layers whose outer surfaces the local calibration shifts (1 scalp, 2 bone, 3 CSF, 4 brain)
 LOCAL_CALIBRATION_LAYERS = (1, 2, 3, 4)
 #: the local shifts keep neighbouring surfaces this many minimum thicknesses apart (1.0 let the shifts
-#: press surfaces together over wide areas: Colin27 480 poor tetrahedra instead of 381, untangling 5x longer)
+#: press surfaces together over wide areas: Colin27 480 poor tetrahedra instead of ~390, untangling 5x longer)
 LOCAL_GAP = 1.5
 
 
@@ -184,10 +184,11 @@ def _local_shift(phis, k, tk, mask: np.ndarray, zooms, step: int, radius_mm: flo
     surf-6.4).
 
     The inside of the sub-grid surface is taken as where the linear interpolation of the sub-grid
-    samples is negative, and nothing past the last sample (``override``, int8 or None: 1 inside, -1
-    outside whatever the interpolation says: what the mesh will tag otherwise); its
-    excess over the mask, summed per sub-grid cell and Gaussian-smoothed, divided by the surface area
-    there (smoothed the same way), is the local shift (mm, at most ``max_mm`` either way).  It is held
+    samples is negative, nothing past the last sample (marching cubes closes the surface there), and
+    ``override`` (int8 or None) where the mesh will tag otherwise: 1 inside, -1 outside, 0 as
+    interpolated.  Its excess over the mask, summed per sub-grid cell and Gaussian-smoothed, divided by
+    the surface area there (smoothed the same way), is the local shift (mm, at most ``max_mm`` either
+    way).  It is held
     where it would bring the surface closer to a neighbouring one than ``LOCAL_GAP`` minimum
     thicknesses ``tk`` (the thickness rules would otherwise move both back, and the volumes with them)."""
     from ...fem.kernels import numba_ready
