@@ -58,37 +58,29 @@ def test_local_calibration_corrects_where_the_volume_is_wrong(fast, monkeypatch)
     S._local_shift(empty, 1, {}, np.zeros_like(mask), (1.0, 1.0, 1.0), 4, 8.0)
     assert (empty[1] == 5.0).all()
 
-def test_local_calibration_keeps_the_minimum_thickness_to_its_neighbours():
-    """A surface pulled in by the local shift stops LOCAL_GAP minimum thicknesses from the surface
-    inside it (else the thickness rules push both back and the volumes move with them)."""
-    phi, mask, coords = _ball_with_bulging_lower_half(bulge_mm=1.0)
-    inner = (coords[3] - (_R - 1.0)).astype(np.float32)  # the next surface 1 mm inside (2 mm in the lower half)
-    phis = {1: phi.copy(), 2: inner}
-    tk = {1: 0.8}
-    keep = S.LOCAL_GAP * tk[1]  # 1.2 mm: binds in the lower half, where the shift wants ~1 mm in
-    S._local_shift(phis, 1, tk, mask, (1.0, 1.0, 1.0), 4, 8.0)
-    gap = phis[2] - phis[1]
-    assert (gap >= np.minimum(keep, inner - phi) - 1e-4).all(), float((gap - np.minimum(keep, inner - phi)).min())
-    lower = (coords[2] < -8) & (np.abs(phis[1]) < 0.5)
-    assert np.median(gap[lower]) < 1.5  # it did pull the lower half in, as far as allowed
-
-
 @pytest.mark.parametrize("fast", [True, False])
-def test_local_calibration_keeps_the_minimum_thickness_to_the_surface_outside(fast, monkeypatch):
-    """The same towards the surface outside: a surface pushed out stops LOCAL_GAP minimum thicknesses
-    inside its outer neighbour."""
+@pytest.mark.parametrize("side", ["inside", "outside"])
+def test_local_calibration_keeps_the_minimum_thickness_to_its_neighbours(side, fast, monkeypatch):
+    """A surface moved by the local shift stops LOCAL_GAP minimum thicknesses from its neighbouring
+    surface (else the thickness rules push both back and the volumes move with them): pulled in
+    towards the surface inside it, or pushed out towards the one outside it."""
     if not fast:
         monkeypatch.setattr(fem_kernels, "numba_ready", lambda *a, **k: False)
-    phi, mask, coords = _ball_with_bulging_lower_half(bulge_mm=-1.0)  # the lower half 1 mm too small
-    outer = (coords[3] - (_R + 1.0)).astype(np.float32)  # the next surface 1 mm outside (2 mm in the lower half)
-    phis = {1: outer, 2: phi.copy()}
-    tk = {1: 0.8, 2: 0.5}
-    keep = S.LOCAL_GAP * tk[1]
-    S._local_shift(phis, 2, tk, mask, (1.0, 1.0, 1.0), 4, 8.0)
+    # the lower half 1 mm too big (pulled in) or too small (pushed out); the neighbour 1 mm away from the
+    # ball's true surface, 2 mm from the level set in the lower half
+    sign = 1.0 if side == "inside" else -1.0
+    phi, mask, coords = _ball_with_bulging_lower_half(bulge_mm=sign)
+    neighbour = (coords[3] - (_R - sign)).astype(np.float32)
+    phis, k = ({1: phi.copy(), 2: neighbour}, 1) if side == "inside" else ({1: neighbour, 2: phi.copy()}, 2)
+    tk = {1: 0.8}
+    keep = S.LOCAL_GAP * tk[1]  # 1.2 mm: binds in the lower half, where the shift wants ~1 mm
+    before = phis[2] - phis[1]  # the distance between the two surfaces (the inner field less the outer)
+    S._local_shift(phis, k, tk, mask, (1.0, 1.0, 1.0), 4, 8.0)
     gap = phis[2] - phis[1]
-    assert (gap >= np.minimum(keep, phi - outer) - 1e-4).all(), float((gap - np.minimum(keep, phi - outer)).min())
-    lower = (coords[2] < -8) & (np.abs(phis[2]) < 0.5)
-    assert np.median(gap[lower]) < 1.5  # it did push the lower half out, as far as allowed
+    assert before.min() > 0.9  # the set-up: 1 mm or more apart
+    assert (gap >= np.minimum(keep, before) - 1e-4).all(), float((gap - np.minimum(keep, before)).min())
+    lower = (coords[2] < -8) & (np.abs(phis[k]) < 0.5)
+    assert np.median(gap[lower]) < 1.5  # it did move the lower half, as far as allowed
 
 
 @pytest.mark.parametrize("fast", [True, False])
