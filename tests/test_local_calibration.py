@@ -99,3 +99,64 @@ def test_nothing_counts_as_inside_past_the_last_sub_grid_sample(fast, monkeypatc
     S._local_shift(phis, 1, {}, mask, (1.0, 1.0, 1.0), step, 8.0)
     moved = phis[1] - phi
     assert abs(float(moved[38:, 18:29, 18:29].mean())) < 0.25, float(moved[38:, 18:29, 18:29].mean())
+
+
+def test_numba_and_numpy_local_shifts_agree(monkeypatch):
+    """Both forms on a grid that is no multiple of the sub-grid step, with both neighbours and an override."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(3)
+    shape = (45, 52, 39)
+    noise = ndi.gaussian_filter(rng.normal(size=shape), 4).astype(np.float32) * 30
+    x = np.indices(shape).astype(np.float32)
+    r = np.sqrt(((x - np.array(shape, np.float32)[:, None, None, None] / 2) ** 2).sum(0))
+    phis = {1: (r - 19 + noise).astype(np.float32), 2: (r - 15 + noise).astype(np.float32),
+            3: (r - 11).astype(np.float32)}
+    mask = (r - 18 + 0.5 * noise) < 0
+    u = rng.random(shape)
+    override = np.where(u < 0.02, -1, np.where(u > 0.98, 1, 0)).astype(np.int8)
+    out = []
+    for ready in (True, False):
+        if not ready:
+            monkeypatch.setattr(fem_kernels, "numba_ready", lambda *a, **k: False)
+        ph = {k: v.copy() for k, v in phis.items()}
+        S._local_shift(ph, 2, {1: 1.0, 2: 1.0}, mask, (1.0, 1.0, 1.0), 3, 8.0, override=override)
+        out.append(ph[2])
+    assert np.abs(out[0] - phis[2]).max() > 0.3  # it did shift
+    np.testing.assert_allclose(out[0], out[1], atol=1e-4)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_skull_defect_does_not_draw_the_bone_or_the_csf_surface_into_it(fast, monkeypatch):
+    """A craniectomy: the bone layer's sheet across the hole (its minimum thickness) becomes scalp outside
+    the brain's voxels and CSF inside them in the mesh.  Told so (``override``), the local shifts of the
+    bone's and the CSF's outer surfaces over the hole are those far from it; counted as missing bone
+    (the whole sheet outside the bone's surface, found in review), the bone's surface was pushed
+    0.7 mm out across the hole, and without the CSF part the CSF's surface 0.8 mm."""
+    if not fast:
+        monkeypatch.setattr(fem_kernels, "numba_ready", lambda *a, **k: False)
+    n = 64
+    c = (n - 1) / 2
+    x, y, z = np.mgrid[:n, :n, :n].astype(np.float32) - np.float32(c)
+    r = np.sqrt(x * x + y * y + z * z)
+    hole = (np.hypot(x, y) < 10) & (z > 0)
+    sheet = hole & (r > 20) & (r <= 23)
+    to_csf = sheet & (r <= 21.5)  # the sheet's part inside the brain's voxels
+    masks = {2: ((r <= 23) & ~sheet) | to_csf, 3: (r <= 20) | to_csf}
+    over = {2: np.where(sheet & ~to_csf, -1, 0).astype(np.int8), 3: np.where(to_csf, 1, 0).astype(np.int8)}
+    wrong = {2: np.where(sheet, -1, 0).astype(np.int8), 3: None}
+    at_hole = hole & (np.abs(r - 21.5) < 2.5)
+    far = (z < -8) & (np.abs(r - 21.5) < 2.5)
+
+    def shift(k, override):
+        phis = {2: (r - 23).astype(np.float32), 3: (r - 20).astype(np.float32)}
+        before = phis[k].copy()
+        S._local_shift(phis, k, {2: 0.1}, masks[k], (1.0, 1.0, 1.0), 4, 8.0, override=override)
+        moved = phis[k] - before
+        return float(moved[at_hole].mean()), float(moved[far].mean())
+
+    for k in (2, 3):
+        hole_mm, far_mm = shift(k, over[k])
+        assert abs(hole_mm - far_mm) < 0.2, (k, hole_mm, far_mm)
+        hole_mm, far_mm = shift(k, wrong[k])
+        assert hole_mm - far_mm < -0.4, (k, hole_mm, far_mm)  # what the wrong count did: pushed out

@@ -230,12 +230,11 @@ def _local_excess(phi, mask, override, use_override, step, half_edge, excess, ba
                         y = (j - j0) * inv
                         for k in range(k0, min(k0 + step, nz)):
                             z = (k - k0) * inv
-                            if i > lx or j > ly or k > lz:  # past the last sample: marching cubes closes there
-                                inside = False
-                            else:
-                                v = ((a000 * (1 - x) + a100 * x) * (1 - y) + (a010 * (1 - x) + a110 * x) * y) * (1 - z) \
-                                    + ((a001 * (1 - x) + a101 * x) * (1 - y) + (a011 * (1 - x) + a111 * x) * y) * z
-                                inside = v < 0.0
+                            if i > lx or j > ly or k > lz:
+                                continue  # past the last sample: no surface reaches there, nothing to compare
+                            v = ((a000 * (1 - x) + a100 * x) * (1 - y) + (a010 * (1 - x) + a110 * x) * y) * (1 - z) \
+                                + ((a001 * (1 - x) + a101 * x) * (1 - y) + (a011 * (1 - x) + a111 * x) * y) * z
+                            inside = v < 0.0
                             if use_override and override[i, j, k] != 0:
                                 inside = override[i, j, k] > 0
                             e += (1.0 if inside else 0.0) - (1.0 if mask[i, j, k] else 0.0)
@@ -247,9 +246,9 @@ def _local_excess(phi, mask, override, use_override, step, half_edge, excess, ba
 
 def local_excess(phi, mask, override, step: int, half_edge: float):
     """Per cell of the sub-grid (``step`` voxels a side): voxels inside the linear interpolation of the
-    sub-grid samples of ``phi`` (none past the last sample, where marching cubes closes the surface;
-    ``override`` (int8 or None): 1 inside, -1 outside, 0 as interpolated) less those of ``mask``, and
-    voxels within ``half_edge`` of ``phi``'s zero level.  The numba form of the numpy code in
+    sub-grid samples of ``phi`` (``override`` (int8 or None): 1 inside, -1 outside, 0 as interpolated)
+    less those of ``mask``, and voxels within ``half_edge`` of ``phi``'s zero level; voxels past the
+    last sample are left out (marching cubes closes the surface there: no level can enclose them).  The numba form of the numpy code in
     :func:`stimsim.head.meshers.surface._local_shift`."""
     cells = tuple((n + step - 1) // step for n in phi.shape)
     excess, band = np.zeros(cells, np.float64), np.zeros(cells, np.float64)

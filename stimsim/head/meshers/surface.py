@@ -184,9 +184,9 @@ def _local_shift(phis, k, tk, mask: np.ndarray, zooms, step: int, radius_mm: flo
     surf-6.4).
 
     The inside of the sub-grid surface is taken as where the linear interpolation of the sub-grid
-    samples is negative, nothing past the last sample (marching cubes closes the surface there), and
-    ``override`` (int8 or None) where the mesh will tag otherwise: 1 inside, -1 outside, 0 as
-    interpolated.  Its excess over the mask, summed per sub-grid cell and Gaussian-smoothed, divided by
+    samples is negative, and ``override`` (int8 or None) where the mesh will tag otherwise: 1 inside,
+    -1 outside, 0 as interpolated; voxels past the last sample are left out (marching cubes closes the
+    surface there, so no level encloses them).  Its excess over the mask, summed per sub-grid cell and Gaussian-smoothed, divided by
     the surface area there (smoothed the same way), is the local shift (mm, at most ``max_mm`` either
     way).  It is held
     where it would bring the surface closer to a neighbouring one than ``LOCAL_GAP`` minimum
@@ -208,21 +208,24 @@ def _local_shift(phis, k, tk, mask: np.ndarray, zooms, step: int, radius_mm: flo
         excess, band = local_excess(phi, mask, override, step, 0.5 * edge)
     else:
         inside = _upsample_linear(phi[::step, ::step, ::step], step, shape, 0.0) < 0
-        for ax, n in enumerate(shape):  # past the last sample marching cubes closes the surface
-            last = ((n - 1) // step) * step
-            idx = [slice(None)] * 3
-            idx[ax] = slice(last + 1, None)
-            inside[tuple(idx)] = False
         if override is not None:
             inside = np.where(override != 0, override > 0, inside)
+        diff = inside.astype(np.float32) - mask
+        band = (np.abs(phi) < 0.5 * edge).astype(np.float32)
+        del inside
+        for ax, n in enumerate(shape):  # past the last sample no surface reaches: left out
+            idx = [slice(None)] * 3
+            idx[ax] = slice(((n - 1) // step) * step + 1, None)
+            diff[tuple(idx)] = 0
+            band[tuple(idx)] = 0
         sums = []
-        for arr in (inside.astype(np.float32) - mask, (np.abs(phi) < 0.5 * edge).astype(np.float32)):
+        for arr in (diff, band):
             padded = np.zeros([c * step for c in n_cells], np.float32)
             padded[:shape[0], :shape[1], :shape[2]] = arr
             sums.append(padded.reshape(n_cells[0], step, n_cells[1], step, n_cells[2], step).sum(axis=(1, 3, 5)))
             del padded
         excess, band = sums
-        del inside
+        del diff
     sigma = [radius_mm / (step * z) for z in zooms]
     excess_mm3 = ndi.gaussian_filter(excess * vox, sigma, mode="constant")
     area_mm2 = ndi.gaussian_filter(band * (vox / edge), sigma, mode="constant")
@@ -452,13 +455,14 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                 s_in = float(np.count_nonzero(inner_vox[tuple(sheet.T)])) * vox
                 target[2] = base[2] + len(sheet) * vox - s_in
                 target[3] = base[3] - s_in
-                if 2 in local_masks or 3 in local_masks:
-                    # the sheet's scalp part lies outside the bone's outer surface in the mesh, its CSF
-                    # part inside the CSF's outer surface (as the targets above count them)
-                    to_csf = inner_vox[tuple(sheet.T)]
-                    retagged = {2: np.zeros(phis[2].shape, np.int8), 3: np.zeros(phis[2].shape, np.int8)}
-                    retagged[2][tuple(sheet[~to_csf].T)] = -1
-                    retagged[3][tuple(sheet[to_csf].T)] = 1
+                # the sheet's scalp part lies outside the bone's outer surface in the mesh, its CSF
+                # part inside the CSF's outer surface (as the targets above count them)
+                to_csf = inner_vox[tuple(sheet.T)]
+                retagged = {}
+                for kk, part, value in ((2, ~to_csf, -1), (3, to_csf, 1)):
+                    if kk in local_masks:
+                        retagged[kk] = np.zeros(phis[2].shape, np.int8)
+                        retagged[kk][tuple(sheet[part].T)] = value
                 del sheet
             for k in range(1, 6):
                 if k in local_masks:
@@ -488,6 +492,7 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                 phis[k] -= np.float32(c)
             _enforce(phis, tk, sweeps=2)
             _apply_floors(phis, floors, tk)
+        del retagged, local_masks
     phi_air = None
     if air.any():
         phi_air = _sdf(air, zooms, sigma_vox)
