@@ -218,20 +218,18 @@ def _local_excess(phi, mask, override, use_override, step, half_edge, excess, ba
             for ck in range(cz):
                 k0 = ck * step
                 k1 = min(k0 + step, lz)
-                a000, a100 = phi[min(i0, lx), min(j0, ly), min(k0, lz)], phi[i1, min(j0, ly), min(k0, lz)]
-                a010, a110 = phi[min(i0, lx), j1, min(k0, lz)], phi[i1, j1, min(k0, lz)]
-                a001, a101 = phi[min(i0, lx), min(j0, ly), k1], phi[i1, min(j0, ly), k1]
-                a011, a111 = phi[min(i0, lx), j1, k1], phi[i1, j1, k1]
+                # a cell's first sample is never past the last one (i0 <= lx); voxels past the last
+                # sample are left out: no surface reaches there, nothing to compare
+                a000, a100, a010, a110 = phi[i0, j0, k0], phi[i1, j0, k0], phi[i0, j1, k0], phi[i1, j1, k0]
+                a001, a101, a011, a111 = phi[i0, j0, k1], phi[i1, j0, k1], phi[i0, j1, k1], phi[i1, j1, k1]
                 e = 0.0
                 b = 0.0
-                for i in range(i0, min(i0 + step, nx)):
+                for i in range(i0, min(i0 + step, lx + 1)):
                     x = (i - i0) * inv
-                    for j in range(j0, min(j0 + step, ny)):
+                    for j in range(j0, min(j0 + step, ly + 1)):
                         y = (j - j0) * inv
-                        for k in range(k0, min(k0 + step, nz)):
+                        for k in range(k0, min(k0 + step, lz + 1)):
                             z = (k - k0) * inv
-                            if i > lx or j > ly or k > lz:
-                                continue  # past the last sample: no surface reaches there, nothing to compare
                             v = ((a000 * (1 - x) + a100 * x) * (1 - y) + (a010 * (1 - x) + a110 * x) * y) * (1 - z) \
                                 + ((a001 * (1 - x) + a101 * x) * (1 - y) + (a011 * (1 - x) + a111 * x) * y) * z
                             inside = v < 0.0
@@ -248,8 +246,8 @@ def local_excess(phi, mask, override, step: int, half_edge: float):
     """Per cell of the sub-grid (``step`` voxels a side): voxels inside the linear interpolation of the
     sub-grid samples of ``phi`` (``override`` (int8 or None): 1 inside, -1 outside, 0 as interpolated)
     less those of ``mask``, and voxels within ``half_edge`` of ``phi``'s zero level; voxels past the
-    last sample are left out (marching cubes closes the surface there: no level can enclose them).  The numba form of the numpy code in
-    :func:`stimsim.head.meshers.surface._local_shift`."""
+    last sample are left out (marching cubes closes the surface there: no level can enclose them).
+    The numba form of the numpy code in :func:`stimsim.head.meshers.surface._local_shift`."""
     cells = tuple((n + step - 1) // step for n in phi.shape)
     excess, band = np.zeros(cells, np.float64), np.zeros(cells, np.float64)
     use = override is not None
