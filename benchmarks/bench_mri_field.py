@@ -4,6 +4,9 @@ tDCS, C3 anode / Fp2 cathode, 5 x 5 cm pads, 1 mA, on a head folder (``stimsim h
 and on a reference head (default: the embedded Colin27, made from the same subject's labels):
 prints the grey-matter |E| percentiles on both, their ratio, and how far the head folder's C3 and
 Fp2 lie from the reference head's.  The issue's bar: GM p99 within 15 %, C3/Fp2 within 10 mm.
+The shipped Colin27 head ends where its scan does: compare it with a head folder of the same extent
+(``stimsim head ch2.nii.gz --neck-mm 0``); the default 20 mm neck lowers the cortical field by
+~2.5 % (docs/mri.md).
 
 Usage::
 

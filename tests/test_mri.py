@@ -5,6 +5,7 @@ Tests that need SAMSEG or ../shared data skip outside CI and fail under CI=true.
 import importlib.util
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -249,7 +250,7 @@ def _run_head(capsys, *args, **kw):
 
 
 @pytest.mark.parametrize("case", ["missing", "4d", "no_orientation", "constant", "t2_elsewhere", "lesion_grid",
-                                  "not_nifti"])
+                                  "not_nifti", "neck_negative", "neck_nan", "neck_huge"])
 def test_bad_input_one_error_line_nothing_written(tmp_path, capsys, case):
     t1 = _save(tmp_path / "t1.nii.gz", _phantom())
     kw = {}
@@ -270,6 +271,8 @@ def test_bad_input_one_error_line_nothing_written(tmp_path, capsys, case):
     elif case == "not_nifti":
         t1 = tmp_path / "t1.txt"
         t1.write_text("hello")
+    elif case.startswith("neck_"):
+        kw["neck_mm"] = {"neck_negative": -5.0, "neck_nan": float("nan"), "neck_huge": 1e4}[case]
     out = tmp_path / "subj"
     code, err = _run_head(capsys, t1, out, quiet=True, **kw)
     assert code == 2
@@ -462,6 +465,29 @@ def test_rerun_resumes_from_cache(colin_head, colin_3mm, capsys):
     assert "segment from cache" in err and "mesh from cache" in err
     info = json.loads((subj / "head.json").read_text())
     assert info["stages"]["segment"]["cached"] and info["total_time_s"] < first
+
+
+def test_neck_option_reuses_segmentation(colin_head, colin_3mm, tmp_path, capsys):
+    """--neck-mm 0: the head ends where the scan does (no slices added), from the cached segmentation."""
+    code, subj, _ = colin_head
+    assert code == 0
+    first = json.loads((subj / "head.json").read_text())
+    added = first["cleanup"]["neck_slices_added"]
+    assert added == int(np.ceil(20.0 / 3.0))  # the default 20 mm at 3 mm voxels
+    copy = tmp_path / "subj"
+    shutil.copytree(subj, copy)
+    capsys.readouterr()
+    assert head_command(colin_3mm[1], copy, fast=True, element_size_mm=12.0, overwrite=True, neck_mm=0) == 0
+    err = capsys.readouterr().err
+    assert "segment from cache" in err and "mesh from cache" not in err
+    info = json.loads((copy / "head.json").read_text())
+    assert info["cleanup"]["cut_off_below"] and info["cleanup"]["neck_slices_added"] == 0
+    before, after = nib.load(str(subj / "labels.nii.gz")), nib.load(str(copy / "labels.nii.gz"))
+    assert after.shape[2] == before.shape[2] - added
+    from stimsim.mesh import read_mesh
+
+    low = [read_mesh(d / "head.msh")[0].nodes[:, 2].min() for d in (subj, copy)]
+    assert low[1] > low[0] + 0.5 * 3.0 * added, low
 
 
 def test_segment_command_colin27_3mm(colin_3mm, colin_head, tmp_path, capsys, monkeypatch):

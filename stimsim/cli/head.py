@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Optional
@@ -10,6 +11,9 @@ import typer
 
 from ..errors import StimsimError
 from .common import app, state
+
+# a longer extension is a column of repeated slices, not anatomy
+MAX_NECK_MM = 100.0
 
 @app.command()
 def mesh(
@@ -54,6 +58,10 @@ def head(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a head folder stimsim wrote"),
     method: str = typer.Option("auto", "--method", help="mesher: auto | surface | lattice"),
     element_size_mm: Optional[float] = typer.Option(None, "--element-size", help="target edge length, mm"),
+    neck_mm: Optional[float] = typer.Option(None, "--neck-mm", help="a scan cut through the brain stem is extended "
+                                            "this far down (its lowest slice repeated; default 20 mm) so that the "
+                                            "head is closed below the brain, not through it; 0: the head ends where "
+                                            "the scan does (docs/mri.md)"),
 ):
     """A person's head model from their MRI: SAMSEG tissues -> mesh -> EEG positions and MNI transform.
 
@@ -62,7 +70,7 @@ def head(
     """
     raise typer.Exit(head_command(t1, out, t2=t2, lesion=lesion, lesion_tag=lesion_tag, threads=threads, fast=fast,
                                   overwrite=overwrite, method=method, element_size_mm=element_size_mm,
-                                  quiet=state["quiet"]))
+                                  neck_mm=neck_mm, quiet=state["quiet"]))
 
 
 @app.command()
@@ -220,7 +228,7 @@ def _say(quiet: bool):
 
 def head_command(t1: Path, out: Path, *, t2: Path | None = None, lesion: Path | None = None, lesion_tag: int = 3,
                  threads: int = 2, fast: bool = False, overwrite: bool = False, method: str = "auto",
-                 element_size_mm: float | None = None, quiet: bool = False) -> int:
+                 element_size_mm: float | None = None, neck_mm: float | None = None, quiet: bool = False) -> int:
     """Make a head folder from a T1 (+T2, + lesion mask).  Returns the exit code: 0 done (a summary
     line on stderr), 2 bad input or a failed stage (one ``error:`` line on stderr; ``--out`` then holds
     nothing, or only ``stimsim-cache/`` with a finished segmentation for a rerun to resume)."""
@@ -228,10 +236,12 @@ def head_command(t1: Path, out: Path, *, t2: Path | None = None, lesion: Path | 
 
     if not 1 <= int(threads) <= 256:
         return _err(f"--threads must be 1..256, got {threads}")
+    if neck_mm is not None and not (math.isfinite(neck_mm) and 0.0 <= neck_mm <= MAX_NECK_MM):
+        return _err(f"--neck-mm must be 0..{MAX_NECK_MM:g} mm, got {neck_mm}")
     try:
         info = make_head_folder(t1, out, t2=t2, lesion=lesion, lesion_tag=lesion_tag, threads=threads, fast=fast,
                                 overwrite=overwrite, method=method, element_size_mm=element_size_mm,
-                                progress=_say(quiet))
+                                cleanup=None if neck_mm is None else {"neck_mm": float(neck_mm)}, progress=_say(quiet))
     except (StimsimError, OSError) as exc:
         return _err(exc)
     vol = info["tissue_volume_cm3"]["labels"]

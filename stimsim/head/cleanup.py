@@ -162,6 +162,10 @@ def _nest(tags: np.ndarray, report: dict) -> np.ndarray:
     return tags
 
 
+# how far a scan cut through the brain stem is extended downward (rule 1), mm
+NECK_MM = 20.0
+
+
 def _extend_neck(tags: np.ndarray, affine: np.ndarray, zooms, neck_mm: float, report: dict):
     """Rule 1: repeat the lowest slice downward when brain or CSF lies on it."""
     axis, side = inferior_axis(affine)
@@ -190,7 +194,7 @@ def _open_faces(tags: np.ndarray) -> list[str]:
 
 
 def clean_tissues(tags: np.ndarray, affine: np.ndarray, *, min_piece_mm3: float = 1000.0,
-                  neck_mm: float = 20.0, nest: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
+                  neck_mm: float = NECK_MM, nest: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
     """Apply the clean-up rules of this module to a tag volume (SimNIBS tags 0..6).
 
     Parameters
