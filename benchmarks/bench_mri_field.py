@@ -6,7 +6,7 @@ prints the grey-matter |E| percentiles on both, their ratio, and how far the hea
 Fp2 lie from the reference head's.  The issue's bar: GM p99 within 15 %, C3/Fp2 within 10 mm.
 The shipped Colin27 head ends where its scan does: compare it with a head folder of the same extent
 (``stimsim head ch2.nii.gz --neck-mm 0``); the default 20 mm neck lowers the cortical field by
-~2.5 % (docs/mri.md).
+by 2.4 % on the Colin27 T1 (docs/mri.md).
 
 Usage::
 

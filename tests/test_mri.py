@@ -278,6 +278,8 @@ def test_bad_input_one_error_line_nothing_written(tmp_path, capsys, case):
     assert code == 2
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), err
+    if case.startswith("neck_"):
+        assert "--neck-mm" in lines[0], err
     assert not out.exists()
 
 
@@ -297,6 +299,25 @@ def test_segment_command_bad_output_name(tmp_path, capsys):
     t1 = _save(tmp_path / "t1.nii.gz", _phantom())
     assert segment_command(t1, tmp_path / "labels.msh", quiet=True) == 2
     assert capsys.readouterr().err.startswith("error: --out")
+    assert segment_command(t1, tmp_path / "labels.nii.gz", neck_mm=-1.0, quiet=True) == 2
+    assert capsys.readouterr().err.startswith("error: --neck-mm")
+    assert not (tmp_path / "labels.nii.gz").exists()
+
+
+def test_cleanup_options_checked_and_defaults_dropped():
+    """The clean-up options of the Python API: checked (one StimsimError naming the option), and an
+    explicit default is the same cache key as no option."""
+    from stimsim.errors import StimsimError
+    from stimsim.head.cleanup import NECK_MM
+    from stimsim.head.subject import _cleanup_options
+
+    assert _cleanup_options(None) == {} and _cleanup_options({"neck_mm": NECK_MM}) == {}
+    assert _cleanup_options({"neck_mm": 0}) == {"neck_mm": 0.0}
+    for bad in ({"neck_mm": float("inf")}, {"neck_mm": -1}, {"neck_mm": "x"}, {"neck": 5}):
+        with pytest.raises(StimsimError, match="neck"):
+            _cleanup_options(bad)
+    with pytest.raises(StimsimError, match="neck_mm"):
+        clean_tissues(np.zeros((5, 5, 5), np.uint8), np.eye(4), neck_mm=float("nan"))
 
 
 def _fake_seg(tmp_path, volumes_cm3):

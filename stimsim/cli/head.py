@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 from typing import Optional
@@ -11,9 +10,6 @@ import typer
 
 from ..errors import StimsimError
 from .common import app, state
-
-# a longer extension is a column of repeated slices, not anatomy
-MAX_NECK_MM = 100.0
 
 @app.command()
 def mesh(
@@ -45,6 +41,11 @@ def mesh(
     raise typer.Exit(mesh_command(labels, labels_map, out, element_size_mm, lesion, lesion_tag=lesion_tag,
                                   progress=not state["quiet"], method=method, surface_size_mm=surface_size_mm))
 
+NECK_HELP = ("a scan cut through the brain stem is extended this far down, 0..100 mm (its lowest slice "
+             "repeated, rounded up to whole voxels; default 20) so that the head is closed below the brain, not "
+             "through it; 0: the head ends where the scan does (docs/mri.md)")
+
+
 @app.command()
 def head(
     t1: Path = typer.Argument(..., help="T1-weighted MRI of the whole head (.nii/.nii.gz/.mgz)"),
@@ -58,10 +59,7 @@ def head(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a head folder stimsim wrote"),
     method: str = typer.Option("auto", "--method", help="mesher: auto | surface | lattice"),
     element_size_mm: Optional[float] = typer.Option(None, "--element-size", help="target edge length, mm"),
-    neck_mm: Optional[float] = typer.Option(None, "--neck-mm", help="a scan cut through the brain stem is extended "
-                                            "this far down (its lowest slice repeated; default 20 mm) so that the "
-                                            "head is closed below the brain, not through it; 0: the head ends where "
-                                            "the scan does (docs/mri.md)"),
+    neck_mm: Optional[float] = typer.Option(None, "--neck-mm", help=NECK_HELP),
 ):
     """A person's head model from their MRI: SAMSEG tissues -> mesh -> EEG positions and MNI transform.
 
@@ -80,12 +78,13 @@ def segment(
     t2: Optional[Path] = typer.Option(None, "--t2", help="T2-weighted MRI (resampled onto the T1)"),
     threads: int = typer.Option(2, "--threads", help="SAMSEG threads"),
     fast: bool = typer.Option(False, "--fast", help="SAMSEG's coarse level only (previews, tests)"),
+    neck_mm: Optional[float] = typer.Option(None, "--neck-mm", help=NECK_HELP + "; a brain-only image gets none"),
 ):
     """Only the segmentation: T1 (+T2) -> labels.nii.gz in SimNIBS tags (1 WM .. 6 eyes).
 
     Example: stimsim segment T1.nii.gz --out labels.nii.gz (then stimsim mesh labels.nii.gz --labels simnibs)
     """
-    raise typer.Exit(segment_command(t1, out, t2=t2, threads=threads, fast=fast, quiet=state["quiet"]))
+    raise typer.Exit(segment_command(t1, out, t2=t2, threads=threads, fast=fast, neck_mm=neck_mm, quiet=state["quiet"]))
 
 
 _METHOD_NAMES = {"surface": "nested smoothed surfaces + TetGen", "lattice": "BCC lattice, closed and snapped"}
@@ -232,16 +231,16 @@ def head_command(t1: Path, out: Path, *, t2: Path | None = None, lesion: Path | 
     """Make a head folder from a T1 (+T2, + lesion mask).  Returns the exit code: 0 done (a summary
     line on stderr), 2 bad input or a failed stage (one ``error:`` line on stderr; ``--out`` then holds
     nothing, or only ``stimsim-cache/`` with a finished segmentation for a rerun to resume)."""
+    from ..head.cleanup import check_neck_mm
     from ..head.subject import make_head_folder
 
     if not 1 <= int(threads) <= 256:
         return _err(f"--threads must be 1..256, got {threads}")
-    if neck_mm is not None and not (math.isfinite(neck_mm) and 0.0 <= neck_mm <= MAX_NECK_MM):
-        return _err(f"--neck-mm must be 0..{MAX_NECK_MM:g} mm, got {neck_mm}")
     try:
+        cleanup = None if neck_mm is None else {"neck_mm": check_neck_mm(neck_mm, "--neck-mm")}
         info = make_head_folder(t1, out, t2=t2, lesion=lesion, lesion_tag=lesion_tag, threads=threads, fast=fast,
                                 overwrite=overwrite, method=method, element_size_mm=element_size_mm,
-                                cleanup=None if neck_mm is None else {"neck_mm": float(neck_mm)}, progress=_say(quiet))
+                                cleanup=cleanup, progress=_say(quiet))
     except (StimsimError, OSError) as exc:
         return _err(exc)
     vol = info["tissue_volume_cm3"]["labels"]
@@ -256,9 +255,10 @@ def head_command(t1: Path, out: Path, *, t2: Path | None = None, lesion: Path | 
 
 
 def segment_command(t1: Path, out: Path, *, t2: Path | None = None, threads: int = 2, fast: bool = False,
-                    quiet: bool = False) -> int:
+                    neck_mm: float | None = None, quiet: bool = False) -> int:
     """Segment a T1 (+T2) into SimNIBS tags and write ``out`` (.nii or .nii.gz, a new file); a brain-only
     image is accepted (then only WM, GM and CSF are labelled).  Exit codes as :func:`head_command`."""
+    from ..head.cleanup import check_neck_mm
     from ..outputs import check_output_file
     from ..head.subject import save_nifti, segment_mri
 
@@ -269,7 +269,8 @@ def segment_command(t1: Path, out: Path, *, t2: Path | None = None, threads: int
         if not 1 <= int(threads) <= 256:
             raise StimsimError(f"--threads must be 1..256, got {threads}")
         check_output_file(out)
-        res = segment_mri(t1, t2, threads=threads, fast=fast, progress=_say(quiet))
+        cleanup = None if neck_mm is None else {"neck_mm": check_neck_mm(neck_mm, "--neck-mm")}
+        res = segment_mri(t1, t2, threads=threads, fast=fast, cleanup=cleanup, progress=_say(quiet))
         out.parent.mkdir(parents=True, exist_ok=True)
         save_nifti(out, res.tags, res.affine, label=True)
     except (StimsimError, OSError) as exc:

@@ -49,6 +49,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.ndimage as ndi
 
+from ..errors import StimsimError
+
 __all__ = ["clean_tissues", "check_tissues", "TISSUE_LAYER", "inferior_axis"]
 
 #: nesting layer of each tag the clean-up knows (SimNIBS tags 1 WM .. 6 eyes), 0 = outside
@@ -162,15 +164,30 @@ def _nest(tags: np.ndarray, report: dict) -> np.ndarray:
     return tags
 
 
-# how far a scan cut through the brain stem is extended downward (rule 1), mm
+# how far a scan cut through the brain stem is extended downward (rule 1), mm; more than the
+# maximum would be a column of repeated slices, not anatomy
 NECK_MM = 20.0
+MAX_NECK_MM = 100.0
+
+
+def check_neck_mm(neck_mm, name: str = "neck_mm") -> float:
+    """``neck_mm`` as a float in 0..MAX_NECK_MM, else a one-line error naming ``name``."""
+    try:
+        v = float(neck_mm)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not (np.isfinite(v) and 0.0 <= v <= MAX_NECK_MM):
+        raise StimsimError(f"{name} must be 0..{MAX_NECK_MM:g} mm (0: no neck), got {neck_mm!r}")
+    return v
 
 
 def _extend_neck(tags: np.ndarray, affine: np.ndarray, zooms, neck_mm: float, report: dict):
-    """Rule 1: repeat the lowest slice downward when brain or CSF lies on it."""
+    """Rule 1: repeat the lowest slice downward when brain or CSF lies on it (rounded up to whole
+    slices)."""
     axis, side = inferior_axis(affine)
     face = np.take(tags, 0 if side == 0 else tags.shape[axis] - 1, axis=axis)
     report["cut_off_below"] = bool(np.isin(face, (1, 2, 3)).any())
+    report["neck_mm"] = neck_mm
     n = int(np.ceil(neck_mm / zooms[axis])) if report["cut_off_below"] and neck_mm > 0 else 0
     report["neck_slices_added"] = n
     if n == 0:
@@ -204,14 +221,14 @@ def clean_tissues(tags: np.ndarray, affine: np.ndarray, *, min_piece_mm3: float 
     min_piece_mm3 : pieces of a tissue (other than its largest) and enclosed background pieces
         smaller than this take the nearest other tissue's tag
     neck_mm : how far to extend the volume downward when the scan cuts through brain or CSF
-        (0: never)
+        (0: never; at most MAX_NECK_MM; rounded up to whole slices)
     nest : apply rules 3 and 4 (False for a brain-only image: only specks and holes are cleaned)
 
     Returns
     -------
     tags : uint8 array, possibly taller than the input (rule 1)
     affine : its affine (the input's, with the origin moved when slices were added below index 0)
-    report : what each rule changed (voxel counts), ``cut_off_below``, ``neck_slices_added``,
+    report : what each rule changed (voxel counts), ``cut_off_below``, ``neck_mm``, ``neck_slices_added``,
         ``open_faces`` and the :func:`check_tissues` result after the clean-up
     """
     tags = np.asarray(tags)
@@ -220,6 +237,7 @@ def clean_tissues(tags: np.ndarray, affine: np.ndarray, *, min_piece_mm3: float 
     bad = set(np.unique(tags).tolist()) - set(TISSUE_LAYER)
     if bad:
         raise ValueError(f"tags {sorted(bad)} are not SimNIBS tags 0..6")
+    neck_mm = check_neck_mm(neck_mm)
     affine = np.asarray(affine, float)
     zooms = np.linalg.norm(affine[:3, :3], axis=0)
     min_vox = max(1, int(round(min_piece_mm3 / float(np.prod(zooms)))))

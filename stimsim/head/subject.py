@@ -38,7 +38,7 @@ import numpy as np
 
 from .._logging import logger
 from ..outputs import exclusive_lock
-from .cleanup import clean_tissues
+from .cleanup import check_neck_mm, clean_tissues
 from .folder import CACHE_NAME, HEAD_ENTRIES, HEAD_FORMAT, is_head_folder
 from .mri import (FAST_SAMSEG_OPTIONS, INSTALL_HINT, MRIError, resample_onto, check_volumes, prepare_mri,
                   run_samseg, samseg_available, samseg_tags, samseg_version, sha256_file, subject_to_mni_affine,
@@ -161,6 +161,22 @@ class SegmentResult:
     subject_to_mni: np.ndarray  #: 4x4, subject mm -> MNI152 mm
 
 
+def _cleanup_options(cleanup: dict | None) -> dict:
+    """The clean-up options checked, less those equal to :func:`clean_tissues`' defaults (so that the
+    cache key of an explicit default is the key of no option)."""
+    import inspect
+
+    defaults = {k: p.default for k, p in inspect.signature(clean_tissues).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    opts = dict(cleanup or {})
+    unknown = sorted(set(opts) - set(defaults))
+    if unknown:
+        raise MRIError(f"cleanup: unknown option(s) {unknown}; allowed: {sorted(defaults)}")
+    if "neck_mm" in opts:
+        opts["neck_mm"] = check_neck_mm(opts["neck_mm"])
+    return {k: v for k, v in opts.items() if v != defaults[k]}
+
+
 def _tissues(seg_path, lta_path, *, whole_head: bool | None, cleanup: dict | None) -> SegmentResult:
     raw, affine = samseg_tags(seg_path)
     raw_vol = tissue_volumes_cm3(raw, affine)
@@ -178,7 +194,7 @@ def _tissues(seg_path, lta_path, *, whole_head: bool | None, cleanup: dict | Non
     if not whole_head:
         raw = np.where(raw <= 3, raw, 0).astype(np.uint8)
         opts.setdefault("nest", False)
-        opts.setdefault("neck_mm", 0.0)
+        opts["neck_mm"] = 0.0  # a brain-only image has no head to close below the brain
     tags, affine2, report = clean_tissues(raw, affine, **opts)
     vol = check_volumes(tags, affine2, whole_head=whole_head)
     return SegmentResult(tags, affine2, raw_vol, vol, report, bool(whole_head), subject_to_mni_affine(lta_path))
@@ -199,6 +215,7 @@ def segment_mri(t1, t2=None, *, threads: int = 2, fast: bool = False, whole_head
     work_dir : folder for SAMSEG's files (kept); default a temporary folder (removed)
     cleanup : keyword arguments for :func:`stimsim.head.cleanup.clean_tissues`
     """
+    cleanup = _cleanup_options(cleanup)
     prep = prepare_mri(t1, t2)
     if not samseg_available():
         raise MRIError(f"segmenting an MRI needs SAMSEG, which is not installed: {INSTALL_HINT}")
@@ -303,6 +320,7 @@ def make_head_folder(t1, out, *, t2=None, lesion=None, lesion_tag: int = 3, thre
     from .meshers import make_head_mesh, resolve_method
 
     t_start = time.perf_counter()
+    cleanup = _cleanup_options(cleanup)
     out = Path(out)
     existed = _check_out(out, overwrite)
     method = resolve_method(method)
@@ -352,7 +370,7 @@ def make_head_folder(t1, out, *, t2=None, lesion=None, lesion_tag: int = 3, thre
                 rec["peak_rss_mb"] = max(rec.get("child_peak_rss_mb") or 0.0, 0.0)
             done_segment = True
             # ---- tissues
-            key_tis = _key(key_seg, _VERSIONS["tissues"], sorted((cleanup or {}).items()))
+            key_tis = _key(key_seg, _VERSIONS["tissues"], sorted(cleanup.items()))
             with st.stage("tissues", "label table + clean-up") as rec:
                 seg = _tissues(cache / "samseg" / "seg.mgz", cache / "samseg" / "template.lta", whole_head=True,
                                cleanup=cleanup)
