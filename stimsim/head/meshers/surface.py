@@ -32,9 +32,13 @@ from .topology import distance_to_background, face_components, face_graph, fill_
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
-SURFACE_MESHER_VERSION = "surf-6.4"  # 6.1: the head's box of a wide field of view, the untangling retry;
+SURFACE_MESHER_VERSION = "surf-6.5"  # 6.1: the head's box of a wide field of view, the untangling retry;
 # 6.2: pieces of the brain or white matter closer than the sub-grid kept apart; 6.3: surfaces faired
-# within a band of their level sets (the voxels' staircase); 6.4: the volume calibration held local
+# within a band of their level sets (the voxels' staircase); 6.4: the volume calibration held local;
+# 6.5: short surface edges merged (edge_merge.py)
+#: surface edges shorter than this many sub-grid cells are merged before TetGen (surf-6.5; Colin27:
+#: 394 -> 53 tetrahedra below the shape bounds; docs/meshing.md)
+MIN_EDGE_CELL = 0.45
 #: default ``element_size_mm`` (Colin27 1 mm: 485k tets in 17-19 s; docs/meshing.md)
 DEFAULT_SURFACE_ELEMENT_SIZE_MM = 8.0
 #: tag of each layer in the output (SimNIBS numbering)
@@ -988,7 +992,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                            progress_cb=None, verbose=False, thickness_scale=1.0, calibrate=True,
                            island_fraction=0.01, lesion=None, lesion_tag=3, relax_iterations=8, sliver_move=0.0,
                            layer_volume_mm3=None, bone_voxels=None, lesion_voxels=None, pieces=None,
-                           fair_rounds=0, fair_band_vox=0.3, local_calibration_mm=0.0):
+                           fair_rounds=0, fair_band_vox=0.3, local_calibration_mm=0.0, min_edge_cell=0.0):
     """Nested surfaces -> TetGen.  Returns ``(nodes_mm_local, tets, tet_tags, info)``.
 
     ``h``: target element size (mm); tets get a max volume ``h^3 / (6 sqrt 2)`` (regular tet
@@ -1061,6 +1065,11 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                                                                           zooms, pad, cell)
             v, back = _untangle(relaxed, mc_all, fs, np.concatenate(near))
         info["relax_vertices_put_back"] = back
+        if min_edge_cell:
+            from .edge_merge import collapse_short_edges
+
+            v, fs, info["short_edges_merged"], kept = collapse_short_edges(v, fs, float(min_edge_cell) * cell)
+            mc_all, vsurf = mc_all[kept], vsurf[kept]
         info["timings_s"]["untangle_s"] = time.perf_counter() - t1
         verts, faces = [v], [fs]
         relaxed_all = v
@@ -1462,13 +1471,14 @@ def surface_defaults(h: float, zooms, surface_size_mm: float | None = None) -> d
     bound in the refinement since surf-6: it cost TetGen 20 % more time and 8 % more tetrahedra on
     Colin27 for no fewer poor ones after the sliver pass; docs/meshing.md), 10 rounds of fairing
     within 0.3 voxel of each level set (surf-6.3), the volume calibration held within 10 mm of each
-    place for the outer four surfaces (surf-6.4), and the sliver pass with surface nodes at most 0.4
+    place for the outer four surfaces (surf-6.4), surface edges shorter than ``MIN_EDGE_CELL`` sub-grid
+    cells merged (surf-6.5, :mod:`.edge_merge`), and the sliver pass with surface nodes at most 0.4
     voxel off their surface faces."""
     z = float(np.min(zooms))
     step = max(1, round((0.5 * float(h) if surface_size_mm is None else float(surface_size_mm)) / z))
     return {"surface_step": step, "thickness_scale": max(1.0, step * z / 2), "minratio": 2.0, "mindihedral": 0.0,
             "extra_switches": "YO9/7o/165", "relax_iterations": 8, "sliver_move": 0.4, "fair_rounds": 10,
-            "local_calibration_mm": 10.0}
+            "local_calibration_mm": 10.0, "min_edge_cell": MIN_EDGE_CELL}
 
 
 def compact_for_shipping(mesh, keep_tri_tags=(1005,)):
