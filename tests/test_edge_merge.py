@@ -5,8 +5,8 @@ import pytest
 
 pytest.importorskip("skimage")
 
-from stimsim.head.meshers.edge_merge import _fan_overlaps, collapse_short_edges  # noqa: E402
-from stimsim.head.meshers.surface import intersecting_triangles  # noqa: E402
+from stimsim.head.meshers.edge_merge import _fan_overlaps  # noqa: E402
+from stimsim.head.meshers.surface import collapse_short_edges, intersecting_triangles  # noqa: E402
 
 
 def _wavy_ball(n=48, radius=16.0):

@@ -5,12 +5,13 @@ the relaxation evens them out only where a vertex is far enough from the other s
 in thin layers.  TetGen ``-Y`` keeps every surface triangle, and a surface edge far shorter than its
 neighbours becomes the shortest edge of a flat tetrahedron: on Colin27, 363 of the 394 tetrahedra
 below the shape bounds (surf-6.4) had a surface edge as their shortest edge (median 0.73 mm against
-~3 mm).  :func:`collapse_short_edges` merges each edge shorter than a length into its midpoint where
+~3 mm).  :func:`~stimsim.head.meshers.surface.collapse_short_edges` merges each edge shorter than a length into its midpoint where
 that keeps the surface a closed manifold and its triangles unfolded and uncrossed.
 
-:func:`plan_merges` is written with scalar loops only, so that the same source runs compiled by numba
-(:mod:`._kernels`) or, where numba is off, as plain Python (slower, the same merges; tested).
-Measured figures: docs/meshing.md.
+This module is the planning of one round, :func:`plan_merges`, written with scalar loops only and no
+imports of the package, so that the same source runs compiled by numba (:mod:`._kernels`) or, where
+numba is off, as plain Python (slower, the same merges; tested).  The rounds, and the crossing test
+between them: :func:`stimsim.head.meshers.surface.collapse_short_edges`.  Measured: docs/meshing.md.
 """
 
 from __future__ import annotations
@@ -197,60 +198,3 @@ def _fan_overlaps(fan, ends, m):
                   or (_inside(-dx, -dy, -dz, fan, i) and _inside(-dx, -dy, -dz, fan, j))):
                 return True
     return False
-
-
-def collapse_short_edges(v: np.ndarray, f: np.ndarray, min_len_mm: float, rounds: int = 8, backend: str = "auto"):
-    """Merge the surface edges shorter than ``min_len_mm`` (:func:`plan_merges`, shortest first, a few
-    rounds).  A round whose merges make a triangle cross another one (:func:`intersecting_triangles`)
-    is done again without the merges involved.  Returns ``(v, f, merged, kept)``: the vertices left
-    (``kept``: which of the input's, in order), the triangles renumbered, the number of merges."""
-    from ...fem.kernels import numba_ready
-    from .surface import intersecting_triangles
-
-    plan = plan_merges
-    if numba_ready(backend):
-        from ._kernels import plan_merges as plan
-    v = np.ascontiguousarray(v, np.float64).copy()
-    f = np.ascontiguousarray(f, np.int64).copy()
-    merged = 0
-    banned: set = set()
-    for _ in range(int(rounds)):
-        e = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
-        e = e[np.linalg.norm(v[e[:, 0]] - v[e[:, 1]], axis=1) < min_len_mm]  # each edge twice
-        if not len(e):
-            break
-        e = np.unique(e[:, 0] * len(v) + e[:, 1])  # one key per edge (a 1-D unique: ~40x faster)
-        e = np.column_stack([e // len(v), e % len(v)])
-        length = np.linalg.norm(v[e[:, 0]] - v[e[:, 1]], axis=1)
-        e = np.ascontiguousarray(e[np.argsort(length, kind="stable")])
-        skip = np.fromiter(((int(a), int(b)) in banned for a, b in e), bool, len(e))
-        if skip.all():
-            break
-        owner = f.ravel()
-        order = np.argsort(owner, kind="stable")
-        ptr = np.zeros(len(v) + 1, np.int64)
-        np.cumsum(np.bincount(owner, minlength=len(v)), out=ptr[1:])
-        tri_of = np.ascontiguousarray(order // 3)
-        chosen = np.zeros(len(e), np.bool_)
-        points = np.zeros((len(e), 3))
-        if not plan(v, f, ptr, tri_of, e[:, 0].copy(), e[:, 1].copy(), skip, chosen, points):
-            break
-        a, b = e[chosen, 0], e[chosen, 1]
-        v_try = v.copy()
-        v_try[a] = points[chosen]
-        to = np.arange(len(v))
-        to[b] = a
-        f_try = to[f]
-        keep = (f_try[:, 0] != f_try[:, 1]) & (f_try[:, 1] != f_try[:, 2]) & (f_try[:, 2] != f_try[:, 0])
-        f_try = f_try[keep]
-        bad = intersecting_triangles(v_try, f_try, np.isin(f_try, a).any(axis=1))
-        if len(bad):  # drop the merges whose triangles cross, and plan the round again
-            hit = np.isin(a, f_try[bad])
-            banned |= {(int(x), int(y)) for x, y in zip(a[hit], b[hit])}
-            continue
-        v, f = v_try, f_try
-        merged += int(len(a))
-    kept = np.zeros(len(v), bool)
-    kept[f.ravel()] = True
-    new_index = np.cumsum(kept) - 1
-    return v[kept], new_index[f], merged, kept

@@ -853,6 +853,62 @@ def _separate_crossings(v, f, vsurf, names, fields, zooms, pad, cell, max_rounds
     return v, int(moved.sum())
 
 
+def collapse_short_edges(v: np.ndarray, f: np.ndarray, min_len_mm: float, rounds: int = 8, backend: str = "auto"):
+    """Merge the surface edges shorter than ``min_len_mm`` (:func:`.edge_merge.plan_merges`, shortest
+    first, a few rounds; why: :mod:`.edge_merge`).  A round whose merges make a triangle cross another
+    one (:func:`intersecting_triangles`) is done again without the merges involved.  Returns ``(v, f, merged, kept)``: the vertices left
+    (``kept``: which of the input's, in order), the triangles renumbered, the number of merges."""
+    from ...fem.kernels import numba_ready
+    from .edge_merge import plan_merges as plan
+
+    if numba_ready(backend):
+        from ._kernels import plan_merges as plan
+    v = np.ascontiguousarray(v, np.float64).copy()
+    f = np.ascontiguousarray(f, np.int64).copy()
+    merged = 0
+    banned: set = set()
+    for _ in range(int(rounds)):
+        e = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+        e = e[np.linalg.norm(v[e[:, 0]] - v[e[:, 1]], axis=1) < min_len_mm]  # each edge twice
+        if not len(e):
+            break
+        e = np.unique(e[:, 0] * len(v) + e[:, 1])  # one key per edge (a 1-D unique: ~40x faster)
+        e = np.column_stack([e // len(v), e % len(v)])
+        length = np.linalg.norm(v[e[:, 0]] - v[e[:, 1]], axis=1)
+        e = np.ascontiguousarray(e[np.argsort(length, kind="stable")])
+        skip = np.fromiter(((int(a), int(b)) in banned for a, b in e), bool, len(e))
+        if skip.all():
+            break
+        owner = f.ravel()
+        order = np.argsort(owner, kind="stable")
+        ptr = np.zeros(len(v) + 1, np.int64)
+        np.cumsum(np.bincount(owner, minlength=len(v)), out=ptr[1:])
+        tri_of = np.ascontiguousarray(order // 3)
+        chosen = np.zeros(len(e), np.bool_)
+        points = np.zeros((len(e), 3))
+        if not plan(v, f, ptr, tri_of, e[:, 0].copy(), e[:, 1].copy(), skip, chosen, points):
+            break
+        a, b = e[chosen, 0], e[chosen, 1]
+        v_try = v.copy()
+        v_try[a] = points[chosen]
+        to = np.arange(len(v))
+        to[b] = a
+        f_try = to[f]
+        keep = (f_try[:, 0] != f_try[:, 1]) & (f_try[:, 1] != f_try[:, 2]) & (f_try[:, 2] != f_try[:, 0])
+        f_try = f_try[keep]
+        bad = intersecting_triangles(v_try, f_try, np.isin(f_try, a).any(axis=1))
+        if len(bad):  # drop the merges whose triangles cross, and plan the round again
+            hit = np.isin(a, f_try[bad])
+            banned |= {(int(x), int(y)) for x, y in zip(a[hit], b[hit])}
+            continue
+        v, f = v_try, f_try
+        merged += int(len(a))
+    kept = np.zeros(len(v), bool)
+    kept[f.ravel()] = True
+    new_index = np.cumsum(kept) - 1
+    return v[kept], new_index[f], merged, kept
+
+
 def _untangle(v, v0, f, near=None, max_rounds=12):
     """Undo the relaxation (back to the marching-cubes points ``v0``, which do not intersect) around
     every pair of crossing triangles, one ring wider each round, until none is left.  Returns
@@ -1066,8 +1122,6 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
             v, back = _untangle(relaxed, mc_all, fs, np.concatenate(near))
         info["relax_vertices_put_back"] = back
         if min_edge_cell:
-            from .edge_merge import collapse_short_edges
-
             v, fs, info["short_edges_merged"], kept = collapse_short_edges(v, fs, float(min_edge_cell) * cell)
             mc_all, vsurf = mc_all[kept], vsurf[kept]
         info["timings_s"]["untangle_s"] = time.perf_counter() - t1
