@@ -856,8 +856,9 @@ def _separate_crossings(v, f, vsurf, names, fields, zooms, pad, cell, max_rounds
 def collapse_short_edges(v: np.ndarray, f: np.ndarray, min_len_mm: float, rounds: int = 8, backend: str = "auto"):
     """Merge the surface edges shorter than ``min_len_mm`` (:func:`.edge_merge.plan_merges`, shortest
     first, a few rounds; why: :mod:`.edge_merge`).  A round whose merges make a triangle cross another
-    one (:func:`intersecting_triangles`) is done again without the merges involved.  Returns ``(v, f, merged, kept)``: the vertices left
-    (``kept``: which of the input's, in order), the triangles renumbered, the number of merges."""
+    one (:func:`intersecting_triangles`) is done again without the merges involved.  Returns
+    ``(v, f, merged, kept)``: the vertices left (``kept``: which of the input's, in order), the
+    triangles renumbered, the number of merges."""
     from ...fem.kernels import numba_ready
     from .edge_merge import plan_merges as plan
 
