@@ -298,19 +298,7 @@ def add_local_shift(phi, shift, step: int, outer=None, gap_outer=0.0, inner=None
                      np.float32(gap_inner), inner is not None)
 
 
-def _compiled(fn, **jitted):
-    """``fn`` (plain-Python source of :mod:`.edge_merge`) compiled, its calls to the helpers
-    ``jitted`` going to their compiled forms: one source for both paths."""
-    import types
+from . import edge_merge as _edge_merge  # noqa: E402  (plain Python, no imports of the package)
 
-    scope = dict(fn.__globals__)
-    scope.update(jitted)
-    return numba.njit(cache=True, nogil=True)(types.FunctionType(fn.__code__, scope, fn.__name__))
-
-
-from . import edge_merge as _edge_merge  # noqa: E402  (plain Python, no numba: no import cycle)
-
-_inside = _compiled(_edge_merge._inside)
-_fan_overlaps = _compiled(_edge_merge._fan_overlaps, _inside=_inside)
 #: :func:`stimsim.head.meshers.edge_merge.plan_merges`, compiled
-plan_merges = _compiled(_edge_merge.plan_merges, _fan_overlaps=_fan_overlaps)
+plan_merges = _edge_merge.compiled(numba.njit)

@@ -853,12 +853,69 @@ def _separate_crossings(v, f, vsurf, names, fields, zooms, pad, cell, max_rounds
     return v, int(moved.sum())
 
 
+def _touching_overlaps(v: np.ndarray, f: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Triangles among ``candidates`` (bool per triangle) that overlap a triangle they share a vertex
+    with, which :func:`intersecting_triangles` does not test: sharing one vertex, when the line where
+    their planes meet lies inside both triangles' angles there (or, in one plane, a side of one inside
+    the other's angle); sharing a side, when folded flat onto each other (normals within ~11 deg of
+    opposite).  The same geometry as :func:`.edge_merge._fan_overlaps`, for whole surfaces."""
+    owner = f.ravel()
+    order = np.argsort(owner, kind="stable")
+    ptr = np.zeros(len(v) + 1, np.int64)
+    np.cumsum(np.bincount(owner, minlength=len(v)), out=ptr[1:])
+    tri_of = order // 3
+    t = np.repeat(np.flatnonzero(candidates), 3)
+    corner = np.tile(np.arange(3), int(np.count_nonzero(candidates)))
+    q = f[t, corner]
+    deg = ptr[q + 1] - ptr[q]
+    t_pair, corner_pair = np.repeat(t, deg), np.repeat(corner, deg)
+    start = np.repeat(ptr[q], deg)
+    u = tri_of[start + np.arange(len(start)) - np.repeat(np.cumsum(deg) - deg, deg)]
+    keep = u != t_pair
+    t_pair, corner_pair, u = t_pair[keep], corner_pair[keep], u[keep]
+    if not len(u):
+        return np.zeros(0, np.int64)
+    ft, fu = f[t_pair], f[u]
+    shared = (ft[:, :, None] == fu[:, None, :]).any(axis=2).sum(axis=1)
+    pv = v[f]
+    nt = np.cross(pv[t_pair, 1] - pv[t_pair, 0], pv[t_pair, 2] - pv[t_pair, 0])
+    nu = np.cross(pv[u, 1] - pv[u, 0], pv[u, 2] - pv[u, 0])
+    lt, lu = np.linalg.norm(nt, axis=1), np.linalg.norm(nu, axis=1)
+    hit = (shared == 2) & ((nt * nu).sum(1) < -0.98 * lt * lu)
+    one = np.flatnonzero(shared == 1)
+    if len(one):
+        tt, uu, c = t_pair[one], u[one], corner_pair[one]
+        qv = f[tt, c]
+        cu = np.argmax(f[uu] == qv[:, None], axis=1)  # the shared vertex's place in u
+        r = np.arange(len(one))
+
+        def sides(tri, k):  # the two sides from the shared vertex, in the triangle's turning order
+            p0 = v[f[tri, k]]
+            return v[f[tri, (k + 1) % 3]] - p0, v[f[tri, (k + 2) % 3]] - p0
+
+        ut, wt = sides(tt, c)
+        uv, wv = sides(uu, cu)
+        n1, n2 = np.cross(ut, wt), np.cross(uv, wv)
+
+        def inside(d, a, w, n):
+            return ((np.cross(d, w) * n).sum(1) >= 0) & ((np.cross(a, d) * n).sum(1) >= 0)
+
+        d = np.cross(n1, n2)
+        flat = (d * d).sum(1) < 1e-12 * (n1 * n1).sum(1) * (n2 * n2).sum(1)
+        cross = ((inside(d, ut, wt, n1) & inside(d, uv, wv, n2)) | (inside(-d, ut, wt, n1) & inside(-d, uv, wv, n2)))
+        same_plane = (inside(uv, ut, wt, n1) | inside(wv, ut, wt, n1) | inside(ut, uv, wv, n2)
+                      | inside(wt, uv, wv, n2))
+        hit[one[np.where(flat, same_plane, cross)[r]]] = True
+    return np.unique(np.concatenate([t_pair[hit], u[hit]]))
+
+
 def collapse_short_edges(v: np.ndarray, f: np.ndarray, min_len_mm: float, rounds: int = 8, backend: str = "auto"):
     """Merge the surface edges shorter than ``min_len_mm`` (:func:`.edge_merge.plan_merges`, shortest
-    first, a few rounds; why: :mod:`.edge_merge`).  A round whose merges make a triangle cross another
-    one (:func:`intersecting_triangles`) is done again without the merges involved.  Returns
-    ``(v, f, merged, kept)``: the vertices left (``kept``: which of the input's, in order), the
-    triangles renumbered, the number of merges."""
+    first, up to ``rounds`` rounds; why: :mod:`.edge_merge`).  A round whose merges make a triangle
+    cross another one (:func:`intersecting_triangles`) or overlap one it shares a vertex with
+    (:func:`_touching_overlaps`) is planned again without the merges involved (at most ``rounds``
+    times in all).  Returns ``(v, f, merged, kept)``: the vertices left (``kept``: which of the input's,
+    in order), the triangles renumbered, the number of merges."""
     from ...fem.kernels import numba_ready
     from .edge_merge import plan_merges as plan
 
@@ -866,9 +923,9 @@ def collapse_short_edges(v: np.ndarray, f: np.ndarray, min_len_mm: float, rounds
         from ._kernels import plan_merges as plan
     v = np.ascontiguousarray(v, np.float64).copy()
     f = np.ascontiguousarray(f, np.int64).copy()
-    merged = 0
+    merged = done = replanned = 0
     banned: set = set()
-    for _ in range(int(rounds)):
+    while done < int(rounds) and replanned <= int(rounds):
         e = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
         e = e[np.linalg.norm(v[e[:, 0]] - v[e[:, 1]], axis=1) < min_len_mm]  # each edge twice
         if not len(e):
@@ -897,13 +954,16 @@ def collapse_short_edges(v: np.ndarray, f: np.ndarray, min_len_mm: float, rounds
         f_try = to[f]
         keep = (f_try[:, 0] != f_try[:, 1]) & (f_try[:, 1] != f_try[:, 2]) & (f_try[:, 2] != f_try[:, 0])
         f_try = f_try[keep]
-        bad = intersecting_triangles(v_try, f_try, np.isin(f_try, a).any(axis=1))
-        if len(bad):  # drop the merges whose triangles cross, and plan the round again
+        touched = np.isin(f_try, a).any(axis=1)
+        bad = np.union1d(intersecting_triangles(v_try, f_try, touched), _touching_overlaps(v_try, f_try, touched))
+        if len(bad):  # drop the merges whose triangles cross or overlap, and plan the round again
             hit = np.isin(a, f_try[bad])
             banned |= {(int(x), int(y)) for x, y in zip(a[hit], b[hit])}
+            replanned += 1
             continue
         v, f = v_try, f_try
         merged += int(len(a))
+        done += 1
     kept = np.zeros(len(v), bool)
     kept[f.ravel()] = True
     new_index = np.cumsum(kept) - 1
@@ -1064,6 +1124,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     the smallest voxel edge; 0: off): how far surface nodes may move off their surface in the sliver
     pass (:mod:`.sliver`).  ``fair_rounds``: rounds of Taubin smoothing of the relaxed surfaces, each
     vertex held within ``fair_band_vox`` voxels of its level set (:func:`_fair_surface`; 0: off).
+    ``min_edge_cell``: surface edges shorter than this many sub-grid cells are merged
+    (:func:`collapse_short_edges`; with the relaxation only; 0: off).
     ``layer_volume_mm3``, ``bone_voxels``, ``pieces``: see :func:`nested_fields`.
     ``lesion_voxels``: ``(mask, zooms, offset_mm)`` of the finer grid the lesion was drawn on (its
     voxel-frame mm = this grid's + ``offset_mm``), which then decides which tetrahedra are lesion.
@@ -1112,6 +1174,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     mc_all = np.concatenate(mc_verts) if mc_verts else np.zeros((0, 3))
     vsurf = np.concatenate([np.full(len(m), i) for i, m in enumerate(mc_verts)]) if mc_verts else np.zeros(0, int)
     named_fields = {str(n): phi for n, phi in fields}
+    premerge = None
     if relax_iterations:
         t1 = time.perf_counter()
         fs = np.concatenate(faces)
@@ -1123,8 +1186,13 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
             v, back = _untangle(relaxed, mc_all, fs, np.concatenate(near))
         info["relax_vertices_put_back"] = back
         if min_edge_cell:
+            # the surfaces as untangled, kept for TetGen's retries: those put marching-cubes points
+            # back, which are free of crossings on the unmerged triangles only
+            premerge = (v, fs, mc_all, vsurf, dict(nsurf))
             v, fs, info["short_edges_merged"], kept = collapse_short_edges(v, fs, float(min_edge_cell) * cell)
             mc_all, vsurf = mc_all[kept], vsurf[kept]
+            count = np.bincount(vsurf[fs[:, 0]], minlength=len(surf_names))
+            nsurf = {name: (nsurf[name][0], int(count[i])) for i, name in enumerate(surf_names)}
         info["timings_s"]["untangle_s"] = time.perf_counter() - t1
         verts, faces = [v], [fs]
         relaxed_all = v
@@ -1167,7 +1235,20 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
             if "intersect" not in str(exc):
                 raise
             out = None
-            if relax_iterations:
+            if premerge is not None:  # first the surfaces as they were before their short edges merged
+                relaxed_all, faces, mc_all, vsurf, nsurf = premerge
+                rest = verts[int(np.count_nonzero(kept)):]  # the lesion's points
+                verts = np.concatenate([relaxed_all, rest])
+                verts = verts + np.random.default_rng(12345).uniform(-1e-4, 1e-4, verts.shape)
+                info["short_edges_merged"], info["merges_undone"] = 0, True
+                info["surface_triangles"] = nsurf
+                try:
+                    with _quiet_stdout(not verbose):
+                        out = tetgen.TetGen(verts, faces.astype(np.int32)).tetrahedralize(switches=switches)
+                except RuntimeError as exc2:
+                    if "intersect" not in str(exc2):
+                        raise
+            if out is None and relax_iterations:
                 # the untangling checks only the triangles near another surface (a fold of one surface
                 # elsewhere is rare: a head sampled half a voxel off Colin27's grid had one); check them
                 # all, put back what crosses, and try again before giving up the relaxation (which cost
