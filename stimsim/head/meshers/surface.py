@@ -887,7 +887,6 @@ def _touching_overlaps(v: np.ndarray, f: np.ndarray, candidates: np.ndarray) -> 
         tt, uu, c = t_pair[one], u[one], corner_pair[one]
         qv = f[tt, c]
         cu = np.argmax(f[uu] == qv[:, None], axis=1)  # the shared vertex's place in u
-        r = np.arange(len(one))
 
         def sides(tri, k):  # the two sides from the shared vertex, in the triangle's turning order
             p0 = v[f[tri, k]]
@@ -905,7 +904,7 @@ def _touching_overlaps(v: np.ndarray, f: np.ndarray, candidates: np.ndarray) -> 
         cross = ((inside(d, ut, wt, n1) & inside(d, uv, wv, n2)) | (inside(-d, ut, wt, n1) & inside(-d, uv, wv, n2)))
         same_plane = (inside(uv, ut, wt, n1) | inside(wv, ut, wt, n1) | inside(ut, uv, wv, n2)
                       | inside(wt, uv, wv, n2))
-        hit[one[np.where(flat, same_plane, cross)[r]]] = True
+        hit[one[np.where(flat, same_plane, cross)]] = True
     return np.unique(np.concatenate([t_pair[hit], u[hit]]))
 
 
