@@ -1103,6 +1103,19 @@ class _quiet_stdout:
             os.close(self.saved)
 
 
+def _tetgen_unless_crossing(verts, faces, switches, verbose):
+    """TetGen's ``(nodes, elements, ...)``, or None when it finds the surfaces intersecting."""
+    import tetgen
+
+    try:
+        with _quiet_stdout(not verbose):
+            return tetgen.TetGen(verts, faces.astype(np.int32)).tetrahedralize(switches=switches)
+    except RuntimeError as exc:
+        if "intersect" not in str(exc):
+            raise
+    return None
+
+
 def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float, *, min_thickness_mm=0.5,
                            sigma_vox=0.7, minratio=1.5, mindihedral=12.0, surface_step=None, extra_switches="",
                            progress_cb=None, verbose=False, thickness_scale=1.0, calibrate=True,
@@ -1241,12 +1254,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                 verts = verts + np.random.default_rng(12345).uniform(-1e-4, 1e-4, verts.shape)
                 info["short_edges_merged"], info["merges_undone"] = 0, True
                 info["surface_triangles"] = nsurf
-                try:
-                    with _quiet_stdout(not verbose):
-                        out = tetgen.TetGen(verts, faces.astype(np.int32)).tetrahedralize(switches=switches)
-                except RuntimeError as exc2:
-                    if "intersect" not in str(exc2):
-                        raise
+                out = _tetgen_unless_crossing(verts, faces, switches, verbose)
             if out is None and relax_iterations:
                 # the untangling checks only the triangles near another surface (a fold of one surface
                 # elsewhere is rare: a head sampled half a voxel off Colin27's grid had one); check them
@@ -1257,12 +1265,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                 if 0 < back < len(v2):  # else TetGen would refuse the same surfaces again
                     info["relax_vertices_put_back"] = info.get("relax_vertices_put_back", 0) + back
                     verts[:len(mc_all)] = v2 + jitter
-                    try:
-                        with _quiet_stdout(not verbose):
-                            out = tetgen.TetGen(verts, faces.astype(np.int32)).tetrahedralize(switches=switches)
-                    except RuntimeError as exc2:
-                        if "intersect" not in str(exc2):
-                            raise
+                    out = _tetgen_unless_crossing(verts, faces, switches, verbose)
             if out is None:
                 # a crossing the untangling missed: mesh the marching-cubes surfaces, with any of their
                 # own crossings pushed apart (rare: chords of close surfaces inside one sub-grid cube)
