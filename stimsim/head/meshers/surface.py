@@ -1198,6 +1198,12 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
             v, back = _untangle(relaxed, mc_all, fs, np.concatenate(near))
         info["relax_vertices_put_back"] = back
         if min_edge_cell:
+            # a fold far from the other surfaces (the untangling above looks near them only; Colin27
+            # at 6 mm had three crossing triangles) is put back first: TetGen would refuse the merged
+            # surfaces for it, and the retry below cannot put marching-cubes points on merged ones
+            if len(intersecting_triangles(v, fs)):
+                v, back = _untangle(v, mc_all, fs, None)
+                info["relax_vertices_put_back"] += back
             # the surfaces as untangled, kept for TetGen's retries: those put marching-cubes points
             # back, which are free of crossings on the unmerged triangles only
             premerge = (v, fs, mc_all, vsurf, dict(nsurf))
