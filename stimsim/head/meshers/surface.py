@@ -853,12 +853,14 @@ def _separate_crossings(v, f, vsurf, names, fields, zooms, pad, cell, max_rounds
     return v, int(moved.sum())
 
 
-def _touching_overlaps(v: np.ndarray, f: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+def _touching_overlaps(v: np.ndarray, f: np.ndarray, candidates: np.ndarray,
+                       checked: np.ndarray | None = None) -> np.ndarray:
     """Triangles among ``candidates`` (bool per triangle) that overlap a triangle they share a vertex
     with, which :func:`intersecting_triangles` does not test: sharing one vertex, when the line where
     their planes meet lies inside both triangles' angles there (or, in one plane, a side of one inside
     the other's angle); sharing a side, when folded flat onto each other (normals within ~11 deg of
-    opposite).  The same geometry as :func:`.edge_merge._fan_overlaps`, for whole surfaces."""
+    opposite).  The same geometry as :func:`.edge_merge._fan_overlaps`, for whole surfaces.  Pairs
+    meeting at a vertex of ``checked`` (bool per vertex: fans already tested) are skipped."""
     owner = f.ravel()
     order = np.argsort(owner, kind="stable")
     ptr = np.zeros(len(v) + 1, np.int64)
@@ -867,6 +869,8 @@ def _touching_overlaps(v: np.ndarray, f: np.ndarray, candidates: np.ndarray) -> 
     t = np.repeat(np.flatnonzero(candidates), 3)
     corner = np.tile(np.arange(3), int(np.count_nonzero(candidates)))
     q = f[t, corner]
+    if checked is not None:
+        t, corner, q = t[~checked[q]], corner[~checked[q]], q[~checked[q]]
     deg = ptr[q + 1] - ptr[q]
     t_pair, corner_pair = np.repeat(t, deg), np.repeat(corner, deg)
     start = np.repeat(ptr[q], deg)
@@ -908,7 +912,7 @@ def _touching_overlaps(v: np.ndarray, f: np.ndarray, candidates: np.ndarray) -> 
     return np.unique(np.concatenate([t_pair[hit], u[hit]]))
 
 
-def collapse_short_edges(v: np.ndarray, f: np.ndarray, min_len_mm: float, rounds: int = 8, backend: str = "auto"):
+def collapse_short_edges(v: np.ndarray, f: np.ndarray, min_len_mm: float, rounds: int = 6, backend: str = "auto"):
     """Merge the surface edges shorter than ``min_len_mm`` (:func:`.edge_merge.plan_merges`, shortest
     first, up to ``rounds`` rounds; why: :mod:`.edge_merge`).  A round whose merges make a triangle
     cross another one (:func:`intersecting_triangles`) or overlap one it shares a vertex with
@@ -954,7 +958,10 @@ def collapse_short_edges(v: np.ndarray, f: np.ndarray, min_len_mm: float, rounds
         keep = (f_try[:, 0] != f_try[:, 1]) & (f_try[:, 1] != f_try[:, 2]) & (f_try[:, 2] != f_try[:, 0])
         f_try = f_try[keep]
         touched = np.isin(f_try, a).any(axis=1)
-        bad = np.union1d(intersecting_triangles(v_try, f_try, touched), _touching_overlaps(v_try, f_try, touched))
+        fan_tested = np.zeros(len(v), bool)  # plan_merges tested the fans around the merged points
+        fan_tested[a] = True
+        bad = np.union1d(intersecting_triangles(v_try, f_try, touched),
+                         _touching_overlaps(v_try, f_try, touched, fan_tested))
         if len(bad):  # drop the merges whose triangles cross or overlap, and plan the round again
             hit = np.isin(a, f_try[bad])
             banned |= {(int(x), int(y)) for x, y in zip(a[hit], b[hit])}
