@@ -37,7 +37,7 @@ SURFACE_MESHER_VERSION = "surf-6.5"  # 6.1: the head's box of a wide field of vi
 # within a band of their level sets (the voxels' staircase); 6.4: the volume calibration held local;
 # 6.5: short surface edges merged (edge_merge.py)
 #: surface edges shorter than this many sub-grid cells are merged before TetGen (surf-6.5; Colin27:
-#: 394 -> 53 tetrahedra below the shape bounds; docs/meshing.md)
+#: 394 -> 70 tetrahedra below the shape bounds; docs/meshing.md)
 MIN_EDGE_CELL = 0.45
 #: default ``element_size_mm`` (Colin27 1 mm: 485k tets in 17-19 s; docs/meshing.md)
 DEFAULT_SURFACE_ELEMENT_SIZE_MM = 8.0
