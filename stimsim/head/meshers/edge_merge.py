@@ -5,8 +5,9 @@ the relaxation evens them out only where a vertex is far enough from the other s
 in thin layers.  TetGen ``-Y`` keeps every surface triangle, and a surface edge far shorter than its
 neighbours becomes the shortest edge of a flat tetrahedron: on Colin27, 363 of the 394 tetrahedra
 below the shape bounds (surf-6.4) had a surface edge as their shortest edge (median 0.73 mm against
-~3 mm).  :func:`~stimsim.head.meshers.surface.collapse_short_edges` merges each edge shorter than a length into its midpoint where
-that keeps the surface a closed manifold and its triangles unfolded and uncrossed.
+~3 mm).  :func:`~stimsim.head.meshers.surface.collapse_short_edges` merges each edge shorter than a
+length into one point (near its midpoint, keeping the enclosed volume) where that keeps the surface a
+closed manifold and its triangles unfolded and uncrossed.
 
 This module is the planning of one round, :func:`plan_merges`, written with scalar loops only and no
 imports of the package, so that the same source runs compiled by numba (:mod:`._kernels`) or, where
@@ -25,8 +26,9 @@ def plan_merges(v, f, ptr, tri_of, ea, eb, skip, chosen, out_p):  # noqa: C901 -
     ``tri_of[ptr[x]:ptr[x + 1]]``.  An edge is taken when neither end nor any vertex next to them is
     already used by a merge of this round (so the merges do not interact), it lies on exactly two
     triangles whose third vertices are the only vertices next to both ends (else merging pinches the
-    surface), neither third vertex is left on fewer than three triangles, every triangle around the
-    merged point turns by less than 60 deg and keeps a tenth of its area, and no two of them overlap.
+    surface), neither third vertex is left on fewer than three triangles, the point that keeps the
+    enclosed volume lies within half the edge of its midpoint, every triangle around it turns by less
+    than 60 deg and keeps a tenth of its area, and no two of them overlap.
     """
     n = v.shape[0]
     locked = np.zeros(n, np.bool_)
