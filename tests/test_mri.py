@@ -503,6 +503,7 @@ def test_neck_option_reuses_segmentation(colin_head, colin_3mm, tmp_path, capsys
     assert "segment from cache" in err and "mesh from cache" not in err
     info = json.loads((copy / "head.json").read_text())
     assert info["cleanup"]["cut_off_below"] and info["cleanup"]["neck_slices_added"] == 0
+    assert info["cleanup"]["neck_mm"] == 0.0 and first["cleanup"]["neck_mm"] == 20.0  # what was asked for
     before, after = nib.load(str(subj / "labels.nii.gz")), nib.load(str(copy / "labels.nii.gz"))
     assert after.shape[2] == before.shape[2] - added
     from stimsim.mesh import read_mesh
