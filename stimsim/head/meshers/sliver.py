@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .topology import tet_neighbors
+from .topology import tet_neighbors, vertex_incidence
 
 MIN_DIHEDRAL_DEG = 5.0
 MIN_RADIUS_RATIO = 0.1
@@ -44,12 +44,9 @@ def surface_faces(nodes: np.ndarray, tets: np.ndarray, tags: np.ndarray,
     p = nodes[f]
     unit = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
     unit /= np.maximum(np.linalg.norm(unit, axis=1), 1e-300)[:, None]
-    owner = f.ravel()
-    order = np.argsort(owner, kind="stable")
-    ptr = np.zeros(n + 1, np.int64)
-    np.cumsum(np.bincount(owner, minlength=n), out=ptr[1:])
+    ptr, around = vertex_incidence(f, n)
     on = ptr[1:] > ptr[:-1]
-    return on, ptr, np.ascontiguousarray(unit[order // 3])
+    return on, ptr, np.ascontiguousarray(unit[around])
 
 
 def perturb_slivers(nodes: np.ndarray, tets: np.ndarray, tags: np.ndarray, *, max_move_mm: float,

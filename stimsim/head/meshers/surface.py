@@ -27,7 +27,8 @@ from ..._logging import logger
 from ...errors import MeshError
 from ...mesh.model import TET_FACES, face_codes
 from ...tissues import LAYER_FILL_TAG, LAYER_OF_TAG, layer_lut
-from .topology import distance_to_background, face_components, face_graph, fill_holes, sample_volume, tet_neighbors
+from .topology import (distance_to_background, face_components, face_graph, fill_holes, sample_volume, tet_neighbors,
+                       vertex_incidence)
 
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
@@ -861,11 +862,7 @@ def _touching_overlaps(v: np.ndarray, f: np.ndarray, candidates: np.ndarray,
     the other's angle); sharing a side, when folded flat onto each other (normals within ~11 deg of
     opposite).  The same geometry as :func:`.edge_merge._fan_overlaps`, for whole surfaces.  Pairs
     meeting at a vertex of ``checked`` (bool per vertex: fans already tested) are skipped."""
-    owner = f.ravel()
-    order = np.argsort(owner, kind="stable")
-    ptr = np.zeros(len(v) + 1, np.int64)
-    np.cumsum(np.bincount(owner, minlength=len(v)), out=ptr[1:])
-    tri_of = order // 3
+    ptr, tri_of = vertex_incidence(f, len(v))
     t = np.repeat(np.flatnonzero(candidates), 3)
     corner = np.tile(np.arange(3), int(np.count_nonzero(candidates)))
     q = f[t, corner]
@@ -937,14 +934,12 @@ def collapse_short_edges(v: np.ndarray, f: np.ndarray, min_len_mm: float, rounds
         e = np.column_stack([e // len(v), e % len(v)])
         length = np.linalg.norm(v[e[:, 0]] - v[e[:, 1]], axis=1)
         e = np.ascontiguousarray(e[np.argsort(length, kind="stable")])
-        skip = np.fromiter(((int(a), int(b)) in banned for a, b in e), bool, len(e))
-        if skip.all():
-            break
-        owner = f.ravel()
-        order = np.argsort(owner, kind="stable")
-        ptr = np.zeros(len(v) + 1, np.int64)
-        np.cumsum(np.bincount(owner, minlength=len(v)), out=ptr[1:])
-        tri_of = np.ascontiguousarray(order // 3)
+        skip = np.zeros(len(e), bool)
+        if banned:
+            skip = np.fromiter(((int(a), int(b)) in banned for a, b in e), bool, len(e))
+            if skip.all():
+                break
+        ptr, tri_of = vertex_incidence(f, len(v))
         chosen = np.zeros(len(e), np.bool_)
         points = np.zeros((len(e), 3))
         if not plan(v, f, ptr, tri_of, e[:, 0].copy(), e[:, 1].copy(), skip, chosen, points):
@@ -1208,9 +1203,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
             # a fold far from the other surfaces (the untangling above looks near them only; Colin27
             # at 6 mm had three crossing triangles) is put back first: TetGen would refuse the merged
             # surfaces for it, and the retry below cannot put marching-cubes points on merged ones
-            if len(intersecting_triangles(v, fs)):
-                v, back = _untangle(v, mc_all, fs, None)
-                info["relax_vertices_put_back"] += back
+            v, back = _untangle(v, mc_all, fs, None)
+            info["relax_vertices_put_back"] += back
             # the surfaces as untangled, kept for TetGen's retries: those put marching-cubes points
             # back, which are free of crossings on the unmerged triangles only
             premerge = (v, fs, mc_all, vsurf, dict(nsurf))

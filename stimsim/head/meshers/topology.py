@@ -85,6 +85,15 @@ def orient_tets(nodes: np.ndarray, tets: np.ndarray) -> np.ndarray:
     return tets
 
 
+def vertex_incidence(cells: np.ndarray, n_vertices: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR of the cells (triangles, tetrahedra: rows of vertex numbers) around each vertex: vertex x's
+    are ``ids[ptr[x]:ptr[x + 1]]``, ascending."""
+    owner = np.asarray(cells).ravel()
+    ptr = np.zeros(int(n_vertices) + 1, np.int64)
+    np.cumsum(np.bincount(owner, minlength=int(n_vertices)), out=ptr[1:])
+    return ptr, np.argsort(owner, kind="stable") // np.asarray(cells).shape[1]
+
+
 def compact_nodes(nodes: np.ndarray, tets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Only the nodes the tets use, renumbered."""
     used = np.unique(tets)
@@ -94,7 +103,7 @@ def compact_nodes(nodes: np.ndarray, tets: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 __all__ = ["fill_holes", "sample_volume", "face_graph", "face_components", "tet_neighbors", "signed_volumes",
-           "orient_tets", "compact_nodes", "ISLAND_FRACTION", "CAVITY_TAG"]
+           "orient_tets", "compact_nodes", "vertex_incidence", "ISLAND_FRACTION", "CAVITY_TAG"]
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
