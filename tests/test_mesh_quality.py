@@ -113,9 +113,19 @@ def test_intersecting_triangles(kernels, monkeypatch):
     soup_f = rng.integers(0, 600, (200, 3))
     soup_f = soup_f[(soup_f[:, 0] != soup_f[:, 1]) & (soup_f[:, 1] != soup_f[:, 2]) & (soup_f[:, 0] != soup_f[:, 2])]
     found = intersecting_triangles(soup_v, soup_f)
+    # small triangles, some crossing, a third of them candidates: a pair of two candidates is tested
+    # once, a pair with one candidate always
+    small_v = (rng.uniform(0, 40, (400, 1, 3)) + rng.uniform(-3, 3, (400, 3, 3))).reshape(-1, 3)
+    small_f = np.arange(len(small_v)).reshape(-1, 3)
+    some = rng.random(len(small_f)) < 0.3
+    found_small = intersecting_triangles(small_v, small_f)
+    found_some = intersecting_triangles(small_v, small_f, some)
     monkeypatch.setattr(fem_kernels, "HAVE_NUMBA", not kernels)
     np.testing.assert_array_equal(found, intersecting_triangles(soup_v, soup_f))
-    assert len(found) > 0
+    np.testing.assert_array_equal(found_small, intersecting_triangles(small_v, small_f))
+    np.testing.assert_array_equal(found_some, intersecting_triangles(small_v, small_f, some))
+    assert len(found) > 0 and 0 < len(found_some) < len(found_small) < len(small_f)
+    assert (~some[found_some]).any()  # a non-candidate found through its crossing with a candidate
 
 
 @pytest.mark.parametrize("order,dtype", [("C", np.float64), ("F", np.float32)])

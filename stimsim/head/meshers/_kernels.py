@@ -8,7 +8,8 @@ surface relaxation samples the level-set fields ~2,000 times).
 Triangles are binned by centroid on a grid of cells twice the largest bounding-sphere radius, so every
 pair whose bounding spheres overlap lies in neighbouring cells; each pair is tested there (spheres,
 shared vertices, the 6 edge-through-triangle tests) without the millions of temporary rows the numpy
-version built (Colin27: 10 M candidate pairs, 9.7 -> ~0.3 s).
+version built (Colin27: 10 M candidate pairs, 9.7 -> ~0.3 s).  A pair of two candidates is tested once
+(the largest call on Colin27, 114k candidates among 137k triangles: 0.33 -> 0.20 s).
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ def _crosses(v, p, q, a, b, c):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def crossing_flags(v, f, cen, r, candidates, cell_start, cell_items, cell_of, dims):  # pragma: no cover
-    """hit[t] = triangle t crosses a triangle it shares no vertex with (pairs with a candidate)."""
+def crossing_flags(v, f, cen, r, candidates, is_candidate, cell_start, cell_items, cell_of, dims):  # pragma: no cover
+    """hit[t] = triangle t crosses a triangle it shares no vertex with (pairs with a candidate); a pair
+    of two candidates is tested once, from its smaller index (the test sets both flags)."""
     n = f.shape[0]
     hit = np.zeros(n, np.bool_)
     nx, ny, nz = dims[0], dims[1], dims[2]
@@ -55,7 +57,7 @@ def crossing_flags(v, f, cen, r, candidates, cell_start, cell_items, cell_of, di
                     cell = (ox * ny + oy) * nz + oz
                     for k in range(cell_start[cell], cell_start[cell + 1]):
                         j = cell_items[k]
-                        if j == i:
+                        if j == i or (j < i and is_candidate[j]):
                             continue
                         ddx, ddy, ddz = cen[i, 0] - cen[j, 0], cen[i, 1] - cen[j, 1], cen[i, 2] - cen[j, 2]
                         rr = r[i] + r[j]
@@ -80,12 +82,28 @@ def crossing_flags(v, f, cen, r, candidates, cell_start, cell_items, cell_of, di
     return hit
 
 
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _bounding_spheres(v, f):  # pragma: no cover - compiled
+    """Each triangle's centroid and the distance from it to its farthest corner."""
+    n = f.shape[0]
+    cen = np.empty((n, 3))
+    r = np.empty(n)
+    for t in numba.prange(n):
+        for d in range(3):
+            cen[t, d] = (v[f[t, 0], d] + v[f[t, 1], d] + v[f[t, 2], d]) / 3.0
+        far = 0.0
+        for k in range(3):
+            dx, dy, dz = v[f[t, k], 0] - cen[t, 0], v[f[t, k], 1] - cen[t, 1], v[f[t, k], 2] - cen[t, 2]
+            far = max(far, dx * dx + dy * dy + dz * dz)
+        r[t] = np.sqrt(far)
+    return cen, r
+
+
 def intersecting(v: np.ndarray, f: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """Sorted indices of the triangles that cross another (pairs with a triangle in ``candidates``)."""
     v = np.ascontiguousarray(v, np.float64)
     f = np.ascontiguousarray(f, np.int64)
-    cen = v[f].mean(axis=1)
-    r = np.sqrt(np.max(((v[f] - cen[:, None, :]) ** 2).sum(-1), axis=1))
+    cen, r = _bounding_spheres(v, f)
     size = max(2.0 * float(r.max()), 1e-9)
     lo = cen.min(axis=0)
     cell_of = np.floor((cen - lo) / size).astype(np.int64)
@@ -94,6 +112,7 @@ def intersecting(v: np.ndarray, f: np.ndarray, candidates: np.ndarray) -> np.nda
     order = np.argsort(flat, kind="stable")
     cell_start = np.searchsorted(flat[order], np.arange(int(np.prod(dims)) + 1))
     hit = crossing_flags(v, f, cen, r, np.ascontiguousarray(np.flatnonzero(candidates), np.int64),
+                         np.ascontiguousarray(candidates, np.bool_),
                          cell_start.astype(np.int64), order.astype(np.int64), cell_of, dims.astype(np.int64))
     return np.flatnonzero(hit)
 
