@@ -1,7 +1,8 @@
 """Colin27 1 mm labels -> tetrahedral mesh with both meshers of ``stimsim mesh``: voxels, time, peak
 memory, tets, per-tissue volume error, connectivity, element shape (min dihedral, tets below the 5 deg /
 0.1 radius-ratio bounds), skull and CSF thickness (percentiles, mesh vs labels, also with the mesh's tags put back on the label grid;
-stimsim.head.meshers.thickness), per-tissue Dice of the mesh's tags on the label grid against the labels,
+stimsim.head.meshers.thickness), the same layers along rays from the centre of the intracranial space
+(paired per ray, mesh on the label grid against the labels), per-tissue Dice of the mesh's tags on the label grid against the labels,
 and what the mesh does to the solve (AMG-CG iterations and time, tDCS C3-Fp2 5 x 5 cm pads, rtol 1e-10).
 
     python benchmarks/bench_head_mesh.py [--method surface|lattice|both] [--upsample 2] [--surface-size MM]
@@ -56,7 +57,7 @@ def run_one(method: str, h: float | None, upsample: int = 1, labels: Path = LABE
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB -> GB (Linux)
     q = quality_summary(mesh, info.expected_volume_mm3 or info.voxel_volume_mm3)  # eyes etc. merged into scalp
     from stimsim.head import apply_label_map, label_map
-    from stimsim.head.meshers.thickness import tag_dice, thickness_percentiles
+    from stimsim.head.meshers.thickness import ray_thickness_summary, tag_dice, thickness_percentiles
     from stimsim.mesh.voxelize import tet_values_on_grid
 
     tags = apply_label_map(lab, label_map(label_map_spec))
@@ -65,8 +66,10 @@ def run_one(method: str, h: float | None, upsample: int = 1, labels: Path = LABE
     on_grid[on_grid > 5] = 5
     thick = {name: thickness_percentiles(mesh, tags, affine, layer, inside, outside, mesh_on_grid=on_grid)
              for name, (layer, inside, outside) in (("bone", (4, 3, 5)), ("csf", (3, 2, 4)))}
+    rays = {name: ray_thickness_summary(tags, on_grid, affine, layer, inner, outer)
+            for name, (layer, inner, outer) in (("bone", (4, (1, 2, 3), (5,))), ("csf", (3, (1, 2), (4, 5))))}
     dice = tag_dice(tags, on_grid, TAGS)
-    return {"method": method, "h": h, "time_s": dt, "peak_gb": peak, "nodes": mesh.n_nodes, "tets": mesh.n_tets,
+    return {"rays": rays, "method": method, "h": h, "time_s": dt, "peak_gb": peak, "nodes": mesh.n_nodes, "tets": mesh.n_tets,
             "voxels": int(np.prod(tags.shape)), "poor": q["elements"]["poor_count"], "thickness": thick, "dice": dice,
             "cg": cg_iterations(mesh),
             "min_dihedral": q["min_dihedral_deg"], "inverted": q["n_inverted"],
@@ -141,6 +144,17 @@ def main() -> None:
         th = [" ; ".join(fmt(r["thickness"][k][w]) for w in ("mesh", "mesh_on_grid", "labels")) for k in ("bone", "csf")]
         dice = " ".join(f"{r['dice'][str(t)]:.3f}" for t in TAGS)
         print(f"| {r['method']} | {r['h'] or '-'} | {th[0]} | {th[1]} | {dice} |")
+    # along 4,000 rays from the centre of the intracranial space: the layer between its inner and
+    # outer tissues, the same rays through the labels and the mesh's tags on their grid (paired)
+    print("\n| method | h mm | tissue | per ray p10/50/90 mm: mesh on the label grid / labels | upper half (vault): the same "
+          "| paired mesh - labels: median / mean / p90 of abs | rays |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        for k in ("bone", "csf"):
+            x = r["rays"][k]
+            print(f"| {r['method']} | {r['h'] or '-'} | {k} | {fmt(x['mesh_on_grid'])} / {fmt(x['labels'])} "
+                  f"| {fmt(x['upper']['mesh_on_grid'])} / {fmt(x['upper']['labels'])} "
+                  f"| {x['paired_median']:+.2f} / {x['paired_mean']:+.2f} / {x['paired_abs_p90']:.2f} | {x['rays']} |")
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 

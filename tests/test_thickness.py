@@ -1,0 +1,111 @@
+"""Layer thickness along rays (stimsim.head.meshers.thickness.ray_thickness) against analytic shells."""
+
+import numpy as np
+import pytest
+
+from stimsim.head.meshers.thickness import ray_directions, ray_thickness, ray_thickness_summary
+
+
+def _shells(voxel_mm: float, outer_shift_mm: float = 0.0):
+    """Brain (tag 2) r < 40, CSF to 43, bone to 48 (its outer sphere moved by ``outer_shift_mm`` along
+    +x), scalp to 55 (mm), on a grid whose voxel centres do not fall on the spheres' centre."""
+    n = int(round(130 / voxel_mm))
+    affine = np.diag([voxel_mm] * 3 + [1.0])
+    affine[:3, 3] = -65.0 + 0.37 * voxel_mm
+    x, y, z = (np.arange(n, dtype=np.float32) * voxel_mm + np.float32(affine[0, 3]) for _ in range(3))
+    x, y, z = x[:, None, None], y[None, :, None], z[None, None, :]
+    r2 = x * x + y * y + z * z
+    tags = np.zeros((n, n, n), np.int8)
+    tags[r2 < 55 ** 2] = 5
+    tags[(x - outer_shift_mm) ** 2 + y * y + z * z < 48 ** 2] = 4
+    tags[r2 < 43 ** 2] = 3
+    tags[r2 < 40 ** 2] = 2
+    return tags, affine
+
+
+def _exit_distance(d: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
+    """Distance along unit rays ``d`` from ``centre`` to a sphere of ``radius`` about the origin (centre inside)."""
+    b = d @ centre
+    return -b + np.sqrt(b * b - (centre @ centre - radius ** 2))
+
+
+def test_directions_cover_the_sphere_evenly():
+    d = ray_directions(2000)
+    np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0)
+    assert np.abs(d.mean(axis=0)).max() < 1e-3  # balanced
+    # each octant gets its eighth
+    octant = (d[:, 0] > 0) * 4 + (d[:, 1] > 0) * 2 + (d[:, 2] > 0)
+    counts = np.bincount(octant, minlength=8)
+    assert counts.min() > 0.95 * 250 and counts.max() < 1.05 * 250
+
+
+@pytest.mark.parametrize("voxel_mm", [1.0, 0.5])
+def test_concentric_shells_read_their_thickness(voxel_mm):
+    tags, affine = _shells(voxel_mm)
+    dirs = ray_directions(500)
+    centre = np.array([1.3, -2.1, 0.7])  # off the spheres' centre: the analytic lengths differ per ray
+    bone, csf = (ray_thickness([tags], affine, layer, inner, outer, centre, dirs)[0]
+                 for layer, inner, outer in ((4, (1, 2, 3), (5,)), (3, (1, 2), (4, 5))))
+    want_bone = _exit_distance(dirs, centre, 48) - _exit_distance(dirs, centre, 43)
+    want_csf = _exit_distance(dirs, centre, 43) - _exit_distance(dirs, centre, 40)
+    for got, want in ((bone, want_bone), (csf, want_csf)):
+        assert np.isfinite(got).all()
+        err = got - want
+        assert abs(np.median(err)) <= 0.3 * voxel_mm
+        assert np.percentile(np.abs(err), 95) <= 1.0 * voxel_mm
+
+
+def test_eccentric_bone_thickness_follows_each_ray():
+    """The bone's outer sphere moved 4 mm along +x: from 1 mm (-x) to 9 mm (+x) thick, read per ray."""
+    tags, affine = _shells(1.0, outer_shift_mm=4.0)
+    # a calcification inside the brain (bone-tagged, as segmentations have them) and a CSF pocket in
+    # the brain along the same rays: neither is part of the skull layer
+    x = np.arange(tags.shape[0]) + affine[0, 3]
+    X, Y, Z = np.meshgrid(x, x, x, indexing="ij")
+    tags[(X ** 2 + Y ** 2 + (Z - 20) ** 2) < 6 ** 2] = 4
+    tags[(X ** 2 + Y ** 2 + (Z - 32) ** 2) < 3 ** 2] = 3
+    dirs = ray_directions(800)
+    got = ray_thickness([tags], affine, 4, (1, 2, 3), (5,), np.zeros(3), dirs)[0]
+    b = dirs @ np.array([4.0, 0, 0])  # the outer sphere about (4, 0, 0): |t d - s| = 48
+    want = (b + np.sqrt(b * b - (16 - 48 ** 2))) - 43
+    assert want.min() < 2 and want.max() > 8
+    ok = np.isfinite(got)
+    assert ok.mean() > 0.99
+    assert np.percentile(np.abs(got[ok] - want[ok]), 95) <= 1.0
+    assert np.corrcoef(got[ok], want[ok])[0, 1] > 0.97
+
+
+def test_summary_pairs_the_rays():
+    tags, affine = _shells(1.0)
+    same = ray_thickness_summary(tags, tags.copy(), affine, 4, (1, 2, 3), (5,), n_rays=400)
+    assert same["paired_median"] == 0 and same["paired_abs_p90"] == 0 and same["rays"] == 400
+    np.testing.assert_allclose(same["centre_mm"], 0, atol=0.1)
+    thicker, _ = _shells(1.0)
+    x = np.arange(tags.shape[0]) + affine[0, 3]
+    r = np.sqrt(x[:, None, None] ** 2 + x[None, :, None] ** 2 + x[None, None, :] ** 2)
+    thicker[(r >= 48) & (r < 50)] = 4  # bone 2 mm thicker outside
+    grown = ray_thickness_summary(tags, thicker, affine, 4, (1, 2, 3), (5,), n_rays=400)
+    assert 1.5 <= grown["paired_median"] <= 2.5 and 1.5 <= grown["paired_mean"] <= 2.5
+    assert grown["mesh_on_grid"][1] - grown["labels"][1] == pytest.approx(grown["paired_median"], abs=0.5)
+    # CSF where the labels have none: the brain touching the bone reads 0, not nan
+    no_csf = tags.copy()
+    no_csf[no_csf == 3] = 2
+    s = ray_thickness_summary(tags, no_csf, affine, 3, (1, 2), (4, 5), n_rays=200)
+    assert s["rays"] == 200 and s["mesh_on_grid"] == [0.0, 0.0, 0.0] and 2 <= s["labels"][1] <= 4
+
+
+def test_rays_that_leave_the_grid_or_meet_no_inner_tissue_are_not_measured():
+    tags, affine = _shells(1.0)
+    cut = tags.copy()
+    cut[:, :, :60] = 0  # the lower half cut off: rays downwards end on background, no layer there
+    dirs = ray_directions(400)
+    bone = ray_thickness([cut], affine, 4, (1, 2, 3), (5,), np.zeros(3), dirs)[0]
+    assert np.isfinite(bone[dirs[:, 2] > 0.2]).all()
+    assert (bone[dirs[:, 2] < -0.2] == 0).all()  # the ray ends on background right after the brain
+    outside = ray_thickness([tags], affine, 4, (1, 2, 3), (5,), np.array([0, 0, 60.0]), dirs)[0]
+    assert np.isnan(outside).mean() > 0.4  # from above the head most rays meet no brain
+    with pytest.raises(ValueError, match="one grid"):
+        ray_thickness([tags, tags[:-1]], affine, 4, (1, 2, 3), (5,), np.zeros(3), dirs)
+    with pytest.raises(ValueError, match="intracranial"):
+        ray_thickness_summary(np.full((5, 5, 5), 5, np.int8), np.full((5, 5, 5), 5, np.int8), np.eye(4), 4,
+                              (1, 2, 3), (5,))
