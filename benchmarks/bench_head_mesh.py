@@ -2,7 +2,8 @@
 memory, tets, per-tissue volume error, connectivity, element shape (min dihedral, tets below the 5 deg /
 0.1 radius-ratio bounds), skull and CSF thickness (percentiles, mesh vs labels, also with the mesh's tags put back on the label grid;
 stimsim.head.meshers.thickness), the same layers along rays from the centre of the intracranial space
-(paired per ray, mesh on the label grid against the labels), per-tissue Dice of the mesh's tags on the label grid against the labels,
+(paired per ray, mesh on the label grid against the labels), the same figures for the labels blurred by
+0.7 and 1 mm (the control: what smoothing alone does to them), per-tissue Dice of the mesh's tags on the label grid against the labels,
 and what the mesh does to the solve (AMG-CG iterations and time, tDCS C3-Fp2 5 x 5 cm pads, rtol 1e-10).
 
     python benchmarks/bench_head_mesh.py [--method surface|lattice|both] [--upsample 2] [--surface-size MM]
@@ -67,14 +68,51 @@ def run_one(method: str, h: float | None, upsample: int = 1, labels: Path = LABE
     thick = {name: thickness_percentiles(mesh, tags, affine, layer, inside, outside, mesh_on_grid=on_grid)
              for name, (layer, inside, outside) in (("bone", (4, 3, 5)), ("csf", (3, 2, 4)))}
     rays = {name: ray_thickness_summary(tags, on_grid, affine, layer, inner, outer)
-            for name, (layer, inner, outer) in (("bone", (4, (1, 2, 3), (5,))), ("csf", (3, (1, 2), (4, 5))))}
+            for name, (layer, inner, outer) in RAY_LAYERS.items()}
     dice = tag_dice(tags, on_grid, TAGS)
-    return {"rays": rays, "method": method, "h": h, "time_s": dt, "peak_gb": peak, "nodes": mesh.n_nodes, "tets": mesh.n_tets,
+    return {"rays": rays, "control": [thickness_control(tags, affine, sigma) for sigma in CONTROL_SIGMAS_MM],
+            "method": method, "h": h, "time_s": dt, "peak_gb": peak, "nodes": mesh.n_nodes, "tets": mesh.n_tets,
             "voxels": int(np.prod(tags.shape)), "poor": q["elements"]["poor_count"], "thickness": thick, "dice": dice,
             "cg": cg_iterations(mesh),
             "min_dihedral": q["min_dihedral_deg"], "inverted": q["n_inverted"],
             "vol_err": {t: q["volume_error_per_tag"][t] for t in TAGS},
             "pieces": {t: q["connectivity"][t]["pieces"] for t in TAGS}}
+
+
+CONTROL_SIGMAS_MM = (0.7, 1.0)  # 0.7: the blur the surface mesher gives its level sets (in voxels, at 1 mm)
+RAY_LAYERS = {"bone": (4, (1, 2, 3), (5,)), "csf": (3, (1, 2), (4, 5))}  # layer, inner tags, outer tags
+
+
+def smoothed_labels(tags: np.ndarray, zooms, sigma_mm: float = 1.0) -> np.ndarray:
+    """The control for the thickness figures: each nested layer of ``tags`` (SimNIBS 1-5, WM innermost)
+    blurred with a Gaussian of ``sigma_mm`` and cut at one half, on the same grid.  A surface mesh
+    smooths at least this much (the surface mesher's level sets are blurred by 0.7 voxels before
+    they are sampled); the estimators then read what smoothing alone does to the layers."""
+    import scipy.ndimage as ndi
+
+    depth = np.where(tags > 0, 6 - tags, 0)  # 1 scalp ... 5 white matter
+    out = np.zeros_like(tags)
+    sigma = float(sigma_mm) / np.asarray(zooms, float)
+    for k in range(1, 6):
+        out[ndi.gaussian_filter((depth >= k).astype(np.float32), sigma) > 0.5] = 6 - k
+    return out
+
+
+def thickness_control(tags: np.ndarray, affine: np.ndarray, sigma_mm: float = 1.0) -> dict:
+    """:func:`smoothed_labels` measured as the mesh is (nearest boundary point and per ray), and its
+    per-tissue volume against the labels' (%)."""
+    from stimsim.head.meshers.thickness import _voxel_thickness, ray_thickness_summary
+
+    zooms = np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
+    smooth = smoothed_labels(tags, zooms, sigma_mm)
+    pct = (lambda d: [float(x) for x in np.percentile(d, (10, 50, 90))])
+    return {"sigma_mm": sigma_mm,
+            "nearest": {name: pct(_voxel_thickness(smooth, affine, layer, inside, outside))
+                        for name, (layer, inside, outside) in (("bone", (4, 3, 5)), ("csf", (3, 2, 4)))},
+            "rays": {name: ray_thickness_summary(tags, smooth, affine, layer, inner, outer)
+                     for name, (layer, inner, outer) in RAY_LAYERS.items()},
+            "vol_err": {t: 100.0 * (np.count_nonzero(smooth == t) / max(np.count_nonzero(tags == t), 1) - 1)
+                        for t in TAGS}}
 
 
 def cg_iterations(mesh) -> dict:
@@ -155,6 +193,18 @@ def main() -> None:
             print(f"| {r['method']} | {r['h'] or '-'} | {k} | {fmt(x['mesh_on_grid'])} / {fmt(x['labels'])} "
                   f"| {fmt(x['upper']['mesh_on_grid'])} / {fmt(x['upper']['labels'])} "
                   f"| {x['paired_median']:+.2f} / {x['paired_mean']:+.2f} / {x['paired_abs_p90']:.2f} | {x['rays']} |")
+    # the control: the labels themselves, each layer blurred (no mesh), read the same ways
+    print("\n| control: the labels, each layer blurred by a Gaussian | tissue | nearest p10/50/90 mm (labels) "
+          "| per ray p10/50/90 | upper half | paired median / mean / p90 of abs | volume % (WM GM CSF bone scalp) |")
+    print("|---|---|---|---|---|---|---|")
+    for c in results[0]["control"] if results else []:
+        r = results[0]
+        for k in ("bone", "csf"):
+            x = c["rays"][k]
+            vol = " ".join(f"{c['vol_err'][str(t)]:+.1f}" for t in TAGS)
+            print(f"| sigma {c['sigma_mm']:g} mm | {k} | {fmt(c['nearest'][k])} ({fmt(r['thickness'][k]['labels'])}) "
+                  f"| {fmt(x['mesh_on_grid'])} | {fmt(x['upper']['mesh_on_grid'])} "
+                  f"| {x['paired_median']:+.2f} / {x['paired_mean']:+.2f} / {x['paired_abs_p90']:.2f} | {vol} |")
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
