@@ -73,6 +73,29 @@ def test_nested_ellipsoids(voxel_mm):
             assert abs(g - b) <= 0.5, (tag, t)  # the mesh's tags on the label grid, the same estimator
 
 
+@pytest.mark.parametrize("missing", [(3,), (4, 5), (4,), (5,)])
+def test_a_layer_the_labels_do_not_have_is_not_made(missing):
+    """Labels without CSF (a four-tissue segmentation), a brain without skull and scalp, no skull, no
+    scalp: the tissues there keep their volumes and the missing one does not appear.  Before, a missing
+    layer was still kept a minimum thickness thick (CSF made of grey matter and bone: bone -12 %
+    on Colin27), and without bone or scalp TetGen refused the crossing surfaces."""
+    vol, affine, analytic = nested_ellipsoids(1.0)
+    gone = set(missing)
+    # CSF -> grey matter, bone -> scalp (background where the scalp is missing too), scalp -> background
+    into = {3: 2, 4: 0 if 5 in gone else 5, 5: 0}
+    for tag in gone:
+        vol[vol == tag] = into[tag]
+        if into[tag]:
+            analytic[into[tag]] += analytic[tag]
+        del analytic[tag]
+    mesh, info = _mesh(vol, affine)
+    v = np.bincount(mesh.tet_tags, weights=mesh.volumes_mm3, minlength=6)
+    assert not set(np.unique(mesh.tet_tags)) & gone, np.unique(mesh.tet_tags)
+    for tag, want in analytic.items():
+        assert abs(v[tag] / want - 1) < 0.02, (tag, v[tag] / want - 1)
+    _check_shapes(mesh)
+
+
 @pytest.mark.parametrize("voxel_mm,fill", [(1.0, 5), (0.5, 5), (1.0, 3)])
 def test_skull_with_a_hole_keeps_the_hole(voxel_mm, fill):
     """A 12 mm craniectomy on top (bone -> scalp, or -> CSF: a fluid-filled defect): the hole stays

@@ -205,7 +205,10 @@ def _local_shift(phis, k, tk, mask: np.ndarray, zooms, step: int, radius_mm: flo
     shape = phi.shape
     n_cells = [(n + step - 1) // step for n in shape]
     inner, gap_inner = (phis[k + 1], LOCAL_GAP * float(tk[k])) if k + 1 in phis else (None, 0.0)
-    outer, gap_outer = (phis[k - 1], LOCAL_GAP * float(tk[k - 1])) if k - 1 in phis else (None, 0.0)
+    j = k - 1
+    while j in phis and phis[j] is phi:  # a layer without voxels shares this surface: the next one out
+        j -= 1
+    outer, gap_outer = (phis[j], LOCAL_GAP * float(tk[j])) if j in phis else (None, 0.0)
     fast = numba_ready()
     if fast:
         from ._kernels import local_excess
@@ -347,6 +350,14 @@ def _apply_floors(phis, floors: list[_Floor], tk) -> None:
             phis[k + 1][f.index] = np.maximum(phis[k + 1][f.index], phis[k][f.index] + np.float32(tk[k]))
 
 
+def _layers_present(counts: np.ndarray, layer_volume_mm3=None) -> set[int]:
+    """The layers (1 scalp .. 5 white matter) with any tissue: ``counts`` voxels per layer (0..5) on the
+    grid meshed, or ``layer_volume_mm3`` where that grid is a coarse copy (a thin layer its blocks
+    lost is still there)."""
+    have = np.asarray(counts if layer_volume_mm3 is None else layer_volume_mm3, float)
+    return {k for k in range(1, 6) if have[k] > 0}
+
+
 def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_mm=0.5, sigma_vox=0.7,
                   pad=3, thickness_scale=1.0, calibrate_step=None, layer_volume_mm3=None, bone_voxels=None,
                   surface_step=None, pieces=None, local_calibration_mm=0.0):
@@ -370,7 +381,16 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     lut[11:] = 4  # other tags count as brain
     layer = lut[tags]
     counts = np.bincount(layer.ravel(), minlength=6)  # tissue voxels per layer (no cavity)
-    layer[cavity] = 2
+    # a layer with no voxels (a segmentation without CSF, a brain without skull and scalp) has no
+    # surface of its own: its outer surface is the next present layer's, one field shared by both
+    # (each step below then moves both, and the surface is meshed once).  Kept a minimum thickness
+    # apart, as before, the two made a CSF layer out of grey matter and bone (bone -12 %) or
+    # surfaces TetGen refused as crossing (no bone, a brain only).  On a coarse copy the finer grid's
+    # volumes decide: a thin layer its blocks lost is still there.
+    absent = set(range(1, 6)) - _layers_present(counts, layer_volume_mm3)
+    shares = {k: min(j for j in range(k + 1, 6) if j not in absent)
+              for k in absent if any(j not in absent for j in range(k + 1, 6))}
+    layer[cavity] = 2 if 2 not in absent else 1  # air cavities: holes in the bone, else in the scalp
     voxel = float(np.prod(zooms))
     masks = {}
     for k in range(1, 6):
@@ -382,6 +402,8 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
         if k > 1:
             m &= masks[k - 1]
         masks[k] = m
+    for k in sorted(shares, reverse=True):
+        masks[k] = masks[shares[k]]
     air = np.pad(cavity, pad) & masks[2] & ~masks[3]
     air = _drop_small(air, max(1, int(20 / voxel))) if air.any() else air
     if air.any():
@@ -394,14 +416,19 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     # gave intersecting neighbour surfaces on Colin27 (scalp/bone 0.75 failed, 1.0 ok; bone/CSF
     # and GM/WM 0.5 failed, 0.75 ok; CSF/GM 0.5 ok)
     tk = {1: 1.0, 2: 0.75, 3: float(min_thickness_mm), 4: 0.75}
-    tk = {k: v * float(thickness_scale) for k, v in tk.items()}
+    tk = {k: 0.0 if k in absent else v * float(thickness_scale) for k, v in tk.items()}
     t = 0.75 * float(thickness_scale)
-    phis = {k: _sdf(masks[k], zooms, sigma_vox) for k in range(1, 6)}
+    phis = {}
+    for k in range(5, 0, -1):
+        phis[k] = phis[shares[k]] if k in shares else _sdf(masks[k], zooms, sigma_vox)
+    phis = {k: phis[k] for k in range(1, 6)}
     # pieces of the brain (and of the white matter) closer than the surface sub-grid: kept apart
     floors = []
     if surface_step:
         cell = float(surface_step) * np.asarray(zooms, float)
         for k in (4, 5):
+            if k in shares:  # the next layer's pieces
+                continue
             if pieces is None:
                 lab = layer_pieces(masks[k])[0]
             elif k in pieces:  # a coarse copy: the pieces of the finer grid, per block
@@ -411,8 +438,8 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
             floors += separation_floors(lab, k, zooms, cell)
             del lab
     # layers held apart by floors keep one level (the floors are measured with it)
-    local_masks = {k: masks[k] for k in LOCAL_CALIBRATION_LAYERS
-                   if calibrate_step and local_calibration_mm and not any(f.layer == k for f in floors)}
+    local_masks = {k: masks[k] for k in LOCAL_CALIBRATION_LAYERS if calibrate_step and local_calibration_mm
+                   and k not in shares and not any(f.layer == k for f in floors)}
     del masks
     # distance (mm) to the nearest bone (or cavity) voxel, less bone_defect_distance_mm: where > 0 the
     # bone layer exists only because of its minimum thickness (a skull defect); those tetrahedra
@@ -470,6 +497,8 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                         retagged[kk][tuple(sheet[part].T)] = value
                 del sheet
             for k in range(1, 6):
+                if k in shares:  # calibrated as the layer whose surface it shares
+                    continue
                 if k in local_masks:
                     _local_shift(phis, k, tk, local_masks[k], zooms, calibrate_step, local_calibration_mm,
                                  override=retagged.get(k) if retagged else None)
@@ -1165,7 +1194,9 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     step = int(surface_step or 2)
     verts, faces, nsurf = [], [], {}
     off = 0
-    fields = [(k, phis[k]) for k in range(1, 6)] + ([("air", phi_air)] if phi_air is not None else [])
+    # one surface per field: a layer without voxels shares the next one's (nested_fields)
+    fields = [(k, phis[k]) for k in range(1, 6) if not any(phis[j] is phis[k] for j in range(k + 1, 6))]
+    fields += [("air", phi_air)] if phi_air is not None else []
     mc_verts, near, surf_names = [], [], []
     cell = step * float(np.min(zooms))
     for name, phi in fields:
@@ -1360,7 +1391,12 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     info["region_vote_purity"] = float(votes.max(1).sum() / votes.sum())
     seed_tag = np.array([0] + [LAYER_FILL_TAG[k] for k in range(1, 6)])
     ttags = seed_tag[gl[ginv]]
-    info["bone_defect_tets"] = _open_bone_defects(ttags, cen, bone, phis[2], tags, zooms, pad)
+    present = _layers_present(np.bincount(layer_lut(max(256, int(tags.max()) + 1))[tags].ravel(), minlength=6),
+                              layer_volume_mm3)
+    inside = [k for k in (3, 4, 5) if k in present]
+    info["bone_defect_tets"] = _open_bone_defects(ttags, cen, bone, phis[2], tags, zooms, pad,
+                                                  LAYER_FILL_TAG[inside[0]] if inside else 0,
+                                                  LAYER_FILL_TAG[1] if 1 in present else 0)
     if lesion is not None:  # tets centred in a lesion voxel (unbiased, as the lattice mesher does)
 
         if lesion_voxels is None:
@@ -1419,7 +1455,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     return nodes, tets, ttags, info
 
 
-def _open_bone_defects(ttags, cen, bone, phi_bone, tags, zooms, pad) -> int:
+def _open_bone_defects(ttags, cen, bone, phi_bone, tags, zooms, pad, inside_tag: int = LAYER_FILL_TAG[3],
+                       outside_tag: int = LAYER_FILL_TAG[1]) -> int:
     """Re-tag the bone the minimum layer thickness put where the labels have none.
 
     The nested surfaces keep every layer at least ``tk`` thick, so a skull defect (craniectomy, burr
@@ -1427,8 +1464,10 @@ def _open_bone_defects(ttags, cen, bone, phi_bone, tags, zooms, pad) -> int:
     whose centre is more than :func:`bone_defect_distance_mm` from every bone (or cavity) voxel
     (``bone["excess_mm"]`` > 0, from :func:`nested_fields`) and with no bone voxel along the normal of
     the bone's surface within ``bone["probe_mm"]`` (:func:`_bone_along_normal`: thin bone the
-    thickness rules pushed a sheet away from) take the tissue of the voxel they sit in: CSF on the brain's side, scalp outside (the calibration in
-    :func:`nested_fields` counts on this).  Returns how many were re-tagged."""
+    thickness rules pushed a sheet away from) take the tissue of the voxel they sit in: ``inside_tag``
+    on the brain's side (CSF, or the next layer in where the labels have none), ``outside_tag`` outside
+    (scalp; 0, dropped from the mesh, where the labels have none), as the calibration in
+    :func:`nested_fields` counts on.  Returns how many were re-tagged."""
     tets = (ttags == LAYER_FILL_TAG[2]).nonzero()[0]
     if not len(tets):
         return 0
@@ -1442,7 +1481,7 @@ def _open_bone_defects(ttags, cen, bone, phi_bone, tags, zooms, pad) -> int:
     if not len(sel):
         return 0
     layer = layer_lut()[sample_volume(tags, cen[sel], zooms, fill=0)]
-    ttags[sel] = np.where(layer >= 3, LAYER_FILL_TAG[3], LAYER_FILL_TAG[1])
+    ttags[sel] = np.where(layer >= 3, inside_tag, outside_tag)
     return int(len(sel))
 
 
