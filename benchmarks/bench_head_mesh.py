@@ -79,7 +79,7 @@ def run_one(method: str, h: float | None, upsample: int = 1, labels: Path = LABE
             "pieces": {t: q["connectivity"][t]["pieces"] for t in TAGS}}
 
 
-CONTROL_SIGMAS_MM = (0.7, 1.0)  # 0.7: the blur the surface mesher gives its level sets (in voxels, at 1 mm)
+CONTROL_SIGMAS_MM = (0.7, 1.0)  # mm; 0.7: the blur the surface mesher gives its level sets (0.7 voxels) on 1 mm labels
 RAY_LAYERS = {"bone": (4, (1, 2, 3), (5,)), "csf": (3, (1, 2), (4, 5))}  # layer, inner tags, outer tags
 
 
@@ -90,8 +90,9 @@ def smoothed_labels(tags: np.ndarray, zooms, sigma_mm: float = 1.0) -> np.ndarra
     they are sampled); the estimators then read what smoothing alone does to the layers."""
     import scipy.ndimage as ndi
 
-    depth = np.where(tags > 0, 6 - tags, 0)  # 1 scalp ... 5 white matter
-    out = np.zeros_like(tags)
+    t = np.minimum(np.asarray(tags, np.int16), 5)  # eyes, muscle ... (tags above 5) are meshed as scalp
+    depth = np.where(t > 0, 6 - t, 0)  # 1 scalp ... 5 white matter
+    out = np.zeros(tags.shape, np.int16)
     sigma = float(sigma_mm) / np.asarray(zooms, float)
     for k in range(1, 6):
         out[ndi.gaussian_filter((depth >= k).astype(np.float32), sigma) > 0.5] = 6 - k

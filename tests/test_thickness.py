@@ -109,3 +109,40 @@ def test_rays_that_leave_the_grid_or_meet_no_inner_tissue_are_not_measured():
     with pytest.raises(ValueError, match="intracranial"):
         ray_thickness_summary(np.full((5, 5, 5), 5, np.int8), np.full((5, 5, 5), 5, np.int8), np.eye(4), 4,
                               (1, 2, 3), (5,))
+
+
+def test_summary_pairs_rays_measured_in_both_and_reads_the_upper_half():
+    """0.5 mm voxels (the centre goes through the affine).  The "mesh": bone 2 mm thinner below the
+    centre, 1 mm thicker above it, and bone from z = 20 mm and the CSF to the grid's edge, where rays leave
+    the grid inside the layer (not measured: nan, and left out of both volumes' figures)."""
+    tags, affine = _shells(0.5)
+    x = (np.arange(tags.shape[0]) * 0.5 + affine[0, 3]).astype(np.float32)
+    r = np.sqrt(x[:, None, None] ** 2 + x[None, :, None] ** 2 + x[None, None, :] ** 2)
+    z = np.broadcast_to(x[None, None, :], tags.shape)
+    reshaped = tags.copy()
+    reshaped[(z < 0) & (r >= 46) & (r < 48)] = 5
+    reshaped[(z >= 0) & (r >= 48) & (r < 49)] = 4
+    mesh = reshaped.copy()
+    mesh[(z > 20) & (r >= 43)] = 4
+    dirs = ray_directions(600)
+    s = ray_thickness_summary(tags, mesh, affine, 4, (1, 2, 3), (5,), n_rays=600)
+    np.testing.assert_allclose(s["centre_mm"], 0.0, atol=0.1)
+    lab, msh = ray_thickness([tags, mesh], affine, 4, (1, 2, 3), (5,), s["centre_mm"], dirs)
+    assert np.isfinite(lab).all()
+    lost = ~np.isfinite(msh)
+    assert 100 < lost.sum() < 300 and (dirs[lost, 2] > 0.3).all()  # the block's rays, nothing else
+    both = ~lost
+    assert s["rays"] == both.sum()
+    np.testing.assert_allclose(s["labels"], np.percentile(lab[both], [10, 50, 90]))
+    np.testing.assert_allclose(s["mesh_on_grid"], np.percentile(msh[both], [10, 50, 90]))
+    # the lost rays are in the first volume now: the second one's figures leave them out too
+    swapped = ray_thickness_summary(mesh, reshaped, affine, 4, (1, 2, 3), (5,), n_rays=600)
+    kept = ray_thickness([reshaped], affine, 4, (1, 2, 3), (5,), swapped["centre_mm"], dirs)[0][both]
+    np.testing.assert_allclose(swapped["mesh_on_grid"], np.percentile(kept, [10, 50, 90]))
+    up = both & (dirs[:, 2] > 0)
+    np.testing.assert_allclose(s["upper"]["mesh_on_grid"], np.percentile(msh[up], [10, 50, 90]))
+    assert 0.5 <= s["upper"]["mesh_on_grid"][1] - s["upper"]["labels"][1] <= 1.5  # 1 mm thicker above
+    d = msh[both] - lab[both]
+    assert np.median(d[dirs[both, 2] < -0.1]) == pytest.approx(-2.0, abs=0.5)
+    assert s["paired_mean"] == pytest.approx(d.mean()) and s["paired_median"] == pytest.approx(np.median(d))
+    assert s["paired_abs_p90"] == pytest.approx(np.percentile(np.abs(d), 90)) and s["paired_abs_p90"] >= 1.5

@@ -159,11 +159,14 @@ def ray_thickness_summary(tags: np.ndarray, mesh_on_grid: np.ndarray, affine: np
     per ray (``"paired_median"``, ``"paired_mean"``, ``"paired_abs_p90"``), the same percentiles over the
     upper half of the rays (``"upper"``: world +z, the vault when the head is upright) and ``"rays"``,
     the number measured in both."""
+    from scipy import ndimage as ndi
+
     A = np.asarray(affine, float)
-    ijk = np.argwhere(np.isin(tags, INTRACRANIAL_TAGS))
-    if not len(ijk):
+    inside = np.isin(tags, INTRACRANIAL_TAGS)
+    if not inside.any():
         raise ValueError("no intracranial voxels (tags 1-3): nothing to centre the rays on")
-    centre = ijk.mean(axis=0) @ A[:3, :3].T + A[:3, 3]
+    centre = np.asarray(ndi.center_of_mass(inside)) @ A[:3, :3].T + A[:3, 3]
+    del inside
     dirs = ray_directions(n_rays)
     lab, msh = ray_thickness([tags, mesh_on_grid], A, layer, inner, outer, centre, dirs)
     both = np.isfinite(lab) & np.isfinite(msh)
