@@ -96,6 +96,32 @@ def test_a_layer_the_labels_do_not_have_is_not_made(missing):
     _check_shapes(mesh)
 
 
+def test_thick_slices_are_split_before_the_surfaces_are_sampled():
+    """1 x 1 x 2 mm voxels (a scan with thick slices): the surface mesher splits each voxel in two
+    along z, so that the surfaces are sampled every 4 mm along every axis, not every 8 mm along z."""
+    from stimsim.head.meshers import tissue_connectivity
+    from stimsim.head.meshers.core import slice_split
+
+    assert slice_split([1, 1, 2], 4).tolist() == [1, 1, 2] and slice_split([1, 1.2, 1], 4).tolist() == [1, 1, 1]
+    assert slice_split([0.9, 0.9, 3.2], 4).tolist() == [1, 1, 4]
+    # finer voxels are coarsened to a quarter of the sampling (1 mm here) anyway: split to that only
+    assert slice_split([0.5, 0.5, 1.0], 8).tolist() == [1, 1, 1] and slice_split([0.5, 0.5, 2.0], 8).tolist() == [1, 1, 2]
+    vol, affine, _ = nested_ellipsoids(1.0)
+    thick = np.ascontiguousarray(vol[:, :, ::2])
+    affine = affine @ np.diag([1.0, 1.0, 2.0, 1.0])
+    mesh, info = _mesh(thick, affine, h=8.0)  # the default size: surfaces every 4 mm
+    v = np.bincount(mesh.tet_tags, weights=mesh.volumes_mm3, minlength=6)
+    for tag in TAGS:
+        want = np.count_nonzero(thick == tag) * 2.0
+        assert abs(v[tag] / want - 1) < 0.02, (tag, v[tag] / want - 1)
+    _check_shapes(mesh)
+    conn = tissue_connectivity(mesh)
+    assert all(conn[t]["pieces"] == 1 for t in TAGS), conn
+    # the mesh lies where the voxels are (the split keeps each voxel's centre)
+    lo, hi = mesh.nodes.min(axis=0), mesh.nodes.max(axis=0)
+    np.testing.assert_allclose((lo + hi) / 2, [(n - 1) / 2 * z for n, z in zip(thick.shape, (1, 1, 2))], atol=1.0)
+
+
 @pytest.mark.parametrize("voxel_mm,fill", [(1.0, 5), (0.5, 5), (1.0, 3)])
 def test_skull_with_a_hole_keeps_the_hole(voxel_mm, fill):
     """A 12 mm craniectomy on top (bone -> scalp, or -> CSF: a fluid-filled defect): the hole stays

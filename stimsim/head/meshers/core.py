@@ -636,6 +636,32 @@ def _head_box(tags: np.ndarray, zooms, align) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
+def slice_split(zooms, surface_step: int) -> np.ndarray:
+    """Per axis, into how many voxels the surface mesher splits each voxel of a grid of ``zooms`` (mm)
+    whose surfaces are sampled every ``surface_step`` voxels of its finest axis: an axis 1.5x coarser
+    than the fields need (the finest axis, or a quarter of the sampling where that is coarser, as
+    :func:`~stimsim.head.meshers.surface.label_grid_factors` coarsens to) is split to about that."""
+    zooms = np.asarray(zooms, float)
+    need = max(float(zooms.min()), int(surface_step) * float(zooms.min()) / 4.0)
+    return np.where(zooms >= 1.5 * need, np.maximum(1, np.rint(zooms / need)), 1).astype(int)
+
+
+def _split_voxels(a: np.ndarray, up) -> np.ndarray:
+    for ax, u in enumerate(up):
+        if u > 1:
+            a = a.repeat(int(u), axis=ax)
+    return a
+
+
+def _split_affine(up) -> np.ndarray:
+    """voxel -> voxel map of a grid whose voxels are split ``up`` times: the new voxel centres lie
+    inside the old voxels, evenly (each old voxel's centre is the mean of its new ones)."""
+    up = np.asarray(up, float)
+    m = np.diag(list(1.0 / up) + [1.0])
+    m[:3, 3] = (1.0 / up - 1.0) / 2.0
+    return m
+
+
 def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str = "auto",
                    element_size_mm: float | None = None, lesion=None, lesion_tag: int = 3, progress: bool = True,
                    cache: bool = True, return_info: bool = False, surface_options: dict | None = None,
@@ -723,6 +749,17 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
 
         opts = {**surface_defaults(h, zooms, surface_size_mm), **(surface_options or {})}
         opts["surface_step"] = int(opts.get("surface_step") or 2)  # None: the mesher's own default
+        up = slice_split(zooms, opts["surface_step"])
+        if (up > 1).any():
+            # thick slices (a 1 x 1 x 2 mm scan): the surfaces are sampled every few voxels of the finest
+            # axis, so along the thick one every 8 mm (1 x 1 x 2 mm Colin27: 408 tetrahedra below the
+            # bounds, the white matter in two pieces); split them so that the voxels are about cubes
+            tags, lmask, orig = (None if a is None else _split_voxels(a, up) for a in (tags, lmask, orig))
+            affine = affine @ _split_affine(up)
+            zooms = zooms / up
+            voxel_mm3 = float(np.prod(zooms))
+            logger.info("voxels of %s mm split %s times: surfaces sampled alike along every axis",
+                        " x ".join(f"{z * u:.3g}" for z, u in zip(zooms, up)), "x".join(map(str, up)))
         factors = label_grid_factors(opts["surface_step"], zooms)
         spacing_mm = opts["surface_step"] * float(np.min(zooms))  # the surfaces' sampling, kept on a coarse copy
         coarse_step = max(1, int(round(spacing_mm / float(np.min(zooms * factors)))))
