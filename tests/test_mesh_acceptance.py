@@ -122,6 +122,30 @@ def test_thick_slices_are_split_before_the_surfaces_are_sampled():
     np.testing.assert_allclose((lo + hi) / 2, [(n - 1) / 2 * z for n, z in zip(thick.shape, (1, 1, 2))], atol=1.0)
 
 
+def test_a_head_cut_by_the_field_of_view_is_reported(caplog):
+    """Bone, CSF or brain on a face of the volume (the scan cut the head there) is named in the log and
+    in the mesh's info by the world direction of that face; the inferior face (the neck) is not."""
+    import logging
+
+    from stimsim.head.meshers.core import cut_faces
+
+    vol, affine, _ = nested_ellipsoids(1.0)
+    assert cut_faces(vol, affine) == {}
+    top = np.ascontiguousarray(vol[:, :, : vol.shape[2] // 2 + 10])  # cut 10 mm above the centre
+    assert cut_faces(top, affine) == {"superior": [1, 2, 3, 4]}
+    flipped = affine @ np.diag([1.0, -1.0, 1.0, 1.0])  # the same cut seen from a grid whose j runs posterior
+    assert cut_faces(top, flipped) == {"superior": [1, 2, 3, 4]}
+    assert cut_faces(np.ascontiguousarray(top[:, :, ::-1]), affine) == {}  # the same cut at the bottom: a neck
+    scalp_only = vol.copy()
+    scalp_only[:, :, -3:] = np.where(vol[:, :, -3:] > 0, 5, 0)
+    scalp_only[:, :, -1] = 5  # scalp (a flat cut through it) alone is not reported
+    assert cut_faces(scalp_only, affine) == {}
+    with caplog.at_level(logging.WARNING, logger="stimsim"):
+        mesh, info = _mesh(top, affine, h=8.0)
+    assert info.cut_faces == {"superior": [1, 2, 3, 4]}
+    assert any("superior face" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.parametrize("voxel_mm,fill", [(1.0, 5), (0.5, 5), (1.0, 3)])
 def test_skull_with_a_hole_keeps_the_hole(voxel_mm, fill):
     """A 12 mm craniectomy on top (bone -> scalp, or -> CSF: a fluid-filled defect): the hole stays

@@ -194,7 +194,7 @@ def _mesh_summary(out: Path, labels: Path, method: str, info, q: dict, expected:
             "shape": {"min_dihedral_deg": q["min_dihedral_deg"], "max_dihedral_deg": q["max_dihedral_deg"],
                       "radius_ratio": q["radius_ratio"], "edge_length_mm": q["edge_length_mm"],
                       **q["elements"]},
-            "mesher": info.mesher, "timings_s": info.timings_s}
+            "cut_faces": getattr(info, "cut_faces", {}), "mesher": info.mesher, "timings_s": info.timings_s}
 
 
 def _write_json(path: Path, data: dict) -> None:

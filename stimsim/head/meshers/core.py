@@ -511,6 +511,8 @@ class HeadMeshInfo:
     quality: dict = field(default_factory=dict)
     #: {label tag: mesh tag} of the tags the method merges into another
     merged_tags: dict = field(default_factory=dict)
+    #: {face: tissue tags}: faces of the volume that bone, CSF or brain touch (:func:`cut_faces`)
+    cut_faces: dict = field(default_factory=dict)
 
 
 #: ``method`` values of :func:`make_head_mesh` / ``stimsim mesh --method``
@@ -636,6 +638,35 @@ def _head_box(tags: np.ndarray, zooms, align) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
+_FACE_NAMES = {(0, 1): "right", (0, -1): "left", (1, 1): "anterior", (1, -1): "posterior", (2, 1): "superior",
+               (2, -1): "inferior"}
+
+
+def cut_faces(tags: np.ndarray, affine: np.ndarray) -> dict[str, list[int]]:
+    """The faces of the volume that bone, CSF or brain (SimNIBS tags, by their layers) touch, named by
+    the world direction they face (RAS: superior is +z): {face: sorted tags there}.  The inferior
+    face is left out: most scans end in the neck, where bone and CSF run on (the mesh closes them
+    with the neck's tissue).  Anywhere else the field of view cut the head: the mesh closes every
+    layer across the cut, and fields near it are not those of the head."""
+    from ...tissues import layer_lut
+
+    lut = layer_lut(max(256, int(tags.max()) + 1))
+    out = {}
+    for ax in range(3):
+        col = np.asarray(affine, float)[:3, ax]
+        for end, sign in ((0, -1.0), (-1, 1.0)):
+            normal = sign * col
+            world = int(np.argmax(np.abs(normal)))
+            name = _FACE_NAMES[(world, 1 if normal[world] > 0 else -1)]
+            if name == "inferior":
+                continue
+            face = np.take(tags, end, axis=ax)
+            inner = np.unique(face[lut[face] >= 2])
+            if len(inner):
+                out.setdefault(name, set()).update(int(t) for t in inner)
+    return {k: sorted(v) for k, v in out.items()}
+
+
 def slice_split(zooms, surface_step: int) -> np.ndarray:
     """Per axis, into how many voxels the surface mesher splits each voxel of a grid of ``zooms`` (mm)
     whose surfaces are sampled every ``surface_step`` voxels of its finest axis: an axis 1.5x coarser
@@ -729,6 +760,11 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         if method == "surface":  # it builds its surfaces from the tissue under the lesion
             orig = tags.copy()
         lmask = _apply_lesion(tags, affine, lesion, lesion_tag)
+    cut = cut_faces(tags, affine)
+    for face, t in cut.items():
+        logger.warning("labels: %s touch the volume's %s face: the field of view cuts the head there; the mesh "
+                       "closes it with thin layers, and fields near that face are not the head's",
+                       ", ".join(_name(x) for x in t), face)
     voxel_mm3 = float(np.prod(zooms))
     tag_counts = value_counts(tags, minlength=256)
     raw_vol = _voxel_volumes(tag_counts, voxel_mm3)
@@ -774,7 +810,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
     mesh = _cache_read(cfile)
     if mesh is not None:
         info = HeadMeshInfo(raw_vol, raw_vol, {}, 0, {}, str(cfile), method, from_cache=True,
-                            expected_volume_mm3=expected, merged_tags=merged)
+                            expected_volume_mm3=expected, merged_tags=merged, cut_faces=cut)
         info.quality = _check_result(mesh, expected, h, method, check, info.timings_s)
         info.timings_s["total_s"] = time.perf_counter() - t_start
         return (mesh, info) if return_info else mesh
@@ -852,7 +888,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
                             "use a smaller --element-size or check the labels")
         mesh = _world_mesh(nodes, tets, ttags, zooms, affine, method)
     info = HeadMeshInfo(raw_vol, clean_vol, moved, int(minfo.pop("closure_tets", 0)), timings, None, method, minfo,
-                        expected_volume_mm3=expected, merged_tags=merged)
+                        expected_volume_mm3=expected, merged_tags=merged, cut_faces=cut)
     info.quality = _check_result(mesh, expected, h, method, check, timings)
     timings["total_s"] = time.perf_counter() - t_start
     if (info.mesher.get("slivers") or {}).get("skipped"):
