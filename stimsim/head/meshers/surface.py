@@ -37,7 +37,8 @@ SURFACE_MESHER_VERSION = "surf-6.6"  # 6.1: the head's box of a wide field of vi
 # 6.2: pieces of the brain or white matter closer than the sub-grid kept apart; 6.3: surfaces faired
 # within a band of their level sets (the voxels' staircase); 6.4: the volume calibration held local;
 # 6.5: short surface edges merged (edge_merge.py); 6.6: a layer the labels do not have shares the next
-# one's surface (heads with every layer: the same meshes as 6.5)
+# one's surface, and thick slices are split first (make_head_mesh; heads with every layer on about
+# cubic voxels: the same meshes as 6.5)
 #: surface edges shorter than this many sub-grid cells are merged before TetGen (surf-6.5; Colin27:
 #: 394 -> 70 tetrahedra below the shape bounds; docs/meshing.md)
 MIN_EDGE_CELL = 0.45
