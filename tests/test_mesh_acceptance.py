@@ -103,7 +103,8 @@ def test_thick_slices_are_split_before_the_surfaces_are_sampled():
     from stimsim.head.meshers.core import slice_split
 
     assert slice_split([1, 1, 2], 4).tolist() == [1, 1, 2] and slice_split([1, 1.2, 1], 4).tolist() == [1, 1, 1]
-    assert slice_split([0.9, 0.9, 3.2], 4).tolist() == [1, 1, 4]
+    # never finer than the finest axis (that would change the sampling step): 3.2 / 0.9 -> 3 voxels
+    assert slice_split([0.9, 0.9, 3.2], 4).tolist() == [1, 1, 3] and slice_split([1, 1, 1.5], 4).tolist() == [1, 1, 1]
     # finer voxels are coarsened to a quarter of the sampling (1 mm here) anyway: split to that only
     assert slice_split([0.5, 0.5, 1.0], 8).tolist() == [1, 1, 1] and slice_split([0.5, 0.5, 2.0], 8).tolist() == [1, 1, 2]
     vol, affine, _ = nested_ellipsoids(1.0)
@@ -169,6 +170,23 @@ def test_skull_with_a_hole_keeps_the_hole(voxel_mm, fill):
     for tag in (1, 2, 3, 5):
         assert abs(v[tag] / vv[tag] - 1) < 0.03, (tag, v[tag] / vv[tag] - 1)
     _check_shapes(mesh)
+
+
+def test_a_skull_defect_over_a_brain_without_csf():
+    """A 36 mm craniectomy on labels without CSF: the sheet the nested layers put across it becomes
+    grey matter inside the brain's voxels (not CSF), and the calibration counts it there (before: grey
+    matter +0.52 %, twice what CSF gets with every layer present)."""
+    vol, affine, _ = nested_ellipsoids(1.0)
+    vol[vol == 3] = 2
+    g = _grid(1.0)
+    vol[(np.hypot(g[..., 0], g[..., 1]) < 18.0) & (g[..., 2] > 0) & (vol == 4)] = 5
+    mesh, info = _mesh(vol, affine)
+    assert info.mesher["bone_defect_tets"] > 0 and 3 not in mesh.tet_tags
+    vv = np.bincount(vol.ravel(), minlength=6)
+    v = np.bincount(mesh.tet_tags, weights=mesh.volumes_mm3, minlength=6)
+    assert abs(v[2] / vv[2] - 1) < 0.004, v[2] / vv[2] - 1
+    for tag in (1, 4, 5):
+        assert abs(v[tag] / vv[tag] - 1) < 0.02, (tag, v[tag] / vv[tag] - 1)
 
 
 def _two_boxes(voxel_mm: float, gap_mm: float, angles_deg=(0.0, 0.0), inner_tag: int = 2):

@@ -246,3 +246,29 @@ def test_relaxed_surface_keeps_the_marching_cubes_volume():
     still = np.all(relaxed == v_mc, axis=1)
     assert np.array_equal(kept[still], relaxed[still])
     assert np.linalg.norm(kept - relaxed, axis=1).max() <= 0.05 * step + 1e-9
+
+
+def test_minimum_thickness_with_a_shared_field_is_the_same_with_and_without_numba(monkeypatch):
+    """A layer the labels do not have shares the next one's field (the same array): the thickness
+    rules give one result with the compiled kernel and the numpy passes, move the shared field once,
+    and keep the present layers their thicknesses apart."""
+    import stimsim.fem.kernels as fem_kernels
+    from stimsim.head.meshers.surface import _enforce
+
+    rng = np.random.default_rng(4)
+    base = {k: rng.normal(k, 2.0, (16, 17, 18)).astype(np.float32) for k in (1, 2, 4, 5)}
+    tk = {1: 1.0, 2: 0.75, 3: 0.0, 4: 0.75}
+
+    def run(kernels):
+        monkeypatch.setattr(fem_kernels, "HAVE_NUMBA", kernels)
+        phis = {k: base[k].copy() for k in (1, 2, 4, 5)}
+        phis[3] = phis[4]  # no CSF
+        phis = {k: phis[k] for k in range(1, 6)}
+        _enforce(phis, tk)
+        return phis
+
+    a, b = run(True), run(False)
+    assert a[3] is a[4] and b[3] is b[4]
+    for k in range(1, 6):
+        np.testing.assert_array_equal(a[k], b[k])
+    assert (a[2] >= a[1] + 1.0 - 1e-5).all() and (a[4] >= a[2] + 0.75 - 1e-5).all() and (a[5] >= a[4] + 0.75 - 1e-5).all()

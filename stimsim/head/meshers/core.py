@@ -669,12 +669,15 @@ def cut_faces(tags: np.ndarray, affine: np.ndarray) -> dict[str, list[int]]:
 
 def slice_split(zooms, surface_step: int) -> np.ndarray:
     """Per axis, into how many voxels the surface mesher splits each voxel of a grid of ``zooms`` (mm)
-    whose surfaces are sampled every ``surface_step`` voxels of its finest axis: an axis 1.5x coarser
-    than the fields need (the finest axis, or a quarter of the sampling where that is coarser, as
-    :func:`~stimsim.head.meshers.surface.label_grid_factors` coarsens to) is split to about that."""
+    whose surfaces are sampled every ``surface_step`` voxels of its finest axis: an axis at least twice
+    as coarse as the fields need (the finest axis, or a quarter of the sampling where that is coarser,
+    as :func:`~stimsim.head.meshers.surface.label_grid_factors` coarsens to) is split into as many whole
+    voxels of at least that size as fit."""
     zooms = np.asarray(zooms, float)
     need = max(float(zooms.min()), int(surface_step) * float(zooms.min()) / 4.0)
-    return np.where(zooms >= 1.5 * need, np.maximum(1, np.rint(zooms / need)), 1).astype(int)
+    # whole voxels no finer than that: finer ones would lower the finest axis, and with it the
+    # sampling step (1 x 1 x 1.5 mm split in two: surfaces every 3 mm, 47 % more tetrahedra)
+    return np.maximum(1, np.floor(zooms / need + 1e-6)).astype(int)
 
 
 def _split_voxels(a: np.ndarray, up) -> np.ndarray:

@@ -145,7 +145,10 @@ def _enforce(phis, tk, sweeps=4):
     between both surfaces, then the outer one pushed out where one is left."""
     from ...fem.kernels import numba_ready
 
-    if numba_ready():  # every voxel on its own: one fused pass instead of ~60 passes over the grid
+    # a layer without voxels shares the next one's field (nested_fields): the kernel would hold the
+    # shared field twice, once stale, and give another result than the numpy passes, which move it once
+    shared = any(phis[j] is phis[k] for k in range(1, 6) for j in range(k + 1, 6))
+    if numba_ready() and not shared:  # every voxel on its own: one fused pass instead of ~60 over the grid
         from ._kernels import enforce_layers
 
         if enforce_layers(phis, tk, sweeps):
@@ -392,7 +395,8 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     absent = set(range(1, 6)) - _layers_present(counts, layer_volume_mm3)
     shares = {k: min(j for j in range(k + 1, 6) if j not in absent)
               for k in absent if any(j not in absent for j in range(k + 1, 6))}
-    layer[cavity] = 2 if 2 not in absent else 1  # air cavities: holes in the bone, else in the scalp
+    # air cavities are holes in the bone; without bone they are meshed as scalp (as before surf-6.6)
+    layer[cavity] = 2 if 2 not in absent else 1
     voxel = float(np.prod(zooms))
     masks = {}
     for k in range(1, 6):
@@ -488,12 +492,13 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                 sheet = sheet[~_bone_along_normal((sheet - pad) * zooms, phis[2], bone, zooms, pad)]
                 to_csf = inner_vox[tuple(sheet.T)]
                 s_in = float(np.count_nonzero(to_csf)) * vox
+                inner = shares.get(3, 3)  # the CSF's surface, or the next one in where the labels have no CSF
                 target[2] = base[2] + len(sheet) * vox - s_in
-                target[3] = base[3] - s_in
+                target[inner] = base[inner] - s_in
                 # the sheet's scalp part lies outside the bone's outer surface in the mesh, its CSF
                 # part inside the CSF's outer surface (as the targets above count them)
                 retagged = {}
-                for kk, part, value in ((2, ~to_csf, -1), (3, to_csf, 1)):
+                for kk, part, value in ((2, ~to_csf, -1), (inner, to_csf, 1)):
                     if kk in local_masks:
                         retagged[kk] = np.zeros(phis[2].shape, np.int8)
                         retagged[kk][tuple(sheet[part].T)] = value
