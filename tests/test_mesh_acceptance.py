@@ -172,6 +172,28 @@ def test_skull_with_a_hole_keeps_the_hole(voxel_mm, fill):
     _check_shapes(mesh)
 
 
+def test_csf_only_inside_the_brain_is_named_before_meshing(caplog):
+    """Labels with the ventricles as CSF but none around the brain: the surface mesher still makes a
+    CSF layer around the brain (its minimum thickness), so it says so before meshing and names the
+    ways out; the volume check then refuses the mesh."""
+    import logging
+
+    from stimsim.errors import MeshError
+    from stimsim.head.meshers.core import csf_inside_brain_only
+
+    vol, affine, _ = nested_ellipsoids(1.0)
+    assert not csf_inside_brain_only(vol)
+    vol[vol == 3] = 2
+    assert not csf_inside_brain_only(vol)  # no CSF at all: nothing to say (it is meshed without)
+    g = _grid(1.0)
+    vol[((g / np.array([8.0, 5.0, 4.0])) ** 2).sum(-1) <= 1] = 3  # a ventricle in the white matter
+    assert csf_inside_brain_only(vol)
+    with caplog.at_level(logging.WARNING, logger="stimsim"), pytest.raises(MeshError, match="csf"):
+        _mesh(vol, affine, h=8.0)
+    assert any("CSF lies only inside the brain" in r.getMessage() and "--method lattice" in r.getMessage()
+               for r in caplog.records)
+
+
 def test_a_skull_defect_over_a_brain_without_csf():
     """A 36 mm craniectomy on labels without CSF: the sheet the nested layers put across it becomes
     grey matter inside the brain's voxels (not CSF), and the calibration counts it there (before: grey

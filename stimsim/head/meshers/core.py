@@ -667,6 +667,26 @@ def cut_faces(tags: np.ndarray, affine: np.ndarray) -> dict[str, list[int]]:
     return {k: sorted(v) for k, v in out.items()}
 
 
+def csf_inside_brain_only(tags: np.ndarray, outside_fraction: float = 0.05) -> bool:
+    """Does (nearly) all of the CSF lie inside the brain's filled envelope: the ventricles labelled, the
+    CSF around the brain not (at most ``outside_fraction`` of the CSF voxels outside the envelope)?
+    The surface mesher then still keeps a CSF layer of its minimum thickness around the brain."""
+    from .topology import fill_holes
+
+    layer = layer_lut(max(256, int(tags.max()) + 1)).astype(np.int8)[tags]
+    csf = layer == 3
+    n = int(np.count_nonzero(csf))
+    if not n or not (layer >= 4).any():
+        return False
+    for ax in range(3):  # CSF against bone or scalp over a whole slab: a layer around the brain (fast)
+        lo, hi = [slice(None)] * 3, [slice(None)] * 3
+        lo[ax], hi[ax] = slice(0, -1), slice(1, None)
+        a, b = layer[tuple(lo)], layer[tuple(hi)]
+        if np.count_nonzero(((a == 3) & (b < 3) & (b > 0)) | ((b == 3) & (a < 3) & (a > 0))) > outside_fraction * n:
+            return False
+    return np.count_nonzero(csf & ~fill_holes(layer >= 4)) <= outside_fraction * n
+
+
 def slice_split(zooms, surface_step: int) -> np.ndarray:
     """Per axis, into how many voxels the surface mesher splits each voxel of a grid of ``zooms`` (mm)
     whose surfaces are sampled every ``surface_step`` voxels of its finest axis: an axis at least twice
@@ -763,6 +783,11 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         if method == "surface":  # it builds its surfaces from the tissue under the lesion
             orig = tags.copy()
         lmask = _apply_lesion(tags, affine, lesion, lesion_tag)
+    if method == "surface" and csf_inside_brain_only(tags):
+        logger.warning("labels: the CSF lies only inside the brain (no CSF labelled around it): the surface "
+                       "mesher keeps a CSF layer about 1 mm thick around the brain, which the labels do not "
+                       "have (CSF volume and field near the cortex off); label the CSF around the brain, or "
+                       "use --method lattice")
     cut = cut_faces(tags, affine)
     for face, t in cut.items():
         logger.warning("labels: %s touch the volume's %s face: the field of view cuts the head there; the mesh "
