@@ -783,11 +783,12 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         if method == "surface":  # it builds its surfaces from the tissue under the lesion
             orig = tags.copy()
         lmask = _apply_lesion(tags, affine, lesion, lesion_tag)
-    if method == "surface" and csf_inside_brain_only(tags):
+    # (the surface mesher builds its layers from the tissue under a lesion: a CSF lesion is no CSF here)
+    if method == "surface" and csf_inside_brain_only(tags if orig is None else orig):
         logger.warning("labels: the CSF lies only inside the brain (no CSF labelled around it): the surface "
-                       "mesher keeps a CSF layer about 1 mm thick around the brain, which the labels do not "
-                       "have (CSF volume and field near the cortex off); label the CSF around the brain, or "
-                       "use --method lattice")
+                       "mesher keeps a CSF layer of its minimum thickness (about 1 mm at the default size) "
+                       "around the brain, which the labels do not have (CSF volume and field near the cortex "
+                       "off); label the CSF around the brain, or use --method lattice")
     cut = cut_faces(tags, affine)
     for face, t in cut.items():
         logger.warning("labels: %s touch the volume's %s face: the field of view cuts the head there; the mesh "
