@@ -355,14 +355,6 @@ def _apply_floors(phis, floors: list[_Floor], tk) -> None:
             phis[k + 1][f.index] = np.maximum(phis[k + 1][f.index], phis[k][f.index] + np.float32(tk[k]))
 
 
-def _layers_present(counts: np.ndarray, layer_volume_mm3=None) -> set[int]:
-    """The layers (1 scalp .. 5 white matter) with any tissue: ``counts`` voxels per layer (0..5) on the
-    grid meshed, or ``layer_volume_mm3`` where that grid is a coarse copy (a thin layer its blocks
-    lost is still there)."""
-    have = np.asarray(counts if layer_volume_mm3 is None else layer_volume_mm3, float)
-    return {k for k in range(1, 6) if have[k] > 0}
-
-
 def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_mm=0.5, sigma_vox=0.7,
                   pad=3, thickness_scale=1.0, calibrate_step=None, layer_volume_mm3=None, bone_voxels=None,
                   surface_step=None, pieces=None, local_calibration_mm=0.0):
@@ -392,7 +384,8 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     # apart, as before, the two made a CSF layer out of grey matter and bone (bone -12 %) or
     # surfaces TetGen refused as crossing (no bone, a brain only).  On a coarse copy the finer grid's
     # volumes decide: a thin layer its blocks lost is still there.
-    absent = set(range(1, 6)) - _layers_present(counts, layer_volume_mm3)
+    have = np.asarray(counts if layer_volume_mm3 is None else layer_volume_mm3, float)
+    absent = {k for k in range(1, 6) if not have[k] > 0}
     shares = {k: min(j for j in range(k + 1, 6) if j not in absent)
               for k in absent if any(j not in absent for j in range(k + 1, 6))}
     # air cavities are holes in the bone; without bone they are meshed as scalp (as before surf-6.6)
@@ -457,8 +450,13 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
         # probe_mm: how far along a bone surface's normal real bone may lie from a tetrahedron of the
         # mesh's bone layer: the thickness rules push the bone surfaces out by up to the sum of the
         # minimum thicknesses inside it (thin bone under thin CSF and grey matter)
+        # the tissue a defect's sheet becomes (_open_bone_defects): CSF inside, or the next layer in
+        # where the labels have none; scalp outside, or none (0, dropped from the mesh)
+        inside = [k for k in (3, 4, 5) if k not in absent]
         bone = {"excess_mm": distance_to_background(~bone_ok, zooms) - np.float32(within), "within_mm": within,
-                "probe_mm": tk[2] + tk[3] + tk[4] + float(np.max(zooms))}
+                "probe_mm": tk[2] + tk[3] + tk[4] + float(np.max(zooms)),
+                "inside_tag": LAYER_FILL_TAG[inside[0]] if inside else 0,
+                "outside_tag": LAYER_FILL_TAG[1] if 1 not in absent else 0}
     del bone_ok
     # split the deficit between both surfaces (a few sweeps), then enforce exactly
     _enforce(phis, tk)
@@ -1398,12 +1396,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     info["region_vote_purity"] = float(votes.max(1).sum() / votes.sum())
     seed_tag = np.array([0] + [LAYER_FILL_TAG[k] for k in range(1, 6)])
     ttags = seed_tag[gl[ginv]]
-    present = _layers_present(np.bincount(layer_lut(max(256, int(tags.max()) + 1))[tags].ravel(), minlength=6),
-                              layer_volume_mm3)
-    inside = [k for k in (3, 4, 5) if k in present]
-    info["bone_defect_tets"] = _open_bone_defects(ttags, cen, bone, phis[2], tags, zooms, pad,
-                                                  LAYER_FILL_TAG[inside[0]] if inside else 0,
-                                                  LAYER_FILL_TAG[1] if 1 in present else 0)
+    info["bone_defect_tets"] = _open_bone_defects(ttags, cen, bone, phis[2], tags, zooms, pad)
     if lesion is not None:  # tets centred in a lesion voxel (unbiased, as the lattice mesher does)
 
         if lesion_voxels is None:
@@ -1462,8 +1455,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     return nodes, tets, ttags, info
 
 
-def _open_bone_defects(ttags, cen, bone, phi_bone, tags, zooms, pad, inside_tag: int = LAYER_FILL_TAG[3],
-                       outside_tag: int = LAYER_FILL_TAG[1]) -> int:
+def _open_bone_defects(ttags, cen, bone, phi_bone, tags, zooms, pad) -> int:
     """Re-tag the bone the minimum layer thickness put where the labels have none.
 
     The nested surfaces keep every layer at least ``tk`` thick, so a skull defect (craniectomy, burr
@@ -1471,10 +1463,10 @@ def _open_bone_defects(ttags, cen, bone, phi_bone, tags, zooms, pad, inside_tag:
     whose centre is more than :func:`bone_defect_distance_mm` from every bone (or cavity) voxel
     (``bone["excess_mm"]`` > 0, from :func:`nested_fields`) and with no bone voxel along the normal of
     the bone's surface within ``bone["probe_mm"]`` (:func:`_bone_along_normal`: thin bone the
-    thickness rules pushed a sheet away from) take the tissue of the voxel they sit in: ``inside_tag``
-    on the brain's side (CSF, or the next layer in where the labels have none), ``outside_tag`` outside
-    (scalp; 0, dropped from the mesh, where the labels have none), as the calibration in
-    :func:`nested_fields` counts on.  Returns how many were re-tagged."""
+    thickness rules pushed a sheet away from) take the tissue of the voxel they sit in:
+    ``bone["inside_tag"]`` on the brain's side (CSF, or the next layer in where the labels have none),
+    ``bone["outside_tag"]`` outside (scalp; 0, dropped from the mesh, where the labels have none), as
+    the calibration in :func:`nested_fields` counts on.  Returns how many were re-tagged."""
     tets = (ttags == LAYER_FILL_TAG[2]).nonzero()[0]
     if not len(tets):
         return 0
@@ -1488,7 +1480,9 @@ def _open_bone_defects(ttags, cen, bone, phi_bone, tags, zooms, pad, inside_tag:
     if not len(sel):
         return 0
     layer = layer_lut()[sample_volume(tags, cen[sel], zooms, fill=0)]
-    ttags[sel] = np.where(layer >= 3, inside_tag, outside_tag)
+    inside, outside = ((LAYER_FILL_TAG[3], LAYER_FILL_TAG[1]) if bone is None
+                       else (bone["inside_tag"], bone["outside_tag"]))
+    ttags[sel] = np.where(layer >= 3, inside, outside)
     return int(len(sel))
 
 
