@@ -371,26 +371,33 @@ def test_mesh_summary_not_ours_is_not_replaced(nifti, tmp_path):
     assert not (tmp_path / "head.msh.gz").exists()
 
 
-def test_surface_mesher_merged_tags_are_not_missing(nifti, tmp_path, caplog):
-    """SimNIBS labels with eyes (6) and blood (9): the surface mesher meshes them as scalp and CSF; that
-    is said once and is no 'missing tissue' error (the merged voxel volumes are compared)."""
+def test_surface_mesher_merged_tags_are_not_missing(nifti, tmp_path, caplog, monkeypatch):
+    """SimNIBS labels with an eye (6) and a vessel (9) of a few voxels, meshed at 6 mm: the eye is kept
+    (a tissue inside the scalp layer), the vessel, too thin for such elements, is meshed as CSF.  That
+    is said once and is no 'missing tissue' error (the merged voxel volumes are compared), and a
+    second call, from the cache, reads the same merge off the mesh."""
     pytest.importorskip("tetgen")
     pytest.importorskip("skimage")
     from stimsim.head.meshers import make_head_mesh
 
+    monkeypatch.setenv("STIMSIM_CACHE", str(tmp_path / "cache"))
     vol = _balls(40, (18, 15, 13, 10, 6))
     tags = np.array([0, 5, 4, 3, 2, 1], np.uint8)[vol]  # SimNIBS numbering
     x, y, z = np.mgrid[:40, :40, :40]
     tags[(x - 19.5) ** 2 + (y - 36) ** 2 + (z - 19.5) ** 2 <= 4] = 6  # an eye in the scalp layer
     tags[(x - 19.5) ** 2 + (y - 19.5) ** 2 + (z - 31.5) ** 2 <= 1] = 9  # a vessel in the CSF layer
     p = nifti(tags)
-    with caplog.at_level("WARNING", logger="stimsim"):
-        mesh, info = make_head_mesh(p, None, "simnibs", method="surface", element_size_mm=6.0, progress=False,
-                                    return_info=True)
-    assert "meshes eye_balls (tag 6) as scalp (tag 5), blood (tag 9) as csf (tag 3)" in caplog.text
-    assert info.merged_tags == {6: 5, 9: 3}
-    assert set(info.expected_volume_mm3) == {1, 2, 3, 4, 5} == set(mesh.tissue_tags.tolist())
-    assert info.quality["volume_check"]["missing"] == []
+    for from_cache in (False, True):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="stimsim"):
+            mesh, info = make_head_mesh(p, None, "simnibs", method="surface", element_size_mm=6.0, progress=False,
+                                        return_info=True)
+        assert info.from_cache == from_cache
+        assert caplog.text.count("meshes blood (tag 9) as csf (tag 3): too thin or small") == 1
+        assert info.merged_tags == {9: 3}
+        assert set(info.expected_volume_mm3) == {1, 2, 3, 4, 5, 6} == set(mesh.tissue_tags.tolist())
+        assert info.quality["volume_check"]["missing"] == []
+        assert info.quality["volume_check"]["failed"] == {}
 
 
 def test_mesh_that_cannot_be_put_in_place_leaves_no_summary(nifti, tmp_path):

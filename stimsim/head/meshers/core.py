@@ -284,29 +284,57 @@ def expected_tags(tags: np.ndarray, method: str, lesion_mask: np.ndarray | None 
                   counts: np.ndarray | None = None) -> tuple[dict[int, int], dict[int, int]]:
     """Voxels per tag that the mesh of ``method`` should hold, and the tags it merges.
 
-    The lattice mesher keeps every tag.  The surface mesher meshes the five nested layers of
-    :data:`stimsim.tissues.LAYER_OF_TAG`, so eyes and muscle come out as scalp, compact and
-    spongy bone as bone, blood as CSF and other tags as grey matter; the lesion (voxels under
-    ``lesion_mask``) keeps ``lesion_tag``.  Returns ``({tag: voxels}, {label tag: mesh tag})``,
-    the second only for the tags merged into another one.  ``counts``: ``value_counts(tags)``
-    when the caller has it (a pass over the volume less)."""
+    Both meshers keep every tag (the surface mesher's tissues inside a layer: :mod:`.sub_tissues`;
+    one too thin for its elements is merged after meshing, :func:`sub_tissue_merges`); the lesion
+    (voxels under ``lesion_mask``) keeps ``lesion_tag``.  Returns ``({tag: voxels}, {label tag:
+    mesh tag})``, the second only for the tags merged into another one (none before meshing).
+    ``counts``: ``value_counts(tags)`` when the caller has it (a pass over the volume less)."""
     counts = value_counts(tags, minlength=256) if counts is None else np.array(counts, np.int64)
     n_lesion = int(np.count_nonzero(lesion_mask)) if lesion_mask is not None else 0
     if n_lesion:
         counts[int(lesion_tag)] -= n_lesion  # _apply_lesion gave the lesion voxels lesion_tag
     merged = {}
-    if method == "surface":
-        out = np.zeros_like(counts)
-        lut = layer_lut()
-        for t in np.flatnonzero(counts[1:]) + 1:
-            to = LAYER_FILL_TAG[int(lut[t])]
-            out[to] += counts[t]
-            if to != t:
-                merged[int(t)] = int(to)
-        counts = out
     if n_lesion:
         counts[int(lesion_tag)] += n_lesion
     return {int(t): int(counts[t]) for t in np.flatnonzero(counts[1:]) + 1}, merged
+
+
+def sub_tissue_merges(expected: dict[int, float], mesh_tags, exclude=()) -> dict[int, int]:
+    """``{tag: into}``: tissues of ``expected`` ({tag: voxel volume}) that the mesh (its tags
+    ``mesh_tags``) does not hold but another tissue of their nesting layer does, the one with the
+    most voxels.  The surface mesher merges a tissue inside a layer that its elements cannot resolve
+    (:data:`.sub_tissues.MERGE_ABOVE_ERROR`) that way; the rule reads the mesh, so a cached one
+    gives the same answer.  Tags in ``exclude`` (a lesion) are never merged."""
+    lut = layer_lut(max(256, max(expected, default=0) + 1))
+    present = {int(t) for t in mesh_tags}
+    merged = {}
+    for t in expected:
+        if t in present or t in exclude or expected[t] <= 0:
+            continue
+        mates = [u for u in expected if lut[u] == lut[t] and u in present and u not in exclude]
+        if mates:
+            merged[int(t)] = int(max(mates, key=lambda u: expected[u]))
+    return merged
+
+
+def _layer_counts(counts: dict[int, int], lmask=None, lesion_tag: int = 3) -> dict[int, int]:
+    """``counts`` ({tag: voxels}) summed per nesting layer, under the layer's fill tag (the lesion's
+    tag, with a lesion, kept).  The surface mesher's size check before meshing reads these: a tissue
+    inside a layer too small for the elements is merged after meshing (:func:`sub_tissue_merges`),
+    not refused."""
+    lut = layer_lut(max(256, max(counts, default=0) + 1))
+    out: dict[int, int] = {}
+    for t, n in counts.items():
+        to = int(t) if lmask is not None and t == int(lesion_tag) else LAYER_FILL_TAG[int(lut[t])]
+        out[to] = out.get(to, 0) + n
+    return out
+
+
+def _merge_expected(expected: dict, merged: dict) -> dict:
+    out = dict(expected)
+    for t, to in merged.items():
+        out[to] = out.get(to, 0.0) + out.pop(t)
+    return out
 
 
 def check_meshable(tags: np.ndarray, zooms, h: float, counts: dict[int, int] | None = None,
@@ -801,11 +829,8 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
     del tag_counts
     expected = {t: n * voxel_mm3 for t, n in counts.items()}
     if check:
-        check_meshable(tags, zooms, h, counts,
+        check_meshable(tags, zooms, h, _layer_counts(counts, lmask, lesion_tag) if method == "surface" else counts,
                        small_ok=(int(lesion_tag),) if lmask is not None and method == "surface" else ())
-    if merged:
-        logger.warning("the %s mesher meshes %s; --method lattice keeps every tag", method,
-                       ", ".join(f"{_name(t)} as {_name(to)}" for t, to in merged.items()))
 
     if method == "surface":
         from .surface import SURFACE_MESHER_VERSION, surface_defaults
@@ -838,6 +863,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
     cfile = cache_dir() / "heads" / f"{_cache_key(tags, affine, h, extra)}.msh" if cache else None
     mesh = _cache_read(cfile)
     if mesh is not None:
+        merged, expected = _sub_tissues_merged(mesh, expected, method, lmask, lesion_tag)
         info = HeadMeshInfo(raw_vol, raw_vol, {}, 0, {}, str(cfile), method, from_cache=True,
                             expected_volume_mm3=expected, merged_tags=merged, cut_faces=cut)
         info.quality = _check_result(mesh, expected, h, method, check, info.timings_s)
@@ -868,11 +894,13 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         base = tags if lmask is None else np.where(lmask & (tags > 0), orig, tags)
         ctags, clmask, bone_voxels, to_fine, layer_voxels, pieces = downsample_layers(
             base, factors, lmask, min_piece_voxels=int(500 / voxel_mm3))
+        # tissues inside a layer (eyes, muscle, compact / spongy bone) are read off these labels
+        sub_labels = (base, zooms, (factors - 1) / 2.0 * zooms) if _layer_counts(counts) != counts else None
         layer_mm3 = layer_voxels * voxel_mm3
         del base
         if clmask is None or clmask.any():  # a lesion smaller than half a block keeps the voxel grid
             opts = {**opts, "surface_step": coarse_step, "layer_volume_mm3": layer_mm3, "bone_voxels": bone_voxels,
-                    "pieces": pieces}
+                    "pieces": pieces, "sub_tissue_labels": sub_labels}
             if lmask is not None:  # tetrahedra are lesion by the mask as drawn (coarse: +8 % on a 6 mm ball)
                 opts["lesion_voxels"] = (lmask, zooms, (factors - 1) / 2.0 * zooms)
             if clmask is not None:
@@ -884,7 +912,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             logger.info("labels finer than surfaces every %.3g mm need: meshed on a copy in %s-voxel blocks "
                         "(%s mm)", spacing_mm, "x".join(map(str, coarse)), " x ".join(f"{z:.3g}" for z in zooms))
             voxel_mm3 = float(np.prod(zooms))
-        del ctags, clmask, bone_voxels, pieces
+        del ctags, clmask, bone_voxels, pieces, sub_labels
         coarse_s = time.perf_counter() - t
 
     with _Steps(progress, _STEPS[method]) as steps:
@@ -916,6 +944,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             raise MeshError(f"the {method} mesher made no tetrahedra of these labels (tissues {sorted(counts)}); "
                             "use a smaller --element-size or check the labels")
         mesh = _world_mesh(nodes, tets, ttags, zooms, affine, method)
+    merged, expected = _sub_tissues_merged(mesh, expected, method, lmask, lesion_tag)
     info = HeadMeshInfo(raw_vol, clean_vol, moved, int(minfo.pop("closure_tets", 0)), timings, None, method, minfo,
                         expected_volume_mm3=expected, merged_tags=merged, cut_faces=cut)
     info.quality = _check_result(mesh, expected, h, method, check, timings)
@@ -932,6 +961,19 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         except OSError as exc:  # a read-only cache is not an error
             logger.warning("could not cache the head mesh in %s (%s)", cfile.parent, exc)
     return (mesh, info) if return_info else mesh
+
+
+def _sub_tissues_merged(mesh: Mesh, expected: dict, method: str, lmask, lesion_tag: int) -> tuple[dict, dict]:
+    """The surface mesher's merged tissues (:func:`sub_tissue_merges`), said once, and the expected
+    volumes merged alike."""
+    if method != "surface":
+        return {}, expected
+    merged = sub_tissue_merges(expected, mesh.tissue_tags, exclude=(int(lesion_tag),) if lmask is not None else ())
+    if merged:
+        logger.warning("the surface mesher meshes %s: too thin or small for the elements to follow (volume off by "
+                       "more than half); a smaller --element-size, or --method lattice, keeps them",
+                       ", ".join(f"{_name(t)} as {_name(to)}" for t, to in merged.items()))
+    return merged, _merge_expected(expected, merged)
 
 
 def _check_result(mesh: Mesh, expected: dict, h: float, method: str, check: bool, timings: dict) -> dict:

@@ -27,18 +27,20 @@ from ..._logging import logger
 from ...errors import MeshError
 from ...mesh.model import TET_FACES, face_codes
 from ...tissues import LAYER_FILL_TAG, LAYER_OF_TAG, layer_lut
+from .sub_tissues import keep_sub_tissues
 from .topology import (distance_to_background, face_components, face_graph, fill_holes, sample_volume, tet_neighbors,
                        vertex_incidence)
 
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
-SURFACE_MESHER_VERSION = "surf-6.6"  # 6.1: the head's box of a wide field of view, the untangling retry;
+SURFACE_MESHER_VERSION = "surf-6.7"  # 6.1: the head's box of a wide field of view, the untangling retry;
 # 6.2: pieces of the brain or white matter closer than the sub-grid kept apart; 6.3: surfaces faired
 # within a band of their level sets (the voxels' staircase); 6.4: the volume calibration held local;
 # 6.5: short surface edges merged (edge_merge.py); 6.6: a layer the labels do not have shares the next
 # one's surface, and thick slices are split first (make_head_mesh; heads with every layer on about
-# cubic voxels: the same meshes as 6.5)
+# cubic voxels: the same meshes as 6.5); 6.7: tissues inside a layer (eyes, muscle, compact and spongy
+# bone, blood) kept (sub_tissues.py; labels without them: the same meshes as 6.6)
 #: surface edges shorter than this many sub-grid cells are merged before TetGen (surf-6.5; Colin27:
 #: 394 -> 70 tetrahedra below the shape bounds; docs/meshing.md)
 MIN_EDGE_CELL = 0.45
@@ -1157,7 +1159,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                            progress_cb=None, verbose=False, thickness_scale=1.0, calibrate=True,
                            island_fraction=0.01, lesion=None, lesion_tag=3, relax_iterations=8, sliver_move=0.0,
                            layer_volume_mm3=None, bone_voxels=None, lesion_voxels=None, pieces=None,
-                           fair_rounds=0, fair_band_vox=0.3, local_calibration_mm=0.0, min_edge_cell=0.0):
+                           fair_rounds=0, fair_band_vox=0.3, local_calibration_mm=0.0, min_edge_cell=0.0,
+                           sub_tissue_labels=None):
     """Nested surfaces -> TetGen.  Returns ``(nodes_mm_local, tets, tet_tags, info)``.
 
     ``h``: target element size (mm); tets get a max volume ``h^3 / (6 sqrt 2)`` (regular tet
@@ -1177,7 +1180,9 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     ``layer_volume_mm3``, ``bone_voxels``, ``pieces``: see :func:`nested_fields`.
     ``lesion_voxels``: ``(mask, zooms, offset_mm)`` of the finer grid the lesion was drawn on (its
     voxel-frame mm = this grid's + ``offset_mm``), which then decides which tetrahedra are lesion.
-    See the module docstring."""
+    ``sub_tissue_labels``: ``(labels, zooms, offset_mm)``, the same for the labels whose tissues
+    inside a layer (eyes, muscle, compact and spongy bone, blood) the tetrahedra take
+    (:mod:`.sub_tissues`; default: ``tags``).  See the module docstring."""
     import tetgen
 
     zooms = np.asarray(zooms, float)
@@ -1446,12 +1451,20 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
             big = np.argmax(np.bincount(lab, weights=vol[idx]))
             keep[idx[lab != big]] = False
     tets, ttags = tets[keep], ttags[keep]
-    ttags[ttags == _LESION] = int(lesion_tag)
+    lesion_tets = ttags == _LESION
+    ttags[lesion_tets] = int(lesion_tag)
     info["timings_s"]["tags_s"] = time.perf_counter() - t0
     if sliver_move and len(tets):
         nodes, info["slivers"] = _perturb_slivers(nodes, tets, ttags, nb, keep, sliver_move * float(np.min(zooms)),
                                                   progress_cb)
         info["timings_s"]["slivers_s"] = info["slivers"].pop("time_s")
+    # tissues inside a layer, on the final nodes (the sliver pass moves them, and sees the layers only)
+    t0 = time.perf_counter()
+    labels, lzooms, loff = (tags, zooms, 0.0) if sub_tissue_labels is None else sub_tissue_labels
+    ttags, sub = keep_sub_tissues(ttags, nodes, tets, labels, lzooms, offset_mm=loff, skip=lesion_tets)
+    if sub["layers"]:
+        info["sub_tissues"] = sub
+        info["timings_s"]["sub_tissues_s"] = time.perf_counter() - t0
     return nodes, tets, ttags, info
 
 
