@@ -88,16 +88,23 @@ def _fractions(p: np.ndarray, labels: np.ndarray, zooms, tags) -> np.ndarray:
     return f
 
 
-def _calibrated_choice(f: np.ndarray, vol: np.ndarray, target: np.ndarray, rounds: int = 3) -> np.ndarray:
+def _calibrated_choice(f: np.ndarray, vol: np.ndarray, target: np.ndarray, max_rounds: int = 50) -> np.ndarray:
     """Column per row: ``argmax(f + lam)`` over the columns with ``f > 0``, the offsets ``lam``
     chosen so that each column's rows hold ``target`` volume (the largest column's offset 0).  With
     the others fixed, row ``i`` takes column ``j`` from ``lam_j >= max_other_i - f_ij`` on: a sort
-    of those thresholds by volume gives ``lam_j`` exactly; a few rounds settle three or more."""
+    of those thresholds by volume gives ``lam_j`` exactly.  Three or more columns take rounds of
+    that until every column is within ``k - 1`` times the largest row's volume of its target (the
+    rounds can cycle by a row or two)."""
     k = f.shape[1]
     score = np.where(f > 0, f, -np.inf)
     lam = np.zeros(k)
     main = int(np.argmax(target))
-    for _ in range(rounds if k > 2 else 1):
+    tol = (k - 1) * float(vol.max()) if len(vol) else 0.0
+
+    def choice():
+        return np.argmax(score + np.where(np.isfinite(lam), lam, -1e9), axis=1)
+
+    for _ in range(max_rounds if k > 2 else 1):
         for j in range(k):
             if j == main:
                 continue
@@ -112,7 +119,9 @@ def _calibrated_choice(f: np.ndarray, vol: np.ndarray, target: np.ndarray, round
             lam[j] = need[order[n - 1]] if n else -np.inf
             if n < len(order) and lam[j] == need[order[n]]:  # a tie with the next row: stop short of it
                 lam[j] = np.nextafter(lam[j], -np.inf)
-    return np.argmax(score + np.where(np.isfinite(lam), lam, -1e9), axis=1)
+        if k > 2 and np.all(np.abs(np.bincount(choice(), weights=vol, minlength=k) - target) <= tol):
+            break
+    return choice()
 
 
 def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, labels: np.ndarray, zooms, *,

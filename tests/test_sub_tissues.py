@@ -1,0 +1,124 @@
+"""Tissues inside a nesting layer (SimNIBS charm labels: compact and spongy bone, muscle, blood)
+kept by the surface mesher (stimsim.head.meshers.sub_tissues)."""
+
+import numpy as np
+import pytest
+
+from stimsim.head.meshers.sub_tissues import _calibrated_choice, layers_with_sub_tissues
+
+N = 48
+C = (N - 1) / 2
+# radii (mm, 1 mm voxels): scalp 22, bone 13-18.5 as compact | spongy 14.5-17 | compact, CSF 11-13,
+# GM 7-11, WM 7; muscle between bone and skin on one side
+R_SPONGY = (14.5, 17.0)
+
+
+def _charm_ball() -> np.ndarray:
+    x, y, z = np.mgrid[:N, :N, :N] - C
+    r = np.sqrt(x * x + y * y + z * z)
+    t = np.zeros((N, N, N), np.uint8)
+    t[r <= 22] = 5
+    t[r <= 18.5] = 7
+    t[r <= R_SPONGY[1]] = 8
+    t[r <= R_SPONGY[0]] = 7
+    t[r <= 13] = 3
+    t[r <= 11] = 2
+    t[r <= 7] = 1
+    t[(r > 18.5) & (r <= 20.5) & (x > 8)] = 10
+    return t
+
+
+def _mesh(tags, **kw):
+    pytest.importorskip("tetgen")
+    pytest.importorskip("skimage")
+    from stimsim.head.meshers import make_head_mesh
+
+    return make_head_mesh(tags, np.eye(4), "simnibs", method="surface", progress=False, cache=False,
+                          return_info=True, **kw)
+
+
+@pytest.mark.parametrize("h", [4.0, 6.0])
+def test_charm_tissues_kept_with_their_volumes_and_places(h):
+    """Compact and spongy bone and muscle are kept (no tag 4: charm has none), each within 3 % of its
+    voxel volume, and in place: the spongy bone's tetrahedra lie in its shell, the muscle's on its
+    side.  A plain majority vote puts muscle 5-9 % over its volume here (tetrahedra across a sheet
+    vote for its middle)."""
+    tags = _charm_ball()
+    mesh, info = _mesh(tags, element_size_mm=h)
+    assert sorted(mesh.tissue_tags.tolist()) == [1, 2, 3, 5, 7, 8, 10]
+    assert info.merged_tags == {}
+    vol = mesh.volumes_mm3
+    for t in (5, 7, 8, 10):
+        assert abs(vol[mesh.tet_tags == t].sum() / (tags == t).sum() - 1) < 0.03, t
+    assert info.quality["volume_check"]["missing"] == [] and info.quality["volume_check"]["extra"] == {}
+    cen = mesh.nodes[mesh.tets].mean(1) - C
+    rc = np.linalg.norm(cen, axis=1)
+    spongy = mesh.tet_tags == 8
+    in_shell = (rc > R_SPONGY[0] - 0.75) & (rc < R_SPONGY[1] + 0.75)
+    assert (vol * in_shell)[spongy].sum() / vol[spongy].sum() > 0.95
+    compact = mesh.tet_tags == 7
+    core = (rc > R_SPONGY[0] + 0.75) & (rc < R_SPONGY[1] - 0.75)
+    assert (vol * core)[compact].sum() / vol[compact].sum() < 0.1
+    muscle = mesh.tet_tags == 10
+    assert (vol * (cen[:, 0] > 6.5))[muscle].sum() / vol[muscle].sum() > 0.98
+
+
+def test_lesion_tetrahedra_keep_the_lesion_tag_next_to_a_sub_tissue():
+    """A CSF-tagged lesion in the grey matter under blood (a sinus in the CSF layer): the lesion's
+    tetrahedra are the lesion, none becomes blood, though they carry the CSF layer's tag."""
+    tags = _charm_ball()
+    x, y, z = np.mgrid[:N, :N, :N] - C
+    r = np.sqrt(x * x + y * y + z * z)
+    tags[(tags == 3) & (np.abs(y) < 3) & (z > 0)] = 9
+    lesion = (x ** 2 + y ** 2 + (z - 8.5) ** 2) <= 2.4 ** 2
+    mesh, info = _mesh(tags, element_size_mm=4.0, lesion=lesion, lesion_tag=3)
+    assert 9 in mesh.tissue_tags
+    cen = mesh.nodes[mesh.tets].mean(1) - C
+    d = np.sqrt(cen[:, 0] ** 2 + cen[:, 1] ** 2 + (cen[:, 2] - 8.5) ** 2)
+    assert info.mesher["lesion_tets"] > 0
+    assert not np.any(mesh.tet_tags[d < 2.4] == 9)
+    assert np.all(mesh.tet_tags[d < 1.5] == 3)
+    assert not (r[lesion] > 11).any()  # the lesion lies in the grey matter, under the blood
+
+
+def test_labels_without_sub_tissues_are_left_alone():
+    """Five tissues in SimNIBS numbering: nothing to keep, nothing merged."""
+    counts = np.zeros(256, int)
+    counts[[1, 2, 3, 4, 5]] = 100
+    assert layers_with_sub_tissues(counts) == {}
+    counts[[7, 8, 4]] = 10
+    assert layers_with_sub_tissues(counts) == {2: [4, 7, 8]}
+    counts = np.zeros(256, int)
+    counts[[2, 7]] = 5  # charm's bone has no tag 4: one tag, not the layer's fill tag
+    assert layers_with_sub_tissues(counts) == {2: [7]}
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_calibrated_choice_meets_each_target_by_the_largest_shares(k):
+    """Each column's rows hold its target volume to within a row (two with three columns), and a column takes the rows
+    whose share of it leads the others most (two columns: a threshold on the difference)."""
+    rng = np.random.default_rng(3)
+    n = 4000
+    f = rng.random((n, k)) * (rng.random((n, k)) < 0.7)
+    f[f.sum(1) == 0, 0] = 1.0
+    vol = rng.uniform(0.5, 1.5, n)
+    share = np.array([0.6, 0.3, 0.1][:k])
+    share /= share.sum()
+    target = share * vol.sum()
+    col = _calibrated_choice(f, vol, target)
+    got = np.bincount(col, weights=vol, minlength=k)
+    assert np.all(np.abs(got - target) <= (k - 1) * vol.max()), (got, target)
+    assert np.all(f[np.arange(n), col] > 0)  # never a column with no share
+    if k == 2:  # among the rows with a share of both (the others have no choice)
+        both = (f > 0).all(1)
+        lead = f[:, 1] - f[:, 0]
+        took = col == 1
+        assert lead[both & took].min() >= lead[both & ~took].max()
+
+
+def test_calibrated_choice_more_target_than_candidates():
+    """A column asked for more than its candidate rows hold takes all of them, and no other row."""
+    f = np.array([[1.0, 0.0], [0.5, 0.5], [1.0, 0.0], [0.0, 1.0]])
+    vol = np.ones(4)
+    col = _calibrated_choice(f, vol, np.array([1.0, 3.0]))
+    assert col.tolist() == [0, 1, 0, 1]
