@@ -9,6 +9,8 @@ and what the mesh does to the solve (AMG-CG iterations and time, tDCS C3-Fp2 5 x
     python benchmarks/bench_head_mesh.py [--method surface|lattice|both] [--upsample 2] [--surface-size MM]
         [ELEMENT_SIZE_MM ...]
         [--labels other_head_labels.nii.gz --label-map simnibs]   # another head (CG uses Colin27's C3/Fp2)
+        # tissues inside a layer (SimNIBS charm's 6-10, e.g. benchmarks/make_charm_labels.py): volume error
+        # and Dice of each, in a table of their own
 
 Each run is a fresh child process (peak RSS per method, no cache); no element size = each
 method's default (surface 8 mm, lattice 3.2 mm).  Targets (issue 5): <= 120 s, <= 4 GB,
@@ -59,13 +61,17 @@ def run_one(method: str, h: float | None, upsample: int = 1, labels: Path = LABE
     q = quality_summary(mesh, info.expected_volume_mm3 or info.voxel_volume_mm3)  # eyes etc. merged into scalp
     from stimsim.head import apply_label_map, label_map
     from stimsim.head.meshers.thickness import ray_thickness_summary, tag_dice, thickness_percentiles
+    from stimsim.mesh import Mesh
     from stimsim.mesh.voxelize import tet_values_on_grid
 
-    tags = apply_label_map(lab, label_map(label_map_spec))
-    tags[tags > 5] = 5  # what the surface mesher meshes as scalp (eyes, muscle ...)
-    on_grid = tet_values_on_grid(mesh, mesh.tet_tags, tags.shape, affine)
-    on_grid[on_grid > 5] = 5
-    thick = {name: thickness_percentiles(mesh, tags, affine, layer, inside, outside, mesh_on_grid=on_grid)
+    full = apply_label_map(lab, label_map(label_map_spec))
+    on_grid_full = tet_values_on_grid(mesh, mesh.tet_tags, full.shape, affine)
+    # the layers' thickness and overlap read every tissue as its nesting layer's (eyes, muscle as scalp,
+    # compact and spongy bone as bone ...); the tissues inside a layer get their own overlap below
+    tags, on_grid = layer_tags(full), layer_tags(on_grid_full)
+    others = sorted(int(t) for t in q["volume_error_per_tag"] if int(t) not in TAGS)
+    layered = mesh if not others else Mesh(mesh.nodes, mesh.tets, layer_tags(mesh.tet_tags))
+    thick = {name: thickness_percentiles(layered, tags, affine, layer, inside, outside, mesh_on_grid=on_grid)
              for name, (layer, inside, outside) in (("bone", (4, 3, 5)), ("csf", (3, 2, 4)))}
     rays = {name: ray_thickness_summary(tags, on_grid, affine, layer, inner, outer)
             for name, (layer, inner, outer) in RAY_LAYERS.items()}
@@ -75,8 +81,17 @@ def run_one(method: str, h: float | None, upsample: int = 1, labels: Path = LABE
             "voxels": int(np.prod(tags.shape)), "poor": q["elements"]["poor_count"], "thickness": thick, "dice": dice,
             "cg": cg_iterations(mesh),
             "min_dihedral": q["min_dihedral_deg"], "inverted": q["n_inverted"],
-            "vol_err": {t: q["volume_error_per_tag"][t] for t in TAGS},
-            "pieces": {t: q["connectivity"][t]["pieces"] for t in TAGS}}
+            "vol_err": {t: q["volume_error_per_tag"].get(t, float("nan")) for t in (*TAGS, *others)},
+            "other_dice": tag_dice(full, on_grid_full, others) if others else {},
+            "pieces": {t: q["connectivity"].get(t, {}).get("pieces", 0) for t in TAGS}}
+
+
+def layer_tags(tags: np.ndarray) -> np.ndarray:
+    """SimNIBS tags -> the fill tag of their nesting layer (1-5; stimsim.tissues.LAYER_OF_TAG)."""
+    from stimsim.tissues import layer_lut
+
+    lut = np.array([0, 5, 4, 3, 2, 1])[layer_lut(max(256, int(tags.max()) + 1))]
+    return lut[tags].astype(tags.dtype)
 
 
 CONTROL_SIGMAS_MM = (0.7, 1.0)  # mm; 0.7: the blur the surface mesher gives its level sets (0.7 voxels) on 1 mm labels
@@ -173,6 +188,12 @@ def main() -> None:
                   f"| {r['peak_gb']:.2f} | {r['nodes']:,} | {r['tets']:,} | {r['min_dihedral']:.2f} | {r['poor']:,} "
                   f"| {r['inverted']} | {err} | {pieces} | {th} | {cg['iterations']} "
                   f"({cg['setup_s']:.2f} + {cg['solve_s']:.2f}) |")
+    if any(r["other_dice"] for r in results):  # tissues inside a layer (charm labels: eyes, muscle, bone ...)
+        print("\n| method | h mm | tissue inside a layer | volume err % | Dice on the label grid |")
+        print("|---|---|---|---|---|")
+        for r in results:
+            for t, d in r["other_dice"].items():
+                print(f"| {r['method']} | {r['h'] or '-'} | {t} | {100 * r['vol_err'][t]:+.1f} | {d:.3f} |")
     # the same layers measured on one grid: the mesh's tags put back at the labels' voxel centres
     # (stimsim.mesh.voxelize), so both go through the same voxel-face estimator
     print("\n| method | h mm | bone thickness p10/50/90 mm: mesh faces / mesh on the label grid / labels "

@@ -372,8 +372,8 @@ def test_mesh_summary_not_ours_is_not_replaced(nifti, tmp_path):
 
 
 def test_surface_mesher_merged_tags_are_not_missing(nifti, tmp_path, caplog, monkeypatch):
-    """SimNIBS labels with an eye (6) and a vessel (9) of a few voxels, meshed at 6 mm: the eye is kept
-    (a tissue inside the scalp layer), the vessel, too thin for such elements, is meshed as CSF.  That
+    """SimNIBS labels with an eye (6) of 33 voxels and a vessel (9) of one, meshed at 6 mm: the eye is
+    kept (a tissue inside the scalp layer), the vessel, too small for such elements, is meshed as CSF.  That
     is said once and is no 'missing tissue' error (the merged voxel volumes are compared), and a
     second call, from the cache, reads the same merge off the mesh."""
     pytest.importorskip("tetgen")
@@ -385,7 +385,7 @@ def test_surface_mesher_merged_tags_are_not_missing(nifti, tmp_path, caplog, mon
     tags = np.array([0, 5, 4, 3, 2, 1], np.uint8)[vol]  # SimNIBS numbering
     x, y, z = np.mgrid[:40, :40, :40]
     tags[(x - 19.5) ** 2 + (y - 36) ** 2 + (z - 19.5) ** 2 <= 4] = 6  # an eye in the scalp layer
-    tags[(x - 19.5) ** 2 + (y - 19.5) ** 2 + (z - 31.5) ** 2 <= 1] = 9  # a vessel in the CSF layer
+    tags[19, 19, 31] = 9  # a vessel of one voxel in the CSF layer (1 mm^3; the tetrahedra there are larger)
     p = nifti(tags)
     for from_cache in (False, True):
         caplog.clear()

@@ -299,21 +299,25 @@ def expected_tags(tags: np.ndarray, method: str, lesion_mask: np.ndarray | None 
     return {int(t): int(counts[t]) for t in np.flatnonzero(counts[1:]) + 1}, merged
 
 
-def sub_tissue_merges(expected: dict[int, float], mesh_tags, exclude=()) -> dict[int, int]:
+def sub_tissue_merges(expected: dict[int, float], mesh_tags, lesion_tag: int | None = None,
+                      lesion_mm3: float = 0.0) -> dict[int, int]:
     """``{tag: into}``: tissues of ``expected`` ({tag: voxel volume}) that the mesh (its tags
     ``mesh_tags``) does not hold but another tissue of their nesting layer does, the one with the
     most voxels.  The surface mesher merges a tissue inside a layer that its elements cannot resolve
     (:data:`.sub_tissues.MERGE_ABOVE_ERROR`) that way; the rule reads the mesh, so a cached one
-    gives the same answer.  Tags in ``exclude`` (a lesion) are never merged."""
+    gives the same answer.  ``lesion_tag``: never merged (a lesion the mesh lacks is an error); its
+    ``lesion_mm3`` do not count when it is ranked as a tissue of the labels (the lesion's tag may
+    be the CSF's, into which blood is merged)."""
     lut = layer_lut(max(256, max(expected, default=0) + 1))
     present = {int(t) for t in mesh_tags}
+    own = {t: v - (lesion_mm3 if t == lesion_tag else 0.0) for t, v in expected.items()}
     merged = {}
     for t in expected:
-        if t in present or t in exclude or expected[t] <= 0:
+        if t in present or t == lesion_tag or expected[t] <= 0:
             continue
-        mates = [u for u in expected if lut[u] == lut[t] and u in present and u not in exclude]
+        mates = [u for u in expected if lut[u] == lut[t] and u in present]
         if mates:
-            merged[int(t)] = int(max(mates, key=lambda u: expected[u]))
+            merged[int(t)] = int(max(mates, key=lambda u: own[u]))
     return merged
 
 
@@ -828,6 +832,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
     counts, merged = expected_tags(tags, method, lmask, lesion_tag, counts=tag_counts)
     del tag_counts
     expected = {t: n * voxel_mm3 for t, n in counts.items()}
+    lesion_mm3 = float(np.count_nonzero(lmask)) * voxel_mm3 if lmask is not None else None
     if check:
         check_meshable(tags, zooms, h, _layer_counts(counts, lmask, lesion_tag) if method == "surface" else counts,
                        small_ok=(int(lesion_tag),) if lmask is not None and method == "surface" else ())
@@ -863,7 +868,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
     cfile = cache_dir() / "heads" / f"{_cache_key(tags, affine, h, extra)}.msh" if cache else None
     mesh = _cache_read(cfile)
     if mesh is not None:
-        merged, expected = _sub_tissues_merged(mesh, expected, method, lmask, lesion_tag)
+        merged, expected = _sub_tissues_merged(mesh, expected, method, lesion_mm3, lesion_tag)
         info = HeadMeshInfo(raw_vol, raw_vol, {}, 0, {}, str(cfile), method, from_cache=True,
                             expected_volume_mm3=expected, merged_tags=merged, cut_faces=cut)
         info.quality = _check_result(mesh, expected, h, method, check, info.timings_s)
@@ -895,7 +900,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         ctags, clmask, bone_voxels, to_fine, layer_voxels, pieces = downsample_layers(
             base, factors, lmask, min_piece_voxels=int(500 / voxel_mm3))
         # tissues inside a layer (eyes, muscle, compact / spongy bone) are read off these labels
-        sub_labels = (base, zooms, (factors - 1) / 2.0 * zooms) if _layer_counts(counts) != counts else None
+        sub_labels = (base, zooms, (factors - 1) / 2.0 * zooms, lmask) if _layer_counts(counts) != counts else None
         layer_mm3 = layer_voxels * voxel_mm3
         del base
         if clmask is None or clmask.any():  # a lesion smaller than half a block keeps the voxel grid
@@ -944,7 +949,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             raise MeshError(f"the {method} mesher made no tetrahedra of these labels (tissues {sorted(counts)}); "
                             "use a smaller --element-size or check the labels")
         mesh = _world_mesh(nodes, tets, ttags, zooms, affine, method)
-    merged, expected = _sub_tissues_merged(mesh, expected, method, lmask, lesion_tag)
+    merged, expected = _sub_tissues_merged(mesh, expected, method, lesion_mm3, lesion_tag)
     info = HeadMeshInfo(raw_vol, clean_vol, moved, int(minfo.pop("closure_tets", 0)), timings, None, method, minfo,
                         expected_volume_mm3=expected, merged_tags=merged, cut_faces=cut)
     info.quality = _check_result(mesh, expected, h, method, check, timings)
@@ -963,12 +968,15 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
     return (mesh, info) if return_info else mesh
 
 
-def _sub_tissues_merged(mesh: Mesh, expected: dict, method: str, lmask, lesion_tag: int) -> tuple[dict, dict]:
+def _sub_tissues_merged(mesh: Mesh, expected: dict, method: str, lesion_mm3: float | None,
+                        lesion_tag: int) -> tuple[dict, dict]:
     """The surface mesher's merged tissues (:func:`sub_tissue_merges`), said once, and the expected
-    volumes merged alike."""
+    volumes merged alike.  ``lesion_mm3``: the lesion's volume (None: no lesion)."""
     if method != "surface":
         return {}, expected
-    merged = sub_tissue_merges(expected, mesh.tissue_tags, exclude=(int(lesion_tag),) if lmask is not None else ())
+    lesion = bool(lesion_mm3)
+    merged = sub_tissue_merges(expected, mesh.tissue_tags, int(lesion_tag) if lesion else None,
+                               lesion_mm3 if lesion else 0.0)
     if merged:
         logger.warning("the surface mesher meshes %s: too thin or small for the elements to follow (volume off by "
                        "more than half); a smaller --element-size, or --method lattice, keeps them",

@@ -1180,9 +1180,10 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     ``layer_volume_mm3``, ``bone_voxels``, ``pieces``: see :func:`nested_fields`.
     ``lesion_voxels``: ``(mask, zooms, offset_mm)`` of the finer grid the lesion was drawn on (its
     voxel-frame mm = this grid's + ``offset_mm``), which then decides which tetrahedra are lesion.
-    ``sub_tissue_labels``: ``(labels, zooms, offset_mm)``, the same for the labels whose tissues
-    inside a layer (eyes, muscle, compact and spongy bone, blood) the tetrahedra take
-    (:mod:`.sub_tissues`; default: ``tags``).  See the module docstring."""
+    ``sub_tissue_labels``: ``(labels, zooms, offset_mm, lesion)``, the same for the labels whose
+    tissues inside a layer (eyes, muscle, compact and spongy bone, blood) the tetrahedra take, and
+    the lesion on their grid (:mod:`.sub_tissues`; default: ``tags`` and ``lesion``).  See the
+    module docstring."""
     import tetgen
 
     zooms = np.asarray(zooms, float)
@@ -1460,8 +1461,9 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
         info["timings_s"]["slivers_s"] = info["slivers"].pop("time_s")
     # tissues inside a layer, on the final nodes (the sliver pass moves them, and sees the layers only)
     t0 = time.perf_counter()
-    labels, lzooms, loff = (tags, zooms, 0.0) if sub_tissue_labels is None else sub_tissue_labels
-    ttags, sub = keep_sub_tissues(ttags, nodes, tets, labels, lzooms, offset_mm=loff, skip=lesion_tets)
+    labels, lzooms, loff, lmask = (tags, zooms, 0.0, lesion) if sub_tissue_labels is None else sub_tissue_labels
+    ttags, sub = keep_sub_tissues(ttags, nodes, tets, labels, lzooms, offset_mm=loff, skip=lesion_tets,
+                                  lesion_voxels=lmask)
     if sub["layers"]:
         info["sub_tissues"] = sub
         info["timings_s"]["sub_tissues_s"] = time.perf_counter() - t0
