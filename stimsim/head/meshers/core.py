@@ -300,15 +300,18 @@ def expected_tags(tags: np.ndarray, method: str, lesion_mask: np.ndarray | None 
 
 
 def sub_tissue_merges(expected: dict[int, float], mesh_tags, lesion_tag: int | None = None,
-                      lesion_mm3: float = 0.0) -> dict[int, int]:
+                      lesion_mm3: float = 0.0, layer_of: dict[int, int] | None = None) -> dict[int, int]:
     """``{tag: into}``: tissues of ``expected`` ({tag: voxel volume}) that the mesh (its tags
     ``mesh_tags``) does not hold but another tissue of their nesting layer does, the one with the
     most voxels.  The surface mesher merges a tissue inside a layer that its elements cannot resolve
     (:data:`.sub_tissues.MERGE_ABOVE_ERROR`) that way; the rule reads the mesh, so a cached one
     gives the same answer.  ``lesion_tag``: never merged (a lesion the mesh lacks is an error); its
     ``lesion_mm3`` do not count when it is ranked as a tissue of the labels (the lesion's tag may
-    be the CSF's, into which blood is merged)."""
+    be the CSF's, into which blood is merged).  ``layer_of``: {tag: layer} where a tissue was meshed in
+    another layer than its own (CSF only inside the brain: the brain's)."""
     lut = layer_lut(max(256, max(expected, default=0) + 1))
+    for t, k in (layer_of or {}).items():
+        lut[t] = k
     present = {int(t) for t in mesh_tags}
     own = {t: v - (lesion_mm3 if t == lesion_tag else 0.0) for t, v in expected.items()}
     merged = {}
@@ -332,6 +335,24 @@ def _layer_counts(counts: dict[int, int], lmask=None, lesion_tag: int = 3) -> di
         to = int(t) if lmask is not None and t == int(lesion_tag) else LAYER_FILL_TAG[int(lut[t])]
         out[to] = out.get(to, 0) + n
     return out
+
+
+#: CSF and blood when the CSF lies only inside the brain (:func:`csf_inside_brain_only`): meshed under
+#: these stand-in tags, which count as brain (tags above 10), as tissues inside the brain's layer
+#: (:mod:`.sub_tissues`), and given their own tags back after meshing
+_INSIDE_BRAIN = {3: 251, 9: 252}
+
+
+def _csf_into_brain(tags: np.ndarray, lmask) -> None:
+    """CSF and blood -> their :data:`_INSIDE_BRAIN` stand-ins, in place (not under the lesion, whose
+    voxels hold the lesion's tag).  Kept as the CSF layer, ventricles without CSF around the brain
+    got a CSF shell of the layer's minimum thickness around the brain (a 5 mm ventricle: CSF +839 %,
+    refused by the volume check); as a tissue of the brain's layer they get none."""
+    for tag, stand_in in _INSIDE_BRAIN.items():
+        m = tags == tag
+        if lmask is not None:
+            m &= ~lmask
+        tags[m] = stand_in
 
 
 def _merge_expected(expected: dict, merged: dict) -> dict:
@@ -816,11 +837,11 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             orig = tags.copy()
         lmask = _apply_lesion(tags, affine, lesion, lesion_tag)
     # (the surface mesher builds its layers from the tissue under a lesion: a CSF lesion is no CSF here)
-    if method == "surface" and csf_inside_brain_only(tags if orig is None else orig):
-        logger.warning("labels: the CSF lies only inside the brain (no CSF labelled around it): the surface "
-                       "mesher keeps a CSF layer of its minimum thickness (about 1 mm at the default size) "
-                       "around the brain, which the labels do not have (CSF volume and field near the cortex "
-                       "off); label the CSF around the brain, or use --method lattice")
+    inner_csf = (method == "surface" and not np.isin(tags, list(_INSIDE_BRAIN.values())).any()
+                 and csf_inside_brain_only(tags if orig is None else orig))
+    if inner_csf:
+        logger.warning("labels: the CSF lies only inside the brain (the ventricles; no CSF labelled around it): "
+                       "meshed as a tissue inside the brain's layer, with no CSF layer around the brain")
     cut = cut_faces(tags, affine)
     for face, t in cut.items():
         logger.warning("labels: %s touch the volume's %s face: the field of view cuts the head there; the mesh "
@@ -837,6 +858,10 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         check_meshable(tags, zooms, h, _layer_counts(counts, lmask, lesion_tag) if method == "surface" else counts,
                        small_ok=(int(lesion_tag),) if lmask is not None and method == "surface" else ())
 
+    if inner_csf:  # after the volumes and checks above, which read the tags as the labels have them
+        _csf_into_brain(tags, lmask)
+        if orig is not None:
+            _csf_into_brain(orig, None)
     if method == "surface":
         from .surface import SURFACE_MESHER_VERSION, surface_defaults
 
@@ -868,7 +893,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
     cfile = cache_dir() / "heads" / f"{_cache_key(tags, affine, h, extra)}.msh" if cache else None
     mesh = _cache_read(cfile)
     if mesh is not None:
-        merged, expected = _sub_tissues_merged(mesh, expected, method, lesion_mm3, lesion_tag)
+        merged, expected = _sub_tissues_merged(mesh, expected, method, lesion_mm3, lesion_tag, inner_csf)
         info = HeadMeshInfo(raw_vol, raw_vol, {}, 0, {}, str(cfile), method, from_cache=True,
                             expected_volume_mm3=expected, merged_tags=merged, cut_faces=cut)
         info.quality = _check_result(mesh, expected, h, method, check, info.timings_s)
@@ -935,10 +960,18 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
 
             stags = tags if lmask is None else np.where(lmask & (tags > 0), orig, tags)
             del orig
+            roaming = {t: (4, 5) for t in _INSIDE_BRAIN.values()} if inner_csf else None
             nodes, tets, ttags, minfo = surface_mesh_from_tags(stags, cav, zooms, h, lesion=lmask,
                                                                lesion_tag=lesion_tag, progress_cb=steps.start,
-                                                               **opts)
+                                                               sub_tissue_roaming=roaming, **opts)
         timings.update(minfo.pop("timings_s", {}))
+        if inner_csf:
+            for tag, stand_in in _INSIDE_BRAIN.items():
+                ttags[ttags == stand_in] = tag
+            sub = minfo.get("sub_tissues") or {}
+            back = {v: k for k, v in _INSIDE_BRAIN.items()}
+            sub["layers"] = {k: [back.get(t, t) for t in v] for k, v in sub.get("layers", {}).items()}
+            sub["merged"] = {back.get(t, t): back.get(u, u) for t, u in sub.get("merged", {}).items()}
         minfo["element_size_mm"] = h
         if method == "surface":  # as sampled: on a coarse copy, its step times its (block) voxel size
             minfo["surface_size_mm"] = int(opts["surface_step"]) * float(np.min(zooms))
@@ -949,7 +982,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             raise MeshError(f"the {method} mesher made no tetrahedra of these labels (tissues {sorted(counts)}); "
                             "use a smaller --element-size or check the labels")
         mesh = _world_mesh(nodes, tets, ttags, zooms, affine, method)
-    merged, expected = _sub_tissues_merged(mesh, expected, method, lesion_mm3, lesion_tag)
+    merged, expected = _sub_tissues_merged(mesh, expected, method, lesion_mm3, lesion_tag, inner_csf)
     info = HeadMeshInfo(raw_vol, clean_vol, moved, int(minfo.pop("closure_tets", 0)), timings, None, method, minfo,
                         expected_volume_mm3=expected, merged_tags=merged, cut_faces=cut)
     info.quality = _check_result(mesh, expected, h, method, check, timings)
@@ -969,14 +1002,16 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
 
 
 def _sub_tissues_merged(mesh: Mesh, expected: dict, method: str, lesion_mm3: float | None,
-                        lesion_tag: int) -> tuple[dict, dict]:
+                        lesion_tag: int, inner_csf: bool = False) -> tuple[dict, dict]:
     """The surface mesher's merged tissues (:func:`sub_tissue_merges`), said once, and the expected
-    volumes merged alike.  ``lesion_mm3``: the lesion's volume (None: no lesion)."""
+    volumes merged alike.  ``lesion_mm3``: the lesion's volume (None: no lesion); ``inner_csf``: the
+    CSF was meshed inside the brain's layer (:func:`_csf_into_brain`)."""
     if method != "surface":
         return {}, expected
     lesion = bool(lesion_mm3)
     merged = sub_tissue_merges(expected, mesh.tissue_tags, int(lesion_tag) if lesion else None,
-                               lesion_mm3 if lesion else 0.0)
+                               lesion_mm3 if lesion else 0.0,
+                               layer_of={t: 4 for t in _INSIDE_BRAIN} if inner_csf else None)
     if merged:
         logger.warning("the surface mesher meshes %s: too thin or small for the elements to follow (volume off by "
                        "more than half); a smaller --element-size, or --method lattice, keeps them",

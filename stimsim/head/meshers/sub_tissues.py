@@ -167,29 +167,34 @@ def _calibrated_choice(f: np.ndarray, vol: np.ndarray, target: np.ndarray, max_r
 
 
 def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, labels: np.ndarray, zooms, *,
-                     offset_mm=0.0, skip: np.ndarray | None = None,
-                     lesion_voxels: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+                     offset_mm=0.0, skip: np.ndarray | None = None, lesion_voxels: np.ndarray | None = None,
+                     roaming: dict[int, tuple[int, ...]] | None = None) -> tuple[np.ndarray, dict]:
     """Tissue tags inside the layers: returns ``(tags, info)``.
 
     ``ttags``: the layer fill tag of every tetrahedron (other tags, and those under ``skip``, the
     lesion's, are left alone); ``nodes_mm`` + ``offset_mm``: the nodes in the voxel frame of
     ``labels`` (index times ``zooms``); ``labels``: SimNIBS tags, with the tissue under a lesion;
-    ``lesion_voxels``: the lesion on that grid, whose voxels the tissues' volumes leave out.
+    ``lesion_voxels``: the lesion on that grid, whose voxels the tissues' volumes leave out;
+    ``roaming``: {tag: layers} for a tissue that may take tetrahedra of several layers (the
+    ventricles of labels without CSF around the brain, in grey or white matter: whichever the
+    surfaces, sampled every few millimetres, put them in); those layers are then done together,
+    each tetrahedron choosing among its own layer's tissues and the roaming ones.
 
     Each tetrahedron reads the labels at 15 points (:data:`_SAMPLE_WEIGHTS`, :func:`_fractions`).
     One none of whose points reaches its layer's voxels (a layer kept at its minimum thickness)
     takes the nearest voxel of its layer (within :data:`SEARCH_RADIUS_VOXELS`, else the layer's
     main tissue).  The shares are averaged with the face neighbours' (:data:`SMOOTHING_ROUNDS`),
     and each tetrahedron takes the tissue with the largest share, each share offset by a per-tissue
-    constant chosen so that every tissue's tetrahedra hold its voxel volume (scaled by the layer's
+    constant chosen so that every tissue's tetrahedra hold its voxel volume (scaled by the layers'
     mesh / voxel volume), as the layer surfaces are calibrated to theirs: with a plain majority,
     tetrahedra across a sheet thinner than themselves vote for its middle (compact bone -5.8 %,
     spongy +6.5 %, blood +19 % on a charm-like Colin27).
 
     ``info``: ``{"layers": {layer: [tags]}, "merged": {tag: into}, "nearest_tets": n}``: the tags
     of each layer that has several, the tissues whose tetrahedra still miss their voxel volume by
-    more than :data:`MERGE_ABOVE_ERROR` (meshed as the layer's main tissue, the one with the most
-    voxels), and how many tetrahedra took the nearest voxel of their layer."""
+    more than :data:`MERGE_ABOVE_ERROR` (meshed as their layer's main tissue, the one with the most
+    voxels; a roaming tissue's tetrahedra as their own layer's), and how many tetrahedra took the
+    nearest voxel of their layer."""
     zooms = np.asarray(zooms, float)
     counts = value_counts(labels, minlength=256)
     if lesion_voxels is not None and lesion_voxels.any():
@@ -200,22 +205,36 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
     if not layers:
         return ttags, info
     lut = layer_lut(max(256, len(counts)))
+    roam = {int(t): tuple(v) for t, v in (roaming or {}).items() if t < len(counts) and counts[t] > 0}
+    groups = [{k} for k in layers]  # layers done together: those a roaming tissue spans
+    for span in roam.values():
+        joined = set(span).union(*[g for g in groups if g & set(span)])
+        groups = [g for g in groups if not g & set(span)] + [joined]
     offsets = _neighbourhood(zooms, SEARCH_RADIUS_VOXELS)
     shape = np.array(labels.shape)
     voxel_mm3 = float(np.prod(zooms))
     neighbors = tet_neighbors(tets) if SMOOTHING_ROUNDS else None
+    fill_layer = np.zeros(max(256, len(counts)), np.int64)
+    for k, t in LAYER_FILL_TAG.items():
+        fill_layer[t] = k
     out = ttags.copy()
-    for layer, tags in layers.items():
-        sel = out == LAYER_FILL_TAG[layer]
+    for group in groups:
+        group = sorted(group)
+        sel = np.isin(out, [LAYER_FILL_TAG[k] for k in group])
         if skip is not None:
             sel &= ~skip
         sel = np.flatnonzero(sel)
-        tags = np.array(tags)
+        tags = np.array([t for t in np.flatnonzero(counts > 0) if t and (lut[t] in group or t in roam)])
+        voxels = counts[tags] * voxel_mm3
+        tet_layer = fill_layer[out[sel]]
+        # each tetrahedron chooses among its own layer's tissues and the roaming ones
+        allowed = (lut[tags][None, :] == tet_layer[:, None]) | np.isin(tags, list(roam))[None, :]
+        own_main = {k: int(np.argmax(np.where(lut[tags] == k, voxels, -1.0))) for k in group}
         column = np.full(len(counts), -1, np.int64)
         column[tags] = np.arange(len(tags))
         p = nodes_mm[tets[sel]] + np.asarray(offset_mm, float)
         vol = np.abs(np.einsum("ij,ij->i", p[:, 1] - p[:, 0], np.cross(p[:, 2] - p[:, 0], p[:, 3] - p[:, 0]))) / 6
-        f = _fractions(p, labels, zooms, tags)
+        f = _fractions(p, labels, zooms, tags) * allowed
         todo = np.flatnonzero(f.sum(1) == 0)
         info["nearest_tets"] += len(todo)
         base = np.rint(p[todo].mean(1) / zooms).astype(np.int64)
@@ -228,19 +247,21 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
             col = np.full(len(q), -1, np.int64)
             col[inside] = column[labels[tuple(q[inside].T)]]
             hit = col >= 0
+            hit[hit] = allowed[todo[hit], col[hit]]
             f[todo[hit], col[hit]] = 1.0
             todo, base = todo[~hit], base[~hit]
-        voxels = counts[tags] * voxel_mm3
-        main = int(np.argmax(voxels))
-        f[todo, main] = 1.0  # farther: the layer's main tissue (a layer at its minimum thickness)
+        for k in group:  # farther: the layer's main tissue (a layer at its minimum thickness)
+            at = todo[tet_layer[todo] == k]
+            f[at, own_main[k]] = 1.0
         f = _smoothed(f, sel, neighbors, SMOOTHING_ROUNDS)
         new = tags[_calibrated_choice(f, vol, voxels * (vol.sum() / voxels.sum()))]
         # a tissue too thin or small for the elements: its layer's main tissue instead (the volume
         # check would refuse the mesh otherwise, where merging it had been accepted)
         mesh_mm3 = np.bincount(new, weights=vol, minlength=len(counts))
-        for t, v in zip(tags, voxels):
-            if t != tags[main] and not abs(mesh_mm3[t] / v - 1.0) <= MERGE_ABOVE_ERROR:
-                new[new == t] = tags[main]
-                info["merged"][int(t)] = int(tags[main])
+        for j, (t, v) in enumerate(zip(tags, voxels)):
+            if j != own_main[int(lut[t])] and not abs(mesh_mm3[t] / v - 1.0) <= MERGE_ABOVE_ERROR:
+                took = np.flatnonzero(new == t)
+                new[took] = tags[[own_main[int(k)] for k in tet_layer[took]]]
+                info["merged"][int(t)] = int(tags[own_main[int(lut[t])]])
         out[sel] = new
     return out, info
