@@ -172,8 +172,8 @@ def test_skull_with_a_hole_keeps_the_hole(voxel_mm, fill):
     _check_shapes(mesh)
 
 
-@pytest.mark.parametrize("h", [4.0, 8.0])
-def test_csf_only_inside_the_brain_is_meshed_without_a_shell(caplog, h):
+@pytest.mark.parametrize("vox,h", [(1.0, 4.0), (1.0, 8.0), (0.5, 8.0)])
+def test_csf_only_inside_the_brain_is_meshed_without_a_shell(caplog, vox, h):
     """Labels with a ventricle as CSF but no CSF around the brain (a segmentation that labels the
     ventricles only): said before meshing, and meshed as a tissue of the brain's layer.  No CSF
     shell around the brain (before: a shell of the layer's minimum thickness, CSF +839 %, which the
@@ -183,23 +183,23 @@ def test_csf_only_inside_the_brain_is_meshed_without_a_shell(caplog, h):
 
     from stimsim.head.meshers.core import csf_inside_brain_only
 
-    vol, affine, _ = nested_ellipsoids(1.0)
+    vol, affine, _ = nested_ellipsoids(vox)
     assert not csf_inside_brain_only(vol)
     vol[vol == 3] = 2
     assert not csf_inside_brain_only(vol)  # no CSF at all: nothing to say (it is meshed without)
-    g = _grid(1.0)
+    g = _grid(vox)
     ventricle = ((g / np.array([8.0, 5.0, 4.0])) ** 2).sum(-1) <= 1
     vol[ventricle] = 3  # in the white matter
     assert csf_inside_brain_only(vol)
     with caplog.at_level(logging.WARNING, logger="stimsim"):
         mesh, info = _mesh(vol, affine, h=h)
     assert any("CSF lies only inside the brain" in r.getMessage() for r in caplog.records)
-    vv = np.bincount(vol.ravel(), minlength=6).astype(float)
+    vv = np.bincount(vol.ravel(), minlength=6) * vox ** 3
     v = np.bincount(mesh.tet_tags, weights=mesh.volumes_mm3, minlength=6)
     assert abs(v[3] / vv[3] - 1) < 0.05, v[3] / vv[3] - 1
     for tag in (1, 2, 4, 5):
         assert abs(v[tag] / vv[tag] - 1) < 0.02, (tag, v[tag] / vv[tag] - 1)
-    c = mesh.centroids - (np.array(vol.shape) - 1) / 2
+    c = mesh.centroids - (np.array(vol.shape) - 1) / 2 * vox
     csf = mesh.tet_tags == 3
     near = ((c / np.array([10.0, 7.0, 6.0])) ** 2).sum(-1) <= 1  # the ventricle and 2 mm around it
     assert mesh.volumes_mm3[csf & ~near].sum() < 0.02 * vv[3]

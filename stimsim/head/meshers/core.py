@@ -925,7 +925,8 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         ctags, clmask, bone_voxels, to_fine, layer_voxels, pieces = downsample_layers(
             base, factors, lmask, min_piece_voxels=int(500 / voxel_mm3))
         # tissues inside a layer (eyes, muscle, compact / spongy bone) are read off these labels
-        sub_labels = (base, zooms, (factors - 1) / 2.0 * zooms, lmask) if _layer_counts(counts) != counts else None
+        sub_labels = ((base, zooms, (factors - 1) / 2.0 * zooms, lmask)
+                      if inner_csf or _layer_counts(counts) != counts else None)
         layer_mm3 = layer_voxels * voxel_mm3
         del base
         if clmask is None or clmask.any():  # a lesion smaller than half a block keeps the voxel grid
