@@ -299,26 +299,33 @@ def expected_tags(tags: np.ndarray, method: str, lesion_mask: np.ndarray | None 
     return {int(t): int(counts[t]) for t in np.flatnonzero(counts[1:]) + 1}, merged
 
 
-def sub_tissue_merges(expected: dict[int, float], mesh_tags, lesion_tag: int | None = None,
+def sub_tissue_merges(expected: dict[int, float], mesh_mm3: dict[int, float], lesion_tag: int | None = None,
                       lesion_mm3: float = 0.0, layer_of: dict[int, int] | None = None) -> dict[int, int]:
-    """``{tag: into}``: tissues of ``expected`` ({tag: voxel volume}) that the mesh (its tags
-    ``mesh_tags``) does not hold but another tissue of their nesting layer does, the one with the
+    """``{tag: into}``: tissues of ``expected`` ({tag: voxel volume}) that the mesh (its volume per
+    tag ``mesh_mm3``) does not hold but another tissue of their nesting layer does, the one with the
     most voxels.  The surface mesher merges a tissue inside a layer that its elements cannot resolve
     (:data:`.sub_tissues.MERGE_ABOVE_ERROR`) that way; the rule reads the mesh, so a cached one
-    gives the same answer.  ``lesion_tag``: never merged (a lesion the mesh lacks is an error); its
-    ``lesion_mm3`` do not count when it is ranked as a tissue of the labels (the lesion's tag may
-    be the CSF's, into which blood is merged).  ``layer_of``: {tag: layer} where a tissue was meshed in
+    gives the same answer.  ``lesion_tag`` with ``lesion_mm3``: the lesion's tetrahedra hold that
+    tag whatever happens to a tissue of the labels with the same tag (blood, a user's tissue), so
+    that tissue counts as merged when the tag holds less than the lesion and half the tissue; its
+    lesion volume does not count when it is ranked as a mate (the lesion's tag may be the CSF's,
+    into which blood is merged).  ``layer_of``: {tag: layer} where a tissue was meshed in
     another layer than its own (CSF only inside the brain: the brain's)."""
     lut = layer_lut(max(256, max(expected, default=0) + 1))
     for t, k in (layer_of or {}).items():
         lut[t] = k
-    present = {int(t) for t in mesh_tags}
+    present = {int(t) for t, v in mesh_mm3.items() if v > 0}
     own = {t: v - (lesion_mm3 if t == lesion_tag else 0.0) for t, v in expected.items()}
     merged = {}
     for t in expected:
-        if t in present or t == lesion_tag or expected[t] <= 0:
+        if own[t] <= 0:
             continue
-        mates = [u for u in expected if lut[u] == lut[t] and u in present]
+        if t == lesion_tag:
+            if mesh_mm3.get(t, 0.0) >= lesion_mm3 + 0.5 * own[t]:
+                continue
+        elif t in present:
+            continue
+        mates = [u for u in expected if lut[u] == lut[t] and u in present and u != t]
         if mates:
             merged[int(t)] = int(max(mates, key=lambda u: own[u]))
     return merged
@@ -355,10 +362,17 @@ def _csf_into_brain(tags: np.ndarray, lmask) -> None:
         tags[m] = stand_in
 
 
-def _merge_expected(expected: dict, merged: dict) -> dict:
+def _merge_expected(expected: dict, merged: dict, lesion_tag: int | None = None, lesion_mm3: float = 0.0) -> dict:
+    """``expected`` with each merged tissue's volume moved to the tissue it was merged into (for the
+    lesion's tag, the part outside the lesion)."""
     out = dict(expected)
     for t, to in merged.items():
-        out[to] = out.get(to, 0.0) + out.pop(t)
+        keep = lesion_mm3 if t == lesion_tag else 0.0
+        out[to] = out.get(to, 0.0) + out[t] - keep
+        if keep:
+            out[t] = keep
+        else:
+            del out[t]
     return out
 
 
@@ -962,9 +976,15 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             stags = tags if lmask is None else np.where(lmask & (tags > 0), orig, tags)
             del orig
             roaming = {t: (4, 5) for t in _INSIDE_BRAIN.values()} if inner_csf else None
+            # what each tissue should hold: the labels' volumes (the check's), not those of the cleaned
+            # copy meshed here (islands moved to their neighbours), outside the lesion
+            want = {t: v - (lesion_mm3 if lesion_mm3 and t == int(lesion_tag) else 0.0) for t, v in expected.items()}
+            if inner_csf:
+                want = {_INSIDE_BRAIN.get(t, t): v for t, v in want.items()}
             nodes, tets, ttags, minfo = surface_mesh_from_tags(stags, cav, zooms, h, lesion=lmask,
                                                                lesion_tag=lesion_tag, progress_cb=steps.start,
-                                                               sub_tissue_roaming=roaming, **opts)
+                                                               sub_tissue_roaming=roaming,
+                                                               sub_tissue_volumes_mm3=want, **opts)
         timings.update(minfo.pop("timings_s", {}))
         if inner_csf:
             for tag, stand_in in _INSIDE_BRAIN.items():
@@ -1010,14 +1030,15 @@ def _sub_tissues_merged(mesh: Mesh, expected: dict, method: str, lesion_mm3: flo
     if method != "surface":
         return {}, expected
     lesion = bool(lesion_mm3)
-    merged = sub_tissue_merges(expected, mesh.tissue_tags, int(lesion_tag) if lesion else None,
-                               lesion_mm3 if lesion else 0.0,
+    volumes = np.bincount(mesh.tet_tags, weights=mesh.volumes_mm3)
+    merged = sub_tissue_merges(expected, {int(t): float(v) for t, v in enumerate(volumes) if v > 0},
+                               int(lesion_tag) if lesion else None, lesion_mm3 if lesion else 0.0,
                                layer_of={t: 4 for t in _INSIDE_BRAIN} if inner_csf else None)
     if merged:
         logger.warning("the surface mesher meshes %s: too thin or small for the elements to follow (volume off by "
                        "more than half); a smaller --element-size, or --method lattice, keeps them",
                        ", ".join(f"{_name(t)} as {_name(to)}" for t, to in merged.items()))
-    return merged, _merge_expected(expected, merged)
+    return merged, _merge_expected(expected, merged, int(lesion_tag) if lesion else None, lesion_mm3 or 0.0)
 
 
 def _check_result(mesh: Mesh, expected: dict, h: float, method: str, check: bool, timings: dict) -> dict:

@@ -31,6 +31,8 @@ MERGE_ABOVE_ERROR = 0.5
 #: bone in 3,596 face-connected pieces, 35 % of its volume in pieces under 1 % of the largest; two
 #: rounds: 510 and 9 %, its overlap with the voxels 0.56 -> 0.54)
 SMOOTHING_ROUNDS = 2
+#: relative gap below which two calibration thresholds count as one (see _calibrated_choice)
+_SAME = 1e-9
 #: tetrahedra per chunk of the share sampling (about 1 kB each while it runs)
 CHUNK_TETS = 200_000
 
@@ -140,6 +142,8 @@ def _calibrated_choice(f: np.ndarray, vol: np.ndarray, target: np.ndarray, max_r
     def choice():
         return np.argmax(score + np.where(np.isfinite(lam), lam, -1e9), axis=1)
 
+    last = None
+
     for _ in range(max_rounds if k > 2 else 1):
         for j in range(k):
             if j == main:
@@ -150,25 +154,34 @@ def _calibrated_choice(f: np.ndarray, vol: np.ndarray, target: np.ndarray, max_r
             order = np.argsort(need, kind="stable")
             need = need[order]
             cum = np.concatenate([[0.0], np.cumsum(vol[cand[order]])])
-            # row counts that end a block of equal thresholds (and none)
-            ends = np.concatenate([[0], np.flatnonzero(need[1:] != need[:-1]) + 1, [len(need)]])
+            # row counts that end a block of equal thresholds (and none); thresholds closer than
+            # _SAME apart are one block (halfway between them would round onto one)
+            a, b = need[:-1], need[1:]
+            with np.errstate(invalid="ignore"):
+                apart = np.where(np.isfinite(a) & np.isfinite(b), b - a > _SAME * np.maximum(1.0, np.abs(b)), a != b)
+            ends = np.concatenate([[0], np.flatnonzero(apart) + 1, [len(need)]])
             n = int(ends[np.argmin(np.abs(cum[ends] - target[j]))])
             if n == 0:
                 lam[j] = -np.inf  # rows with no other share still take j (their only one)
-            elif n == len(need):
-                lam[j] = need[-1] + 1.0 if np.isfinite(need[-1]) else -np.inf
+            elif n == len(need):  # all of them (finite when they all have no other share)
+                lam[j] = need[-1] + 1.0 if np.isfinite(need[-1]) else 0.0
             elif np.isfinite(need[n - 1]):
                 lam[j] = 0.5 * (need[n - 1] + need[n])
             else:
                 lam[j] = need[n] - 1.0
-        if k > 2 and np.all(np.abs(np.bincount(choice(), weights=vol, minlength=k) - target) <= tol):
-            break
+        if k > 2:
+            now = choice()
+            if np.all(np.abs(np.bincount(now, weights=vol, minlength=k) - target) <= tol) or (
+                    last is not None and np.array_equal(now, last)):
+                break
+            last = now
     return choice()
 
 
 def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, labels: np.ndarray, zooms, *,
                      offset_mm=0.0, skip: np.ndarray | None = None, lesion_voxels: np.ndarray | None = None,
-                     roaming: dict[int, tuple[int, ...]] | None = None) -> tuple[np.ndarray, dict]:
+                     roaming: dict[int, tuple[int, ...]] | None = None,
+                     volumes_mm3: dict[int, float] | None = None) -> tuple[np.ndarray, dict]:
     """Tissue tags inside the layers: returns ``(tags, info)``.
 
     ``ttags``: the layer fill tag of every tetrahedron (other tags, and those under ``skip``, the
@@ -178,7 +191,10 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
     ``roaming``: {tag: layers} for a tissue that may take tetrahedra of several layers (the
     ventricles of labels without CSF around the brain, in grey or white matter: whichever the
     surfaces, sampled every few millimetres, put them in); those layers are then done together,
-    each tetrahedron choosing among its own layer's tissues and the roaming ones.
+    each tetrahedron choosing among its own layer's tissues and the roaming ones;
+    ``volumes_mm3``: {tag: mm^3} each tissue should hold (outside the lesion) where ``labels`` is a
+    cleaned copy (small islands moved to their neighbours, which the volume check does not count
+    so); default: the voxels of ``labels``.
 
     Each tetrahedron reads the labels at 15 points (:data:`_SAMPLE_WEIGHTS`, :func:`_fractions`).
     One none of whose points reaches its layer's voxels (a layer kept at its minimum thickness)
@@ -226,6 +242,8 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
         sel = np.flatnonzero(sel)
         tags = np.array([t for t in np.flatnonzero(counts > 0) if t and (lut[t] in group or t in roam)])
         voxels = counts[tags] * voxel_mm3
+        if volumes_mm3 is not None:
+            voxels = np.array([float(volumes_mm3.get(int(t), v)) for t, v in zip(tags, voxels)])
         tet_layer = fill_layer[out[sel]]
         # each tetrahedron chooses among its own layer's tissues and the roaming ones
         allowed = (lut[tags][None, :] == tet_layer[:, None]) | np.isin(tags, list(roam))[None, :]
@@ -259,7 +277,7 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
         # check would refuse the mesh otherwise, where merging it had been accepted)
         mesh_mm3 = np.bincount(new, weights=vol, minlength=len(counts))
         for j, (t, v) in enumerate(zip(tags, voxels)):
-            if j != own_main[int(lut[t])] and not abs(mesh_mm3[t] / v - 1.0) <= MERGE_ABOVE_ERROR:
+            if j != own_main[int(lut[t])] and not (v > 0 and abs(mesh_mm3[t] / v - 1.0) <= MERGE_ABOVE_ERROR):
                 took = np.flatnonzero(new == t)
                 new[took] = tags[[own_main[int(k)] for k in tet_layer[took]]]
                 info["merged"][int(t)] = int(tags[own_main[int(lut[t])]])

@@ -1160,7 +1160,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                            island_fraction=0.01, lesion=None, lesion_tag=3, relax_iterations=8, sliver_move=0.0,
                            layer_volume_mm3=None, bone_voxels=None, lesion_voxels=None, pieces=None,
                            fair_rounds=0, fair_band_vox=0.3, local_calibration_mm=0.0, min_edge_cell=0.0,
-                           sub_tissue_labels=None, sub_tissue_roaming=None):
+                           sub_tissue_labels=None, sub_tissue_roaming=None, sub_tissue_volumes_mm3=None):
     """Nested surfaces -> TetGen.  Returns ``(nodes_mm_local, tets, tet_tags, info)``.
 
     ``h``: target element size (mm); tets get a max volume ``h^3 / (6 sqrt 2)`` (regular tet
@@ -1183,8 +1183,9 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     ``sub_tissue_labels``: ``(labels, zooms, offset_mm, lesion)``, the same for the labels whose
     tissues inside a layer (eyes, muscle, compact and spongy bone, blood) the tetrahedra take, and
     the lesion on their grid (:mod:`.sub_tissues`; default: ``tags`` and ``lesion``);
-    ``sub_tissue_roaming``: {tag: layers} of tissues that may take tetrahedra of several layers
-    (:func:`.sub_tissues.keep_sub_tissues`).  See the module docstring."""
+    ``sub_tissue_roaming``: {tag: layers} of tissues that may take tetrahedra of several layers,
+    ``sub_tissue_volumes_mm3``: {tag: mm^3} they should hold (:func:`.sub_tissues.keep_sub_tissues`).
+    See the module docstring."""
     import tetgen
 
     zooms = np.asarray(zooms, float)
@@ -1464,7 +1465,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     t0 = time.perf_counter()
     labels, lzooms, loff, lmask = (tags, zooms, 0.0, lesion) if sub_tissue_labels is None else sub_tissue_labels
     ttags, sub = keep_sub_tissues(ttags, nodes, tets, labels, lzooms, offset_mm=loff, skip=lesion_tets,
-                                  lesion_voxels=lmask, roaming=sub_tissue_roaming)
+                                  lesion_voxels=lmask, roaming=sub_tissue_roaming,
+                                  volumes_mm3=sub_tissue_volumes_mm3)
     if sub["layers"]:
         info["sub_tissues"] = sub
         info["timings_s"]["sub_tissues_s"] = time.perf_counter() - t0
