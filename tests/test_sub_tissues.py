@@ -69,6 +69,18 @@ def test_charm_tissues_kept_with_their_volumes_and_places(h):
         assert size.max() / size.sum() > 0.9, (n, size.max() / size.sum())
 
 
+def test_interfaces_inside_a_layer_take_the_smaller_tag():
+    """A triangle between compact (7) and spongy (8) bone is tagged 1007 whichever tetrahedron it was
+    read from (it took the side of the lower tetrahedron index before)."""
+    from stimsim.head.meshers.core import _surface_triangles
+
+    tets = np.array([[0, 1, 2, 3], [1, 2, 3, 4]])
+    for tags in ([7, 8], [8, 7]):
+        tris, tri_tags = _surface_triangles(tets, np.array(tags))
+        shared = [k for k, t in enumerate(tris) if set(t.tolist()) == {1, 2, 3}]
+        assert [int(tri_tags[k]) for k in shared] == [1007]
+
+
 def test_lesion_tetrahedra_keep_the_lesion_tag_next_to_a_sub_tissue():
     """A CSF-tagged lesion in the grey matter under blood (a sinus in the CSF layer): the lesion's
     tetrahedra are the lesion, none becomes blood, though they carry the CSF layer's tag."""

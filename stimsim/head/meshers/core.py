@@ -1071,7 +1071,8 @@ def _world_mesh(nodes: np.ndarray, tets: np.ndarray, ttags: np.ndarray, zooms, a
 
 
 def _surface_triangles(tets: np.ndarray, tags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Outer surface (tag 1000 + outer tissue) and interfaces (1000 + inner tissue, by layer)."""
+    """Outer surface (tag 1000 + outer tissue) and interfaces (1000 + inner tissue, by layer; between
+    two tissues of one layer, 1000 + the smaller tag)."""
     from ...mesh.model import TET_FACES
 
     nb = tet_neighbors(tets)
@@ -1087,7 +1088,9 @@ def _surface_triangles(tets: np.ndarray, tags: np.ndarray) -> tuple[np.ndarray, 
         o = np.maximum(other, 0)
         inter = (~outer) & (tags != tags[o]) & (np.arange(len(tets)) < o)
         ti, to = tags[inter], tags[o[inter]]
-        inner = np.where(lut[ti] >= lut[to], ti, to)
+        # two tissues of one layer (compact | spongy bone, scalp | muscle): the smaller tag, not the
+        # side the face happened to be read from
+        inner = np.where(lut[ti] > lut[to], ti, np.where(lut[ti] < lut[to], to, np.minimum(ti, to)))
         tris.append(face[inter])
         ttag.append(1000 + inner)
     return np.concatenate(tris), np.concatenate(ttag)
