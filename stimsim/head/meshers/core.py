@@ -851,8 +851,8 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             orig = tags.copy()
         lmask = _apply_lesion(tags, affine, lesion, lesion_tag)
     # (the surface mesher builds its layers from the tissue under a lesion: a CSF lesion is no CSF here)
-    inner_csf = (method == "surface" and not np.isin(tags, list(_INSIDE_BRAIN.values())).any()
-                 and csf_inside_brain_only(tags if orig is None else orig))
+    inner_csf = (method == "surface" and csf_inside_brain_only(tags if orig is None else orig)
+                 and not np.isin(tags, list(_INSIDE_BRAIN.values())).any())  # (a user's own tags 251, 252)
     if inner_csf:
         logger.warning("labels: the CSF lies only inside the brain (the ventricles; no CSF labelled around it): "
                        "meshed as a tissue inside the brain's layer, with no CSF layer around the brain")
