@@ -69,6 +69,24 @@ def test_charm_tissues_kept_with_their_volumes_and_places(h):
         assert size.max() / size.sum() > 0.9, (n, size.max() / size.sum())
 
 
+def test_ventricles_only_with_tissues_inside_other_layers():
+    """CSF only as a ventricle in the white matter (the CSF shell labelled grey matter), with muscle
+    and compact / spongy bone: the ventricle roams over the brain's layers, the other layers keep
+    their own tissues (the ventricle's stand-in was offered to every layer: KeyError)."""
+    tags = _charm_ball()
+    x, y, z = np.mgrid[:N, :N, :N] - C
+    tags[tags == 3] = 2
+    ventricle = (x / 4.5) ** 2 + (y / 3.0) ** 2 + (z / 2.5) ** 2 <= 1
+    tags[ventricle] = 3
+    mesh, info = _mesh(tags, element_size_mm=4.0)
+    assert sorted(mesh.tissue_tags.tolist()) == [1, 2, 3, 5, 7, 8, 10]
+    vol = mesh.volumes_mm3
+    for t in (3, 7, 8, 10):
+        assert abs(vol[mesh.tet_tags == t].sum() / (tags == t).sum() - 1) < 0.05, t
+    r = np.linalg.norm(mesh.nodes[mesh.tets].mean(1) - C, axis=1)
+    assert vol[(mesh.tet_tags == 3) & (r > 7.0)].sum() < 0.05 * ventricle.sum()  # no CSF outside the WM
+
+
 def test_interfaces_inside_a_layer_take_the_smaller_tag():
     """A triangle between compact (7) and spongy (8) bone is tagged 1007 whichever tetrahedron it was
     read from (it took the side of the lower tetrahedron index before)."""

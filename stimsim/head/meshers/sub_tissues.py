@@ -240,7 +240,8 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
         if skip is not None:
             sel &= ~skip
         sel = np.flatnonzero(sel)
-        tags = np.array([t for t in np.flatnonzero(counts > 0) if t and (lut[t] in group or t in roam)])
+        tags = np.array([t for t in np.flatnonzero(counts > 0)
+                         if t and (set(roam[t]) <= set(group) if t in roam else lut[t] in group)])
         voxels = counts[tags] * voxel_mm3
         if volumes_mm3 is not None:
             voxels = np.array([float(volumes_mm3.get(int(t), v)) for t, v in zip(tags, voxels)])
