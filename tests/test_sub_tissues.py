@@ -274,3 +274,60 @@ def test_calibrated_choice_thresholds_a_float_step_apart():
     for target, second in (([3.5, 1.5], [2]), ([2.5, 2.5], [2, 3, 4]), ([1.5, 3.5], [2, 3, 4])):
         col = _calibrated_choice(f, np.ones(5), np.array(target))
         assert np.flatnonzero(col == 1).tolist() == second, (target, col)
+
+
+# a head of nested ellipsoids without CSF around the brain (the CSF shell labelled grey matter), for
+# the labels that hold the ventricles as their only CSF
+_OUT_MM = np.array([27.0, 24.0, 22.0])
+
+
+def _ventricle_head(axes=(7.0, 4.0, 3.5)):
+    n = (2 * _OUT_MM).astype(int) + 6
+    g = np.stack(np.meshgrid(*[np.arange(k) - (k - 1) / 2 for k in n], indexing="ij"), -1)
+    tags = np.zeros(n, np.int16)
+    semi = _OUT_MM.copy()
+    for i, t in enumerate((5, 4, 2, 2, 1)):  # scalp 3, bone 2, grey matter 2 + 3, white matter
+        semi = semi - (0.0, 3.0, 2.0, 2.0, 3.0)[i]
+        tags[((g / semi) ** 2).sum(-1) <= 1] = t
+    ventricle = ((g / np.array(axes)) ** 2).sum(-1) <= 1
+    tags[ventricle] = 3
+    return tags, g, ventricle
+
+
+def test_lesion_overlapping_a_ventricle_takes_none_of_it():
+    """A periventricular lesion (tag 11) overlapping the only CSF, at the default 8 mm: the island
+    cleaning no longer gives the lesion the ventricle's pieces it splits off (lesion +62 % and a
+    MeshError before)."""
+    tags, g, ventricle = _ventricle_head()
+    lesion = (((g - np.array([6.0, 0.0, 0.0])) / 4.0) ** 2).sum(-1) <= 1
+    mesh, info = _mesh(tags, element_size_mm=8.0, lesion=lesion, lesion_tag=11)
+    got = mesh.volumes_mm3[mesh.tet_tags == 11].sum()
+    assert abs(got / lesion.sum() - 1) < 0.1, got / lesion.sum()
+
+
+def test_blood_outside_the_brain_with_ventricles_only_csf():
+    """Blood (a sinus) between brain and bone does not count as CSF around the brain: the ventricle
+    is still meshed inside the brain, no CSF shell (before: CSF +562 %, MeshError)."""
+    from stimsim.head.meshers.core import csf_inside_brain_only
+
+    tags, g, ventricle = _ventricle_head()
+    x, y, z = np.moveaxis(g, -1, 0)
+    shell = (((g / (_OUT_MM - 5.0)) ** 2).sum(-1) <= 1) & (((g / (_OUT_MM - 7.0)) ** 2).sum(-1) > 1)
+    tags[shell & (np.hypot(x, y) < 3.0) & (z > 0)] = 9
+    assert (tags == 9).sum() > 0.05 * ventricle.sum()
+    assert csf_inside_brain_only(tags)
+    mesh, info = _mesh(tags, element_size_mm=4.0)
+    vol = mesh.volumes_mm3
+    for t in (3, 9):
+        assert abs(vol[mesh.tet_tags == t].sum() / (tags == t).sum() - 1) < 0.05, t
+
+
+def test_small_ventricle_merged_into_the_white_matter_around_it():
+    """A ventricle of a few voxels at 8 mm: not refused before meshing (the size check judges it with
+    the brain), merged with a warning, and reported as what its tetrahedra became, white matter."""
+    tags, g, ventricle = _ventricle_head(axes=(2.5, 2.0, 1.6))
+    assert ventricle.sum() < 60
+    mesh, info = _mesh(tags, element_size_mm=8.0)
+    assert info.merged_tags == {3: 1}
+    assert 3 not in mesh.tissue_tags
+    assert info.quality["volume_check"]["failed"] == {} and info.quality["volume_check"]["missing"] == []

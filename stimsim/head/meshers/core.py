@@ -331,12 +331,14 @@ def sub_tissue_merges(expected: dict[int, float], mesh_mm3: dict[int, float], le
     return merged
 
 
-def _layer_counts(counts: dict[int, int], lmask=None, lesion_tag: int = 3) -> dict[int, int]:
+def _layer_counts(counts: dict[int, int], lmask=None, lesion_tag: int = 3, inner_csf: bool = False) -> dict[int, int]:
     """``counts`` ({tag: voxels}) summed per nesting layer, under the layer's fill tag (the lesion's
-    tag, with a lesion, kept).  The surface mesher's size check before meshing reads these: a tissue
-    inside a layer too small for the elements is merged after meshing (:func:`sub_tissue_merges`),
-    not refused."""
+    tag, with a lesion, kept; CSF and blood in the brain's with ``inner_csf``, :func:`_csf_into_brain`).
+    The surface mesher's size check before meshing reads these: a tissue inside a layer too small for
+    the elements is merged after meshing (:func:`sub_tissue_merges`), not refused."""
     lut = layer_lut(max(256, max(counts, default=0) + 1))
+    if inner_csf:
+        lut[list(_INSIDE_BRAIN)] = 4
     out: dict[int, int] = {}
     for t, n in counts.items():
         to = int(t) if lmask is not None and t == int(lesion_tag) else LAYER_FILL_TAG[int(lut[t])]
@@ -348,6 +350,16 @@ def _layer_counts(counts: dict[int, int], lmask=None, lesion_tag: int = 3) -> di
 #: these stand-in tags, which count as brain (tags above 10), as tissues inside the brain's layer
 #: (:mod:`.sub_tissues`), and given their own tags back after meshing
 _INSIDE_BRAIN = {3: 251, 9: 252}
+
+
+def _enclosing_brain_layer(tags: np.ndarray) -> int:
+    """5 (white matter) when most of the CSF lies inside the white matter's filled envelope, else 4
+    (grey matter): the layer whose main tissue a ventricle too small for the elements becomes."""
+    from .topology import fill_holes
+
+    csf = tags == 3
+    inside = np.count_nonzero(csf & fill_holes(layer_lut(max(256, int(tags.max()) + 1))[tags] == 5))
+    return 5 if inside > 0.5 * np.count_nonzero(csf) else 4
 
 
 def _csf_into_brain(tags: np.ndarray, lmask) -> None:
@@ -735,21 +747,23 @@ def cut_faces(tags: np.ndarray, affine: np.ndarray) -> dict[str, list[int]]:
 
 
 def csf_inside_brain_only(tags: np.ndarray, outside_fraction: float = 0.05) -> bool:
-    """Does (nearly) all of the CSF lie inside the brain's filled envelope: the ventricles labelled, the
-    CSF around the brain not (at most ``outside_fraction`` of the CSF voxels outside the envelope)?
-    The surface mesher then still keeps a CSF layer of its minimum thickness around the brain."""
+    """Does (nearly) all of the CSF (tag 3) lie inside the brain's filled envelope: the ventricles
+    labelled, the CSF around the brain not (at most ``outside_fraction`` of the CSF voxels outside the
+    envelope)?  Blood is not counted: venous sinuses lie outside the brain whatever the CSF does.
+    The surface mesher then meshes the CSF inside the brain's layers (:func:`_csf_into_brain`)."""
     from .topology import fill_holes
 
     layer = layer_lut(max(256, int(tags.max()) + 1)).astype(np.int8)[tags]
-    csf = layer == 3
+    csf = tags == 3
     n = int(np.count_nonzero(csf))
     if not n or not (layer >= 4).any():
         return False
     for ax in range(3):  # CSF against bone or scalp over a whole slab: a layer around the brain (fast)
         lo, hi = [slice(None)] * 3, [slice(None)] * 3
         lo[ax], hi[ax] = slice(0, -1), slice(1, None)
+        ca, cb = csf[tuple(lo)], csf[tuple(hi)]
         a, b = layer[tuple(lo)], layer[tuple(hi)]
-        if np.count_nonzero(((a == 3) & (b < 3) & (b > 0)) | ((b == 3) & (a < 3) & (a > 0))) > outside_fraction * n:
+        if np.count_nonzero((ca & (b < 3) & (b > 0)) | (cb & (a < 3) & (a > 0))) > outside_fraction * n:
             return False
     return np.count_nonzero(csf & ~fill_holes(layer >= 4)) <= outside_fraction * n
 
@@ -869,10 +883,12 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
     expected = {t: n * voxel_mm3 for t, n in counts.items()}
     lesion_mm3 = float(np.count_nonzero(lmask)) * voxel_mm3 if lmask is not None else None
     if check:
-        check_meshable(tags, zooms, h, _layer_counts(counts, lmask, lesion_tag) if method == "surface" else counts,
+        check_meshable(tags, zooms, h, _layer_counts(counts, lmask, lesion_tag, inner_csf) if method == "surface"
+                       else counts,
                        small_ok=(int(lesion_tag),) if lmask is not None and method == "surface" else ())
 
     if inner_csf:  # after the volumes and checks above, which read the tags as the labels have them
+        inner_csf = _enclosing_brain_layer(tags if orig is None else orig)
         _csf_into_brain(tags, lmask)
         if orig is not None:
             _csf_into_brain(orig, None)
@@ -1023,17 +1039,17 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
 
 
 def _sub_tissues_merged(mesh: Mesh, expected: dict, method: str, lesion_mm3: float | None,
-                        lesion_tag: int, inner_csf: bool = False) -> tuple[dict, dict]:
+                        lesion_tag: int, inner_csf: int = 0) -> tuple[dict, dict]:
     """The surface mesher's merged tissues (:func:`sub_tissue_merges`), said once, and the expected
     volumes merged alike.  ``lesion_mm3``: the lesion's volume (None: no lesion); ``inner_csf``: the
-    CSF was meshed inside the brain's layer (:func:`_csf_into_brain`)."""
+    brain layer (4 or 5) that encloses the CSF meshed inside the brain (:func:`_csf_into_brain`), or 0."""
     if method != "surface":
         return {}, expected
     lesion = bool(lesion_mm3)
     volumes = np.bincount(mesh.tet_tags, weights=mesh.volumes_mm3)
     merged = sub_tissue_merges(expected, {int(t): float(v) for t, v in enumerate(volumes) if v > 0},
                                int(lesion_tag) if lesion else None, lesion_mm3 if lesion else 0.0,
-                               layer_of={t: 4 for t in _INSIDE_BRAIN} if inner_csf else None)
+                               layer_of={t: int(inner_csf) for t in _INSIDE_BRAIN} if inner_csf else None)
     if merged:
         logger.warning("the surface mesher meshes %s: too thin or small for the elements to follow (volume off by "
                        "more than half); a smaller --element-size, or --method lattice, keeps them",

@@ -1436,10 +1436,12 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
             ctag = np.where(cand >= 0, ttags[np.maximum(cand, 0)], 0)
             pl = np.repeat(labs, 4)
             ct = ctag.ravel()
-            ok = ct != t
+            # a lesion takes no island (pieces of a ventricle that a lesion splits are not lesion):
+            # a piece only the lesion touches stays as it is
+            ok = (ct != t) & ((ct != _LESION) | (t == _LESION))
             votes_p = np.zeros((lab.max() + 1, 256))
             np.add.at(votes_p, (pl[ok], ct[ok]), 1.0)
-            new = votes_p.argmax(1)
+            new = np.where(votes_p.any(1), votes_p.argmax(1), t)
             ttags[sel] = new[labs]
             n_moved += len(sel)
             changed = True
