@@ -398,6 +398,14 @@ def test_surface_mesher_merged_tags_are_not_missing(nifti, tmp_path, caplog, mon
         assert set(info.expected_volume_mm3) == {1, 2, 3, 4, 5, 6} == set(mesh.tissue_tags.tolist())
         assert info.quality["volume_check"]["missing"] == []
         assert info.quality["volume_check"]["failed"] == {}
+    # `stimsim mesh` writes the merge into the summary beside the mesh
+    import json
+
+    from stimsim.cli.head import mesh_command
+
+    assert mesh_command(p, "simnibs", tmp_path / "m.msh", 6.0, progress=False, method="surface") == 0
+    summary = json.loads((tmp_path / "m.summary.json").read_text())
+    assert summary["merged_tags"] == {"9": 3} and "6" in summary["volume_mm3_per_tag"]
 
 
 def test_mesh_that_cannot_be_put_in_place_leaves_no_summary(nifti, tmp_path):

@@ -194,7 +194,10 @@ def _mesh_summary(out: Path, labels: Path, method: str, info, q: dict, expected:
             "shape": {"min_dihedral_deg": q["min_dihedral_deg"], "max_dihedral_deg": q["max_dihedral_deg"],
                       "radius_ratio": q["radius_ratio"], "edge_length_mm": q["edge_length_mm"],
                       **q["elements"]},
-            "cut_faces": getattr(info, "cut_faces", {}), "mesher": info.mesher, "timings_s": info.timings_s}
+            "cut_faces": getattr(info, "cut_faces", {}),
+            # tissues of the labels meshed as another (the surface mesher: one too thin for the elements)
+            "merged_tags": plain(getattr(info, "merged_tags", {})),
+            "mesher": info.mesher, "timings_s": info.timings_s}
 
 
 def _write_json(path: Path, data: dict) -> None:
