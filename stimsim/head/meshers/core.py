@@ -584,11 +584,12 @@ class HeadMeshInfo:
     method: str = "lattice"
     mesher: dict = field(default_factory=dict)  # the mesher's own report (surface: TetGen switches ...)
     from_cache: bool = False
-    #: voxel volume per tag the mesh should hold (the surface mesher merges eyes / muscle into scalp ...)
+    #: voxel volume per tag the mesh should hold (a tissue the surface mesher merged, ``merged_tags``,
+    #: counted with the tissue it became)
     expected_volume_mm3: dict = field(default_factory=dict)
     #: :func:`quality_summary` of the mesh against ``expected_volume_mm3`` (with the element report)
     quality: dict = field(default_factory=dict)
-    #: {label tag: mesh tag} of the tags the method merges into another
+    #: {label tag: mesh tag} of the tissues meshed as another (surface mesher: too thin for the elements)
     merged_tags: dict = field(default_factory=dict)
     #: {face: tissue tags}: faces of the volume that bone, CSF or brain touch (:func:`cut_faces`)
     cut_faces: dict = field(default_factory=dict)
