@@ -80,6 +80,8 @@ def test_ventricles_only_with_tissues_inside_other_layers():
     tags[ventricle] = 3
     mesh, info = _mesh(tags, element_size_mm=4.0)
     assert sorted(mesh.tissue_tags.tolist()) == [1, 2, 3, 5, 7, 8, 10]
+    layers = info.mesher["sub_tissues"]["layers"]  # what each layer's tetrahedra chose among
+    assert layers[4] == [2, 3] and layers[5] == [1, 3] and layers[2] == [7, 8]
     vol = mesh.volumes_mm3
     for t in (3, 7, 8, 10):
         assert abs(vol[mesh.tet_tags == t].sum() / (tags == t).sum() - 1) < 0.05, t

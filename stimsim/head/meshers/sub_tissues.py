@@ -217,7 +217,7 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
         under = value_counts(labels[lesion_voxels], minlength=len(counts))
         counts = counts - np.concatenate([under, np.zeros(len(counts) - len(under), np.int64)])[:len(counts)]
     layers = layers_with_sub_tissues(counts)
-    info = {"layers": layers, "merged": {}, "nearest_tets": 0}
+    info = {"layers": dict(layers), "merged": {}, "nearest_tets": 0}
     if not layers:
         return ttags, info
     lut = layer_lut(max(256, len(counts)))
@@ -242,6 +242,10 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
         sel = np.flatnonzero(sel)
         tags = np.array([t for t in np.flatnonzero(counts > 0)
                          if t and (set(roam[t]) <= set(group) if t in roam else lut[t] in group)])
+        for k in group:  # the tissues each layer's tetrahedra choose among
+            mine = [int(t) for t in tags if lut[t] == k or (t in roam and k in roam[t])]
+            if len(group) > 1 and mine:
+                info["layers"][k] = mine
         voxels = counts[tags] * voxel_mm3
         if volumes_mm3 is not None:
             voxels = np.array([float(volumes_mm3.get(int(t), v)) for t, v in zip(tags, voxels)])
