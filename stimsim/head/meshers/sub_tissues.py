@@ -18,7 +18,7 @@ import scipy.ndimage as ndi
 
 from ...tissues import LAYER_FILL_TAG, layer_lut
 from ..labels import value_counts
-from .topology import tet_neighbors
+from .topology import signed_volumes, tet_neighbors
 
 #: how far (voxels along each axis) a tetrahedron whose centroid lies outside its layer's voxels
 #: looks for the nearest voxel of that layer (the surfaces lie within about a voxel of them)
@@ -256,7 +256,7 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
         column = np.full(len(counts), -1, np.int64)
         column[tags] = np.arange(len(tags))
         p = nodes_mm[tets[sel]] + np.asarray(offset_mm, float)
-        vol = np.abs(np.einsum("ij,ij->i", p[:, 1] - p[:, 0], np.cross(p[:, 2] - p[:, 0], p[:, 3] - p[:, 0]))) / 6
+        vol = np.abs(signed_volumes(nodes_mm, tets[sel]))
         f = _fractions(p, labels, zooms, tags) * allowed
         todo = np.flatnonzero(f.sum(1) == 0)
         info["nearest_tets"] += len(todo)
