@@ -43,7 +43,7 @@ from ...mesh.model import Mesh
 from ...tissues import LAYER_FILL_TAG, layer_lut
 from ..labels import apply_label_map, label_map, value_counts
 from .lattice import DEFAULT_ELEMENT_SIZE_MM, MESHER_VERSION, lattice_tets
-from .topology import ISLAND_FRACTION, compact_nodes, face_components, orient_tets, tet_neighbors
+from .topology import ISLAND_FRACTION, compact_nodes, face_components, orient_tets, signed_volumes, tet_neighbors
 
 __all__ = ["make_head_mesh", "load_label_volume", "tissue_connectivity", "quality_summary", "resolve_method",
            "check_meshable", "volume_check", "assess_quality", "expected_tags", "print_summary",
@@ -372,6 +372,73 @@ def _csf_into_brain(tags: np.ndarray, lmask) -> None:
         if lmask is not None:
             m &= ~lmask
         tags[m] = stand_in
+
+
+#: the closing radius that finds sulcal CSF, as a fraction of the surfaces' sampling (half: a fold
+#: narrower than two samples is one the surfaces cannot enter)
+SULCAL_RADIUS_OF_SPACING = 0.5
+#: sulcal CSF below this share of the CSF (or 64 voxels) stays in the CSF layer: a voxelised sphere's
+#: staircase holds a few such voxels, and a stand-in too small for the elements would be merged
+SULCAL_MIN_FRACTION = 0.01
+#: pieces of the brain smaller than this share of the largest have no folds of their own (specks)
+SULCAL_MIN_PIECE = 0.01
+
+
+def sulcal_csf(tags: np.ndarray, zooms, radius_mm: float, exclude: np.ndarray | None = None,
+               block=(1, 1, 1)) -> np.ndarray:
+    """CSF voxels (tag 3) in the brain's folds: inside the morphological closing of a piece of the
+    brain (the grey- and white-matter layers, tags above 10 included) with a ball of ``radius_mm``,
+    not under ``exclude`` (a lesion).  Sulci narrower than twice the radius are such CSF; the CSF
+    around the brain, in wide fissures and between two pieces of brain (two hemispheres the labels
+    keep apart) is not.
+
+    - Each piece (26-connected, at least :data:`SULCAL_MIN_PIECE` of the largest) is closed on its
+      own: closing them together would fill the gap between two pieces, whose CSF the surfaces keep.
+    - A smooth brain has no such CSF on its voxels (nested ellipsoids at 1 and 0.5 mm, in blocks
+      too); thick slices split in two would show their staircase as folds (5 % of a convex brain's
+      CSF), so call this on the voxels as they are.
+    - Exact Euclidean balls (two distance transforms, ``zooms`` anisotropic) on each piece's box,
+      in blocks of ``block`` voxels (the brain where it fills half a block): a 0.5 mm head in
+      2-voxel blocks costs what a 1 mm one does."""
+    zooms = np.asarray(zooms, float)
+    f = np.maximum(np.asarray(block, int), 1)
+    out = np.zeros(tags.shape, bool)
+    if radius_mm <= 0:
+        return out
+    brain = layer_lut(max(256, int(tags.max()) + 1))[tags] >= 4
+    if (f > 1).any():
+        shape = np.array(brain.shape)
+        b = np.pad(brain, [(0, int(p)) for p in (-shape) % f])
+        n = np.array(b.shape) // f
+        b = b.reshape(n[0], f[0], n[1], f[1], n[2], f[2]).mean(axis=(1, 3, 5), dtype=np.float32) >= 0.5
+    else:
+        b = brain
+    del brain
+    lab, n_pieces = ndi.label(b, np.ones((3, 3, 3), bool))
+    if not n_pieces:
+        return out
+    sizes = np.bincount(lab.ravel())[1:]
+    pad = np.ceil(radius_mm / (zooms * f)).astype(int) + 2
+    closed = np.zeros(b.shape, bool)
+    for piece, box in enumerate(ndi.find_objects(lab), start=1):
+        if box is None or sizes[piece - 1] < SULCAL_MIN_PIECE * sizes.max():
+            continue
+        box = tuple(slice(max(s.start - p, 0), s.stop + p) for s, p in zip(box, pad))
+        mine = lab[box] == piece
+        dilated = ndi.distance_transform_edt(~mine, sampling=zooms * f) <= radius_mm
+        # one ring of "not dilated" around the box: where the box is cut by the volume's edge the
+        # closing then treats the outside as such, which can only shrink it
+        closed[box] |= ndi.distance_transform_edt(np.pad(dilated, 1), sampling=zooms * f)[1:-1, 1:-1, 1:-1] > radius_mm
+    del lab
+    fold = closed & ~b  # what the closing adds (in blocks: not the CSF of blocks mostly brain, along its surface)
+    del closed, b
+    for ax in range(3):
+        if f[ax] > 1:
+            fold = fold.repeat(int(f[ax]), axis=ax)
+    fold = fold[:tags.shape[0], :tags.shape[1], :tags.shape[2]] & (tags == 3)
+    if exclude is not None:
+        fold &= ~np.asarray(exclude, bool)
+    return fold
 
 
 def _merge_expected(expected: dict, merged: dict, lesion_tag: int | None = None, lesion_mm3: float = 0.0) -> dict:
@@ -861,13 +928,14 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             raise MeshError(f"surface_size_mm must lie between half the voxel size ({0.5 * zooms.min():.3g} mm) "
                             f"and twice the element size ({2 * h:.3g} mm), got {surface_size_mm!r}")
     lmask = orig = None
+    sulcal_mm3 = sulcal_s = 0.0  # CSF meshed as a tissue of the brain's layers (surface mesher, sulcal_csf)
     if lesion is not None:
         if method == "surface":  # it builds its surfaces from the tissue under the lesion
             orig = tags.copy()
         lmask = _apply_lesion(tags, affine, lesion, lesion_tag)
     # (the surface mesher builds its layers from the tissue under a lesion: a CSF lesion is no CSF here)
-    inner_csf = (method == "surface" and csf_inside_brain_only(tags if orig is None else orig)
-                 and not np.isin(tags, list(_INSIDE_BRAIN.values())).any())  # (a user's own tags 251, 252)
+    own_stand_ins = bool(np.isin(tags, list(_INSIDE_BRAIN.values())).any())  # (a user's own tags 251, 252)
+    inner_csf = method == "surface" and not own_stand_ins and csf_inside_brain_only(tags if orig is None else orig)
     if inner_csf:
         logger.warning("labels: the CSF lies only inside the brain (the ventricles; no CSF labelled around it): "
                        "meshed as a tissue inside the brain's layer, with no CSF layer around the brain")
@@ -900,6 +968,26 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
 
         opts = {**surface_defaults(h, zooms, surface_size_mm), **(surface_options or {})}
         opts["surface_step"] = int(opts.get("surface_step") or 2)  # None: the mesher's own default
+        sulcal_r = opts.pop("sulcal_csf_radius_mm", None)  # None: half the surfaces' sampling
+        if sulcal_r is None:
+            sulcal_r = SULCAL_RADIUS_OF_SPACING * opts["surface_step"] * float(np.min(zooms))
+        sulcal_r = float(sulcal_r)
+        if sulcal_r > 0 and not inner_csf and not own_stand_ins:
+            # CSF in folds narrower than the surfaces can enter: meshed as a tissue of the brain's layers
+            # (the stand-in roams over them, as ventricles-only CSF does), so that the grey-matter surface
+            # encloses it and the CSF layer holds only the CSF around the brain (docs/meshing.md, surf-6.8)
+            # (on the voxels as they are: thick slices split first would show their staircase as folds)
+            t = time.perf_counter()
+            fold = sulcal_csf(tags if orig is None else orig, zooms, sulcal_r, lmask,
+                              block=label_grid_factors(opts["surface_step"], zooms))
+            n_fold = int(np.count_nonzero(fold))
+            if n_fold >= max(64, SULCAL_MIN_FRACTION * counts.get(3, 0)):
+                tags[fold] = _INSIDE_BRAIN[3]
+                if orig is not None:
+                    orig[fold] = _INSIDE_BRAIN[3]
+                sulcal_mm3 = n_fold * voxel_mm3
+            del fold
+            sulcal_s = time.perf_counter() - t
         up = slice_split(zooms, opts["surface_step"])
         if (up > 1).any():
             # thick slices (a 1 x 1 x 2 mm scan): the surfaces are sampled every few voxels of the finest
@@ -914,7 +1002,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         factors = label_grid_factors(opts["surface_step"], zooms)
         spacing_mm = opts["surface_step"] * float(np.min(zooms))  # the surfaces' sampling, kept on a coarse copy
         coarse_step = max(1, int(round(spacing_mm / float(np.min(zooms * factors)))))
-        extra = f"surface|{SURFACE_MESHER_VERSION}|{sorted(opts.items())}"
+        extra = f"surface|{SURFACE_MESHER_VERSION}|{sorted(opts.items())}|sulcal{sulcal_r:.6g}"
         if (factors > 1).any():
             extra += f"|grid{factors.tolist()}"
     else:
@@ -957,7 +1045,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             base, factors, lmask, min_piece_voxels=int(500 / voxel_mm3))
         # tissues inside a layer (eyes, muscle, compact / spongy bone) are read off these labels
         sub_labels = ((base, zooms, (factors - 1) / 2.0 * zooms, lmask)
-                      if inner_csf or _layer_counts(counts) != counts else None)
+                      if inner_csf or sulcal_mm3 or _layer_counts(counts) != counts else None)
         layer_mm3 = layer_voxels * voxel_mm3
         del base
         if clmask is None or clmask.any():  # a lesion smaller than half a block keeps the voxel grid
@@ -985,6 +1073,8 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         timings = {"clean_s": time.perf_counter() - t}
         if coarse_s:
             timings["label_grid_s"] = coarse_s  # cropping to the head, coarsening
+        if sulcal_s:
+            timings["sulcal_csf_s"] = sulcal_s
         if method == "lattice":
             nodes, tets, ttags, minfo = lattice_tets(tags, cav, zooms, h, lmask, steps)
         else:
@@ -992,18 +1082,23 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
 
             stags = tags if lmask is None else np.where(lmask & (tags > 0), orig, tags)
             del orig
-            roaming = {t: (4, 5) for t in _INSIDE_BRAIN.values()} if inner_csf else None
+            roaming = {t: (4, 5) for t in _INSIDE_BRAIN.values()} if inner_csf or sulcal_mm3 else None
             # what each tissue should hold: the labels' volumes (the check's), not those of the cleaned
             # copy meshed here (islands moved to their neighbours), outside the lesion
             want = {t: v - (lesion_mm3 if lesion_mm3 and t == int(lesion_tag) else 0.0) for t, v in expected.items()}
             if inner_csf:
                 want = {_INSIDE_BRAIN.get(t, t): v for t, v in want.items()}
+            elif sulcal_mm3:
+                want[3], want[_INSIDE_BRAIN[3]] = want[3] - sulcal_mm3, sulcal_mm3
             nodes, tets, ttags, minfo = surface_mesh_from_tags(stags, cav, zooms, h, lesion=lmask,
                                                                lesion_tag=lesion_tag, progress_cb=steps.start,
                                                                sub_tissue_roaming=roaming,
                                                                sub_tissue_volumes_mm3=want, **opts)
         timings.update(minfo.pop("timings_s", {}))
-        if inner_csf:
+        if sulcal_mm3:
+            minfo["sulcal_csf"] = {"radius_mm": sulcal_r, "voxel_mm3": sulcal_mm3,
+                                   "mesh_mm3": float(np.abs(signed_volumes(nodes, tets[ttags == _INSIDE_BRAIN[3]])).sum())}
+        if inner_csf or sulcal_mm3:
             for tag, stand_in in _INSIDE_BRAIN.items():
                 ttags[ttags == stand_in] = tag
             sub = minfo.get("sub_tissues") or {}
@@ -1125,7 +1220,8 @@ def make_surface_head_mesh(labels, label_map_spec="colin27", *, element_size_mm=
     docstring), kept so that ``meshes/build_colin27.py`` rebuilds the shipped mesh; ``stimsim mesh``
     uses :func:`~stimsim.head.meshers.surface.surface_defaults` (relaxed surfaces, TetGen optimisation)."""
     opts = {"surface_step": surface_step, "thickness_scale": thickness_scale, "minratio": minratio,
-            "mindihedral": mindihedral, "extra_switches": extra_switches, "relax_iterations": 0}
+            "mindihedral": mindihedral, "extra_switches": extra_switches, "relax_iterations": 0,
+            "sulcal_csf_radius_mm": 0.0}
     mesh, info = make_head_mesh(labels, None, label_map_spec, method="surface", element_size_mm=element_size_mm,
                                 lesion=lesion, lesion_tag=lesion_tag, progress=progress, cache=cache,
                                 return_info=True, surface_options=opts)

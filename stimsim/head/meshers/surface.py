@@ -34,13 +34,14 @@ from .topology import (distance_to_background, face_components, face_graph, fill
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
-SURFACE_MESHER_VERSION = "surf-6.7"  # 6.1: the head's box of a wide field of view, the untangling retry;
+SURFACE_MESHER_VERSION = "surf-6.8"  # 6.1: the head's box of a wide field of view, the untangling retry;
 # 6.2: pieces of the brain or white matter closer than the sub-grid kept apart; 6.3: surfaces faired
 # within a band of their level sets (the voxels' staircase); 6.4: the volume calibration held local;
 # 6.5: short surface edges merged (edge_merge.py); 6.6: a layer the labels do not have shares the next
 # one's surface, and thick slices are split first (make_head_mesh; heads with every layer on about
 # cubic voxels: the same meshes as 6.5); 6.7: tissues inside a layer (eyes, muscle, compact and spongy
-# bone, blood) kept (sub_tissues.py; labels without them: the same meshes as 6.6)
+# bone, blood) kept (sub_tissues.py; labels without them: the same meshes as 6.6); 6.8: CSF in folds
+# narrower than the surfaces can enter meshed inside the brain's layers (core.sulcal_csf)
 #: surface edges shorter than this many sub-grid cells are merged before TetGen (surf-6.5; Colin27:
 #: 394 -> 70 tetrahedra below the shape bounds; docs/meshing.md)
 MIN_EDGE_CELL = 0.45

@@ -1,0 +1,146 @@
+"""CSF in the brain's folds (surf-6.8, ``sulcal_csf`` in stimsim/head/meshers/core.py): sulci narrower
+than the surfaces can enter are meshed as CSF inside the brain's layers, so the grey-matter surface
+encloses them and the CSF layer around the brain keeps its own thickness.  A "folded" phantom: nested
+spheres whose grey matter (and the white matter under it) is cut by 2 mm slots of CSF."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tetgen")
+pytest.importorskip("skimage")
+
+RADII_MM = {5: 55.0, 4: 50.0, 3: 45.0, 2: 42.0, 1: 35.0}  # scalp, bone, CSF, GM, WM: outer radius
+SLOT_PLANES_MM = (-12.0, 0.0, 12.0)  # x = p and y = p, above z = -20 mm
+SLOT_INNER_MM = 30.0  # the slots reach from the brain's surface down to this radius
+
+
+def folded_brain(voxel_mm: float, width_mm: float = 2.0):
+    """(labels, affine, slot mask, grid centre in mm) of the folded phantom."""
+    n = int(2 * (RADII_MM[5] + 4) / voxel_mm)
+    c = (n - 1) / 2 * voxel_mm
+    g = np.stack(np.meshgrid(*[np.arange(n) * voxel_mm - c] * 3, indexing="ij"), -1)
+    r = np.linalg.norm(g, axis=-1)
+    vol = np.zeros(r.shape, np.int16)
+    for tag in (5, 4, 3, 2, 1):
+        vol[r <= RADII_MM[tag]] = tag
+    slot = np.zeros(r.shape, bool)
+    for ax in (0, 1):
+        for p in SLOT_PLANES_MM:
+            slot |= np.abs(g[..., ax] - p) < width_mm / 2
+    slot &= (r > SLOT_INNER_MM) & (r <= RADII_MM[2]) & (g[..., 2] > -20)
+    vol[slot] = 3
+    return vol, np.diag([voxel_mm] * 3 + [1.0]), slot, np.full(3, c)
+
+
+def _rays_clear_of_slots(n: int = 2000):
+    """Directions whose rays cross the CSF layer (r 42-45 mm) at least 3 mm from every slot."""
+    from stimsim.head.meshers.thickness import ray_directions
+
+    d = ray_directions(n)
+    ok = np.ones(len(d), bool)
+    for r in np.linspace(SLOT_INNER_MM, RADII_MM[3], 16):
+        p = d * r
+        near = np.zeros(len(d), bool)
+        for ax in (0, 1):
+            for q in SLOT_PLANES_MM:
+                near |= np.abs(p[:, ax] - q) < 3.0
+        ok &= ~(near & (p[:, 2] > -23))
+    return d[ok]
+
+
+@pytest.mark.parametrize("voxel_mm,block", [(1.0, 1), (0.5, 1), (0.5, 2)])
+def test_the_folds_are_found_and_nothing_else(voxel_mm, block):
+    import scipy.ndimage as ndi
+    import test_mesh_acceptance as acc
+
+    from stimsim.head.meshers.core import sulcal_csf
+
+    vol, _, slot, _ = folded_brain(voxel_mm)
+    found = sulcal_csf(vol, [voxel_mm] * 3, 2.0, block=[block] * 3)
+    assert np.count_nonzero(found & slot) >= 0.9 * np.count_nonzero(slot)
+    # nothing beyond the slots but, in blocks, CSF sharing a block with a slot's mouth
+    near = ndi.binary_dilation(slot, np.ones((3, 3, 3), bool), iterations=block - 1) if block > 1 else slot
+    assert not np.any(found & ~near)
+    # a smooth (convex) brain has no folds: not one voxel, in blocks too
+    ell, _, _ = acc.nested_ellipsoids(voxel_mm)
+    assert not sulcal_csf(ell, [voxel_mm] * 3, 2.0, block=[block] * 3).any()
+    # a fissure wider than the closing's ball stays CSF around the brain, but for the concave corners
+    # along its floor and where two cross (7 % of these 6 mm slots' voxels)
+    wide, _, wslot, _ = folded_brain(voxel_mm, width_mm=6.0)
+    assert np.count_nonzero(sulcal_csf(wide, [voxel_mm] * 3, 2.0, block=[block] * 3) & wslot) < 0.1 * wslot.sum()
+
+
+def test_lesion_voxels_and_the_volume_edge():
+    """Voxels under a lesion are not sulcal CSF; a brain cut by the volume's edge gets no CSF added
+    along the cut (the closing treats the outside as empty)."""
+    from stimsim.head.meshers.core import sulcal_csf
+
+    vol, _, slot, _ = folded_brain(1.0)
+    lesion = np.zeros(vol.shape, bool)
+    lesion[: vol.shape[0] // 2] = True
+    found = sulcal_csf(vol, [1.0] * 3, 2.0, exclude=lesion)
+    assert found.any() and not (found & lesion).any()
+    # cut through the brain at z = 0 (half the grid): CSF against the cut face in a slab of the labels
+    cut = vol[:, :, vol.shape[2] // 2:].copy()
+    cut[:, :, :3][np.isin(cut[:, :, :3], (1, 2))] = 3  # brain at the face turned to CSF, between brain and edge
+    found = sulcal_csf(cut, [1.0] * 3, 2.0)
+    edge = np.zeros(cut.shape, bool)
+    edge[:, :, :3] = True
+    assert not (found & edge & ~slot[:, :, vol.shape[2] // 2:]).any()
+
+
+@pytest.mark.parametrize("voxel_mm", [1.0, 0.5])
+def test_folded_brain_keeps_the_csf_layer_and_every_volume(voxel_mm):
+    """At the default element size (surfaces every 4 mm) the 2 mm slots are meshed as CSF inside the
+    brain's layers: every tissue within 1 % of its voxel volume, the slots' voxels mostly CSF in the
+    mesh, and the CSF layer around the brain as thick as the labels' along rays clear of the slots
+    (without the folds' CSF the calibration puts their 21 mL into that layer: p50 +0.75, p90 +1.75
+    mm, grey matter -2.2 %)."""
+    from test_mesh_acceptance import _check_shapes
+
+    from stimsim.head.meshers import make_head_mesh
+    from stimsim.head.meshers.thickness import ray_thickness
+    from stimsim.mesh.voxelize import tet_values_on_grid
+
+    vol, affine, slot, centre = folded_brain(voxel_mm)
+    mesh, info = make_head_mesh(vol, affine, "simnibs", method="surface", progress=False, cache=False,
+                                return_info=True)
+    assert info.mesher["sulcal_csf"]["radius_mm"] == pytest.approx(2.0)
+    v = np.bincount(mesh.tet_tags, weights=mesh.volumes_mm3, minlength=6)
+    n = np.bincount(vol.ravel(), minlength=6) * voxel_mm ** 3
+    for tag in (1, 2, 3, 4, 5):
+        assert abs(v[tag] / n[tag] - 1) < 0.01, (tag, v[tag] / n[tag] - 1)
+    _check_shapes(mesh)
+    on_grid = tet_values_on_grid(mesh, mesh.tet_tags, vol.shape, affine)
+    assert np.mean(on_grid[slot] == 3) > 0.5
+    th = ray_thickness([vol, on_grid], affine, 3, (1, 2), (4, 5), centre, _rays_clear_of_slots())
+    ok = np.isfinite(th).all(axis=0)
+    assert ok.sum() > 200
+    for q in (10, 50, 90):
+        lab, msh = np.percentile(th[0, ok], q), np.percentile(th[1, ok], q)
+        assert abs(msh - lab) <= 0.5, (q, lab, msh)
+
+
+def test_a_lesion_in_a_fold_and_the_cache(tmp_path, monkeypatch):
+    """A lesion (tag 11) over part of the slots keeps its tag and volume; the fold CSF elsewhere is
+    still CSF; the cached mesh is the same mesh."""
+    from stimsim.head.meshers import make_head_mesh
+
+    monkeypatch.setenv("STIMSIM_CACHE", str(tmp_path))
+    vol, affine, slot, _ = folded_brain(1.0)
+    lesion = np.zeros(vol.shape, bool)
+    i = np.argwhere(slot)
+    centre = i[np.argmax(i[:, 2])]  # the top of a slot
+    g = np.indices(vol.shape).transpose(1, 2, 3, 0)
+    lesion[np.linalg.norm(g - centre, axis=-1) <= 6] = True
+    kw = dict(method="surface", progress=False, lesion=lesion, lesion_tag=11, return_info=True)
+    mesh, info = make_head_mesh(vol, affine, {i: i for i in range(6)}, **kw)
+    les = mesh.volumes_mm3[mesh.tet_tags == 11].sum()
+    assert abs(les / (np.count_nonzero(lesion & (vol > 0))) - 1) < 0.25
+    assert info.mesher["sulcal_csf"]["voxel_mm3"] < np.count_nonzero(slot)
+    csf = np.bincount(mesh.tet_tags, weights=mesh.volumes_mm3, minlength=12)[3]
+    assert abs(csf / np.count_nonzero((vol == 3) & ~lesion) - 1) < 0.01
+    again, info2 = make_head_mesh(vol, affine, {i: i for i in range(6)}, **kw)
+    assert info2.from_cache and np.array_equal(again.tet_tags, mesh.tet_tags)
