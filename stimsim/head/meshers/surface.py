@@ -42,6 +42,12 @@ SURFACE_MESHER_VERSION = "surf-6.8"  # 6.1: the head's box of a wide field of vi
 # cubic voxels: the same meshes as 6.5); 6.7: tissues inside a layer (eyes, muscle, compact and spongy
 # bone, blood) kept (sub_tissues.py; labels without them: the same meshes as 6.6); 6.8: CSF in folds
 # narrower than the surfaces can enter meshed inside the brain's layers (core.sulcal_csf)
+#: a CSF tetrahedron whose centre's voxel is farther than this many voxels from the CSF's lies in the
+#: sheet the minimum thickness keeps where the labels have none (:func:`_open_csf_gaps`; surf-6.8)
+CSF_GAP_VOXELS = 1.5
+#: ... and where the CSF layer is at most this many minimum thicknesses thick (a sheet, not a corner of
+#: the voxels the smoothed surfaces cut off: two grey-matter boxes in CSF lost 2.3 % at their corners)
+CSF_SHEET_OF_MIN = 1.5
 #: surface edges shorter than this many sub-grid cells are merged before TetGen (surf-6.5; Colin27:
 #: 394 -> 70 tetrahedra below the shape bounds; docs/meshing.md)
 MIN_EDGE_CELL = 0.45
@@ -360,7 +366,7 @@ def _apply_floors(phis, floors: list[_Floor], tk) -> None:
 
 def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_mm=0.5, sigma_vox=0.7,
                   pad=3, thickness_scale=1.0, calibrate_step=None, layer_volume_mm3=None, bone_voxels=None,
-                  surface_step=None, pieces=None, local_calibration_mm=0.0):
+                  surface_step=None, pieces=None, local_calibration_mm=0.0, fluid_tags=()):
     """Nested masks -> smoothed signed distances with minimum layer thickness.
 
     Returns ``(phis, phi_air, bone)``: ``phis[k]`` for layers 1..5 (padded by ``pad``
@@ -374,7 +380,9 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     thin sheet; they count as bone for the skull-defect rule.  ``surface_step``: the sub-grid of the
     surfaces, on which pieces of the brain and of the white matter closer than it resolves are kept
     apart (:func:`separation_floors`); ``pieces`` ({layer: labels} on the grid of ``tags``): those
-    pieces as the finer grid has them, where ``tags`` is a coarse copy (:func:`downsample_layers`)."""
+    pieces as the finer grid has them, where ``tags`` is a coarse copy (:func:`downsample_layers`).
+    ``fluid_tags``: tags of CSF meshed inside the brain's layers, which count as CSF for the CSF
+    sheet :func:`_open_csf_gaps` re-tags (the calibration allows for it, as for a skull defect)."""
     lut = np.zeros(256, np.int8)
     for t, layer in LAYER_OF_TAG.items():
         lut[t] = layer
@@ -461,6 +469,19 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                 "inside_tag": LAYER_FILL_TAG[inside[0]] if inside else 0,
                 "outside_tag": LAYER_FILL_TAG[1] if 1 not in absent else 0}
     del bone_ok
+    # where the CSF layer exists only because of its minimum thickness (the brain against the bone in
+    # the labels): the voxels _open_csf_gaps gives the tissue they hold, and the calibration allows for
+    csf_far = None
+    if 3 not in absent and 4 not in absent and 3 not in shares:
+        fluid = layer == 3
+        if len(fluid_tags):
+            fluid |= np.isin(tags, list(fluid_tags))
+        csf_far = np.pad(distance_to_background(~fluid, zooms) > csf_gap_mm(zooms), pad) & np.pad(
+            np.isin(layer, (2, 4, 5)), pad)
+        del fluid
+        csf_far_brain = np.pad(layer >= 4, pad)
+        if not csf_far.any():
+            csf_far = None
     # split the deficit between both surfaces (a few sweeps), then enforce exactly
     _enforce(phis, tk)
     _apply_floors(phis, floors, tk)
@@ -484,6 +505,7 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
         # floors hold part of a surface where the shifts cannot move it: two more rounds to converge
         for _ in range(5 if floors else 3):
             retagged = None
+            target = dict(base)
             if bone is not None:
                 # the bone sheet of a defect becomes scalp (outside the brain's voxels) or CSF:
                 # bone outer surface encloses that much more, the CSF outer surface that much less.
@@ -494,8 +516,8 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                 to_csf = inner_vox[tuple(sheet.T)]
                 s_in = float(np.count_nonzero(to_csf)) * vox
                 inner = shares.get(3, 3)  # the CSF's surface, or the next one in where the labels have no CSF
-                target[2] = base[2] + len(sheet) * vox - s_in
-                target[inner] = base[inner] - s_in
+                target[2] += len(sheet) * vox - s_in
+                target[inner] -= s_in
                 # the sheet's scalp part lies outside the bone's outer surface in the mesh, its CSF
                 # part inside the CSF's outer surface (as the targets above count them)
                 retagged = {}
@@ -503,6 +525,19 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                     if kk in local_masks:
                         retagged[kk] = np.zeros(phis[2].shape, np.int8)
                         retagged[kk][tuple(sheet[part].T)] = value
+                del sheet
+            if csf_far is not None:
+                # the CSF sheet becomes bone (outside the CSF's outer surface in the mesh) or brain
+                # (inside the grey matter's): those surfaces enclose that much more and less
+                sheet = np.argwhere(csf_far & (phis[3] < 0) & (phis[4] >= 0)
+                                    & (phis[4] - phis[3] <= np.float32(CSF_SHEET_OF_MIN * tk[3])))
+                to_brain = csf_far_brain[tuple(sheet.T)]
+                target[3] += float(np.count_nonzero(~to_brain)) * vox
+                target[4] -= float(np.count_nonzero(to_brain)) * vox
+                retagged = {} if retagged is None else retagged
+                for kk, part, value in ((3, ~to_brain, -1), (4, to_brain, 1)):
+                    if kk in local_masks:
+                        retagged.setdefault(kk, np.zeros(phis[3].shape, np.int8))[tuple(sheet[part].T)] = value
                 del sheet
             for k in range(1, 6):
                 if k in shares:  # calibrated as the layer whose surface it shares
@@ -534,7 +569,7 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                 phis[k] -= np.float32(c)
             _enforce(phis, tk, sweeps=2)
             _apply_floors(phis, floors, tk)
-        del retagged, local_masks
+        del retagged, local_masks, csf_far
     phi_air = None
     if air.any():
         phi_air = _sdf(air, zooms, sigma_vox)
@@ -1200,7 +1235,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                                   calibrate_step=int(surface_step or 2) if calibrate else None,
                                   layer_volume_mm3=layer_volume_mm3, bone_voxels=bone_voxels,
                                   surface_step=int(surface_step or 2), pieces=pieces,
-                                  local_calibration_mm=float(local_calibration_mm))
+                                  local_calibration_mm=float(local_calibration_mm),
+                                  fluid_tags=tuple(sub_tissue_roaming or ()))
     info["timings_s"]["fields_s"] = time.perf_counter() - t0
     if progress_cb:
         progress_cb("surfaces")
@@ -1406,6 +1442,10 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     seed_tag = np.array([0] + [LAYER_FILL_TAG[k] for k in range(1, 6)])
     ttags = seed_tag[gl[ginv]]
     info["bone_defect_tets"] = _open_bone_defects(ttags, cen, bone, phis[2], tags, zooms, pad)
+    # (the roaming tissues are CSF meshed inside the brain's layers: the folds', the ventricles')
+    info["csf_gap_tets"] = _open_csf_gaps(ttags, cen, tags, zooms, phis, pad,
+                                          CSF_SHEET_OF_MIN * float(min_thickness_mm) * float(thickness_scale),
+                                          fluid_tags=tuple(sub_tissue_roaming or ()))
     if lesion is not None:  # tets centred in a lesion voxel (unbiased, as the lattice mesher does)
 
         if lesion_voxels is None:
@@ -1505,6 +1545,35 @@ def _open_bone_defects(ttags, cen, bone, phi_bone, tags, zooms, pad) -> int:
                        else (bone["inside_tag"], bone["outside_tag"]))
     ttags[sel] = np.where(layer >= 3, inside, outside)
     return int(len(sel))
+
+
+def csf_gap_mm(zooms) -> float:
+    """A CSF tetrahedron whose centre's voxel is farther than this from every CSF voxel lies in the
+    sheet the minimum layer thickness keeps where the labels have none (:data:`CSF_GAP_VOXELS`)."""
+    return CSF_GAP_VOXELS * float(np.max(zooms))
+
+
+def _open_csf_gaps(ttags, cen, tags, zooms, phis, pad, sheet_mm: float, fluid_tags=()) -> int:
+    """Re-tag the CSF the minimum layer thickness put where the labels have the brain against the
+    bone (over 10 % of Colin27's rays from the brain's centre meet no CSF).  CSF tetrahedra whose
+    centre's voxel is more than :func:`csf_gap_mm` from every voxel of the CSF layer's tissues (or
+    of ``fluid_tags``), where the layer is at most ``sheet_mm`` thick (``phis[4] - phis[3]``), take
+    that voxel's layer where it is bone, grey or white matter, as the calibration in
+    :func:`nested_fields` counts on.  Returns how many were re-tagged."""
+    tets = np.flatnonzero(ttags == LAYER_FILL_TAG[3])
+    if not len(tets):
+        return 0
+    lut = layer_lut(max(256, int(tags.max()) + 1))
+    fluid = lut[tags] == 3
+    if len(fluid_tags):
+        fluid |= np.isin(tags, list(fluid_tags))
+    far = sample_volume(distance_to_background(~fluid, zooms), cen[tets], zooms, fill=0.0)
+    sel = tets[far > csf_gap_mm(zooms)]
+    sel = sel[_trilinear(phis[4], cen[sel], zooms, pad) - _trilinear(phis[3], cen[sel], zooms, pad) <= sheet_mm]
+    layer = lut[sample_volume(tags, cen[sel], zooms, fill=0)]
+    go = np.isin(layer, (2, 4, 5))
+    ttags[sel[go]] = np.array([0] + [LAYER_FILL_TAG[k] for k in range(1, 6)])[layer[go]]
+    return int(go.sum())
 
 
 def _bone_along_normal(pts, phi_bone, bone, zooms, pad) -> np.ndarray:
