@@ -80,6 +80,8 @@ def run_one(method: str, h: float | None, upsample: int = 1, labels: Path = LABE
             "method": method, "h": h, "time_s": dt, "peak_gb": peak, "nodes": mesh.n_nodes, "tets": mesh.n_tets,
             "voxels": int(np.prod(tags.shape)), "poor": q["elements"]["poor_count"], "thickness": thick, "dice": dice,
             "cg": cg_iterations(mesh),
+            # surf-6.8: CSF in the folds meshed inside the brain, the CSF sheet re-tagged where the labels have none
+            "folds": info.mesher.get("sulcal_csf") or {}, "csf_gap_tets": info.mesher.get("csf_gap_tets", 0),
             "min_dihedral": q["min_dihedral_deg"], "inverted": q["n_inverted"],
             "vol_err": {t: q["volume_error_per_tag"].get(t, float("nan")) for t in (*TAGS, *others)},
             "other_dice": tag_dice(full, on_grid_full, others) if others else {},
@@ -188,6 +190,13 @@ def main() -> None:
                   f"| {r['peak_gb']:.2f} | {r['nodes']:,} | {r['tets']:,} | {r['min_dihedral']:.2f} | {r['poor']:,} "
                   f"| {r['inverted']} | {err} | {pieces} | {th} | {cg['iterations']} "
                   f"({cg['setup_s']:.2f} + {cg['solve_s']:.2f}) |")
+    if any(r.get("folds") or r.get("csf_gap_tets") for r in results):  # surface mesher, surf-6.8
+        print("\n| method | h mm | CSF in the folds mL: voxels / mesh (closing radius mm) | CSF sheet tets re-tagged |")
+        print("|---|---|---|---|")
+        for r in results:
+            f = r.get("folds") or {}
+            folds = (f"{f['voxel_mm3'] / 1e3:.1f} / {f['mesh_mm3'] / 1e3:.1f} ({f['radius_mm']:g})" if f else "-")
+            print(f"| {r['method']} | {r['h'] or '-'} | {folds} | {r.get('csf_gap_tets', 0):,} |")
     if any(r["other_dice"] for r in results):  # tissues inside a layer (charm labels: eyes, muscle, bone ...)
         print("\n| method | h mm | tissue inside a layer | volume err % | Dice on the label grid |")
         print("|---|---|---|---|---|")

@@ -1196,7 +1196,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                            island_fraction=0.01, lesion=None, lesion_tag=3, relax_iterations=8, sliver_move=0.0,
                            layer_volume_mm3=None, bone_voxels=None, lesion_voxels=None, pieces=None,
                            fair_rounds=0, fair_band_vox=0.3, local_calibration_mm=0.0, min_edge_cell=0.0,
-                           sub_tissue_labels=None, sub_tissue_roaming=None, sub_tissue_volumes_mm3=None):
+                           sub_tissue_labels=None, sub_tissue_roaming=None, sub_tissue_volumes_mm3=None,
+                           sub_tissue_never_merged=(), sub_tissue_part_of=None):
     """Nested surfaces -> TetGen.  Returns ``(nodes_mm_local, tets, tet_tags, info)``.
 
     ``h``: target element size (mm); tets get a max volume ``h^3 / (6 sqrt 2)`` (regular tet
@@ -1220,7 +1221,9 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     tissues inside a layer (eyes, muscle, compact and spongy bone, blood) the tetrahedra take, and
     the lesion on their grid (:mod:`.sub_tissues`; default: ``tags`` and ``lesion``);
     ``sub_tissue_roaming``: {tag: layers} of tissues that may take tetrahedra of several layers,
-    ``sub_tissue_volumes_mm3``: {tag: mm^3} they should hold (:func:`.sub_tissues.keep_sub_tissues`).
+    ``sub_tissue_volumes_mm3``: {tag: mm^3} they should hold, ``sub_tissue_never_merged``: tags kept
+    however far off their volume, ``sub_tissue_part_of``: {stand-in: tissue} (the folds' CSF)
+    (:func:`.sub_tissues.keep_sub_tissues`).
     See the module docstring."""
     import tetgen
 
@@ -1508,7 +1511,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     t0 = time.perf_counter()
     labels, lzooms, loff, lmask = (tags, zooms, 0.0, lesion) if sub_tissue_labels is None else sub_tissue_labels
     ttags, sub = keep_sub_tissues(ttags, nodes, tets, labels, lzooms, offset_mm=loff, skip=lesion_tets,
-                                  lesion_voxels=lmask, roaming=sub_tissue_roaming,
+                                  lesion_voxels=lmask, roaming=sub_tissue_roaming, never_merged=sub_tissue_never_merged,
+                                  part_of=sub_tissue_part_of,
                                   volumes_mm3=sub_tissue_volumes_mm3)
     if sub["layers"]:
         info["sub_tissues"] = sub
