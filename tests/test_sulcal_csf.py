@@ -100,7 +100,7 @@ def test_folded_brain_keeps_the_csf_layer_and_every_volume(voxel_mm):
     mm, grey matter -2.2 %)."""
     from test_mesh_acceptance import _check_shapes
 
-    from stimsim.head.meshers import make_head_mesh
+    from stimsim.head.meshers import make_head_mesh, tissue_connectivity
     from stimsim.head.meshers.thickness import ray_thickness
     from stimsim.mesh.voxelize import tet_values_on_grid
 
@@ -113,6 +113,9 @@ def test_folded_brain_keeps_the_csf_layer_and_every_volume(voxel_mm):
     for tag in (1, 2, 3, 4, 5):
         assert abs(v[tag] / n[tag] - 1) < 0.01, (tag, v[tag] / n[tag] - 1)
     _check_shapes(mesh)
+    # each tissue one piece: the folds' tetrahedra joined to the CSF around the brain, as the slots
+    # are in the labels (chosen by their shares alone they broke into specks: Colin27's CSF in 325)
+    assert all(c["pieces"] == 1 for c in tissue_connectivity(mesh).values()), tissue_connectivity(mesh)
     on_grid = tet_values_on_grid(mesh, mesh.tet_tags, vol.shape, affine)
     assert np.mean(on_grid[slot] == 3) > 0.5
     th = ray_thickness([vol, on_grid], affine, 3, (1, 2), (4, 5), centre, _rays_clear_of_slots())
