@@ -16,8 +16,8 @@ SLOT_PLANES_MM = (-12.0, 0.0, 12.0)  # x = p and y = p, above z = -20 mm
 SLOT_INNER_MM = 30.0  # the slots reach from the brain's surface down to this radius
 
 
-def folded_brain(voxel_mm: float, width_mm: float = 2.0):
-    """(labels, affine, slot mask, grid centre in mm) of the folded phantom."""
+def _nested_spheres(voxel_mm: float):
+    """(labels, grid coordinates mm, radius mm, grid centre mm) of the spheres of RADII_MM."""
     n = int(2 * (RADII_MM[5] + 4) / voxel_mm)
     c = (n - 1) / 2 * voxel_mm
     g = np.stack(np.meshgrid(*[np.arange(n) * voxel_mm - c] * 3, indexing="ij"), -1)
@@ -25,6 +25,12 @@ def folded_brain(voxel_mm: float, width_mm: float = 2.0):
     vol = np.zeros(r.shape, np.int16)
     for tag in (5, 4, 3, 2, 1):
         vol[r <= RADII_MM[tag]] = tag
+    return vol, g, r, c
+
+
+def folded_brain(voxel_mm: float, width_mm: float = 2.0):
+    """(labels, affine, slot mask, grid centre in mm) of the folded phantom."""
+    vol, g, r, c = _nested_spheres(voxel_mm)
     slot = np.zeros(r.shape, bool)
     for ax in (0, 1):
         for p in SLOT_PLANES_MM:
@@ -153,15 +159,8 @@ def test_a_lesion_in_a_fold_and_the_cache(tmp_path, monkeypatch):
 
 def _brain_against_bone(voxel_mm: float, cap_deg: float = 35.0):
     """Nested spheres (RADII_MM, no folds) whose CSF is missing over a polar cap: there the grey
-    matter reaches the bone, as over 10 % of Colin27's rays meet no CSF.  (labels, affine, centre,
-    grid coordinates)."""
-    n = int(2 * (RADII_MM[5] + 4) / voxel_mm)
-    c = (n - 1) / 2 * voxel_mm
-    g = np.stack(np.meshgrid(*[np.arange(n) * voxel_mm - c] * 3, indexing="ij"), -1)
-    r = np.linalg.norm(g, axis=-1)
-    vol = np.zeros(r.shape, np.int16)
-    for tag in (5, 4, 3, 2, 1):
-        vol[r <= RADII_MM[tag]] = tag
+    matter reaches the bone, as over 10 % of Colin27's rays meet no CSF.  (labels, affine, centre)."""
+    vol, g, r, c = _nested_spheres(voxel_mm)
     cap = g[..., 2] > r * np.cos(np.radians(cap_deg))
     vol[cap & (vol == 3)] = 2
     return vol, np.diag([voxel_mm] * 3 + [1.0]), np.full(3, c)
