@@ -386,9 +386,9 @@ SULCAL_MIN_PIECE = 0.01
 
 
 def sulcal_csf(tags: np.ndarray, zooms, radius_mm: float, exclude: np.ndarray | None = None) -> np.ndarray:
-    """CSF (and blood) voxels, tags 3 and 9, in the brain's folds: inside the morphological closing of a piece of the
-    brain (the grey- and white-matter layers, tags above 10 included) with a ball of ``radius_mm``,
-    not under ``exclude`` (a lesion).  Sulci narrower than twice the radius are such CSF; the CSF
+    """CSF (and blood) voxels, tags 3 and 9, in the brain's folds: inside the morphological closing
+    of a piece of the brain (the grey- and white-matter layers, tags above 10 included) with a ball
+    of ``radius_mm``, not under ``exclude`` (a lesion).  Sulci narrower than twice the radius are such CSF; the CSF
     around the brain, in wide fissures and between two pieces of brain (two hemispheres the labels
     keep apart) is not.
 
@@ -1129,8 +1129,11 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
                                                                sub_tissue_volumes_mm3=want, **opts)
         timings.update(minfo.pop("timings_s", {}))
         if sulcal_mm3:
-            minfo["sulcal_csf"] = {"radius_mm": sulcal_r, "voxel_mm3": sulcal_mm3, "blood_voxel_mm3": fold_mm3.get(9, 0.0),
-                                   "mesh_mm3": float(np.abs(signed_volumes(nodes, tets[ttags == _INSIDE_BRAIN[3]])).sum())}
+            fold_tets = tets[ttags == _INSIDE_BRAIN[3]]
+            minfo["sulcal_csf"] = {"radius_mm": sulcal_r, "voxel_mm3": sulcal_mm3,
+                                   "blood_voxel_mm3": fold_mm3.get(9, 0.0),
+                                   "mesh_mm3": float(np.abs(signed_volumes(nodes, fold_tets)).sum())}
+            del fold_tets
         if inner_csf or sulcal_mm3:
             for tag, stand_in in _INSIDE_BRAIN.items():
                 ttags[ttags == stand_in] = tag

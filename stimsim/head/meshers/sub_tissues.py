@@ -288,8 +288,7 @@ def _connected(new, f, vol, target, tags, column, sel, out, neighbors, part_of, 
             order = np.argsort(margin, kind="stable")
             n = int(np.searchsorted(np.cumsum(vol[mine[order]]), gained))
             out_sel[mine[order[:n]]] = to[order[:n]]
-            back = order[:n]
-            gave = gave or len(back) > 0
+            gave = gave or n > 0
         if not gave:
             break
     return out_sel
@@ -366,8 +365,8 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
     and each tetrahedron takes the tissue with the largest share, each share offset by a per-tissue
     constant chosen so that every tissue's tetrahedra hold its voxel volume (scaled by the layers'
     mesh / voxel volume; in the layer of a ``part_of`` tissue its other tissues hold their own
-    volumes and the main tissue the rest), as the layer surfaces are calibrated to theirs: with a plain majority,
-    tetrahedra across a sheet thinner than themselves vote for its middle (compact bone -5.8 %,
+    volumes and the main tissue the rest), as the layer surfaces are calibrated to theirs: with a
+    plain majority, tetrahedra across a sheet thinner than themselves vote for its middle (compact bone -5.8 %,
     spongy +6.5 %, blood +19 % on a charm-like Colin27).
 
     ``info``: ``{"layers": {layer: [tags]}, "merged": {tag: into}, "nearest_tets": n}``: the tags
