@@ -388,9 +388,9 @@ SULCAL_MIN_PIECE = 0.01
 def sulcal_csf(tags: np.ndarray, zooms, radius_mm: float, exclude: np.ndarray | None = None) -> np.ndarray:
     """CSF (and blood) voxels, tags 3 and 9, in the brain's folds: inside the morphological closing
     of a piece of the brain (the grey- and white-matter layers, tags above 10 included) with a ball
-    of ``radius_mm``, not under ``exclude`` (a lesion).  Sulci narrower than twice the radius are such CSF; the CSF
-    around the brain, in wide fissures and between two pieces of brain (two hemispheres the labels
-    keep apart) is not.
+    of ``radius_mm``, not under ``exclude`` (a lesion).  Sulci narrower than twice the radius are
+    such CSF; the CSF around the brain, in wide fissures and between two pieces of brain (two
+    hemispheres the labels keep apart) is not.
 
     - Each piece (26-connected, at least :data:`SULCAL_MIN_PIECE` of the largest) is closed on its
       own: closing them together would fill the gap between two pieces, whose CSF the surfaces keep.
@@ -428,6 +428,8 @@ def sulcal_csf(tags: np.ndarray, zooms, radius_mm: float, exclude: np.ndarray | 
 def _mark_blocks(ctags: np.ndarray, fine: np.ndarray, factors, stand_ins) -> None:
     """Give each block of ``ctags`` (one voxel per block of ``factors`` voxels of ``fine``) in the
     brain's layers the first of ``stand_ins`` any of its voxels holds, in place."""
+    from .surface import _block_counts
+
     f = np.asarray(factors, int)
     brain = layer_lut(max(256, int(ctags.max()) + 1)).astype(np.int8)[ctags] >= 4
     for stand_in in stand_ins:
@@ -435,8 +437,7 @@ def _mark_blocks(ctags: np.ndarray, fine: np.ndarray, factors, stand_ins) -> Non
         if not m.any():
             continue
         m = np.pad(m, [(0, int(n * b - s)) for n, b, s in zip(ctags.shape, f, m.shape)])
-        n = ctags.shape
-        hit = m.reshape(n[0], f[0], n[1], f[1], n[2], f[2]).any(axis=(1, 3, 5))
+        hit = _block_counts(m, f) > 0
         ctags[hit & brain & ~np.isin(ctags, list(stand_ins))] = stand_in
 
 

@@ -370,8 +370,10 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                   surface_step=None, pieces=None, local_calibration_mm=0.0, fluid_tags=()):
     """Nested masks -> smoothed signed distances with minimum layer thickness.
 
-    Returns ``(phis, phi_air, bone)``: ``phis[k]`` for layers 1..5 (padded by ``pad``
-    voxels), ``phi_air`` or None, and ``bone`` (None without bone voxels): ``excess_mm``, the
+    Returns ``(phis, phi_air, bone, far_from_csf)``: ``phis[k]`` for layers 1..5 (padded by ``pad``
+    voxels), ``phi_air`` or None, ``far_from_csf`` (padded; None without CSF voxels): the voxels farther
+    than :func:`csf_gap_mm` from every CSF voxel (of ``fluid_tags`` too), and ``bone`` (None without
+    bone voxels): ``excess_mm``, the
     distance (mm, padded grid) to the nearest bone or cavity voxel less ``within_mm``
     (:func:`bone_defect_distance_mm`; > 0 in a skull defect), and ``probe_mm``, how far along a
     bone surface's normal :func:`_open_bone_defects` looks for bone.  ``layer_volume_mm3`` (6 values,
@@ -472,14 +474,15 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     del bone_ok
     # where the CSF layer exists only because of its minimum thickness (the brain against the bone in
     # the labels): the voxels _open_csf_gaps gives the tissue they hold, and the calibration allows for
+    fluid = layer == 3
+    if len(fluid_tags):
+        fluid |= np.isin(tags, list(fluid_tags))
+    # (computed once: the calibration below and _open_csf_gaps after meshing read the same voxels)
+    far_from_csf = np.pad(distance_to_background(~fluid, zooms) > csf_gap_mm(zooms), pad) if fluid.any() else None
+    del fluid
     csf_far = None
-    if 3 not in absent and 4 not in absent and 3 not in shares:
-        fluid = layer == 3
-        if len(fluid_tags):
-            fluid |= np.isin(tags, list(fluid_tags))
-        csf_far = np.pad(distance_to_background(~fluid, zooms) > csf_gap_mm(zooms), pad) & np.pad(
-            np.isin(layer, (2, 4, 5)), pad)
-        del fluid
+    if far_from_csf is not None and 3 not in absent and 4 not in absent and 3 not in shares:
+        csf_far = far_from_csf & np.pad(np.isin(layer, (2, 4, 5)), pad)
         csf_far_brain = np.pad(layer >= 4, pad)
         if not csf_far.any():
             csf_far = None
@@ -578,7 +581,7 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
         np.maximum(phi_air, -phis[3] + t, out=phi_air)
         if not (phi_air < 0).any():
             phi_air = None
-    return phis, phi_air, bone
+    return phis, phi_air, bone, far_from_csf
 
 
 def _surface(phi: np.ndarray, zooms, pad: int, step: int):
@@ -1234,13 +1237,11 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     if progress_cb:
         progress_cb("signed distances")
     t0 = time.perf_counter()
-    phis, phi_air, bone = nested_fields(tags, cavity, zooms, min_thickness_mm=min_thickness_mm, sigma_vox=sigma_vox,
-                                  pad=pad, thickness_scale=thickness_scale,
-                                  calibrate_step=int(surface_step or 2) if calibrate else None,
-                                  layer_volume_mm3=layer_volume_mm3, bone_voxels=bone_voxels,
-                                  surface_step=int(surface_step or 2), pieces=pieces,
-                                  local_calibration_mm=float(local_calibration_mm),
-                                  fluid_tags=tuple(sub_tissue_roaming or ()))
+    phis, phi_air, bone, far_from_csf = nested_fields(
+        tags, cavity, zooms, min_thickness_mm=min_thickness_mm, sigma_vox=sigma_vox, pad=pad,
+        thickness_scale=thickness_scale, calibrate_step=int(surface_step or 2) if calibrate else None,
+        layer_volume_mm3=layer_volume_mm3, bone_voxels=bone_voxels, surface_step=int(surface_step or 2),
+        pieces=pieces, local_calibration_mm=float(local_calibration_mm), fluid_tags=tuple(sub_tissue_roaming or ()))
     info["timings_s"]["fields_s"] = time.perf_counter() - t0
     if progress_cb:
         progress_cb("surfaces")
@@ -1447,9 +1448,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     ttags = seed_tag[gl[ginv]]
     info["bone_defect_tets"] = _open_bone_defects(ttags, cen, bone, phis[2], tags, zooms, pad)
     # (the roaming tissues are CSF meshed inside the brain's layers: the folds', the ventricles')
-    info["csf_gap_tets"] = _open_csf_gaps(ttags, cen, tags, zooms, phis, pad,
-                                          CSF_SHEET_OF_MIN * float(min_thickness_mm) * float(thickness_scale),
-                                          fluid_tags=tuple(sub_tissue_roaming or ()))
+    info["csf_gap_tets"] = _open_csf_gaps(ttags, cen, tags, zooms, phis, pad, far_from_csf,
+                                          CSF_SHEET_OF_MIN * float(min_thickness_mm) * float(thickness_scale))
     if lesion is not None:  # tets centred in a lesion voxel (unbiased, as the lattice mesher does)
 
         if lesion_voxels is None:
@@ -1558,22 +1558,19 @@ def csf_gap_mm(zooms) -> float:
     return CSF_GAP_VOXELS * float(np.max(zooms))
 
 
-def _open_csf_gaps(ttags, cen, tags, zooms, phis, pad, sheet_mm: float, fluid_tags=()) -> int:
+def _open_csf_gaps(ttags, cen, tags, zooms, phis, pad, far_from_csf, sheet_mm: float) -> int:
     """Re-tag the CSF the minimum layer thickness put where the labels have the brain against the
     bone (over 10 % of Colin27's rays from the brain's centre meet no CSF).  CSF tetrahedra whose
     centre's voxel is more than :func:`csf_gap_mm` from every voxel of the CSF layer's tissues (or
-    of ``fluid_tags``), where the layer is at most ``sheet_mm`` thick (``phis[4] - phis[3]``), take
+    of the CSF meshed inside the brain: ``far_from_csf`` of :func:`nested_fields`), where the layer
+    is at most ``sheet_mm`` thick (``phis[4] - phis[3]``), take
     that voxel's layer where it is bone, grey or white matter, as the calibration in
     :func:`nested_fields` counts on.  Returns how many were re-tagged."""
     tets = np.flatnonzero(ttags == LAYER_FILL_TAG[3])
-    if not len(tets):
+    if not len(tets) or far_from_csf is None:
         return 0
     lut = layer_lut(max(256, int(tags.max()) + 1))
-    fluid = lut[tags] == 3
-    if len(fluid_tags):
-        fluid |= np.isin(tags, list(fluid_tags))
-    far = sample_volume(distance_to_background(~fluid, zooms), cen[tets], zooms, fill=0.0)
-    sel = tets[far > csf_gap_mm(zooms)]
+    sel = tets[sample_volume(far_from_csf, cen[tets] + pad * np.asarray(zooms, float), zooms, fill=False)]
     sel = sel[_trilinear(phis[4], cen[sel], zooms, pad) - _trilinear(phis[3], cen[sel], zooms, pad) <= sheet_mm]
     layer = lut[sample_volume(tags, cen[sel], zooms, fill=0)]
     go = np.isin(layer, (2, 4, 5))
