@@ -428,8 +428,6 @@ def sulcal_csf(tags: np.ndarray, zooms, radius_mm: float, exclude: np.ndarray | 
 def _mark_blocks(ctags: np.ndarray, fine: np.ndarray, factors, stand_ins) -> None:
     """Give each block of ``ctags`` (one voxel per block of ``factors`` voxels of ``fine``) in the
     brain's layers the first of ``stand_ins`` any of its voxels holds, in place."""
-    from .surface import _block_counts
-
     f = np.asarray(factors, int)
     brain = layer_lut(max(256, int(ctags.max()) + 1)).astype(np.int8)[ctags] >= 4
     for stand_in in stand_ins:
@@ -437,7 +435,8 @@ def _mark_blocks(ctags: np.ndarray, fine: np.ndarray, factors, stand_ins) -> Non
         if not m.any():
             continue
         m = np.pad(m, [(0, int(n * b - s)) for n, b, s in zip(ctags.shape, f, m.shape)])
-        hit = _block_counts(m, f) > 0
+        n = ctags.shape
+        hit = m.reshape(n[0], f[0], n[1], f[1], n[2], f[2]).any(axis=(1, 3, 5))
         ctags[hit & brain & ~np.isin(ctags, list(stand_ins))] = stand_in
 
 
