@@ -220,10 +220,14 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for r in results:
         for k in ("bone", "csf"):
-            x = r["rays"][k]
-            print(f"| {r['method']} | {r['h'] or '-'} | {k} | {fmt(x['mesh_on_grid'])} / {fmt(x['labels'])} "
-                  f"| {fmt(x['upper']['mesh_on_grid'])} / {fmt(x['upper']['labels'])} "
-                  f"| {x['paired_median']:+.2f} / {x['paired_mean']:+.2f} / {x['paired_abs_p90']:.2f} | {x['rays']} |")
+            # all rays, then those along which the labels nest the layers (no scalp voxels between the
+            # CSF and the bone, no bone past a sinus: stimsim.head.meshers.thickness.ray_thickness)
+            for name, x in ((k, r["rays"][k]), (f"{k}, labels nested", r["rays"][k].get("nested"))):
+                if x is None:  # a result from before the nested figures
+                    continue
+                print(f"| {r['method']} | {r['h'] or '-'} | {name} | {fmt(x['mesh_on_grid'])} / {fmt(x['labels'])} "
+                      f"| {fmt(x['upper']['mesh_on_grid'])} / {fmt(x['upper']['labels'])} "
+                      f"| {x['paired_median']:+.2f} / {x['paired_mean']:+.2f} / {x['paired_abs_p90']:.2f} | {x['rays']} |")
     # the control: the labels themselves, each layer blurred (no mesh), read the same ways
     print("\n| control: the labels, each layer blurred by a Gaussian | tissue | nearest p10/50/90 mm (labels) "
           "| per ray p10/50/90 | upper half | paired median / mean / p90 of abs | volume % (WM GM CSF bone scalp) |")

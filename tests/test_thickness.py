@@ -146,3 +146,30 @@ def test_summary_pairs_rays_measured_in_both_and_reads_the_upper_half():
     assert np.median(d[dirs[both, 2] < -0.1]) == pytest.approx(-2.0, abs=0.5)
     assert s["paired_mean"] == pytest.approx(d.mean()) and s["paired_median"] == pytest.approx(np.median(d))
     assert s["paired_abs_p90"] == pytest.approx(np.percentile(np.abs(d), 90)) and s["paired_abs_p90"] >= 1.5
+
+
+def test_rays_where_the_labels_do_not_nest_the_layers_are_flagged_and_left_out_of_nested():
+    """Scalp voxels between the CSF and the bone over a cap (as Colin27's labels have them), and an air
+    pocket inside the bone over another: along those rays the labels' first bone run is not the skull's
+    thickness.  The rays through them are not nested; the nested figures leave them out."""
+    tags, affine = _shells(1.0)
+    x = np.arange(tags.shape[0]) + affine[0, 3]
+    X, Y, Z = np.meshgrid(x, x, x, indexing="ij")
+    r = np.sqrt(X ** 2 + Y ** 2 + Z ** 2)
+    cap = Z > 0.9 * r  # within ~26 deg of +z
+    tags[cap & (r >= 43) & (r < 44.5)] = 5  # scalp under the bone
+    pocket = -X > 0.9 * r  # within ~26 deg of -x
+    tags[pocket & (r >= 44.5) & (r < 46.5)] = 0  # air inside the bone
+    dirs = ray_directions(800)
+    got, nested = ray_thickness([tags], affine, 4, (1, 2, 3), (5,), np.zeros(3), dirs, return_nested=True)
+    near_cap, near_pocket = dirs[:, 2] > 0.92, -dirs[:, 0] > 0.92
+    away = (dirs[:, 2] < 0.85) & (-dirs[:, 0] < 0.85)
+    assert not nested[0, near_cap].any() and not nested[0, near_pocket].any()
+    assert nested[0, away].all()
+    assert (got[0, near_cap] <= 0.5).all()  # the first bone run: none before the scalp voxels
+    # the "mesh": 5 mm of bone everywhere; over the nested rays it matches the labels
+    mesh, _ = _shells(1.0)
+    s = ray_thickness_summary(tags, mesh, affine, 4, (1, 2, 3), (5,), n_rays=800)
+    assert s["rays"] == 800 and abs(s["nested"]["rays"] - nested[0].sum()) <= 3  # centred on the centroid
+    assert s["nested"]["labels"][0] >= 4.0 and abs(s["nested"]["paired_median"]) <= 0.25
+    assert abs(s["nested"]["paired_mean"]) <= 0.1 < s["paired_mean"] - 0.2
