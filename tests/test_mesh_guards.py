@@ -417,3 +417,52 @@ def test_mesh_that_cannot_be_put_in_place_leaves_no_summary(nifti, tmp_path):
     _error_line(res.output)
     assert not (tmp_path / "head.summary.json").exists()
     assert not [f for f in tmp_path.iterdir() if f.name.startswith(".stimsim-")]
+
+
+def test_surfaces_tetgen_refuses_are_built_again_with_thicker_layers(nifti, tmp_path, monkeypatch):
+    """TetGen refusing the surfaces (a contrived head with bone in the sulci: 'Internal TetGen error
+    within recoversubfaces') gives a mesh built with thicker minimum layers, listed in the info, not an
+    error; where every try is refused, one error line and nothing written."""
+    pytest.importorskip("tetgen")
+    pytest.importorskip("skimage")
+    from stimsim.head.meshers import make_head_mesh, surface
+    from stimsim.head.meshers.core import TETGEN_RETRY_THICKNESS_FACTORS
+
+    real = surface.surface_mesh_from_tags
+    scales = []
+
+    def refused_first(*args, **kw):
+        scales.append(kw["thickness_scale"])
+        if len(scales) == 1:
+            raise surface.TetGenFailed("TetGen failed on the head surfaces (Internal TetGen error within "
+                                       "`recoversubfaces`.); try another element size, or method='lattice'")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(surface, "surface_mesh_from_tags", refused_first)
+    vol = _balls(72, (34, 28, 22, 17, 11))
+    aff = np.eye(4)
+    mesh, info = make_head_mesh(vol, aff, "colin27", method="surface", element_size_mm=6.0, progress=False,
+                                cache=False, return_info=True)
+    base = surface.surface_defaults(6.0, (1.0, 1.0, 1.0))["thickness_scale"]
+    assert scales == [base, base * TETGEN_RETRY_THICKNESS_FACTORS[0]]
+    retries = info.mesher["tetgen_retries"]
+    assert len(retries) == 1 and "recoversubfaces" in retries[0]["error"]
+    assert info.mesher["thickness_scale"] == base * TETGEN_RETRY_THICKNESS_FACTORS[0]
+    assert set(np.unique(mesh.tet_tags)) == {1, 2, 3, 4, 5}
+    assert max(abs(v) for v in info.quality["volume_error_per_tag"].values()) < 0.05
+
+    def always_refused(*args, **kw):
+        scales.append(kw["thickness_scale"])
+        raise surface.TetGenFailed("TetGen failed on the head surfaces (The input surface mesh contain "
+                                   "self-intersections.); try another element size, or method='lattice'")
+
+    monkeypatch.setattr(surface, "surface_mesh_from_tags", always_refused)
+    scales.clear()
+    p = nifti(vol)
+    out = tmp_path / "head.msh"
+    res = _cli(p, "--labels", "colin27", "--out", out, "--method", "surface", "--element-size", 6)
+    assert res.exit_code == 2, res.output
+    line = _error_line(res.output)
+    assert "TetGen failed" in line and "also with minimum layer thicknesses x1.5, x2.25" in line
+    assert len(scales) == 1 + len(TETGEN_RETRY_THICKNESS_FACTORS)
+    assert not out.exists() and _written(tmp_path) == []

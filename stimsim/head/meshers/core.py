@@ -864,6 +864,37 @@ def _split_affine(up) -> np.ndarray:
     return m
 
 
+#: when TetGen refuses the head surfaces, they are built again with the minimum layer thicknesses
+#: scaled by these factors in turn (surfaces held further apart; docs/meshing.md, surf-6.9)
+TETGEN_RETRY_THICKNESS_FACTORS = (1.5, 2.25)
+
+
+def _surface_mesh_retrying(tags, cavity, zooms, h, **opts):
+    """:func:`~.surface.surface_mesh_from_tags`; where TetGen refuses the surfaces (two of them touching
+    where the labels put a thin layer between tissues that fold into each other), again with thicker
+    minimum layers (:data:`TETGEN_RETRY_THICKNESS_FACTORS`): a mesh with that layer a little thick
+    there instead of no mesh.  The retries are logged and listed in the info (``"tetgen_retries"``)."""
+    from . import surface
+
+    base = float(opts.get("thickness_scale", 1.0))
+    tried = []
+    for factor in (1.0, *TETGEN_RETRY_THICKNESS_FACTORS):
+        try:
+            out = surface.surface_mesh_from_tags(tags, cavity, zooms, h, **{**opts, "thickness_scale": base * factor})
+        except surface.TetGenFailed as exc:
+            tried.append({"thickness_scale": base * factor, "error": str(exc)})
+            if len(tried) <= len(TETGEN_RETRY_THICKNESS_FACTORS):
+                logger.warning("%s; building the surfaces again with minimum layer thicknesses x%g", exc,
+                               TETGEN_RETRY_THICKNESS_FACTORS[len(tried) - 1])
+            continue
+        if tried:
+            out[3]["tetgen_retries"] = tried
+            out[3]["thickness_scale"] = base * factor
+        return out
+    raise surface.TetGenFailed(f"{tried[-1]['error']} (also with minimum layer thicknesses x"
+                               f"{', x'.join(f'{f:g}' for f in TETGEN_RETRY_THICKNESS_FACTORS)})")
+
+
 def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str = "auto",
                    element_size_mm: float | None = None, lesion=None, lesion_tag: int = 3, progress: bool = True,
                    cache: bool = True, return_info: bool = False, surface_options: dict | None = None,
@@ -1119,14 +1150,12 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
                 for tag, v in fold_mm3.items():
                     if v > 0:
                         want[tag], want[_INSIDE_BRAIN[tag]] = want[tag] - v, v
-            nodes, tets, ttags, minfo = surface_mesh_from_tags(stags, cav, zooms, h, lesion=lmask,
-                                                               lesion_tag=lesion_tag, progress_cb=steps.start,
-                                                               sub_tissue_roaming=roaming,
-                                                               sub_tissue_never_merged=tuple(_INSIDE_BRAIN.values())
-                                                               if sulcal_mm3 else (),
-                                                               sub_tissue_part_of={_INSIDE_BRAIN[3]: 3} if sulcal_mm3
-                                                               else None,
-                                                               sub_tissue_volumes_mm3=want, **opts)
+            nodes, tets, ttags, minfo = _surface_mesh_retrying(
+                stags, cav, zooms, h, lesion=lmask, lesion_tag=lesion_tag, progress_cb=steps.start,
+                sub_tissue_roaming=roaming,
+                sub_tissue_never_merged=tuple(_INSIDE_BRAIN.values()) if sulcal_mm3 else (),
+                sub_tissue_part_of={_INSIDE_BRAIN[3]: 3} if sulcal_mm3 else None,
+                sub_tissue_volumes_mm3=want, **opts)
         timings.update(minfo.pop("timings_s", {}))
         if sulcal_mm3:
             fold_tets = tets[ttags == _INSIDE_BRAIN[3]]

@@ -1181,6 +1181,11 @@ class _quiet_stdout:
             os.close(self.saved)
 
 
+class TetGenFailed(MeshError):
+    """TetGen refused the head surfaces (crossing or touching surfaces it could not recover): surfaces
+    held further apart may pass (:func:`stimsim.head.meshers.core.make_head_mesh` retries)."""
+
+
 def _tetgen_unless_crossing(verts, faces, switches, verbose):
     """TetGen's ``(nodes, elements, ...)``, or None when it finds the surfaces intersecting."""
     import tetgen
@@ -1371,8 +1376,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                 with _quiet_stdout(not verbose):
                     out = tg.tetrahedralize(switches=switches)
     except Exception as exc:
-        raise MeshError(f"TetGen failed on the head surfaces ({exc}); try another element size, or "
-                        "method='lattice'") from None
+        raise TetGenFailed(f"TetGen failed on the head surfaces ({exc}); try another element size, or "
+                           "method='lattice'") from None
     nodes, elem = out[0], out[1]
     info["timings_s"]["tetgen_s"] = time.perf_counter() - t0
     info["tetgen_switches"] = switches
