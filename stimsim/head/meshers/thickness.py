@@ -196,6 +196,6 @@ def ray_thickness_summary(tags: np.ndarray, mesh_on_grid: np.ndarray, affine: np
     # the rays along which the labels nest the layers (nested in the first volume): where they do
     # not, its first run of the layer is not its thickness there, and the smooth nested surfaces of
     # a mesh cannot follow (Colin27: scalp voxels between CSF and bone over the vault, a skull
-    # base with holes; 18 % of the bone's rays)
+    # base with holes; 17 % of the bone's rays)
     return {**figures(both), "percentiles": list(qs), "nested": figures(both & nested[0]),
             "centre_mm": [float(c) for c in centre]}
