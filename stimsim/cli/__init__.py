@@ -13,6 +13,7 @@ import sys
 
 import typer
 
+from .._hugepages import hugepage_advice
 from .._logging import logger
 from ..errors import StimsimError
 # each module registers its commands, in this order in `stimsim --help`
@@ -29,6 +30,7 @@ def main():  # entry point
     from ..outputs import os_error_message
 
     install_signal_handlers()
+    hugepage_advice(False)  # the whole process is stimsim's: its large grids are faster without (_hugepages)
     code = 0
     try:
         code = app(standalone_mode=False)  # click returns the exit code of typer.Exit

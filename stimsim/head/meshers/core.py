@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import scipy.ndimage as ndi
 
+from ..._hugepages import hugepage_advice_off
 from ..._logging import logger
 from ...cache import cache_dir
 from ...errors import MeshError
@@ -895,6 +896,7 @@ def _surface_mesh_retrying(tags, cavity, zooms, h, **opts):
                                f"{', x'.join(f'{f:g}' for f in TETGEN_RETRY_THICKNESS_FACTORS)})")
 
 
+@hugepage_advice_off
 def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str = "auto",
                    element_size_mm: float | None = None, lesion=None, lesion_tag: int = 3, progress: bool = True,
                    cache: bool = True, return_info: bool = False, surface_options: dict | None = None,
