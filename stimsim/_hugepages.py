@@ -5,11 +5,14 @@ Where the kernel answers that by compacting memory on the first touch of each pa
 huge-page ``defrag`` set to ``madvise``, many distributions' default) and the machine is a virtual
 one, first touching fresh memory took 8 ms/MB instead of 0.5 on the 2-core VM stimsim is developed
 on: a 500 MB array 4.2 s against 0.23 s, and ``stimsim mesh`` of Colin27 22-24 s against 19-20 s
-(docs/meshing.md).  Arrays are the same either way; only how the kernel backs them changes.
+(docs/meshing.md, top section).  Arrays are the same either way; only how the kernel backs them
+changes.  A user's own choice (numpy's ``NUMPY_MADVISE_HUGEPAGE`` environment variable) is left alone.
+The setting is numpy's, for the whole process: two threads meshing at once may leave it off.
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 
@@ -23,9 +26,12 @@ def _switch():
 
 
 def hugepage_advice(enabled: bool) -> bool | None:
-    """Turn numpy's huge-page advice on or off; the previous setting (None: not available)."""
+    """Turn numpy's huge-page advice on or off, unless the user set ``NUMPY_MADVISE_HUGEPAGE``; the
+    previous setting (None: left alone, or not available)."""
     switch = _switch()
-    return None if switch is None else bool(switch(bool(enabled)))
+    if switch is None or "NUMPY_MADVISE_HUGEPAGE" in os.environ:
+        return None
+    return bool(switch(bool(enabled)))
 
 
 @contextmanager

@@ -421,48 +421,66 @@ def test_mesh_that_cannot_be_put_in_place_leaves_no_summary(nifti, tmp_path):
 
 def test_surfaces_tetgen_refuses_are_built_again_with_thicker_layers(nifti, tmp_path, monkeypatch):
     """TetGen refusing the surfaces (a contrived head with bone in the sulci: 'Internal TetGen error
-    within recoversubfaces') gives a mesh built with thicker minimum layers, listed in the info, not an
-    error; where every try is refused, one error line and nothing written."""
-    pytest.importorskip("tetgen")
+    within recoversubfaces') gives a mesh built with thicker minimum layers, listed in the info and
+    not cached, instead of an error; where every try is refused, one error line and nothing written;
+    other failures (out of memory) are not retried; thicknesses the caller set are kept."""
+    tetgen = pytest.importorskip("tetgen")
     pytest.importorskip("skimage")
     from stimsim.head.meshers import make_head_mesh, surface
     from stimsim.head.meshers.core import TETGEN_RETRY_THICKNESS_FACTORS
 
-    real = surface.surface_mesh_from_tags
-    scales = []
+    real = tetgen.TetGen.tetrahedralize
+    calls = []
 
-    def refused_first(*args, **kw):
-        scales.append(kw["thickness_scale"])
-        if len(scales) == 1:
-            raise surface.TetGenFailed("TetGen failed on the head surfaces (Internal TetGen error within "
-                                       "`recoversubfaces`.); try another element size, or method='lattice'")
-        return real(*args, **kw)
+    def refused_first(self, *args, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("Internal TetGen error within `recoversubfaces`.")
+        return real(self, *args, **kw)
 
-    monkeypatch.setattr(surface, "surface_mesh_from_tags", refused_first)
+    monkeypatch.setattr(tetgen.TetGen, "tetrahedralize", refused_first)
+    monkeypatch.setenv("STIMSIM_CACHE", str(tmp_path / "cache"))
     vol = _balls(72, (34, 28, 22, 17, 11))
     aff = np.eye(4)
     mesh, info = make_head_mesh(vol, aff, "colin27", method="surface", element_size_mm=6.0, progress=False,
-                                cache=False, return_info=True)
+                                return_info=True)
     base = surface.surface_defaults(6.0, (1.0, 1.0, 1.0))["thickness_scale"]
-    assert scales == [base, base * TETGEN_RETRY_THICKNESS_FACTORS[0]]
     retries = info.mesher["tetgen_retries"]
-    assert len(retries) == 1 and "recoversubfaces" in retries[0]["error"]
+    assert len(calls) == 2 and len(retries) == 1 and "recoversubfaces" in retries[0]["error"]
+    assert retries[0]["thickness_scale"] == base
     assert info.mesher["thickness_scale"] == base * TETGEN_RETRY_THICKNESS_FACTORS[0]
     assert set(np.unique(mesh.tet_tags)) == {1, 2, 3, 4, 5}
     assert max(abs(v) for v in info.quality["volume_error_per_tag"].values()) < 0.05
+    assert info.cache_file is None and not list((tmp_path / "cache").rglob("*.msh"))
+    # the caller's own thicknesses: no retry
+    calls.clear()
+    with pytest.raises(surface.TetGenFailed, match="recoversubfaces") as refused:
+        make_head_mesh(vol, aff, "colin27", method="surface", element_size_mm=6.0, progress=False, cache=False,
+                       surface_options={"thickness_scale": 1.5})
+    assert len(calls) == 1 and "also with" not in str(refused.value)
 
-    def always_refused(*args, **kw):
-        scales.append(kw["thickness_scale"])
-        raise surface.TetGenFailed("TetGen failed on the head surfaces (The input surface mesh contain "
-                                   "self-intersections.); try another element size, or method='lattice'")
+    def out_of_memory(self, *args, **kw):
+        calls.append(1)
+        raise MemoryError("Unable to allocate 12.0 GiB")
 
-    monkeypatch.setattr(surface, "surface_mesh_from_tags", always_refused)
-    scales.clear()
+    monkeypatch.setattr(tetgen.TetGen, "tetrahedralize", out_of_memory)
+    calls.clear()
+    with pytest.raises(MemoryError):
+        make_head_mesh(vol, aff, "colin27", method="surface", element_size_mm=6.0, progress=False, cache=False)
+    assert len(calls) == 1
+
+    def always_refused(self, *args, **kw):
+        calls.append(1)
+        raise RuntimeError("Internal TetGen error within `recoversubfaces`.")
+
+    monkeypatch.setattr(tetgen.TetGen, "tetrahedralize", always_refused)
+    calls.clear()
     p = nifti(vol)
     out = tmp_path / "head.msh"
     res = _cli(p, "--labels", "colin27", "--out", out, "--method", "surface", "--element-size", 6)
     assert res.exit_code == 2, res.output
     line = _error_line(res.output)
-    assert "TetGen failed" in line and "also with minimum layer thicknesses x1.5, x2.25" in line
-    assert len(scales) == 1 + len(TETGEN_RETRY_THICKNESS_FACTORS)
+    assert "TetGen failed on the head surfaces (Internal TetGen error within `recoversubfaces`.) (also with the " \
+           "minimum layer thicknesses x1.5, x2.25); try another element size" in line
+    assert len(calls) == 1 + len(TETGEN_RETRY_THICKNESS_FACTORS)
     assert not out.exists() and _written(tmp_path) == []

@@ -160,12 +160,15 @@ def test_rays_where_the_labels_do_not_nest_the_layers_are_flagged_and_left_out_o
     tags[cap & (r >= 43) & (r < 44.5)] = 5  # scalp under the bone
     pocket = -X > 0.9 * r  # within ~26 deg of -x
     tags[pocket & (r >= 44.5) & (r < 46.5)] = 0  # air inside the bone
+    cyst = Y > 0.9 * r  # within ~26 deg of +y
+    tags[cyst & (r >= 50) & (r < 52)] = 3  # CSF-tagged voxels in the scalp: an inner tissue past the end
     dirs = ray_directions(800)
     got, nested = ray_thickness([tags], affine, 4, (1, 2, 3), (5,), np.zeros(3), dirs, return_nested=True)
-    near_cap, near_pocket = dirs[:, 2] > 0.92, -dirs[:, 0] > 0.92
-    away = (dirs[:, 2] < 0.85) & (-dirs[:, 0] < 0.85)
-    assert not nested[0, near_cap].any() and not nested[0, near_pocket].any()
+    near_cap, near_pocket, near_cyst = dirs[:, 2] > 0.92, -dirs[:, 0] > 0.92, dirs[:, 1] > 0.92
+    away = (dirs[:, 2] < 0.85) & (-dirs[:, 0] < 0.85) & (dirs[:, 1] < 0.85)
+    assert not nested[0, near_cap | near_pocket | near_cyst].any()
     assert nested[0, away].all()
+    assert np.all(np.abs(got[0, near_cyst] - 5.0) <= 1.0)  # the bone itself reads right there
     assert (got[0, near_cap] <= 0.5).all()  # the first bone run: none before the scalp voxels
     # the "mesh": 5 mm of bone everywhere; over the nested rays it matches the labels
     mesh, _ = _shells(1.0)

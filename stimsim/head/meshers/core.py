@@ -406,11 +406,19 @@ def sulcal_csf(tags: np.ndarray, zooms, radius_mm: float, exclude: np.ndarray | 
     if radius_mm <= 0:
         return fold
     brain = layer_lut(max(256, int(tags.max()) + 1)).astype(np.int8)[tags] >= 4
-    lab, n_pieces = ndi.label(brain, np.ones((3, 3, 3), bool))
-    if not n_pieces:
-        return fold
-    sizes = np.bincount(lab.ravel())[1:]
     pad = np.ceil(radius_mm / zooms).astype(int) + 2
+    # on the brain's box (each piece's box below lies inside it, cut only where the volume cuts it):
+    # a scan's field of view holds 5x the brain's voxels (0.5 mm, 394 x 466 x 620: peak 1.6 GB here)
+    hits = [np.flatnonzero(brain.any(axis=tuple(j for j in range(3) if j != i))) for i in range(3)]
+    if any(len(h) == 0 for h in hits):
+        return fold
+    outer = tuple(slice(max(int(h[0]) - p, 0), min(int(h[-1]) + 1 + p, n))
+                  for h, p, n in zip(hits, pad, tags.shape))
+    fold_all, fold = fold, fold[outer]
+    tags, brain = tags[outer], brain[outer]
+    exclude = None if exclude is None else np.asarray(exclude, bool)[outer]
+    lab, n_pieces = ndi.label(brain, np.ones((3, 3, 3), bool))
+    sizes = np.bincount(lab.ravel())[1:]
     for piece, box in enumerate(ndi.find_objects(lab), start=1):
         if box is None or sizes[piece - 1] < SULCAL_MIN_PIECE * sizes.max():
             continue
@@ -422,8 +430,8 @@ def sulcal_csf(tags: np.ndarray, zooms, radius_mm: float, exclude: np.ndarray | 
         del dilated
         fold[box] |= closed & ~brain[box] & ((tags[box] == 3) | (tags[box] == 9))
     if exclude is not None:
-        fold &= ~np.asarray(exclude, bool)
-    return fold
+        fold &= ~exclude
+    return fold_all
 
 
 def _mark_blocks(ctags: np.ndarray, fine: np.ndarray, factors, stand_ins) -> None:
@@ -866,34 +874,35 @@ def _split_affine(up) -> np.ndarray:
 
 
 #: when TetGen refuses the head surfaces, they are built again with the minimum layer thicknesses
-#: scaled by these factors in turn (surfaces held further apart; docs/meshing.md, surf-6.9)
+#: scaled by these factors in turn (surfaces held further apart; docs/meshing.md, top section)
 TETGEN_RETRY_THICKNESS_FACTORS = (1.5, 2.25)
 
 
-def _surface_mesh_retrying(tags, cavity, zooms, h, **opts):
+def _surface_mesh_retrying(tags, cavity, zooms, h, retry_factors=TETGEN_RETRY_THICKNESS_FACTORS, **opts):
     """:func:`~.surface.surface_mesh_from_tags`; where TetGen refuses the surfaces (two of them touching
-    where the labels put a thin layer between tissues that fold into each other), again with thicker
-    minimum layers (:data:`TETGEN_RETRY_THICKNESS_FACTORS`): a mesh with that layer a little thick
-    there instead of no mesh.  The retries are logged and listed in the info (``"tetgen_retries"``)."""
+    where the labels put a thin layer between tissues that fold into each other), again with the minimum
+    layer thicknesses scaled by each of ``retry_factors`` in turn: a mesh with that layer a little thick
+    there instead of no mesh.  The retries are logged and listed in the info (``"tetgen_retries"``, and
+    ``"thickness_scale"``, the one that passed).  Only TetGen's refusals are retried."""
     from . import surface
 
     base = float(opts.get("thickness_scale", 1.0))
+    factors = (1.0, *retry_factors)
     tried = []
-    for factor in (1.0, *TETGEN_RETRY_THICKNESS_FACTORS):
+    for i, factor in enumerate(factors):
         try:
             out = surface.surface_mesh_from_tags(tags, cavity, zooms, h, **{**opts, "thickness_scale": base * factor})
         except surface.TetGenFailed as exc:
-            tried.append({"thickness_scale": base * factor, "error": str(exc)})
-            if len(tried) <= len(TETGEN_RETRY_THICKNESS_FACTORS):
-                logger.warning("%s; building the surfaces again with minimum layer thicknesses x%g", exc,
-                               TETGEN_RETRY_THICKNESS_FACTORS[len(tried) - 1])
+            tried.append({"thickness_scale": base * factor, "error": exc.reason})
+            if i + 1 < len(factors):
+                logger.warning("TetGen refused the head surfaces (%s); building them again with the minimum layer "
+                               "thicknesses x%g", exc.reason, factors[i + 1])
             continue
         if tried:
             out[3]["tetgen_retries"] = tried
             out[3]["thickness_scale"] = base * factor
         return out
-    raise surface.TetGenFailed(f"{tried[-1]['error']} (also with minimum layer thicknesses x"
-                               f"{', x'.join(f'{f:g}' for f in TETGEN_RETRY_THICKNESS_FACTORS)})")
+    raise surface.TetGenFailed(tried[0]["error"], factors)
 
 
 @hugepage_advice_off
@@ -1152,8 +1161,10 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
                 for tag, v in fold_mm3.items():
                     if v > 0:
                         want[tag], want[_INSIDE_BRAIN[tag]] = want[tag] - v, v
+            # thicknesses the caller chose are kept: no retry with others (the shipped mesh's recipe)
+            retry = () if "thickness_scale" in (surface_options or {}) else TETGEN_RETRY_THICKNESS_FACTORS
             nodes, tets, ttags, minfo = _surface_mesh_retrying(
-                stags, cav, zooms, h, lesion=lmask, lesion_tag=lesion_tag, progress_cb=steps.start,
+                stags, cav, zooms, h, retry_factors=retry, lesion=lmask, lesion_tag=lesion_tag, progress_cb=steps.start,
                 sub_tissue_roaming=roaming,
                 sub_tissue_never_merged=tuple(_INSIDE_BRAIN.values()) if sulcal_mm3 else (),
                 sub_tissue_part_of={_INSIDE_BRAIN[3]: 3} if sulcal_mm3 else None,
@@ -1187,8 +1198,10 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
                         expected_volume_mm3=expected, merged_tags=merged, cut_faces=cut)
     info.quality = _check_result(mesh, expected, h, method, check, timings)
     timings["total_s"] = time.perf_counter() - t_start
-    if (info.mesher.get("slivers") or {}).get("skipped"):
-        cfile = None  # a mesh without the sliver pass is not what its key promises other processes
+    if (info.mesher.get("slivers") or {}).get("skipped") or info.mesher.get("tetgen_retries"):
+        # not what its key promises other processes: a mesh without the sliver pass, or one built with
+        # thicker layers after TetGen refused the surfaces (a later call tries, and reports, again)
+        cfile = None
     if cfile is not None:
         try:
             cfile.parent.mkdir(parents=True, exist_ok=True)

@@ -1183,7 +1183,15 @@ class _quiet_stdout:
 
 class TetGenFailed(MeshError):
     """TetGen refused the head surfaces (crossing or touching surfaces it could not recover): surfaces
-    held further apart may pass (:func:`stimsim.head.meshers.core.make_head_mesh` retries)."""
+    held further apart may pass (:func:`stimsim.head.meshers.core.make_head_mesh` retries).  ``reason``:
+    TetGen's words; ``tried``: the minimum-thickness factors tried (1: as asked)."""
+
+    def __init__(self, reason, tried=(1.0,)):
+        self.reason, self.tried = str(reason), tuple(float(f) for f in tried)
+        also = (f" (also with the minimum layer thicknesses x{', x'.join(f'{f:g}' for f in self.tried[1:])})"
+                if len(self.tried) > 1 else "")
+        super().__init__(f"TetGen failed on the head surfaces ({self.reason}){also}; try another element size, "
+                         "or method='lattice'")
 
 
 def _tetgen_unless_crossing(verts, faces, switches, verbose):
@@ -1375,9 +1383,13 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                 tg = tetgen.TetGen(verts, faces.astype(np.int32))
                 with _quiet_stdout(not verbose):
                     out = tg.tetrahedralize(switches=switches)
-    except Exception as exc:
-        raise TetGenFailed(f"TetGen failed on the head surfaces ({exc}); try another element size, or "
-                           "method='lattice'") from None
+    except RuntimeError as exc:  # TetGen's refusals (crossing surfaces, an internal error recovering them)
+        raise TetGenFailed(exc) from None
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # anything else on the way: one line, not retried
+        raise MeshError(f"TetGen failed on the head surfaces ({exc}); try another element size, or "
+                        "method='lattice'") from None
     nodes, elem = out[0], out[1]
     info["timings_s"]["tetgen_s"] = time.perf_counter() - t0
     info["tetgen_switches"] = switches
