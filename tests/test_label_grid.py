@@ -272,3 +272,26 @@ def test_value_counts_over_several_slices_and_label_dtypes_kept():
     np.testing.assert_array_equal(apply_label_map(np.array([0, 2], np.uint64), {0: 0, 2: 2}), [0, 2])
     with pytest.raises(Exception, match="not in the label map"):
         apply_label_map(np.array([[[0, -1]]], np.int16), {0: 0, 1: 1})
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("connectivity", [6, 26])
+def test_label_pieces_numbers_the_pieces_as_scipy_does(order, connectivity, monkeypatch):
+    """With cc3d (it numbers in its input's memory order) and without it: SciPy's labels, voxel for voxel."""
+    import sys
+
+    import scipy.ndimage as ndi
+
+    from stimsim.head.meshers.topology import label_pieces
+
+    rng = np.random.default_rng(7)
+    mask = np.asarray(ndi.gaussian_filter(rng.random((41, 37, 29)), 1.2) > 0.52, order=order)
+    want, n_want = ndi.label(mask, structure=np.ones((3, 3, 3), bool) if connectivity == 26 else None)
+    assert n_want > 20  # many pieces: a numbering by another scan order would differ
+    got, n = label_pieces(mask, connectivity)
+    assert n == n_want and got.dtype == np.int32 and np.array_equal(got, want)
+    monkeypatch.setitem(sys.modules, "cc3d", None)  # not installed: SciPy's
+    got, n = label_pieces(mask, connectivity)
+    assert n == n_want and np.array_equal(got, want)
+    with pytest.raises(ValueError, match="6 or 26"):
+        label_pieces(mask, 18)

@@ -44,8 +44,8 @@ from ...mesh.model import Mesh
 from ...tissues import LAYER_FILL_TAG, layer_lut
 from ..labels import apply_label_map, label_map, value_counts
 from .lattice import DEFAULT_ELEMENT_SIZE_MM, MESHER_VERSION, lattice_tets
-from .topology import (ISLAND_FRACTION, compact_nodes, distance_to_background, face_components, orient_tets,
-                       signed_volumes, tet_neighbors)
+from .topology import (ISLAND_FRACTION, compact_nodes, distance_to_background, face_components, label_pieces,
+                       orient_tets, signed_volumes, tet_neighbors)
 
 __all__ = ["make_head_mesh", "load_label_volume", "tissue_connectivity", "quality_summary", "resolve_method",
            "check_meshable", "volume_check", "assess_quality", "expected_tags", "print_summary",
@@ -162,14 +162,13 @@ def _clean_islands(tags: np.ndarray, zooms, keep: np.ndarray | None = None,
     The surface mesher uses 26: a skull one voxel thick is joined only through edges and corners
     where it runs obliquely, and with faces alone those stretches were islands, replaced by scalp
     and grey matter: holes in the skull (which it then kept open as defects)."""
-    structure = np.ones((3, 3, 3), bool) if connectivity == 26 else None
     tags = tags.copy()
     unknown = np.zeros(tags.shape, bool)
     moved = {}
     for t in np.unique(tags):
         if t == 0:
             continue
-        lab, n = ndi.label(tags == t, structure=structure)
+        lab, n = label_pieces(tags == t, connectivity)
         if n <= 1:
             continue
         sizes = np.bincount(lab.ravel())
@@ -184,7 +183,7 @@ def _clean_islands(tags: np.ndarray, zooms, keep: np.ndarray | None = None,
     if unknown.any():
         _take_nearest_known(tags, unknown, zooms)
     # keep the main piece of the head only
-    lab, n = ndi.label(tags > 0)
+    lab, n = label_pieces(tags > 0)
     if n > 1:
         sizes = np.bincount(lab.ravel())
         sizes[0] = 0
@@ -202,7 +201,7 @@ def _take_nearest_known(tags: np.ndarray, unknown: np.ndarray, zooms, margin: in
     the whole volume gives): Colin27 has ~4,900 small islands, and one transform of the whole
     volume cost twice as long."""
     zooms = tuple(float(z) for z in zooms)
-    lab, _ = ndi.label(unknown, structure=np.ones((3, 3, 3), bool))
+    lab, _ = label_pieces(unknown, 26)
     src = tags.copy()
     for k, sl in enumerate(ndi.find_objects(lab), 1):
         m = margin
@@ -220,7 +219,7 @@ def _take_nearest_known(tags: np.ndarray, unknown: np.ndarray, zooms, margin: in
 def air_cavities(tags: np.ndarray) -> np.ndarray:
     """Background voxels enclosed by the head (not connected to the volume border)."""
     bg = np.pad(tags == 0, 1, constant_values=True)
-    lab, _ = ndi.label(bg)
+    lab, _ = label_pieces(bg)
     return (bg & (lab != lab[0, 0, 0]))[1:-1, 1:-1, 1:-1]
 
 
@@ -417,7 +416,7 @@ def sulcal_csf(tags: np.ndarray, zooms, radius_mm: float, exclude: np.ndarray | 
     fold_all, fold = fold, fold[outer]
     tags, brain = tags[outer], brain[outer]
     exclude = None if exclude is None else np.asarray(exclude, bool)[outer]
-    lab, n_pieces = ndi.label(brain, np.ones((3, 3, 3), bool))
+    lab, n_pieces = label_pieces(brain, 26)
     sizes = np.bincount(lab.ravel())[1:]
     for piece, box in enumerate(ndi.find_objects(lab), start=1):
         if box is None or sizes[piece - 1] < SULCAL_MIN_PIECE * sizes.max():

@@ -28,8 +28,8 @@ from ...errors import MeshError
 from ...mesh.model import TET_FACES, face_codes
 from ...tissues import LAYER_FILL_TAG, LAYER_OF_TAG, layer_lut
 from .sub_tissues import keep_sub_tissues
-from .topology import (distance_to_background, face_components, face_graph, fill_holes, sample_volume, tet_neighbors,
-                       vertex_incidence)
+from .topology import (distance_to_background, face_components, face_graph, fill_holes, label_pieces, sample_volume,
+                       tet_neighbors, vertex_incidence)
 
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
@@ -107,7 +107,7 @@ def _sdf(mask: np.ndarray, zooms, sigma_vox: float) -> np.ndarray:
 
 
 def _largest(mask: np.ndarray) -> np.ndarray:
-    lab, n = ndi.label(mask)
+    lab, n = label_pieces(mask)
     if n <= 1:
         return mask
     sizes = np.bincount(lab.ravel())
@@ -116,7 +116,7 @@ def _largest(mask: np.ndarray) -> np.ndarray:
 
 
 def _drop_small(mask: np.ndarray, min_vox: int) -> np.ndarray:
-    lab, n = ndi.label(mask)
+    lab, n = label_pieces(mask)
     if n <= 1:
         return mask
     sizes = np.bincount(lab.ravel())
@@ -127,7 +127,7 @@ def _drop_small(mask: np.ndarray, min_vox: int) -> np.ndarray:
 
 def _fill_small_holes(mask: np.ndarray, max_vox: int) -> np.ndarray:
     holes = fill_holes(mask) & ~mask
-    lab, n = ndi.label(holes)
+    lab, n = label_pieces(holes)
     if not n:
         return mask
     sizes = np.bincount(lab.ravel())
@@ -284,7 +284,7 @@ MAX_SEPARATED_PIECES = 32
 
 def layer_pieces(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """Pieces of one layer's mask: voxels touching at a face, an edge or a corner are one piece."""
-    return ndi.label(mask, structure=np.ones((3, 3, 3), bool))
+    return label_pieces(mask, 26)
 
 
 def separation_floors(pieces: np.ndarray, layer: int, zooms, cell_mm) -> list[_Floor]:
@@ -420,7 +420,7 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     air = np.pad(cavity, pad) & masks[2] & ~masks[3]
     air = _drop_small(air, max(1, int(20 / voxel))) if air.any() else air
     if air.any():
-        lab, n = ndi.label(air)
+        lab, n = label_pieces(air)
         sizes = np.bincount(lab.ravel())
         keep = sizes >= 20 / voxel
         keep[0] = False
@@ -1070,7 +1070,7 @@ def _untangle(v, v0, f, near=None, max_rounds=12):
 
 def _seeds(region: np.ndarray, depth: np.ndarray, zooms, pad: int, min_depth: float):
     """One point (mm, local frame) per 6-connected piece of ``region``: its deepest grid point."""
-    lab, n = ndi.label(region)
+    lab, n = label_pieces(region)
     if not n:
         return np.zeros((0, 3)), np.zeros(0)
     idx = ndi.maximum_position(depth, lab, np.arange(1, n + 1))

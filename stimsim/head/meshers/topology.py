@@ -102,7 +102,7 @@ def compact_nodes(nodes: np.ndarray, tets: np.ndarray) -> tuple[np.ndarray, np.n
     return nodes[used], renum[tets]
 
 
-__all__ = ["fill_holes", "sample_volume", "face_graph", "face_components", "tet_neighbors", "signed_volumes",
+__all__ = ["fill_holes", "label_pieces", "distance_to_background", "sample_volume", "face_graph", "face_components", "tet_neighbors", "signed_volumes",
            "orient_tets", "compact_nodes", "vertex_incidence", "ISLAND_FRACTION", "CAVITY_TAG"]
 
 
@@ -111,10 +111,8 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     pieces that do not reach the volume's border become True.  Found by labelling the background once,
     where SciPy dilates from the border until nothing changes (Colin27's 1 mm head: ~0.1 against
     ~0.5 s per call)."""
-    import scipy.ndimage as ndi
-
     mask = np.asarray(mask, bool)
-    lab, n = ndi.label(~mask)
+    lab, n = label_pieces(~mask)
     if n == 0:
         return mask.copy()
     reaches_border = np.zeros(n + 1, bool)
@@ -123,6 +121,30 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
         for end in (0, -1):
             reaches_border[np.unique(np.take(lab, end, axis=ax))] = True
     return mask | ~reaches_border[lab]
+
+
+def label_pieces(mask: np.ndarray, connectivity: int = 6) -> tuple[np.ndarray, int]:
+    """``scipy.ndimage.label`` of a 3-D ``mask`` with the face- (6) or full (26) neighbourhood: int32
+    labels 1..n numbered as SciPy numbers them (by each piece's first voxel in C order), and n.
+
+    The ``cc3d`` package (connected-components-3d, Silversmith et al., seung-lab; LGPL-3.0-or-later, in
+    the meshing extras) when installed, on a C-ordered copy (it numbers in its input's memory order):
+    the same labels, 2-10x faster (Colin27's tissues: 0.01-0.06 against 0.06-0.4 s per call); SciPy
+    without it."""
+    mask = np.asarray(mask, bool)
+    if connectivity not in (6, 26):
+        raise ValueError(f"connectivity must be 6 or 26, got {connectivity!r}")
+    try:
+        import cc3d
+    except ImportError:
+        cc3d = None
+    if cc3d is None or mask.ndim != 3:
+        import scipy.ndimage as ndi
+
+        structure = np.ones((3,) * mask.ndim, bool) if connectivity == 26 else None
+        return ndi.label(mask, structure=structure)
+    lab, n = cc3d.connected_components(np.ascontiguousarray(mask), connectivity=connectivity, return_N=True)
+    return lab.astype(np.int32, copy=False), int(n)
 
 
 def distance_to_background(mask: np.ndarray, zooms) -> np.ndarray:
