@@ -50,6 +50,7 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from ..errors import StimsimError
+from .meshers.topology import label_pieces
 
 __all__ = ["clean_tissues", "check_tissues", "TISSUE_LAYER", "inferior_axis"]
 
@@ -80,7 +81,7 @@ def _layers(tags: np.ndarray) -> np.ndarray:
 def _outside(tags: np.ndarray) -> np.ndarray:
     """Background connected to the volume border (the outside, as opposed to enclosed cavities)."""
     bg = np.pad(tags == 0, 1, constant_values=True)
-    lab, _ = ndi.label(bg, _FACES)
+    lab, _ = label_pieces(bg)
     return (lab == lab[0, 0, 0])[1:-1, 1:-1, 1:-1]
 
 
@@ -97,7 +98,7 @@ def _fill_nearest(tags: np.ndarray, unknown: np.ndarray, zooms) -> None:
 
 
 def _small_pieces(mask: np.ndarray, min_vox: int, keep_largest: bool = True) -> np.ndarray:
-    lab, n = ndi.label(mask, _FACES)
+    lab, n = label_pieces(mask)
     if n == 0:
         return np.zeros(mask.shape, bool)
     sizes = np.bincount(lab.ravel())
@@ -123,7 +124,7 @@ def _despeckle(tags: np.ndarray, zooms, min_vox: int, report: dict) -> np.ndarra
     holes = cavity & _small_pieces(cavity, min_vox, keep_largest=False)
     report["holes_filled_voxels"] += int(holes.sum())
     _fill_nearest(tags, holes, zooms)
-    lab, n = ndi.label(tags > 0, _FACES)
+    lab, n = label_pieces(tags > 0)
     if n > 1:
         sizes = np.bincount(lab.ravel())
         sizes[0] = 0
@@ -262,7 +263,7 @@ def check_tissues(tags: np.ndarray) -> dict:
     pieces = {}
     for t in np.unique(tags):
         if t:
-            pieces[int(t)] = int(ndi.label(tags == t, _FACES)[1])
+            pieces[int(t)] = label_pieces(tags == t)[1]
     outside = _outside(tags)
     layer = _layers(tags)
     near = {}
