@@ -295,3 +295,13 @@ def test_label_pieces_numbers_the_pieces_as_scipy_does(order, connectivity, monk
     assert n == n_want and np.array_equal(got, want)
     with pytest.raises(ValueError, match="6 or 26"):
         label_pieces(mask, 18)
+    # sparse patterns (cc3d 4.1's bool path failed on them at 26) and a length-1 axis
+    sparse = np.zeros((3, 3, 3), bool)
+    sparse[::2, ::2, ::2] = True
+    flat = np.zeros((1, 9, 9), bool)
+    flat[:, ::2, ::2] = True
+    for m in (sparse, flat, np.asarray(sparse, order="F")):
+        monkeypatch.delitem(sys.modules, "cc3d", raising=False)
+        want, n_want = ndi.label(m, structure=np.ones((3, 3, 3), bool) if connectivity == 26 else None)
+        got, n = label_pieces(m, connectivity)
+        assert n == n_want and np.array_equal(got, want)
