@@ -78,6 +78,7 @@ def run_one(method: str, h: float | None, upsample: int = 1, labels: Path = LABE
     dice = tag_dice(tags, on_grid, TAGS)
     return {"rays": rays, "control": [thickness_control(tags, affine, sigma) for sigma in CONTROL_SIGMAS_MM],
             "method": method, "h": h, "time_s": dt, "peak_gb": peak, "nodes": mesh.n_nodes, "tets": mesh.n_tets,
+            "phases_s": {k: float(v) for k, v in info.timings_s.items() if k != "total_s"},
             "voxels": int(np.prod(tags.shape)), "poor": q["elements"]["poor_count"], "thickness": thick, "dice": dice,
             "cg": cg_iterations(mesh),
             # surf-6.9: CSF in the folds meshed inside the brain, the CSF sheet re-tagged where the labels have none
@@ -190,6 +191,14 @@ def main() -> None:
                   f"| {r['peak_gb']:.2f} | {r['nodes']:,} | {r['tets']:,} | {r['min_dihedral']:.2f} | {r['poor']:,} "
                   f"| {r['inverted']} | {err} | {pieces} | {th} | {cg['iterations']} "
                   f"({cg['setup_s']:.2f} + {cg['solve_s']:.2f}) |")
+    # where the time goes: the mesher's own phases (HeadMeshInfo.timings_s), in seconds
+    names = list(dict.fromkeys(k for r in results for k in r.get("phases_s", {})))
+    if names:
+        print("\n| method | h mm | " + " | ".join(n.removesuffix("_s") for n in names) + " |")
+        print("|---|---|" + "---|" * len(names))
+        for r in results:
+            print(f"| {r['method']} | {r['h'] or '-'} | "
+                  + " | ".join(f"{r['phases_s'][n]:.2f}" if n in r.get("phases_s", {}) else "-" for n in names) + " |")
     if any(r.get("folds") or r.get("csf_gap_tets") for r in results):  # surface mesher, surf-6.9
         print("\n| method | h mm | CSF in the folds mL: voxels / mesh (closing radius mm) | CSF sheet tets re-tagged |")
         print("|---|---|---|---|")

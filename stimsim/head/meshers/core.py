@@ -1146,8 +1146,6 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         if method == "lattice":
             nodes, tets, ttags, minfo = lattice_tets(tags, cav, zooms, h, lmask, steps)
         else:
-            from .surface import surface_mesh_from_tags
-
             stags = tags if lmask is None else np.where(lmask & (tags > 0), orig, tags)
             del orig
             roaming = {t: (4, 5) for t in _INSIDE_BRAIN.values()} if inner_csf or sulcal_mm3 else None
