@@ -215,11 +215,13 @@ def main() -> None:
     # the same layers measured on one grid: the mesh's tags put back at the labels' voxel centres
     # (stimsim.mesh.voxelize), so both go through the same voxel-face estimator
     print("\n| method | h mm | bone thickness p10/50/90 mm: mesh faces / mesh on the label grid / labels "
-          "| CSF thickness p10/50/90 mm: the same | Dice on the label grid (WM GM CSF bone scalp) |")
+          "/ paired by place, mesh on the grid - labels | CSF thickness p10/50/90 mm: the same "
+          "| Dice on the label grid (WM GM CSF bone scalp) |")
     print("|---|---|---|---|---|")
     fmt = (lambda v: "/".join(f"{x:.2f}" for x in v))
     for r in results:
-        th = [" ; ".join(fmt(r["thickness"][k][w]) for w in ("mesh", "mesh_on_grid", "labels")) for k in ("bone", "csf")]
+        th = [" ; ".join(fmt(r["thickness"][k][w]) for w in ("mesh", "mesh_on_grid", "labels", "paired_on_grid")
+                         if w in r["thickness"][k]) for k in ("bone", "csf")]
         dice = " ".join(f"{r['dice'][str(t)]:.3f}" for t in TAGS)
         print(f"| {r['method']} | {r['h'] or '-'} | {th[0]} | {th[1]} | {dice} |")
     # along 4,000 rays from the centre of the intracranial space: the layer between its inner and

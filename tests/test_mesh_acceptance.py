@@ -71,6 +71,7 @@ def test_nested_ellipsoids(voxel_mm):
         for a, g, b in zip(t["mesh"], t["mesh_on_grid"], t["labels"]):
             assert abs(a - b) <= 0.5, (tag, t)
             assert abs(g - b) <= 0.5, (tag, t)  # the mesh's tags on the label grid, the same estimator
+        assert abs(t["paired_on_grid"][1]) <= 0.5, (tag, t)  # and place by place
 
 
 @pytest.mark.parametrize("missing", [(3,), (4, 5), (4,), (5,)])

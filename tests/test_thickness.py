@@ -176,3 +176,23 @@ def test_rays_where_the_labels_do_not_nest_the_layers_are_flagged_and_left_out_o
     assert s["rays"] == 800 and abs(s["nested"]["rays"] - nested[0].sum()) <= 3  # centred on the centroid
     assert s["nested"]["labels"][0] >= 4.0 and abs(s["nested"]["paired_median"]) <= 0.25
     assert abs(s["nested"]["paired_mean"]) <= 0.1 < s["paired_mean"] - 0.2
+
+
+def test_nearest_point_thickness_paired_by_place():
+    """The labels' skull 5 mm thick; a "mesh" (its tags on the same grid) whose skull is 2 mm thicker
+    over the upper half only: the pooled percentiles mix both halves, the paired ones read +2 mm over
+    half the boundary and 0 over the other half."""
+    from stimsim.head.meshers.thickness import thickness_percentiles
+    from stimsim.mesh import Mesh
+
+    tags, affine = _shells(1.0)
+    x = np.arange(tags.shape[0]) + affine[0, 3]
+    X, Y, Z = np.meshgrid(x, x, x, indexing="ij")
+    r = np.sqrt(X ** 2 + Y ** 2 + Z ** 2)
+    thicker = tags.copy()
+    thicker[(Z > 0) & (r >= 48) & (r < 50)] = 4
+    dummy = Mesh(np.eye(4, 3) * 60.0, np.array([[0, 1, 2, 3]]), np.array([5]))  # no bone faces: "mesh" unused
+    t = thickness_percentiles(dummy, tags, affine, 4, 3, 5, qs=(25, 75), mesh_on_grid=thicker)
+    assert abs(t["paired_on_grid"][0]) <= 0.5 and 1.5 <= t["paired_on_grid"][1] <= 2.5, t
+    same = thickness_percentiles(dummy, tags, affine, 4, 3, 5, mesh_on_grid=tags.copy())
+    assert same["paired_on_grid"] == [0.0, 0.0, 0.0]
