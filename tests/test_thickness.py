@@ -179,9 +179,9 @@ def test_rays_where_the_labels_do_not_nest_the_layers_are_flagged_and_left_out_o
 
 
 def test_nearest_point_thickness_paired_by_place():
-    """The labels' skull 5 mm thick; a "mesh" (its tags on the same grid) whose skull is 2 mm thicker
-    over the upper half only: the pooled percentiles mix both halves, the paired ones read +2 mm over
-    half the boundary and 0 over the other half."""
+    """The labels' skull 2 mm thicker over the lower half, a "mesh" (its tags on the same grid) with it
+    2 mm thicker over the upper half instead: the pooled percentiles are the same, the paired ones read
+    -2 mm below and +2 mm above.  The same tags with specks of bone in the scalp read 0 everywhere."""
     from stimsim.head.meshers.thickness import thickness_percentiles
     from stimsim.mesh import Mesh
 
@@ -189,10 +189,17 @@ def test_nearest_point_thickness_paired_by_place():
     x = np.arange(tags.shape[0]) + affine[0, 3]
     X, Y, Z = np.meshgrid(x, x, x, indexing="ij")
     r = np.sqrt(X ** 2 + Y ** 2 + Z ** 2)
-    thicker = tags.copy()
-    thicker[(Z > 0) & (r >= 48) & (r < 50)] = 4
+    labels, mesh = tags.copy(), tags.copy()
+    labels[(Z <= 0) & (r >= 48) & (r < 50)] = 4
+    mesh[(Z > 0) & (r >= 48) & (r < 50)] = 4
     dummy = Mesh(np.eye(4, 3) * 60.0, np.array([[0, 1, 2, 3]]), np.array([5]))  # no bone faces: "mesh" unused
-    t = thickness_percentiles(dummy, tags, affine, 4, 3, 5, qs=(25, 75), mesh_on_grid=thicker)
-    assert abs(t["paired_on_grid"][0]) <= 0.5 and 1.5 <= t["paired_on_grid"][1] <= 2.5, t
-    same = thickness_percentiles(dummy, tags, affine, 4, 3, 5, mesh_on_grid=tags.copy())
+    t = thickness_percentiles(dummy, labels, affine, 4, 3, 5, mesh_on_grid=mesh)
+    assert all(abs(a - b) <= 0.5 for a, b in zip(t["labels"], t["mesh_on_grid"])), t  # pooled: alike
+    assert t["paired_on_grid"][0] <= -1.5 and t["paired_on_grid"][2] >= 1.5, t
+    specks = labels.copy()  # the same tags with two bone specks in the scalp, 2-3 mm out: extra
+    # outer-boundary points no labels' point is nearest to (paired by index, every point after them
+    # would be paired with another place)
+    specks[(np.abs(X - 30) < 1) & (np.abs(Y) < 1) & (np.abs(Z - 41) < 1)] = 4
+    specks[(np.abs(X + 40) < 1) & (np.abs(Y - 5) < 1) & (np.abs(Z + 33) < 1)] = 4
+    same = thickness_percentiles(dummy, labels, affine, 4, 3, 5, mesh_on_grid=specks)
     assert same["paired_on_grid"] == [0.0, 0.0, 0.0]
