@@ -58,7 +58,10 @@ def test_charm_tissues_kept_with_their_volumes_and_places(h):
     assert (vol * in_shell)[spongy].sum() / vol[spongy].sum() > 0.95
     compact = mesh.tet_tags == 7
     core = (rc > R_SPONGY[0] + 0.75) & (rc < R_SPONGY[1] - 0.75)
-    assert (vol * core)[compact].sum() / vol[compact].sum() < 0.1
+    # at 6 mm (elements wider than this 5.5 mm skull) the spongy shell's specks in its middle become
+    # compact bone since each tissue is kept in pieces the labels have (_in_pieces_kept): 14 % of the
+    # compact bone lies there, under 10 % before, when both were in specks
+    assert (vol * core)[compact].sum() / vol[compact].sum() < (0.1 if h < 6 else 0.15)
     muscle = mesh.tet_tags == 10
     assert (vol * (cen[:, 0] > 6.5))[muscle].sum() / vol[muscle].sum() > 0.98
     if h == 4.0:  # the spongy shell in one piece, not specks (without the smoothing: 46 pieces, the largest 56 %)
@@ -333,3 +336,29 @@ def test_small_ventricle_merged_into_the_white_matter_around_it():
     assert info.merged_tags == {3: 1}
     assert 3 not in mesh.tissue_tags
     assert info.quality["volume_check"]["failed"] == {} and info.quality["volume_check"]["missing"] == []
+
+
+def test_tissues_inside_a_layer_are_not_left_in_pieces():
+    """A skull of compact | spongy | compact bone 2 | 4 | 2 mm thick at the default element size (its
+    tetrahedra about half the skull's thickness): chosen by their own shares alone the tetrahedra made a
+    checkerboard (compact bone in 2,963 pieces, 4 % of it in the largest; spongy 1,444 pieces, 10 %).
+    Specks are cleaned and each tissue grown back to its volume: a few pieces, most of each tissue in
+    its largest, every volume within 1 %."""
+    from stimsim.head.meshers import tissue_connectivity
+
+    n = 152
+    c = (n - 1) / 2
+    x, y, z = np.mgrid[:n, :n, :n] - c
+    r = np.sqrt(x * x + y * y + z * z)
+    tags = np.zeros((n, n, n), np.uint8)
+    for tag, radius in ((5, 71), (7, 66), (8, 64), (7, 60), (3, 58), (2, 55), (1, 50)):
+        tags[r <= radius] = tag
+    mesh, info = _mesh(tags)
+    assert info.merged_tags == {}
+    for t, err in info.quality["volume_error_per_tag"].items():
+        assert abs(err) < 0.01, (t, err)
+    conn = tissue_connectivity(mesh)
+    assert all(conn[t]["pieces"] == 1 for t in (1, 2, 3, 5)), conn
+    # the labels: spongy bone one piece, compact bone two (the inner and the outer table)
+    assert conn[8]["pieces"] <= 6 and conn[8]["largest_fraction"] > 0.8, conn[8]
+    assert conn[7]["pieces"] <= 6 and conn[7]["largest_fraction"] > 0.5, conn[7]

@@ -31,6 +31,8 @@ MERGE_ABOVE_ERROR = 0.5
 #: bone in 3,596 face-connected pieces, 35 % of its volume in pieces under 1 % of the largest; two
 #: rounds: 510 and 9 %, its overlap with the voxels 0.56 -> 0.54)
 SMOOTHING_ROUNDS = 2
+#: rounds of :func:`_in_pieces_kept` (specks cleaned, then each tissue grown back to its volume)
+PIECE_ROUNDS = 3
 #: relative gap below which two calibration thresholds count as one (see _calibrated_choice)
 _SAME = 1e-9
 #: tetrahedra per chunk of the share sampling (about 1 kB each while it runs)
@@ -294,6 +296,102 @@ def _connected(new, f, vol, target, tags, column, sel, out, neighbors, part_of, 
     return out_sel
 
 
+def _in_pieces_kept(cols, f, vol, tags, sel, out, neighbors, main_col, fixed, nodes_mm, tets):
+    """``cols`` (column of each tetrahedron of ``sel`` into ``tags``) with no tissue in specks: pieces of a
+    tissue smaller than :data:`~.topology.ISLAND_FRACTION` of its largest (all inside ``sel``) take
+    their best other share (else their layer's main tissue, ``main_col`` per tetrahedron), and each
+    tissue that lost volume grows back, from its pieces across faces, to what it held (the
+    tetrahedra of the best share margin first), for :data:`PIECE_ROUNDS` rounds.  ``fixed``: columns
+    left alone (roaming tissues).
+
+    Chosen by its own shares, each tetrahedron of a skull whose outer table, diploe and inner table
+    are 1-3 mm each is about half the skull's thickness: the choice makes a checkerboard there (the
+    charm-like Colin27: compact bone 532 pieces, 87.7 % in the largest, where the labels have 98.6 %)."""
+    cols = cols.copy()
+    n_cols = len(tags)
+    row = np.full(len(out), -1, np.int64)
+    row[sel] = np.arange(len(sel))
+    all_vol = np.zeros(len(out))
+    all_vol[sel] = vol
+    free = np.setdiff1d(np.arange(n_cols), np.asarray(list(fixed), np.int64))
+    want = np.bincount(cols, weights=vol, minlength=n_cols)
+    choosable = np.full(n_cols, -np.inf)
+    choosable[free] = 0.0
+
+    def full_tags():
+        full = np.where(out > 0, -1 - out, out)  # other layers' tags: never a tissue of this group
+        full[sel] = cols
+        return full
+
+    def despeck():
+        # a speck given to its best other share can make a speck of that tissue: until none changes
+        for _ in range(3):
+            if not despeck_once():
+                break
+
+    def despeck_once():
+        changed = False
+        for j in free:
+            full = full_tags()
+            idx, n, lab = face_components(full == j, neighbors, full)
+            if n <= 1:
+                continue
+            size = np.bincount(lab, weights=all_vol[idx])
+            inside = np.bincount(lab, weights=(row[idx] >= 0).astype(float)) == np.bincount(lab)
+            small = np.flatnonzero((size < ISLAND_FRACTION * size.max()) & inside)
+            if not len(small):
+                continue
+            r = row[idx[np.isin(lab, small)]]
+            share = f[r] + choosable
+            share[:, j] = -np.inf
+            best = share.argmax(1)
+            none = ~(share[np.arange(len(r)), best] > 0)
+            # no other tissue's voxels under it (a speck of the layer's main tissue, say): the tissue
+            # most of its faces touch in this group, if any
+            nbc = full[neighbors[sel[r[none]]]]
+            nbc = np.where(neighbors[sel[r[none]]] >= 0, nbc, -1)
+            votes = np.zeros((len(nbc), n_cols))
+            for k in range(nbc.shape[1]):
+                ok = (nbc[:, k] >= 0) & (nbc[:, k] != j)
+                ok[ok] = np.isfinite(choosable[nbc[ok, k]])
+                votes[np.flatnonzero(ok), nbc[ok, k]] += 1.0
+            best[none] = np.where(votes.max(1) > 0, votes.argmax(1), j)
+            if not (best != j).any():
+                continue
+            cols[r] = best
+            changed = True
+        return changed
+
+    for _ in range(PIECE_ROUNDS):
+        despeck()
+        for j in free:
+            # ring by ring: first only where its voxels are at least the holder's (grown back elsewhere
+            # the tissue would move: compact bone into the diploe), then anywhere next to it
+            for least in (0.0,) * 6 + (-np.inf,) * 4:
+                deficit = want[j] - vol[cols == j].sum()
+                if deficit <= 0:
+                    break
+                full = full_tags()
+                cand = np.flatnonzero((cols != j) & (f[:, j] > 0) & np.isin(cols, free))
+                nb = neighbors[sel[cand]]
+                touch = ((nb >= 0) & (full[np.maximum(nb, 0)] == j)).any(1)
+                cand = cand[touch]
+                margin = f[cand, j] - f[cand, cols[cand]]
+                cand, margin = cand[margin >= least], margin[margin >= least]
+                if not len(cand):
+                    continue
+                order = cand[np.argsort(-margin, kind="stable")]
+                cum = np.cumsum(vol[order])
+                n = int(np.searchsorted(cum, deficit))  # the first n fall short, n + 1 do not
+                if n < len(cum) and cum[n] - deficit < deficit - (cum[n - 1] if n else 0.0):
+                    n += 1  # whichever is nearer the deficit
+                if not n:
+                    break
+                cols[order[:n]] = j
+    despeck()
+    return cols
+
+
 def _without_specks(new, sel, out, neighbors, part_of, vol, nodes_mm, tets, clean):
     """``new`` (tags of ``sel``) with each piece of a tissue smaller than
     :data:`~.topology.ISLAND_FRACTION` of its largest and all inside ``sel`` given the tag most of
@@ -466,6 +564,10 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
         if part_of and np.isin(tags, list(part_of)).any():
             new = _connected(new, f, vol, target, tags, column, sel, out, neighbors, part_of,
                              [own_main[int(k)] for k in tet_layer], tet_layer, lut, nodes_mm, tets)
+        elif neighbors is not None:  # the other layers' tissues: one piece each where the labels have one
+            main_col = np.array([own_main[int(k)] for k in tet_layer], np.int64)
+            new = tags[_in_pieces_kept(column[new], f, vol, tags, sel, out, neighbors, main_col,
+                                       [column[t] for t in roam if column[t] >= 0], nodes_mm, tets)]
         # a tissue too thin or small for the elements: its layer's main tissue instead (the volume
         # check would refuse the mesh otherwise, where merging it had been accepted)
         mesh_mm3 = np.bincount(new, weights=vol, minlength=len(counts))

@@ -34,7 +34,7 @@ from .topology import (distance_to_background, face_components, face_graph, fill
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
-SURFACE_MESHER_VERSION = "surf-6.9"  # 6.1: the head's box of a wide field of view, the untangling retry;
+SURFACE_MESHER_VERSION = "surf-6.10"  # 6.1: the head's box of a wide field of view, the untangling retry;
 # 6.2: pieces of the brain or white matter closer than the sub-grid kept apart; 6.3: surfaces faired
 # within a band of their level sets (the voxels' staircase); 6.4: the volume calibration held local;
 # 6.5: short surface edges merged (edge_merge.py); 6.6: a layer the labels do not have shares the next
@@ -42,7 +42,9 @@ SURFACE_MESHER_VERSION = "surf-6.9"  # 6.1: the head's box of a wide field of vi
 # cubic voxels: the same meshes as 6.5); 6.7: tissues inside a layer (eyes, muscle, compact and spongy
 # bone, blood) kept (sub_tissues.py; labels without them: the same meshes as 6.6); 6.9: CSF in folds
 # narrower than the surfaces can enter meshed inside the brain's layers (core.sulcal_csf), no CSF sheet
-# where the labels have none (6.8: earlier versions of that, whose cached meshes 6.9 does not reuse)
+# where the labels have none (6.8: earlier versions of that, whose cached meshes 6.9 does not reuse);
+# 6.10: tissues inside a layer kept in the pieces the labels have (sub_tissues._in_pieces_kept; labels
+# without such tissues: the same meshes as 6.9)
 #: a CSF tetrahedron whose centre's voxel is farther than this many voxels from the CSF's lies in the
 #: sheet the minimum thickness keeps where the labels have none (:func:`_open_csf_gaps`; surf-6.9)
 CSF_GAP_VOXELS = 1.5
