@@ -362,3 +362,54 @@ def test_tissues_inside_a_layer_are_not_left_in_pieces():
     # the labels: spongy bone one piece, compact bone two (the inner and the outer table)
     assert conn[8]["pieces"] <= 6 and conn[8]["largest_fraction"] > 0.8, conn[8]
     assert conn[7]["pieces"] <= 6 and conn[7]["largest_fraction"] > 0.5, conn[7]
+
+
+def _grid_tets():
+    from scipy.spatial import Delaunay
+
+    from stimsim.head.meshers.topology import signed_volumes, tet_neighbors
+
+    g = np.stack(np.meshgrid(*[np.arange(7.0)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    g = g + np.random.default_rng(0).normal(0, 0.01, g.shape)
+    tets = Delaunay(g).simplices.astype(np.int64)
+    return tets, tet_neighbors(tets), np.abs(signed_volumes(g, tets)), g[tets].mean(1)
+
+
+def test_a_speck_goes_to_a_tissue_it_touches_and_its_layer_allows():
+    """Two review cases of _in_pieces_kept on a small grid of tetrahedra.  A speck whose best other
+    share is a tissue it does not touch went there, became a speck of it and came back at that
+    tissue's turn, for ever; and a speck could take a tissue its layer does not allow."""
+    from stimsim.head.meshers.sub_tissues import _in_pieces_kept
+    from stimsim.head.meshers.topology import face_components
+
+    tets, nb, vol, c = _grid_tets()
+    n = len(tets)
+    sel, out, tags = np.arange(n), np.full(n, 5), np.array([5, 6, 7])
+
+    def pieces(cols, j):
+        return face_components(cols == j, nb, cols)[1]
+
+    # slabs of tissues 1 | 0 | 2 along x; one tetrahedron inside the middle slab is tissue 1, with
+    # shares 0.1 / 0.5 / 0.4: it must become 0, the tissue around it
+    cols = np.where(c[:, 0] < 1.5, 1, np.where(c[:, 0] > 4.5, 2, 0))
+    f = np.eye(3)[cols].astype(float)
+    t = np.flatnonzero((cols == 0) & (np.abs(c - 3).max(1) < 0.6) & (cols[nb] == 0).all(1))[0]
+    cols[t] = 1
+    f[t] = [0.1, 0.5, 0.4]
+    got = _in_pieces_kept(cols, f, vol, tags, sel, out, nb, np.ones((n, 3), bool), [])
+    assert got[t] == 0 and pieces(got, 1) == 1
+    # two layers along x (tissue 0 only in the first, 1 only in the second) and a roaming tissue 2:
+    # a tissue-0 tetrahedron cut off from its layer by roaming tetrahedra stays 0, though its only
+    # other neighbour is 1 (not allowed in its layer)
+    layer = (c[:, 0] >= 3).astype(int)
+    cols = layer.copy()
+    f = np.eye(3)[layer]
+    edge = np.flatnonzero((layer == 0) & (nb >= 0).all(1) & (layer[np.maximum(nb, 0)] == 1).any(1)
+                          & (np.abs(c[:, 1:] - 3).max(1) < 1))
+    t = edge[0]
+    own = nb[t][layer[nb[t]] == 0]
+    cols[own] = 2
+    f[own] = [0, 0, 1]
+    allowed = np.stack([layer == 0, layer == 1, np.ones(n, bool)], 1)
+    got = _in_pieces_kept(cols, f, vol, tags, sel, out, nb, allowed, [2])
+    assert got[t] == 0 and (got[own] == 2).all()

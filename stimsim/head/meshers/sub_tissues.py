@@ -296,13 +296,13 @@ def _connected(new, f, vol, target, tags, column, sel, out, neighbors, part_of, 
     return out_sel
 
 
-def _in_pieces_kept(cols, f, vol, tags, sel, out, neighbors, main_col, fixed, nodes_mm, tets):
+def _in_pieces_kept(cols, f, vol, tags, sel, out, neighbors, allowed, fixed):
     """``cols`` (column of each tetrahedron of ``sel`` into ``tags``) with no tissue in specks: pieces of a
-    tissue smaller than :data:`~.topology.ISLAND_FRACTION` of its largest (all inside ``sel``) take
-    their best other share (else their layer's main tissue, ``main_col`` per tetrahedron), and each
-    tissue that lost volume grows back, from its pieces across faces, to what it held (the
-    tetrahedra of the best share margin first), for :data:`PIECE_ROUNDS` rounds.  ``fixed``: columns
-    left alone (roaming tissues).
+    tissue smaller than :data:`~.topology.ISLAND_FRACTION` of its largest take the tissue next to them
+    across faces (allowed in their layer: ``allowed``, per tetrahedron and column) of the largest share
+    of them, or that most of their faces touch; then each tissue that lost volume grows back, from
+    its pieces across faces, to what it held (the tetrahedra of the best share margin first), for
+    :data:`PIECE_ROUNDS` rounds.  ``fixed``: columns left alone (roaming tissues).
 
     Chosen by its own shares, each tetrahedron of a skull whose outer table, diploe and inner table
     are 1-3 mm each is about half the skull's thickness: the choice makes a checkerboard there (the
@@ -324,8 +324,8 @@ def _in_pieces_kept(cols, f, vol, tags, sel, out, neighbors, main_col, fixed, no
         return full
 
     def despeck():
-        # a speck given to its best other share can make a speck of that tissue: until none changes
-        for _ in range(3):
+        # a speck's outer ring goes each pass (its inside touches only itself): until none changes
+        for _ in range(6):
             if not despeck_once():
                 break
 
@@ -337,25 +337,25 @@ def _in_pieces_kept(cols, f, vol, tags, sel, out, neighbors, main_col, fixed, no
             if n <= 1:
                 continue
             size = np.bincount(lab, weights=all_vol[idx])
-            inside = np.bincount(lab, weights=(row[idx] >= 0).astype(float)) == np.bincount(lab)
-            small = np.flatnonzero((size < ISLAND_FRACTION * size.max()) & inside)
+            small = np.flatnonzero(size < ISLAND_FRACTION * size.max())  # (all in the group: full)
             if not len(small):
                 continue
             r = row[idx[np.isin(lab, small)]]
-            share = f[r] + choosable
-            share[:, j] = -np.inf
-            best = share.argmax(1)
-            none = ~(share[np.arange(len(r)), best] > 0)
-            # no other tissue's voxels under it (a speck of the layer's main tissue, say): the tissue
-            # most of its faces touch in this group, if any
-            nbc = full[neighbors[sel[r[none]]]]
-            nbc = np.where(neighbors[sel[r[none]]] >= 0, nbc, -1)
-            votes = np.zeros((len(nbc), n_cols))
+            # the tissues of this group next to it across faces, allowed in its layer: the one of the
+            # largest share, or with no share under it the one most of its faces touch.  Only
+            # neighbours: a speck given a tissue it does not touch is a speck of that one (and was
+            # given back at that tissue's turn); a tetrahedron no other tissue touches waits for the
+            # next pass, when its outer ring has gone
+            nb = neighbors[sel[r]]
+            nbc = np.where(nb >= 0, full[np.maximum(nb, 0)], -1)
+            votes = np.zeros((len(r), n_cols))
             for k in range(nbc.shape[1]):
                 ok = (nbc[:, k] >= 0) & (nbc[:, k] != j)
-                ok[ok] = np.isfinite(choosable[nbc[ok, k]])
+                ok[ok] = np.isfinite(choosable[nbc[ok, k]]) & allowed[r[ok], nbc[ok, k]]
                 votes[np.flatnonzero(ok), nbc[ok, k]] += 1.0
-            best[none] = np.where(votes.max(1) > 0, votes.argmax(1), j)
+            share = np.where(votes > 0, f[r], -np.inf)
+            best = np.where(share.max(1) > 0, share.argmax(1), votes.argmax(1))
+            best[votes.max(1) == 0] = j
             if not (best != j).any():
                 continue
             cols[r] = best
@@ -372,7 +372,7 @@ def _in_pieces_kept(cols, f, vol, tags, sel, out, neighbors, main_col, fixed, no
                 if deficit <= 0:
                     break
                 full = full_tags()
-                cand = np.flatnonzero((cols != j) & (f[:, j] > 0) & np.isin(cols, free))
+                cand = np.flatnonzero((cols != j) & (f[:, j] > 0) & allowed[:, j] & np.isin(cols, free))
                 nb = neighbors[sel[cand]]
                 touch = ((nb >= 0) & (full[np.maximum(nb, 0)] == j)).any(1)
                 cand = cand[touch]
@@ -564,10 +564,9 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
         if part_of and np.isin(tags, list(part_of)).any():
             new = _connected(new, f, vol, target, tags, column, sel, out, neighbors, part_of,
                              [own_main[int(k)] for k in tet_layer], tet_layer, lut, nodes_mm, tets)
-        elif neighbors is not None:  # the other layers' tissues: one piece each where the labels have one
-            main_col = np.array([own_main[int(k)] for k in tet_layer], np.int64)
-            new = tags[_in_pieces_kept(column[new], f, vol, tags, sel, out, neighbors, main_col,
-                                       [column[t] for t in roam if column[t] >= 0], nodes_mm, tets)]
+        elif neighbors is not None:  # the other layers' tissues: in the pieces the labels have
+            new = tags[_in_pieces_kept(column[new], f, vol, tags, sel, out, neighbors, allowed,
+                                       [column[t] for t in roam if column[t] >= 0])]
         # a tissue too thin or small for the elements: its layer's main tissue instead (the volume
         # check would refuse the mesh otherwise, where merging it had been accepted)
         mesh_mm3 = np.bincount(new, weights=vol, minlength=len(counts))
