@@ -1165,6 +1165,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
                 sub_tissue_roaming=roaming,
                 sub_tissue_never_merged=tuple(_INSIDE_BRAIN.values()) if sulcal_mm3 else (),
                 sub_tissue_part_of={_INSIDE_BRAIN[3]: 3} if sulcal_mm3 else None,
+                sub_tissue_joined={_INSIDE_BRAIN[9]: 9} if sulcal_mm3 else None,
                 sub_tissue_volumes_mm3=want, **opts)
         timings.update(minfo.pop("timings_s", {}))
         if sulcal_mm3:

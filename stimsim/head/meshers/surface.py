@@ -34,7 +34,7 @@ from .topology import (distance_to_background, face_components, face_graph, fill
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
-SURFACE_MESHER_VERSION = "surf-6.10"  # 6.1: the head's box of a wide field of view, the untangling retry;
+SURFACE_MESHER_VERSION = "surf-6.11"  # 6.1: the head's box of a wide field of view, the untangling retry;
 # 6.2: pieces of the brain or white matter closer than the sub-grid kept apart; 6.3: surfaces faired
 # within a band of their level sets (the voxels' staircase); 6.4: the volume calibration held local;
 # 6.5: short surface edges merged (edge_merge.py); 6.6: a layer the labels do not have shares the next
@@ -44,7 +44,8 @@ SURFACE_MESHER_VERSION = "surf-6.10"  # 6.1: the head's box of a wide field of v
 # narrower than the surfaces can enter meshed inside the brain's layers (core.sulcal_csf), no CSF sheet
 # where the labels have none (6.8: earlier versions of that, whose cached meshes 6.9 does not reuse);
 # 6.10: tissues inside a layer kept in the pieces the labels have (sub_tissues._in_pieces_kept; labels
-# without such tissues: the same meshes as 6.9)
+# without such tissues: the same meshes as 6.9); 6.11: blood in the folds kept in the pieces it makes
+# with the CSF layer's (labels without blood in folds the surfaces close: the same meshes as 6.10)
 #: a CSF tetrahedron whose centre's voxel is farther than this many voxels from the CSF's lies in the
 #: sheet the minimum thickness keeps where the labels have none (:func:`_open_csf_gaps`; surf-6.9)
 CSF_GAP_VOXELS = 1.5
@@ -1216,7 +1217,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                            layer_volume_mm3=None, bone_voxels=None, lesion_voxels=None, pieces=None,
                            fair_rounds=0, fair_band_vox=0.3, local_calibration_mm=0.0, min_edge_cell=0.0,
                            sub_tissue_labels=None, sub_tissue_roaming=None, sub_tissue_volumes_mm3=None,
-                           sub_tissue_never_merged=(), sub_tissue_part_of=None):
+                           sub_tissue_never_merged=(), sub_tissue_part_of=None, sub_tissue_joined=None):
     """Nested surfaces -> TetGen.  Returns ``(nodes_mm_local, tets, tet_tags, info)``.
 
     ``h``: target element size (mm); tets get a max volume ``h^3 / (6 sqrt 2)`` (regular tet
@@ -1241,8 +1242,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     the lesion on their grid (:mod:`.sub_tissues`; default: ``tags`` and ``lesion``);
     ``sub_tissue_roaming``: {tag: layers} of tissues that may take tetrahedra of several layers,
     ``sub_tissue_volumes_mm3``: {tag: mm^3} they should hold, ``sub_tissue_never_merged``: tags kept
-    however far off their volume, ``sub_tissue_part_of``: {stand-in: tissue} (the folds' CSF)
-    (:func:`.sub_tissues.keep_sub_tissues`).
+    however far off their volume, ``sub_tissue_part_of``: {stand-in: tissue} (the folds' CSF),
+    ``sub_tissue_joined``: {stand-in: tissue} (the folds' blood) (:func:`.sub_tissues.keep_sub_tissues`).
     See the module docstring."""
     import tetgen
 
@@ -1532,7 +1533,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     labels, lzooms, loff, lmask = (tags, zooms, 0.0, lesion) if sub_tissue_labels is None else sub_tissue_labels
     ttags, sub = keep_sub_tissues(ttags, nodes, tets, labels, lzooms, offset_mm=loff, skip=lesion_tets,
                                   lesion_voxels=lmask, roaming=sub_tissue_roaming, never_merged=sub_tissue_never_merged,
-                                  part_of=sub_tissue_part_of,
+                                  part_of=sub_tissue_part_of, joined_to=sub_tissue_joined,
                                   volumes_mm3=sub_tissue_volumes_mm3)
     if sub["layers"]:
         info["sub_tissues"] = sub
