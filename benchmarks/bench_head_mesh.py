@@ -235,7 +235,9 @@ def main() -> None:
         for k in ("bone", "csf"):
             # all rays, then those along which the labels nest the layers (no scalp voxels between the
             # CSF and the bone, no bone past a sinus: stimsim.head.meshers.thickness.ray_thickness)
-            for name, x in ((k, r["rays"][k]), (f"{k}, labels nested", r["rays"][k].get("nested"))):
+            # and of those the rays where the labels have the layer at all (not a hole in it)
+            for name, x in ((k, r["rays"][k]), (f"{k}, labels nested", r["rays"][k].get("nested")),
+                            (f"{k}, labels nested, layer there", r["rays"][k].get("present"))):
                 if x is None:  # a result from before the nested figures
                     continue
                 print(f"| {r['method']} | {r['h'] or '-'} | {name} | {fmt(x['mesh_on_grid'])} / {fmt(x['labels'])} "

@@ -178,6 +178,29 @@ def test_rays_where_the_labels_do_not_nest_the_layers_are_flagged_and_left_out_o
     assert abs(s["nested"]["paired_mean"]) <= 0.1 < s["paired_mean"] - 0.2
 
 
+def test_rays_through_a_hole_in_the_labels_layer_are_left_out_of_present():
+    """A hole in the labels' skull over a cap (scalp voxels where the bone would be) and a "mesh" that
+    closes it with 2 mm of bone: the rays through the hole are nested (nothing past the end) but the
+    labels have no bone along them.  The ``present`` figures leave them out (the mesh then matches
+    the labels); the nested ones keep them (the mesh reads thicker there)."""
+    from stimsim.head.meshers.thickness import ray_thickness_summary
+
+    mesh, affine = _shells(1.0)
+    x = np.arange(mesh.shape[0]) + affine[0, 3]
+    X, Y, Z = np.meshgrid(x, x, x, indexing="ij")
+    r = np.sqrt(X ** 2 + Y ** 2 + Z ** 2)
+    hole = Z > 0.9 * r  # within ~26 deg of +z
+    tags = mesh.copy()
+    tags[hole & (mesh == 4)] = 5
+    mesh[hole & (mesh == 4) & (r >= 46)] = 5  # the "mesh" closes the hole with thinner bone
+    s = ray_thickness_summary(tags, mesh, affine, 4, (1, 2, 3), (5,), n_rays=800)
+    through = s["nested"]["rays"] - s["present"]["rays"]
+    assert 20 <= through <= 120, through  # the rays through the cap (~5 % of them)
+    assert s["nested"]["paired_mean"] > 0.05
+    assert abs(s["present"]["paired_mean"]) <= 0.05 and abs(s["present"]["paired_median"]) <= 0.25
+    assert s["present"]["labels"][0] >= 4.0
+
+
 def test_nearest_point_thickness_paired_by_place():
     """The labels' skull 2 mm thicker over the lower half, a "mesh" (its tags on the same grid) with it
     2 mm thicker over the upper half instead: the pooled percentiles are the same, the paired ones read

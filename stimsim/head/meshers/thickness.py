@@ -183,7 +183,10 @@ def ray_thickness_summary(tags: np.ndarray, mesh_on_grid: np.ndarray, affine: np
     per ray (``"paired_median"``, ``"paired_mean"``, ``"paired_abs_p90"``), the same percentiles over the
     upper half of the rays (``"upper"``: world +z, the vault when the head is upright) and ``"rays"``,
     the number measured in both; ``"nested"``: the same figures over the rays along which ``tags`` nest
-    the layers (``return_nested`` of :func:`ray_thickness`)."""
+    the layers (``return_nested`` of :func:`ray_thickness`); ``"present"``: the same over those of them
+    along which the labels have the layer at all (a ray through a hole in the labels' skull, or where
+    they put the brain against the bone, reads 0 there: a hole, not a thickness, which a mesh
+    closing it at its minimum thickness reads as a thin layer)."""
     from scipy import ndimage as ndi
 
     A = np.asarray(affine, float)
@@ -212,4 +215,5 @@ def ray_thickness_summary(tags: np.ndarray, mesh_on_grid: np.ndarray, affine: np
     # a mesh cannot follow (Colin27: scalp voxels between CSF and bone over the vault, a skull
     # base with holes; 17 % of the bone's rays)
     return {**figures(both), "percentiles": list(qs), "nested": figures(both & nested[0]),
+            "present": figures(both & nested[0] & (np.nan_to_num(lab) > 0)),
             "centre_mm": [float(c) for c in centre]}
