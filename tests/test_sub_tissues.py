@@ -415,7 +415,6 @@ def test_a_speck_goes_to_a_tissue_it_touches_and_its_layer_allows():
     assert got[t] == 0 and (got[own] == 2).all()
 
 
-
 def test_a_stand_in_joins_its_tissue_outside_the_group():
     """The folds' blood is meshed as a stand-in inside the brain's layers, its tissue's other part in
     the CSF layer (charm-like Colin27: blood 16 pieces, 96.4 % in the largest; the labels 99.5 %).
@@ -454,6 +453,28 @@ def test_a_stand_in_joins_its_tissue_outside_the_group():
     # without the tissue outside, the far pieces (the larger) are kept
     alone = _in_pieces_kept(cols, f, v, tags, sel, out, nb, allowed, [], kept=[1])
     assert (alone[far] == 1).all()
+    # only the far pieces: the stand-in grows back from the tissue outside alone
+    cols[touching] = 0
+    f[touching] = [1.0, 0.0]
+    want = v[cols == 1].sum()
+    got = _in_pieces_kept(cols, f, v, tags, sel, out, nb, allowed, [], kept=[1], joined={1: 9}, out_vol=vol)
+    assert (got[far] == 0).all() and abs(v[got == 1].sum() - want) <= v.max(), (v[got == 1].sum(), want)
+    assert blood[np.maximum(nb[sel[got == 1]], 0)].any(1).any()
+    # a speck of the tissue outside (one tetrahedron of it far from the rest) is not the group's to
+    # change: no row of the group may take its place (the last row, index -1, did)
+    speck = sel[np.argmax(x[:, 0])]
+    out2 = out.copy()
+    out2[speck] = 9
+    t0 = sel[touching[0]]
+    order = np.concatenate([np.flatnonzero((sel != speck) & (sel != t0)), touching])  # t0 the last row
+    sel2 = sel[order]
+    cols2 = np.zeros(len(sel2), np.int64)
+    cols2[-1] = 1
+    f2 = f[order].copy()
+    f2[-1] = [0.0, 1.0]
+    got2 = _in_pieces_kept(cols2, f2, v[order], tags, sel2, out2, nb, allowed[order], [], kept=[1],
+                           joined={1: 9}, out_vol=vol)
+    assert got2[-1] == 1 and abs(v[order][got2 == 1].sum() - v[touching[0]]) < 1e-9
 
 
 @pytest.mark.slow  # ~25 s on 2 cores

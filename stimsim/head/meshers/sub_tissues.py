@@ -300,13 +300,14 @@ def _in_pieces_kept(cols, f, vol, tags, sel, out, neighbors, allowed, fixed, kep
     """``cols`` (column of each tetrahedron of ``sel`` into ``tags``) with no tissue in specks: pieces of a
     tissue smaller than :data:`~.topology.ISLAND_FRACTION` of its largest take the tissue next to them
     across faces (allowed in their layer: ``allowed``, per tetrahedron and column) of the largest share
-    of them, or that most of their faces touch; then each tissue that lost volume grows back, from
+    of them, or that most of their faces touch; then each kept tissue that lost volume grows back, from
     its pieces across faces, to what it held (the tetrahedra of the best share margin first), for
-    :data:`PIECE_ROUNDS` rounds.  ``fixed``: columns left alone (roaming tissues); ``kept``: the columns
-    whose pieces are kept (default: all the others; the others still give and take tetrahedra);
-    ``joined``: {column: tag} of a tissue meshed outside the group that a column's pieces join (the
-    folds' blood stand-in with the CSF layer's blood: a piece touching it is part of it), with
-    ``out_vol`` the volumes of all tetrahedra (that tissue's pieces count with theirs).
+    :data:`PIECE_ROUNDS` rounds.  ``fixed``: columns left alone (roaming tissues, the folds' CSF);
+    ``kept``: the columns whose pieces are cleaned and grown back (default: all the others; the others
+    are not cleaned, and give and take tetrahedra); ``joined``: {column: tag} of a tissue meshed
+    outside the group that a column's pieces join (the folds' blood stand-in with the CSF layer's
+    blood: a piece touching it is part of it), with ``out_vol`` the volumes of all tetrahedra (that
+    tissue's pieces count with theirs).
 
     Chosen by its own shares, each tetrahedron of a skull whose outer table, diploe and inner table
     are 1-3 mm each is about half the skull's thickness: the choice makes a checkerboard there (the
@@ -318,7 +319,7 @@ def _in_pieces_kept(cols, f, vol, tags, sel, out, neighbors, allowed, fixed, kep
     all_vol = np.zeros(len(out))
     all_vol[sel] = vol
     free = np.setdiff1d(np.arange(n_cols), np.asarray(list(fixed), np.int64))
-    kept = free if kept is None else np.asarray(list(kept), np.int64)
+    kept = free if kept is None else np.intersect1d(np.asarray(list(kept), np.int64), free)
     joined = dict(joined or {})
     if joined:  # the joined tissues' tetrahedra (outside the group) count with their volumes
         outside = np.ones(len(out), bool)
@@ -408,9 +409,7 @@ def _in_pieces_kept(cols, f, vol, tags, sel, out, neighbors, allowed, fixed, kep
                 if not n:
                     break
                 cols[order[:n]] = j
-    # the others too: a tetrahedron the grown tissues closed in would be a speck of its own (a grey-
-    # matter tetrahedron between the folds' blood and CSF; none on the charm-like Colin27)
-    despeck(free)
+    despeck(kept)
     return cols
 
 
@@ -479,7 +478,8 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
     give it, so that the two together hold the tissue's volume (the CSF layer kept at its minimum
     thickness holds more than its voxels: the charm-like head at 0.5 mm, CSF +3 %);
     ``joined_to``: {tag: tissue} for a stand-in of a tissue meshed in another layer (the folds' blood, the
-    CSF layer's): kept in the pieces the two make together (:func:`_in_pieces_kept`).
+    CSF layer's): kept in the pieces the two make together (:func:`_in_pieces_kept`), in the layers of
+    a ``part_of`` stand-in (the folds' CSF, with which it comes; read only there).
 
     Each tetrahedron reads the labels at 15 points (:data:`_SAMPLE_WEIGHTS`, :func:`_fractions`).
     One none of whose points reaches its layer's voxels (a layer kept at its minimum thickness)
@@ -597,6 +597,8 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
             mine = column[new] >= 0
             seen = out.copy()
             seen[sel[~mine]] = new[~mine]
+            if skip is not None:  # a lesion tagged as the joined tissue (a haemorrhage) is not part of it
+                seen[skip] = -1
             glued = {int(column[s]): int(t) for s, t in (joined_to or {}).items()
                      if s < len(column) and column[s] >= 0 and (seen == t).any()}
             if glued:
