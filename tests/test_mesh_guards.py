@@ -385,15 +385,16 @@ def test_surface_mesher_merged_tags_are_not_missing(nifti, tmp_path, caplog, mon
     tags = np.array([0, 5, 4, 3, 2, 1], np.uint8)[vol]  # SimNIBS numbering
     x, y, z = np.mgrid[:40, :40, :40]
     tags[(x - 19.5) ** 2 + (y - 36) ** 2 + (z - 19.5) ** 2 <= 4] = 6  # an eye in the scalp layer
-    tags[19, 19, 31] = 9  # a vessel of one voxel in the CSF layer (1 mm^3; the tetrahedra there are larger)
+    # a vessel of one voxel in the CSF layer (1 mm^3; the tetrahedra there are larger), 0.5 mm from the
+    # CSF's outer surface: no interface vertex (surf-6.12) so close to a surface (one voxel further
+    # in, at z = 31, the vertices give it tetrahedra of its own, and it is kept)
+    tags[19, 19, 32] = 9
     p = nifti(tags)
     for from_cache in (False, True):
         caplog.clear()
         with caplog.at_level("WARNING", logger="stimsim"):
-            # without the interface vertices (surf-6.12), which give the one-voxel vessel tetrahedra of
-            # its own (kept, -8.8 %)
             mesh, info = make_head_mesh(p, None, "simnibs", method="surface", element_size_mm=6.0, progress=False,
-                                        return_info=True, surface_options={"interface_point_cell": 0.0})
+                                        return_info=True)
         assert info.from_cache == from_cache
         assert caplog.text.count("meshes blood (tag 9) as csf (tag 3): too thin or small") == 1
         assert info.merged_tags == {9: 3}
