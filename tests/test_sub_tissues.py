@@ -487,6 +487,18 @@ def test_a_stand_in_joins_its_tissue_outside_the_group():
     got2 = _in_pieces_kept(cols2, f2, v[order], tags, sel2, out2, nb, allowed[order], [], kept=[1],
                            joined={1: 9}, out_vol=vol)
     assert got2[-1] == 1 and abs(v[order][got2 == 1].sum() - v[touching[0]]) < 1e-9
+    # a grey-matter tetrahedron closed in by the stand-in (joined to the blood) is a speck of grey
+    # matter: cleaned with also_clean (the 0.5 mm charm-like head had one), left without
+    cols3 = np.where(x[:, 0] < 3.0, 1, 0)
+    inner = np.flatnonzero((cols3 == 1) & (np.abs(x - [2.3, 3, 3]).max(1) < 0.6)
+                           & (cols3[np.searchsorted(sel, np.where(nb[sel] >= 0, nb[sel], sel[0]))] == 1).all(1)
+                           & (nb[sel] >= 0).all(1) & ~blood[np.maximum(nb[sel], 0)].any(1))[:1]
+    assert len(inner) == 1
+    cols3[inner] = 0
+    f3 = np.eye(2)[cols3]
+    kw = dict(kept=[1], joined={1: 9}, out_vol=vol)
+    assert _in_pieces_kept(cols3, f3, v, tags, sel, out, nb, allowed, [], **kw)[inner[0]] == 0
+    assert _in_pieces_kept(cols3, f3, v, tags, sel, out, nb, allowed, [], also_clean=[0], **kw)[inner[0]] == 1
 
 
 @pytest.mark.slow  # ~25 s on 2 cores

@@ -297,7 +297,7 @@ def _connected(new, f, vol, target, tags, column, sel, out, neighbors, part_of, 
 
 
 def _in_pieces_kept(cols, f, vol, tags, sel, out, neighbors, allowed, fixed, kept=None, joined=None, out_vol=None,
-                    label_piece=None):
+                    label_piece=None, also_clean=()):
     """``cols`` (column of each tetrahedron of ``sel`` into ``tags``) with no tissue in specks: pieces of a
     tissue smaller than :data:`~.topology.ISLAND_FRACTION` of its largest take the tissue next to them
     across faces (allowed in their layer: ``allowed``, per tetrahedron and column) of the largest share
@@ -308,7 +308,8 @@ def _in_pieces_kept(cols, f, vol, tags, sel, out, neighbors, allowed, fixed, kep
     are not cleaned, and give and take tetrahedra); ``joined``: {column: tag} of a tissue meshed
     outside the group that a column's pieces join (the folds' blood stand-in with the CSF layer's
     blood: a piece touching it is part of it), with ``out_vol`` the volumes of all tetrahedra (that
-    tissue's pieces count with theirs).  ``label_piece``: ``label_piece(j)`` -> the labels' piece
+    tissue's pieces count with theirs); ``also_clean``: other columns whose specks the last cleaning
+    removes too (a tetrahedron of grey matter that the grown folds' blood closed in).  ``label_piece``: ``label_piece(j)`` -> the labels' piece
     (6-connected, 0: none) of column j's tissue at each tetrahedron's centre; two pieces left in the
     same piece of the labels are then joined along the fewest tetrahedra (:func:`_joined_as_labelled`).
 
@@ -412,7 +413,7 @@ def _in_pieces_kept(cols, f, vol, tags, sel, out, neighbors, allowed, fixed, kep
                 if not n:
                     break
                 cols[order[:n]] = j
-    despeck(kept)
+    despeck(np.union1d(kept, np.intersect1d(np.asarray(list(also_clean), np.int64), free)))
     if label_piece is not None:
         before = cols.copy()
         for j in kept:
@@ -672,7 +673,8 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
                 new[mine] = tags[_in_pieces_kept(
                     column[new[mine]], f[mine], vol[mine], tags, sel[mine], seen, neighbors, allowed[mine],
                     [column[s] for s in part_of if s < len(column) and column[s] >= 0], kept=list(glued),
-                    joined=glued, out_vol=np.abs(signed_volumes(nodes_mm, tets)))]
+                    joined=glued, out_vol=np.abs(signed_volumes(nodes_mm, tets)),
+                    also_clean=sorted(set(own_main.values())))]
         elif neighbors is not None:  # the other layers' tissues: in the pieces the labels have
             def label_piece(j, tag_set=tags):  # the labels' piece of column j's tissue at each centre
                 return label_pieces(labels == tag_set[j])[0][tuple(centre_vox.T)]
