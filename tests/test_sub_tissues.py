@@ -577,8 +577,9 @@ def test_a_layered_skull_conducts_as_the_analytic_sphere():
     """Compact | spongy | compact bone 2 | 4 | 2 mm (0.008 | 0.025 | 0.008 S/m) against the analytic
     six-layer sphere.  Without vertices on the tables' interfaces the tetrahedra span the skull and
     take one tissue or the other in columns: the spongy columns shunt current (brain |E| +18 %, the
-    error 22 %).  With them (surf-6.12) the error is no larger than that of the same sphere with a
-    skull of one tissue (no interfaces inside it), and a fraction of the error without them."""
+    volume-weighted error 21 %).  With them (surf-6.12) the error is no larger than that of the same
+    sphere with a skull of one tissue (no interfaces inside it), and a fraction of the error without
+    them."""
     sandwich = ((2, 0.275), (3, 1.654), (7, 0.008), (8, 0.025), (7, 0.008), (5, 0.465))
     one_tissue = ((2, 0.275), (3, 1.654), (7, 0.008), (7, 0.008), (7, 0.008), (5, 0.465))
     err, mag = _sandwich_sphere_error(sandwich)
