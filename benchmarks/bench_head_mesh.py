@@ -181,8 +181,10 @@ def main() -> None:
             r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             from stimsim.head.meshers import default_element_size
 
-            err = " ".join(f"{100 * r['vol_err'][str(t)]:+.1f}" for t in TAGS)
-            pieces = " ".join(str(r["pieces"][str(t)]) for t in TAGS)
+            # "-": a tag the labels do not have (charm's bone is compact and spongy bone, 7 and 8: in the
+            # table of the tissues inside a layer)
+            err = " ".join("-" if r["pieces"][str(t)] == 0 else f"{100 * r['vol_err'][str(t)]:+.1f}" for t in TAGS)
+            pieces = " ".join(str(r["pieces"][str(t)] or "-") for t in TAGS)
             th = " / ".join(f"{r['thickness'][k]['mesh'][1]:.2f} ({r['thickness'][k]['labels'][1]:.2f})"
                             for k in ("bone", "csf"))
             cg = r["cg"]
