@@ -86,7 +86,8 @@ def run_one(method: str, h: float | None, upsample: int = 1, labels: Path = LABE
             "min_dihedral": q["min_dihedral_deg"], "inverted": q["n_inverted"],
             "vol_err": {t: q["volume_error_per_tag"].get(t, float("nan")) for t in (*TAGS, *others)},
             "other_dice": tag_dice(full, on_grid_full, others) if others else {},
-            "pieces": {t: q["connectivity"].get(t, {}).get("pieces", 0) for t in TAGS}}
+            "pieces": {t: q["connectivity"].get(t, {}).get("pieces", 0) for t in (*TAGS, *others)},
+            "largest": {t: q["connectivity"].get(t, {}).get("largest_fraction", 0.0) for t in others}}
 
 
 def layer_tags(tags: np.ndarray) -> np.ndarray:
@@ -211,11 +212,13 @@ def main() -> None:
             folds = (f"{f['voxel_mm3'] / 1e3:.1f} / {f['mesh_mm3'] / 1e3:.1f} ({f['radius_mm']:g})" if f else "-")
             print(f"| {r['method']} | {r['h'] or '-'} | {folds} | {r.get('csf_gap_tets', 0):,} |")
     if any(r["other_dice"] for r in results):  # tissues inside a layer (charm labels: eyes, muscle, bone ...)
-        print("\n| method | h mm | tissue inside a layer | volume err % | Dice on the label grid |")
-        print("|---|---|---|---|---|")
+        print("\n| method | h mm | tissue inside a layer | volume err % | Dice on the label grid "
+              "| pieces (share of the largest) |")
+        print("|---|---|---|---|---|---|")
         for r in results:
             for t, d in r["other_dice"].items():
-                print(f"| {r['method']} | {r['h'] or '-'} | {t} | {100 * r['vol_err'][t]:+.1f} | {d:.3f} |")
+                pieces = (f"{r['pieces'][t]} ({100 * r['largest'][t]:.1f} %)" if "largest" in r else "-")
+                print(f"| {r['method']} | {r['h'] or '-'} | {t} | {100 * r['vol_err'][t]:+.1f} | {d:.3f} | {pieces} |")
     # the same layers measured on one grid: the mesh's tags put back at the labels' voxel centres
     # (stimsim.mesh.voxelize), so both go through the same voxel-face estimator
     print("\n| method | h mm | bone thickness p10/50/90 mm: mesh faces / mesh on the label grid / labels "
