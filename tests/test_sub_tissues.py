@@ -615,3 +615,75 @@ def test_pieces_in_one_piece_of_the_labels_are_joined():
         pieces = face_components(got == 1, nb, got)[1]
         assert pieces == (1 if one_piece else 2), (one_piece, pieces)
         assert face_components(got == 0, nb, got)[1] == 1  # no speck of the other tissue cut off
+
+
+def test_joined_the_way_the_labels_join_them_and_both_of_two_crossing():
+    """Two review cases of the joining.  Two compact plates around spongy bone, joined in the labels
+    only at one end: the path runs through the labels' bridge, not straight across the diploe.  Two
+    tissues each in two pieces, their bridges crossing: a later join cut the earlier one's path; both
+    end as one piece."""
+    from stimsim.head.meshers.sub_tissues import _in_pieces_kept
+    from stimsim.head.meshers.topology import face_components
+
+    tets, nb, vol, c = _grid_tets()
+    n = len(tets)
+    sel, out = np.arange(n), np.full(n, 4)
+    x, y = c[:, 0], c[:, 1]
+    cols = np.where((x < 1.5) | (x > 4.5), 1, 0)  # two compact plates around spongy bone
+    bridge = (y > 5.2) & (cols == 0)  # the labels join the plates at y ~ 6 only
+    f = np.eye(2)[cols]
+    f[cols == 0] = [0.95, 0.05]  # smoothed shares: a little compact everywhere
+    f[bridge] = [0.4, 0.6]
+    ids = {1: np.where((cols == 1) | bridge, 1, 0), 0: np.ones(n, int)}
+    got = _in_pieces_kept(cols, f, vol, np.array([8, 7]), sel, out, nb, np.ones((n, 2), bool), [],
+                          label_piece=ids.__getitem__)
+    new = (got == 1) & (cols == 0)
+    assert face_components(got == 1, nb, got)[1] == 1 and new.any()
+    assert (new & bridge).sum() >= 0.9 * new.sum(), (new.sum(), (new & bridge).sum())
+    # crossing bridges
+    box = (lambda ctr: np.abs(c - ctr).max(1) < 1.0)
+    a1, a2, b1, b2 = box([1.0, 3, 3]), box([5.0, 3, 3]), box([3, 1.0, 3]), box([3, 5.0, 3])
+    cols = np.zeros(n, np.int64)
+    cols[a1 | a2] = 1
+    cols[b1 | b2] = 2
+    f = np.eye(3)[cols]
+    ba = (cols == 0) & (np.abs(c[:, 1:] - 3).max(1) < 0.8)
+    bb = (cols == 0) & (np.abs(c[:, [0, 2]] - 3).max(1) < 0.8)
+    f[ba], f[bb], f[ba & bb] = [0.7, 0.3, 0], [0.7, 0, 0.3], [0.4, 0.3, 0.3]
+    ids = {0: np.ones(n, int), 1: np.where(a1 | a2, 1, 0), 2: np.where(b1 | b2, 1, 0)}
+    got = _in_pieces_kept(cols, f, vol, np.array([7, 8, 9]), sel, out, nb, np.ones((n, 3), bool), [],
+                          label_piece=ids.__getitem__)
+    assert [face_components(got == j, nb, got)[1] for j in (1, 2)] == [1, 1]
+
+
+def test_interface_vertices_on_the_interface_of_a_finer_label_grid():
+    """The interface vertices of labels on a finer grid than the surfaces' (a 0.5 mm head meshed on
+    1 mm blocks): in the mesher's frame (the finer grid's voxel-frame mm less ``offset_mm``), each one
+    a face centre of the interface, the two interfaces of a 2 mm diploe each given theirs, none
+    nearer a surface than 0.4 spacing, and fewer where the spacing is larger."""
+    from stimsim.head.meshers.surface import _interface_points
+
+    fine, n = 0.5, 96
+    x = (np.arange(n) - (n - 1) / 2) * fine
+    r = np.sqrt(x[:, None, None] ** 2 + x[None, :, None] ** 2 + x[None, None, :] ** 2)
+    labels = np.zeros((n, n, n), np.uint8)
+    for tag, radius in ((5, 22.0), (7, 18.0), (8, 16.0), (7, 14.0), (3, 12.0), (2, 10.0)):
+        labels[r <= radius] = tag
+    # the mesher's 1 mm grid of 2x2x2 blocks: a block's centre is the mean of its finer voxels'
+    offset = np.full(3, 0.25)
+    pad, zooms = 3, np.ones(3)
+    nc = n // 2
+    pc = np.arange(-pad, nc + pad) * 1.0 + offset[0] - (n - 1) / 2 * fine
+    rc = np.sqrt(pc[:, None, None] ** 2 + pc[None, :, None] ** 2 + pc[None, None, :] ** 2)
+    outer, bone_out, bone_in = rc - 22.0, rc - 18.0, rc - 12.0  # the mesher's fields (padded, mm)
+    pts = _interface_points(labels, [fine] * 3, offset, [outer, bone_out, -bone_in], zooms, pad, 2.0)
+    assert len(pts) > 100
+    world = pts - (n - 1) / 2 * fine + offset  # local mm -> the finer grid's frame -> centred
+    radius = np.linalg.norm(world, axis=1)
+    # on the two interfaces (r = 14 and 16 mm, within a finer voxel), both there
+    near14, near16 = np.abs(radius - 14.0) <= 0.5, np.abs(radius - 16.0) <= 0.5
+    assert (near14 | near16).all(), np.sort(radius)[[0, -1]]
+    assert near14.sum() > 0.3 * len(pts) and near16.sum() > 0.3 * len(pts), (near14.sum(), near16.sum())
+    assert np.linalg.norm(world.mean(0)) < 0.2, world.mean(0)  # centred: the frame is right
+    assert len(_interface_points(labels, [fine] * 3, offset, [outer, bone_out, -bone_in], zooms, pad, 4.0)) \
+        < 0.5 * len(pts)

@@ -415,31 +415,36 @@ def _in_pieces_kept(cols, f, vol, tags, sel, out, neighbors, allowed, fixed, kep
                 cols[order[:n]] = j
     despeck(np.union1d(kept, np.intersect1d(np.asarray(list(also_clean), np.int64), free)))
     if label_piece is not None:
-        before = cols.copy()
-        for j in kept:
-            _joined_as_labelled(cols, j, f, sel, neighbors, allowed, free, label_piece, full_tags, all_vol, row)
-        if (cols != before).any():  # a path may cut a speck off another tissue
-            despeck(kept)
+        # (a later tissue's path goes around an earlier one's: locked)
+        locked = np.zeros(len(cols), bool)
+        for _ in range(3):
+            if not any([_joined_as_labelled(cols, j, f, sel, neighbors, allowed, free, label_piece, full_tags,
+                                            all_vol, row, locked) for j in kept]):
+                break
+            despeck(kept)  # a path may cut a speck off another tissue
     return cols
 
 
-def _joined_as_labelled(cols, j, f, sel, neighbors, allowed, free, label_piece, full_tags, all_vol, row,
-                        max_joins: int = 8):
-    """Join the pieces of column ``j`` (in place) that lie in one piece of its labels to the largest:
-    the fewest tetrahedra of the group between them (those with a share of the tissue first, then any
-    its layer allows) take it.  A skull base's spongy bone joined to the rest by a bridge of voxels
-    thinner than the tetrahedra came out as a piece of its own (charm-like Colin27 with the interface
-    vertices of surf-6.12: 2 % of the spongy bone)."""
+def _joined_as_labelled(cols, j, f, sel, neighbors, allowed, free, label_piece, full_tags, all_vol, row, locked,
+                        max_joins: int = 8) -> bool:
+    """Join the pieces of column ``j`` (in place) that lie in one piece of its labels to the largest,
+    along the fewest tetrahedra of the group: first only those whose centre lies in that piece of the
+    labels (the way the labels join them), then those with a share of the tissue, then any its layer
+    allows.  A skull base's spongy bone joined to the rest by a bridge of voxels thinner than the
+    tetrahedra came out as a piece of its own (charm-like Colin27 with the interface vertices of
+    surf-6.12: 2 % of the spongy bone).  ``locked`` (bool per row, updated): the paths of earlier joins,
+    which a later path does not cut (two tissues' bridges crossing).  Returns whether any tetrahedron
+    changed."""
     from scipy.sparse.csgraph import dijkstra
 
     from .topology import face_graph
 
-    ids = None
+    ids, tried, changed = None, set(), False
     for _ in range(max_joins):
         full = full_tags()
         idx, n, lab = face_components(full == j, neighbors, full)
         if n <= 1:
-            return
+            break
         if ids is None:
             ids = label_piece(j)
         r = row[idx]
@@ -448,36 +453,37 @@ def _joined_as_labelled(cols, j, f, sel, neighbors, allowed, free, label_piece, 
             v = ids[r[lab == p]]
             v = v[v > 0]
             piece_id[p] = np.bincount(v).argmax() if len(v) else 0
-        size = np.bincount(lab, weights=all_vol[idx])
-        main = int(np.argmax(size))
-        same = np.flatnonzero((piece_id == piece_id[main]) & (np.arange(n) != main) & (piece_id > 0))
-        if not len(same) or not piece_id[main]:
-            return
+        main = int(np.argmax(np.bincount(lab, weights=all_vol[idx])))
+        same = [p for p in np.flatnonzero((piece_id == piece_id[main]) & (np.arange(n) != main))
+                if piece_id[main] and int(idx[lab == p].min()) not in tried]
+        if not same:
+            break
         src, dst = idx[lab == same[0]], idx[lab == main]
-        path = None
-        for need_share in (True, False):
-            ok = allowed[:, j] & (np.isin(cols, free) | (cols == j))
-            if need_share:
-                ok &= (f[:, j] > 0) | (cols == j)
+        tried.add(int(src.min()))  # (a piece no path reaches is not tried again)
+        own = cols == j
+        for ok in ((ids == piece_id[main]) | own, (f[:, j] > 0) | own, np.ones(len(cols), bool)):
+            ok = ok & allowed[:, j] & ((np.isin(cols, free) & ~locked) | own)
             keep = np.zeros(len(full), bool)
             keep[sel[ok]] = True
             cand, loc, g = face_graph(keep, neighbors)
-            if (loc[src] < 0).any() or (loc[dst] < 0).all():
+            s_in, d_in = loc[src][loc[src] >= 0], loc[dst][loc[dst] >= 0]
+            if not len(s_in) or not len(d_in):
                 continue
-            dist, pred, _ = dijkstra(g, directed=False, indices=loc[src], min_only=True, return_predecessors=True)
-            dm = dist[loc[dst[loc[dst] >= 0]]]
-            if not np.isfinite(dm).any():
+            dist, pred, _ = dijkstra(g, directed=False, indices=s_in, min_only=True, return_predecessors=True)
+            if not np.isfinite(dist[d_in]).any():
                 continue
-            cur = int(loc[dst[loc[dst] >= 0]][int(np.argmin(dm))])
+            cur = int(d_in[int(np.argmin(dist[d_in]))])
             path = []
             while cur >= 0:
                 path.append(cand[cur])
                 cur = int(pred[cur])
+            rows = row[np.asarray(path)]
+            rows = rows[rows >= 0]
+            cols[rows] = j
+            locked[rows] = True
+            changed = True
             break
-        if path is None:
-            return
-        rows = row[np.asarray(path)]
-        cols[rows[rows >= 0]] = j
+    return changed
 
 
 def _without_specks(new, sel, out, neighbors, part_of, vol, nodes_mm, tets, clean):
@@ -677,7 +683,10 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
                     also_clean=sorted(set(own_main.values())))]
         elif neighbors is not None:  # the other layers' tissues: in the pieces the labels have
             def label_piece(j, tag_set=tags):  # the labels' piece of column j's tissue at each centre
-                return label_pieces(labels == tag_set[j])[0][tuple(centre_vox.T)]
+                mask = labels == tag_set[j]
+                if lesion_voxels is not None:  # (its tissue is not there: counts leave it out too)
+                    mask &= ~lesion_voxels
+                return label_pieces(mask)[0][tuple(centre_vox.T)]
 
             new = tags[_in_pieces_kept(column[new], f, vol, tags, sel, out, neighbors, allowed,
                                        [column[t] for t in roam if column[t] >= 0], label_piece=label_piece)]

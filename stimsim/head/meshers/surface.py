@@ -51,10 +51,10 @@ SURFACE_MESHER_VERSION = "surf-6.12"  # 6.1: the head's box of a wide field of v
 # without tissues inside the scalp, bone or CSF layer: the same meshes as 6.11)
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
 #: (3 mm at the default 4 mm surfaces), in these layers (scalp's, bone's, CSF's; :func:`_interface_points`).
-#: A sphere whose skull is compact | spongy | compact bone 2 | 4 | 2 mm: the brain's E 15.8 % off the
-#: analytic field without them (tetrahedra across the skull took one tissue or the other in columns:
-#: the spongy ones shunted current, mean |E| +10 %), 3.4 % with them at 0.75 cells (2.5 mm 3.2 %, 4 mm
-#: 6.2 %; tetrahedra 222k -> 389k; docs/meshing.md, surf-6.12)
+#: A 56 mm sphere whose skull is compact | spongy | compact bone 2 | 4 | 2 mm: the brain's E 22 % off
+#: the analytic field without them (tetrahedra across the skull took one tissue or the other in
+#: columns: the spongy ones shunted current, mean |E| +18 %), 3.7 % with them (a one-tissue skull:
+#: 4.4 %; tetrahedra 63k -> 124k; docs/meshing.md, surf-6.12)
 INTERFACE_POINT_CELL = 0.75
 INTERFACE_POINT_LAYERS = (1, 2, 3)
 #: a CSF tetrahedron whose centre's voxel is farther than this many voxels from the CSF's lies in the
@@ -1182,28 +1182,51 @@ def _interface_points(labels: np.ndarray, lzooms, offset_mm, fields, zooms, pad:
     surf-6.12)."""
     layers = INTERFACE_POINT_LAYERS if layers is None else layers
     lz = np.asarray(lzooms, float)
-    lay = layer_lut(max(256, int(labels.max()) + 1)).astype(np.int8)[labels]
-    centres = []
+    lut = layer_lut(max(256, int(labels.max()) + 1)).astype(np.int8)
+    lut[~np.isin(lut, layers)] = 0  # (one int8 array: no boolean temporaries of the whole grid)
+    lay = lut[labels]
+    centres, keys = [], []
     for ax in range(3):
         lo = [slice(None)] * 3
         hi = [slice(None)] * 3
         lo[ax], hi[ax] = slice(0, -1), slice(1, None)
-        a, b = labels[tuple(lo)], labels[tuple(hi)]
         la = lay[tuple(lo)]
-        face = (a != b) & (la == lay[tuple(hi)]) & np.isin(la, layers)
-        idx = np.argwhere(face).astype(float)
-        idx[:, ax] += 0.5
-        centres.append(idx * lz)
-    pts = np.concatenate(centres) if centres else np.zeros((0, 3))
+        face = la == lay[tuple(hi)]
+        face &= la > 0
+        del la
+        face &= labels[tuple(lo)] != labels[tuple(hi)]
+        idx = np.argwhere(face)
+        del face
+        a = labels[tuple(lo)][tuple(idx.T)].astype(np.int64)
+        b = labels[tuple(hi)][tuple(idx.T)].astype(np.int64)
+        c = idx.astype(float)
+        c[:, ax] += 0.5
+        centres.append(c * lz)
+        # the faces of one interface in a cube: the same two tissues, the same one outwards (the two
+        # interfaces of a diploe 2 mm thick, one cube across, differ in which tissue is outside:
+        # "outwards" as the outermost field grows along the face's axis)
+        step = np.zeros(3)
+        step[ax] = 0.5 * lz[ax]
+        local = c * lz - np.asarray(offset_mm, float)
+        grows = _trilinear(fields[0], local + step, zooms, pad) > _trilinear(fields[0], local - step, zooms, pad)
+        outer = np.where(grows, b, a)
+        keys.append(np.column_stack([np.minimum(a, b), np.maximum(a, b), outer == np.maximum(a, b)]))
+    pts = np.concatenate(centres)
     if not len(pts):
         return pts
     s = max(float(spacing_mm), (float(len(pts)) * float(np.prod(lz)) ** (2 / 3) / max_points) ** 0.5)
-    cell = np.floor(pts / s).astype(np.int64)
-    _, inv, count = np.unique(cell, axis=0, return_inverse=True, return_counts=True)
+    group = np.column_stack([np.floor(pts / s).astype(np.int64), np.concatenate(keys)])
+    _, inv, count = np.unique(group, axis=0, return_inverse=True, return_counts=True)
     inv = inv.ravel()
     mean = np.zeros((len(count), 3))
     np.add.at(mean, inv, pts)
-    pts = mean / count[:, None] - np.asarray(offset_mm, float)
+    mean /= count[:, None]
+    # each group's face centre nearest its mean: on the interface (a mean of faces can fall between
+    # two interfaces, or inside a small blob)
+    d = ((pts - mean[inv]) ** 2).sum(1)
+    order = np.lexsort((d, inv))
+    first = order[np.r_[True, inv[order][1:] != inv[order][:-1]]]
+    pts = pts[first] - np.asarray(offset_mm, float)
     keep = _trilinear(fields[0], pts, zooms, pad) < -0.4 * s
     for phi in fields:
         keep &= np.abs(_trilinear(phi, pts, zooms, pad)) > 0.4 * s
@@ -1418,7 +1441,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
             out = None
             if premerge is not None:  # first the surfaces as they were before their short edges merged
                 relaxed_all, faces, mc_all, vsurf, nsurf = premerge
-                rest = verts[int(np.count_nonzero(kept)):]  # the lesion's points
+                rest = verts[int(np.count_nonzero(kept)):]  # the free vertices (the lesion's, the interfaces')
                 verts = np.concatenate([relaxed_all, rest])
                 verts = verts + np.random.default_rng(12345).uniform(-1e-4, 1e-4, verts.shape)
                 info["short_edges_merged"], info["merges_undone"] = 0, True
