@@ -685,5 +685,71 @@ def test_interface_vertices_on_the_interface_of_a_finer_label_grid():
     assert (near14 | near16).all(), np.sort(radius)[[0, -1]]
     assert near14.sum() > 0.3 * len(pts) and near16.sum() > 0.3 * len(pts), (near14.sum(), near16.sum())
     assert np.linalg.norm(world.mean(0)) < 0.2, world.mean(0)  # centred: the frame is right
+    # each a face centre of the finer grid (one index half-way, the others whole), not a mean of several
+    ijk = (pts + offset) / fine
+    half = np.abs(ijk - np.floor(ijk) - 0.5) < 1e-9
+    assert (half.sum(1) == 1).all() and (np.abs(ijk - np.rint(ijk))[~half] < 1e-9).all()
+    # every 2 mm cube that both interfaces cross has a vertex on each
+    both = []
+    for ax in range(3):
+        lo, hi = [slice(None)] * 3, [slice(None)] * 3
+        lo[ax], hi[ax] = slice(0, -1), slice(1, None)
+        a, b = labels[tuple(lo)], labels[tuple(hi)]
+        idx = np.argwhere(((a == 7) & (b == 8)) | ((a == 8) & (b == 7))).astype(float)
+        idx[:, ax] += 0.5
+        both.append(idx * fine)
+    faces = np.concatenate(both)
+    rf = np.linalg.norm(faces - (n - 1) / 2 * fine, axis=1)
+    cube_of = (lambda mm: [tuple(k) for k in np.floor(mm / 2.0).astype(int)])
+    inner = set(cube_of(faces[rf < 15])) & set(cube_of(faces[rf > 15]))
+    assert len(inner) > 20
+    got = {}
+    for k, at14 in zip(cube_of(pts + offset), near14):
+        got.setdefault(k, set()).add(bool(at14))
+    assert all(got.get(k) == {True, False} for k in inner), sum(got.get(k) != {True, False} for k in inner)
     assert len(_interface_points(labels, [fine] * 3, offset, [outer, bone_out, -bone_in], zooms, pad, 4.0)) \
         < 0.5 * len(pts)
+
+
+def test_joining_skips_a_piece_it_cannot_reach_and_joins_within_each_labelled_piece():
+    """Two review cases.  A piece walled in by a fixed tissue cannot be joined: it is skipped, and a
+    reachable piece of the same labelled piece is still joined (retrying the walled-in one used up
+    the joins).  Pieces of a second labelled piece (one eye of two, split) are joined to that piece's
+    largest, not to the other eye."""
+    from stimsim.head.meshers.sub_tissues import _in_pieces_kept
+    from stimsim.head.meshers.topology import face_components
+
+    tets, nb, vol, c = _grid_tets()
+    n = len(tets)
+    sel, out = np.arange(n), np.full(n, 4)
+    q = np.floor(c).astype(int)
+
+    def cube(lo, hi):
+        return ((q >= lo) & (q < hi)).all(1)
+
+    for walled, free_corner in (([1, 1, 1], [1, 4, 1]), ([1, 4, 1], [1, 1, 1])):  # either first in order
+        cols = np.where(q[:, 0] >= 5, 1, 0)
+        a = cube(walled, np.add(walled, 1))
+        cols[cube(np.subtract(walled, 1), np.add(walled, 2)) & ~a] = 2  # the wall: fixed
+        cols[a] = 1
+        b = cube(free_corner, np.add(free_corner, 1))
+        cols[b] = 1
+        ones = np.ones(n, int)
+        got = _in_pieces_kept(cols, np.eye(3)[cols], vol, np.array([7, 8, 9]), sel, out, nb, np.ones((n, 3), bool),
+                              [2], label_piece={0: ones, 1: ones, 2: ones}.__getitem__)
+        idx, k, lab = face_components(got == 1, nb, got)
+        piece = dict(zip(idx, lab))
+        assert k == 2 and piece[np.flatnonzero(b)[0]] == piece[np.flatnonzero(q[:, 0] >= 5)[0]], k
+    # two eyes: the first one piece (x >= 5), the second split in two (x < 2, y < 2 and y >= 4)
+    cols = np.zeros(n, np.int64)
+    eye1 = q[:, 0] >= 5
+    e2a, e2b = cube([0, 0, 2], [2, 2, 4]), cube([0, 4, 2], [2, 6, 4])
+    cols[eye1 | e2a | e2b] = 1
+    ids = np.where(eye1, 1, np.where(q[:, 0] < 2, 2, 0))  # the labels: the second eye one piece at x < 2
+    got = _in_pieces_kept(cols, np.eye(2)[cols], vol, np.array([5, 6]), sel, out, nb, np.ones((n, 2), bool),
+                          [], label_piece={0: np.ones(n, int), 1: ids}.__getitem__)
+    idx, k, lab = face_components(got == 1, nb, got)
+    piece = dict(zip(idx, lab))
+    assert k == 2, k
+    assert piece[np.flatnonzero(e2a)[0]] == piece[np.flatnonzero(e2b)[0]] != piece[np.flatnonzero(eye1)[0]]
+    assert not (got[(q[:, 0] >= 2) & (q[:, 0] < 5)] == 1).any()  # no bridge to the other eye

@@ -415,7 +415,10 @@ def _in_pieces_kept(cols, f, vol, tags, sel, out, neighbors, allowed, fixed, kep
                 cols[order[:n]] = j
     despeck(np.union1d(kept, np.intersect1d(np.asarray(list(also_clean), np.int64), free)))
     if label_piece is not None:
-        # (a later tissue's path goes around an earlier one's: locked)
+        # (a later tissue's path goes around an earlier one's: locked; each tissue's pieces of the
+        # labels found once)
+        found = {}
+        label_piece = (lambda j, read=label_piece: found[j] if j in found else found.setdefault(j, read(j)))
         locked = np.zeros(len(cols), bool)
         for _ in range(3):
             if not any([_joined_as_labelled(cols, j, f, sel, neighbors, allowed, free, label_piece, full_tags,
@@ -427,8 +430,8 @@ def _in_pieces_kept(cols, f, vol, tags, sel, out, neighbors, allowed, fixed, kep
 
 def _joined_as_labelled(cols, j, f, sel, neighbors, allowed, free, label_piece, full_tags, all_vol, row, locked,
                         max_joins: int = 8) -> bool:
-    """Join the pieces of column ``j`` (in place) that lie in one piece of its labels to the largest,
-    along the fewest tetrahedra of the group: first only those whose centre lies in that piece of the
+    """Join the pieces of column ``j`` (in place) that lie in one piece of its labels to the largest of
+    them, along the fewest tetrahedra of the group: first only those whose centre lies in that piece of the
     labels (the way the labels join them), then those with a share of the tissue, then any its layer
     allows.  A skull base's spongy bone joined to the rest by a bridge of voxels thinner than the
     tetrahedra came out as a piece of its own (charm-like Colin27 with the interface vertices of
@@ -453,15 +456,23 @@ def _joined_as_labelled(cols, j, f, sel, neighbors, allowed, free, label_piece, 
             v = ids[r[lab == p]]
             v = v[v > 0]
             piece_id[p] = np.bincount(v).argmax() if len(v) else 0
-        main = int(np.argmax(np.bincount(lab, weights=all_vol[idx])))
-        same = [p for p in np.flatnonzero((piece_id == piece_id[main]) & (np.arange(n) != main))
-                if piece_id[main] and int(idx[lab == p].min()) not in tried]
-        if not same:
+        size = np.bincount(lab, weights=all_vol[idx])
+        # each piece of the labels: its other mesh pieces joined to its largest one (two eyes, one of
+        # them split: the split one joined, the two eyes not)
+        by_size = np.argsort(-size, kind="stable")
+        biggest = {}
+        for q in by_size:
+            if piece_id[q]:
+                biggest.setdefault(piece_id[q], q)
+        todo = [(p, biggest[piece_id[p]]) for p in by_size
+                if piece_id[p] and biggest[piece_id[p]] != p and int(idx[lab == p].min()) not in tried]
+        if not todo:
             break
-        src, dst = idx[lab == same[0]], idx[lab == main]
+        src, dst = idx[lab == todo[0][0]], idx[lab == todo[0][1]]
+        target = piece_id[todo[0][1]]
         tried.add(int(src.min()))  # (a piece no path reaches is not tried again)
         own = cols == j
-        for ok in ((ids == piece_id[main]) | own, (f[:, j] > 0) | own, np.ones(len(cols), bool)):
+        for ok in ((ids == target) | own, (f[:, j] > 0) | own, np.ones(len(cols), bool)):
             ok = ok & allowed[:, j] & ((np.isin(cols, free) & ~locked) | own)
             keep = np.zeros(len(full), bool)
             keep[sel[ok]] = True
@@ -672,7 +683,7 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
             seen = out.copy()
             seen[sel[~mine]] = new[~mine]
             if skip is not None:  # a lesion tagged as the joined tissue (a haemorrhage) is not part of it
-                seen[skip] = -1
+                seen[skip & np.isin(seen, list((joined_to or {}).values()))] = -1
             glued = {int(column[s]): int(t) for s, t in (joined_to or {}).items()
                      if s < len(column) and column[s] >= 0 and (seen == t).any()}
             if glued:
