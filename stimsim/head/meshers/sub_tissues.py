@@ -309,9 +309,10 @@ def _in_pieces_kept(cols, f, vol, tags, sel, out, neighbors, allowed, fixed, kep
     outside the group that a column's pieces join (the folds' blood stand-in with the CSF layer's
     blood: a piece touching it is part of it), with ``out_vol`` the volumes of all tetrahedra (that
     tissue's pieces count with theirs); ``also_clean``: other columns whose specks the last cleaning
-    removes too (a tetrahedron of grey matter that the grown folds' blood closed in).  ``label_piece``: ``label_piece(j)`` -> the labels' piece
-    (6-connected, 0: none) of column j's tissue at each tetrahedron's centre; two pieces left in the
-    same piece of the labels are then joined along the fewest tetrahedra (:func:`_joined_as_labelled`).
+    removes too (a tetrahedron of grey matter that the grown folds' blood closed in).
+    ``label_piece``: ``label_piece(j)`` -> the labels' piece (6-connected, 0: none) of column j's
+    tissue at each tetrahedron's centre; pieces left in one piece of the labels are then joined
+    along the fewest tetrahedra (:func:`_joined_as_labelled`).
 
     Chosen by its own shares, each tetrahedron of a skull whose outer table, diploe and inner table
     are 1-3 mm each is about half the skull's thickness: the choice makes a checkerboard there (the

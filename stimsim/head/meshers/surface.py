@@ -1175,15 +1175,15 @@ def _interface_points(labels: np.ndarray, lzooms, offset_mm, fields, zooms, pad:
                       layers=None, max_points: int = 200_000) -> np.ndarray:
     """Free TetGen vertices (mm, local frame) on the interfaces between two tissues of one nesting layer
     (``layers``, default :data:`INTERFACE_POINT_LAYERS`: scalp | muscle | eyes, compact | spongy bone,
-    CSF | blood): the centres of the voxel faces between them, one point per ``spacing_mm`` cube
-    (their mean; coarser if there would be more than ``max_points``), at least 0.4 spacing from every
-    input surface.  ``labels`` (SimNIBS tags) on a grid of ``lzooms`` whose voxel-frame mm are this
+    CSF | blood): centres of the voxel faces between them, one per ``spacing_mm`` cube, tissue pair and
+    side (which of the two lies outwards), the face nearest the group's mean (coarser cubes if there
+    would be more than ``max_points``), at least 0.4 spacing from every input surface.  ``labels`` (SimNIBS tags) on a grid of ``lzooms`` whose voxel-frame mm are this
     grid's plus ``offset_mm``.  Tetrahedra with vertices on an interface follow it (docs/meshing.md,
     surf-6.12)."""
     layers = INTERFACE_POINT_LAYERS if layers is None else layers
     lz = np.asarray(lzooms, float)
     lut = layer_lut(max(256, int(labels.max()) + 1)).astype(np.int8)
-    lut[~np.isin(lut, layers)] = 0  # (one int8 array: no boolean temporaries of the whole grid)
+    lut[~np.isin(lut, layers)] = 0  # (an int8 layer grid: no isin over the whole grid)
     lay = lut[labels]
     centres, keys = [], []
     for ax in range(3):
