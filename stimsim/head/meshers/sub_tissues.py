@@ -473,8 +473,9 @@ def _joined_as_labelled(cols, j, f, sel, neighbors, allowed, free, label_piece, 
         target = piece_id[todo[0][1]]
         tried.add(int(src.min()))  # (a piece no path reaches is not tried again)
         own = cols == j
-        for ok in ((ids == target) | own, (f[:, j] > 0) | own, np.ones(len(cols), bool)):
-            ok = ok & allowed[:, j] & ((np.isin(cols, free) & ~locked) | own)
+        movable = allowed[:, j] & ((np.isin(cols, free) & ~locked) | own)
+        for ok in ((ids == target) | own, (f[:, j] > 0) | own, movable):
+            ok = ok & movable
             keep = np.zeros(len(full), bool)
             keep[sel[ok]] = True
             cand, loc, g = face_graph(keep, neighbors)

@@ -1143,6 +1143,16 @@ def _connect_pieces(ttags, nb, vol, tag, through):
 _LESION = 254
 
 
+def _clear_of_surfaces(pts: np.ndarray, fields, zooms, pad: int, gap_mm: float) -> np.ndarray:
+    """Which free vertices ``pts`` (mm, local frame) lie inside the head (``fields[0]``) and farther than
+    ``gap_mm`` from every input surface (each field's zero level): closer ones make flat tetrahedra
+    against the ``-Y`` facets."""
+    keep = _trilinear(fields[0], pts, zooms, pad) < -gap_mm
+    for phi in fields:
+        keep &= np.abs(_trilinear(phi, pts, zooms, pad)) > gap_mm
+    return keep
+
+
 def _lesion_points(lesion: np.ndarray, fields, zooms, pad: int, max_points: int = 100_000) -> np.ndarray:
     """Free TetGen vertices (mm, local frame) in and around the lesion: a BCC lattice of spacing
     1.5 voxels (coarser if it would exceed ``max_points``) within one spacing of a lesion voxel,
@@ -1165,10 +1175,7 @@ def _lesion_points(lesion: np.ndarray, fields, zooms, pad: int, max_points: int 
     k = np.clip(np.rint(pts / zooms).astype(int) - lo, 0, np.array(box.shape) - 1)
     keep = dist[tuple(k.T)] <= s
     pts = pts[keep]
-    keep = _trilinear(fields[0], pts, zooms, pad) < -0.4 * s
-    for phi in fields:
-        keep &= np.abs(_trilinear(phi, pts, zooms, pad)) > 0.4 * s
-    return pts[keep]
+    return pts[_clear_of_surfaces(pts, fields, zooms, pad, 0.4 * s)]
 
 
 def _interface_points(labels: np.ndarray, lzooms, offset_mm, fields, zooms, pad: int, spacing_mm: float,
@@ -1227,10 +1234,7 @@ def _interface_points(labels: np.ndarray, lzooms, offset_mm, fields, zooms, pad:
     order = np.lexsort((d, inv))
     first = order[np.r_[True, inv[order][1:] != inv[order][:-1]]]
     pts = pts[first] - np.asarray(offset_mm, float)
-    keep = _trilinear(fields[0], pts, zooms, pad) < -0.4 * s
-    for phi in fields:
-        keep &= np.abs(_trilinear(phi, pts, zooms, pad)) > 0.4 * s
-    return pts[keep]
+    return pts[_clear_of_surfaces(pts, fields, zooms, pad, 0.4 * s)]
 
 
 class _quiet_stdout:
