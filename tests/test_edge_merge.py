@@ -167,9 +167,7 @@ def test_tetgen_refusing_merged_surfaces_gets_the_unmerged_ones(monkeypatch):
     were before merging (its later retries put marching-cubes points back, which are free of
     crossings only on the unmerged triangles)."""
     pytest.importorskip("tetgen")
-    import tetgen
-
-    from stimsim.head.meshers import make_head_mesh
+    from stimsim.head.meshers import make_head_mesh, tetgen_worker
 
     g = np.indices((44, 44, 44)).astype(float) - 21.5
     r = np.sqrt((g ** 2).sum(0))
@@ -177,15 +175,15 @@ def test_tetgen_refusing_merged_surfaces_gets_the_unmerged_ones(monkeypatch):
     for radius, tag in ((20, 5), (17, 4), (14, 3), (12, 2), (8, 1)):
         vol[r <= radius] = tag
     calls = []
-    real = tetgen.TetGen.tetrahedralize
+    real = tetgen_worker.tetrahedralize
 
-    def refuse_first(self, *args, **kwargs):
-        calls.append(len(self.v) if hasattr(self, "v") else 0)
+    def refuse_first(verts, *args, **kwargs):
+        calls.append(len(verts))
         if len(calls) == 1:
             raise RuntimeError("The input surface mesh contain self-intersections.")
-        return real(self, *args, **kwargs)
+        return real(verts, *args, **kwargs)
 
-    monkeypatch.setattr(tetgen.TetGen, "tetrahedralize", refuse_first)
+    monkeypatch.setattr(tetgen_worker, "tetrahedralize", refuse_first)
     mesh, info = make_head_mesh(vol, np.eye(4), "simnibs", method="surface", element_size_mm=4.0, progress=False,
                                 cache=False, return_info=True)
     m = info.mesher

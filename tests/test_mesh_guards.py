@@ -428,21 +428,21 @@ def test_surfaces_tetgen_refuses_are_built_again_with_thicker_layers(nifti, tmp_
     within recoversubfaces') gives a mesh built with thicker minimum layers, listed in the info and
     not cached, instead of an error; where every try is refused, one error line and nothing written;
     other failures (out of memory) are not retried; thicknesses the caller set are kept."""
-    tetgen = pytest.importorskip("tetgen")
+    pytest.importorskip("tetgen")
     pytest.importorskip("skimage")
-    from stimsim.head.meshers import make_head_mesh, surface
+    from stimsim.head.meshers import make_head_mesh, surface, tetgen_worker
     from stimsim.head.meshers.core import TETGEN_RETRY_THICKNESS_FACTORS
 
-    real = tetgen.TetGen.tetrahedralize
+    real = tetgen_worker.tetrahedralize
     calls = []
 
-    def refused_first(self, *args, **kw):
+    def refused_first(*args, **kw):
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("Internal TetGen error within `recoversubfaces`.")
-        return real(self, *args, **kw)
+        return real(*args, **kw)
 
-    monkeypatch.setattr(tetgen.TetGen, "tetrahedralize", refused_first)
+    monkeypatch.setattr(tetgen_worker, "tetrahedralize", refused_first)
     monkeypatch.setenv("STIMSIM_CACHE", str(tmp_path / "cache"))
     vol = _balls(72, (34, 28, 22, 17, 11))
     aff = np.eye(4)
@@ -463,21 +463,21 @@ def test_surfaces_tetgen_refuses_are_built_again_with_thicker_layers(nifti, tmp_
                        surface_options={"thickness_scale": 1.5})
     assert len(calls) == 1 and "also with" not in str(refused.value)
 
-    def out_of_memory(self, *args, **kw):
+    def out_of_memory(*args, **kw):
         calls.append(1)
         raise MemoryError("Unable to allocate 12.0 GiB")
 
-    monkeypatch.setattr(tetgen.TetGen, "tetrahedralize", out_of_memory)
+    monkeypatch.setattr(tetgen_worker, "tetrahedralize", out_of_memory)
     calls.clear()
     with pytest.raises(MemoryError):
         make_head_mesh(vol, aff, "colin27", method="surface", element_size_mm=6.0, progress=False, cache=False)
     assert len(calls) == 1
 
-    def always_refused(self, *args, **kw):
+    def always_refused(*args, **kw):
         calls.append(1)
         raise RuntimeError("Internal TetGen error within `recoversubfaces`.")
 
-    monkeypatch.setattr(tetgen.TetGen, "tetrahedralize", always_refused)
+    monkeypatch.setattr(tetgen_worker, "tetrahedralize", always_refused)
     calls.clear()
     p = nifti(vol)
     out = tmp_path / "head.msh"

@@ -15,8 +15,6 @@ TetGen, region tags, lesion refinement) and what was measured on the way: docs/m
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from typing import NamedTuple
 
@@ -28,6 +26,7 @@ from ...errors import MeshError
 from ...mesh.model import TET_FACES, face_codes
 from ...tissues import LAYER_FILL_TAG, LAYER_OF_TAG, layer_lut
 from ..labels import value_counts
+from . import tetgen_worker
 from .sub_tissues import keep_sub_tissues, layers_with_sub_tissues
 from .topology import (distance_to_background, face_components, face_graph, fill_holes, label_pieces, sample_volume,
                        tet_neighbors, vertex_incidence)
@@ -1237,30 +1236,6 @@ def _interface_points(labels: np.ndarray, lzooms, offset_mm, fields, zooms, pad:
     return pts[_clear_of_surfaces(pts, fields, zooms, pad, 0.4 * s)]
 
 
-class _quiet_stdout:
-    """Send file descriptor 1 to /dev/null for the ``with`` block (C code printing)."""
-
-    def __init__(self, enabled=True):
-        self.enabled, self.saved = enabled, None
-
-    def __enter__(self):
-        if self.enabled:
-            try:
-                sys.stdout.flush()
-                self.saved = os.dup(1)
-                null = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(null, 1)
-                os.close(null)
-            except (OSError, ValueError, AttributeError):  # no usable fd 1 (embedded interpreters)
-                self.saved = None
-        return self
-
-    def __exit__(self, *exc):
-        if self.saved is not None:
-            os.dup2(self.saved, 1)
-            os.close(self.saved)
-
-
 class TetGenFailed(MeshError):
     """TetGen refused the head surfaces (crossing or touching surfaces it could not recover): surfaces
     held further apart may pass (:func:`stimsim.head.meshers.core.make_head_mesh` retries).  ``reason``:
@@ -1274,17 +1249,20 @@ class TetGenFailed(MeshError):
                          "or method='lattice'")
 
 
-def _tetgen_unless_crossing(verts, faces, switches, verbose):
-    """TetGen's ``(nodes, elements, ...)``, or None when it finds the surfaces intersecting."""
-    import tetgen
-
+def _tetgen_unless_crossing(verts, faces, switches, verbose, stats):
+    """TetGen's ``(nodes, tetrahedra)``, or None when it finds the surfaces crossing."""
     try:
-        with _quiet_stdout(not verbose):
-            return tetgen.TetGen(verts, faces.astype(np.int32)).tetrahedralize(switches=switches)
+        return tetgen_worker.tetrahedralize(verts, faces, switches, verbose, stats)
     except RuntimeError as exc:
-        if "intersect" not in str(exc):
+        if not _crossing(exc):
             raise
     return None
+
+
+def _crossing(exc: RuntimeError) -> bool:
+    """Whether TetGen's refusal says the surfaces cross: it says so, or it crashed on them (two
+    overlapping spheres abort it, :mod:`.tetgen_worker`)."""
+    return "intersect" in str(exc) or isinstance(exc, tetgen_worker.TetGenCrashed)
 
 
 def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float, *, min_thickness_mm=0.5,
@@ -1419,7 +1397,6 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
 
     # no region seeds: regions are recovered below as the face-connected pieces between the
     # input surfaces (the TetGen region attributes read back wrong tags, see STATUS)
-    tg = tetgen.TetGen(verts, faces.astype(np.int32))
     rid = 0
     # no hole seeds either: a seed of an air piece that the sub-grid surfaces miss made TetGen
     # delete the whole bone region (the "bone 0.2 mL" bug); air regions are dropped by the vote
@@ -1435,12 +1412,12 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     else:
         q = ""
     switches = f"p{q}a{maxvol:.4g}{extra_switches}" + ("V" if verbose else "Q")
+    tg_stats = {}  # the child process's memory (tetgen_worker)
     try:
         try:
-            with _quiet_stdout(not verbose):  # TetGen's C code prints to stdout even with Q
-                out = tg.tetrahedralize(switches=switches)
+            out = tetgen_worker.tetrahedralize(verts, faces, switches, verbose, tg_stats)
         except RuntimeError as exc:
-            if "intersect" not in str(exc):
+            if not _crossing(exc):
                 raise
             out = None
             if premerge is not None:  # first the surfaces as they were before their short edges merged
@@ -1450,7 +1427,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                 verts = verts + np.random.default_rng(12345).uniform(-1e-4, 1e-4, verts.shape)
                 info["short_edges_merged"], info["merges_undone"] = 0, True
                 info["surface_triangles"] = nsurf
-                out = _tetgen_unless_crossing(verts, faces, switches, verbose)
+                out = _tetgen_unless_crossing(verts, faces, switches, verbose, tg_stats)
             if out is None and relax_iterations:
                 # the untangling checks only the triangles near another surface (a fold of one surface
                 # elsewhere is rare: a head sampled half a voxel off Colin27's grid had one); check them
@@ -1461,7 +1438,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                 if 0 < back < len(v2):  # else TetGen would refuse the same surfaces again
                     info["relax_vertices_put_back"] = info.get("relax_vertices_put_back", 0) + back
                     verts[:len(mc_all)] = v2 + jitter
-                    out = _tetgen_unless_crossing(verts, faces, switches, verbose)
+                    out = _tetgen_unless_crossing(verts, faces, switches, verbose, tg_stats)
             if out is None:
                 # a crossing the untangling missed: mesh the marching-cubes surfaces, with any of their
                 # own crossings pushed apart (rare: chords of close surfaces inside one sub-grid cube)
@@ -1470,9 +1447,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                 info["crossing_vertices_moved"] = info.get("crossing_vertices_moved", 0) + moved
                 verts[:len(mc)] = mc + np.random.default_rng(12345).uniform(-1e-4, 1e-4, mc.shape)
                 info["relax_fallback"] = True
-                tg = tetgen.TetGen(verts, faces.astype(np.int32))
-                with _quiet_stdout(not verbose):
-                    out = tg.tetrahedralize(switches=switches)
+                out = tetgen_worker.tetrahedralize(verts, faces, switches, verbose, tg_stats)
     except RuntimeError as exc:  # TetGen's refusals (crossing surfaces, an internal error recovering them)
         raise TetGenFailed(exc) from None
     except (MemoryError, KeyboardInterrupt):
@@ -1483,6 +1458,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     nodes, elem = out[0], out[1]
     info["timings_s"]["tetgen_s"] = time.perf_counter() - t0
     info["tetgen_switches"] = switches
+    if tg_stats.get("peak_mib"):  # this process at the call + TetGen's child at its peak (MiB)
+        info["tetgen_peak_mib"] = round(float(tg_stats["peak_mib"]), 1)
     nodes = np.asarray(nodes, float)
     tets = np.asarray(elem, np.int64)[:, :4]
 

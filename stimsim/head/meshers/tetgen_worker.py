@@ -1,0 +1,167 @@
+"""TetGen run in a child process, so that its crashes cannot take the caller's process with it.
+
+Why: on surfaces that cross, TetGen does not always stop with an error.  It can write past the end of
+its own heap blocks, and glibc then aborts the whole Python process ("free(): invalid next size",
+"malloc(): invalid size").  Two overlapping spheres abort on the first call; a contrived head with bone
+in every sulcus aborted while the mesher was about to retry with thicker layers.  No ``try`` can catch
+that.  In a child process such a crash is one more refusal of the surfaces, which the mesher retries or
+reports in one line (docs/meshing.md, "TetGen in a child process").
+
+The child imports only numpy and tetgen (about 0.2 s), reads the surfaces from a private temporary
+directory, and writes the nodes and tetrahedra back there; the directory is removed afterwards.  Where
+no child can be started (no ``sys.executable``, a sandbox that forbids processes) TetGen runs in this
+process, as before.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..._logging import logger
+
+#: exit codes of the child (other than 0 = done): TetGen refused the surfaces / ran out of memory
+_REFUSED, _NO_MEMORY = 3, 4
+
+#: the child's program: only numpy and tetgen are imported (not stimsim, whose import is slow), and
+#: it runs in the temporary directory, so that no file of the caller's working directory shadows them
+_CHILD = r"""
+import sys
+import numpy as np
+import tetgen
+switches = sys.argv[1]
+
+
+def peak():  # this child's peak memory (KiB on Linux), for the caller's report
+    try:
+        import resource
+        open("peak.txt", "w").write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+    except Exception:
+        pass
+
+
+try:
+    verts, faces = np.load("verts.npy"), np.load("faces.npy")
+    out = tetgen.TetGen(verts, faces).tetrahedralize(switches=switches)
+    np.save("nodes.tmp.npy", np.asarray(out[0], float))
+    np.save("elems.tmp.npy", np.asarray(out[1])[:, :4].astype(np.int64))
+except MemoryError as exc:
+    open("error.txt", "w").write(str(exc))
+    peak()
+    sys.exit(4)
+except RuntimeError as exc:
+    open("error.txt", "w").write(str(exc))
+    peak()
+    sys.exit(3)
+peak()
+import os
+os.replace("nodes.tmp.npy", "nodes.npy")
+os.replace("elems.tmp.npy", "elems.npy")
+"""
+
+
+class TetGenCrashed(RuntimeError):
+    """TetGen's process died on the surfaces (a signal, or an exit without an answer)."""
+
+
+def _rss_mib() -> float:
+    """This process's resident memory now (MiB; 0 where /proc is not there)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class _quiet_stdout:
+    """Send file descriptor 1 to /dev/null for the ``with`` block (C code printing)."""
+
+    def __init__(self, enabled=True):
+        self.enabled, self.saved = enabled, None
+
+    def __enter__(self):
+        if self.enabled:
+            try:
+                sys.stdout.flush()
+                self.saved = os.dup(1)
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, 1)
+                os.close(null)
+            except (OSError, ValueError, AttributeError):  # no usable fd 1 (embedded interpreters)
+                self.saved = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            os.dup2(self.saved, 1)
+            os.close(self.saved)
+
+
+def _in_process(verts: np.ndarray, faces: np.ndarray, switches: str, verbose: bool) -> tuple[np.ndarray, np.ndarray]:
+    import tetgen
+
+    with _quiet_stdout(not verbose):  # TetGen's C code prints to stdout even with Q
+        out = tetgen.TetGen(verts, faces.astype(np.int32)).tetrahedralize(switches=switches)
+    return np.asarray(out[0], float), np.asarray(out[1])[:, :4].astype(np.int64)
+
+
+def _signal_name(rc: int) -> str:
+    try:
+        return signal.Signals(-rc).name
+    except ValueError:
+        return f"signal {-rc}"
+
+
+def tetrahedralize(verts: np.ndarray, faces: np.ndarray, switches: str, verbose: bool = False,
+                   stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """TetGen's nodes (n x 3, float) and tetrahedra (m x 4, int64) of the closed surfaces ``verts``,
+    ``faces`` with ``switches``, computed in a child process.
+
+    Raises ``RuntimeError`` (TetGen's message) when TetGen refuses the surfaces, and
+    :class:`TetGenCrashed` (a ``RuntimeError``) when it crashes on them (the message names the signal
+    and the C library's last line); ``MemoryError``
+    when it runs out of memory or is killed (SIGKILL: the kernel's out-of-memory killer).
+    ``stats`` (optional dict) receives ``"peak_mib"``: this process's memory at the call plus the
+    child's peak, an upper bound of the two together, and ``"isolated"``: whether a child ran."""
+    verts = np.ascontiguousarray(verts, float)
+    faces = np.ascontiguousarray(faces, np.int32)
+    stats = {} if stats is None else stats
+    if not sys.executable:
+        stats["isolated"] = False
+        return _in_process(verts, faces, switches, verbose)
+    with tempfile.TemporaryDirectory(prefix="stimsim-tetgen-") as tmp:
+        d = Path(tmp)
+        np.save(d / "verts.npy", verts)
+        np.save(d / "faces.npy", faces)
+        try:
+            proc = subprocess.run([sys.executable, "-c", _CHILD, switches], cwd=tmp,
+                                  stdout=None if verbose else subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  stdin=subprocess.DEVNULL, check=False)
+        except OSError as exc:  # no processes here (a sandbox): TetGen in this process, as before
+            logger.info("TetGen runs in this process (no child process: %s)", exc)
+            stats["isolated"] = False
+            return _in_process(verts, faces, switches, verbose)
+        stats["isolated"] = True
+        try:
+            child_mib = int((d / "peak.txt").read_text()) / 1024  # KiB (Linux)
+        except (OSError, ValueError):
+            child_mib = 0.0
+        stats["peak_mib"] = max(stats.get("peak_mib", 0.0), _rss_mib() + child_mib)  # over the tries
+        rc = proc.returncode
+        if rc == 0 and (d / "elems.npy").exists():
+            return np.load(d / "nodes.npy"), np.load(d / "elems.npy")
+        message = (d / "error.txt").read_text() if (d / "error.txt").exists() else ""
+        if rc == _NO_MEMORY or rc == -signal.SIGKILL:
+            raise MemoryError(message or "TetGen was killed (SIGKILL; out of memory?)")
+        if rc == _REFUSED:
+            raise RuntimeError(message)
+        last = [ln for ln in proc.stderr.decode(errors="replace").splitlines() if ln.strip()]
+        why = _signal_name(rc) if rc < 0 else f"exit code {rc}"
+        raise TetGenCrashed(f"TetGen crashed on these surfaces ({why}" + (f": {last[-1].strip()}" if last else "")
+                           + ")")
