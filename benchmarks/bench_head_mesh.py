@@ -12,7 +12,8 @@ and what the mesh does to the solve (AMG-CG iterations and time, tDCS C3-Fp2 5 x
         # tissues inside a layer (SimNIBS charm's 6-10, e.g. benchmarks/make_charm_labels.py): volume error
         # and Dice of each, in a table of their own
 
-Each run is a fresh child process (peak RSS per method, no cache); no element size = each
+Each run is a fresh child process (peak RSS per method, with TetGen's own child process at the time
+it ran added, no cache); no element size = each
 method's default (surface 8 mm, lattice 3.2 mm).  Targets (issue 5): <= 120 s, <= 4 GB,
 <= 1.5 M tets, every tissue within 5 % of its voxel volume and one piece.
 """
@@ -58,6 +59,8 @@ def run_one(method: str, h: float | None, upsample: int = 1, labels: Path = LABE
                                 progress=False, return_info=True, surface_size_mm=surface_size_mm)
     dt = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB -> GB (Linux)
+    # TetGen runs in a child process (tetgen_worker): this process at the call plus the child's peak
+    peak = max(peak, float(info.mesher.get("tetgen_peak_mib") or 0.0) * 2 ** 20 / 1e9)
     q = quality_summary(mesh, info.expected_volume_mm3 or info.voxel_volume_mm3)  # eyes etc. merged into scalp
     from stimsim.head import apply_label_map, label_map
     from stimsim.head.meshers.thickness import ray_thickness_summary, tag_dice, thickness_percentiles

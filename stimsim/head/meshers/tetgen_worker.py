@@ -103,6 +103,18 @@ class _quiet_stdout:
             os.close(self.saved)
 
 
+def _trim_heap() -> None:
+    """Give the heap this process freed back to the system (glibc's ``malloc_trim``), before the child
+    starts: in one process TetGen reused those pages; beside a child they would sit idle (Colin27: the
+    caller's resident memory 582 -> 447 MiB at the call)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _in_process(verts: np.ndarray, faces: np.ndarray, switches: str, verbose: bool) -> tuple[np.ndarray, np.ndarray]:
     import tetgen
 
@@ -139,6 +151,7 @@ def tetrahedralize(verts: np.ndarray, faces: np.ndarray, switches: str, verbose:
         d = Path(tmp)
         np.save(d / "verts.npy", verts)
         np.save(d / "faces.npy", faces)
+        _trim_heap()
         try:
             proc = subprocess.run([sys.executable, "-c", _CHILD, switches], cwd=tmp,
                                   stdout=None if verbose else subprocess.DEVNULL, stderr=subprocess.PIPE,
