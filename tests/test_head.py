@@ -140,15 +140,34 @@ def test_bad_label_volumes(bad, match, method):
 
 
 @pytest.mark.parametrize("method", _METHODS)
-def test_oblique_affine_and_lesion_grid_rejected(method):
+def test_oblique_affine_meshed_as_rotated_sheared_and_lesion_grid_rejected(method):
+    """Labels on a rotated (oblique) grid give the mesh of the same labels on an axis-aligned grid,
+    rotated: the same tetrahedra and tags, nodes moved by the rotation.  A sheared grid, whose voxels
+    are not boxes, and a lesion on another grid are refused."""
+    from scipy.spatial.transform import Rotation
+
     from stimsim.head.meshers import make_head_mesh
 
-    vol = _spheres(20, (8, 7, 6, 5, 3))
-    c, s = np.cos(0.3), np.sin(0.3)
-    aff = np.array([[c, -s, 0, 0], [s, c, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
-    kw = {"method": method, "progress": False, "cache": False}
-    with pytest.raises(MeshError, match="oblique"):
-        make_head_mesh(vol, aff, "colin27", **kw)
+    vol = _spheres(28, (12, 10, 8, 6.5, 4))
+    zooms = np.array([1.1, 1.1, 1.3])  # not cubes either
+    straight = np.diag([*zooms, 1.0])
+    straight[:3, 3] = [-11.0, 4.0, 30.0]
+    turn = np.eye(4)
+    turn[:3, :3] = Rotation.from_rotvec([0.2, -0.35, 0.5]).as_matrix()
+    turn[:3, 3] = [5.0, -2.0, 1.5]
+    kw = {"method": method, "progress": False, "cache": False, "element_size_mm": 4.0 if method == "surface" else 2.0}
+    ref = make_head_mesh(vol, straight, "colin27", **kw)
+    for rot in (turn, turn @ np.diag([1.0, -1.0, 1.0, 1.0])):  # a rotation; with a reflection (det < 0)
+        mesh = make_head_mesh(vol, rot @ straight, "colin27", **kw)
+        assert mesh.n_tets == ref.n_tets and (mesh.signed_volumes_mm3 > 0).all()
+        np.testing.assert_allclose(mesh.nodes, ref.nodes @ rot[:3, :3].T + rot[:3, 3], atol=1e-9)
+        np.testing.assert_array_equal(np.sort(mesh.tets, axis=1), np.sort(ref.tets, axis=1))  # reoriented if det < 0
+        np.testing.assert_array_equal(mesh.tet_tags, ref.tet_tags)
+        np.testing.assert_allclose(mesh.signed_volumes_mm3, ref.signed_volumes_mm3, rtol=1e-9)
+    shear = straight.copy()
+    shear[0, 1] = 0.3
+    with pytest.raises(MeshError, match="shears the voxel grid"):
+        make_head_mesh(vol, shear, "colin27", **kw)
     with pytest.raises(MeshError, match="grid"):
         make_head_mesh(vol, np.eye(4), "colin27", lesion=np.ones((5, 5, 5), bool), **kw)
 
