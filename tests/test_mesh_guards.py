@@ -488,3 +488,43 @@ def test_surfaces_tetgen_refuses_are_built_again_with_thicker_layers(nifti, tmp_
            "minimum layer thicknesses x1.5, x2.25); try another element size" in line
     assert len(calls) == 1 + len(TETGEN_RETRY_THICKNESS_FACTORS)
     assert not out.exists() and _written(tmp_path) == []
+
+
+def test_labels_read_in_the_wrong_order_are_refused_with_the_map_that_fits(nifti, tmp_path):
+    """Colin27-style labels (1 scalp ... 5 WM) read as SimNIBS's (1 WM ... 5 scalp) put the white matter
+    outside: refused before meshing (it meshed, with bone +43 %, in 86 s), naming what covers the
+    head's surface and the map under which the tissues nest; nothing written."""
+    p = nifti(_balls(40, (18, 15, 12, 10, 6)))
+    out = tmp_path / "head.msh"
+    res = _cli(p, "--labels", "simnibs", "--out", out)
+    assert res.exit_code == 2, res.output
+    line = _error_line(res.output)
+    assert "do not nest as --labels simnibs reads them" in line and "100 % of the head's outer surface is " \
+        "white matter" in line and "scalp, the outermost tissue, covers 0 %" in line, line
+    assert "they nest as --labels colin27 or --labels mcx" not in line and "--labels colin27" in line
+    assert not out.exists() and _written(tmp_path) == []
+
+
+def test_layers_that_nest_pass_the_check():
+    """The nesting check passes heads whose outermost tissue covers their surface, whatever is
+    missing: the five layers, a brain with CSF only in its ventricles, a head cut by the field of view,
+    bone on a fifth of the surface (a scalp with a hole); and refuses a layer two further in on most
+    of it, with a label map given as a dict named as such."""
+    from stimsim.head.labels import LABEL_MAPS, apply_label_map
+    from stimsim.head.meshers.core import check_layers_nest
+
+    simnibs = _balls(40, (18, 15, 12, 10, 6))
+    simnibs = np.where(simnibs > 0, 6 - simnibs, 0).astype(np.uint8)  # SimNIBS tags: 5 scalp ... 1 WM
+    check_layers_nest(simnibs, (1, 1, 1))
+    brain = np.where(simnibs <= 2, simnibs, 0).astype(np.uint8)
+    brain[17:23, 17:23, 17:23] = 3  # a ventricle
+    check_layers_nest(brain, (1, 1, 1))
+    check_layers_nest(simnibs[:, :, :24], (1, 1, 1))  # cut through the middle
+    holed = simnibs.copy()
+    holed[:, :, 33:][holed[:, :, 33:] == 5] = 0  # the scalp's top cap gone: bone there
+    check_layers_nest(holed, (1, 1, 1))
+    wrong = apply_label_map(np.where(simnibs > 0, 6 - simnibs, 0), LABEL_MAPS["simnibs"])
+    with pytest.raises(MeshError, match="do not nest as the label map reads them"):
+        check_layers_nest(wrong, (1, 1, 1), None, {1: 1, 2: 2, 3: 3, 4: 4, 5: 5})
+    # CSF outside a brain without scalp or bone: the next layer in, allowed (no CSF around it)
+    check_layers_nest(np.where(brain == 3, 0, brain).astype(np.uint8), (1, 1, 1))

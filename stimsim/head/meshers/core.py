@@ -48,7 +48,7 @@ from .topology import (ISLAND_FRACTION, compact_nodes, distance_to_background, f
                        orient_tets, signed_volumes, tet_neighbors)
 
 __all__ = ["make_head_mesh", "load_label_volume", "tissue_connectivity", "quality_summary", "resolve_method",
-           "check_meshable", "volume_check", "assess_quality", "expected_tags", "print_summary",
+           "check_layers_nest", "check_meshable", "volume_check", "assess_quality", "expected_tags", "print_summary",
            "default_element_size", "cache_dir", "METHODS", "DEFAULT_ELEMENT_SIZE_MM",
            "MESHER_VERSION", "make_surface_head_mesh", "air_cavities"]
 
@@ -521,6 +521,71 @@ def check_meshable(tags: np.ndarray, zooms, h: float, counts: dict[int, int] | N
                         f"{_fmt_mm3(_element_volume_mm3(h))}): {fix}")
 
 
+#: the outermost tissue layer (of those holding at least :data:`NESTING_MIN_LAYER_SHARE` of the head)
+#: must cover at least this share of the head's outer surface, unless the surface is mostly the next
+#: layer in (brain-only labels with CSF in the ventricles alone): else the label map reads the labels
+#: in the wrong order (Colin27's labels read as SimNIBS's put the white matter outside: 2 % scalp)
+NESTING_OUTER_SHARE = 0.2
+NESTING_MIN_LAYER_SHARE = 0.02
+_LAYER_NAMES = {1: "scalp", 2: "bone", 3: "CSF", 4: "grey matter", 5: "white matter"}
+
+
+def _outer_surface_layers(tags: np.ndarray, zooms) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels per nesting layer (index 1-5) of the head and of its outer surface (head voxels with a
+    face on the background that reaches the volume's border), on every k-th voxel (about 1 mm)."""
+    step = max(1, int(np.floor(1.0 / float(np.min(zooms)) + 1e-6)))
+    lut = layer_lut(max(256, int(tags.max()) + 1))
+    layers = lut[tags[::step, ::step, ::step]]
+    outside, _ = label_pieces(np.pad(layers == 0, 1, constant_values=True))
+    outside = outside == outside[0, 0, 0]
+    touches = np.zeros(layers.shape, bool)
+    core = (slice(1, -1),) * 3
+    for ax in range(3):
+        for d in (-1, 1):
+            touches |= np.roll(outside, d, axis=ax)[core]
+    surface = touches & (layers > 0)
+    return np.bincount(layers.ravel(), minlength=6)[:6], np.bincount(layers[surface], minlength=6)[:6]
+
+
+def check_layers_nest(tags: np.ndarray, zooms, raw: np.ndarray | None = None, spec=None) -> None:
+    """Refuse labels whose tissues, as the label map reads them, do not nest: the outermost layer
+    present (scalp, else bone, ...) covers under :data:`NESTING_OUTER_SHARE` of the head's outer
+    surface while a layer two or more further in covers most of it.  The error names what covers the
+    surface and, from ``raw`` (the labels before the map), the built-in maps under which they nest."""
+    head, surface = _outer_surface_layers(tags, zooms)
+    if not surface.sum():
+        return
+    present = np.flatnonzero(head[1:] >= NESTING_MIN_LAYER_SHARE * head[1:].sum()) + 1
+    if not len(present):
+        return
+    outer = int(present.min())
+    share = surface[outer] / surface.sum()
+    main = int(np.argmax(surface[1:])) + 1
+    if share >= NESTING_OUTER_SHARE or main < outer + 2:
+        return
+    fits = []
+    if raw is not None:
+        from ..labels import LABEL_MAPS
+
+        step = max(1, int(np.floor(1.0 / float(np.min(zooms)) + 1e-6)))
+        sub = raw[::step, ::step, ::step]
+        present_labels = set(np.unique(sub).tolist())
+        for name in ("simnibs", "roast", "colin27"):
+            mapping = LABEL_MAPS[name]
+            if name == str(spec).lower() or not present_labels <= set(mapping):
+                continue
+            h2, s2 = _outer_surface_layers(apply_label_map(sub, mapping), (1.0, 1.0, 1.0))
+            p2 = np.flatnonzero(h2[1:] >= NESTING_MIN_LAYER_SHARE * h2[1:].sum()) + 1
+            if s2.sum() and len(p2) and s2[int(p2.min())] / s2.sum() >= 0.5:
+                fits.append(name)
+    which = f"--labels {spec}" if isinstance(spec, (str, os.PathLike)) else "the label map"
+    hint = (f"; they nest as --labels {' or '.join(fits)} reads them" if fits else
+            "; check the label map (label -> tag: 1 WM, 2 GM, 3 CSF, 4 bone, 5 scalp)")
+    raise MeshError(f"labels: the tissues do not nest as {which} reads them: {100 * surface[main] / surface.sum():.0f} % "
+                    f"of the head's outer surface is {_LAYER_NAMES[main]}, and {_LAYER_NAMES[outer]}, the outermost "
+                    f"tissue, covers {100 * share:.0f} %{hint}")
+
+
 def volume_check(mesh_volume_mm3: dict[int, float], voxel_volume_mm3: dict[int, float], *,
                  warn: float = VOLUME_ERROR_WARN, fail: float = VOLUME_ERROR_FAIL) -> dict:
     """Compare the tissue volumes of a mesh with the voxel volumes it was made from.
@@ -959,7 +1024,6 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         raise MeshError(f"element_size_mm must be a positive number, got {element_size_mm!r}")
     data, affine = load_label_volume(labels, affine)
     tags = apply_label_map(data, label_map(label_map_spec))
-    del data
     if not (tags > 0).any():
         raise MeshError("labels: no voxel maps to a tissue (the volume is empty or all background)")
     # to 1e-6 mm: a rotated affine stored as float32 (NIfTI) has column norms 1 +- 3e-8, which moved
@@ -1003,6 +1067,8 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         check_meshable(tags, zooms, h, _layer_counts(counts, lmask, lesion_tag, inner_csf) if method == "surface"
                        else counts,
                        small_ok=(int(lesion_tag),) if lmask is not None and method == "surface" else ())
+        check_layers_nest(tags if orig is None else orig, zooms, data, label_map_spec)
+    del data  # (held for the nesting check's hint: the label maps under which the labels nest)
 
     if inner_csf:  # after the volumes and checks above, which read the tags as the labels have them
         inner_csf = _enclosing_brain_layer(tags if orig is None else orig)
