@@ -28,8 +28,8 @@ from ...tissues import LAYER_FILL_TAG, LAYER_OF_TAG, layer_lut
 from ..labels import value_counts
 from . import tetgen_worker
 from .sub_tissues import keep_sub_tissues, layers_with_sub_tissues
-from .topology import (distance_to_background, face_components, face_graph, fill_holes, label_pieces, sample_volume,
-                       tet_neighbors, vertex_incidence)
+from .topology import (distance_to_background, distance_to_other_side, face_components, face_graph, fill_holes,
+                       label_pieces, sample_volume, tet_neighbors, vertex_incidence)
 
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
@@ -108,10 +108,9 @@ def _sdf(mask: np.ndarray, zooms, sigma_vox: float) -> np.ndarray:
         box = tuple(slice(max(int(h[0]) - m, 0), min(int(h[-1]) + m + 1, n))
                     for h, m, n in zip(hits, margin, mask.shape))
     sub = mask[box]
-    out_sub = distance_to_background(~sub, zooms)
-    inside = distance_to_background(sub, zooms)
-    out_sub = np.where(sub, -(inside - half), np.minimum(out_sub - half, np.float32(SDF_BAND_MM)))
-    del inside
+    dist = distance_to_other_side(sub, zooms)
+    out_sub = np.where(sub, -(dist - half), np.minimum(dist - half, np.float32(SDF_BAND_MM)))
+    del dist
     out = np.full(mask.shape, np.float32(SDF_BAND_MM), dtype=np.float32, order="F" if mask.flags.f_contiguous else "C")
     out[box] = out_sub
     if sigma_vox > 0:
