@@ -38,12 +38,19 @@ import tetgen
 switches = sys.argv[1]
 
 
-def peak():  # this child's peak memory (KiB on Linux), for the caller's report
+def peak():  # this child's own peak memory (KiB), for the caller's report
+    # VmHWM, not ru_maxrss: on Linux a child's ru_maxrss also holds its parent's resident memory at
+    # the fork (the peak of the memory map it replaced at exec)
     try:
-        import resource
-        open("peak.txt", "w").write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+        kib = [int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmHWM:")][0]
     except Exception:
-        pass
+        try:
+            import resource
+            kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            kib = kib // 1024 if sys.platform == "darwin" else kib  # bytes there
+        except Exception:
+            return
+    open("peak.txt", "w").write(str(kib))
 
 
 try:
