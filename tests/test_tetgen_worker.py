@@ -122,3 +122,19 @@ def test_a_crash_on_the_first_surfaces_is_handled_as_crossing_surfaces(monkeypat
     assert len(calls) == 2 and info.mesher.get("merges_undone") and "tetgen_retries" not in info.mesher
     assert set(np.unique(mesh.tet_tags)) == {1, 2, 3, 4, 5}
     assert info.mesher["tetgen_peak_mib"] > 0
+
+
+def test_the_childs_peak_is_its_own():
+    """stats['peak_mib'] is this process's memory plus the child's own peak: a child's ru_maxrss on
+    Linux also holds its parent's memory at the fork, which counted the parent twice (Colin27: a
+    584 MiB child for TetGen's 319)."""
+    if not __import__("os").path.exists("/proc/self/status"):
+        pytest.skip("needs /proc (Linux) to read resident memory")
+    ballast = np.ones(400 * 2 ** 20 // 8)  # 400 MiB resident here
+    stats = {}
+    tetgen_worker.tetrahedralize(*_sphere(8.0), SWITCHES, stats=stats)
+    here = tetgen_worker._rss_mib()
+    assert here > 400
+    child = stats["peak_mib"] - here
+    assert 5 < child < 250, (stats, here)  # python + numpy + tetgen on a small sphere: ~30-60 MiB
+    del ballast
