@@ -88,7 +88,8 @@ def test_without_a_child_tetgen_runs_here(monkeypatch):
     def no_processes(*args, **kwargs):
         raise OSError("processes are not allowed here")
 
-    for patch in (("sys.executable", ""), ("subprocess.run", no_processes)):
+    no_tetgen = "import sys; sys.stderr.write('ModuleNotFoundError: tetgen'); sys.exit(5)"  # another Python
+    for patch in (("sys.executable", ""), ("subprocess.run", no_processes), (tetgen_worker, "_CHILD", no_tetgen)):
         with monkeypatch.context() as m:
             m.setattr(*patch)
             stats = {}

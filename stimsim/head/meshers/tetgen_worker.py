@@ -26,15 +26,20 @@ import numpy as np
 
 from ..._logging import logger
 
-#: exit codes of the child (other than 0 = done): TetGen refused the surfaces / ran out of memory
-_REFUSED, _NO_MEMORY = 3, 4
+#: exit codes of the child (other than 0 = done): TetGen refused the surfaces / ran out of memory /
+#: the child could not import numpy or tetgen (another environment: TetGen then runs in this process)
+_REFUSED, _NO_MEMORY, _NO_IMPORT = 3, 4, 5
 
 #: the child's program: only numpy and tetgen are imported (not stimsim, whose import is slow), and
 #: it runs in the temporary directory, so that no file of the caller's working directory shadows them
 _CHILD = r"""
 import sys
-import numpy as np
-import tetgen
+try:
+    import numpy as np
+    import tetgen
+except Exception as exc:
+    sys.stderr.write(f"{type(exc).__name__}: {exc}\n")
+    sys.exit(5)
 switches = sys.argv[1]
 
 
@@ -147,7 +152,9 @@ def tetrahedralize(verts: np.ndarray, faces: np.ndarray, switches: str, verbose:
     and the C library's last line); ``MemoryError``
     when it runs out of memory or is killed (SIGKILL: the kernel's out-of-memory killer).
     ``stats`` (optional dict) receives ``"peak_mib"``: this process's memory at the call plus the
-    child's peak, an upper bound of the two together, and ``"isolated"``: whether a child ran."""
+    child's own peak (the most over several calls), and ``"isolated"``: whether a child ran.  Where
+    no child starts, or the child cannot import tetgen (``sys.executable`` is another environment's
+    Python), TetGen runs in this process."""
     verts = np.ascontiguousarray(verts, float)
     faces = np.ascontiguousarray(faces, np.int32)
     stats = {} if stats is None else stats
@@ -159,12 +166,20 @@ def tetrahedralize(verts: np.ndarray, faces: np.ndarray, switches: str, verbose:
         np.save(d / "verts.npy", verts)
         np.save(d / "faces.npy", faces)
         _trim_heap()
+        # the child finds modules where this process does (a path added to sys.path at run time)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
         try:
-            proc = subprocess.run([sys.executable, "-c", _CHILD, switches], cwd=tmp,
+            proc = subprocess.run([sys.executable, "-c", _CHILD, switches], cwd=tmp, env=env,
                                   stdout=None if verbose else subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   stdin=subprocess.DEVNULL, check=False)
         except OSError as exc:  # no processes here (a sandbox): TetGen in this process, as before
             logger.info("TetGen runs in this process (no child process: %s)", exc)
+            stats["isolated"] = False
+            return _in_process(verts, faces, switches, verbose)
+        if proc.returncode == _NO_IMPORT:  # sys.executable is not this environment's Python
+            logger.info("TetGen runs in this process (%s cannot import it: %s)", sys.executable,
+                        proc.stderr.decode(errors="replace").strip())
             stats["isolated"] = False
             return _in_process(verts, faces, switches, verbose)
         stats["isolated"] = True
@@ -177,7 +192,7 @@ def tetrahedralize(verts: np.ndarray, faces: np.ndarray, switches: str, verbose:
         if rc == 0 and (d / "elems.npy").exists():
             return np.load(d / "nodes.npy"), np.load(d / "elems.npy")
         message = (d / "error.txt").read_text() if (d / "error.txt").exists() else ""
-        if rc == _NO_MEMORY or rc == -signal.SIGKILL:
+        if rc == _NO_MEMORY or rc == -getattr(signal, "SIGKILL", 9):  # (no SIGKILL on Windows)
             raise MemoryError(message or "TetGen was killed (SIGKILL; out of memory?)")
         if rc == _REFUSED:
             raise RuntimeError(message)
