@@ -21,18 +21,26 @@ def _masks():
     yield one
 
 
+@pytest.mark.parametrize("with_edt", [True, False])
 @pytest.mark.parametrize("zooms", [(1.0, 1.0, 1.0), (0.5, 0.9, 1.6)])
-def test_distance_to_other_side_is_both_transforms(zooms):
+def test_distance_to_other_side_is_both_transforms(zooms, with_edt, monkeypatch):
     """Inside the mask, the distance to the nearest voxel outside; outside, to the nearest inside:
-    scipy's exact transforms of the mask and of its complement (inf where there is no other side)."""
-    for mask in _masks():
+    scipy's exact transforms of the mask and of its complement (inf where there is no other side),
+    with the edt package and without it (scipy's), of a bool mask or of 0/1 integers."""
+    if with_edt:
+        pytest.importorskip("edt")
+    else:
+        monkeypatch.setitem(__import__("sys").modules, "edt", None)  # import edt -> ImportError
+    for mask in [*_masks(), next(_masks()).astype(np.uint8)]:
         got = distance_to_other_side(mask, zooms)
         assert got.dtype == np.float32 and got.shape == mask.shape
-        fortran = mask.flags.f_contiguous and not mask.flags.c_contiguous
-        assert got.flags.f_contiguous == fortran or got.flags.c_contiguous == (not fortran)
+        if with_edt:  # the mask's memory order kept (mixed orders make later arithmetic slow)
+            fortran = mask.flags.f_contiguous and not mask.flags.c_contiguous
+            assert got.flags.f_contiguous if fortran else got.flags.c_contiguous
         if mask.all() or not mask.any():  # no other side anywhere
             assert np.isinf(got).all()
             continue
+        mask = mask.astype(bool)
         want = np.where(mask, ndi.distance_transform_edt(mask, sampling=zooms),
                         ndi.distance_transform_edt(~mask, sampling=zooms))
         np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -74,6 +74,48 @@ def test_nested_ellipsoids(voxel_mm):
         assert abs(t["paired_on_grid"][1]) <= 0.5, (tag, t)  # and place by place
 
 
+def _spheres(voxel_mm: float, shells_mm, wm_radius_mm: float = 62.0, offset_vox: float = 0.31):
+    """Nested spheres (SimNIBS tags) around white matter of ``wm_radius_mm``, with ``shells_mm`` (scalp,
+    bone, CSF, grey matter) outside it, their centre off the grid by ``offset_vox``; returns
+    (labels, affine, analytic volume per tag)."""
+    radii = np.cumsum([wm_radius_mm, *shells_mm[::-1]])[::-1]  # scalp's outer radius first
+    n = int(np.ceil(2 * radii[0] / voxel_mm)) + 8
+    g = (np.indices((n, n, n)) - (n - 1) / 2 + offset_vox) * voxel_mm
+    r = np.sqrt((g ** 2).sum(0))
+    vol = np.zeros((n, n, n), np.uint8)
+    for tag, radius in zip(TAGS, radii):
+        vol[r <= radius] = tag
+    ball = 4 / 3 * np.pi * radii ** 3
+    analytic = {t: ball[i] - (ball[i + 1] if i + 1 < len(TAGS) else 0.0) for i, t in enumerate(TAGS)}
+    return vol, np.diag([voxel_mm] * 3 + [1.0]), analytic
+
+
+@pytest.mark.parametrize("voxel_mm, shells", [(1.0, (2.0, 2.0, 2.0, 2.0)), (1.0, (1.5, 4.0, 2.0, 3.0)),
+                                              (1.0, (3.0, 1.5, 2.0, 3.0)), pytest.param(
+                                                  0.5, (2.0, 2.0, 2.0, 2.0), marks=pytest.mark.slow)])
+def test_thin_shells_keep_their_volume_at_the_default_size(voxel_mm, shells):
+    """Nested spheres whose scalp, bone or grey matter is thin everywhere (1.5-2 mm), at the default
+    8 mm elements: within 1 % of their voxel volumes, and of the analytic ones for the 2 mm shells.
+    The minimum layer thicknesses of the default size (2 mm of scalp, 1.5 of bone and grey matter)
+    made the 2 mm shells' scalp +9.1 % and bone -4.6 %, the 1.5 mm scalp +45 %; they are now lowered
+    for a layer that thin nearly everywhere (surface._thin_layer_floors)."""
+    from stimsim.head.meshers import make_head_mesh, tissue_connectivity
+
+    vol, affine, analytic = _spheres(voxel_mm, shells)
+    mesh, info = make_head_mesh(vol, affine, "simnibs", method="surface", progress=False, cache=False,
+                                return_info=True)
+    v = np.bincount(mesh.tet_tags, weights=mesh.volumes_mm3, minlength=6)
+    for tag in TAGS:
+        assert abs(v[tag] / info.expected_volume_mm3[tag] - 1) < 0.01, (tag, v[tag] / info.expected_volume_mm3[tag] - 1)
+        if min(shells) >= 2.0:
+            assert abs(v[tag] / analytic[tag] - 1) < 0.01, (tag, v[tag] / analytic[tag] - 1)
+    lowered = set(info.mesher["thin_layers"])  # (CSF keeps its own: its sheet rule and the folds' CSF)
+    assert {k for k, t in zip((1, 2, 4), shells[:2] + shells[3:]) if t <= 2.0} <= lowered, lowered
+    assert not lowered & {k for k, t in zip((1, 2, 3, 4), shells) if t >= 4.0 or k == 3}, lowered
+    assert all(c["pieces"] == 1 for c in tissue_connectivity(mesh).values())
+    _check_shapes(mesh)
+
+
 @pytest.mark.parametrize("missing", [(3,), (4, 5), (4,), (5,)])
 def test_a_layer_the_labels_do_not_have_is_not_made(missing):
     """Labels without CSF (a four-tissue segmentation), a brain without skull and scalp, no skull, no

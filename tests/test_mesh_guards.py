@@ -528,3 +528,11 @@ def test_layers_that_nest_pass_the_check():
         check_layers_nest(wrong, (1, 1, 1), None, {1: 1, 2: 2, 3: 3, 4: 4, 5: 5})
     # CSF outside a brain without scalp or bone: the next layer in, allowed (no CSF around it)
     check_layers_nest(np.where(brain == 3, 0, brain).astype(np.uint8), (1, 1, 1))
+    # a slab 12 slices thick of a brain (white matter to 60 mm, grey matter to 70, CSF to 72): the
+    # field of view's faces are cuts, not the head's outside (counted, 62 % of it read white matter)
+    x, y = np.mgrid[:150, :150] - 74.5
+    r = np.sqrt(x * x + y * y)
+    slab = np.zeros((150, 150, 12), np.uint8)
+    for tag, radius in ((3, 72), (2, 70), (1, 60)):
+        slab[r <= radius] = tag
+    check_layers_nest(slab, (1, 1, 1))

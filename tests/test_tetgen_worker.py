@@ -64,21 +64,34 @@ def test_crossing_surfaces_are_refused_and_this_process_goes_on(tmp_path, monkey
     assert len(tets) > 50
 
 
+_STARTED = "open('started', 'w').close(); "
+
+
 @pytest.mark.parametrize("program, error, words", [
     ("import os; os.abort()", tetgen_worker.TetGenCrashed, "SIGABRT"),
-    ("import sys; sys.stderr.write('free(): invalid next size (normal)\\n'); sys.exit(7)",
-     tetgen_worker.TetGenCrashed, "exit code 7: free(): invalid next size"),
+    ("import os, signal, sys; sys.stderr.write('free(): invalid next size (normal)\\n'); sys.stderr.flush(); "
+     "os.kill(os.getpid(), signal.SIGSEGV)", tetgen_worker.TetGenCrashed, "SIGSEGV: free(): invalid next size"),
     ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", MemoryError, "SIGKILL"),
-    ("import sys; open('error.txt', 'w').write('Internal TetGen error within recoversubfaces'); sys.exit(3)",
+    ("import sys; open('error.txt', 'w').write('Internal TetGen error within recoversubfaces'); sys.exit(83)",
      RuntimeError, "recoversubfaces"),
-    ("import sys; open('error.txt', 'w').write('cannot allocate'); sys.exit(4)", MemoryError, "cannot allocate"),
+    ("import sys; open('error.txt', 'w').write('cannot allocate'); sys.exit(84)", MemoryError, "cannot allocate"),
+    ("import sys; open('error.txt', 'w').write('OSError: [Errno 28] No space left on device'); sys.exit(86)",
+     tetgen_worker.TetGenChildError, "No space left on device"),
+    ("import os, signal; os.kill(os.getpid(), signal.SIGTERM)", tetgen_worker.TetGenChildError, "SIGTERM"),
+    ("pass", tetgen_worker.TetGenChildError, "exit code 0"),
+    ("raise ValueError('odd')", tetgen_worker.TetGenChildError, "exit code 1: ValueError: odd"),
 ])
 def test_how_the_child_ends_is_told_apart(monkeypatch, program, error, words):
-    monkeypatch.setattr(tetgen_worker, "_CHILD", program)
-    with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")) as exc:
+    """TetGen's refusal and a crash on the surfaces (fatal signals) are refusals, retried by the mesher;
+    out of memory or SIGKILL is a MemoryError; anything else (SIGTERM, a full disk, no answer) is an
+    error of its own, not a refusal."""
+    monkeypatch.setattr(tetgen_worker, "_CHILD", _STARTED + program)
+    with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")) as exc:
         tetgen_worker.tetrahedralize(*_sphere(8.0), SWITCHES)
     if error is RuntimeError:
         assert not isinstance(exc.value, tetgen_worker.TetGenCrashed)
+    if error is tetgen_worker.TetGenChildError:
+        assert not isinstance(exc.value, RuntimeError)  # (so the mesher does not retry it)
 
 
 def test_without_a_child_tetgen_runs_here(monkeypatch):
@@ -88,14 +101,24 @@ def test_without_a_child_tetgen_runs_here(monkeypatch):
     def no_processes(*args, **kwargs):
         raise OSError("processes are not allowed here")
 
-    no_tetgen = "import sys; sys.stderr.write('ModuleNotFoundError: tetgen'); sys.exit(5)"  # another Python
-    for patch in (("sys.executable", ""), ("subprocess.run", no_processes), (tetgen_worker, "_CHILD", no_tetgen)):
+    def no_temporary_directory(*args, **kwargs):
+        raise PermissionError("read-only")
+
+    no_tetgen = _STARTED + "import sys; sys.stderr.write('ModuleNotFoundError: tetgen'); sys.exit(85)"  # another Python
+    not_python = "pass"  # what a frozen application's executable does with -c: not our program
+    for patch in (("sys.executable", ""), ("sys.frozen", True), ("subprocess.run", no_processes),
+                  ("tempfile.mkdtemp", no_temporary_directory), (tetgen_worker, "_CHILD", no_tetgen),
+                  (tetgen_worker, "_CHILD", not_python)):
         with monkeypatch.context() as m:
-            m.setattr(*patch)
+            m.setattr(*patch, raising=False)
+            m.setattr(tetgen_worker, "_NO_CHILD", [])
             stats = {}
             nodes, tets = tetgen_worker.tetrahedralize(verts, faces, SWITCHES, stats=stats)
-            assert stats["isolated"] is False
+            assert stats["isolated"] is False, patch
             np.testing.assert_array_equal(tets, ref[1])
+            if patch[-1] == not_python:  # remembered: the next call does not try again
+                m.setattr(tetgen_worker, "_CHILD", "import os; os.abort()")
+                tetgen_worker.tetrahedralize(verts, faces, SWITCHES, stats=stats)
 
 
 def test_a_crash_on_the_first_surfaces_is_handled_as_crossing_surfaces(monkeypatch):
@@ -139,3 +162,25 @@ def test_the_childs_peak_is_its_own():
     child = stats["peak_mib"] - here
     assert 5 < child < 250, (stats, here)  # python + numpy + tetgen on a small sphere: ~30-60 MiB
     del ballast
+
+
+def test_a_failed_child_is_one_error_not_retried(monkeypatch):
+    """TetGen's process failing for another reason than the surfaces (a full disk, SIGTERM) stops the
+    mesher with one line at once: no fallback surfaces, no thicker layers."""
+    from stimsim.errors import MeshError
+    from stimsim.head.meshers import make_head_mesh, surface
+
+    calls = []
+
+    def failed(*args, **kwargs):
+        calls.append(1)
+        raise tetgen_worker.TetGenChildError("TetGen's process failed (exit code 86: OSError: [Errno 28] No space)")
+
+    monkeypatch.setattr(tetgen_worker, "tetrahedralize", failed)
+    vol = np.zeros((44, 44, 44), np.int16)
+    r = np.sqrt(((np.indices(vol.shape) - 21.5) ** 2).sum(0))
+    for radius, tag in ((20, 5), (17, 4), (14, 3), (12, 2), (8, 1)):
+        vol[r <= radius] = tag
+    with pytest.raises(MeshError, match="No space") as exc:
+        make_head_mesh(vol, np.eye(4), "simnibs", method="surface", element_size_mm=4.0, progress=False, cache=False)
+    assert not isinstance(exc.value, surface.TetGenFailed) and len(calls) == 1

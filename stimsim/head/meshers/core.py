@@ -1,7 +1,7 @@
 """Label volume -> tetrahedral head mesh: :func:`make_head_mesh` (``stimsim mesh``).
 
-Two meshers share the input checks (integer 3-D labels, label map, axis-aligned affine, lesion
-on the same grid), the label cleaning, the cache (keyed by tags, affine, method, mesher version
+Two meshers share the input checks (integer 3-D labels, label map, an affine without shear, lesion
+on the same grid, tissues that nest), the label cleaning, the cache (keyed by tags, affine, method, mesher version
 and options, element size and lesion) and the world transform:
 
 * ``method="surface"`` (:mod:`stimsim.head.meshers.surface`; needs ``tetgen`` and
@@ -15,11 +15,13 @@ and options, element size and lesion) and the world transform:
 The lattice method's steps (BCC lattice, centroid tags, closed layers, snapping) and the
 measurements behind the choice of the two meshers: docs/meshing.md.
 
-Units: mm.  The mesh is in the world frame of the NIfTI affine (axis-aligned affines only;
-left-handed affines are fine: the tetrahedra are re-oriented).
+Units: mm.  The mesh is in the world frame of the NIfTI affine (rotated, oblique voxel axes are
+meshed as they are; left-handed affines are fine: the tetrahedra are re-oriented; sheared ones are
+refused).
 
 Checks (both methods, docs/mesh_checks.md): :func:`check_meshable` refuses label volumes too
-small for the element size before meshing; after it, :func:`quality_summary` and
+small for the element size before meshing, :func:`check_layers_nest` labels whose tissues do not
+nest as the label map reads them; after it, :func:`quality_summary` and
 :func:`assess_quality` refuse a mesh that lost a tissue, misses a tissue's voxel volume by more
 than 50 % or has flat / inverted tetrahedra (nothing is cached then), and log warnings with the
 numbers for volumes off by more than 5 %, dihedral angles below 5 deg and radius ratios below 0.1.
@@ -530,14 +532,20 @@ NESTING_MIN_LAYER_SHARE = 0.02
 _LAYER_NAMES = {1: "scalp", 2: "bone", 3: "CSF", 4: "grey matter", 5: "white matter"}
 
 
-def _outer_surface_layers(tags: np.ndarray, zooms) -> tuple[np.ndarray, np.ndarray]:
-    """Voxels per nesting layer (index 1-5) of the head and of its outer surface (head voxels with a
-    face on the background that reaches the volume's border), on every k-th voxel (about 1 mm)."""
-    step = max(1, int(np.floor(1.0 / float(np.min(zooms)) + 1e-6)))
-    lut = layer_lut(max(256, int(tags.max()) + 1))
-    layers = lut[tags[::step, ::step, ::step]]
+def _nesting_step(zooms) -> int:
+    """Every how many voxels :func:`check_layers_nest` reads (about 1 mm)."""
+    return max(1, int(np.floor(1.0 / float(np.min(zooms)) + 1e-6)))
+
+
+def _outer_surface_layers(tags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels per nesting layer (index 1-5) of the head and of its outer surface: head voxels with a
+    face on the background that reaches the volume's border.  The volume's own faces are not that
+    surface: where the field of view cuts the head, the tissue there is not its outside."""
+    lut = layer_lut(max(256, int(tags.max()) + 1)).astype(np.uint8)
+    layers = lut[tags]
     outside, _ = label_pieces(np.pad(layers == 0, 1, constant_values=True))
     outside = outside == outside[0, 0, 0]
+    outside[[0, -1], :, :] = outside[:, [0, -1], :] = outside[:, :, [0, -1]] = False  # (the padding)
     touches = np.zeros(layers.shape, bool)
     core = (slice(1, -1),) * 3
     for ax in range(3):
@@ -547,12 +555,14 @@ def _outer_surface_layers(tags: np.ndarray, zooms) -> tuple[np.ndarray, np.ndarr
     return np.bincount(layers.ravel(), minlength=6)[:6], np.bincount(layers[surface], minlength=6)[:6]
 
 
-def check_layers_nest(tags: np.ndarray, zooms, raw: np.ndarray | None = None, spec=None) -> None:
+def check_layers_nest(tags: np.ndarray, zooms, raw_sub: np.ndarray | None = None, spec=None) -> None:
     """Refuse labels whose tissues, as the label map reads them, do not nest: the outermost layer
     present (scalp, else bone, ...) covers under :data:`NESTING_OUTER_SHARE` of the head's outer
-    surface while a layer two or more further in covers most of it.  The error names what covers the
-    surface and, from ``raw`` (the labels before the map), the built-in maps under which they nest."""
-    head, surface = _outer_surface_layers(tags, zooms)
+    surface while a layer two or more further in covers most of it.  Read on every
+    :func:`_nesting_step`-th voxel; ``raw_sub``: the labels before the map on those voxels
+    (``labels[::k, ::k, ::k]``), for the error's hint: the built-in maps under which they nest."""
+    step = _nesting_step(zooms)
+    head, surface = _outer_surface_layers(tags[::step, ::step, ::step])
     if not surface.sum():
         return
     present = np.flatnonzero(head[1:] >= NESTING_MIN_LAYER_SHARE * head[1:].sum()) + 1
@@ -564,17 +574,15 @@ def check_layers_nest(tags: np.ndarray, zooms, raw: np.ndarray | None = None, sp
     if share >= NESTING_OUTER_SHARE or main < outer + 2:
         return
     fits = []
-    if raw is not None:
+    if raw_sub is not None:
         from ..labels import LABEL_MAPS
 
-        step = max(1, int(np.floor(1.0 / float(np.min(zooms)) + 1e-6)))
-        sub = raw[::step, ::step, ::step]
-        present_labels = set(np.unique(sub).tolist())
+        present_labels = set(np.unique(raw_sub).tolist())
         for name in ("simnibs", "roast", "colin27"):
             mapping = LABEL_MAPS[name]
             if name == str(spec).lower() or not present_labels <= set(mapping):
                 continue
-            h2, s2 = _outer_surface_layers(apply_label_map(sub, mapping), (1.0, 1.0, 1.0))
+            h2, s2 = _outer_surface_layers(apply_label_map(raw_sub, mapping))
             p2 = np.flatnonzero(h2[1:] >= NESTING_MIN_LAYER_SHARE * h2[1:].sum()) + 1
             if s2.sum() and len(p2) and s2[int(p2.min())] / s2.sum() >= 0.5:
                 fits.append(name)
@@ -956,11 +964,13 @@ def _surface_mesh_retrying(tags, cavity, zooms, h, retry_factors=TETGEN_RETRY_TH
     from . import surface
 
     base = float(opts.get("thickness_scale", 1.0))
+    thin = float(opts.get("thin_layer_scale", 0.0))  # (thin layers' floors: raised with the rest)
     factors = (1.0, *retry_factors)
     tried = []
     for i, factor in enumerate(factors):
         try:
-            out = surface.surface_mesh_from_tags(tags, cavity, zooms, h, **{**opts, "thickness_scale": base * factor})
+            out = surface.surface_mesh_from_tags(tags, cavity, zooms, h, **{**opts, "thickness_scale": base * factor,
+                                                                               "thin_layer_scale": thin * factor})
         except surface.TetGenFailed as exc:
             tried.append({"thickness_scale": base * factor, "error": exc.reason})
             if i + 1 < len(factors):
@@ -1029,6 +1039,9 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
     # to 1e-6 mm: a rotated affine stored as float32 (NIfTI) has column norms 1 +- 3e-8, which moved
     # ties in the surfaces' fields (Colin27 rotated 15 deg: 381,585 tetrahedra instead of its 381,041)
     zooms = np.linalg.norm(affine[:3, :3], axis=0).round(6)
+    k = _nesting_step(zooms)
+    raw_sub = data[::k, ::k, ::k].copy() if check else None  # (the nesting check's hint)
+    del data
     if h < 0.5 * zooms.min():
         raise MeshError(f"element_size_mm={h} is below half the voxel size {zooms.min():.3g} mm")
     if surface_size_mm is not None:
@@ -1067,8 +1080,8 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         check_meshable(tags, zooms, h, _layer_counts(counts, lmask, lesion_tag, inner_csf) if method == "surface"
                        else counts,
                        small_ok=(int(lesion_tag),) if lmask is not None and method == "surface" else ())
-        check_layers_nest(tags if orig is None else orig, zooms, data, label_map_spec)
-    del data  # (held for the nesting check's hint: the label maps under which the labels nest)
+        check_layers_nest(tags if orig is None else orig, zooms, raw_sub, label_map_spec)
+    del raw_sub
 
     if inner_csf:  # after the volumes and checks above, which read the tags as the labels have them
         inner_csf = _enclosing_brain_layer(tags if orig is None else orig)

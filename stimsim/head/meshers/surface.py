@@ -377,9 +377,47 @@ def _apply_floors(phis, floors: list[_Floor], tk) -> None:
             phis[k + 1][f.index] = np.maximum(phis[k + 1][f.index], phis[k][f.index] + np.float32(tk[k]))
 
 
+#: a layer whose median thickness is under this many times its minimum thickness is "thin": its
+#: minimum thickness is lowered to its median / this (:func:`_thin_layer_floors`)
+THIN_LAYER_RATIO = 1.25
+#: the minimum thickness of each layer at thickness scale 1 (scalp, bone, grey matter; the CSF's is
+#: ``min_thickness_mm``, kept: its own sheet rule and the folds' CSF look after it)
+_FLOOR_AT_SCALE_1 = {1: 1.0, 2: 0.75, 4: 0.75}
+
+
+def _thin_layer_floors(phis: dict, tk: dict, skip: set, floor_scale: float, zooms) -> dict:
+    """The minimum layer thicknesses ``tk`` (mm, per layer), lowered for the scalp, bone and grey
+    matter where the labels make that layer thin nearly everywhere: its median thickness (at its
+    outer surface, the distance to the next surface in, where the layer is there) under
+    :data:`THIN_LAYER_RATIO` x its minimum.  Such a layer gets its median / that ratio, at least its
+    minimum at scale ``floor_scale`` (1 at the default size; TetGen's retries raise it with the rest).
+
+    Why: the minimum thicknesses scale with the surfaces' sampling (x2 at the default 8 mm elements:
+    2 mm of scalp, 1.5 of bone and grey matter), which keeps folded surfaces from crossing.  Where a
+    whole layer is that thin the floor inflates it: nested spheres with 2 mm shells came out with the
+    scalp +9.1 % and the bone -4.6 %, 1.5 mm of scalp +45 %.  Heads whose layers are thin only in
+    places (Colin27, the charm-like heads) keep their floors: the same meshes."""
+    half = 0.5 * float(np.min(zooms))
+    out = dict(tk)
+    for k, base in _FLOOR_AT_SCALE_1.items():
+        if k in skip or k + 1 > 5 or out.get(k, 0.0) <= 0:
+            continue
+        on = np.abs(phis[k]) < half
+        inner = phis[k + 1][on]
+        inner = inner[inner > half]  # where the layer is there (not a defect)
+        if inner.size < 64:
+            continue
+        median = float(np.median(inner))
+        if median < THIN_LAYER_RATIO * out[k]:
+            out[k] = max(base * floor_scale, median / THIN_LAYER_RATIO)
+            logger.info("layer %d is thin (median %.2f mm): minimum thickness %.2f -> %.2f mm", k, median, tk[k], out[k])
+    return out
+
+
 def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_mm=0.5, sigma_vox=0.7,
                   pad=3, thickness_scale=1.0, calibrate_step=None, layer_volume_mm3=None, bone_voxels=None,
-                  surface_step=None, pieces=None, local_calibration_mm=0.0, fluid_tags=()):
+                  surface_step=None, pieces=None, local_calibration_mm=0.0, fluid_tags=(), thin_layer_scale=0.0,
+                  report: dict | None = None):
     """Nested masks -> smoothed signed distances with minimum layer thickness.
 
     Returns ``(phis, phi_air, bone, far_from_csf)``: ``phis[k]`` for layers 1..5 (padded by ``pad``
@@ -397,7 +435,9 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     apart (:func:`separation_floors`); ``pieces`` ({layer: labels} on the grid of ``tags``): those
     pieces as the finer grid has them, where ``tags`` is a coarse copy (:func:`downsample_layers`).
     ``fluid_tags``: tags of CSF meshed inside the brain's layers, which count as CSF for the CSF
-    sheet :func:`_open_csf_gaps` re-tags (the calibration allows for it, as for a skull defect)."""
+    sheet :func:`_open_csf_gaps` re-tags (the calibration allows for it, as for a skull defect).
+    ``thin_layer_scale``: the scale of the minimum thicknesses below which :func:`_thin_layer_floors`
+    may lower those of thin layers (0: off); the layers it lowers go to ``report["thin_layers"]``."""
     lut = np.zeros(256, np.int8)
     for t, layer in LAYER_OF_TAG.items():
         lut[t] = layer
@@ -447,6 +487,12 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     for k in range(5, 0, -1):
         phis[k] = phis[shares[k]] if k in shares else _sdf(masks[k], zooms, sigma_vox)
     phis = {k: phis[k] for k in range(1, 6)}
+    if thin_layer_scale:
+        lowered = _thin_layer_floors(phis, tk, absent | set(shares), float(thin_layer_scale), zooms)
+        if report is not None and lowered != tk:
+            report["thin_layers"] = {int(k): {"min_thickness_mm": round(tk[k], 3), "now_mm": round(v, 3)}
+                                     for k, v in lowered.items() if v != tk[k]}
+        tk = lowered
     # pieces of the brain (and of the white matter) closer than the surface sub-grid: kept apart
     floors = []
     if surface_step:
@@ -1272,7 +1318,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                            fair_rounds=0, fair_band_vox=0.3, local_calibration_mm=0.0, min_edge_cell=0.0,
                            sub_tissue_labels=None, sub_tissue_roaming=None, sub_tissue_volumes_mm3=None,
                            sub_tissue_never_merged=(), sub_tissue_part_of=None, sub_tissue_joined=None,
-                           interface_point_cell=0.0):
+                           interface_point_cell=0.0, thin_layer_scale=0.0):
     """Nested surfaces -> TetGen.  Returns ``(nodes_mm_local, tets, tet_tags, info)``.
 
     ``h``: target element size (mm); tets get a max volume ``h^3 / (6 sqrt 2)`` (regular tet
@@ -1301,6 +1347,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     ``sub_tissue_joined``: {stand-in: tissue} (the folds' blood) (:func:`.sub_tissues.keep_sub_tissues`).
     ``interface_point_cell``: free vertices on the interfaces between tissues of one layer (compact
     and spongy bone ...; :func:`_interface_points`), one per this many sub-grid cells (0: none).
+    ``thin_layer_scale``: minimum thicknesses of layers thin nearly everywhere lowered down to this
+    scale (:func:`_thin_layer_floors`; 0: off; listed in the info's ``"thin_layers"``).
     See the module docstring."""
     import tetgen
 
@@ -1314,7 +1362,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
         tags, cavity, zooms, min_thickness_mm=min_thickness_mm, sigma_vox=sigma_vox, pad=pad,
         thickness_scale=thickness_scale, calibrate_step=int(surface_step or 2) if calibrate else None,
         layer_volume_mm3=layer_volume_mm3, bone_voxels=bone_voxels, surface_step=int(surface_step or 2),
-        pieces=pieces, local_calibration_mm=float(local_calibration_mm), fluid_tags=tuple(sub_tissue_roaming or ()))
+        pieces=pieces, local_calibration_mm=float(local_calibration_mm), fluid_tags=tuple(sub_tissue_roaming or ()),
+        thin_layer_scale=thin_layer_scale, report=info)
     info["timings_s"]["fields_s"] = time.perf_counter() - t0
     if progress_cb:
         progress_cb("surfaces")
@@ -1839,7 +1888,8 @@ def surface_defaults(h: float, zooms, surface_size_mm: float | None = None) -> d
     step = max(1, round((0.5 * float(h) if surface_size_mm is None else float(surface_size_mm)) / z))
     return {"surface_step": step, "thickness_scale": max(1.0, step * z / 2), "minratio": 2.0, "mindihedral": 0.0,
             "extra_switches": "YO9/7o/165", "relax_iterations": 8, "sliver_move": 0.4, "fair_rounds": 10,
-            "local_calibration_mm": 10.0, "min_edge_cell": MIN_EDGE_CELL, "interface_point_cell": INTERFACE_POINT_CELL}
+            "local_calibration_mm": 10.0, "min_edge_cell": MIN_EDGE_CELL, "interface_point_cell": INTERFACE_POINT_CELL,
+            "thin_layer_scale": 1.0}
 
 
 def compact_for_shipping(mesh, keep_tri_tags=(1005,)):

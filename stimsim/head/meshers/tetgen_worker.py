@@ -16,6 +16,7 @@ process, as before.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,19 +28,29 @@ import numpy as np
 from ..._logging import logger
 
 #: exit codes of the child (other than 0 = done): TetGen refused the surfaces / ran out of memory /
-#: the child could not import numpy or tetgen (another environment: TetGen then runs in this process)
-_REFUSED, _NO_MEMORY, _NO_IMPORT = 3, 4, 5
+#: the child could not import numpy or tetgen (another environment: TetGen then runs in this process) /
+#: any other error on the way (a full disk ...).  Not 1-3: Python's own errors exit 1, and abort() on
+#: Windows exits 3
+_REFUSED, _NO_MEMORY, _NO_IMPORT, _FAILED = 83, 84, 85, 86
+#: signals that mean TetGen crashed on the surfaces (a refusal); any other ends the run (SIGTERM, SIGINT ...)
+_CRASH_SIGNALS = {getattr(signal, n) for n in ("SIGSEGV", "SIGABRT", "SIGBUS", "SIGILL", "SIGFPE") if hasattr(signal, n)}
 
 #: the child's program: only numpy and tetgen are imported (not stimsim, whose import is slow), and
 #: it runs in the temporary directory, so that no file of the caller's working directory shadows them
 _CHILD = r"""
 import sys
+open("started", "w").close()  # (this is a Python that runs the program: see _no_python)
+try:  # die with the parent (Linux): a cancelled job does not leave TetGen running
+    import ctypes, signal
+    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+except Exception:
+    pass
 try:
     import numpy as np
     import tetgen
 except Exception as exc:
     sys.stderr.write(f"{type(exc).__name__}: {exc}\n")
-    sys.exit(5)
+    sys.exit(85)
 switches = sys.argv[1]
 
 
@@ -58,28 +69,46 @@ def peak():  # this child's own peak memory (KiB), for the caller's report
     open("peak.txt", "w").write(str(kib))
 
 
+def fail(code, exc):
+    open("error.txt", "w").write(str(exc) if code != 86 else f"{type(exc).__name__}: {exc}")
+    peak()
+    sys.exit(code)
+
+
 try:
     verts, faces = np.load("verts.npy"), np.load("faces.npy")
     out = tetgen.TetGen(verts, faces).tetrahedralize(switches=switches)
+except MemoryError as exc:
+    fail(84, exc)
+except RuntimeError as exc:
+    fail(83, exc)
+except Exception as exc:
+    fail(86, exc)
+try:
     np.save("nodes.tmp.npy", np.asarray(out[0], float))
     np.save("elems.tmp.npy", np.asarray(out[1])[:, :4].astype(np.int64))
+    import os
+    os.replace("nodes.tmp.npy", "nodes.npy")
+    os.replace("elems.tmp.npy", "elems.npy")
 except MemoryError as exc:
-    open("error.txt", "w").write(str(exc))
-    peak()
-    sys.exit(4)
-except RuntimeError as exc:
-    open("error.txt", "w").write(str(exc))
-    peak()
-    sys.exit(3)
+    fail(84, exc)
+except Exception as exc:
+    fail(86, exc)
 peak()
-import os
-os.replace("nodes.tmp.npy", "nodes.npy")
-os.replace("elems.tmp.npy", "elems.npy")
 """
 
 
 class TetGenCrashed(RuntimeError):
-    """TetGen's process died on the surfaces (a signal, or an exit without an answer)."""
+    """TetGen's process died on the surfaces (SIGSEGV, SIGABRT ...: a refusal of the surfaces)."""
+
+
+class TetGenChildError(Exception):
+    """TetGen's process failed otherwise (an error writing its output, stopped by a signal such as
+    SIGTERM, an exit without an answer): not a refusal of the surfaces, so not retried."""
+
+
+#: set once the child's Python turned out not to run the program (a frozen application's executable)
+_NO_CHILD = []
 
 
 def _rss_mib() -> float:
@@ -142,53 +171,78 @@ def _signal_name(rc: int) -> str:
         return f"signal {-rc}"
 
 
+def _here(why: str, verts, faces, switches, verbose, stats) -> tuple[np.ndarray, np.ndarray]:
+    logger.info("TetGen runs in this process (%s)", why)
+    stats["isolated"] = False
+    return _in_process(verts, faces, switches, verbose)
+
+
+def _crashed(rc: int) -> bool:
+    """Whether exit status ``rc`` is a crash: a fatal signal, or on Windows abort()'s 3 or an NTSTATUS
+    error (0xC0000005, an access violation)."""
+    if rc < 0:
+        return -rc in _CRASH_SIGNALS
+    return os.name == "nt" and (rc == 3 or rc >= 0xC0000000)
+
+
 def tetrahedralize(verts: np.ndarray, faces: np.ndarray, switches: str, verbose: bool = False,
                    stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """TetGen's nodes (n x 3, float) and tetrahedra (m x 4, int64) of the closed surfaces ``verts``,
     ``faces`` with ``switches``, computed in a child process.
 
     Raises ``RuntimeError`` (TetGen's message) when TetGen refuses the surfaces, and
-    :class:`TetGenCrashed` (a ``RuntimeError``) when it crashes on them (the message names the signal
-    and the C library's last line); ``MemoryError``
-    when it runs out of memory or is killed (SIGKILL: the kernel's out-of-memory killer).
+    :class:`TetGenCrashed` (a ``RuntimeError``) when it crashes on them (a fatal signal; the message
+    names it and the C library's last line); ``MemoryError`` when it runs out of memory or is killed
+    (SIGKILL: the kernel's out-of-memory killer); :class:`TetGenChildError` when its process fails
+    otherwise (stopped by another signal, an error writing its output).
     ``stats`` (optional dict) receives ``"peak_mib"``: this process's memory at the call plus the
-    child's own peak (the most over several calls), and ``"isolated"``: whether a child ran.  Where
-    no child starts, or the child cannot import tetgen (``sys.executable`` is another environment's
-    Python), TetGen runs in this process."""
+    child's own peak (the most over several calls), and ``"isolated"``: whether a child ran.  TetGen
+    runs in this process where no child can run it: no ``sys.executable`` or a frozen application,
+    no process or temporary directory allowed, or a child that cannot import tetgen (another
+    environment's Python) or does not run the program (remembered for this process)."""
     verts = np.ascontiguousarray(verts, float)
     faces = np.ascontiguousarray(faces, np.int32)
     stats = {} if stats is None else stats
-    if not sys.executable:
-        stats["isolated"] = False
-        return _in_process(verts, faces, switches, verbose)
-    with tempfile.TemporaryDirectory(prefix="stimsim-tetgen-") as tmp:
+    if not sys.executable or getattr(sys, "frozen", False) or _NO_CHILD:
+        return _here("no Python to start a child with", verts, faces, switches, verbose, stats)
+    try:
+        tmp = tempfile.mkdtemp(prefix="stimsim-tetgen-")
+    except OSError as exc:
+        return _here(f"no temporary directory: {exc}", verts, faces, switches, verbose, stats)
+    try:
         d = Path(tmp)
-        np.save(d / "verts.npy", verts)
-        np.save(d / "faces.npy", faces)
+        try:
+            np.save(d / "verts.npy", verts)
+            np.save(d / "faces.npy", faces)
+        except OSError as exc:
+            return _here(f"cannot write to {tmp}: {exc}", verts, faces, switches, verbose, stats)
         _trim_heap()
         # the child finds modules where this process does (a path added to sys.path at run time)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+        if verbose:
+            sys.stdout.flush()  # (TetGen's lines after this process's own)
         try:
             proc = subprocess.run([sys.executable, "-c", _CHILD, switches], cwd=tmp, env=env,
                                   stdout=None if verbose else subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   stdin=subprocess.DEVNULL, check=False)
         except OSError as exc:  # no processes here (a sandbox): TetGen in this process, as before
-            logger.info("TetGen runs in this process (no child process: %s)", exc)
-            stats["isolated"] = False
-            return _in_process(verts, faces, switches, verbose)
-        if proc.returncode == _NO_IMPORT:  # sys.executable is not this environment's Python
-            logger.info("TetGen runs in this process (%s cannot import it: %s)", sys.executable,
-                        proc.stderr.decode(errors="replace").strip())
-            stats["isolated"] = False
-            return _in_process(verts, faces, switches, verbose)
+            return _here(f"no child process: {exc}", verts, faces, switches, verbose, stats)
+        rc = proc.returncode
+        last = [ln.strip() for ln in proc.stderr.decode(errors="replace").splitlines() if ln.strip()]
+        if not (d / "started").exists():  # sys.executable did not run the program (not a Python)
+            _NO_CHILD.append(sys.executable)
+            return _here(f"{sys.executable} is not a Python that runs the child", verts, faces, switches,
+                         verbose, stats)
+        if rc == _NO_IMPORT:  # sys.executable is not this environment's Python
+            return _here(f"{sys.executable} cannot import tetgen: {' '.join(last)}", verts, faces, switches,
+                         verbose, stats)
         stats["isolated"] = True
         try:
-            child_mib = int((d / "peak.txt").read_text()) / 1024  # KiB (Linux)
+            child_mib = int((d / "peak.txt").read_text()) / 1024  # KiB
         except (OSError, ValueError):
             child_mib = 0.0
         stats["peak_mib"] = max(stats.get("peak_mib", 0.0), _rss_mib() + child_mib)  # over the tries
-        rc = proc.returncode
         if rc == 0 and (d / "elems.npy").exists():
             return np.load(d / "nodes.npy"), np.load(d / "elems.npy")
         message = (d / "error.txt").read_text() if (d / "error.txt").exists() else ""
@@ -196,7 +250,10 @@ def tetrahedralize(verts: np.ndarray, faces: np.ndarray, switches: str, verbose:
             raise MemoryError(message or "TetGen was killed (SIGKILL; out of memory?)")
         if rc == _REFUSED:
             raise RuntimeError(message)
-        last = [ln for ln in proc.stderr.decode(errors="replace").splitlines() if ln.strip()]
         why = _signal_name(rc) if rc < 0 else f"exit code {rc}"
-        raise TetGenCrashed(f"TetGen crashed on these surfaces ({why}" + (f": {last[-1].strip()}" if last else "")
-                           + ")")
+        detail = f": {last[-1]}" if last else ""
+        if _crashed(rc):
+            raise TetGenCrashed(f"TetGen crashed on these surfaces ({why}{detail})")
+        raise TetGenChildError(f"TetGen's process failed ({why}" + (f": {message}" if message else detail) + ")")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
