@@ -34,7 +34,7 @@ from .topology import (distance_to_background, distance_to_other_side, face_comp
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
-SURFACE_MESHER_VERSION = "surf-6.12"  # 6.1: the head's box of a wide field of view, the untangling retry;
+SURFACE_MESHER_VERSION = "surf-6.13"  # 6.1: the head's box of a wide field of view, the untangling retry;
 # 6.2: pieces of the brain or white matter closer than the sub-grid kept apart; 6.3: surfaces faired
 # within a band of their level sets (the voxels' staircase); 6.4: the volume calibration held local;
 # 6.5: short surface edges merged (edge_merge.py); 6.6: a layer the labels do not have shares the next
@@ -47,7 +47,9 @@ SURFACE_MESHER_VERSION = "surf-6.12"  # 6.1: the head's box of a wide field of v
 # without such tissues: the same meshes as 6.9); 6.11: blood in the folds kept in the pieces it makes
 # with the CSF layer's (labels without blood in folds the surfaces close: the same meshes as 6.10);
 # 6.12: free vertices on the interfaces between tissues of one layer (_interface_points; labels
-# without tissues inside the scalp, bone or CSF layer: the same meshes as 6.11)
+# without tissues inside the scalp, bone or CSF layer: the same meshes as 6.11); 6.13: the minimum
+# thickness of a scalp, bone or grey matter thin nearly everywhere lowered (_thin_layer_floors; heads
+# whose layers are thin only in places, Colin27 among them: the same meshes as 6.12)
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
 #: (3 mm at the default 4 mm surfaces), in these layers (scalp's, bone's, CSF's; :func:`_interface_points`).
 #: A 56 mm sphere whose skull is compact | spongy | compact bone 2 | 4 | 2 mm: the brain's E 22 % off
