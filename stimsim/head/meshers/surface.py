@@ -392,7 +392,8 @@ def _thin_layer_floors(phis: dict, tk: dict, skip: set, floor_scale: float, zoom
     matter where the labels make that layer thin nearly everywhere: its median thickness (at its
     outer surface, the distance to the next surface in, where the layer is there) under
     :data:`THIN_LAYER_RATIO` x its minimum.  Such a layer gets its median / that ratio, at least its
-    minimum at scale ``floor_scale`` (1 at the default size; TetGen's retries raise it with the rest).
+    minimum at scale 1, times ``floor_scale`` (1 at first; TetGen's retries raise it with the rest),
+    never more than its minimum was.
 
     Why: the minimum thicknesses scale with the surfaces' sampling (x2 at the default 8 mm elements:
     2 mm of scalp, 1.5 of bone and grey matter), which keeps folded surfaces from crossing.  Where a
@@ -411,7 +412,8 @@ def _thin_layer_floors(phis: dict, tk: dict, skip: set, floor_scale: float, zoom
             continue
         median = float(np.median(inner))
         if median < THIN_LAYER_RATIO * out[k]:
-            out[k] = max(base * floor_scale, median / THIN_LAYER_RATIO)
+            # (TetGen's retries raise floor_scale: the lowered floor grows with the others)
+            out[k] = min(out[k], max(base, median / THIN_LAYER_RATIO) * floor_scale)
             logger.info("layer %d is thin (median %.2f mm): minimum thickness %.2f -> %.2f mm", k, median, tk[k], out[k])
     return out
 
