@@ -184,3 +184,14 @@ def test_a_failed_child_is_one_error_not_retried(monkeypatch):
     with pytest.raises(MeshError, match="No space") as exc:
         make_head_mesh(vol, np.eye(4), "simnibs", method="surface", element_size_mm=4.0, progress=False, cache=False)
     assert not isinstance(exc.value, surface.TetGenFailed) and len(calls) == 1
+
+
+def test_a_child_killed_at_start_is_not_taken_for_another_python(monkeypatch):
+    """A child killed before it got going (the out-of-memory killer) is out of memory, and the next
+    call still runs TetGen in a child: only an executable that exits without running the program
+    sends TetGen into this process for good."""
+    monkeypatch.setattr(tetgen_worker, "_NO_CHILD", [])
+    monkeypatch.setattr(tetgen_worker, "_CHILD", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    with pytest.raises(MemoryError):
+        tetgen_worker.tetrahedralize(*_sphere(8.0), SWITCHES)
+    assert tetgen_worker._NO_CHILD == []

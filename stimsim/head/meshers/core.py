@@ -1040,7 +1040,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
     # ties in the surfaces' fields (Colin27 rotated 15 deg: 381,585 tetrahedra instead of its 381,041)
     zooms = np.linalg.norm(affine[:3, :3], axis=0).round(6)
     k = _nesting_step(zooms)
-    raw_sub = data[::k, ::k, ::k].copy() if check else None  # (the nesting check's hint)
+    raw_sub = (data if k == 1 else data[::k, ::k, ::k].copy()) if check else None  # (the nesting check's hint)
     del data
     if h < 0.5 * zooms.min():
         raise MeshError(f"element_size_mm={h} is below half the voxel size {zooms.min():.3g} mm")
@@ -1094,6 +1094,8 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         from .surface import label_grid_factors
 
         opts = {**surface_defaults(h, zooms, surface_size_mm), **(surface_options or {})}
+        if "thickness_scale" in (surface_options or {}) and "thin_layer_scale" not in surface_options:
+            opts["thin_layer_scale"] = 0.0  # thicknesses the caller chose are kept, thin layers' too
         opts["surface_step"] = int(opts.get("surface_step") or 2)  # None: the mesher's own default
         sulcal_r = opts.pop("sulcal_csf_radius_mm", None)  # None: half the surfaces' sampling
         if sulcal_r is None:
@@ -1385,7 +1387,7 @@ def make_surface_head_mesh(labels, label_map_spec="colin27", *, element_size_mm=
     uses :func:`~stimsim.head.meshers.surface.surface_defaults` (relaxed surfaces, TetGen optimisation)."""
     opts = {"surface_step": surface_step, "thickness_scale": thickness_scale, "minratio": minratio,
             "mindihedral": mindihedral, "extra_switches": extra_switches, "relax_iterations": 0,
-            "sulcal_csf_radius_mm": 0.0}
+            "sulcal_csf_radius_mm": 0.0, "thin_layer_scale": 0.0}
     mesh, info = make_head_mesh(labels, None, label_map_spec, method="surface", element_size_mm=element_size_mm,
                                 lesion=lesion, lesion_tag=lesion_tag, progress=progress, cache=cache,
                                 return_info=True, surface_options=opts)

@@ -389,8 +389,8 @@ _FLOOR_AT_SCALE_1 = {1: 1.0, 2: 0.75, 4: 0.75}
 
 def _thin_layer_floors(phis: dict, tk: dict, skip: set, floor_scale: float, zooms) -> dict:
     """The minimum layer thicknesses ``tk`` (mm, per layer), lowered for the scalp, bone and grey
-    matter where the labels make that layer thin nearly everywhere: its median thickness (at its
-    outer surface, the distance to the next surface in, where the layer is there) under
+    matter where the labels make that layer thin nearly everywhere: its median thickness (next to
+    its outer surface, the distance between it and the next surface in, where the layer is there) under
     :data:`THIN_LAYER_RATIO` x its minimum.  Such a layer gets its median / that ratio, at least its
     minimum at scale 1, times ``floor_scale`` (1 at first; TetGen's retries raise it with the rest),
     never more than its minimum was.
@@ -405,16 +405,22 @@ def _thin_layer_floors(phis: dict, tk: dict, skip: set, floor_scale: float, zoom
     for k, base in _FLOOR_AT_SCALE_1.items():
         if k in skip or k + 1 > 5 or out.get(k, 0.0) <= 0:
             continue
-        on = np.abs(phis[k]) < half
-        inner = phis[k + 1][on]
-        inner = inner[inner > half]  # where the layer is there (not a defect)
-        if inner.size < 64:
+        # on the voxels next to the outer surface (within a voxel, both sides), the distance between
+        # the two surfaces: phis[k + 1] alone read a 2 mm layer with faces on the grid as 1.56 mm
+        # (the voxels at +-half a voxel), a 2 mm sphere's as 1.78
+        on = np.abs(phis[k]) <= half + 1e-4
+        width = (phis[k + 1] - phis[k])[on]
+        width = width[phis[k + 1][on] > half]  # where the layer is there (not a defect)
+        if width.size < 64:
             continue
-        median = float(np.median(inner))
+        median = float(np.median(width))
         if median < THIN_LAYER_RATIO * out[k]:
             # (TetGen's retries raise floor_scale: the lowered floor grows with the others)
-            out[k] = min(out[k], max(base, median / THIN_LAYER_RATIO) * floor_scale)
-            logger.info("layer %d is thin (median %.2f mm): minimum thickness %.2f -> %.2f mm", k, median, tk[k], out[k])
+            lowered = min(out[k], max(base, median / THIN_LAYER_RATIO) * floor_scale)
+            if lowered < out[k]:
+                logger.info("layer %d is thin (median %.2f mm): minimum thickness %.2f -> %.2f mm", k, median,
+                            out[k], lowered)
+                out[k] = lowered
     return out
 
 

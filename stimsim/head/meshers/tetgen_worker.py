@@ -39,10 +39,12 @@ _CRASH_SIGNALS = {getattr(signal, n) for n in ("SIGSEGV", "SIGABRT", "SIGBUS", "
 #: it runs in the temporary directory, so that no file of the caller's working directory shadows them
 _CHILD = r"""
 import sys
-open("started", "w").close()  # (this is a Python that runs the program: see _no_python)
+open("started", "w").close()  # (a Python that runs this program: tetrahedralize checks for it)
 try:  # die with the parent (Linux): a cancelled job does not leave TetGen running
-    import ctypes, signal
+    import ctypes, os, signal
     ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(sys.argv[2]):  # the parent died before that: nothing to do
+        sys.exit(0)
 except Exception:
     pass
 try:
@@ -66,7 +68,10 @@ def peak():  # this child's own peak memory (KiB), for the caller's report
             kib = kib // 1024 if sys.platform == "darwin" else kib  # bytes there
         except Exception:
             return
-    open("peak.txt", "w").write(str(kib))
+    try:
+        open("peak.txt", "w").write(str(kib))
+    except Exception:  # (a report only)
+        pass
 
 
 def fail(code, exc):
@@ -177,12 +182,17 @@ def _here(why: str, verts, faces, switches, verbose, stats) -> tuple[np.ndarray,
     return _in_process(verts, faces, switches, verbose)
 
 
+#: Windows exit statuses: no memory (STATUS_NO_MEMORY), crashes (abort()'s 3, an access violation,
+#: a stack overrun, a heap corruption)
+_NT_NO_MEMORY = 0xC0000017
+_NT_CRASHES = {3, 0xC0000005, 0xC0000409, 0xC0000374, 0xC00000FD, 0xC000001D, 0xC0000094}
+
+
 def _crashed(rc: int) -> bool:
-    """Whether exit status ``rc`` is a crash: a fatal signal, or on Windows abort()'s 3 or an NTSTATUS
-    error (0xC0000005, an access violation)."""
+    """Whether exit status ``rc`` is a crash: a fatal signal, or on Windows one of :data:`_NT_CRASHES`."""
     if rc < 0:
         return -rc in _CRASH_SIGNALS
-    return os.name == "nt" and (rc == 3 or rc >= 0xC0000000)
+    return os.name == "nt" and rc in _NT_CRASHES
 
 
 def tetrahedralize(verts: np.ndarray, faces: np.ndarray, switches: str, verbose: bool = False,
@@ -220,17 +230,19 @@ def tetrahedralize(verts: np.ndarray, faces: np.ndarray, switches: str, verbose:
         # the child finds modules where this process does (a path added to sys.path at run time)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+        for name in ("PYTHONFAULTHANDLER", "PYTHONDEVMODE"):  # (a crash's last line: the C library's)
+            env.pop(name, None)
         if verbose:
             sys.stdout.flush()  # (TetGen's lines after this process's own)
         try:
-            proc = subprocess.run([sys.executable, "-c", _CHILD, switches], cwd=tmp, env=env,
+            proc = subprocess.run([sys.executable, "-c", _CHILD, switches, str(os.getpid())], cwd=tmp, env=env,
                                   stdout=None if verbose else subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   stdin=subprocess.DEVNULL, check=False)
         except OSError as exc:  # no processes here (a sandbox): TetGen in this process, as before
             return _here(f"no child process: {exc}", verts, faces, switches, verbose, stats)
         rc = proc.returncode
         last = [ln.strip() for ln in proc.stderr.decode(errors="replace").splitlines() if ln.strip()]
-        if not (d / "started").exists():  # sys.executable did not run the program (not a Python)
+        if rc >= 0 and not (d / "started").exists():  # sys.executable did not run the program (not a Python)
             _NO_CHILD.append(sys.executable)
             return _here(f"{sys.executable} is not a Python that runs the child", verts, faces, switches,
                          verbose, stats)
@@ -246,7 +258,7 @@ def tetrahedralize(verts: np.ndarray, faces: np.ndarray, switches: str, verbose:
         if rc == 0 and (d / "elems.npy").exists():
             return np.load(d / "nodes.npy"), np.load(d / "elems.npy")
         message = (d / "error.txt").read_text() if (d / "error.txt").exists() else ""
-        if rc == _NO_MEMORY or rc == -getattr(signal, "SIGKILL", 9):  # (no SIGKILL on Windows)
+        if rc in (_NO_MEMORY, -getattr(signal, "SIGKILL", 9), _NT_NO_MEMORY):  # (no SIGKILL on Windows)
             raise MemoryError(message or "TetGen was killed (SIGKILL; out of memory?)")
         if rc == _REFUSED:
             raise RuntimeError(message)
