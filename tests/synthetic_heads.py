@@ -15,3 +15,10 @@ def nested_balls(n: int, radii, centre=None) -> np.ndarray:
     for lab, rad in enumerate(radii, 1):
         vol[r <= rad] = lab
     return vol
+
+
+def simnibs_balls(n: int = 44, radii=(20, 17, 14, 12, 8)) -> np.ndarray:
+    """:func:`nested_balls` with SimNIBS tags (5 scalp, 4 bone, 3 CSF, 2 GM, 1 WM; radii outermost
+    first); by default the small five-layer head of the TetGen fallback tests."""
+    vol = nested_balls(n, radii)
+    return np.where(vol > 0, 6 - vol, 0).astype(np.int16)

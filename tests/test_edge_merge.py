@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from synthetic_heads import simnibs_balls
 
 pytest.importorskip("skimage")
 
@@ -169,11 +170,7 @@ def test_tetgen_refusing_merged_surfaces_gets_the_unmerged_ones(monkeypatch):
     pytest.importorskip("tetgen")
     from stimsim.head.meshers import make_head_mesh, tetgen_worker
 
-    g = np.indices((44, 44, 44)).astype(float) - 21.5
-    r = np.sqrt((g ** 2).sum(0))
-    vol = np.zeros(r.shape, np.int16)
-    for radius, tag in ((20, 5), (17, 4), (14, 3), (12, 2), (8, 1)):
-        vol[r <= radius] = tag
+    vol = simnibs_balls()
     calls = []
     real = tetgen_worker.tetrahedralize
 

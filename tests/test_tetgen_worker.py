@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from synthetic_heads import simnibs_balls
 
 pytest.importorskip("tetgen")
 
@@ -127,11 +128,7 @@ def test_a_crash_on_the_first_surfaces_is_handled_as_crossing_surfaces(monkeypat
     pytest.importorskip("skimage")
     from stimsim.head.meshers import make_head_mesh
 
-    g = np.indices((44, 44, 44)).astype(float) - 21.5
-    r = np.sqrt((g ** 2).sum(0))
-    vol = np.zeros(r.shape, np.int16)
-    for radius, tag in ((20, 5), (17, 4), (14, 3), (12, 2), (8, 1)):
-        vol[r <= radius] = tag
+    vol = simnibs_balls()
     real, calls = tetgen_worker.tetrahedralize, []
 
     def crash_first(*args, **kwargs):
@@ -177,10 +174,7 @@ def test_a_failed_child_is_one_error_not_retried(monkeypatch):
         raise tetgen_worker.TetGenChildError("TetGen's process failed (exit code 86: OSError: [Errno 28] No space)")
 
     monkeypatch.setattr(tetgen_worker, "tetrahedralize", failed)
-    vol = np.zeros((44, 44, 44), np.int16)
-    r = np.sqrt(((np.indices(vol.shape) - 21.5) ** 2).sum(0))
-    for radius, tag in ((20, 5), (17, 4), (14, 3), (12, 2), (8, 1)):
-        vol[r <= radius] = tag
+    vol = simnibs_balls()
     with pytest.raises(MeshError, match="No space") as exc:
         make_head_mesh(vol, np.eye(4), "simnibs", method="surface", element_size_mm=4.0, progress=False, cache=False)
     assert not isinstance(exc.value, surface.TetGenFailed) and len(calls) == 1
