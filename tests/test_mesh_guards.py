@@ -536,3 +536,26 @@ def test_layers_that_nest_pass_the_check():
     for tag, radius in ((3, 72), (2, 70), (1, 60)):
         slab[r <= radius] = tag
     check_layers_nest(slab, (1, 1, 1))
+
+
+def test_two_heads_in_one_volume_are_refused(nifti, tmp_path):
+    """Two heads side by side: one error line saying so (it used to mesh the larger piece of each
+    layer and fail the volume check, -50 %, with advice about the element size); a head with a small
+    separate object (a marker capsule, 2 % of it) is meshed."""
+    from stimsim.head.meshers.core import check_one_head
+
+    head = _balls(40, (18, 15, 12, 10, 6))
+    two = np.concatenate([head, head], axis=2)
+    out = tmp_path / "head.msh"
+    res = _cli(nifti(two), "--labels", "colin27", "--out", out)
+    assert res.exit_code == 2, res.output
+    line = _error_line(res.output)
+    assert "holds 2 separate heads or objects" in line and "crop the volume" in line, line
+    assert not out.exists() and _written(tmp_path) == []
+    capsule = np.concatenate([head, np.zeros_like(head)], axis=2)
+    capsule[17:23, 17:23, 60:64] = 1  # scalp-labelled capsule, apart from the head
+    check_one_head(capsule, (1.0, 1.0, 1.0))
+    one_big = capsule.copy()
+    one_big[10:30, 10:30, 50:70] = 1  # a third of the head's size: an object of its own
+    with pytest.raises(MeshError, match="2 separate heads"):
+        check_one_head(one_big, (1.0, 1.0, 1.0))

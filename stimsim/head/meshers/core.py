@@ -20,8 +20,8 @@ meshed as they are; left-handed affines are fine: the tetrahedra are re-oriented
 refused).
 
 Checks (both methods, docs/mesh_checks.md): :func:`check_meshable` refuses label volumes too
-small for the element size before meshing, :func:`check_layers_nest` labels whose tissues do not
-nest as the label map reads them; after it, :func:`quality_summary` and
+small for the element size before meshing, :func:`check_one_head` two heads in one volume,
+:func:`check_layers_nest` labels whose tissues do not nest as the label map reads them; after it, :func:`quality_summary` and
 :func:`assess_quality` refuse a mesh that lost a tissue, misses a tissue's voxel volume by more
 than 50 % or has flat / inverted tetrahedra (nothing is cached then), and log warnings with the
 numbers for volumes off by more than 5 %, dihedral angles below 5 deg and radius ratios below 0.1.
@@ -50,7 +50,7 @@ from .topology import (ISLAND_FRACTION, compact_nodes, distance_to_background, f
                        orient_tets, signed_volumes, tet_neighbors)
 
 __all__ = ["make_head_mesh", "load_label_volume", "tissue_connectivity", "quality_summary", "resolve_method",
-           "check_layers_nest", "check_meshable", "volume_check", "assess_quality", "expected_tags", "print_summary",
+           "check_layers_nest", "check_one_head", "check_meshable", "volume_check", "assess_quality", "expected_tags", "print_summary",
            "default_element_size", "cache_dir", "METHODS", "DEFAULT_ELEMENT_SIZE_MM",
            "MESHER_VERSION", "make_surface_head_mesh", "air_cavities"]
 
@@ -594,6 +594,31 @@ def check_layers_nest(tags: np.ndarray, zooms, raw_sub: np.ndarray | None = None
                     f"tissue, covers {100 * share:.0f} %{hint}")
 
 
+#: a second piece of the head at least this share of the largest: two heads (or objects) in one volume
+SEPARATE_HEAD_SHARE = 0.1
+
+
+def check_one_head(tags: np.ndarray, zooms) -> None:
+    """Refuse labels holding two or more separate heads (or objects): pieces of the head (voxels
+    with a tissue, 26-connected, on every :func:`_nesting_step`-th voxel) of at least
+    :data:`SEPARATE_HEAD_SHARE` of the largest.  The mesher meshes one connected head: the surfaces
+    keep each layer's largest piece, and the volume check then refused two side by side with -50 %
+    and advice about the element size.  Smaller pieces (a marker capsule, a speck) are cleaned away
+    as before."""
+    step = _nesting_step(zooms)
+    lab, n = label_pieces(tags[::step, ::step, ::step] > 0, 26)
+    if n < 2:
+        return
+    sizes = np.sort(np.bincount(lab.ravel())[1:])[::-1]
+    big = sizes[sizes >= SEPARATE_HEAD_SHARE * sizes[0]]
+    if len(big) < 2:
+        return
+    mm3 = float(np.prod(np.asarray(zooms, float) * step))
+    listed = ", ".join(_fmt_mm3(v * mm3) for v in big[:4]) + (" ..." if len(big) > 4 else "")
+    raise MeshError(f"labels: the volume holds {len(big)} separate heads or objects ({listed}); the mesher meshes "
+                    "one connected head: crop the volume to one of them (or join them in the labels)")
+
+
 def volume_check(mesh_volume_mm3: dict[int, float], voxel_volume_mm3: dict[int, float], *,
                  warn: float = VOLUME_ERROR_WARN, fail: float = VOLUME_ERROR_FAIL) -> dict:
     """Compare the tissue volumes of a mesh with the voxel volumes it was made from.
@@ -1080,6 +1105,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         check_meshable(tags, zooms, h, _layer_counts(counts, lmask, lesion_tag, inner_csf) if method == "surface"
                        else counts,
                        small_ok=(int(lesion_tag),) if lmask is not None and method == "surface" else ())
+        check_one_head(tags, zooms)
         check_layers_nest(tags if orig is None else orig, zooms, raw_sub, label_map_spec)
     del raw_sub
 
