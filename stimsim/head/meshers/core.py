@@ -543,15 +543,8 @@ def _outer_surface_layers(tags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     surface: where the field of view cuts the head, the tissue there is not its outside."""
     lut = layer_lut(max(256, int(tags.max()) + 1)).astype(np.uint8)
     layers = lut[tags]
-    outside, _ = label_pieces(np.pad(layers == 0, 1, constant_values=True))
-    outside = outside == outside[0, 0, 0]
-    outside[[0, -1], :, :] = outside[:, [0, -1], :] = outside[:, :, [0, -1]] = False  # (the padding)
-    touches = np.zeros(layers.shape, bool)
-    core = (slice(1, -1),) * 3
-    for ax in range(3):
-        for d in (-1, 1):
-            touches |= np.roll(outside, d, axis=ax)[core]
-    surface = touches & (layers > 0)
+    outside = (layers == 0) & ~air_cavities(layers)
+    surface = ndi.binary_dilation(outside) & (layers > 0)  # (faces; nothing beyond the volume's own)
     return np.bincount(layers.ravel(), minlength=6)[:6], np.bincount(layers[surface], minlength=6)[:6]
 
 
