@@ -60,7 +60,7 @@ def run_one(method: str, h: float | None, upsample: int = 1, labels: Path = LABE
     dt = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB -> GB (Linux)
     # TetGen runs in a child process (tetgen_worker): this process at the call plus the child's peak
-    peak = max(peak, float(info.mesher.get("tetgen_peak_mib") or 0.0) * 2 ** 20 / 1e9)
+    peak = max(peak, float(info.mesher.get("tetgen_peak_mib") or 0.0) * 1024 / 1e6)  # (MiB -> kB / 1e6, as above)
     q = quality_summary(mesh, info.expected_volume_mm3 or info.voxel_volume_mm3)  # eyes etc. merged into scalp
     from stimsim.head import apply_label_map, label_map
     from stimsim.head.meshers.thickness import ray_thickness_summary, tag_dice, thickness_percentiles
