@@ -129,3 +129,37 @@ def test_orientation_is_the_majority_of_a_few_tetrahedra(n_neg):
     x, info = perturb_slivers(pts, tets, np.ones(3, int), max_move_mm=0.05)
     expected_inverted = n_neg if n_neg <= 1 else 3 - n_neg
     assert info["inverted_after"] == expected_inverted
+
+
+def test_swept_volume_is_put_back_on_each_surface():
+    """restore_interface_volumes: nodes of the ball's surface pushed out by up to 0.04 mm (as the pass
+    does across a thin layer) are moved back along the surface's normals until the ball holds its
+    volume again, with no tetrahedron left poorer, no node off its faces' planes by more than the
+    bound; a surface the pass did not move (the cube's sides) stays."""
+    from stimsim.head.meshers.sliver import restore_interface_volumes
+    from stimsim.head.meshers.topology import tet_neighbors
+
+    pts, tets, tags = _delaunay(800, seed=5)
+    f = _surface_faces(tets, tags)
+    ball = np.unique(f[np.linalg.norm(pts[f].mean(1) - 5, axis=1) < 4.5])  # nodes on the ball's surface
+    rng = np.random.default_rng(1)
+    x = pts.copy()
+    radial = (pts[ball] - 5) / np.linalg.norm(pts[ball] - 5, axis=1)[:, None]
+    x[ball] += rng.uniform(0.0, 0.04, len(ball))[:, None] * radial
+    q = _shape(x, tets)
+    v0 = np.bincount(tags, weights=Mesh(pts, tets, tags).volumes_mm3)[1]
+    pushed = np.bincount(tags, weights=Mesh(x, tets, tags).volumes_mm3)[1] - v0
+    assert pushed > 0.5  # mm3: enough to see
+    out, q1, swept = restore_interface_volumes(x, pts, tets, tags, tet_neighbors(tets), q, 1.0, 0.05, 0.15)
+    assert swept == pytest.approx(pushed, rel=0.05)
+    back = np.bincount(tags, weights=Mesh(out, tets, tags).volumes_mm3)[1] - v0
+    assert abs(back) < 0.1 * pushed, (pushed, back)
+    np.testing.assert_array_equal(q1, _shape(out, tets))
+    assert not ((q1 < 1) & (q1 < q - 1e-12)).any()
+    side = np.setdiff1d(np.unique(f), ball)
+    np.testing.assert_array_equal(out[side], x[side])
+    p = pts[f]
+    unit = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
+    unit /= np.linalg.norm(unit, axis=1)[:, None]
+    for c in range(3):
+        assert np.abs(np.einsum("ij,ij->i", (out - pts)[f[:, c]], unit)).max() <= 0.05 + 1e-12

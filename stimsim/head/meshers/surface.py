@@ -34,7 +34,7 @@ from .topology import (distance_to_background, distance_to_other_side, face_comp
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
-SURFACE_MESHER_VERSION = "surf-6.13"  # 6.1: the head's box of a wide field of view, the untangling retry;
+SURFACE_MESHER_VERSION = "surf-6.14"  # 6.1: the head's box of a wide field of view, the untangling retry;
 # 6.2: pieces of the brain or white matter closer than the sub-grid kept apart; 6.3: surfaces faired
 # within a band of their level sets (the voxels' staircase); 6.4: the volume calibration held local;
 # 6.5: short surface edges merged (edge_merge.py); 6.6: a layer the labels do not have shares the next
@@ -49,7 +49,10 @@ SURFACE_MESHER_VERSION = "surf-6.13"  # 6.1: the head's box of a wide field of v
 # 6.12: free vertices on the interfaces between tissues of one layer (_interface_points; labels
 # without tissues inside the scalp, bone or CSF layer: the same meshes as 6.11); 6.13: the minimum
 # thickness of a scalp, bone or grey matter thin nearly everywhere lowered (_thin_layer_floors; heads
-# whose layers are thin only in places, Colin27 among them: the same meshes as 6.12)
+# whose layers are thin only in places, Colin27 among them: the same meshes as 6.12); 6.14: the sliver
+# pass puts back the volume it sweeps through each surface (sliver.restore_interface_volumes: every
+# mesh's surface nodes move by hundredths of a mm), a CSF thin nearly everywhere and 1 mm layers
+# get lower minimum thicknesses (THIN_LAYER_FLOOR_MM)
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
 #: (3 mm at the default 4 mm surfaces), in these layers (scalp's, bone's, CSF's; :func:`_interface_points`).
 #: A 56 mm sphere whose skull is compact | spongy | compact bone 2 | 4 | 2 mm: the brain's E 22 % off
@@ -382,12 +385,12 @@ def _apply_floors(phis, floors: list[_Floor], tk) -> None:
 #: a layer whose median thickness is under this many times its minimum thickness is "thin": its
 #: minimum thickness is lowered to its median / this (:func:`_thin_layer_floors`)
 THIN_LAYER_RATIO = 1.25
-#: the minimum thickness of each layer at thickness scale 1 (scalp, bone, grey matter; the CSF's is
-#: ``min_thickness_mm``, kept: its own sheet rule and the folds' CSF look after it)
-_FLOOR_AT_SCALE_1 = {1: 1.0, 2: 0.75, 4: 0.75}
+#: the lowest minimum thickness (mm) :func:`_thin_layer_floors` gives the scalp, bone and grey matter
+#: (the CSF's is ``min_thickness_mm``)
+THIN_LAYER_FLOOR_MM = {1: 0.75, 2: 0.75, 4: 0.75}
 
 
-def _thin_layer_floors(phis: dict, tk: dict, skip: set, floor_scale: float, zooms) -> dict:
+def _thin_layer_floors(phis: dict, tk: dict, skip: set, floor_scale: float, zooms, csf_floor_mm: float) -> dict:
     """The minimum layer thicknesses ``tk`` (mm, per layer), lowered for the scalp, bone and grey
     matter where the labels make that layer thin nearly everywhere: its median thickness (next to
     its outer surface, the distance between it and the next surface in, where the layer is there) under
@@ -402,7 +405,7 @@ def _thin_layer_floors(phis: dict, tk: dict, skip: set, floor_scale: float, zoom
     places (Colin27, the charm-like heads) keep their floors: the same meshes."""
     half = 0.5 * float(np.min(zooms))
     out = dict(tk)
-    for k, base in _FLOOR_AT_SCALE_1.items():
+    for k, base in sorted({**THIN_LAYER_FLOOR_MM, 3: float(csf_floor_mm)}.items()):
         if k in skip or k + 1 > 5 or out.get(k, 0.0) <= 0:
             continue
         # on the voxels next to the outer surface (within a voxel, both sides), the distance between
@@ -498,7 +501,8 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
         phis[k] = phis[shares[k]] if k in shares else _sdf(masks[k], zooms, sigma_vox)
     phis = {k: phis[k] for k in range(1, 6)}
     if thin_layer_scale:
-        lowered = _thin_layer_floors(phis, tk, absent | set(shares), float(thin_layer_scale), zooms)
+        lowered = _thin_layer_floors(phis, tk, absent | set(shares), float(thin_layer_scale), zooms,
+                                     float(min_thickness_mm))
         if report is not None and lowered != tk:
             report["thin_layers"] = {int(k): {"min_thickness_mm": round(tk[k], 3), "now_mm": round(v, 3)}
                                      for k, v in lowered.items() if v != tk[k]}
