@@ -50,25 +50,28 @@ def surface_faces(nodes: np.ndarray, tets: np.ndarray, tags: np.ndarray,
 
 
 def _oriented_tissue_faces(x: np.ndarray, tets: np.ndarray, tags: np.ndarray, nb: np.ndarray):
-    """The faces on the outer boundary or between two tags, each once: ``(faces, area_normals, code)``,
-    the area vectors pointing out of the lower tag (into the outside on the boundary), ``code`` one
-    integer per pair of tags."""
-    faces, normals, codes = [], [], []
+    """The faces on the outer boundary or between two tags, each once: ``(faces, area_normals, which)``,
+    the area vectors pointing out of the lower tag (into the outside on the boundary), ``which`` the
+    index of the face's surface (one per pair of tags, and one per tag's part of the outer boundary)."""
+    faces, normals, pairs = [], [], []
     for k in range(4):
         other = nb[:, k]
         outside = other < 0
-        otag = np.where(outside, -1, tags[np.maximum(other, 0)]).astype(np.int64)
+        otag = tags[np.maximum(other, 0)]
         cut = outside | ((otag != tags) & (tags < otag))
         f = np.delete(tets[cut], k, axis=1)
         p = x[f]
         an = 0.5 * np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
         inward = np.einsum("ij,ij->i", an, x[tets[cut, k]] - p[:, 0]) > 0
         an[inward] *= -1.0
-        a, b = tags[cut].astype(np.int64), otag[cut]
         faces.append(f)
         normals.append(an)
-        codes.append(np.minimum(a, b) * 1_000_000 + np.maximum(a, b))
-    return np.concatenate(faces), np.concatenate(normals), np.concatenate(codes)
+        # (own tag, other tag or the own tag again on the outside, outside?): no sentinel tag value
+        pairs.append(np.column_stack([tags[cut], np.where(outside[cut], tags[cut], otag[cut]),
+                                      outside[cut]]).astype(np.int64))
+    pairs = np.concatenate(pairs)
+    which = np.unique(pairs, axis=0, return_inverse=True)[1].ravel() if len(pairs) else np.zeros(0, np.int64)
+    return np.concatenate(faces), np.concatenate(normals), which
 
 
 def restore_interface_volumes(x: np.ndarray, x0: np.ndarray, tets: np.ndarray, tags: np.ndarray,
@@ -76,8 +79,9 @@ def restore_interface_volumes(x: np.ndarray, x0: np.ndarray, tets: np.ndarray, t
                               max_slide_mm: float, min_dihedral_deg: float = MIN_DIHEDRAL_DEG,
                               min_radius_ratio: float = MIN_RADIUS_RATIO, sweeps: int = 3):
     """Nodes ``x`` (moved from ``x0`` by the sliver pass) with each tissue surface moved back along its
-    normals by the volume the pass swept through it; ``(x, q, swept_mm3)``, ``q`` the shapes again and
-    ``swept_mm3`` the volume the pass swept (the sum over the surfaces of its magnitude).
+    normals by the volume the pass swept through it; ``(x, q, swept_mm3, left_mm3)``: ``q`` the shapes
+    again, ``swept_mm3`` the volume the pass swept and ``left_mm3`` what is left after this (each the
+    sum over the surfaces of its magnitude).
 
     Why: the moves that open a flat tetrahedron lying across a thin layer mostly thicken the layer,
     so over a whole thin layer they add up: nested spheres with a 1 mm bone shell came out with
@@ -86,14 +90,19 @@ def restore_interface_volumes(x: np.ndarray, x0: np.ndarray, tets: np.ndarray, t
     hundredths of a millimetre, a small part of the pass's moves.  Nodes on two surfaces stay where
     they are; so does a node that would leave the pass's bounds (``max_move_mm`` off the plane of
     any of its surface faces, ``max_slide_mm`` from where it was), and the nodes of a tetrahedron the
-    shift would leave poor that was not (or worse than it was), or turn over either way."""
+    shift would leave poor that was not (or worse than it was), or turn over either way.  A few sweeps
+    put back what the held nodes left."""
     from ._sliver_kernels import shapes
 
     nb = tet_neighbors(tets) if neighbors is None else neighbors
-    f, an, code = _oriented_tissue_faces(x0, tets, tags, nb)
-    if not len(f):
-        return x, q, 0.0
-    _, which = np.unique(code, return_inverse=True)
+    f, an, which = _oriented_tissue_faces(x0, tets, tags, nb)
+
+    def _swept(nodes):
+        return np.bincount(which, np.einsum("ij,ij->i", an, (nodes - x0)[f].mean(axis=1)), minlength=n_surf)
+
+    n_surf = int(which.max()) + 1 if len(which) else 0
+    if not n_surf:
+        return x, q, 0.0, 0.0
     n = len(x)
     lo = np.full(n, np.iinfo(np.int64).max)
     hi = np.full(n, -1, np.int64)
@@ -106,40 +115,41 @@ def restore_interface_volumes(x: np.ndarray, x0: np.ndarray, tets: np.ndarray, t
     around = np.bincount(f.ravel(), np.repeat(area, 3), minlength=n)[single]
     length = np.linalg.norm(normal[single], axis=1)
     # a node whose faces' normals cancel (a corner, a closed flat piece) has no normal: it stays
-    unit = np.where((length > 1e-3 * around)[:, None], normal[single] / np.maximum(length, 1e-300)[:, None], 0.0)
+    free = length > 1e-3 * around
+    single, length = single[free], length[free]
+    unit = normal[single] / length[:, None]
     face_unit = an / np.maximum(area, 1e-300)[:, None]
-    # the volume a surface sweeps per mm of its nodes' shift: the sum of |node normal| / 3 (its area
-    # where the surface is smooth, less where it is jagged)
-    rate = np.bincount(lo[single], np.where(unit.any(axis=1), length, 0.0) / 3.0, minlength=int(which.max()) + 1)
-    total = None
     held = np.zeros(n, bool)
+    swept = _swept(x)
+    first = float(np.abs(swept).sum())
     for _ in range(int(sweeps)):
-        swept = np.bincount(which, np.einsum("ij,ij->i", an, (x - x0)[f].mean(axis=1)), minlength=len(rate))
-        total = float(np.abs(swept).sum()) if total is None else total
+        # the volume a surface sweeps per mm of its free nodes' shift: the sum of |node normal| / 3 (its
+        # area where the surface is smooth, less where it is jagged)
+        moving = ~held[single]
+        rate = np.bincount(lo[single][moving], length[moving] / 3.0, minlength=n_surf)
         step = np.where(rate > 0, -swept / np.maximum(rate, 1e-300), 0.0)[lo[single]]
         trial = x.copy()
         trial[single] += step[:, None] * unit
         trial[held] = x[held]
         shift = trial - x0
         off_plane = np.abs(np.einsum("ijk,ik->ij", shift[f], face_unit)) > max_move_mm + 1e-12
-        out = np.unique(f[off_plane])
-        out = np.concatenate([out, np.flatnonzero(np.einsum("ij,ij->i", shift, shift) > max_slide_mm ** 2 + 1e-12)])
+        out = np.concatenate([f[off_plane], np.flatnonzero(np.einsum("ij,ij->i", shift, shift)
+                                                           > max_slide_mm ** 2 + 1e-12)])
         held[out] = True
         trial[out] = x[out]
-        for _ in range(4):  # keep the nodes of tetrahedra the shift would leave poor
+        # keep the nodes of tetrahedra the shift would leave poorer, or turn; each round puts back at
+        # least one moved node, so this ends
+        while True:
             qt = shapes(trial, tets, sign, min_dihedral_deg, min_radius_ratio)
-            worse = ((qt < 1.0) & (qt < q - 1e-12)) | ((qt < 0.0) != (q < 0.0))  # poorer, or turned
+            worse = ((qt < 1.0) & (qt < q - 1e-12)) | ((qt < 0.0) != (q < 0.0))
             if not worse.any():
                 break
             back = np.unique(tets[worse])
             held[back] = True
             trial[back] = x[back]
-        else:
-            qt = shapes(trial, tets, sign, min_dihedral_deg, min_radius_ratio)
-            if (((qt < 1.0) & (qt < q - 1e-12)) | ((qt < 0.0) != (q < 0.0))).any():  # (not seen) give up
-                break
         x, q = trial, qt
-    return x, q, total
+        swept = _swept(x)
+    return x, q, first, float(np.abs(swept).sum())
 
 
 def perturb_slivers(nodes: np.ndarray, tets: np.ndarray, tags: np.ndarray, *, max_move_mm: float,
@@ -150,7 +160,7 @@ def perturb_slivers(nodes: np.ndarray, tets: np.ndarray, tags: np.ndarray, *, ma
     are unchanged.  Returns ``(nodes, info)``; ``info`` counts the poor tetrahedra before and after,
     the nodes moved and the largest move of a surface node (mm).  ``keep_volumes``: each tissue
     surface is then moved back along its normals by the volume the pass swept through it
-    (:func:`restore_interface_volumes`; ``info["volume_restored_mm3"]``)."""
+    (:func:`restore_interface_volumes`; ``info["volume_swept_mm3"]`` and ``"volume_left_mm3"``)."""
     from ._sliver_kernels import move_vertices, node_tets, shapes
 
     x = np.ascontiguousarray(nodes, np.float64).copy()
@@ -175,15 +185,15 @@ def perturb_slivers(nodes: np.ndarray, tets: np.ndarray, tags: np.ndarray, *, ma
                                    float(slide), sign, min_dihedral_deg, min_radius_ratio, STEPS):
                 break
             info["rounds"] += 1
+        if keep_volumes and (x != x0).any():
+            x, q, info["volume_swept_mm3"], info["volume_left_mm3"] = restore_interface_volumes(
+                x, x0, tets, tags, neighbors, q, sign, float(max_move_mm), float(slide), min_dihedral_deg,
+                min_radius_ratio)
         moved = (x != x0).any(axis=1)
         info["nodes_moved"] = int(moved.sum())
         shift = np.linalg.norm(x - x0, axis=1)
         info["max_surface_move_mm"] = float(shift[pinned].max()) if pinned.any() else 0.0
         info["max_move_mm"] = float(shift.max())
-        if keep_volumes and info["nodes_moved"]:
-            x, q, info["volume_restored_mm3"] = restore_interface_volumes(
-                x, x0, tets, tags, neighbors, q, sign, float(max_move_mm), float(slide), min_dihedral_deg,
-                min_radius_ratio)
     info["poor_after"] = int(np.count_nonzero(q < 1.0))
     info["inverted_after"] = int(np.count_nonzero(q < 0.0))
     return x, info

@@ -492,7 +492,8 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
         air = keep[lab]
     # per-interface minimum thickness (mm): below these, marching cubes on the 2-voxel sub-grid
     # gave intersecting neighbour surfaces on Colin27 (scalp/bone 0.75 failed, 1.0 ok; bone/CSF
-    # and GM/WM 0.5 failed, 0.75 ok; CSF/GM 0.5 ok)
+    # and GM/WM 0.5 failed, 0.75 ok; CSF/GM 0.5 ok).  A layer thin nearly everywhere goes lower
+    # (_thin_layer_floors: its surfaces are near parallel there; TetGen's retries if they cross)
     tk = {1: 1.0, 2: 0.75, 3: float(min_thickness_mm), 4: 0.75}
     tk = {k: 0.0 if k in absent else v * float(thickness_scale) for k, v in tk.items()}
     t = 0.75 * float(thickness_scale)
@@ -1594,8 +1595,10 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     ttags = seed_tag[gl[ginv]]
     info["bone_defect_tets"] = _open_bone_defects(ttags, cen, bone, phis[2], tags, zooms, pad)
     # (the roaming tissues are CSF meshed inside the brain's layers: the folds', the ventricles')
+    # the CSF's minimum thickness as nested_fields used it (lowered for a CSF thin nearly everywhere)
+    csf_min_mm = info.get("thin_layers", {}).get(3, {}).get("now_mm", float(min_thickness_mm) * float(thickness_scale))
     info["csf_gap_tets"] = _open_csf_gaps(ttags, cen, tags, zooms, phis, pad, far_from_csf,
-                                          CSF_SHEET_OF_MIN * float(min_thickness_mm) * float(thickness_scale))
+                                          CSF_SHEET_OF_MIN * float(csf_min_mm))
     if lesion is not None:  # tets centred in a lesion voxel (unbiased, as the lattice mesher does)
 
         if lesion_voxels is None:
