@@ -52,7 +52,8 @@ SURFACE_MESHER_VERSION = "surf-6.14"  # 6.1: the head's box of a wide field of v
 # whose layers are thin only in places, Colin27 among them: the same meshes as 6.12); 6.14: the sliver
 # pass puts back the volume it sweeps through each surface (sliver.restore_interface_volumes: every
 # mesh's surface nodes move by hundredths of a mm), a CSF thin nearly everywhere and 1 mm layers
-# get lower minimum thicknesses (THIN_LAYER_FLOOR_MM)
+# get lower minimum thicknesses (THIN_LAYER_FLOOR_MM), the CSF's minimum 0.75 mm at the default size
+# (CSF_MIN_PER_SCALE_MM; 1 mm before)
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
 #: (3 mm at the default 4 mm surfaces), in these layers (scalp's, bone's, CSF's; :func:`_interface_points`).
 #: A 56 mm sphere whose skull is compact | spongy | compact bone 2 | 4 | 2 mm: the brain's E 22 % off
@@ -382,6 +383,12 @@ def _apply_floors(phis, floors: list[_Floor], tk) -> None:
             phis[k + 1][f.index] = np.maximum(phis[k + 1][f.index], phis[k][f.index] + np.float32(tk[k]))
 
 
+#: the CSF's minimum thickness per unit of ``thickness_scale`` in :func:`surface_defaults` (at least 0.5 mm):
+#: 0.75 mm at the default 8 mm elements, where 1 mm put the thinnest tenth of Colin27's CSF (per ray,
+#: where the labels nest the layers) +0.75 mm off the labels'; 0.75 mm: +0.5, its median and 90th
+#: percentile equal to the labels', bone -0.64 -> -0.39 %, 51 -> 78 tetrahedra below the shape
+#: bounds (docs/meshing.md, surf-6.14)
+CSF_MIN_PER_SCALE_MM = 0.375
 #: a layer whose median thickness is under this many times its minimum thickness is "thin": its
 #: minimum thickness is lowered to its median / this (:func:`_thin_layer_floors`)
 THIN_LAYER_RATIO = 1.25
@@ -1890,7 +1897,8 @@ def surface_defaults(h: float, zooms, surface_size_mm: float | None = None) -> d
     ``h / 2`` by default (4 for 8 mm on 1 mm voxels: sizes graded from the surfaces' to ``h`` inside;
     ``surface_size_mm = h`` gives about uniform sizes, docs/meshing.md),
     minimum layer thicknesses scaled with that sub-grid spacing (x2 at 4 mm, x1 up to 2 mm; thinner
-    made neighbour surfaces intersect on Colin27), surfaces relaxed on their level sets (8 rounds),
+    made neighbour surfaces intersect on Colin27; the CSF's grows more slowly, ``CSF_MIN_PER_SCALE_MM``
+    x the scale, at least 0.5 mm: 0.75 mm at 4 mm), surfaces relaxed on their level sets (8 rounds),
     ``-pq2a<vol>YO9/7o/165`` (TetGen's flip/smooth/insert optimisation, max dihedral 165 deg; the
     looser radius-edge bound than surf-3's 1.4/15 lets sizes grow faster away from the surfaces:
     Colin27 520k instead of 644k tets, TetGen ~40 % faster, the same field; no minimum-dihedral
@@ -1903,7 +1911,9 @@ def surface_defaults(h: float, zooms, surface_size_mm: float | None = None) -> d
     the interfaces between tissues of one layer (surf-6.12)."""
     z = float(np.min(zooms))
     step = max(1, round((0.5 * float(h) if surface_size_mm is None else float(surface_size_mm)) / z))
-    return {"surface_step": step, "thickness_scale": max(1.0, step * z / 2), "minratio": 2.0, "mindihedral": 0.0,
+    scale = max(1.0, step * z / 2)
+    return {"surface_step": step, "thickness_scale": scale, "min_thickness_mm": max(0.5 / scale, CSF_MIN_PER_SCALE_MM),
+            "minratio": 2.0, "mindihedral": 0.0,
             "extra_switches": "YO9/7o/165", "relax_iterations": 8, "sliver_move": 0.4, "fair_rounds": 10,
             "local_calibration_mm": 10.0, "min_edge_cell": MIN_EDGE_CELL, "interface_point_cell": INTERFACE_POINT_CELL,
             "thin_layer_scale": 1.0}
