@@ -576,7 +576,7 @@ def test_fairing_folds_no_triangle_over():
 
 def test_thin_layer_floors_follow_the_layers_median():
     """surface._thin_layer_floors on exact signed distances of nested spheres: a layer thin everywhere
-    gets 0.8 x its thickness (at least THIN_LAYER_FLOOR_MM, the CSF min_thickness_mm), times the retry's
+    gets 0.8 x its thickness (at least THIN_LAYER_FLOOR_MM), times the retry's
     scale and never above its floor; thick layers and layers that share a surface keep theirs; where
     the layer is missing (a defect) it does not count."""
     from stimsim.head.meshers.surface import THIN_LAYER_RATIO, _thin_layer_floors
@@ -586,19 +586,19 @@ def test_thin_layer_floors_follow_the_layers_median():
     radii = {1: 40.0, 2: 38.0, 3: 32.0, 4: 30.0, 5: 29.2}  # scalp 2 mm, bone 6, CSF 2, GM 0.8
     phis = {k: (r - radius).astype(np.float32) for k, radius in radii.items()}
     tk = {1: 2.0, 2: 1.5, 3: 1.0, 4: 1.5}
-    out = _thin_layer_floors(phis, tk, set(), 1.0, (1.0, 1.0, 1.0), 0.5)
+    out = _thin_layer_floors(phis, tk, set(), 1.0, (1.0, 1.0, 1.0))
     assert out[1] == pytest.approx(2.0 / THIN_LAYER_RATIO, abs=0.06)  # 2 mm of scalp: 1.6
     assert out[2] == 1.5 and out[3] == 1.0  # 6 mm of bone, 2 mm of CSF: kept
     assert out[4] == 0.75  # 0.8 mm of grey matter: 0.64 -> its scale-1 floor
-    retry = _thin_layer_floors(phis, {k: 1.5 * v for k, v in tk.items()}, set(), 1.5, (1.0, 1.0, 1.0), 0.5)
+    retry = _thin_layer_floors(phis, {k: 1.5 * v for k, v in tk.items()}, set(), 1.5, (1.0, 1.0, 1.0))
     assert retry[1] == pytest.approx(1.5 * out[1], rel=1e-6) and retry[4] == pytest.approx(1.125)
-    assert _thin_layer_floors(phis, tk, {1, 4}, 1.0, (1.0, 1.0, 1.0), 0.5) == tk  # absent or shared
-    # 1 mm of CSF everywhere: 0.8; 0.5 mm: its own floor, min_thickness_mm
+    assert _thin_layer_floors(phis, tk, {1, 4}, 1.0, (1.0, 1.0, 1.0)) == tk  # absent or shared
+    # 1 mm of CSF everywhere: 0.8; 0.5 mm: its floor, 0.5 mm
     thin_csf = {**phis, 4: phis[3] + np.float32(1.0), 5: phis[3] + np.float32(1.8)}
-    assert _thin_layer_floors(thin_csf, tk, set(), 1.0, (1.0, 1.0, 1.0), 0.5)[3] == pytest.approx(0.8, abs=0.06)
+    assert _thin_layer_floors(thin_csf, tk, set(), 1.0, (1.0, 1.0, 1.0))[3] == pytest.approx(0.8, abs=0.06)
     thinner = {**phis, 4: phis[3] + np.float32(0.5), 5: phis[3] + np.float32(1.3)}
-    assert _thin_layer_floors(thinner, tk, set(), 1.0, (1.0, 1.0, 1.0), 0.5)[3] == 0.5
+    assert _thin_layer_floors(thinner, tk, set(), 1.0, (1.0, 1.0, 1.0))[3] == 0.5
     # half the scalp gone (the bone's surface there): still its 2 mm where it is
     holed = dict(phis)
     holed[1] = np.where(np.indices((n, n, n))[2] > n // 2, phis[2], phis[1])
-    assert _thin_layer_floors(holed, tk, set(), 1.0, (1.0, 1.0, 1.0), 0.5)[1] == pytest.approx(out[1], abs=0.06)
+    assert _thin_layer_floors(holed, tk, set(), 1.0, (1.0, 1.0, 1.0))[1] == pytest.approx(out[1], abs=0.06)

@@ -1108,13 +1108,14 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         if orig is not None:
             _csf_into_brain(orig, None)
     if method == "surface":
-        from .surface import SURFACE_MESHER_VERSION, surface_defaults
-
-        from .surface import label_grid_factors
+        from .surface import SURFACE_MESHER_VERSION, csf_min_thickness_mm, label_grid_factors, surface_defaults
 
         opts = {**surface_defaults(h, zooms, surface_size_mm), **(surface_options or {})}
-        if "thickness_scale" in (surface_options or {}) and "thin_layer_scale" not in surface_options:
-            opts["thin_layer_scale"] = 0.0  # thicknesses the caller chose are kept, thin layers' too
+        if "thickness_scale" in (surface_options or {}):
+            if "thin_layer_scale" not in surface_options:
+                opts["thin_layer_scale"] = 0.0  # thicknesses the caller chose are kept, thin layers' too
+            if "min_thickness_mm" not in surface_options:  # the CSF's for the caller's scale
+                opts["min_thickness_mm"] = csf_min_thickness_mm(opts["thickness_scale"])
         opts["surface_step"] = int(opts.get("surface_step") or 2)  # None: the mesher's own default
         sulcal_r = opts.pop("sulcal_csf_radius_mm", None)  # None: half the surfaces' sampling
         if sulcal_r is None:
@@ -1401,12 +1402,14 @@ def make_surface_head_mesh(labels, label_map_spec="colin27", *, element_size_mm=
 
     ``element_size_mm=None``: the surface mesher's default.  Returns
     ``(mesh, voxel_volume_mm3_per_tag, info)``.  The defaults are the recipe of the embedded Colin27
-    head (``surf-2`` options: unrelaxed marching-cubes surfaces, ``-pq2.5/5a60.34Y``; see the module
-    docstring), kept so that ``meshes/build_colin27.py`` rebuilds the shipped mesh; ``stimsim mesh``
-    uses :func:`~stimsim.head.meshers.surface.surface_defaults` (relaxed surfaces, TetGen optimisation)."""
+    head (``surf-2`` options: unrelaxed marching-cubes surfaces, ``-pq2.5/5a60.34Y``, the CSF's 1 mm
+    minimum; see the module docstring) for ``meshes/build_colin27.py``.  The options it does not name
+    come from :func:`~stimsim.head.meshers.surface.surface_defaults` (the sliver pass since surf-4, the
+    local calibration since surf-6.4), so it no longer rebuilds the shipped file byte for byte;
+    ``stimsim mesh`` uses those defaults throughout (relaxed surfaces, TetGen optimisation)."""
     opts = {"surface_step": surface_step, "thickness_scale": thickness_scale, "minratio": minratio,
             "mindihedral": mindihedral, "extra_switches": extra_switches, "relax_iterations": 0,
-            "sulcal_csf_radius_mm": 0.0, "thin_layer_scale": 0.0}
+            "sulcal_csf_radius_mm": 0.0, "thin_layer_scale": 0.0, "min_thickness_mm": 0.5}
     mesh, info = make_head_mesh(labels, None, label_map_spec, method="surface", element_size_mm=element_size_mm,
                                 lesion=lesion, lesion_tag=lesion_tag, progress=progress, cache=cache,
                                 return_info=True, surface_options=opts)

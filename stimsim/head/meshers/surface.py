@@ -389,30 +389,36 @@ def _apply_floors(phis, floors: list[_Floor], tk) -> None:
 #: percentile equal to the labels', bone -0.64 -> -0.39 %, 51 -> 78 tetrahedra below the shape
 #: bounds (docs/meshing.md, surf-6.14)
 CSF_MIN_PER_SCALE_MM = 0.375
+
+
+def csf_min_thickness_mm(thickness_scale: float) -> float:
+    """``min_thickness_mm`` (the CSF's minimum thickness at scale 1) for ``thickness_scale``: the CSF's
+    minimum is then ``max(0.5, CSF_MIN_PER_SCALE_MM x scale)`` mm."""
+    return max(0.5 / float(thickness_scale), CSF_MIN_PER_SCALE_MM)
 #: a layer whose median thickness is under this many times its minimum thickness is "thin": its
 #: minimum thickness is lowered to its median / this (:func:`_thin_layer_floors`)
 THIN_LAYER_RATIO = 1.25
-#: the lowest minimum thickness (mm) :func:`_thin_layer_floors` gives the scalp, bone and grey matter
-#: (the CSF's is ``min_thickness_mm``)
-THIN_LAYER_FLOOR_MM = {1: 0.75, 2: 0.75, 4: 0.75}
+#: the lowest minimum thickness (mm) :func:`_thin_layer_floors` gives the scalp, bone, CSF and grey matter
+#: (the CSF's: its minimum at thickness scale 1)
+THIN_LAYER_FLOOR_MM = {1: 0.75, 2: 0.75, 3: 0.5, 4: 0.75}
 
 
-def _thin_layer_floors(phis: dict, tk: dict, skip: set, floor_scale: float, zooms, csf_floor_mm: float) -> dict:
-    """The minimum layer thicknesses ``tk`` (mm, per layer), lowered for the scalp, bone and grey
-    matter where the labels make that layer thin nearly everywhere: its median thickness (next to
-    its outer surface, the distance between it and the next surface in, where the layer is there) under
-    :data:`THIN_LAYER_RATIO` x its minimum.  Such a layer gets its median / that ratio, at least its
-    minimum at scale 1, times ``floor_scale`` (1 at first; TetGen's retries raise it with the rest),
-    never more than its minimum was.
+def _thin_layer_floors(phis: dict, tk: dict, skip: set, floor_scale: float, zooms) -> dict:
+    """The minimum layer thicknesses ``tk`` (mm, per layer), lowered for a layer the labels make thin
+    nearly everywhere: its median thickness (next to its outer surface, the distance between it and
+    the next surface in, where the layer is there) under :data:`THIN_LAYER_RATIO` x its minimum.  Such
+    a layer gets its median / that ratio, at least :data:`THIN_LAYER_FLOOR_MM`, times ``floor_scale``
+    (1 at first; TetGen's retries raise it with the rest), never more than its minimum was.
 
     Why: the minimum thicknesses scale with the surfaces' sampling (x2 at the default 8 mm elements:
-    2 mm of scalp, 1.5 of bone and grey matter), which keeps folded surfaces from crossing.  Where a
-    whole layer is that thin the floor inflates it: nested spheres with 2 mm shells came out with the
-    scalp +9.1 % and the bone -4.6 %, 1.5 mm of scalp +45 %.  Heads whose layers are thin only in
-    places (Colin27, the charm-like heads) keep their floors: the same meshes."""
+    2 mm of scalp, 1.5 of bone and grey matter, 0.75 of CSF), which keeps folded surfaces from
+    crossing.  Where a whole layer is that thin the floor inflates it: nested spheres with 2 mm shells
+    came out with the scalp +9.1 % and the bone -4.6 %, 1.5 mm of scalp +45 %, 1 mm of CSF (with its
+    1 mm minimum then) +12.5 %.  Heads whose layers are thin only in places (Colin27, the charm-like
+    heads) keep their floors."""
     half = 0.5 * float(np.min(zooms))
     out = dict(tk)
-    for k, base in sorted({**THIN_LAYER_FLOOR_MM, 3: float(csf_floor_mm)}.items()):
+    for k, base in sorted(THIN_LAYER_FLOOR_MM.items()):
         if k in skip or k + 1 > 5 or out.get(k, 0.0) <= 0:
             continue
         # on the voxels next to the outer surface (within a voxel, both sides), the distance between
@@ -509,8 +515,7 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
         phis[k] = phis[shares[k]] if k in shares else _sdf(masks[k], zooms, sigma_vox)
     phis = {k: phis[k] for k in range(1, 6)}
     if thin_layer_scale:
-        lowered = _thin_layer_floors(phis, tk, absent | set(shares), float(thin_layer_scale), zooms,
-                                     float(min_thickness_mm))
+        lowered = _thin_layer_floors(phis, tk, absent | set(shares), float(thin_layer_scale), zooms)
         if report is not None and lowered != tk:
             report["thin_layers"] = {int(k): {"min_thickness_mm": round(tk[k], 3), "now_mm": round(v, 3)}
                                      for k, v in lowered.items() if v != tk[k]}
@@ -1912,7 +1917,7 @@ def surface_defaults(h: float, zooms, surface_size_mm: float | None = None) -> d
     z = float(np.min(zooms))
     step = max(1, round((0.5 * float(h) if surface_size_mm is None else float(surface_size_mm)) / z))
     scale = max(1.0, step * z / 2)
-    return {"surface_step": step, "thickness_scale": scale, "min_thickness_mm": max(0.5 / scale, CSF_MIN_PER_SCALE_MM),
+    return {"surface_step": step, "thickness_scale": scale, "min_thickness_mm": csf_min_thickness_mm(scale),
             "minratio": 2.0, "mindihedral": 0.0,
             "extra_switches": "YO9/7o/165", "relax_iterations": 8, "sliver_move": 0.4, "fair_rounds": 10,
             "local_calibration_mm": 10.0, "min_edge_cell": MIN_EDGE_CELL, "interface_point_cell": INTERFACE_POINT_CELL,
