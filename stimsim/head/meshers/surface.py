@@ -395,6 +395,8 @@ def csf_min_thickness_mm(thickness_scale: float) -> float:
     """``min_thickness_mm`` (the CSF's minimum thickness at scale 1) for ``thickness_scale``: the CSF's
     minimum is then ``max(0.5, CSF_MIN_PER_SCALE_MM x scale)`` mm."""
     return max(0.5 / float(thickness_scale), CSF_MIN_PER_SCALE_MM)
+
+
 #: a layer whose median thickness is under this many times its minimum thickness is "thin": its
 #: minimum thickness is lowered to its median / this (:func:`_thin_layer_floors`)
 THIN_LAYER_RATIO = 1.25
