@@ -1671,6 +1671,15 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
         nodes, info["slivers"] = _perturb_slivers(nodes, tets, ttags, nb, keep, sliver_move * float(np.min(zooms)),
                                                   progress_cb)
         info["timings_s"]["slivers_s"] = info["slivers"].pop("time_s")
+        if "skipped" not in info["slivers"]:  # then edge flips inside one tissue (the lesion apart)
+            from .sliver import flip_slivers
+
+            t1 = time.perf_counter()
+            key = np.where(lesion_tets, -1, ttags.astype(np.int64))
+            tets, key, info["slivers"]["flips"] = flip_slivers(nodes, tets, key)
+            lesion_tets = key == -1
+            ttags = np.where(lesion_tets, int(lesion_tag), key).astype(ttags.dtype)
+            info["timings_s"]["slivers_s"] += time.perf_counter() - t1
     # tissues inside a layer, on the final nodes (the sliver pass moves them, and sees the layers only)
     t0 = time.perf_counter()
     labels, lzooms, loff, lmask = (tags, zooms, 0.0, lesion) if sub_tissue_labels is None else sub_tissue_labels
