@@ -203,22 +203,29 @@ def perturb_slivers(nodes: np.ndarray, tets: np.ndarray, tags: np.ndarray, *, ma
 _TET_EDGES = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
 
 
-def _oriented(x: np.ndarray, new: np.ndarray, sign: float) -> tuple[np.ndarray, np.ndarray]:
-    """``new`` tetrahedra with two corners swapped where their signed volume is against ``sign``, and
-    their absolute volumes."""
+def _oriented(x: np.ndarray, new: np.ndarray, sign: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """``new`` tetrahedra (as :func:`_ring_flips` builds them: those on the edge's first end's side,
+    then as many on the other's) with two corners swapped where their signed volume is against
+    ``sign``, and their absolute volumes; None unless each side's are all of one orientation, opposite
+    to the other side's (else one of them would be turned over)."""
     p = x[new]
     vol = np.einsum("ij,ij->i", np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), p[:, 3] - p[:, 0]) / 6.0
+    half = len(new) // 2
+    first, second = np.sign(vol[:half]), np.sign(vol[half:])
+    if not (first[0] != 0 and (first == first[0]).all() and (second == -first[0]).all()):
+        return None
     flip = vol * sign < 0
     new = new.copy()
     new[flip] = new[flip][:, [1, 0, 2, 3]]
     return new, np.abs(vol)
 
 
-def _ring_flips(x, tets, ring, p, r, sign):
+def _ring_flips(tets, ring, p, r):
     """The ways to fill the closed ring of tetrahedra ``ring`` around the edge ``p``-``r`` without that
     edge: 3 tetrahedra -> 2 (the triangle of the ring's three other corners, one tetrahedron on each
-    side), 4 -> 4 (the ring's quadrilateral split along either diagonal).  Each a ``(k, 4)`` array;
-    none where the ring is open (the edge on the mesh's boundary) or has more tetrahedra."""
+    side), 4 -> 4 (the ring's quadrilateral split along either diagonal).  Each a ``(k, 4)`` array, the
+    tetrahedra on ``p``'s side first; none where the ring is open (the edge on the mesh's boundary) or
+    has more tetrahedra."""
     rest = tets[ring].ravel()
     rest = rest[(rest != p) & (rest != r)]
     others, count = np.unique(rest, return_counts=True)
@@ -279,13 +286,17 @@ def flip_slivers(nodes: np.ndarray, tets: np.ndarray, tags: np.ndarray, *, round
             for a, b in _TET_EDGES:
                 p, r = tets[i, a], tets[i, b]
                 ring = np.intersect1d(around[ptr[p]:ptr[p + 1]], around[ptr[r]:ptr[r + 1]], assume_unique=True)
-                if len(ring) not in (3, 4) or used[ring].any() or (tags[ring] != tags[i]).any():
+                if (len(ring) not in (3, 4) or used[ring].any() or (tags[ring] != tags[i]).any()
+                        or (q[ring] < 0).any()):  # (a turned ring: the same space is not the same)
                     continue
                 before = float(q[ring].min())
                 held = float(np.abs(signed_volumes(x, tets[ring])).sum())
                 best = None
-                for new in _ring_flips(x, tets, ring, p, r, sign):
-                    new, vol = _oriented(x, new, sign)
+                for new in _ring_flips(tets, ring, p, r):
+                    oriented = _oriented(x, new, sign)
+                    if oriented is None:
+                        continue
+                    new, vol = oriented
                     if vol.min() <= 1e-12 * held or abs(vol.sum() - held) > 1e-9 * held:
                         continue  # not the same space (the edge does not pass through the new face)
                     after = float(shapes(x, new, sign, min_dihedral_deg, min_radius_ratio).min())

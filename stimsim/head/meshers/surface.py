@@ -53,7 +53,8 @@ SURFACE_MESHER_VERSION = "surf-6.14"  # 6.1: the head's box of a wide field of v
 # pass puts back the volume it sweeps through each surface (sliver.restore_interface_volumes: every
 # mesh's surface nodes move by hundredths of a mm), a CSF thin nearly everywhere and 1 mm layers
 # get lower minimum thicknesses (THIN_LAYER_FLOOR_MM), the CSF's minimum 0.75 mm at the default size
-# (CSF_MIN_PER_SCALE_MM; 1 mm before)
+# (CSF_MIN_PER_SCALE_MM; 1 mm before), edge flips inside one tissue after the sliver pass
+# (sliver.flip_slivers)
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
 #: (3 mm at the default 4 mm surfaces), in these layers (scalp's, bone's, CSF's; :func:`_interface_points`).
 #: A 56 mm sphere whose skull is compact | spongy | compact bone 2 | 4 | 2 mm: the brain's E 22 % off
