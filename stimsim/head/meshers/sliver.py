@@ -68,9 +68,15 @@ def _oriented_tissue_faces(x: np.ndarray, tets: np.ndarray, tags: np.ndarray, nb
         normals.append(an)
         # (own tag, other tag or the own tag again on the outside, outside?): no sentinel tag value
         pairs.append(np.column_stack([tags[cut], np.where(outside[cut], tags[cut], otag[cut]),
-                                      outside[cut]]).astype(np.int64))
+                                      outside[cut]]))
     pairs = np.concatenate(pairs)
-    which = np.unique(pairs, axis=0, return_inverse=True)[1].ravel() if len(pairs) else np.zeros(0, np.int64)
+    if not len(pairs):
+        return np.concatenate(faces), np.concatenate(normals), np.zeros(0, np.int64)
+    # one integer per row (the tags renumbered 0..n-1 first: a 1-D unique, ~10x faster than by rows)
+    values, index = np.unique(pairs[:, :2], return_inverse=True)
+    index = index.reshape(-1, 2).astype(np.int64)
+    key = (index[:, 0] * len(values) + index[:, 1]) * 2 + pairs[:, 2].astype(np.int64)
+    which = np.unique(key, return_inverse=True)[1].ravel()
     return np.concatenate(faces), np.concatenate(normals), which
 
 

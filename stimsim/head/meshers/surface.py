@@ -1150,7 +1150,10 @@ def _untangle(v, v0, f, near=None, max_rounds=12):
             return v, back
         vb = np.unique(f[bad])
         ring = np.unique(f[np.isin(f, vb).any(1)])
-        back += int(np.count_nonzero(np.any(v[ring] != v0[ring], axis=1)))
+        put_back = int(np.count_nonzero(np.any(v[ring] != v0[ring], axis=1)))
+        if not put_back:  # marching-cubes points cross: the rounds left would change nothing either
+            break
+        back += put_back
         v[ring] = v0[ring]
         cand = np.isin(f, ring).any(1)
     return v0.copy(), len(v)
