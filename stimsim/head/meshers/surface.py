@@ -992,8 +992,9 @@ def _separate_crossings(v, f, vsurf, names, fields, zooms, pad, cell, max_rounds
     moved = np.zeros(len(v), bool)
     tsurf = vsurf[f[:, 0]]
     encloses = np.array([[_encloses(a, b) for b in names] for a in names], bool).reshape(len(names), len(names))
+    candidates = None  # all at first; then the triangles that crossed or moved (no other pair changed)
     for _ in range(max_rounds):
-        bad = np.asarray(intersecting_triangles(v, f), np.int64)
+        bad = np.asarray(intersecting_triangles(v, f, candidates), np.int64)
         if not len(bad):
             break
         cen = v[f[bad]].mean(1)
@@ -1015,6 +1016,8 @@ def _separate_crossings(v, f, vsurf, names, fields, zooms, pad, cell, max_rounds
             g /= np.maximum(np.linalg.norm(g, axis=1), 1e-12)[:, None]
             v[sel] += (np.sign(push[sel]) * 0.1 * cell)[:, None] * g
             moved[sel] = True
+        candidates = (push != 0)[f].any(axis=1)
+        candidates[bad] = True
     return v, int(moved.sum())
 
 
