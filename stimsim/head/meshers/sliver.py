@@ -27,38 +27,17 @@ MIN_RADIUS_RATIO = 0.1
 STEPS = np.array([0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2])
 
 
-def surface_faces(nodes: np.ndarray, tets: np.ndarray, tags: np.ndarray,
-                  neighbors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Nodes on a tissue surface (the outer boundary or a face between two tags), and the unit normals
-    of the surface faces around each node as CSR ``(on, ptr, normals)``: node v's are
-    ``normals[ptr[v]:ptr[v + 1]]`` (their sign does not matter here)."""
-    nb = tet_neighbors(tets) if neighbors is None else neighbors
-    n = len(nodes)
-    faces = []
-    for k in range(4):
-        other = nb[:, k]
-        cut = (other < 0) | (tags[np.maximum(other, 0)] != tags)
-        cut &= (other < 0) | (tags < tags[np.maximum(other, 0)])  # a face between two tissues once
-        faces.append(np.delete(tets[cut], k, axis=1))
-    f = np.concatenate(faces)
-    p = nodes[f]
-    unit = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
-    unit /= np.maximum(np.linalg.norm(unit, axis=1), 1e-300)[:, None]
-    ptr, around = vertex_incidence(f, n)
-    on = ptr[1:] > ptr[:-1]
-    return on, ptr, np.ascontiguousarray(unit[around])
-
-
-def _oriented_tissue_faces(x: np.ndarray, tets: np.ndarray, tags: np.ndarray, nb: np.ndarray):
-    """The faces on the outer boundary or between two tags, each once: ``(faces, area_normals, which)``,
-    the area vectors pointing out of the lower tag (into the outside on the boundary), ``which`` the
-    index of the face's surface (one per pair of tags, and one per tag's part of the outer boundary)."""
+def _tissue_faces(x: np.ndarray, tets: np.ndarray, tags: np.ndarray, nb: np.ndarray):
+    """The faces on the outer boundary or between two tags, each once: ``(faces, area_normals, pairs)``,
+    the area vectors pointing out of the lower tag (into the outside on the boundary), ``pairs`` one
+    row per face: (own tag, other tag or the own tag again on the outside, 1 on the outside), so that
+    no tag value stands for the outside."""
     faces, normals, pairs = [], [], []
     for k in range(4):
         other = nb[:, k]
         outside = other < 0
         otag = tags[np.maximum(other, 0)]
-        cut = outside | ((otag != tags) & (tags < otag))
+        cut = outside | ((otag != tags) & (tags < otag))  # a face between two tissues once
         f = np.delete(tets[cut], k, axis=1)
         p = x[f]
         an = 0.5 * np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
@@ -66,18 +45,32 @@ def _oriented_tissue_faces(x: np.ndarray, tets: np.ndarray, tags: np.ndarray, nb
         an[inward] *= -1.0
         faces.append(f)
         normals.append(an)
-        # (own tag, other tag or the own tag again on the outside, outside?): no sentinel tag value
-        pairs.append(np.column_stack([tags[cut], np.where(outside[cut], tags[cut], otag[cut]),
-                                      outside[cut]]))
-    pairs = np.concatenate(pairs)
+        pairs.append(np.column_stack([tags[cut], np.where(outside[cut], tags[cut], otag[cut]), outside[cut]]))
+    return np.concatenate(faces), np.concatenate(normals), np.concatenate(pairs)
+
+
+def surface_faces(nodes: np.ndarray, tets: np.ndarray, tags: np.ndarray,
+                  neighbors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nodes on a tissue surface (the outer boundary or a face between two tags), and the unit normals
+    of the surface faces around each node as CSR ``(on, ptr, normals)``: node v's are
+    ``normals[ptr[v]:ptr[v + 1]]`` (their sign does not matter here)."""
+    nb = tet_neighbors(tets) if neighbors is None else neighbors
+    f, unit, _ = _tissue_faces(nodes, tets, np.asarray(tags), nb)
+    unit /= np.maximum(np.linalg.norm(unit, axis=1), 1e-300)[:, None]
+    ptr, around = vertex_incidence(f, len(nodes))
+    on = ptr[1:] > ptr[:-1]
+    return on, ptr, np.ascontiguousarray(unit[around])
+
+
+def _surface_index(pairs: np.ndarray) -> np.ndarray:
+    """One index per distinct row of :func:`_tissue_faces`'s ``pairs`` (per tissue surface): the tags
+    renumbered 0..n-1 first, then a 1-D unique (~10x faster than one by rows)."""
     if not len(pairs):
-        return np.concatenate(faces), np.concatenate(normals), np.zeros(0, np.int64)
-    # one integer per row (the tags renumbered 0..n-1 first: a 1-D unique, ~10x faster than by rows)
+        return np.zeros(0, np.int64)
     values, index = np.unique(pairs[:, :2], return_inverse=True)
     index = index.reshape(-1, 2).astype(np.int64)
     key = (index[:, 0] * len(values) + index[:, 1]) * 2 + pairs[:, 2].astype(np.int64)
-    which = np.unique(key, return_inverse=True)[1].ravel()
-    return np.concatenate(faces), np.concatenate(normals), which
+    return np.unique(key, return_inverse=True)[1].ravel()
 
 
 def restore_interface_volumes(x: np.ndarray, x0: np.ndarray, tets: np.ndarray, tags: np.ndarray,
@@ -101,7 +94,8 @@ def restore_interface_volumes(x: np.ndarray, x0: np.ndarray, tets: np.ndarray, t
     from ._sliver_kernels import shapes
 
     nb = tet_neighbors(tets) if neighbors is None else neighbors
-    f, an, which = _oriented_tissue_faces(x0, tets, tags, nb)
+    f, an, pairs = _tissue_faces(x0, tets, np.asarray(tags), nb)
+    which = _surface_index(pairs)
 
     def _swept(nodes):
         return np.bincount(which, np.einsum("ij,ij->i", an, (nodes - x0)[f].mean(axis=1)), minlength=n_surf)
@@ -214,8 +208,7 @@ def _oriented(x: np.ndarray, new: np.ndarray, sign: float) -> tuple[np.ndarray, 
     then as many on the other's) with two corners swapped where their signed volume is against
     ``sign``, and their absolute volumes; None unless each side's are all of one orientation, opposite
     to the other side's (else one of them would be turned over)."""
-    p = x[new]
-    vol = np.einsum("ij,ij->i", np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), p[:, 3] - p[:, 0]) / 6.0
+    vol = signed_volumes(x, new)
     half = len(new) // 2
     first, second = np.sign(vol[:half]), np.sign(vol[half:])
     if not (first[0] != 0 and (first == first[0]).all() and (second == -first[0]).all()):

@@ -201,7 +201,7 @@ def distance_to_background(mask: np.ndarray, zooms) -> np.ndarray:
 
         return ndi.distance_transform_edt(mask, sampling=zooms).astype(np.float32)
     threads = max(1, min(4, os.cpu_count() or 1))
-    if mask.flags.f_contiguous and not mask.flags.c_contiguous:
+    if _fortran(mask):
         # a NIfTI volume is Fortran-ordered: transform its C-ordered transpose and hand back the
         # transpose, so the result has the input's layout (mixed layouts make later arithmetic slow)
         return edt.edt(mask.T.astype(bool, copy=False), anisotropy=zooms[::-1], black_border=False,
