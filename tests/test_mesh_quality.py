@@ -128,6 +128,47 @@ def test_intersecting_triangles(kernels, monkeypatch):
     assert (~some[found_some]).any()  # a non-candidate found through its crossing with a candidate
 
 
+
+def test_touching_overlaps_kernel_is_the_numpy_version(monkeypatch):
+    """Triangles overlapping one they share a vertex with: the numba kernel finds exactly what the
+    numpy fallback finds, on folded star-shaped surfaces (some flattened into one plane, where the
+    coplanar rule decides), with some triangles candidates and some vertices already checked; and a
+    hand-made fold and a fan through one point are found by both."""
+    from scipy.spatial import ConvexHull
+
+    import stimsim.fem.kernels as fem_kernels
+    from stimsim.head.meshers.surface import _touching_overlaps
+
+    # two triangles sharing side 0-1, the second folded flat onto the first; a third meeting them at
+    # vertex 0 only, lying across the first one (its plane cuts inside both angles); a fourth apart
+    v = np.array([[0, 0, 0], [4, 0, 0], [0, 4, 0], [1, 1, 0.1],
+                  [2, 2, 1], [2, 2, -1], [9, 9, 9], [10, 9, 9], [9, 10, 9]], float)
+    f = np.array([[0, 1, 2], [1, 0, 3], [0, 4, 5], [6, 7, 8]])
+    every = np.ones(len(f), bool)
+    found = {}
+    for kernels in (True, False):
+        monkeypatch.setattr(fem_kernels, "HAVE_NUMBA", kernels)
+        found[kernels] = _touching_overlaps(v, f, every)
+        np.testing.assert_array_equal(found[kernels], [0, 1, 2])
+        assert not len(_touching_overlaps(v, f, every, np.ones(len(v), bool)))  # all fans checked
+    total = 0
+    for seed in range(60):
+        rng = np.random.default_rng(seed)
+        p = rng.normal(size=(int(rng.integers(20, 120)), 3))
+        p /= np.linalg.norm(p, axis=1)[:, None]
+        f = ConvexHull(p).simplices
+        v = p * np.exp(rng.normal(0, 0.6, len(p)))[:, None]
+        if seed % 3 == 0:
+            v[:, 2] = np.round(v[:, 2])
+        cand = rng.random(len(f)) < 0.6
+        checked = rng.random(len(v)) < 0.2 if seed % 2 else None
+        monkeypatch.setattr(fem_kernels, "HAVE_NUMBA", True)
+        with_kernel = _touching_overlaps(v, f, cand, checked)
+        monkeypatch.setattr(fem_kernels, "HAVE_NUMBA", False)
+        np.testing.assert_array_equal(with_kernel, _touching_overlaps(v, f, cand, checked), err_msg=str(seed))
+        total += len(with_kernel)
+    assert total > 100  # the folds gave overlaps to compare
+
 @pytest.mark.parametrize("order,dtype", [("C", np.float64), ("F", np.float32)])
 def test_trilinear_kernel_is_map_coordinates(order, dtype):
     """The surface mesher's level-set sampling equals SciPy's linear map_coordinates with extended

@@ -117,6 +117,87 @@ def intersecting(v: np.ndarray, f: np.ndarray, candidates: np.ndarray) -> np.nda
     return np.flatnonzero(hit)
 
 
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _in_angle(dx, dy, dz, ux, uy, uz, wx, wy, wz, nx, ny, nz):  # pragma: no cover - compiled
+    # d inside the angle between sides u and w of a triangle of normal n = u x w (d = a u + b w, a, b >= 0)
+    c1 = (dy * wz - dz * wy) * nx + (dz * wx - dx * wz) * ny + (dx * wy - dy * wx) * nz
+    c2 = (uy * dz - uz * dy) * nx + (uz * dx - ux * dz) * ny + (ux * dy - uy * dx) * nz
+    return c1 >= 0.0 and c2 >= 0.0
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def touching_flags(v, f, ptr, tri_of, cand, checked, hit):  # noqa: C901  # pragma: no cover - compiled
+    """``hit[t]`` for every triangle of a pair (one of them in ``cand``) that overlaps through a shared
+    vertex, as :func:`stimsim.head.meshers.surface._touching_overlaps` tests them (its numpy version:
+    the same arithmetic in the same order)."""
+    for ci in numba.prange(len(cand)):
+        t = cand[ci]
+        for c in range(3):
+            q = f[t, c]
+            if checked[q]:
+                continue
+            t0, t1, t2 = f[t, 0], f[t, 1], f[t, 2]
+            for k in range(ptr[q], ptr[q + 1]):
+                u = tri_of[k]
+                if u == t:
+                    continue
+                u0, u1, u2 = f[u, 0], f[u, 1], f[u, 2]
+                shared = 0
+                for a in (t0, t1, t2):
+                    if a == u0 or a == u1 or a == u2:
+                        shared += 1
+                if shared == 2:  # folded flat onto each other (normals from each one's first corner)
+                    ax, ay, az = v[t1, 0] - v[t0, 0], v[t1, 1] - v[t0, 1], v[t1, 2] - v[t0, 2]
+                    bx, by, bz = v[t2, 0] - v[t0, 0], v[t2, 1] - v[t0, 1], v[t2, 2] - v[t0, 2]
+                    ntx, nty, ntz = ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx
+                    ax, ay, az = v[u1, 0] - v[u0, 0], v[u1, 1] - v[u0, 1], v[u1, 2] - v[u0, 2]
+                    bx, by, bz = v[u2, 0] - v[u0, 0], v[u2, 1] - v[u0, 1], v[u2, 2] - v[u0, 2]
+                    nux, nuy, nuz = ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx
+                    lt = np.sqrt(ntx * ntx + nty * nty + ntz * ntz)
+                    lu = np.sqrt(nux * nux + nuy * nuy + nuz * nuz)
+                    if ntx * nux + nty * nuy + ntz * nuz < -0.98 * lt * lu:
+                        hit[t] = True
+                        hit[u] = True
+                elif shared == 1:  # meeting at q only: sides from q in each triangle's turning order
+                    cu = 0 if u0 == q else (1 if u1 == q else 2)
+                    p0, p1, p2 = f[t, c], f[t, (c + 1) % 3], f[t, (c + 2) % 3]
+                    utx, uty, utz = v[p1, 0] - v[p0, 0], v[p1, 1] - v[p0, 1], v[p1, 2] - v[p0, 2]
+                    wtx, wty, wtz = v[p2, 0] - v[p0, 0], v[p2, 1] - v[p0, 1], v[p2, 2] - v[p0, 2]
+                    p0, p1, p2 = f[u, cu], f[u, (cu + 1) % 3], f[u, (cu + 2) % 3]
+                    uvx, uvy, uvz = v[p1, 0] - v[p0, 0], v[p1, 1] - v[p0, 1], v[p1, 2] - v[p0, 2]
+                    wvx, wvy, wvz = v[p2, 0] - v[p0, 0], v[p2, 1] - v[p0, 1], v[p2, 2] - v[p0, 2]
+                    n1x, n1y, n1z = uty * wtz - utz * wty, utz * wtx - utx * wtz, utx * wty - uty * wtx
+                    n2x, n2y, n2z = uvy * wvz - uvz * wvy, uvz * wvx - uvx * wvz, uvx * wvy - uvy * wvx
+                    dx, dy, dz = n1y * n2z - n1z * n2y, n1z * n2x - n1x * n2z, n1x * n2y - n1y * n2x
+                    if (dx * dx + dy * dy + dz * dz
+                            < 1e-12 * (n1x * n1x + n1y * n1y + n1z * n1z) * (n2x * n2x + n2y * n2y + n2z * n2z)):
+                        over = (_in_angle(uvx, uvy, uvz, utx, uty, utz, wtx, wty, wtz, n1x, n1y, n1z)
+                                or _in_angle(wvx, wvy, wvz, utx, uty, utz, wtx, wty, wtz, n1x, n1y, n1z)
+                                or _in_angle(utx, uty, utz, uvx, uvy, uvz, wvx, wvy, wvz, n2x, n2y, n2z)
+                                or _in_angle(wtx, wty, wtz, uvx, uvy, uvz, wvx, wvy, wvz, n2x, n2y, n2z))
+                    else:
+                        over = ((_in_angle(dx, dy, dz, utx, uty, utz, wtx, wty, wtz, n1x, n1y, n1z)
+                                 and _in_angle(dx, dy, dz, uvx, uvy, uvz, wvx, wvy, wvz, n2x, n2y, n2z))
+                                or (_in_angle(-dx, -dy, -dz, utx, uty, utz, wtx, wty, wtz, n1x, n1y, n1z)
+                                    and _in_angle(-dx, -dy, -dz, uvx, uvy, uvz, wvx, wvy, wvz, n2x, n2y, n2z)))
+                    if over:
+                        hit[t] = True
+                        hit[u] = True
+
+
+def touching(v: np.ndarray, f: np.ndarray, ptr: np.ndarray, tri_of: np.ndarray, candidates: np.ndarray,
+             checked: np.ndarray | None) -> np.ndarray:
+    """Sorted indices of the triangles that overlap one they share a vertex with (pairs with a
+    triangle in ``candidates``, not meeting at a vertex of ``checked``)."""
+    hit = np.zeros(len(f), np.bool_)
+    touching_flags(np.ascontiguousarray(v, np.float64), np.ascontiguousarray(f, np.int64),
+                   np.ascontiguousarray(ptr, np.int64), np.ascontiguousarray(tri_of, np.int64),
+                   np.ascontiguousarray(np.flatnonzero(candidates), np.int64),
+                   np.zeros(len(v), np.bool_) if checked is None else np.ascontiguousarray(checked, np.bool_), hit)
+    return np.flatnonzero(hit)
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
 def _sample(phi, x, y, z):  # pragma: no cover - compiled
     """``phi`` at one fractional voxel index, linear, edges extended."""

@@ -1028,8 +1028,15 @@ def _touching_overlaps(v: np.ndarray, f: np.ndarray, candidates: np.ndarray,
     their planes meet lies inside both triangles' angles there (or, in one plane, a side of one inside
     the other's angle); sharing a side, when folded flat onto each other (normals within ~11 deg of
     opposite).  The same geometry as :func:`.edge_merge._fan_overlaps`, for whole surfaces.  Pairs
-    meeting at a vertex of ``checked`` (bool per vertex: fans already tested) are skipped."""
+    meeting at a vertex of ``checked`` (bool per vertex: fans already tested) are skipped.  By the
+    numba kernel (:func:`._kernels.touching`: the same tests, ~20x faster) when numba is used."""
+    from ...fem.kernels import numba_ready
+
     ptr, tri_of = vertex_incidence(f, len(v))
+    if numba_ready():
+        from ._kernels import touching
+
+        return touching(v, f, ptr, tri_of, candidates, checked)
     t = np.repeat(np.flatnonzero(candidates), 3)
     corner = np.tile(np.arange(3), int(np.count_nonzero(candidates)))
     q = f[t, corner]
