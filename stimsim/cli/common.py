@@ -8,7 +8,6 @@ import typer
 
 from .._logging import logger
 from ..errors import StimsimError
-from .process import single_malloc_arena
 
 app = typer.Typer(
     add_completion=False,
@@ -29,7 +28,6 @@ def global_options(
     from rich.logging import RichHandler
 
     state["quiet"] = quiet
-    single_malloc_arena()
     handler = RichHandler(show_path=False, console=stderr_console())
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING)

@@ -47,7 +47,7 @@ from ...tissues import LAYER_FILL_TAG, layer_lut
 from ..labels import apply_label_map, label_map, value_counts
 from .lattice import DEFAULT_ELEMENT_SIZE_MM, MESHER_VERSION, lattice_tets
 from .topology import (ISLAND_FRACTION, compact_nodes, distance_to_background, face_components, label_pieces,
-                       orient_tets, signed_volumes, tet_neighbors)
+                       on_threads, orient_tets, signed_volumes, tet_neighbors)
 
 __all__ = ["make_head_mesh", "load_label_volume", "tissue_connectivity", "quality_summary", "resolve_method",
            "check_layers_nest", "check_one_head", "check_meshable", "volume_check", "assess_quality", "expected_tags", "print_summary",
@@ -172,21 +172,16 @@ def _clean_islands(tags: np.ndarray, zooms, keep: np.ndarray | None = None,
     tags = tags.copy()
     unknown = np.zeros(tags.shape, bool)
     moved = {}
-    for t in np.unique(tags):
-        if t == 0:
+    # each tissue's islands on their own (two threads: the labelling runs outside the GIL)
+    islands = on_threads({int(t): (_islands, tags, int(t), connectivity) for t in np.unique(tags) if t != 0})
+    for t, mask in islands.items():
+        if mask is None:
             continue
-        lab, n = label_pieces(tags == t, connectivity)
-        if n <= 1:
-            continue
-        sizes = np.bincount(lab.ravel())
-        sizes[0] = 0
-        small = sizes < ISLAND_FRACTION * sizes.max()
-        small[0] = False
-        mask = small[lab]
         if keep is not None:
             mask &= ~keep
-        moved[int(t)] = int(mask.sum())
+        moved[t] = int(mask.sum())
         unknown |= mask
+    del islands
     if unknown.any():
         _take_nearest_known(tags, unknown, zooms)
     # keep the main piece of the head only
@@ -198,6 +193,18 @@ def _clean_islands(tags: np.ndarray, zooms, keep: np.ndarray | None = None,
         moved["dropped_pieces"] = int((tags > 0).sum() - keep.sum())
         tags[~keep] = 0
     return tags, moved
+
+
+def _islands(tags: np.ndarray, t: int, connectivity: int) -> np.ndarray | None:
+    """The voxels of tissue ``t`` in pieces smaller than :data:`ISLAND_FRACTION` of its largest (None: one piece)."""
+    lab, n = label_pieces(tags == t, connectivity)
+    if n <= 1:
+        return None
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    small = sizes < ISLAND_FRACTION * sizes.max()
+    small[0] = False
+    return small[lab]
 
 
 def _take_nearest_known(tags: np.ndarray, unknown: np.ndarray, zooms, margin: int = 4) -> None:

@@ -29,7 +29,7 @@ from ..labels import value_counts
 from . import tetgen_worker
 from .sub_tissues import keep_sub_tissues, layers_with_sub_tissues
 from .topology import (distance_to_background, distance_to_other_side, face_components, face_graph, fill_holes,
-                       label_pieces, sample_volume, tet_neighbors, vertex_incidence)
+                       label_pieces, on_threads, sample_volume, tet_neighbors, vertex_incidence)
 
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
@@ -123,6 +123,15 @@ def _sdf(mask: np.ndarray, zooms, sigma_vox: float) -> np.ndarray:
     if sigma_vox > 0:
         out = ndi.gaussian_filter(out, sigma=sigma_vox, mode="nearest")
     return out
+
+
+def _clean_layer_mask(m: np.ndarray, k: int, voxel_mm3: float) -> np.ndarray:
+    """Layer ``k``'s mask (the voxels of layers >= k) as the surfaces take it: the scalp, the bone and
+    the CSF filled and in one piece, the brain and the white matter without pieces under 500 mm^3 and
+    with holes under 50 voxels filled."""
+    if k <= 3:
+        return _largest(fill_holes(m))
+    return _fill_small_holes(_drop_small(m, int(500 / voxel_mm3)), 50)
 
 
 def _largest(mask: np.ndarray) -> np.ndarray:
@@ -486,16 +495,11 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     # air cavities are holes in the bone; without bone they are meshed as scalp (as before surf-6.6)
     layer[cavity] = 2 if 2 not in absent else 1
     voxel = float(np.prod(zooms))
-    masks = {}
-    for k in range(1, 6):
-        m = np.pad(layer >= k, pad)
-        if k <= 3:
-            m = _largest(fill_holes(m))
-        else:
-            m = _fill_small_holes(_drop_small(m, int(500 / voxel)), 50)
-        if k > 1:
-            m &= masks[k - 1]
-        masks[k] = m
+    # each layer's mask cleaned on its own (on two threads: the labelling runs outside the GIL;
+    # Colin27 1.3 -> 0.8 s), then nested
+    masks = on_threads({k: (_clean_layer_mask, np.pad(layer >= k, pad), k, voxel) for k in range(1, 6)})
+    for k in range(2, 6):
+        masks[k] &= masks[k - 1]
     for k in sorted(shares, reverse=True):
         masks[k] = masks[shares[k]]
     air = np.pad(cavity, pad) & masks[2] & ~masks[3]
@@ -513,9 +517,23 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     tk = {1: 1.0, 2: 0.75, 3: float(min_thickness_mm), 4: 0.75}
     tk = {k: 0.0 if k in absent else v * float(thickness_scale) for k, v in tk.items()}
     t = 0.75 * float(thickness_scale)
+    # the bone-defect and CSF-gap distances below need the labels only: computed with the layers'
+    # signed distances, on two threads (each is a distance transform and a Gaussian filter, which run
+    # outside the GIL for the most part: Colin27's six 2.2 -> 1.6 s)
+    bone_ok = np.pad(layer == 2 if bone_voxels is None else (layer == 2) | bone_voxels, pad)
+    fluid = layer == 3
+    if len(fluid_tags):
+        fluid |= np.isin(tags, list(fluid_tags))
+    jobs = {k: (_sdf, masks[k], zooms, sigma_vox) for k in range(5, 0, -1) if k not in shares}
+    if bone_ok.any():
+        jobs["bone"] = (distance_to_background, ~bone_ok, zooms)
+    if fluid.any():
+        jobs["fluid"] = (distance_to_background, ~fluid, zooms)
+    del bone_ok, fluid
+    done = on_threads(jobs)
     phis = {}
     for k in range(5, 0, -1):
-        phis[k] = phis[shares[k]] if k in shares else _sdf(masks[k], zooms, sigma_vox)
+        phis[k] = phis[shares[k]] if k in shares else done.pop(k)
     phis = {k: phis[k] for k in range(1, 6)}
     if thin_layer_scale:
         lowered = _thin_layer_floors(phis, tk, absent | set(shares), float(thin_layer_scale), zooms)
@@ -545,9 +563,8 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     # distance (mm) to the nearest bone (or cavity) voxel, less bone_defect_distance_mm: where > 0 the
     # bone layer exists only because of its minimum thickness (a skull defect); those tetrahedra
     # are re-tagged after meshing (_open_bone_defects), and the calibration below allows for it
-    bone_ok = np.pad(layer == 2 if bone_voxels is None else (layer == 2) | bone_voxels, pad)
     bone = None
-    if bone_ok.any():
+    if "bone" in done:
         within = bone_defect_distance_mm(zooms, tk[2])
         # probe_mm: how far along a bone surface's normal real bone may lie from a tetrahedron of the
         # mesh's bone layer: the thickness rules push the bone surfaces out by up to the sum of the
@@ -555,19 +572,14 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
         # the tissue a defect's sheet becomes (_open_bone_defects): CSF inside, or the next layer in
         # where the labels have none; scalp outside, or none (0, dropped from the mesh)
         inside = [k for k in (3, 4, 5) if k not in absent]
-        bone = {"excess_mm": distance_to_background(~bone_ok, zooms) - np.float32(within), "within_mm": within,
+        bone = {"excess_mm": done.pop("bone") - np.float32(within), "within_mm": within,
                 "probe_mm": tk[2] + tk[3] + tk[4] + float(np.max(zooms)),
                 "inside_tag": LAYER_FILL_TAG[inside[0]] if inside else 0,
                 "outside_tag": LAYER_FILL_TAG[1] if 1 not in absent else 0}
-    del bone_ok
     # where the CSF layer exists only because of its minimum thickness (the brain against the bone in
     # the labels): the voxels _open_csf_gaps gives the tissue they hold, and the calibration allows for
-    fluid = layer == 3
-    if len(fluid_tags):
-        fluid |= np.isin(tags, list(fluid_tags))
     # (computed once: the calibration below and _open_csf_gaps after meshing read the same voxels)
-    far_from_csf = np.pad(distance_to_background(~fluid, zooms) > csf_gap_mm(zooms), pad) if fluid.any() else None
-    del fluid
+    far_from_csf = np.pad(done.pop("fluid") > csf_gap_mm(zooms), pad) if "fluid" in done else None
     csf_far = None
     if far_from_csf is not None and 3 not in absent and 4 not in absent and 3 not in shares:
         csf_far = far_from_csf & np.pad(np.isin(layer, (2, 4, 5)), pad)

@@ -103,8 +103,23 @@ def compact_nodes(nodes: np.ndarray, tets: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 __all__ = ["fill_holes", "label_pieces", "distance_to_background", "sample_volume", "face_graph", "face_components",
-           "tet_neighbors", "signed_volumes", "orient_tets", "compact_nodes", "vertex_incidence", "ISLAND_FRACTION",
+           "tet_neighbors", "signed_volumes", "orient_tets", "compact_nodes", "vertex_incidence", "on_threads", "ISLAND_FRACTION",
            "CAVITY_TAG"]
+
+
+def on_threads(jobs: dict) -> dict:
+    """``{key: fn(*args)}`` for ``jobs`` ``{key: (fn, *args)}``, run on up to two threads (as many as
+    there are cores).  Only for functions that release the GIL and call no numba parallel kernel
+    (numba's "workqueue" back end aborts on concurrent calls; see :mod:`stimsim.kernel_warm_up`)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = max(1, min(2, os.cpu_count() or 1, len(jobs)))
+    if workers == 1:
+        return {key: fn(*args) for key, (fn, *args) in jobs.items()}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {key: pool.submit(fn, *args) for key, (fn, *args) in jobs.items()}
+        return {key: fut.result() for key, fut in futures.items()}
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
