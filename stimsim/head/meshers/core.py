@@ -237,9 +237,10 @@ def air_cavities(tags: np.ndarray) -> np.ndarray:
     return (bg & (lab != lab[0, 0, 0]))[1:-1, 1:-1, 1:-1]
 
 
-def tissue_connectivity(mesh: Mesh) -> dict[int, dict]:
-    """Per tag: number of face-connected pieces and the largest piece's share of the volume."""
-    neighbors = tet_neighbors(mesh.tets)
+def tissue_connectivity(mesh: Mesh, neighbors: np.ndarray | None = None) -> dict[int, dict]:
+    """Per tag: number of face-connected pieces and the largest piece's share of the volume.
+    ``neighbors``: :func:`.topology.tet_neighbors` of ``mesh.tets``, where known."""
+    neighbors = tet_neighbors(mesh.tets) if neighbors is None else neighbors
     vol = mesh.volumes_mm3
     out = {}
     for t in mesh.tissue_tags:
@@ -249,10 +250,12 @@ def tissue_connectivity(mesh: Mesh) -> dict[int, dict]:
     return out
 
 
-def quality_summary(mesh: Mesh, voxel_volume_mm3: dict[int, float] | None = None) -> dict:
+def quality_summary(mesh: Mesh, voxel_volume_mm3: dict[int, float] | None = None,
+                    neighbors: np.ndarray | None = None) -> dict:
     """:func:`stimsim.mesh.mesh_quality` (with its ``elements`` report: slivers, worst element and
     where it is) plus per-tissue volume error, the :func:`volume_check` against
-    ``voxel_volume_mm3`` and per-tissue connectivity.  JSON-serialisable."""
+    ``voxel_volume_mm3`` and per-tissue connectivity (``neighbors``: see :func:`tissue_connectivity`).
+    JSON-serialisable."""
     from ...mesh import mesh_quality
 
     q = mesh_quality(mesh, elements=True)
@@ -261,7 +264,7 @@ def quality_summary(mesh: Mesh, voxel_volume_mm3: dict[int, float] | None = None
         q["volume_error_per_tag"] = {
             t: (q["volume_mm3_per_tag"].get(t, 0.0) / v - 1.0) for t, v in voxel_volume_mm3.items() if v > 0}
         q["volume_check"] = volume_check(q["volume_mm3_per_tag"], voxel_volume_mm3)
-    q["connectivity"] = tissue_connectivity(mesh)
+    q["connectivity"] = tissue_connectivity(mesh, neighbors)
     return q
 
 
@@ -1305,11 +1308,11 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         if not len(tets):
             raise MeshError(f"the {method} mesher made no tetrahedra of these labels (tissues {sorted(counts)}); "
                             "use a smaller --element-size or check the labels")
-        mesh = _world_mesh(nodes, tets, ttags, zooms, affine, method)
+        mesh, neighbors = _world_mesh(nodes, tets, ttags, zooms, affine, method)
     merged, expected = _sub_tissues_merged(mesh, expected, method, lesion_mm3, lesion_tag, inner_csf)
     info = HeadMeshInfo(raw_vol, clean_vol, moved, int(minfo.pop("closure_tets", 0)), timings, None, method, minfo,
                         expected_volume_mm3=expected, merged_tags=merged, cut_faces=cut)
-    info.quality = _check_result(mesh, expected, h, method, check, timings)
+    info.quality = _check_result(mesh, expected, h, method, check, timings, neighbors)
     timings["total_s"] = time.perf_counter() - t_start
     if (info.mesher.get("slivers") or {}).get("skipped") or info.mesher.get("tetgen_retries"):
         # not what its key promises other processes: a mesh without the sliver pass, or one built with
@@ -1346,10 +1349,11 @@ def _sub_tissues_merged(mesh: Mesh, expected: dict, method: str, lesion_mm3: flo
     return merged, _merge_expected(expected, merged, int(lesion_tag) if lesion else None, lesion_mm3 or 0.0)
 
 
-def _check_result(mesh: Mesh, expected: dict, h: float, method: str, check: bool, timings: dict) -> dict:
+def _check_result(mesh: Mesh, expected: dict, h: float, method: str, check: bool, timings: dict,
+                  neighbors: np.ndarray | None = None) -> dict:
     """:func:`quality_summary` of a new (or cached) mesh; raise its errors (``check``), log its warnings."""
     t = time.perf_counter()
-    q = quality_summary(mesh, expected)
+    q = quality_summary(mesh, expected, neighbors)
     errors, warnings = assess_quality(q, expected, h, method)
     timings["quality_s"] = time.perf_counter() - t
     if errors and check:
@@ -1360,27 +1364,30 @@ def _check_result(mesh: Mesh, expected: dict, h: float, method: str, check: bool
 
 
 def _world_mesh(nodes: np.ndarray, tets: np.ndarray, ttags: np.ndarray, zooms, affine: np.ndarray,
-                method: str) -> Mesh:
+                method: str) -> tuple[Mesh, np.ndarray]:
     """Local-frame (voxel index * zoom) mesh -> world-frame :class:`Mesh` with only the used nodes,
-    positively oriented tets and the outer / interface triangles."""
+    positively oriented tets and the outer / interface triangles; and its tets' face neighbours
+    (:func:`.topology.tet_neighbors`, which the quality summary uses again)."""
     nodes, tets = compact_nodes(nodes, tets)
     world = nodes / zooms @ affine[:3, :3].T + affine[:3, 3]
     tets = orient_tets(world, tets)  # flips all of them for a left-handed affine
-    tris, tri_tags = _surface_triangles(tets, ttags)
+    nb = tet_neighbors(tets)
+    tris, tri_tags = _surface_triangles(tets, ttags, nb)
     mesh = Mesh(world, tets, ttags, tris, tri_tags)
     bad = mesh.signed_volumes_mm3 <= 0
     if bad.any():  # pragma: no cover - the lattice snapping guard and TetGen's quality bound prevent this
         raise MeshError(f"internal error: {int(bad.sum())} flat tetrahedra in the {method} mesh; "
                         "try another element size")
-    return mesh
+    return mesh, nb
 
 
-def _surface_triangles(tets: np.ndarray, tags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _surface_triangles(tets: np.ndarray, tags: np.ndarray,
+                       nb: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Outer surface (tag 1000 + outer tissue) and interfaces (1000 + inner tissue, by layer; between
-    two tissues of one layer, 1000 + the smaller tag)."""
+    two tissues of one layer, 1000 + the smaller tag).  ``nb``: ``tet_neighbors(tets)``, where known."""
     from ...mesh.model import TET_FACES
 
-    nb = tet_neighbors(tets)
+    nb = tet_neighbors(tets) if nb is None else nb
     lut = layer_lut()
     lut[11:] = 9  # extra tags (a lesion) tag their own surfaces, innermost
     tris, ttag = [], []

@@ -1656,8 +1656,19 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     n_moved = 0
     for _ in range(3):
         changed = False
+        # the pieces of every tissue at once; a tissue that took tetrahedra in this round is labelled
+        # again on its own (the same pieces, numbered alike: by their first tetrahedron)
+        idx_all, _, lab_all = face_components(ttags > 0, nb, ttags)
+        tag_all = ttags[idx_all]
+        took = set()
         for t in np.unique(ttags[ttags > 0]):
-            idx, n, lab = face_components(ttags == t, nb, ttags)
+            if int(t) in took:
+                idx, n, lab = face_components(ttags == t, nb, ttags)
+            else:
+                pick = tag_all == t
+                idx = idx_all[pick]
+                _, lab = np.unique(lab_all[pick], return_inverse=True)
+                n = int(lab.max()) + 1
             if n <= 1:
                 continue
             size = np.bincount(lab, weights=vol[idx])
@@ -1677,6 +1688,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
             np.add.at(votes_p, (pl[ok], ct[ok]), 1.0)
             new = np.where(votes_p.any(1), votes_p.argmax(1), t)
             ttags[sel] = new[labs]
+            took.update(int(u) for u in np.unique(new[labs]))
             n_moved += len(sel)
             changed = True
         if not changed:
