@@ -602,3 +602,38 @@ def test_thin_layer_floors_follow_the_layers_median():
     holed = dict(phis)
     holed[1] = np.where(np.indices((n, n, n))[2] > n // 2, phis[2], phis[1])
     assert _thin_layer_floors(holed, tk, set(), 1.0, (1.0, 1.0, 1.0))[1] == pytest.approx(out[1], abs=0.06)
+
+
+def test_work_on_two_threads_gives_what_one_thread_gives(monkeypatch):
+    """The mesher's label and signed-distance steps run on two threads (topology.on_threads): the jobs
+    share nothing, so a head meshed with them sequentially, in the calling thread, comes out the same
+    node for node; and on_threads hands back each job's result under its key, raises a job's error,
+    and on one core runs everything in the calling thread."""
+    import threading
+
+    from stimsim.head.meshers import core, surface, topology
+
+    vol, affine, _ = _spheres(1.0, (2.0, 2.0, 2.0, 2.0), wm_radius_mm=28.0)
+    threaded, _ = _mesh(vol, affine)
+    ran_in = set()
+
+    def one_thread(jobs):
+        ran_in.add(threading.get_ident())
+        return {key: fn(*args) for key, (fn, *args) in jobs.items()}
+
+    monkeypatch.setattr(surface, "on_threads", one_thread)
+    monkeypatch.setattr(core, "on_threads", one_thread)
+    sequential, _ = _mesh(vol, affine)
+    assert ran_in == {threading.get_ident()}
+    np.testing.assert_array_equal(threaded.nodes, sequential.nodes)
+    np.testing.assert_array_equal(threaded.tets, sequential.tets)
+    np.testing.assert_array_equal(threaded.tet_tags, sequential.tet_tags)
+
+    jobs = {k: (pow, k, 2) for k in range(7)}
+    assert topology.on_threads(jobs) == {k: k * k for k in range(7)}
+    with pytest.raises(ZeroDivisionError):
+        topology.on_threads({"ok": (pow, 2, 2), "bad": (divmod, 1, 0)})
+    seen = []
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    topology.on_threads({k: (lambda: seen.append(threading.get_ident()),) for k in range(3)})
+    assert seen == [threading.get_ident()] * 3
