@@ -614,7 +614,11 @@ def test_work_on_two_threads_gives_what_one_thread_gives(monkeypatch):
     from stimsim.head.meshers import core, surface, topology
 
     vol, affine, _ = _spheres(1.0, (2.0, 2.0, 2.0, 2.0), wm_radius_mm=28.0)
-    threaded, _ = _mesh(vol, affine)
+    c = vol.shape[0] // 2
+    vol[c, c, c] = vol[c + 6, c, c] = 2  # grey-matter islands in the white matter
+    vol[c, c + 6, c:c + 2] = 4  # and one of bone
+    threaded, info = _mesh(vol, affine)
+    assert info.islands_reassigned_voxels == {2: 2, 4: 2}
     ran_in = set()
 
     def one_thread(jobs):
@@ -623,8 +627,8 @@ def test_work_on_two_threads_gives_what_one_thread_gives(monkeypatch):
 
     monkeypatch.setattr(surface, "on_threads", one_thread)
     monkeypatch.setattr(core, "on_threads", one_thread)
-    sequential, _ = _mesh(vol, affine)
-    assert ran_in == {threading.get_ident()}
+    sequential, info = _mesh(vol, affine)
+    assert ran_in == {threading.get_ident()} and info.islands_reassigned_voxels == {2: 2, 4: 2}
     np.testing.assert_array_equal(threaded.nodes, sequential.nodes)
     np.testing.assert_array_equal(threaded.tets, sequential.tets)
     np.testing.assert_array_equal(threaded.tet_tags, sequential.tet_tags)
@@ -635,5 +639,6 @@ def test_work_on_two_threads_gives_what_one_thread_gives(monkeypatch):
         topology.on_threads({"ok": (pow, 2, 2), "bad": (divmod, 1, 0)})
     seen = []
     monkeypatch.setattr("os.cpu_count", lambda: 1)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0}, raising=False)
     topology.on_threads({k: (lambda: seen.append(threading.get_ident()),) for k in range(3)})
     assert seen == [threading.get_ident()] * 3

@@ -128,7 +128,6 @@ def test_intersecting_triangles(kernels, monkeypatch):
     assert (~some[found_some]).any()  # a non-candidate found through its crossing with a candidate
 
 
-
 def test_touching_overlaps_kernel_is_the_numpy_version(monkeypatch):
     """Triangles overlapping one they share a vertex with: the numba kernel finds exactly what the
     numpy fallback finds, on folded star-shaped surfaces (some flattened into one plane, where the
@@ -145,11 +144,9 @@ def test_touching_overlaps_kernel_is_the_numpy_version(monkeypatch):
                   [2, 2, 1], [2, 2, -1], [9, 9, 9], [10, 9, 9], [9, 10, 9]], float)
     f = np.array([[0, 1, 2], [1, 0, 3], [0, 4, 5], [6, 7, 8]])
     every = np.ones(len(f), bool)
-    found = {}
     for kernels in (True, False):
         monkeypatch.setattr(fem_kernels, "HAVE_NUMBA", kernels)
-        found[kernels] = _touching_overlaps(v, f, every)
-        np.testing.assert_array_equal(found[kernels], [0, 1, 2])
+        np.testing.assert_array_equal(_touching_overlaps(v, f, every), [0, 1, 2])
         assert not len(_touching_overlaps(v, f, every, np.ones(len(v), bool)))  # all fans checked
     total = 0
     for seed in range(60):
@@ -168,6 +165,7 @@ def test_touching_overlaps_kernel_is_the_numpy_version(monkeypatch):
         np.testing.assert_array_equal(with_kernel, _touching_overlaps(v, f, cand, checked), err_msg=str(seed))
         total += len(with_kernel)
     assert total > 100  # the folds gave overlaps to compare
+
 
 @pytest.mark.parametrize("order,dtype", [("C", np.float64), ("F", np.float32)])
 def test_trilinear_kernel_is_map_coordinates(order, dtype):

@@ -8,6 +8,7 @@ import typer
 
 from .._logging import logger
 from ..errors import StimsimError
+from .process import single_malloc_arena
 
 app = typer.Typer(
     add_completion=False,
@@ -20,14 +21,22 @@ app = typer.Typer(
 state = {"quiet": False}
 
 
+#: commands whose work runs on threads that allocate large grids: the default malloc arenas
+#: (:func:`~.process.single_malloc_arena`)
+MESHING_COMMANDS = ("mesh", "head", "segment")
+
+
 @app.callback()
 def global_options(
+    ctx: typer.Context,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log each step with timings"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print nothing but errors"),
 ):
     from rich.logging import RichHandler
 
     state["quiet"] = quiet
+    if ctx.invoked_subcommand not in MESHING_COMMANDS:
+        single_malloc_arena()
     handler = RichHandler(show_path=False, console=stderr_console())
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING)

@@ -16,9 +16,10 @@ def single_malloc_arena() -> None:
     A TMS run computes the coil's field in a worker thread; with an arena per thread, memory
     that thread frees is not reused by the main thread, so peak RSS grows by ~30 MB on a
     668k-tet head (and the run is no faster).  The work is in large numpy arrays, so sharing
-    one arena costs no lock contention worth measuring.  Process-wide: only the commands that
-    simulate set it (``run``, ``demo``, ``batch``).  Not ``stimsim mesh``: its signed distances run on
-    two threads, each allocating grids of tens of MB, and with one arena Colin27's took 0.5 s longer.
+    one arena costs no lock contention worth measuring.  Process-wide: only the CLI sets it, for
+    every command but those that mesh (:data:`~.common.MESHING_COMMANDS`): the surface mesher's
+    signed distances run on two threads, each allocating grids of tens of MB, and with one arena
+    Colin27's took 0.5 s longer.
     """
     import ctypes
 

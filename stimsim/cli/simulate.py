@@ -10,11 +10,10 @@ import typer
 
 from ..errors import StimsimError, check_option
 from .common import app, fail, state, status
-from .process import fast_gil_switching, single_malloc_arena
+from .process import fast_gil_switching
 
 
 def run_and_write(protocol, base_dir, out: Path, overwrite: bool, msh_version: str = "4.1"):
-    single_malloc_arena()  # before any worker thread (not for `stimsim mesh`: see single_malloc_arena)
     if protocol.kind in ("tdcs", "tacs"):  # (TMS loads its own kernels beside its coil placement)
         from .. import kernel_warm_up
 
@@ -119,7 +118,6 @@ def batch(
     from ..planning.batch import run_batch, task_ids
     from ..protocol import protocol_to_dict
 
-    single_malloc_arena()  # (as run_and_write: simulations)
     try:
         if jobs < 1:
             raise StimsimError(f"--jobs: give a number of parallel processes >= 1 (got {jobs})")

@@ -117,8 +117,10 @@ def intersecting(v: np.ndarray, f: np.ndarray, candidates: np.ndarray) -> np.nda
     cen, r = _bounding_spheres(v, f)
     # cells of the largest radius: a triangle's partners lie within two cells of its own (cells of
     # twice that, one cell away, tested 1.6x more pairs)
-    size = max(float(r.max()), 1e-9)
     lo = cen.min(axis=0)
+    # ... but no more cells than twice the triangles (a sphere's few triangles in a large box)
+    box_mm3 = float(np.prod(cen.max(axis=0) - lo + float(r.max())))
+    size = max(float(r.max()), (box_mm3 / (2.0 * len(f))) ** (1.0 / 3.0), 1e-9)
     cell_of = np.floor((cen - lo) / size).astype(np.int64)
     dims = cell_of.max(axis=0) + 1
     flat = (cell_of[:, 0] * dims[1] + cell_of[:, 1]) * dims[2] + cell_of[:, 2]
@@ -128,7 +130,6 @@ def intersecting(v: np.ndarray, f: np.ndarray, candidates: np.ndarray) -> np.nda
                          np.ascontiguousarray(candidates, np.bool_),
                          cell_start.astype(np.int64), order.astype(np.int64), dims.astype(np.int64), lo, size)
     return np.flatnonzero(hit)
-
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

@@ -174,13 +174,13 @@ def _clean_islands(tags: np.ndarray, zooms, keep: np.ndarray | None = None,
     moved = {}
     # each tissue's islands on their own (two threads: the labelling runs outside the GIL)
     islands = on_threads({int(t): (_islands, tags, int(t), connectivity) for t in np.unique(tags) if t != 0})
-    for t, mask in islands.items():
-        if mask is None:
+    for t, where in islands.items():
+        if where is None:
             continue
         if keep is not None:
-            mask &= ~keep
-        moved[t] = int(mask.sum())
-        unknown |= mask
+            where = tuple(i[~keep[where]] for i in where)
+        moved[t] = int(len(where[0]))
+        unknown[where] = True
     del islands
     if unknown.any():
         _take_nearest_known(tags, unknown, zooms)
@@ -195,8 +195,10 @@ def _clean_islands(tags: np.ndarray, zooms, keep: np.ndarray | None = None,
     return tags, moved
 
 
-def _islands(tags: np.ndarray, t: int, connectivity: int) -> np.ndarray | None:
-    """The voxels of tissue ``t`` in pieces smaller than :data:`ISLAND_FRACTION` of its largest (None: one piece)."""
+def _islands(tags: np.ndarray, t: int, connectivity: int) -> tuple | None:
+    """The voxels (index arrays, as ``np.nonzero``) of tissue ``t`` in pieces smaller than
+    :data:`ISLAND_FRACTION` of its largest (None: one piece).  Indices, not a mask: every tissue's
+    are held at once (a volume-sized mask each doubled the step's peak memory)."""
     lab, n = label_pieces(tags == t, connectivity)
     if n <= 1:
         return None
@@ -204,7 +206,7 @@ def _islands(tags: np.ndarray, t: int, connectivity: int) -> np.ndarray | None:
     sizes[0] = 0
     small = sizes < ISLAND_FRACTION * sizes.max()
     small[0] = False
-    return small[lab]
+    return np.nonzero(small[lab])
 
 
 def _take_nearest_known(tags: np.ndarray, unknown: np.ndarray, zooms, margin: int = 4) -> None:

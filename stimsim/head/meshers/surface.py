@@ -531,6 +531,7 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
         jobs["fluid"] = (distance_to_background, ~fluid, zooms)
     del bone_ok, fluid
     done = on_threads(jobs)
+    del jobs  # (it holds the masks, freed below)
     phis = {}
     for k in range(5, 0, -1):
         phis[k] = phis[shares[k]] if k in shares else done.pop(k)
@@ -1034,18 +1035,19 @@ def _separate_crossings(v, f, vsurf, names, fields, zooms, pad, cell, max_rounds
 
 
 def _touching_overlaps(v: np.ndarray, f: np.ndarray, candidates: np.ndarray,
-                       checked: np.ndarray | None = None) -> np.ndarray:
+                       checked: np.ndarray | None = None, backend: str = "auto") -> np.ndarray:
     """Triangles among ``candidates`` (bool per triangle) that overlap a triangle they share a vertex
     with, which :func:`intersecting_triangles` does not test: sharing one vertex, when the line where
     their planes meet lies inside both triangles' angles there (or, in one plane, a side of one inside
     the other's angle); sharing a side, when folded flat onto each other (normals within ~11 deg of
     opposite).  The same geometry as :func:`.edge_merge._fan_overlaps`, for whole surfaces.  Pairs
     meeting at a vertex of ``checked`` (bool per vertex: fans already tested) are skipped.  By the
-    numba kernel (:func:`._kernels.touching`: the same tests, ~20x faster) when numba is used."""
+    numba kernel (:func:`._kernels.touching`: the same tests, ~20x faster) when numba is used
+    (``backend``: as :func:`collapse_short_edges`)."""
     from ...fem.kernels import numba_ready
 
     ptr, tri_of = vertex_incidence(f, len(v))
-    if numba_ready():
+    if numba_ready(backend):
         from ._kernels import touching
 
         return touching(v, f, ptr, tri_of, candidates, checked)
@@ -1142,7 +1144,7 @@ def collapse_short_edges(v: np.ndarray, f: np.ndarray, min_len_mm: float, rounds
         fan_tested = np.zeros(len(v), bool)  # plan_merges tested the fans around the merged points
         fan_tested[a] = True
         bad = np.union1d(intersecting_triangles(v_try, f_try, touched),
-                         _touching_overlaps(v_try, f_try, touched, fan_tested))
+                         _touching_overlaps(v_try, f_try, touched, fan_tested, backend))
         if len(bad):  # drop the merges whose triangles cross or overlap, and plan the round again
             hit = np.isin(a, f_try[bad])
             banned |= {(int(x), int(y)) for x, y in zip(a[hit], b[hit])}

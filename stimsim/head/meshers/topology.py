@@ -103,23 +103,30 @@ def compact_nodes(nodes: np.ndarray, tets: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 __all__ = ["fill_holes", "label_pieces", "distance_to_background", "sample_volume", "face_graph", "face_components",
-           "tet_neighbors", "signed_volumes", "orient_tets", "compact_nodes", "vertex_incidence", "on_threads", "ISLAND_FRACTION",
-           "CAVITY_TAG"]
+           "tet_neighbors", "signed_volumes", "orient_tets", "compact_nodes", "vertex_incidence", "on_threads",
+           "ISLAND_FRACTION", "CAVITY_TAG"]
 
 
 def on_threads(jobs: dict) -> dict:
     """``{key: fn(*args)}`` for ``jobs`` ``{key: (fn, *args)}``, run on up to two threads (as many as
-    there are cores).  Only for functions that release the GIL and call no numba parallel kernel
+    this process may use cores).  Only for functions that release the GIL and call no numba parallel kernel
     (numba's "workqueue" back end aborts on concurrent calls; see :mod:`stimsim.kernel_warm_up`)."""
     import os
     from concurrent.futures import ThreadPoolExecutor
 
-    workers = max(1, min(2, os.cpu_count() or 1, len(jobs)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = max(1, min(2, cores, len(jobs)))
     if workers == 1:
         return {key: fn(*args) for key, (fn, *args) in jobs.items()}
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         futures = {key: pool.submit(fn, *args) for key, (fn, *args) in jobs.items()}
-        return {key: fut.result() for key, fut in futures.items()}
+        out = {key: fut.result() for key, fut in futures.items()}
+    except BaseException:  # an error, Ctrl-C: the jobs not yet started never start
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return out
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
