@@ -877,12 +877,17 @@ def _relax_surface(v, f, phi, others, zooms, pad, cell, iters=8, weight=0.6, fai
         d -= (d * nrm).sum(1)[:, None] * nrm
         new = v.copy()
         new[move] = _project(phi, v[move] + w[move, None] * d[move], zooms, pad)
+        facing = _facing(new, f, phi, zooms, pad)
         for _ in range(4):  # undo moves that fold a triangle over
-            bad = _facing(new, f, phi, zooms, pad) < 0.5
+            bad = facing < 0.5
             if not bad.any():
                 break
             vb = np.unique(f[bad])
             new[vb] = v[vb]
+            undone = np.zeros(n, bool)
+            undone[vb] = True
+            redo = undone[f].any(axis=1)  # only the triangles around the vertices put back change
+            facing[redo] = _facing(new, f[redo], phi, zooms, pad)
         v = new
     if fair_rounds and fair_band_mm > 0:
         # only where the relaxation moved freely (>= 0.75 cell from any other surface): faired vertices
