@@ -608,7 +608,8 @@ def test_work_on_two_threads_gives_what_one_thread_gives(monkeypatch):
     """The mesher's label and signed-distance steps run on two threads (topology.on_threads): the jobs
     share nothing, so a head meshed with them sequentially, in the calling thread, comes out the same
     node for node; and on_threads hands back each job's result under its key, raises a job's error,
-    and on one core runs everything in the calling thread."""
+    and on one core, or for a grid too large for a second thread's arrays, runs everything in the
+    calling thread."""
     import threading
 
     from stimsim.head.meshers import core, surface, topology
@@ -621,7 +622,7 @@ def test_work_on_two_threads_gives_what_one_thread_gives(monkeypatch):
     assert info.islands_reassigned_voxels == {2: 2, 4: 2}
     ran_in = set()
 
-    def one_thread(jobs):
+    def one_thread(jobs, voxels=0):
         ran_in.add(threading.get_ident())
         return {key: fn(*args) for key, (fn, *args) in jobs.items()}
 
@@ -637,6 +638,10 @@ def test_work_on_two_threads_gives_what_one_thread_gives(monkeypatch):
     assert topology.on_threads(jobs) == {k: k * k for k in range(7)}
     with pytest.raises(ZeroDivisionError):
         topology.on_threads({"ok": (pow, 2, 2), "bad": (divmod, 1, 0)})
+    seen = []
+    topology.on_threads({k: (lambda: seen.append(threading.get_ident()),) for k in range(3)},
+                        topology.THREADS_MAX_VOXELS + 1)  # a grid too large for a second thread's copies
+    assert seen == [threading.get_ident()] * 3
     seen = []
     monkeypatch.setattr("os.cpu_count", lambda: 1)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0}, raising=False)

@@ -173,7 +173,8 @@ def _clean_islands(tags: np.ndarray, zooms, keep: np.ndarray | None = None,
     unknown = np.zeros(tags.shape, bool)
     moved = {}
     # each tissue's islands on their own (two threads: the labelling runs outside the GIL)
-    islands = on_threads({int(t): (_islands, tags, int(t), connectivity) for t in np.unique(tags) if t != 0})
+    islands = on_threads({int(t): (_islands, tags, int(t), connectivity) for t in np.unique(tags) if t != 0},
+                         tags.size)
     for t, where in islands.items():
         if where is None:
             continue

@@ -497,7 +497,8 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     voxel = float(np.prod(zooms))
     # each layer's mask cleaned on its own (on two threads: the labelling runs outside the GIL;
     # Colin27 1.3 -> 0.8 s), then nested
-    masks = on_threads({k: (_clean_layer_mask, np.pad(layer >= k, pad), k, voxel) for k in range(1, 6)})
+    grid = int(np.prod(np.array(layer.shape) + 2 * pad))
+    masks = on_threads({k: (_clean_layer_mask, np.pad(layer >= k, pad), k, voxel) for k in range(1, 6)}, grid)
     for k in range(2, 6):
         masks[k] &= masks[k - 1]
     for k in sorted(shares, reverse=True):
@@ -530,7 +531,7 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     if fluid.any():
         jobs["fluid"] = (distance_to_background, ~fluid, zooms)
     del bone_ok, fluid
-    done = on_threads(jobs)
+    done = on_threads(jobs, grid)
     del jobs  # (it holds the masks, freed below)
     phis = {}
     for k in range(5, 0, -1):

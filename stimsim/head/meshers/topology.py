@@ -107,15 +107,21 @@ __all__ = ["fill_holes", "label_pieces", "distance_to_background", "sample_volum
            "ISLAND_FRACTION", "CAVITY_TAG"]
 
 
-def on_threads(jobs: dict) -> dict:
+#: grids (voxels) above which :func:`on_threads` runs its jobs one after the other: each job holds a
+#: few arrays of the grid's size (a signed distance: ~5 x 4 bytes a voxel), so a second thread on a
+#: 0.5 mm whole-head grid (114 M voxels, meshed at a small element size) would hold ~2 GB more
+THREADS_MAX_VOXELS = 32_000_000
+
+
+def on_threads(jobs: dict, voxels: int = 0) -> dict:
     """``{key: fn(*args)}`` for ``jobs`` ``{key: (fn, *args)}``, run on up to two threads (as many as
-    this process may use cores).  Only for functions that release the GIL and call no numba parallel kernel
+    this process may use cores; one on grids of more than :data:`THREADS_MAX_VOXELS` ``voxels``).  Only for functions that release the GIL and call no numba parallel kernel
     (numba's "workqueue" back end aborts on concurrent calls; see :mod:`stimsim.kernel_warm_up`)."""
     import os
     from concurrent.futures import ThreadPoolExecutor
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = max(1, min(2, cores, len(jobs)))
+    workers = max(1, min(2, cores, len(jobs))) if int(voxels) <= THREADS_MAX_VOXELS else 1
     if workers == 1:
         return {key: fn(*args) for key, (fn, *args) in jobs.items()}
     pool = ThreadPoolExecutor(max_workers=workers)
