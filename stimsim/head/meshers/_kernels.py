@@ -10,6 +10,11 @@ pair whose bounding spheres overlap lies within two cells; each pair is tested t
 shared vertices, the 6 edge-through-triangle tests) without the millions of temporary rows the numpy
 version built (Colin27: 10 M candidate pairs, 9.7 -> ~0.3 s).  A pair of two candidates is tested once
 (the largest call on Colin27, 114k candidates among 137k triangles: 0.33 -> 0.20 s).
+
+:func:`touching`: which triangles overlap one they share a vertex with (folded flat across a shared
+side, or crossing through a shared corner), the test the short-edge merging runs after each round:
+the arithmetic of the numpy version (``surface._touching_overlaps``) in the same order, one pass over
+each candidate's corner fans (Colin27: 10 calls, 1.0 -> 0.14 s).
 """
 
 from __future__ import annotations
