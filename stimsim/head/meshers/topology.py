@@ -113,15 +113,21 @@ __all__ = ["fill_holes", "label_pieces", "distance_to_background", "sample_volum
 THREADS_MAX_VOXELS = 32_000_000
 
 
+def _usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform has one)."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def on_threads(jobs: dict, voxels: int = 0) -> dict:
     """``{key: fn(*args)}`` for ``jobs`` ``{key: (fn, *args)}``, run on up to two threads (as many as
-    this process may use cores; one on grids of more than :data:`THREADS_MAX_VOXELS` ``voxels``).  Only for functions that release the GIL and call no numba parallel kernel
-    (numba's "workqueue" back end aborts on concurrent calls; see :mod:`stimsim.kernel_warm_up`)."""
-    import os
+    this process may use cores; one on grids of more than :data:`THREADS_MAX_VOXELS` ``voxels``).
+    Only for functions that release the GIL and call no numba parallel kernel (numba's "workqueue"
+    back end aborts on concurrent calls; see :mod:`stimsim.kernel_warm_up`)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = max(1, min(2, cores, len(jobs))) if int(voxels) <= THREADS_MAX_VOXELS else 1
+    workers = max(1, min(2, _usable_cores(), len(jobs))) if int(voxels) <= THREADS_MAX_VOXELS else 1
     if workers == 1:
         return {key: fn(*args) for key, (fn, *args) in jobs.items()}
     pool = ThreadPoolExecutor(max_workers=workers)
@@ -192,8 +198,6 @@ def distance_to_other_side(mask: np.ndarray, zooms) -> np.ndarray:
     contiguous mask (a strided view may differ in the last float32 bit), in half the time (Colin27's
     head mask: 0.31 against 0.68 s).  Infinite where there is no other side (a mask all True or all
     False)."""
-    import os
-
     zooms = tuple(float(z) for z in zooms)
     mask = np.asarray(mask, bool)
     if mask.all() or not mask.any():  # no other side anywhere (as both transforms give it)
@@ -203,7 +207,7 @@ def distance_to_other_side(mask: np.ndarray, zooms) -> np.ndarray:
     except ImportError:
         inside = distance_to_background(mask, zooms)
         return np.where(mask, inside, distance_to_background(~mask, zooms))
-    threads = max(1, min(4, os.cpu_count() or 1))
+    threads = max(1, min(4, _usable_cores()))
     sides = np.where(mask, np.uint8(1), np.uint8(2))  # (in the mask's memory order)
     if _fortran(sides):  # (as distance_to_background)
         return edt.edt(np.ascontiguousarray(sides.T), anisotropy=zooms[::-1], black_border=False,
@@ -219,8 +223,6 @@ def distance_to_background(mask: np.ndarray, zooms) -> np.ndarray:
     installed: the same exact distances as ``scipy.ndimage.distance_transform_edt``, which it falls
     back to, ~5x faster and on several threads (Colin27's 1 mm head: 0.24 against 1.4 s per call).
     """
-    import os
-
     zooms = tuple(float(z) for z in zooms)
     try:
         import edt
@@ -228,7 +230,7 @@ def distance_to_background(mask: np.ndarray, zooms) -> np.ndarray:
         import scipy.ndimage as ndi
 
         return ndi.distance_transform_edt(mask, sampling=zooms).astype(np.float32)
-    threads = max(1, min(4, os.cpu_count() or 1))
+    threads = max(1, min(4, _usable_cores()))
     if _fortran(mask):
         # a NIfTI volume is Fortran-ordered: transform its C-ordered transpose and hand back the
         # transpose, so the result has the input's layout (mixed layouts make later arithmetic slow)
