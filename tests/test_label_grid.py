@@ -215,6 +215,59 @@ def test_a_fold_far_from_other_surfaces_is_put_back_not_the_whole_relaxation(mon
     assert 0 < info.mesher["relax_vertices_put_back"] < 200
 
 
+def test_marching_cubes_triangles_that_cross_are_pushed_apart_before_tetgen(monkeypatch):
+    """Two surfaces' marching-cubes triangles can cross each other (chords inside one sub-grid cube, CSF
+    and grey matter on Colin27 scaled to 80 %) where the relaxation moved no point: the untangling,
+    which looks at moved points only, missed them, TetGen refused the surfaces twice and the whole head
+    was meshed unrelaxed (218 tetrahedra below the shape bounds instead of ~30).  Now they are pushed
+    apart first, and TetGen runs once on the relaxed, merged surfaces."""
+    import stimsim.head.meshers.surface as surface
+    import stimsim.head.meshers.tetgen_worker as tetgen_worker
+    from stimsim.head.meshers import make_head_mesh
+    from synthetic_heads import nested_balls
+
+    make_surface, relax, tetrahedralize = surface._surface, surface._relax_surface, tetgen_worker.tetrahedralize
+    made, pushed, runs = [], {}, []
+
+    def surface_then_cross(phi, zooms, pad, step):
+        v, f, n0 = make_surface(phi, zooms, pad, step)
+        made.append(v)
+        if len(made) == 4:  # the grey matter's outer surface: its top point pushed through the CSF's
+            i = int(np.argmax(v[:, 2]))
+            v = v.copy()
+            v[i, 2] = made[2][:, 2].max() + 0.3
+            pushed.update(v=v, ring=np.unique(f[(f == i).any(1)]))
+        return v, f, n0
+
+    def relax_but_not_there(v, f, phi, others, zooms, pad, cell, **kw):
+        # where the two cross, neither moves: the pushed point and its neighbours, and the top of the
+        # CSF's surface, stay where marching cubes put them
+        out, near = relax(v, f, phi, others, zooms, pad, cell, **kw)
+        if v is pushed.get("v"):
+            out = out.copy()
+            out[pushed["ring"]] = v[pushed["ring"]]
+        elif len(made) == 3 and v is made[2]:
+            out = out.copy()
+            top = v[:, 2] > v[:, 2].max() - 3.0
+            out[top] = v[top]
+        return out, near
+
+    def count_runs(*args, **kw):
+        runs.append(1)
+        return tetrahedralize(*args, **kw)
+
+    monkeypatch.setattr(surface, "_surface", surface_then_cross)
+    monkeypatch.setattr(surface, "_relax_surface", relax_but_not_there)
+    monkeypatch.setattr(tetgen_worker, "tetrahedralize", count_runs)
+    vol = nested_balls(72, (34, 28, 22, 20, 14))
+    mesh, info = make_head_mesh(vol, np.eye(4), "colin27", method="surface", element_size_mm=4.0, progress=False,
+                                cache=False, return_info=True)
+    assert "v" in pushed
+    assert info.mesher.get("crossing_vertices_moved", 0) > 0, info.mesher
+    assert not info.mesher.get("relax_fallback") and not info.mesher.get("merges_undone"), info.mesher
+    assert len(runs) == 1
+
+
 def test_block_counts_match_a_reshaped_sum():
     from stimsim.head.meshers.surface import _block_counts
 

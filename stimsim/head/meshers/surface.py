@@ -34,7 +34,7 @@ from .topology import (distance_to_background, distance_to_other_side, face_comp
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
-SURFACE_MESHER_VERSION = "surf-6.14"  # 6.1: the head's box of a wide field of view, the untangling retry;
+SURFACE_MESHER_VERSION = "surf-6.15"  # 6.1: the head's box of a wide field of view, the untangling retry;
 # 6.2: pieces of the brain or white matter closer than the sub-grid kept apart; 6.3: surfaces faired
 # within a band of their level sets (the voxels' staircase); 6.4: the volume calibration held local;
 # 6.5: short surface edges merged (edge_merge.py); 6.6: a layer the labels do not have shares the next
@@ -54,7 +54,9 @@ SURFACE_MESHER_VERSION = "surf-6.14"  # 6.1: the head's box of a wide field of v
 # mesh's surface nodes move by hundredths of a mm), a CSF thin nearly everywhere and 1 mm layers
 # get lower minimum thicknesses (THIN_LAYER_FLOOR_MM), the CSF's minimum 0.75 mm at the default size
 # (CSF_MIN_PER_SCALE_MM; 1 mm before), edge flips inside one tissue after the sliver pass
-# (sliver.flip_slivers)
+# (sliver.flip_slivers); 6.15: marching-cubes triangles of two surfaces that cross each other are
+# pushed apart before the untangling, not after TetGen refused them twice (heads without such
+# crossings, Colin27 among them: the same meshes as 6.14)
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
 #: (3 mm at the default 4 mm surfaces), in these layers (scalp's, bone's, CSF's; :func:`_interface_points`).
 #: A 56 mm sphere whose skull is compact | spongy | compact bone 2 | 4 | 2 mm: the brain's E 22 % off
@@ -1464,10 +1466,18 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
         t1 = time.perf_counter()
         fs = np.concatenate(faces)
         relaxed = np.concatenate(verts)
+        # the marching-cubes triangles of two surfaces may cross each other (chords inside one sub-grid
+        # cube), where no relaxed point is: the untangling below looks at moved points only, and puts
+        # them back onto those triangles.  Pushed apart first (Colin27 scaled to 80 %: 9 such triangles;
+        # TetGen refused the surfaces twice and the whole head was meshed unrelaxed, 218 tetrahedra
+        # below the shape bounds)
+        mc_all, moved = _separate_crossings(mc_all, fs, vsurf, surf_names, named_fields, zooms, pad, cell)
+        if moved:
+            info["crossing_vertices_moved"] = moved
         v, back = _untangle(relaxed.copy(), mc_all, fs, np.concatenate(near))
-        if back == len(v):  # not even the marching-cubes points were free of crossings
-            mc_all, info["crossing_vertices_moved"] = _separate_crossings(mc_all, fs, vsurf, surf_names, named_fields,
-                                                                          zooms, pad, cell)
+        if back == len(v):  # not even the marching-cubes points were free of crossings (8 rounds were not enough)
+            mc_all, moved = _separate_crossings(mc_all, fs, vsurf, surf_names, named_fields, zooms, pad, cell)
+            info["crossing_vertices_moved"] = info.get("crossing_vertices_moved", 0) + moved
             v, back = _untangle(relaxed, mc_all, fs, np.concatenate(near))
         info["relax_vertices_put_back"] = back
         if min_edge_cell:
