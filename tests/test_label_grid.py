@@ -215,7 +215,8 @@ def test_a_fold_far_from_other_surfaces_is_put_back_not_the_whole_relaxation(mon
     assert 0 < info.mesher["relax_vertices_put_back"] < 200
 
 
-def test_marching_cubes_triangles_that_cross_are_pushed_apart_before_tetgen(monkeypatch):
+@pytest.mark.parametrize("min_edge_cell", [None, 0.0])
+def test_marching_cubes_triangles_that_cross_are_pushed_apart_before_tetgen(monkeypatch, min_edge_cell):
     """Two surfaces' marching-cubes triangles can cross each other (chords inside one sub-grid cube, CSF
     and grey matter on Colin27 scaled to 80 %) where the relaxation moved no point: the untangling,
     which looks at moved points only, missed them, TetGen refused the surfaces twice and the whole head
@@ -242,14 +243,16 @@ def test_marching_cubes_triangles_that_cross_are_pushed_apart_before_tetgen(monk
     def relax_but_not_there(v, f, phi, others, zooms, pad, cell, **kw):
         # where the two cross, neither moves: the pushed point and its neighbours, and the top of the
         # CSF's surface, stay where marching cubes put them
+        # (and, as for the points the relaxation does not move, it reports them as not near another surface)
         out, near = relax(v, f, phi, others, zooms, pad, cell, **kw)
         if v is pushed.get("v"):
-            out = out.copy()
-            out[pushed["ring"]] = v[pushed["ring"]]
+            still = pushed["ring"]
         elif len(made) == 3 and v is made[2]:
-            out = out.copy()
-            top = v[:, 2] > v[:, 2].max() - 3.0
-            out[top] = v[top]
+            still = v[:, 2] > v[:, 2].max() - 3.0
+        else:
+            return out, near
+        out, near = out.copy(), near.copy()
+        out[still], near[still] = v[still], False
         return out, near
 
     def count_runs(*args, **kw):
@@ -261,7 +264,8 @@ def test_marching_cubes_triangles_that_cross_are_pushed_apart_before_tetgen(monk
     monkeypatch.setattr(tetgen_worker, "tetrahedralize", count_runs)
     vol = nested_balls(72, (34, 28, 22, 20, 14))
     mesh, info = make_head_mesh(vol, np.eye(4), "colin27", method="surface", element_size_mm=4.0, progress=False,
-                                cache=False, return_info=True)
+                                cache=False, return_info=True,
+                                surface_options=None if min_edge_cell is None else {"min_edge_cell": min_edge_cell})
     assert "v" in pushed
     assert info.mesher.get("crossing_vertices_moved", 0) > 0, info.mesher
     assert not info.mesher.get("relax_fallback") and not info.mesher.get("merges_undone"), info.mesher
@@ -281,35 +285,44 @@ def _voxel_tets(tags: np.ndarray):
     return corner - 0.5, tets, np.tile(tags[tuple(vox.T)], len(kuhn)).astype(np.int64)
 
 
-@pytest.mark.parametrize("labels_join", [True, False])
-def test_white_matter_pieces_the_labels_join_are_joined(labels_join):
+@pytest.mark.parametrize("case", ["bridge", "no bridge", "bridge in a lesion", "coarse, one piece finer",
+                                  "coarse, two pieces finer"])
+def test_white_matter_pieces_the_labels_join_are_joined(case):
     """A thin bridge of white matter (a cerebellar peduncle of Colin27 scaled to 70 %) lost by the
     smoothed surfaces left a piece under 2 % of the white matter, which the tissue pass then gave to
-    the grey matter (white matter -1.3 %, grey +1.4 %).  The white matter's pieces that the labels
-    join are joined through the grey matter; pieces the labels have apart stay apart."""
+    the grey matter (white matter -1.6 %, grey +1.8 %).  The white matter's pieces that the labels
+    join are joined through the grey matter on the bridge; pieces the labels have apart (on the finer
+    grid of a coarse copy; or joined only through a lesion) stay apart."""
     from stimsim.head.meshers.surface import _white_matter_as_labelled
     from stimsim.head.meshers.topology import face_components, signed_volumes, tet_neighbors
 
     tags = np.full((14, 5, 5), 2, np.uint8)  # grey matter around two blocks of white matter
     tags[1:5, 1:4, 1:4] = 1
     tags[9:13, 1:4, 1:4] = 1
-    if labels_join:
-        tags[5:9, 2, 2] = 1  # a bridge one voxel thin
+    bridge = np.zeros(tags.shape, bool)
+    bridge[5:9, 2, 2] = True  # one voxel thin
+    if case != "no bridge":
+        tags[bridge] = 1
     nodes, tets, ttags = _voxel_tets(tags)
     cen = nodes[tets].mean(1)
-    on_bridge = (cen[:, 0] > 4.5) & (cen[:, 0] < 8.5)
+    voxel = np.rint(cen).astype(int)
+    on_bridge = bridge[tuple(voxel.T)]
     ttags[on_bridge] = 2  # the mesh lost the bridge
     nb = tet_neighbors(tets)
     assert face_components(ttags == 1, nb, ttags)[1] == 2
     vol = np.abs(signed_volumes(nodes, tets))
+    lesion = bridge if case == "bridge in a lesion" else None
+    pieces = {"coarse, one piece finer": {}, "coarse, two pieces finer": {5: (tags == 1) * (1 + (np.indices(
+        tags.shape)[0] > 6))}}.get(case)
     before = ttags.copy()
-    moved = _white_matter_as_labelled(ttags, nb, vol, cen, tags, np.ones(3))
-    pieces = face_components(ttags == 1, nb, ttags)[1]
-    if labels_join:
-        assert pieces == 1 and 0 < moved <= 6 * 4  # a chain through the bridge's four voxels at most
-        assert np.all(on_bridge[ttags != before]) and np.all(ttags[ttags != before] == 1)  # on the bridge, to white matter
+    moved = _white_matter_as_labelled(ttags, nb, vol, cen, tags, np.ones(3), lesion, pieces)
+    n_pieces = face_components(ttags == 1, nb, ttags)[1]
+    if case in ("bridge", "coarse, one piece finer"):
+        assert n_pieces == 1 and moved > 0
+        changed = ttags != before
+        assert np.all(on_bridge[changed]) and np.all(ttags[changed] == 1)  # through the bridge's tetrahedra
     else:
-        assert pieces == 2 and moved == 0
+        assert n_pieces == 2 and moved == 0 and np.array_equal(ttags, before)
 
 
 def test_block_counts_match_a_reshaped_sum():

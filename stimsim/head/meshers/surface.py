@@ -1216,67 +1216,105 @@ def _trilinear(phi, pts_mm, zooms, pad):
     return ndi.map_coordinates(phi, p.T, order=1, mode="nearest")
 
 
-def _connect_pieces(ttags, nb, vol, tag, through, label_piece=None):
+def _shortest_chain(allowed: np.ndarray, nb: np.ndarray, src: np.ndarray, dst: np.ndarray):
+    """The fewest face-adjacent tetrahedra among ``allowed`` (bool per tet) leading from one of ``src``
+    to one of ``dst`` (both ends included, from ``dst`` back), or None where none does."""
+    from scipy.sparse.csgraph import dijkstra
+
+    cand, loc, g = face_graph(allowed, nb)
+    dist, pred, _ = dijkstra(g, directed=False, indices=loc[src], min_only=True, return_predecessors=True)
+    dm = dist[loc[dst]]
+    if not np.isfinite(dm).any():
+        return None
+    cur = int(loc[dst][int(np.argmin(dm))])
+    path = []
+    while cur >= 0:  # back to a source tet (predecessor -9999)
+        path.append(cand[cur])
+        cur = int(pred[cur])
+    return path
+
+
+def _connect_pieces(ttags, nb, vol, tag, through):
     """Join every extra face-connected piece of ``tag`` to its largest piece by re-tagging the
     shortest face-adjacent chain of tets through the ``through`` tissues (the ventricles: CSF
     inside the brain, joined to the subarachnoid CSF as the aqueduct / foramina do, which a 3 mm
-    surface sampling closes).  With ``label_piece`` (per tetrahedron, the piece of the labels' tissue
-    its centre lies in, 0 outside it), only the pieces that lie in the largest one's piece of the
-    labels are joined (the labels join them; pieces the labels have apart stay apart).  Returns the
-    number of re-tagged tets."""
-    from scipy.sparse.csgraph import dijkstra
-
-
+    surface sampling closes).  Returns the number of re-tagged tets."""
     moved = 0
     for _ in range(8):
         idx, n, lab = face_components(ttags == tag, nb, ttags)
         if n <= 1:
             break
         size = np.bincount(lab, weights=vol[idx])
-        order = np.argsort(size)[::-1]
-        main = idx[lab == order[0]]
-        if label_piece is None:
-            other_piece = int(order[1])
-        else:  # the largest other piece in the main one's piece of the labels
-            def piece_of(t):
-                votes = np.bincount(label_piece[t], weights=vol[t])
-                votes[0] = 0.0
-                return int(np.argmax(votes)) if votes.any() else 0
-            mine = piece_of(main)
-            others = [int(p) for p in order[1:] if mine and piece_of(idx[lab == p]) == mine]
-            if not others:
-                break
-            other_piece = others[0]
+        main = idx[lab == int(np.argmax(size))]
+        other_piece = int(np.argsort(size)[::-1][1])
         src = idx[lab == other_piece]
-        cand, loc, g = face_graph(np.isin(ttags, list(through) + [tag]), nb)
-        dist, pred, _ = dijkstra(g, directed=False, indices=loc[src], min_only=True, return_predecessors=True)
-        dm = dist[loc[main]]
-        if not np.isfinite(dm).any():
+        path = _shortest_chain(np.isin(ttags, list(through) + [tag]), nb, src, main)
+        if path is None:
             break
-        cur = int(loc[main][int(np.argmin(dm))])
-        path = []
-        while cur >= 0:  # back to a source tet (predecessor -9999)
-            path.append(cand[cur])
-            cur = int(pred[cur])
         path = [t for t in path if ttags[t] != tag]
         ttags[path] = tag
         moved += len(path)
     return moved
 
 
-def _white_matter_as_labelled(ttags, nb, vol, cen, tags, zooms) -> int:
-    """Join the white matter's pieces that its labels join (:func:`_connect_pieces` through grey
-    matter).  A thin bridge of the labels (a cerebellar peduncle of Colin27 scaled to 70 %) is lost
-    by the smoothed surfaces, and the piece it held, under 2 % of the white matter, then became grey
-    matter in the tissue pass (its specks' rule): white matter -1.3 %, grey matter +1.4 %."""
-    wm = LAYER_FILL_TAG[5]
+def _white_matter_as_labelled(ttags, nb, vol, cen, tags, zooms, lesion=None, pieces=None) -> int:
+    """Join the white matter's pieces that its labels join, each to the largest by the shortest chain
+    of grey-matter tetrahedra, through those centred on the labels' white matter first (the bridge the
+    surfaces lost), else through any.  Pieces the labels have apart, or only joined through a lesion,
+    stay apart: the labels' pieces are those :func:`nested_fields` keeps apart (26-connected;
+    ``pieces``: those of the finer grid on a coarse copy), the lesion's voxels left out.  Returns the
+    number of re-tagged tets.
+
+    Why: a thin bridge of the labels (a cerebellar peduncle of Colin27 scaled to 70 %) is lost by the
+    smoothed surfaces, and the piece it held, 1.3 % of the white matter, then became grey matter in
+    the tissue pass (its specks' rule): white matter -1.6 %, grey matter +1.8 % (docs/meshing.md,
+    surf-6.16)."""
+    wm, gm = LAYER_FILL_TAG[5], LAYER_FILL_TAG[4]
     if face_components(ttags == wm, nb, ttags)[1] <= 1:
         return 0
-    lab, _ = label_pieces(layer_lut(max(256, int(tags.max()) + 1))[tags] == 5)
-    piece = np.zeros(len(ttags), lab.dtype)
-    sel = np.flatnonzero(ttags == wm)
-    piece[sel] = sample_volume(lab, cen[sel], zooms, fill=0)
-    return _connect_pieces(ttags, nb, vol, tag=wm, through=(LAYER_FILL_TAG[4],), label_piece=piece)
+    if pieces is not None and 5 in pieces:  # a coarse copy: the finer grid's pieces, per block
+        grid = pieces[5] if lesion is None else np.where(lesion, 0, pieces[5])
+    else:
+        mask = np.isin(tags, [t for t, k in LAYER_OF_TAG.items() if k == 5])
+        if lesion is not None:
+            mask &= ~lesion
+        # (a coarse copy whose finer grid has the white matter in one piece: one piece)
+        grid = mask.astype(np.int32) if pieces is not None and lesion is None else layer_pieces(mask)[0]
+    brain = np.flatnonzero((ttags == wm) | (ttags == gm))
+    piece = np.zeros(len(ttags), np.int64)
+    piece[brain] = sample_volume(grid, cen[brain], zooms, fill=0)
+
+    def piece_of(t):  # the labels' piece most of these tetrahedra's volume lies in (0: none)
+        votes = np.bincount(piece[t], weights=vol[t])
+        votes[0] = 0.0
+        return int(np.argmax(votes)) if votes.any() else 0
+
+    unreachable = np.zeros(len(ttags), bool)
+    moved = 0
+    for _ in range(8):
+        idx, n, lab = face_components(ttags == wm, nb, ttags)
+        if n <= 1:
+            break
+        order = np.argsort(np.bincount(lab, weights=vol[idx]))[::-1]
+        main = idx[lab == order[0]]
+        mine = piece_of(main)
+        src = next((t for t in (idx[lab == p] for p in order[1:])
+                    if mine and not unreachable[t[0]] and piece_of(t) == mine), None)
+        if src is None:
+            break
+        for allowed in ((ttags == gm) & (piece == mine), ttags == gm):
+            allowed[main] = True
+            allowed[src] = True
+            path = _shortest_chain(allowed, nb, src, main)
+            if path is not None:
+                break
+        if path is None:
+            unreachable[src] = True
+            continue
+        path = [t for t in path if ttags[t] != wm]
+        ttags[path] = wm
+        moved += len(path)
+    return moved
 
 
 #: interim tag of lesion tets while islands are cleaned and CSF pieces joined (a deep CSF lesion is
@@ -1503,14 +1541,21 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
         # them back onto those triangles.  Pushed apart first (Colin27 scaled to 80 %: 9 such triangles;
         # TetGen refused the surfaces twice and the whole head was meshed unrelaxed, 218 tetrahedra
         # below the shape bounds)
-        mc_all, moved = _separate_crossings(mc_all, fs, vsurf, surf_names, named_fields, zooms, pad, cell)
+        pushed, moved = _separate_crossings(mc_all, fs, vsurf, surf_names, named_fields, zooms, pad, cell)
+        near = np.concatenate(near)
         if moved:
             info["crossing_vertices_moved"] = moved
-        v, back = _untangle(relaxed.copy(), mc_all, fs, np.concatenate(near))
-        if back == len(v):  # not even the marching-cubes points were free of crossings (8 rounds were not enough)
-            mc_all, moved = _separate_crossings(mc_all, fs, vsurf, surf_names, named_fields, zooms, pad, cell)
+            # a pushed point the relaxation did not move now differs from its marching-cubes point:
+            # the untangling looks at it (the relaxation's "near" leaves out the points it did not move)
+            near |= np.any(pushed != mc_all, axis=1)
+            mc_all = pushed
+        v, back = _untangle(relaxed.copy(), mc_all, fs, near)
+        if back == len(v):  # not even the marching-cubes points were free of crossings (the pushes did not clear them)
+            pushed, moved = _separate_crossings(mc_all, fs, vsurf, surf_names, named_fields, zooms, pad, cell)
             info["crossing_vertices_moved"] = info.get("crossing_vertices_moved", 0) + moved
-            v, back = _untangle(relaxed, mc_all, fs, np.concatenate(near))
+            near |= np.any(pushed != mc_all, axis=1)
+            mc_all = pushed
+            v, back = _untangle(relaxed, mc_all, fs, near)
         info["relax_vertices_put_back"] = back
         if min_edge_cell:
             # a fold far from the other surfaces (the untangling above looks near them only; Colin27
@@ -1745,7 +1790,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
             break
     info["island_tets_retagged"] = int(n_moved)
     info["csf_channel_tets"] = _connect_pieces(ttags, nb, vol, tag=3, through=(1, 2))
-    info["white_matter_bridge_tets"] = _white_matter_as_labelled(ttags, nb, vol, cen, tags, zooms)
+    info["white_matter_bridge_tets"] = _white_matter_as_labelled(ttags, nb, vol, cen, tags, zooms, lesion, pieces)
     keep = ttags > 0
     if keep.any():
         idx, n, lab = face_components(keep, nb, keep.astype(np.int64))
