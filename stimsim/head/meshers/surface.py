@@ -1257,20 +1257,30 @@ def _connect_pieces(ttags, nb, vol, tag, through):
     return moved
 
 
+#: pieces of the white matter smaller than this fraction of its largest are specks, left to the tag
+#: stage's island clean-up (Colin27's largest other piece: 0.014 %), not joined
+WM_JOIN_MIN_FRACTION = 1e-3
+
+
 def _white_matter_as_labelled(ttags, nb, vol, cen, tags, zooms, lesion=None, pieces=None) -> int:
     """Join the white matter's pieces that its labels join, each to the largest by the shortest chain
     of grey-matter tetrahedra, through those centred on the labels' white matter first (the bridge the
     surfaces lost), else through any.  Pieces the labels have apart, or only joined through a lesion,
     stay apart: the labels' pieces are those :func:`nested_fields` keeps apart (26-connected;
-    ``pieces``: those of the finer grid on a coarse copy), the lesion's voxels left out.  Returns the
-    number of re-tagged tets.
+    ``pieces``: those of the finer grid on a coarse copy), the lesion's voxels left out.  Pieces under
+    :data:`WM_JOIN_MIN_FRACTION` of the largest are left as they are.  Returns the number of re-tagged
+    tets.
 
     Why: a thin bridge of the labels (a cerebellar peduncle of Colin27 scaled to 70 %) is lost by the
     smoothed surfaces, and the piece it held, 1.3 % of the white matter, then became grey matter in
     the tissue pass (its specks' rule): white matter -1.6 %, grey matter +1.8 % (docs/meshing.md,
     surf-6.16)."""
     wm, gm = LAYER_FILL_TAG[5], LAYER_FILL_TAG[4]
-    if face_components(ttags == wm, nb, ttags)[1] <= 1:
+    idx, n, lab = face_components(ttags == wm, nb, ttags)
+    if n <= 1:
+        return 0
+    size = np.sort(np.bincount(lab, weights=vol[idx]))
+    if size[-2] < WM_JOIN_MIN_FRACTION * size[-1]:  # specks only (the labels' pieces not needed)
         return 0
     if pieces is not None and 5 in pieces:  # a coarse copy: the finer grid's pieces, per block
         grid = pieces[5] if lesion is None else np.where(lesion, 0, pieces[5])
@@ -1295,11 +1305,13 @@ def _white_matter_as_labelled(ttags, nb, vol, cen, tags, zooms, lesion=None, pie
         idx, n, lab = face_components(ttags == wm, nb, ttags)
         if n <= 1:
             break
-        order = np.argsort(np.bincount(lab, weights=vol[idx]))[::-1]
+        size = np.bincount(lab, weights=vol[idx])
+        order = np.argsort(size)[::-1]
         main = idx[lab == order[0]]
         mine = piece_of(main)
-        src = next((t for t in (idx[lab == p] for p in order[1:])
-                    if mine and not unreachable[t[0]] and piece_of(t) == mine), None)
+        big = [p for p in order[1:] if size[p] >= WM_JOIN_MIN_FRACTION * size[order[0]]]
+        src = next((t for t in (idx[lab == p] for p in big) if mine and not unreachable[t[0]] and piece_of(t) == mine),
+                   None)
         if src is None:
             break
         for allowed in ((ttags == gm) & (piece == mine), ttags == gm):
@@ -1744,6 +1756,9 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                                       fill=False) & (ttags > 0)
         ttags[in_lesion] = _LESION
         info["lesion_tets"] = int(in_lesion.sum())
+    # pieces of the white matter its labels join (a bridge the surfaces lost), joined before the islands
+    # below would take the smaller ones (a cerebellar piece of Colin27 scaled to 70 %, cut by a lesion)
+    info["white_matter_bridge_tets"] = _white_matter_as_labelled(ttags, nb, vol, cen, tags, zooms, lesion, pieces)
     # small pieces (< island_fraction of the tissue's largest piece) take the tag most of their
     # faces touch; larger ones (the ventricles: CSF inside the brain) stay; pieces cut off the
     # head are dropped
@@ -1790,7 +1805,6 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
             break
     info["island_tets_retagged"] = int(n_moved)
     info["csf_channel_tets"] = _connect_pieces(ttags, nb, vol, tag=3, through=(1, 2))
-    info["white_matter_bridge_tets"] = _white_matter_as_labelled(ttags, nb, vol, cen, tags, zooms, lesion, pieces)
     keep = ttags > 0
     if keep.any():
         idx, n, lab = face_components(keep, nb, keep.astype(np.int64))
