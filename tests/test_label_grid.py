@@ -285,14 +285,15 @@ def _voxel_tets(tags: np.ndarray):
     return corner - 0.5, tets, np.tile(tags[tuple(vox.T)], len(kuhn)).astype(np.int64)
 
 
-@pytest.mark.parametrize("case", ["bridge", "no bridge", "bridge in a lesion", "coarse, one piece finer",
-                                  "coarse, two pieces finer", "a speck"])
+@pytest.mark.parametrize("case", ["bridge", "no bridge", "bridge in a lesion", "a speck", "coarse, one piece finer",
+                                  "coarse, one piece finer, a lesion elsewhere", "coarse, two pieces finer"])
 def test_white_matter_pieces_the_labels_join_are_joined(case, monkeypatch):
     """A thin bridge of white matter (a cerebellar peduncle of Colin27 scaled to 70 %) lost by the
     smoothed surfaces left a piece under 2 % of the white matter, which the tissue pass then gave to
     the grey matter (white matter -1.6 %, grey +1.8 %).  The white matter's pieces that the labels
-    join are joined through the grey matter on the bridge; pieces the labels have apart (on the finer
-    grid of a coarse copy; or joined only through a lesion) stay apart."""
+    join are joined through the grey matter on the bridge; pieces the labels have apart, or join only
+    through a lesion, stay apart, and so do specks.  On a coarse copy of finer labels (which loses the
+    bridge) the finer grid's pieces decide, as they do for the surfaces."""
     import stimsim.head.meshers.surface as surface
     from stimsim.head.meshers.surface import _white_matter_as_labelled
     from stimsim.head.meshers.topology import face_components, signed_volumes, tet_neighbors
@@ -304,28 +305,36 @@ def test_white_matter_pieces_the_labels_join_are_joined(case, monkeypatch):
     tags[9:13, 1:4, 1:4] = 1
     bridge = np.zeros(tags.shape, bool)
     bridge[5:9, 2, 2] = True  # one voxel thin
-    if case != "no bridge":
+    coarse = case.startswith("coarse")
+    if case not in ("no bridge",) and not coarse:  # (a coarse copy has lost the bridge)
         tags[bridge] = 1
     nodes, tets, ttags = _voxel_tets(tags)
     cen = nodes[tets].mean(1)
-    voxel = np.rint(cen).astype(int)
-    on_bridge = bridge[tuple(voxel.T)]
+    on_bridge = bridge[tuple(np.rint(cen).astype(int).T)]
     ttags[on_bridge] = 2  # the mesh lost the bridge
     nb = tet_neighbors(tets)
     assert face_components(ttags == 1, nb, ttags)[1] == 2
     vol = np.abs(signed_volumes(nodes, tets))
-    lesion = bridge if case == "bridge in a lesion" else None
-    pieces = {"coarse, one piece finer": {}, "coarse, two pieces finer": {5: (tags == 1) * (1 + (np.indices(
-        tags.shape)[0] > 6))}}.get(case)
+    lesion = None
+    if case == "bridge in a lesion":
+        lesion = bridge
+    elif case.endswith("a lesion elsewhere"):
+        lesion = np.zeros(tags.shape, bool)
+        lesion[6, 0, 0] = True
+    pieces = None
+    if coarse:  # the finer grid's pieces of the white matter, per block: {} where it is one piece
+        pieces = {5: (tags == 1) * (1 + (np.indices(tags.shape)[0] > 6))} if case.endswith("two pieces finer") else {}
     before = ttags.copy()
     moved = _white_matter_as_labelled(ttags, nb, vol, cen, tags, np.ones(3), lesion, pieces)
     n_pieces = face_components(ttags == 1, nb, ttags)[1]
-    if case in ("bridge", "coarse, one piece finer"):
+    changed = ttags != before
+    if case == "bridge":
         assert n_pieces == 1 and moved > 0
-        changed = ttags != before
         assert np.all(on_bridge[changed]) and np.all(ttags[changed] == 1)  # through the bridge's tetrahedra
+    elif case.startswith("coarse, one piece finer"):
+        assert n_pieces == 1 and moved > 0 and np.all(before[changed] == 2)  # through the grey matter
     else:
-        assert n_pieces == 2 and moved == 0 and np.array_equal(ttags, before)
+        assert n_pieces == 2 and moved == 0 and not changed.any()
 
 
 def test_block_counts_match_a_reshaped_sum():

@@ -1265,11 +1265,11 @@ WM_JOIN_MIN_FRACTION = 1e-3
 def _white_matter_as_labelled(ttags, nb, vol, cen, tags, zooms, lesion=None, pieces=None) -> int:
     """Join the white matter's pieces that its labels join, each to the largest by the shortest chain
     of grey-matter tetrahedra, through those centred on the labels' white matter first (the bridge the
-    surfaces lost), else through any.  Pieces the labels have apart, or only joined through a lesion,
-    stay apart: the labels' pieces are those :func:`nested_fields` keeps apart (26-connected;
-    ``pieces``: those of the finer grid on a coarse copy), the lesion's voxels left out.  Pieces under
-    :data:`WM_JOIN_MIN_FRACTION` of the largest are left as they are.  Returns the number of re-tagged
-    tets.
+    surfaces lost), else through any.  Pieces the labels have apart, or join only through a lesion,
+    stay apart: the labels' pieces are those :func:`nested_fields` keeps apart (26-connected), the
+    lesion's voxels left out (on a coarse copy: ``pieces``, the finer grid's pieces, the lesion counted
+    as tissue).  Pieces under :data:`WM_JOIN_MIN_FRACTION` of the largest are left as they are.
+    Returns the number of re-tagged tets.
 
     Why: a thin bridge of the labels (a cerebellar peduncle of Colin27 scaled to 70 %) is lost by the
     smoothed surfaces, and the piece it held, 1.3 % of the white matter, then became grey matter in
@@ -1282,17 +1282,27 @@ def _white_matter_as_labelled(ttags, nb, vol, cen, tags, zooms, lesion=None, pie
     size = np.sort(np.bincount(lab, weights=vol[idx]))
     if size[-2] < WM_JOIN_MIN_FRACTION * size[-1]:  # specks only (the labels' pieces not needed)
         return 0
-    if pieces is not None and 5 in pieces:  # a coarse copy: the finer grid's pieces, per block
-        grid = pieces[5] if lesion is None else np.where(lesion, 0, pieces[5])
+    brain = np.flatnonzero((ttags == wm) | (ttags == gm))
+    piece = np.zeros(len(ttags), np.int64)
+    if pieces is not None:
+        # a coarse copy (0.5 mm labels meshed on 1 mm blocks): the finer grid's pieces, as nested_fields
+        # keeps them apart, or one piece there (the blocks lose a thin bridge: not kept open).  The
+        # lesion is not left out here (those pieces count it as tissue): pieces the finer grid joins
+        # only through a lesion are joined around it
+        grid = pieces[5] if 5 in pieces else np.isin(tags, [t for t, k in LAYER_OF_TAG.items() if k == 5])
+        piece[brain] = sample_volume(grid, cen[brain], zooms, fill=0)
     else:
         mask = np.isin(tags, [t for t, k in LAYER_OF_TAG.items() if k == 5])
         if lesion is not None:
-            mask &= ~lesion
-        # (a coarse copy whose finer grid has the white matter in one piece: one piece)
-        grid = mask.astype(np.int32) if pieces is not None and lesion is None else layer_pieces(mask)[0]
-    brain = np.flatnonzero((ttags == wm) | (ttags == gm))
-    piece = np.zeros(len(ttags), np.int64)
-    piece[brain] = sample_volume(grid, cen[brain], zooms, fill=0)
+            mask &= ~np.asarray(lesion, bool)
+        if not mask.any():
+            return 0
+        # labelled in the white matter's box only (a 0.5 mm head meshed on its own grid: ~100 M voxels)
+        box = tuple(slice(int(i[0]), int(i[-1]) + 1) for i in
+                    (np.flatnonzero(np.any(mask, axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)))
+        lab = layer_pieces(mask[box])[0]
+        corner_mm = np.array([sl.start for sl in box], float) * np.asarray(zooms, float)
+        piece[brain] = sample_volume(lab, cen[brain] - corner_mm, zooms, fill=0)
 
     def piece_of(t):  # the labels' piece most of these tetrahedra's volume lies in (0: none)
         votes = np.bincount(piece[t], weights=vol[t])
@@ -1805,6 +1815,9 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
             break
     info["island_tets_retagged"] = int(n_moved)
     info["csf_channel_tets"] = _connect_pieces(ttags, nb, vol, tag=3, through=(1, 2))
+    if info["csf_channel_tets"]:  # (a channel through the white matter may have cut a join above)
+        info["white_matter_bridge_tets"] += _white_matter_as_labelled(ttags, nb, vol, cen, tags, zooms, lesion,
+                                                                      pieces)
     keep = ttags > 0
     if keep.any():
         idx, n, lab = face_components(keep, nb, keep.astype(np.int64))
