@@ -1,0 +1,105 @@
+"""Heads no one tuned the mesher on: Colin27's labels scaled, stretched and split into 0.5 mm voxels,
+each meshed by the surface mesher at its default size in a fresh child process.  Prints, per head:
+voxels, time, peak memory (as bench_head_mesh.py: TetGen's own child counted), tetrahedra, those below the shape bounds
+(5 deg / radius ratio 0.1), the volume error of each tissue against the labels' voxels, the pieces of
+each tissue, and what the mesher had to do (TetGen retries, the unrelaxed fallback, crossing
+marching-cubes points pushed apart, white-matter pieces joined).  These variants found surf-6.15 (a head
+at 70 and 80 % went unrelaxed) and surf-6.16 (white matter given to the grey matter below 80 %):
+docs/meshing.md.
+
+    python benchmarks/bench_head_variants.py                 # every variant (about 3 min)
+    python benchmarks/bench_head_variants.py scale0.7 flat   # some of them
+
+Scaling is nearest-neighbour with the 1 mm voxels kept (``scipy.ndimage.zoom``, order 0): the layers
+thin in proportion, and thin bone breaks into islands the clean-up removes before meshing (Colin27 at
+65 %: 1.2 % of its bone), which the volume errors here count.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+LABELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "heads" / "colin27" / "labels.nii.gz"
+#: name -> (zoom per axis, split each voxel into this many per axis)
+VARIANTS = {
+    "scale0.5": ((0.5,) * 3, 1), "scale0.6": ((0.6,) * 3, 1), "scale0.7": ((0.7,) * 3, 1),
+    "scale0.8": ((0.8,) * 3, 1), "scale0.9": ((0.9,) * 3, 1), "scale1.1": ((1.1,) * 3, 1),
+    "narrow": ((0.85, 1.0, 1.0), 1), "long": ((1.0, 1.15, 0.95), 1), "flat": ((1.05, 1.0, 0.85), 1),
+    "scale0.7 at 0.5 mm": ((0.7,) * 3, 2),
+}
+
+
+def variant(name: str):
+    """The variant's labels (SimNIBS tags) and affine."""
+    import nibabel as nib
+    from scipy import ndimage as ndi
+
+    from stimsim.head import apply_label_map, label_map
+
+    zoom, split = VARIANTS[name]
+    tags = apply_label_map(np.asarray(nib.load(str(LABELS)).dataobj), label_map("colin27")).astype(np.uint8)
+    tags = ndi.zoom(tags, zoom, order=0)
+    if split > 1:
+        tags = tags.repeat(split, 0).repeat(split, 1).repeat(split, 2)
+    return np.ascontiguousarray(tags), np.diag([1.0 / split] * 3 + [1.0])
+
+
+def run_one(name: str) -> dict:
+    from stimsim.head.meshers import make_head_mesh, tissue_connectivity
+    from stimsim.mesh.checks import element_quality
+
+    tags, affine = variant(name)
+    t = time.perf_counter()
+    mesh, info = make_head_mesh(tags, affine, "simnibs", method="surface", cache=False, progress=False,
+                                return_info=True, check=False)
+    dt = time.perf_counter() - t
+    want = info.expected_volume_mm3
+    got = np.bincount(mesh.tet_tags, weights=mesh.volumes_mm3, minlength=max(want) + 1)
+    e = element_quality(mesh)
+    m = info.mesher
+    # (as bench_head_mesh.py: this process's peak, or this process at TetGen's call plus TetGen's child at
+    # its peak where that is more; GB = 1e6 kB)
+    peak_gb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+                  float(m.get("tetgen_peak_mib") or 0.0) * 1024 / 1e6)
+    return {"name": name, "voxels": int(tags.size), "time_s": dt, "peak_gb": peak_gb, "tets": len(mesh.tets),
+            "poor": int(np.sum((e["min_dihedral_deg"] < 5) | (e["radius_ratio"] < 0.1))),
+            "vol_err": {int(k): float(got[k] / v - 1) for k, v in sorted(want.items())},
+            "pieces": {int(k): int(c["pieces"]) for k, c in tissue_connectivity(mesh).items()},
+            "retries": len(m.get("tetgen_retries") or []), "unrelaxed": bool(m.get("relax_fallback")),
+            "pushed": int(m.get("crossing_vertices_moved", 0)), "wm_joined": int(m.get("white_matter_bridge_tets", 0))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("names", nargs="*", help=f"variants (default: all): {', '.join(VARIANTS)}")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    unknown = [n for n in args.names if n not in VARIANTS]
+    if unknown:
+        sys.exit(f"error: unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    if args.child:
+        print(json.dumps(run_one(args.names[0])))
+        return
+    print(f"{os.cpu_count()} CPUs, load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print("| head | voxels | time s | peak GB | tets | below the bounds | vol err % (WM GM CSF bone scalp) "
+          "| pieces | TetGen retries | unrelaxed | points pushed apart | WM tets joined |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in args.names or VARIANTS:
+        out = subprocess.run([sys.executable, __file__, "--child", name], check=True, capture_output=True, text=True)
+        r = json.loads(out.stdout.splitlines()[-1])
+        err = " ".join(f"{100 * r['vol_err'][str(t)]:+.2f}" for t in (1, 2, 3, 4, 5) if str(t) in r["vol_err"])
+        pieces = " ".join(str(r["pieces"].get(str(t), "-")) for t in (1, 2, 3, 4, 5))
+        print(f"| {name} | {r['voxels']:,} | {r['time_s']:.1f} | {r['peak_gb']:.2f} | {r['tets']:,} | {r['poor']} "
+              f"| {err} | {pieces} | {r['retries']} | {'yes' if r['unrelaxed'] else 'no'} | {r['pushed']} "
+              f"| {r['wm_joined']} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
