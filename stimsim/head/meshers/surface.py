@@ -34,7 +34,7 @@ from .topology import (distance_to_background, distance_to_other_side, face_comp
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
-SURFACE_MESHER_VERSION = "surf-6.16"  # 6.1: the head's box of a wide field of view, the untangling retry;
+SURFACE_MESHER_VERSION = "surf-6.17"  # 6.1: the head's box of a wide field of view, the untangling retry;
 # 6.2: pieces of the brain or white matter closer than the sub-grid kept apart; 6.3: surfaces faired
 # within a band of their level sets (the voxels' staircase); 6.4: the volume calibration held local;
 # 6.5: short surface edges merged (edge_merge.py); 6.6: a layer the labels do not have shares the next
@@ -58,7 +58,9 @@ SURFACE_MESHER_VERSION = "surf-6.16"  # 6.1: the head's box of a wide field of v
 # pushed apart before the untangling, not after TetGen refused them twice (heads without such
 # crossings, Colin27 among them: the same meshes as 6.14); 6.16: the white matter's pieces that its
 # labels join are joined through the grey matter (_white_matter_as_labelled; heads whose white matter
-# the surfaces keep in one piece, Colin27 among them: the same meshes as 6.15)
+# the surfaces keep in one piece, Colin27 among them: the same meshes as 6.15); 6.17: a skull defect
+# is bone tetrahedra centred more than one voxel from the labels' bone, whatever the element size
+# (bone_defect_distance_mm; it was 1.25 mm at the default 8 mm)
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
 #: (3 mm at the default 4 mm surfaces), in these layers (scalp's, bone's, CSF's; :func:`_interface_points`).
 #: A 56 mm sphere whose skull is compact | spongy | compact bone 2 | 4 | 2 mm: the brain's E 22 % off
@@ -97,13 +99,14 @@ def available() -> bool:
 SDF_BAND_MM = 15.0
 
 
-def bone_defect_distance_mm(zooms, bone_thickness_mm: float) -> float:
+def bone_defect_distance_mm(zooms) -> float:
     """A bone tetrahedron whose centre is farther than this from every bone or cavity voxel lies in a gap
-    of the voxel skull (:func:`_open_bone_defects`): one voxel, or half the minimum bone thickness plus
-    half a voxel where that is more (a sheet forced to that thickness over bone one voxel thick keeps
-    its centres that close)."""
-    vox = float(np.max(zooms))
-    return max(vox, 0.5 * float(bone_thickness_mm) + 0.5 * vox)
+    of the voxel skull (:func:`_open_bone_defects`): one voxel, so gaps one or two voxels wide (more
+    often a segmentation's error than a foramen) stay closed.  Thin real bone under a sheet the minimum
+    thickness pushed out is kept by :func:`_bone_along_normal` (surf-6.17: half the minimum bone
+    thickness plus half a voxel where that was more, 1.25 mm at the default size, kept holes 2-5 mm
+    across closed and a 1.5 mm bone rim in larger ones; docs/meshing.md)."""
+    return float(np.max(zooms))
 
 
 def _sdf(mask: np.ndarray, zooms, sigma_vox: float) -> np.ndarray:
@@ -571,7 +574,7 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     # are re-tagged after meshing (_open_bone_defects), and the calibration below allows for it
     bone = None
     if "bone" in done:
-        within = bone_defect_distance_mm(zooms, tk[2])
+        within = bone_defect_distance_mm(zooms)
         # probe_mm: how far along a bone surface's normal real bone may lie from a tetrahedron of the
         # mesh's bone layer: the thickness rules push the bone surfaces out by up to the sum of the
         # minimum thicknesses inside it (thin bone under thin CSF and grey matter)
