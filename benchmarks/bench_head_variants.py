@@ -1,9 +1,13 @@
 """Heads no one tuned the mesher on: Colin27's labels scaled, stretched and split into 0.5 mm voxels,
 each meshed by the surface mesher at its default size in a fresh child process.  Prints, per head:
-voxels, time, peak memory (as bench_head_mesh.py: TetGen's own child counted), tetrahedra, those below the shape bounds
-(5 deg / radius ratio 0.1), the volume error of each tissue against the labels' voxels, the pieces of
-each tissue, and what the mesher had to do (TetGen retries, the unrelaxed fallback, crossing
-marching-cubes points pushed apart, white-matter pieces joined).  These variants found surf-6.15 (a head
+voxels, time, peak memory (as bench_head_mesh.py: TetGen's own child counted), tetrahedra, the minimum
+dihedral angle and the tetrahedra below the shape bounds (5 deg / radius ratio 0.1), the volume error
+of each tissue against the labels' voxels, the skull's and the CSF's thickness error (the median,
+place by place, of the mesh's tags on the label grid against the labels:
+``thickness_percentiles(...)["paired_on_grid"]``), the pieces of each tissue, what the solve takes
+(AMG-CG iterations and seconds to rtol 1e-10, tDCS between 5 x 5 cm pads at Colin27's C3 and Fp2 carried
+into the variant's grid, as bench_head_mesh.py), and what the mesher had to do (TetGen retries, the
+unrelaxed fallback, crossing marching-cubes points pushed apart, white-matter pieces joined).  These variants found surf-6.15 (a head
 at 70 and 80 % went unrelaxed) and surf-6.16 (white matter given to the grey matter below 80 %):
 docs/meshing.md.
 
@@ -51,9 +55,38 @@ def variant(name: str):
     return np.ascontiguousarray(tags), np.diag([1.0 / split] * 3 + [1.0])
 
 
+def electrode_positions(name: str) -> dict:
+    """Colin27's C3 and Fp2 (mm) carried into the variant's grid (scaled, then split), to be projected
+    onto its scalp by the electrode placement."""
+    import nibabel as nib
+
+    from stimsim.head.eeg import head_positions
+
+    zoom, split = VARIANTS[name]
+    to_vox = np.linalg.inv(nib.load(str(LABELS)).affine)
+    pos = head_positions("colin27")
+    return {k: tuple((to_vox[:3, :3] @ np.asarray(pos[k], float) + to_vox[:3, 3]) * np.asarray(zoom) / split)
+            for k in ("C3", "Fp2")}
+
+
+def cg_solve(mesh, positions: dict) -> dict:
+    """AMG-CG iterations and times to rtol 1e-10 for tDCS between 5 x 5 cm pads at ``positions``."""
+    from stimsim.fem.electrodes import ElectrodeSpec, electrode_system, place_electrodes
+    from stimsim.fem.linear import amg_cg
+    from stimsim.head_model import HeadModel
+
+    specs = [ElectrodeSpec("C3", positions["C3"], 1e-3, "rect", size_mm=(50, 50)),
+             ElectrodeSpec("Fp2", positions["Fp2"], -1e-3, "rect", size_mm=(50, 50))]
+    system = electrode_system(HeadModel.assemble(mesh, {}).stiffness, place_electrodes(mesh, specs))
+    _, info = amg_cg(rtol=1e-10)(system.matrix, system.rhs([s.current_A for s in specs]))
+    return {"iterations": int(info.iterations), "solve_s": float(info.setup_s + info.solve_s)}
+
+
 def run_one(name: str) -> dict:
     from stimsim.head.meshers import make_head_mesh, tissue_connectivity
+    from stimsim.head.meshers.thickness import thickness_percentiles
     from stimsim.mesh.checks import element_quality
+    from stimsim.mesh.voxelize import tet_values_on_grid
 
     tags, affine = variant(name)
     t = time.perf_counter()
@@ -68,7 +101,12 @@ def run_one(name: str) -> dict:
     # its peak where that is more; GB = 1e6 kB)
     peak_gb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
                   float(m.get("tetgen_peak_mib") or 0.0) * 1024 / 1e6)
+    on_grid = tet_values_on_grid(mesh, mesh.tet_tags, tags.shape, affine)
+    thick = {name_: thickness_percentiles(mesh, tags, affine, layer, inside, outside, mesh_on_grid=on_grid)
+             ["paired_on_grid"][1] for name_, (layer, inside, outside) in (("bone", (4, 3, 5)), ("csf", (3, 2, 4)))}
     return {"name": name, "voxels": int(tags.size), "time_s": dt, "peak_gb": peak_gb, "tets": len(mesh.tets),
+            "min_dihedral": float(e["min_dihedral_deg"].min()), "thickness": thick,
+            "cg": cg_solve(mesh, electrode_positions(name)),
             "poor": int(np.sum((e["min_dihedral_deg"] < 5) | (e["radius_ratio"] < 0.1))),
             "vol_err": {int(k): float(got[k] / v - 1) for k, v in sorted(want.items())},
             "pieces": {int(k): int(c["pieces"]) for k, c in tissue_connectivity(mesh).items()},
@@ -88,17 +126,20 @@ def main() -> None:
         print(json.dumps(run_one(args.names[0])))
         return
     print(f"{os.cpu_count()} CPUs, load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    print("| head | voxels | time s | peak GB | tets | below the bounds | vol err % (WM GM CSF bone scalp) "
-          "| pieces | TetGen retries | unrelaxed | points pushed apart | WM tets joined |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| head | voxels | time s | peak GB | tets | min dihedral deg | below the bounds "
+          "| vol err % (WM GM CSF bone scalp) | thickness err mm (skull, CSF) | pieces | CG iterations (s) "
+          "| TetGen retries | unrelaxed | points pushed apart | WM tets joined |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.names or VARIANTS:
         out = subprocess.run([sys.executable, __file__, "--child", name], check=True, capture_output=True, text=True)
         r = json.loads(out.stdout.splitlines()[-1])
         err = " ".join(f"{100 * r['vol_err'][str(t)]:+.2f}" for t in (1, 2, 3, 4, 5) if str(t) in r["vol_err"])
         pieces = " ".join(str(r["pieces"].get(str(t), "-")) for t in (1, 2, 3, 4, 5))
-        print(f"| {name} | {r['voxels']:,} | {r['time_s']:.1f} | {r['peak_gb']:.2f} | {r['tets']:,} | {r['poor']} "
-              f"| {err} | {pieces} | {r['retries']} | {'yes' if r['unrelaxed'] else 'no'} | {r['pushed']} "
-              f"| {r['wm_joined']} |", flush=True)
+        th = f"{r['thickness']['bone']:+.2f}, {r['thickness']['csf']:+.2f}"
+        print(f"| {name} | {r['voxels']:,} | {r['time_s']:.1f} | {r['peak_gb']:.2f} | {r['tets']:,} "
+              f"| {r['min_dihedral']:.2f} | {r['poor']} | {err} | {th} | {pieces} "
+              f"| {r['cg']['iterations']} ({r['cg']['solve_s']:.1f}) | {r['retries']} "
+              f"| {'yes' if r['unrelaxed'] else 'no'} | {r['pushed']} | {r['wm_joined']} |", flush=True)
 
 
 if __name__ == "__main__":
