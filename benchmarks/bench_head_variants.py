@@ -56,16 +56,16 @@ def variant(name: str):
 
 
 def electrode_positions(name: str) -> dict:
-    """Colin27's C3 and Fp2 (mm) carried into the variant's grid (scaled, then split), to be projected
-    onto its scalp by the electrode placement."""
+    """Colin27's C3 and Fp2 (mm) carried into the variant's frame (its voxel index scaled; a split grid's
+    affine keeps mm), to be projected onto its scalp by the electrode placement."""
     import nibabel as nib
 
     from stimsim.head.eeg import head_positions
 
-    zoom, split = VARIANTS[name]
+    zoom, _ = VARIANTS[name]
     to_vox = np.linalg.inv(nib.load(str(LABELS)).affine)
     pos = head_positions("colin27")
-    return {k: tuple((to_vox[:3, :3] @ np.asarray(pos[k], float) + to_vox[:3, 3]) * np.asarray(zoom) / split)
+    return {k: tuple((to_vox[:3, :3] @ np.asarray(pos[k], float) + to_vox[:3, 3]) * np.asarray(zoom))
             for k in ("C3", "Fp2")}
 
 
