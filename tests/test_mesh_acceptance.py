@@ -244,6 +244,29 @@ def test_skull_with_a_hole_keeps_the_hole(voxel_mm, fill, h):
     _check_shapes(mesh)
 
 
+@pytest.mark.parametrize("voxel_mm,holes,radius_mm", [(1.0, 30, 3.5), (0.5, 60, 2.0)])
+def test_a_skull_with_many_holes_keeps_every_tissue_volume(voxel_mm, holes, radius_mm):
+    """A skull with tens of holes 4-7 mm across (bone -> scalp; 6-10 % of the bone) at the default
+    8 mm: every tissue within 1 % of its voxels.  The volume calibration counts the sheet the defect
+    rule re-tags by the share of each voxel it covers (surf-6.17): counted by voxel centres, with the
+    one-voxel defect distance, the bone came out -1.4 %."""
+    vol, affine, _ = nested_ellipsoids(voxel_mm)
+    g = _grid(voxel_mm)
+    r = np.linalg.norm(g, axis=-1)
+    d = g / np.maximum(r, 1e-9)[..., None]
+    rng = np.random.default_rng(3)
+    for _ in range(holes):
+        u = rng.normal(size=3)
+        u /= np.linalg.norm(u)
+        across = np.linalg.norm(np.cross(d, u), axis=-1) * r  # distance from the hole's axis
+        vol[((d @ u) > 0) & (across < radius_mm) & (vol == 4)] = 5
+    mesh, _ = _mesh(vol, affine, h=8.0)
+    vv = np.bincount(vol.ravel(), minlength=6) * voxel_mm ** 3
+    v = np.bincount(mesh.tet_tags, weights=mesh.volumes_mm3, minlength=6)
+    for tag in TAGS:
+        assert abs(v[tag] / vv[tag] - 1) < 0.01, (tag, v[tag] / vv[tag] - 1)
+
+
 @pytest.mark.parametrize("vox,h", [(1.0, 4.0), (1.0, 8.0), (0.5, 8.0)])
 def test_csf_only_inside_the_brain_is_meshed_without_a_shell(caplog, vox, h):
     """Labels with a ventricle as CSF but no CSF around the brain (a segmentation that labels the

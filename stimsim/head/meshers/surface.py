@@ -637,8 +637,9 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                 # are re-tagged by their centres, anywhere in a voxel: counting whole voxel centres
                 # missed the far half of the voxels next to the bone, -0.7 % of bone on Colin27
                 # scaled to 50 %)
-                sheet = np.argwhere(no_bone & (phis[2] < 0) & (phis[3] >= 0))
-                share = _defect_share(bone["excess_mm"], sheet, zooms, pad)
+                reach = np.float32(0.45 * float(np.max(zooms)))
+                sheet = np.argwhere(no_bone & (phis[2] < reach) & (phis[3] >= -reach))
+                share = _defect_share(bone["excess_mm"], sheet, zooms, pad, phis[2], phis[3])
                 sheet, share = sheet[share > 0], share[share > 0]
                 off_normal = ~_bone_along_normal((sheet - pad) * zooms, phis[2], bone, zooms, pad)
                 sheet, share = sheet[off_normal], share[off_normal]
@@ -1934,15 +1935,18 @@ def _open_csf_gaps(ttags, cen, tags, zooms, phis, pad, far_from_csf, sheet_mm: f
     return int(go.sum())
 
 
-def _defect_share(excess_mm: np.ndarray, voxels: np.ndarray, zooms, pad: int) -> np.ndarray:
-    """The share of each of ``voxels`` (indices on the padded grid) that lies in a skull defect by the
-    rule of :func:`_open_bone_defects` (``excess_mm`` > 0, interpolated): its 8 points a quarter voxel
-    from the centre along each axis, counted."""
+def _defect_share(excess_mm: np.ndarray, voxels: np.ndarray, zooms, pad: int, phi_outer, phi_inner) -> np.ndarray:
+    """The share of each of ``voxels`` (indices on the padded grid) that lies in the bone layer's sheet
+    (inside ``phi_outer``, outside ``phi_inner``) where the rule of :func:`_open_bone_defects` re-tags it
+    (``excess_mm`` > 0, interpolated): its 8 points a quarter voxel from the centre along each axis,
+    counted."""
     zooms = np.asarray(zooms, float)
     centres = (voxels - pad) * zooms
     share = np.zeros(len(voxels))
     for corner in np.array(np.meshgrid([-0.25, 0.25], [-0.25, 0.25], [-0.25, 0.25], indexing="ij")).reshape(3, -1).T:
-        share += _trilinear(excess_mm, centres + corner * zooms, zooms, pad) > 0
+        p = centres + corner * zooms
+        share += ((_trilinear(excess_mm, p, zooms, pad) > 0) & (_trilinear(phi_outer, p, zooms, pad) < 0)
+                  & (_trilinear(phi_inner, p, zooms, pad) >= 0))
     return share / 8.0
 
 
