@@ -60,7 +60,8 @@ SURFACE_MESHER_VERSION = "surf-6.17"  # 6.1: the head's box of a wide field of v
 # labels join are joined through the grey matter (_white_matter_as_labelled; heads whose white matter
 # the surfaces keep in one piece, Colin27 among them: the same meshes as 6.15); 6.17: a skull defect
 # is bone tetrahedra centred more than one voxel from the labels' bone, whatever the element size
-# (bone_defect_distance_mm; it was 1.25 mm at the default 8 mm), and a lesion's free vertices kept
+# (bone_defect_distance_mm; it was 1.25 mm at the default 8 mm), the calibration counting the share
+# of each voxel the defect rule re-tags (_defect_share), and a lesion's free vertices kept
 # LESION_CLEARANCE_OF_CELL of a surface cell from the surfaces (0.6 mm before)
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
 #: (3 mm at the default 4 mm surfaces), in these layers (scalp's, bone's, CSF's; :func:`_interface_points`).
@@ -70,7 +71,7 @@ SURFACE_MESHER_VERSION = "surf-6.17"  # 6.1: the head's box of a wide field of v
 #: 4.4 %; tetrahedra 63k -> 124k; docs/meshing.md, surf-6.12)
 INTERFACE_POINT_CELL = 0.75
 #: a lesion's free vertices keep at least this many surface sub-grid cells from every surface (1 mm at
-#: the default 4 mm cells; 0.6 mm, the lattice's own 0.4 spacing, at 2.4 mm or finer).  Colin27 with a
+#: the default 4 mm cells; the lattice's own 0.4 spacing, 0.6 mm on 1 mm voxels, at 2.4 mm or finer).  Colin27 with a
 #: 33 mL lesion under a craniectomy: 271 tetrahedra below the bounds with 0.6 mm (most in the lesion,
 #: flat against the 4 mm surface triangles), 61 with 1 mm, 42 with 1.2 mm (0.3); the lesion's Dice on
 #: the label grid 0.984, 0.979, 0.975 (docs/meshing.md, surf-6.17)
@@ -108,11 +109,11 @@ SDF_BAND_MM = 15.0
 
 def bone_defect_distance_mm(zooms) -> float:
     """A bone tetrahedron whose centre is farther than this from every bone or cavity voxel lies in a gap
-    of the voxel skull (:func:`_open_bone_defects`): one voxel, so gaps one or two voxels wide (more
-    often a segmentation's error than a foramen) stay closed.  Thin real bone under a sheet the minimum
-    thickness pushed out is kept by :func:`_bone_along_normal` (surf-6.17: half the minimum bone
-    thickness plus half a voxel where that was more, 1.25 mm at the default size, kept holes 2-5 mm
-    across closed and a 1.5 mm bone rim in larger ones; docs/meshing.md)."""
+    of the voxel skull (:func:`_open_bone_defects`): one voxel, so gaps one or two voxels wide along
+    the grid's axes (more often a segmentation's error than a foramen) stay closed.  Thin real bone
+    under a sheet the minimum thickness pushed out is kept by :func:`_bone_along_normal`.  (Before
+    surf-6.17: half the minimum bone thickness plus half a voxel where that was more, 1.25 mm at the
+    default size, which left a bone rim about 1.5 mm wide in holes; docs/meshing.md.)"""
     return float(np.max(zooms))
 
 
@@ -620,9 +621,9 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
             target = {k: float(layer_mm3[k:].sum()) + (air_mm3 if k <= 2 else 0.0) for k in range(1, 6)}
         base = dict(target)
         if bone is not None:
-            # voxels some of which lies farther than the defect distance from the bone (the excess
-            # changes by at most 0.43 voxel between a voxel's centre and its sub-points below)
-            no_bone = bone["excess_mm"] > -0.5 * float(np.max(zooms))
+            # the voxels that are not bone (the distance is exact at voxel centres: a bone voxel's
+            # sub-points below lie at most 0.65 voxel from it, short of the one-voxel defect distance)
+            no_bone = bone["excess_mm"] + np.float32(bone["within_mm"]) > 0
             inner_vox = np.pad(layer >= 3, pad)
         # floors hold part of a surface where the shifts cannot move it: two more rounds to converge
         for _ in range(5 if floors else 3):
@@ -633,16 +634,15 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                 # bone outer surface encloses that much more, the CSF outer surface that much less.
                 # Only what _open_bone_defects re-tags: not the sheet over thin bone along the
                 # normal (counting that too took ~4 cm^3 too much from CSF on Colin27, -1.3 %)
-                # Each voxel counts with the share of it whose points the rule re-tags (tetrahedra
-                # are re-tagged by their centres, anywhere in a voxel: counting whole voxel centres
-                # missed the far half of the voxels next to the bone, -0.7 % of bone on Colin27
-                # scaled to 50 %)
-                reach = np.float32(0.45 * float(np.max(zooms)))
+                # Each voxel counts with the share of it the rule re-tags, on 8 points in it
+                # (tetrahedra are re-tagged by their centres, anywhere in a voxel: whole voxels
+                # counted by their centres missed the far half of the voxels next to a hole's rim,
+                # bone -1.5 % on a skull with 30 holes 7 mm across, surf-6.17).  (The sheet's
+                # fields change by at most ~0.45 voxel between a centre and its points.)
+                reach = np.float32(0.6 * float(np.max(zooms)))
                 sheet = np.argwhere(no_bone & (phis[2] < reach) & (phis[3] >= -reach))
-                share = _defect_share(bone["excess_mm"], sheet, zooms, pad, phis[2], phis[3])
+                share = _defect_share(bone["excess_mm"], sheet, zooms, pad, phis[2], phis[3], bone)
                 sheet, share = sheet[share > 0], share[share > 0]
-                off_normal = ~_bone_along_normal((sheet - pad) * zooms, phis[2], bone, zooms, pad)
-                sheet, share = sheet[off_normal], share[off_normal]
                 to_csf = inner_vox[tuple(sheet.T)]
                 s_in = float(share[to_csf].sum()) * vox
                 inner = shares.get(3, 3)  # the CSF's surface, or the next one in where the labels have no CSF
@@ -1400,7 +1400,8 @@ def _lesion_points(lesion: np.ndarray, fields, zooms, pad: int, surface_cell_mm:
     k = np.clip(np.rint(pts / zooms).astype(int) - lo, 0, np.array(box.shape) - 1)
     keep = dist[tuple(k.T)] <= s
     pts = pts[keep]
-    return pts[_clear_of_surfaces(pts, fields, zooms, pad, max(0.4 * s, LESION_CLEARANCE_OF_CELL * float(surface_cell_mm)))]
+    gap = max(0.4 * s, LESION_CLEARANCE_OF_CELL * float(surface_cell_mm))
+    return pts[_clear_of_surfaces(pts, fields, zooms, pad, gap)]
 
 
 def _interface_points(labels: np.ndarray, lzooms, offset_mm, fields, zooms, pad: int, spacing_mm: float,
@@ -1620,7 +1621,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
         verts, faces = [v], [fs]
         relaxed_all = v
     if lesion is not None:  # free vertices that refine the mesh in the lesion
-        extra = _lesion_points(lesion, [phi for _, phi in fields], zooms, pad, surface_cell_mm=cell)
+        extra = _lesion_points(lesion, [phi for _, phi in fields], zooms, pad,
+                               surface_cell_mm=step * float(np.max(zooms)))
         verts.append(extra)
         info["lesion_points"] = len(extra)
     if interface_point_cell:  # free vertices on the interfaces between tissues of one layer
@@ -1935,19 +1937,20 @@ def _open_csf_gaps(ttags, cen, tags, zooms, phis, pad, far_from_csf, sheet_mm: f
     return int(go.sum())
 
 
-def _defect_share(excess_mm: np.ndarray, voxels: np.ndarray, zooms, pad: int, phi_outer, phi_inner) -> np.ndarray:
+def _defect_share(excess_mm: np.ndarray, voxels: np.ndarray, zooms, pad: int, phi_outer, phi_inner,
+                  bone: dict) -> np.ndarray:
     """The share of each of ``voxels`` (indices on the padded grid) that lies in the bone layer's sheet
-    (inside ``phi_outer``, outside ``phi_inner``) where the rule of :func:`_open_bone_defects` re-tags it
-    (``excess_mm`` > 0, interpolated): its 8 points a quarter voxel from the centre along each axis,
-    counted."""
+    (inside ``phi_outer``, outside ``phi_inner``) where :func:`_open_bone_defects` re-tags it
+    (``excess_mm`` > 0, interpolated, and no bone along the normal, :func:`_bone_along_normal`): its 8
+    points a quarter voxel from the centre along each axis, counted."""
     zooms = np.asarray(zooms, float)
-    centres = (voxels - pad) * zooms
-    share = np.zeros(len(voxels))
-    for corner in np.array(np.meshgrid([-0.25, 0.25], [-0.25, 0.25], [-0.25, 0.25], indexing="ij")).reshape(3, -1).T:
-        p = centres + corner * zooms
-        share += ((_trilinear(excess_mm, p, zooms, pad) > 0) & (_trilinear(phi_outer, p, zooms, pad) < 0)
-                  & (_trilinear(phi_inner, p, zooms, pad) >= 0))
-    return share / 8.0
+    corners = np.array(np.meshgrid([-0.25, 0.25], [-0.25, 0.25], [-0.25, 0.25], indexing="ij")).reshape(3, -1).T
+    pts = (((voxels - pad) * zooms)[:, None, :] + (corners * zooms)[None]).reshape(-1, 3)
+    hit = ((_trilinear(excess_mm, pts, zooms, pad) > 0) & (_trilinear(phi_outer, pts, zooms, pad) < 0)
+           & (_trilinear(phi_inner, pts, zooms, pad) >= 0))
+    idx = np.flatnonzero(hit)
+    hit[idx[_bone_along_normal(pts[idx], phi_outer, bone, zooms, pad)]] = False
+    return hit.reshape(-1, 8).mean(axis=1)
 
 
 def _bone_along_normal(pts, phi_bone, bone, zooms, pad) -> np.ndarray:
