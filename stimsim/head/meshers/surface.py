@@ -1946,10 +1946,11 @@ def _defect_share(excess_mm: np.ndarray, voxels: np.ndarray, zooms, pad: int, ph
     zooms = np.asarray(zooms, float)
     corners = np.array(np.meshgrid([-0.25, 0.25], [-0.25, 0.25], [-0.25, 0.25], indexing="ij")).reshape(3, -1).T
     pts = (((voxels - pad) * zooms)[:, None, :] + (corners * zooms)[None]).reshape(-1, 3)
-    hit = ((_trilinear(excess_mm, pts, zooms, pad) > 0) & (_trilinear(phi_outer, pts, zooms, pad) < 0)
-           & (_trilinear(phi_inner, pts, zooms, pad) >= 0))
-    idx = np.flatnonzero(hit)
-    hit[idx[_bone_along_normal(pts[idx], phi_outer, bone, zooms, pad)]] = False
+    hit = np.zeros(len(pts), bool)
+    idx = np.flatnonzero(_trilinear(excess_mm, pts, zooms, pad) > 0)  # then each test on the points left
+    idx = idx[_trilinear(phi_outer, pts[idx], zooms, pad) < 0]
+    idx = idx[_trilinear(phi_inner, pts[idx], zooms, pad) >= 0]
+    hit[idx[~_bone_along_normal(pts[idx], phi_outer, bone, zooms, pad)]] = True
     return hit.reshape(-1, 8).mean(axis=1)
 
 
