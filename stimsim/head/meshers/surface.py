@@ -71,9 +71,9 @@ SURFACE_MESHER_VERSION = "surf-6.17"  # 6.1: the head's box of a wide field of v
 #: 4.4 %; tetrahedra 63k -> 124k; docs/meshing.md, surf-6.12)
 INTERFACE_POINT_CELL = 0.75
 #: a lesion's free vertices keep at least this many surface sub-grid cells from every surface (1 mm at
-#: the default 4 mm cells; the lattice's own 0.4 spacing, 0.6 mm on 1 mm voxels, at 2.4 mm or finer).  Colin27 with a
-#: 33 mL lesion under a craniectomy: 271 tetrahedra below the bounds with 0.6 mm (most in the lesion,
-#: flat against the 4 mm surface triangles), 61 with 1 mm, 42 with 1.2 mm (0.3); the lesion's Dice on
+#: the default 4 mm cells; the lattice's own 0.4 spacing, 0.6 mm on 1 mm voxels, at 2.4 mm or finer).
+#: Colin27 with a 33 mL lesion under a craniectomy: 271 tetrahedra below the bounds with 0.6 mm (most in the lesion,
+#: flat against the 4 mm surface triangles), 61-71 with 1 mm, 42 with 1.2 mm (0.3); the lesion's Dice on
 #: the label grid 0.984, 0.979, 0.975 (docs/meshing.md, surf-6.17)
 LESION_CLEARANCE_OF_CELL = 0.25
 INTERFACE_POINT_LAYERS = (1, 2, 3)
