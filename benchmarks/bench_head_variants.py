@@ -7,9 +7,9 @@ place by place, of the mesh's tags on the label grid against the labels:
 ``thickness_percentiles(...)["paired_on_grid"]``), the pieces of each tissue, what the solve takes
 (AMG-CG iterations and seconds to rtol 1e-10, tDCS between 5 x 5 cm pads at Colin27's C3 and Fp2 carried
 into the variant's grid, as bench_head_mesh.py), and what the mesher had to do (TetGen retries, the
-unrelaxed fallback, crossing marching-cubes points pushed apart, white-matter pieces joined).  These variants found surf-6.15 (a head
-at 70 and 80 % went unrelaxed) and surf-6.16 (white matter given to the grey matter below 80 %):
-docs/meshing.md.
+unrelaxed fallback, crossing marching-cubes points pushed apart, white-matter pieces joined).
+These variants found surf-6.15 (a head at 70 and 80 % went unrelaxed) and surf-6.16 (white matter
+given to the grey matter below 80 %): docs/meshing.md.
 
     python benchmarks/bench_head_variants.py                 # every variant (about 3 min)
     python benchmarks/bench_head_variants.py scale0.7 flat   # some of them
