@@ -61,8 +61,9 @@ SURFACE_MESHER_VERSION = "surf-6.17"  # 6.1: the head's box of a wide field of v
 # the surfaces keep in one piece, Colin27 among them: the same meshes as 6.15); 6.17: a skull defect
 # is bone tetrahedra centred more than one voxel from the labels' bone, whatever the element size
 # (bone_defect_distance_mm; it was 1.25 mm at the default 8 mm), the calibration counting the share
-# of each voxel the defect rule re-tags (_defect_share), and a lesion's free vertices kept
-# LESION_CLEARANCE_OF_CELL of a surface cell from the surfaces (0.6 mm before)
+# of each voxel the defect rule re-tags (_defect_share), a lesion's free vertices kept
+# LESION_CLEARANCE_OF_CELL of a surface cell from the surfaces (0.6 mm before), and white-matter pieces
+# found unreachable tried again after each join
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
 #: (3 mm at the default 4 mm surfaces), in these layers (scalp's, bone's, CSF's; :func:`_interface_points`).
 #: A 56 mm sphere whose skull is compact | spongy | compact bone 2 | 4 | 2 mm: the brain's E 22 % off
@@ -1357,6 +1358,8 @@ def _white_matter_as_labelled(ttags, nb, vol, cen, tags, zooms, lesion=None, pie
         path = [t for t in path if ttags[t] != wm]
         ttags[path] = wm
         moved += len(path)
+        # the largest piece grew: a piece whose only way to it ran through the one just joined is tried again
+        unreachable[:] = False
     return moved
 
 
