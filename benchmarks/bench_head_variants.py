@@ -11,8 +11,11 @@ unrelaxed fallback, crossing marching-cubes points pushed apart, white-matter pi
 These variants found surf-6.15 (a head at 70 and 80 % went unrelaxed) and surf-6.16 (white matter
 given to the grey matter below 80 %): docs/meshing.md.
 
-    python benchmarks/bench_head_variants.py                 # every variant (about 3 min)
+    python benchmarks/bench_head_variants.py                 # every variant (about 4 min)
     python benchmarks/bench_head_variants.py scale0.7 flat   # some of them
+
+The last two are Colin27 itself with a decompressive craniectomy (the bone over a 70 x 90 mm oval
+on the left made CSF), alone and with a 33 mL lesion under it (tag 11; its volume error in brackets).
 
 Scaling is nearest-neighbour with the 1 mm voxels kept (``scipy.ndimage.zoom``, order 0): the layers
 thin in proportion, and thin bone breaks into islands the clean-up removes before meshing (Colin27 at
@@ -37,22 +40,42 @@ VARIANTS = {
     "scale0.8": ((0.8,) * 3, 1), "scale0.9": ((0.9,) * 3, 1), "scale1.1": ((1.1,) * 3, 1),
     "narrow": ((0.85, 1.0, 1.0), 1), "long": ((1.0, 1.15, 0.95), 1), "flat": ((1.05, 1.0, 0.85), 1),
     "scale0.7 at 0.5 mm": ((0.7,) * 3, 2),
+    # a stroke patient's head: a decompressive craniectomy (the bone over a 70 x 90 mm oval on the left
+    # made CSF), and with a 33 mL lesion under it (``--lesion``, tag 11): surf-6.17
+    "craniectomy": ((1.0,) * 3, 1), "craniectomy + lesion": ((1.0,) * 3, 1),
 }
+#: the craniectomy's centre (world mm, Colin27's frame), its axis, and the oval's two diameters (mm)
+DEFECT = (np.array([0.0, -18.0, 15.0]), np.array([-1.0, 0.0, 0.8]) / np.hypot(1.0, 0.8), (70.0, 90.0))
 
 
 def variant(name: str):
-    """The variant's labels (SimNIBS tags) and affine."""
+    """The variant's labels (SimNIBS tags), affine and lesion mask (None without)."""
     import nibabel as nib
     from scipy import ndimage as ndi
 
     from stimsim.head import apply_label_map, label_map
 
     zoom, split = VARIANTS[name]
-    tags = apply_label_map(np.asarray(nib.load(str(LABELS)).dataobj), label_map("colin27")).astype(np.uint8)
+    img = nib.load(str(LABELS))
+    tags = apply_label_map(np.asarray(img.dataobj), label_map("colin27")).astype(np.uint8)
+    lesion = None
+    if name.startswith("craniectomy"):
+        centre, axis, (a, b) = DEFECT
+        ijk = np.stack(np.meshgrid(*[np.arange(n) for n in tags.shape], indexing="ij"), -1)
+        v = ijk @ img.affine[:3, :3].T + img.affine[:3, 3] - centre
+        along = v @ axis
+        u = np.cross(axis, [0.0, 1.0, 0.0])
+        u /= np.linalg.norm(u)
+        w = np.cross(axis, u)
+        oval = ((v @ u) / (a / 2)) ** 2 + ((v @ w) / (b / 2)) ** 2 <= 1
+        tags[oval & (along > 0) & (tags == 4)] = 3
+        if name.endswith("lesion"):
+            lesion = (np.linalg.norm(v - 45.0 * axis, axis=-1) < 20.0) & np.isin(tags, (1, 2))
+        return tags, img.affine, lesion
     tags = ndi.zoom(tags, zoom, order=0)
     if split > 1:
         tags = tags.repeat(split, 0).repeat(split, 1).repeat(split, 2)
-    return np.ascontiguousarray(tags), np.diag([1.0 / split] * 3 + [1.0])
+    return np.ascontiguousarray(tags), np.diag([1.0 / split] * 3 + [1.0]), lesion
 
 
 def electrode_positions(name: str) -> dict:
@@ -62,9 +85,11 @@ def electrode_positions(name: str) -> dict:
 
     from stimsim.head.eeg import head_positions
 
+    pos = head_positions("colin27")
+    if name.startswith("craniectomy"):  # Colin27's own grid and frame
+        return {k: tuple(float(x) for x in pos[k]) for k in ("C3", "Fp2")}
     zoom, _ = VARIANTS[name]
     to_vox = np.linalg.inv(nib.load(str(LABELS)).affine)
-    pos = head_positions("colin27")
     return {k: tuple((to_vox[:3, :3] @ np.asarray(pos[k], float) + to_vox[:3, 3]) * np.asarray(zoom))
             for k in ("C3", "Fp2")}
 
@@ -77,7 +102,10 @@ def cg_solve(mesh, positions: dict) -> dict:
 
     specs = [ElectrodeSpec("C3", positions["C3"], 1e-3, "rect", size_mm=(50, 50)),
              ElectrodeSpec("Fp2", positions["Fp2"], -1e-3, "rect", size_mm=(50, 50))]
-    system = electrode_system(HeadModel.assemble(mesh, {}).stiffness, place_electrodes(mesh, specs))
+    from stimsim.tissues import TISSUES
+
+    lesion = {11: TISSUES[3][1]} if 11 in mesh.tet_tags else {}  # a chronic stroke lesion: CSF's conductivity
+    system = electrode_system(HeadModel.assemble(mesh, lesion).stiffness, place_electrodes(mesh, specs))
     _, info = amg_cg(rtol=1e-10)(system.matrix, system.rhs([s.current_A for s in specs]))
     return {"iterations": int(info.iterations), "solve_s": float(info.setup_s + info.solve_s)}
 
@@ -88,10 +116,10 @@ def run_one(name: str) -> dict:
     from stimsim.mesh.checks import element_quality
     from stimsim.mesh.voxelize import tet_values_on_grid
 
-    tags, affine = variant(name)
+    tags, affine, lesion = variant(name)
     t = time.perf_counter()
     mesh, info = make_head_mesh(tags, affine, "simnibs", method="surface", cache=False, progress=False,
-                                return_info=True, check=False)
+                                return_info=True, check=False, lesion=lesion, lesion_tag=11)
     dt = time.perf_counter() - t
     want = info.expected_volume_mm3
     got = np.bincount(mesh.tet_tags, weights=mesh.volumes_mm3, minlength=max(want) + 1)
@@ -134,6 +162,8 @@ def main() -> None:
         out = subprocess.run([sys.executable, __file__, "--child", name], check=True, capture_output=True, text=True)
         r = json.loads(out.stdout.splitlines()[-1])
         err = " ".join(f"{100 * r['vol_err'][str(t)]:+.2f}" for t in (1, 2, 3, 4, 5) if str(t) in r["vol_err"])
+        if "11" in r["vol_err"]:
+            err += f" (lesion {100 * r['vol_err']['11']:+.2f})"
         pieces = " ".join(str(r["pieces"].get(str(t), "-")) for t in (1, 2, 3, 4, 5))
         th = f"{r['thickness']['bone']:+.2f}, {r['thickness']['csf']:+.2f}"
         print(f"| {name} | {r['voxels']:,} | {r['time_s']:.1f} | {r['peak_gb']:.2f} | {r['tets']:,} "
