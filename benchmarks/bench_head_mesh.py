@@ -138,17 +138,18 @@ def thickness_control(tags: np.ndarray, affine: np.ndarray, sigma_mm: float = 1.
                         for t in TAGS}}
 
 
-def cg_iterations(mesh) -> dict:
-    """tDCS C3 anode / Fp2 cathode, 5 x 5 cm pads, on ``mesh``: AMG-CG iterations and times to rtol 1e-10."""
+def cg_iterations(mesh, positions: dict | None = None, conductivities: dict | None = None) -> dict:
+    """tDCS C3 anode / Fp2 cathode, 5 x 5 cm pads, on ``mesh``: AMG-CG iterations and times to rtol 1e-10.
+    ``positions``: C3 and Fp2 (mm; Colin27's by default); ``conductivities``: tags beyond the defaults."""
     from stimsim.fem.electrodes import ElectrodeSpec, electrode_system, place_electrodes
     from stimsim.fem.linear import amg_cg
     from stimsim.head.eeg import head_positions
     from stimsim.head_model import HeadModel
 
-    pos = head_positions("colin27")
+    pos = head_positions("colin27") if positions is None else positions
     specs = [ElectrodeSpec("C3", tuple(pos["C3"]), 1e-3, "rect", size_mm=(50, 50)),
              ElectrodeSpec("Fp2", tuple(pos["Fp2"]), -1e-3, "rect", size_mm=(50, 50))]
-    system = electrode_system(HeadModel.assemble(mesh, {}).stiffness, place_electrodes(mesh, specs))
+    system = electrode_system(HeadModel.assemble(mesh, conductivities or {}).stiffness, place_electrodes(mesh, specs))
     _, info = amg_cg(rtol=1e-10)(system.matrix, system.rhs([s.current_A for s in specs]))
     return {"iterations": info.iterations, "setup_s": info.setup_s, "solve_s": info.solve_s}
 
