@@ -168,6 +168,10 @@ def test_oblique_affine_meshed_as_rotated_sheared_and_lesion_grid_rejected(metho
     shear[0, 1] = 0.3
     with pytest.raises(MeshError, match="shears the voxel grid"):
         make_head_mesh(vol, shear, "colin27", **kw)
+    broken = straight.copy()
+    broken[1, 3] = np.nan  # a header's NaN: named as such (it read "got shape (4, 4)")
+    with pytest.raises(MeshError, match="NaN or infinite"):
+        make_head_mesh(vol, broken, "colin27", **kw)
     with pytest.raises(MeshError, match="grid"):
         make_head_mesh(vol, np.eye(4), "colin27", lesion=np.ones((5, 5, 5), bool), **kw)
 

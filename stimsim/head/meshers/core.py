@@ -70,8 +70,11 @@ def _nib():
 
 def _check_affine(affine: np.ndarray, what: str) -> np.ndarray:
     affine = np.asarray(affine, float)
-    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+    if affine.shape != (4, 4):
         raise MeshError(f"{what}: affine must be a finite 4x4 matrix, got shape {affine.shape}")
+    if not np.isfinite(affine).all():
+        raise MeshError(f"{what}: affine has {int(np.count_nonzero(~np.isfinite(affine)))} NaN or infinite "
+                        "entries; fix the image header (its sform / qform)")
     a = affine[:3, :3]
     zooms = np.linalg.norm(a, axis=0)
     if (zooms <= 0).any():
@@ -681,7 +684,7 @@ def assess_quality(q: dict, voxel_volume_mm3: dict[int, float] | None = None, h:
         if vc["warned"]:
             warnings.append("mesh check: tissue volume off the voxel volume by more than "
                             f"{100 * vc['warn']:.0f} %: " + ", ".join(f"{_name(t)} {100 * e:+.1f} %"
-                                                                     for t, e in vc["warned"].items()))
+                                                                     for t, e in vc["warned"].items()) + fix)
         if vc["extra"]:
             warnings.append("mesh check: tissues in the mesh that the labels do not have (a closing layer the mesher "
                             "added): " + ", ".join(f"{_name(t)} {_fmt_mm3(v)}" for t, v in vc["extra"].items()))

@@ -34,7 +34,7 @@ from .topology import (distance_to_background, distance_to_other_side, face_comp
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
-SURFACE_MESHER_VERSION = "surf-6.17"  # 6.1: the head's box of a wide field of view, the untangling retry;
+SURFACE_MESHER_VERSION = "surf-6.18"  # 6.1: the head's box of a wide field of view, the untangling retry;
 # 6.2: pieces of the brain or white matter closer than the sub-grid kept apart; 6.3: surfaces faired
 # within a band of their level sets (the voxels' staircase); 6.4: the volume calibration held local;
 # 6.5: short surface edges merged (edge_merge.py); 6.6: a layer the labels do not have shares the next
@@ -63,7 +63,9 @@ SURFACE_MESHER_VERSION = "surf-6.17"  # 6.1: the head's box of a wide field of v
 # (bone_defect_distance_mm; it was 1.25 mm at the default 8 mm), the calibration counting the share
 # of each voxel the defect rule re-tags (_defect_share), a lesion's free vertices kept
 # LESION_CLEARANCE_OF_CELL of a surface cell from the surfaces (0.6 mm before), and white-matter pieces
-# found unreachable tried again after each join
+# found unreachable tried again after each join; 6.18: the lowest floors of a thin layer's minimum
+# thickness scale with the labels' voxel size down to 0.5 mm voxels (thin_layer_floor_scale; heads on
+# 1 mm voxels, and finer ones without a layer thin nearly everywhere: the same meshes as 6.17)
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
 #: (3 mm at the default 4 mm surfaces), in these layers (scalp's, bone's, CSF's; :func:`_interface_points`).
 #: A 56 mm sphere whose skull is compact | spongy | compact bone 2 | 4 | 2 mm: the brain's E 22 % off
@@ -427,16 +429,25 @@ def csf_min_thickness_mm(thickness_scale: float) -> float:
 #: minimum thickness is lowered to its median / this (:func:`_thin_layer_floors`)
 THIN_LAYER_RATIO = 1.25
 #: the lowest minimum thickness (mm) :func:`_thin_layer_floors` gives the scalp, bone, CSF and grey matter
-#: (the CSF's: its minimum at thickness scale 1)
+#: on 1 mm voxels (the CSF's: its minimum at thickness scale 1), times :func:`thin_layer_floor_scale`
 THIN_LAYER_FLOOR_MM = {1: 0.75, 2: 0.75, 3: 0.5, 4: 0.75}
 
 
-def _thin_layer_floors(phis: dict, tk: dict, skip: set, floor_scale: float, zooms) -> dict:
+def thin_layer_floor_scale(voxel_mm: float) -> float:
+    """The scale of :data:`THIN_LAYER_FLOOR_MM` for labels of voxel size ``voxel_mm`` (their finest
+    axis, before any coarsening): the voxel size, between 0.5 and 1.  A layer one voxel thick everywhere on
+    0.5 mm voxels is 0.5 mm thick: with the 1 mm voxels' floors a 0.75 mm skull came out +9.7 % at the
+    default size, and a 0.5 mm one +65 % at any element size (surf-6.18; docs/meshing.md)."""
+    return float(min(1.0, max(0.5, float(voxel_mm))))
+
+
+def _thin_layer_floors(phis: dict, tk: dict, skip: set, floor_scale: float, zooms, voxel_mm: float = 1.0) -> dict:
     """The minimum layer thicknesses ``tk`` (mm, per layer), lowered for a layer the labels make thin
     nearly everywhere: its median thickness (next to its outer surface, the distance between it and
     the next surface in, where the layer is there) under :data:`THIN_LAYER_RATIO` x its minimum.  Such
-    a layer gets its median / that ratio, at least :data:`THIN_LAYER_FLOOR_MM`, times ``floor_scale``
-    (1 at first; TetGen's retries raise it with the rest), never more than its minimum was.
+    a layer gets its median / that ratio, at least :data:`THIN_LAYER_FLOOR_MM` (times
+    :func:`thin_layer_floor_scale` of the labels' voxel size ``voxel_mm``), times ``floor_scale`` (1 at
+    first; TetGen's retries raise it with the rest), never more than its minimum was.
 
     Why: the minimum thicknesses scale with the surfaces' sampling (x2 at the default 8 mm elements:
     2 mm of scalp, 1.5 of bone and grey matter, 0.75 of CSF), which keeps folded surfaces from
@@ -446,7 +457,9 @@ def _thin_layer_floors(phis: dict, tk: dict, skip: set, floor_scale: float, zoom
     heads) keep their floors."""
     half = 0.5 * float(np.min(zooms))
     out = dict(tk)
+    base_scale = thin_layer_floor_scale(voxel_mm)
     for k, base in sorted(THIN_LAYER_FLOOR_MM.items()):
+        base = base * base_scale
         if k in skip or k + 1 > 5 or out.get(k, 0.0) <= 0:
             continue
         # on the voxels next to the outer surface (within a voxel, both sides), the distance between
@@ -471,7 +484,7 @@ def _thin_layer_floors(phis: dict, tk: dict, skip: set, floor_scale: float, zoom
 def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_mm=0.5, sigma_vox=0.7,
                   pad=3, thickness_scale=1.0, calibrate_step=None, layer_volume_mm3=None, bone_voxels=None,
                   surface_step=None, pieces=None, local_calibration_mm=0.0, fluid_tags=(), thin_layer_scale=0.0,
-                  report: dict | None = None):
+                  thin_layer_voxel_mm=1.0, report: dict | None = None):
     """Nested masks -> smoothed signed distances with minimum layer thickness.
 
     Returns ``(phis, phi_air, bone, far_from_csf)``: ``phis[k]`` for layers 1..5 (padded by ``pad``
@@ -491,7 +504,8 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     ``fluid_tags``: tags of CSF meshed inside the brain's layers, which count as CSF for the CSF
     sheet :func:`_open_csf_gaps` re-tags (the calibration allows for it, as for a skull defect).
     ``thin_layer_scale``: the scale of the minimum thicknesses below which :func:`_thin_layer_floors`
-    may lower those of thin layers (0: off); the layers it lowers go to ``report["thin_layers"]``."""
+    may lower those of thin layers (0: off); the layers it lowers go to ``report["thin_layers"]``;
+    ``thin_layer_voxel_mm``: the labels' voxel size (before coarsening), which scales those floors."""
     lut = np.zeros(256, np.int8)
     for t, layer in LAYER_OF_TAG.items():
         lut[t] = layer
@@ -554,7 +568,8 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
         phis[k] = phis[shares[k]] if k in shares else done.pop(k)
     phis = {k: phis[k] for k in range(1, 6)}
     if thin_layer_scale:
-        lowered = _thin_layer_floors(phis, tk, absent | set(shares), float(thin_layer_scale), zooms)
+        lowered = _thin_layer_floors(phis, tk, absent | set(shares), float(thin_layer_scale), zooms,
+                                     float(thin_layer_voxel_mm))
         if report is not None and lowered != tk:
             report["thin_layers"] = {int(k): {"min_thickness_mm": round(tk[k], 3), "now_mm": round(v, 3)}
                                      for k, v in lowered.items() if v != tk[k]}
@@ -1503,7 +1518,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                            fair_rounds=0, fair_band_vox=0.3, local_calibration_mm=0.0, min_edge_cell=0.0,
                            sub_tissue_labels=None, sub_tissue_roaming=None, sub_tissue_volumes_mm3=None,
                            sub_tissue_never_merged=(), sub_tissue_part_of=None, sub_tissue_joined=None,
-                           interface_point_cell=0.0, thin_layer_scale=0.0):
+                           interface_point_cell=0.0, thin_layer_scale=0.0, thin_layer_voxel_mm=1.0):
     """Nested surfaces -> TetGen.  Returns ``(nodes_mm_local, tets, tet_tags, info)``.
 
     ``h``: target element size (mm); tets get a max volume ``h^3 / (6 sqrt 2)`` (regular tet
@@ -1533,7 +1548,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     ``interface_point_cell``: free vertices on the interfaces between tissues of one layer (compact
     and spongy bone ...; :func:`_interface_points`), one per this many sub-grid cells (0: none).
     ``thin_layer_scale``: minimum thicknesses of layers thin nearly everywhere lowered down to this
-    scale (:func:`_thin_layer_floors`; 0: off; listed in the info's ``"thin_layers"``).
+    scale (:func:`_thin_layer_floors`; 0: off; listed in the info's ``"thin_layers"``), their lowest
+    floors scaled with ``thin_layer_voxel_mm``, the labels' voxel size (:func:`thin_layer_floor_scale`).
     See the module docstring."""
     import tetgen
 
@@ -1548,7 +1564,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
         thickness_scale=thickness_scale, calibrate_step=int(surface_step or 2) if calibrate else None,
         layer_volume_mm3=layer_volume_mm3, bone_voxels=bone_voxels, surface_step=int(surface_step or 2),
         pieces=pieces, local_calibration_mm=float(local_calibration_mm), fluid_tags=tuple(sub_tissue_roaming or ()),
-        thin_layer_scale=thin_layer_scale, report=info)
+        thin_layer_scale=thin_layer_scale, thin_layer_voxel_mm=thin_layer_voxel_mm, report=info)
     info["timings_s"]["fields_s"] = time.perf_counter() - t0
     if progress_cb:
         progress_cb("surfaces")
@@ -2139,7 +2155,7 @@ def surface_defaults(h: float, zooms, surface_size_mm: float | None = None) -> d
             "minratio": 2.0, "mindihedral": 0.0,
             "extra_switches": "YO9/7o/165", "relax_iterations": 8, "sliver_move": 0.4, "fair_rounds": 10,
             "local_calibration_mm": 10.0, "min_edge_cell": MIN_EDGE_CELL, "interface_point_cell": INTERFACE_POINT_CELL,
-            "thin_layer_scale": 1.0}
+            "thin_layer_scale": 1.0, "thin_layer_voxel_mm": float(np.min(zooms))}
 
 
 def compact_for_shipping(mesh, keep_tri_tags=(1005,)):
