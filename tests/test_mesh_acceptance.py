@@ -706,14 +706,16 @@ def test_work_on_two_threads_gives_what_one_thread_gives(monkeypatch):
 
 
 @pytest.mark.parametrize("shells, h", [((3.0, 0.75, 2.0, 2.0), None), ((3.0, 2.0, 2.0, 0.75), None),
-                                       ((3.0, 0.5, 2.0, 2.0), 4.0)])
+                                       ((3.0, 0.5, 2.0, 2.0), None),
+                                       pytest.param((3.0, 2.0, 0.5, 2.0), 4.0, marks=pytest.mark.slow)])
 def test_sub_millimetre_layers_keep_their_volume(shells, h):
-    """A layer thinner than a millimetre everywhere (one or two 0.5 mm voxels): the floors of the thin
-    layers' minimum thicknesses were those of 1 mm voxels (0.75 mm of bone), so a 0.75 mm skull came
-    out +9.7 % at the default size and a 0.5 mm one +65 % at any element size, the check's advice (a
-    smaller element size) included.  Now the floors scale with the voxels: a 0.75 mm layer keeps its
-    volume at the default size, a 0.5 mm one at 4 mm elements (the default's 4 mm surface cells hold it
-    to about +20 %, which the check reports with that advice)."""
+    """A layer thinner than a millimetre everywhere (one or one and a half 0.5 mm voxels): the floors
+    of the thin layers' minimum thicknesses were those of 1 mm voxels (0.75 mm of bone), so a 0.75 mm
+    skull came out +9.7 % at the default size and a 0.5 mm one +65 % at any element size, the check's
+    advice (a smaller element size) included.  Now the floors scale with the voxels (0.75 mm layers
+    keep their volume under the default 4 mm surface cells, and 0.5 mm ones at 4 mm elements), and a
+    layer one voxel thick nearly everywhere gets surfaces every 4 voxels at the default size (under
+    4 mm cells it came out +20 %)."""
     from stimsim.head.meshers import make_head_mesh, tissue_connectivity
 
     vol, affine, analytic = _spheres(0.5, shells, wm_radius_mm=36.0)
@@ -725,3 +727,30 @@ def test_sub_millimetre_layers_keep_their_volume(shells, h):
     assert all(c["pieces"] == 1 for c in tissue_connectivity(mesh).values())
     e = info.quality["elements"]
     assert e["poor_count"] < 0.002 * mesh.n_tets, e["poor_count"]
+    one_voxel = [k for k, t in zip((1, 2, 3, 4), shells) if t <= 0.5]
+    assert info.mesher.get("one_voxel_layers", []) == (one_voxel if h is None else []), info.mesher
+    if one_voxel and h is None:
+        assert info.mesher["surface_size_mm"] == 2.0
+
+
+def test_thin_layer_floors_scale_with_the_voxels_and_one_voxel_layers_are_found():
+    """The floors' scale is the voxel size within 0.5-1 mm; a layer is one voxel thick nearly everywhere
+    on the synthetic shells, on none of Colin27's layers (its CSF: 12 % of its voxels touch bone and
+    grey matter both), and on none after the voxels are split in eight."""
+    from stimsim.head import apply_label_map, label_map
+    from stimsim.head.meshers.core import one_voxel_layers
+    from stimsim.head.meshers.surface import thin_layer_floor_scale
+
+    assert [thin_layer_floor_scale(v) for v in (0.3, 0.5, 0.7, 1.0, 2.0, float("nan"))] == [0.5, 0.5, 0.7, 1.0, 1.0, 1.0]
+    for shells, want in (((3.0, 0.5, 2.0, 2.0), [2]), ((0.5, 2.0, 2.0, 0.5), [1, 4]), ((3.0, 1.0, 2.0, 2.0), [])):
+        vol, _, _ = _spheres(0.5, shells, wm_radius_mm=20.0)
+        assert one_voxel_layers(vol) == want, shells
+    import nibabel as nib
+
+    from conftest import shared_file
+
+    tags = apply_label_map(np.asarray(nib.load(str(shared_file("heads/colin27/labels.nii.gz"))).dataobj),
+                           label_map("colin27"))
+    assert one_voxel_layers(tags) == []
+    vol, _, _ = _spheres(1.0, (1.0, 1.0, 1.0, 1.0), wm_radius_mm=20.0)
+    assert one_voxel_layers(vol) == [1, 2, 3, 4]  # (on 1 mm voxels the default cells hold them: not used)

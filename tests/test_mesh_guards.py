@@ -179,7 +179,7 @@ def test_volume_check_thresholds():
     assert "bone (tag 4) is in the labels (100 mm^3) but not in the mesh" in errors[0]
     assert "csf (tag 3) volume +51 %" in errors[0] and "scalp (tag 5) volume -51 %" in errors[0]
     assert "--element-size" in errors[0] and "8 mm" in errors[0]
-    assert any("gray_matter (tag 2) -6.0 %" in w for w in warnings)
+    assert any("gray_matter (tag 2) -6.0 %" in w and "--element-size" in w for w in warnings)  # with the fix
     assert any("not have" in w and "tag_11 (tag 11) 7 mm^3" in w for w in warnings)
 
 

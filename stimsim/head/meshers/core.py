@@ -933,6 +933,46 @@ def cut_faces(tags: np.ndarray, affine: np.ndarray) -> dict[str, list[int]]:
     return {k: sorted(v) for k, v in out.items()}
 
 
+#: a layer is one voxel thick nearly everywhere when at least this share of its voxels have a face
+#: neighbour in a layer outside it and one in a layer inside it (real heads: at most 12 %, Colin27's
+#: CSF; 2 % on a 0.5 mm whole head)
+ONE_VOXEL_LAYER_SHARE = 0.5
+#: ... and then the surfaces are sampled at most this many voxels apart (a 0.5 mm layer came out +20 %
+#: under the default 4 mm surface cells, within 0.01 % under 2 mm ones; 1 mm layers keep their volume
+#: under 4 mm cells: surf-6.14, surf-6.18)
+ONE_VOXEL_LAYER_CELL_VOXELS = 4
+
+
+def one_voxel_layers(tags: np.ndarray, every: int = 8) -> list[int]:
+    """The layers (1 scalp ... 4 grey matter, :data:`stimsim.tissues.LAYER_OF_TAG`) that the labels
+    make one voxel thick nearly everywhere (:data:`ONE_VOXEL_LAYER_SHARE`), counted on every
+    ``every``-th slice along the last axis (a share: 1 s on a 0.5 mm whole head for all slices)."""
+    lut = layer_lut(max(256, int(tags.max()) + 1)).astype(np.int8)
+    nz = tags.shape[2]
+    if nz < 3:
+        return []
+    zs = np.arange(1, nz - 1, max(1, min(int(every), (nz - 2) // 8 or 1)))
+    here = lut[tags[:, :, zs]]
+    outer = np.zeros(here.shape, bool)  # a face neighbour in a layer further out (or outside the head)
+    inner = np.zeros(here.shape, bool)  # ... and one further in
+    for dz in (-1, 1):  # across the slices
+        nb = lut[tags[:, :, zs + dz]]
+        outer |= nb < here
+        inner |= nb > here
+    for ax in range(2):  # within them
+        lo, hi = [slice(None)] * 3, [slice(None)] * 3
+        lo[ax], hi[ax] = slice(0, -1), slice(1, None)
+        lo, hi = tuple(lo), tuple(hi)
+        a, b = here[lo], here[hi]
+        outer[lo] |= b < a
+        inner[lo] |= b > a
+        outer[hi] |= a < b
+        inner[hi] |= a > b
+    both = np.bincount(here[outer & inner], minlength=6)
+    total = np.bincount(here.ravel(), minlength=6)
+    return [k for k in (1, 2, 3, 4) if total[k] >= 64 and both[k] >= ONE_VOXEL_LAYER_SHARE * total[k]]
+
+
 def csf_inside_brain_only(tags: np.ndarray, outside_fraction: float = 0.05) -> bool:
     """Does (nearly) all of the CSF (tag 3) lie inside the brain's filled envelope: the ventricles
     labelled, the CSF around the brain not (at most ``outside_fraction`` of the CSF voxels outside the
@@ -1123,6 +1163,17 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         _csf_into_brain(tags, lmask)
         if orig is not None:
             _csf_into_brain(orig, None)
+    thin_surface_for = []
+    if method == "surface" and surface_size_mm is None and not (surface_options or {}).get("surface_step"):
+        # a layer one voxel thick everywhere on voxels finer than a millimetre is thinner than the
+        # default surface cells hold: sample the surfaces finer (only then: the test is a pass over the grid)
+        thin_cell = ONE_VOXEL_LAYER_CELL_VOXELS * float(np.min(zooms))
+        if thin_cell < 0.5 * h - 1e-9:
+            thin_surface_for = one_voxel_layers(tags if orig is None else orig)
+            if thin_surface_for:
+                surface_size_mm = thin_cell
+                logger.info("layers %s are one voxel (%.3g mm) thick nearly everywhere: surfaces sampled every "
+                            "%.3g mm instead of %.3g", thin_surface_for, float(np.min(zooms)), thin_cell, 0.5 * h)
     if method == "surface":
         from .surface import SURFACE_MESHER_VERSION, csf_min_thickness_mm, label_grid_factors, surface_defaults
 
@@ -1308,6 +1359,8 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         minfo["element_size_mm"] = h
         if method == "surface":  # as sampled: on a coarse copy, its step times its (block) voxel size
             minfo["surface_size_mm"] = int(opts["surface_step"]) * float(np.min(zooms))
+            if thin_surface_for:  # (one_voxel_layers: the surfaces sampled finer for them)
+                minfo["one_voxel_layers"] = thin_surface_for
         if coarse:
             minfo["label_grid_factors"] = coarse
         steps.start("finish")

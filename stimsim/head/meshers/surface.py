@@ -64,8 +64,10 @@ SURFACE_MESHER_VERSION = "surf-6.18"  # 6.1: the head's box of a wide field of v
 # of each voxel the defect rule re-tags (_defect_share), a lesion's free vertices kept
 # LESION_CLEARANCE_OF_CELL of a surface cell from the surfaces (0.6 mm before), and white-matter pieces
 # found unreachable tried again after each join; 6.18: the lowest floors of a thin layer's minimum
-# thickness scale with the labels' voxel size down to 0.5 mm voxels (thin_layer_floor_scale; heads on
-# 1 mm voxels, and finer ones without a layer thin nearly everywhere: the same meshes as 6.17)
+# thickness scale with the labels' voxel size down to 0.5 mm voxels (thin_layer_floor_scale), and a
+# layer one voxel thick nearly everywhere on voxels finer than 1 mm gets surfaces sampled every 4 voxels
+# (core.one_voxel_layers; heads on voxels of 1 mm or coarser, and finer ones without a layer thin
+# nearly everywhere: the same meshes as 6.17)
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
 #: (3 mm at the default 4 mm surfaces), in these layers (scalp's, bone's, CSF's; :func:`_interface_points`).
 #: A 56 mm sphere whose skull is compact | spongy | compact bone 2 | 4 | 2 mm: the brain's E 22 % off
@@ -438,7 +440,8 @@ def thin_layer_floor_scale(voxel_mm: float) -> float:
     axis, before any coarsening): the voxel size, between 0.5 and 1.  A layer one voxel thick everywhere on
     0.5 mm voxels is 0.5 mm thick: with the 1 mm voxels' floors a 0.75 mm skull came out +9.7 % at the
     default size, and a 0.5 mm one +65 % at any element size (surf-6.18; docs/meshing.md)."""
-    return float(min(1.0, max(0.5, float(voxel_mm))))
+    v = float(voxel_mm)
+    return float(min(1.0, max(0.5, v))) if np.isfinite(v) else 1.0
 
 
 def _thin_layer_floors(phis: dict, tk: dict, skip: set, floor_scale: float, zooms, voxel_mm: float = 1.0) -> dict:
@@ -505,7 +508,8 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     sheet :func:`_open_csf_gaps` re-tags (the calibration allows for it, as for a skull defect).
     ``thin_layer_scale``: the scale of the minimum thicknesses below which :func:`_thin_layer_floors`
     may lower those of thin layers (0: off); the layers it lowers go to ``report["thin_layers"]``;
-    ``thin_layer_voxel_mm``: the labels' voxel size (before coarsening), which scales those floors."""
+    ``thin_layer_voxel_mm``: the labels' voxel size (their finest axis, before coarsening), which
+    scales those floors (:func:`thin_layer_floor_scale`)."""
     lut = np.zeros(256, np.int8)
     for t, layer in LAYER_OF_TAG.items():
         lut[t] = layer
