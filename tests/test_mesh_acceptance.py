@@ -754,3 +754,21 @@ def test_thin_layer_floors_scale_with_the_voxels_and_one_voxel_layers_are_found(
     assert one_voxel_layers(tags) == []
     vol, _, _ = _spheres(1.0, (1.0, 1.0, 1.0, 1.0), wm_radius_mm=20.0)
     assert one_voxel_layers(vol) == [1, 2, 3, 4]  # (on 1 mm voxels the default cells hold them: not used)
+
+
+def test_a_large_head_with_a_one_voxel_layer_is_warned_not_refined(monkeypatch, caplog):
+    """On a head of more labelled voxels than ONE_VOXEL_LAYER_MAX_VOXELS (a whole 0.5 mm head with 2 mm
+    surfaces took 165 s and 4.2 GB) the surfaces keep the default sampling, and the log names the
+    layer and the option that keeps its volume."""
+    import logging
+
+    import stimsim.head.meshers.core as core
+    from stimsim.head.meshers import make_head_mesh
+
+    monkeypatch.setattr(core, "ONE_VOXEL_LAYER_MAX_VOXELS", 1000)
+    vol, affine, _ = _spheres(0.5, (3.0, 0.5, 2.0, 2.0), wm_radius_mm=36.0)
+    with caplog.at_level(logging.WARNING, logger="stimsim"):
+        mesh, info = make_head_mesh(vol, affine, "simnibs", method="surface", progress=False, cache=False,
+                                    return_info=True, check=False)
+    assert "one_voxel_layers" not in info.mesher and info.mesher["surface_size_mm"] == 4.0
+    assert any("bone" in r.getMessage() and "--surface-size 2" in r.getMessage() for r in caplog.records)

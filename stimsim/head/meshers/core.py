@@ -941,6 +941,9 @@ ONE_VOXEL_LAYER_SHARE = 0.5
 #: under the default 4 mm surface cells, within 0.01 % under 2 mm ones; 1 mm layers keep their volume
 #: under 4 mm cells: surf-6.14, surf-6.18)
 ONE_VOXEL_LAYER_CELL_VOXELS = 4
+#: ... on heads of at most this many labelled voxels (half a 0.5 mm whole head: a whole one, 31 M, took
+#: 165 s and 4.2 GB with 2 mm surfaces, against 34 s and 1.1 GB); larger ones are warned instead
+ONE_VOXEL_LAYER_MAX_VOXELS = 16_000_000
 
 
 def one_voxel_layers(tags: np.ndarray, every: int = 8) -> list[int]:
@@ -1170,10 +1173,17 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         thin_cell = ONE_VOXEL_LAYER_CELL_VOXELS * float(np.min(zooms))
         if thin_cell < 0.5 * h - 1e-9:
             thin_surface_for = one_voxel_layers(tags if orig is None else orig)
-            if thin_surface_for:
+            names = ", ".join(_name(LAYER_FILL_TAG[k]) for k in thin_surface_for)
+            if thin_surface_for and np.count_nonzero(tags) <= ONE_VOXEL_LAYER_MAX_VOXELS:
                 surface_size_mm = thin_cell
-                logger.info("layers %s are one voxel (%.3g mm) thick nearly everywhere: surfaces sampled every "
-                            "%.3g mm instead of %.3g", thin_surface_for, float(np.min(zooms)), thin_cell, 0.5 * h)
+                logger.info("labels: %s one voxel (%.3g mm) thick nearly everywhere: surfaces sampled every "
+                            "%.3g mm instead of %.3g", names, float(np.min(zooms)), thin_cell, 0.5 * h)
+            elif thin_surface_for:
+                logger.warning("labels: %s one voxel (%.3g mm) thick nearly everywhere: the default surfaces "
+                               "(every %.3g mm) make such a layer up to ~20 %% too thick; --surface-size %.3g keeps "
+                               "its volume (on a head this size: minutes and several GB)", names,
+                               float(np.min(zooms)), 0.5 * h, thin_cell)
+                thin_surface_for = []
     if method == "surface":
         from .surface import SURFACE_MESHER_VERSION, csf_min_thickness_mm, label_grid_factors, surface_defaults
 
