@@ -949,7 +949,7 @@ ONE_VOXEL_LAYER_MAX_VOXELS = 16_000_000
 def one_voxel_layers(tags: np.ndarray, every: int = 8) -> list[int]:
     """The layers (1 scalp ... 4 grey matter, :data:`stimsim.tissues.LAYER_OF_TAG`) that the labels
     make one voxel thick nearly everywhere (:data:`ONE_VOXEL_LAYER_SHARE`), counted on every
-    ``every``-th slice along the last axis (a share: 1 s on a 0.5 mm whole head for all slices)."""
+    ``every``-th slice along the last axis (a share; on the 0.5 mm whole head 0.7 s, all slices 8.7 s)."""
     lut = layer_lut(max(256, int(tags.max()) + 1)).astype(np.int8)
     nz = tags.shape[2]
     if nz < 3:
