@@ -105,6 +105,28 @@ def test_mesh_cache_and_world_frame(sphere_head, tmp_path):
     assert np.allclose(flipped.nodes[:, 1].mean(), mesh.nodes[:, 1].mean() - 5.0, atol=1e-6)
 
 
+@pytest.mark.skipif(not __import__("stimsim.head.meshers.surface", fromlist=["available"]).available(),
+                    reason="tetgen / scikit-image not installed")
+def test_the_cache_tells_apart_heads_that_differ_only_under_a_lesion(tmp_path, monkeypatch):
+    """The surface mesher builds its surfaces from the tissue under a lesion, so two heads the same but
+    under the lesion are two meshes: the cache key held the tags with the lesion written in, and gave
+    the second head the first one's mesh."""
+    monkeypatch.setenv("STIMSIM_CACHE", str(tmp_path))
+    from stimsim.head.meshers import make_head_mesh
+
+    vol = _spheres(56, (26.0, 23.0, 21.0, 18.0, 12.0))  # (colin27 map: 5 white matter ... 1 scalp)
+    lesion = np.zeros(vol.shape, bool)
+    lesion[27:34, 24:32, 24:32] = True  # white and grey matter
+    other = vol.copy()
+    other[lesion] = 4  # grey matter under all of it
+    kw = {"method": "surface", "lesion": lesion, "lesion_tag": 11, "progress": False, "return_info": True}
+    first, a = make_head_mesh(vol, np.eye(4), "colin27", **kw)
+    second, b = make_head_mesh(other, np.eye(4), "colin27", **kw)
+    assert not b.from_cache and a.cache_file != b.cache_file
+    again, c = make_head_mesh(other, np.eye(4), "colin27", **kw)
+    assert c.from_cache and c.cache_file == b.cache_file and again.n_tets == second.n_tets
+
+
 def test_lesion_changes_tags(sphere_head):
     from stimsim.head.meshers import make_head_mesh
 

@@ -1243,6 +1243,9 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         opts, extra = {}, f"lattice|{MESHER_VERSION}"
     if lmask is not None:
         extra += f"|lesion{int(lesion_tag)}:{hashlib.sha256(np.packbits(lmask).tobytes()).hexdigest()[:16]}"
+        if orig is not None:  # the tissue under the lesion, from which the surface mesher builds its surfaces
+            under = np.ascontiguousarray(orig[lmask], np.uint8).tobytes()
+            extra += f"|under:{hashlib.sha256(under).hexdigest()[:16]}"
     cfile = cache_dir() / "heads" / f"{_cache_key(tags, affine, h, extra)}.msh" if cache else None
     mesh = _cache_read(cfile)
     if mesh is not None:
