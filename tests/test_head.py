@@ -216,6 +216,16 @@ def test_mesh_command_writes_and_fails_cleanly(tmp_path, monkeypatch):
     assert not (tmp_path / "x.stl").exists()
     assert mesh_command(p, "colin27", tmp_path / "y.msh", 2.0, None, progress=False, method="delaunay") == 2
     assert sorted(f.name for f in tmp_path.iterdir()) == ["cache", "head.msh", "head.summary.json", "labels.nii.gz"]  # no temp files
+    # its own output is replaced (from the cache here); a file stimsim did not write is not, whether or
+    # not a summary of another mesh lies beside it
+    assert mesh_command(p, "colin27", out, 1.5, None, progress=False, method="lattice") == 0
+    mine = tmp_path / "mine.msh"
+    mine.write_text("my own data\n")
+    assert mesh_command(p, "colin27", mine, 1.5, None, progress=False, method="lattice") == 2
+    assert mine.read_text() == "my own data\n" and not (tmp_path / "mine.summary.json").exists()
+    (tmp_path / "head.summary.json").rename(tmp_path / "mine.summary.json")  # ours, but of head.msh
+    assert mesh_command(p, "colin27", mine, 1.5, None, progress=False, method="lattice") == 2
+    assert mine.read_text() == "my own data\n"
 
 
 # ---- `stimsim mesh --method surface` on a synthetic head ----------------------------------------

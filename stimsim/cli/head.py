@@ -120,7 +120,7 @@ def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: floa
         if not out.parent.exists():
             raise StimsimError(f"--out {out}: folder {out.parent} does not exist")
         summary_path = mesh_summary_path(out)
-        _check_replaceable(summary_path)
+        _check_replaceable(out, summary_path)
         method = resolve_method(method)
         mesh, info = make_head_mesh(Path(labels), None, labels_map, method=method, element_size_mm=element_size_mm,
                                     lesion=lesion, lesion_tag=lesion_tag, progress=progress, return_info=True,
@@ -138,7 +138,8 @@ def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: floa
                     write_mesh(tmp_mesh, mesh)
                 # the mesh is in place; the summary follows (a failed mesh rename removes both temporaries)
         except OSError as exc:
-            raise StimsimError(f"--out {out}: cannot write ({exc})") from None
+            raise StimsimError(f"--out {out}: cannot write ({exc}); choose a folder you can write to, with "
+                               "free space") from None
     except StimsimError as exc:
         console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)  # one line, unwrapped
         return 2
@@ -164,19 +165,33 @@ def mesh_summary_path(out: Path) -> Path:
     return out.with_name(f"{name}.summary.json")
 
 
-def _check_replaceable(path: Path) -> None:
-    """An existing summary is replaced only when stimsim wrote it."""
+def _our_summary(path: Path) -> dict | None:
+    """The summary ``stimsim mesh`` wrote at ``path``, or None (absent, or not ours)."""
     import json
 
-    if not path.exists():
-        return
     try:
-        ours = json.loads(path.read_text(encoding="utf-8")).get("format") == MESH_SUMMARY_FORMAT
-    except (OSError, ValueError, AttributeError):
-        ours = False
-    if not ours:
-        raise StimsimError(f"--out: {path} exists and was not written by stimsim mesh; move it away or choose "
-                           "another --out")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == MESH_SUMMARY_FORMAT else None
+
+
+def _check_replaceable(out: Path, summary: Path) -> None:
+    """An existing mesh or summary is replaced only when stimsim mesh wrote it: the summary is ours
+    (its format), and an existing mesh is the one that summary names (a mesh file carries no mark of
+    its own)."""
+    if out.is_dir() or out.is_symlink():
+        raise StimsimError(f"--out {out} is a folder or a link; give a new file name")
+    if summary.exists() or summary.is_symlink():
+        if summary.is_symlink() or _our_summary(summary) is None:
+            raise StimsimError(f"--out: {summary} exists and was not written by stimsim mesh; move it away or "
+                               "choose another --out")
+    if out.exists():
+        ours = _our_summary(summary)
+        if ours is None or ours.get("mesh") != out.name:
+            raise StimsimError(f"--out {out} exists and was not written by stimsim mesh (no summary of it, "
+                               f"{summary.name}, beside it); stimsim replaces only its own files: move it away or "
+                               "choose another --out")
 
 
 def _mesh_summary(out: Path, labels: Path, method: str, info, q: dict, expected: dict) -> dict:
