@@ -772,3 +772,25 @@ def test_a_large_head_with_a_one_voxel_layer_is_warned_not_refined(monkeypatch, 
                                     return_info=True, check=False)
     assert "one_voxel_layers" not in info.mesher and info.mesher["surface_size_mm"] == 4.0
     assert any("bone" in r.getMessage() and "--surface-size 2" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("centre_mm, radius_mm", [(28.0, 16.5), (0.0, 6.2)])
+def test_a_lesion_leaves_no_specks_of_the_tissue_around_it(centre_mm, radius_mm):
+    """A lesion ball in the white matter (the labels' white matter around it one piece): the tetrahedra
+    its staircase cut off the white matter, touching it only at edges or corners, were pieces of their
+    own (an independent tester: 3 pieces around a 1 mL lesion, 21 around a 50 mL one); now such specks
+    are lesion, and every tissue is one piece, the lesion within 1 % of its voxels."""
+    from scipy import ndimage as ndi
+
+    from stimsim.head.meshers import make_head_mesh, tissue_connectivity
+
+    vol, affine, _ = _spheres(1.0, (3.0, 3.0, 2.0, 3.0), wm_radius_mm=45.0)
+    g = (np.indices(vol.shape) - (np.array(vol.shape)[:, None, None, None] - 1) / 2 + 0.31) * 1.0
+    lesion = np.sqrt((g[0] - centre_mm) ** 2 + g[1] ** 2 + g[2] ** 2) <= radius_mm
+    assert ndi.label((vol == 1) & ~lesion, structure=np.ones((3, 3, 3)))[1] == 1
+    mesh, info = make_head_mesh(vol, affine, "simnibs", method="surface", lesion=lesion, lesion_tag=11,
+                                progress=False, cache=False, return_info=True)
+    conn = tissue_connectivity(mesh)
+    assert all(c["pieces"] == 1 for c in conn.values()), conn
+    v = mesh.volumes_mm3[mesh.tet_tags == 11].sum()
+    assert abs(v / info.expected_volume_mm3[11] - 1) < 0.01, v / info.expected_volume_mm3[11] - 1

@@ -82,6 +82,9 @@ INTERFACE_POINT_CELL = 0.75
 #: the label grid 0.984, 0.979, 0.975 (docs/meshing.md, surf-6.17)
 LESION_CLEARANCE_OF_CELL = 0.25
 INTERFACE_POINT_LAYERS = (1, 2, 3)
+#: a piece of a tissue that only a lesion touches, smaller than this many voxels, is lesion (specks of
+#: tetrahedra the lesion's staircase cut off; surf-6.18).  Larger ones stay (a ventricle a lesion splits)
+LESION_SPECK_VOXELS = 27
 #: a CSF tetrahedron whose centre's voxel is farther than this many voxels from the CSF's lies in the
 #: sheet the minimum thickness keeps where the labels have none (:func:`_open_csf_gaps`; surf-6.9)
 CSF_GAP_VOXELS = 1.5
@@ -1851,11 +1854,18 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
             pl = np.repeat(labs, 4)
             ct = ctag.ravel()
             # a lesion takes no island (pieces of a ventricle that a lesion splits are not lesion):
-            # a piece only the lesion touches stays as it is
+            # a piece only the lesion touches stays as it is, unless it is a speck of a few voxels'
+            # volume (tetrahedra its staircase cut off the tissue, touching it at an edge or a corner:
+            # a 50 mL lesion left the white matter in 21 pieces)
             ok = (ct != t) & ((ct != _LESION) | (t == _LESION))
             votes_p = np.zeros((lab.max() + 1, 256))
             np.add.at(votes_p, (pl[ok], ct[ok]), 1.0)
             new = np.where(votes_p.any(1), votes_p.argmax(1), t)
+            if t != _LESION:
+                by_lesion = np.zeros(lab.max() + 1, bool)
+                by_lesion[pl[ct == _LESION]] = True
+                speck = ~votes_p.any(1) & by_lesion & (size < LESION_SPECK_VOXELS * float(np.prod(zooms)))
+                new[speck] = _LESION
             ttags[sel] = new[labs]
             took.update(int(u) for u in np.unique(new[labs]))
             n_moved += len(sel)
