@@ -127,6 +127,20 @@ def test_the_cache_tells_apart_heads_that_differ_only_under_a_lesion(tmp_path, m
     assert c.from_cache and c.cache_file == b.cache_file and again.n_tets == second.n_tets
 
 
+def test_grey_matter_inside_the_white_matter_is_refused():
+    """A label map with white and grey matter swapped: the head's outside nests, so the outer-surface test
+    passed it, and the mesher gave the grey matter two pieces and the white matter -8 % (an independent
+    tester).  Refused before meshing, naming the swap; the heads as labelled pass."""
+    from stimsim.head.meshers import make_head_mesh
+
+    vol = _spheres(40, (18.0, 16.0, 14.0, 12.0, 9.0))  # colin27 map: 4 grey matter, 5 white matter
+    swapped = vol.copy()
+    swapped[vol == 4], swapped[vol == 5] = 5, 4
+    with pytest.raises(MeshError, match="grey matter lies inside the white matter.*swapped"):
+        make_head_mesh(swapped, np.eye(4), "colin27", method="lattice", element_size_mm=2.0, progress=False, cache=False)
+    make_head_mesh(vol, np.eye(4), "colin27", method="lattice", element_size_mm=2.0, progress=False, cache=False)
+
+
 def test_lesion_changes_tags(sphere_head):
     from stimsim.head.meshers import make_head_mesh
 
@@ -196,6 +210,9 @@ def test_oblique_affine_meshed_as_rotated_sheared_and_lesion_grid_rejected(metho
         make_head_mesh(vol, broken, "colin27", **kw)
     with pytest.raises(MeshError, match="grid"):
         make_head_mesh(vol, np.eye(4), "colin27", lesion=np.ones((5, 5, 5), bool), **kw)
+    fuzzy = np.full(vol.shape, 0.5)  # a lesion probability map: the fix is a threshold
+    with pytest.raises(MeshError, match="lesion: values are not 0 / 1.*threshold"):
+        make_head_mesh(vol, straight, "colin27", lesion=fuzzy, **kw)
 
 
 def test_mesh_command_writes_and_fails_cleanly(tmp_path, monkeypatch):

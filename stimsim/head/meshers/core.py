@@ -119,6 +119,11 @@ def load_label_volume(labels, affine=None, what: str = "labels") -> tuple[np.nda
         raise MeshError(f"{what}: the volume is empty (shape {data.shape})")
     if not np.issubdtype(data.dtype, np.integer) and data.dtype != bool:
         if not np.isfinite(data).all() or not np.all(data == np.round(data)):
+            if what == "lesion":
+                raise MeshError(f"lesion: values are not 0 / 1 (dtype {data.dtype}, "
+                                f"{'NaN or infinite values' if not np.isfinite(data).all() else 'fractions'}); "
+                                "a lesion mask marks voxels: threshold a probability map first (e.g. > 0.5) "
+                                "and save it as integers")
             raise MeshError(f"{what}: values are not integers (dtype {data.dtype}); a label volume "
                             "holds integer tissue labels, not probabilities or intensities")
         data = np.round(data)
@@ -564,6 +569,39 @@ def _outer_surface_layers(tags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.bincount(layers.ravel(), minlength=6)[:6], np.bincount(layers[surface], minlength=6)[:6]
 
 
+#: the grey matter lies inside the white matter when under this share of its faces with other layers
+#: touch a layer outside it (CSF, bone, scalp, outside the head; Colin27 and the SAMSEG head: about half)
+#: while over :data:`WM_OUTER_CONTACT_SHARE` of the white matter's do
+GM_OUTER_CONTACT_SHARE = 0.05
+WM_OUTER_CONTACT_SHARE = 0.2
+
+
+def _check_brain_nests(tags: np.ndarray, spec) -> None:
+    """Refuse grey matter enclosed by white matter (a label map with the two swapped: the outer-surface
+    test of :func:`check_layers_nest` does not see inside the head, and the mesher then gave the grey
+    matter two pieces and the white matter -8 %)."""
+    layer = layer_lut(max(256, int(tags.max()) + 1)).astype(np.int8)[tags]
+    touch = np.zeros((6, 6), np.int64)  # faces between layer i and layer j (i != j)
+    for ax in range(3):
+        lo, hi = [slice(None)] * 3, [slice(None)] * 3
+        lo[ax], hi[ax] = slice(0, -1), slice(1, None)
+        a, b = layer[tuple(lo)].ravel(), layer[tuple(hi)].ravel()
+        diff = a != b
+        pair = np.bincount(a[diff].astype(np.int64) * 6 + b[diff], minlength=36).reshape(6, 6)
+        touch += pair + pair.T
+    gm, wm = touch[4], touch[5]
+    if not gm.sum() or not wm.sum() or not touch[4, 5]:
+        return
+    gm_out, wm_out = gm[:4].sum() / gm.sum(), wm[:4].sum() / wm.sum()
+    if gm_out < GM_OUTER_CONTACT_SHARE and wm_out > WM_OUTER_CONTACT_SHARE:
+        which = f"--labels {spec}" if isinstance(spec, (str, os.PathLike)) else "the label map"
+        raise MeshError(f"labels: the grey matter lies inside the white matter as {which} reads them "
+                        f"({100 * (1 - gm_out):.0f} % of the grey matter's surface touches white matter, "
+                        f"{100 * wm_out:.0f} % of the white matter's touches CSF, bone, scalp or the outside): "
+                        "the white- and grey-matter labels look swapped; check the label map "
+                        "(label -> tag: 1 WM, 2 GM, 3 CSF, 4 bone, 5 scalp)")
+
+
 def check_layers_nest(tags: np.ndarray, zooms, raw_sub: np.ndarray | None = None, spec=None) -> None:
     """Refuse labels whose tissues, as the label map reads them, do not nest: the outermost layer
     present (scalp, else bone, ...) covers under :data:`NESTING_OUTER_SHARE` of the head's outer
@@ -571,6 +609,7 @@ def check_layers_nest(tags: np.ndarray, zooms, raw_sub: np.ndarray | None = None
     :func:`_nesting_step`-th voxel; ``raw_sub``: the labels before the map on those voxels
     (``labels[::k, ::k, ::k]``), for the error's hint: the built-in maps under which they nest."""
     step = _nesting_step(zooms)
+    _check_brain_nests(tags[::step, ::step, ::step], spec)
     head, surface = _outer_surface_layers(tags[::step, ::step, ::step])
     if not surface.sum():
         return
