@@ -139,6 +139,13 @@ def test_grey_matter_inside_the_white_matter_is_refused():
     with pytest.raises(MeshError, match="grey matter lies inside the white matter.*swapped"):
         make_head_mesh(swapped, np.eye(4), "colin27", method="lattice", element_size_mm=2.0, progress=False, cache=False)
     make_head_mesh(vol, np.eye(4), "colin27", method="lattice", element_size_mm=2.0, progress=False, cache=False)
+    # a brain of white matter only with a lesion (tag 11, brain for the layers) inside: not grey matter
+    from stimsim.head.meshers.core import check_layers_nest
+
+    tags = apply_label_map(vol, label_map("colin27"))
+    tags[tags == 2] = 1
+    tags[18:22, 18:22, 18:22] = 11
+    check_layers_nest(tags, np.ones(3))
 
 
 def test_lesion_changes_tags(sphere_head):
@@ -233,15 +240,23 @@ def test_mesh_command_writes_and_fails_cleanly(tmp_path, monkeypatch):
     assert not (tmp_path / "x.stl").exists()
     assert mesh_command(p, "colin27", tmp_path / "y.msh", 2.0, None, progress=False, method="delaunay") == 2
     assert sorted(f.name for f in tmp_path.iterdir()) == ["cache", "head.msh", "head.summary.json", "labels.nii.gz"]  # no temp files
-    # its own output is replaced (from the cache here); a file stimsim did not write is not, whether or
-    # not a summary of another mesh lies beside it
-    assert mesh_command(p, "colin27", out, 1.5, None, progress=False, method="lattice") == 0
+    # its own output is replaced (from the cache here), also after another format beside it shared the
+    # summary; a file stimsim did not write is not, nor one changed since, nor one a summary of
+    # another mesh lies beside
+    kw = {"progress": False, "method": "lattice"}
+    assert mesh_command(p, "colin27", out.with_suffix(".vtu"), 1.5, None, **kw) == 0
+    assert mesh_command(p, "colin27", out, 1.5, None, **kw) == 0
+    assert mesh_command(p, "colin27", out.with_suffix(".vtu"), 1.5, None, **kw) == 0
+    with open(out, "a") as fh:  # edited since (a user's own changes)
+        fh.write("$Comments\nmine\n$EndComments\n")
+    assert mesh_command(p, "colin27", out, 1.5, None, **kw) == 2
+    assert out.read_bytes().endswith(b"mine\n$EndComments\n")
     mine = tmp_path / "mine.msh"
     mine.write_text("my own data\n")
-    assert mesh_command(p, "colin27", mine, 1.5, None, progress=False, method="lattice") == 2
+    assert mesh_command(p, "colin27", mine, 1.5, None, **kw) == 2
     assert mine.read_text() == "my own data\n" and not (tmp_path / "mine.summary.json").exists()
     (tmp_path / "head.summary.json").rename(tmp_path / "mine.summary.json")  # ours, but of head.msh
-    assert mesh_command(p, "colin27", mine, 1.5, None, progress=False, method="lattice") == 2
+    assert mesh_command(p, "colin27", mine, 1.5, None, **kw) == 2
     assert mine.read_text() == "my own data\n"
 
 

@@ -120,7 +120,7 @@ def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: floa
         if not out.parent.exists():
             raise StimsimError(f"--out {out}: folder {out.parent} does not exist")
         summary_path = mesh_summary_path(out)
-        _check_replaceable(out, summary_path)
+        _check_replaceable(out, summary_path)  # before the work; again before the write (it takes minutes)
         method = resolve_method(method)
         mesh, info = make_head_mesh(Path(labels), None, labels_map, method=method, element_size_mm=element_size_mm,
                                     lesion=lesion, lesion_tag=lesion_tag, progress=progress, return_info=True,
@@ -132,10 +132,14 @@ def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: floa
             from ..outputs import atomic_file
 
             ext = next(e for e in (".msh.gz", ".msh", ".vtu") if out.name.lower().endswith(e))
+            others = _check_replaceable(out, summary_path)
             with atomic_file(summary_path) as tmp_summary:
-                _write_json(tmp_summary, summary)
                 with atomic_file(out, suffix=ext) as tmp_mesh:
                     write_mesh(tmp_mesh, mesh)
+                    # the meshes this summary vouches for: this one as written, and the others beside it
+                    summary["meshes_sha256"] = {**{k: v for k, v in others.items() if k != out.name},
+                                                out.name: _sha256(tmp_mesh)}
+                    _write_json(tmp_summary, summary)
                 # the mesh is in place; the summary follows (a failed mesh rename removes both temporaries)
         except OSError as exc:
             raise StimsimError(f"--out {out}: cannot write ({exc}); choose a folder you can write to, with "
@@ -176,22 +180,54 @@ def _our_summary(path: Path) -> dict | None:
     return data if isinstance(data, dict) and data.get("format") == MESH_SUMMARY_FORMAT else None
 
 
-def _check_replaceable(out: Path, summary: Path) -> None:
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    d = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            d.update(block)
+    return d.hexdigest()
+
+
+def _meshes_written(summary: dict | None) -> dict[str, str | None]:
+    """{file name: sha256 or None (a summary before the hashes)} of the meshes a summary says stimsim
+    mesh wrote beside it (X.msh, X.msh.gz and X.vtu share one summary)."""
+    if not summary:
+        return {}
+    out = {str(k): (str(v) if v else None) for k, v in (summary.get("meshes_sha256") or {}).items()}
+    if summary.get("mesh") and str(summary["mesh"]) not in out:
+        out[str(summary["mesh"])] = None
+    return out
+
+
+def _check_replaceable(out: Path, summary: Path) -> dict[str, str | None]:
     """An existing mesh or summary is replaced only when stimsim mesh wrote it: the summary is ours
-    (its format), and an existing mesh is the one that summary names (a mesh file carries no mark of
-    its own)."""
+    (its format), and an existing mesh is one that summary lists, with the content it recorded (a mesh
+    file carries no mark of its own; one edited or copied over since is not replaced).  Returns the
+    meshes the summary lists (the new summary keeps those still there)."""
+    import os
+
     if out.is_dir() or out.is_symlink():
         raise StimsimError(f"--out {out} is a folder or a link; give a new file name")
+    ours = None
     if summary.exists() or summary.is_symlink():
-        if summary.is_symlink() or _our_summary(summary) is None:
+        ours = None if summary.is_symlink() else _our_summary(summary)
+        if ours is None:
             raise StimsimError(f"--out: {summary} exists and was not written by stimsim mesh; move it away or "
                                "choose another --out")
+    written = _meshes_written(ours)
     if out.exists():
-        ours = _our_summary(summary)
-        if ours is None or ours.get("mesh") != out.name:
-            raise StimsimError(f"--out {out} exists and was not written by stimsim mesh (no summary of it, "
-                               f"{summary.name}, beside it); stimsim replaces only its own files: move it away or "
-                               "choose another --out")
+        same = [name for name in written if (out.parent / name).exists()
+                and os.path.samefile(out, out.parent / name)]
+        if not same:
+            raise StimsimError(f"--out {out} exists and no stimsim summary beside it ({summary.name}) names it; "
+                               "stimsim replaces only its own files: move it away or choose another --out")
+        sha = written[same[0]]
+        if sha is not None and _sha256(out) != sha:
+            raise StimsimError(f"--out {out} has changed since stimsim mesh wrote it; stimsim replaces only its "
+                               "own files: move it away or choose another --out")
+    return {name: sha for name, sha in written.items() if (out.parent / name).exists()}
 
 
 def _mesh_summary(out: Path, labels: Path, method: str, info, q: dict, expected: dict) -> dict:

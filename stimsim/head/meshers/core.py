@@ -580,19 +580,24 @@ def _check_brain_nests(tags: np.ndarray, spec) -> None:
     """Refuse grey matter enclosed by white matter (a label map with the two swapped: the outer-surface
     test of :func:`check_layers_nest` does not see inside the head, and the mesher then gave the grey
     matter two pieces and the white matter -8 %)."""
-    layer = layer_lut(max(256, int(tags.max()) + 1)).astype(np.int8)[tags]
-    touch = np.zeros((6, 6), np.int64)  # faces between layer i and layer j (i != j)
+    # 1 white matter, 2 grey matter (tags 1 and 2 only: a lesion, a tumour or a lead tagged above 10
+    # counts as brain for the layers, not as grey matter), 3 outside them (CSF, bone, scalp, eyes ...,
+    # the background); 0 the rest, left out
+    cls = np.where(layer_lut(max(256, int(tags.max()) + 1))[tags] <= 3, 3, 0).astype(np.int8)
+    cls[tags == 1] = 1
+    cls[tags == 2] = 2
+    touch = np.zeros((4, 4), np.int64)  # faces between class i and class j (i != j)
     for ax in range(3):
         lo, hi = [slice(None)] * 3, [slice(None)] * 3
         lo[ax], hi[ax] = slice(0, -1), slice(1, None)
-        a, b = layer[tuple(lo)].ravel(), layer[tuple(hi)].ravel()
-        diff = a != b
-        pair = np.bincount(a[diff].astype(np.int64) * 6 + b[diff], minlength=36).reshape(6, 6)
+        a, b = cls[tuple(lo)].ravel(), cls[tuple(hi)].ravel()
+        diff = (a != b) & (a > 0) & (b > 0)
+        pair = np.bincount(a[diff].astype(np.int64) * 4 + b[diff], minlength=16).reshape(4, 4)
         touch += pair + pair.T
-    gm, wm = touch[4], touch[5]
-    if not gm.sum() or not wm.sum() or not touch[4, 5]:
+    gm, wm = touch[2], touch[1]
+    if not gm.sum() or not wm.sum() or not touch[1, 2]:
         return
-    gm_out, wm_out = gm[:4].sum() / gm.sum(), wm[:4].sum() / wm.sum()
+    gm_out, wm_out = gm[3] / gm.sum(), wm[3] / wm.sum()
     if gm_out < GM_OUTER_CONTACT_SHARE and wm_out > WM_OUTER_CONTACT_SHARE:
         which = f"--labels {spec}" if isinstance(spec, (str, os.PathLike)) else "the label map"
         raise MeshError(f"labels: the grey matter lies inside the white matter as {which} reads them "
