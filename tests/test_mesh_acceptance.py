@@ -794,3 +794,19 @@ def test_a_lesion_leaves_no_specks_of_the_tissue_around_it(centre_mm, radius_mm)
     assert all(c["pieces"] == 1 for c in conn.values()), conn
     v = mesh.volumes_mm3[mesh.tet_tags == 11].sum()
     assert abs(v / info.expected_volume_mm3[11] - 1) < 0.01, v / info.expected_volume_mm3[11] - 1
+
+
+def test_a_piece_the_labels_have_apart_is_not_taken_for_a_speck():
+    """The lesion speck rule leaves alone a piece of tissue that the labels (outside the lesion) have
+    apart from the tissue's main piece: spared white matter inside a lesion mask, a ventricle's horn."""
+    from stimsim.head.meshers.surface import _own_label_piece
+
+    tags = np.full((12, 12, 12), 2, np.uint8)  # grey matter around
+    tags[1:6, 1:11, 1:11] = 1  # the white matter's main piece
+    tags[9:11, 5:7, 5:7] = 1  # a small piece of its own
+    lesion = np.zeros(tags.shape, bool)
+    lesion[7:12, 3:9, 3:9] = True
+    lesion[9:11, 5:7, 5:7] = False  # spared by the mask
+    cen = np.array([[3.0, 5.0, 5.0], [9.6, 5.4, 5.5], [7.0, 4.0, 4.0]])  # in the main piece, the own one, the lesion
+    own = _own_label_piece(np.arange(3), np.arange(3), 1, tags, lesion, cen, np.ones(3), 3)
+    assert own.tolist() == [False, True, False]

@@ -1865,6 +1865,10 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                 by_lesion = np.zeros(lab.max() + 1, bool)
                 by_lesion[pl[ct == _LESION]] = True
                 speck = ~votes_p.any(1) & by_lesion & (size < LESION_SPECK_VOXELS * float(np.prod(zooms)))
+                if speck.any() and lesion is not None:
+                    # ... but not tissue the labels have as a piece of its own (white matter a lesion
+                    # mask spares, a ventricle's horn): a speck lies in the labels' main piece
+                    speck &= ~_own_label_piece(sel, labs, t, tags, lesion, cen, zooms, lab.max() + 1)
                 new[speck] = _LESION
             ttags[sel] = new[labs]
             took.update(int(u) for u in np.unique(new[labs]))
@@ -1911,6 +1915,22 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
         info["sub_tissues"] = sub
         info["timings_s"]["sub_tissues_s"] = time.perf_counter() - t0
     return nodes, tets, ttags, info
+
+
+def _own_label_piece(tets, piece_of_tet, tag, tags, lesion, cen, zooms, n_pieces) -> np.ndarray:
+    """For pieces (``piece_of_tet`` of each of ``tets``, ids < ``n_pieces``) of the layer fill tag
+    ``tag``: does one of their tetrahedra lie in a piece of that layer's voxels outside ``lesion``
+    (26-connected) other than the largest?  Such a piece the labels have apart from the rest."""
+    layer_of = {v: k for k, v in LAYER_FILL_TAG.items()}
+    mask = (layer_lut(max(256, int(tags.max()) + 1))[tags] == layer_of[int(tag)]) & ~lesion
+    pieces, n = label_pieces(mask, 26)
+    out = np.zeros(n_pieces, bool)
+    if n < 2:
+        return out
+    main = int(np.argmax(np.bincount(pieces.ravel())[1:])) + 1
+    there = sample_volume(pieces, cen[tets], zooms, fill=0)
+    out[piece_of_tet[(there > 0) & (there != main)]] = True
+    return out
 
 
 def _open_bone_defects(ttags, cen, bone, phi_bone, tags, zooms, pad) -> int:
