@@ -67,7 +67,8 @@ SURFACE_MESHER_VERSION = "surf-6.18"  # 6.1: the head's box of a wide field of v
 # thickness scale with the labels' voxel size down to 0.5 mm voxels (thin_layer_floor_scale), and a
 # layer one voxel thick nearly everywhere on voxels finer than 1 mm gets surfaces sampled every 4 voxels
 # (core.one_voxel_layers; heads on voxels of 1 mm or coarser, and finer ones without a layer thin
-# nearly everywhere: the same meshes as 6.17)
+# nearly everywhere: the same meshes as 6.17), and specks of a tissue only a lesion touches are lesion
+# (LESION_SPECK_VOXELS; heads without a lesion: the same meshes as 6.17)
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
 #: (3 mm at the default 4 mm surfaces), in these layers (scalp's, bone's, CSF's; :func:`_interface_points`).
 #: A 56 mm sphere whose skull is compact | spongy | compact bone 2 | 4 | 2 mm: the brain's E 22 % off
@@ -82,8 +83,10 @@ INTERFACE_POINT_CELL = 0.75
 #: the label grid 0.984, 0.979, 0.975 (docs/meshing.md, surf-6.17)
 LESION_CLEARANCE_OF_CELL = 0.25
 INTERFACE_POINT_LAYERS = (1, 2, 3)
-#: a piece of a tissue that only a lesion touches, smaller than this many voxels, is lesion (specks of
-#: tetrahedra the lesion's staircase cut off; surf-6.18).  Larger ones stay (a ventricle a lesion splits)
+#: a piece of a tissue that only a lesion touches, smaller than this many voxels of the grid meshed (on
+#: a coarse copy of fine labels: its blocks), is lesion (specks of tetrahedra the lesion's staircase
+#: cut off; surf-6.18).  Larger ones stay (a ventricle a lesion splits), and so do pieces the labels
+#: have apart from the tissue's main piece (:func:`_own_label_piece`)
 LESION_SPECK_VOXELS = 27
 #: a CSF tetrahedron whose centre's voxel is farther than this many voxels from the CSF's lies in the
 #: sheet the minimum thickness keeps where the labels have none (:func:`_open_csf_gaps`; surf-6.9)
