@@ -1924,8 +1924,7 @@ def _own_label_piece(tets, piece_of_tet, tag, tags, lesion, cen, zooms, n_pieces
     """For pieces (``piece_of_tet`` of each of ``tets``, ids < ``n_pieces``) of the layer fill tag
     ``tag``: does one of their tetrahedra lie in a piece of that layer's voxels outside ``lesion``
     (26-connected) other than the largest?  Such a piece the labels have apart from the rest."""
-    layer_of = {v: k for k, v in LAYER_FILL_TAG.items()}
-    mask = (layer_lut(max(256, int(tags.max()) + 1))[tags] == layer_of[int(tag)]) & ~lesion
+    mask = (layer_lut(max(256, int(tags.max()) + 1))[tags] == LAYER_OF_TAG[int(tag)]) & ~lesion
     pieces, n = label_pieces(mask, 26)
     out = np.zeros(n_pieces, bool)
     if n < 2:
