@@ -421,3 +421,86 @@ from . import edge_merge as _edge_merge  # noqa: E402  (plain Python, no imports
 
 #: :func:`stimsim.head.meshers.edge_merge.plan_merges`, compiled
 plan_merges = _edge_merge.compiled(numba.njit)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _root(parent, i):  # pragma: no cover - compiled
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]  # path halving
+        i = parent[i]
+    return i
+
+
+@numba.njit(cache=True, nogil=True)
+def _face_components(keep, neighbors, key, idx, local):  # pragma: no cover - compiled
+    n = len(idx)
+    parent = np.arange(n)
+    for a in range(n):
+        t = idx[a]
+        for j in range(4):
+            o = neighbors[t, j]
+            if o > t and keep[o] and key[o] == key[t]:  # (each face once: from its lower tetrahedron)
+                ra, rb = _root(parent, a), _root(parent, local[o])
+                if ra != rb:
+                    if ra < rb:
+                        parent[rb] = ra
+                    else:
+                        parent[ra] = rb
+    lab = np.empty(n, np.int64)
+    n_comp = 0
+    for a in range(n):  # numbered in the order of each component's first tetrahedron
+        r = _root(parent, a)
+        if r == a:
+            lab[a] = n_comp
+            n_comp += 1
+        else:
+            lab[a] = lab[r]
+    return n_comp, lab
+
+
+def face_components(keep: np.ndarray, neighbors: np.ndarray, key: np.ndarray):
+    """:func:`stimsim.head.meshers.topology.face_components` by union-find: the same components,
+    numbered alike (in the order of each one's first tetrahedron, as scipy's ``connected_components``
+    numbers them), without building the face graph (Colin27: 0.47 -> 0.02 s a call)."""
+    keep = np.ascontiguousarray(keep, np.bool_)
+    idx = np.flatnonzero(keep)
+    local = np.full(len(keep), -1, np.int64)
+    local[idx] = np.arange(len(idx))
+    n, lab = _face_components(keep, np.ascontiguousarray(neighbors, np.int64), np.ascontiguousarray(key),
+                              idx, local)
+    return idx, n, lab
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _tissue_shares(pts, labels, column, n_samples, out):  # pragma: no cover - compiled
+    nx, ny, nz = labels.shape
+    n = out.shape[0]
+    for t in numba.prange(n):
+        for s in range(n_samples):
+            q = s * n + t
+            x = min(max(pts[0, q], 0.0), nx - 1.0)
+            y = min(max(pts[1, q], 0.0), ny - 1.0)
+            z = min(max(pts[2, q], 0.0), nz - 1.0)
+            i0, j0, k0 = int(np.floor(x)), int(np.floor(y)), int(np.floor(z))
+            fx, fy, fz = x - i0, y - j0, z - k0
+            i1, j1, k1 = min(i0 + 1, nx - 1), min(j0 + 1, ny - 1), min(k0 + 1, nz - 1)
+            for c in range(8):
+                i = i1 if c & 4 else i0
+                j = j1 if c & 2 else j0
+                k = k1 if c & 1 else k0
+                w = (fx if c & 4 else 1.0 - fx) * (fy if c & 2 else 1.0 - fy) * (fz if c & 1 else 1.0 - fz)
+                col = column[labels[i, j, k]]
+                if col >= 0 and w > 0.0:
+                    out[t, col] += w
+
+
+def tissue_shares(pts: np.ndarray, labels: np.ndarray, column: np.ndarray, n_samples: int, n_tissues: int) -> np.ndarray:
+    """Per tetrahedron, the sum over its ``n_samples`` points (``pts``: (3, n_samples * n) voxel
+    coordinates, sample-major) of each tissue's indicator interpolated trilinearly (``column``: tag ->
+    tissue column, -1 for none; coordinates beyond the grid read its edge): what
+    ``scipy.ndimage.map_coordinates(labels == tag, order=1, mode="nearest")`` gives tissue by tissue,
+    in one pass over the points (:func:`stimsim.head.meshers.sub_tissues._fractions`)."""
+    out = np.zeros((pts.shape[1] // n_samples, n_tissues))
+    _tissue_shares(np.ascontiguousarray(pts, np.float64), labels, np.ascontiguousarray(column, np.int64),
+                   n_samples, out)
+    return out

@@ -1400,6 +1400,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
                 sub_tissue_joined={_INSIDE_BRAIN[9]: 9} if sulcal_mm3 else None,
                 sub_tissue_volumes_mm3=want, **opts)
         timings.update(minfo.pop("timings_s", {}))
+        neighbors = minfo.pop("tet_neighbors", None)
         if sulcal_mm3:
             fold_tets = tets[ttags == _INSIDE_BRAIN[3]]
             minfo["sulcal_csf"] = {"radius_mm": sulcal_r, "voxel_mm3": sulcal_mm3,
@@ -1424,7 +1425,8 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         if not len(tets):
             raise MeshError(f"the {method} mesher made no tetrahedra of these labels (tissues {sorted(counts)}); "
                             "use a smaller --element-size or check the labels")
-        mesh, neighbors = _world_mesh(nodes, tets, ttags, zooms, affine, method)
+        mesh, neighbors = _world_mesh(nodes, tets, ttags, zooms, affine, method,
+                                      neighbors if method == "surface" else None)
     merged, expected = _sub_tissues_merged(mesh, expected, method, lesion_mm3, lesion_tag, inner_csf)
     info = HeadMeshInfo(raw_vol, clean_vol, moved, int(minfo.pop("closure_tets", 0)), timings, None, method, minfo,
                         expected_volume_mm3=expected, merged_tags=merged, cut_faces=cut)
@@ -1480,14 +1482,17 @@ def _check_result(mesh: Mesh, expected: dict, h: float, method: str, check: bool
 
 
 def _world_mesh(nodes: np.ndarray, tets: np.ndarray, ttags: np.ndarray, zooms, affine: np.ndarray,
-                method: str) -> tuple[Mesh, np.ndarray]:
+                method: str, neighbors: np.ndarray | None = None) -> tuple[Mesh, np.ndarray]:
     """Local-frame (voxel index * zoom) mesh -> world-frame :class:`Mesh` with only the used nodes,
     positively oriented tets and the outer / interface triangles; and its tets' face neighbours
-    (:func:`.topology.tet_neighbors`, which the quality summary uses again)."""
+    (:func:`.topology.tet_neighbors`, which the quality summary uses again; ``neighbors``: those of
+    ``tets``, where known, reordered here as the orientation reorders the tets' nodes)."""
     nodes, tets = compact_nodes(nodes, tets)
     world = nodes / zooms @ affine[:3, :3].T + affine[:3, 3]
-    tets = orient_tets(world, tets)  # flips all of them for a left-handed affine
-    nb = tet_neighbors(tets)
+    nb = None if neighbors is None else np.array(neighbors, np.int64)
+    tets = orient_tets(world, tets, nb)  # flips all of them for a left-handed affine
+    if nb is None:
+        nb = tet_neighbors(tets)
     tris, tri_tags = _surface_triangles(tets, ttags, nb)
     mesh = Mesh(world, tets, ttags, tris, tri_tags)
     bad = mesh.signed_volumes_mm3 <= 0

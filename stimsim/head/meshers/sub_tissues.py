@@ -14,10 +14,10 @@ of tetrahedra, as the lattice mesher's are (design notes: docs/meshing.md, surf-
 from __future__ import annotations
 
 import numpy as np
-import scipy.ndimage as ndi
 
 from ...tissues import LAYER_FILL_TAG, layer_lut
 from ..labels import value_counts
+from ._kernels import tissue_shares
 from .topology import ISLAND_FRACTION, face_components, label_pieces, signed_volumes, tet_neighbors
 
 #: how far (voxels along each axis) a tetrahedron whose centroid lies outside its layer's voxels
@@ -93,15 +93,7 @@ def _fractions_chunk(p, labels, zooms, tags):
     mixed = np.flatnonzero(~whole)
     if not len(mixed):
         return f
-    pts = pts[:, :, mixed].reshape(3, -1)
-    lo = np.maximum(np.floor(pts.min(1)).astype(np.int64) - 1, 0)
-    up = np.minimum(np.ceil(pts.max(1)).astype(np.int64) + 2, labels.shape)
-    box = labels[tuple(slice(a, b) for a, b in zip(lo, up))]
-    pts -= lo[:, None]
-    for j, t in enumerate(tags):
-        share = ndi.map_coordinates((box == t).view(np.uint8), pts, order=1, mode="nearest", prefilter=False,
-                                    output=np.float32)
-        f[mixed, j] = share.reshape(nw, len(mixed)).sum(0)
+    f[mixed] = tissue_shares(pts[:, :, mixed].reshape(3, -1), labels, column, nw, len(tags))
     return f
 
 
@@ -544,7 +536,8 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
                      roaming: dict[int, tuple[int, ...]] | None = None,
                      volumes_mm3: dict[int, float] | None = None, never_merged=(),
                      part_of: dict[int, int] | None = None,
-                     joined_to: dict[int, int] | None = None) -> tuple[np.ndarray, dict]:
+                     joined_to: dict[int, int] | None = None,
+                     neighbors: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """Tissue tags inside the layers: returns ``(tags, info)``.
 
     ``ttags``: the layer fill tag of every tetrahedron (other tags, and those under ``skip``, the
@@ -565,7 +558,8 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
     thickness holds more than its voxels: the charm-like head at 0.5 mm, CSF +3 %);
     ``joined_to``: {tag: tissue} for a stand-in of a tissue meshed in another layer (the folds' blood, the
     CSF layer's): kept in the pieces the two make together (:func:`_in_pieces_kept`), in the layers of
-    a ``part_of`` stand-in (the folds' CSF, with which it comes; read only there).
+    a ``part_of`` stand-in (the folds' CSF, with which it comes; read only there); ``neighbors``:
+    :func:`.topology.tet_neighbors` of ``tets``, where the caller has them.
 
     Each tetrahedron reads the labels at 15 points (:data:`_SAMPLE_WEIGHTS`, :func:`_fractions`).
     One none of whose points reaches its layer's voxels (a layer kept at its minimum thickness)
@@ -601,7 +595,8 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
     offsets = _neighbourhood(zooms, SEARCH_RADIUS_VOXELS)
     shape = np.array(labels.shape)
     voxel_mm3 = float(np.prod(zooms))
-    neighbors = tet_neighbors(tets) if SMOOTHING_ROUNDS or part_of else None
+    if neighbors is None and (SMOOTHING_ROUNDS or part_of):
+        neighbors = tet_neighbors(tets)
     fill_layer = np.zeros(max(256, len(counts)), np.int64)
     for k, t in LAYER_FILL_TAG.items():
         fill_layer[t] = k

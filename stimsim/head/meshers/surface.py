@@ -34,7 +34,7 @@ from .topology import (distance_to_background, distance_to_other_side, face_comp
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
-SURFACE_MESHER_VERSION = "surf-6.18"  # 6.1: the head's box of a wide field of view, the untangling retry;
+SURFACE_MESHER_VERSION = "surf-6.19"  # 6.1: the head's box of a wide field of view, the untangling retry;
 # 6.2: pieces of the brain or white matter closer than the sub-grid kept apart; 6.3: surfaces faired
 # within a band of their level sets (the voxels' staircase); 6.4: the volume calibration held local;
 # 6.5: short surface edges merged (edge_merge.py); 6.6: a layer the labels do not have shares the next
@@ -68,7 +68,9 @@ SURFACE_MESHER_VERSION = "surf-6.18"  # 6.1: the head's box of a wide field of v
 # layer one voxel thick nearly everywhere on voxels finer than 1 mm gets surfaces sampled every 4 voxels
 # (core.one_voxel_layers; heads on voxels of 1 mm or coarser, and finer ones without a layer thin
 # nearly everywhere: the same meshes as 6.17), and specks of a tissue only a lesion touches are lesion
-# (LESION_SPECK_VOXELS; heads without a lesion: the same meshes as 6.17)
+# (LESION_SPECK_VOXELS; heads without a lesion: the same meshes as 6.17); 6.19: free vertices on the
+# walls of the folds' CSF the surfaces cannot enter (FOLD_POINT_CELL; heads without such folds, the
+# nested ellipsoids among them: the same meshes as 6.18)
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
 #: (3 mm at the default 4 mm surfaces), in these layers (scalp's, bone's, CSF's; :func:`_interface_points`).
 #: A 56 mm sphere whose skull is compact | spongy | compact bone 2 | 4 | 2 mm: the brain's E 22 % off
@@ -83,6 +85,19 @@ INTERFACE_POINT_CELL = 0.75
 #: the label grid 0.984, 0.979, 0.975 (docs/meshing.md, surf-6.17)
 LESION_CLEARANCE_OF_CELL = 0.25
 INTERFACE_POINT_LAYERS = (1, 2, 3)
+#: free TetGen vertices on the walls of the folds' CSF (and blood) that the surfaces cannot enter (their
+#: stand-ins in the grey-matter layer, core.sulcal_csf), one per this many sub-grid cells (3 mm at the
+#: default 4 mm surfaces) and tissue pair, whichever wall (the fold is narrower than a cell: a vertex on
+#: each wall made flat tetrahedra across it, Colin27 600k tetrahedra against 471k, for a small gain).
+#: A folded phantom (1.5 mm sulci 12 mm deep, tests/test_sulcal_csf.py) against its labels' own voxel
+#: model: the grey matter's E 33 % off without them, 28 % with them (27 % at ``--element-size 4``
+#: without them, with 4x the tetrahedra); docs/meshing.md, surf-6.19
+FOLD_POINT_CELL = 0.75
+#: ... and at least this many of their spacings from every surface (0.4 for the other interfaces): with
+#: 0.4 the folded phantom of 1.5 mm sulci had 39 tetrahedra below the shape bounds after the sliver pass
+#: (2 without the vertices), Colin27 53 (38); with 0.5, 21 and 39, for 72 -> 70 % of the phantom's fold
+#: voxels CSF in the mesh (44 % without)
+FOLD_POINT_CLEARANCE = 0.5
 #: a piece of a tissue that only a lesion touches, smaller than this many voxels of the grid meshed (on
 #: a coarse copy of fine labels: its blocks), is lesion (specks of tetrahedra the lesion's staircase
 #: cut off; surf-6.18).  Larger ones stay (a ventricle a lesion splits), and so do pieces the labels
@@ -1433,18 +1448,21 @@ def _lesion_points(lesion: np.ndarray, fields, zooms, pad: int, surface_cell_mm:
 
 
 def _interface_points(labels: np.ndarray, lzooms, offset_mm, fields, zooms, pad: int, spacing_mm: float,
-                      layers=None, max_points: int = 200_000) -> np.ndarray:
+                      layers=None, max_points: int = 200_000, fold_tags=(), clearance: float = 0.4) -> np.ndarray:
     """Free TetGen vertices (mm, local frame) on the interfaces between two tissues of one nesting layer
     (``layers``, default :data:`INTERFACE_POINT_LAYERS`: scalp | muscle | eyes, compact | spongy bone,
     CSF | blood): centres of the voxel faces between them, one per ``spacing_mm`` cube, tissue pair and
     side (which of the two lies outwards), the face nearest the group's mean (coarser cubes if there
-    would be more than ``max_points``), at least 0.4 spacing from every input surface.  ``labels`` (SimNIBS tags) on a grid of ``lzooms`` whose voxel-frame mm are this
-    grid's plus ``offset_mm``.  Tetrahedra with vertices on an interface follow it (docs/meshing.md,
+    would be more than ``max_points``), at least ``clearance`` spacings from every input surface.  ``labels`` (SimNIBS tags) on a grid of ``lzooms`` whose voxel-frame mm are this
+    grid's plus ``offset_mm``.  ``fold_tags``: stand-ins of the folds' CSF in the grey-matter layer (4),
+    whose interfaces with the layer's other tissues get vertices too, one per cube and pair whichever
+    side (:data:`FOLD_POINT_CELL`).  Tetrahedra with vertices on an interface follow it (docs/meshing.md,
     surf-6.12)."""
     layers = INTERFACE_POINT_LAYERS if layers is None else layers
     lz = np.asarray(lzooms, float)
     lut = layer_lut(max(256, int(labels.max()) + 1)).astype(np.int8)
-    lut[~np.isin(lut, layers)] = 0  # (an int8 layer grid: no isin over the whole grid)
+    fold_tags = np.asarray(sorted(fold_tags), np.int64)
+    lut[~np.isin(lut, tuple(layers) + ((4,) if len(fold_tags) else ()))] = 0  # (int8: no isin over the grid)
     lay = lut[labels]
     centres, keys = [], []
     for ax in range(3):
@@ -1460,6 +1478,12 @@ def _interface_points(labels: np.ndarray, lzooms, offset_mm, fields, zooms, pad:
         del face
         a = labels[tuple(lo)][tuple(idx.T)].astype(np.int64)
         b = labels[tuple(hi)][tuple(idx.T)].astype(np.int64)
+        fold = np.zeros(len(idx), bool)
+        if len(fold_tags):  # in the grey-matter layer, only the walls of the folds' stand-ins
+            fold = lay[tuple(lo)][tuple(idx.T)] == 4
+            wall = np.isin(a, fold_tags) | np.isin(b, fold_tags)
+            if not (wall | ~fold).all():
+                idx, a, b, fold = idx[wall | ~fold], a[wall | ~fold], b[wall | ~fold], fold[wall | ~fold]
         c = idx.astype(float)
         c[:, ax] += 0.5
         centres.append(c * lz)
@@ -1471,14 +1495,19 @@ def _interface_points(labels: np.ndarray, lzooms, offset_mm, fields, zooms, pad:
         local = c * lz - np.asarray(offset_mm, float)
         grows = _trilinear(fields[0], local + step, zooms, pad) > _trilinear(fields[0], local - step, zooms, pad)
         outer = np.where(grows, b, a)
-        keys.append(np.column_stack([np.minimum(a, b), np.maximum(a, b), outer == np.maximum(a, b)]))
+        # (a fold narrower than a cube: one vertex on either wall, not one on each)
+        keys.append(np.column_stack([np.minimum(a, b), np.maximum(a, b), (outer == np.maximum(a, b)) & ~fold]))
     pts = np.concatenate(centres)
     if not len(pts):
         return pts
     s = max(float(spacing_mm), (float(len(pts)) * float(np.prod(lz)) ** (2 / 3) / max_points) ** 0.5)
     group = np.column_stack([np.floor(pts / s).astype(np.int64), np.concatenate(keys)])
-    _, inv, count = np.unique(group, axis=0, return_inverse=True, return_counts=True)
-    inv = inv.ravel()
+    # one int64 per row, in the rows' lexicographic order (np.unique(axis=0) sorted the rows: 4x slower)
+    group -= group.min(0)
+    code = np.zeros(len(group), np.int64)
+    for col, n in zip(group.T, group.max(0) + 1):
+        code = code * n + col
+    _, inv, count = np.unique(code, return_inverse=True, return_counts=True)
     mean = np.zeros((len(count), 3))
     np.add.at(mean, inv, pts)
     mean /= count[:, None]
@@ -1488,7 +1517,7 @@ def _interface_points(labels: np.ndarray, lzooms, offset_mm, fields, zooms, pad:
     order = np.lexsort((d, inv))
     first = order[np.r_[True, inv[order][1:] != inv[order][:-1]]]
     pts = pts[first] - np.asarray(offset_mm, float)
-    return pts[_clear_of_surfaces(pts, fields, zooms, pad, 0.4 * s)]
+    return pts[_clear_of_surfaces(pts, fields, zooms, pad, clearance * s)]
 
 
 class TetGenFailed(MeshError):
@@ -1528,7 +1557,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                            fair_rounds=0, fair_band_vox=0.3, local_calibration_mm=0.0, min_edge_cell=0.0,
                            sub_tissue_labels=None, sub_tissue_roaming=None, sub_tissue_volumes_mm3=None,
                            sub_tissue_never_merged=(), sub_tissue_part_of=None, sub_tissue_joined=None,
-                           interface_point_cell=0.0, thin_layer_scale=0.0, thin_layer_voxel_mm=1.0):
+                           interface_point_cell=0.0, fold_point_cell=0.0, thin_layer_scale=0.0,
+                           thin_layer_voxel_mm=1.0):
     """Nested surfaces -> TetGen.  Returns ``(nodes_mm_local, tets, tet_tags, info)``.
 
     ``h``: target element size (mm); tets get a max volume ``h^3 / (6 sqrt 2)`` (regular tet
@@ -1556,7 +1586,9 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     however far off their volume, ``sub_tissue_part_of``: {stand-in: tissue} (the folds' CSF),
     ``sub_tissue_joined``: {stand-in: tissue} (the folds' blood) (:func:`.sub_tissues.keep_sub_tissues`).
     ``interface_point_cell``: free vertices on the interfaces between tissues of one layer (compact
-    and spongy bone ...; :func:`_interface_points`), one per this many sub-grid cells (0: none).
+    and spongy bone ...; :func:`_interface_points`), one per this many sub-grid cells (0: none);
+    ``fold_point_cell``: the same on the walls of the folds' CSF and blood (the stand-ins of
+    ``sub_tissue_part_of`` and ``sub_tissue_joined``; :data:`FOLD_POINT_CELL`).
     ``thin_layer_scale``: minimum thicknesses of layers thin nearly everywhere lowered down to this
     scale (:func:`_thin_layer_floors`; 0: off; listed in the info's ``"thin_layers"``), their lowest
     floors scaled with ``thin_layer_voxel_mm``, the labels' voxel size (:func:`thin_layer_floor_scale`).
@@ -1654,13 +1686,20 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                                surface_cell_mm=step * float(np.max(zooms)))
         verts.append(extra)
         info["lesion_points"] = len(extra)
+    lab, lz, loff = (tags, zooms, 0.0) if sub_tissue_labels is None else sub_tissue_labels[:3]
     if interface_point_cell:  # free vertices on the interfaces between tissues of one layer
-        lab, lz, loff = (tags, zooms, 0.0) if sub_tissue_labels is None else sub_tissue_labels[:3]
         if set(layers_with_sub_tissues(value_counts(lab, minlength=256))) & set(INTERFACE_POINT_LAYERS):
             extra = _interface_points(lab, lz, loff, [phi for _, phi in fields], zooms, pad,
                                       float(interface_point_cell) * cell)
             verts.append(extra)
             info["interface_points"] = len(extra)
+    fold_tags = sorted({*(sub_tissue_part_of or {}), *(sub_tissue_joined or {})})
+    if fold_point_cell and fold_tags:  # ... and on the walls of the folds' CSF
+        extra = _interface_points(lab, lz, loff, [phi for _, phi in fields], zooms, pad,
+                                  float(fold_point_cell) * cell, layers=(), fold_tags=fold_tags,
+                                  clearance=FOLD_POINT_CLEARANCE)
+        verts.append(extra)
+        info["fold_points"] = len(extra)
     verts = np.concatenate(verts)
     faces = np.concatenate(faces)
     # marching-cubes points lie on grid lines (many exactly coplanar): a 1e-4 mm jitter keeps
@@ -1891,11 +1930,12 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
             big = np.argmax(np.bincount(lab, weights=vol[idx]))
             keep[idx[lab != big]] = False
     tets, ttags = tets[keep], ttags[keep]
+    nb = _kept_neighbors(nb, keep)
     lesion_tets = ttags == _LESION
     ttags[lesion_tets] = int(lesion_tag)
     info["timings_s"]["tags_s"] = time.perf_counter() - t0
     if sliver_move and len(tets):
-        nodes, info["slivers"] = _perturb_slivers(nodes, tets, ttags, nb, keep, sliver_move * float(np.min(zooms)),
+        nodes, info["slivers"] = _perturb_slivers(nodes, tets, ttags, nb, sliver_move * float(np.min(zooms)),
                                                   progress_cb)
         info["timings_s"]["slivers_s"] = info["slivers"].pop("time_s")
         if "skipped" not in info["slivers"]:  # then edge flips inside one tissue (the lesion apart)
@@ -1904,6 +1944,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
             t1 = time.perf_counter()
             key = np.where(lesion_tets, -1, ttags.astype(np.int64))
             tets, key, info["slivers"]["flips"] = flip_slivers(nodes, tets, key)
+            if any(info["slivers"]["flips"].get(k) for k in ("flips_3_2", "flips_4_4")):
+                nb = tet_neighbors(tets)
             lesion_tets = key == -1
             ttags = np.where(lesion_tets, int(lesion_tag), key).astype(ttags.dtype)
             info["timings_s"]["slivers_s"] += time.perf_counter() - t1
@@ -1913,10 +1955,11 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     ttags, sub = keep_sub_tissues(ttags, nodes, tets, labels, lzooms, offset_mm=loff, skip=lesion_tets,
                                   lesion_voxels=lmask, roaming=sub_tissue_roaming, never_merged=sub_tissue_never_merged,
                                   part_of=sub_tissue_part_of, joined_to=sub_tissue_joined,
-                                  volumes_mm3=sub_tissue_volumes_mm3)
+                                  volumes_mm3=sub_tissue_volumes_mm3, neighbors=nb)
     if sub["layers"]:
         info["sub_tissues"] = sub
         info["timings_s"]["sub_tissues_s"] = time.perf_counter() - t0
+    info["tet_neighbors"] = nb  # (for the caller's checks; not a record: core takes it out)
     return nodes, tets, ttags, info
 
 
@@ -2026,8 +2069,20 @@ def _bone_along_normal(pts, phi_bone, bone, zooms, pad) -> np.ndarray:
     return found
 
 
-def _perturb_slivers(nodes, tets, ttags, nb, keep, max_move_mm, progress_cb):
-    """:func:`.sliver.perturb_slivers` on the kept tets (their face neighbours renumbered)."""
+def _kept_neighbors(nb: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Face neighbours ``nb`` of all tetrahedra -> those of the ones ``keep`` holds, renumbered (-1
+    across a face to one dropped)."""
+    if keep.all():
+        return nb
+    new = np.cumsum(keep) - 1
+    nbk = nb[keep]
+    ok = nbk >= 0
+    ok[ok] = keep[nbk[ok]]
+    return np.where(ok, new[np.maximum(nbk, 0)], -1)
+
+
+def _perturb_slivers(nodes, tets, ttags, nb, max_move_mm, progress_cb):
+    """:func:`.sliver.perturb_slivers` on ``tets`` (face neighbours ``nb``)."""
     from ...fem.kernels import numba_ready
 
     t0 = time.perf_counter()
@@ -2039,12 +2094,7 @@ def _perturb_slivers(nodes, tets, ttags, nb, keep, max_move_mm, progress_cb):
 
     if progress_cb:
         progress_cb("slivers")
-    new = np.cumsum(keep) - 1
-    nbk = nb[keep]
-    ok = nbk >= 0
-    ok[ok] = keep[nbk[ok]]
-    nbk = np.where(ok, new[np.maximum(nbk, 0)], -1)
-    nodes, info = perturb_slivers(nodes, tets, ttags, max_move_mm=max_move_mm, neighbors=nbk)
+    nodes, info = perturb_slivers(nodes, tets, ttags, max_move_mm=max_move_mm, neighbors=nb)
     info["time_s"] = time.perf_counter() - t0
     logger.info("sliver pass: %d -> %d poorly shaped tetrahedra, %d nodes moved", info["poor_before"],
                 info["poor_after"], info["nodes_moved"])
@@ -2183,7 +2233,8 @@ def surface_defaults(h: float, zooms, surface_size_mm: float | None = None) -> d
     place for the outer four surfaces (surf-6.4), surface edges shorter than ``MIN_EDGE_CELL`` sub-grid
     cells merged (surf-6.5, :mod:`.edge_merge`), the sliver pass with surface nodes at most 0.4
     voxel off their surface faces, and free vertices every ``INTERFACE_POINT_CELL`` sub-grid cells on
-    the interfaces between tissues of one layer (surf-6.12)."""
+    the interfaces between tissues of one layer (surf-6.12), and every ``FOLD_POINT_CELL`` cells on the
+    walls of the folds' CSF (surf-6.19)."""
     z = float(np.min(zooms))
     step = max(1, round((0.5 * float(h) if surface_size_mm is None else float(surface_size_mm)) / z))
     scale = max(1.0, step * z / 2)
@@ -2191,7 +2242,7 @@ def surface_defaults(h: float, zooms, surface_size_mm: float | None = None) -> d
             "minratio": 2.0, "mindihedral": 0.0,
             "extra_switches": "YO9/7o/165", "relax_iterations": 8, "sliver_move": 0.4, "fair_rounds": 10,
             "local_calibration_mm": 10.0, "min_edge_cell": MIN_EDGE_CELL, "interface_point_cell": INTERFACE_POINT_CELL,
-            "thin_layer_scale": 1.0, "thin_layer_voxel_mm": float(np.min(zooms))}
+            "fold_point_cell": FOLD_POINT_CELL, "thin_layer_scale": 1.0, "thin_layer_voxel_mm": float(np.min(zooms))}
 
 
 def compact_for_shipping(mesh, keep_tri_tags=(1005,)):

@@ -40,12 +40,12 @@ def face_graph(keep: np.ndarray, neighbors: np.ndarray, key: np.ndarray | None =
 
 
 def face_components(keep: np.ndarray, neighbors: np.ndarray, key: np.ndarray):
-    """Connected components of tets with ``keep`` where face neighbours share ``key``."""
-    from scipy.sparse.csgraph import connected_components
+    """Connected components of tets with ``keep`` where face neighbours share ``key``: (the kept
+    tets' ids, the number of components, each kept tet's component, numbered in the order of each
+    component's first tet).  Union-find in numba (:func:`._kernels.face_components`)."""
+    from ._kernels import face_components as union_find
 
-    idx, _, g = face_graph(keep, neighbors, key)
-    n, lab = connected_components(g, directed=False)
-    return idx, n, lab
+    return union_find(keep, neighbors, key)
 
 
 def tet_neighbors(tets: np.ndarray) -> np.ndarray:
@@ -78,10 +78,13 @@ def signed_volumes(nodes: np.ndarray, tets: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", a, np.cross(b, c)) / 6.0
 
 
-def orient_tets(nodes: np.ndarray, tets: np.ndarray) -> np.ndarray:
-    """``tets`` with the negatively oriented ones flipped (in place)."""
+def orient_tets(nodes: np.ndarray, tets: np.ndarray, neighbors: np.ndarray | None = None) -> np.ndarray:
+    """``tets`` with the negatively oriented ones flipped (in place), and their ``neighbors``
+    (:func:`tet_neighbors`, face k opposite node k) reordered alike, in place."""
     neg = signed_volumes(nodes, tets) < 0
     tets[neg] = tets[neg][:, [0, 2, 1, 3]]
+    if neighbors is not None:
+        neighbors[neg] = neighbors[neg][:, [0, 2, 1, 3]]
     return tets
 
 
@@ -96,7 +99,9 @@ def vertex_incidence(cells: np.ndarray, n_vertices: int) -> tuple[np.ndarray, np
 
 def compact_nodes(nodes: np.ndarray, tets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Only the nodes the tets use, renumbered."""
-    used = np.unique(tets)
+    mask = np.zeros(len(nodes), bool)
+    mask[tets.ravel()] = True  # (np.unique sorts 4 ids per tet: Colin27 0.18 s)
+    used = np.flatnonzero(mask)
     renum = np.full(len(nodes), -1, np.int64)
     renum[used] = np.arange(len(used))
     return nodes[used], renum[tets]
