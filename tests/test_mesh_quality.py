@@ -311,3 +311,58 @@ def test_minimum_thickness_with_a_shared_field_is_the_same_with_and_without_numb
     for k in range(1, 6):
         np.testing.assert_array_equal(a[k], b[k])
     assert (a[2] >= a[1] + 1.0 - 1e-5).all() and (a[4] >= a[2] + 0.75 - 1e-5).all() and (a[5] >= a[4] + 0.75 - 1e-5).all()
+
+
+def test_face_components_kernel_is_scipys(monkeypatch):
+    """The union-find face components (numba) give the pieces scipy's connected components give on
+    the face graph, numbered alike (by each piece's first tetrahedron), for random subsets and keys of
+    a Delaunay mesh; and an empty subset."""
+    from scipy.spatial import Delaunay
+
+    import stimsim.fem.kernels as fem_kernels
+    from stimsim.head.meshers.topology import face_components, tet_neighbors
+
+    rng = np.random.default_rng(5)
+    tets = Delaunay(rng.uniform(0, 10, (3000, 3))).simplices.astype(np.int64)
+    nb = tet_neighbors(tets)
+    cases = [(np.ones(len(tets), bool), np.zeros(len(tets), np.int64))]
+    for frac in (0.9, 0.6, 0.3):
+        cases.append((rng.random(len(tets)) < frac, rng.integers(0, 3, len(tets))))
+    cases.append((np.zeros(len(tets), bool), np.zeros(len(tets), np.int64)))
+    pieces = 0
+    for keep, key in cases:
+        monkeypatch.setattr(fem_kernels, "HAVE_NUMBA", True)
+        idx, n, lab = face_components(keep, nb, key)
+        monkeypatch.setattr(fem_kernels, "HAVE_NUMBA", False)
+        idx2, n2, lab2 = face_components(keep, nb, key)
+        assert n == n2
+        np.testing.assert_array_equal(idx, idx2)
+        np.testing.assert_array_equal(lab, lab2)
+        pieces += n
+    assert pieces > 100  # the random keys split the mesh: numbering was compared on many pieces
+
+
+@pytest.mark.parametrize("dtype,order", [(np.uint8, "C"), (np.uint16, "F")])
+def test_tissue_shares_kernel_is_map_coordinates(dtype, order, monkeypatch):
+    """Each tetrahedron's tissue shares (sub_tissues._fractions): the numba kernel gives what
+    the per-tissue map_coordinates path gives, to the bit (the calibration's choices follow them),
+    for tetrahedra inside, across and beyond the grid, on labels with values past the tissues'
+    lookup table."""
+    import stimsim.fem.kernels as fem_kernels
+    from stimsim.head.meshers.sub_tissues import _fractions
+
+    rng = np.random.default_rng(11)
+    labels = np.asarray(np.repeat(rng.integers(0, 6, (14, 20, 12)), 2, axis=0), dtype=dtype, order=order)
+    if dtype == np.uint16:
+        labels[labels == 5] = 700  # past the 256 entries of the tissues' column table
+    zooms = np.array([1.0, 0.8, 1.2])
+    centre = rng.uniform(-3, 30, (6000, 1, 3))
+    p = centre + rng.uniform(-1.5, 1.5, (6000, 4, 3))
+    p[:1000] = centre[:1000] + rng.uniform(0, 0.05, (1000, 4, 3))  # small ones: mostly one voxel
+    monkeypatch.setattr(fem_kernels, "HAVE_NUMBA", True)
+    got = _fractions(p, labels, zooms, [1, 3, 4])
+    monkeypatch.setattr(fem_kernels, "HAVE_NUMBA", False)
+    want = _fractions(p, labels, zooms, [1, 3, 4])
+    np.testing.assert_array_equal(got, want)
+    whole = (got == 15).any(1)
+    assert 0.05 < whole.mean() < 0.9 and (got.sum(1) < 15).any()  # both kinds, and other tissues

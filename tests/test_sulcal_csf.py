@@ -277,12 +277,12 @@ def test_the_walls_of_narrow_folds_get_vertices():
                 assert abs(v[tag] / n[tag] - 1) < 0.01, (tag, v[tag] / n[tag] - 1)
             assert all(c["pieces"] == 1 for c in tissue_connectivity(mesh).values())
             el = info.quality["elements"]
-            assert el["poor_count"] <= 10 and len(el["poor"]) == el["poor_count"]
+            assert el["poor_count"] <= 10 and len(el["poor"]) == el["poor_count"]  # (measured 0)
         else:
             assert "fold_points" not in info.mesher
     (with_in, with_out), (without_in, without_out) = shares[None], shares[0.0]
     assert with_in > 0.58 and with_out < 0.45, shares  # (measured 0.63 and 0.40)
-    assert without_in < 0.52 and without_out > 0.5, shares  # (0.45 and 0.61)
+    assert with_in - without_in > 0.1 and without_out - with_out > 0.1, shares  # (without: 0.45, 0.61)
 
 
 def folded_field_errors(voxel_mm: float = 1.0, variants=None) -> dict:
@@ -330,3 +330,38 @@ def test_vertices_on_the_folds_bring_the_field_closer_to_the_labels():
     the voxel model itself is 5.7 % off its 0.5 mm copy)."""
     got = folded_field_errors(1.0)
     assert got["default"][0] < 0.9 * got["no fold vertices"][0], got
+
+
+def test_fold_vertices_lie_on_the_folds_walls_one_per_cube():
+    """``_interface_points`` with ``fold_tags``: vertices only on faces between a fold's stand-in and
+    another tissue of the grey-matter layer (not where the fold meets the white matter, nor between
+    grey matter and a lesion), one per cube whichever wall, every cube the walls cross given one; and
+    none without ``fold_tags``."""
+    from stimsim.head.meshers.surface import _interface_points
+
+    n, spacing = 40, 3.0
+    labels = np.full((n, n, n), 2, np.uint8)
+    labels[:, :, :8] = 1  # white matter below
+    labels[19, 4:36, 8:34] = 251  # a fold one voxel wide, down to the white matter
+    labels[30:36, 30:36, 20:30] = 11  # a lesion in the grey matter
+    pad, zooms = 3, np.ones(3)
+    c = np.arange(-pad, n + pad) - (n - 1) / 2
+    outer = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2) - 100.0
+    args = (labels, zooms, np.zeros(3), [outer], zooms, pad, spacing)
+    assert len(_interface_points(*args, layers=())) == 0
+    pts = _interface_points(*args, layers=(), fold_tags=[251], clearance=0.0)
+    assert len(pts) > 20
+    # each a face centre between the fold and grey matter (along x mostly; the fold's ends too)
+    half = np.abs(pts - np.floor(pts) - 0.5) < 1e-9
+    assert (half.sum(1) == 1).all()
+    ax = np.argmax(half, axis=1)
+    lo = np.rint(pts - 0.5 * half).astype(int)
+    hi = lo + np.eye(3, dtype=int)[ax]
+    pair = np.sort(np.stack([labels[tuple(lo.T)], labels[tuple(hi.T)]], 1), axis=1)
+    assert (pair == [2, 251]).all(), np.unique(pair, axis=0)
+    assert (ax == 0).mean() > 0.8
+    cubes = [tuple(k) for k in np.floor(pts / spacing).astype(int)]
+    assert len(set(cubes)) == len(cubes)  # one per cube, whichever wall
+    # every column of cubes the fold's x walls cross (y, z) has a vertex, on one wall or the other
+    walls = np.argwhere(labels[19] == 251)
+    assert {(j, k) for _, j, k in cubes} >= {(int(j // spacing), int(k // spacing)) for j, k in walls}

@@ -93,3 +93,30 @@ def test_non_finite_nodes_are_refused():
     object.__setattr__(mesh, "tet_tags", np.array([1]))
     with pytest.raises(ValueError, match="non-finite"):
         tet_values_on_grid(mesh, np.array([1]), (3, 3, 3), np.eye(4))
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_voxel_mesh_is_the_labels(flip):
+    """voxel_mesh: six positive tetrahedra per labelled voxel, conforming (every inner face shared by
+    two), holding the voxels' volume and, at each voxel centre, its label; its field per voxel is the
+    mean over tetrahedra v, v + n, ... (the documented order), also for a left-handed affine."""
+    from stimsim.head.meshers.topology import tet_neighbors
+    from stimsim.mesh.voxelize import voxel_mesh
+
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 4, (6, 7, 5)).astype(np.uint16)
+    labels[2, 3, 2] = 300
+    affine = np.array([[0.0, 1.2, 0.1, 3.0], [0.9, 0.0, 0.0, -2.0], [0.0, 0.0, 1.5, 1.0], [0, 0, 0, 1.0]])
+    if flip:
+        affine[:, 0] *= -1
+    mesh = voxel_mesh(labels, affine)
+    n = int(np.count_nonzero(labels))
+    assert mesh.n_tets == 6 * n and (mesh.signed_volumes_mm3 > 0).all()
+    assert np.isclose(mesh.volumes_mm3.sum(), n * abs(np.linalg.det(affine[:3, :3])))
+    np.testing.assert_array_equal(tet_values_on_grid(mesh, mesh.tet_tags, labels.shape, affine), labels)
+    np.testing.assert_array_equal(mesh.tet_tags.reshape(6, n), np.tile(labels[labels > 0], (6, 1)))
+    # conforming: a face is on the boundary only where the voxel beside it is unlabelled
+    boundary = np.count_nonzero(tet_neighbors(mesh.tets) < 0)
+    padded = np.pad(labels > 0, 1)
+    exposed = sum(np.count_nonzero(np.diff(padded.astype(int), axis=ax)) for ax in range(3))
+    assert boundary == 2 * exposed  # two triangles per exposed square

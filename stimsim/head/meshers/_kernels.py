@@ -15,6 +15,12 @@ version built (Colin27: 10 M candidate pairs, 9.7 -> ~0.3 s).  A pair of two can
 side, or crossing through a shared corner), the test the short-edge merging runs after each round:
 the arithmetic of the numpy version (``surface._touching_overlaps``) in the same order, one pass over
 each candidate's corner fans (Colin27: 10 calls, 1.0 -> 0.14 s).
+
+:func:`face_components`: connected pieces of tetrahedra across shared faces, by union-find, numbered
+as scipy's ``connected_components`` numbers them (:func:`.topology.face_components`).
+
+:func:`tissue_shares`: each tetrahedron's shares of the tissues inside a layer at its sample points,
+what ``scipy.ndimage.map_coordinates`` gives tissue by tissue, in one pass (:mod:`.sub_tissues`).
 """
 
 from __future__ import annotations
@@ -461,7 +467,7 @@ def _face_components(keep, neighbors, key, idx, local):  # pragma: no cover - co
 def face_components(keep: np.ndarray, neighbors: np.ndarray, key: np.ndarray):
     """:func:`stimsim.head.meshers.topology.face_components` by union-find: the same components,
     numbered alike (in the order of each one's first tetrahedron, as scipy's ``connected_components``
-    numbers them), without building the face graph (Colin27: 0.47 -> 0.02 s a call)."""
+    numbers them), without building the face graph (docs/meshing.md, surf-6.19)."""
     keep = np.ascontiguousarray(keep, np.bool_)
     idx = np.flatnonzero(keep)
     local = np.full(len(keep), -1, np.int64)
@@ -472,35 +478,62 @@ def face_components(keep: np.ndarray, neighbors: np.ndarray, key: np.ndarray):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _tissue_shares(pts, labels, column, n_samples, out):  # pragma: no cover - compiled
+def _tissue_shares(pts, labels, column, out):  # pragma: no cover - compiled
     nx, ny, nz = labels.shape
-    n = out.shape[0]
+    n_samples, n = pts.shape[1], pts.shape[2]
+    n_col = column.shape[0]
     for t in numba.prange(n):
+        # the nearest voxels first: all of one tissue (most tetrahedra) -> that tissue whole
+        first = -2
+        whole = True
         for s in range(n_samples):
-            q = s * n + t
-            x = min(max(pts[0, q], 0.0), nx - 1.0)
-            y = min(max(pts[1, q], 0.0), ny - 1.0)
-            z = min(max(pts[2, q], 0.0), nz - 1.0)
+            i = min(max(int(np.rint(pts[0, s, t])), 0), nx - 1)
+            j = min(max(int(np.rint(pts[1, s, t])), 0), ny - 1)
+            k = min(max(int(np.rint(pts[2, s, t])), 0), nz - 1)
+            v = labels[i, j, k]
+            col = column[v] if 0 <= v < n_col else -1
+            if col < 0 or (first != -2 and col != first):
+                whole = False
+                break
+            first = col
+        if whole:
+            out[t, first] = n_samples
+            continue
+        # else each point reads each tissue's indicator trilinearly, in float32 per point and summed
+        # in float32 over the points, as map_coordinates(..., output=np.float32) and a float32 sum did
+        acc = np.zeros(out.shape[1], np.float32)
+        val = np.zeros(out.shape[1])
+        for s in range(n_samples):
+            x = min(max(pts[0, s, t], 0.0), nx - 1.0)
+            y = min(max(pts[1, s, t], 0.0), ny - 1.0)
+            z = min(max(pts[2, s, t], 0.0), nz - 1.0)
             i0, j0, k0 = int(np.floor(x)), int(np.floor(y)), int(np.floor(z))
             fx, fy, fz = x - i0, y - j0, z - k0
             i1, j1, k1 = min(i0 + 1, nx - 1), min(j0 + 1, ny - 1), min(k0 + 1, nz - 1)
+            val[:] = 0.0
             for c in range(8):
                 i = i1 if c & 4 else i0
                 j = j1 if c & 2 else j0
                 k = k1 if c & 1 else k0
                 w = (fx if c & 4 else 1.0 - fx) * (fy if c & 2 else 1.0 - fy) * (fz if c & 1 else 1.0 - fz)
-                col = column[labels[i, j, k]]
+                v = labels[i, j, k]
+                col = column[v] if 0 <= v < n_col else -1
                 if col >= 0 and w > 0.0:
-                    out[t, col] += w
+                    val[col] += w
+            for q in range(out.shape[1]):
+                acc[q] += np.float32(val[q])
+        for q in range(out.shape[1]):
+            out[t, q] = acc[q]
 
 
-def tissue_shares(pts: np.ndarray, labels: np.ndarray, column: np.ndarray, n_samples: int, n_tissues: int) -> np.ndarray:
-    """Per tetrahedron, the sum over its ``n_samples`` points (``pts``: (3, n_samples * n) voxel
-    coordinates, sample-major) of each tissue's indicator interpolated trilinearly (``column``: tag ->
-    tissue column, -1 for none; coordinates beyond the grid read its edge): what
-    ``scipy.ndimage.map_coordinates(labels == tag, order=1, mode="nearest")`` gives tissue by tissue,
-    in one pass over the points (:func:`stimsim.head.meshers.sub_tissues._fractions`)."""
-    out = np.zeros((pts.shape[1] // n_samples, n_tissues))
-    _tissue_shares(np.ascontiguousarray(pts, np.float64), labels, np.ascontiguousarray(column, np.int64),
-                   n_samples, out)
+def tissue_shares(pts: np.ndarray, labels: np.ndarray, column: np.ndarray, n_tissues: int) -> np.ndarray:
+    """Per tetrahedron, the sum over its sample points (``pts``: (3, samples, tetrahedra) voxel
+    coordinates) of each tissue's share (``column``: tag -> tissue column, -1 for none; coordinates
+    beyond the grid read its edge): the number of points where every point's nearest voxel holds one
+    tissue, else each tissue's indicator interpolated trilinearly (what
+    ``scipy.ndimage.map_coordinates(labels == tag, order=1, mode="nearest", output=np.float32)``
+    gives tissue by tissue, summed in float32), in one pass without a copy of the grid per tissue
+    (:func:`stimsim.head.meshers.sub_tissues._fractions`)."""
+    out = np.zeros((pts.shape[2], n_tissues))
+    _tissue_shares(np.ascontiguousarray(pts, np.float64), labels, np.ascontiguousarray(column, np.int64), out)
     return out

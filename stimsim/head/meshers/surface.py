@@ -94,9 +94,9 @@ INTERFACE_POINT_LAYERS = (1, 2, 3)
 #: without them, with 4x the tetrahedra); docs/meshing.md, surf-6.19
 FOLD_POINT_CELL = 0.75
 #: ... and at least this many of their spacings from every surface (0.4 for the other interfaces): with
-#: 0.4 the folded phantom of 1.5 mm sulci had 39 tetrahedra below the shape bounds after the sliver pass
-#: (2 without the vertices), Colin27 53 (38); with 0.5, 21 and 39, for 72 -> 70 % of the phantom's fold
-#: voxels CSF in the mesh (44 % without)
+#: 0.4 a folded phantom of 1.5 mm sulci (made by a tester: 242k tetrahedra) had 39 tetrahedra below the
+#: shape bounds after the sliver and flip passes (2 without the vertices), Colin27 53 (38); with 0.5, 21
+#: and 39, for 72 -> 70 % of that phantom's fold voxels CSF in the mesh (44 % without); docs/meshing.md
 FOLD_POINT_CLEARANCE = 0.5
 #: a piece of a tissue that only a lesion touches, smaller than this many voxels of the grid meshed (on
 #: a coarse copy of fine labels: its blocks), is lesion (specks of tetrahedra the lesion's staircase
@@ -1456,7 +1456,8 @@ def _interface_points(labels: np.ndarray, lzooms, offset_mm, fields, zooms, pad:
     would be more than ``max_points``), at least ``clearance`` spacings from every input surface.  ``labels`` (SimNIBS tags) on a grid of ``lzooms`` whose voxel-frame mm are this
     grid's plus ``offset_mm``.  ``fold_tags``: stand-ins of the folds' CSF in the grey-matter layer (4),
     whose interfaces with the layer's other tissues get vertices too, one per cube and pair whichever
-    side (:data:`FOLD_POINT_CELL`).  Tetrahedra with vertices on an interface follow it (docs/meshing.md,
+    side (:data:`FOLD_POINT_CELL`; where a fold reaches the white matter, another layer, its floor
+    gets none: the white-matter surface lies there).  Tetrahedra with vertices on an interface follow it (docs/meshing.md,
     surf-6.12)."""
     layers = INTERFACE_POINT_LAYERS if layers is None else layers
     lz = np.asarray(lzooms, float)
@@ -1502,12 +1503,18 @@ def _interface_points(labels: np.ndarray, lzooms, offset_mm, fields, zooms, pad:
         return pts
     s = max(float(spacing_mm), (float(len(pts)) * float(np.prod(lz)) ** (2 / 3) / max_points) ** 0.5)
     group = np.column_stack([np.floor(pts / s).astype(np.int64), np.concatenate(keys)])
-    # one int64 per row, in the rows' lexicographic order (np.unique(axis=0) sorted the rows: 4x slower)
+    # one int64 per row, in the rows' lexicographic order (np.unique(axis=0) sorts the rows, slowly),
+    # unless the rows' ranges would overflow it
     group -= group.min(0)
-    code = np.zeros(len(group), np.int64)
-    for col, n in zip(group.T, group.max(0) + 1):
-        code = code * n + col
-    _, inv, count = np.unique(code, return_inverse=True, return_counts=True)
+    span = group.max(0) + 1
+    if float(np.prod(span.astype(float))) < 2.0 ** 62:
+        code = np.zeros(len(group), np.int64)
+        for col, n in zip(group.T, span):
+            code = code * n + col
+        _, inv, count = np.unique(code, return_inverse=True, return_counts=True)
+    else:
+        _, inv, count = np.unique(group, axis=0, return_inverse=True, return_counts=True)
+        inv = inv.ravel()
     mean = np.zeros((len(count), 3))
     np.add.at(mean, inv, pts)
     mean /= count[:, None]
@@ -1559,7 +1566,9 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                            sub_tissue_never_merged=(), sub_tissue_part_of=None, sub_tissue_joined=None,
                            interface_point_cell=0.0, fold_point_cell=0.0, thin_layer_scale=0.0,
                            thin_layer_voxel_mm=1.0):
-    """Nested surfaces -> TetGen.  Returns ``(nodes_mm_local, tets, tet_tags, info)``.
+    """Nested surfaces -> TetGen.  Returns ``(nodes_mm_local, tets, tet_tags, info)``; the info's
+    ``"tet_neighbors"`` holds the tets' face neighbours (:func:`.topology.tet_neighbors`), an array
+    for the caller's checks rather than a record.
 
     ``h``: target element size (mm); tets get a max volume ``h^3 / (6 sqrt 2)`` (regular tet
     of edge h); surfaces come from marching cubes on every ``surface_step``-th grid point (2).
@@ -1959,7 +1968,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     if sub["layers"]:
         info["sub_tissues"] = sub
         info["timings_s"]["sub_tissues_s"] = time.perf_counter() - t0
-    info["tet_neighbors"] = nb  # (for the caller's checks; not a record: core takes it out)
+    info["tet_neighbors"] = nb  # (an array for the caller's checks, not a record: core takes it out)
     return nodes, tets, ttags, info
 
 
