@@ -1461,8 +1461,17 @@ def _interface_points(labels: np.ndarray, lzooms, offset_mm, fields, zooms, pad:
     surf-6.12)."""
     layers = INTERFACE_POINT_LAYERS if layers is None else layers
     lz = np.asarray(lzooms, float)
-    lut = layer_lut(max(256, int(labels.max()) + 1)).astype(np.int8)
     fold_tags = np.asarray(sorted(fold_tags), np.int64)
+    origin = np.zeros(3, np.int64)  # (the grid's index of labels[0, 0, 0] after a crop)
+    if not len(layers) and len(fold_tags):  # the folds alone: on their box (a 0.5 mm head: 114 M voxels)
+        m = np.isin(labels, fold_tags)
+        ends = [np.flatnonzero(m.any(axis=tuple(j for j in range(3) if j != i))) for i in range(3)]
+        if any(len(e) == 0 for e in ends):
+            return np.zeros((0, 3))
+        origin = np.array([max(int(e[0]) - 1, 0) for e in ends], np.int64)
+        labels = labels[tuple(slice(o, int(e[-1]) + 2) for o, e in zip(origin, ends))]
+        del m
+    lut = layer_lut(max(256, int(labels.max()) + 1)).astype(np.int8)
     lut[~np.isin(lut, tuple(layers) + ((4,) if len(fold_tags) else ()))] = 0  # (int8: no isin over the grid)
     lay = lut[labels]
     centres, keys = [], []
@@ -1485,7 +1494,7 @@ def _interface_points(labels: np.ndarray, lzooms, offset_mm, fields, zooms, pad:
             wall = np.isin(a, fold_tags) | np.isin(b, fold_tags)
             if not (wall | ~fold).all():
                 idx, a, b, fold = idx[wall | ~fold], a[wall | ~fold], b[wall | ~fold], fold[wall | ~fold]
-        c = idx.astype(float)
+        c = (idx + origin).astype(float)
         c[:, ax] += 0.5
         centres.append(c * lz)
         # the faces of one interface in a cube: the same two tissues, the same one outwards (the two
