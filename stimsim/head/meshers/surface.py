@@ -96,7 +96,8 @@ FOLD_POINT_CELL = 0.75
 #: ... and at least this many of their spacings from every surface (0.4 for the other interfaces): with
 #: 0.4 a folded phantom of 1.5 mm sulci (made by a tester: 242k tetrahedra) had 39 tetrahedra below the
 #: shape bounds after the sliver and flip passes (2 without the vertices), Colin27 53 (38); with 0.5, 21
-#: and 39, for 72 -> 70 % of that phantom's fold voxels CSF in the mesh (44 % without); docs/meshing.md
+#: and 39, while that phantom's fold voxels that are CSF in the mesh went from 72 to 70 % (44 % without
+#: the vertices); docs/meshing.md
 FOLD_POINT_CLEARANCE = 0.5
 #: a piece of a tissue that only a lesion touches, smaller than this many voxels of the grid meshed (on
 #: a coarse copy of fine labels: its blocks), is lesion (specks of tetrahedra the lesion's staircase
@@ -1453,12 +1454,14 @@ def _interface_points(labels: np.ndarray, lzooms, offset_mm, fields, zooms, pad:
     (``layers``, default :data:`INTERFACE_POINT_LAYERS`: scalp | muscle | eyes, compact | spongy bone,
     CSF | blood): centres of the voxel faces between them, one per ``spacing_mm`` cube, tissue pair and
     side (which of the two lies outwards), the face nearest the group's mean (coarser cubes if there
-    would be more than ``max_points``), at least ``clearance`` spacings from every input surface.  ``labels`` (SimNIBS tags) on a grid of ``lzooms`` whose voxel-frame mm are this
-    grid's plus ``offset_mm``.  ``fold_tags``: stand-ins of the folds' CSF in the grey-matter layer (4),
-    whose interfaces with the layer's other tissues get vertices too, one per cube and pair whichever
-    side (:data:`FOLD_POINT_CELL`; where a fold reaches the white matter, another layer, its floor
-    gets none: the white-matter surface lies there).  Tetrahedra with vertices on an interface follow it (docs/meshing.md,
-    surf-6.12)."""
+    would be more than ``max_points``), at least ``clearance`` spacings from every input surface.
+    ``labels`` (SimNIBS tags) on a grid of ``lzooms`` whose voxel-frame mm are this grid's plus
+    ``offset_mm``.  ``fold_tags``: stand-ins of the folds' CSF in the grey-matter layer (4), whose
+    interfaces with the layer's other tissues get vertices too, one per cube and pair whichever side
+    (:data:`FOLD_POINT_CELL`; where a fold reaches the white matter, another layer, its floor gets
+    none: the white-matter surface lies there); with ``layers=()`` only those, searched on the box of
+    the folds' voxels.  Tetrahedra with vertices on an interface follow it (docs/meshing.md, surf-6.12,
+    surf-6.19)."""
     layers = INTERFACE_POINT_LAYERS if layers is None else layers
     lz = np.asarray(lzooms, float)
     fold_tags = np.asarray(sorted(fold_tags), np.int64)
