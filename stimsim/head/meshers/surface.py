@@ -1449,7 +1449,8 @@ def _lesion_points(lesion: np.ndarray, fields, zooms, pad: int, surface_cell_mm:
 
 
 def _interface_points(labels: np.ndarray, lzooms, offset_mm, fields, zooms, pad: int, spacing_mm: float,
-                      layers=None, max_points: int = 200_000, fold_tags=(), clearance: float = 0.4) -> np.ndarray:
+                      layers=None, max_points: int = 200_000, fold_tags=(), clearance: float = 0.4,
+                      avoid_tags=()) -> np.ndarray:
     """Free TetGen vertices (mm, local frame) on the interfaces between two tissues of one nesting layer
     (``layers``, default :data:`INTERFACE_POINT_LAYERS`: scalp | muscle | eyes, compact | spongy bone,
     CSF | blood): centres of the voxel faces between them, one per ``spacing_mm`` cube, tissue pair and
@@ -1460,7 +1461,8 @@ def _interface_points(labels: np.ndarray, lzooms, offset_mm, fields, zooms, pad:
     interfaces with the layer's other tissues get vertices too, one per cube and pair whichever side
     (:data:`FOLD_POINT_CELL`; where a fold reaches the white matter, another layer, its floor gets
     none: the white-matter surface lies there); with ``layers=()`` only those, searched on the box of
-    the folds' voxels.  Tetrahedra with vertices on an interface follow it (docs/meshing.md, surf-6.12,
+    the folds' voxels.  ``avoid_tags``: no vertex within a cube of a face of these tissues (the
+    folds' blood: the vertices broke a thin sheet of it into many pieces).  Tetrahedra with vertices on an interface follow it (docs/meshing.md, surf-6.12,
     surf-6.19)."""
     layers = INTERFACE_POINT_LAYERS if layers is None else layers
     lz = np.asarray(lzooms, float)
@@ -1477,7 +1479,8 @@ def _interface_points(labels: np.ndarray, lzooms, offset_mm, fields, zooms, pad:
     lut = layer_lut(max(256, int(labels.max()) + 1)).astype(np.int8)
     lut[~np.isin(lut, tuple(layers) + ((4,) if len(fold_tags) else ()))] = 0  # (int8: no isin over the grid)
     lay = lut[labels]
-    centres, keys = [], []
+    centres, keys, near_avoid = [], [], []
+    avoid_tags = np.asarray(sorted(avoid_tags), np.int64)
     for ax in range(3):
         lo = [slice(None)] * 3
         hi = [slice(None)] * 3
@@ -1500,6 +1503,7 @@ def _interface_points(labels: np.ndarray, lzooms, offset_mm, fields, zooms, pad:
         c = (idx + origin).astype(float)
         c[:, ax] += 0.5
         centres.append(c * lz)
+        near_avoid.append(np.isin(a, avoid_tags) | np.isin(b, avoid_tags))
         # the faces of one interface in a cube: the same two tissues, the same one outwards (the two
         # interfaces of a diploe 2 mm thick, one cube across, differ in which tissue is outside:
         # "outwards" as the outermost field grows along the face's axis)
@@ -1514,7 +1518,18 @@ def _interface_points(labels: np.ndarray, lzooms, offset_mm, fields, zooms, pad:
     if not len(pts):
         return pts
     s = max(float(spacing_mm), (float(len(pts)) * float(np.prod(lz)) ** (2 / 3) / max_points) ** 0.5)
-    group = np.column_stack([np.floor(pts / s).astype(np.int64), np.concatenate(keys)])
+    cube = np.floor(pts / s).astype(np.int64)
+    near_avoid = np.concatenate(near_avoid)
+    if near_avoid.any():  # none in the cubes next to a face of ``avoid_tags`` (nor in its own)
+        shifts = np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), -1).reshape(-1, 3)
+        blocked = (np.unique(cube[near_avoid], axis=0)[:, None, :] + shifts[None]).reshape(-1, 3)
+        low = np.minimum(cube.min(0), blocked.min(0))
+        span = np.maximum(cube.max(0), blocked.max(0)) - low + 1
+        ok = ~np.isin(np.ravel_multi_index((cube - low).T, span), np.ravel_multi_index((blocked - low).T, span))
+        pts, cube, keys = pts[ok], cube[ok], [np.concatenate(keys)[ok]]
+        if not len(pts):
+            return pts
+    group = np.column_stack([cube, np.concatenate(keys)])
     # one int64 per row, in the rows' lexicographic order (np.unique(axis=0) sorts the rows, slowly),
     # unless the rows' ranges would overflow it
     group -= group.min(0)
@@ -1616,6 +1631,12 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     See the module docstring."""
     import tetgen
 
+    for name, value in (("interface_point_cell", interface_point_cell), ("fold_point_cell", fold_point_cell)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(value) or value < 0:
+            raise ValueError(f"surface option {name}: a number of sub-grid cells, 0 (no such vertices) or more "
+                             f"(default {INTERFACE_POINT_CELL if name == 'interface_point_cell' else FOLD_POINT_CELL}), "
+                             f"got {value!r}")
     zooms = np.asarray(zooms, float)
     pad = 3
     info = {"timings_s": {}}
@@ -1715,10 +1736,10 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
             verts.append(extra)
             info["interface_points"] = len(extra)
     fold_tags = sorted({*(sub_tissue_part_of or {}), *(sub_tissue_joined or {})})
-    if fold_point_cell and fold_tags:  # ... and on the walls of the folds' CSF
+    if fold_point_cell and fold_tags:  # ... and on the walls of the folds' CSF, clear of their blood
         extra = _interface_points(lab, lz, loff, [phi for _, phi in fields], zooms, pad,
                                   float(fold_point_cell) * cell, layers=(), fold_tags=fold_tags,
-                                  clearance=FOLD_POINT_CLEARANCE)
+                                  clearance=FOLD_POINT_CLEARANCE, avoid_tags=sorted(sub_tissue_joined or {}))
         verts.append(extra)
         info["fold_points"] = len(extra)
     verts = np.concatenate(verts)
