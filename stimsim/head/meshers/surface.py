@@ -1419,6 +1419,13 @@ def _clear_of_surfaces(pts: np.ndarray, fields, zooms, pad: int, gap_mm: float) 
     return keep
 
 
+def lesion_point_spacing(lesion: np.ndarray, zooms, max_points: int = 100_000) -> float:
+    """The spacing (mm) of :func:`_lesion_points`' lattice: 1.5 voxels, coarser for a lesion that would
+    take more than ``max_points``."""
+    zooms = np.asarray(zooms, float)
+    return max(1.5 * float(zooms.min()), (2.0 * float(lesion.sum()) * float(np.prod(zooms)) / max_points) ** (1 / 3))
+
+
 def _lesion_points(lesion: np.ndarray, fields, zooms, pad: int, surface_cell_mm: float = 0.0,
                    max_points: int = 100_000) -> np.ndarray:
     """Free TetGen vertices (mm, local frame) in and around the lesion: a BCC lattice of spacing
@@ -1429,7 +1436,7 @@ def _lesion_points(lesion: np.ndarray, fields, zooms, pad: int, surface_cell_mm:
     tets there make the lesion (the tets centred in a lesion voxel) follow the mask to about a
     voxel, however coarse the surfaces."""
     zooms = np.asarray(zooms, float)
-    s = max(1.5 * float(zooms.min()), (2.0 * lesion.sum() * np.prod(zooms) / max_points) ** (1 / 3))
+    s = lesion_point_spacing(lesion, zooms, max_points)
     idx = np.argwhere(lesion)
     m = np.ceil(s / zooms).astype(int) + 1
     lo = np.maximum(idx.min(0) - m, 0)
@@ -1723,11 +1730,12 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
         info["timings_s"]["untangle_s"] = time.perf_counter() - t1
         verts, faces = [v], [fs]
         relaxed_all = v
+    lesion_pts = None
     if lesion is not None:  # free vertices that refine the mesh in the lesion
-        extra = _lesion_points(lesion, [phi for _, phi in fields], zooms, pad,
-                               surface_cell_mm=step * float(np.max(zooms)))
-        verts.append(extra)
-        info["lesion_points"] = len(extra)
+        lesion_pts = _lesion_points(lesion, [phi for _, phi in fields], zooms, pad,
+                                    surface_cell_mm=step * float(np.max(zooms)))
+        verts.append(lesion_pts)
+        info["lesion_points"] = len(lesion_pts)
     lab, lz, loff = (tags, zooms, 0.0) if sub_tissue_labels is None else sub_tissue_labels[:3]
     if interface_point_cell:  # free vertices on the interfaces between tissues of one layer
         if set(layers_with_sub_tissues(value_counts(lab, minlength=256))) & set(INTERFACE_POINT_LAYERS):
@@ -1740,6 +1748,13 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
         extra = _interface_points(lab, lz, loff, [phi for _, phi in fields], zooms, pad,
                                   float(fold_point_cell) * cell, layers=(), fold_tags=fold_tags,
                                   clearance=FOLD_POINT_CLEARANCE, avoid_tags=sorted(sub_tissue_joined or {}))
+        if lesion_pts is not None and len(lesion_pts) and len(extra):
+            # none among the lesion's vertices (the folds it spares lie inside it: a fold vertex a
+            # fraction of a millimetre from a lattice vertex gave Colin27 112 flat tetrahedra)
+            from scipy.spatial import cKDTree
+
+            near, _ = cKDTree(lesion_pts).query(extra, distance_upper_bound=lesion_point_spacing(lesion, zooms))
+            extra = extra[~np.isfinite(near)]
         verts.append(extra)
         info["fold_points"] = len(extra)
     verts = np.concatenate(verts)
