@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from ..cache import sha256_file
 from ..errors import StimsimError
 from .common import app, state
 
@@ -138,7 +139,7 @@ def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: floa
                     write_mesh(tmp_mesh, mesh)
                     # the meshes this summary vouches for: this one as written, and the others beside it
                     summary["meshes_sha256"] = {**{k: v for k, v in others.items() if k != out.name},
-                                                out.name: _sha256(tmp_mesh)}
+                                                out.name: sha256_file(tmp_mesh)}
                     _write_json(tmp_summary, summary)
                 # the mesh is in place; the summary follows (a failed mesh rename removes both temporaries)
         except OSError as exc:
@@ -180,16 +181,6 @@ def _our_summary(path: Path) -> dict | None:
     return data if isinstance(data, dict) and data.get("format") == MESH_SUMMARY_FORMAT else None
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    d = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            d.update(block)
-    return d.hexdigest()
-
-
 def _meshes_written(summary: dict | None) -> dict[str, str | None]:
     """{file name: sha256 or None (a summary before the hashes)} of the meshes a summary says stimsim
     mesh wrote beside it (X.msh, X.msh.gz and X.vtu share one summary)."""
@@ -224,7 +215,7 @@ def _check_replaceable(out: Path, summary: Path) -> dict[str, str | None]:
             raise StimsimError(f"--out {out} exists and no stimsim summary beside it ({summary.name}) names it; "
                                "stimsim replaces only its own files: move it away or choose another --out")
         sha = written[same[0]]
-        if sha is not None and _sha256(out) != sha:
+        if sha is not None and sha256_file(out) != sha:
             raise StimsimError(f"--out {out} has changed since stimsim mesh wrote it; stimsim replaces only its "
                                "own files: move it away or choose another --out")
     return {name: sha for name, sha in written.items() if (out.parent / name).exists()}

@@ -1400,7 +1400,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
                 sub_tissue_joined={_INSIDE_BRAIN[9]: 9} if sulcal_mm3 else None,
                 sub_tissue_volumes_mm3=want, **opts)
         timings.update(minfo.pop("timings_s", {}))
-        neighbors = minfo.pop("tet_neighbors", None)
+        neighbors = minfo.pop("tet_neighbors", None)  # (the surface mesher's; the lattice's info has none)
         if sulcal_mm3:
             fold_tets = tets[ttags == _INSIDE_BRAIN[3]]
             minfo["sulcal_csf"] = {"radius_mm": sulcal_r, "voxel_mm3": sulcal_mm3,
@@ -1425,8 +1425,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         if not len(tets):
             raise MeshError(f"the {method} mesher made no tetrahedra of these labels (tissues {sorted(counts)}); "
                             "use a smaller --element-size or check the labels")
-        mesh, neighbors = _world_mesh(nodes, tets, ttags, zooms, affine, method,
-                                      neighbors if method == "surface" else None)
+        mesh, neighbors = _world_mesh(nodes, tets, ttags, zooms, affine, method, neighbors)
     merged, expected = _sub_tissues_merged(mesh, expected, method, lesion_mm3, lesion_tag, inner_csf)
     info = HeadMeshInfo(raw_vol, clean_vol, moved, int(minfo.pop("closure_tets", 0)), timings, None, method, minfo,
                         expected_volume_mm3=expected, merged_tags=merged, cut_faces=cut)
