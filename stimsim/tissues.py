@@ -57,12 +57,17 @@ def default_brain_tags(head: str) -> list[int]:
     return [3] if head == "sphere" else list(BRAIN_TAGS)
 
 
-def layer_lut(size: int = 256) -> np.ndarray:
-    """Tag -> nesting layer lookup table (:data:`LAYER_OF_TAG`; tags above 10 are brain, layer 4)."""
+def layer_lut(size: int = 256, layer_of: dict[int, int] | None = None) -> np.ndarray:
+    """Tag -> nesting layer lookup table (:data:`LAYER_OF_TAG`; tags above 10 are brain, layer 4),
+    with ``layer_of`` ({tag: layer}) where a mesher puts a tissue in another layer (a user's tissue
+    inside the white matter or the skull)."""
     lut = np.zeros(size, np.int64)
     for tag, layer in LAYER_OF_TAG.items():
         lut[tag] = layer
     lut[11:] = 4
+    for tag, layer in (layer_of or {}).items():
+        if 0 < int(tag) < size:
+            lut[int(tag)] = int(layer)
     return lut
 
 

@@ -753,3 +753,62 @@ def test_joining_skips_a_piece_it_cannot_reach_and_joins_within_each_labelled_pi
     assert k == 2, k
     assert piece[np.flatnonzero(e2a)[0]] == piece[np.flatnonzero(e2b)[0]] != piece[np.flatnonzero(eye1)[0]]
     assert not (got[(q[:, 0] >= 2) & (q[:, 0] < 5)] == 1).any()  # no bridge to the other eye
+
+
+def _user_tissue_head():
+    """Nested spheres (1 mm voxels; scalp 50, bone 46, CSF 41, grey matter 38, white matter 33 mm)
+    with a user's tissue in the white matter (tag 12, 7 mm ball), one in the skull (tag 13, 5 mm,
+    reaching the CSF) and one on the scalp (tag 14, 5 mm, half of it outside the head), all under
+    the 8 mm default elements."""
+    n = 106
+    x, y, z = (np.mgrid[:n, :n, :n] - (n - 1) / 2) + np.array([0.11, 0.27, -0.19])[:, None, None, None]
+    r = np.sqrt(x * x + y * y + z * z)
+    t = np.zeros((n, n, n), np.uint8)
+    for tag, rad in ((5, 50), (4, 46), (3, 41), (2, 38), (1, 33)):
+        t[r <= rad] = tag
+    balls = {12: ((0, 0, 10), 7.0), 13: ((0, 0, -43.5), 5.0), 14: ((48, 0, 0), 5.0)}
+    for tag, (c, rad) in balls.items():
+        t[((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 < rad ** 2) & (t > 0)] = tag
+    return t
+
+
+def test_a_users_tissue_inside_another_layer_is_meshed_there():
+    """A user's tissue (tag above 10 counts as brain) inside the white matter, the skull or the scalp
+    keeps its volume and place: the surfaces see the layer that encloses it, its tetrahedra come from
+    the labels, with free vertices on its walls (before: the three came out as none, merged into
+    grey matter with a warning, and dropped from the volume table)."""
+    from stimsim.head.meshers.core import enclosing_layers
+    from stimsim.mesh.voxelize import tet_values_on_grid
+
+    t = _user_tissue_head()
+    assert enclosing_layers(t) == {12: 5, 13: 2, 14: 1}
+    mesh, info = _mesh(t, {i: i for i in range(15)})
+    assert not info.merged_tags
+    on_grid = tet_values_on_grid(mesh, mesh.tet_tags, t.shape, np.eye(4))
+    for tag in (1, 2, 3, 4, 5, 12, 13, 14):
+        n = np.count_nonzero(t == tag)
+        v = mesh.volumes_mm3[mesh.tet_tags == tag].sum()
+        assert abs(v / n - 1) < (0.03 if tag > 10 else 0.01), (tag, v, n)
+        dice = 2 * np.count_nonzero((on_grid == tag) & (t == tag)) / (np.count_nonzero(on_grid == tag) + n)
+        assert dice > (0.8 if tag > 10 else 0.95), (tag, dice)
+    assert info.mesher["user_tissue_points"] > 0  # (the ball in the white matter)
+
+
+def test_enclosing_layer_of_a_users_tissue():
+    """The layer a user's tissue is meshed in: the white matter's where it touches white matter
+    nearly all round, the outer layer it touches most where it touches little brain, none (the
+    grey matter's, as brain) where it touches grey matter or both; the lesion's stand-ins and
+    tags the caller leaves out are not looked at."""
+    from stimsim.head.meshers.core import enclosing_layers
+
+    t = np.zeros((30, 30, 30), np.uint8)
+    t[2:28, 2:28, 2:28] = 4
+    t[5:25, 5:25, 5:25] = 2
+    t[8:22, 8:22, 8:22] = 1
+    t[12:15, 12:15, 12:15] = 11  # inside the white matter
+    t[3:5, 10:13, 10:13] = 20  # inside the bone
+    t[6:9, 10:13, 10:13] = 30  # across grey and white matter
+    t[6:8, 20:22, 20:22] = 40  # inside the grey matter
+    assert enclosing_layers(t) == {11: 5, 20: 2}
+    assert enclosing_layers(t, exclude=(11,)) == {20: 2}
+    assert enclosing_layers(np.minimum(t, 10)) == {}

@@ -340,9 +340,7 @@ def sub_tissue_merges(expected: dict[int, float], mesh_mm3: dict[int, float], le
     lesion volume does not count when it is ranked as a mate (the lesion's tag may be the CSF's,
     into which blood is merged).  ``layer_of``: {tag: layer} where a tissue was meshed in
     another layer than its own (CSF only inside the brain: the brain's)."""
-    lut = layer_lut(max(256, max(expected, default=0) + 1))
-    for t, k in (layer_of or {}).items():
-        lut[t] = k
+    lut = layer_lut(max(256, max(expected, default=0) + 1), layer_of)
     present = {int(t) for t, v in mesh_mm3.items() if v > 0}
     own = {t: v - (lesion_mm3 if t == lesion_tag else 0.0) for t, v in expected.items()}
     merged = {}
@@ -389,6 +387,65 @@ def _enclosing_brain_layer(tags: np.ndarray) -> int:
     csf = tags == 3
     inside = np.count_nonzero(csf & fill_holes(layer_lut(max(256, int(tags.max()) + 1))[tags] == 5))
     return 5 if inside > 0.5 * np.count_nonzero(csf) else 4
+
+
+#: a user's tissue (a tag above 10, which counts as brain) whose faces with other tissues touch the
+#: white matter for at least this share is meshed inside the white matter, and one that touches grey
+#: and white matter for less than the rest inside the outer layer it touches most (a tumour in the
+#: white matter, a plate in the skull); counted as brain, its voxels made a hole in that layer, which
+#: the surfaces closed where it was small: a 0.9 mL ball in the white matter, and every ball of
+#: 0.1-3 mL in the skull or the scalp, came out as none (merged)
+ENCLOSED_FACE_SHARE = 0.75
+
+
+def enclosing_layers(tags: np.ndarray, exclude=()) -> dict[int, int]:
+    """``{tag: layer}`` for the tags above 10 (a user's tissues, counted as brain: layer 4; not those
+    in ``exclude``) that the surface mesher meshes inside another layer: of their voxel faces with
+    other tissues (neither background nor another such tag), the white matter's (5) where it has at
+    least :data:`ENCLOSED_FACE_SHARE` of them, the scalp's, bone's or CSF's (1-3) that has the most
+    where the grey and white matter have less than ``1 - ENCLOSED_FACE_SHARE``.  The surfaces are then built with that layer's tissue in their voxels,
+    and the tetrahedra there take them from the labels (:mod:`.sub_tissues`)."""
+    top = int(tags.max(initial=0))
+    if top <= 10:
+        return {}
+    user = np.zeros(max(256, top + 1), bool)
+    user[11:] = True
+    user[[int(t) for t in exclude if 0 <= int(t) < len(user)]] = False
+    um = user[tags]
+    idx = [np.flatnonzero(um.any(axis=tuple(j for j in range(3) if j != i))) for i in range(3)]
+    if any(len(i) == 0 for i in idx):
+        return {}
+    box = tuple(slice(max(int(i[0]) - 1, 0), int(i[-1]) + 2) for i in idx)  # (a voxel beyond: their faces)
+    t, um = tags[box], um[box]
+    layer = layer_lut(len(user)).astype(np.int8)
+    pairs = np.zeros((len(user), 6), np.int64)  # faces of each user tag with each layer's tissues
+    for ax in range(3):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[ax], hi[ax] = slice(0, -1), slice(1, None)
+        for a, b, ua, ub in ((t[tuple(lo)], t[tuple(hi)], um[tuple(lo)], um[tuple(hi)]),
+                             (t[tuple(hi)], t[tuple(lo)], um[tuple(hi)], um[tuple(lo)])):
+            face = ua & ~ub & (b > 0)
+            pairs += np.bincount(a[face].astype(np.int64) * 6 + layer[b[face]], minlength=pairs.size).reshape(pairs.shape)
+    out = {}
+    for tag in np.flatnonzero(pairs.sum(1)):
+        n = pairs[tag].sum()
+        if pairs[tag, 5] >= ENCLOSED_FACE_SHARE * n:
+            out[int(tag)] = 5
+        elif pairs[tag, 4:].sum() < (1.0 - ENCLOSED_FACE_SHARE) * n:
+            out[int(tag)] = 1 + int(np.argmax(pairs[tag, 1:4]))
+    return out
+
+
+def _into_enclosing_layers(tags: np.ndarray, layer_of: dict[int, int], keep: np.ndarray | None = None) -> None:
+    """The voxels of ``layer_of``'s tags -> their layer's fill tag, in place (not under ``keep``)."""
+    fill = np.arange(max(256, int(tags.max(initial=0)) + 1))
+    for tag, k in layer_of.items():
+        fill[tag] = LAYER_FILL_TAG[k]
+    m = np.isin(tags, list(layer_of))
+    if keep is not None:
+        m &= ~keep
+    tags[m] = fill[tags[m]]
 
 
 def _csf_into_brain(tags: np.ndarray, lmask) -> None:
@@ -1277,6 +1334,14 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             voxel_mm3 = float(np.prod(zooms))
             logger.info("voxels of %s mm split %s times: surfaces sampled alike along every axis",
                         " x ".join(f"{z * u:.3g}" for z, u in zip(zooms, up)), "x".join(map(str, up)))
+        # a user's tissue inside another layer than the grey matter's (a tumour in the white matter, a
+        # plate in the skull): meshed inside that layer (on the labels as they are, after the split)
+        user_layers = enclosing_layers(tags if orig is None else orig,
+                                       exclude=() if own_stand_ins else _INSIDE_BRAIN.values())
+        if user_layers:
+            logger.info("labels: %s meshed inside the layer that encloses them (%s)",
+                        ", ".join(_name(t) for t in user_layers),
+                        ", ".join(_name(LAYER_FILL_TAG[k]) for k in user_layers.values()))
         factors = label_grid_factors(opts["surface_step"], zooms)
         spacing_mm = opts["surface_step"] * float(np.min(zooms))  # the surfaces' sampling, kept on a coarse copy
         coarse_step = max(1, int(round(spacing_mm / float(np.min(zooms * factors)))))
@@ -1284,7 +1349,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         if (factors > 1).any():
             extra += f"|grid{factors.tolist()}"
     else:
-        opts, extra = {}, f"lattice|{MESHER_VERSION}"
+        opts, extra, user_layers = {}, f"lattice|{MESHER_VERSION}", {}
     if lmask is not None:
         extra += f"|lesion{int(lesion_tag)}:{hashlib.sha256(np.packbits(lmask).tobytes()).hexdigest()[:16]}"
         if orig is not None:  # the tissue under the lesion, from which the surface mesher builds its surfaces
@@ -1293,13 +1358,24 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
     cfile = cache_dir() / "heads" / f"{_cache_key(tags, affine, h, extra)}.msh" if cache else None
     mesh = _cache_read(cfile)
     if mesh is not None:
-        merged, expected = _sub_tissues_merged(mesh, expected, method, lesion_mm3, lesion_tag, inner_csf)
+        merged, expected = _sub_tissues_merged(mesh, expected, method, lesion_mm3, lesion_tag, inner_csf,
+                                               user_layers)
         info = HeadMeshInfo(raw_vol, raw_vol, {}, 0, {}, str(cfile), method, from_cache=True,
                             expected_volume_mm3=expected, merged_tags=merged, cut_faces=cut)
         info.quality = _check_result(mesh, expected, h, method, check, info.timings_s)
         info.timings_s["total_s"] = time.perf_counter() - t_start
         return (mesh, info) if return_info else mesh
 
+    user_grid = None
+    if user_layers:
+        # the surfaces see the enclosing layer's tissue in a user's tissue's voxels, the tissues inside
+        # the layers (and the vertices on their walls) the user's tags (kept apart here)
+        src = tags if orig is None else orig
+        user_grid = np.where(np.isin(src, list(user_layers)), src, np.zeros((), src.dtype))
+        del src
+        _into_enclosing_layers(tags, user_layers, keep=lmask)
+        if orig is not None:
+            _into_enclosing_layers(orig, user_layers)
     coarse_s, coarse = 0.0, None
     if method == "surface":
         # a scan's field of view is often twice the head's box (a 0.5 mm volume of 394 x 466 x 620
@@ -1311,6 +1387,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             tags = tags[box]
             lmask = None if lmask is None else lmask[box]
             orig = None if orig is None else orig[box]
+            user_grid = None if user_grid is None else user_grid[box]
             shift = np.eye(4)
             shift[:3, 3] = [b.start for b in box]
             affine = affine @ shift
@@ -1330,6 +1407,8 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             # sheet lay next to the folds, bone -1.3 %)
             _mark_blocks(ctags, base, factors, _INSIDE_BRAIN.values())
         # tissues inside a layer (eyes, muscle, compact / spongy bone) are read off these labels
+        if user_grid is not None:  # (the user's tissues, read off the labels as they are)
+            base = np.where(user_grid > 0, user_grid, base)
         sub_labels = ((base, zooms, (factors - 1) / 2.0 * zooms, lmask)
                       if inner_csf or sulcal_mm3 or _layer_counts(counts) != counts else None)
         layer_mm3 = layer_voxels * voxel_mm3
@@ -1380,6 +1459,9 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         else:
             stags = tags if lmask is None else np.where(lmask & (tags > 0), orig, tags)
             del orig
+            if user_grid is not None and coarse is None:  # (on a coarse copy: its sub-tissue labels have them)
+                opts = {**opts, "sub_tissue_labels": (np.where(user_grid > 0, user_grid, stags), zooms, 0.0, lmask)}
+            user_grid = None
             roaming = {t: (4, 5) for t in _INSIDE_BRAIN.values()} if inner_csf or sulcal_mm3 else None
             # what each tissue should hold: the labels' volumes (the check's), not those of the cleaned
             # copy meshed here (islands moved to their neighbours), outside the lesion
@@ -1398,7 +1480,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
                 sub_tissue_never_merged=tuple(_INSIDE_BRAIN.values()) if sulcal_mm3 else (),
                 sub_tissue_part_of={_INSIDE_BRAIN[3]: 3} if sulcal_mm3 else None,
                 sub_tissue_joined={_INSIDE_BRAIN[9]: 9} if sulcal_mm3 else None,
-                sub_tissue_volumes_mm3=want, **opts)
+                sub_tissue_volumes_mm3=want, sub_tissue_layer_of=user_layers or None, **opts)
         timings.update(minfo.pop("timings_s", {}))
         neighbors = minfo.pop("tet_neighbors", None)  # (the surface mesher's; the lattice's info has none)
         if sulcal_mm3:
@@ -1426,7 +1508,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             raise MeshError(f"the {method} mesher made no tetrahedra of these labels (tissues {sorted(counts)}); "
                             "use a smaller --element-size or check the labels")
         mesh, neighbors = _world_mesh(nodes, tets, ttags, zooms, affine, method, neighbors)
-    merged, expected = _sub_tissues_merged(mesh, expected, method, lesion_mm3, lesion_tag, inner_csf)
+    merged, expected = _sub_tissues_merged(mesh, expected, method, lesion_mm3, lesion_tag, inner_csf, user_layers)
     info = HeadMeshInfo(raw_vol, clean_vol, moved, int(minfo.pop("closure_tets", 0)), timings, None, method, minfo,
                         expected_volume_mm3=expected, merged_tags=merged, cut_faces=cut)
     info.quality = _check_result(mesh, expected, h, method, check, timings, neighbors)
@@ -1448,17 +1530,19 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
 
 
 def _sub_tissues_merged(mesh: Mesh, expected: dict, method: str, lesion_mm3: float | None,
-                        lesion_tag: int, inner_csf: int = 0) -> tuple[dict, dict]:
+                        lesion_tag: int, inner_csf: int = 0, user_layers: dict | None = None) -> tuple[dict, dict]:
     """The surface mesher's merged tissues (:func:`sub_tissue_merges`), said once, and the expected
     volumes merged alike.  ``lesion_mm3``: the lesion's volume (None: no lesion); ``inner_csf``: the
-    brain layer (4 or 5) that encloses the CSF meshed inside the brain (:func:`_csf_into_brain`), or 0."""
+    brain layer (4 or 5) that encloses the CSF meshed inside the brain (:func:`_csf_into_brain`), or 0;
+    ``user_layers``: the layers a user's tissues were meshed in (:func:`enclosing_layers`)."""
     if method != "surface":
         return {}, expected
     lesion = bool(lesion_mm3)
     volumes = np.bincount(mesh.tet_tags, weights=mesh.volumes_mm3)
+    layer_of = {**({t: int(inner_csf) for t in _INSIDE_BRAIN} if inner_csf else {}), **(user_layers or {})}
     merged = sub_tissue_merges(expected, {int(t): float(v) for t, v in enumerate(volumes) if v > 0},
                                int(lesion_tag) if lesion else None, lesion_mm3 if lesion else 0.0,
-                               layer_of={t: int(inner_csf) for t in _INSIDE_BRAIN} if inner_csf else None)
+                               layer_of=layer_of or None)
     if merged:
         logger.warning("the surface mesher meshes %s: too thin or small for the elements to follow (volume off by "
                        "more than half); a smaller --element-size, or --method lattice, keeps them",

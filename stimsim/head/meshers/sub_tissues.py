@@ -39,11 +39,13 @@ _SAME = 1e-9
 CHUNK_TETS = 200_000
 
 
-def layers_with_sub_tissues(voxels_per_tag) -> dict[int, list[int]]:
+def layers_with_sub_tissues(voxels_per_tag, layer_of: dict[int, int] | None = None) -> dict[int, list[int]]:
     """``{layer: [tags]}`` for the nesting layers whose labels hold a tag other than the layer's
-    fill tag (:data:`~stimsim.tissues.LAYER_FILL_TAG`).  ``voxels_per_tag``: counts indexed by tag."""
+    fill tag (:data:`~stimsim.tissues.LAYER_FILL_TAG`).  ``voxels_per_tag``: counts indexed by tag;
+    ``layer_of``: {tag: layer} for tissues meshed in another layer than their own
+    (:func:`~stimsim.tissues.layer_lut`)."""
     counts = np.asarray(voxels_per_tag)
-    lut = layer_lut(max(256, len(counts)))
+    lut = layer_lut(max(256, len(counts)), layer_of)
     by_layer: dict[int, list[int]] = {}
     for t in np.flatnonzero(counts[1:] > 0) + 1:
         by_layer.setdefault(int(lut[t]), []).append(int(t))
@@ -552,7 +554,8 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
                      volumes_mm3: dict[int, float] | None = None, never_merged=(),
                      part_of: dict[int, int] | None = None,
                      joined_to: dict[int, int] | None = None,
-                     neighbors: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+                     neighbors: np.ndarray | None = None,
+                     layer_of: dict[int, int] | None = None) -> tuple[np.ndarray, dict]:
     """Tissue tags inside the layers: returns ``(tags, info)``.
 
     ``ttags``: the layer fill tag of every tetrahedron (other tags, and those under ``skip``, the
@@ -574,7 +577,9 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
     ``joined_to``: {tag: tissue} for a stand-in of a tissue meshed in another layer (the folds' blood, the
     CSF layer's): kept in the pieces the two make together (:func:`_in_pieces_kept`), in the layers of
     a ``part_of`` stand-in (the folds' CSF, with which it comes; read only there); ``neighbors``:
-    :func:`.topology.tet_neighbors` of ``tets``, where the caller has them.
+    :func:`.topology.tet_neighbors` of ``tets``, where the caller has them; ``layer_of``: {tag:
+    layer} for tissues meshed in another layer than their own (a user's tissue inside the white
+    matter: :func:`.core.enclosing_layers`).
 
     Each tetrahedron reads the labels at 15 points (:data:`_SAMPLE_WEIGHTS`, :func:`_fractions`).
     One none of whose points reaches its layer's voxels (a layer kept at its minimum thickness)
@@ -597,11 +602,11 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
     if lesion_voxels is not None and lesion_voxels.any():
         under = value_counts(labels[lesion_voxels], minlength=len(counts))
         counts = counts - np.concatenate([under, np.zeros(len(counts) - len(under), np.int64)])[:len(counts)]
-    layers = layers_with_sub_tissues(counts)
+    layers = layers_with_sub_tissues(counts, layer_of)
     info = {"layers": dict(layers), "merged": {}, "nearest_tets": 0}
     if not layers:
         return ttags, info
-    lut = layer_lut(max(256, len(counts)))
+    lut = layer_lut(max(256, len(counts)), layer_of)
     roam = {int(t): tuple(v) for t, v in (roaming or {}).items() if t < len(counts) and counts[t] > 0}
     groups = [{k} for k in layers]  # layers done together: those a roaming tissue spans
     for span in roam.values():

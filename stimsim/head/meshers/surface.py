@@ -34,7 +34,7 @@ from .topology import (distance_to_background, distance_to_other_side, face_comp
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
-SURFACE_MESHER_VERSION = "surf-6.19"  # 6.1: the head's box of a wide field of view, the untangling retry;
+SURFACE_MESHER_VERSION = "surf-6.20"  # 6.1: the head's box of a wide field of view, the untangling retry;
 # 6.2: pieces of the brain or white matter closer than the sub-grid kept apart; 6.3: surfaces faired
 # within a band of their level sets (the voxels' staircase); 6.4: the volume calibration held local;
 # 6.5: short surface edges merged (edge_merge.py); 6.6: a layer the labels do not have shares the next
@@ -70,7 +70,10 @@ SURFACE_MESHER_VERSION = "surf-6.19"  # 6.1: the head's box of a wide field of v
 # nearly everywhere: the same meshes as 6.17), and specks of a tissue only a lesion touches are lesion
 # (LESION_SPECK_VOXELS; heads without a lesion: the same meshes as 6.17); 6.19: free vertices on the
 # walls of the folds' CSF the surfaces cannot enter (FOLD_POINT_CELL; heads without such folds, the
-# nested ellipsoids among them: the same meshes as 6.18)
+# nested ellipsoids among them: the same meshes as 6.18); 6.20: a user's tissue (a tag above 10) inside
+# another layer than the grey matter's is meshed in that layer (core.enclosing_layers), with free
+# vertices on its walls in the brain, and no interface vertex among a lesion's (heads without tags
+# above 10: the same meshes as 6.19, but for interface vertices next to a lesion's)
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
 #: (3 mm at the default 4 mm surfaces), in these layers (scalp's, bone's, CSF's; :func:`_interface_points`).
 #: A 56 mm sphere whose skull is compact | spongy | compact bone 2 | 4 | 2 mm: the brain's E 22 % off
@@ -1457,7 +1460,7 @@ def _lesion_points(lesion: np.ndarray, fields, zooms, pad: int, surface_cell_mm:
 
 def _interface_points(labels: np.ndarray, lzooms, offset_mm, fields, zooms, pad: int, spacing_mm: float,
                       layers=None, max_points: int = 200_000, fold_tags=(), clearance: float = 0.4,
-                      avoid_tags=()) -> np.ndarray:
+                      avoid_tags=(), fold_layers=(4,), layer_of: dict[int, int] | None = None) -> np.ndarray:
     """Free TetGen vertices (mm, local frame) on the interfaces between two tissues of one nesting layer
     (``layers``, default :data:`INTERFACE_POINT_LAYERS`: scalp | muscle | eyes, compact | spongy bone,
     CSF | blood): centres of the voxel faces between them, one per ``spacing_mm`` cube, tissue pair and
@@ -1468,8 +1471,10 @@ def _interface_points(labels: np.ndarray, lzooms, offset_mm, fields, zooms, pad:
     interfaces with the layer's other tissues get vertices too, one per cube and pair whichever side
     (:data:`FOLD_POINT_CELL`; where a fold reaches the white matter, another layer, its floor gets
     none: the white-matter surface lies there); with ``layers=()`` only those, searched on the box of
-    the folds' voxels.  ``avoid_tags``: no vertex within a cube of a face of these tissues (the
-    folds' blood: the vertices broke a thin sheet of it into many pieces).  Tetrahedra with vertices on an interface follow it (docs/meshing.md, surf-6.12,
+    the folds' voxels.  ``fold_layers``: the layers of ``fold_tags`` (the grey matter's; a user's
+    tissue inside the brain: the grey and white matter's).  ``avoid_tags``: no vertex within a cube
+    of a face of these tissues (the folds' blood: the vertices broke a thin sheet of it into many
+    pieces).  ``layer_of``: {tag: layer} for tissues meshed in another layer than their own.  Tetrahedra with vertices on an interface follow it (docs/meshing.md, surf-6.12,
     surf-6.19)."""
     layers = INTERFACE_POINT_LAYERS if layers is None else layers
     lz = np.asarray(lzooms, float)
@@ -1483,8 +1488,9 @@ def _interface_points(labels: np.ndarray, lzooms, offset_mm, fields, zooms, pad:
         origin = np.array([max(int(e[0]) - 1, 0) for e in ends], np.int64)
         labels = labels[tuple(slice(o, int(e[-1]) + 2) for o, e in zip(origin, ends))]
         del m
-    lut = layer_lut(max(256, int(labels.max()) + 1)).astype(np.int8)
-    lut[~np.isin(lut, tuple(layers) + ((4,) if len(fold_tags) else ()))] = 0  # (int8: no isin over the grid)
+    fold_layers = tuple(fold_layers) if len(fold_tags) else ()
+    lut = layer_lut(max(256, int(labels.max()) + 1), layer_of).astype(np.int8)
+    lut[~np.isin(lut, tuple(layers) + fold_layers)] = 0  # (int8: no isin over the grid)
     lay = lut[labels]
     centres, keys, near_avoid = [], [], []
     avoid_tags = np.asarray(sorted(avoid_tags), np.int64)
@@ -1502,8 +1508,8 @@ def _interface_points(labels: np.ndarray, lzooms, offset_mm, fields, zooms, pad:
         a = labels[tuple(lo)][tuple(idx.T)].astype(np.int64)
         b = labels[tuple(hi)][tuple(idx.T)].astype(np.int64)
         fold = np.zeros(len(idx), bool)
-        if len(fold_tags):  # in the grey-matter layer, only the walls of the folds' stand-ins
-            fold = lay[tuple(lo)][tuple(idx.T)] == 4
+        if len(fold_tags):  # in the folds' layers, only the walls of the folds' stand-ins
+            fold = np.isin(lay[tuple(lo)][tuple(idx.T)], fold_layers)
             wall = np.isin(a, fold_tags) | np.isin(b, fold_tags)
             if not (wall | ~fold).all():
                 idx, a, b, fold = idx[wall | ~fold], a[wall | ~fold], b[wall | ~fold], fold[wall | ~fold]
@@ -1599,7 +1605,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                            sub_tissue_labels=None, sub_tissue_roaming=None, sub_tissue_volumes_mm3=None,
                            sub_tissue_never_merged=(), sub_tissue_part_of=None, sub_tissue_joined=None,
                            interface_point_cell=0.0, fold_point_cell=0.0, thin_layer_scale=0.0,
-                           thin_layer_voxel_mm=1.0):
+                           thin_layer_voxel_mm=1.0, sub_tissue_layer_of=None):
     """Nested surfaces -> TetGen.  Returns ``(nodes_mm_local, tets, tet_tags, info)``; the info's
     ``"tet_neighbors"`` holds the tets' face neighbours (:func:`.topology.tet_neighbors`), an array
     for the caller's checks rather than a record.
@@ -1628,8 +1634,12 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     ``sub_tissue_volumes_mm3``: {tag: mm^3} they should hold, ``sub_tissue_never_merged``: tags kept
     however far off their volume, ``sub_tissue_part_of``: {stand-in: tissue} (the folds' CSF),
     ``sub_tissue_joined``: {stand-in: tissue} (the folds' blood) (:func:`.sub_tissues.keep_sub_tissues`).
+    ``sub_tissue_layer_of``: {tag: layer} for a user's tissues meshed inside another layer than the
+    grey matter's (:func:`.core.enclosing_layers`; ``tags`` holds that layer's tissue there, the
+    sub-tissue labels the user's).
     ``interface_point_cell``: free vertices on the interfaces between tissues of one layer (compact
-    and spongy bone ...; :func:`_interface_points`), one per this many sub-grid cells (0: none);
+    and spongy bone ...; a user's tissue in the brain and its neighbours; :func:`_interface_points`),
+    one per this many sub-grid cells (0: none);
     ``fold_point_cell``: the same on the walls of the folds' CSF and blood (the stand-ins of
     ``sub_tissue_part_of`` and ``sub_tissue_joined``; :data:`FOLD_POINT_CELL`).
     ``thin_layer_scale``: minimum thicknesses of layers thin nearly everywhere lowered down to this
@@ -1737,17 +1747,29 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
         verts.append(lesion_pts)
         info["lesion_points"] = len(lesion_pts)
     lab, lz, loff = (tags, zooms, 0.0) if sub_tissue_labels is None else sub_tissue_labels[:3]
+    layer_of = {int(t): int(k) for t, k in (sub_tissue_layer_of or {}).items()}
+    extras = {}
+    sub_layers = (layers_with_sub_tissues(value_counts(lab, minlength=256), layer_of)
+                  if interface_point_cell or fold_point_cell else {})
     if interface_point_cell:  # free vertices on the interfaces between tissues of one layer
-        if set(layers_with_sub_tissues(value_counts(lab, minlength=256))) & set(INTERFACE_POINT_LAYERS):
-            extra = _interface_points(lab, lz, loff, [phi for _, phi in fields], zooms, pad,
-                                      float(interface_point_cell) * cell)
-            verts.append(extra)
-            info["interface_points"] = len(extra)
+        if set(sub_layers) & set(INTERFACE_POINT_LAYERS):
+            extras["interface_points"] = _interface_points(lab, lz, loff, [phi for _, phi in fields], zooms, pad,
+                                                           float(interface_point_cell) * cell, layer_of=layer_of)
     fold_tags = sorted({*(sub_tissue_part_of or {}), *(sub_tissue_joined or {})})
-    if fold_point_cell and fold_tags:  # ... and on the walls of the folds' CSF, clear of their blood
-        extra = _interface_points(lab, lz, loff, [phi for _, phi in fields], zooms, pad,
-                                  float(fold_point_cell) * cell, layers=(), fold_tags=fold_tags,
-                                  clearance=FOLD_POINT_CLEARANCE, avoid_tags=sorted(sub_tissue_joined or {}))
+    if fold_point_cell and fold_tags:  # ... on the walls of the folds' CSF, clear of their blood
+        extras["fold_points"] = _interface_points(
+            lab, lz, loff, [phi for _, phi in fields], zooms, pad, float(fold_point_cell) * cell, layers=(),
+            fold_tags=fold_tags, clearance=FOLD_POINT_CLEARANCE, avoid_tags=sorted(sub_tissue_joined or {}))
+    # ... and on the walls of a user's tissues in the brain (a tumour in the white matter: without them
+    # the tetrahedra there, sized for the white matter, hold it as a few blocks or none)
+    # (not the lesion's tag: the label clean-up gives it the specks it encloses)
+    user = sorted({t for k in (4, 5) for t in sub_layers.get(k, ()) if t > 10} - set(fold_tags)
+                  - set(sub_tissue_roaming or ()) - ({int(lesion_tag)} if lesion is not None else set()))
+    if interface_point_cell and user:
+        extras["user_tissue_points"] = _interface_points(
+            lab, lz, loff, [phi for _, phi in fields], zooms, pad, float(interface_point_cell) * cell, layers=(),
+            fold_tags=user, fold_layers=(4, 5), clearance=FOLD_POINT_CLEARANCE, layer_of=layer_of)
+    for key, extra in extras.items():
         if lesion_pts is not None and len(lesion_pts) and len(extra):
             # none among the lesion's vertices (the folds it spares lie inside it: a fold vertex a
             # fraction of a millimetre from a lattice vertex gave Colin27 112 flat tetrahedra)
@@ -1756,7 +1778,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
             near, _ = cKDTree(lesion_pts).query(extra, distance_upper_bound=lesion_point_spacing(lesion, zooms))
             extra = extra[~np.isfinite(near)]
         verts.append(extra)
-        info["fold_points"] = len(extra)
+        info[key] = len(extra)
     verts = np.concatenate(verts)
     faces = np.concatenate(faces)
     # marching-cubes points lie on grid lines (many exactly coplanar): a 1e-4 mm jitter keeps
@@ -2012,7 +2034,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     ttags, sub = keep_sub_tissues(ttags, nodes, tets, labels, lzooms, offset_mm=loff, skip=lesion_tets,
                                   lesion_voxels=lmask, roaming=sub_tissue_roaming, never_merged=sub_tissue_never_merged,
                                   part_of=sub_tissue_part_of, joined_to=sub_tissue_joined,
-                                  volumes_mm3=sub_tissue_volumes_mm3, neighbors=nb)
+                                  volumes_mm3=sub_tissue_volumes_mm3, neighbors=nb, layer_of=layer_of)
     if sub["layers"]:
         info["sub_tissues"] = sub
         info["timings_s"]["sub_tissues_s"] = time.perf_counter() - t0
