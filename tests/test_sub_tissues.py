@@ -755,18 +755,19 @@ def test_joining_skips_a_piece_it_cannot_reach_and_joins_within_each_labelled_pi
     assert not (got[(q[:, 0] >= 2) & (q[:, 0] < 5)] == 1).any()  # no bridge to the other eye
 
 
-def _user_tissue_head():
+def _user_tissue_head(balls=None):
     """Nested spheres (1 mm voxels; scalp 50, bone 46, CSF 41, grey matter 38, white matter 33 mm)
     with a user's tissue in the white matter (tag 12, 7 mm ball), one in the skull (tag 13, 5 mm,
     reaching the CSF) and one on the scalp (tag 14, 5 mm, half of it outside the head), all under
-    the 8 mm default elements."""
+    the 8 mm default elements; or ``balls`` ({tag: (centre, radius)}, the later over the earlier)."""
     n = 106
     x, y, z = (np.mgrid[:n, :n, :n] - (n - 1) / 2) + np.array([0.11, 0.27, -0.19])[:, None, None, None]
     r = np.sqrt(x * x + y * y + z * z)
     t = np.zeros((n, n, n), np.uint8)
     for tag, rad in ((5, 50), (4, 46), (3, 41), (2, 38), (1, 33)):
         t[r <= rad] = tag
-    balls = {12: ((0, 0, 10), 7.0), 13: ((0, 0, -43.5), 5.0), 14: ((48, 0, 0), 5.0)}
+    if balls is None:
+        balls = {12: ((0, 0, 10), 7.0), 13: ((0, 0, -43.5), 5.0), 14: ((48, 0, 0), 5.0)}
     for tag, (c, rad) in balls.items():
         t[((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 < rad ** 2) & (t > 0)] = tag
     return t
@@ -781,7 +782,7 @@ def test_a_users_tissue_inside_another_layer_is_meshed_there():
     from stimsim.mesh.voxelize import tet_values_on_grid
 
     t = _user_tissue_head()
-    assert enclosing_layers(t) == {12: 5, 13: 2, 14: 1}
+    assert enclosing_layers(t)[:2] == ({12: 5, 13: 2, 14: 1}, {})
     mesh, info = _mesh(t, {i: i for i in range(15)})
     assert not info.merged_tags
     on_grid = tet_values_on_grid(mesh, mesh.tet_tags, t.shape, np.eye(4))
@@ -795,20 +796,63 @@ def test_a_users_tissue_inside_another_layer_is_meshed_there():
 
 
 def test_enclosing_layer_of_a_users_tissue():
-    """The layer a user's tissue is meshed in: the white matter's where it touches white matter
-    nearly all round, the outer layer it touches most where it touches little brain, none (the
-    grey matter's, as brain) where it touches grey matter or both; the lesion's stand-ins and
-    tags the caller leaves out are not looked at."""
-    from stimsim.head.meshers.core import enclosing_layers
+    """The layer a user's tissue is meshed in, per face-connected piece of the user's tags together:
+    the white matter's where it touches white matter nearly all round, the outer layer it touches
+    most where it touches little brain, none (the grey matter's, as brain) where it touches grey
+    matter or both; a tag inside another user's tag goes with it (a tumour's core in its oedema);
+    a tag with pieces in several layers is listed with its others; tags the caller leaves out are not
+    looked at."""
+    from stimsim.head.meshers.core import _into_enclosing_layers, enclosing_layers
 
     t = np.zeros((30, 30, 30), np.uint8)
     t[2:28, 2:28, 2:28] = 4
     t[5:25, 5:25, 5:25] = 2
     t[8:22, 8:22, 8:22] = 1
-    t[12:15, 12:15, 12:15] = 11  # inside the white matter
+    t[11:16, 11:16, 11:16] = 12  # inside the white matter ...
+    t[13, 13, 13] = 11  # ... with another tag inside it
     t[3:5, 10:13, 10:13] = 20  # inside the bone
     t[6:9, 10:13, 10:13] = 30  # across grey and white matter
     t[6:8, 20:22, 20:22] = 40  # inside the grey matter
-    assert enclosing_layers(t) == {11: 5, 20: 2}
-    assert enclosing_layers(t, exclude=(11,)) == {20: 2}
-    assert enclosing_layers(np.minimum(t, 10)) == {}
+    layer_of, roaming, hosts = enclosing_layers(t)
+    assert (layer_of, roaming) == ({11: 5, 12: 5, 20: 2}, {})
+    assert enclosing_layers(t, exclude=(11, 12))[:2] == ({20: 2}, {})
+    assert enclosing_layers(np.minimum(t, 10)) == ({}, {}, None)
+    u = t.copy()
+    _into_enclosing_layers(u, hosts)
+    assert (u[t == 12] == 1).all() and (u[t == 11] == 1).all() and (u[t == 20] == 4).all()
+    assert np.array_equal(u[~np.isin(t, (11, 12, 20))], t[~np.isin(t, (11, 12, 20))])
+    t[18:20, 18:20, 18:20] = 20  # tag 20 in the white matter too: mostly in the bone
+    assert enclosing_layers(t)[:2] == ({11: 5, 12: 5, 20: 2}, {20: (5,)})
+
+
+def test_nested_user_tissues_and_one_tag_in_two_layers_are_kept():
+    """A tumour's labels (necrosis 12 in enhancing 13 in oedema 14, BraTS-like) inside the white
+    matter, and one tag (15) both in the white matter and in the skull: every piece where its
+    labels have it (before: 12 and 13 none, merged into grey matter; tag 15's skull piece none, its
+    white-matter piece grown to keep the tag's volume)."""
+    from scipy import ndimage as ndi
+
+    from stimsim.mesh.voxelize import tet_values_on_grid
+
+    t = _user_tissue_head({14: ((0, 0, 12), 9.0), 13: ((0, 0, 12), 6.0), 12: ((0, 0, 12), 3.5),
+                           15: ((-12, 0, -8), 5.0)})  # (tag 15: in the white matter ...)
+    n = t.shape[0]
+    x, y, z = (np.mgrid[:n, :n, :n] - (n - 1) / 2) + np.array([0.11, 0.27, -0.19])[:, None, None, None]
+    t[((x * x + y * y + (z + 43.5) ** 2) < 9) & (t > 0)] = 15  # (... and 3 mm in the skull)
+    mesh, info = _mesh(t, {i: i for i in range(16)})
+    assert not info.merged_tags
+    on_grid = tet_values_on_grid(mesh, mesh.tet_tags, t.shape, np.eye(4))
+    for tag in (12, 13, 14):
+        m = t == tag
+        assert abs(mesh.volumes_mm3[mesh.tet_tags == tag].sum() / m.sum() - 1) < 0.05, tag
+        assert 2 * np.count_nonzero((on_grid == tag) & m) / (np.count_nonzero(on_grid == tag) + m.sum()) > 0.7, tag
+    pieces, k = ndi.label(t == 15)
+    assert k == 2
+    c = mesh.centroids[mesh.tet_tags == 15] - (n - 1) / 2
+    in_skull = np.linalg.norm(c - [0, 0, -43.5], axis=1) < 10  # (the other piece lies 35 mm away)
+    v = mesh.volumes_mm3[mesh.tet_tags == 15]
+    skull = np.count_nonzero(t[(n - 1) // 2 - 12:, :, :(n - 1) // 2 - 30] == 15)
+    assert abs(v[in_skull].sum() / skull - 1) < 0.1
+    assert abs(v[~in_skull].sum() / (np.count_nonzero(t == 15) - skull) - 1) < 0.05
+    for i in (1, 2):  # each piece's voxels mostly tag 15 in the mesh
+        assert np.mean(on_grid[pieces == i] == 15) > 0.7, i

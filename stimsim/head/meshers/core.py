@@ -391,61 +391,105 @@ def _enclosing_brain_layer(tags: np.ndarray) -> int:
 
 #: a user's tissue (a tag above 10, which counts as brain) whose faces with other tissues touch the
 #: white matter for at least this share is meshed inside the white matter, and one that touches grey
-#: and white matter for less than the rest inside the outer layer it touches most (a tumour in the
-#: white matter, a plate in the skull); counted as brain, its voxels made a hole in that layer, which
-#: the surfaces closed where it was small: a 0.9 mL ball in the white matter, and every ball of
-#: 0.1-3 mL in the skull or the scalp, came out as none (merged)
+#: matter for less than the rest inside the layer it touches most (a tumour in the white matter or
+#: on a ventricle, a plate in the skull); counted as brain, its voxels made a hole in that layer,
+#: which the surfaces closed where it was small: a 0.9 mL ball in the white matter, and every ball
+#: of 0.1-3 mL in the skull or the scalp, came out as none (merged)
 ENCLOSED_FACE_SHARE = 0.75
 
 
-def enclosing_layers(tags: np.ndarray, exclude=()) -> dict[int, int]:
-    """``{tag: layer}`` for the tags above 10 (a user's tissues, counted as brain: layer 4; not those
-    in ``exclude``) that the surface mesher meshes inside another layer: of their voxel faces with
-    other tissues (neither background nor another such tag), the white matter's (5) where it has at
-    least :data:`ENCLOSED_FACE_SHARE` of them, the scalp's, bone's or CSF's (1-3) that has the most
-    where the grey and white matter have less than ``1 - ENCLOSED_FACE_SHARE``.  The surfaces are then built with that layer's tissue in their voxels,
-    and the tetrahedra there take them from the labels (:mod:`.sub_tissues`)."""
+def enclosing_layers(tags: np.ndarray, exclude=()) -> tuple[dict[int, int], dict[int, tuple], tuple | None]:
+    """The nesting layers in which the surface mesher meshes a user's tissues (tags above 10, counted
+    as brain, layer 4; not those in ``exclude``).  Each face-connected piece of such voxels (all
+    those tags together: a tumour's core inside its oedema is one piece) goes by its voxel faces with
+    other tissues (not background): the white matter's layer (5) where it has at least
+    :data:`ENCLOSED_FACE_SHARE` of them, the grey matter's (4) where that has at least
+    ``1 - ENCLOSED_FACE_SHARE``, else the one of scalp, bone, CSF and white matter with the most.
+
+    Returns ``(layer_of, elsewhere, hosts)``: ``{tag: layer}`` for the tags with a piece outside the
+    grey matter's layer (the layer of most of their voxels), ``{tag: other layers}`` for those with
+    pieces in several, and ``(box, layer per voxel)`` (0: not such a tag) for
+    :func:`_into_enclosing_layers` and :func:`_user_stand_ins`, or None.  The surfaces are then built with each piece's layer's tissue in its voxels, and the
+    tetrahedra there take the tags from the labels (:mod:`.sub_tissues`)."""
     top = int(tags.max(initial=0))
     if top <= 10:
-        return {}
+        return {}, {}, None
     user = np.zeros(max(256, top + 1), bool)
     user[11:] = True
     user[[int(t) for t in exclude if 0 <= int(t) < len(user)]] = False
     um = user[tags]
     idx = [np.flatnonzero(um.any(axis=tuple(j for j in range(3) if j != i))) for i in range(3)]
     if any(len(i) == 0 for i in idx):
-        return {}
+        return {}, {}, None
     box = tuple(slice(max(int(i[0]) - 1, 0), int(i[-1]) + 2) for i in idx)  # (a voxel beyond: their faces)
     t, um = tags[box], um[box]
-    layer = layer_lut(len(user)).astype(np.int8)
-    pairs = np.zeros((len(user), 6), np.int64)  # faces of each user tag with each layer's tissues
+    pieces, n = label_pieces(um)
+    layer = layer_lut(len(user)).astype(np.int64)
+    faces = np.zeros((n + 1, 6), np.int64)  # each piece's faces with each layer's tissues
     for ax in range(3):
         lo = [slice(None)] * 3
         hi = [slice(None)] * 3
         lo[ax], hi[ax] = slice(0, -1), slice(1, None)
-        for a, b, ua, ub in ((t[tuple(lo)], t[tuple(hi)], um[tuple(lo)], um[tuple(hi)]),
-                             (t[tuple(hi)], t[tuple(lo)], um[tuple(hi)], um[tuple(lo)])):
-            face = ua & ~ub & (b > 0)
-            pairs += np.bincount(a[face].astype(np.int64) * 6 + layer[b[face]], minlength=pairs.size).reshape(pairs.shape)
+        for a, b in ((tuple(lo), tuple(hi)), (tuple(hi), tuple(lo))):
+            face = um[a] & ~um[b] & (t[b] > 0)
+            faces += np.bincount(pieces[a][face].astype(np.int64) * 6 + layer[t[b][face]],
+                                 minlength=faces.size).reshape(faces.shape)
+    total = faces.sum(1)
+    host = np.full(n + 1, 4, np.int64)  # (a piece touching no tissue: brain, as before)
+    # little grey matter around it: the layer it touches most (a grey-matter piece there would be a
+    # hole in another layer, which the surfaces close: a tumour on a ventricle's wall came out as none)
+    other = (faces[:, 4] < (1.0 - ENCLOSED_FACE_SHARE) * total) & (total > 0)
+    host[other] = np.array([1, 2, 3, 5])[np.argmax(faces[other][:, [1, 2, 3, 5]], axis=1)]
+    host[faces[:, 5] >= ENCLOSED_FACE_SHARE * total] = 5
+    host[0] = 0
+    voxel_host = host[pieces].astype(np.int8)
+    per_tag = np.bincount(t[um].astype(np.int64) * 6 + voxel_host[um], minlength=len(user) * 6).reshape(-1, 6)
+    layer_of, elsewhere = {}, {}
+    for tag in np.flatnonzero(per_tag.sum(1)):
+        hosts = np.flatnonzero(per_tag[tag])
+        if list(hosts) == [4]:
+            continue
+        layer_of[int(tag)] = main = int(np.argmax(per_tag[tag]))
+        if len(hosts) > 1:
+            elsewhere[int(tag)] = tuple(int(k) for k in hosts if k != main)
+    return layer_of, elsewhere, ((box, voxel_host) if layer_of else None)
+
+
+def _user_stand_ins(user_grid: np.ndarray, hosts: tuple, layer_of: dict, elsewhere: dict,
+                    taken) -> dict[int, tuple[int, int]]:
+    """A user's tag with pieces in several layers (:func:`enclosing_layers`' ``elsewhere``): its pieces
+    outside its main layer take a stand-in tag in ``user_grid`` (in place; a free value above 10,
+    none of ``taken``), meshed in their layer and given the tag back after meshing (the tissues
+    inside a layer are calibrated to one volume per tag: a skull plate took the volume of a ball of
+    its tag in the white matter, -34 %).  Returns ``{stand-in: (tag, layer)}``, ``layer_of`` updated;
+    with no free value left the pieces stay as they are (meshed in the main layer)."""
+    box, voxel_host = hosts
+    free = [v for v in range(250, 10, -1) if v not in set(int(t) for t in taken)]
     out = {}
-    for tag in np.flatnonzero(pairs.sum(1)):
-        n = pairs[tag].sum()
-        if pairs[tag, 5] >= ENCLOSED_FACE_SHARE * n:
-            out[int(tag)] = 5
-        elif pairs[tag, 4:].sum() < (1.0 - ENCLOSED_FACE_SHARE) * n:
-            out[int(tag)] = 1 + int(np.argmax(pairs[tag, 1:4]))
+    sub = user_grid[box]
+    for tag, layers in elsewhere.items():
+        for k in layers:
+            if not free:
+                return out
+            v = free.pop(0)
+            sub[(sub == tag) & (voxel_host == k)] = v
+            out[v] = (int(tag), int(k))
+            layer_of[v] = int(k)
     return out
 
 
-def _into_enclosing_layers(tags: np.ndarray, layer_of: dict[int, int], keep: np.ndarray | None = None) -> None:
-    """The voxels of ``layer_of``'s tags -> their layer's fill tag, in place (not under ``keep``)."""
-    fill = np.arange(max(256, int(tags.max(initial=0)) + 1))
-    for tag, k in layer_of.items():
-        fill[tag] = LAYER_FILL_TAG[k]
-    m = np.isin(tags, list(layer_of))
+def _into_enclosing_layers(tags: np.ndarray, hosts: tuple, keep: np.ndarray | None = None) -> None:
+    """A user's tissues in an outer or the white matter's layer (:func:`enclosing_layers`'s ``hosts``)
+    -> that layer's fill tag, in place (not under ``keep``, a lesion)."""
+    box, voxel_host = hosts
+    fill = np.zeros(6, tags.dtype)
+    for k, t in LAYER_FILL_TAG.items():
+        fill[k] = t
+    m = (voxel_host > 0) & (voxel_host != 4)
     if keep is not None:
-        m &= ~keep
-    tags[m] = fill[tags[m]]
+        m &= ~keep[box]
+    sub = tags[box]
+    sub[m] = fill[voxel_host[m]]
 
 
 def _csf_into_brain(tags: np.ndarray, lmask) -> None:
@@ -1229,7 +1273,8 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             # coarser surfaces than that lose thin layers (twice the element size on a folded head: GM +66 %)
             raise MeshError(f"surface_size_mm must lie between half the voxel size ({0.5 * zooms.min():.3g} mm) "
                             f"and twice the element size ({2 * h:.3g} mm), got {surface_size_mm!r}")
-    lmask = orig = None
+    lmask = orig = user_grid = None
+    user_stand_ins, user_mm3 = {}, {}  # a user's tag's pieces in its other layers (_user_stand_ins)
     sulcal_mm3 = sulcal_s = 0.0  # CSF meshed as a tissue of the brain's layers (surface mesher, sulcal_csf)
     fold_mm3 = {}  # the same per tag (CSF, blood)
     if lesion is not None:
@@ -1238,6 +1283,35 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         lmask = _apply_lesion(tags, affine, lesion, lesion_tag)
     # (the surface mesher builds its layers from the tissue under a lesion: a CSF lesion is no CSF here)
     own_stand_ins = bool(np.isin(tags, list(_INSIDE_BRAIN.values())).any())  # (a user's own tags 251, 252)
+    voxel_mm3 = float(np.prod(zooms))
+    tag_counts = value_counts(tags, minlength=256)  # (the labels as they are: the volumes the mesh should hold)
+    user_layers = {}
+    if method == "surface":
+        # a user's tissue inside another layer than the grey matter's (a tumour in the white matter, a
+        # plate in the skull): meshed inside that layer; the checks and rules below read it as that
+        # layer's tissue (a dura-like sheet of a user's tag outside the CSF read as brain: "the CSF lies
+        # only inside the brain")
+        user_layers, elsewhere, hosts = enclosing_layers(tags if orig is None else orig,
+                                                         exclude=() if own_stand_ins else _INSIDE_BRAIN.values())
+        if user_layers:
+            logger.info("labels: %s meshed inside the layer that encloses them (%s)",
+                        ", ".join(_name(t) for t in user_layers),
+                        ", ".join("/".join(_name(LAYER_FILL_TAG[k]) for k in (user_layers[t], *elsewhere.get(t, ())))
+                                  for t in user_layers))
+            # the surfaces see the enclosing layer's tissue in their voxels, the tissues inside the
+            # layers (and the vertices on their walls) the user's tags (kept apart here)
+            src = tags if orig is None else orig
+            user_grid = np.where(np.isin(src, list(user_layers)), src, np.zeros((), src.dtype))
+            del src
+            user_stand_ins = _user_stand_ins(user_grid, hosts, user_layers, elsewhere,
+                                             [*np.flatnonzero(tag_counts), *_INSIDE_BRAIN.values(), int(lesion_tag)])
+            for v, (tag, _) in user_stand_ins.items():  # (what each holds, outside the lesion)
+                n = np.count_nonzero(user_grid == v) if lmask is None else np.count_nonzero((user_grid == v) & ~lmask)
+                user_mm3[v] = n * voxel_mm3
+            _into_enclosing_layers(tags, hosts, keep=lmask)
+            if orig is not None:
+                _into_enclosing_layers(orig, hosts)
+        del hosts
     inner_csf = method == "surface" and not own_stand_ins and csf_inside_brain_only(tags if orig is None else orig)
     if inner_csf:
         logger.warning("labels: the CSF lies only inside the brain (the ventricles; no CSF labelled around it): "
@@ -1247,8 +1321,6 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         logger.warning("labels: %s touch the volume's %s face: the field of view cuts the head there; the mesh "
                        "closes it with thin layers, and fields near that face are not the head's",
                        ", ".join(_name(x) for x in t), face)
-    voxel_mm3 = float(np.prod(zooms))
-    tag_counts = value_counts(tags, minlength=256)
     raw_vol = _voxel_volumes(tag_counts, voxel_mm3)
     counts, merged = expected_tags(tags, method, lmask, lesion_tag, counts=tag_counts)
     del tag_counts
@@ -1328,20 +1400,13 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             # thick slices (a 1 x 1 x 2 mm scan): the surfaces are sampled every few voxels of the finest
             # axis, so along the thick one every 8 mm (1 x 1 x 2 mm Colin27: 408 tetrahedra below the
             # bounds, the white matter in two pieces); split them so that the voxels are about cubes
-            tags, lmask, orig = (None if a is None else _split_voxels(a, up) for a in (tags, lmask, orig))
+            tags, lmask, orig, user_grid = (None if a is None else _split_voxels(a, up)
+                                            for a in (tags, lmask, orig, user_grid))
             affine = affine @ _split_affine(up)
             zooms = zooms / up
             voxel_mm3 = float(np.prod(zooms))
             logger.info("voxels of %s mm split %s times: surfaces sampled alike along every axis",
                         " x ".join(f"{z * u:.3g}" for z, u in zip(zooms, up)), "x".join(map(str, up)))
-        # a user's tissue inside another layer than the grey matter's (a tumour in the white matter, a
-        # plate in the skull): meshed inside that layer (on the labels as they are, after the split)
-        user_layers = enclosing_layers(tags if orig is None else orig,
-                                       exclude=() if own_stand_ins else _INSIDE_BRAIN.values())
-        if user_layers:
-            logger.info("labels: %s meshed inside the layer that encloses them (%s)",
-                        ", ".join(_name(t) for t in user_layers),
-                        ", ".join(_name(LAYER_FILL_TAG[k]) for k in user_layers.values()))
         factors = label_grid_factors(opts["surface_step"], zooms)
         spacing_mm = opts["surface_step"] * float(np.min(zooms))  # the surfaces' sampling, kept on a coarse copy
         coarse_step = max(1, int(round(spacing_mm / float(np.min(zooms * factors)))))
@@ -1349,7 +1414,9 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         if (factors > 1).any():
             extra += f"|grid{factors.tolist()}"
     else:
-        opts, extra, user_layers = {}, f"lattice|{MESHER_VERSION}", {}
+        opts, extra = {}, f"lattice|{MESHER_VERSION}"
+    if user_grid is not None:  # (the tags hold the layers' tissues there)
+        extra += f"|user:{hashlib.sha256(np.ascontiguousarray(user_grid).tobytes()).hexdigest()[:16]}"
     if lmask is not None:
         extra += f"|lesion{int(lesion_tag)}:{hashlib.sha256(np.packbits(lmask).tobytes()).hexdigest()[:16]}"
         if orig is not None:  # the tissue under the lesion, from which the surface mesher builds its surfaces
@@ -1366,16 +1433,6 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         info.timings_s["total_s"] = time.perf_counter() - t_start
         return (mesh, info) if return_info else mesh
 
-    user_grid = None
-    if user_layers:
-        # the surfaces see the enclosing layer's tissue in a user's tissue's voxels, the tissues inside
-        # the layers (and the vertices on their walls) the user's tags (kept apart here)
-        src = tags if orig is None else orig
-        user_grid = np.where(np.isin(src, list(user_layers)), src, np.zeros((), src.dtype))
-        del src
-        _into_enclosing_layers(tags, user_layers, keep=lmask)
-        if orig is not None:
-            _into_enclosing_layers(orig, user_layers)
     coarse_s, coarse = 0.0, None
     if method == "surface":
         # a scan's field of view is often twice the head's box (a 0.5 mm volume of 394 x 466 x 620
@@ -1472,6 +1529,8 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
                 for tag, v in fold_mm3.items():
                     if v > 0:
                         want[tag], want[_INSIDE_BRAIN[tag]] = want[tag] - v, v
+            for v, (tag, _) in user_stand_ins.items():
+                want[tag], want[v] = want[tag] - user_mm3[v], user_mm3[v]
             # thicknesses the caller chose are kept: no retry with others (the shipped mesh's recipe)
             retry = () if "thickness_scale" in (surface_options or {}) else TETGEN_RETRY_THICKNESS_FACTORS
             nodes, tets, ttags, minfo = _surface_mesh_retrying(
@@ -1489,6 +1548,21 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
                                    "blood_voxel_mm3": fold_mm3.get(9, 0.0),
                                    "mesh_mm3": float(np.abs(signed_volumes(nodes, fold_tets)).sum())}
             del fold_tets
+        if user_stand_ins:
+            sub = minfo.get("sub_tissues") or {}
+            for v, (tag, k) in user_stand_ins.items():
+                ttags[ttags == v] = tag
+                if v in sub.get("merged", {}):
+                    logger.warning("the surface mesher meshes the piece(s) of %s inside the %s layer as %s: too "
+                                   "small for the elements (a smaller --element-size keeps them)", _name(tag),
+                                   _name(LAYER_FILL_TAG[k]), _name(sub["merged"][v]))
+            sub["layers"] = {k: sorted({user_stand_ins.get(t, (t,))[0] for t in v})
+                             for k, v in sub.get("layers", {}).items()}
+            lost = [list(user_stand_ins[t]) for t in sub.get("merged", {}) if t in user_stand_ins]
+            sub["merged"] = {t: u for t, u in sub.get("merged", {}).items() if t not in user_stand_ins}
+            minfo["user_tissues"] = {"layers": {int(t): int(k) for t, k in user_layers.items() if t not in user_stand_ins},
+                                     "pieces_elsewhere": sorted(list(tk) for tk in user_stand_ins.values()),
+                                     "pieces_merged": lost}
         if inner_csf or sulcal_mm3:
             for tag, stand_in in _INSIDE_BRAIN.items():
                 ttags[ttags == stand_in] = tag

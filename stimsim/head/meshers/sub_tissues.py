@@ -143,12 +143,14 @@ def _calibrated_choice(f: np.ndarray, vol: np.ndarray, target: np.ndarray, max_r
     those thresholds, ``lam_j`` goes halfway between the last row taken and the next distinct
     threshold, at the count nearest the target (a block of equal thresholds is taken whole or not at
     all).  Three or more columns take rounds of that until every column is within ``k - 1`` times
-    the largest row's volume of its target (the rounds can cycle by a row or two)."""
+    the largest volume of the rows it may take of its target (the rounds can cycle by a row or two;
+    the largest row of all: a small tissue among large tetrahedra, a tumour's core 175 mm^3 inside the
+    white matter, stopped 22 % short)."""
     k = f.shape[1]
     score = np.where(f > 0, f, -np.inf)
     lam = np.zeros(k)
     main = int(np.argmax(target))
-    tol = (k - 1) * float(vol.max()) if len(vol) else 0.0
+    tol = 1.0 * (np.where(f > 0, vol[:, None], 0.0).max(0) if len(vol) else np.zeros(k))
 
     def choice():
         return np.argmax(score + np.where(np.isfinite(lam), lam, -1e9), axis=1)

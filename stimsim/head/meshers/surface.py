@@ -1664,7 +1664,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
         tags, cavity, zooms, min_thickness_mm=min_thickness_mm, sigma_vox=sigma_vox, pad=pad,
         thickness_scale=thickness_scale, calibrate_step=int(surface_step or 2) if calibrate else None,
         layer_volume_mm3=layer_volume_mm3, bone_voxels=bone_voxels, surface_step=int(surface_step or 2),
-        pieces=pieces, local_calibration_mm=float(local_calibration_mm), fluid_tags=tuple(sub_tissue_roaming or ()),
+        pieces=pieces, local_calibration_mm=float(local_calibration_mm),
+        fluid_tags=tuple(sub_tissue_roaming or ()),
         thin_layer_scale=thin_layer_scale, thin_layer_voxel_mm=thin_layer_voxel_mm, report=info)
     info["timings_s"]["fields_s"] = time.perf_counter() - t0
     if progress_cb:
@@ -2143,8 +2144,13 @@ def _bone_along_normal(pts, phi_bone, bone, zooms, pad) -> np.ndarray:
     step = 0.5 * float(np.min(zooms))
     near = 0.5 * float(np.linalg.norm(zooms)) - bone["within_mm"]  # on the excess-distance field
     found = np.zeros(len(pts), bool)
+    todo = np.arange(len(pts))  # (the points not found yet: most are found in the first few steps)
     for s in np.arange(-bone["probe_mm"], bone["probe_mm"] + step / 2, step):
-        found |= _trilinear(bone["excess_mm"], pts + s * n, zooms, pad) <= near
+        hit = _trilinear(bone["excess_mm"], pts[todo] + s * n[todo], zooms, pad) <= near
+        found[todo[hit]] = True
+        todo = todo[~hit]
+        if not len(todo):
+            break
     return found
 
 
