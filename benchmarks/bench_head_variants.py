@@ -14,8 +14,10 @@ given to the grey matter below 80 %): docs/meshing.md.
     python benchmarks/bench_head_variants.py                 # every variant (about 4 min)
     python benchmarks/bench_head_variants.py scale0.7 flat   # some of them
 
-The last two are Colin27 itself with a decompressive craniectomy (the bone over a 70 x 90 mm oval
-on the left made CSF), alone and with a 33 mL lesion under it (tag 11; its volume error in brackets).
+Then Colin27 itself with a decompressive craniectomy (the bone over a 70 x 90 mm oval on the left
+made CSF), alone and with a 33 mL lesion under it (tag 11; its volume error in brackets), and with a
+tumour labelled as a segmentation of one labels it (BraTS-like: necrosis 12 inside an enhancing rim 13
+inside oedema 14, 4 / 7 / 11 mm balls around the white matter's deepest point; surf-6.20).
 
 Scaling is nearest-neighbour with the 1 mm voxels kept (``scipy.ndimage.zoom``, order 0): the layers
 thin in proportion, and thin bone breaks into islands the clean-up removes before meshing (Colin27 at
@@ -45,7 +47,12 @@ VARIANTS = {
     # a stroke patient's head: a decompressive craniectomy (the bone over a 70 x 90 mm oval on the left
     # made CSF), and with a 33 mL lesion under it (``--lesion``, tag 11): surf-6.17
     "craniectomy": ((1.0,) * 3, 1), "craniectomy + lesion": ((1.0,) * 3, 1),
+    # a user's own tissues in the white matter: a three-label tumour (surf-6.20)
+    "tumour": ((1.0,) * 3, 1),
 }
+#: the tumour's labels and radii (mm), outermost first; their conductivities (S/m) are the benchmark's
+#: own choice for the solve (necrosis as CSF, the rim as grey matter, oedema between), not cited values
+TUMOUR = ((14, 11.0, 0.8), (13, 7.0, 0.275), (12, 4.0, 1.654))
 #: the craniectomy's centre (world mm, Colin27's frame), its axis, and the oval's two diameters (mm)
 DEFECT = (np.array([0.0, -18.0, 15.0]), np.array([-1.0, 0.0, 0.8]) / np.hypot(1.0, 0.8), (70.0, 90.0))
 
@@ -74,6 +81,13 @@ def variant(name: str):
         if name.endswith("lesion"):
             lesion = (np.linalg.norm(v - 45.0 * axis, axis=-1) < 20.0) & np.isin(tags, (1, 2))
         return tags, img.affine, lesion
+    if name == "tumour":
+        depth = ndi.distance_transform_edt(tags == 1)
+        centre = np.array(np.unravel_index(np.argmax(depth), tags.shape), float)
+        r = np.linalg.norm(np.indices(tags.shape).transpose(1, 2, 3, 0) - centre, axis=-1)
+        for tag, radius, _ in TUMOUR:
+            tags[(r < radius) & (tags > 0)] = tag
+        return tags, img.affine, None
     tags = ndi.zoom(tags, zoom, order=0)
     if split > 1:
         tags = tags.repeat(split, 0).repeat(split, 1).repeat(split, 2)
@@ -88,7 +102,7 @@ def electrode_positions(name: str) -> dict:
     from stimsim.head.eeg import head_positions
 
     pos = head_positions("colin27")
-    if name.startswith("craniectomy"):  # Colin27's own grid and frame
+    if name.startswith("craniectomy") or name == "tumour":  # Colin27's own grid and frame
         return {k: tuple(float(x) for x in pos[k]) for k in ("C3", "Fp2")}
     zoom, _ = VARIANTS[name]
     to_vox = np.linalg.inv(nib.load(str(LABELS)).affine)
@@ -105,7 +119,8 @@ def run_one(name: str) -> dict:
 
     tags, affine, lesion = variant(name)
     t = time.perf_counter()
-    mesh, info = make_head_mesh(tags, affine, "simnibs", method="surface", cache=False, progress=False,
+    spec = {i: i for i in range(int(tags.max()) + 1)} if tags.max() > 10 else "simnibs"  # (the tumour's tags)
+    mesh, info = make_head_mesh(tags, affine, spec, method="surface", cache=False, progress=False,
                                 return_info=True, check=False, lesion=lesion, lesion_tag=11)
     dt = time.perf_counter() - t
     want = info.expected_volume_mm3
@@ -123,7 +138,8 @@ def run_one(name: str) -> dict:
             "min_dihedral": float(e["min_dihedral_deg"].min()), "thickness": thick,
             # a chronic stroke lesion (tag 11) conducts as CSF
             "cg": cg_iterations(mesh, electrode_positions(name),
-                                {11: TISSUES[3][1]} if 11 in mesh.tet_tags else None),
+                                {**({11: TISSUES[3][1]} if 11 in mesh.tet_tags else {}),
+                                 **{t: c for t, _, c in TUMOUR if t in mesh.tet_tags}} or None),
             "poor": int(np.sum((e["min_dihedral_deg"] < 5) | (e["radius_ratio"] < 0.1))),
             "vol_err": {int(k): float(got[k] / v - 1) for k, v in sorted(want.items())},
             "pieces": {int(k): int(c["pieces"]) for k, c in tissue_connectivity(mesh).items()},
@@ -153,6 +169,8 @@ def main() -> None:
         err = " ".join(f"{100 * r['vol_err'][str(t)]:+.2f}" for t in (1, 2, 3, 4, 5) if str(t) in r["vol_err"])
         if "11" in r["vol_err"]:
             err += f" (lesion {100 * r['vol_err']['11']:+.2f})"
+        if "12" in r["vol_err"]:
+            err += " (tumour " + " ".join(f"{100 * r['vol_err'][str(t)]:+.2f}" for t, _, _ in TUMOUR) + ")"
         pieces = " ".join(str(r["pieces"].get(str(t), "-")) for t in (1, 2, 3, 4, 5))
         th = f"{r['thickness']['bone']:+.2f}, {r['thickness']['csf']:+.2f}"
         print(f"| {name} | {r['voxels']:,} | {r['time_s']:.1f} | {r['peak_gb']:.2f} | {r['tets']:,} "

@@ -1548,7 +1548,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
                                    "blood_voxel_mm3": fold_mm3.get(9, 0.0),
                                    "mesh_mm3": float(np.abs(signed_volumes(nodes, fold_tets)).sum())}
             del fold_tets
-        if user_stand_ins:
+        if user_layers:
             sub = minfo.get("sub_tissues") or {}
             for v, (tag, k) in user_stand_ins.items():
                 ttags[ttags == v] = tag

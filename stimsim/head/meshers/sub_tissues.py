@@ -157,10 +157,12 @@ def _calibrated_choice(f: np.ndarray, vol: np.ndarray, target: np.ndarray, max_r
 
     last = None
 
+    # the largest first, the smallest last: each round ends with the small ones at their targets, the
+    # large ones taking up what they moved (in column order, a tumour's oedema took back what its rim
+    # and core took, which stopped 20-30 % short on Colin27)
+    order_j = [int(j) for j in np.argsort(-np.asarray(target, float), kind="stable") if j != main]
     for _ in range(max_rounds if k > 2 else 1):
-        for j in range(k):
-            if j == main:
-                continue
+        for j in order_j:
             rest = np.delete(score + lam, j, axis=1).max(1)
             cand = np.flatnonzero(f[:, j] > 0)
             need = rest[cand] - f[cand, j]
