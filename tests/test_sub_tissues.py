@@ -856,3 +856,24 @@ def test_nested_user_tissues_and_one_tag_in_two_layers_are_kept():
     assert abs(v[~in_skull].sum() / (np.count_nonzero(t == 15) - skull) - 1) < 0.05
     for i in (1, 2):  # each piece's voxels mostly tag 15 in the mesh
         assert np.mean(on_grid[pieces == i] == 15) > 0.7, i
+
+
+def test_calibrated_choice_small_tissues_reach_their_targets_beside_a_short_one():
+    """Small tissues (a tumour's core, rim and oedema) sharing rows with a tissue whose rows cannot
+    hold its target (Colin27's white matter, calibrated with the grey matter and the folds' CSF):
+    each within its largest row of its target (before: the short one, raised above everyone each
+    round, took 32 and 10 of the small ones' 100 and 80)."""
+    rng = np.random.default_rng(3)
+    n = 4000
+    f = np.zeros((n, 5))
+    f[:, 1] = rng.uniform(1, 15, n)  # the largest tissue, everywhere
+    f[:1000, 0] = rng.uniform(1, 15, 1000)  # one whose rows cannot hold its target
+    for j, rows in ((2, np.arange(700, 900)), (3, np.arange(800, 950)), (4, np.arange(850, 880))):
+        f[rows, j] = rng.uniform(1, 15, len(rows))
+    vol = rng.uniform(0.5, 1.5, n)
+    target = np.array([1200.0, 0.0, 100.0, 80.0, 20.0])
+    target[1] = vol.sum() - target.sum()
+    got = np.bincount(_calibrated_choice(f, vol, target), weights=vol, minlength=5)
+    assert got[0] < target[0] - 100  # (it is short: all its rows hold less)
+    for j in (2, 3, 4):
+        assert abs(got[j] - target[j]) <= vol[f[:, j] > 0].max(), (j, got[j], target[j])

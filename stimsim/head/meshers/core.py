@@ -462,7 +462,8 @@ def _user_stand_ins(user_grid: np.ndarray, hosts: tuple, layer_of: dict, elsewhe
     none of ``taken``), meshed in their layer and given the tag back after meshing (the tissues
     inside a layer are calibrated to one volume per tag: a skull plate took the volume of a ball of
     its tag in the white matter, -34 %).  Returns ``{stand-in: (tag, layer)}``, ``layer_of`` updated;
-    with no free value left the pieces stay as they are (meshed in the main layer)."""
+    with no free value left the pieces stay as they are (their tetrahedra go to the main layer's
+    pieces), with a warning."""
     box, voxel_host = hosts
     free = [v for v in range(250, 10, -1) if v not in set(int(t) for t in taken)]
     out = {}
@@ -470,7 +471,10 @@ def _user_stand_ins(user_grid: np.ndarray, hosts: tuple, layer_of: dict, elsewhe
     for tag, layers in elsewhere.items():
         for k in layers:
             if not free:
-                return out
+                logger.warning("labels: %s has pieces inside the %s layer too, and no tag value is free to mesh "
+                               "them apart: they go to its pieces elsewhere (use fewer tag values above 10)",
+                               _name(tag), _name(LAYER_FILL_TAG[k]))
+                continue
             v = free.pop(0)
             sub[(sub == tag) & (voxel_host == k)] = v
             out[v] = (int(tag), int(k))
