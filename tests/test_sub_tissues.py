@@ -823,6 +823,13 @@ def test_enclosing_layer_of_a_users_tissue():
     assert np.array_equal(u[~np.isin(t, (11, 12, 20))], t[~np.isin(t, (11, 12, 20))])
     t[18:20, 18:20, 18:20] = 20  # tag 20 in the white matter too: mostly in the bone
     assert enclosing_layers(t)[:2] == ({11: 5, 12: 5, 20: 2}, {20: (5,)})
+    # in the CSF: its layer, unless it touches the grey matter too (a lobe of the user's tag: brain)
+    c = np.zeros((30, 30, 30), np.uint8)
+    c[2:28, 2:28, 2:28] = 3
+    c[8:22, 8:22, 8:22] = 2
+    c[4:7, 12:15, 12:15] = 30  # in the CSF
+    c[21:27, 4:26, 4:26] = 31  # a cap over the brain: CSF around, grey matter at its floor (13 %)
+    assert enclosing_layers(c)[:2] == ({30: 3}, {})
 
 
 def test_nested_user_tissues_and_one_tag_in_two_layers_are_kept():
