@@ -1474,8 +1474,9 @@ def _interface_points(labels: np.ndarray, lzooms, offset_mm, fields, zooms, pad:
     the folds' voxels.  ``fold_layers``: the layers of ``fold_tags`` (the grey matter's; a user's
     tissue inside the brain: the grey and white matter's).  ``avoid_tags``: no vertex within a cube
     of a face of these tissues (the folds' blood: the vertices broke a thin sheet of it into many
-    pieces).  ``layer_of``: {tag: layer} for tissues meshed in another layer than their own.  Tetrahedra with vertices on an interface follow it (docs/meshing.md, surf-6.12,
-    surf-6.19)."""
+    pieces).  ``layer_of``: {tag: layer} for tissues meshed in another layer than their own.
+    Tetrahedra with vertices on an interface follow it (docs/meshing.md, surf-6.12, surf-6.19,
+    surf-6.20)."""
     layers = INTERFACE_POINT_LAYERS if layers is None else layers
     lz = np.asarray(lzooms, float)
     fold_tags = np.asarray(sorted(fold_tags), np.int64)
@@ -1664,8 +1665,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
         tags, cavity, zooms, min_thickness_mm=min_thickness_mm, sigma_vox=sigma_vox, pad=pad,
         thickness_scale=thickness_scale, calibrate_step=int(surface_step or 2) if calibrate else None,
         layer_volume_mm3=layer_volume_mm3, bone_voxels=bone_voxels, surface_step=int(surface_step or 2),
-        pieces=pieces, local_calibration_mm=float(local_calibration_mm),
-        fluid_tags=tuple(sub_tissue_roaming or ()),
+        pieces=pieces, local_calibration_mm=float(local_calibration_mm), fluid_tags=tuple(sub_tissue_roaming or ()),
         thin_layer_scale=thin_layer_scale, thin_layer_voxel_mm=thin_layer_voxel_mm, report=info)
     info["timings_s"]["fields_s"] = time.perf_counter() - t0
     if progress_cb:
