@@ -3,9 +3,10 @@
 The surface mesher builds five nested layers (scalp, bone, CSF, grey matter, white matter;
 :data:`stimsim.tissues.LAYER_OF_TAG`).  Labels such as SimNIBS charm's put several tissues in one
 layer: eyes and muscle in the scalp layer, compact and spongy bone (and no tag 4) in the bone layer,
-blood in the CSF layer, and a user's own tag (above 10) in the brain.  Their conductivities differ
-(muscle 0.16 S/m against scalp 0.465, compact bone 0.008 against spongy 0.025), so merging them
-changes the field.  The layers and their surfaces stay as they are; this pass gives each
+blood in the CSF layer, and a user's own tag (above 10) in the layer around it
+(:func:`.core.enclosing_layers`: a tumour in the white matter, a plate in the skull).  Their
+conductivities differ (muscle 0.16 S/m against scalp 0.465, compact bone 0.008 against spongy
+0.025), so merging them changes the field.  The layers and their surfaces stay as they are; this pass gives each
 tetrahedron of such a layer one of the layer's tissues, from the tissues' shares of it, calibrated
 to their voxel volumes (:func:`keep_sub_tissues`).  Interfaces inside a layer are then staircases
 of tetrahedra, as the lattice mesher's are (design notes: docs/meshing.md, surf-6.7).
