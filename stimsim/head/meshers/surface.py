@@ -1770,14 +1770,25 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
         extras["user_tissue_points"] = _interface_points(
             lab, lz, loff, [phi for _, phi in fields], zooms, pad, float(interface_point_cell) * cell, layers=(),
             fold_tags=user, fold_layers=(4, 5), clearance=FOLD_POINT_CLEARANCE, layer_of=layer_of)
+    spacing = {"interface_points": interface_point_cell * cell, "fold_points": fold_point_cell * cell,
+               "user_tissue_points": interface_point_cell * cell}
+    taken = []  # (points, spacing mm) of the sets kept so far
+    from scipy.spatial import cKDTree
+
     for key, extra in extras.items():
         if lesion_pts is not None and len(lesion_pts) and len(extra):
             # none among the lesion's vertices (the folds it spares lie inside it: a fold vertex a
             # fraction of a millimetre from a lattice vertex gave Colin27 112 flat tetrahedra)
-            from scipy.spatial import cKDTree
-
             near, _ = cKDTree(lesion_pts).query(extra, distance_upper_bound=lesion_point_spacing(lesion, zooms))
             extra = extra[~np.isfinite(near)]
+        for pts, other in taken:
+            # none near another set's: a user's tissue against the folds' CSF had vertices of both on
+            # that wall, some at the same point (a 2 mL tumour across a fold: 487 flat tetrahedra, the
+            # mesh refused); as far apart as a vertex keeps from the surfaces
+            if len(pts) and len(extra):
+                near, _ = cKDTree(pts).query(extra, distance_upper_bound=FOLD_POINT_CLEARANCE * min(other, spacing[key]))
+                extra = extra[~np.isfinite(near)]
+        taken.append((extra, spacing[key]))
         verts.append(extra)
         info[key] = len(extra)
     verts = np.concatenate(verts)
