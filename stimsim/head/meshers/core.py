@@ -46,8 +46,8 @@ from ...mesh.model import Mesh
 from ...tissues import LAYER_FILL_TAG, layer_lut
 from ..labels import apply_label_map, label_map, value_counts
 from .lattice import DEFAULT_ELEMENT_SIZE_MM, MESHER_VERSION, lattice_tets
-from .topology import (ISLAND_FRACTION, compact_nodes, distance_to_background, face_components, label_pieces,
-                       on_threads, orient_tets, signed_volumes, tet_neighbors)
+from .topology import (ISLAND_FRACTION, ISLAND_KEPT_MM3, compact_nodes, distance_to_background, face_components,
+                       label_pieces, on_threads, orient_tets, signed_volumes, tet_neighbors)
 
 __all__ = ["make_head_mesh", "load_label_volume", "tissue_connectivity", "quality_summary", "resolve_method",
            "check_layers_nest", "check_one_head", "check_meshable", "volume_check", "assess_quality", "expected_tags", "print_summary",
@@ -169,10 +169,11 @@ def _cache_read(cfile: Path | None) -> Mesh | None:
 # voxel preparation
 # ----------------------------------------------------------------------------------------------
 def _clean_islands(tags: np.ndarray, zooms, keep: np.ndarray | None = None,
-                   connectivity: int = 6) -> tuple[np.ndarray, dict]:
+                   connectivity: int = 6, kept_mm3: float = 0.0) -> tuple[np.ndarray, dict]:
     """Reassign small islands of each tissue (pieces joined across voxel faces, or with
     ``connectivity=26`` also edges and corners) to the nearest other tissue (voxels under ``keep``,
-    the lesion, never count as islands).
+    the lesion, never count as islands).  Pieces of at least ``kept_mm3`` are kept where the surfaces
+    keep them (:data:`ISLAND_KEPT_MM3`, :func:`_kept_by_the_surfaces`; 0: none kept).
 
     The surface mesher uses 26: a skull one voxel thick is joined only through edges and corners
     where it runs obliquely, and with faces alone those stretches were islands, replaced by scalp
@@ -180,12 +181,18 @@ def _clean_islands(tags: np.ndarray, zooms, keep: np.ndarray | None = None,
     tags = tags.copy()
     unknown = np.zeros(tags.shape, bool)
     moved = {}
+    kept_vox = int(np.ceil(kept_mm3 / float(np.prod(np.asarray(zooms, float))))) if kept_mm3 > 0 else 0
     # each tissue's islands on their own (two threads: the labelling runs outside the GIL)
-    islands = on_threads({int(t): (_islands, tags, int(t), connectivity) for t in np.unique(tags) if t != 0},
-                         tags.size)
-    for t, where in islands.items():
-        if where is None:
+    islands = on_threads({int(t): (_islands, tags, int(t), connectivity, kept_vox)
+                          for t in np.unique(tags) if t != 0}, tags.size)
+    main = {}  # the main piece of each nesting layer's mask, as the surfaces take it (computed when needed)
+    for t, found in islands.items():
+        if found is None:
             continue
+        where, large = found
+        if large:
+            lost = _kept_by_the_surfaces(tags, t, large, main)
+            where = tuple(np.concatenate([w, *(piece[j] for piece in lost)]) for j, w in enumerate(where))
         if keep is not None:
             where = tuple(i[~keep[where]] for i in where)
         moved[t] = int(len(where[0]))
@@ -204,10 +211,12 @@ def _clean_islands(tags: np.ndarray, zooms, keep: np.ndarray | None = None,
     return tags, moved
 
 
-def _islands(tags: np.ndarray, t: int, connectivity: int) -> tuple | None:
-    """The voxels (index arrays, as ``np.nonzero``) of tissue ``t`` in pieces smaller than
-    :data:`ISLAND_FRACTION` of its largest (None: one piece).  Indices, not a mask: every tissue's
-    are held at once (a volume-sized mask each doubled the step's peak memory)."""
+def _islands(tags: np.ndarray, t: int, connectivity: int, kept_vox: int = 0) -> tuple | None:
+    """``(voxels, large)`` of tissue ``t``: the voxels (index arrays, as ``np.nonzero``) in pieces smaller
+    than :data:`ISLAND_FRACTION` of its largest and than ``kept_vox`` voxels (0: any size), and the
+    voxels of each such piece of ``kept_vox`` or more, one index tuple each (None: one piece).  Indices,
+    not a mask: every tissue's are held at once (a volume-sized mask each doubled the step's peak
+    memory)."""
     lab, n = label_pieces(tags == t, connectivity)
     if n <= 1:
         return None
@@ -215,7 +224,41 @@ def _islands(tags: np.ndarray, t: int, connectivity: int) -> tuple | None:
     sizes[0] = 0
     small = sizes < ISLAND_FRACTION * sizes.max()
     small[0] = False
-    return np.nonzero(small[lab])
+    large = []
+    if kept_vox and (small & (sizes >= kept_vox)).any():
+        for p in np.flatnonzero(small & (sizes >= kept_vox)):
+            large.append(np.nonzero(lab == p))
+        small &= sizes < kept_vox
+    return np.nonzero(small[lab]), large
+
+
+def _kept_by_the_surfaces(tags: np.ndarray, t: int, pieces: list, main: dict) -> list:
+    """Those of ``pieces`` (index tuples of tissue ``t``'s voxels) that the surfaces would not keep, as
+    :func:`.surface.nested_fields` takes the layers' masks (the scalp's, the bone's and the CSF's filled,
+    their largest piece; the brain's cut to the CSF's, their holes of over 50 voxels kept): outside the
+    main mask of ``t``'s nesting layer (of the CSF's, for the brain's), or, for the scalp and the bone,
+    inside the next layer's (a piece of bone inside the brain: the CSF's mask fills it).  ``main``:
+    {layer: mask}, filled in as needed."""
+    from .topology import fill_holes
+
+    def mask(k):
+        if k not in main:
+            lut = layer_lut(max(256, int(tags.max()) + 1))
+            lab, n = label_pieces(fill_holes(lut[tags] >= k))
+            sizes = np.bincount(lab.ravel())
+            sizes[0] = 0
+            main[k] = lab == int(np.argmax(sizes))
+        return main[k]
+
+    layer = int(layer_lut(max(256, int(t) + 1))[t])
+    lost = []
+    for piece in pieces:
+        out = np.mean(mask(min(max(layer, 1), 3))[piece]) < 0.5
+        if not out and layer <= 2:
+            out = np.mean(mask(layer + 1)[piece]) >= 0.5
+        if out:
+            lost.append(piece)
+    return lost
 
 
 def _take_nearest_known(tags: np.ndarray, unknown: np.ndarray, zooms, margin: int = 4) -> None:
@@ -1507,7 +1550,8 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             # (charm-like head: 17.7 of 81.4 mL moved, CSF +2.0 %)
             keep = np.isin(tags, list(_INSIDE_BRAIN.values())) if lmask is None else lmask | np.isin(
                 tags, list(_INSIDE_BRAIN.values()))
-        tags, moved = _clean_islands(tags, zooms, keep=keep, connectivity=6 if method == "lattice" else 26)
+        tags, moved = _clean_islands(tags, zooms, keep=keep, connectivity=6 if method == "lattice" else 26,
+                                     kept_mm3=0.0 if method == "lattice" else ISLAND_KEPT_MM3)
         del keep
         clean_vol = _voxel_volumes(value_counts(tags), voxel_mm3)
         if inner_csf or sulcal_mm3:  # reported under the labels' own tags

@@ -28,8 +28,8 @@ from ...tissues import LAYER_FILL_TAG, LAYER_OF_TAG, layer_lut
 from ..labels import value_counts
 from . import tetgen_worker
 from .sub_tissues import keep_sub_tissues, layers_with_sub_tissues
-from .topology import (distance_to_background, distance_to_other_side, face_components, face_graph, fill_holes,
-                       label_pieces, on_threads, sample_volume, tet_neighbors, vertex_incidence)
+from .topology import (ISLAND_KEPT_MM3, distance_to_background, distance_to_other_side, face_components, face_graph,
+                       fill_holes, label_pieces, on_threads, sample_volume, tet_neighbors, vertex_incidence)
 
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
@@ -1977,7 +1977,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
             if n <= 1:
                 continue
             size = np.bincount(lab, weights=vol[idx])
-            small = np.flatnonzero(size < island_fraction * size.max())
+            small = np.flatnonzero((size < island_fraction * size.max()) & (size < ISLAND_KEPT_MM3))
             if not len(small):
                 continue
             sel = idx[np.isin(lab, small)]
