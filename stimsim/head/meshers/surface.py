@@ -34,7 +34,7 @@ from .topology import (ISLAND_KEPT_MM3, distance_to_background, distance_to_othe
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
-SURFACE_MESHER_VERSION = "surf-6.20"  # 6.1: the head's box of a wide field of view, the untangling retry;
+SURFACE_MESHER_VERSION = "surf-6.21"  # 6.1: the head's box of a wide field of view, the untangling retry;
 # 6.2: pieces of the brain or white matter closer than the sub-grid kept apart; 6.3: surfaces faired
 # within a band of their level sets (the voxels' staircase); 6.4: the volume calibration held local;
 # 6.5: short surface edges merged (edge_merge.py); 6.6: a layer the labels do not have shares the next
@@ -73,7 +73,11 @@ SURFACE_MESHER_VERSION = "surf-6.20"  # 6.1: the head's box of a wide field of v
 # nested ellipsoids among them: the same meshes as 6.18); 6.20: a user's tissue (a tag above 10) inside
 # another layer than the grey matter's is meshed in that layer (core.enclosing_layers), with free
 # vertices on its walls in the brain, and no interface vertex among a lesion's (heads without tags
-# above 10: the same meshes as 6.19, but for interface vertices next to a lesion's)
+# above 10: the same meshes as 6.19, but for interface vertices next to a lesion's); 6.21: the grey
+# matter's sheet where the labels have the white matter against the CSF (a ventricle's wall) takes what
+# the labels hold there (_open_grey_gaps; Colin27 95 tetrahedra), a piece of 1 mL or more is no island
+# where the surfaces keep it (topology.ISLAND_KEPT_MM3: a bone flap), and a user's tissue's free vertices
+# kept apart from the folds'
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
 #: (3 mm at the default 4 mm surfaces), in these layers (scalp's, bone's, CSF's; :func:`_interface_points`).
 #: A 56 mm sphere whose skull is compact | spongy | compact bone 2 | 4 | 2 mm: the brain's E 22 % off
@@ -515,9 +519,11 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                   thin_layer_voxel_mm=1.0, report: dict | None = None):
     """Nested masks -> smoothed signed distances with minimum layer thickness.
 
-    Returns ``(phis, phi_air, bone, far_from_csf)``: ``phis[k]`` for layers 1..5 (padded by ``pad``
-    voxels), ``phi_air`` or None, ``far_from_csf`` (padded; None without CSF voxels): the voxels farther
-    than :func:`csf_gap_mm` from every CSF voxel (of ``fluid_tags`` too), and ``bone`` (None without
+    Returns ``(phis, phi_air, bone, far_from_csf, far_from_grey)``: ``phis[k]`` for layers 1..5 (padded by
+    ``pad`` voxels), ``phi_air`` or None, ``far_from_csf`` (padded; None without CSF voxels): the voxels
+    farther than :func:`csf_gap_mm` from every CSF voxel (of ``fluid_tags`` too), ``far_from_grey`` the
+    same for the grey matter's layer (None where the labels have no white matter against the CSF),
+    and ``bone`` (None without
     bone voxels): ``excess_mm``, the
     distance (mm, padded grid) to the nearest bone or cavity voxel less ``within_mm``
     (:func:`bone_defect_distance_mm`; > 0 in a skull defect), and ``probe_mm``, how far along a
@@ -589,6 +595,12 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
         jobs["bone"] = (distance_to_background, ~bone_ok, zooms)
     if fluid.any():
         jobs["fluid"] = (distance_to_background, ~fluid, zooms)
+    # the grey matter's layer the same way, where the labels have the white matter against the CSF (the
+    # ventricles; their walls: _open_grey_gaps)
+    grey_gaps = 4 not in absent and 5 not in absent and 3 not in absent and 4 not in shares \
+        and _white_meets_csf(layer)
+    if grey_gaps:
+        jobs["grey"] = (distance_to_background, layer != 4, zooms)
     del bone_ok, fluid
     done = on_threads(jobs, grid)
     del jobs  # (it holds the masks, freed below)
@@ -642,6 +654,17 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     # the labels): the voxels _open_csf_gaps gives the tissue they hold, and the calibration allows for
     # (computed once: the calibration below and _open_csf_gaps after meshing read the same voxels)
     far_from_csf = np.pad(done.pop("fluid") > csf_gap_mm(zooms), pad) if "fluid" in done else None
+    # ... and where the grey matter's exists only because of its minimum thickness (the white matter
+    # against a ventricle in the labels), which _open_grey_gaps gives the CSF or white matter they hold
+    far_from_grey = grey_far = None
+    if "grey" in done:
+        far_from_grey = np.pad(done.pop("grey") > csf_gap_mm(zooms), pad)
+        grey_far = far_from_grey & np.pad(np.isin(layer, (3, 5)), pad)
+        grey_far_csf = np.pad(layer == 3, pad)
+        if not grey_far.any():
+            grey_far = far_from_grey = None
+    if report is not None:
+        report["layer_min_thickness_mm"] = {int(k): float(v) for k, v in tk.items()}
     csf_far = None
     if far_from_csf is not None and 3 not in absent and 4 not in absent and 3 not in shares:
         csf_far = far_from_csf & np.pad(np.isin(layer, (2, 4, 5)), pad)
@@ -715,6 +738,18 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                     if kk in local_masks:
                         retagged.setdefault(kk, np.zeros(phis[3].shape, np.int8))[tuple(sheet[part].T)] = value
                 del sheet
+            if grey_far is not None:
+                # the grey matter's sheet becomes CSF (inside the grey matter's outer surface in the mesh)
+                # or white matter (outside the white matter's): those surfaces enclose that much more and less
+                sheet = np.argwhere(grey_far & (phis[4] < 0) & (phis[5] >= 0)
+                                    & (phis[5] - phis[4] <= np.float32(CSF_SHEET_OF_MIN * tk[4])))
+                to_csf = grey_far_csf[tuple(sheet.T)]
+                target[4] += float(np.count_nonzero(to_csf)) * vox
+                target[5] -= float(np.count_nonzero(~to_csf)) * vox
+                if 4 in local_masks:
+                    retagged = {} if retagged is None else retagged
+                    retagged.setdefault(4, np.zeros(phis[4].shape, np.int8))[tuple(sheet[to_csf].T)] = -1
+                del sheet
             for k in range(1, 6):
                 if k in shares:  # calibrated as the layer whose surface it shares
                     continue
@@ -745,7 +780,7 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                 phis[k] -= np.float32(c)
             _enforce(phis, tk, sweeps=2)
             _apply_floors(phis, floors, tk)
-        del retagged, local_masks, csf_far
+        del retagged, local_masks, csf_far, grey_far
     phi_air = None
     if air.any():
         phi_air = _sdf(air, zooms, sigma_vox)
@@ -753,7 +788,19 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
         np.maximum(phi_air, -phis[3] + t, out=phi_air)
         if not (phi_air < 0).any():
             phi_air = None
-    return phis, phi_air, bone, far_from_csf
+    return phis, phi_air, bone, far_from_csf, far_from_grey
+
+
+def _white_meets_csf(layer: np.ndarray) -> bool:
+    """Whether any white-matter voxel of ``layer`` (the nesting layers 0..5) shares a face with a CSF one."""
+    for ax in range(3):
+        a = [slice(None)] * 3
+        b = [slice(None)] * 3
+        a[ax], b[ax] = slice(0, -1), slice(1, None)
+        lo, hi = layer[tuple(a)], layer[tuple(b)]
+        if np.any(((lo == 5) & (hi == 3)) | ((lo == 3) & (hi == 5))):
+            return True
+    return False
 
 
 def _surface(phi: np.ndarray, zooms, pad: int, step: int):
@@ -1661,7 +1708,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     if progress_cb:
         progress_cb("signed distances")
     t0 = time.perf_counter()
-    phis, phi_air, bone, far_from_csf = nested_fields(
+    phis, phi_air, bone, far_from_csf, far_from_grey = nested_fields(
         tags, cavity, zooms, min_thickness_mm=min_thickness_mm, sigma_vox=sigma_vox, pad=pad,
         thickness_scale=thickness_scale, calibrate_step=int(surface_step or 2) if calibrate else None,
         layer_volume_mm3=layer_volume_mm3, bone_voxels=bone_voxels, surface_step=int(surface_step or 2),
@@ -1941,6 +1988,9 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     csf_min_mm = info.get("thin_layers", {}).get(3, {}).get("now_mm", float(min_thickness_mm) * float(thickness_scale))
     info["csf_gap_tets"] = _open_csf_gaps(ttags, cen, tags, zooms, phis, pad, far_from_csf,
                                           CSF_SHEET_OF_MIN * float(csf_min_mm))
+    if far_from_grey is not None:
+        info["grey_gap_tets"] = _open_grey_gaps(ttags, cen, tags, zooms, phis, pad, far_from_grey,
+                                                CSF_SHEET_OF_MIN * info["layer_min_thickness_mm"][4])
     if lesion is not None:  # tets centred in a lesion voxel (unbiased, as the lattice mesher does)
 
         if lesion_voxels is None:
@@ -2122,6 +2172,26 @@ def _open_csf_gaps(ttags, cen, tags, zooms, phis, pad, far_from_csf, sheet_mm: f
     sel = sel[_trilinear(phis[4], cen[sel], zooms, pad) - _trilinear(phis[3], cen[sel], zooms, pad) <= sheet_mm]
     layer = lut[sample_volume(tags, cen[sel], zooms, fill=0)]
     go = np.isin(layer, (2, 4, 5))
+    ttags[sel[go]] = np.array([0] + [LAYER_FILL_TAG[k] for k in range(1, 6)])[layer[go]]
+    return int(go.sum())
+
+
+def _open_grey_gaps(ttags, cen, tags, zooms, phis, pad, far_from_grey, sheet_mm: float) -> int:
+    """Re-tag the grey matter the minimum layer thickness put where the labels have the white matter
+    against the CSF (a ventricle's wall: a 24 mL ball of CSF or blood in the white matter lost 11 % of
+    its voxels to that sheet, blood -5.9 %), as :func:`_open_csf_gaps` does the CSF's: grey-matter
+    tetrahedra whose centre's voxel is more than :func:`csf_gap_mm` from every voxel of the grey
+    matter's layer (``far_from_grey``), where the layer is at most ``sheet_mm`` thick, take that voxel's
+    layer where it is CSF or white matter, as the calibration in :func:`nested_fields` counts on.
+    Returns how many were re-tagged."""
+    tets = np.flatnonzero(ttags == LAYER_FILL_TAG[4])
+    if not len(tets):
+        return 0
+    lut = layer_lut(max(256, int(tags.max()) + 1))
+    sel = tets[sample_volume(far_from_grey, cen[tets] + pad * np.asarray(zooms, float), zooms, fill=False)]
+    sel = sel[_trilinear(phis[5], cen[sel], zooms, pad) - _trilinear(phis[4], cen[sel], zooms, pad) <= sheet_mm]
+    layer = lut[sample_volume(tags, cen[sel], zooms, fill=0)]
+    go = np.isin(layer, (3, 5))
     ttags[sel[go]] = np.array([0] + [LAYER_FILL_TAG[k] for k in range(1, 6)])[layer[go]]
     return int(go.sum())
 
