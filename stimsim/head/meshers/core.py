@@ -46,8 +46,8 @@ from ...mesh.model import Mesh
 from ...tissues import LAYER_FILL_TAG, layer_lut
 from ..labels import apply_label_map, label_map, value_counts
 from .lattice import DEFAULT_ELEMENT_SIZE_MM, MESHER_VERSION, lattice_tets
-from .topology import (ISLAND_FRACTION, ISLAND_KEPT_MM3, compact_nodes, distance_to_background, face_components,
-                       label_pieces, on_threads, orient_tets, signed_volumes, tet_neighbors)
+from .topology import (ISLAND_FRACTION, ISLAND_KEPT_MM3, ISLAND_WARN_MM3, compact_nodes, distance_to_background,
+                       face_components, label_pieces, on_threads, orient_tets, signed_volumes, tet_neighbors)
 
 __all__ = ["make_head_mesh", "load_label_volume", "tissue_connectivity", "quality_summary", "resolve_method",
            "check_layers_nest", "check_one_head", "check_meshable", "volume_check", "assess_quality", "expected_tags", "print_summary",
@@ -181,18 +181,29 @@ def _clean_islands(tags: np.ndarray, zooms, keep: np.ndarray | None = None,
     tags = tags.copy()
     unknown = np.zeros(tags.shape, bool)
     moved = {}
-    kept_vox = int(np.ceil(kept_mm3 / float(np.prod(np.asarray(zooms, float))))) if kept_mm3 > 0 else 0
+    voxel_mm3 = float(np.prod(np.asarray(zooms, float)))
+    kept_vox = int(np.ceil(kept_mm3 / voxel_mm3)) if kept_mm3 > 0 else 0
+    warn_vox = int(np.ceil(ISLAND_WARN_MM3 / voxel_mm3)) if kept_mm3 > 0 else 0
     # each tissue's islands on their own (two threads: the labelling runs outside the GIL)
-    islands = on_threads({int(t): (_islands, tags, int(t), connectivity, kept_vox)
+    islands = on_threads({int(t): (_islands, tags, int(t), connectivity, kept_vox, warn_vox)
                           for t in np.unique(tags) if t != 0}, tags.size)
     main = {}  # the main piece of each nesting layer's mask, as the surfaces take it (computed when needed)
     for t, found in islands.items():
         if found is None:
             continue
-        where, large = found
+        where, large, sizable = found
         if large:
             lost = _kept_by_the_surfaces(tags, t, large, main)
             where = tuple(np.concatenate([w, *(piece[j] for piece in lost)]) for j, w in enumerate(where))
+            sizable = [*sizable, *((len(piece[0]), tuple(int(i[0]) for i in piece)) for piece in lost)]
+        # (not the pieces under the lesion or the folds' stand-ins: kept)
+        sizable = sorted((n for n, at in sizable if keep is None or not keep[at]), reverse=True)
+        if sizable:  # no tissue of this size goes in silence (a 0.9 mL bone flap, bone fragments in the scalp)
+            logger.warning("labels: %d piece%s of %s apart from its main piece (%s) meshed as the tissue around "
+                           "%s: the surfaces keep such a piece from %s up, inside the layer that nests the tissue",
+                           len(sizable), "s" if len(sizable) > 1 else "", _name(t),
+                           ", ".join(_fmt_mm3(n * voxel_mm3) for n in sizable[:4]) + (" ..." if len(sizable) > 4 else ""),
+                           "them" if len(sizable) > 1 else "it", _fmt_mm3(kept_mm3))
         if keep is not None:
             where = tuple(i[~keep[where]] for i in where)
         moved[t] = int(len(where[0]))
@@ -211,12 +222,12 @@ def _clean_islands(tags: np.ndarray, zooms, keep: np.ndarray | None = None,
     return tags, moved
 
 
-def _islands(tags: np.ndarray, t: int, connectivity: int, kept_vox: int = 0) -> tuple | None:
-    """``(voxels, large)`` of tissue ``t``: the voxels (index arrays, as ``np.nonzero``) in pieces smaller
-    than :data:`ISLAND_FRACTION` of its largest and than ``kept_vox`` voxels (0: any size), and the
-    voxels of each such piece of ``kept_vox`` or more, one index tuple each (None: one piece).  Indices,
-    not a mask: every tissue's are held at once (a volume-sized mask each doubled the step's peak
-    memory)."""
+def _islands(tags: np.ndarray, t: int, connectivity: int, kept_vox: int = 0, warn_vox: int = 0) -> tuple | None:
+    """``(voxels, large, sizable)`` of tissue ``t``: the voxels (index arrays, as ``np.nonzero``) in pieces
+    smaller than :data:`ISLAND_FRACTION` of its largest and than ``kept_vox`` voxels (0: any size), the
+    voxels of each such piece of ``kept_vox`` or more, one index tuple each, and ``(size, a voxel's index)``
+    of those in ``voxels`` of ``warn_vox`` voxels or more (0: none) (None: one piece).  Indices, not a mask: every
+    tissue's are held at once (a volume-sized mask each doubled the step's peak memory)."""
     lab, n = label_pieces(tags == t, connectivity)
     if n <= 1:
         return None
@@ -229,7 +240,11 @@ def _islands(tags: np.ndarray, t: int, connectivity: int, kept_vox: int = 0) -> 
         for p in np.flatnonzero(small & (sizes >= kept_vox)):
             large.append(np.nonzero(lab == p))
         small &= sizes < kept_vox
-    return np.nonzero(small[lab]), large
+    sizable = []  # (voxels, one voxel's index)
+    if warn_vox and (small & (sizes >= warn_vox)).any():
+        for p in np.flatnonzero(small & (sizes >= warn_vox)):
+            sizable.append((int(sizes[p]), tuple(int(i[0]) for i in np.nonzero(lab == p))))
+    return np.nonzero(small[lab]), large, sizable
 
 
 def _kept_by_the_surfaces(tags: np.ndarray, t: int, pieces: list, main: dict) -> list:

@@ -81,6 +81,10 @@ ISLAND_FRACTION = 0.02
 #: silence, a 35 mm hole in the skull where the patient has bone.  (Colin27's islands are all under 1 mL.)
 #: The surface mesher only (the label clean-up, core._clean_islands, and the tetrahedra's pieces)
 ISLAND_KEPT_MM3 = 1000.0
+#: ... and one of at least this volume that is an island is warned about (a 0.9 mL flap, a 1.9 mL bone
+#: fragment in the scalp, which the nested surfaces have no place for, went in silence).  Colin27's
+#: largest island: 412 voxels (the scalp's)
+ISLAND_WARN_MM3 = 500.0
 #: label of air cavities (background enclosed by the head) while a mesher works
 CAVITY_TAG = 255
 
@@ -123,7 +127,8 @@ def compact_nodes(nodes: np.ndarray, tets: np.ndarray) -> tuple[np.ndarray, np.n
 
 __all__ = ["fill_holes", "label_pieces", "distance_to_background", "sample_volume", "face_graph", "face_components",
            "tet_neighbors", "signed_volumes", "orient_tets", "compact_nodes", "vertex_incidence", "on_threads",
-           "ISLAND_FRACTION", "ISLAND_KEPT_MM3", "CAVITY_TAG"]
+           "ISLAND_FRACTION", "ISLAND_KEPT_MM3", "ISLAND_WARN_MM3",
+           "CAVITY_TAG"]
 
 
 #: grids (voxels) above which :func:`on_threads` runs its jobs one after the other: each job holds a
