@@ -172,7 +172,7 @@ def _brain_against_bone(voxel_mm: float, cap_deg: float = 35.0):
 @pytest.mark.parametrize("voxel_mm", [1.0, 0.5])
 def test_no_csf_sheet_where_the_brain_touches_the_bone(voxel_mm):
     """Nested layers keep the CSF at its minimum thickness (1 mm at the default size) where the labels
-    have none; those tetrahedra take the tissue of their voxels (``_open_csf_gaps``): inside the cap
+    have none; those tetrahedra take the tissue of their voxels (``_open_layer_gaps``): inside the cap
     (5 deg clear of its rim) at most a tenth of that sheet's volume is left, and every tissue is
     within 1 % of its voxels, the calibration allowing for them (without the re-tagging: 1.9 mL of
     CSF inside the cap, 1.3 times the sheet's estimate)."""

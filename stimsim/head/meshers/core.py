@@ -47,7 +47,8 @@ from ...tissues import LAYER_FILL_TAG, layer_lut
 from ..labels import apply_label_map, label_map, value_counts
 from .lattice import DEFAULT_ELEMENT_SIZE_MM, MESHER_VERSION, lattice_tets
 from .topology import (ISLAND_FRACTION, ISLAND_KEPT_MM3, ISLAND_WARN_MM3, compact_nodes, distance_to_background,
-                       face_components, label_pieces, on_threads, orient_tets, signed_volumes, tet_neighbors)
+                       face_components, fill_holes, label_pieces, on_threads, orient_tets, signed_volumes,
+                       tet_neighbors)
 
 __all__ = ["make_head_mesh", "load_label_volume", "tissue_connectivity", "quality_summary", "resolve_method",
            "check_layers_nest", "check_one_head", "check_meshable", "volume_check", "assess_quality", "expected_tags", "print_summary",
@@ -254,7 +255,6 @@ def _kept_by_the_surfaces(tags: np.ndarray, t: int, pieces: list, main: dict) ->
     main mask of ``t``'s nesting layer (of the CSF's, for the brain's), or, for the scalp and the bone,
     inside the next layer's (a piece of bone inside the brain: the CSF's mask fills it).  ``main``:
     {layer: mask}, filled in as needed."""
-    from .topology import fill_holes
 
     def mask(k):
         if k not in main:
@@ -440,8 +440,6 @@ _INSIDE_BRAIN = {3: 251, 9: 252}
 def _enclosing_brain_layer(tags: np.ndarray) -> int:
     """5 (white matter) when most of the CSF lies inside the white matter's filled envelope, else 4
     (grey matter): the layer whose main tissue a ventricle too small for the elements becomes."""
-    from .topology import fill_holes
-
     csf = tags == 3
     inside = np.count_nonzero(csf & fill_holes(layer_lut(max(256, int(tags.max()) + 1))[tags] == 5))
     return 5 if inside > 0.5 * np.count_nonzero(csf) else 4
@@ -1195,8 +1193,6 @@ def csf_inside_brain_only(tags: np.ndarray, outside_fraction: float = 0.05) -> b
     labelled, the CSF around the brain not (at most ``outside_fraction`` of the CSF voxels outside the
     envelope)?  Blood is not counted: venous sinuses lie outside the brain whatever the CSF does.
     The surface mesher then meshes the CSF inside the brain's layers (:func:`_csf_into_brain`)."""
-    from .topology import fill_holes
-
     layer = layer_lut(max(256, int(tags.max()) + 1)).astype(np.int8)[tags]
     csf = tags == 3
     n = int(np.count_nonzero(csf))

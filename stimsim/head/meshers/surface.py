@@ -75,7 +75,7 @@ SURFACE_MESHER_VERSION = "surf-6.21"  # 6.1: the head's box of a wide field of v
 # vertices on its walls in the brain, and no interface vertex among a lesion's (heads without tags
 # above 10: the same meshes as 6.19, but for interface vertices next to a lesion's); 6.21: the grey
 # matter's sheet where the labels have the white matter against the CSF (a ventricle's wall) takes what
-# the labels hold there (_open_grey_gaps; Colin27 95 tetrahedra), a piece of 1 mL or more is no island
+# the labels hold there (_open_layer_gaps; Colin27 95 tetrahedra), a piece of 1 mL or more is no island
 # where the surfaces keep it (topology.ISLAND_KEPT_MM3: a bone flap), and a user's tissue's free vertices
 # kept apart from the folds'
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
@@ -112,7 +112,7 @@ FOLD_POINT_CLEARANCE = 0.5
 #: have apart from the tissue's main piece (:func:`_own_label_piece`)
 LESION_SPECK_VOXELS = 27
 #: a CSF tetrahedron whose centre's voxel is farther than this many voxels from the CSF's lies in the
-#: sheet the minimum thickness keeps where the labels have none (:func:`_open_csf_gaps`; surf-6.9)
+#: sheet the minimum thickness keeps where the labels have none (:func:`_open_layer_gaps`; surf-6.9)
 CSF_GAP_VOXELS = 1.5
 #: ... and where the CSF layer is at most this many minimum thicknesses thick (a sheet, not a corner of
 #: the voxels the smoothed surfaces cut off: two grey-matter boxes in CSF lost 2.3 % at their corners)
@@ -536,7 +536,7 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     apart (:func:`separation_floors`); ``pieces`` ({layer: labels} on the grid of ``tags``): those
     pieces as the finer grid has them, where ``tags`` is a coarse copy (:func:`downsample_layers`).
     ``fluid_tags``: tags of CSF meshed inside the brain's layers, which count as CSF for the CSF
-    sheet :func:`_open_csf_gaps` re-tags (the calibration allows for it, as for a skull defect).
+    sheet :func:`_open_layer_gaps` re-tags (the calibration allows for it, as for a skull defect).
     ``thin_layer_scale``: the scale of the minimum thicknesses below which :func:`_thin_layer_floors`
     may lower those of thin layers (0: off); the layers it lowers go to ``report["thin_layers"]``;
     ``thin_layer_voxel_mm``: the labels' voxel size (their finest axis, before coarsening), which
@@ -596,7 +596,7 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     if fluid.any():
         jobs["fluid"] = (distance_to_background, ~fluid, zooms)
     # the grey matter's layer the same way, where the labels have the white matter against the CSF (the
-    # ventricles; their walls: _open_grey_gaps)
+    # ventricles; their walls: _open_layer_gaps)
     grey_gaps = 4 not in absent and 5 not in absent and 3 not in absent and 4 not in shares \
         and _white_meets_csf(layer)
     if grey_gaps:
@@ -651,11 +651,11 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                 "inside_tag": LAYER_FILL_TAG[inside[0]] if inside else 0,
                 "outside_tag": LAYER_FILL_TAG[1] if 1 not in absent else 0}
     # where the CSF layer exists only because of its minimum thickness (the brain against the bone in
-    # the labels): the voxels _open_csf_gaps gives the tissue they hold, and the calibration allows for
-    # (computed once: the calibration below and _open_csf_gaps after meshing read the same voxels)
+    # the labels): the voxels _open_layer_gaps gives the tissue they hold, and the calibration allows for
+    # (computed once: the calibration below and _open_layer_gaps after meshing read the same voxels)
     far_from_csf = np.pad(done.pop("fluid") > csf_gap_mm(zooms), pad) if "fluid" in done else None
     # ... and where the grey matter's exists only because of its minimum thickness (the white matter
-    # against a ventricle in the labels), which _open_grey_gaps gives the CSF or white matter they hold
+    # against a ventricle in the labels), which _open_layer_gaps gives the CSF or white matter they hold
     far_from_grey = grey_far = None
     if "grey" in done:
         far_from_grey = np.pad(done.pop("grey") > csf_gap_mm(zooms), pad)
@@ -1986,11 +1986,11 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     # (the roaming tissues are CSF meshed inside the brain's layers: the folds', the ventricles')
     # the CSF's minimum thickness as nested_fields used it (lowered for a CSF thin nearly everywhere)
     csf_min_mm = info.get("thin_layers", {}).get(3, {}).get("now_mm", float(min_thickness_mm) * float(thickness_scale))
-    info["csf_gap_tets"] = _open_csf_gaps(ttags, cen, tags, zooms, phis, pad, far_from_csf,
-                                          CSF_SHEET_OF_MIN * float(csf_min_mm))
+    info["csf_gap_tets"] = _open_layer_gaps(ttags, cen, tags, zooms, phis, pad, far_from_csf,
+                                            CSF_SHEET_OF_MIN * float(csf_min_mm), 3, (2, 4, 5))
     if far_from_grey is not None:
-        info["grey_gap_tets"] = _open_grey_gaps(ttags, cen, tags, zooms, phis, pad, far_from_grey,
-                                                CSF_SHEET_OF_MIN * info["layer_min_thickness_mm"][4])
+        info["grey_gap_tets"] = _open_layer_gaps(ttags, cen, tags, zooms, phis, pad, far_from_grey,
+                                                 CSF_SHEET_OF_MIN * info["layer_min_thickness_mm"][4], 4, (3, 5))
     if lesion is not None:  # tets centred in a lesion voxel (unbiased, as the lattice mesher does)
 
         if lesion_voxels is None:
@@ -2156,43 +2156,25 @@ def csf_gap_mm(zooms) -> float:
     return CSF_GAP_VOXELS * float(np.max(zooms))
 
 
-def _open_csf_gaps(ttags, cen, tags, zooms, phis, pad, far_from_csf, sheet_mm: float) -> int:
-    """Re-tag the CSF the minimum layer thickness put where the labels have the brain against the
-    bone (over 10 % of Colin27's rays from the brain's centre meet no CSF).  CSF tetrahedra whose
-    centre's voxel is more than :func:`csf_gap_mm` from every voxel of the CSF layer's tissues (or
-    of the CSF meshed inside the brain: ``far_from_csf`` of :func:`nested_fields`), where the layer
-    is at most ``sheet_mm`` thick (``phis[4] - phis[3]``), take
-    that voxel's layer where it is bone, grey or white matter, as the calibration in
-    :func:`nested_fields` counts on.  Returns how many were re-tagged."""
-    tets = np.flatnonzero(ttags == LAYER_FILL_TAG[3])
-    if not len(tets) or far_from_csf is None:
+def _open_layer_gaps(ttags, cen, tags, zooms, phis, pad, far: np.ndarray, sheet_mm: float, k: int,
+                     into: tuple) -> int:
+    """Re-tag the sheet of layer ``k`` (the CSF's, 3, or the grey matter's, 4) that its minimum thickness
+    put where the labels have none: the brain against the bone (over 10 % of Colin27's rays from the
+    brain's centre meet no CSF), the white matter against a ventricle (a 24 mL ball of CSF or blood in
+    the white matter lost 11 % of its voxels to a grey sheet, blood -5.9 %).  Tetrahedra of the layer
+    whose centre's voxel is more than :func:`csf_gap_mm` from every voxel of the layer's tissues
+    (``far``, of :func:`nested_fields`; the CSF meshed inside the brain counts as CSF), where the layer
+    is at most ``sheet_mm`` thick (``phis[k + 1] - phis[k]``), take that voxel's layer where it is one
+    of ``into``, as the calibration in :func:`nested_fields` counts on.  Returns how many were re-tagged."""
+    tets = np.flatnonzero(ttags == LAYER_FILL_TAG[k])
+    if not len(tets) or far is None:
         return 0
     lut = layer_lut(max(256, int(tags.max()) + 1))
-    sel = tets[sample_volume(far_from_csf, cen[tets] + pad * np.asarray(zooms, float), zooms, fill=False)]
-    sel = sel[_trilinear(phis[4], cen[sel], zooms, pad) - _trilinear(phis[3], cen[sel], zooms, pad) <= sheet_mm]
+    sel = tets[sample_volume(far, cen[tets] + pad * np.asarray(zooms, float), zooms, fill=False)]
+    sel = sel[_trilinear(phis[k + 1], cen[sel], zooms, pad) - _trilinear(phis[k], cen[sel], zooms, pad) <= sheet_mm]
     layer = lut[sample_volume(tags, cen[sel], zooms, fill=0)]
-    go = np.isin(layer, (2, 4, 5))
-    ttags[sel[go]] = np.array([0] + [LAYER_FILL_TAG[k] for k in range(1, 6)])[layer[go]]
-    return int(go.sum())
-
-
-def _open_grey_gaps(ttags, cen, tags, zooms, phis, pad, far_from_grey, sheet_mm: float) -> int:
-    """Re-tag the grey matter the minimum layer thickness put where the labels have the white matter
-    against the CSF (a ventricle's wall: a 24 mL ball of CSF or blood in the white matter lost 11 % of
-    its voxels to that sheet, blood -5.9 %), as :func:`_open_csf_gaps` does the CSF's: grey-matter
-    tetrahedra whose centre's voxel is more than :func:`csf_gap_mm` from every voxel of the grey
-    matter's layer (``far_from_grey``), where the layer is at most ``sheet_mm`` thick, take that voxel's
-    layer where it is CSF or white matter, as the calibration in :func:`nested_fields` counts on.
-    Returns how many were re-tagged."""
-    tets = np.flatnonzero(ttags == LAYER_FILL_TAG[4])
-    if not len(tets):
-        return 0
-    lut = layer_lut(max(256, int(tags.max()) + 1))
-    sel = tets[sample_volume(far_from_grey, cen[tets] + pad * np.asarray(zooms, float), zooms, fill=False)]
-    sel = sel[_trilinear(phis[5], cen[sel], zooms, pad) - _trilinear(phis[4], cen[sel], zooms, pad) <= sheet_mm]
-    layer = lut[sample_volume(tags, cen[sel], zooms, fill=0)]
-    go = np.isin(layer, (3, 5))
-    ttags[sel[go]] = np.array([0] + [LAYER_FILL_TAG[k] for k in range(1, 6)])[layer[go]]
+    go = np.isin(layer, into)
+    ttags[sel[go]] = np.array([0] + [LAYER_FILL_TAG[j] for j in range(1, 6)])[layer[go]]
     return int(go.sum())
 
 
