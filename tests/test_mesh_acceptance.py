@@ -884,13 +884,16 @@ def test_a_large_piece_the_surfaces_cannot_keep_goes_to_the_tissue_around_it(cap
     assert abs(v[4] / skull - 1) < 0.005, v[4] / skull - 1  # the skull holds its own volume only
 
 
-@pytest.mark.parametrize("tag,radius_mm,volume_tol", [(9, 8.0, 0.08), (9, 12.0, 0.04), (3, 12.0, None)])
+@pytest.mark.parametrize("tag,radius_mm,volume_tol", [(9, 6.0, 0.03), (9, 8.0, 0.025), (9, 12.0, 0.015),
+                                                      (3, 12.0, None)])
 def test_a_ventricle_or_haemorrhage_in_the_white_matter_keeps_its_volume(tag, radius_mm, volume_tol):
     """A ball of CSF (a ventricle) or blood (a haemorrhage) inside the white matter: the grey matter's
     minimum thickness put a sheet of grey matter on its wall, half of it in the ball (blood -39 % and
     -24 % for 2.1 and 7.2 mL, 61 % and 76 % of its voxels in the mesh; a tester's 24 mL haemorrhage on
     Colin27 -5.9 %); that sheet now takes what the labels hold there, white matter or the ball's layer
-    (measured: 95 % and 96 % of the voxels, +5.9 % and +2.5 %; no grey matter in the ball)."""
+    (95 % and 96 % of the voxels; no grey matter in the ball).  By the shares of its sample points, not
+    its centre: the sheet is one tetrahedron thick, and by their centres the tetrahedra went whole to
+    the ball (blood +7.4, +5.9 and +2.5 % for 0.9, 2.2 and 7.2 mL; measured now +1.8, +1.1 and +0.5 %)."""
     from stimsim.mesh.voxelize import tet_values_on_grid
 
     vol, affine, g = _head_spheres(1.0)
