@@ -884,7 +884,7 @@ def test_a_large_piece_the_surfaces_cannot_keep_goes_to_the_tissue_around_it(cap
     assert abs(v[4] / skull - 1) < 0.005, v[4] / skull - 1  # the skull holds its own volume only
 
 
-@pytest.mark.parametrize("tag,radius_mm,volume_tol", [(9, 6.0, 0.03), (9, 8.0, 0.025), (9, 12.0, 0.015),
+@pytest.mark.parametrize("tag,radius_mm,volume_tol", [(9, 6.0, 0.015), (9, 8.0, 0.01), (9, 12.0, 0.01),
                                                       (3, 12.0, None)])
 def test_a_ventricle_or_haemorrhage_in_the_white_matter_keeps_its_volume(tag, radius_mm, volume_tol):
     """A ball of CSF (a ventricle) or blood (a haemorrhage) inside the white matter: the grey matter's
@@ -893,7 +893,9 @@ def test_a_ventricle_or_haemorrhage_in_the_white_matter_keeps_its_volume(tag, ra
     Colin27 -5.9 %); that sheet now takes what the labels hold there, white matter or the ball's layer
     (95 % and 96 % of the voxels; no grey matter in the ball).  By the shares of its sample points, not
     its centre: the sheet is one tetrahedron thick, and by their centres the tetrahedra went whole to
-    the ball (blood +7.4, +5.9 and +2.5 % for 0.9, 2.2 and 7.2 mL; measured now +1.8, +1.1 and +0.5 %)."""
+    the ball (blood +7.4, +5.9 and +2.5 % for 0.9, 2.2 and 7.2 mL; then +1.8, +1.1 and +0.5 %).  And the
+    ball's walls keep their own volume through the surfaces' relaxation (they grew 8-10 %; measured
+    now -0.8, -0.2 and +0.5 %)."""
     from stimsim.mesh.voxelize import tet_values_on_grid
 
     vol, affine, g = _head_spheres(1.0)
@@ -909,3 +911,29 @@ def test_a_ventricle_or_haemorrhage_in_the_white_matter_keeps_its_volume(tag, ra
         assert abs(v[t] / n[t] - 1) < 0.01, (t, v[t] / n[t] - 1)
     if volume_tol is not None:
         assert abs(v[tag] / n[tag] - 1) < volume_tol, v[tag] / n[tag] - 1
+
+
+def test_a_small_piece_of_a_surface_keeps_its_own_volume_through_the_relaxation():
+    """A surface of two pieces, a large sphere and a small one (a ventricle's wall) whose relaxation
+    grew them by 1 % and 8 %: each gets back its own marching-cubes volume (one shift of the whole
+    surface gave the small one almost nothing back)."""
+    from skimage.measure import marching_cubes
+
+    from stimsim.head.meshers.surface import _keep_enclosed_volume, _piece_volumes
+
+    g = np.indices((90, 90, 90)).astype(float)
+    phi = np.linalg.norm(g - 44.5, axis=0) - 35.0
+    small = np.linalg.norm(g - np.array([10.2, 10.3, 79.6])[:, None, None, None], axis=0) - 5.0
+    verts, faces = [], []
+    for field in (phi, small):
+        v, f, _, _ = marching_cubes(field, 0.0)
+        faces.append(f + sum(len(x) for x in verts))
+        verts.append(v)
+    v_mc, f = np.concatenate(verts), np.concatenate(faces)
+    piece = np.repeat([0, 1], [len(verts[0]), len(verts[1])])
+    centres = np.array([[44.5] * 3, [10.2, 10.3, 79.6]])
+    grown = centres[piece] + (v_mc - centres[piece]) * np.where(piece == 0, 1.01 ** (1 / 3), 1.08 ** (1 / 3))[:, None]
+    want = _piece_volumes(v_mc, f, piece)
+    assert abs(_piece_volumes(grown, f, piece)[1] / want[1] - 1.08) < 0.005  # (the set-up)
+    kept = _piece_volumes(_keep_enclosed_volume(grown, f, v_mc, max_move=1.0), f, piece)
+    assert np.allclose(kept, want, rtol=0.002), (kept, want)
