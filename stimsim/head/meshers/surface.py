@@ -35,7 +35,7 @@ from .topology import (ISLAND_KEPT_MM3, distance_to_background, distance_to_othe
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
-SURFACE_MESHER_VERSION = "surf-6.21"  # 6.1: the head's box of a wide field of view, the untangling retry;
+SURFACE_MESHER_VERSION = "surf-6.22"  # 6.1: the head's box of a wide field of view, the untangling retry;
 # 6.2: pieces of the brain or white matter closer than the sub-grid kept apart; 6.3: surfaces faired
 # within a band of their level sets (the voxels' staircase); 6.4: the volume calibration held local;
 # 6.5: short surface edges merged (edge_merge.py); 6.6: a layer the labels do not have shares the next
@@ -78,7 +78,10 @@ SURFACE_MESHER_VERSION = "surf-6.21"  # 6.1: the head's box of a wide field of v
 # matter's sheet where the labels have the white matter against the CSF (a ventricle's wall) takes what
 # the labels hold there (_open_layer_gaps; Colin27 95 tetrahedra), a piece of 1 mL or more is no island
 # where the surfaces keep it (topology.ISLAND_KEPT_MM3: a bone flap), and a user's tissue's free vertices
-# kept apart from the folds'
+# kept apart from the folds'; 6.22: the sheets _open_layer_gaps re-tags take their tissues by the shares
+# of each tetrahedron's sample points, rounded to keep the volumes (by the centres before), and a small
+# piece of a surface keeps its own volume through the relaxation (OWN_VOLUME_AREA_SHARE; every head
+# whose labels have the brain against the bone somewhere, Colin27 among them, gets other meshes)
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
 #: (3 mm at the default 4 mm surfaces), in these layers (scalp's, bone's, CSF's; :func:`_interface_points`).
 #: A 56 mm sphere whose skull is compact | spongy | compact bone 2 | 4 | 2 mm: the brain's E 22 % off
