@@ -79,9 +79,11 @@ SURFACE_MESHER_VERSION = "surf-6.22"  # 6.1: the head's box of a wide field of v
 # the labels hold there (_open_layer_gaps; Colin27 95 tetrahedra), a piece of 1 mL or more is no island
 # where the surfaces keep it (topology.ISLAND_KEPT_MM3: a bone flap), and a user's tissue's free vertices
 # kept apart from the folds'; 6.22: the sheets _open_layer_gaps re-tags take their tissues by the shares
-# of each tetrahedron's sample points, rounded to keep the volumes (by the centres before), and a small
-# piece of a surface keeps its own volume through the relaxation (OWN_VOLUME_AREA_SHARE; every head
-# whose labels have the brain against the bone somewhere, Colin27 among them, gets other meshes)
+# of each tetrahedron's sample points, rounded to keep the volumes (by the centres before), a small
+# piece of a surface keeps its own volume through the relaxation (OWN_VOLUME_AREA_SHARE), the relaxed
+# surfaces keep the volume the calibration measured (not the marching cubes' with its level kept off
+# the sub-grid points), and a piece of the CSF's layer is joined to the largest only where the labels
+# join them (_connect_pieces; every head gets other meshes)
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
 #: (3 mm at the default 4 mm surfaces), in these layers (scalp's, bone's, CSF's; :func:`_interface_points`).
 #: A 56 mm sphere whose skull is compact | spongy | compact bone 2 | 4 | 2 mm: the brain's E 22 % off
@@ -1032,7 +1034,7 @@ def _signed_volume(v, f) -> float:
     return float(np.einsum("ij,ij->", a, np.cross(b, c))) / 6.0
 
 
-def _keep_enclosed_volume(v, f, v_mc, max_move):
+def _keep_enclosed_volume(v, f, v_mc, max_move, total_mm3=None):
     """The relaxed surface ``v`` moved along its normals (only the vertices the relaxation moved, by one
     distance per group of pieces below, at most ``max_move`` mm) to enclose what the marching-cubes
     surface ``v_mc`` encloses: the calibration in :func:`nested_fields` made that the voxel volume,
@@ -1042,7 +1044,11 @@ def _keep_enclosed_volume(v, f, v_mc, max_move):
     in the white matter, an island) keeps its own volume; the others keep theirs together, as
     before.  The relaxation rounds a small closed piece out (a 1.4 mL haemorrhage in Colin27's white
     matter, its wall four 4 mm cells across: +10 % on both walls of the grey sheet around it), which
-    one shift of the whole surface hardly touches."""
+    one shift of the whole surface hardly touches.  ``total_mm3``: what the calibration measured the
+    surface to enclose (:func:`_mc_volume_area`), which the large pieces then keep together with the
+    small ones' own: the marching cubes of :func:`_surface` keep the level off the sub-grid points,
+    which the calibration cannot follow (its volume would jump with the level), and which made two
+    1.7 mL boxes on 4 mm cells +1.1 %."""
     moved = np.any(v != v_mc, axis=1)
     if not moved.any():
         return v
@@ -1058,6 +1064,8 @@ def _keep_enclosed_volume(v, f, v_mc, max_move):
     group = np.where(own, np.arange(n_pieces), n_pieces)[piece]  # per vertex; n_pieces: the rest together
     tri_group = group[f[:, 0]]
     want = _piece_volumes(v_mc, f, group)
+    if total_mm3 is not None and own.sum() < n_pieces:
+        want[-1] = np.sign(want.sum()) * float(total_mm3) - want[:-1].sum()
     out, total = v.copy(), np.zeros(len(want))
     for _ in range(2):  # on a folded surface the area overstates dV/d(shift): a second step closes ~95 % of the rest
         a, b, c = out[f[:, 0]], out[f[:, 1]], out[f[:, 2]]
@@ -1370,23 +1378,40 @@ def _shortest_chain(allowed: np.ndarray, nb: np.ndarray, src: np.ndarray, dst: n
     return path
 
 
-def _connect_pieces(ttags, nb, vol, tag, through):
-    """Join every extra face-connected piece of ``tag`` to its largest piece by re-tagging the
-    shortest face-adjacent chain of tets through the ``through`` tissues (the ventricles: CSF
-    inside the brain, joined to the subarachnoid CSF as the aqueduct / foramina do, which a 3 mm
-    surface sampling closes).  Returns the number of re-tagged tets."""
+def _connect_pieces(ttags, nb, vol, tag, through, cen, tags, zooms, fluid_tags=()):
+    """Join each extra face-connected piece of ``tag`` (the CSF's layer) that the labels join to its
+    largest, by re-tagging the shortest face-adjacent chain of tets through the ``through`` tissues:
+    the ventricles, CSF inside the brain joined to the subarachnoid CSF by the aqueduct and foramina,
+    which the surfaces' sampling closes.  "The labels join": the labels' CSF layer (and ``fluid_tags``,
+    the CSF meshed inside the brain), in pieces by faces, edges and corners, has the piece's
+    tetrahedra (most of their volume) in a piece that the largest's are in too.  A piece the labels
+    have apart (a haemorrhage or a cyst in the white matter) stays apart: joined, a 0.9 mL ball of
+    blood got a 0.8 mL channel of CSF through the white and grey matter, a shunt the labels do not
+    have (surf-6.22).  Returns the number of re-tagged tets."""
+    idx, n, lab = face_components(ttags == tag, nb, ttags)
+    if n <= 1:
+        return 0
+    lut = layer_lut(max(256, int(tags.max()) + 1))
+    fluid = lut[tags] == LAYER_OF_TAG[tag] if tag in LAYER_OF_TAG else tags == tag
+    if len(fluid_tags):
+        fluid |= np.isin(tags, list(fluid_tags))
+    pieces, _ = label_pieces(fluid, connectivity=26)
+    del fluid
+    on_labels = sample_volume(pieces, cen[idx], zooms, fill=0)
+    size = np.bincount(lab, weights=vol[idx])
+    order = np.argsort(size)[::-1]
+    main = idx[lab == order[0]]
+    main_pieces = set(np.unique(on_labels[lab == order[0]]).tolist()) - {0}
     moved = 0
-    for _ in range(8):
-        idx, n, lab = face_components(ttags == tag, nb, ttags)
-        if n <= 1:
-            break
-        size = np.bincount(lab, weights=vol[idx])
-        main = idx[lab == int(np.argmax(size))]
-        other_piece = int(np.argsort(size)[::-1][1])
-        src = idx[lab == other_piece]
-        path = _shortest_chain(np.isin(ttags, list(through) + [tag]), nb, src, main)
+    for other in order[1:9]:  # the 8 largest others (more is not a head's ventricles)
+        mine = lab == other
+        share = np.bincount(on_labels[mine], weights=vol[idx[mine]])
+        share[0] = 0.0
+        if not share.any() or int(np.argmax(share)) not in main_pieces:
+            continue
+        path = _shortest_chain(np.isin(ttags, list(through) + [tag]), nb, idx[mine], main)
         if path is None:
-            break
+            continue
         path = [t for t in path if ttags[t] != tag]
         ttags[path] = tag
         moved += len(path)
@@ -1760,7 +1785,9 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
             v, nr = _relax_surface(v, f, phi, [o for n2, o in fields if n2 != name], zooms, pad, cell,
                                    iters=int(relax_iterations), fair_rounds=int(fair_rounds),
                                    fair_band_mm=float(fair_band_vox) * float(np.min(zooms)))
-            v = _keep_enclosed_volume(v, f, v_mc, 0.05 * cell)
+            # (up to a tenth of a cell: the relaxation grew two 1.7 mL boxes by 7 %, of which a
+            # twentieth of a cell, the limit before surf-6.22, gave back two thirds)
+            v = _keep_enclosed_volume(v, f, v_mc, 0.1 * cell, _mc_volume_area(phi, 0.0, zooms, step)[0])
             near.append(nr)
         verts.append(v)
         faces.append(f + off)
@@ -2083,7 +2110,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
         if not changed:
             break
     info["island_tets_retagged"] = int(n_moved)
-    info["csf_channel_tets"] = _connect_pieces(ttags, nb, vol, tag=3, through=(1, 2))
+    info["csf_channel_tets"] = _connect_pieces(ttags, nb, vol, 3, (1, 2), cen, tags, zooms,
+                                               tuple(sub_tissue_roaming or ()))
     if info["csf_channel_tets"]:  # (a channel through the white matter may have cut a join above)
         info["white_matter_bridge_tets"] += _white_matter_as_labelled(ttags, nb, vol, cen, tags, zooms, lesion,
                                                                       pieces)
