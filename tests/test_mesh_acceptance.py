@@ -984,3 +984,21 @@ def test_a_ball_the_labels_have_apart_from_the_csf_gets_no_channel_to_it(tag, ra
     on_grid = tet_values_on_grid(mesh, mesh.tet_tags, vol.shape, affine)
     deep = (ndi.distance_transform_edt(vol == 1) > 3.0) & ~ndi.binary_dilation(ball, iterations=3)
     assert np.count_nonzero(deep & (on_grid == 3)) == 0
+
+
+def test_a_ventricle_the_labels_join_to_the_csf_is_joined():
+    """A 2.2 mL ball of CSF in the white matter that the labels join to the CSF around the brain by a
+    channel one voxel wide (an aqueduct, which the 4 mm surfaces close) is joined in the mesh: the
+    CSF one piece, through a chain of tetrahedra (the counterpart of the test above)."""
+    from stimsim.head.meshers import tissue_connectivity
+
+    vol, affine, g = _head_spheres(1.0)
+    ball = np.linalg.norm(g - [0.0, 5.0, 3.0], axis=-1) <= 8.0
+    c = np.round(np.array(vol.shape) / 2 - 0.5).astype(int)
+    j, k = c[1] + 5, c[2] + 3
+    channel = np.zeros(vol.shape, bool)
+    channel[c[0]:, j, k] = True
+    vol[(ball | channel) & (vol <= 2)] = 3
+    mesh, info = _mesh(vol, affine, h=8.0)
+    assert info.mesher["csf_channel_tets"] > 0
+    assert tissue_connectivity(mesh)[3]["pieces"] == 1

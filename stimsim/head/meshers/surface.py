@@ -1044,11 +1044,11 @@ def _keep_enclosed_volume(v, f, v_mc, max_move, total_mm3=None):
     in the white matter, an island) keeps its own volume; the others keep theirs together, as
     before.  The relaxation rounds a small closed piece out (a 1.4 mL haemorrhage in Colin27's white
     matter, its wall four 4 mm cells across: +10 % on both walls of the grey sheet around it), which
-    one shift of the whole surface hardly touches.  ``total_mm3``: what the calibration measured the
-    surface to enclose (:func:`_mc_volume_area`), which the large pieces then keep together with the
-    small ones' own: the marching cubes of :func:`_surface` keep the level off the sub-grid points,
-    which the calibration cannot follow (its volume would jump with the level), and which made two
-    1.7 mL boxes on 4 mm cells +1.1 %."""
+    one shift of the whole surface hardly touches.  ``total_mm3``: what the surface's field encloses
+    measured as the calibration measures it (:func:`_mc_volume_area`, on the final field), which the
+    large pieces then keep together with the small ones' own: the marching cubes of :func:`_surface`
+    keep the level off the sub-grid points, which the calibration cannot follow (its volume would
+    jump with the level), and which made two 1.7 mL boxes on 4 mm cells +1.1 %."""
     moved = np.any(v != v_mc, axis=1)
     if not moved.any():
         return v
@@ -1061,6 +1061,7 @@ def _keep_enclosed_volume(v, f, v_mc, max_move, total_mm3=None):
     a, b, c = v_mc[f[:, 0]], v_mc[f[:, 1]], v_mc[f[:, 2]]
     piece_area = np.bincount(piece[f[:, 0]], weights=np.linalg.norm(np.cross(b - a, c - a), axis=1), minlength=n_pieces)
     own = piece_area < OWN_VOLUME_AREA_SHARE * piece_area.sum()
+    own[np.argmax(piece_area)] = False  # (the largest keeps the rest, however many small pieces)
     group = np.where(own, np.arange(n_pieces), n_pieces)[piece]  # per vertex; n_pieces: the rest together
     tri_group = group[f[:, 0]]
     want = _piece_volumes(v_mc, f, group)
@@ -1379,31 +1380,33 @@ def _shortest_chain(allowed: np.ndarray, nb: np.ndarray, src: np.ndarray, dst: n
 
 
 def _connect_pieces(ttags, nb, vol, tag, through, cen, tags, zooms, fluid_tags=()):
-    """Join each extra face-connected piece of ``tag`` (the CSF's layer) that the labels join to its
-    largest, by re-tagging the shortest face-adjacent chain of tets through the ``through`` tissues:
-    the ventricles, CSF inside the brain joined to the subarachnoid CSF by the aqueduct and foramina,
-    which the surfaces' sampling closes.  "The labels join": the labels' CSF layer (and ``fluid_tags``,
-    the CSF meshed inside the brain), in pieces by faces, edges and corners, has the piece's
-    tetrahedra (most of their volume) in a piece that the largest's are in too.  A piece the labels
-    have apart (a haemorrhage or a cyst in the white matter) stays apart: joined, a 0.9 mL ball of
-    blood got a 0.8 mL channel of CSF through the white and grey matter, a shunt the labels do not
-    have (surf-6.22).  Returns the number of re-tagged tets."""
+    """Join the extra face-connected pieces of ``tag`` (the CSF's layer; the 8 largest) that the labels
+    join to its largest, by re-tagging the shortest face-adjacent chain of tets through the
+    ``through`` tissues: the ventricles, CSF inside the brain joined to the subarachnoid CSF by the
+    aqueduct and foramina, which the surfaces' sampling closes.  "The labels join": the labels' CSF
+    layer (and ``fluid_tags``, the CSF meshed inside the brain), in pieces by faces, edges and corners,
+    has most of the piece's volume (at its tetrahedra's centres) in a piece that holds at least
+    :data:`JOIN_MIN_SHARE` of the largest's.  A piece the labels have apart (a haemorrhage or a cyst
+    in the white matter) stays apart: joined, a 0.9 mL ball of blood got a 0.8 mL channel of CSF
+    through the white and grey matter, a shunt the labels do not have (surf-6.22).  The labels are
+    read only where the mesh has such pieces.  Returns the number of re-tagged tets."""
     idx, n, lab = face_components(ttags == tag, nb, ttags)
     if n <= 1:
         return 0
-    lut = layer_lut(max(256, int(tags.max()) + 1))
-    fluid = lut[tags] == LAYER_OF_TAG[tag] if tag in LAYER_OF_TAG else tags == tag
+    is_fluid = layer_lut(max(256, int(tags.max()) + 1)) == LAYER_OF_TAG.get(tag, -1)
     if len(fluid_tags):
-        fluid |= np.isin(tags, list(fluid_tags))
-    pieces, _ = label_pieces(fluid, connectivity=26)
-    del fluid
+        is_fluid[[t for t in fluid_tags if t < len(is_fluid)]] = True
+    pieces, _ = label_pieces(is_fluid[tags], connectivity=26)  # (a bool lookup: one byte per voxel)
     on_labels = sample_volume(pieces, cen[idx], zooms, fill=0)
+    del pieces
     size = np.bincount(lab, weights=vol[idx])
     order = np.argsort(size)[::-1]
     main = idx[lab == order[0]]
-    main_pieces = set(np.unique(on_labels[lab == order[0]]).tolist()) - {0}
+    held = np.bincount(on_labels[lab == order[0]], weights=vol[main])
+    held[0] = 0.0
+    main_pieces = set(np.flatnonzero(held >= JOIN_MIN_SHARE * held.sum()).tolist())
     moved = 0
-    for other in order[1:9]:  # the 8 largest others (more is not a head's ventricles)
+    for other in order[1:9]:  # (more is not a head's ventricles)
         mine = lab == other
         share = np.bincount(on_labels[mine], weights=vol[idx[mine]])
         share[0] = 0.0
@@ -1415,7 +1418,14 @@ def _connect_pieces(ttags, nb, vol, tag, through, cen, tags, zooms, fluid_tags=(
         path = [t for t in path if ttags[t] != tag]
         ttags[path] = tag
         moved += len(path)
+        # (what is joined is the largest's now: the next piece may join through it)
+        main = np.concatenate([main, idx[mine], np.asarray(path, dtype=main.dtype)])
     return moved
+
+
+#: a piece of the labels' CSF layer that holds at least this share of the mesh's largest CSF piece
+#: (by its tetrahedra's centres) is that piece's in the labels (:func:`_connect_pieces`)
+JOIN_MIN_SHARE = 0.01
 
 
 #: pieces of the white matter smaller than this fraction of its largest are specks, left to the tag
@@ -2236,7 +2246,7 @@ def _open_layer_gaps(ttags, nodes, tets, cen, tags, zooms, phis, pad, far: np.nd
     lo = np.maximum(np.floor(p.reshape(-1, 3).min(0) / zooms).astype(np.int64) - 1, 0)
     hi = np.minimum(np.ceil(p.reshape(-1, 3).max(0) / zooms).astype(np.int64) + 2, tags.shape)
     box = tags[tuple(slice(a, b) for a, b in zip(lo, hi))]
-    layers = layer_lut(max(256, int(box.max(initial=0)) + 1))[box]
+    layers = layer_lut(max(256, int(box.max(initial=0)) + 1)).astype(np.uint8)[box]  # (one byte per voxel)
     shares = _fractions(p - lo * zooms, layers, zooms, list(into))
     n_points = float(len(_SAMPLE_WEIGHTS))  # (each point counts 1, shared out where it falls between voxels)
     shares = np.column_stack([shares, np.maximum(n_points - shares.sum(1), 0.0)])  # the last: stays
