@@ -344,12 +344,12 @@ def test_face_components_kernel_is_scipys(monkeypatch):
 
 @pytest.mark.parametrize("dtype,order", [(np.uint8, "C"), (np.uint16, "F")])
 def test_tissue_shares_kernel_is_map_coordinates(dtype, order, monkeypatch):
-    """Each tetrahedron's tissue shares (sub_tissues._fractions): the numba kernel gives what
+    """Each tetrahedron's tissue shares (sub_tissues.tissue_fractions): the numba kernel gives what
     the per-tissue map_coordinates path gives, to the bit (the calibration's choices follow them),
     for tetrahedra inside, across and beyond the grid, on labels with values past the tissues'
     lookup table."""
     import stimsim.fem.kernels as fem_kernels
-    from stimsim.head.meshers.sub_tissues import _fractions
+    from stimsim.head.meshers.sub_tissues import tissue_fractions
 
     rng = np.random.default_rng(11)
     labels = np.asarray(np.repeat(rng.integers(0, 6, (14, 20, 12)), 2, axis=0), dtype=dtype, order=order)
@@ -360,9 +360,9 @@ def test_tissue_shares_kernel_is_map_coordinates(dtype, order, monkeypatch):
     p = centre + rng.uniform(-1.5, 1.5, (6000, 4, 3))
     p[:1000] = centre[:1000] + rng.uniform(0, 0.05, (1000, 4, 3))  # small ones: mostly one voxel
     monkeypatch.setattr(fem_kernels, "HAVE_NUMBA", True)
-    got = _fractions(p, labels, zooms, [1, 3, 4])
+    got = tissue_fractions(p, labels, zooms, [1, 3, 4])
     monkeypatch.setattr(fem_kernels, "HAVE_NUMBA", False)
-    want = _fractions(p, labels, zooms, [1, 3, 4])
+    want = tissue_fractions(p, labels, zooms, [1, 3, 4])
     np.testing.assert_array_equal(got, want)
     whole = (got == 15).any(1)
     assert 0.05 < whole.mean() < 0.9 and (got.sum(1) < 15).any()  # both kinds, and other tissues

@@ -4,7 +4,7 @@ kept by the surface mesher (stimsim.head.meshers.sub_tissues)."""
 import numpy as np
 import pytest
 
-from stimsim.head.meshers.sub_tissues import _calibrated_choice, layers_with_sub_tissues
+from stimsim.head.meshers.sub_tissues import calibrated_choice, layers_with_sub_tissues
 
 N = 48
 C = (N - 1) / 2
@@ -146,7 +146,7 @@ def test_calibrated_choice_meets_each_target_by_the_largest_shares(k):
     share = np.array([0.6, 0.3, 0.1][:k])
     share /= share.sum()
     target = share * vol.sum()
-    col = _calibrated_choice(f, vol, target)
+    col = calibrated_choice(f, vol, target)
     got = np.bincount(col, weights=vol, minlength=k)
     assert np.all(np.abs(got - target) <= (k - 1) * vol.max()), (got, target)
     assert np.all(f[np.arange(n), col] > 0)  # never a column with no share
@@ -161,7 +161,7 @@ def test_calibrated_choice_more_target_than_candidates():
     """A column asked for more than its candidate rows hold takes all of them, and no other row."""
     f = np.array([[1.0, 0.0], [0.5, 0.5], [1.0, 0.0], [0.0, 1.0]])
     vol = np.ones(4)
-    col = _calibrated_choice(f, vol, np.array([1.0, 3.0]))
+    col = calibrated_choice(f, vol, np.array([1.0, 3.0]))
     assert col.tolist() == [0, 1, 0, 1]
 
 
@@ -214,9 +214,9 @@ def test_calibrated_choice_takes_a_block_of_equal_shares_whole():
     """Rows with equal shares cannot be told apart: the block goes whole to the column whose
     target it comes nearer (here the second: 10 rows, targets 4 and 6), never split by row order."""
     f = np.full((10, 2), 7.5)
-    col = _calibrated_choice(f, np.ones(10), np.array([4.0, 6.0]))
+    col = calibrated_choice(f, np.ones(10), np.array([4.0, 6.0]))
     assert col.tolist() == [1] * 10
-    col = _calibrated_choice(f, np.ones(10), np.array([7.0, 3.0]))
+    col = calibrated_choice(f, np.ones(10), np.array([7.0, 3.0]))
     assert col.tolist() == [0] * 10
 
 
@@ -269,7 +269,7 @@ def test_calibrated_choice_rows_with_one_share_only():
     """A column whose candidates have no other share takes them whatever its offset (here the last
     row, which the second column cannot take at its target of 0.04)."""
     f = np.array([[1, 0, 0]] * 3 + [[0, 1, 0], [0, 0.6, 0.4]], float)
-    col = _calibrated_choice(f, np.ones(5), np.array([3.0, 0.04, 0.96]))
+    col = calibrated_choice(f, np.ones(5), np.array([3.0, 0.04, 0.96]))
     assert np.bincount(col, minlength=3).tolist() == [3, 1, 1]
 
 
@@ -280,7 +280,7 @@ def test_calibrated_choice_thresholds_a_float_step_apart():
     f = np.array([[1, 0], [1, 0], [0, 1], [0.6868686868686869, 0.5353535353535354],
                   [0.30303030303030304, 0.15151515151515152]])
     for target, second in (([3.5, 1.5], [2]), ([2.5, 2.5], [2, 3, 4]), ([1.5, 3.5], [2, 3, 4])):
-        col = _calibrated_choice(f, np.ones(5), np.array(target))
+        col = calibrated_choice(f, np.ones(5), np.array(target))
         assert np.flatnonzero(col == 1).tolist() == second, (target, col)
 
 
@@ -880,7 +880,7 @@ def test_calibrated_choice_small_tissues_reach_their_targets_beside_a_short_one(
     vol = rng.uniform(0.5, 1.5, n)
     target = np.array([1200.0, 0.0, 100.0, 80.0, 20.0])
     target[1] = vol.sum() - target.sum()
-    got = np.bincount(_calibrated_choice(f, vol, target), weights=vol, minlength=5)
+    got = np.bincount(calibrated_choice(f, vol, target), weights=vol, minlength=5)
     assert got[0] < target[0] - 100  # (it is short: all its rows hold less)
     for j in (2, 3, 4):
         assert abs(got[j] - target[j]) <= vol[f[:, j] > 0].max(), (j, got[j], target[j])

@@ -533,7 +533,7 @@ def tissue_shares(pts: np.ndarray, labels: np.ndarray, column: np.ndarray, n_tis
     tissue, else each tissue's indicator interpolated trilinearly (what
     ``scipy.ndimage.map_coordinates(labels == tag, order=1, mode="nearest", output=np.float32)``
     gives tissue by tissue, summed in float32), in one pass without a copy of the grid per tissue
-    (:func:`stimsim.head.meshers.sub_tissues._fractions`)."""
+    (:func:`stimsim.head.meshers.sub_tissues.tissue_fractions`)."""
     out = np.zeros((pts.shape[2], n_tissues))
     _tissue_shares(np.ascontiguousarray(pts, np.float64), labels, np.ascontiguousarray(column, np.int64), out)
     return out

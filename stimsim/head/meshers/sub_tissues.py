@@ -34,7 +34,7 @@ MERGE_ABOVE_ERROR = 0.5
 SMOOTHING_ROUNDS = 2
 #: rounds of :func:`_in_pieces_kept` (specks cleaned, then each tissue grown back to its volume)
 PIECE_ROUNDS = 3
-#: relative gap below which two calibration thresholds count as one (see _calibrated_choice)
+#: relative gap below which two calibration thresholds count as one (see calibrated_choice)
 _SAME = 1e-9
 #: tetrahedra per chunk of the share sampling (about 1 kB each while it runs)
 CHUNK_TETS = 200_000
@@ -61,14 +61,14 @@ def _neighbourhood(zooms, radius: int) -> np.ndarray:
 
 #: barycentric weights of the points at which a tetrahedron reads the labels: its centroid, and points
 #: towards its vertices, face centres and edge midpoints
-_SAMPLE_WEIGHTS = np.array(
+SAMPLE_WEIGHTS = np.array(
     [[0.25] * 4]
     + [np.roll([0.7, 0.1, 0.1, 0.1], i) for i in range(4)]
     + [np.roll([0.1, 0.3, 0.3, 0.3], i) for i in range(4)]
     + [[0.4 if j in e else 0.1 for j in range(4)] for e in ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))])
 
 
-def _fractions(p: np.ndarray, labels: np.ndarray, zooms, tags) -> np.ndarray:
+def tissue_fractions(p: np.ndarray, labels: np.ndarray, zooms, tags) -> np.ndarray:
     """Share of each tetrahedron's sample points (``p``: its 4 vertices, voxel-frame mm) in each
     of ``tags``: each point reads the tissue's indicator by trilinear interpolation, so the shares
     vary smoothly as a tetrahedron crosses an interface (nearest-voxel counts come in steps of
@@ -85,14 +85,14 @@ def _fractions(p: np.ndarray, labels: np.ndarray, zooms, tags) -> np.ndarray:
 
 
 def _fractions_chunk(p, labels, zooms, tags, column):
-    pts = np.matmul(_SAMPLE_WEIGHTS, p / np.asarray(zooms, float)).transpose(2, 1, 0)  # (3, w, tets)
+    pts = np.matmul(SAMPLE_WEIGHTS, p / np.asarray(zooms, float)).transpose(2, 1, 0)  # (3, w, tets)
     from ...fem.kernels import numba_ready
 
     if numba_ready():
         from ._kernels import tissue_shares
 
         return tissue_shares(pts, labels, column, len(tags))
-    nw = len(_SAMPLE_WEIGHTS)  # the same in numpy and scipy, more slowly (a copy of the grid per tissue)
+    nw = len(SAMPLE_WEIGHTS)  # the same in numpy and scipy, more slowly (a copy of the grid per tissue)
     hi = np.array(labels.shape) - 1
     near = np.clip(np.rint(pts), 0, hi[:, None, None]).astype(np.intp)
     col = column[labels[near[0], near[1], near[2]]]
@@ -137,7 +137,7 @@ def _smoothed(f: np.ndarray, sel: np.ndarray, neighbors: np.ndarray, rounds: int
     return g
 
 
-def _calibrated_choice(f: np.ndarray, vol: np.ndarray, target: np.ndarray, max_rounds: int = 50) -> np.ndarray:
+def calibrated_choice(f: np.ndarray, vol: np.ndarray, target: np.ndarray, max_rounds: int = 50) -> np.ndarray:
     """Column per row: ``argmax(f + lam)`` over the columns with ``f > 0``, the offsets ``lam``
     chosen so that each column's rows hold ``target`` volume (the largest column's offset 0).  With
     the others fixed, row ``i`` takes column ``j`` when ``lam_j > max_other_i - f_ij``: sorting
@@ -279,7 +279,7 @@ def _connected(new, f, vol, target, tags, column, sel, out, neighbors, part_of, 
         tr = np.asarray(target, float).copy()
         tr[j] = 0.0
         tr *= vol[rest].sum() / max(tr.sum(), 1e-300)
-        new[rest] = tags[_calibrated_choice(fr, vol[rest], tr)]
+        new[rest] = tags[calibrated_choice(fr, vol[rest], tr)]
         new[done] = stand_in
     want = {t: float(vol[new == t].sum()) for t in part_of}
     out_sel = new
@@ -595,7 +595,7 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
     layer} for tissues meshed in another layer than their own (a user's tissue inside the white
     matter: :func:`.core.enclosing_layers`).
 
-    Each tetrahedron reads the labels at 15 points (:data:`_SAMPLE_WEIGHTS`, :func:`_fractions`).
+    Each tetrahedron reads the labels at 15 points (:data:`SAMPLE_WEIGHTS`, :func:`tissue_fractions`).
     One none of whose points reaches its layer's voxels (a layer kept at its minimum thickness)
     takes the nearest voxel of its layer (within :data:`SEARCH_RADIUS_VOXELS`, else the layer's
     main tissue).  The shares are averaged with the face neighbours' (:data:`SMOOTHING_ROUNDS`),
@@ -670,7 +670,7 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
         column[tags] = np.arange(len(tags))
         p = nodes_mm[tets[sel]] + np.asarray(offset_mm, float)
         vol = np.abs(signed_volumes(nodes_mm, tets[sel]))
-        f = _fractions(p, labels, zooms, tags) * allowed
+        f = tissue_fractions(p, labels, zooms, tags) * allowed
         todo = np.flatnonzero(f.sum(1) == 0)
         info["nearest_tets"] += len(todo)
         base = np.rint(p[todo].mean(1) / zooms).astype(np.int64)
@@ -701,7 +701,7 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
             # back; its other tissues (blood) hold their own volumes
             target = voxels.copy()
             target[main] = voxels[main] * (rest / voxels[main].sum())
-        new = tags[_calibrated_choice(f, vol, target)]
+        new = tags[calibrated_choice(f, vol, target)]
         if part_of and np.isin(tags, list(part_of)).any():
             new = _connected(new, f, vol, target, tags, column, sel, out, neighbors, part_of,
                              [own_main[int(k)] for k in tet_layer], tet_layer, lut, nodes_mm, tets)

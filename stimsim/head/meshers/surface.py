@@ -2227,12 +2227,12 @@ def _open_layer_gaps(ttags, nodes, tets, cen, tags, zooms, phis, pad, far: np.nd
     tissues (``far``, of :func:`nested_fields`; the CSF meshed inside the brain counts as CSF), where
     the layer is at most ``sheet_mm`` thick (``phis[k + 1] - phis[k]``).  Each takes one of the
     layers ``into`` or stays, by the labels' layers at its 15 sample points
-    (:func:`~.sub_tissues._fractions`), rounded so that each keeps the volume of its shares
-    (:func:`~.sub_tissues._calibrated_choice`): the sheet is about one tetrahedron thick, so by their
+    (:func:`~.sub_tissues.tissue_fractions`), rounded so that each keeps the volume of its shares
+    (:func:`~.sub_tissues.calibrated_choice`): the sheet is about one tetrahedron thick, so by their
     centres (mid-sheet) the tetrahedra went whole to the side the sheet's middle lies in (a 2 mL
     haemorrhage in the white matter +5.8 %, the calibration in :func:`nested_fields` counting voxels).
     Returns how many were re-tagged."""
-    from .sub_tissues import _SAMPLE_WEIGHTS, _calibrated_choice, _fractions
+    from .sub_tissues import SAMPLE_WEIGHTS, calibrated_choice, tissue_fractions
 
     cand = np.flatnonzero(ttags == LAYER_FILL_TAG[k])
     if not len(cand) or far is None:
@@ -2247,11 +2247,11 @@ def _open_layer_gaps(ttags, nodes, tets, cen, tags, zooms, phis, pad, far: np.nd
     hi = np.minimum(np.ceil(p.reshape(-1, 3).max(0) / zooms).astype(np.int64) + 2, tags.shape)
     box = tags[tuple(slice(a, b) for a, b in zip(lo, hi))]
     layers = layer_lut(max(256, int(box.max(initial=0)) + 1)).astype(np.uint8)[box]  # (one byte per voxel)
-    shares = _fractions(p - lo * zooms, layers, zooms, list(into))
-    n_points = float(len(_SAMPLE_WEIGHTS))  # (each point counts 1, shared out where it falls between voxels)
+    shares = tissue_fractions(p - lo * zooms, layers, zooms, list(into))
+    n_points = float(len(SAMPLE_WEIGHTS))  # (each point counts 1, shared out where it falls between voxels)
     shares = np.column_stack([shares, np.maximum(n_points - shares.sum(1), 0.0)])  # the last: stays
     vol = np.abs(signed_volumes(nodes, tets[sel]))
-    choice = _calibrated_choice(shares, vol, (shares / n_points * vol[:, None]).sum(0))
+    choice = calibrated_choice(shares, vol, (shares / n_points * vol[:, None]).sum(0))
     go = choice < len(into)
     ttags[sel[go]] = np.array([LAYER_FILL_TAG[j] for j in into])[choice[go]]
     return int(go.sum())
