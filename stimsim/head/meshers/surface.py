@@ -29,8 +29,7 @@ from ..labels import value_counts
 from . import tetgen_worker
 from .sub_tissues import keep_sub_tissues, layers_with_sub_tissues
 from .topology import (ISLAND_KEPT_MM3, distance_to_background, distance_to_other_side, face_components, face_graph,
-                       fill_holes, label_pieces, on_threads, sample_volume, signed_volumes, tet_neighbors,
-                       vertex_incidence)
+                       fill_holes, label_pieces, on_threads, sample_volume, tet_neighbors, vertex_incidence)
 
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
@@ -2046,10 +2045,10 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     # (the roaming tissues are CSF meshed inside the brain's layers: the folds', the ventricles')
     # the CSF's minimum thickness as nested_fields used it (lowered for a CSF thin nearly everywhere)
     csf_min_mm = info.get("thin_layers", {}).get(3, {}).get("now_mm", float(min_thickness_mm) * float(thickness_scale))
-    info["csf_gap_tets"] = _open_layer_gaps(ttags, nodes, tets, cen, tags, zooms, phis, pad, far_from_csf,
+    info["csf_gap_tets"] = _open_layer_gaps(ttags, nodes, tets, cen, vol, tags, zooms, phis, pad, far_from_csf,
                                             CSF_SHEET_OF_MIN * float(csf_min_mm), 3, (2, 4, 5))
     if far_from_grey is not None:
-        info["grey_gap_tets"] = _open_layer_gaps(ttags, nodes, tets, cen, tags, zooms, phis, pad, far_from_grey,
+        info["grey_gap_tets"] = _open_layer_gaps(ttags, nodes, tets, cen, vol, tags, zooms, phis, pad, far_from_grey,
                                                  CSF_SHEET_OF_MIN * info["layer_min_thickness_mm"][4], 4, (3, 5))
     if lesion is not None:  # tets centred in a lesion voxel (unbiased, as the lattice mesher does)
 
@@ -2217,7 +2216,7 @@ def csf_gap_mm(zooms) -> float:
     return CSF_GAP_VOXELS * float(np.max(zooms))
 
 
-def _open_layer_gaps(ttags, nodes, tets, cen, tags, zooms, phis, pad, far: np.ndarray, sheet_mm: float, k: int,
+def _open_layer_gaps(ttags, nodes, tets, cen, vol, tags, zooms, phis, pad, far: np.ndarray, sheet_mm: float, k: int,
                      into: tuple) -> int:
     """Re-tag the sheet of layer ``k`` (the CSF's, 3, or the grey matter's, 4) that its minimum thickness
     put where the labels have none: the brain against the bone (over 10 % of Colin27's rays from the
@@ -2250,8 +2249,7 @@ def _open_layer_gaps(ttags, nodes, tets, cen, tags, zooms, phis, pad, far: np.nd
     shares = tissue_fractions(p - lo * zooms, layers, zooms, list(into))
     n_points = float(len(SAMPLE_WEIGHTS))  # (each point counts 1, shared out where it falls between voxels)
     shares = np.column_stack([shares, np.maximum(n_points - shares.sum(1), 0.0)])  # the last: stays
-    vol = np.abs(signed_volumes(nodes, tets[sel]))
-    choice = calibrated_choice(shares, vol, (shares / n_points * vol[:, None]).sum(0))
+    choice = calibrated_choice(shares, vol[sel], (shares / n_points * vol[sel, None]).sum(0))
     go = choice < len(into)
     ttags[sel[go]] = np.array([LAYER_FILL_TAG[j] for j in into])[choice[go]]
     return int(go.sum())
