@@ -34,7 +34,7 @@ from .topology import (ISLAND_KEPT_MM3, distance_to_background, distance_to_othe
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
-SURFACE_MESHER_VERSION = "surf-6.22"  # 6.1: the head's box of a wide field of view, the untangling retry;
+SURFACE_MESHER_VERSION = "surf-6.23"  # 6.1: the head's box of a wide field of view, the untangling retry;
 # 6.2: pieces of the brain or white matter closer than the sub-grid kept apart; 6.3: surfaces faired
 # within a band of their level sets (the voxels' staircase); 6.4: the volume calibration held local;
 # 6.5: short surface edges merged (edge_merge.py); 6.6: a layer the labels do not have shares the next
@@ -82,7 +82,11 @@ SURFACE_MESHER_VERSION = "surf-6.22"  # 6.1: the head's box of a wide field of v
 # piece of a surface keeps its own volume through the relaxation (OWN_VOLUME_AREA_SHARE), the relaxed
 # surfaces keep the volume the calibration measured (not the marching cubes' with its level kept off
 # the sub-grid points), and a piece of the CSF's layer is joined to the largest only where the labels
-# join them (_connect_pieces; every head gets other meshes)
+# join them (_connect_pieces; every head gets other meshes); 6.23: a skull defect's tetrahedra are
+# those centred past the face of the labels' bone voxels (bone_defect_distance_mm half a voxel, one
+# before) with no bone voxel along the bone's normal taken over a surface cell (_bone_along_normal:
+# within 0.75 voxel on the distance field, half a voxel diagonal before; the normal's differences a
+# cell apart, half a millimetre before: the surfaces dip into a hole and the normal leant onto its wall)
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
 #: (3 mm at the default 4 mm surfaces), in these layers (scalp's, bone's, CSF's; :func:`_interface_points`).
 #: A 56 mm sphere whose skull is compact | spongy | compact bone 2 | 4 | 2 mm: the brain's E 22 % off
@@ -147,13 +151,15 @@ SDF_BAND_MM = 15.0
 
 
 def bone_defect_distance_mm(zooms) -> float:
-    """A bone tetrahedron whose centre is farther than this from every bone or cavity voxel lies in a gap
-    of the voxel skull (:func:`_open_bone_defects`): one voxel, so gaps one or two voxels wide along
-    the grid's axes (more often a segmentation's error than a foramen) stay closed.  Thin real bone
-    under a sheet the minimum thickness pushed out is kept by :func:`_bone_along_normal`.  (Before
-    surf-6.17: half the minimum bone thickness plus half a voxel where that was more, 1.25 mm at the
-    default size, which left a bone rim about 1.5 mm wide in holes; docs/meshing.md.)"""
-    return float(np.max(zooms))
+    """A bone tetrahedron whose centre is farther than this from every bone or cavity voxel's centre
+    (the distance interpolated between voxel centres) lies in a gap of the voxel skull
+    (:func:`_open_bone_defects`): half a voxel, past the face of the bone voxels, as the labels draw
+    the gap.  Thin real bone under a sheet the minimum thickness pushed out is kept by
+    :func:`_bone_along_normal`.  (Before surf-6.23 one voxel, which with the normal's test kept a rim
+    of bone about a voxel wide in every hole and closed holes of three voxels; before surf-6.17 half
+    the minimum bone thickness plus half a voxel where that was more, 1.25 mm at the default size;
+    docs/meshing.md.)"""
+    return 0.5 * float(np.max(zooms))
 
 
 def _sdf(mask: np.ndarray, zooms, sigma_vox: float) -> np.ndarray:
@@ -534,8 +540,9 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     and ``bone`` (None without
     bone voxels): ``excess_mm``, the
     distance (mm, padded grid) to the nearest bone or cavity voxel less ``within_mm``
-    (:func:`bone_defect_distance_mm`; > 0 in a skull defect), and ``probe_mm``, how far along a
-    bone surface's normal :func:`_open_bone_defects` looks for bone.  ``layer_volume_mm3`` (6 values,
+    (:func:`bone_defect_distance_mm`; > 0 in a skull defect), ``probe_mm``, how far along a
+    bone surface's normal :func:`_open_bone_defects` looks for bone, and ``normal_mm``, the step of
+    the differences that normal is taken with (a surface cell: ``surface_step`` voxels).  ``layer_volume_mm3`` (6 values,
     per layer 0..5): the tissue volumes the calibration aims at, when ``tags`` is a coarser copy of
     the labels (:func:`downsample_layers`); else this grid's voxel counts.  ``bone_voxels`` (bool, the
     grid of ``tags``): voxels that hold bone on the finer grid, where the coarse copy may have lost a
@@ -656,6 +663,10 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
         inside = [k for k in (3, 4, 5) if k not in absent]
         bone = {"excess_mm": done.pop("bone") - np.float32(within), "within_mm": within,
                 "probe_mm": tk[2] + tk[3] + tk[4] + float(np.max(zooms)),
+                # the bone's surfaces dip into a hole about a surface cell wide: a normal taken
+                # over half a millimetre there leans onto the hole's wall, over a cell it does not
+                # (a 4 mm hole through a 5 mm skull: 75-84 % of it bone -> 12-38 %)
+                "normal_mm": float(surface_step or 2) * float(np.min(zooms)),
                 "inside_tag": LAYER_FILL_TAG[inside[0]] if inside else 0,
                 "outside_tag": LAYER_FILL_TAG[1] if 1 not in absent else 0}
     # where the CSF layer exists only because of its minimum thickness (the brain against the bone in
@@ -697,8 +708,9 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
             target = {k: float(layer_mm3[k:].sum()) + (air_mm3 if k <= 2 else 0.0) for k in range(1, 6)}
         base = dict(target)
         if bone is not None:
-            # the voxels that are not bone (the distance is exact at voxel centres: a bone voxel's
-            # sub-points below lie at most 0.65 voxel from it, short of the one-voxel defect distance)
+            # the voxels that are not bone (the distance is exact at voxel centres, 0 in bone voxels;
+            # at the sub-points of _defect_share it is interpolated, and may pass the half-voxel defect
+            # distance in the corners of a bone voxel, which therefore is not counted)
             no_bone = bone["excess_mm"] + np.float32(bone["within_mm"]) > 0
             inner_vox = np.pad(layer >= 3, pad)
         # floors hold part of a surface where the shifts cannot move it: two more rounds to converge
@@ -2273,16 +2285,21 @@ def _defect_share(excess_mm: np.ndarray, voxels: np.ndarray, zooms, pad: int, ph
 
 
 def _bone_along_normal(pts, phi_bone, bone, zooms, pad) -> np.ndarray:
-    """Does the normal of the bone's outer surface (the gradient of ``phi_bone``) through each point
-    pass a bone voxel within ``bone["probe_mm"]``, either way?  "Pass": the distance to the nearest
-    bone voxel centre (interpolated between voxel centres) at most half a voxel diagonal somewhere
-    on the line, sampled every half voxel.  A defect has its bone beside it, not along the normal."""
+    """Does the normal of the bone's outer surface (the gradient of ``phi_bone``, by central differences
+    ``bone["normal_mm"]`` apart) through each point pass a bone voxel within ``bone["probe_mm"]``,
+    either way?  "Pass": the distance to the nearest bone voxel centre, interpolated between voxel
+    centres, at most three quarters of a voxel somewhere on the line, sampled every half voxel: a
+    line across a sheet of bone voxels one voxel thick passes within that even where the sheet's
+    voxels touch only at corners (0.75 at the centre of the cube between two such voxels; with half
+    a voxel a 1 mm skull on a sphere had 725 tetrahedra taken for a defect's, bone +4.7 %), and one
+    along a hole's wall stays out of the outer quarter of the voxels along it.  A defect has its bone
+    beside it, not along the normal.  (Half a voxel diagonal before surf-6.23; docs/meshing.md.)"""
     if not len(pts):
         return np.zeros(0, bool)
-    g = _field_grad(phi_bone, pts, zooms, pad)
+    g = _field_grad(phi_bone, pts, zooms, pad, bone["normal_mm"])
     n = g / np.maximum(np.linalg.norm(g, axis=1), 1e-12)[:, None]
     step = 0.5 * float(np.min(zooms))
-    near = 0.5 * float(np.linalg.norm(zooms)) - bone["within_mm"]  # on the excess-distance field
+    near = 0.75 * float(np.max(zooms)) - bone["within_mm"]  # on the excess-distance field
     found = np.zeros(len(pts), bool)
     todo = np.arange(len(pts))  # (the points not found yet: most are found in the first few steps)
     for s in np.arange(-bone["probe_mm"], bone["probe_mm"] + step / 2, step):
