@@ -1390,7 +1390,7 @@ def _shortest_chain(allowed: np.ndarray, nb: np.ndarray, src: np.ndarray, dst: n
     return path
 
 
-def _connect_pieces(ttags, nb, vol, tag, through, cen, tags, zooms, fluid_tags=()):
+def _connect_pieces(ttags, nb, vol, tag, through, cen, tags, zooms, fluid_tags=(), allowed=None):
     """Join the extra face-connected pieces of ``tag`` (the CSF's layer; the 8 largest) that the labels
     join to its largest, by re-tagging the shortest face-adjacent chain of tets through the
     ``through`` tissues: the ventricles, CSF inside the brain joined to the subarachnoid CSF by the
@@ -1400,7 +1400,9 @@ def _connect_pieces(ttags, nb, vol, tag, through, cen, tags, zooms, fluid_tags=(
     :data:`JOIN_MIN_SHARE` of the largest's.  A piece the labels have apart (a haemorrhage or a cyst
     in the white matter) stays apart: joined, a 0.9 mL ball of blood got a 0.8 mL channel of CSF
     through the white and grey matter, a shunt the labels do not have (surf-6.22).  The labels are
-    read only where the mesh has such pieces.  Returns the number of re-tagged tets."""
+    read only where the mesh has such pieces.  ``allowed`` (bool per tet): other tetrahedra the chain
+    may take (the bone the skull-defect rule re-tagged, :func:`_open_bone_defects`).  Returns the
+    number of re-tagged tets."""
     idx, n, lab = face_components(ttags == tag, nb, ttags)
     if n <= 1:
         return 0
@@ -1423,7 +1425,8 @@ def _connect_pieces(ttags, nb, vol, tag, through, cen, tags, zooms, fluid_tags=(
         share[0] = 0.0
         if not share.any() or int(np.argmax(share)) not in main_pieces:
             continue
-        path = _shortest_chain(np.isin(ttags, list(through) + [tag]), nb, idx[mine], main)
+        path = _shortest_chain(np.isin(ttags, list(through) + [tag]) | (False if allowed is None else allowed),
+                               nb, idx[mine], main)
         if path is None:
             continue
         path = [t for t in path if ttags[t] != tag]
@@ -2053,7 +2056,15 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     info["region_vote_purity"] = float(votes.max(1).sum() / votes.sum())
     seed_tag = np.array([0] + [LAYER_FILL_TAG[k] for k in range(1, 6)])
     ttags = seed_tag[gl[ginv]]
-    info["bone_defect_tets"] = _open_bone_defects(ttags, cen, bone, phis[2], tags, zooms, pad)
+    opened = _open_bone_defects(ttags, cen, bone, phis[2], tags, zooms, pad)
+    info["bone_defect_tets"] = int(len(opened))
+    if bone is not None and len(opened):
+        # ... but not across a strand of bone one or two voxels thick that joins a piece of the skull to
+        # the rest in the labels (Colin27 scaled to 75 %: 1.26 mL of the skull base cut off)
+        retagged = np.zeros(len(ttags), bool)
+        retagged[opened] = True
+        info["bone_rejoined_tets"] = _connect_pieces(ttags, nb, vol, LAYER_FILL_TAG[2], (), cen, tags, zooms,
+                                                     allowed=retagged)
     # (the roaming tissues are CSF meshed inside the brain's layers: the folds', the ventricles')
     # the CSF's minimum thickness as nested_fields used it (lowered for a CSF thin nearly everywhere)
     csf_min_mm = info.get("thin_layers", {}).get(3, {}).get("now_mm", float(min_thickness_mm) * float(thickness_scale))
@@ -2191,7 +2202,7 @@ def _own_label_piece(tets, piece_of_tet, tag, tags, lesion, cen, zooms, n_pieces
     return out
 
 
-def _open_bone_defects(ttags, cen, bone, phi_bone, tags, zooms, pad) -> int:
+def _open_bone_defects(ttags, cen, bone, phi_bone, tags, zooms, pad) -> np.ndarray:
     """Re-tag the bone the minimum layer thickness put where the labels have none.
 
     The nested surfaces keep every layer at least ``tk`` thick, so a skull defect (craniectomy, burr
@@ -2202,10 +2213,10 @@ def _open_bone_defects(ttags, cen, bone, phi_bone, tags, zooms, pad) -> int:
     thickness rules pushed a sheet away from) take the tissue of the voxel they sit in:
     ``bone["inside_tag"]`` on the brain's side (CSF, or the next layer in where the labels have none),
     ``bone["outside_tag"]`` outside (scalp; 0, dropped from the mesh, where the labels have none), as
-    the calibration in :func:`nested_fields` counts on.  Returns how many were re-tagged."""
+    the calibration in :func:`nested_fields` counts on.  Returns the re-tagged tetrahedra's indices."""
     tets = (ttags == LAYER_FILL_TAG[2]).nonzero()[0]
     if not len(tets):
-        return 0
+        return tets
     if bone is None:  # labels without a skull: no bone in the mesh either
         sel = tets
     else:
@@ -2214,12 +2225,12 @@ def _open_bone_defects(ttags, cen, bone, phi_bone, tags, zooms, pad) -> int:
         # normal; a sheet across a defect has it only beside it: keep the first
         sel = sel[~_bone_along_normal(cen[sel], phi_bone, bone, zooms, pad)]
     if not len(sel):
-        return 0
+        return sel
     layer = layer_lut()[sample_volume(tags, cen[sel], zooms, fill=0)]
     inside, outside = ((LAYER_FILL_TAG[3], LAYER_FILL_TAG[1]) if bone is None
                        else (bone["inside_tag"], bone["outside_tag"]))
     ttags[sel] = np.where(layer >= 3, inside, outside)
-    return int(len(sel))
+    return sel
 
 
 def csf_gap_mm(zooms) -> float:
