@@ -665,7 +665,7 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                 "probe_mm": tk[2] + tk[3] + tk[4] + float(np.max(zooms)),
                 # the bone's surfaces dip into a hole about a surface cell wide: a normal taken
                 # over half a millimetre there leans onto the hole's wall, over a cell it does not
-                # (a 4 mm hole through a 5 mm skull: 75-84 % of it bone -> 12-38 %)
+                # (a 4 mm hole through a 5 mm skull: 75-84 % of it bone -> 19-60 %)
                 "normal_mm": float(surface_step or 2) * float(np.min(zooms)),
                 "inside_tag": LAYER_FILL_TAG[inside[0]] if inside else 0,
                 "outside_tag": LAYER_FILL_TAG[1] if 1 not in absent else 0}
@@ -1372,12 +1372,17 @@ def _trilinear(phi, pts_mm, zooms, pad):
     return ndi.map_coordinates(phi, p.T, order=1, mode="nearest")
 
 
-def _shortest_chain(allowed: np.ndarray, nb: np.ndarray, src: np.ndarray, dst: np.ndarray):
+def _shortest_chain(allowed: np.ndarray, nb: np.ndarray, src: np.ndarray, dst: np.ndarray,
+                    cost: np.ndarray | None = None):
     """The fewest face-adjacent tetrahedra among ``allowed`` (bool per tet) leading from one of ``src``
-    to one of ``dst`` (both ends included, from ``dst`` back), or None where none does."""
+    to one of ``dst`` (both ends included, from ``dst`` back), or None where none does; with ``cost``
+    (per tet, > 0), the chain of the least summed cost (a step costs the mean of its two ends')."""
     from scipy.sparse.csgraph import dijkstra
 
     cand, loc, g = face_graph(allowed, nb)
+    if cost is not None:
+        rows = np.repeat(np.arange(g.shape[0]), np.diff(g.indptr))
+        g.data = 0.5 * (cost[cand[rows]] + cost[cand[g.indices]])
     dist, pred, _ = dijkstra(g, directed=False, indices=loc[src], min_only=True, return_predecessors=True)
     dm = dist[loc[dst]]
     if not np.isfinite(dm).any():
@@ -1390,7 +1395,8 @@ def _shortest_chain(allowed: np.ndarray, nb: np.ndarray, src: np.ndarray, dst: n
     return path
 
 
-def _connect_pieces(ttags, nb, vol, tag, through, cen, tags, zooms, fluid_tags=(), allowed=None):
+def _connect_pieces(ttags, nb, vol, tag, through, cen, tags, zooms, fluid_tags=(), allowed=None, cost=None,
+                    layer_voxels=None, min_share=None):
     """Join the extra face-connected pieces of ``tag`` (the CSF's layer; the 8 largest) that the labels
     join to its largest, by re-tagging the shortest face-adjacent chain of tets through the
     ``through`` tissues: the ventricles, CSF inside the brain joined to the subarachnoid CSF by the
@@ -1401,32 +1407,48 @@ def _connect_pieces(ttags, nb, vol, tag, through, cen, tags, zooms, fluid_tags=(
     in the white matter) stays apart: joined, a 0.9 mL ball of blood got a 0.8 mL channel of CSF
     through the white and grey matter, a shunt the labels do not have (surf-6.22).  The labels are
     read only where the mesh has such pieces.  ``allowed`` (bool per tet): other tetrahedra the chain
-    may take (the bone the skull-defect rule re-tagged, :func:`_open_bone_defects`).  Returns the
-    number of re-tagged tets."""
+    may take, and then only pieces next to one are joined (the bone the skull-defect rule re-tagged,
+    :func:`_open_bone_defects`); ``cost``: per tet, the chain's (:func:`_shortest_chain`);
+    ``layer_voxels`` (bool, the grid of ``tags``): the layer's voxels where ``tags`` is a coarse copy
+    that may have lost thin ones (:func:`downsample_layers`' bone); ``min_share``: the share of the
+    largest's volume a labels' piece must hold to be the largest's (:data:`JOIN_MIN_SHARE`).
+    Returns the number of re-tagged tets."""
     idx, n, lab = face_components(ttags == tag, nb, ttags)
     if n <= 1:
         return 0
+    size = np.bincount(lab, weights=vol[idx])
+    order = np.argsort(size)[::-1]
+    others = order[1:9]  # (more is not a head's ventricles)
+    if allowed is not None:  # only pieces next to a tetrahedron the chain may take
+        near = np.zeros(n, bool)
+        for j in range(4):
+            o = nb[idx, j]
+            near[lab[(o >= 0) & allowed[np.maximum(o, 0)]]] = True
+        others = others[near[others]]
+        if not len(others):
+            return 0
     is_fluid = layer_lut(max(256, int(tags.max()) + 1)) == LAYER_OF_TAG.get(tag, -1)
     if len(fluid_tags):
         is_fluid[[t for t in fluid_tags if t < len(is_fluid)]] = True
-    pieces, _ = label_pieces(is_fluid[tags], connectivity=26)  # (a bool lookup: one byte per voxel)
+    in_layer = is_fluid[tags] if layer_voxels is None else is_fluid[tags] | layer_voxels
+    pieces, _ = label_pieces(in_layer, connectivity=26)  # (a bool lookup: one byte per voxel)
+    del in_layer
     on_labels = sample_volume(pieces, cen[idx], zooms, fill=0)
     del pieces
-    size = np.bincount(lab, weights=vol[idx])
-    order = np.argsort(size)[::-1]
     main = idx[lab == order[0]]
     held = np.bincount(on_labels[lab == order[0]], weights=vol[main])
     held[0] = 0.0
-    main_pieces = set(np.flatnonzero(held >= JOIN_MIN_SHARE * held.sum()).tolist())
+    share = JOIN_MIN_SHARE if min_share is None else float(min_share)
+    main_pieces = set(np.flatnonzero(held >= share * held.sum()).tolist())
     moved = 0
-    for other in order[1:9]:  # (more is not a head's ventricles)
+    for other in others:
         mine = lab == other
         share = np.bincount(on_labels[mine], weights=vol[idx[mine]])
         share[0] = 0.0
         if not share.any() or int(np.argmax(share)) not in main_pieces:
             continue
         path = _shortest_chain(np.isin(ttags, list(through) + [tag]) | (False if allowed is None else allowed),
-                               nb, idx[mine], main)
+                               nb, idx[mine], main, cost)
         if path is None:
             continue
         path = [t for t in path if ttags[t] != tag]
@@ -2061,10 +2083,17 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     if bone is not None and len(opened):
         # ... but not across a strand of bone one or two voxels thick that joins a piece of the skull to
         # the rest in the labels (Colin27 scaled to 75 %: 1.26 mL of the skull base cut off)
+        # (through those the rule re-tagged, the chain the nearer the labels' bone the cheaper: through
+        # any, it closed a kerf 110 deg round from a 1 x 1 voxel strand; only the labels' piece that
+        # holds most of the skull is the skull's: a flap a closed kerf joins is not)
         retagged = np.zeros(len(ttags), bool)
         retagged[opened] = True
+        cost = np.ones(len(ttags))
+        off_bone = (_trilinear(bone["excess_mm"], cen[opened], zooms, pad) + bone["within_mm"]) / float(np.max(zooms))
+        cost[opened] += 10.0 * np.maximum(off_bone, 0.0) ** 2
         info["bone_rejoined_tets"] = _connect_pieces(ttags, nb, vol, LAYER_FILL_TAG[2], (), cen, tags, zooms,
-                                                     allowed=retagged)
+                                                     allowed=retagged, cost=cost, layer_voxels=bone_voxels,
+                                                     min_share=0.5)
     # (the roaming tissues are CSF meshed inside the brain's layers: the folds', the ventricles')
     # the CSF's minimum thickness as nested_fields used it (lowered for a CSF thin nearly everywhere)
     csf_min_mm = info.get("thin_layers", {}).get(3, {}).get("now_mm", float(min_thickness_mm) * float(thickness_scale))
@@ -2299,7 +2328,8 @@ def _bone_along_normal(pts, phi_bone, bone, zooms, pad) -> np.ndarray:
     """Does the normal of the bone's outer surface (the gradient of ``phi_bone``, by central differences
     ``bone["normal_mm"]`` apart) through each point pass a bone voxel within ``bone["probe_mm"]``,
     either way?  "Pass": the distance to the nearest bone voxel centre, interpolated between voxel
-    centres, at most three quarters of a voxel somewhere on the line, sampled every half voxel: a
+    centres, at most three quarters of a voxel (a quarter of the voxel's three sides) somewhere on the
+    line, sampled every half voxel: a
     line across a sheet of bone voxels one voxel thick passes within that even where the sheet's
     voxels touch only at corners (0.75 at the centre of the cube between two such voxels; with half
     a voxel a 1 mm skull on a sphere had 725 tetrahedra taken for a defect's, bone +4.7 %), and one
@@ -2310,7 +2340,7 @@ def _bone_along_normal(pts, phi_bone, bone, zooms, pad) -> np.ndarray:
     g = _field_grad(phi_bone, pts, zooms, pad, bone["normal_mm"])
     n = g / np.maximum(np.linalg.norm(g, axis=1), 1e-12)[:, None]
     step = 0.5 * float(np.min(zooms))
-    near = 0.75 * float(np.max(zooms)) - bone["within_mm"]  # on the excess-distance field
+    near = 0.25 * float(np.sum(zooms)) - bone["within_mm"]  # on the excess-distance field
     found = np.zeros(len(pts), bool)
     todo = np.arange(len(pts))  # (the points not found yet: most are found in the first few steps)
     for s in np.arange(-bone["probe_mm"], bone["probe_mm"] + step / 2, step):
