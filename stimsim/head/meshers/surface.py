@@ -86,7 +86,8 @@ SURFACE_MESHER_VERSION = "surf-6.23"  # 6.1: the head's box of a wide field of v
 # those centred past the face of the labels' bone voxels (bone_defect_distance_mm half a voxel, one
 # before) with no bone voxel along the bone's normal taken over a surface cell (_bone_along_normal:
 # within 0.75 voxel on the distance field, half a voxel diagonal before; the normal's differences a
-# cell apart, half a millimetre before: the surfaces dip into a hole and the normal leant onto its wall)
+# cell apart, half a millimetre before: the surfaces dip into a hole and the normal leant onto its wall),
+# and bone the rule cuts from the skull where the labels join it joined back (_connect_pieces)
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
 #: (3 mm at the default 4 mm surfaces), in these layers (scalp's, bone's, CSF's; :func:`_interface_points`).
 #: A 56 mm sphere whose skull is compact | spongy | compact bone 2 | 4 | 2 mm: the brain's E 22 % off
