@@ -1439,8 +1439,8 @@ def _connect_pieces(ttags, nb, vol, tag, through, cen, tags, zooms, fluid_tags=(
     main = idx[lab == order[0]]
     held = np.bincount(on_labels[lab == order[0]], weights=vol[main])
     held[0] = 0.0
-    share = JOIN_MIN_SHARE if min_share is None else float(min_share)
-    main_pieces = set(np.flatnonzero(held >= share * held.sum()).tolist())
+    min_held = JOIN_MIN_SHARE if min_share is None else float(min_share)
+    main_pieces = set(np.flatnonzero(held >= min_held * held.sum()).tolist())
     moved = 0
     for other in others:
         mine = lab == other
@@ -2330,11 +2330,11 @@ def _bone_along_normal(pts, phi_bone, bone, zooms, pad) -> np.ndarray:
     ``bone["normal_mm"]`` apart) through each point pass a bone voxel within ``bone["probe_mm"]``,
     either way?  "Pass": the distance to the nearest bone voxel centre, interpolated between voxel
     centres, at most three quarters of a voxel (a quarter of the voxel's three sides) somewhere on the
-    line, sampled every half voxel: a
-    line across a sheet of bone voxels one voxel thick passes within that even where the sheet's
-    voxels touch only at corners (0.75 at the centre of the cube between two such voxels; with half
-    a voxel a 1 mm skull on a sphere had 725 tetrahedra taken for a defect's, bone +4.7 %), and one
-    along a hole's wall stays out of the outer quarter of the voxels along it.  A defect has its bone
+    line, sampled every half voxel: a line across a sheet of bone voxels one voxel thick passes within
+    that even where the sheet's voxels touch only at corners (0.75 at the centre of the cube between
+    two such voxels; with half a voxel a 1 mm skull on a sphere had 725 tetrahedra taken for a
+    defect's, bone +4.7 %), and one along a hole's wall stays out of the outer quarter of the voxels
+    along it.  A defect has its bone
     beside it, not along the normal.  (Half a voxel diagonal before surf-6.23; docs/meshing.md.)"""
     if not len(pts):
         return np.zeros(0, bool)
