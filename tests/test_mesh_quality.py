@@ -366,3 +366,45 @@ def test_tissue_shares_kernel_is_map_coordinates(dtype, order, monkeypatch):
     np.testing.assert_array_equal(got, want)
     whole = (got == 15).any(1)
     assert 0.05 < whole.mean() < 0.9 and (got.sum(1) < 15).any()  # both kinds, and other tissues
+
+
+@pytest.mark.parametrize("zooms", [(1.0, 1.0, 1.0), (0.9, 0.8, 1.3)])
+def test_bone_along_normal_and_defect_share_kernels_are_the_numpy_tests(zooms):
+    """The skull-defect rule's fused kernels (the normal's march, the 8-point share per voxel) give the
+    numpy version's answers exactly, so meshes do not change; on a field with a skull, a hole and
+    oblique walls, where both answers occur often."""
+    from stimsim.head.meshers import surface
+
+    rng = np.random.default_rng(3)
+    zooms, pad = np.asarray(zooms), 3
+    shape = (34, 30, 28)
+    ijk = np.indices(shape).transpose(1, 2, 3, 0) * zooms
+    r = np.linalg.norm(ijk - np.array(shape) * zooms / 2, axis=-1)
+    skull = (r > 9) & (r < 12) & ~((ijk[..., 2] > 20) & (np.abs(ijk[..., 0] - 15) < 3))  # with a hole on top
+    excess = np.pad(surface.distance_to_background(~skull, zooms), pad, constant_values=20.0)
+    bone = {"excess_mm": (excess - np.float32(surface.bone_defect_distance_mm(zooms))).astype(np.float32),
+            "within_mm": surface.bone_defect_distance_mm(zooms), "probe_mm": 3.5, "normal_mm": 2.0 * zooms.min()}
+    phi_outer = np.pad((r - 12.5).astype(np.float32), pad, mode="edge")
+    phi_inner = np.pad((r - 8.5 + rng.normal(0, 0.2, shape)).astype(np.float32), pad, mode="edge")
+
+    def along_normal(pts):  # the numpy version, step by step
+        g = surface._field_grad(phi_outer, pts, zooms, pad, bone["normal_mm"])
+        n = g / np.maximum(np.linalg.norm(g, axis=1), 1e-12)[:, None]
+        steps, near = surface._normal_steps(bone, zooms)
+        return np.any([surface._trilinear(bone["excess_mm"], pts + s * n, zooms, pad) <= near for s in steps], axis=0)
+
+    pts = rng.uniform(0, np.array(shape) * zooms, (4000, 3))
+    expected = along_normal(pts)
+    assert 0.05 < expected.mean() < 0.95
+    assert np.array_equal(surface._bone_along_normal(pts, phi_outer, bone, zooms, pad), expected)
+
+    voxels = np.argwhere(np.pad(np.ones(shape, bool), pad))[::2]
+    corners = np.array(np.meshgrid([-0.25, 0.25], [-0.25, 0.25], [-0.25, 0.25], indexing="ij")).reshape(3, -1).T
+    p = (((voxels - pad) * zooms)[:, None, :] + (corners * zooms)[None]).reshape(-1, 3)
+    hit = ((surface._trilinear(bone["excess_mm"], p, zooms, pad) > 0)
+           & (surface._trilinear(phi_outer, p, zooms, pad) < 0)
+           & (surface._trilinear(phi_inner, p, zooms, pad) >= 0) & ~along_normal(p))
+    share = hit.reshape(-1, 8).mean(axis=1)
+    assert 50 < np.count_nonzero(share > 0) and np.count_nonzero((share > 0) & (share < 1)) > 20
+    got = surface._defect_share(bone["excess_mm"], voxels, zooms, pad, phi_outer, phi_inner, bone)
+    assert np.array_equal(got, share)

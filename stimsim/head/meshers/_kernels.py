@@ -290,6 +290,78 @@ def central_gradient(phi: np.ndarray, pts_mm: np.ndarray, zooms, pad: int, h: fl
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
+def _bone_on_normal(excess, phi_bone, x, y, z, zooms, pad, h, single, steps, near):  # pragma: no cover
+    """One point of :func:`bone_along_normal`: the normal by :func:`central_gradient`'s differences,
+    normalised as numpy does, then the steps along it until one samples ``excess`` at most ``near``
+    (both in ``excess``'s float32, as the numpy version compares them)."""
+    bx, by, bz = x / zooms[0] + pad, y / zooms[1] + pad, z / zooms[2] + pad
+    gx = _difference(_sample(phi_bone, (x - h) / zooms[0] + pad, by, bz),
+                     _sample(phi_bone, (x + h) / zooms[0] + pad, by, bz), h, single)
+    gy = _difference(_sample(phi_bone, bx, (y - h) / zooms[1] + pad, bz),
+                     _sample(phi_bone, bx, (y + h) / zooms[1] + pad, bz), h, single)
+    gz = _difference(_sample(phi_bone, bx, by, (z - h) / zooms[2] + pad),
+                     _sample(phi_bone, bx, by, (z + h) / zooms[2] + pad), h, single)
+    norm = max(np.sqrt(gx * gx + gy * gy + gz * gz), 1e-12)
+    nx, ny, nz = gx / norm, gy / norm, gz / norm
+    for s in steps:
+        value = _sample(excess, (x + s * nx) / zooms[0] + pad, (y + s * ny) / zooms[1] + pad,
+                        (z + s * nz) / zooms[2] + pad)
+        if np.float32(value) <= near:
+            return True
+    return False
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _bone_along_normal(excess, phi_bone, pts_mm, zooms, pad, h, single, steps, near, out):  # pragma: no cover
+    for q in numba.prange(pts_mm.shape[0]):
+        out[q] = _bone_on_normal(excess, phi_bone, pts_mm[q, 0], pts_mm[q, 1], pts_mm[q, 2], zooms, pad, h,
+                                 single, steps, near)
+
+
+def bone_along_normal(excess: np.ndarray, phi_bone: np.ndarray, pts_mm: np.ndarray, zooms, pad: int, h: float,
+                      steps: np.ndarray, near: float) -> np.ndarray:
+    """``surface._bone_along_normal`` in one pass per point (its numpy version samples every point at
+    every step, ~20 calls): the same samples and comparisons, so the same answers."""
+    out = np.zeros(len(pts_mm), np.bool_)
+    _bone_along_normal(excess, phi_bone, np.ascontiguousarray(pts_mm, np.float64), np.asarray(zooms, np.float64),
+                       float(pad), float(h), phi_bone.dtype == np.float32, np.asarray(steps, np.float64),
+                       np.float32(near), out)
+    return out
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _defect_share(excess, phi_outer, phi_inner, voxels, corners, zooms, pad, h, single, steps, near,
+                  out):  # pragma: no cover - compiled
+    for q in numba.prange(voxels.shape[0]):
+        hits = 0
+        for c in range(corners.shape[0]):
+            x = (voxels[q, 0] - pad) * zooms[0] + corners[c, 0] * zooms[0]
+            y = (voxels[q, 1] - pad) * zooms[1] + corners[c, 1] * zooms[1]
+            z = (voxels[q, 2] - pad) * zooms[2] + corners[c, 2] * zooms[2]
+            bx, by, bz = x / zooms[0] + pad, y / zooms[1] + pad, z / zooms[2] + pad
+            if not np.float32(_sample(excess, bx, by, bz)) > 0:
+                continue
+            if not np.float32(_sample(phi_outer, bx, by, bz)) < 0:
+                continue
+            if not np.float32(_sample(phi_inner, bx, by, bz)) >= 0:
+                continue
+            if not _bone_on_normal(excess, phi_outer, x, y, z, zooms, pad, h, single, steps, near):
+                hits += 1
+        out[q] = hits / corners.shape[0]
+
+
+def defect_share(excess: np.ndarray, phi_outer: np.ndarray, phi_inner: np.ndarray, voxels: np.ndarray,
+                 corners: np.ndarray, zooms, pad: int, h: float, steps: np.ndarray, near: float) -> np.ndarray:
+    """``surface._defect_share`` in one pass per voxel (the numpy version builds 8 points per voxel
+    and samples them field by field, step by step): the same samples and comparisons."""
+    out = np.zeros(len(voxels))
+    _defect_share(excess, phi_outer, phi_inner, np.ascontiguousarray(voxels, np.int64),
+                  np.ascontiguousarray(corners, np.float64), np.asarray(zooms, np.float64), int(pad), float(h),
+                  phi_outer.dtype == np.float32, np.asarray(steps, np.float64), np.float32(near), out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _split_deficit(lo, hi, t):  # pragma: no cover - compiled
     """One thickness sweep step on a pair of level sets, in float32 as numpy does it."""
     d = hi - lo - t
