@@ -1074,3 +1074,30 @@ def test_a_ventricle_the_labels_join_to_the_csf_is_joined():
     mesh, info = _mesh(vol, affine, h=8.0)
     assert info.mesher["csf_channel_tets"] > 0
     assert tissue_connectivity(mesh)[3]["pieces"] == 1
+
+
+@pytest.mark.parametrize("tag", [1, 3])
+def test_a_piece_of_a_mL_or_more_inside_the_brain_is_kept(tag):
+    """A piece of white matter (or CSF) the labels keep apart inside the grey matter, over 1 mL
+    (:data:`~stimsim.head.meshers.topology.ISLAND_KEPT_MM3`) but under 2 % of the tissue's main piece,
+    stays that tissue: the tissues-inside-a-layer step took it for a speck (a tester's Colin27 with
+    its cerebellar white matter cut off by grey matter: 5 mL, all grey matter in the mesh, in silence)."""
+    vol, affine, g = _head_spheres()
+    r = np.linalg.norm(g, axis=-1)
+    vol[r <= 57.0] = 5
+    for t, radius in ((4, 55.0), (3, 52.0), (2, 49.0), (1, 28.0)):
+        vol[r <= radius] = t
+    vol[r <= 8.0] = 3  # a ventricle
+    for axis in (0, 1):  # two sulci 2 mm wide, away from the piece: their CSF is meshed inside the brain's layers
+        vol[(np.abs(g[..., axis]) < 1.0) & (g[..., 2] < -5.0) & (r > 34.0) & (r <= 52.0)] = 3
+    ball = np.linalg.norm(g - np.array([0.0, 0.0, 38.0]), axis=-1) <= 7.0
+    vol[ball] = tag
+    mesh, info = _mesh(vol, affine, h=8.0)
+    assert set(info.mesher["sub_tissues"]["layers"]) == {4, 5}  # (the step that took the piece for a speck)
+    from stimsim.mesh.voxelize import tet_values_on_grid
+
+    on_grid = tet_values_on_grid(mesh, mesh.tet_tags, vol.shape, affine)
+    kept = float(np.mean(on_grid[ball] == tag))
+    assert kept > 0.6, kept  # before: 0
+    main = (r <= 27.0) & (r >= 10.0)
+    assert np.mean(on_grid[main] == 1) > 0.95

@@ -19,7 +19,7 @@ import scipy.ndimage as ndi
 
 from ...tissues import LAYER_FILL_TAG, layer_lut
 from ..labels import value_counts
-from .topology import ISLAND_FRACTION, face_components, label_pieces, signed_volumes, tet_neighbors
+from .topology import ISLAND_FRACTION, ISLAND_KEPT_MM3, face_components, label_pieces, signed_volumes, tet_neighbors
 
 #: how far (voxels along each axis) a tetrahedron whose centroid lies outside its layer's voxels
 #: looks for the nearest voxel of that layer (the surfaces lie within about a voxel of them)
@@ -385,7 +385,7 @@ def _in_pieces_kept(cols, f, vol, tags, sel, out, neighbors, allowed, fixed, kep
             if n <= 1:
                 continue
             size = np.bincount(lab, weights=all_vol[idx])
-            small = np.flatnonzero(size < ISLAND_FRACTION * size.max())
+            small = np.flatnonzero((size < ISLAND_FRACTION * size.max()) & (size < ISLAND_KEPT_MM3))
             r = row[idx[np.isin(lab, small)]]
             r = r[r >= 0]  # (a joined tissue's tetrahedra are not this group's to change)
             if not len(r):
@@ -544,7 +544,7 @@ def _without_specks(new, sel, out, neighbors, part_of, vol, nodes_mm, tets, clea
             all_vol = np.abs(signed_volumes(nodes_mm, tets))
         size = np.bincount(lab, weights=all_vol[idx])
         inside = np.bincount(lab, weights=in_sel[idx].astype(float)) == np.bincount(lab)
-        small = np.flatnonzero((size < ISLAND_FRACTION * size.max()) & inside)
+        small = np.flatnonzero((size < ISLAND_FRACTION * size.max()) & (size < ISLAND_KEPT_MM3) & inside)
         if not len(small):
             continue
         pick = np.isin(lab, small)
