@@ -34,7 +34,7 @@ from .topology import (ISLAND_KEPT_MM3, distance_to_background, distance_to_othe
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
-SURFACE_MESHER_VERSION = "surf-6.23"  # 6.1: the head's box of a wide field of view, the untangling retry;
+SURFACE_MESHER_VERSION = "surf-6.24"  # 6.1: the head's box of a wide field of view, the untangling retry;
 # 6.2: pieces of the brain or white matter closer than the sub-grid kept apart; 6.3: surfaces faired
 # within a band of their level sets (the voxels' staircase); 6.4: the volume calibration held local;
 # 6.5: short surface edges merged (edge_merge.py); 6.6: a layer the labels do not have shares the next
@@ -87,7 +87,9 @@ SURFACE_MESHER_VERSION = "surf-6.23"  # 6.1: the head's box of a wide field of v
 # before) with no bone voxel along the bone's normal taken over a surface cell (_bone_along_normal:
 # within 0.75 voxel on the distance field, half a voxel diagonal before; the normal's differences a
 # cell apart, half a millimetre before: the surfaces dip into a hole and the normal leant onto its wall),
-# and bone the rule cuts from the skull where the labels join it joined back (_connect_pieces)
+# and bone the rule cuts from the skull where the labels join it joined back (_connect_pieces); 6.24: a
+# piece of 1 mL or more of a tissue inside a layer is no speck there either (sub_tissues; heads without
+# such a piece, Colin27 among them: the same meshes as 6.23)
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
 #: (3 mm at the default 4 mm surfaces), in these layers (scalp's, bone's, CSF's; :func:`_interface_points`).
 #: A 56 mm sphere whose skull is compact | spongy | compact bone 2 | 4 | 2 mm: the brain's E 22 % off
