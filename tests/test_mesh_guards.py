@@ -559,3 +559,19 @@ def test_two_heads_in_one_volume_are_refused(nifti, tmp_path):
     one_big[10:30, 10:30, 50:70] = 1  # a third of the head's size: an object of its own
     with pytest.raises(MeshError, match="2 separate heads"):
         check_one_head(one_big, (1.0, 1.0, 1.0))
+
+
+@pytest.mark.parametrize("option,value,says", [
+    ("--element-size", -1, "--element-size must be a positive size in mm, got -1"),
+    ("--element-size", "nan", "--element-size must be a positive size in mm, got nan"),
+    ("--surface-size", 0, "--surface-size must be a positive size in mm, got 0"),
+    ("--element-size", 0.2, "--element-size=0.2 is below half the voxel size"),  # the mesher's own check
+])
+def test_a_bad_size_option_is_named_as_typed(nifti, tmp_path, option, value, says):
+    """A size a person typed is named by its option, not by the mesher's keyword argument."""
+    p = nifti(_balls(30, (13, 11, 9, 7, 4)))
+    res = _cli(p, "--labels", "colin27", "--out", tmp_path / "head.msh", option, value)
+    assert res.exit_code == 2, res.output
+    line = _error_line(res.output)
+    assert line.startswith("error: " + says) and "_mm" not in line, line
+    assert _written(tmp_path) == []

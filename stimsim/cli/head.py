@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Optional
@@ -122,6 +123,8 @@ def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: floa
             raise StimsimError(f"--out {out}: folder {out.parent} does not exist")
         summary_path = mesh_summary_path(out)
         _check_replaceable(out, summary_path)  # before the work; again before the write (it takes minutes)
+        _check_size_option("--element-size", element_size_mm)
+        _check_size_option("--surface-size", surface_size_mm)
         method = resolve_method(method)
         mesh, info = make_head_mesh(Path(labels), None, labels_map, method=method, element_size_mm=element_size_mm,
                                     lesion=lesion, lesion_tag=lesion_tag, progress=progress, return_info=True,
@@ -146,7 +149,9 @@ def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: floa
             raise StimsimError(f"--out {out}: cannot write ({exc}); choose a folder you can write to, with "
                                "free space") from None
     except StimsimError as exc:
-        console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)  # one line, unwrapped
+        # the mesher's checks name its keyword arguments: here the options a person typed
+        text = str(exc).replace("element_size_mm", "--element-size").replace("surface_size_mm", "--surface-size")
+        console.print(f"error: {text}", markup=False, highlight=False, soft_wrap=True)  # one line, unwrapped
         return 2
     console.print(f"method {method} ({_METHOD_NAMES[method]})" + (f", from cache {info.cache_file}"
                                                                   if info.from_cache else ""),
@@ -155,6 +160,12 @@ def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: floa
     console.print(f"wrote {out} and {summary_path.name} ({info.timings_s.get('total_s', 0):.1f} s)", markup=False,
                   highlight=False)
     return 0
+
+
+def _check_size_option(flag: str, value: float | None) -> None:
+    """A size in mm given on the command line: a positive number, named by its option."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise StimsimError(f"{flag} must be a positive size in mm, got {value:g}; leave it out for the default")
 
 
 MESH_SUMMARY_FORMAT = "stimsim-mesh-summary-1"
@@ -282,6 +293,7 @@ def head_command(t1: Path, out: Path, *, t2: Path | None = None, lesion: Path | 
     if not 1 <= int(threads) <= 256:
         return _err(f"--threads must be 1..256, got {threads}")
     try:
+        _check_size_option("--element-size", element_size_mm)  # before the segmentation's minutes
         cleanup = None if neck_mm is None else {"neck_mm": check_neck_mm(neck_mm, "--neck-mm")}
         info = make_head_folder(t1, out, t2=t2, lesion=lesion, lesion_tag=lesion_tag, threads=threads, fast=fast,
                                 overwrite=overwrite, method=method, element_size_mm=element_size_mm,
