@@ -1076,12 +1076,9 @@ def test_a_ventricle_the_labels_join_to_the_csf_is_joined():
     assert tissue_connectivity(mesh)[3]["pieces"] == 1
 
 
-@pytest.mark.parametrize("tag", [1, 3])
-def test_a_piece_of_a_mL_or_more_inside_the_brain_is_kept(tag):
-    """A piece of white matter (or CSF) the labels keep apart inside the grey matter, over 1 mL
-    (:data:`~stimsim.head.meshers.topology.ISLAND_KEPT_MM3`) but under 2 % of the tissue's main piece,
-    stays that tissue: the tissues-inside-a-layer step took it for a speck (a tester's Colin27 with
-    its cerebellar white matter cut off by grey matter: 5 mL, all grey matter in the mesh, in silence)."""
+def _brain_with_a_piece_apart(tag):
+    """Nested spheres with a ventricle, two sulci and a 1.4 mL ball of ``tag`` in the grey matter, 3-4 mm
+    from the white matter and the CSF; returns (labels, affine, ball mask, white matter's main piece)."""
     vol, affine, g = _head_spheres()
     r = np.linalg.norm(g, axis=-1)
     vol[r <= 57.0] = 5
@@ -1092,6 +1089,16 @@ def test_a_piece_of_a_mL_or_more_inside_the_brain_is_kept(tag):
         vol[(np.abs(g[..., axis]) < 1.0) & (g[..., 2] < -5.0) & (r > 34.0) & (r <= 52.0)] = 3
     ball = np.linalg.norm(g - np.array([0.0, 0.0, 38.0]), axis=-1) <= 7.0
     vol[ball] = tag
+    return vol, affine, ball, (r <= 27.0) & (r >= 10.0)
+
+
+@pytest.mark.parametrize("tag", [1, 3])
+def test_a_piece_of_a_mL_or_more_inside_the_brain_is_kept(tag, caplog):
+    """A piece of white matter (or CSF) the labels keep apart inside the grey matter, over 1 mL
+    (:data:`~stimsim.head.meshers.topology.ISLAND_KEPT_MM3`) but under 2 % of the tissue's main piece,
+    stays that tissue: the tissues-inside-a-layer step took it for a speck (a tester's Colin27 with
+    its cerebellar white matter cut off by grey matter: 5 mL, all grey matter in the mesh, in silence)."""
+    vol, affine, ball, main = _brain_with_a_piece_apart(tag)
     mesh, info = _mesh(vol, affine, h=8.0)
     assert set(info.mesher["sub_tissues"]["layers"]) == {4, 5}  # (the step that took the piece for a speck)
     from stimsim.mesh.voxelize import tet_values_on_grid
@@ -1099,5 +1106,23 @@ def test_a_piece_of_a_mL_or_more_inside_the_brain_is_kept(tag):
     on_grid = tet_values_on_grid(mesh, mesh.tet_tags, vol.shape, affine)
     kept = float(np.mean(on_grid[ball] == tag))
     assert kept > 0.6, kept  # before: 0
-    main = (r <= 27.0) & (r >= 10.0)
     assert np.mean(on_grid[main] == 1) > 0.95
+    if tag == 1:  # (the CSF ball is the CSF meshed inside the brain, which is no island anyway)
+        (piece,) = info.mesher["pieces_apart"]
+        assert piece["tag"] == 1 and abs(piece["mm3"] - ball.sum()) < 1 and abs(piece["share"] - kept) < 0.05
+    assert "apart from its main piece" not in caplog.text
+
+
+def test_a_piece_apart_the_mesh_loses_is_warned_about(monkeypatch, caplog):
+    """The safety net: a piece of 1 mL or more that the mesh gives another tissue is named, with its
+    place (as the tissues-inside-a-layer step did before surf-6.24, in silence)."""
+    from stimsim.head.meshers import sub_tissues
+
+    monkeypatch.setattr(sub_tissues, "ISLAND_KEPT_MM3", np.inf)  # the step as it was: every small piece a speck
+    vol, affine, ball, _ = _brain_with_a_piece_apart(1)
+    mesh, info = _mesh(vol, affine, h=8.0)
+    (piece,) = info.mesher["pieces_apart"]
+    assert piece["share"] < 0.1
+    centre = affine[:3, :3] @ np.argwhere(ball).mean(0) + affine[:3, 3]
+    assert np.allclose(piece["at_mm"], centre, atol=0.1)
+    assert f"{ball.sum() / 1000:.3g} mL piece of white_matter (tag 1) apart from its main piece" in caplog.text

@@ -170,7 +170,7 @@ def _cache_read(cfile: Path | None) -> Mesh | None:
 # voxel preparation
 # ----------------------------------------------------------------------------------------------
 def _clean_islands(tags: np.ndarray, zooms, keep: np.ndarray | None = None,
-                   connectivity: int = 6, kept_mm3: float = 0.0) -> tuple[np.ndarray, dict]:
+                   connectivity: int = 6, kept_mm3: float = 0.0) -> tuple[np.ndarray, dict, list]:
     """Reassign small islands of each tissue (pieces joined across voxel faces, or with
     ``connectivity=26`` also edges and corners) to the nearest other tissue (voxels under ``keep``,
     the lesion, never count as islands).  Pieces of at least ``kept_mm3`` are kept where the surfaces
@@ -178,7 +178,10 @@ def _clean_islands(tags: np.ndarray, zooms, keep: np.ndarray | None = None,
 
     The surface mesher uses 26: a skull one voxel thick is joined only through edges and corners
     where it runs obliquely, and with faces alone those stretches were islands, replaced by scalp
-    and grey matter: holes in the skull (which it then kept open as defects)."""
+    and grey matter: holes in the skull (which it then kept open as defects).
+
+    Returns ``(tags, moved, kept)``: ``kept``, the pieces apart from their tissue's main piece that
+    stay for the surfaces (``(tag, voxel index tuple)``; checked in the mesh by :func:`_pieces_in_mesh`)."""
     tags = tags.copy()
     unknown = np.zeros(tags.shape, bool)
     moved = {}
@@ -189,12 +192,14 @@ def _clean_islands(tags: np.ndarray, zooms, keep: np.ndarray | None = None,
     islands = on_threads({int(t): (_islands, tags, int(t), connectivity, kept_vox, warn_vox)
                           for t in np.unique(tags) if t != 0}, tags.size)
     main = {}  # the main piece of each nesting layer's mask, as the surfaces take it (computed when needed)
+    kept = []
     for t, found in islands.items():
         if found is None:
             continue
         where, large, sizable = found
         if large:
             lost = _kept_by_the_surfaces(tags, t, large, main)
+            kept += [(t, piece) for piece in large if not any(piece is gone for gone in lost)]
             where = tuple(np.concatenate([w, *(piece[j] for piece in lost)]) for j, w in enumerate(where))
             sizable = [*sizable, *((len(piece[0]), tuple(int(i[0]) for i in piece)) for piece in lost)]
         # (not the pieces under the lesion or the folds' stand-ins: kept)
@@ -220,7 +225,35 @@ def _clean_islands(tags: np.ndarray, zooms, keep: np.ndarray | None = None,
         keep = lab == int(np.argmax(sizes))
         moved["dropped_pieces"] = int((tags > 0).sum() - keep.sum())
         tags[~keep] = 0
-    return tags, moved
+    return tags, moved, kept
+
+
+def _pieces_in_mesh(mesh: Mesh, pieces: list, affine: np.ndarray, voxel_mm3: float, tag_of: dict) -> list[dict]:
+    """How much of each labels' piece ``(tag, voxel index tuple)`` on the grid of ``affine`` the mesh
+    gives its tissue (``tag_of``: a stand-in's tag in the mesh): the share of its voxel centres inside
+    tetrahedra of that tag, on the piece's box only.  Each piece: ``{"tag", "mm3", "at_mm", "share"}``."""
+    from types import SimpleNamespace
+
+    from ...mesh.voxelize import tet_values_on_grid
+
+    if not pieces:
+        return []
+    ijk = (np.asarray(mesh.nodes, float) - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
+    corners = ijk[mesh.tets]
+    tet_lo, tet_hi = corners.min(axis=1), corners.max(axis=1)
+    del corners
+    out = []
+    for t, piece in pieces:
+        vox = np.column_stack(piece)
+        lo, hi = vox.min(axis=0), vox.max(axis=0)
+        near = np.flatnonzero(((tet_hi >= lo - 0.5) & (tet_lo <= hi + 0.5)).all(axis=1))
+        tag = int(tag_of.get(int(t), t))
+        box = SimpleNamespace(nodes=ijk - lo, tets=mesh.tets[near], n_tets=len(near))
+        on_box = tet_values_on_grid(box, mesh.tet_tags[near], hi - lo + 1, np.eye(4))
+        at = affine[:3, :3] @ vox.mean(axis=0) + affine[:3, 3]
+        out.append({"tag": tag, "mm3": round(len(vox) * voxel_mm3, 1), "at_mm": [round(float(x), 1) for x in at],
+                    "share": round(float(np.mean(on_box[tuple((vox - lo).T)] == tag)), 3)})
+    return out
 
 
 def _islands(tags: np.ndarray, t: int, connectivity: int, kept_vox: int = 0, warn_vox: int = 0) -> tuple | None:
@@ -349,6 +382,9 @@ MIN_TISSUE_VOXELS = 8
 #: |mesh volume / voxel volume - 1| of a tissue: a logged warning above the first, an error above the second
 VOLUME_ERROR_WARN = 0.05
 VOLUME_ERROR_FAIL = 0.50
+#: a piece of a tissue apart from its main piece, kept for the surfaces (1 mL or more), of which the mesh
+#: gives the tissue less than this share of the voxel centres is warned about (:func:`_pieces_in_mesh`)
+PIECE_KEPT_SHARE = 0.5
 
 
 def _element_volume_mm3(h: float) -> float:
@@ -1561,8 +1597,8 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             # (charm-like head: 17.7 of 81.4 mL moved, CSF +2.0 %)
             keep = np.isin(tags, list(_INSIDE_BRAIN.values())) if lmask is None else lmask | np.isin(
                 tags, list(_INSIDE_BRAIN.values()))
-        tags, moved = _clean_islands(tags, zooms, keep=keep, connectivity=6 if method == "lattice" else 26,
-                                     kept_mm3=0.0 if method == "lattice" else ISLAND_KEPT_MM3)
+        tags, moved, kept_pieces = _clean_islands(tags, zooms, keep=keep, connectivity=6 if method == "lattice" else 26,
+                                                  kept_mm3=0.0 if method == "lattice" else ISLAND_KEPT_MM3)
         del keep
         clean_vol = _voxel_volumes(value_counts(tags), voxel_mm3)
         if inner_csf or sulcal_mm3:  # reported under the labels' own tags
@@ -1648,6 +1684,20 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             raise MeshError(f"the {method} mesher made no tetrahedra of these labels (tissues {sorted(counts)}); "
                             "use a smaller --element-size or check the labels")
         mesh, neighbors = _world_mesh(nodes, tets, ttags, zooms, affine, method, neighbors)
+        if kept_pieces:
+            from ...conductivity import tissue_name
+
+            # the pieces of 1 mL or more the surfaces keep apart from their tissue's main piece: said where
+            # the mesh lost one (a 5 mL piece of white matter went to grey matter in silence, surf-6.23)
+            tag_of = {**{v: k for k, v in _INSIDE_BRAIN.items()}, **{v: tk[0] for v, tk in user_stand_ins.items()}}
+            minfo["pieces_apart"] = _pieces_in_mesh(mesh, kept_pieces, affine, voxel_mm3, tag_of)
+            for p in minfo["pieces_apart"]:
+                if p["share"] < PIECE_KEPT_SHARE:
+                    logger.warning("labels: a %s piece of %s apart from its main piece, at (%s) mm, is only %.0f %% "
+                                   "%s in the mesh (a smaller --element-size may keep more)", _fmt_mm3(p["mm3"]),
+                                   _name(p["tag"]), ", ".join(f"{x:.0f}" for x in p["at_mm"]), 100 * p["share"],
+                                   tissue_name(p["tag"]))
+        del kept_pieces
     merged, expected = _sub_tissues_merged(mesh, expected, method, lesion_mm3, lesion_tag, inner_csf, user_layers)
     info = HeadMeshInfo(raw_vol, clean_vol, moved, int(minfo.pop("closure_tets", 0)), timings, None, method, minfo,
                         expected_volume_mm3=expected, merged_tags=merged, cut_faces=cut)
