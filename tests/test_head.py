@@ -394,7 +394,7 @@ def test_cli_mesh_surface_synthetic_head(synth):
         nib.save(img, str(synth.folder / name))
         res = synth.cli("--out", synth.folder / "bad.msh", "--method", "surface", "--lesion", synth.folder / name)
         assert res.exit_code == 2 and match in res.output and "Traceback" not in res.output, res.output
-    for size, match in (("0.1", "surface_size_mm must lie between"), ("inf", "surface_size_mm must lie between")):
+    for size, match in (("0.1", "--surface-size must lie between"), ("inf", "--surface-size must be a positive size")):
         res = synth.cli("--out", synth.folder / "bad.msh", "--method", "surface", "--surface-size", size)
         assert res.exit_code == 2 and match in res.output and "Traceback" not in res.output, res.output
         assert res.output.count("error:") == 1
