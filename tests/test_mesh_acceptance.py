@@ -1126,3 +1126,28 @@ def test_a_piece_apart_the_mesh_loses_is_warned_about(monkeypatch, caplog):
     centre = affine[:3, :3] @ np.argwhere(ball).mean(0) + affine[:3, 3]
     assert np.allclose(piece["at_mm"], centre, atol=0.1)
     assert f"{ball.sum() / 1000:.3g} mL piece of white_matter (tag 1) apart from its main piece" in caplog.text
+
+
+def test_ventricles_the_labels_keep_apart_are_not_joined_through_the_folds():
+    """The folds' CSF, grown from the CSF next to it, is cut where it would join two pieces of the
+    CSF's layer that the labels keep apart (a tester's 0.5 mm heads: ventricles 2.5 mm from any other
+    CSF joined to the CSF around the brain, 0.5 mL of grey and white matter made CSF)."""
+    from stimsim.head.meshers.topology import face_components, tet_neighbors
+
+    vol, affine, g = _head_spheres()
+    r = np.linalg.norm(g, axis=-1)
+    vol[r <= 57.0] = 5
+    for t, radius in ((4, 55.0), (3, 52.0), (2, 49.0), (1, 40.0)):
+        vol[r <= radius] = t
+    ventricle = r <= 10.0
+    vol[ventricle] = 3
+    for axis in (0, 1):  # two sulci 2 mm wide, down to 2 mm from the ventricle (no voxel of either touches)
+        vol[(np.abs(g[..., axis]) < 1.0) & (g[..., 2] > 0) & (r > 12.0) & (r <= 52.0)] = 3
+    mesh, info = _mesh(vol, affine, h=8.0)
+    assert set(info.mesher["sub_tissues"]["layers"]) == {4, 5}  # (the folds' CSF is meshed inside the brain)
+    tags = np.asarray(mesh.tet_tags)
+    idx, n, lab = face_components(tags == 3, tet_neighbors(np.asarray(mesh.tets)), tags)
+    size = np.sort(np.bincount(lab, weights=np.asarray(mesh.volumes_mm3)[idx]))[::-1]
+    assert n >= 2, size  # before: one piece
+    assert 0.8 < size[1] / ventricle.sum() < 1.3, size
+    assert abs(info.quality["volume_error_per_tag"][3]) < 0.03

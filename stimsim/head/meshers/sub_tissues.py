@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.ndimage as ndi
+import scipy.sparse as sp
 
 from ...tissues import LAYER_FILL_TAG, layer_lut
 from ..labels import value_counts
-from .topology import ISLAND_FRACTION, ISLAND_KEPT_MM3, face_components, label_pieces, signed_volumes, tet_neighbors
+from .topology import (ISLAND_FRACTION, ISLAND_KEPT_MM3, face_components, label_pieces, sample_volume, signed_volumes,
+                       tet_neighbors)
 
 #: how far (voxels along each axis) a tetrahedron whose centroid lies outside its layer's voxels
 #: looks for the nearest voxel of that layer (the surfaces lie within about a voxel of them)
@@ -204,7 +206,7 @@ def calibrated_choice(f: np.ndarray, vol: np.ndarray, target: np.ndarray, max_ro
 
 
 def _connected(new, f, vol, target, tags, column, sel, out, neighbors, part_of, own_main_col, tet_layer,
-               lut, nodes_mm, tets):
+               lut, nodes_mm, tets, groups=None):
     """The choice ``new`` (tags of the tetrahedra ``sel``) with every ``part_of`` stand-in one piece
     with its tissue, and no small piece of the other tissues left.
 
@@ -218,12 +220,17 @@ def _connected(new, f, vol, target, tags, column, sel, out, neighbors, part_of, 
     (bisection; one threshold for all layers moved the folded phantom's white matter -2.1 %, its
     grey matter +2.8 %).  The other tissues are then calibrated again on the rest.  Last, pieces of
     a tissue smaller than :data:`~.topology.ISLAND_FRACTION` of its largest, all inside ``sel``,
-    take the tag most of their faces touch (as the tag stage cleans its islands)."""
+    take the tag most of their faces touch (as the tag stage cleans its islands).  ``groups`` (int,
+    all tetrahedra; :func:`_layer_groups`): pieces of the tissue's own layer that the labels keep
+    apart; the stand-in grown next to two of them is cut between them (:func:`_split_by_group`: grown
+    from both, the folds' CSF joined a 0.5 mm head's ventricles, 2.5 mm from any other CSF in the
+    labels, to the CSF around the brain)."""
     import scipy.sparse as sp
     from scipy.sparse.csgraph import connected_components
 
     new = new.copy()
     own_main_col = np.asarray(own_main_col)
+    cut = np.zeros(len(sel), bool)
     for stand_in, tissue in part_of.items():
         if stand_in >= len(column) or column[stand_in] < 0:
             continue
@@ -270,6 +277,10 @@ def _connected(new, f, vol, target, tags, column, sel, out, neighbors, part_of, 
                     keep = above
             done[cand[keep]] = True
             joined[sel[cand[keep]]] = stand_in
+        if groups is not None:
+            now_cut = _split_by_group(done, sel, neighbors, groups)
+            done &= ~now_cut
+            cut |= now_cut
         # the other tissues calibrated again on the rest
         rest = ~done
         fr = f[rest].copy()
@@ -316,7 +327,66 @@ def _connected(new, f, vol, target, tags, column, sel, out, neighbors, part_of, 
             gave = gave or n > 0
         if not gave:
             break
+    if cut.any():  # (a speck the rounds gave the stand-in's or the tissue's tag there: its layer's main tissue)
+        joins = cut & np.isin(out_sel, list(part_of) + list(part_of.values()))
+        out_sel[joins] = tags[own_main_col[joins]]
     return out_sel
+
+
+def _split_by_group(done, sel, neighbors, groups) -> np.ndarray:
+    """Which of the stand-in's tetrahedra ``sel[done]`` to give up so that none of them joins two
+    ``groups`` (int per tetrahedron, -1: none; the pieces of the tissue's own layer the labels keep
+    apart): each takes the group it is fewest faces from, through the stand-in's tetrahedra, and
+    those with a face to another group's (or as near two) are given up."""
+    from scipy.sparse.csgraph import dijkstra
+
+    member = groups >= 0
+    member[sel[done]] = True
+    ids = np.flatnonzero(member)
+    local = np.full(len(groups), -1, np.int64)
+    local[ids] = np.arange(len(ids))
+    nb = neighbors[ids]
+    r, c = np.nonzero((nb >= 0) & member[np.maximum(nb, 0)])
+    graph = sp.csr_matrix((np.ones(len(r)), (r, local[nb[r, c]])), shape=(len(ids),) * 2)
+    names = np.unique(groups[groups >= 0])
+    dist = np.stack([dijkstra(graph, indices=local[groups == g], min_only=True, unweighted=True) for g in names])
+    nearest = dist.min(axis=0)
+    group = np.where(np.isfinite(nearest) & ((dist == nearest).sum(axis=0) == 1), names[dist.argmin(axis=0)], -1)
+    full = np.full(len(groups), -2, np.int64)
+    full[ids] = group
+    mine = sel[done]
+    nbm = neighbors[mine]
+    other = np.where(nbm >= 0, full[np.maximum(nbm, 0)], -2)
+    give_up = (full[mine] < 0) | ((other > -2) & (other != full[mine][:, None])).any(axis=1)
+    out = np.zeros(len(sel), bool)
+    out[np.flatnonzero(done)[give_up]] = True
+    return out
+
+
+def _layer_groups(out, nodes_mm, tets, neighbors, labels, zooms, offset_mm, stand_in: int, tissue: int,
+                  lut) -> np.ndarray | None:
+    """The labels' piece (that layer's voxels and ``stand_in``'s, 26-connected) that holds most of each
+    face-connected piece of ``tissue``'s own layer (``out == tissue``; the CSF's), per tetrahedron (-1
+    elsewhere); None where those pieces lie in one piece of the labels (the labels are read only where
+    the layer's tetrahedra are in several pieces)."""
+    idx, n, lab = face_components(out == tissue, neighbors, out)
+    if n <= 1:
+        return None
+    fluid = lut[labels] == lut[tissue]
+    fluid |= labels == stand_in
+    pieces, _ = label_pieces(fluid, connectivity=26)
+    del fluid
+    on = sample_volume(pieces, nodes_mm[tets[idx]].mean(axis=1) + np.asarray(offset_mm, float), zooms, fill=0)
+    del pieces
+    vol = np.abs(signed_volumes(nodes_mm, tets[idx]))
+    held = sp.csr_matrix((vol, (lab, on)), shape=(n, int(on.max()) + 1)).toarray()
+    held[:, 0] = 0.0
+    owner = np.where(held.any(axis=1), held.argmax(axis=1), -1)
+    if len(np.unique(owner[owner >= 0])) <= 1:
+        return None
+    groups = np.full(len(out), -1, np.int64)
+    groups[idx] = owner[lab]
+    return groups
 
 
 def _in_pieces_kept(cols, f, vol, tags, sel, out, neighbors, allowed, fixed, kept=None, joined=None, out_vol=None,
@@ -703,8 +773,12 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
             target[main] = voxels[main] * (rest / voxels[main].sum())
         new = tags[calibrated_choice(f, vol, target)]
         if part_of and np.isin(tags, list(part_of)).any():
+            groups = None  # (one stand-in in practice: the folds' CSF)
+            for stand_in, tissue in part_of.items():
+                groups = _layer_groups(out, nodes_mm, tets, neighbors, labels, zooms, offset_mm, stand_in, tissue,
+                                       lut)
             new = _connected(new, f, vol, target, tags, column, sel, out, neighbors, part_of,
-                             [own_main[int(k)] for k in tet_layer], tet_layer, lut, nodes_mm, tets)
+                             [own_main[int(k)] for k in tet_layer], tet_layer, lut, nodes_mm, tets, groups)
             # a stand-in of a tissue meshed in another layer (the folds' blood): in the pieces it makes
             # with that tissue (charm-like Colin27: blood 16 pieces, 96.4 % in the largest, where the
             # labels have 99.5 %); the part_of stand-ins stay as _connected left them

@@ -88,8 +88,9 @@ SURFACE_MESHER_VERSION = "surf-6.24"  # 6.1: the head's box of a wide field of v
 # within 0.75 voxel on the distance field, half a voxel diagonal before; the normal's differences a
 # cell apart, half a millimetre before: the surfaces dip into a hole and the normal leant onto its wall),
 # and bone the rule cuts from the skull where the labels join it joined back (_connect_pieces); 6.24: a
-# piece of 1 mL or more of a tissue inside a layer is no speck there either (sub_tissues; heads without
-# such a piece, Colin27 among them: the same meshes as 6.23)
+# piece of 1 mL or more of a tissue inside a layer is no speck there either, and the folds' CSF does not
+# join pieces of the CSF's layer the labels keep apart (sub_tissues; heads without either, Colin27 among
+# them: the same meshes as 6.23)
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
 #: (3 mm at the default 4 mm surfaces), in these layers (scalp's, bone's, CSF's; :func:`_interface_points`).
 #: A 56 mm sphere whose skull is compact | spongy | compact bone 2 | 4 | 2 mm: the brain's E 22 % off
