@@ -149,9 +149,7 @@ def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: floa
             raise StimsimError(f"--out {out}: cannot write ({exc}); choose a folder you can write to, with "
                                "free space") from None
     except StimsimError as exc:
-        # the mesher's checks name its keyword arguments: here the options a person typed
-        text = str(exc).replace("element_size_mm", "--element-size").replace("surface_size_mm", "--surface-size")
-        console.print(f"error: {text}", markup=False, highlight=False, soft_wrap=True)  # one line, unwrapped
+        console.print(f"error: {_as_typed(exc)}", markup=False, highlight=False, soft_wrap=True)  # one line, unwrapped
         return 2
     console.print(f"method {method} ({_METHOD_NAMES[method]})" + (f", from cache {info.cache_file}"
                                                                   if info.from_cache else ""),
@@ -160,6 +158,11 @@ def mesh_command(labels: Path, labels_map: str, out: Path, element_size_mm: floa
     console.print(f"wrote {out} and {summary_path.name} ({info.timings_s.get('total_s', 0):.1f} s)", markup=False,
                   highlight=False)
     return 0
+
+
+def _as_typed(exc: Exception) -> str:
+    """An error of the mesher's checks, which name its keyword arguments, with the options a person typed."""
+    return str(exc).replace("element_size_mm", "--element-size").replace("surface_size_mm", "--surface-size")
 
 
 def _check_size_option(flag: str, value: float | None) -> None:
@@ -299,7 +302,7 @@ def head_command(t1: Path, out: Path, *, t2: Path | None = None, lesion: Path | 
                                 overwrite=overwrite, method=method, element_size_mm=element_size_mm,
                                 cleanup=cleanup, progress=_say(quiet))
     except (StimsimError, OSError) as exc:
-        return _err(exc)
+        return _err(_as_typed(exc) if isinstance(exc, StimsimError) else exc)
     vol = info["tissue_volume_cm3"]["labels"]
     names = info["tags"]
     if not quiet:

@@ -239,9 +239,12 @@ def _pieces_in_mesh(mesh: Mesh, pieces: list, affine: np.ndarray, voxel_mm3: flo
     if not pieces:
         return []
     ijk = (np.asarray(mesh.nodes, float) - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
-    corners = ijk[mesh.tets]
-    tet_lo, tet_hi = corners.min(axis=1), corners.max(axis=1)
-    del corners
+    tet_lo = np.empty((mesh.n_tets, 3))
+    tet_hi = np.empty((mesh.n_tets, 3))
+    for a in range(3):  # (axis by axis: the corners of all tetrahedra at once took 96 bytes each)
+        corner = ijk[:, a][mesh.tets]
+        tet_lo[:, a], tet_hi[:, a] = corner.min(axis=1), corner.max(axis=1)
+    del corner
     out = []
     for t, piece in pieces:
         vox = np.column_stack(piece)

@@ -220,9 +220,9 @@ def _connected(new, f, vol, target, tags, column, sel, out, neighbors, part_of, 
     (bisection; one threshold for all layers moved the folded phantom's white matter -2.1 %, its
     grey matter +2.8 %).  The other tissues are then calibrated again on the rest.  Last, pieces of
     a tissue smaller than :data:`~.topology.ISLAND_FRACTION` of its largest, all inside ``sel``,
-    take the tag most of their faces touch (as the tag stage cleans its islands).  ``groups`` (int,
-    all tetrahedra; :func:`_layer_groups`): pieces of the tissue's own layer that the labels keep
-    apart; the stand-in grown next to two of them is cut between them (:func:`_split_by_group`: grown
+    take the tag most of their faces touch (as the tag stage cleans its islands).  ``groups`` ({stand-in:
+    int per tetrahedron}; :func:`_layer_groups`): pieces of the tissue's own layer that the labels keep
+    apart; the stand-in grown next to two of them is cut between them, after the growth and again at the end (:func:`_split_by_group`: grown
     from both, the folds' CSF joined a 0.5 mm head's ventricles, 2.5 mm from any other CSF in the
     labels, to the CSF around the brain)."""
     import scipy.sparse as sp
@@ -230,7 +230,6 @@ def _connected(new, f, vol, target, tags, column, sel, out, neighbors, part_of, 
 
     new = new.copy()
     own_main_col = np.asarray(own_main_col)
-    cut = np.zeros(len(sel), bool)
     for stand_in, tissue in part_of.items():
         if stand_in >= len(column) or column[stand_in] < 0:
             continue
@@ -277,10 +276,8 @@ def _connected(new, f, vol, target, tags, column, sel, out, neighbors, part_of, 
                     keep = above
             done[cand[keep]] = True
             joined[sel[cand[keep]]] = stand_in
-        if groups is not None:
-            now_cut = _split_by_group(done, sel, neighbors, groups)
-            done &= ~now_cut
-            cut |= now_cut
+        if (groups or {}).get(stand_in) is not None:
+            done &= ~_split_by_group(done, sel, neighbors, groups[stand_in])
         # the other tissues calibrated again on the rest
         rest = ~done
         fr = f[rest].copy()
@@ -327,9 +324,13 @@ def _connected(new, f, vol, target, tags, column, sel, out, neighbors, part_of, 
             gave = gave or n > 0
         if not gave:
             break
-    if cut.any():  # (a speck the rounds gave the stand-in's or the tissue's tag there: its layer's main tissue)
-        joins = cut & np.isin(out_sel, list(part_of) + list(part_of.values()))
-        out_sel[joins] = tags[own_main_col[joins]]
+    for stand_in, tissue in part_of.items():
+        # the rounds above may have given a speck between two groups the stand-in's (or the tissue's) tag:
+        # cut again on what is left, and give those up to their layer's main tissue
+        if (groups or {}).get(stand_in) is not None:
+            fluid = np.isin(out_sel, (stand_in, tissue))
+            give_up = _split_by_group(fluid, sel, neighbors, groups[stand_in])
+            out_sel[give_up] = tags[own_main_col[give_up]]
     return out_sel
 
 
@@ -351,13 +352,16 @@ def _split_by_group(done, sel, neighbors, groups) -> np.ndarray:
     names = np.unique(groups[groups >= 0])
     dist = np.stack([dijkstra(graph, indices=local[groups == g], min_only=True, unweighted=True) for g in names])
     nearest = dist.min(axis=0)
-    group = np.where(np.isfinite(nearest) & ((dist == nearest).sum(axis=0) == 1), names[dist.argmin(axis=0)], -1)
-    full = np.full(len(groups), -2, np.int64)
+    tie = np.isfinite(nearest) & ((dist == nearest).sum(axis=0) > 1)
+    # (-1: reached from no group, hence touching none: kept)
+    group = np.where(np.isfinite(nearest) & ~tie, names[dist.argmin(axis=0)], -1)
+    full = np.full(len(groups), -1, np.int64)
     full[ids] = group
     mine = sel[done]
     nbm = neighbors[mine]
-    other = np.where(nbm >= 0, full[np.maximum(nbm, 0)], -2)
-    give_up = (full[mine] < 0) | ((other > -2) & (other != full[mine][:, None])).any(axis=1)
+    other = np.where(nbm >= 0, full[np.maximum(nbm, 0)], -1)
+    own = full[mine][:, None]
+    give_up = tie[local[mine]] | ((other >= 0) & (own >= 0) & (other != own)).any(axis=1)
     out = np.zeros(len(sel), bool)
     out[np.flatnonzero(done)[give_up]] = True
     return out
@@ -372,16 +376,17 @@ def _layer_groups(out, nodes_mm, tets, neighbors, labels, zooms, offset_mm, stan
     idx, n, lab = face_components(out == tissue, neighbors, out)
     if n <= 1:
         return None
-    fluid = lut[labels] == lut[tissue]
+    fluid = lut.astype(np.int8)[labels] == lut[tissue]  # (one byte per voxel: 0.5 mm heads)
     fluid |= labels == stand_in
     pieces, _ = label_pieces(fluid, connectivity=26)
     del fluid
     on = sample_volume(pieces, nodes_mm[tets[idx]].mean(axis=1) + np.asarray(offset_mm, float), zooms, fill=0)
     del pieces
     vol = np.abs(signed_volumes(nodes_mm, tets[idx]))
-    held = sp.csr_matrix((vol, (lab, on)), shape=(n, int(on.max()) + 1)).toarray()
-    held[:, 0] = 0.0
-    owner = np.where(held.any(axis=1), held.argmax(axis=1), -1)
+    names, on = np.unique(on, return_inverse=True)  # (the labels' pieces these tetrahedra lie in)
+    held = sp.csr_matrix((vol, (lab, on)), shape=(n, len(names))).toarray()
+    held[:, names == 0] = 0.0
+    owner = np.where(held.any(axis=1), names[held.argmax(axis=1)], -1)
     if len(np.unique(owner[owner >= 0])) <= 1:
         return None
     groups = np.full(len(out), -1, np.int64)
@@ -773,12 +778,10 @@ def keep_sub_tissues(ttags: np.ndarray, nodes_mm: np.ndarray, tets: np.ndarray, 
             target[main] = voxels[main] * (rest / voxels[main].sum())
         new = tags[calibrated_choice(f, vol, target)]
         if part_of and np.isin(tags, list(part_of)).any():
-            groups = None  # (one stand-in in practice: the folds' CSF)
-            for stand_in, tissue in part_of.items():
-                groups = _layer_groups(out, nodes_mm, tets, neighbors, labels, zooms, offset_mm, stand_in, tissue,
-                                       lut)
+            apart = {stand_in: _layer_groups(out, nodes_mm, tets, neighbors, labels, zooms, offset_mm, stand_in,
+                                             tissue, lut) for stand_in, tissue in part_of.items()}
             new = _connected(new, f, vol, target, tags, column, sel, out, neighbors, part_of,
-                             [own_main[int(k)] for k in tet_layer], tet_layer, lut, nodes_mm, tets, groups)
+                             [own_main[int(k)] for k in tet_layer], tet_layer, lut, nodes_mm, tets, apart)
             # a stand-in of a tissue meshed in another layer (the folds' blood): in the pieces it makes
             # with that tissue (charm-like Colin27: blood 16 pieces, 96.4 % in the largest, where the
             # labels have 99.5 %); the part_of stand-ins stay as _connected left them
