@@ -222,9 +222,9 @@ def _connected(new, f, vol, target, tags, column, sel, out, neighbors, part_of, 
     a tissue smaller than :data:`~.topology.ISLAND_FRACTION` of its largest, all inside ``sel``,
     take the tag most of their faces touch (as the tag stage cleans its islands).  ``groups`` ({stand-in:
     int per tetrahedron}; :func:`_layer_groups`): pieces of the tissue's own layer that the labels keep
-    apart; the stand-in grown next to two of them is cut between them, after the growth and again at the end (:func:`_split_by_group`: grown
-    from both, the folds' CSF joined a 0.5 mm head's ventricles, 2.5 mm from any other CSF in the
-    labels, to the CSF around the brain)."""
+    apart; the stand-in grown next to two of them is cut between them (:func:`_split_by_group`), after
+    the growth and again at the end (grown from both, the folds' CSF joined a 0.5 mm head's
+    ventricles, 2.5 mm from any other CSF in the labels, to the CSF around the brain)."""
     import scipy.sparse as sp
     from scipy.sparse.csgraph import connected_components
 
