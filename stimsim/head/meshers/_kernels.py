@@ -266,18 +266,25 @@ def _difference(lo, hi, h, single):  # pragma: no cover - compiled
     return (hi - lo) / (2 * h)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _gradient_at(phi, x, y, z, zooms, pad, h, single):  # pragma: no cover - compiled
+    """The central differences of :func:`central_gradient` at one point (mm, padded grid's frame)."""
+    # each sample point as the numpy version builds it: (mm +- h) / zoom + pad
+    bx, by, bz = x / zooms[0] + pad, y / zooms[1] + pad, z / zooms[2] + pad
+    gx = _difference(_sample(phi, (x - h) / zooms[0] + pad, by, bz),
+                     _sample(phi, (x + h) / zooms[0] + pad, by, bz), h, single)
+    gy = _difference(_sample(phi, bx, (y - h) / zooms[1] + pad, bz),
+                     _sample(phi, bx, (y + h) / zooms[1] + pad, bz), h, single)
+    gz = _difference(_sample(phi, bx, by, (z - h) / zooms[2] + pad),
+                     _sample(phi, bx, by, (z + h) / zooms[2] + pad), h, single)
+    return gx, gy, gz
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _central_gradient(phi, pts_mm, zooms, pad, h, single, out):  # pragma: no cover - compiled
     for q in numba.prange(pts_mm.shape[0]):
-        x, y, z = pts_mm[q, 0], pts_mm[q, 1], pts_mm[q, 2]
-        # each sample point as the numpy version builds it: (mm +- h) / zoom + pad
-        bx, by, bz = x / zooms[0] + pad, y / zooms[1] + pad, z / zooms[2] + pad
-        out[q, 0] = _difference(_sample(phi, (x - h) / zooms[0] + pad, by, bz),
-                                _sample(phi, (x + h) / zooms[0] + pad, by, bz), h, single)
-        out[q, 1] = _difference(_sample(phi, bx, (y - h) / zooms[1] + pad, bz),
-                                _sample(phi, bx, (y + h) / zooms[1] + pad, bz), h, single)
-        out[q, 2] = _difference(_sample(phi, bx, by, (z - h) / zooms[2] + pad),
-                                _sample(phi, bx, by, (z + h) / zooms[2] + pad), h, single)
+        out[q, 0], out[q, 1], out[q, 2] = _gradient_at(phi, pts_mm[q, 0], pts_mm[q, 1], pts_mm[q, 2], zooms, pad,
+                                                       h, single)
 
 
 def central_gradient(phi: np.ndarray, pts_mm: np.ndarray, zooms, pad: int, h: float) -> np.ndarray:
@@ -294,13 +301,7 @@ def _bone_on_normal(excess, phi_bone, x, y, z, zooms, pad, h, single, steps, nea
     """One point of :func:`bone_along_normal`: the normal by :func:`central_gradient`'s differences,
     normalised as numpy does, then the steps along it until one samples ``excess`` at most ``near``
     (both in ``excess``'s float32, as the numpy version compares them)."""
-    bx, by, bz = x / zooms[0] + pad, y / zooms[1] + pad, z / zooms[2] + pad
-    gx = _difference(_sample(phi_bone, (x - h) / zooms[0] + pad, by, bz),
-                     _sample(phi_bone, (x + h) / zooms[0] + pad, by, bz), h, single)
-    gy = _difference(_sample(phi_bone, bx, (y - h) / zooms[1] + pad, bz),
-                     _sample(phi_bone, bx, (y + h) / zooms[1] + pad, bz), h, single)
-    gz = _difference(_sample(phi_bone, bx, by, (z - h) / zooms[2] + pad),
-                     _sample(phi_bone, bx, by, (z + h) / zooms[2] + pad), h, single)
+    gx, gy, gz = _gradient_at(phi_bone, x, y, z, zooms, pad, h, single)
     norm = max(np.sqrt(gx * gx + gy * gy + gz * gz), 1e-12)
     nx, ny, nz = gx / norm, gy / norm, gz / norm
     for s in steps:
