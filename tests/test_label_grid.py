@@ -34,14 +34,14 @@ def test_blocks_vote_per_nested_layer():
     tags[2] = 5
     tags[3] = 5
     tags[3, 0, 0] = tags[3, 0, 1] = tags[3, 1, 0] = 4
-    coarse, lesion, bone, to_fine, _, _ = downsample_layers(tags, (2, 2, 2))
+    coarse, lesion, bone, _, to_fine, _, _ = downsample_layers(tags, (2, 2, 2))
     assert coarse.shape == (2, 1, 1) and lesion is None
     assert coarse[:, 0, 0].tolist() == [3, 5]
     assert bone[:, 0, 0].tolist() == [True, True]
     # other tags of a layer (eyes: 6 in the scalp's layer) take the layer's fill tag; an odd edge is
     # padded with background
     tags = np.full((3, 2, 2), 6, np.int16)
-    coarse, _, bone, _, _, _ = downsample_layers(tags, (2, 2, 2))
+    coarse, _, bone, _, _, _, _ = downsample_layers(tags, (2, 2, 2))
     assert coarse[:, 0, 0].tolist() == [5, 5] and not bone.any()  # 4 of 8 voxels in the padded block
 
 
@@ -54,7 +54,7 @@ def test_blocks_keep_the_pieces_of_the_finer_grid():
     tags[1:8, 2:6, 2:6] = 2
     tags[9:15, 2:6, 2:6] = 2  # x = 8: one fine voxel of CSF between the pieces
     tags[12:14, 2:6, 2:6] = 1  # white matter inside the second piece
-    coarse, _, _, _, _, pieces = downsample_layers(tags, (2, 2, 2), min_piece_voxels=4)
+    coarse, _, _, _, _, _, pieces = downsample_layers(tags, (2, 2, 2), min_piece_voxels=4)
     assert ndi.label(coarse >= 2, structure=np.ones((3, 3, 3)))[1] == 1  # joined by the vote
     assert set(pieces) == {4}  # the white matter is one piece
     lab = pieces[4]
@@ -64,7 +64,7 @@ def test_blocks_keep_the_pieces_of_the_finer_grid():
     assert lab[0, 1, 1] != lab[7, 1, 1]
     # a two-voxel speck of grey matter far from both: not a piece of its own
     tags[0, 7, 7] = tags[1, 7, 7] = 2
-    _, _, _, _, _, pieces = downsample_layers(tags, (2, 2, 2), min_piece_voxels=4)
+    _, _, _, _, _, _, pieces = downsample_layers(tags, (2, 2, 2), min_piece_voxels=4)
     assert len(np.unique(pieces[4])) == 3  # background and the two pieces
 
 

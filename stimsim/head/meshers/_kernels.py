@@ -371,33 +371,40 @@ def _split_deficit(lo, hi, t):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _enforce_layers(p1, p2, p3, p4, p5, tk, sweeps):  # pragma: no cover - compiled
+def _enforce_layers(p1, p2, p3, p4, p5, t1, t2, t3, t4, sweeps):  # pragma: no cover - compiled
+    # t1..t4: each interface's minimum thickness per voxel, or one value for all (length 1)
+    s1, s2, s3, s4 = (t1.shape[0] > 1) * 1, (t2.shape[0] > 1) * 1, (t3.shape[0] > 1) * 1, (t4.shape[0] > 1) * 1
     for i in numba.prange(p1.shape[0]):
         a1, a2, a3, a4, a5 = p1[i], p2[i], p3[i], p4[i], p5[i]
+        k1, k2, k3, k4 = t1[i * s1], t2[i * s2], t3[i * s3], t4[i * s4]
         for _ in range(sweeps):
-            a1, a2 = _split_deficit(a1, a2, tk[0])
-            a2, a3 = _split_deficit(a2, a3, tk[1])
-            a3, a4 = _split_deficit(a3, a4, tk[2])
-            a4, a5 = _split_deficit(a4, a5, tk[3])
-        a2 = max(a2, a1 + tk[0])
-        a3 = max(a3, a2 + tk[1])
-        a4 = max(a4, a3 + tk[2])
-        a5 = max(a5, a4 + tk[3])
+            a1, a2 = _split_deficit(a1, a2, k1)
+            a2, a3 = _split_deficit(a2, a3, k2)
+            a3, a4 = _split_deficit(a3, a4, k3)
+            a4, a5 = _split_deficit(a4, a5, k4)
+        a2 = max(a2, a1 + k1)
+        a3 = max(a3, a2 + k2)
+        a4 = max(a4, a3 + k3)
+        a5 = max(a5, a4 + k4)
         p1[i], p2[i], p3[i], p4[i], p5[i] = a1, a2, a3, a4, a5
 
 
 def enforce_layers(phis: dict, tk: dict, sweeps: int) -> bool:
     """The surface mesher's minimum layer thicknesses (``_enforce``) voxel by voxel in one pass, in
-    place, with numpy's float32 results.  False (nothing done) unless the five fields are float32
+    place, with numpy's float32 results; ``tk[k]`` is one value or a float32 array of the fields' shape
+    (a minimum per voxel).  False (nothing done) unless the five fields, and those arrays, are float32
     arrays of one shape and memory layout."""
     arrays = [phis[k] for k in range(1, 6)]
     first = arrays[0]
     layout = "F" if first.flags.f_contiguous and not first.flags.c_contiguous else "C"
+    per_voxel = [tk[k] for k in range(1, 5) if isinstance(tk[k], np.ndarray)]
     if not all(a.dtype == np.float32 and a.shape == first.shape and a.flags[f"{layout}_CONTIGUOUS"]
-               for a in arrays):
+               for a in arrays + per_voxel):
         return False
     flat = [a.reshape(-1, order=layout) for a in arrays]
-    _enforce_layers(*flat, np.array([tk[k] for k in range(1, 5)], np.float32), int(sweeps))
+    mins = [tk[k].reshape(-1, order=layout) if isinstance(tk[k], np.ndarray) else np.array([tk[k]], np.float32)
+            for k in range(1, 5)]
+    _enforce_layers(*flat, *mins, int(sweeps))
     return True
 
 

@@ -1560,7 +1560,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
 
         t = time.perf_counter() - coarse_s
         base = tags if lmask is None else np.where(lmask & (tags > 0), orig, tags)
-        ctags, clmask, bone_voxels, to_fine, layer_voxels, pieces = downsample_layers(
+        ctags, clmask, bone_voxels, csf_voxels, to_fine, layer_voxels, pieces = downsample_layers(
             base, factors, lmask, min_piece_voxels=int(500 / voxel_mm3))
         if inner_csf or sulcal_mm3:
             # blocks of the brain holding CSF meshed inside it keep its stand-in tag (the same layer):
@@ -1576,7 +1576,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         del base
         if clmask is None or clmask.any():  # a lesion smaller than half a block keeps the voxel grid
             opts = {**opts, "surface_step": coarse_step, "layer_volume_mm3": layer_mm3, "bone_voxels": bone_voxels,
-                    "pieces": pieces, "sub_tissue_labels": sub_labels}
+                    "csf_voxels": csf_voxels, "pieces": pieces, "sub_tissue_labels": sub_labels}
             if lmask is not None:  # tetrahedra are lesion by the mask as drawn (coarse: +8 % on a 6 mm ball)
                 opts["lesion_voxels"] = (lmask, zooms, (factors - 1) / 2.0 * zooms)
             if clmask is not None:
@@ -1588,7 +1588,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             logger.info("labels finer than surfaces every %.3g mm need: meshed on a copy in %s-voxel blocks "
                         "(%s mm)", spacing_mm, "x".join(map(str, coarse)), " x ".join(f"{z:.3g}" for z in zooms))
             voxel_mm3 = float(np.prod(zooms))
-        del ctags, clmask, bone_voxels, pieces, sub_labels
+        del ctags, clmask, bone_voxels, csf_voxels, pieces, sub_labels
         coarse_s = time.perf_counter() - t
 
     with _Steps(progress, _STEPS[method]) as steps:

@@ -34,7 +34,7 @@ from .topology import (ISLAND_KEPT_MM3, distance_to_background, distance_to_othe
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
-SURFACE_MESHER_VERSION = "surf-6.24"  # 6.1: the head's box of a wide field of view, the untangling retry;
+SURFACE_MESHER_VERSION = "surf-6.25"  # 6.1: the head's box of a wide field of view, the untangling retry;
 # 6.2: pieces of the brain or white matter closer than the sub-grid kept apart; 6.3: surfaces faired
 # within a band of their level sets (the voxels' staircase); 6.4: the volume calibration held local;
 # 6.5: short surface edges merged (edge_merge.py); 6.6: a layer the labels do not have shares the next
@@ -90,7 +90,10 @@ SURFACE_MESHER_VERSION = "surf-6.24"  # 6.1: the head's box of a wide field of v
 # and bone the rule cuts from the skull where the labels join it joined back (_connect_pieces); 6.24: a
 # piece of 1 mL or more of a tissue inside a layer is no speck there either, and the folds' CSF does not
 # join pieces of the CSF's layer the labels keep apart (sub_tissues; heads without either, Colin27 among
-# them: the same meshes as 6.23)
+# them: the same meshes as 6.23); 6.25: on labels finer than the bone's minimum thickness less 0.5 mm
+# allows (0.5-0.9 mm voxels at the default size), the bone and the CSF keep their thickness where
+# the labels make them thinner than their minimum (_local_floors; labels of 1 mm voxels, Colin27 among
+# them: the same meshes as 6.24)
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
 #: (3 mm at the default 4 mm surfaces), in these layers (scalp's, bone's, CSF's; :func:`_interface_points`).
 #: A 56 mm sphere whose skull is compact | spongy | compact bone 2 | 4 | 2 mm: the brain's E 22 % off
@@ -457,7 +460,8 @@ def _apply_floors(phis, floors: list[_Floor], tk) -> None:
     for f in floors:
         _raise_to(phis[f.layer], f)
         for k in range(f.layer, 5):
-            phis[k + 1][f.index] = np.maximum(phis[k + 1][f.index], phis[k][f.index] + np.float32(tk[k]))
+            t = tk[k][f.index] if isinstance(tk[k], np.ndarray) else np.float32(tk[k])
+            phis[k + 1][f.index] = np.maximum(phis[k + 1][f.index], phis[k][f.index] + t)
 
 
 #: the CSF's minimum thickness per unit of ``thickness_scale`` in :func:`surface_defaults` (at least 0.5 mm):
@@ -531,8 +535,68 @@ def _thin_layer_floors(phis: dict, tk: dict, skip: set, floor_scale: float, zoom
     return out
 
 
+#: layers whose minimum thickness may be lowered where they are thin in places (:func:`_local_floors`):
+#: the bone and the CSF.  The scalp's and the grey matter's too made Colin27's surfaces cross where TetGen
+#: refused them (a retry with every minimum x1.5)
+LOCAL_FLOOR_LAYERS = (2, 3)
+#: how far (mm) a layer's thickness in the mesh may exceed the labels' where they make it thinner than its
+#: minimum: the issue's tolerance for the layers' thickness (issue 20: within 0.5 mm)
+THICKNESS_TOLERANCE_MM = 0.5
+
+
+def _local_floors(phis: dict, tk: dict, skip: set, floor_scale: float, zooms, voxel_mm: float = 1.0,
+                  present: dict | None = None, step: int = 2) -> dict:
+    """The minimum thickness per voxel of the bone's and the CSF's layers (:data:`LOCAL_FLOOR_LAYERS`)
+    where the labels make them thinner than ``tk[k]``, for labels whose voxels (``voxel_mm``, their finest
+    axis before any coarsening) are so fine that a layer one voxel thick would otherwise come out more
+    than :data:`THICKNESS_TOLERANCE_MM` too thick (``voxel_mm`` + that < ``tk[k]``).
+
+    There: the layer's thickness (the distance between its two surfaces, ``phis[k + 1] - phis[k]``)
+    plus half a voxel, at least the floor :func:`_thin_layer_floors` gives a layer thin everywhere;
+    elsewhere, and where the layer is not there (a hole: under half a voxel of this grid thick),
+    ``tk[k]``; but the lowest where ``present[k]`` (bool, the fields' grid) says the layer is there all
+    the same (a coarse copy of finer labels: a sheet thinner than half a block loses the block's vote).
+    Each voxel then takes the lowest minimum within ``step`` voxels (the surfaces' sub-grid: they are
+    interpolated between samples that far apart).  Returns {layer: float32 array of the fields' shape},
+    only for layers with such places.
+
+    Why: the minimum thicknesses keep folded surfaces from crossing on the surfaces' sub-grid, but a
+    skull one 0.5 mm voxel thick in places (a temporal squama) came out 1.5-2 mm thick at the default
+    size.  On 1 mm voxels a one-voxel layer is at most 0.5 mm off the bone's 1.5 mm minimum, and
+    lowering it there doubled Colin27's tetrahedra below the shape bounds (thin bone between 4 mm
+    surface triangles) for no gain in its thickness percentiles (docs/meshing.md)."""
+    half = np.float32(0.5 * float(np.min(zooms)))
+    margin = np.float32(0.5 * float(voxel_mm))  # what the labels cannot tell apart
+    base_scale = thin_layer_floor_scale(voxel_mm)
+    out = {}
+    for k in LOCAL_FLOOR_LAYERS:
+        if k in skip or not tk.get(k, 0.0) > 0 or not float(voxel_mm) + THICKNESS_TOLERANCE_MM < tk[k]:
+            continue
+        lowest = min(float(tk[k]), THIN_LAYER_FLOOR_MM[k] * base_scale * float(floor_scale))
+        if lowest >= tk[k]:
+            continue
+        width = phis[k + 1] - phis[k]
+        # (beyond SDF_BAND_MM outside a mask the fields are cut off, and their difference is no width)
+        there = (width > half) & (phis[k + 1] < np.float32(SDF_BAND_MM - 4.0 * float(np.max(zooms))))
+        if present and k in present:
+            there |= present[k]
+        thin = there & (width + margin < np.float32(tk[k]))
+        del there
+        if not thin.any():
+            continue
+        floor = np.full(width.shape, np.float32(tk[k]))
+        floor[thin] = np.clip(width[thin] + margin, np.float32(lowest), np.float32(tk[k]))
+        del width, thin
+        # the surfaces are sampled every `step` voxels and interpolated between the samples: the
+        # lower minimum must hold at the samples on either side of the thin spot, not only in its
+        # voxels (a 0.5 mm skull meshed on 1 mm blocks stayed 1.5 mm thick without this)
+        out[k] = ndi.minimum_filter(floor, size=2 * int(step) + 1, mode="nearest")
+    return out
+
+
 def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_mm=0.5, sigma_vox=0.7,
                   pad=3, thickness_scale=1.0, calibrate_step=None, layer_volume_mm3=None, bone_voxels=None,
+                  csf_voxels=None,
                   surface_step=None, pieces=None, local_calibration_mm=0.0, fluid_tags=(), thin_layer_scale=0.0,
                   thin_layer_voxel_mm=1.0, report: dict | None = None):
     """Nested masks -> smoothed signed distances with minimum layer thickness.
@@ -550,7 +614,8 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     per layer 0..5): the tissue volumes the calibration aims at, when ``tags`` is a coarser copy of
     the labels (:func:`downsample_layers`); else this grid's voxel counts.  ``bone_voxels`` (bool, the
     grid of ``tags``): voxels that hold bone on the finer grid, where the coarse copy may have lost a
-    thin sheet; they count as bone for the skull-defect rule.  ``surface_step``: the sub-grid of the
+    thin sheet; they count as bone for the skull-defect rule, and with ``csf_voxels`` (the same for the
+    CSF's layer) they say where a layer thinner than a voxel of ``tags`` is (:func:`_local_floors`).  ``surface_step``: the sub-grid of the
     surfaces, on which pieces of the brain and of the white matter closer than it resolves are kept
     apart (:func:`separation_floors`); ``pieces`` ({layer: labels} on the grid of ``tags``): those
     pieces as the finer grid has them, where ``tags`` is a coarse copy (:func:`downsample_layers`).
@@ -634,6 +699,18 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
             report["thin_layers"] = {int(k): {"min_thickness_mm": round(tk[k], 3), "now_mm": round(v, 3)}
                                      for k, v in lowered.items() if v != tk[k]}
         tk = lowered
+    # ... and layers thin in places get a lower minimum there (the thickness rules below hold each
+    # layer at least tk_local apart; the other rules read the layer's one value tk)
+    tk_local = dict(tk)
+    if thin_layer_scale:
+        present = {k: np.pad(v, pad) for k, v in ((2, bone_voxels), (3, csf_voxels)) if v is not None}
+        local = _local_floors(phis, tk, absent | set(shares), float(thin_layer_scale), zooms,
+                              float(thin_layer_voxel_mm), present, int(surface_step or 2))
+        del present
+        tk_local.update(local)
+        if report is not None and local:
+            report["thin_in_places"] = {int(k): {"voxels": int(np.count_nonzero(f < np.float32(tk[k]))),
+                                                 "lowest_mm": round(float(f.min()), 3)} for k, f in local.items()}
     # pieces of the brain (and of the white matter) closer than the surface sub-grid: kept apart
     floors = []
     if surface_step:
@@ -695,8 +772,8 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
         if not csf_far.any():
             csf_far = None
     # split the deficit between both surfaces (a few sweeps), then enforce exactly
-    _enforce(phis, tk)
-    _apply_floors(phis, floors, tk)
+    _enforce(phis, tk_local)
+    _apply_floors(phis, floors, tk_local)
     if calibrate_step:
         # volume calibration: shift each level set so that the marching-cubes surface on the
         # sub-grid (what the mesh gets) encloses the voxel volume of its nested mask (smoothing,
@@ -802,8 +879,8 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                     c += (target[k] - v) / slope
                     c = float(np.clip(c, -1.5, 1.5))
                 phis[k] -= np.float32(c)
-            _enforce(phis, tk, sweeps=2)
-            _apply_floors(phis, floors, tk)
+            _enforce(phis, tk_local, sweeps=2)
+            _apply_floors(phis, floors, tk_local)
         del retagged, local_masks, csf_far, grey_far
     phi_air = None
     if air.any():
@@ -1746,7 +1823,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                            sigma_vox=0.7, minratio=1.5, mindihedral=12.0, surface_step=None, extra_switches="",
                            progress_cb=None, verbose=False, thickness_scale=1.0, calibrate=True,
                            island_fraction=0.01, lesion=None, lesion_tag=3, relax_iterations=8, sliver_move=0.0,
-                           layer_volume_mm3=None, bone_voxels=None, lesion_voxels=None, pieces=None,
+                           layer_volume_mm3=None, bone_voxels=None, csf_voxels=None, lesion_voxels=None,
+                           pieces=None,
                            fair_rounds=0, fair_band_vox=0.3, local_calibration_mm=0.0, min_edge_cell=0.0,
                            sub_tissue_labels=None, sub_tissue_roaming=None, sub_tissue_volumes_mm3=None,
                            sub_tissue_never_merged=(), sub_tissue_part_of=None, sub_tissue_joined=None,
@@ -1770,7 +1848,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     vertex held within ``fair_band_vox`` voxels of its level set (:func:`_fair_surface`; 0: off).
     ``min_edge_cell``: surface edges shorter than this many sub-grid cells are merged
     (:func:`collapse_short_edges`; with the relaxation only; 0: off).
-    ``layer_volume_mm3``, ``bone_voxels``, ``pieces``: see :func:`nested_fields`.
+    ``layer_volume_mm3``, ``bone_voxels``, ``csf_voxels``, ``pieces``: see :func:`nested_fields`.
     ``lesion_voxels``: ``(mask, zooms, offset_mm)`` of the finer grid the lesion was drawn on (its
     voxel-frame mm = this grid's + ``offset_mm``), which then decides which tetrahedra are lesion.
     ``sub_tissue_labels``: ``(labels, zooms, offset_mm, lesion)``, the same for the labels whose
@@ -1809,7 +1887,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     phis, phi_air, bone, far_from_csf, far_from_grey = nested_fields(
         tags, cavity, zooms, min_thickness_mm=min_thickness_mm, sigma_vox=sigma_vox, pad=pad,
         thickness_scale=thickness_scale, calibrate_step=int(surface_step or 2) if calibrate else None,
-        layer_volume_mm3=layer_volume_mm3, bone_voxels=bone_voxels, surface_step=int(surface_step or 2),
+        layer_volume_mm3=layer_volume_mm3, bone_voxels=bone_voxels, csf_voxels=csf_voxels, surface_step=int(surface_step or 2),
         pieces=pieces, local_calibration_mm=float(local_calibration_mm), fluid_tags=tuple(sub_tissue_roaming or ()),
         thin_layer_scale=thin_layer_scale, thin_layer_voxel_mm=thin_layer_voxel_mm, report=info)
     info["timings_s"]["fields_s"] = time.perf_counter() - t0
@@ -2456,6 +2534,7 @@ class CoarseLayers(NamedTuple):
     tags: np.ndarray  #: one voxel per block: its layer's fill tag, 0 outside the head and in cavities
     lesion: np.ndarray | None  #: blocks at least half lesion (None without a lesion)
     bone_voxels: np.ndarray  #: blocks with any bone voxel
+    csf_voxels: np.ndarray  #: blocks with any voxel of the CSF's layer
     voxel_to_coarse: np.ndarray  #: 4x4 coarse -> fine voxel indices (``affine @ it``: the coarse affine)
     layer_voxels: np.ndarray  #: voxels per layer 0..5 on the fine grid
     #: {4: brain, 5: white matter}: per block, the (highest) label of the layer's fine-grid pieces in
@@ -2472,7 +2551,8 @@ def downsample_layers(tags: np.ndarray, factors, lesion: np.ndarray | None = Non
     layers, not tags); background blocks inside the head stay background (air cavities).  The
     lesion mask, when given, where at least half the block is lesion.  ``bone_voxels``: the blocks
     with any bone voxel (a bone sheet thinner than half a block loses the vote, and the skull-defect
-    rule of :func:`nested_fields` must still see it).  ``pieces``: see :class:`CoarseLayers`; pieces
+    rule of :func:`nested_fields` must still see it), ``csf_voxels`` those with any CSF-layer voxel
+    (with ``bone_voxels``, where a layer thinner than a block is, for :func:`_local_floors`).  ``pieces``: see :class:`CoarseLayers`; pieces
     of fewer than ``min_piece_voxels`` voxels are left out."""
     f = np.asarray(factors, int)
     nc = -(-np.asarray(tags.shape) // f)
@@ -2510,6 +2590,7 @@ def downsample_layers(tags: np.ndarray, factors, lesion: np.ndarray | None = Non
                     pieces[k][coarse_box] = _block_max(lab, f) * (coarse[coarse_box] >= k)
             del lab
     bone_voxels = _block_counts(layer == 2, f) > 0
+    csf_voxels = _block_counts(layer == 3, f) > 0
     del layer
     fill = np.array([0] + [LAYER_FILL_TAG[k] for k in range(1, 6)], tags.dtype)
     clesion = None
@@ -2520,7 +2601,7 @@ def downsample_layers(tags: np.ndarray, factors, lesion: np.ndarray | None = Non
         clesion = (_block_counts(m, f) >= half) & (coarse > 0)
     to_fine = np.diag([float(v) for v in f] + [1.0])
     to_fine[:3, 3] = (f - 1) / 2.0  # a coarse voxel's centre is its block's centre
-    return CoarseLayers(fill[coarse], clesion, bone_voxels, to_fine, layer_voxels, pieces)
+    return CoarseLayers(fill[coarse], clesion, bone_voxels, csf_voxels, to_fine, layer_voxels, pieces)
 
 
 def surface_defaults(h: float, zooms, surface_size_mm: float | None = None) -> dict:
