@@ -180,8 +180,10 @@ def check_mesh(mesh: Mesh, known_tags=None, *, fix_orientation: bool = True, con
     return mesh
 
 
-#: how many of the poorly shaped tetrahedra :func:`element_quality_report` lists (worst first)
-POOR_LISTED = 100
+#: how many of the poorly shaped tetrahedra :func:`element_quality_report` lists (worst first): every one
+#: on the heads measured (427 at most, on 0.8 x 0.8 x 1.6 mm voxels; 100 listed their worst only), while
+#: a mesh's summary stays under ~150 kB
+POOR_LISTED = 1000
 #: element-shape warning thresholds (:func:`element_quality_report`): the targets of the mesh-quality
 #: work; a tetrahedron below either is a sliver / needle that slows the iterative solver and
 #: spoils the field locally, but it is still a valid element (only zero volume is an error)
