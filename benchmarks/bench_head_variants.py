@@ -7,7 +7,8 @@ place by place, of the mesh's tags on the label grid against the labels:
 ``thickness_percentiles(...)["paired_on_grid"]``), the pieces of each tissue, what the solve takes
 (AMG-CG iterations and seconds to rtol 1e-10, tDCS between 5 x 5 cm pads at Colin27's C3 and Fp2 carried
 into the variant's grid, as bench_head_mesh.py), and what the mesher had to do (TetGen retries, the
-unrelaxed fallback, crossing marching-cubes points pushed apart, white-matter pieces joined).
+unrelaxed fallback, crossing marching-cubes points pushed apart, white-matter pieces joined); and for
+the head with a thin temporal bone, the skull's thickness over that region (surf-6.25).
 These variants found surf-6.15 (a head at 70 and 80 % went unrelaxed) and surf-6.16 (white matter
 given to the grey matter below 80 %): docs/meshing.md.
 
@@ -49,7 +50,13 @@ VARIANTS = {
     "craniectomy": ((1.0,) * 3, 1), "craniectomy + lesion": ((1.0,) * 3, 1),
     # a user's own tissues in the white matter: a three-label tumour (surf-6.20)
     "tumour": ((1.0,) * 3, 1),
+    # 0.5 mm voxels with the right temporal bone one voxel thick (THIN_BONE: a squama on fine labels;
+    # the skull's thickness there is printed below the table: surf-6.25)
+    "thin temporal bone at 0.5 mm": ((1.0,) * 3, 2),
 }
+#: the thinned region (Colin27's world mm): x, y and z ranges over which bone voxels more than one
+#: 0.5 mm voxel from the CSF and brain become scalp
+THIN_BONE = ((45.0, np.inf), (-40.0, 20.0), (-15.0, 25.0))
 #: the tumour's labels and radii (mm), outermost first; their conductivities (S/m) are the benchmark's
 #: own choice for the solve (necrosis as CSF, the rim as grey matter, oedema between), not cited values
 TUMOUR = ((14, 11.0, 0.8), (13, 7.0, 0.275), (12, 4.0, 1.654))
@@ -91,7 +98,24 @@ def variant(name: str):
     tags = ndi.zoom(tags, zoom, order=0)
     if split > 1:
         tags = tags.repeat(split, 0).repeat(split, 1).repeat(split, 2)
+    if name.startswith("thin temporal bone"):
+        region = thin_region(split)
+        far = ndi.distance_transform_edt(~np.isin(tags, (1, 2, 3)), sampling=1.0 / split) > 1.0 / split
+        tags[region & far & (tags == 4)] = 5
     return np.ascontiguousarray(tags), np.diag([1.0 / split] * 3 + [1.0]), lesion
+
+
+def thin_region(split: int) -> np.ndarray:
+    """The voxels of Colin27's grid split ``split`` times that lie in :data:`THIN_BONE`."""
+    import nibabel as nib
+
+    img = nib.load(str(LABELS))
+    shape, affine = img.shape, img.affine
+    world = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1) @ affine[:3, :3].T + affine[:3, 3]
+    inside = np.ones(shape, bool)
+    for ax, (lo, hi) in enumerate(THIN_BONE):
+        inside &= (world[..., ax] > lo) & (world[..., ax] < hi)
+    return inside.repeat(split, 0).repeat(split, 1).repeat(split, 2)
 
 
 def electrode_positions(name: str) -> dict:
@@ -134,6 +158,9 @@ def run_one(name: str) -> dict:
     on_grid = tet_values_on_grid(mesh, mesh.tet_tags, tags.shape, affine)
     thick = {name_: thickness_percentiles(mesh, tags, affine, layer, inside, outside, mesh_on_grid=on_grid)
              ["paired_on_grid"][1] for name_, (layer, inside, outside) in (("bone", (4, 3, 5)), ("csf", (3, 2, 4)))}
+    region = None
+    if name.startswith("thin temporal bone"):
+        region = thinned_skull(tags, on_grid, affine, thin_region(VARIANTS[name][1]))
     return {"name": name, "voxels": int(tags.size), "time_s": dt, "peak_gb": peak_gb, "tets": len(mesh.tets),
             "min_dihedral": float(e["min_dihedral_deg"].min()), "thickness": thick,
             # a chronic stroke lesion (tag 11) conducts as CSF
@@ -144,7 +171,27 @@ def run_one(name: str) -> dict:
             "vol_err": {int(k): float(got[k] / v - 1) for k, v in sorted(want.items())},
             "pieces": {int(k): int(c["pieces"]) for k, c in tissue_connectivity(mesh).items()},
             "retries": len(m.get("tetgen_retries") or []), "unrelaxed": bool(m.get("relax_fallback")),
-            "pushed": int(m.get("crossing_vertices_moved", 0)), "wm_joined": int(m.get("white_matter_bridge_tets", 0))}
+            "pushed": int(m.get("crossing_vertices_moved", 0)), "wm_joined": int(m.get("white_matter_bridge_tets", 0)),
+            "thinned": region}
+
+
+def thinned_skull(tags, on_grid, affine, region) -> dict:
+    """The skull's thickness (10th / 50th / 90th percentiles, mm) along rays from the intracranial centroid
+    whose point 68 mm out lies in ``region``: the labels' and the mesh's tags on their grid."""
+    from scipy import ndimage as ndi
+
+    from stimsim.head.meshers.thickness import ray_directions, ray_thickness
+
+    centre = np.asarray(ndi.center_of_mass(np.isin(tags, (1, 2, 3)))) @ affine[:3, :3].T + affine[:3, 3]
+    d = ray_directions(20000)
+    lab, msh = ray_thickness([tags, on_grid], affine, 4, (3, 2, 1), (5,), centre, d)
+    ijk = np.rint((centre + 68.0 * d - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T).astype(int)
+    ok = np.all((ijk >= 0) & (ijk < tags.shape), axis=1)
+    rays = np.zeros(len(d), bool)
+    rays[ok] = region[tuple(ijk[ok].T)]
+    rays &= np.isfinite(lab) & np.isfinite(msh)
+    return {"rays": int(rays.sum()), "labels": np.percentile(lab[rays], [10, 50, 90]).tolist(),
+            "mesh": np.percentile(msh[rays], [10, 50, 90]).tolist()}
 
 
 def main() -> None:
@@ -163,6 +210,7 @@ def main() -> None:
           "| vol err % (WM GM CSF bone scalp) | thickness err mm (skull, CSF) | pieces | CG iterations (s) "
           "| TetGen retries | unrelaxed | points pushed apart | WM tets joined |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    thinned = []
     for name in args.names or VARIANTS:
         out = subprocess.run([sys.executable, __file__, "--child", name], check=True, capture_output=True, text=True)
         r = json.loads(out.stdout.splitlines()[-1])
@@ -177,6 +225,11 @@ def main() -> None:
               f"| {r['min_dihedral']:.2f} | {r['poor']} | {err} | {th} | {pieces} "
               f"| {r['cg']['iterations']} ({r['cg']['setup_s'] + r['cg']['solve_s']:.1f}) | {r['retries']} "
               f"| {'yes' if r['unrelaxed'] else 'no'} | {r['pushed']} | {r['wm_joined']} |", flush=True)
+        if r.get("thinned"):
+            thinned.append((name, r["thinned"]))
+    for name, t in thinned:
+        print(f"\n{name}: the skull over the thinned region ({t['rays']} rays), 10th / 50th / 90th percentiles (mm): "
+              f"labels {' / '.join(f'{v:.2f}' for v in t['labels'])}, mesh {' / '.join(f'{v:.2f}' for v in t['mesh'])}")
 
 
 if __name__ == "__main__":
