@@ -504,6 +504,47 @@ def test_surfaces_tetgen_refuses_are_built_again_with_thicker_layers(nifti, tmp_
     assert not out.exists() and _written(tmp_path) == []
 
 
+def test_surfaces_refused_with_lower_minimums_in_thin_places_are_built_without_them_first(monkeypatch):
+    """Where TetGen refuses surfaces built with the bone's lower minimums in thin places (a 0.8 mm
+    Colin27 did: 'self-intersections', then a retry with every minimum x1.5, bone -1.65 % against -0.72
+    without those minimums, 73 s against 38), they are built again without them at the same
+    thicknesses before any thicker retry; a refusal without them goes straight to the thicker retry."""
+    pytest.importorskip("tetgen")
+    pytest.importorskip("skimage")
+    from stimsim.head.meshers import make_head_mesh, surface
+    from stimsim.head.meshers.core import TETGEN_RETRY_THICKNESS_FACTORS
+
+    real = surface.surface_mesh_from_tags
+    calls = []
+
+    def refused_with_local_floors(*args, **kw):
+        calls.append((kw["thickness_scale"], kw["local_floors"]))
+        if kw["local_floors"]:
+            raise surface.TetGenFailed("Found 2 self-intersections", thin_in_places=True)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(surface, "surface_mesh_from_tags", refused_with_local_floors)
+    vol = _balls(72, (34, 28, 22, 17, 11))
+    mesh, info = make_head_mesh(vol, np.eye(4), "colin27", method="surface", element_size_mm=6.0, progress=False,
+                                cache=False, return_info=True)
+    base = surface.surface_defaults(6.0, (1.0, 1.0, 1.0))["thickness_scale"]
+    assert calls == [(base, True), (base, False)]
+    assert info.mesher["thickness_scale"] == base and info.mesher["local_floors"] is False
+    assert [r["local_floors"] for r in info.mesher["tetgen_retries"]] == [True]
+    assert set(np.unique(mesh.tet_tags)) == {1, 2, 3, 4, 5}
+
+    def refused_at_first(*args, **kw):  # a refusal with no thin places: the thicker retry at once
+        calls.append((kw["thickness_scale"], kw["local_floors"]))
+        if len(calls) == 1:
+            raise surface.TetGenFailed("Internal TetGen error within `recoversubfaces`.")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(surface, "surface_mesh_from_tags", refused_at_first)
+    calls.clear()
+    make_head_mesh(vol, np.eye(4), "colin27", method="surface", element_size_mm=6.0, progress=False, cache=False)
+    assert calls == [(base, True), (TETGEN_RETRY_THICKNESS_FACTORS[0] * base, True)]
+
+
 def test_labels_read_in_the_wrong_order_are_refused_with_the_map_that_fits(nifti, tmp_path):
     """Colin27-style labels (1 scalp ... 5 WM) read as SimNIBS's (1 WM ... 5 scalp) put the white matter
     outside: refused before meshing (it meshed, with bone +43 %, in 86 s), naming what covers the

@@ -598,7 +598,7 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
                   pad=3, thickness_scale=1.0, calibrate_step=None, layer_volume_mm3=None, bone_voxels=None,
                   csf_voxels=None,
                   surface_step=None, pieces=None, local_calibration_mm=0.0, fluid_tags=(), thin_layer_scale=0.0,
-                  thin_layer_voxel_mm=1.0, report: dict | None = None):
+                  thin_layer_voxel_mm=1.0, local_floors=True, report: dict | None = None):
     """Nested masks -> smoothed signed distances with minimum layer thickness.
 
     Returns ``(phis, phi_air, bone, far_from_csf, far_from_grey)``: ``phis[k]`` for layers 1..5 (padded by
@@ -624,7 +624,8 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     ``thin_layer_scale``: the scale of the minimum thicknesses below which :func:`_thin_layer_floors`
     may lower those of thin layers (0: off); the layers it lowers go to ``report["thin_layers"]``;
     ``thin_layer_voxel_mm``: the labels' voxel size (their finest axis, before coarsening), which
-    scales those floors (:func:`thin_layer_floor_scale`)."""
+    scales those floors (:func:`thin_layer_floor_scale`); ``local_floors``: with ``thin_layer_scale``,
+    lower minimums where the bone or the CSF is thin in places (:func:`_local_floors`)."""
     lut = np.zeros(256, np.int8)
     for t, layer in LAYER_OF_TAG.items():
         lut[t] = layer
@@ -702,7 +703,7 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     # ... and layers thin in places get a lower minimum there (the thickness rules below hold each
     # layer at least tk_local apart; the other rules read the layer's one value tk)
     tk_local = dict(tk)
-    if thin_layer_scale:
+    if thin_layer_scale and local_floors:
         present = {k: np.pad(v, pad) for k, v in ((2, bone_voxels), (3, csf_voxels)) if v is not None}
         local = _local_floors(phis, tk, absent | set(shares), float(thin_layer_scale), zooms,
                               float(thin_layer_voxel_mm), present, int(surface_step or 2))
@@ -1793,10 +1794,13 @@ def _interface_points(labels: np.ndarray, lzooms, offset_mm, fields, zooms, pad:
 class TetGenFailed(MeshError):
     """TetGen refused the head surfaces (crossing or touching surfaces it could not recover): surfaces
     held further apart may pass (:func:`stimsim.head.meshers.core.make_head_mesh` retries).  ``reason``:
-    TetGen's words; ``tried``: the minimum-thickness factors tried (1: as asked)."""
+    TetGen's words; ``tried``: the minimum-thickness factors tried (1: as asked); ``thin_in_places``:
+    whether the surfaces had lower minimums where the bone or the CSF is thin in places
+    (:func:`_local_floors`), which the retries give up first."""
 
-    def __init__(self, reason, tried=(1.0,)):
+    def __init__(self, reason, tried=(1.0,), thin_in_places=False):
         self.reason, self.tried = str(reason), tuple(float(f) for f in tried)
+        self.thin_in_places = bool(thin_in_places)
         also = (f" (also with the minimum layer thicknesses x{', x'.join(f'{f:g}' for f in self.tried[1:])})"
                 if len(self.tried) > 1 else "")
         super().__init__(f"TetGen failed on the head surfaces ({self.reason}){also}; try another element size, "
@@ -1829,7 +1833,7 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                            sub_tissue_labels=None, sub_tissue_roaming=None, sub_tissue_volumes_mm3=None,
                            sub_tissue_never_merged=(), sub_tissue_part_of=None, sub_tissue_joined=None,
                            interface_point_cell=0.0, fold_point_cell=0.0, thin_layer_scale=0.0,
-                           thin_layer_voxel_mm=1.0, sub_tissue_layer_of=None):
+                           thin_layer_voxel_mm=1.0, local_floors=True, sub_tissue_layer_of=None):
     """Nested surfaces -> TetGen.  Returns ``(nodes_mm_local, tets, tet_tags, info)``; the info's
     ``"tet_neighbors"`` holds the tets' face neighbours (:func:`.topology.tet_neighbors`), an array
     for the caller's checks rather than a record.
@@ -1868,8 +1872,9 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     ``sub_tissue_part_of`` and ``sub_tissue_joined``; :data:`FOLD_POINT_CELL`).
     ``thin_layer_scale``: minimum thicknesses of layers thin nearly everywhere lowered down to this
     scale (:func:`_thin_layer_floors`; 0: off; listed in the info's ``"thin_layers"``), their lowest
-    floors scaled with ``thin_layer_voxel_mm``, the labels' voxel size (:func:`thin_layer_floor_scale`).
-    See the module docstring."""
+    floors scaled with ``thin_layer_voxel_mm``, the labels' voxel size (:func:`thin_layer_floor_scale`);
+    with ``local_floors`` also those of the bone and the CSF where they are thin in places
+    (:func:`_local_floors`; listed in ``"thin_in_places"``).  See the module docstring."""
     import tetgen
 
     for name, value in (("interface_point_cell", interface_point_cell), ("fold_point_cell", fold_point_cell)):
@@ -1889,7 +1894,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
         thickness_scale=thickness_scale, calibrate_step=int(surface_step or 2) if calibrate else None,
         layer_volume_mm3=layer_volume_mm3, bone_voxels=bone_voxels, csf_voxels=csf_voxels, surface_step=int(surface_step or 2),
         pieces=pieces, local_calibration_mm=float(local_calibration_mm), fluid_tags=tuple(sub_tissue_roaming or ()),
-        thin_layer_scale=thin_layer_scale, thin_layer_voxel_mm=thin_layer_voxel_mm, report=info)
+        thin_layer_scale=thin_layer_scale, thin_layer_voxel_mm=thin_layer_voxel_mm, local_floors=local_floors,
+        report=info)
     info["timings_s"]["fields_s"] = time.perf_counter() - t0
     if progress_cb:
         progress_cb("surfaces")
@@ -2079,7 +2085,9 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
                 info["relax_fallback"] = True
                 out = tetgen_worker.tetrahedralize(verts, faces, switches, verbose, tg_stats)
     except RuntimeError as exc:  # TetGen's refusals (crossing surfaces, an internal error recovering them)
-        raise TetGenFailed(exc) from None
+        # (no local name for it: the frame would hold its own traceback, and every array in it until
+        # the garbage collector ran, through the retry: 3.0 GB against 2.0 on a 0.6 mm head)
+        raise TetGenFailed(exc, thin_in_places=bool(info.get("thin_in_places"))) from None
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as exc:  # anything else on the way: one line, not retried
