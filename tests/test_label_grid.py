@@ -34,10 +34,11 @@ def test_blocks_vote_per_nested_layer():
     tags[2] = 5
     tags[3] = 5
     tags[3, 0, 0] = tags[3, 0, 1] = tags[3, 1, 0] = 4
-    coarse, lesion, bone, _, to_fine, _, _ = downsample_layers(tags, (2, 2, 2))
+    coarse, lesion, bone, csf, to_fine, _, _ = downsample_layers(tags, (2, 2, 2))
     assert coarse.shape == (2, 1, 1) and lesion is None
     assert coarse[:, 0, 0].tolist() == [3, 5]
     assert bone[:, 0, 0].tolist() == [True, True]
+    assert csf[:, 0, 0].tolist() == [True, False]  # the blocks with any CSF voxel
     # other tags of a layer (eyes: 6 in the scalp's layer) take the layer's fill tag; an odd edge is
     # padded with background
     tags = np.full((3, 2, 2), 6, np.int16)

@@ -542,7 +542,16 @@ def test_surfaces_refused_with_lower_minimums_in_thin_places_are_built_without_t
     monkeypatch.setattr(surface, "surface_mesh_from_tags", refused_at_first)
     calls.clear()
     make_head_mesh(vol, np.eye(4), "colin27", method="surface", element_size_mm=6.0, progress=False, cache=False)
-    assert calls == [(base, True), (TETGEN_RETRY_THICKNESS_FACTORS[0] * base, True)]
+    # (the thicker retries without lower minimums in thin places: their gate reads the scaled minimums,
+    # which would give them to these 1 mm labels)
+    assert calls == [(base, True), (TETGEN_RETRY_THICKNESS_FACTORS[0] * base, False)]
+    # thicknesses the caller chose are not retried, whatever the refusal
+    monkeypatch.setattr(surface, "surface_mesh_from_tags", refused_with_local_floors)
+    calls.clear()
+    with pytest.raises(surface.TetGenFailed, match="self-intersections") as refused:
+        make_head_mesh(vol, np.eye(4), "colin27", method="surface", element_size_mm=6.0, progress=False,
+                       cache=False, surface_options={"thickness_scale": 1.5, "thin_layer_scale": 1.0})
+    assert calls == [(1.5, True)] and "also with" not in str(refused.value)
 
 
 def test_labels_read_in_the_wrong_order_are_refused_with_the_map_that_fits(nifti, tmp_path):

@@ -337,8 +337,46 @@ def test_minimum_thickness_per_voxel_is_the_same_with_and_without_numba(monkeypa
         np.testing.assert_array_equal(a[k], b[k])
     for k in range(1, 5):
         assert (a[k + 1] - a[k] >= np.asarray(tk[k], np.float32) - 1e-5).all(), k
+    if fem_kernels.numba_ready():  # the compiled kernel took them (else both runs were numpy's)
+        from stimsim.head.meshers._kernels import enforce_layers
+
+        assert enforce_layers({k: base[k].copy() for k in range(1, 6)}, tk, 4)
     # the per-voxel minimum is used voxel by voxel: the thinnest layers are thinner than one value allows
     assert (a[3] - a[2]).min() < 0.5
+
+
+def test_local_floors_where_a_layer_is_thin_in_places():
+    """surface._local_floors on flat layers (x the depth, 0.5 mm voxels): a bone 0.5 mm thick over one
+    half and 5 mm over the other gets its width plus half a voxel (1 mm) over the thin half and out to
+    a surface cell beyond it, and the usual minimum elsewhere; where the layer is not there (a hole)
+    its minimum stays, unless a coarse copy's blocks say it is; 1 mm voxels get nothing (a one-voxel
+    layer is within 0.5 mm of the 1.5 mm minimum); nor does a layer marked absent."""
+    from stimsim.head.meshers.surface import _local_floors
+
+    zooms = (0.5, 0.5, 0.5)
+    x = (np.arange(40, dtype=np.float32) - 20.0) * 0.5  # mm
+    shape = (40, 40, 6)
+    phi2 = np.broadcast_to(-x[:, None, None], shape).astype(np.float32)  # bone's outer surface at x = 0
+    thick = np.where(np.arange(40) < 20, 0.5, 5.0).astype(np.float32)[None, :, None]  # half thin, half thick
+    hole = np.zeros(shape, bool)
+    hole[:, 36:] = True  # ... and a hole: no bone
+    width = np.where(hole, 0.0, np.broadcast_to(thick, shape)).astype(np.float32)
+    phis = {1: phi2 - 3.0, 2: phi2, 3: phi2 + width, 4: phi2 + width + 2.0, 5: phi2 + width + 4.0}
+    tk = {1: 2.0, 2: 1.5, 3: 0.75, 4: 1.5}
+    out = _local_floors(phis, tk, set(), 1.0, zooms, voxel_mm=0.5, step=4)
+    assert set(out) == {2}  # (the CSF: 2 mm, not thin)
+    f = out[2]
+    assert f.shape == shape and f.dtype == np.float32
+    np.testing.assert_allclose(f[20, :16, 3], 0.75, atol=1e-6)  # 0.5 mm + half a voxel
+    np.testing.assert_allclose(f[20, 16:20, 3], 0.75, atol=1e-6)  # ... and the thin half's cell beyond
+    assert (f[20, 24:32, 3] == 1.5).all()  # thick: the usual minimum
+    assert (f[20, 36:, 3] == 1.5).all()  # a hole: the usual minimum
+    there = np.zeros(shape, bool)
+    there[:, 36:] = True  # a coarse copy's blocks that hold bone all the same
+    f = _local_floors(phis, tk, set(), 1.0, zooms, voxel_mm=0.5, present={2: there}, step=4)[2]
+    np.testing.assert_allclose(f[20, 36:, 3], 0.375, atol=1e-6)  # the lowest: 0.75 mm x 0.5 mm voxels
+    assert _local_floors(phis, tk, set(), 1.0, zooms, voxel_mm=1.0, step=4) == {}
+    assert _local_floors(phis, tk, {2}, 1.0, zooms, voxel_mm=0.5, step=4) == {}
 
 
 def test_face_components_kernel_is_scipys(monkeypatch):

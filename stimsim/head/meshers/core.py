@@ -1285,16 +1285,18 @@ def _surface_mesh_retrying(tags, cavity, zooms, h, retry_factors=TETGEN_RETRY_TH
     """:func:`~.surface.surface_mesh_from_tags`; where TetGen refuses the head surfaces (two of them touching
     where the labels put a thin layer between tissues that fold into each other), again without the
     lower minimums of the bone and the CSF where they are thin in places when there were any
-    (``surface._local_floors``: the surfaces every label volume of 1 mm voxels gets), then with the
-    minimum layer thicknesses scaled by each of ``retry_factors`` in turn: a mesh with that layer a
-    little thick there instead of no mesh.  The retries are logged and listed in the info
-    (``"tetgen_retries"``, ``"thickness_scale"``, the one that passed, and ``"local_floors"``: False when
-    they were given up).  Only TetGen's refusals are retried."""
+    (``surface._local_floors``), then with the minimum layer thicknesses scaled by each of
+    ``retry_factors`` in turn, without those lower minimums: a mesh with that layer a little thick there
+    instead of no mesh.  The retries are logged and listed in the info (``"tetgen_retries"``,
+    ``"thickness_scale"``, the one that passed, and ``"local_floors"``: whether the mesh has the lower
+    minimums).  Only TetGen's refusals are retried."""
     from . import surface
 
     base = float(opts.get("thickness_scale", 1.0))
     thin = float(opts.get("thin_layer_scale", 0.0))  # (thin layers' floors: raised with the rest)
-    attempts = [(f, True) for f in (1.0, *retry_factors)]
+    # the lower minimums in thin places only as asked (their gate reads the thicknesses of the try:
+    # scaled ones would give them to 1 mm labels, in the places the scaling is for)
+    attempts = [(1.0, bool(opts.get("local_floors", True)))] + [(float(f), False) for f in retry_factors]
     tried = []
     i = 0
     while i < len(attempts):
@@ -1304,14 +1306,15 @@ def _surface_mesh_retrying(tags, cavity, zooms, h, retry_factors=TETGEN_RETRY_TH
                                                                                "thin_layer_scale": thin * factor,
                                                                                "local_floors": local})
         except surface.TetGenFailed as exc:
-            tried.append({"thickness_scale": base * factor, "error": exc.reason, "local_floors": local})
-            if local and exc.thin_in_places:
-                # the lower minimums in thin places let two surfaces meet (a 0.8 mm Colin27 did): the
-                # surfaces as 1 mm labels get them first, then the usual retries, all without
-                attempts = attempts[:i + 1] + [(factor, False)] + [(f, False) for f, _ in attempts[i + 1:]]
+            tried.append({"thickness_scale": base * factor, "factor": factor, "error": exc.reason,
+                          "local_floors": local})
+            if local and exc.thin_in_places and retry_factors:
+                # those lower minimums let two surfaces meet (a 0.8 mm Colin27 did): the same thicknesses
+                # without them next (the surfaces of surf-6.24), then the thicker ones
+                attempts.insert(i + 1, (factor, False))
             i += 1
             if i < len(attempts):
-                nf, nl = attempts[i]
+                nf, _ = attempts[i]
                 logger.warning("TetGen refused the head surfaces (%s); building them again %s", exc.reason,
                                f"with the minimum layer thicknesses x{nf:g}" if nf != factor else
                                "without lower minimums in thin places")
@@ -1319,11 +1322,13 @@ def _surface_mesh_retrying(tags, cavity, zooms, h, retry_factors=TETGEN_RETRY_TH
         if tried:
             out[3]["tetgen_retries"] = tried
             out[3]["thickness_scale"] = base * factor
-            out[3]["local_floors"] = local
+        out[3]["local_floors"] = local
         return out
-    raise surface.TetGenFailed(tried[0]["error"], [t["thickness_scale"] / base for t in tried])
+    factors = list(dict.fromkeys(t["factor"] for t in tried))  # (the same factor without lower minimums once)
+    raise surface.TetGenFailed(tried[0]["error"], factors)
 
 
+@hugepage_advice_off
 def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str = "auto",
                    element_size_mm: float | None = None, lesion=None, lesion_tag: int = 3, progress: bool = True,
                    cache: bool = True, return_info: bool = False, surface_options: dict | None = None,
