@@ -91,7 +91,7 @@ SURFACE_MESHER_VERSION = "surf-6.25"  # 6.1: the head's box of a wide field of v
 # piece of 1 mL or more of a tissue inside a layer is no speck there either, and the folds' CSF does not
 # join pieces of the CSF's layer the labels keep apart (sub_tissues; heads without either, Colin27 among
 # them: the same meshes as 6.23); 6.25: on labels finer than the bone's minimum thickness less 0.5 mm
-# allows (0.5-0.9 mm voxels at the default size), the bone and the CSF keep their thickness where
+# (0.5-0.8 mm voxels at the default size, not 0.9), the bone and the CSF keep their thickness where
 # the labels make them thinner than their minimum (_local_floors; labels of 1 mm voxels, Colin27 among
 # them: the same meshes as 6.24)
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
@@ -615,9 +615,9 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     the labels (:func:`downsample_layers`); else this grid's voxel counts.  ``bone_voxels`` (bool, the
     grid of ``tags``): voxels that hold bone on the finer grid, where the coarse copy may have lost a
     thin sheet; they count as bone for the skull-defect rule, and with ``csf_voxels`` (the same for the
-    CSF's layer) they say where a layer thinner than a voxel of ``tags`` is (:func:`_local_floors`).  ``surface_step``: the sub-grid of the
-    surfaces, on which pieces of the brain and of the white matter closer than it resolves are kept
-    apart (:func:`separation_floors`); ``pieces`` ({layer: labels} on the grid of ``tags``): those
+    CSF's layer) they say where a layer thinner than a voxel of ``tags`` is (:func:`_local_floors`).
+    ``surface_step``: the sub-grid of the surfaces, on which pieces of the brain and of the white matter
+    closer than it resolves are kept apart (:func:`separation_floors`); ``pieces`` ({layer: labels} on the grid of ``tags``): those
     pieces as the finer grid has them, where ``tags`` is a coarse copy (:func:`downsample_layers`).
     ``fluid_tags``: tags of CSF meshed inside the brain's layers, which count as CSF for the CSF
     sheet :func:`_open_layer_gaps` re-tags (the calibration allows for it, as for a skull defect).
@@ -1892,7 +1892,8 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
     phis, phi_air, bone, far_from_csf, far_from_grey = nested_fields(
         tags, cavity, zooms, min_thickness_mm=min_thickness_mm, sigma_vox=sigma_vox, pad=pad,
         thickness_scale=thickness_scale, calibrate_step=int(surface_step or 2) if calibrate else None,
-        layer_volume_mm3=layer_volume_mm3, bone_voxels=bone_voxels, csf_voxels=csf_voxels, surface_step=int(surface_step or 2),
+        layer_volume_mm3=layer_volume_mm3, bone_voxels=bone_voxels, csf_voxels=csf_voxels,
+        surface_step=int(surface_step or 2),
         pieces=pieces, local_calibration_mm=float(local_calibration_mm), fluid_tags=tuple(sub_tissue_roaming or ()),
         thin_layer_scale=thin_layer_scale, thin_layer_voxel_mm=thin_layer_voxel_mm, local_floors=local_floors,
         report=info)
@@ -2560,8 +2561,9 @@ def downsample_layers(tags: np.ndarray, factors, lesion: np.ndarray | None = Non
     lesion mask, when given, where at least half the block is lesion.  ``bone_voxels``: the blocks
     with any bone voxel (a bone sheet thinner than half a block loses the vote, and the skull-defect
     rule of :func:`nested_fields` must still see it), ``csf_voxels`` those with any CSF-layer voxel
-    (with ``bone_voxels``, where a layer thinner than a block is, for :func:`_local_floors`).  ``pieces``: see :class:`CoarseLayers`; pieces
-    of fewer than ``min_piece_voxels`` voxels are left out."""
+    (with ``bone_voxels``, where a layer thinner than a block is, for :func:`_local_floors`).
+    ``pieces``: see :class:`CoarseLayers`; pieces of fewer than ``min_piece_voxels`` voxels are left
+    out."""
     f = np.asarray(factors, int)
     nc = -(-np.asarray(tags.shape) // f)
     lut = layer_lut(max(256, int(tags.max()) + 1)).astype(np.int8)
