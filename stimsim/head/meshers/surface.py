@@ -617,8 +617,9 @@ def nested_fields(tags: np.ndarray, cavity: np.ndarray, zooms, *, min_thickness_
     thin sheet; they count as bone for the skull-defect rule, and with ``csf_voxels`` (the same for the
     CSF's layer) they say where a layer thinner than a voxel of ``tags`` is (:func:`_local_floors`).
     ``surface_step``: the sub-grid of the surfaces, on which pieces of the brain and of the white matter
-    closer than it resolves are kept apart (:func:`separation_floors`); ``pieces`` ({layer: labels} on the grid of ``tags``): those
-    pieces as the finer grid has them, where ``tags`` is a coarse copy (:func:`downsample_layers`).
+    closer than it resolves are kept apart (:func:`separation_floors`); ``pieces`` ({layer: labels} on
+    the grid of ``tags``): those pieces as the finer grid has them, where ``tags`` is a coarse copy
+    (:func:`downsample_layers`).
     ``fluid_tags``: tags of CSF meshed inside the brain's layers, which count as CSF for the CSF
     sheet :func:`_open_layer_gaps` re-tags (the calibration allows for it, as for a skull defect).
     ``thin_layer_scale``: the scale of the minimum thicknesses below which :func:`_thin_layer_floors`
