@@ -225,7 +225,6 @@ def _connected(new, f, vol, target, tags, column, sel, out, neighbors, part_of, 
     apart; the stand-in grown next to two of them is cut between them (:func:`_split_by_group`), after
     the growth and again at the end (grown from both, the folds' CSF joined a 0.5 mm head's
     ventricles, 2.5 mm from any other CSF in the labels, to the CSF around the brain)."""
-    import scipy.sparse as sp
     from scipy.sparse.csgraph import connected_components
 
     new = new.copy()
