@@ -8,7 +8,8 @@ place by place, of the mesh's tags on the label grid against the labels:
 (AMG-CG iterations and seconds to rtol 1e-10, tDCS between 5 x 5 cm pads at Colin27's C3 and Fp2 carried
 into the variant's grid, as bench_head_mesh.py), and what the mesher had to do (TetGen retries, the
 unrelaxed fallback, crossing marching-cubes points pushed apart, white-matter pieces joined); and for
-the head with a thin temporal bone, the skull's thickness over that region (surf-6.25).
+the head with a thin temporal bone, the skull's thickness over that region (surf-6.25).  A large head
+(Colin27 x 1.25, with its 1 mm voxels resampled to 0.6 mm: 64 million) is meshed on 1.2 mm blocks (surf-6.26).
 These variants found surf-6.15 (a head at 70 and 80 % went unrelaxed) and surf-6.16 (white matter
 given to the grey matter below 80 %): docs/meshing.md.
 
@@ -53,7 +54,12 @@ VARIANTS = {
     # 0.5 mm voxels with the right temporal bone one voxel thick (THIN_BONE: a squama on fine labels;
     # the skull's thickness there is printed below the table: surf-6.25)
     "thin temporal bone at 0.5 mm": ((1.0,) * 3, 2),
+    # a large head on 0.6 mm voxels (Colin27 x 1.25: 64 million voxels), which the fields no longer take
+    # at the labels' resolution (surf-6.26: 101 s and 3.8 GB before)
+    "1.25 x head at 0.6 mm": ((1.25 / 0.6,) * 3, 1),
 }
+#: variants whose voxels are not 1 mm / split (mm)
+VOXEL_MM = {"1.25 x head at 0.6 mm": 0.6}
 #: the thinned region (Colin27's world mm): x, y and z ranges over which bone voxels more than one
 #: 0.5 mm voxel from the CSF and brain become scalp
 THIN_BONE = ((45.0, np.inf), (-40.0, 20.0), (-15.0, 25.0))
@@ -102,7 +108,7 @@ def variant(name: str):
         region = thin_region(split)
         far = ndi.distance_transform_edt(~np.isin(tags, (1, 2, 3)), sampling=1.0 / split) > 1.0 / split
         tags[region & far & (tags == 4)] = 5
-    return np.ascontiguousarray(tags), np.diag([1.0 / split] * 3 + [1.0]), lesion
+    return np.ascontiguousarray(tags), np.diag([VOXEL_MM.get(name, 1.0 / split)] * 3 + [1.0]), lesion
 
 
 def thin_region(split: int) -> np.ndarray:
@@ -128,10 +134,10 @@ def electrode_positions(name: str) -> dict:
     pos = head_positions("colin27")
     if name.startswith("craniectomy") or name == "tumour":  # Colin27's own grid and frame
         return {k: tuple(float(x) for x in pos[k]) for k in ("C3", "Fp2")}
-    zoom, _ = VARIANTS[name]
+    zoom, split = VARIANTS[name]
+    mm = np.asarray(zoom) * VOXEL_MM.get(name, 1.0 / split) * split  # per voxel of Colin27's grid
     to_vox = np.linalg.inv(nib.load(str(LABELS)).affine)
-    return {k: tuple((to_vox[:3, :3] @ np.asarray(pos[k], float) + to_vox[:3, 3]) * np.asarray(zoom))
-            for k in ("C3", "Fp2")}
+    return {k: tuple((to_vox[:3, :3] @ np.asarray(pos[k], float) + to_vox[:3, 3]) * mm) for k in ("C3", "Fp2")}
 
 
 def run_one(name: str) -> dict:

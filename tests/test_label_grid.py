@@ -25,6 +25,22 @@ def test_factors_keep_a_quarter_of_the_surface_sampling():
     assert label_grid_factors(16, (0.25, 0.25, 0.25)).tolist() == [4, 4, 4]
 
 
+def test_a_large_head_of_fine_voxels_is_coarsened_within_a_third_of_the_sampling():
+    from stimsim.head.meshers.surface import MAX_FIELD_VOXELS
+
+    # 0.55 mm voxels, surfaces every 7 (3.85 mm): a head box of 40 million voxels -> 1.1 mm blocks
+    assert MAX_FIELD_VOXELS < 40_000_000
+    assert label_grid_factors(7, (0.55,) * 3, 40_000_000).tolist() == [2, 2, 2]
+    # ... a head of fewer voxels keeps its grid
+    assert label_grid_factors(7, (0.55,) * 3, MAX_FIELD_VOXELS).tolist() == [1, 1, 1]
+    # blocks never wider than a third of the sampling: 0.75 mm voxels sampled every 5 (3.75 mm) are
+    # kept however large the head, 0.5 mm ones go no further than 2 x 2 x 2
+    assert label_grid_factors(5, (0.75,) * 3, 10**9).tolist() == [1, 1, 1]
+    assert label_grid_factors(8, (0.5,) * 3, 10**9).tolist() == [2, 2, 2]
+    # thick axes are not coarsened with the fine ones
+    assert label_grid_factors(7, (0.6, 0.6, 1.2), 60_000_000).tolist() == [2, 2, 1]
+
+
 def test_blocks_vote_per_nested_layer():
     tags = np.zeros((4, 2, 2), np.int16)
     # block 0 (x 0-1): 4 bone + 4 CSF voxels: layer >= 3 has half the block -> CSF
@@ -110,6 +126,31 @@ def test_half_millimetre_labels_at_the_default_size_are_meshed_on_a_millimetre_c
     mesh, info = make_head_mesh(vol, affine, "simnibs", method="surface", progress=False, cache=False,
                                 return_info=True)
     assert info.mesher["label_grid_factors"] == [2, 2, 2]
+    v = np.bincount(mesh.tet_tags, weights=mesh.volumes_mm3, minlength=6)
+    for tag in acc.TAGS:
+        assert abs(v[tag] / analytic[tag] - 1) < 0.01, (tag, v[tag] / analytic[tag] - 1)
+    conn = tissue_connectivity(mesh)
+    assert all(conn[t]["pieces"] == 1 for t in acc.TAGS), conn
+    for inner_tag, tag, outer_tag in ((3, 4, 5), (2, 3, 4)):
+        t = thickness_percentiles(mesh, vol, affine, tag, inner_tag, outer_tag)
+        for g, b in zip(t["mesh_on_grid"], t["labels"]):
+            assert abs(g - b) <= 0.5, (tag, t)
+
+
+def test_a_head_of_more_fine_voxels_than_the_fields_take_is_meshed_on_a_coarser_copy(monkeypatch):
+    """0.6 mm labels of a head larger than ``MAX_FIELD_VOXELS`` (lowered here to the ellipsoids' size;
+    a 0.6 mm head 1.25 x Colin27 took 101 s and 3.8 GB on its own grid): meshed on 1.2 mm blocks with
+    surfaces every 3 of them (3.6 mm, the nearest to the 4 mm asked for), every tissue within 1 % of
+    its analytic volume, the skull's and the CSF's thickness within 0.5 mm of the voxel model's."""
+    from stimsim.head.meshers import make_head_mesh, surface, tissue_connectivity
+    from stimsim.head.meshers.thickness import thickness_percentiles
+
+    (vol, affine, analytic), acc = _ellipsoids(0.6)
+    monkeypatch.setattr(surface, "MAX_FIELD_VOXELS", vol.size // 16)
+    mesh, info = make_head_mesh(vol, affine, "simnibs", method="surface", progress=False, cache=False,
+                                return_info=True)
+    assert info.mesher["label_grid_factors"] == [2, 2, 2]
+    assert info.mesher["surface_size_mm"] == pytest.approx(3.6)
     v = np.bincount(mesh.tet_tags, weights=mesh.volumes_mm3, minlength=6)
     for tag in acc.TAGS:
         assert abs(v[tag] / analytic[tag] - 1) < 0.01, (tag, v[tag] / analytic[tag] - 1)

@@ -1155,6 +1155,12 @@ def _head_box(tags: np.ndarray, zooms, align) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
+def _head_box_voxels(tags: np.ndarray, zooms) -> int:
+    """Voxels in :func:`_head_box` (the whole volume where it is None)."""
+    box = _head_box(tags, zooms, (1, 1, 1))
+    return int(np.prod([b.stop - b.start for b in box])) if box is not None else int(tags.size)
+
+
 _FACE_NAMES = {(0, 1): "right", (0, -1): "left", (1, 1): "anterior", (1, -1): "posterior", (2, 1): "superior",
                (2, -1): "inferior"}
 
@@ -1529,8 +1535,20 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             voxel_mm3 = float(np.prod(zooms))
             logger.info("voxels of %s mm split %s times: surfaces sampled alike along every axis",
                         " x ".join(f"{z * u:.3g}" for z, u in zip(zooms, up)), "x".join(map(str, up)))
-        factors = label_grid_factors(opts["surface_step"], zooms)
+        factors = label_grid_factors(opts["surface_step"], zooms, _head_box_voxels(tags, zooms))
         spacing_mm = opts["surface_step"] * float(np.min(zooms))  # the surfaces' sampling, kept on a coarse copy
+        if (factors > 1).any() and "surface_step" not in (surface_options or {}):
+            # the sampling asked for, on the copy's voxels (0.6 mm labels sample every 7 voxels,
+            # 4.2 mm; on 1.2 mm blocks every 3, 3.6 mm, rather than 4.8), and the minimum thicknesses
+            # of that sampling (they keep its surfaces from crossing)
+            coarse_zooms = zooms * factors
+            spacing_mm = 0.5 * h if surface_size_mm is None else float(surface_size_mm)
+            fit = surface_defaults(h, coarse_zooms, spacing_mm)
+            spacing_mm = fit["surface_step"] * float(np.min(coarse_zooms))
+            for key in ("thickness_scale", "min_thickness_mm"):
+                if key not in (surface_options or {}) and not (key == "min_thickness_mm"
+                                                               and "thickness_scale" in (surface_options or {})):
+                    opts[key] = fit[key]
         coarse_step = max(1, int(round(spacing_mm / float(np.min(zooms * factors)))))
         extra = f"surface|{SURFACE_MESHER_VERSION}|{sorted(opts.items())}|sulcal{sulcal_r:.6g}"
         if (factors > 1).any():

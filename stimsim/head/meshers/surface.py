@@ -34,7 +34,7 @@ from .topology import (ISLAND_KEPT_MM3, distance_to_background, distance_to_othe
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
-SURFACE_MESHER_VERSION = "surf-6.25"  # 6.1: the head's box of a wide field of view, the untangling retry;
+SURFACE_MESHER_VERSION = "surf-6.26"  # 6.1: the head's box of a wide field of view, the untangling retry;
 # 6.2: pieces of the brain or white matter closer than the sub-grid kept apart; 6.3: surfaces faired
 # within a band of their level sets (the voxels' staircase); 6.4: the volume calibration held local;
 # 6.5: short surface edges merged (edge_merge.py); 6.6: a layer the labels do not have shares the next
@@ -93,7 +93,10 @@ SURFACE_MESHER_VERSION = "surf-6.25"  # 6.1: the head's box of a wide field of v
 # them: the same meshes as 6.23); 6.25: on labels finer than the bone's minimum thickness less 0.5 mm
 # (0.5-0.8 mm voxels at the default size, not 0.9), the bone and the CSF keep their thickness where
 # the labels make them thinner than their minimum (_local_floors; labels of 1 mm voxels, Colin27 among
-# them: the same meshes as 6.24)
+# them: the same meshes as 6.24); 6.26: a head box of more than MAX_FIELD_VOXELS fine voxels is meshed
+# on a coarser copy (label_grid_factors: 0.55-0.66 mm voxels in 2 x 2 x 2 blocks at the default size)
+# with surfaces sampled as near the size asked for as those blocks allow (heads of fewer voxels, and
+# 0.5 mm ones: the same meshes as 6.25)
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
 #: (3 mm at the default 4 mm surfaces), in these layers (scalp's, bone's, CSF's; :func:`_interface_points`).
 #: A 56 mm sphere whose skull is compact | spongy | compact bone 2 | 4 | 2 mm: the brain's E 22 % off
@@ -2496,17 +2499,34 @@ def _perturb_slivers(nodes, tets, ttags, nb, max_move_mm, progress_cb):
     return nodes, info
 
 
-def label_grid_factors(surface_step: int, zooms) -> np.ndarray:
+#: the most voxels of the head's box the fields are built on at the labels' own resolution when a
+#: coarser copy may serve (time and memory grow with them: 0.55-0.6 mm heads of 43-64 million voxels
+#: took 101-115 s and 2.6-3.8 GB on the labels' grid; docs/meshing.md, surf-6.26)
+MAX_FIELD_VOXELS = 32_000_000
+
+#: a coarse copy's voxels are at most this share of the surfaces' sampling (a sub-grid cell at least
+#: three of them wide), however large the head
+COARSEST_OF_CELL = 1.0 / 3.0
+
+
+def label_grid_factors(surface_step: int, zooms, head_voxels: int = 0) -> np.ndarray:
     """Per-axis block sizes by which the labels are coarsened before meshing (1: the voxel grid).
 
     The surfaces are sampled on every ``surface_step``-th grid point, so a grid more than 4x finer
     than that sampling carries detail no surface keeps, and costs time and memory with the cube of
     the factor (Colin27 split into 0.5 mm voxels: 79 s and 3.0 GB).  The fields are therefore built
     on a grid with at least a quarter of the sampling step per axis: 1 mm voxels at the default
-    8 mm elements are kept as they are (step 4), 0.5 mm voxels are coarsened in 2 x 2 x 2 blocks."""
+    8 mm elements are kept as they are (step 4), 0.5 mm voxels are coarsened in 2 x 2 x 2 blocks.
+    A head box of more than :data:`MAX_FIELD_VOXELS` (``head_voxels``) is coarsened further, by
+    whole factors, with blocks no wider than :data:`COARSEST_OF_CELL` of the sampling: 0.55-0.66 mm
+    voxels in 2 x 2 x 2 blocks at the default size, where the head has that many of them."""
     zooms = np.asarray(zooms, float)
     cell_mm = int(surface_step) * float(np.min(zooms))
-    return np.maximum(1, np.floor(cell_mm / 4.0 / zooms + 1e-6)).astype(int)
+    factors = np.maximum(1, np.floor(cell_mm / 4.0 / zooms + 1e-6)).astype(int)
+    most = np.maximum(factors, np.floor(cell_mm * COARSEST_OF_CELL / zooms + 1e-6).astype(int))
+    while head_voxels > MAX_FIELD_VOXELS * np.prod(factors) and (factors < most).any():
+        factors = np.minimum(factors + 1, most)
+    return factors
 
 
 def _block_reduce(values: np.ndarray, f, start, combine) -> np.ndarray:
