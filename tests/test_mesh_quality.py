@@ -102,10 +102,14 @@ def test_intersecting_triangles(kernels, monkeypatch):
                   [1, 1, -1], [1, 1, 1], [3, 3, 1],          # 1: pierces triangle 0 (edge 3-4 through it)
                   [-0.5, -0.5, 0.5], [-2, 0, 1], [-2, 1, 1],  # 2: close by, apart
                   [10, 10, 0], [12, 10, 0], [10, 12, 0],     # 3: far away
-                  [4, 0, 0], [5, 0, 3], [5, 1, -3.0]], float)  # 4: shares vertex 1 (index) with 0
-    f = np.array([[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11], [1, 13, 14]])
-    np.testing.assert_array_equal(intersecting_triangles(v, f), [0, 1])
-    cand = np.array([False, False, False, True, True])
+                  [4, 0, 0], [5, 0, 3], [5, 1, -3.0],        # 4: shares vertex 1 (index) with 0
+                  [1, 2, 0], [1, 2, 2], [2, 2, 2],           # 5: a corner on 0, the rest above it (touches)
+                  [3, 0.5, 1e-6], [3.2, 0.5, 2], [3, 0.7, 2],  # 6: a corner 1e-6 mm above 0 (apart)
+                  ], float)
+    f = np.array([[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11], [1, 13, 14], [15, 16, 17], [18, 19, 20]])
+    # (the plane-side test lets a corner on the other's plane through to the edge tests)
+    np.testing.assert_array_equal(intersecting_triangles(v, f), [0, 1, 5])
+    cand = np.array([False, False, False, True, True, False, True])
     assert len(intersecting_triangles(v, f, cand)) == 0  # only pairs with a candidate are tested
     # a random soup: both implementations agree
     rng = np.random.default_rng(3)

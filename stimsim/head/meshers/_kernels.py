@@ -7,7 +7,7 @@ surface relaxation samples the level-set fields ~2,000 times).
 :func:`intersecting`: which triangles of a surface soup cross another one they share no vertex with.
 Triangles are binned by centroid on a grid of cells of the largest bounding-sphere radius, so every
 pair whose bounding spheres overlap lies within two cells; each pair is tested there (spheres,
-shared vertices, the 6 edge-through-triangle tests) without the millions of temporary rows the numpy
+shared vertices, a plane-side test each way, the 6 edge-through-triangle tests) without the millions of temporary rows the numpy
 version built (Colin27: 10 M candidate pairs, 9.7 -> ~0.3 s).  A pair of two candidates is tested once
 (the largest call on Colin27, 114k candidates among 137k triangles: 0.33 -> 0.20 s).
 
@@ -52,6 +52,27 @@ def _crosses(v, p, q, a, b, c):  # pragma: no cover - compiled
     return 0.0 <= t <= 1.0
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _one_side(v, f, i, j):  # pragma: no cover - compiled
+    """Do triangle i's corners lie more than 1e-9 mm on one side of triangle j's plane (and so no edge of
+    either crosses the other)?"""
+    a = f[j, 0]
+    ux, uy, uz = v[f[j, 1], 0] - v[a, 0], v[f[j, 1], 1] - v[a, 1], v[f[j, 1], 2] - v[a, 2]
+    wx, wy, wz = v[f[j, 2], 0] - v[a, 0], v[f[j, 2], 1] - v[a, 1], v[f[j, 2], 2] - v[a, 2]
+    nx, ny, nz = uy * wz - uz * wy, uz * wx - ux * wz, ux * wy - uy * wx
+    tol = 1e-9 * np.sqrt(nx * nx + ny * ny + nz * nz)
+    above = 0
+    below = 0
+    for s in range(3):
+        q = f[i, s]
+        d = (v[q, 0] - v[a, 0]) * nx + (v[q, 1] - v[a, 1]) * ny + (v[q, 2] - v[a, 2]) * nz
+        if d > tol:
+            above += 1
+        elif d < -tol:
+            below += 1
+    return above == 3 or below == 3
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def crossing_flags(v, f, cen, r, candidates, is_candidate, cell_start, cell_items, dims, lo, size):  # pragma: no cover
     """hit[t] = triangle t crosses a triangle it shares no vertex with (pairs with a candidate); a pair
@@ -91,6 +112,11 @@ def crossing_flags(v, f, cen, r, candidates, is_candidate, cell_start, cell_item
                                 if f[i, s] == f[j, u]:
                                     shared = True
                         if shared:
+                            continue
+                        # the corners of one strictly on one side of the other's plane: no edge of either
+                        # crosses the other (a third of the pairs the spheres let through on Colin27:
+                        # 0.37 -> 0.24 s, the same flags)
+                        if _one_side(v, f, j, i) or _one_side(v, f, i, j):
                             continue
                         crossed = False
                         for s in range(3):
