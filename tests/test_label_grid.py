@@ -28,13 +28,15 @@ def test_factors_keep_a_quarter_of_the_surface_sampling():
 def test_a_large_head_of_fine_voxels_is_coarsened_within_a_third_of_the_sampling():
     from stimsim.head.meshers.surface import MAX_FIELD_VOXELS
 
-    # 0.55 mm voxels, surfaces every 7 (3.85 mm): a head box of 40 million voxels -> 1.1 mm blocks
-    assert MAX_FIELD_VOXELS < 40_000_000
-    assert label_grid_factors(7, (0.55,) * 3, 40_000_000).tolist() == [2, 2, 2]
+    # 0.55 mm voxels, surfaces every 7 (3.85 mm): a head box of 50 million voxels -> 1.1 mm blocks
+    assert MAX_FIELD_VOXELS < 50_000_000
+    assert label_grid_factors(7, (0.55,) * 3, 50_000_000).tolist() == [2, 2, 2]
     # ... a head of fewer voxels keeps its grid
     assert label_grid_factors(7, (0.55,) * 3, MAX_FIELD_VOXELS).tolist() == [1, 1, 1]
-    # blocks never wider than a third of the sampling: 0.75 mm voxels sampled every 5 (3.75 mm) are
-    # kept however large the head, 0.5 mm ones go no further than 2 x 2 x 2
+    # blocks no wider than a third of the sampling: 0.7 mm voxels sampled every 6 (4.2 mm) go into
+    # 1.4 mm blocks, 0.75 mm ones sampled every 5 (3.75 mm) are kept however large the head, 0.5 mm ones
+    # go no further than 2 x 2 x 2
+    assert label_grid_factors(6, (0.7,) * 3, 10**9).tolist() == [2, 2, 2]
     assert label_grid_factors(5, (0.75,) * 3, 10**9).tolist() == [1, 1, 1]
     assert label_grid_factors(8, (0.5,) * 3, 10**9).tolist() == [2, 2, 2]
     # thick axes are not coarsened with the fine ones
@@ -160,6 +162,54 @@ def test_a_head_of_more_fine_voxels_than_the_fields_take_is_meshed_on_a_coarser_
         t = thickness_percentiles(mesh, vol, affine, tag, inner_tag, outer_tag)
         for g, b in zip(t["mesh_on_grid"], t["labels"]):
             assert abs(g - b) <= 0.5, (tag, t)
+
+
+def test_the_voxel_budget_reads_the_head_not_the_volume_around_it():
+    """The same head cropped tight or padded wide: the same count (its box with the fields' margin)."""
+    from stimsim.head.meshers.core import _head_box_voxels
+
+    (vol, _, _), _ = _ellipsoids(1.0)
+    inner = vol[tuple(slice(int(np.flatnonzero(vol.any(axis=tuple(j for j in range(3) if j != ax)))[0]),
+                            int(np.flatnonzero(vol.any(axis=tuple(j for j in range(3) if j != ax)))[-1]) + 1)
+                      for ax in range(3))]
+    padded = np.pad(inner, 40)
+    assert _head_box_voxels(inner, (1.0,) * 3) == _head_box_voxels(padded, (1.0,) * 3) > inner.size
+
+
+def _coarse_mesh(monkeypatch, **kw):
+    from stimsim.head.meshers import make_head_mesh, surface
+
+    (vol, affine, analytic), acc = _ellipsoids(0.6)
+    monkeypatch.setattr(surface, "MAX_FIELD_VOXELS", vol.size // 16)
+    return make_head_mesh(vol, affine, "simnibs", method="surface", progress=False, cache=False,
+                          return_info=True, **kw)
+
+
+def test_a_surface_step_the_caller_sets_keeps_the_labels_grid(monkeypatch):
+    """``surface_options={"surface_step": 7}`` on 0.6 mm voxels: surfaces every 4.2 mm on the labels' own
+    grid, however many voxels the head has (on 1.2 mm blocks it came out every 4.8 mm)."""
+    mesh, info = _coarse_mesh(monkeypatch, surface_options={"surface_step": 7})
+    assert "label_grid_factors" not in info.mesher
+    assert info.mesher["surface_size_mm"] == pytest.approx(4.2)
+
+
+def test_a_lesion_the_copy_loses_is_meshed_on_the_labels_grid_with_its_thicknesses(monkeypatch):
+    """A lesion no 2 x 2 x 2 block holds by half (a sheet one voxel thick) keeps the labels' grid, with
+    the minimum thicknesses of that grid's sampling (2.1 mm of scalp for 4.2 mm surfaces; the copy's
+    1.8 mm for 3.6 mm were used)."""
+    (vol, _, _), _ = _ellipsoids(0.6)
+    lesion = np.zeros(vol.shape, bool)
+    c = np.array(vol.shape) // 2
+    i, j, k = np.indices(vol.shape) - c[:, None, None, None]
+    # an oblique sheet (x - y - z = 0): at most 3 of a block's 8 voxels
+    lesion[(i - j - k == 0) & (np.abs(j) < 8) & (np.abs(k) < 8)] = True  # in the white matter
+    assert (vol[lesion] == 1).all()
+    mesh, info = _coarse_mesh(monkeypatch, lesion=lesion, lesion_tag=11)
+    assert "label_grid_factors" not in info.mesher
+    assert info.mesher["surface_size_mm"] == pytest.approx(4.2)
+    # (the scalp's 1 mm and the grey matter's 0.75 mm per 2 mm of sampling)
+    assert info.mesher["layer_min_thickness_mm"][1] == pytest.approx(4.2 / 2)
+    assert info.mesher["layer_min_thickness_mm"][4] == pytest.approx(0.75 * 4.2 / 2)
 
 
 def test_a_bone_sheet_one_fine_voxel_thick_is_not_opened_on_the_coarse_grid():

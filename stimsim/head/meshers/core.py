@@ -1156,9 +1156,19 @@ def _head_box(tags: np.ndarray, zooms, align) -> tuple[slice, ...] | None:
 
 
 def _head_box_voxels(tags: np.ndarray, zooms) -> int:
-    """Voxels in :func:`_head_box` (the whole volume where it is None)."""
-    box = _head_box(tags, zooms, (1, 1, 1))
-    return int(np.prod([b.stop - b.start for b in box])) if box is not None else int(tags.size)
+    """Voxels in the head's box with :func:`_head_box`'s margin on every side, however little of it the
+    volume holds (the grid the fields of a scan padded as usual are built on: the same head cropped
+    tight or padded wide is meshed alike)."""
+    from .surface import SDF_BAND_MM
+
+    zooms = np.asarray(zooms, float)
+    margin = np.ceil(SDF_BAND_MM / zooms).astype(int) + 8
+    head = tags > 0
+    n = 1
+    for ax in range(3):
+        hit = np.flatnonzero(head.any(axis=tuple(j for j in range(3) if j != ax)))
+        n *= (int(hit[-1]) - int(hit[0]) + 1 if len(hit) else 0) + 2 * int(margin[ax])
+    return int(n)
 
 
 _FACE_NAMES = {(0, 1): "right", (0, -1): "left", (1, 1): "anterior", (1, -1): "posterior", (2, 1): "superior",
@@ -1535,22 +1545,22 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             voxel_mm3 = float(np.prod(zooms))
             logger.info("voxels of %s mm split %s times: surfaces sampled alike along every axis",
                         " x ".join(f"{z * u:.3g}" for z, u in zip(zooms, up)), "x".join(map(str, up)))
-        factors = label_grid_factors(opts["surface_step"], zooms, _head_box_voxels(tags, zooms))
+        own_step = "surface_step" in (surface_options or {})
+        # (a surface step the caller sets counts voxels of the labels' grid: no copy beyond what it allows)
+        factors = label_grid_factors(opts["surface_step"], zooms, 0 if own_step else _head_box_voxels(tags, zooms))
         spacing_mm = opts["surface_step"] * float(np.min(zooms))  # the surfaces' sampling, kept on a coarse copy
-        if (factors > 1).any() and "surface_step" not in (surface_options or {}):
-            # the sampling asked for, on the copy's voxels (0.6 mm labels sample every 7 voxels,
-            # 4.2 mm; on 1.2 mm blocks every 3, 3.6 mm, rather than 4.8), and the minimum thicknesses
-            # of that sampling (they keep its surfaces from crossing)
-            coarse_zooms = zooms * factors
-            spacing_mm = 0.5 * h if surface_size_mm is None else float(surface_size_mm)
-            fit = surface_defaults(h, coarse_zooms, spacing_mm)
-            spacing_mm = fit["surface_step"] * float(np.min(coarse_zooms))
-            for key in ("thickness_scale", "min_thickness_mm"):
-                if key not in (surface_options or {}) and not (key == "min_thickness_mm"
-                                                               and "thickness_scale" in (surface_options or {})):
-                    opts[key] = fit[key]
-        coarse_step = max(1, int(round(spacing_mm / float(np.min(zooms * factors)))))
-        extra = f"surface|{SURFACE_MESHER_VERSION}|{sorted(opts.items())}|sulcal{sulcal_r:.6g}"
+        # on a copy, every whole number of blocks no wider than that sampling (0.6 mm labels sample every
+        # 7 voxels, 4.2 mm: on 1.2 mm blocks every 3, 3.6 mm, not 4.8 mm)
+        coarse_step = max(1, int(np.floor(spacing_mm / float(np.min(zooms * factors)) + 1e-6)))
+        coarse_opts = {}
+        if (factors > 1).any():
+            # ... with the minimum thicknesses of that sampling (they keep its surfaces from crossing)
+            fit = surface_defaults(h, zooms * factors, coarse_step * float(np.min(zooms * factors)))
+            coarse_opts = {key: fit[key] for key in ("thickness_scale", "min_thickness_mm")
+                           if key not in (surface_options or {})
+                           and not (key == "min_thickness_mm" and "thickness_scale" in (surface_options or {}))}
+            coarse_opts["surface_step"] = coarse_step
+        extra = f"surface|{SURFACE_MESHER_VERSION}|{sorted(opts.items())}|{sorted(coarse_opts.items())}|sulcal{sulcal_r:.6g}"
         if (factors > 1).any():
             extra += f"|grid{factors.tolist()}"
     else:
@@ -1611,7 +1621,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         layer_mm3 = layer_voxels * voxel_mm3
         del base
         if clmask is None or clmask.any():  # a lesion smaller than half a block keeps the voxel grid
-            opts = {**opts, "surface_step": coarse_step, "layer_volume_mm3": layer_mm3, "bone_voxels": bone_voxels,
+            opts = {**opts, **coarse_opts, "layer_volume_mm3": layer_mm3, "bone_voxels": bone_voxels,
                     "csf_voxels": csf_voxels, "pieces": pieces, "sub_tissue_labels": sub_labels}
             if lmask is not None:  # tetrahedra are lesion by the mask as drawn (coarse: +8 % on a 6 mm ball)
                 opts["lesion_voxels"] = (lmask, zooms, (factors - 1) / 2.0 * zooms)

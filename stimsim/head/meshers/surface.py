@@ -94,9 +94,9 @@ SURFACE_MESHER_VERSION = "surf-6.26"  # 6.1: the head's box of a wide field of v
 # (0.5-0.8 mm voxels at the default size, not 0.9), the bone and the CSF keep their thickness where
 # the labels make them thinner than their minimum (_local_floors; labels of 1 mm voxels, Colin27 among
 # them: the same meshes as 6.24); 6.26: a head box of more than MAX_FIELD_VOXELS fine voxels is meshed
-# on a coarser copy (label_grid_factors: 0.55-0.66 mm voxels in 2 x 2 x 2 blocks at the default size)
-# with surfaces sampled as near the size asked for as those blocks allow (heads of fewer voxels, and
-# 0.5 mm ones: the same meshes as 6.25)
+# on a coarser copy (label_grid_factors: 0.54-0.7 mm voxels in 2 x 2 x 2 blocks at the default size)
+# with surfaces sampled every whole number of blocks that fits in the labels' own sampling (heads of
+# fewer voxels, and 0.5 mm ones: the same meshes as 6.25)
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
 #: (3 mm at the default 4 mm surfaces), in these layers (scalp's, bone's, CSF's; :func:`_interface_points`).
 #: A 56 mm sphere whose skull is compact | spongy | compact bone 2 | 4 | 2 mm: the brain's E 22 % off
@@ -2499,10 +2499,10 @@ def _perturb_slivers(nodes, tets, ttags, nb, max_move_mm, progress_cb):
     return nodes, info
 
 
-#: the most voxels of the head's box the fields are built on at the labels' own resolution when a
-#: coarser copy may serve (time and memory grow with them: 0.55-0.6 mm heads of 43-64 million voxels
-#: took 101-115 s and 2.6-3.8 GB on the labels' grid; docs/meshing.md, surf-6.26)
-MAX_FIELD_VOXELS = 32_000_000
+#: the most voxels of the head's box (with the fields' margin on every side) the fields are built on at
+#: the labels' own resolution when a coarser copy may serve (time and memory grow with them, ~60 MiB per
+#: million: 0.55-0.6 mm heads of 43-64 million took 101-115 s and 2.6-3.8 GB; docs/meshing.md, surf-6.26)
+MAX_FIELD_VOXELS = 48_000_000
 
 #: a coarse copy's voxels are at most this share of the surfaces' sampling (a sub-grid cell at least
 #: three of them wide), however large the head
@@ -2518,7 +2518,7 @@ def label_grid_factors(surface_step: int, zooms, head_voxels: int = 0) -> np.nda
     on a grid with at least a quarter of the sampling step per axis: 1 mm voxels at the default
     8 mm elements are kept as they are (step 4), 0.5 mm voxels are coarsened in 2 x 2 x 2 blocks.
     A head box of more than :data:`MAX_FIELD_VOXELS` (``head_voxels``) is coarsened further, by
-    whole factors, with blocks no wider than :data:`COARSEST_OF_CELL` of the sampling: 0.55-0.66 mm
+    whole factors, with blocks at most :data:`COARSEST_OF_CELL` of the sampling wide: 0.54-0.7 mm
     voxels in 2 x 2 x 2 blocks at the default size, where the head has that many of them."""
     zooms = np.asarray(zooms, float)
     cell_mm = int(surface_step) * float(np.min(zooms))
