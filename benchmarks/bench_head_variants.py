@@ -55,7 +55,7 @@ VARIANTS = {
     # the skull's thickness there is printed below the table: surf-6.25)
     "thin temporal bone at 0.5 mm": ((1.0,) * 3, 2),
     # a large head on 0.6 mm voxels (Colin27 x 1.25: 64 million voxels), which the fields no longer take
-    # at the labels' resolution (surf-6.26: 101 s and 3.8 GB before)
+    # at the labels' resolution (surf-6.26: 80-101 s and 3.8-4.0 GB before)
     "1.25 x head at 0.6 mm": ((1.25 / 0.6,) * 3, 1),
 }
 #: variants whose voxels are not 1 mm / split (mm)

@@ -105,11 +105,16 @@ def test_intersecting_triangles(kernels, monkeypatch):
                   [4, 0, 0], [5, 0, 3], [5, 1, -3.0],        # 4: shares vertex 1 (index) with 0
                   [1, 2, 0], [1, 2, 2], [2, 2, 2],           # 5: a corner on 0, the rest above it (touches)
                   [3, 0.5, 1e-6], [3.2, 0.5, 2], [3, 0.7, 2],  # 6: a corner 1e-6 mm above 0 (apart)
+                  [2, 0.5, -1], [2.2, 0.7, 1.1], [0, 0, 0],  # 7: a needle through 0 (third corner below)
                   ], float)
-    f = np.array([[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11], [1, 13, 14], [15, 16, 17], [18, 19, 20]])
-    # (the plane-side test lets a corner on the other's plane through to the edge tests)
-    np.testing.assert_array_equal(intersecting_triangles(v, f), [0, 1, 5])
-    cand = np.array([False, False, False, True, True, False, True])
+    # (the needle's third corner on its line, as rounding puts it: its normal is noise, 3.5e-18)
+    v[23] = v[21] + 0.43999999999999995 * (v[22] - v[21])
+    f = np.array([[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11], [1, 13, 14], [15, 16, 17], [18, 19, 20],
+                  [21, 22, 23]])
+    # (the plane-side test lets a corner on the other's plane through to the edge tests, and finds no
+    # side of a needle's plane)
+    np.testing.assert_array_equal(intersecting_triangles(v, f), [0, 1, 5, 7])
+    cand = np.array([False, False, False, True, True, False, True, False])
     assert len(intersecting_triangles(v, f, cand)) == 0  # only pairs with a candidate are tested
     # a random soup: both implementations agree
     rng = np.random.default_rng(3)

@@ -1496,7 +1496,8 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
                                float(np.min(zooms)), 0.5 * h, thin_cell)
                 thin_surface_for = []
     if method == "surface":
-        from .surface import SURFACE_MESHER_VERSION, csf_min_thickness_mm, label_grid_factors, surface_defaults
+        from .surface import (SURFACE_MESHER_VERSION, budget_may_coarsen, csf_min_thickness_mm, label_grid_factors,
+                              surface_defaults)
 
         opts = {**surface_defaults(h, zooms, surface_size_mm), **(surface_options or {})}
         if "thickness_scale" in (surface_options or {}):
@@ -1545,9 +1546,10 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             voxel_mm3 = float(np.prod(zooms))
             logger.info("voxels of %s mm split %s times: surfaces sampled alike along every axis",
                         " x ".join(f"{z * u:.3g}" for z, u in zip(zooms, up)), "x".join(map(str, up)))
-        own_step = "surface_step" in (surface_options or {})
         # (a surface step the caller sets counts voxels of the labels' grid: no copy beyond what it allows)
-        factors = label_grid_factors(opts["surface_step"], zooms, 0 if own_step else _head_box_voxels(tags, zooms))
+        own_step = bool((surface_options or {}).get("surface_step"))
+        count = not own_step and budget_may_coarsen(opts["surface_step"], zooms)
+        factors = label_grid_factors(opts["surface_step"], zooms, _head_box_voxels(tags, zooms) if count else 0)
         spacing_mm = opts["surface_step"] * float(np.min(zooms))  # the surfaces' sampling, kept on a coarse copy
         # on a copy, every whole number of blocks no wider than that sampling (0.6 mm labels sample every
         # 7 voxels, 4.2 mm: on 1.2 mm blocks every 3, 3.6 mm, not 4.8 mm)
@@ -1560,7 +1562,8 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
                            if key not in (surface_options or {})
                            and not (key == "min_thickness_mm" and "thickness_scale" in (surface_options or {}))}
             coarse_opts["surface_step"] = coarse_step
-        extra = f"surface|{SURFACE_MESHER_VERSION}|{sorted(opts.items())}|{sorted(coarse_opts.items())}|sulcal{sulcal_r:.6g}"
+        extra = (f"surface|{SURFACE_MESHER_VERSION}|{sorted(opts.items())}|{sorted(coarse_opts.items())}"
+                 f"|sulcal{sulcal_r:.6g}")
         if (factors > 1).any():
             extra += f"|grid{factors.tolist()}"
     else:

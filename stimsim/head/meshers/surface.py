@@ -94,9 +94,11 @@ SURFACE_MESHER_VERSION = "surf-6.26"  # 6.1: the head's box of a wide field of v
 # (0.5-0.8 mm voxels at the default size, not 0.9), the bone and the CSF keep their thickness where
 # the labels make them thinner than their minimum (_local_floors; labels of 1 mm voxels, Colin27 among
 # them: the same meshes as 6.24); 6.26: a head box of more than MAX_FIELD_VOXELS fine voxels is meshed
-# on a coarser copy (label_grid_factors: 0.54-0.7 mm voxels in 2 x 2 x 2 blocks at the default size)
-# with surfaces sampled every whole number of blocks that fits in the labels' own sampling (heads of
-# fewer voxels, and 0.5 mm ones: the same meshes as 6.25)
+# on a coarser copy (label_grid_factors: about 0.53-0.73 mm voxels in 2 x 2 x 2 blocks at the default
+# size), every copy's surfaces sampled every whole number of blocks that fits in the labels' own
+# sampling, with that sampling's minimum thicknesses (1 and 0.5 mm voxels at the default size, and heads
+# of fewer voxels on their own grid: the same meshes as 6.25; 0.3-0.45 mm voxels, and copies at other
+# element sizes, may get another sampling or other thicknesses)
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
 #: (3 mm at the default 4 mm surfaces), in these layers (scalp's, bone's, CSF's; :func:`_interface_points`).
 #: A 56 mm sphere whose skull is compact | spongy | compact bone 2 | 4 | 2 mm: the brain's E 22 % off
@@ -2518,15 +2520,38 @@ def label_grid_factors(surface_step: int, zooms, head_voxels: int = 0) -> np.nda
     on a grid with at least a quarter of the sampling step per axis: 1 mm voxels at the default
     8 mm elements are kept as they are (step 4), 0.5 mm voxels are coarsened in 2 x 2 x 2 blocks.
     A head box of more than :data:`MAX_FIELD_VOXELS` (``head_voxels``) is coarsened further, by
-    whole factors, with blocks at most :data:`COARSEST_OF_CELL` of the sampling wide: 0.54-0.7 mm
-    voxels in 2 x 2 x 2 blocks at the default size, where the head has that many of them."""
+    whole factors, with blocks at most :data:`COARSEST_OF_CELL` of the sampling wide and none finer
+    than along the labels' finest axis: about 0.53-0.73 mm voxels in 2 x 2 x 2 blocks at the default
+    size, where the head has that many of them."""
+    factors, most = _grid_factor_range(surface_step, zooms)
+    finest = int(np.argmin(zooms))
+    while head_voxels > MAX_FIELD_VOXELS * np.prod(factors) and (factors < most).any():
+        grown = np.minimum(factors + 1, most)
+        # the surfaces are sampled every so many voxels of the copy's finest axis, along every axis:
+        # blocks finer along an axis left as it is than along the labels' finest would sample the fine
+        # axes coarser than the labels' grid does (0.6 x 0.6 x 0.8 mm in 2 x 2 x 1 blocks: every 6 mm)
+        size = np.asarray(zooms, float) * grown
+        if size.min() < size[finest] - 1e-9:
+            break
+        factors = grown
+    return factors
+
+
+def _grid_factor_range(surface_step: int, zooms) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`label_grid_factors` for any head (a quarter of the sampling) and the most its budget may
+    coarsen to (a third)."""
     zooms = np.asarray(zooms, float)
     cell_mm = int(surface_step) * float(np.min(zooms))
     factors = np.maximum(1, np.floor(cell_mm / 4.0 / zooms + 1e-6)).astype(int)
     most = np.maximum(factors, np.floor(cell_mm * COARSEST_OF_CELL / zooms + 1e-6).astype(int))
-    while head_voxels > MAX_FIELD_VOXELS * np.prod(factors) and (factors < most).any():
-        factors = np.minimum(factors + 1, most)
-    return factors
+    return factors, most
+
+
+def budget_may_coarsen(surface_step: int, zooms) -> bool:
+    """Whether :func:`label_grid_factors` reads the head's voxel count for a grid of ``zooms`` sampled
+    every ``surface_step`` voxels (so that the count is made only then)."""
+    factors, most = _grid_factor_range(surface_step, zooms)
+    return bool((most > factors).any())
 
 
 def _block_reduce(values: np.ndarray, f, start, combine) -> np.ndarray:
