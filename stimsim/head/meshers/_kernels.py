@@ -7,8 +7,8 @@ surface relaxation samples the level-set fields ~2,000 times).
 :func:`intersecting`: which triangles of a surface soup cross another one they share no vertex with.
 Triangles are binned by centroid on a grid of cells of the largest bounding-sphere radius, so every
 pair whose bounding spheres overlap lies within two cells; each pair is tested there (spheres,
-shared vertices, a plane-side test each way, the 6 edge-through-triangle tests) without the millions of temporary rows the numpy
-version built (Colin27: 10 M candidate pairs, 9.7 -> ~0.3 s).  A pair of two candidates is tested once
+shared vertices, a plane-side test each way, the 6 edge-through-triangle tests) without the millions
+of temporary rows the numpy version built (Colin27: 10 M candidate pairs, 9.7 -> ~0.3 s).  A pair of two candidates is tested once
 (the largest call on Colin27, 114k candidates among 137k triangles: 0.33 -> 0.20 s; with the
 plane-side test, all of 129k triangles: 0.37 -> 0.24 s).
 
