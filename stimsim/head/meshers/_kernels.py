@@ -8,9 +8,9 @@ surface relaxation samples the level-set fields ~2,000 times).
 Triangles are binned by centroid on a grid of cells of the largest bounding-sphere radius, so every
 pair whose bounding spheres overlap lies within two cells; each pair is tested there (spheres,
 shared vertices, a plane-side test each way, the 6 edge-through-triangle tests) without the millions
-of temporary rows the numpy version built (Colin27: 10 M candidate pairs, 9.7 -> ~0.3 s).  A pair of two candidates is tested once
-(the largest call on Colin27, 114k candidates among 137k triangles: 0.33 -> 0.20 s; with the
-plane-side test, all of 129k triangles: 0.37 -> 0.24 s).
+of temporary rows the numpy version built (Colin27: 10 M candidate pairs, 9.7 -> ~0.3 s).  A pair of
+two candidates is tested once (the largest call on Colin27, 114k candidates among 137k triangles:
+0.33 -> 0.20 s; with the plane-side test, all of 129k triangles: 0.37 -> 0.24 s).
 
 :func:`touching`: which triangles overlap one they share a vertex with (folded flat across a shared
 side, or crossing through a shared corner), the test the short-edge merging runs after each round:
