@@ -1134,21 +1134,31 @@ def _voxel_volumes(counts: np.ndarray, voxel_mm3: float) -> dict:
     return {int(t): float(c) * voxel_mm3 for t, c in enumerate(counts) if t > 0 and c}
 
 
-def _head_box(tags: np.ndarray, zooms, align) -> tuple[slice, ...] | None:
-    """The head's bounding box with a margin wider than the surface mesher's signed-distance band
-    and smoothing (so the fields, and the mesh, are those of the whole volume), its low corner on a
-    multiple of ``align`` voxels per axis (the surfaces' sub-grid keeps its place); None when that
-    is the whole volume."""
+def _head_span(tags: np.ndarray, zooms) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """Per axis, the first and last index holding a tissue (empty axes: (0, -1)), and the margin
+    (voxels) the surface mesher's fields need around the head: wider than its signed-distance band
+    and smoothing."""
     from .surface import SDF_BAND_MM
 
     zooms = np.asarray(zooms, float)
     margin = np.ceil(SDF_BAND_MM / zooms).astype(int) + 8
     head = tags > 0
-    box = []
+    span = []
     for ax in range(3):
         hit = np.flatnonzero(head.any(axis=tuple(j for j in range(3) if j != ax)))
-        lo = max(int(hit[0]) - int(margin[ax]), 0) // int(align[ax]) * int(align[ax])
-        hi = min(int(hit[-1]) + int(margin[ax]) + 1, tags.shape[ax])
+        span.append((int(hit[0]), int(hit[-1])) if len(hit) else (0, -1))
+    return span, margin
+
+
+def _head_box(tags: np.ndarray, zooms, align) -> tuple[slice, ...] | None:
+    """The head's bounding box with the fields' margin (:func:`_head_span`; so the fields, and the mesh,
+    are those of the whole volume), its low corner on a multiple of ``align`` voxels per axis (the
+    surfaces' sub-grid keeps its place); None when that is the whole volume."""
+    span, margin = _head_span(tags, zooms)
+    box = []
+    for ax, (first, last) in enumerate(span):
+        lo = max(first - int(margin[ax]), 0) // int(align[ax]) * int(align[ax])
+        hi = min(last + int(margin[ax]) + 1, tags.shape[ax])
         box.append(slice(lo, hi))
     if all(b.start == 0 and b.stop == n for b, n in zip(box, tags.shape)):
         return None
@@ -1156,19 +1166,11 @@ def _head_box(tags: np.ndarray, zooms, align) -> tuple[slice, ...] | None:
 
 
 def _head_box_voxels(tags: np.ndarray, zooms) -> int:
-    """Voxels in the head's box with :func:`_head_box`'s margin on every side, however little of it the
-    volume holds (the grid the fields of a scan padded as usual are built on: the same head cropped
-    tight or padded wide is meshed alike)."""
-    from .surface import SDF_BAND_MM
-
-    zooms = np.asarray(zooms, float)
-    margin = np.ceil(SDF_BAND_MM / zooms).astype(int) + 8
-    head = tags > 0
-    n = 1
-    for ax in range(3):
-        hit = np.flatnonzero(head.any(axis=tuple(j for j in range(3) if j != ax)))
-        n *= (int(hit[-1]) - int(hit[0]) + 1 if len(hit) else 0) + 2 * int(margin[ax])
-    return int(n)
+    """Voxels in the head's box with the fields' margin on every side, however little of it the volume
+    holds (the grid the fields of a scan padded as usual are built on: the same head cropped tight or
+    padded wide is meshed alike)."""
+    span, margin = _head_span(tags, zooms)
+    return int(np.prod([last - first + 1 + 2 * int(m) for (first, last), m in zip(span, margin)]))
 
 
 _FACE_NAMES = {(0, 1): "right", (0, -1): "left", (1, 1): "anterior", (1, -1): "posterior", (2, 1): "superior",
