@@ -10,12 +10,16 @@ _OWN_CACHE = []
 
 def pytest_configure(config):
     """The tests keep stimsim's cache (meshes, AMG cycles, TMS modes) in a folder of their own, removed
-    at the end, so they neither fill nor read the user's ~/.cache (STIMSIM_CACHE, if set, is kept)."""
-    if "STIMSIM_CACHE" not in os.environ:
+    at the end, so they neither fill nor read the user's ~/.cache (STIMSIM_CACHE, if set, is kept).
+    Each pytest-xdist worker gets a folder of its own too: the tests that count cache hits must not
+    see what the other worker wrote."""
+    own = os.environ.get("STIMSIM_TEST_CACHE")
+    if "STIMSIM_CACHE" not in os.environ or (own and os.environ["STIMSIM_CACHE"] == own
+                                             and os.environ.get("PYTEST_XDIST_WORKER")):
         import tempfile
 
         _OWN_CACHE.append(tempfile.mkdtemp(prefix="stimsim-test-cache-"))
-        os.environ["STIMSIM_CACHE"] = _OWN_CACHE[0]
+        os.environ["STIMSIM_CACHE"] = os.environ["STIMSIM_TEST_CACHE"] = _OWN_CACHE[0]
 
 
 def pytest_unconfigure(config):
