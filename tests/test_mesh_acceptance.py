@@ -1113,19 +1113,33 @@ def test_a_piece_of_a_mL_or_more_inside_the_brain_is_kept(tag, caplog):
     assert "apart from its main piece" not in caplog.text
 
 
-def test_a_piece_apart_the_mesh_loses_is_warned_about(monkeypatch, caplog):
+def test_a_piece_apart_the_mesh_loses_is_warned_about(monkeypatch, caplog, tmp_path):
     """The safety net: a piece of 1 mL or more that the mesh gives another tissue is named, with its
-    place (as the tissues-inside-a-layer step did before surf-6.24, in silence)."""
-    from stimsim.head.meshers import sub_tissues
+    place (as the tissues-inside-a-layer step did before surf-6.24, in silence).  A later call that reads
+    the mesh from the cache says it again, and has the same mesher's report (it had none, and said
+    nothing)."""
+    from stimsim.head.meshers import make_head_mesh, sub_tissues
 
     monkeypatch.setattr(sub_tissues, "ISLAND_KEPT_MM3", np.inf)  # the step as it was: every small piece a speck
+    monkeypatch.setenv("STIMSIM_CACHE", str(tmp_path))
     vol, affine, ball, _ = _brain_with_a_piece_apart(1)
-    mesh, info = _mesh(vol, affine, h=8.0)
-    (piece,) = info.mesher["pieces_apart"]
-    assert piece["share"] < 0.1
-    centre = affine[:3, :3] @ np.argwhere(ball).mean(0) + affine[:3, 3]
-    assert np.allclose(piece["at_mm"], centre, atol=0.1)
-    assert f"{ball.sum() / 1000:.3g} mL piece of white_matter (tag 1) apart from its main piece" in caplog.text
+    said = f"{ball.sum() / 1000:.3g} mL piece of white_matter (tag 1) apart from its main piece"
+    infos = []
+    for _ in range(2):
+        caplog.clear()
+        mesh, info = make_head_mesh(vol, affine, "simnibs", method="surface", element_size_mm=8.0, progress=False,
+                                    return_info=True)
+        infos.append(info)
+        (piece,) = info.mesher["pieces_apart"]
+        assert piece["share"] < 0.1
+        centre = affine[:3, :3] @ np.argwhere(ball).mean(0) + affine[:3, 3]
+        assert np.allclose(piece["at_mm"], centre, atol=0.1)
+        assert caplog.text.count(said) == 1, caplog.text
+        assert any(said in w for w in info.mesher["warnings"])
+    assert [i.from_cache for i in infos] == [False, True]
+    fresh, cached = infos[0].mesher, infos[1].mesher
+    assert cached.keys() == fresh.keys()
+    assert cached["layer_min_thickness_mm"] == pytest.approx(fresh["layer_min_thickness_mm"])  # (int keys again)
 
 
 def test_ventricles_the_labels_keep_apart_are_not_joined_through_the_folds():

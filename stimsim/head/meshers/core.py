@@ -30,6 +30,7 @@ numbers for volumes off by more than 5 %, dihedral angles below 5 deg and radius
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -164,6 +165,74 @@ def _cache_read(cfile: Path | None) -> Mesh | None:
         return None
     logger.info("head mesh from cache %s", cfile)
     return mesh
+
+
+def _report_path(cfile: Path) -> Path:
+    """The mesher's report kept next to the cached mesh ``cfile``."""
+    return cfile.with_name(cfile.stem + ".mesher.json")
+
+
+def _int_keys(d: dict) -> dict:
+    # (JSON keys are strings: the report's tags, layers and tissue tags are ints again)
+    return {int(k) if k.lstrip("-").isdigit() else k: v for k, v in d.items()}
+
+
+def _cached_report(cfile: Path) -> dict:
+    """The mesher's report (``HeadMeshInfo.mesher``) of the mesh cached in ``cfile``, its warnings said
+    again; {} where there is none (written by an older stimsim, or unreadable)."""
+    import json
+
+    try:
+        report = json.loads(_report_path(cfile).read_text(encoding="utf-8"), object_hook=_int_keys)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(report, dict):
+        return {}
+    for message in report.get("warnings", ()):
+        logger.warning("%s (the cached mesh %s)", message, cfile.name)
+    return report
+
+
+def _cache_report(cfile: Path, report: dict) -> None:
+    """Keep the mesher's report next to the mesh about to be cached in ``cfile`` (before it: a reader that
+    finds the mesh finds its report).  A report JSON cannot hold is left out (the mesh is still cached)."""
+    import json
+
+    from ...outputs import atomic_file
+
+    def plain(o):
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        raise TypeError(type(o).__name__)
+
+    try:
+        text = json.dumps(report, default=plain)
+    except (TypeError, ValueError):
+        return
+    with atomic_file(_report_path(cfile)) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+class _KeptWarnings(logging.Handler):
+    """The warnings stimsim's logger gives while a mesh is built (a piece of a tissue the mesh lost, a
+    layer one voxel thick...), kept in the mesher's report, so that a later call that reads the mesh
+    from the cache says them again."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def __enter__(self):
+        logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        logger.removeHandler(self)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1582,8 +1651,8 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
     if mesh is not None:
         merged, expected = _sub_tissues_merged(mesh, expected, method, lesion_mm3, lesion_tag, inner_csf,
                                                user_layers)
-        info = HeadMeshInfo(raw_vol, raw_vol, {}, 0, {}, str(cfile), method, from_cache=True,
-                            expected_volume_mm3=expected, merged_tags=merged, cut_faces=cut)
+        info = HeadMeshInfo(raw_vol, raw_vol, {}, 0, {}, str(cfile), method, _cached_report(cfile),
+                            from_cache=True, expected_volume_mm3=expected, merged_tags=merged, cut_faces=cut)
         info.quality = _check_result(mesh, expected, h, method, check, info.timings_s)
         info.timings_s["total_s"] = time.perf_counter() - t_start
         return (mesh, info) if return_info else mesh
@@ -1642,7 +1711,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         del ctags, clmask, bone_voxels, csf_voxels, pieces, sub_labels
         coarse_s = time.perf_counter() - t
 
-    with _Steps(progress, _STEPS[method]) as steps:
+    with _Steps(progress, _STEPS[method]) as steps, _KeptWarnings() as kept:
         t = time.perf_counter()
         keep = lmask
         if inner_csf or sulcal_mm3:
@@ -1752,6 +1821,8 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
                                    _name(p["tag"]), ", ".join(f"{x:.0f}" for x in p["at_mm"]), 100 * p["share"],
                                    tissue_name(p["tag"]))
         del kept_pieces
+    if kept.messages:  # (what the labels and the meshing lost; the checks below are made again on a cached mesh)
+        minfo["warnings"] = kept.messages
     merged, expected = _sub_tissues_merged(mesh, expected, method, lesion_mm3, lesion_tag, inner_csf, user_layers)
     info = HeadMeshInfo(raw_vol, clean_vol, moved, int(minfo.pop("closure_tets", 0)), timings, None, method, minfo,
                         expected_volume_mm3=expected, merged_tags=merged, cut_faces=cut)
@@ -1766,6 +1837,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             cfile.parent.mkdir(parents=True, exist_ok=True)
             from ...mesh import write_mesh
 
+            _cache_report(cfile, info.mesher)
             write_mesh(cfile, mesh)  # atomic
             info.cache_file = str(cfile)
         except OSError as exc:  # a read-only cache is not an error
