@@ -1842,6 +1842,11 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             info.cache_file = str(cfile)
         except OSError as exc:  # a read-only cache is not an error
             logger.warning("could not cache the head mesh in %s (%s)", cfile.parent, exc)
+            try:
+                if not cfile.is_file():  # (no report without its mesh)
+                    _report_path(cfile).unlink(missing_ok=True)
+            except OSError:
+                pass
     return (mesh, info) if return_info else mesh
 
 
