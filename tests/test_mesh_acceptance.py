@@ -1076,6 +1076,37 @@ def test_a_ventricle_the_labels_join_to_the_csf_is_joined():
     assert tissue_connectivity(mesh)[3]["pieces"] == 1
 
 
+def test_bone_apart_from_the_skull_outside_it_stays_bone(caplog):
+    """A piece of bone apart from the skull and outside it (a mandible, 1.44 mL, in a chin of scalp 4 mm
+    below the skull) is meshed as bone inside the scalp's layer: as an island of the bone's layer it
+    went to the scalp (a SAMSEG head's mandible, 3.7 and 3.5 mL, all scalp, bone -0.9 %)."""
+    import logging
+
+    from stimsim.mesh.voxelize import tet_values_on_grid
+
+    n = 132
+    c = (n - 1) / 2
+    g = np.stack(np.meshgrid(*[np.arange(n) - c] * 3, indexing="ij"), -1)
+    r = np.linalg.norm(g, axis=-1)
+    vol = np.zeros(r.shape, np.uint8)
+    vol[r <= 55.0] = 5
+    vol[(np.abs(g[..., 0]) <= 30) & (np.abs(g[..., 1]) <= 20) & (g[..., 2] >= -64) & (g[..., 2] <= -30)] = 5  # a chin
+    for tag, radius in ((4, 50.0), (3, 45.0), (2, 42.0), (1, 35.0)):
+        vol[r <= radius] = tag
+    jaw = (np.abs(g[..., 0]) <= 15) & (np.abs(g[..., 1]) <= 4) & (g[..., 2] >= -60) & (g[..., 2] <= -54)
+    vol[jaw] = 4
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = -c
+    with caplog.at_level(logging.WARNING, logger="stimsim"):
+        mesh, info = _mesh(vol, affine, h=8.0)
+    assert "apart from its main piece" not in caplog.text
+    assert info.mesher["user_tissues"]["pieces_elsewhere"] == [[4, 1]]
+    assert set(np.unique(mesh.tet_tags)) == {1, 2, 3, 4, 5}
+    on_grid = tet_values_on_grid(mesh, mesh.tet_tags, vol.shape, affine)
+    assert np.mean(on_grid[jaw] == 4) > 0.8, np.unique(on_grid[jaw], return_counts=True)
+    assert max(abs(v) for v in info.quality["volume_error_per_tag"].values()) < 0.01, info.quality["volume_error_per_tag"]
+
+
 def _brain_with_a_piece_apart(tag):
     """Nested spheres with a ventricle, two sulci and a 1.4 mL ball of ``tag`` in the grey matter, 3-4 mm
     from the white matter and the CSF; returns (labels, affine, ball mask, white matter's main piece)."""

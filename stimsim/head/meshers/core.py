@@ -653,6 +653,49 @@ def _user_stand_ins(user_grid: np.ndarray, hosts: tuple, layer_of: dict, elsewhe
     return out
 
 
+def _bone_apart_stand_ins(tags: np.ndarray, zooms, taken, others=(), kept_mm3: float = ISLAND_KEPT_MM3) -> dict:
+    """Pieces of the bone's layer apart from the skull and outside it (a mandible, vertebrae: bone
+    26-connected pieces of ``kept_mm3`` or more, other than the largest, with most of their voxels outside
+    the skull's filled layer) -> a stand-in tag per bone tag in them, in ``tags`` and each of ``others``
+    (in place; free values above 10, none of ``taken``), so that they are meshed as a tissue inside the
+    layer around them (:func:`enclosing_layers`, the scalp's) and given their tag back after meshing.
+    The surfaces mesh each layer as one closed shell: as islands of the bone such pieces went to the
+    scalp (a SAMSEG head's mandible, 3.7 and 3.5 mL, with a warning).  Returns ``{stand-in: tag}``."""
+    lut = layer_lut(max(256, int(tags.max(initial=0)) + 1))
+    bone = lut[tags] == 2
+    if not bone.any():
+        return {}
+    pieces, n = label_pieces(bone, 26)
+    if n < 2:
+        return {}
+    size = np.bincount(pieces.ravel())
+    size[0] = 0
+    big = np.flatnonzero(size * float(np.prod(np.asarray(zooms, float))) >= float(kept_mm3))
+    big = big[big != int(np.argmax(size))]
+    if not len(big):
+        return {}
+    skull, k = label_pieces(fill_holes(lut[tags] >= 2))
+    skull_size = np.bincount(skull.ravel())
+    skull_size[0] = 0
+    skull = skull == int(np.argmax(skull_size))
+    inside = np.bincount(pieces[skull], minlength=n + 1)
+    apart = [int(b) for b in big if inside[b] < 0.5 * size[b]]
+    if not apart:
+        return {}
+    free = [v for v in range(250, 10, -1) if v not in set(int(t) for t in taken)]
+    where = np.isin(pieces, apart)
+    out = {}
+    for t in np.unique(tags[where]):
+        if not free:
+            break
+        v = free.pop(0)
+        m = where & (tags == t)
+        for a in (tags, *others):
+            a[m] = v
+        out[v] = int(t)
+    return out
+
+
 def _into_enclosing_layers(tags: np.ndarray, hosts: tuple, keep: np.ndarray | None = None) -> None:
     """A user's tissues in an outer or the white matter's layer (:func:`enclosing_layers`'s ``hosts``)
     -> that layer's fill tag, in place (not under ``keep``, a lesion)."""
@@ -1500,11 +1543,17 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         # plate in the skull): meshed inside that layer; the checks and rules below read it as that
         # layer's tissue (a dura-like sheet of a user's tag outside the CSF read as brain: "the CSF lies
         # only inside the brain")
+        # ... as pieces of bone apart from the skull and outside it (a mandible): a tissue inside the scalp
+        taken = [*np.flatnonzero(tag_counts), *_INSIDE_BRAIN.values(), int(lesion_tag)]
+        bone_apart = _bone_apart_stand_ins(tags, zooms, taken, others=() if orig is None else (orig,))
         user_layers, elsewhere, hosts = enclosing_layers(tags if orig is None else orig,
                                                          exclude=() if own_stand_ins else _INSIDE_BRAIN.values())
+        for v in [v for v in bone_apart if v not in user_layers]:  # (none around it: a piece of its own, as before)
+            for a in (tags,) if orig is None else (tags, orig):
+                a[a == v] = bone_apart.pop(v)
         if user_layers:
             logger.info("labels: %s meshed inside the layer that encloses them (%s)",
-                        ", ".join(_name(t) for t in user_layers),
+                        ", ".join(_name(bone_apart.get(t, t)) for t in user_layers),
                         ", ".join("/".join(_name(LAYER_FILL_TAG[k]) for k in (user_layers[t], *elsewhere.get(t, ())))
                                   for t in user_layers))
             # the surfaces see the enclosing layer's tissue in their voxels, the tissues inside the
@@ -1512,8 +1561,8 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             src = tags if orig is None else orig
             user_grid = np.where(np.isin(src, list(user_layers)), src, np.zeros((), src.dtype))
             del src
-            user_stand_ins = _user_stand_ins(user_grid, hosts, user_layers, elsewhere,
-                                             [*np.flatnonzero(tag_counts), *_INSIDE_BRAIN.values(), int(lesion_tag)])
+            user_stand_ins = _user_stand_ins(user_grid, hosts, user_layers, elsewhere, [*taken, *bone_apart])
+            user_stand_ins.update({v: (t, user_layers[v]) for v, t in bone_apart.items() if v in user_layers})
             for v, (tag, _) in user_stand_ins.items():  # (what each holds, outside the lesion)
                 n = np.count_nonzero(user_grid == v) if lmask is None else np.count_nonzero((user_grid == v) & ~lmask)
                 user_mm3[v] = n * voxel_mm3
