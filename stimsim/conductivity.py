@@ -31,10 +31,11 @@ MIN_SIGMA, MAX_SIGMA = 1e-12, 1e8
 #: tags are stored as 32-bit integers in Gmsh and VTU files
 MAX_TAG = 2**31 - 1
 
-def resolve_tag(key: int | str) -> int:
-    """Turn a tag number or tissue name (``"csf"``, ``"gray matter"``, ``3``, ``"3"``) into a tag."""
+def resolve_tag(key: int | str, field: str = "conductivities") -> int:
+    """Turn a tag number or tissue name (``"csf"``, ``"gray matter"``, ``3``, ``"3"``) into a tag; an
+    error names ``field``, where the key was written."""
     if isinstance(key, bool):
-        raise ProtocolError(f"conductivities: key {key!r} is not a tissue tag or name")
+        raise ProtocolError(f"{field}: key {key!r} is not a tissue tag or name")
     if isinstance(key, int):
         tag = key
     else:
@@ -47,11 +48,11 @@ def resolve_tag(key: int | str) -> int:
             close = difflib.get_close_matches(text[:100], list(TISSUE_ALIASES), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ProtocolError(
-                f"conductivities: unknown tissue {shown(key)}; use a tag number or one of "
+                f"{field}: unknown tissue {shown(key)}; use a tag number or one of "
                 f"{sorted(TISSUE_ALIASES)}.{hint}"
             )
     if not 0 <= tag <= MAX_TAG:
-        raise ProtocolError(f"conductivities: tag {shown(key)} is not a mesh tag; tags are whole numbers from 0 to "
+        raise ProtocolError(f"{field}: tag {shown(key)} is not a mesh tag; tags are whole numbers from 0 to "
                             f"{MAX_TAG} (SimNIBS tissues: 1-10, 100, 500)")
     return tag
 

@@ -89,7 +89,7 @@ def read_label_map(path) -> dict[int, int]:
             tag = 0
         else:
             try:
-                tag = int(word) if word.lstrip("-").isdigit() else resolve_tag(word)
+                tag = int(word) if word.lstrip("-").isdigit() else resolve_tag(word, field="label map")
             except StimsimError as exc:
                 raise LabelMapError(f"{path.name}:{lineno}: {exc}") from None
         if tag < 0:
