@@ -1107,6 +1107,40 @@ def test_bone_apart_from_the_skull_outside_it_stays_bone(caplog):
     assert max(abs(v) for v in info.quality["volume_error_per_tag"].values()) < 0.01, info.quality["volume_error_per_tag"]
 
 
+@pytest.mark.parametrize("strand", [True, False])
+def test_bone_the_labels_join_to_the_skull_below_it_stays_joined(strand):
+    """A column of bone in the neck (1.9 mL, to the field of view's edge) hanging 4 mm below the skull
+    on a strand one voxel thick: the mesh's skull is one piece, as the labels' (a tester's cropped
+    SAMSEG head: 2.7 mL of bone at the field of view's lower edge cut off; here 2 pieces before).
+    Without the strand the column is a piece of its own, in the mesh too."""
+    from stimsim.head.meshers.topology import face_components, tet_neighbors
+    from stimsim.mesh.voxelize import tet_values_on_grid
+
+    n = 150
+    c = (n - 1) / 2
+    g = np.stack(np.meshgrid(*[np.arange(n) - c] * 3, indexing="ij"), -1)
+    r = np.linalg.norm(g, axis=-1)
+    vol = np.zeros(r.shape, np.uint8)
+    vol[r <= 55.0] = 5
+    vol[(np.hypot(g[..., 0], g[..., 1] + 5) <= 30) & (g[..., 2] <= -20)] = 5  # a neck
+    for tag, radius in ((4, 50.0), (3, 45.0), (2, 42.0), (1, 35.0)):
+        vol[r <= radius] = tag
+    column = (np.hypot(g[..., 0] - 12, g[..., 1] + 5) <= 5.5) & (g[..., 2] <= -54)
+    vol[column] = 4
+    if strand:
+        vol[(np.abs(g[..., 0] - 12) <= 0.5) & (np.abs(g[..., 1] + 5) <= 0.5) & (g[..., 2] > -55) & (r > 49)] = 4
+    affine = np.eye(4)
+    affine[:3, 3] = -c
+    mesh, info = _mesh(vol, affine, h=8.0)
+    tt = np.asarray(mesh.tet_tags)
+    idx, pieces, lab = face_components(tt == 4, tet_neighbors(np.asarray(mesh.tets)), tt)
+    size = np.bincount(lab, weights=np.asarray(mesh.volumes_mm3)[idx])
+    assert np.count_nonzero(size >= 500) == (1 if strand else 2), size
+    on_grid = tet_values_on_grid(mesh, mesh.tet_tags, vol.shape, affine)
+    assert np.mean(on_grid[column] == 4) > 0.8
+    assert abs(info.quality["volume_error_per_tag"][4]) < 0.01
+
+
 def _brain_with_a_piece_apart(tag):
     """Nested spheres with a ventricle, two sulci and a 1.4 mL ball of ``tag`` in the grey matter, 3-4 mm
     from the white matter and the CSF; returns (labels, affine, ball mask, white matter's main piece)."""

@@ -1484,7 +1484,7 @@ def _shortest_chain(allowed: np.ndarray, nb: np.ndarray, src: np.ndarray, dst: n
 
 
 def _connect_pieces(ttags, nb, vol, tag, through, cen, tags, zooms, fluid_tags=(), allowed=None, cost=None,
-                    layer_voxels=None, min_share=None):
+                    layer_voxels=None, min_share=None, min_mm3=0.0):
     """Join the extra face-connected pieces of ``tag`` (the CSF's layer; the 8 largest) that the labels
     join to its largest, by re-tagging the shortest face-adjacent chain of tets through the
     ``through`` tissues: the ventricles, CSF inside the brain joined to the subarachnoid CSF by the
@@ -1496,17 +1496,21 @@ def _connect_pieces(ttags, nb, vol, tag, through, cen, tags, zooms, fluid_tags=(
     through the white and grey matter, a shunt the labels do not have (surf-6.22).  The labels are
     read only where the mesh has such pieces.  ``allowed`` (bool per tet): other tetrahedra the chain
     may take, and then only pieces next to one are joined (the bone the skull-defect rule re-tagged,
-    :func:`_open_bone_defects`); ``cost``: per tet, the chain's (:func:`_shortest_chain`);
+    :func:`_open_bone_defects`); ``cost``: per tet, the chain's (:func:`_shortest_chain`), or a function
+    that gives it;
     ``layer_voxels`` (bool, the grid of ``tags``): the layer's voxels where ``tags`` is a coarse copy
     that may have lost thin ones (:func:`downsample_layers`' bone); ``min_share``: the share of the
-    largest's volume a labels' piece must hold to be the largest's (:data:`JOIN_MIN_SHARE`).
-    Returns the number of re-tagged tets."""
+    largest's volume a labels' piece must hold to be the largest's (:data:`JOIN_MIN_SHARE`); ``min_mm3``:
+    smaller pieces are left to the islands' clean-up.  Returns the number of re-tagged tets."""
     idx, n, lab = face_components(ttags == tag, nb, ttags)
     if n <= 1:
         return 0
     size = np.bincount(lab, weights=vol[idx])
     order = np.argsort(size)[::-1]
     others = order[1:9]  # (more is not a head's ventricles)
+    others = others[size[others] >= float(min_mm3)]
+    if not len(others):
+        return 0
     if allowed is not None:  # only pieces next to a tetrahedron the chain may take
         near = np.zeros(n, bool)
         for j in range(4):
@@ -1535,6 +1539,8 @@ def _connect_pieces(ttags, nb, vol, tag, through, cen, tags, zooms, fluid_tags=(
         share[0] = 0.0
         if not share.any() or int(np.argmax(share)) not in main_pieces:
             continue
+        if callable(cost):  # (computed where a piece is to be joined)
+            cost = cost()
         path = _shortest_chain(np.isin(ttags, list(through) + [tag]) | (False if allowed is None else allowed),
                                nb, idx[mine], main, cost)
         if path is None:
@@ -2191,6 +2197,19 @@ def surface_mesh_from_tags(tags: np.ndarray, cavity: np.ndarray, zooms, h: float
         info["bone_rejoined_tets"] = _connect_pieces(ttags, nb, vol, LAYER_FILL_TAG[2], (), cen, tags, zooms,
                                                      allowed=retagged, cost=cost, layer_voxels=bone_voxels,
                                                      min_share=0.5)
+    if bone is not None:
+        # ... and a piece of the skull of 1 mL or more that the surfaces cut off where the labels join it (a
+        # tester's cropped SAMSEG head: 2.7 mL of the skull at the field of view's lower edge), through the
+        # scalp or the CSF, the chain the nearer the labels' bone the cheaper (as above)
+        def near_bone_cost():
+            off = (_trilinear(bone["excess_mm"], cen, zooms, pad) + bone["within_mm"]) / float(np.max(zooms))
+            return 1.0 + 10.0 * np.maximum(off, 0.0) ** 2
+
+        joined = _connect_pieces(ttags, nb, vol, LAYER_FILL_TAG[2], (LAYER_FILL_TAG[1], LAYER_FILL_TAG[3]), cen,
+                                 tags, zooms, cost=near_bone_cost, layer_voxels=bone_voxels, min_share=0.5,
+                                 min_mm3=ISLAND_KEPT_MM3)
+        if joined:
+            info["bone_rejoined_tets"] = info.get("bone_rejoined_tets", 0) + joined
     # (the roaming tissues are CSF meshed inside the brain's layers: the folds', the ventricles')
     # the CSF's minimum thickness as nested_fields used it (lowered for a CSF thin nearly everywhere)
     csf_min_mm = info.get("thin_layers", {}).get(3, {}).get("now_mm", float(min_thickness_mm) * float(thickness_scale))
