@@ -567,6 +567,11 @@ def test_labels_read_in_the_wrong_order_are_refused_with_the_map_that_fits(nifti
         "white matter" in line and "scalp, the outermost tissue, covers 0 %" in line, line
     assert "they nest as --labels colin27 or --labels mcx" not in line and "--labels colin27" in line
     assert not out.exists() and _written(tmp_path) == []
+    # ... with no warnings before the error about what the wrong map reads (white matter at the volume's
+    # faces, a tester's SAMSEG labels read as Colin27's: three of them)
+    res = _cli(nifti(_balls(40, (21, 15, 12, 10, 6))), "--labels", "simnibs", "--out", out)
+    assert res.exit_code == 2 and "do not nest" in _error_line(res.output), res.output
+    assert "touch the volume" not in res.output, res.output
 
 
 def test_layers_that_nest_pass_the_check():

@@ -1571,14 +1571,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
                 _into_enclosing_layers(orig, hosts)
         del hosts
     inner_csf = method == "surface" and not own_stand_ins and csf_inside_brain_only(tags if orig is None else orig)
-    if inner_csf:
-        logger.warning("labels: the CSF lies only inside the brain (the ventricles; no CSF labelled around it): "
-                       "meshed as a tissue inside the brain's layer, with no CSF layer around the brain")
     cut = cut_faces(tags, affine)
-    for face, t in cut.items():
-        logger.warning("labels: %s touch the volume's %s face: the field of view cuts the head there; the mesh "
-                       "closes it with thin layers, and fields near that face are not the head's",
-                       ", ".join(_name(x) for x in t), face)
     raw_vol = _voxel_volumes(tag_counts, voxel_mm3)
     counts, merged = expected_tags(tags, method, lmask, lesion_tag, counts=tag_counts)
     del tag_counts
@@ -1591,6 +1584,15 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         check_one_head(tags, zooms)
         check_layers_nest(tags if orig is None else orig, zooms, raw_sub, label_map_spec)
     del raw_sub
+    # (said after the checks: labels read with the wrong map got three warnings of white matter at the
+    # volume's faces before the error that names the map)
+    if inner_csf:
+        logger.warning("labels: the CSF lies only inside the brain (the ventricles; no CSF labelled around it): "
+                       "meshed as a tissue inside the brain's layer, with no CSF layer around the brain")
+    for face, t in cut.items():
+        logger.warning("labels: %s touch the volume's %s face: the field of view cuts the head there; the mesh "
+                       "closes it with thin layers, and fields near that face are not the head's",
+                       ", ".join(_name(x) for x in t), face)
 
     if inner_csf:  # after the volumes and checks above, which read the tags as the labels have them
         inner_csf = _enclosing_brain_layer(tags if orig is None else orig)
