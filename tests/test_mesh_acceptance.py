@@ -1076,30 +1076,38 @@ def test_a_ventricle_the_labels_join_to_the_csf_is_joined():
     assert tissue_connectivity(mesh)[3]["pieces"] == 1
 
 
-def test_bone_apart_from_the_skull_outside_it_stays_bone(caplog):
-    """A piece of bone apart from the skull and outside it (a mandible, 1.44 mL, in a chin of scalp 4 mm
-    below the skull) is meshed as bone inside the scalp's layer: as an island of the bone's layer it
-    went to the scalp (a SAMSEG head's mandible, 3.7 and 3.5 mL, all scalp, bone -0.9 %)."""
+@pytest.mark.parametrize("voxel_mm", [1.0, 0.5])
+def test_bone_apart_from_the_skull_outside_it_stays_bone(voxel_mm, caplog):
+    """A piece of bone apart from the skull and outside it (a mandible, 1.4 mL, in a chin of scalp 8 mm
+    below the skull, on its lower face) is meshed as bone inside the scalp's layer: as an island of the bone's layer it
+    went to the scalp (a SAMSEG head's mandible, 3.7 and 3.5 mL, all scalp, bone -0.9 %).  The same on
+    0.5 mm labels, meshed on a 1 mm copy."""
     import logging
 
+    from stimsim.head.meshers import make_head_mesh
     from stimsim.mesh.voxelize import tet_values_on_grid
 
-    n = 132
+    n = int(round(132 / voxel_mm))
     c = (n - 1) / 2
-    g = np.stack(np.meshgrid(*[np.arange(n) - c] * 3, indexing="ij"), -1)
+    g = np.stack(np.meshgrid(*[(np.arange(n) - c) * voxel_mm] * 3, indexing="ij"), -1)
     r = np.linalg.norm(g, axis=-1)
     vol = np.zeros(r.shape, np.uint8)
     vol[r <= 55.0] = 5
     vol[(np.abs(g[..., 0]) <= 30) & (np.abs(g[..., 1]) <= 20) & (g[..., 2] >= -64) & (g[..., 2] <= -30)] = 5  # a chin
     for tag, radius in ((4, 50.0), (3, 45.0), (2, 42.0), (1, 35.0)):
         vol[r <= radius] = tag
-    jaw = (np.abs(g[..., 0]) <= 15) & (np.abs(g[..., 1]) <= 4) & (g[..., 2] >= -60) & (g[..., 2] <= -54)
+    jaw = (np.abs(g[..., 0]) <= 15) & (np.abs(g[..., 1]) <= 4) & (g[..., 2] >= -64) & (g[..., 2] <= -58)
     vol[jaw] = 4
-    affine = np.diag([1.0, 1.0, 1.0, 1.0])
-    affine[:3, 3] = -c
+    # ... and a voxel of bone in the air joined to its lower corner (a piece in no layer: it crashed)
+    corner = np.array(np.nonzero(jaw)).max(axis=1) + 1
+    vol[tuple(corner)] = 4
+    affine = np.diag([voxel_mm] * 3 + [1.0])
+    affine[:3, 3] = -c * voxel_mm
     with caplog.at_level(logging.WARNING, logger="stimsim"):
-        mesh, info = _mesh(vol, affine, h=8.0)
+        mesh, info = make_head_mesh(vol, affine, "simnibs", method="surface", progress=False, cache=False,
+                                    return_info=True)
     assert "apart from its main piece" not in caplog.text
+    assert info.mesher.get("label_grid_factors") == (None if voxel_mm == 1.0 else [2, 2, 2])
     assert info.mesher["user_tissues"]["pieces_elsewhere"] == [[4, 1]]
     assert set(np.unique(mesh.tet_tags)) == {1, 2, 3, 4, 5}
     on_grid = tet_values_on_grid(mesh, mesh.tet_tags, vol.shape, affine)
@@ -1128,7 +1136,7 @@ def test_bone_the_labels_join_to_the_skull_below_it_stays_joined(strand):
     column = (np.hypot(g[..., 0] - 12, g[..., 1] + 5) <= 5.5) & (g[..., 2] <= -54)
     vol[column] = 4
     if strand:
-        vol[(np.abs(g[..., 0] - 12) <= 0.5) & (np.abs(g[..., 1] + 5) <= 0.5) & (g[..., 2] > -55) & (r > 49)] = 4
+        vol[(np.abs(g[..., 0] - 12.5) < 0.5) & (np.abs(g[..., 1] + 4.5) < 0.5) & (g[..., 2] > -55) & (r > 49)] = 4
     affine = np.eye(4)
     affine[:3, 3] = -c
     mesh, info = _mesh(vol, affine, h=8.0)

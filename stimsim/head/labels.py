@@ -39,6 +39,8 @@ The second column is a tag number or a tissue name understood by
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +91,7 @@ def read_label_map(path) -> dict[int, int]:
             tag = 0
         else:
             try:
-                tag = int(word) if word.lstrip("-").isdigit() else resolve_tag(word, field="label map")
+                tag = int(word) if re.fullmatch(r"-?[0-9]+", word) else resolve_tag(word, field="label map")
             except StimsimError as exc:
                 raise LabelMapError(f"{path.name}:{lineno}: {exc}") from None
         if tag < 0:

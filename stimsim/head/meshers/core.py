@@ -32,6 +32,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,7 +176,7 @@ def _report_path(cfile: Path) -> Path:
 
 def _int_keys(d: dict) -> dict:
     # (JSON keys are strings: the report's tags, layers and tissue tags are ints again)
-    return {int(k) if k.lstrip("-").isdigit() else k: v for k, v in d.items()}
+    return {int(k) if re.fullmatch(r"-?[0-9]+", k) else k: v for k, v in d.items()}
 
 
 def _cached_report(cfile: Path) -> dict:
@@ -193,9 +195,10 @@ def _cached_report(cfile: Path) -> dict:
     return report
 
 
-def _cache_report(cfile: Path, report: dict) -> None:
+def _cache_report(cfile: Path, report: dict | None) -> None:
     """Keep the mesher's report next to the mesh about to be cached in ``cfile`` (before it: a reader that
-    finds the mesh finds its report).  A report JSON cannot hold is left out (the mesh is still cached)."""
+    finds the mesh finds its report).  A report JSON cannot hold, or None, is left out (the mesh is still
+    cached, with no report)."""
     import json
 
     from ...outputs import atomic_file
@@ -208,8 +211,12 @@ def _cache_report(cfile: Path, report: dict) -> None:
         raise TypeError(type(o).__name__)
 
     try:
-        text = json.dumps(report, default=plain)
-    except (TypeError, ValueError):
+        text = None if report is None else json.dumps(report, default=plain)
+    except (TypeError, ValueError) as exc:
+        logger.info("the mesher's report is not cached with the mesh (%s)", exc)
+        text = None
+    if text is None:  # (none: not an older one beside the new mesh)
+        _report_path(cfile).unlink(missing_ok=True)
         return
     with atomic_file(_report_path(cfile)) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -223,9 +230,13 @@ class _KeptWarnings(logging.Handler):
     def __init__(self):
         super().__init__(logging.WARNING)
         self.messages: list[str] = []
+        self.thread = threading.get_ident()
+        #: whether the logger gives warnings at all (not under ``--quiet``): else none are kept
+        self.complete = logger.isEnabledFor(logging.WARNING)
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+        if record.thread == self.thread:  # (not another mesh's, made at the same time)
+            self.messages.append(record.getMessage())
 
     def __enter__(self):
         logger.addHandler(self)
@@ -611,7 +622,7 @@ def enclosing_layers(tags: np.ndarray, exclude=()) -> tuple[dict[int, int], dict
     # tag, whose cut faces are grey and white matter: meshed in the CSF layer, grey matter's Dice 0.99
     # -> 0.93)
     host[(host == 3) & (faces[:, 4] >= BRAIN_CONTACT_SHARE * total)] = 4
-    host[faces[:, 5] >= ENCLOSED_FACE_SHARE * total] = 5
+    host[(faces[:, 5] >= ENCLOSED_FACE_SHARE * total) & (total > 0)] = 5  # (none around it: brain, above)
     host[0] = 0
     voxel_host = host[pieces].astype(np.int8)
     per_tag = np.bincount(t[um].astype(np.int64) * 6 + voxel_host[um], minlength=len(user) * 6).reshape(-1, 6)
@@ -654,18 +665,24 @@ def _user_stand_ins(user_grid: np.ndarray, hosts: tuple, layer_of: dict, elsewhe
 
 
 def _bone_apart_stand_ins(tags: np.ndarray, zooms, taken, others=(), kept_mm3: float = ISLAND_KEPT_MM3) -> dict:
-    """Pieces of the bone's layer apart from the skull and outside it (a mandible, vertebrae: bone
-    26-connected pieces of ``kept_mm3`` or more, other than the largest, with most of their voxels outside
-    the skull's filled layer) -> a stand-in tag per bone tag in them, in ``tags`` and each of ``others``
-    (in place; free values above 10, none of ``taken``), so that they are meshed as a tissue inside the
-    layer around them (:func:`enclosing_layers`, the scalp's) and given their tag back after meshing.
-    The surfaces mesh each layer as one closed shell: as islands of the bone such pieces went to the
-    scalp (a SAMSEG head's mandible, 3.7 and 3.5 mL, with a warning).  Returns ``{stand-in: tag}``."""
-    lut = layer_lut(max(256, int(tags.max(initial=0)) + 1))
-    bone = lut[tags] == 2
-    if not bone.any():
+    """Pieces of the bone's layer apart from the skull and outside it (a mandible: bone 26-connected pieces
+    of ``kept_mm3`` or more, other than the largest, with most of their voxels outside the skull's filled
+    layer) -> a stand-in tag per bone tag in them, in ``tags`` and each of ``others`` (in place; free
+    values above 10, none of ``taken``), so that they are meshed as a tissue inside the layer around them
+    (:func:`enclosing_layers`, the scalp's) and given their tag back after meshing.  The surfaces mesh
+    each layer as one closed shell: as islands of the bone such pieces went to the scalp (a SAMSEG
+    head's mandible, 3.7 and 3.5 mL, with a warning).  Returns ``{stand-in: tag}``.  (Vertebrae joined
+    to the skull's layer through the spinal canal's CSF are inside it, and stay as they were.)"""
+    lut = layer_lut(max(256, int(tags.max(initial=0)) + 1)).astype(np.uint8)
+    # (on the box of the bone and what it encloses: a 0.5 mm scan's field of view is twice the head's)
+    inner = lut[tags] >= 2
+    span = [np.flatnonzero(inner.any(axis=tuple(j for j in range(3) if j != i))) for i in range(3)]
+    if any(len(a) == 0 for a in span):
         return {}
-    pieces, n = label_pieces(bone, 26)
+    box = tuple(slice(int(a[0]), int(a[-1]) + 1) for a in span)
+    inner = inner[box]
+    layer = lut[tags[box]]
+    pieces, n = label_pieces(layer == 2, 26)
     if n < 2:
         return {}
     size = np.bincount(pieces.ravel())
@@ -674,24 +691,26 @@ def _bone_apart_stand_ins(tags: np.ndarray, zooms, taken, others=(), kept_mm3: f
     big = big[big != int(np.argmax(size))]
     if not len(big):
         return {}
-    skull, k = label_pieces(fill_holes(lut[tags] >= 2))
+    skull, _ = label_pieces(fill_holes(inner))
     skull_size = np.bincount(skull.ravel())
     skull_size[0] = 0
-    skull = skull == int(np.argmax(skull_size))
-    inside = np.bincount(pieces[skull], minlength=n + 1)
+    inside = np.bincount(pieces[skull == int(np.argmax(skull_size))], minlength=n + 1)
+    del skull, inner
     apart = [int(b) for b in big if inside[b] < 0.5 * size[b]]
     if not apart:
         return {}
     free = [v for v in range(250, 10, -1) if v not in set(int(t) for t in taken)]
     where = np.isin(pieces, apart)
+    del pieces
     out = {}
-    for t in np.unique(tags[where]):
+    sub = tags[box]
+    for t in np.unique(sub[where]):
         if not free:
             break
         v = free.pop(0)
-        m = where & (tags == t)
+        m = where & (sub == t)
         for a in (tags, *others):
-            a[m] = v
+            a[box][m] = v
         out[v] = int(t)
     return out
 
@@ -1548,9 +1567,19 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         bone_apart = _bone_apart_stand_ins(tags, zooms, taken, others=() if orig is None else (orig,))
         user_layers, elsewhere, hosts = enclosing_layers(tags if orig is None else orig,
                                                          exclude=() if own_stand_ins else _INSIDE_BRAIN.values())
-        for v in [v for v in bone_apart if v not in user_layers]:  # (none around it: a piece of its own, as before)
-            for a in (tags,) if orig is None else (tags, orig):
-                a[a == v] = bone_apart.pop(v)
+        # (such a piece's voxels outside its layer, a corner-joined speck in the air, or a piece placed in no
+        # layer: bone as before)
+        back = {v: t for v, t in bone_apart.items() if user_layers.get(v) is None or v in elsewhere}
+        if back:
+            box, voxel_host = hosts
+            for v, t in back.items():
+                for a in (tags,) if orig is None else (tags, orig):
+                    sub = a[box]
+                    sub[(sub == v) & (voxel_host != user_layers.get(v, -1))] = t
+                if not np.any((tags if orig is None else orig)[box] == v):
+                    del bone_apart[v]
+            user_layers, elsewhere, hosts = enclosing_layers(tags if orig is None else orig,
+                                                             exclude=() if own_stand_ins else _INSIDE_BRAIN.values())
         if user_layers:
             logger.info("labels: %s meshed inside the layer that encloses them (%s)",
                         ", ".join(_name(bone_apart.get(t, t)) for t in user_layers),
@@ -1742,7 +1771,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         if user_grid is not None:  # (the user's tissues, read off the labels as they are)
             base = np.where(user_grid > 0, user_grid, base)
         sub_labels = ((base, zooms, (factors - 1) / 2.0 * zooms, lmask)
-                      if inner_csf or sulcal_mm3 or _layer_counts(counts) != counts else None)
+                      if inner_csf or sulcal_mm3 or user_stand_ins or _layer_counts(counts) != counts else None)
         layer_mm3 = layer_voxels * voxel_mm3
         del base
         if clmask is None or clmask.any():  # a lesion smaller than half a block keeps the voxel grid
@@ -1874,6 +1903,7 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         del kept_pieces
     if kept.messages:  # (what the labels and the meshing lost; the checks below are made again on a cached mesh)
         minfo["warnings"] = kept.messages
+    report_complete = kept.complete
     merged, expected = _sub_tissues_merged(mesh, expected, method, lesion_mm3, lesion_tag, inner_csf, user_layers)
     info = HeadMeshInfo(raw_vol, clean_vol, moved, int(minfo.pop("closure_tets", 0)), timings, None, method, minfo,
                         expected_volume_mm3=expected, merged_tags=merged, cut_faces=cut)
@@ -1888,7 +1918,8 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
             cfile.parent.mkdir(parents=True, exist_ok=True)
             from ...mesh import write_mesh
 
-            _cache_report(cfile, info.mesher)
+            # (no report where the warnings were not given, under --quiet: a later call would not say them)
+            _cache_report(cfile, info.mesher if report_complete else None)
             write_mesh(cfile, mesh)  # atomic
             info.cache_file = str(cfile)
         except OSError as exc:  # a read-only cache is not an error

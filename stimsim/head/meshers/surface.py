@@ -34,7 +34,7 @@ from .topology import (ISLAND_KEPT_MM3, distance_to_background, distance_to_othe
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
 
-SURFACE_MESHER_VERSION = "surf-6.26"  # 6.1: the head's box of a wide field of view, the untangling retry;
+SURFACE_MESHER_VERSION = "surf-6.27"  # 6.1: the head's box of a wide field of view, the untangling retry;
 # 6.2: pieces of the brain or white matter closer than the sub-grid kept apart; 6.3: surfaces faired
 # within a band of their level sets (the voxels' staircase); 6.4: the volume calibration held local;
 # 6.5: short surface edges merged (edge_merge.py); 6.6: a layer the labels do not have shares the next
@@ -99,6 +99,9 @@ SURFACE_MESHER_VERSION = "surf-6.26"  # 6.1: the head's box of a wide field of v
 # sampling, with that sampling's minimum thicknesses (1 and 0.5 mm voxels at the default size, and heads
 # of fewer voxels on their own grid: the same meshes as 6.25; 0.3-0.45 mm voxels, and copies at other
 # element sizes, may get another sampling or other thicknesses)
+# 6.27: bone apart from the skull and outside it (a mandible) meshed as a tissue inside the scalp's layer;
+# a piece of the skull the surfaces cut off where the labels join it joined back (heads without
+# either: the same meshes as 6.26)
 #: free TetGen vertices on the interfaces between tissues of one layer, one per this many sub-grid cells
 #: (3 mm at the default 4 mm surfaces), in these layers (scalp's, bone's, CSF's; :func:`_interface_points`).
 #: A 56 mm sphere whose skull is compact | spongy | compact bone 2 | 4 | 2 mm: the brain's E 22 % off
