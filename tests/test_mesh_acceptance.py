@@ -1076,12 +1076,13 @@ def test_a_ventricle_the_labels_join_to_the_csf_is_joined():
     assert tissue_connectivity(mesh)[3]["pieces"] == 1
 
 
-@pytest.mark.parametrize("voxel_mm", [1.0, 0.5])
-def test_bone_apart_from_the_skull_outside_it_stays_bone(voxel_mm, caplog):
+@pytest.mark.parametrize("voxel_mm,lesion", [(1.0, False), (0.5, False), (1.0, True)])
+def test_bone_apart_from_the_skull_outside_it_stays_bone(voxel_mm, lesion, caplog):
     """A piece of bone apart from the skull and outside it (a mandible, 1.4 mL, in a chin of scalp 8 mm
     below the skull, on its lower face) is meshed as bone inside the scalp's layer: as an island of the bone's layer it
     went to the scalp (a SAMSEG head's mandible, 3.7 and 3.5 mL, all scalp, bone -0.9 %).  The same on
-    0.5 mm labels, meshed on a 1 mm copy."""
+    0.5 mm labels, meshed on a 1 mm copy, and with a lesion over half of it (the half left, 0.7 mL, is
+    bone too: it was found on the lesioned labels, too small)."""
     import logging
 
     from stimsim.head.meshers import make_head_mesh
@@ -1103,16 +1104,20 @@ def test_bone_apart_from_the_skull_outside_it_stays_bone(voxel_mm, caplog):
     vol[tuple(corner)] = 4
     affine = np.diag([voxel_mm] * 3 + [1.0])
     affine[:3, 3] = -c * voxel_mm
+    drawn = jaw & (g[..., 0] > 0) if lesion else None
     with caplog.at_level(logging.WARNING, logger="stimsim"):
         mesh, info = make_head_mesh(vol, affine, "simnibs", method="surface", progress=False, cache=False,
-                                    return_info=True)
+                                    return_info=True, lesion=drawn, lesion_tag=11)
     assert "apart from its main piece" not in caplog.text
     assert info.mesher.get("label_grid_factors") == (None if voxel_mm == 1.0 else [2, 2, 2])
     assert info.mesher["user_tissues"]["pieces_elsewhere"] == [[4, 1]]
-    assert set(np.unique(mesh.tet_tags)) == {1, 2, 3, 4, 5}
+    assert set(np.unique(mesh.tet_tags)) == {1, 2, 3, 4, 5} | ({11} if lesion else set())
     on_grid = tet_values_on_grid(mesh, mesh.tet_tags, vol.shape, affine)
-    assert np.mean(on_grid[jaw] == 4) > 0.8, np.unique(on_grid[jaw], return_counts=True)
-    assert max(abs(v) for v in info.quality["volume_error_per_tag"].values()) < 0.01, info.quality["volume_error_per_tag"]
+    bone = jaw & ~drawn if lesion else jaw
+    assert np.mean(on_grid[bone] == 4) > 0.8, np.unique(on_grid[bone], return_counts=True)
+    error = info.quality["volume_error_per_tag"]
+    assert max(abs(error[t]) for t in range(1, 6)) < 0.01, error
+    assert not lesion or abs(error[11]) < 0.05, error  # (0.7 mL drawn across the chin's face)
 
 
 @pytest.mark.parametrize("strand", [True, False])

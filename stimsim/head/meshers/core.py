@@ -710,7 +710,8 @@ def _bone_apart_stand_ins(tags: np.ndarray, zooms, taken, others=(), kept_mm3: f
         v = free.pop(0)
         m = where & (sub == t)
         for a in (tags, *others):
-            a[box][m] = v
+            a_box = a[box]
+            a_box[m & (a_box == t)] = v  # (not a lesion's voxels in the lesioned tags)
         out[v] = int(t)
     return out
 
@@ -1563,8 +1564,11 @@ def make_head_mesh(labels, affine=None, label_map_spec="simnibs", *, method: str
         # layer's tissue (a dura-like sheet of a user's tag outside the CSF read as brain: "the CSF lies
         # only inside the brain")
         # ... as pieces of bone apart from the skull and outside it (a mandible): a tissue inside the scalp
-        taken = [*np.flatnonzero(tag_counts), *_INSIDE_BRAIN.values(), int(lesion_tag)]
-        bone_apart = _bone_apart_stand_ins(tags, zooms, taken, others=() if orig is None else (orig,))
+        taken = [*np.flatnonzero(tag_counts), *_INSIDE_BRAIN.values(), int(lesion_tag),
+                 *(() if orig is None else np.flatnonzero(value_counts(orig, minlength=256)))]
+        # (found on the tissues under a lesion: a lesion across a mandible left less than 1 mL of it as bone)
+        bone_apart = (_bone_apart_stand_ins(tags, zooms, taken) if orig is None
+                      else _bone_apart_stand_ins(orig, zooms, taken, others=(tags,)))
         user_layers, elsewhere, hosts = enclosing_layers(tags if orig is None else orig,
                                                          exclude=() if own_stand_ins else _INSIDE_BRAIN.values())
         # (such a piece's voxels outside its layer, a corner-joined speck in the air, or a piece placed in no
