@@ -50,8 +50,8 @@ from ...tissues import LAYER_FILL_TAG, layer_lut
 from ..labels import apply_label_map, label_map, value_counts
 from .lattice import DEFAULT_ELEMENT_SIZE_MM, MESHER_VERSION, lattice_tets
 from .topology import (ISLAND_FRACTION, ISLAND_KEPT_MM3, ISLAND_WARN_MM3, compact_nodes, distance_to_background,
-                       face_components, fill_holes, label_pieces, on_threads, orient_tets, signed_volumes,
-                       tet_neighbors)
+                       face_components, fill_holes, label_pieces, largest_piece, on_threads, orient_tets,
+                       signed_volumes, tet_neighbors)
 
 __all__ = ["make_head_mesh", "load_label_volume", "tissue_connectivity", "quality_summary", "resolve_method",
            "check_layers_nest", "check_one_head", "check_meshable", "volume_check", "assess_quality", "expected_tags", "print_summary",
@@ -691,11 +691,8 @@ def _bone_apart_stand_ins(tags: np.ndarray, zooms, taken, others=(), kept_mm3: f
     big = big[big != int(np.argmax(size))]
     if not len(big):
         return {}
-    skull, _ = label_pieces(fill_holes(inner))
-    skull_size = np.bincount(skull.ravel())
-    skull_size[0] = 0
-    inside = np.bincount(pieces[skull == int(np.argmax(skull_size))], minlength=n + 1)
-    del skull, inner
+    inside = np.bincount(pieces[largest_piece(fill_holes(inner))], minlength=n + 1)
+    del inner
     apart = [int(b) for b in big if inside[b] < 0.5 * size[b]]
     if not apart:
         return {}

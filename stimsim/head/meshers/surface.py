@@ -29,7 +29,8 @@ from ..labels import value_counts
 from . import tetgen_worker
 from .sub_tissues import keep_sub_tissues, layers_with_sub_tissues
 from .topology import (ISLAND_KEPT_MM3, distance_to_background, distance_to_other_side, face_components, face_graph,
-                       fill_holes, label_pieces, on_threads, sample_volume, tet_neighbors, vertex_incidence)
+                       fill_holes, label_pieces, largest_piece, on_threads, sample_volume, tet_neighbors,
+                       vertex_incidence)
 
 __all__ = ["available", "surface_mesh_from_tags", "surface_defaults", "label_grid_factors", "downsample_layers",
            "compact_for_shipping", "SURFACE_MESHER_VERSION", "DEFAULT_SURFACE_ELEMENT_SIZE_MM"]
@@ -205,17 +206,8 @@ def _clean_layer_mask(m: np.ndarray, k: int, voxel_mm3: float) -> np.ndarray:
     the CSF filled and in one piece, the brain and the white matter without pieces under 500 mm^3 and
     with holes under 50 voxels filled."""
     if k <= 3:
-        return _largest(fill_holes(m))
+        return largest_piece(fill_holes(m))
     return _fill_small_holes(_drop_small(m, int(500 / voxel_mm3)), 50)
-
-
-def _largest(mask: np.ndarray) -> np.ndarray:
-    lab, n = label_pieces(mask)
-    if n <= 1:
-        return mask
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    return lab == int(np.argmax(sizes))
 
 
 def _drop_small(mask: np.ndarray, min_vox: int) -> np.ndarray:

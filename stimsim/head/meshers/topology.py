@@ -165,6 +165,16 @@ def on_threads(jobs: dict, voxels: int = 0) -> dict:
     return out
 
 
+def largest_piece(mask: np.ndarray) -> np.ndarray:
+    """The largest face-connected piece of ``mask`` (the mask itself where it has one piece or none)."""
+    lab, n = label_pieces(mask)
+    if n <= 1:
+        return mask
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return lab == int(np.argmax(sizes))
+
+
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """``scipy.ndimage.binary_fill_holes`` with its default (face-connected) structure: the background
     pieces that do not reach the volume's border become True.  Found by labelling the background once,
